@@ -1,0 +1,290 @@
+"""Typed resource access on etcd: create, get, list, compare-and-swap update, delete.
+
+Every write is one etcd transaction that compares the key's ``mod_revision`` with the
+object's ``resourceVersion``, so a stale writer gets :class:`ConflictError` and must
+re-read: no lost updates, whoever crashes mid-way. A :class:`Fence` adds a comparison on
+a leader-election key, so a controller that lost its lease cannot write at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from shoal.crds import kinds, resource, selectors
+from shoal.store import codec, errors, etcd
+
+# etcd's default --max-txn-ops: a larger batch is split by callers (see ``commit``).
+MAX_TXN_OPS = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class Fence:
+    """Write only while ``key`` is still attached to ``lease`` (the writer is leader)."""
+
+    key: bytes
+    lease: int
+
+
+@dataclasses.dataclass
+class Op:
+    """One write in a batched transaction: ``create``, ``update`` or ``delete``."""
+
+    action: str
+    info: kinds.KindInfo
+    obj: resource.Resource
+
+
+def _ref(info: kinds.KindInfo, name: str, namespace: str | None) -> str:
+    if info.namespaced:
+        return f"{info.plural}/{namespace or resource.DEFAULT_NAMESPACE}/{name}"
+    return f"{info.plural}/{name}"
+
+
+class Store:
+    """Resources of every kind under one key prefix (``/shoal`` by default) of one etcd."""
+
+    def __init__(self, client: etcd.EtcdClient, prefix: str = "/shoal") -> None:
+        self.etcd = client
+        self.prefix = "/" + prefix.strip("/")
+
+    @classmethod
+    async def connect(cls, url: str, prefix: str = "/shoal", timeout: float = 5.0) -> Store:
+        client = etcd.EtcdClient(url)
+        await client.connect(timeout=timeout)
+        return cls(client, prefix)
+
+    @property
+    def url(self) -> str:
+        return self.etcd.url
+
+    async def close(self) -> None:
+        await self.etcd.close()
+
+    # --- keys ---
+
+    def key(self, info: kinds.KindInfo, name: str, namespace: str | None = None) -> bytes:
+        return codec.object_key(self.prefix, info, name, self._ns(info, namespace))
+
+    def kind_prefix(self, info: kinds.KindInfo, namespace: str | None = None) -> bytes:
+        return codec.kind_prefix(self.prefix, info, namespace)
+
+    def raw_key(self, *parts: str) -> bytes:
+        """A key outside the registry (leader locks, heartbeats): ``<prefix>/<parts...>``."""
+        return "/".join([self.prefix, *parts]).encode()
+
+    @staticmethod
+    def _ns(info: kinds.KindInfo, namespace: str | None) -> str | None:
+        if not info.namespaced:
+            return None
+        return namespace or resource.DEFAULT_NAMESPACE
+
+    # --- reads ---
+
+    async def get(self, info: kinds.KindInfo, name: str,
+                  namespace: str | None = None) -> resource.Resource:
+        kvs, _, _ = await self.etcd.range(self.key(info, name, namespace))
+        if not kvs:
+            raise errors.NotFoundError(_ref(info, name, self._ns(info, namespace)))
+        return codec.decode(kvs[0].value, kvs[0].mod_revision)
+
+    async def list(self, info: kinds.KindInfo, namespace: str | None = None,
+                   selector: selectors.Selector | str | None = None, revision: int = 0,
+                   page_size: int = 5000) -> tuple[list[resource.Resource], int]:
+        """Objects of a kind (all namespaces when ``namespace`` is None) at one revision.
+
+        Pages through large ranges, pinning every page to the first page's revision so the
+        result is one consistent snapshot. Returns (objects, revision).
+        """
+        sel = selectors.parse(selector) if isinstance(selector, str) else selector
+        start = self.kind_prefix(info, namespace)
+        end = etcd.prefix_end(start)
+        out: list[resource.Resource] = []
+        while True:
+            kvs, rev, more = await self.etcd.range_raw(start, end, revision, page_size)
+            revision = revision or rev
+            for kv in kvs:
+                obj = codec.decode(kv.value, kv.mod_revision)
+                if sel is None or sel.matches(obj.metadata.labels):
+                    out.append(obj)
+            if not more or not kvs:
+                return out, revision
+            start = kvs[-1].key + b"\0"
+
+    # --- writes ---
+
+    def _prepare_create(self, info: kinds.KindInfo, obj: resource.Resource) -> resource.Resource:
+        new = obj.deepcopy()
+        new.kind = info.kind
+        new.apiVersion = info.api_version
+        new.metadata.namespace = self._ns(info, new.metadata.namespace)
+        new.metadata.uid = new.metadata.uid or str(uuid.uuid4())
+        new.metadata.generation = 1
+        new.metadata.creationTimestamp = resource.now_rfc3339()
+        new.metadata.deletionTimestamp = None
+        return new
+
+    def _prepare_update(self, obj: resource.Resource) -> resource.Resource:
+        new = obj.deepcopy()
+        old_digest = codec.stored_spec_digest(obj)
+        if old_digest is None or old_digest != codec.spec_digest(new.spec):
+            # Unknown provenance counts as a change: a spurious generation bump only
+            # costs a re-reconcile, a missed one would hide a spec change.
+            new.metadata.generation = max(new.metadata.generation, 0) + 1
+        return new
+
+    async def create(self, info: kinds.KindInfo, obj: resource.Resource,
+                     fence: Fence | None = None, lease: int = 0) -> resource.Resource:
+        """Create ``obj``; AlreadyExistsError if the key exists. Returns the stored object."""
+        new = self._prepare_create(info, obj)
+        key = self.key(info, new.name, new.namespace)
+        ok, rev = await self._write([etcd.cmp_absent(key)], [etcd.op_put(key, codec.encode(new),
+                                                                         lease)], fence)
+        if not ok:
+            raise errors.AlreadyExistsError(_ref(info, new.name, new.namespace))
+        return self._stored(new, rev)
+
+    async def update(self, info: kinds.KindInfo, obj: resource.Resource,
+                     fence: Fence | None = None) -> resource.Resource:
+        """Compare-and-swap ``obj`` over the version it was read at.
+
+        ``generation`` goes up only if ``spec`` changed. An object being deleted whose last
+        finalizer this update removes is deleted instead, as in Kubernetes.
+        """
+        if not obj.metadata.resourceVersion:
+            raise ValueError(f"update of {obj.ref} needs metadata.resourceVersion (read it first)")
+        new = self._prepare_update(obj)
+        key = self.key(info, new.name, new.namespace)
+        compare = [etcd.cmp_mod(key, int(new.metadata.resourceVersion))]
+        if new.metadata.deletionTimestamp and not new.metadata.finalizers:
+            ok, rev = await self._write(compare, [etcd.op_delete(key)], fence)
+        else:
+            ok, rev = await self._write(compare, [etcd.op_put(key, codec.encode(new))], fence)
+        if not ok:
+            raise errors.ConflictError(_ref(info, new.name, new.namespace),
+                                       f"resourceVersion {new.metadata.resourceVersion} is stale")
+        return self._stored(new, rev)
+
+    async def delete(self, info: kinds.KindInfo, name: str, namespace: str | None = None,
+                     fence: Fence | None = None) -> resource.Resource | None:
+        """Delete an object, honouring finalizers.
+
+        With finalizers the object only gets ``deletionTimestamp`` and is returned; the
+        controllers owning the finalizers remove them and the last removal deletes it.
+        Returns None when the object is gone. NotFoundError if it did not exist.
+        """
+        while True:
+            obj = await self.get(info, name, namespace)
+            key = self.key(info, obj.name, obj.namespace)
+            compare = [etcd.cmp_mod(key, int(obj.metadata.resourceVersion))]
+            if obj.metadata.finalizers:
+                if obj.metadata.deletionTimestamp:
+                    return obj
+                obj.metadata.deletionTimestamp = resource.now_rfc3339()
+                ok, rev = await self._write(compare, [etcd.op_put(key, codec.encode(obj))], fence)
+                if ok:
+                    return self._stored(obj, rev)
+            else:
+                ok, _ = await self._write(compare, [etcd.op_delete(key)], fence)
+                if ok:
+                    return None
+            # Lost a race with another writer: re-read and decide again.
+
+    async def commit(self, ops: Sequence[Op], fence: Fence | None = None,
+                     ) -> list[resource.Resource | None]:
+        """Apply up to MAX_TXN_OPS writes atomically: all happen, or ConflictError and none.
+
+        ``update`` and ``delete`` ops compare on the object's resourceVersion (a delete
+        without one deletes unconditionally); finalizers are not consulted for batch deletes.
+        """
+        if len(ops) > MAX_TXN_OPS - (1 if fence else 0):
+            raise ValueError(f"a transaction holds at most {MAX_TXN_OPS} operations, got "
+                             f"{len(ops)}; split the batch")
+        compares: list[Any] = []
+        puts: list[Any] = []
+        prepared: list[resource.Resource | None] = []
+        for op in ops:
+            if op.action == "create":
+                new = self._prepare_create(op.info, op.obj)
+                key = self.key(op.info, new.name, new.namespace)
+                compares.append(etcd.cmp_absent(key))
+                puts.append(etcd.op_put(key, codec.encode(new)))
+                prepared.append(new)
+            elif op.action == "update":
+                new = self._prepare_update(op.obj)
+                key = self.key(op.info, new.name, new.namespace)
+                compares.append(etcd.cmp_mod(key, int(new.metadata.resourceVersion)))
+                puts.append(etcd.op_put(key, codec.encode(new)))
+                prepared.append(new)
+            elif op.action == "delete":
+                key = self.key(op.info, op.obj.name, op.obj.namespace)
+                if op.obj.metadata.resourceVersion:
+                    compares.append(etcd.cmp_mod(key, int(op.obj.metadata.resourceVersion)))
+                puts.append(etcd.op_delete(key))
+                prepared.append(None)
+            else:
+                raise ValueError(f"unknown op {op.action!r}")
+        ok, rev = await self._write(compares, puts, fence)
+        if not ok:
+            refs = ", ".join(op.obj.ref for op in ops[:5])
+            raise errors.ConflictError(f"batch of {len(ops)} ({refs}{'...' if len(ops) > 5 else ''})")
+        return [self._stored(obj, rev) if obj is not None else None for obj in prepared]
+
+    async def _write(self, compares: list[Any], ops: list[Any],
+                     fence: Fence | None) -> tuple[bool, int]:
+        if fence is None:
+            ok, rev, _ = await self.etcd.txn(compares, ops)
+            return ok, rev
+        # Fenced: check the lease separately in the failure branch so a lost lease is
+        # told apart from an ordinary conflict.
+        fence_cmp = etcd.cmp_lease(fence.key, fence.lease)
+        ok, rev, _ = await self.etcd.txn([fence_cmp, *compares], ops)
+        if ok:
+            return True, rev
+        held, _, _ = await self.etcd.txn([fence_cmp], [])
+        if not held:
+            raise errors.FencedError("write", fence.key.decode())
+        return False, rev
+
+    @staticmethod
+    def _stored(obj: resource.Resource, revision: int) -> resource.Resource:
+        obj.metadata.resourceVersion = str(revision)
+        codec.remember_spec(obj)
+        return obj
+
+    # --- raw keys, leases ---
+
+    async def grant_lease(self, ttl: int) -> int:
+        return await self.etcd.lease_grant(ttl)
+
+    async def keepalive(self, lease_id: int) -> int:
+        return await self.etcd.lease_keepalive(lease_id)
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        await self.etcd.lease_revoke(lease_id)
+
+    async def raw_get(self, key: bytes) -> etcd.KV | None:
+        kvs, _, _ = await self.etcd.range(key)
+        return kvs[0] if kvs else None
+
+    async def raw_put(self, key: bytes, value: bytes, lease: int = 0) -> int:
+        return await self.etcd.put(key, value, lease)
+
+    async def raw_create(self, key: bytes, value: bytes, lease: int = 0) -> bool:
+        """Put ``key`` only if it does not exist (a lock acquire); True if this call made it."""
+        ok, _, _ = await self.etcd.txn([etcd.cmp_absent(key)], [etcd.op_put(key, value, lease)])
+        return ok
+
+    async def raw_delete_if_lease(self, key: bytes, lease: int) -> bool:
+        ok, _, _ = await self.etcd.txn([etcd.cmp_lease(key, lease)], [etcd.op_delete(key)])
+        return ok
+
+    async def raw_list(self, prefix: bytes) -> tuple[list[etcd.KV], int]:
+        kvs, rev, _ = await self.etcd.range(prefix, etcd.prefix_end(prefix))
+        return kvs, rev
+
+    def raw_watch(self, prefix: bytes, start_revision: int,
+                  ) -> AsyncIterator[tuple[int, list[etcd.RawEvent]]]:
+        return self.etcd.watch_stream(prefix, start_revision)

@@ -1,0 +1,62 @@
+"""How a resource is laid out in etcd: its key, and its value as compact JSON.
+
+``resourceVersion`` is not stored in the value: it *is* the key's ``mod_revision``, set on
+every read, so it can never disagree with etcd. Each decoded object remembers a digest of
+its spec, so an update can tell whether ``spec`` changed (and bump ``generation``) without
+reading the object again.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from shoal.crds import kinds, resource
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_SPEC_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
+def registry_prefix(prefix: str) -> str:
+    return f"{prefix.rstrip('/')}/registry/"
+
+
+def kind_prefix(prefix: str, info: kinds.KindInfo, namespace: str | None = None) -> bytes:
+    """Keys of every object of a kind, or of one namespace of it."""
+    base = f"{registry_prefix(prefix)}{info.plural}/"
+    if info.namespaced and namespace:
+        base += f"{namespace}/"
+    return base.encode()
+
+
+def object_key(prefix: str, info: kinds.KindInfo, name: str, namespace: str | None) -> bytes:
+    if info.namespaced:
+        return f"{registry_prefix(prefix)}{info.plural}/{namespace or 'default'}/{name}".encode()
+    return f"{registry_prefix(prefix)}{info.plural}/{name}".encode()
+
+
+def spec_digest(spec: dict[str, Any]) -> int:
+    return hash(_SPEC_ENCODER.encode(spec))
+
+
+def encode(obj: resource.Resource) -> bytes:
+    data = obj.to_dict()
+    data["metadata"].pop("resourceVersion", None)
+    return _ENCODER.encode(data).encode()
+
+
+def decode(value: bytes, mod_revision: int) -> resource.Resource:
+    obj = resource.Resource.from_dict(json.loads(value))
+    obj.metadata.resourceVersion = str(mod_revision)
+    remember_spec(obj)
+    return obj
+
+
+def remember_spec(obj: resource.Resource) -> None:
+    """Record the spec as stored, so the next update knows whether it changed."""
+    obj.__dict__["_stored_spec_digest"] = spec_digest(obj.spec)
+
+
+def stored_spec_digest(obj: resource.Resource) -> int | None:
+    value = obj.__dict__.get("_stored_spec_digest")
+    return value if isinstance(value, int) else None

@@ -1,0 +1,266 @@
+"""The project's own small etcd interface, implemented with aetcd's connection and stubs.
+
+Everything above uses these few calls (range, txn, watch stream, leases, compact), so the
+client library can be swapped by rewriting this one module. Raw protobuf messages are used
+instead of aetcd's per-key wrapper objects: listing or watching tens of thousands of keys
+is dominated by per-item Python overhead, and the raw messages avoid a copy per key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import urllib.parse
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import aetcd
+import aetcd.rpc as rpc
+import grpc
+
+from shoal.store import errors
+
+# Per-call deadline. Long enough for a 128-operation transaction under load, short
+# enough that a dead etcd turns into a clear error instead of a hang.
+CALL_TIMEOUT = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class KV:
+    key: bytes
+    value: bytes
+    mod_revision: int
+    create_revision: int
+    lease: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RawEvent:
+    """One watch event. ``deleted`` events carry the key and the revision only."""
+
+    key: bytes
+    value: bytes
+    mod_revision: int
+    create_revision: int
+    deleted: bool
+
+
+class CompactedError(errors.StoreError):
+    def __init__(self, compact_revision: int) -> None:
+        self.compact_revision = compact_revision
+        super().__init__(f"revision compacted up to {compact_revision}")
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The exclusive end of the key range that starts with ``prefix``."""
+    as_list = bytearray(prefix)
+    for i in range(len(as_list) - 1, -1, -1):
+        if as_list[i] < 0xFF:
+            as_list[i] += 1
+            return bytes(as_list[: i + 1])
+    return b"\0"
+
+
+def parse_url(url: str) -> tuple[str, int]:
+    parsed = urllib.parse.urlparse(url if "://" in url else "http://" + url)
+    if parsed.scheme not in ("http", "") or not parsed.hostname:
+        raise ValueError(f'invalid etcd URL "{url}": expected http://HOST:PORT')
+    return parsed.hostname, parsed.port or 2379
+
+
+# --- operation and comparison builders (plain protobuf, used in transactions) ---
+
+def op_put(key: bytes, value: bytes, lease: int = 0) -> Any:
+    return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))
+
+
+def op_delete(key: bytes) -> Any:
+    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
+
+
+def op_get(key: bytes) -> Any:
+    return rpc.RequestOp(request_range=rpc.RangeRequest(key=key))
+
+
+def cmp_mod(key: bytes, revision: int) -> Any:
+    """True while ``key`` was last modified at ``revision`` (0: the key does not exist)."""
+    return rpc.Compare(key=key, target=rpc.Compare.CompareTarget.MOD,
+                       result=rpc.Compare.CompareResult.EQUAL, mod_revision=revision)
+
+
+def cmp_absent(key: bytes) -> Any:
+    return rpc.Compare(key=key, target=rpc.Compare.CompareTarget.CREATE,
+                       result=rpc.Compare.CompareResult.EQUAL, create_revision=0)
+
+
+def cmp_lease(key: bytes, lease: int) -> Any:
+    """True while ``key`` is attached to ``lease``: the fence of a leader's writes."""
+    return rpc.Compare(key=key, target=rpc.Compare.CompareTarget.LEASE,
+                       result=rpc.Compare.CompareResult.EQUAL, lease=lease)
+
+
+def _kv(raw: Any) -> KV:
+    return KV(raw.key, raw.value, raw.mod_revision, raw.create_revision, raw.lease)
+
+
+class EtcdClient:
+    """One connection (a gRPC channel) to one etcd endpoint."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        host, port = parse_url(url)
+        self._client = aetcd.Client(host=host, port=port, timeout=None)
+        self._kv: Any = None
+        self._lease: Any = None
+        self._watch: Any = None
+        self._maint: Any = None
+
+    async def connect(self, timeout: float = 5.0) -> None:
+        """Open the channel and prove etcd answers; UnavailableError otherwise."""
+        await self._client.connect()
+        channel = self._client.channel
+        self._kv = rpc.KVStub(channel)
+        self._lease = rpc.LeaseStub(channel)
+        self._watch = rpc.WatchStub(channel)
+        self._maint = rpc.MaintenanceStub(channel)
+        try:
+            await self._kv.Range(rpc.RangeRequest(key=b"\0", limit=1), timeout=timeout,
+                                 wait_for_ready=True)
+        except grpc.aio.AioRpcError as exc:
+            await self.close()
+            raise errors.UnavailableError(self.url, _describe(exc)) from None
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def _call(self, method: Any, request: Any, timeout: float = CALL_TIMEOUT) -> Any:
+        try:
+            return await method(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise errors.UnavailableError(self.url, _describe(exc)) from None
+
+    async def range(self, key: bytes, end: bytes | None = None, revision: int = 0,
+                    limit: int = 0, keys_only: bool = False) -> tuple[list[KV], int, bool]:
+        """Keys in ``[key, end)`` at ``revision`` (0: latest). Returns (kvs, revision, more)."""
+        req = rpc.RangeRequest(key=key, range_end=end or b"", revision=revision, limit=limit,
+                               keys_only=keys_only)
+        resp = await self._call(self._kv.Range, req)
+        return [_kv(kv) for kv in resp.kvs], resp.header.revision, resp.more
+
+    async def range_raw(self, key: bytes, end: bytes, revision: int = 0,
+                        limit: int = 0) -> tuple[Sequence[Any], int, bool]:
+        """Like ``range`` but hands back the protobuf key-values without wrapping them."""
+        req = rpc.RangeRequest(key=key, range_end=end, revision=revision, limit=limit)
+        resp = await self._call(self._kv.Range, req)
+        return resp.kvs, resp.header.revision, resp.more
+
+    async def txn(self, compares: Sequence[Any], success: Sequence[Any],
+                  failure: Sequence[Any] = ()) -> tuple[bool, int, list[Any]]:
+        """Run one transaction; returns (succeeded, header revision, responses)."""
+        req = rpc.TxnRequest(compare=list(compares), success=list(success),
+                             failure=list(failure))
+        resp = await self._call(self._kv.Txn, req)
+        return resp.succeeded, resp.header.revision, list(resp.responses)
+
+    async def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
+        resp = await self._call(self._kv.Put, rpc.PutRequest(key=key, value=value, lease=lease))
+        revision: int = resp.header.revision
+        return revision
+
+    async def delete_prefix(self, prefix: bytes) -> int:
+        resp = await self._call(self._kv.DeleteRange,
+                                rpc.DeleteRangeRequest(key=prefix, range_end=prefix_end(prefix)))
+        deleted: int = resp.deleted
+        return deleted
+
+    async def compact(self, revision: int) -> None:
+        await self._call(self._kv.Compact,
+                         rpc.CompactionRequest(revision=revision, physical=True))
+
+    async def current_revision(self) -> int:
+        _, revision, _ = await self.range(b"\0", limit=1, keys_only=True)
+        return revision
+
+    # --- leases ---
+
+    async def lease_grant(self, ttl: int) -> int:
+        resp = await self._call(self._lease.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl))
+        lease_id: int = resp.ID
+        return lease_id
+
+    async def lease_keepalive(self, lease_id: int) -> int:
+        """Refresh a lease once; returns its new TTL, or 0 if it has already expired."""
+        async def requests() -> AsyncIterator[Any]:
+            yield rpc.LeaseKeepAliveRequest(ID=lease_id)
+
+        try:
+            call = self._lease.LeaseKeepAlive(requests(), timeout=CALL_TIMEOUT)
+            async for resp in call:
+                ttl: int = resp.TTL
+                return ttl
+        except grpc.aio.AioRpcError as exc:
+            raise errors.UnavailableError(self.url, _describe(exc)) from None
+        return 0
+
+    async def lease_revoke(self, lease_id: int) -> None:
+        try:
+            await self._lease.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease_id),
+                                          timeout=CALL_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return  # already expired: revoking is idempotent for our purposes
+            raise errors.UnavailableError(self.url, _describe(exc)) from None
+
+    # --- watch ---
+
+    async def watch_stream(self, prefix: bytes, start_revision: int,
+                           ) -> AsyncIterator[tuple[int, list[RawEvent]]]:
+        """One watch stream on a key prefix from ``start_revision`` (inclusive).
+
+        Yields (header revision, events) per response, including empty progress
+        notifications, so callers can advance their resume point while idle. Raises
+        CompactedError when the start revision is gone and UnavailableError when the
+        stream breaks; resuming is the caller's job (see ``shoal.store.watch``).
+        """
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        create = rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
+            key=prefix, range_end=prefix_end(prefix), start_revision=start_revision,
+            progress_notify=True))
+        await queue.put(create)
+
+        async def requests() -> AsyncIterator[Any]:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                yield item
+
+        call = self._watch.Watch(requests())
+        try:
+            async for resp in call:
+                if resp.compact_revision:
+                    raise CompactedError(resp.compact_revision)
+                if resp.created and not resp.events:
+                    # The creation ack's header revision says nothing about how far a
+                    # catching-up watcher has got, so it must not move a resume point.
+                    continue
+                if resp.canceled:
+                    raise errors.UnavailableError(self.url, f"watch canceled: {resp.cancel_reason}")
+                events = [RawEvent(ev.kv.key, ev.kv.value, ev.kv.mod_revision,
+                                   ev.kv.create_revision,
+                                   ev.type == rpc.Event.EventType.DELETE)
+                          for ev in resp.events]
+                yield resp.header.revision, events
+        except grpc.aio.AioRpcError as exc:
+            raise errors.UnavailableError(self.url, _describe(exc)) from None
+        finally:
+            await queue.put(None)
+            call.cancel()
+        raise errors.UnavailableError(self.url, "watch stream ended")
+
+
+def _describe(exc: grpc.aio.AioRpcError) -> str:
+    code = exc.code()
+    name = code.name if code is not None else "UNKNOWN"
+    details = (exc.details() or "").splitlines()[0] if exc.details() else ""
+    return f"{name.lower()}: {details}" if details else name.lower()
