@@ -11,15 +11,28 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
+import time
 from typing import Any
 
 API_VERSION = "shoal.io/v1"
 DEFAULT_NAMESPACE = "default"
 
 
+_last_stamp: tuple[int, str] = (0, "")
+
+
 def now_rfc3339() -> str:
-    """The current UTC time the way Kubernetes writes timestamps."""
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """The current UTC time the way Kubernetes writes timestamps (second resolution).
+
+    Cached per second: bulk writes stamp thousands of objects a second and strftime
+    would be a measurable share of the cost.
+    """
+    global _last_stamp
+    second = int(time.time())
+    if _last_stamp[0] != second:
+        stamp = datetime.datetime.fromtimestamp(second, datetime.UTC)
+        _last_stamp = (second, stamp.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return _last_stamp[1]
 
 
 @dataclasses.dataclass
@@ -38,7 +51,7 @@ class ObjectMeta:
     creationTimestamp: str | None = None
     deletionTimestamp: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, deep: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
         if self.namespace is not None:
             out["namespace"] = self.namespace
@@ -51,8 +64,15 @@ class ObjectMeta:
         for field in ("labels", "annotations", "finalizers", "ownerReferences"):
             value = getattr(self, field)
             if value:
-                out[field] = copy.deepcopy(value)
+                out[field] = copy.deepcopy(value) if deep else value
         return out
+
+    def copy(self) -> ObjectMeta:
+        """An independent copy (the collections are copied, their string items shared)."""
+        return dataclasses.replace(
+            self, labels=dict(self.labels), annotations=dict(self.annotations),
+            finalizers=list(self.finalizers),
+            ownerReferences=[dict(r) for r in self.ownerReferences])
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ObjectMeta:
@@ -96,16 +116,18 @@ class Resource:
             return f"{self.kind.lower()}/{self.metadata.namespace}/{self.metadata.name}"
         return f"{self.kind.lower()}/{self.metadata.name}"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, deep: bool = True) -> dict[str, Any]:
+        """The manifest form. ``deep=False`` shares spec/status with this object: only for
+        callers that serialise it at once and never mutate it (the store's encoder)."""
         out: dict[str, Any] = {
             "apiVersion": self.apiVersion,
             "kind": self.kind,
-            "metadata": self.metadata.to_dict(),
+            "metadata": self.metadata.to_dict(deep),
         }
         if self.spec:
-            out["spec"] = copy.deepcopy(self.spec)
+            out["spec"] = copy.deepcopy(self.spec) if deep else self.spec
         if self.status:
-            out["status"] = copy.deepcopy(self.status)
+            out["status"] = copy.deepcopy(self.status) if deep else self.status
         return out
 
     @classmethod

@@ -46,7 +46,9 @@ class Selector:
 
 def _split_terms(text: str) -> list[str]:
     """Split on commas that are not inside ``in (...)`` value lists."""
-    terms, depth, current = [], 0, []
+    terms: list[str] = []
+    current: list[str] = []
+    depth = 0
     for ch in text:
         if ch == "(":
             depth += 1

@@ -8,13 +8,14 @@ a leader-election key, so a controller that lost its lease cannot write at all.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from shoal.crds import kinds, resource, selectors
-from shoal.store import codec, errors, etcd
+from shoal.store import codec, errors, etcd, groupcommit
 
 # etcd's default --max-txn-ops: a larger batch is split by callers (see ``commit``).
 MAX_TXN_OPS = 128
@@ -49,6 +50,7 @@ class Store:
     def __init__(self, client: etcd.EtcdClient, prefix: str = "/shoal") -> None:
         self.etcd = client
         self.prefix = "/" + prefix.strip("/")
+        self._group = groupcommit.GroupCommitter(self._txn)
 
     @classmethod
     async def connect(cls, url: str, prefix: str = "/shoal", timeout: float = 5.0) -> Store:
@@ -92,7 +94,7 @@ class Store:
 
     async def list(self, info: kinds.KindInfo, namespace: str | None = None,
                    selector: selectors.Selector | str | None = None, revision: int = 0,
-                   page_size: int = 5000) -> tuple[list[resource.Resource], int]:
+                   page_size: int = 5000) -> tuple[builtins.list[resource.Resource], int]:
         """Objects of a kind (all namespaces when ``namespace`` is None) at one revision.
 
         Pages through large ranges, pinning every page to the first page's revision so the
@@ -101,7 +103,7 @@ class Store:
         sel = selectors.parse(selector) if isinstance(selector, str) else selector
         start = self.kind_prefix(info, namespace)
         end = etcd.prefix_end(start)
-        out: list[resource.Resource] = []
+        out: builtins.list[resource.Resource] = []
         while True:
             kvs, rev, more = await self.etcd.range_raw(start, end, revision, page_size)
             revision = revision or rev
@@ -115,8 +117,14 @@ class Store:
 
     # --- writes ---
 
+    @staticmethod
+    def _copy(obj: resource.Resource) -> resource.Resource:
+        """A copy whose envelope the store may change; spec/status are shared, since the
+        store never mutates them and a deep copy dominated the cost of bulk writes."""
+        return dataclasses.replace(obj, metadata=obj.metadata.copy())
+
     def _prepare_create(self, info: kinds.KindInfo, obj: resource.Resource) -> resource.Resource:
-        new = obj.deepcopy()
+        new = self._copy(obj)
         new.kind = info.kind
         new.apiVersion = info.api_version
         new.metadata.namespace = self._ns(info, new.metadata.namespace)
@@ -127,12 +135,14 @@ class Store:
         return new
 
     def _prepare_update(self, obj: resource.Resource) -> resource.Resource:
-        new = obj.deepcopy()
+        new = self._copy(obj)
         old_digest = codec.stored_spec_digest(obj)
-        if old_digest is None or old_digest != codec.spec_digest(new.spec):
+        digest = codec.spec_digest(new.spec)
+        if old_digest is None or old_digest != digest:
             # Unknown provenance counts as a change: a spurious generation bump only
             # costs a re-reconcile, a missed one would hide a spec change.
             new.metadata.generation = max(new.metadata.generation, 0) + 1
+        codec.remember_spec(new, digest)
         return new
 
     async def create(self, info: kinds.KindInfo, obj: resource.Resource,
@@ -140,8 +150,8 @@ class Store:
         """Create ``obj``; AlreadyExistsError if the key exists. Returns the stored object."""
         new = self._prepare_create(info, obj)
         key = self.key(info, new.name, new.namespace)
-        ok, rev = await self._write([etcd.cmp_absent(key)], [etcd.op_put(key, codec.encode(new),
-                                                                         lease)], fence)
+        ok, rev = await self._write([etcd.cmp_absent(key)],
+                                    [etcd.op_put(key, codec.encode(new), lease)], fence, key)
         if not ok:
             raise errors.AlreadyExistsError(_ref(info, new.name, new.namespace))
         return self._stored(new, rev)
@@ -159,9 +169,10 @@ class Store:
         key = self.key(info, new.name, new.namespace)
         compare = [etcd.cmp_mod(key, int(new.metadata.resourceVersion))]
         if new.metadata.deletionTimestamp and not new.metadata.finalizers:
-            ok, rev = await self._write(compare, [etcd.op_delete(key)], fence)
+            ok, rev = await self._write(compare, [etcd.op_delete(key)], fence, key)
         else:
-            ok, rev = await self._write(compare, [etcd.op_put(key, codec.encode(new))], fence)
+            ok, rev = await self._write(compare, [etcd.op_put(key, codec.encode(new))], fence,
+                                        key)
         if not ok:
             raise errors.ConflictError(_ref(info, new.name, new.namespace),
                                        f"resourceVersion {new.metadata.resourceVersion} is stale")
@@ -183,17 +194,18 @@ class Store:
                 if obj.metadata.deletionTimestamp:
                     return obj
                 obj.metadata.deletionTimestamp = resource.now_rfc3339()
-                ok, rev = await self._write(compare, [etcd.op_put(key, codec.encode(obj))], fence)
+                ok, rev = await self._write(compare, [etcd.op_put(key, codec.encode(obj))], fence,
+                                            key)
                 if ok:
                     return self._stored(obj, rev)
             else:
-                ok, _ = await self._write(compare, [etcd.op_delete(key)], fence)
+                ok, _ = await self._write(compare, [etcd.op_delete(key)], fence, key)
                 if ok:
                     return None
             # Lost a race with another writer: re-read and decide again.
 
     async def commit(self, ops: Sequence[Op], fence: Fence | None = None,
-                     ) -> list[resource.Resource | None]:
+                     ) -> builtins.list[resource.Resource | None]:
         """Apply up to MAX_TXN_OPS writes atomically: all happen, or ConflictError and none.
 
         ``update`` and ``delete`` ops compare on the object's resourceVersion (a delete
@@ -202,9 +214,9 @@ class Store:
         if len(ops) > MAX_TXN_OPS - (1 if fence else 0):
             raise ValueError(f"a transaction holds at most {MAX_TXN_OPS} operations, got "
                              f"{len(ops)}; split the batch")
-        compares: list[Any] = []
-        puts: list[Any] = []
-        prepared: list[resource.Resource | None] = []
+        compares: builtins.list[Any] = []
+        puts: builtins.list[Any] = []
+        prepared: builtins.list[resource.Resource | None] = []
         for op in ops:
             if op.action == "create":
                 new = self._prepare_create(op.info, op.obj)
@@ -229,21 +241,30 @@ class Store:
         ok, rev = await self._write(compares, puts, fence)
         if not ok:
             refs = ", ".join(op.obj.ref for op in ops[:5])
-            raise errors.ConflictError(f"batch of {len(ops)} ({refs}{'...' if len(ops) > 5 else ''})")
+            more = "..." if len(ops) > 5 else ""
+            raise errors.ConflictError(f"batch of {len(ops)} ({refs}{more})")
         return [self._stored(obj, rev) if obj is not None else None for obj in prepared]
 
-    async def _write(self, compares: list[Any], ops: list[Any],
-                     fence: Fence | None) -> tuple[bool, int]:
-        if fence is None:
-            ok, rev, _ = await self.etcd.txn(compares, ops)
+    async def _txn(self, compares: Sequence[Any], ops: Sequence[Any]) -> tuple[bool, int]:
+        ok, rev, _ = await self.etcd.txn(compares, ops)
+        return ok, rev
+
+    async def _write(self, compares: builtins.list[Any], ops: builtins.list[Any],
+                     fence: Fence | None, key: bytes | None = None) -> tuple[bool, int]:
+        """One conditional write. Single-object writes (``key`` given) are group-committed
+        with other concurrent ones; see ``shoal.store.groupcommit``."""
+        if fence is not None:
+            # The lease compare rides along with the object's own compares, so a group
+            # of fenced writes stays all-or-nothing per write like any other.
+            compares = [etcd.cmp_lease(fence.key, fence.lease), *compares]
+        if key is not None:
+            ok, rev = await self._group.submit(key, compares, ops)
+        else:
+            ok, rev = await self._txn(compares, ops)
+        if ok or fence is None:
             return ok, rev
-        # Fenced: check the lease separately in the failure branch so a lost lease is
-        # told apart from an ordinary conflict.
-        fence_cmp = etcd.cmp_lease(fence.key, fence.lease)
-        ok, rev, _ = await self.etcd.txn([fence_cmp, *compares], ops)
-        if ok:
-            return True, rev
-        held, _, _ = await self.etcd.txn([fence_cmp], [])
+        # Tell a lost lease apart from an ordinary conflict.
+        held, _, _ = await self.etcd.txn([etcd.cmp_lease(fence.key, fence.lease)], [])
         if not held:
             raise errors.FencedError("write", fence.key.decode())
         return False, rev
@@ -251,7 +272,8 @@ class Store:
     @staticmethod
     def _stored(obj: resource.Resource, revision: int) -> resource.Resource:
         obj.metadata.resourceVersion = str(revision)
-        codec.remember_spec(obj)
+        if codec.stored_spec_digest(obj) is None:
+            codec.remember_spec(obj)
         return obj
 
     # --- raw keys, leases ---
@@ -281,10 +303,10 @@ class Store:
         ok, _, _ = await self.etcd.txn([etcd.cmp_lease(key, lease)], [etcd.op_delete(key)])
         return ok
 
-    async def raw_list(self, prefix: bytes) -> tuple[list[etcd.KV], int]:
+    async def raw_list(self, prefix: bytes) -> tuple[builtins.list[etcd.KV], int]:
         kvs, rev, _ = await self.etcd.range(prefix, etcd.prefix_end(prefix))
         return kvs, rev
 
     def raw_watch(self, prefix: bytes, start_revision: int,
-                  ) -> AsyncIterator[tuple[int, list[etcd.RawEvent]]]:
+                  ) -> AsyncIterator[tuple[int, builtins.list[etcd.RawEvent]]]:
         return self.etcd.watch_stream(prefix, start_revision)

@@ -40,7 +40,7 @@ def spec_digest(spec: dict[str, Any]) -> int:
 
 
 def encode(obj: resource.Resource) -> bytes:
-    data = obj.to_dict()
+    data = obj.to_dict(deep=False)
     data["metadata"].pop("resourceVersion", None)
     return _ENCODER.encode(data).encode()
 
@@ -52,9 +52,9 @@ def decode(value: bytes, mod_revision: int) -> resource.Resource:
     return obj
 
 
-def remember_spec(obj: resource.Resource) -> None:
+def remember_spec(obj: resource.Resource, digest: int | None = None) -> None:
     """Record the spec as stored, so the next update knows whether it changed."""
-    obj.__dict__["_stored_spec_digest"] = spec_digest(obj.spec)
+    obj.__dict__["_stored_spec_digest"] = spec_digest(obj.spec) if digest is None else digest
 
 
 def stored_spec_digest(obj: resource.Resource) -> int | None:

@@ -74,7 +74,7 @@ class EtcdServer:
 
     def start(self, timeout: float = 20.0) -> None:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        log = open(self.log_path, "ab")
         env = dict(os.environ, ETCD_UNSUPPORTED_ARCH=os.environ.get("ETCD_UNSUPPORTED_ARCH", ""))
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=log, env=env,
                                      start_new_session=True)

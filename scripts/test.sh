@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite: install, then ruff, mypy --strict, the layering check and pytest.
+# Every service a test needs (etcd, later dockerd) is started by the tests themselves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+export PATH="$PWD/.venv/bin:$PATH"
+
+echo "==> ruff"
+ruff check shoal tests bench deploy
+echo "==> mypy --strict"
+mypy --strict shoal
+echo "==> layering"
+python -m pytest -q -p no:cacheprovider tests/unit/test_layering.py
+echo "==> pytest"
+set +e
+python -m pytest -p no:cacheprovider -q --durations=15 "$@"
+rc=$?
+set -e
+# pytest exits 5 when it collected nothing: that is a broken suite, not a pass.
+exit $rc
