@@ -1,0 +1,170 @@
+"""Task states: their order, which moves are legal, and small readers for task fields.
+
+Every controller and the agent reason about task progress; keeping the order, the
+forward-only rule and the field readers in one place means they all agree on what
+"running", "finished" or "holds resources" means. Swarm's task states, in Swarm's order.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from typing import Any, Final
+
+from shoal.crds.resource import DEFAULT_NAMESPACE, Resource
+
+NEW: Final = "new"
+PENDING: Final = "pending"
+ASSIGNED: Final = "assigned"
+ACCEPTED: Final = "accepted"
+PREPARING: Final = "preparing"
+STARTING: Final = "starting"
+RUNNING: Final = "running"
+COMPLETE: Final = "complete"
+FAILED: Final = "failed"
+SHUTDOWN: Final = "shutdown"
+REJECTED: Final = "rejected"
+ORPHANED: Final = "orphaned"
+
+#: Every state, in the only order a task may move through them.
+STATES: Final[tuple[str, ...]] = (NEW, PENDING, ASSIGNED, ACCEPTED, PREPARING, STARTING,
+                                  RUNNING, COMPLETE, FAILED, SHUTDOWN, REJECTED, ORPHANED)
+RANK: Final[dict[str, int]] = {state: i for i, state in enumerate(STATES)}
+RUNNING_RANK: Final = RANK[RUNNING]
+TERMINAL: Final[frozenset[str]] = frozenset(STATES[RUNNING_RANK + 1:])
+#: Terminal states a task reaches on its own (its process ended or could not start), as
+#: opposed to being stopped by Shoal (shutdown) or lost with its node (orphaned). Only
+#: these count against a restart policy or make a node look bad for a service.
+SELF_ENDED: Final[frozenset[str]] = frozenset({COMPLETE, FAILED, REJECTED})
+
+#: The label that ties a task to its service (Task ``spec.serviceName`` says the same).
+SERVICE_LABEL: Final = "shoal.io/service"
+
+
+def rank(state: str) -> int:
+    """Position of ``state`` in ``STATES``; a ValueError names the valid states."""
+    try:
+        return RANK[state]
+    except KeyError:
+        raise ValueError(f'unknown task state "{state}": expected one of '
+                         f'{", ".join(STATES)}') from None
+
+
+def is_terminal(state: str) -> bool:
+    """True for states a task never leaves (complete, failed, shutdown, rejected, orphaned)."""
+    return rank(state) > RUNNING_RANK
+
+
+def can_transition(old: str, new: str) -> bool:
+    """Whether a task may move from ``old`` to ``new``: strictly forward, never out of an end.
+
+    Both the agent (observed state) and the controllers (desired state) use this before a
+    compare-and-swap write, so a late or replayed event can never move a task backwards.
+    """
+    return rank(new) > rank(old) and not is_terminal(old)
+
+
+def observed_state(task: Resource) -> str:
+    """``status.state``; a task nobody has reported on yet is ``new``."""
+    state = task.status.get("state") or NEW
+    return state if state in RANK else NEW
+
+
+def desired_state(task: Resource) -> str:
+    """``spec.desiredState``; the schema default is ``running``."""
+    state = task.spec.get("desiredState") or RUNNING
+    return state if state in RANK else RUNNING
+
+
+def is_active_desired(task: Resource) -> bool:
+    """The controllers still want this task to run (desired state at or before running)."""
+    return RANK.get(task.spec.get("desiredState") or RUNNING, RUNNING_RANK) <= RUNNING_RANK
+
+
+def is_live(task: Resource) -> bool:
+    """Observed at or before running: the task may still hold its node's resources."""
+    return RANK.get(task.status.get("state") or NEW, 0) <= RUNNING_RANK
+
+
+def is_running(task: Resource) -> bool:
+    return task.status.get("state") == RUNNING
+
+
+def has_ended(task: Resource) -> bool:
+    """Observed in a terminal state."""
+    return RANK.get(task.status.get("state") or NEW, 0) > RUNNING_RANK
+
+
+def ended_by_itself(task: Resource) -> bool:
+    """Observed complete, failed or rejected (see ``SELF_ENDED``)."""
+    return task.status.get("state") in SELF_ENDED
+
+
+def service_name(task: Resource) -> str | None:
+    """The owning service's name: the ``shoal.io/service`` label, else ``spec.serviceName``."""
+    name = task.metadata.labels.get(SERVICE_LABEL) or task.spec.get("serviceName")
+    return str(name) if name else None
+
+
+def namespace_of(obj: Resource) -> str:
+    return obj.metadata.namespace or DEFAULT_NAMESPACE
+
+
+def task_key(task: Resource) -> str:
+    """``namespace/name``: unique across stacks, the key scheduler results are reported by."""
+    return f"{namespace_of(task)}/{task.metadata.name}"
+
+
+def slot_of(task: Resource) -> int:
+    """``spec.slot``; 0 (global tasks) when absent or unreadable."""
+    try:
+        return int(task.spec.get("slot") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def generation_of(task: Resource) -> int:
+    try:
+        return int(task.spec.get("serviceGeneration") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def node_name_of(task: Resource) -> str | None:
+    name = task.spec.get("nodeName")
+    return str(name) if name else None
+
+
+_NUMERIC_RE = re.compile(r"^\s*\d+(\.\d*)?\s*$")
+
+
+def parse_timestamp(value: Any) -> float | None:
+    """Epoch seconds from an RFC 3339 string (``2024-05-01T10:00:00Z``) or a number.
+
+    Returns None for missing or unreadable values instead of raising: timestamps are
+    written by agents and a bad one must degrade a decision, not crash a controller.
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if not isinstance(value, str) or not value:
+        return None
+    if _NUMERIC_RE.match(value):
+        return float(value)
+    try:
+        parsed = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:  # Shoal writes UTC; a naive stamp is read as UTC, not local
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    return parsed.timestamp()
+
+
+def status_time(task: Resource) -> float | None:
+    """When the task last changed observed state (``status.timestamp``)."""
+    return parse_timestamp(task.status.get("timestamp"))
+
+
+def creation_time(task: Resource) -> float:
+    return parse_timestamp(task.metadata.creationTimestamp) or 0.0

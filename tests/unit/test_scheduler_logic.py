@@ -1,0 +1,403 @@
+"""The scheduler's pure decision logic: constraints, filters, explanations, placement.
+
+Scenarios are the ones Swarm users rely on (spread 2/2/2 over zones, max replicas per
+node, least-loaded ordering, pending explanations), checked on in-memory resources.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from shoal.controllers.scheduler import constraints as cons
+from shoal.controllers.scheduler import filters as flt
+from shoal.controllers.scheduler import placement, schedule
+from shoal.crds.resource import Resource, new
+
+NOW = 1_700_000_000.0
+
+
+def node(name: str, *, labels: dict[str, str] | None = None, state: str = "ready",
+         availability: str = "active", role: str = "worker", address: str = "10.0.0.1",
+         os: str = "linux", arch: str = "x86_64", cpus: float | None = None,
+         memory: str | int | None = None, engine: dict[str, str] | None = None,
+         uid: str = "") -> Resource:
+    n = new("Node", name, labels=labels)
+    n.metadata.uid = uid or f"uid-{name}"
+    n.spec = {"availability": availability, "role": role}
+    n.status = {"state": state, "address": address,
+                "platform": {"os": os, "architecture": arch},
+                "engineLabels": dict(engine or {})}
+    if cpus is not None or memory is not None:
+        n.status["resources"] = {"cpus": cpus, "memory": memory}
+    return n
+
+
+def service(name: str, replicas: int = 1, *, constraints: list[str] | None = None,
+            spread: list[str] | None = None, max_per_node: int = 0,
+            cpus: Any = None, memory: Any = None, host_ports: list[int] | None = None,
+            platforms: list[dict[str, str]] | None = None, generation: int = 1) -> Resource:
+    placement_spec: dict[str, Any] = {}
+    if constraints:
+        placement_spec["constraints"] = constraints
+    if spread:
+        placement_spec["preferences"] = [{"spread": s} for s in spread]
+    if max_per_node:
+        placement_spec["maxReplicasPerNode"] = max_per_node
+    if platforms:
+        placement_spec["platforms"] = platforms
+    template: dict[str, Any] = {"image": "nginx"}
+    reservations = {k: v for k, v in (("cpus", cpus), ("memory", memory)) if v is not None}
+    if reservations:
+        template["resources"] = {"reservations": reservations}
+    spec: dict[str, Any] = {"mode": "replicated", "replicas": replicas, "template": template,
+                            "placement": placement_spec}
+    if host_ports:
+        spec["endpoint"] = {"ports": [{"published": p, "target": 80, "mode": "host"}
+                                      for p in host_ports]}
+    s = new("Service", name, "default", spec=spec)
+    s.metadata.generation = generation
+    return s
+
+
+def task(svc: Resource, slot: int, *, node_name: str | None = None, state: str = "pending",
+         desired: str = "running", seq: int = 1, timestamp: float | None = None,
+         generation: int | None = None) -> Resource:
+    name = svc.metadata.name
+    t = new("Task", f"{name}.{slot}.{seq}", "default",
+            spec={"serviceName": name, "slot": slot, "desiredState": desired,
+                  "serviceGeneration": svc.metadata.generation if generation is None
+                  else generation,
+                  "template": svc.spec["template"]},
+            labels={"shoal.io/service": name})
+    if node_name:
+        t.spec["nodeName"] = node_name
+    t.status = {"state": state}
+    if timestamp is not None:
+        t.status["timestamp"] = timestamp
+    return t
+
+
+def tasks_for(svc: Resource, count: int | None = None, start: int = 1) -> list[Resource]:
+    return [task(svc, slot) for slot in range(start, start + (count or svc.spec["replicas"]))]
+
+
+def zones_of(result: placement.ScheduleResult, nodes: list[Resource]) -> Counter[str]:
+    zone = {n.metadata.name: n.metadata.labels.get("zone", "-") for n in nodes}
+    return Counter(zone[name] for name in result.assignments.values())
+
+
+# --- constraints ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("expr", "key", "op", "value"), [
+    ("node.labels.zone==a", "node.labels.zone", "==", "a"),
+    ("  node.role != manager ", "node.role", "!=", "manager"),
+    ("NODE.HOSTNAME==web-1", "node.hostname", "==", "web-1"),
+    ("engine.labels.storage==ssd", "engine.labels.storage", "==", "ssd"),
+    ("node.labels.shoal.io/rack==r1", "node.labels.shoal.io/rack", "==", "r1"),
+    ("node.ip==10.0.0.0/24", "node.ip", "==", "10.0.0.0/24"),
+])
+def test_parse_constraint(expr: str, key: str, op: str, value: str) -> None:
+    c = cons.parse_constraint(expr)
+    assert (c.key, c.op, c.value) == (key, op, value)
+    assert str(c) == f"{key}{op}{value}"
+
+
+@pytest.mark.parametrize(("expr", "message"), [
+    ("node.labels.zone=a", "expected <key>==<value>"),
+    ("node.flavour==big", 'unknown constraint key "node.flavour"'),
+    ("node.labels.==a", "invalid label name"),
+    ("node.labels.zone==", "value must be non-empty"),
+    ("node.labels.zone==a==b", "must not contain"),
+    ("node.ip==not-an-ip", "node.ip takes an address or a CIDR"),
+])
+def test_parse_constraint_errors(expr: str, message: str) -> None:
+    with pytest.raises(cons.ConstraintError, match=message):
+        cons.parse_constraint(expr)
+
+
+def test_constraint_keys_match_nodes() -> None:
+    n = cons.NodeFacts.of(node("Web-1", labels={"zone": "East", "shoal.io/rack": "r1"},
+                               role="manager", address="10.0.3.7", os="Linux",
+                               arch="aarch64", engine={"storage": "SSD"}, uid="AbC123"))
+
+    def ok(expr: str) -> bool:
+        return cons.parse_constraint(expr).matches(n)
+
+    assert ok("node.id==abc123")  # case-insensitive values
+    assert ok("node.hostname==web-1")
+    assert ok("node.role==manager") and not ok("node.role==worker")
+    assert ok("node.platform.os==linux")
+    assert ok("node.platform.arch==arm64") and ok("node.platform.arch==aarch64")
+    assert ok("node.labels.zone==east") and ok("node.labels.zone!=west")
+    assert ok("node.labels.shoal.io/rack==R1")
+    assert ok("engine.labels.storage==ssd")
+    assert ok("node.ip==10.0.3.7") and ok("node.ip==10.0.0.0/16")
+    assert not ok("node.ip==10.1.0.0/16") and ok("node.ip!=10.1.0.0/16")
+    assert not ok("node.ip==fd00::/8")  # another address family never matches
+    # A missing label: == never matches, != always does (Swarm).
+    assert not ok("node.labels.gpu==true") and ok("node.labels.gpu!=true")
+    assert not ok("engine.labels.gpu==true") and ok("engine.labels.gpu!=true")
+    # Label names are matched exactly.
+    assert not ok("node.labels.Zone==east")
+    assert cons.match_all(cons.parse_constraints(["node.role==manager",
+                                                  "node.labels.zone==east"]), n)
+    assert not cons.match_all(cons.parse_constraints(["node.role==manager",
+                                                      "node.labels.zone==west"]), n)
+
+
+def test_node_without_address_fails_ip_equality() -> None:
+    facts = cons.NodeFacts.of(node("n", address=""))
+    assert not cons.parse_constraint("node.ip==10.0.0.0/8").matches(facts)
+    assert cons.parse_constraint("node.ip!=10.0.0.0/8").matches(facts)
+
+
+# --- filters and explanations --------------------------------------------------------------
+
+
+def test_demand_reads_reservations_ports_and_placement() -> None:
+    svc = service("web", cpus="500m", memory="64Mi", host_ports=[8080], max_per_node=2,
+                  constraints=["node.role==worker"], spread=["node.labels.zone"],
+                  platforms=[{"os": "linux", "architecture": "x86_64"}])
+    d = flt.demand_for(("default", "web"), svc)
+    assert d.nano_cpus == 500_000_000
+    assert d.memory == 64 * 1024 * 1024
+    assert d.host_ports == ((8080, "tcp"),)
+    assert d.max_replicas == 2
+    assert d.spread == ("node.labels.zone",)
+    assert d.platforms == (("linux", "amd64"),)
+    assert not d.error
+    bad = service("bad", constraints=["node.labels.zone=a"], cpus="lots")
+    err = flt.demand_for(("default", "bad"), bad).error
+    assert "reservations.cpus" in err and "expected <key>==<value>" in err
+
+
+def test_explanation_names_constraint_and_drained_node() -> None:
+    nodes = [node(f"n{i}", labels={"zone": "ab"[i % 2]}) for i in range(4)]
+    nodes.append(node("n4", labels={"zone": "a"}, availability="drain"))
+    svc = service("web", 1, constraints=["node.labels.zone==c"])
+    result = schedule(tasks_for(svc), nodes, [], [svc])
+    assert result.assignments == {}
+    assert result.unplaced == {"default/web.1.1": "no suitable node (constraint "
+                               "node.labels.zone==c matched 0 of 5 nodes; 1 node drained)"}
+
+
+def test_explanation_counts_availability_by_category() -> None:
+    nodes = [node("a", state="down"), node("b", state="down"), node("c", availability="pause"),
+             node("d", availability="drain"), node("e", state="unknown")]
+    svc = service("web")
+    result = schedule(tasks_for(svc), nodes, [], [svc])
+    assert result.unplaced["default/web.1.1"] == (
+        "no suitable node (2 nodes down; 1 node not ready; 1 node paused; 1 node drained)")
+
+
+def test_explanation_for_resources_ports_platform_and_max_replicas() -> None:
+    nodes = [node("a", cpus=1, memory="1Gi"), node("b", cpus=4, memory="128Mi"),
+             node("c", cpus=4, memory="4Gi", arch="arm64")]
+    big = service("big", cpus=2, memory="256Mi", platforms=[{"os": "linux",
+                                                               "architecture": "amd64"}])
+    result = schedule(tasks_for(big), nodes, [], [big])
+    assert result.unplaced["default/big.1.1"] == (
+        "no suitable node (insufficient cpu on 1 node; insufficient memory on 1 node; "
+        "platform linux/amd64 not supported on 1 node)")
+
+    web = service("web", 3, host_ports=[80])
+    two = [node("a"), node("b")]
+    result = schedule(tasks_for(web), two, [], [web])
+    assert sorted(result.assignments.values()) == ["a", "b"]
+    assert result.unplaced == {"default/web.3.1":
+                               "no suitable node (host port 80/tcp in use on 2 nodes)"}
+
+    capped = service("capped", 5, max_per_node=2)
+    result = schedule(tasks_for(capped), two, [], [capped])
+    assert Counter(result.assignments.values()) == {"a": 2, "b": 2}
+    assert result.unplaced == {"default/capped.5.1":
+                               "no suitable node (max replicas per node (2) reached on 2 nodes)"}
+
+
+def test_no_nodes_and_missing_service_and_bad_spec_are_explained() -> None:
+    svc = service("web")
+    assert schedule(tasks_for(svc), [], [], [svc]).unplaced == {
+        "default/web.1.1": "no suitable node (no nodes in the cluster)"}
+    assert schedule(tasks_for(svc), [node("a")], [], []).unplaced == {
+        "default/web.1.1": "service default/web not found"}
+    bad = service("bad", constraints=["node.colour==red"])
+    reason = schedule(tasks_for(bad), [node("a")], [], [bad]).unplaced["default/bad.1.1"]
+    assert reason.startswith('invalid service spec: unknown constraint key "node.colour"')
+
+
+# --- placement -----------------------------------------------------------------------------
+
+
+def test_spread_over_three_zones_lands_two_two_two() -> None:
+    nodes = [node(f"{zone}{i}", labels={"zone": zone}) for zone in "abc" for i in (1, 2)]
+    svc = service("web", 6, spread=["node.labels.zone"])
+    result = schedule(tasks_for(svc), nodes, [], [svc])
+    assert not result.unplaced
+    assert zones_of(result, nodes) == {"a": 2, "b": 2, "c": 2}
+    assert Counter(result.assignments.values()) == {n.metadata.name: 1 for n in nodes}
+
+
+def test_spread_is_per_label_value_not_per_node() -> None:
+    # Zone a has four nodes, b and c one each: Swarm still spreads 2/2/2 by zone.
+    nodes = [node(f"a{i}", labels={"zone": "a"}) for i in range(4)]
+    nodes += [node("b0", labels={"zone": "b"}), node("c0", labels={"zone": "c"})]
+    svc = service("web", 6, spread=["node.labels.zone"])
+    result = schedule(tasks_for(svc), nodes, [], [svc])
+    assert zones_of(result, nodes) == {"a": 2, "b": 2, "c": 2}
+    assert Counter(result.assignments.values())["b0"] == 2
+
+
+def test_nodes_without_the_label_form_their_own_group() -> None:
+    nodes = [node("a0", labels={"zone": "a"}), node("b0", labels={"zone": "b"}),
+             node("x0"), node("x1")]
+    svc = service("web", 6, spread=["node.labels.zone"])
+    result = schedule(tasks_for(svc), nodes, [], [svc])
+    assert zones_of(result, nodes) == {"a": 2, "b": 2, "-": 2}
+
+
+def test_nested_spread() -> None:
+    nodes = [node(f"{dc}{rack}{i}", labels={"dc": dc, "rack": f"{dc}{rack}"})
+             for dc in "xy" for rack in "12" for i in range(2)]
+    nodes.append(node("x3a", labels={"dc": "x", "rack": "x3"}))
+    svc = service("web", 12, spread=["node.labels.dc", "node.labels.rack"])
+    result = schedule(tasks_for(svc), nodes, [], [svc])
+    labels = {n.metadata.name: n.metadata.labels for n in nodes}
+    per_dc = Counter(labels[n]["dc"] for n in result.assignments.values())
+    per_rack = Counter(labels[n]["rack"] for n in result.assignments.values())
+    assert per_dc == {"x": 6, "y": 6}
+    assert per_rack == {"x1": 2, "x2": 2, "x3": 2, "y1": 3, "y2": 3}
+
+
+def test_spread_counts_tasks_already_running() -> None:
+    nodes = [node(f"{zone}{i}", labels={"zone": zone}) for zone in "abc" for i in (1, 2)]
+    svc = service("web", 6, spread=["node.labels.zone"])
+    running = [task(svc, 1, node_name="a1", state="running"),
+               task(svc, 2, node_name="a2", state="running")]
+    result = schedule(tasks_for(svc, 4, start=3), nodes, running, [svc])
+    assert zones_of(result, nodes) == {"b": 2, "c": 2}
+
+
+def test_fewest_service_tasks_then_fewest_tasks_overall() -> None:
+    nodes = [node("a"), node("b"), node("c")]
+    web, db = service("web", 3), service("db", 1)
+    existing = [task(web, 1, node_name="a", state="running"),
+                task(db, 1, node_name="b", state="running"),
+                task(db, 2, node_name="b", state="running", desired="shutdown")]
+    # web.2 -> b or c (0 web tasks); c has fewer tasks overall. Then b (0 web tasks).
+    result = schedule([task(web, 2), task(web, 3)], nodes, existing, [web, db])
+    assert result.assignments == {"default/web.2.1": "c", "default/web.3.1": "b"}
+
+
+def test_batch_updates_counts_across_services() -> None:
+    nodes = [node(f"n{i}") for i in range(4)]
+    services = [service(f"s{i}", 2) for i in range(6)]
+    pending = [t for s in services for t in tasks_for(s)]
+    result = schedule(pending, nodes, [], services)
+    assert Counter(result.assignments.values()) == {f"n{i}": 3 for i in range(4)}
+    for s in services:  # each service still on two different nodes
+        name = s.metadata.name
+        assert len({v for k, v in result.assignments.items() if f"/{name}." in k}) == 2
+
+
+def test_recently_failing_nodes_go_last() -> None:
+    nodes = [node("a"), node("b")]
+    svc = service("web", 1)
+    failures = [task(svc, 1, node_name="a", state="failed", seq=i, timestamp=NOW - 60)
+                for i in range(1, 6)]
+    result = schedule([task(svc, 1, seq=9)], nodes, failures, [svc], now=NOW)
+    assert result.assignments == {"default/web.1.9": "b"}
+    # Four failures are not enough, and old failures are forgotten.
+    for few in (failures[:4], [task(svc, 1, node_name="a", state="failed", seq=i,
+                                    timestamp=NOW - 400) for i in range(1, 6)]):
+        result = schedule([task(svc, 1, seq=9)], nodes, few, [svc], now=NOW)
+        assert result.assignments == {"default/web.1.9": "a"}
+    # Failures of an older generation do not count against the new one.
+    newer = service("web", 1, generation=2)
+    result = schedule([task(newer, 1, seq=9)], nodes, failures, [newer], now=NOW)
+    assert result.assignments == {"default/web.1.9": "a"}
+
+
+def test_reservations_subtract_live_tasks_on_the_node() -> None:
+    nodes = [node("a", cpus=1, memory="1Gi"), node("b", cpus=1, memory="1Gi")]
+    svc = service("web", 4, cpus=0.5, memory="256Mi")
+    existing = [task(svc, 1, node_name="a", state="running"),
+                # Told to stop but still running: it still holds its reservation.
+                task(svc, 2, node_name="a", state="running", desired="shutdown"),
+                # Ended: holds nothing.
+                task(svc, 3, node_name="b", state="failed")]
+    result = schedule(tasks_for(svc, 3, start=4), nodes, existing, [svc])
+    assert Counter(result.assignments.values()) == {"b": 2}
+    assert result.unplaced == {"default/web.6.1": "no suitable node (insufficient cpu on "
+                                                  "2 nodes)"}
+
+
+def test_host_port_held_by_another_service_blocks_the_node() -> None:
+    nodes = [node("a"), node("b")]
+    other, web = service("other", host_ports=[80]), service("web", 1, host_ports=[80])
+    existing = [task(other, 1, node_name="a", state="running")]
+    result = schedule(tasks_for(web), nodes, existing, [other, web])
+    assert result.assignments == {"default/web.1.1": "b"}
+
+
+def test_max_replicas_counts_existing_tasks() -> None:
+    nodes = [node("a"), node("b")]
+    svc = service("web", 4, max_per_node=2)
+    existing = [task(svc, 1, node_name="a", state="running"),
+                task(svc, 2, node_name="a", state="running")]
+    result = schedule(tasks_for(svc, 3, start=3), nodes, existing, [svc])
+    assert Counter(result.assignments.values()) == {"b": 2}
+    assert len(result.unplaced) == 1
+
+
+def test_pinned_tasks_are_checked_against_their_node() -> None:
+    nodes = [node("a"), node("b", availability="pause"), node("c", labels={"zone": "x"})]
+    svc = service("agent", 0, constraints=["node.labels.zone!=x"])
+    pinned = [task(svc, 0, node_name=n, seq=i) for i, n in enumerate(["a", "b", "c", "z"])]
+    result = schedule(pinned, nodes, pinned, [svc])
+    assert result.assignments == {"default/agent.0.0": "a"}
+    assert result.unplaced == {
+        "default/agent.0.1": "node b unsuitable (paused)",
+        "default/agent.0.2": "node c unsuitable (constraint node.labels.zone!=x not satisfied)",
+        "default/agent.0.3": "node z not found",
+    }
+
+
+def test_tasks_not_desired_running_are_skipped() -> None:
+    svc = service("web", 2)
+    result = schedule([task(svc, 1, desired="shutdown"), task(svc, 2)], [node("a")], [], [svc])
+    assert result.assignments == {"default/web.2.1": "a"}
+    assert result.unplaced == {}
+
+
+def test_constraints_pick_matching_nodes_only() -> None:
+    nodes = [node("m", role="manager"), node("w1"), node("w2", labels={"disk": "ssd"})]
+    svc = service("db", 3, constraints=["node.role==worker", "node.labels.disk==ssd"])
+    result = schedule(tasks_for(svc), nodes, [], [svc])
+    assert set(result.assignments.values()) == {"w2"}
+    assert len(result.assignments) == 3
+
+
+def test_placement_is_deterministic() -> None:
+    nodes = [node(f"n{i:02d}", labels={"zone": "abc"[i % 3]}) for i in range(12)]
+    services = [service(f"s{i}", 7, spread=["node.labels.zone"]) for i in range(5)]
+    pending = [t for s in services for t in tasks_for(s)]
+    first = schedule(pending, nodes, [], services)
+    second = schedule(list(reversed(pending)), list(reversed(nodes)), [], services)
+    assert first == second
+
+
+def test_hundred_thousand_tasks_on_a_thousand_nodes_in_one_call() -> None:
+    nodes = [node(f"node-{i:04d}", labels={"zone": f"z{i % 4}"}, cpus=16, memory="64Gi")
+             for i in range(1000)]
+    services = [service(f"svc{i}", 1000, cpus="10m", memory="32Mi",
+                        spread=["node.labels.zone"] if i % 2 else None) for i in range(100)]
+    pending = [t for s in services for t in tasks_for(s)]
+    result = schedule(pending, nodes, [], services)
+    assert len(result.assignments) == 100_000
+    assert not result.unplaced
+    per_node = Counter(result.assignments.values())
+    assert len(per_node) == 1000 and set(per_node.values()) == {100}
