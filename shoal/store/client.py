@@ -88,9 +88,13 @@ class Store:
     async def get(self, info: kinds.KindInfo, name: str,
                   namespace: str | None = None) -> resource.Resource:
         kvs, _, _ = await self.etcd.range(self.key(info, name, namespace))
+        ref = _ref(info, name, self._ns(info, namespace))
         if not kvs:
-            raise errors.NotFoundError(_ref(info, name, self._ns(info, namespace)))
-        return codec.decode(kvs[0].value, kvs[0].mod_revision)
+            raise errors.NotFoundError(ref)
+        try:
+            return codec.decode(kvs[0].value, kvs[0].mod_revision)
+        except codec.UndecodableError as exc:
+            raise errors.CorruptObjectError(ref, str(exc)) from None
 
     async def list(self, info: kinds.KindInfo, namespace: str | None = None,
                    selector: selectors.Selector | str | None = None, revision: int = 0,
@@ -108,8 +112,8 @@ class Store:
             kvs, rev, more = await self.etcd.range_raw(start, end, revision, page_size)
             revision = revision or rev
             for kv in kvs:
-                obj = codec.decode(kv.value, kv.mod_revision)
-                if sel is None or sel.matches(obj.metadata.labels):
+                obj = codec.try_decode(kv.key, kv.value, kv.mod_revision)
+                if obj is not None and (sel is None or sel.matches(obj.metadata.labels)):
                     out.append(obj)
             if not more or not kvs:
                 return out, revision
@@ -187,7 +191,12 @@ class Store:
         Returns None when the object is gone. NotFoundError if it did not exist.
         """
         while True:
-            obj = await self.get(info, name, namespace)
+            try:
+                obj = await self.get(info, name, namespace)
+            except errors.CorruptObjectError:
+                # Nothing can honour finalizers on a value nobody can read: just remove it.
+                await self._write([], [etcd.op_delete(self.key(info, name, namespace))], fence)
+                return None
             key = self.key(info, obj.name, obj.namespace)
             compare = [etcd.cmp_mod(key, int(obj.metadata.resourceVersion))]
             if obj.metadata.finalizers:

@@ -11,7 +11,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import structlog
+
 from shoal.crds import kinds, resource
+
+log = structlog.get_logger("shoal.store.codec")
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _SPEC_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False)
@@ -45,11 +49,35 @@ def encode(obj: resource.Resource) -> bytes:
     return _ENCODER.encode(data).encode()
 
 
+class UndecodableError(ValueError):
+    """A stored value that is not a resource (hand-written garbage, a foreign tool)."""
+
+
 def decode(value: bytes, mod_revision: int) -> resource.Resource:
-    obj = resource.Resource.from_dict(json.loads(value))
+    try:
+        data = json.loads(value)
+        if not isinstance(data, dict):
+            raise TypeError(f"top level is {type(data).__name__}, not an object")
+        for field in ("metadata", "spec", "status"):
+            if data.get(field) is not None and not isinstance(data[field], dict):
+                raise TypeError(f"{field} is {type(data[field]).__name__}, not an object")
+        obj = resource.Resource.from_dict(data)
+        spec_digest(obj.spec)  # proves the spec is JSON-serialisable before anyone relies on it
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise UndecodableError(str(exc)) from None
     obj.metadata.resourceVersion = str(mod_revision)
     remember_spec(obj)
     return obj
+
+
+def try_decode(key: bytes, value: bytes, mod_revision: int) -> resource.Resource | None:
+    """Decode, or log and return None: one bad value must not stop a list or a watch."""
+    try:
+        return decode(value, mod_revision)
+    except UndecodableError as exc:
+        log.warning("skipping undecodable object", key=key.decode(errors="replace"),
+                    revision=mod_revision, error=str(exc))
+        return None
 
 
 def remember_spec(obj: resource.Resource, digest: int | None = None) -> None:

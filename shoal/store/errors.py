@@ -23,6 +23,15 @@ class NotFoundError(StoreError):
         super().__init__(f"{ref} not found")
 
 
+class CorruptObjectError(StoreError):
+    """The stored value is not a resource; delete it with ``swctl delete`` and re-apply."""
+
+    def __init__(self, ref: str, detail: str) -> None:
+        self.ref = ref
+        super().__init__(f"{ref} is stored in a form Shoal cannot read ({detail}); "
+                         f"delete it and apply it again")
+
+
 class AlreadyExistsError(StoreError):
     def __init__(self, ref: str) -> None:
         self.ref = ref

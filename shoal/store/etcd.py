@@ -109,7 +109,11 @@ class EtcdClient:
     def __init__(self, url: str) -> None:
         self.url = url
         host, port = parse_url(url)
-        self._client = aetcd.Client(host=host, port=port, timeout=None)
+        # No cap on received messages: a watch catching up sends up to 1000 revisions of
+        # events in one response (7.7 MB for 20,000 small objects written in batches), and
+        # gRPC's default 4 MiB limit turns that into an endless resume-and-fail loop.
+        self._client = aetcd.Client(host=host, port=port, timeout=None,
+                                    options={"grpc.max_receive_message_length": -1})
         self._kv: Any = None
         self._lease: Any = None
         self._watch: Any = None

@@ -245,3 +245,29 @@ async def test_group_commit_keeps_per_write_semantics(store: client.Store) -> No
     assert store._group.transactions > before, "concurrent writes were not grouped"
     stored, _ = await store.list(WIDGET)
     assert {o.spec.get("n") for o in stored if o.name.startswith("g")} == {"batch"}
+
+
+async def test_garbage_in_etcd_is_skipped_not_fatal(store: client.Store) -> None:
+    await store.create(WIDGET, widget("good"))
+    bad_key = store.key(WIDGET, "bad")
+    await store.raw_put(bad_key, b"{not json")
+    await store.raw_put(store.key(WIDGET, "bad2"), b'{"metadata": {"name": "bad2"}, "spec": 5}')
+    objs, _ = await store.list(WIDGET)
+    assert [o.name for o in objs] == ["good"]
+    with pytest.raises(errors.CorruptObjectError, match="delete it and apply it again"):
+        await store.get(WIDGET, "bad")
+    events: list[watch.WatchEvent] = []
+    task = asyncio.create_task(_collect(events, watch.watch_kind(store, WIDGET)))
+    try:
+        await eventually(lambda: _async(bool(events)), what="initial list")
+        await store.raw_put(bad_key, b"[1, 2]")
+        await store.create(WIDGET, widget("after"))
+        await eventually(lambda: _async("after" in _names(events, watch.ADDED)),
+                         what="a good object after a bad one")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert await store.delete(WIDGET, "bad") is None
+    with pytest.raises(errors.NotFoundError):
+        await store.get(WIDGET, "bad")
