@@ -23,7 +23,6 @@ import uuid
 
 from shoal.crds import kinds, resource
 from shoal.runtime import informer as informer_mod
-
 from shoal.store import client, etcd_server
 
 BENCH_KIND = kinds.KindInfo("BenchItem", "benchitems", "benchitem", builtin=False,
