@@ -1,0 +1,308 @@
+"""``swctl apply -f``: admit every document, then write them all or nothing.
+
+Three steps, each of which ``diff`` and ``--dry-run`` reuse:
+
+1. **admit** every document with ``validation.admit`` before touching etcd. CRDs in the
+   same apply are admitted first and registered in this run's registry, so a file that
+   defines a kind and objects of that kind applies in one go. Any invalid document means
+   every error is printed and nothing is written (exit 1).
+2. **plan**: read the live objects and decide per object: ``created`` (absent),
+   ``unchanged`` (spec, labels and annotations equal after defaults) or ``configured``
+   (the live object with the manifest's spec, labels and annotations; status, finalizers,
+   owner references and uid are kept, because controllers own them).
+3. **write** the changes in one etcd transaction when they fit (127 operations), in
+   chunks otherwise. Updates are compare-and-swap on the version read in step 2; a
+   conflict (someone else wrote meanwhile) re-plans the chunk and tries again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from shoal.cli import common, console, errors, manifests
+from shoal.crds import kinds, resource, validation
+from shoal.store import client
+from shoal.store import errors as store_errors
+
+# One operation of etcd's 128 per transaction is left free, so a caller could add a
+# fence or guard comparison without re-chunking.
+MAX_WRITES_PER_TXN = client.MAX_TXN_OPS - 1
+CONFLICT_ATTEMPTS = 8
+# Above this many objects of one kind and namespace, one list beats a get per object.
+LIST_THRESHOLD = 32
+READ_CONCURRENCY = 64
+
+CREATED = "created"
+CONFIGURED = "configured"
+UNCHANGED = "unchanged"
+
+
+@dataclasses.dataclass
+class Admitted:
+    """A validated document: the object as apply wants it, and where it came from."""
+
+    doc: manifests.Document
+    info: kinds.KindInfo
+    obj: resource.Resource
+
+    @property
+    def key(self) -> tuple[str, str | None, str]:
+        return (self.info.kind, self.obj.namespace, self.obj.name)
+
+
+@dataclasses.dataclass
+class Planned:
+    """What apply does with one object: ``action``, and the object it would write."""
+
+    admitted: Admitted
+    live: resource.Resource | None
+    desired: resource.Resource
+    action: str
+
+    @property
+    def name(self) -> str:
+        return common.ref_of(self.admitted.info, self.desired)
+
+
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "apply", parents=parents, help="create or update objects from manifests",
+        description="Create or update the objects in FILE|DIR|- . Every document is "
+                    "validated first; if any is invalid nothing is written.")
+    add_file_flags(p)
+    p.add_argument("--dry-run", nargs="?", const="client", choices=["client", "none"],
+                   default="none", help="validate and show what would change, write nothing")
+    p.add_argument("-n", "--namespace",
+                   help="namespace for objects that do not name one (default: default)")
+    p.set_defaults(func=run, error_code=1)
+
+
+def add_file_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("-f", "--filename", action="append", required=required, default=None,
+                   metavar="FILE|DIR|-", help="manifest file, directory, or - for stdin "
+                   "(repeatable)")
+    p.add_argument("-R", "--recursive", action="store_true",
+                   help="with a directory, include its subdirectories")
+
+
+async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
+    docs = manifests.load(args.filename, args.recursive)
+    dry_run = args.dry_run != "none"
+    async with common.open_store(opts) as store:
+        registry = await common.registry_of(store)
+        admitted = admit_documents(registry, docs, args.namespace)
+        with console.Spinner("reading live objects"):
+            planned = await plan(store, admitted)
+        suffix = " (dry run)" if dry_run else ""
+
+        def report(p: Planned) -> None:
+            console.out(f"{p.name} {p.action}{suffix}")
+
+        if dry_run:
+            for p in planned:
+                report(p)
+        else:
+            await write(store, planned, report)
+    return 0
+
+
+# --- 1. admission ---
+
+def admit_documents(registry: kinds.Registry, docs: Sequence[manifests.Document],
+                    namespace: str | None = None) -> list[Admitted]:
+    """Admit every document or raise one CliError listing every problem, in file order.
+
+    ``registry`` gains the kinds defined by CRDs among ``docs``.
+    """
+    crd_names = set(registry.lookup(kinds.CRD_KIND).names)
+    is_crd = [str(d.data.get("kind", "")).lower() in crd_names for d in docs]
+    order = [i for i, c in enumerate(is_crd) if c] + [i for i, c in enumerate(is_crd) if not c]
+    problems: dict[int, list[str]] = {}
+    admitted: dict[int, Admitted] = {}
+    for i in order:
+        doc = docs[i]
+        try:
+            data = _with_namespace(doc, namespace, registry)
+            obj = validation.admit(data, registry, doc.where)
+            info = registry.by_kind(obj.kind)
+            if info.kind == kinds.CRD_KIND:
+                # Later documents of this apply may be objects of the kind it defines.
+                registry.add(kinds.kind_info_from_crd(obj.to_dict()))
+        except validation.ValidationError as exc:
+            problems[i] = [line for line in str(exc).splitlines() if line]
+        except (errors.CliError, ValueError) as exc:
+            problems[i] = [f"{exc} ({doc.where})"]
+        else:
+            admitted[i] = Admitted(doc, info, _as_applied(info, obj))
+    seen: dict[tuple[str, str | None, str], Admitted] = {}
+    for i in sorted(admitted):
+        adm = admitted[i]
+        first = seen.setdefault(adm.key, adm)
+        if first is not adm:
+            ref = common.key_ref(adm.info, adm.obj.name, adm.obj.namespace)
+            problems.setdefault(i, []).append(
+                f"{ref} is defined twice ({first.doc.where} and {adm.doc.where}); "
+                "keep one of them")
+    if problems:
+        lines = [line for i in sorted(problems) for line in problems[i]]
+        invalid = len(problems)
+        lines.append(f"nothing was written: {invalid} of {len(docs)} "
+                     f"document{'s' if len(docs) != 1 else ''} "
+                     f"{'is' if invalid == 1 else 'are'} invalid; fix "
+                     f"{'it' if invalid == 1 else 'them'} and apply again")
+        raise errors.CliError(lines)
+    return [admitted[i] for i in sorted(admitted)]
+
+
+def _with_namespace(doc: manifests.Document, namespace: str | None,
+                    registry: kinds.Registry) -> dict[str, Any]:
+    """The document with ``-n`` filled in, refusing a manifest that names another one."""
+    data = doc.data
+    if not namespace:
+        return data
+    try:
+        info = registry.lookup(str(data.get("kind", "")))
+    except kinds.UnknownKindError:
+        return data  # admission reports the unknown kind with its suggestions
+    meta = data.get("metadata")
+    if not info.namespaced or not isinstance(meta, dict):
+        return data
+    given = meta.get("namespace")
+    if given and given != namespace:
+        raise errors.CliError(
+            f'the object\'s namespace "{given}" does not match -n {namespace}; remove '
+            "metadata.namespace from the manifest or pass -n " + str(given))
+    data = dict(data)
+    data["metadata"] = {**meta, "namespace": namespace}
+    return data
+
+
+def _as_applied(info: kinds.KindInfo, obj: resource.Resource) -> resource.Resource:
+    """Only what a manifest may set: server-owned fields (uid, resourceVersion,
+    timestamps, generation, status) are dropped, so re-applying ``get -o yaml`` output
+    is safe and cannot forge identity or status."""
+    meta = resource.ObjectMeta(
+        name=obj.name, namespace=common.namespace_for(info, obj.namespace),
+        labels=dict(obj.metadata.labels), annotations=dict(obj.metadata.annotations),
+        finalizers=list(obj.metadata.finalizers),
+        ownerReferences=copy.deepcopy(obj.metadata.ownerReferences))
+    return resource.Resource(kind=info.kind, metadata=meta, spec=copy.deepcopy(obj.spec),
+                             apiVersion=info.api_version)
+
+
+# --- 2. plan ---
+
+def plan_one(adm: Admitted, live: resource.Resource | None) -> Planned:
+    want = adm.obj
+    if live is None:
+        return Planned(adm, None, want, CREATED)
+    if (live.spec == want.spec and live.metadata.labels == want.metadata.labels
+            and live.metadata.annotations == want.metadata.annotations):
+        return Planned(adm, live, live, UNCHANGED)
+    # deepcopy keeps the store's record of the live spec, so the update bumps
+    # generation only when the spec really changed.
+    desired = live.deepcopy()
+    desired.spec = copy.deepcopy(want.spec)
+    desired.metadata.labels = dict(want.metadata.labels)
+    desired.metadata.annotations = dict(want.metadata.annotations)
+    return Planned(adm, live, desired, CONFIGURED)
+
+
+async def read_live(store: client.Store, admitted: Sequence[Admitted],
+                    ) -> list[resource.Resource | None]:
+    """The stored object for each of ``admitted`` (None where absent)."""
+    groups: dict[tuple[str, str | None], list[int]] = {}
+    for i, adm in enumerate(admitted):
+        groups.setdefault((adm.info.kind, adm.obj.namespace), []).append(i)
+    out: list[resource.Resource | None] = [None] * len(admitted)
+    limit = asyncio.Semaphore(READ_CONCURRENCY)
+
+    async def get_one(i: int) -> None:
+        adm = admitted[i]
+        async with limit:
+            try:
+                out[i] = await store.get(adm.info, adm.obj.name, adm.obj.namespace)
+            except store_errors.NotFoundError:
+                out[i] = None
+
+    async def list_group(indices: list[int]) -> None:
+        info = admitted[indices[0]].info
+        async with limit:
+            objs, _ = await store.list(info, admitted[indices[0]].obj.namespace)
+        by_name = {o.name: o for o in objs}
+        for i in indices:
+            out[i] = by_name.get(admitted[i].obj.name)
+
+    tasks = []
+    for indices in groups.values():
+        if len(indices) > LIST_THRESHOLD:
+            tasks.append(list_group(indices))
+        else:
+            tasks.extend(get_one(i) for i in indices)
+    await asyncio.gather(*tasks)
+    return out
+
+
+async def plan(store: client.Store, admitted: Sequence[Admitted]) -> list[Planned]:
+    live = await read_live(store, admitted)
+    return [plan_one(adm, obj) for adm, obj in zip(admitted, live, strict=True)]
+
+
+# --- 3. write ---
+
+def _op(p: Planned) -> client.Op:
+    return client.Op("create" if p.action == CREATED else "update", p.admitted.info, p.desired)
+
+
+def chunks(planned: Sequence[Planned]) -> list[list[Planned]]:
+    """Consecutive groups holding at most MAX_WRITES_PER_TXN writes each."""
+    out: list[list[Planned]] = [[]]
+    writes = 0
+    for p in planned:
+        if p.action != UNCHANGED:
+            if writes == MAX_WRITES_PER_TXN:
+                out.append([])
+                writes = 0
+            writes += 1
+        out[-1].append(p)
+    return out
+
+
+async def write(store: client.Store, planned: Sequence[Planned],
+                report: Callable[[Planned], None]) -> None:
+    """Write ``planned``, reporting each object once its transaction has committed.
+
+    CRDs go first so that, when the apply needs several transactions, a kind is
+    registered before any object of it is stored.
+    """
+    ordered = sorted(planned, key=lambda p: p.admitted.info.kind != kinds.CRD_KIND)
+    writes = sum(p.action != UNCHANGED for p in ordered)
+    with console.counter("writing", writes) as progress:
+        for chunk in chunks(ordered):
+            chunk = await _commit_chunk(store, chunk)
+            progress.advance(sum(p.action != UNCHANGED for p in chunk))
+            for p in chunk:
+                report(p)
+
+
+async def _commit_chunk(store: client.Store, chunk: list[Planned]) -> list[Planned]:
+    for attempt in range(CONFLICT_ATTEMPTS):
+        ops = [_op(p) for p in chunk if p.action != UNCHANGED]
+        if not ops:
+            return chunk
+        try:
+            await store.commit(ops)
+            return chunk
+        except store_errors.ConflictError:
+            # Another writer got there first (or created an object we meant to create):
+            # read again and redo the decisions for this chunk.
+            await asyncio.sleep(0.01 * 2 ** attempt)
+            chunk = await plan(store, [p.admitted for p in chunk])
+    names = ", ".join(p.name for p in chunk[:3]) + ("..." if len(chunk) > 3 else "")
+    raise errors.CliError(f"gave up after {CONFLICT_ATTEMPTS} conflicting writes to {names}: "
+                          "other writers keep changing these objects; try again")

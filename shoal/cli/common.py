@@ -1,0 +1,79 @@
+"""What every verb needs: the global options and a connected store.
+
+Kept apart from ``main`` so verb modules do not import the argument parser (and so the
+parser can import the verbs without a cycle).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import AsyncIterator
+
+from shoal.cli import errors
+from shoal.crds import kinds, resource
+from shoal.store import client, kindsync
+
+DEFAULT_ETCD = "http://127.0.0.1:2379"
+DEFAULT_PREFIX = "/shoal"
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalOptions:
+    """``--etcd``, ``--prefix`` and ``--request-timeout`` after flags and environment."""
+
+    etcd: str = DEFAULT_ETCD
+    prefix: str = DEFAULT_PREFIX
+    request_timeout: float = 5.0
+
+    @classmethod
+    def resolve(cls, etcd: str | None, prefix: str | None,
+                request_timeout: float | None) -> GlobalOptions:
+        # Flag beats environment beats default, as with kubectl's KUBECONFIG.
+        return cls(
+            etcd=etcd or os.environ.get("SHOAL_ETCD") or DEFAULT_ETCD,
+            prefix=prefix or os.environ.get("SHOAL_PREFIX") or DEFAULT_PREFIX,
+            request_timeout=request_timeout if request_timeout is not None else 5.0,
+        )
+
+
+@contextlib.asynccontextmanager
+async def open_store(opts: GlobalOptions) -> AsyncIterator[client.Store]:
+    """A store connected to ``opts.etcd``, closed on exit.
+
+    Connecting proves etcd answers, so an unreachable etcd fails here with the store's
+    UnavailableError (which names the URL and how to start one) rather than mid-command.
+    """
+    try:
+        store = await client.Store.connect(opts.etcd, prefix=opts.prefix,
+                                           timeout=opts.request_timeout)
+    except ValueError as exc:  # a malformed URL
+        raise errors.CliError(f"{exc} (from --etcd or SHOAL_ETCD)") from None
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def registry_of(store: client.Store) -> kinds.Registry:
+    """The kinds this cluster serves: built-ins plus the CRDs stored in it."""
+    return await kindsync.load_registry(store)
+
+
+def namespace_for(info: kinds.KindInfo, namespace: str | None) -> str | None:
+    """The namespace an object of ``info`` lives in: None for cluster-scoped kinds."""
+    if not info.namespaced:
+        return None
+    return namespace or resource.DEFAULT_NAMESPACE
+
+
+def ref_of(info: kinds.KindInfo, obj: resource.Resource) -> str:
+    """``service/web``: how kubectl names an object in its one-line results."""
+    return f"{info.kind.lower()}/{obj.name}"
+
+
+def key_ref(info: kinds.KindInfo, name: str, namespace: str | None) -> str:
+    """``services/default/web``: the unambiguous name used in error messages."""
+    ns = namespace_for(info, namespace)
+    return f"{info.plural}/{ns}/{name}" if ns else f"{info.plural}/{name}"

@@ -1,0 +1,154 @@
+"""``swctl describe KIND NAME``: one object for people — metadata, spec, status,
+conditions and the recent events about it.
+
+Unlike ``get -o yaml`` this is not meant to be parsed: it pulls conditions out into a
+table and adds the events the runtime recorded about the object (what a controller did
+to it, or why it could not), which is usually the answer to "why is it not running?".
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+from typing import Any
+
+from shoal.cli import common, console, get, printers
+from shoal.crds import kinds, resource
+from shoal.store import client
+from shoal.store import errors as store_errors
+
+LABEL_WIDTH = 20
+MAX_EVENTS = 20
+
+
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("describe", parents=parents,
+                       help="show one object in detail, with conditions and events")
+    p.add_argument("kind", metavar="KIND")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("-n", "--namespace", help="namespace (default: default)")
+    p.set_defaults(func=run, error_code=1)
+
+
+async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
+    async with common.open_store(opts) as store:
+        registry = await common.registry_of(store)
+        info = registry.lookup(args.kind)
+        namespace = common.namespace_for(info, args.namespace)
+        try:
+            obj = await store.get(info, args.name, namespace)
+        except store_errors.NotFoundError:
+            raise get.not_found(info, args.name, namespace) from None
+        events = await recent_events(store, obj)
+    console.out(render(info, obj, events))
+    return 0
+
+
+async def recent_events(store: client.Store, obj: resource.Resource) -> list[dict[str, Any]]:
+    """The last MAX_EVENTS events the runtime recorded about ``obj``, oldest first."""
+    # Imported here: the runtime package is heavy and only describe needs it.
+    from shoal.runtime import status
+
+    found = await status.list_events(store, obj)
+    return [event.to_dict() for event in found[-MAX_EVENTS:]]
+
+
+def _line(label: str, value: str, indent: int = 0) -> str:
+    pad = " " * indent
+    return f"{pad}{label + ':':<{LABEL_WIDTH - indent}}{value}".rstrip()
+
+
+def _mapping(values: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(values.items())) or printers.NONE
+
+
+def _block(title: str, data: Any) -> list[str]:
+    if not data:
+        return [_line(title, printers.NONE)]
+    body = printers.to_yaml(data)
+    return [f"{title}:", *("  " + line for line in body.splitlines())]
+
+
+def render(info: kinds.KindInfo, obj: resource.Resource, events: list[dict[str, Any]],
+           now: datetime.datetime | None = None) -> str:
+    now = now or datetime.datetime.now(datetime.UTC)
+    meta = obj.metadata
+    lines = [_line("Name", meta.name)]
+    if info.namespaced:
+        lines.append(_line("Namespace", meta.namespace or resource.DEFAULT_NAMESPACE))
+    lines += [
+        _line("Kind", f"{obj.kind} ({obj.apiVersion})"),
+        _line("Labels", _mapping(meta.labels)),
+        _line("Annotations", _mapping(meta.annotations)),
+        _line("UID", meta.uid or printers.NONE),
+        _line("Resource Version", meta.resourceVersion or printers.NONE),
+        _line("Generation", str(meta.generation)),
+        _line("Created", f"{meta.creationTimestamp} "
+                         f"({printers.age(meta.creationTimestamp, now)} ago)"
+              if meta.creationTimestamp else printers.NONE),
+    ]
+    if meta.finalizers:
+        lines.append(_line("Finalizers", ", ".join(meta.finalizers)))
+    if meta.deletionTimestamp:
+        lines.append(_line("Deletion Requested", f"{meta.deletionTimestamp} (waiting for "
+                                                 f"finalizers: {', '.join(meta.finalizers)})"))
+    if meta.ownerReferences:
+        owners = ", ".join(f"{o.get('kind', '?')}/{o.get('name', '?')}"
+                           for o in meta.ownerReferences)
+        lines.append(_line("Owned By", owners))
+    lines += _block("Spec", obj.spec)
+    status = {k: v for k, v in obj.status.items() if k != "conditions"}
+    lines += _block("Status", status)
+    lines += _conditions(obj.status.get("conditions") or [], now)
+    lines += _events(events, now)
+    return "\n".join(lines)
+
+
+def _conditions(conditions: list[dict[str, Any]], now: datetime.datetime) -> list[str]:
+    if not conditions:
+        return [_line("Conditions", printers.NONE)]
+    rows = [[str(c.get("type", "")), str(c.get("status", "")),
+             str(c.get("reason") or printers.NONE),
+             printers.age(c.get("lastTransitionTime"), now),
+             str(c.get("message") or "")] for c in conditions]
+    table, _ = printers.render_table(["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"], rows,
+                                     indent=2)
+    return ["Conditions:", table]
+
+
+def _event_time(event: dict[str, Any]) -> str | None:
+    for field in ("lastTimestamp", "eventTime", "firstTimestamp"):
+        value = event.get(field) or (event.get("spec") or {}).get(field)
+        if value:
+            return str(value)
+    stamp = (event.get("metadata") or {}).get("creationTimestamp")
+    return str(stamp) if stamp else None
+
+
+def _event_field(event: dict[str, Any], *names: str) -> str:
+    # Shoal keeps an Event's fields in spec; Kubernetes keeps them at the top level.
+    for name in names:
+        for holder in (event, event.get("spec") or {}):
+            value = holder.get(name)
+            if value:
+                if isinstance(value, dict):  # source: {component: ...}
+                    value = value.get("component") or value.get("host") or ""
+                return str(value)
+    return ""
+
+
+def _events(events: list[dict[str, Any]], now: datetime.datetime) -> list[str]:
+    if not events:
+        return [_line("Events", printers.NONE)]
+    rows = []
+    for ev in events:
+        count = _event_field(ev, "count")
+        when = printers.age(_event_time(ev), now)
+        if count and count not in ("0", "1"):
+            when += f" (x{count})"
+        rows.append([_event_field(ev, "type") or "Normal", _event_field(ev, "reason"), when,
+                     _event_field(ev, "reportingController", "source", "reportingComponent"),
+                     _event_field(ev, "message", "note")])
+    table, _ = printers.render_table(["TYPE", "REASON", "AGE", "FROM", "MESSAGE"], rows,
+                                     indent=2)
+    return ["Events:", table]

@@ -1,0 +1,199 @@
+"""``swctl get KIND [NAME]``: list or show objects, and ``-w`` to keep watching them.
+
+The list is one consistent snapshot (one etcd revision); ``-w`` then watches from exactly
+that revision, so no change between the list and the watch is lost or shown twice. In
+watch mode every change prints one row aligned with the table above it, as kubectl does,
+until SIGINT or SIGTERM, which end the command quietly with exit code 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from typing import Any
+
+from shoal.cli import common, console, errors, printers
+from shoal.crds import kinds, resource, selectors
+from shoal.store import client, watch
+
+
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "get", parents=parents, help="list objects of a kind, or show one",
+        description="List objects of KIND (plural, singular or short name such as svc, "
+                    "no, crd), or show the one called NAME.")
+    p.add_argument("kind", metavar="KIND")
+    p.add_argument("name", metavar="NAME", nargs="?")
+    add_output_flag(p)
+    p.add_argument("-l", "--selector", metavar="SELECTOR",
+                   help="label selector, e.g. app=web,tier!=db,env in (a,b)")
+    add_namespace_flags(p)
+    p.add_argument("-w", "--watch", action="store_true",
+                   help="after listing, print changes as they happen until interrupted")
+    p.set_defaults(func=run, error_code=1)
+
+
+def add_output_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", choices=[f for f in printers.FORMATS if f != "table"],
+                   default="table", help="output format (default: a table)")
+
+
+def add_namespace_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", "--namespace", help="namespace (default: default)")
+    p.add_argument("-A", "--all-namespaces", action="store_true",
+                   help="objects of every namespace")
+
+
+def not_found(info: kinds.KindInfo, name: str, namespace: str | None) -> errors.CliError:
+    where = f' in namespace "{namespace}"' if namespace else ""
+    hint = f"swctl get {info.plural}" + (f" -n {namespace}" if namespace else "")
+    return errors.CliError(f'{info.plural} "{name}" not found{where} (list them with `{hint}`)')
+
+
+def parse_selector(text: str | None) -> selectors.Selector:
+    try:
+        return selectors.parse(text)
+    except ValueError as exc:
+        raise errors.CliError(str(exc)) from None
+
+
+# `get all` as in kubectl: the kinds people mean by "what is running", not every kind.
+ALL_KINDS = ("services", "tasks")
+
+
+def resolve_kinds(registry: kinds.Registry, text: str) -> list[kinds.KindInfo]:
+    """``svc``, ``svc,no`` or ``all`` to the kinds they name (unknown names raise)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    out: list[kinds.KindInfo] = []
+    for name in names:
+        infos = [registry.lookup(k) for k in ALL_KINDS] if name == "all" else [
+            registry.lookup(name)]
+        out.extend(i for i in infos if i not in out)
+    if not out:
+        raise errors.CliError(f'no kind given in "{text}": e.g. swctl get services')
+    return out
+
+
+async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
+    if args.all_namespaces and args.name:
+        raise errors.CliError("a single object cannot be retrieved by name across all "
+                              "namespaces; drop -A and pass -n NAMESPACE")
+    selector = parse_selector(args.selector)
+    async with common.open_store(opts) as store:
+        registry = await common.registry_of(store)
+        infos = resolve_kinds(registry, args.kind)
+        if len(infos) > 1:
+            if args.name or args.watch:
+                raise errors.CliError(f'"{args.kind}" names several kinds; NAME and -w need '
+                                      "exactly one kind")
+            await _several(store, infos, selector, args)
+            return 0
+        info = infos[0]
+        namespace = None if args.all_namespaces else common.namespace_for(info, args.namespace)
+        objs, revision = await store.list(info, namespace, selector)
+        if args.name:
+            objs = [o for o in objs if o.name == args.name]
+            if not objs:
+                raise not_found(info, args.name, namespace)
+        printer = printers.TablePrinter(info, wide=args.output == "wide",
+                                        all_namespaces=args.all_namespaces,
+                                        color=console.stdout_is_tty())
+        if objs or args.output in ("json", "yaml"):
+            console.out(printers.format_objects(info, objs, args.output,
+                                                single=bool(args.name), printer=printer))
+        elif not args.watch:
+            _nothing_found(namespace)
+        if args.watch:
+            await _watch(store, info, namespace, selector, args, printer, objs, revision)
+    return 0
+
+
+def _nothing_found(namespace: str | None) -> None:
+    # Nothing on stdout (scripts see an empty result); a note for people on stderr, as
+    # kubectl does.
+    scope = "" if namespace is None else f" in {namespace} namespace"
+    print(f"No resources found{scope}.", file=sys.stderr)
+
+
+async def _several(store: client.Store, infos: list[kinds.KindInfo],
+                   selector: selectors.Selector, args: argparse.Namespace) -> None:
+    """``get all`` / ``get svc,tasks``: one table per kind with ``kind/name`` names, or
+    one List holding every object for json and yaml."""
+    found: list[tuple[kinds.KindInfo, list[resource.Resource]]] = []
+    for info in infos:
+        namespace = None if args.all_namespaces else common.namespace_for(info, args.namespace)
+        objs, _ = await store.list(info, namespace, selector)
+        found.append((info, objs))
+    if args.output in ("json", "yaml"):
+        everything = [o for _, objs in found for o in objs]
+        console.out(printers.format_objects(infos[0], everything, args.output, single=False))
+        return
+    sections = []
+    for info, objs in found:
+        if objs:
+            printer = printers.TablePrinter(info, wide=args.output == "wide",
+                                            all_namespaces=args.all_namespaces,
+                                            color=console.stdout_is_tty(), qualify=True)
+            sections.append(printers.format_objects(info, objs, args.output, single=False,
+                                                    printer=printer))
+    if sections:
+        console.out(("\n" if args.output == "name" else "\n\n").join(sections))
+    else:
+        _nothing_found(None if args.all_namespaces else args.namespace or "default")
+
+
+async def _watch(store: client.Store, info: kinds.KindInfo, namespace: str | None,
+                 selector: selectors.Selector, args: argparse.Namespace,
+                 printer: printers.TablePrinter, objs: list[resource.Resource],
+                 revision: int) -> None:
+    """Print every change after ``revision`` until SIGINT/SIGTERM."""
+    known: dict[tuple[str | None, str], resource.Resource] = {
+        (o.namespace, o.name): o for o in objs}
+
+    def show(obj: resource.Resource) -> None:
+        if args.output in ("json", "yaml"):
+            text = printers.format_objects(info, [obj], args.output, single=True)
+            console.out(("---\n" + text) if args.output == "yaml" else text)
+        else:
+            console.out(printers.format_objects(info, [obj], args.output, single=True,
+                                                printer=printer))
+
+    def wanted(obj: resource.Resource) -> bool:
+        return (not args.name or obj.name == args.name) and selector.matches(
+            obj.metadata.labels)
+
+    async def follow() -> None:
+        async for event in watch.watch_kind(store, info, namespace, since_revision=revision):
+            if event.type == watch.RESET:
+                # History was compacted while we were away: show the fresh state.
+                known.clear()
+                for obj in event.objects:
+                    if wanted(obj):
+                        known[(obj.namespace, obj.name)] = obj
+                        show(obj)
+                continue
+            assert event.obj is not None
+            key = (event.obj.namespace, event.obj.name)
+            if event.type == watch.DELETED:
+                last = known.pop(key, None)
+                if last is not None:
+                    show(last)  # kubectl prints the object's last state on deletion
+            elif wanted(event.obj):
+                known[key] = event.obj
+                show(event.obj)
+            elif known.pop(key, None) is not None:
+                show(event.obj)  # it stopped matching the selector: its last change
+
+    task = asyncio.ensure_future(follow())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

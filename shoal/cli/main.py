@@ -1,0 +1,107 @@
+"""``swctl`` entry point: argument parsing, global flags, dispatch to one module per verb.
+
+Global flags (``--etcd``, ``--prefix``, ``--request-timeout``) are accepted before or
+after the verb, as kubectl accepts them anywhere: they are declared on a parent parser
+shared by every subcommand with ``SUPPRESS`` defaults, so a value given in either place
+survives and the environment fills in the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import logging
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+import structlog
+
+from shoal.cli import (
+    apply,
+    cluster,
+    common,
+    delete,
+    describe,
+    diff,
+    errors,
+    get,
+    manager,
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with swctl's error shape: ``error: ...`` and a pointer to ``--help``.
+
+    Usage errors exit 1 like every other bad input (2 for ``diff``, whose 1 means
+    "differences found"). Subparsers inherit this class from ``add_subparsers``.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"error: {message} (see `{self.prog} --help`)\n")
+        sys.exit(2 if self.prog.endswith(" diff") else 1)
+
+
+def _global_flags() -> argparse.ArgumentParser:
+    flags = _Parser(add_help=False)
+    group = flags.add_argument_group("global options")
+    group.add_argument("--etcd", metavar="URL", default=argparse.SUPPRESS,
+                       help=f"etcd to talk to (env SHOAL_ETCD, default {common.DEFAULT_ETCD})")
+    group.add_argument("--prefix", metavar="PREFIX", default=argparse.SUPPRESS,
+                       help="key prefix of the cluster in etcd (env SHOAL_PREFIX, default "
+                            f"{common.DEFAULT_PREFIX})")
+    group.add_argument("--request-timeout", metavar="SECONDS", type=float,
+                       default=argparse.SUPPRESS,
+                       help="how long to wait for etcd to answer before giving up (default 5)")
+    return flags
+
+
+def build_parser() -> argparse.ArgumentParser:
+    flags = _global_flags()
+    parser = _Parser(
+        prog="swctl", parents=[flags],
+        description="Control a Shoal cluster: apply manifests, inspect and delete objects, "
+                    "run a local cluster.",
+        epilog="Run `swctl VERB --help` for the flags of a verb.")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for module in (apply, get, describe, delete, diff, cluster, manager):
+        module.add_parser(sub, [flags])
+    return parser
+
+
+def _quiet_logging() -> None:
+    # Library code logs through structlog, which prints to stdout by default; swctl's
+    # stdout is for results only, so library warnings go to stderr and chatter is dropped.
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        cache_logger_on_first_use=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help(sys.stderr)
+        return 1
+    opts = common.GlobalOptions.resolve(getattr(args, "etcd", None),
+                                        getattr(args, "prefix", None),
+                                        getattr(args, "request_timeout", None))
+    if not getattr(args, "keeps_logging", False):
+        _quiet_logging()
+    try:
+        result = args.func(args, opts)
+        if inspect.iscoroutine(result):
+            result = asyncio.run(result)
+        return int(result)
+    except BaseException as exc:  # the one place errors become exit codes
+        if isinstance(exc, SystemExit):
+            raise
+        if isinstance(exc, KeyboardInterrupt) and getattr(args, "watch", False):
+            return 0  # Ctrl-C is how `get -w` ends, even before the watch has started
+        return errors.report(exc, args.error_code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""``swctl describe``: metadata, spec, status and a conditions table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shoal.crds import conditions, kinds
+from shoal.runtime import events
+from shoal.store import client, etcd_server
+from tests.integration.cli_support import Swctl, service
+
+
+@pytest.fixture
+def swctl(etcd: etcd_server.EtcdServer, prefix: str, tmp_path: Path) -> Swctl:
+    return Swctl(etcd.url, prefix, tmp_path)
+
+
+async def test_describe_service(swctl: Swctl, store: client.Store) -> None:
+    swctl("apply", "-f", str(swctl.write("web.yaml", service("web", 2))))
+    info = kinds.Registry.builtin().lookup("services")
+    obj = await store.get(info, "web")
+    obj.status["runningTasks"] = 1
+    conditions.set_condition(obj, "Available", False, "NotEnoughTasks", "1 of 2 tasks running")
+    obj = await store.update(info, obj)
+    await events.record_event(store, obj, events.WARNING, "FailedScheduling",
+                              "no node satisfies node.labels.zone==a", source="scheduler")
+
+    out = swctl("describe", "svc", "web").stdout
+    lines = out.splitlines()
+    assert lines[0].split() == ["Name:", "web"]
+    assert lines[1].split() == ["Namespace:", "default"]
+    assert "Labels:             app=web,tier=front" in lines
+    spec = lines.index("Spec:")
+    assert "  replicas: 2" in lines[spec:]
+    assert "  runningTasks: 1" in lines[lines.index("Status:"):]
+    cond = lines.index("Conditions:")
+    assert lines[cond + 1].split() == ["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"]
+    assert lines[cond + 2].split()[:3] == ["Available", "False", "NotEnoughTasks"]
+    assert lines[cond + 2].endswith("1 of 2 tasks running")
+    ev = lines.index("Events:")
+    assert lines[ev + 1].split() == ["TYPE", "REASON", "AGE", "FROM", "MESSAGE"]
+    assert lines[ev + 2].split()[:2] == ["Warning", "FailedScheduling"]
+    assert lines[ev + 2].split()[3] == "scheduler"
+    assert lines[ev + 2].endswith("no node satisfies node.labels.zone==a")
+    err = swctl("describe", "svc", "nope", expect=1).stderr
+    assert err.startswith('error: services "nope" not found')
