@@ -1,0 +1,324 @@
+"""Service discovery: the DNS responder each node runs for its tasks.
+
+It listens (UDP and TCP, port 53) on the node's own address on every network the node
+hosts -- the address the tasks already use as their gateway -- so each query arrives on a
+listener that knows the client's network. Answers come from a :class:`DnsTable` the agent
+keeps current from etcd:
+
+* ``<service>`` -> the service's VIP on that network, or its task addresses for endpoint
+  mode dnsrr; ``tasks.<service>`` -> the task addresses on that network, always;
+* ``<service>.<namespace>`` qualifies by stack; a short name resolves in the client's own
+  namespace (the namespace of the task that owns the source address), then in
+  ``default``; only services attached to the client's network are visible;
+* a single-label name, a ``tasks.`` name, or a name whose last label is a known namespace
+  is the cluster's: unknown ones get NXDOMAIN. Everything else is forwarded to the host's
+  upstream resolvers (/etc/resolv.conf) with a timeout, SERVFAIL when none answers.
+
+dnspython does the wire format and the upstream queries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import random
+import socket
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, cast
+
+import dns.asyncquery
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+IPv4Address = ipaddress.IPv4Address
+DEFAULT_TTL = 5  # short: VIPs are stable, but dnsrr task lists change with every deploy
+IP_FREEBIND = 15  # bind before the bridge address is configured (agent start order)
+
+
+@dataclass(frozen=True)
+class ServiceRecord:
+    namespace: str
+    name: str
+    mode: Literal["vip", "dnsrr"] = "vip"
+    vips: Mapping[str, IPv4Address] = field(default_factory=dict)  # network -> VIP
+    tasks: Mapping[str, Sequence[IPv4Address]] = field(default_factory=dict)  # network -> IPs
+
+
+@dataclass(frozen=True)
+class Answer:
+    kind: Literal["records", "nxdomain", "forward"]
+    addresses: tuple[IPv4Address, ...] = ()
+
+
+class DnsTable:
+    """Names by network, rebuilt incrementally as services change."""
+
+    def __init__(self) -> None:
+        self._records: dict[tuple[str, str], ServiceRecord] = {}
+        self._owner: dict[tuple[str, IPv4Address], str] = {}  # (network, task ip) -> ns
+        self._namespaces: dict[str, int] = {}
+
+    def set(self, record: ServiceRecord) -> None:
+        self.remove(record.namespace, record.name)
+        key = (record.namespace.lower(), record.name.lower())
+        self._records[key] = record
+        self._namespaces[key[0]] = self._namespaces.get(key[0], 0) + 1
+        for network, ips in record.tasks.items():
+            for ip in ips:
+                self._owner[(network, ip)] = key[0]
+
+    def remove(self, namespace: str, name: str) -> None:
+        key = (namespace.lower(), name.lower())
+        old = self._records.pop(key, None)
+        if old is None:
+            return
+        self._namespaces[key[0]] -= 1
+        if not self._namespaces[key[0]]:
+            del self._namespaces[key[0]]
+        for network, ips in old.tasks.items():
+            for ip in ips:
+                if self._owner.get((network, ip)) == key[0]:
+                    del self._owner[(network, ip)]
+
+    def replace_all(self, records: Iterable[ServiceRecord]) -> None:
+        self._records.clear()
+        self._owner.clear()
+        self._namespaces.clear()
+        for r in records:
+            self.set(r)
+
+    def resolve(self, network: str, qname: str, client: IPv4Address | None = None) -> Answer:
+        name = qname.lower().rstrip(".")
+        labels = name.split(".") if name else []
+        is_tasks = len(labels) >= 2 and labels[0] == "tasks"
+        ref = labels[1:] if is_tasks else labels
+        ours = is_tasks or len(ref) == 1 or (len(ref) == 2 and ref[1] in self._namespaces)
+        record = self._find(network, ref, client)
+        if record is None:
+            return Answer("nxdomain") if ours else Answer("forward")
+        tasks = tuple(record.tasks.get(network, ()))
+        if is_tasks or record.mode == "dnsrr":
+            shuffled = list(tasks)
+            random.shuffle(shuffled)  # spread clients, like Docker's dnsrr
+            return Answer("records", tuple(shuffled))
+        vip = record.vips.get(network)
+        return Answer("records", () if vip is None else (vip,))
+
+    def _visible(self, key: tuple[str, str], network: str) -> ServiceRecord | None:
+        record = self._records.get(key)
+        if record is None:
+            return None
+        if network not in record.vips and network not in record.tasks:
+            return None  # not attached to the client's network
+        return record
+
+    def _find(self, network: str, ref: list[str], client: IPv4Address | None
+              ) -> ServiceRecord | None:
+        if len(ref) == 2:
+            return self._visible((ref[1], ref[0]), network)
+        if len(ref) != 1:
+            return None
+        order = []
+        if client is not None and (network, client) in self._owner:
+            order.append(self._owner[(network, client)])
+        order.append("default")
+        for ns in order:
+            found = self._visible((ns, ref[0]), network)
+            if found is not None:
+                return found
+        return None
+
+
+def upstreams_from_resolv_conf(path: str = "/etc/resolv.conf") -> list[str]:
+    servers: list[str] = []
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "nameserver":
+                    servers.append(parts[1])
+    except OSError:
+        pass
+    return servers
+
+
+class DnsServer:
+    """One responder for the node; a listener (UDP + TCP) per network."""
+
+    def __init__(self, table: DnsTable, upstreams: Sequence[str | tuple[str, int]] | None = None,
+                 *, timeout: float = 2.0, ttl: int = DEFAULT_TTL) -> None:
+        self.table = table
+        raw = upstreams if upstreams is not None else upstreams_from_resolv_conf()
+        self.upstreams = [(u, 53) if isinstance(u, str) else u for u in raw]
+        self.timeout = timeout
+        self.ttl = ttl
+        self._listeners: dict[str, tuple[asyncio.DatagramTransport, asyncio.Server]] = {}
+
+    # ---- listeners -----------------------------------------------------------------------
+
+    async def listen(self, network: str, host: str, port: int = 53, *,
+                     netns: str | None = None) -> tuple[str, int]:
+        """Answer queries for ``network`` on ``host:port`` (inside ``netns`` when given,
+        e.g. a node namespace). Returns the bound address (port 0 picks one)."""
+        if network in self._listeners:
+            await self.unlisten(network)
+        loop = asyncio.get_running_loop()
+        udp_sock = _socket(socket.SOCK_DGRAM, netns)
+        tcp_sock = _socket(socket.SOCK_STREAM, netns)
+        try:
+            udp_sock.bind((host, port))
+            bound = udp_sock.getsockname()
+            tcp_sock.bind((host, bound[1]))
+            tcp_sock.listen(64)
+        except OSError:
+            udp_sock.close()
+            tcp_sock.close()
+            raise
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _UdpProtocol(self, network), sock=udp_sock)
+
+        async def on_tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._serve_tcp(network, reader, writer)
+
+        server = await asyncio.start_server(on_tcp, sock=tcp_sock)
+        self._listeners[network] = (transport, server)
+        return bound[0], bound[1]
+
+    async def unlisten(self, network: str) -> None:
+        entry = self._listeners.pop(network, None)
+        if entry is not None:
+            entry[0].close()
+            entry[1].close()
+            await entry[1].wait_closed()
+
+    async def close(self) -> None:
+        for network in list(self._listeners):
+            await self.unlisten(network)
+
+    @property
+    def networks(self) -> list[str]:
+        return list(self._listeners)
+
+    # ---- answering -----------------------------------------------------------------------
+
+    async def handle(self, network: str, wire: bytes, client: IPv4Address | None,
+                     *, tcp: bool = False) -> bytes | None:
+        try:
+            query = dns.message.from_wire(wire)
+        except dns.exception.DNSException:
+            return None  # not DNS: stay silent, like any resolver
+        if query.opcode() != 0 or len(query.question) != 1:
+            return self._error(query, dns.rcode.NOTIMP).to_wire()
+        q = query.question[0]
+        answer = self.table.resolve(network, q.name.to_text(), client)
+        if answer.kind == "forward":
+            return await self._forward(query, tcp=tcp)
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.AA | dns.flags.RA
+        if answer.kind == "nxdomain":
+            response.set_rcode(dns.rcode.NXDOMAIN)
+        elif q.rdtype in (dns.rdatatype.A, dns.rdatatype.ANY) and answer.addresses:
+            response.answer.append(dns.rrset.from_text_list(
+                q.name, self.ttl, dns.rdataclass.IN, dns.rdatatype.A,
+                [str(a) for a in answer.addresses]))
+        # Other types of a known name: NOERROR with no data, so clients fall back to A.
+        wire_out = response.to_wire(max_size=65535 if tcp else _udp_limit(query))
+        return wire_out
+
+    def _error(self, query: dns.message.Message, rcode: dns.rcode.Rcode) -> dns.message.Message:
+        response = dns.message.make_response(query)
+        response.set_rcode(rcode)
+        return response
+
+    async def _forward(self, query: dns.message.Message, *, tcp: bool) -> bytes:
+        for host, port in self.upstreams:
+            try:
+                if tcp:
+                    reply = await dns.asyncquery.tcp(query, host, timeout=self.timeout,
+                                                     port=port)
+                else:
+                    reply = await dns.asyncquery.udp(query, host, timeout=self.timeout,
+                                                     port=port, ignore_trailing=True)
+                return reply.to_wire()
+            except (dns.exception.DNSException, OSError):
+                continue  # next upstream
+        return self._error(query, dns.rcode.SERVFAIL).to_wire()
+
+    async def _serve_tcp(self, network: str, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        client = _client_ip(peer)
+        try:
+            while True:
+                try:
+                    head = await asyncio.wait_for(reader.readexactly(2), timeout=10)
+                    (length,) = struct.unpack("!H", head)
+                    wire = await reader.readexactly(length)
+                except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+                    return
+                reply = await self.handle(network, wire, client, tcp=True)
+                if reply is None:
+                    return
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                await writer.drain()
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, server: DnsServer, network: str) -> None:
+        self.server = server
+        self.network = network
+        self.transport: asyncio.DatagramTransport | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # The selector loop's transport is not a DatagramTransport subclass: cast.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+        task = asyncio.ensure_future(self._answer(data, addr))
+        self._tasks.add(task)  # keep a reference until it finishes
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, data: bytes, addr: tuple[str | object, int]) -> None:
+        reply = await self.server.handle(self.network, data, _client_ip(addr))
+        if reply is not None and self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(reply, addr)
+
+
+def _client_ip(peer: object) -> IPv4Address | None:
+    if isinstance(peer, tuple) and peer and isinstance(peer[0], str):
+        with contextlib.suppress(ValueError):
+            return ipaddress.IPv4Address(peer[0])
+    return None
+
+
+def _udp_limit(query: dns.message.Message) -> int:
+    # EDNS advertises the client's buffer; without it the classic 512 bytes apply, and
+    # dnspython sets TC when the answer does not fit, so the client retries over TCP.
+    return max(512, query.payload) if query.edns >= 0 else 512
+
+
+def _socket(kind: socket.SocketKind, netns: str | None) -> socket.socket:
+    if netns is None:
+        sock = socket.socket(socket.AF_INET, kind)
+    else:
+        from pyroute2.netns import create_socket
+        path = netns if "/" in netns else f"/var/run/netns/{netns}"
+        sock = create_socket(path, socket.AF_INET, kind, flags=0)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,470 @@
+"""The VXLAN overlay on one node, reconciled from a desired :class:`NetworkState`.
+
+Owns, in the node's network namespace: per network a bridge ``shb-<vni>`` carrying the
+node's own address, a VXLAN device ``shv-<vni>`` enslaved to it, the static FDB and
+neighbour entries for every remote endpoint, and a veth per local task; and, in each task's
+namespace, the container end of that veth with its address, MAC, MTU and routes.
+
+Why it looks like this:
+
+* No multicast and no learning: the cluster already knows where every address lives (etcd),
+  so each remote endpoint is programmed statically -- FDB ``MAC -> remote VTEP`` and
+  neighbour ``IP -> MAC`` on the VXLAN device, which answers the tasks' ARP requests itself
+  (``proxy``). Nothing is flooded, and a VIP (off-link, see ipam.py) is never asked for.
+* MACs are derived from addresses (naming.mac_for), so a node programs remote endpoints from
+  the addresses alone.
+* ``sync`` is level-triggered: it reads what the kernel has, changes only what differs and
+  removes Shoal-named links that are no longer wanted. A restarted agent that calls it with
+  the same state changes nothing; the returned report lists every change made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from shoal.net import naming
+
+VXLAN_PORT = 4789
+VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+IFF_UP = 0x1
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
+RTPROT_KERNEL = 2
+RTPROT_STATIC = 4
+RT_SCOPE_LINK = 253
+RT_TABLE_MAIN = 254
+AF_BRIDGE = 7
+
+Msg = Any  # a pyroute2 netlink message (untyped)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A remote endpoint on a network: a task's or a node's own address, and the underlay
+    address of the node (VTEP) where it lives."""
+
+    address: ipaddress.IPv4Address
+    underlay: ipaddress.IPv4Address
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A local task on a network. ``key`` identifies the task (it names the host end of
+    the veth); ``netns`` is a path (/proc/PID/ns/net, /var/run/netns/NAME) or a netns name."""
+
+    key: str
+    netns: str
+    ifname: str
+    address: ipaddress.IPv4Interface
+    default_route: bool = True
+
+
+@dataclass(frozen=True)
+class OverlayNetwork:
+    name: str
+    vni: int
+    subnet: ipaddress.IPv4Network
+    node_address: ipaddress.IPv4Address  # this node's own address: gateway + DNS
+    vip_range: ipaddress.IPv4Network | None = None
+    internal: bool = False  # no default route out through this network
+    attachments: tuple[Attachment, ...] = ()
+    peers: tuple[Peer, ...] = ()
+
+
+@dataclass(frozen=True)
+class NetworkState:
+    """Everything that should exist on this node; what is not in it is removed."""
+
+    networks: tuple[OverlayNetwork, ...] = ()
+
+
+@dataclass
+class SyncReport:
+    changes: list[str] = field(default_factory=list)
+
+    def add(self, what: str) -> None:
+        self.changes.append(what)
+
+    def __bool__(self) -> bool:
+        return bool(self.changes)
+
+
+def _netns_path(netns: str) -> str:
+    return netns if "/" in netns else f"/var/run/netns/{netns}"
+
+
+def _kind(link: Msg) -> str | None:
+    kind: str | None = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+    return kind
+
+
+def _vxlan_data(link: Msg) -> dict[str, Any]:
+    data = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
+    if data is None:
+        return {}
+    return {k: v for k, v in data.get("attrs", [])}
+
+
+class OverlayNode:
+    """The overlay dataplane of one node. ``netns`` is the node's namespace (None: the
+    current one -- the normal case for an agent running on the host)."""
+
+    def __init__(
+        self,
+        underlay_ip: str | ipaddress.IPv4Address,
+        *,
+        netns: str | None = None,
+        underlay_mtu: int | None = None,
+        vxlan_port: int = VXLAN_PORT,
+    ) -> None:
+        self.underlay_ip = ipaddress.IPv4Address(underlay_ip)
+        self.netns = netns
+        self.vxlan_port = vxlan_port
+        self._underlay_mtu = underlay_mtu
+        self._forwarding_checked = False
+
+    # ---- entry points --------------------------------------------------------------------
+
+    async def sync(self, desired: NetworkState) -> SyncReport:
+        report = SyncReport()
+        await self._ensure_forwarding(report)
+        async with self._node() as ipr:
+            mtu = await self.overlay_mtu(ipr)
+            links = {link.get("ifname"): link async for link in await ipr.link("dump")}
+            await self._remove_stale_links(ipr, desired, links, report)
+            for net in desired.networks:
+                await self._sync_network(ipr, net, mtu, report)
+        return report
+
+    async def teardown(self) -> SyncReport:
+        """Remove every Shoal link from this node (and so every task end with it)."""
+        return await self.sync(NetworkState())
+
+    async def overlay_mtu(self, ipr: AsyncIPRoute | None = None) -> int:
+        """Underlay MTU minus the VXLAN overhead; the underlay MTU is that of the device
+        holding the underlay address unless given."""
+        if self._underlay_mtu is None:
+            if ipr is None:
+                async with self._node() as own:
+                    return await self.overlay_mtu(own)
+            self._underlay_mtu = await self._detect_underlay_mtu(ipr)
+        return self._underlay_mtu - VXLAN_OVERHEAD
+
+    # ---- node side -----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _node(self) -> AsyncIterator[AsyncIPRoute]:
+        if self.netns is None:
+            async with AsyncIPRoute() as ipr:
+                yield ipr
+        else:
+            async with AsyncIPRoute(netns=_netns_path(self.netns), flags=0) as ipr:
+                yield ipr
+
+    async def _detect_underlay_mtu(self, ipr: AsyncIPRoute) -> int:
+        async for addr in await ipr.addr("dump", family=socket.AF_INET):
+            if addr.get("address") == str(self.underlay_ip):
+                link = (await ipr.link("get", index=addr["index"]))[0]
+                mtu: int = link.get("mtu")
+                return mtu
+        raise RuntimeError(f"no interface holds the underlay address {self.underlay_ip}"
+                           + (f" in netns {self.netns}" if self.netns else ""))
+
+    async def _ensure_forwarding(self, report: SyncReport) -> None:
+        """VIP traffic is DNATed and routed back out of the bridge, so the node forwards."""
+        if self._forwarding_checked:
+            return
+        if self.netns is None:
+            if _set_proc_sysctl("/proc/sys/net/ipv4/ip_forward", "1"):
+                report.add("set net.ipv4.ip_forward=1")
+        else:
+            # /proc/sys/net shows the namespace of the process that opens it, so enter it.
+            path = _netns_path(self.netns)
+            out = await _run("nsenter", f"--net={path}", "sysctl", "-n", "net.ipv4.ip_forward")
+            if out.strip() != "1":
+                await _run("nsenter", f"--net={path}", "sysctl", "-qw", "net.ipv4.ip_forward=1")
+                report.add(f"set net.ipv4.ip_forward=1 in {self.netns}")
+        self._forwarding_checked = True
+
+    async def _remove_stale_links(self, ipr: AsyncIPRoute, desired: NetworkState,
+                                  links: dict[str, Msg], report: SyncReport) -> None:
+        wanted: set[str] = set()
+        for net in desired.networks:
+            wanted.add(naming.bridge_name(net.vni))
+            wanted.add(naming.vxlan_name(net.vni))
+            wanted.update(naming.veth_name(a.key, net.name) for a in net.attachments)
+        # veths first (their task ends go with them), then VXLANs, then the bridges.
+        stale = sorted((n for n in links if naming.is_ours(n) and n not in wanted),
+                       key=lambda n: (not n.startswith(naming.VETH_PREFIX),
+                                      n.startswith(naming.BRIDGE_PREFIX), n))
+        for name in stale:
+            with contextlib.suppress(NetlinkError):  # a veth may vanish with its netns
+                await ipr.link("del", index=links[name]["index"])
+            report.add(f"deleted stale link {name}")
+            del links[name]
+
+    async def _sync_network(self, ipr: AsyncIPRoute, net: OverlayNetwork, mtu: int,
+                            report: SyncReport) -> None:
+        br = await self._ensure_bridge(ipr, net, mtu, report)
+        vx = await self._ensure_vxlan(ipr, net, br, mtu, report)
+        await self._sync_fdb(ipr, net, vx, report)
+        await self._sync_neigh(ipr, net, vx, report)
+        await self._sync_node_routes(ipr, net, br, report)
+        for att in net.attachments:
+            await self._sync_attachment(ipr, net, att, br, mtu, report)
+
+    async def _must_link(self, ipr: AsyncIPRoute, name: str) -> Msg:
+        link = await self._link(ipr, name)
+        if link is None:
+            raise RuntimeError(f"link {name} vanished right after it was created")
+        return link
+
+    async def _link(self, ipr: AsyncIPRoute, name: str) -> Msg | None:
+        try:
+            return (await ipr.link("get", ifname=name))[0]
+        except NetlinkError as exc:
+            if exc.code == 19:  # ENODEV
+                return None
+            raise
+
+    async def _ensure_bridge(self, ipr: AsyncIPRoute, net: OverlayNetwork, mtu: int,
+                             report: SyncReport) -> int:
+        name = naming.bridge_name(net.vni)
+        mac = naming.mac_for(net.node_address)
+        link = await self._link(ipr, name)
+        if link is not None and _kind(link) != "bridge":
+            await ipr.link("del", index=link["index"])
+            report.add(f"deleted {name}: not a bridge")
+            link = None
+        if link is None:
+            # The bridge's MAC is the node address's derived MAC, so remote nodes can
+            # program the node's own address like any other endpoint.
+            await ipr.link("add", ifname=name, kind="bridge", address=mac, mtu=mtu)
+            report.add(f"created bridge {name}")
+            link = await self._must_link(ipr, name)
+        index: int = link["index"]
+        await self._fix_link(ipr, link, name, mtu, mac, report)
+        await self._sync_addresses(ipr, index, name, [ipaddress.IPv4Interface(
+            (net.node_address, net.subnet.prefixlen))], report)
+        return index
+
+    async def _ensure_vxlan(self, ipr: AsyncIPRoute, net: OverlayNetwork, bridge: int,
+                            mtu: int, report: SyncReport) -> int:
+        name = naming.vxlan_name(net.vni)
+        want = {"IFLA_VXLAN_ID": net.vni, "IFLA_VXLAN_LOCAL": str(self.underlay_ip),
+                "IFLA_VXLAN_PORT": self.vxlan_port, "IFLA_VXLAN_LEARNING": 0,
+                "IFLA_VXLAN_PROXY": 1}
+        link = await self._link(ipr, name)
+        if link is not None:
+            data = _vxlan_data(link)
+            if _kind(link) != "vxlan" or any(data.get(k) != v for k, v in want.items()):
+                # VXLAN parameters cannot be changed in place: replace the device.
+                await ipr.link("del", index=link["index"])
+                report.add(f"deleted {name}: parameters differ")
+                link = None
+        if link is None:
+            await ipr.link("add", ifname=name, kind="vxlan", vxlan_id=net.vni,
+                           vxlan_local=str(self.underlay_ip), vxlan_port=self.vxlan_port,
+                           vxlan_learning=0, vxlan_proxy=1, mtu=mtu)
+            report.add(f"created vxlan {name} vni {net.vni}")
+            link = await self._must_link(ipr, name)
+        if link.get("master") != bridge:
+            await ipr.link("set", index=link["index"], master=bridge)
+            report.add(f"enslaved {name} to {naming.bridge_name(net.vni)}")
+        await self._fix_link(ipr, link, name, mtu, None, report)
+        index: int = link["index"]
+        return index
+
+    async def _fix_link(self, ipr: AsyncIPRoute, link: Msg, name: str, mtu: int,
+                        mac: str | None, report: SyncReport) -> None:
+        changes: dict[str, Any] = {}
+        if link.get("mtu") != mtu:
+            changes["mtu"] = mtu
+        if mac is not None and link.get("address") != mac:
+            changes["address"] = mac
+        if changes:
+            await ipr.link("set", index=link["index"], **changes)
+            report.add(f"set {name} {changes}")
+        if not link["flags"] & IFF_UP:
+            await ipr.link("set", index=link["index"], state="up")
+            report.add(f"set {name} up")
+
+    async def _sync_addresses(self, ipr: AsyncIPRoute, index: int, name: str,
+                              want: list[ipaddress.IPv4Interface], report: SyncReport) -> None:
+        have: set[ipaddress.IPv4Interface] = set()
+        async for addr in await ipr.addr("dump", family=socket.AF_INET, index=index):
+            if addr["index"] == index:
+                have.add(ipaddress.IPv4Interface((addr.get("address"), addr["prefixlen"])))
+        for extra in have - set(want):
+            await ipr.addr("del", index=index, address=str(extra.ip),
+                           prefixlen=extra.network.prefixlen)
+            report.add(f"removed {extra} from {name}")
+        for missing in set(want) - have:
+            await ipr.addr("add", index=index, address=str(missing.ip),
+                           prefixlen=missing.network.prefixlen)
+            report.add(f"added {missing} to {name}")
+
+    async def _sync_fdb(self, ipr: AsyncIPRoute, net: OverlayNetwork, vx: int,
+                        report: SyncReport) -> None:
+        want = {naming.mac_for(p.address): str(p.underlay) for p in net.peers}
+        have: dict[str, set[str]] = {}
+        async for entry in await ipr.fdb("dump", ifindex=vx):
+            dst = entry.get("NDA_DST")
+            if entry["ifindex"] != vx or dst is None:
+                continue  # bridge (master) entries and the all-zero default are not ours
+            have.setdefault(entry.get("NDA_LLADDR"), set()).add(dst)
+        for mac, dsts in have.items():
+            for dst in dsts:
+                if want.get(mac) != dst:
+                    await ipr.fdb("del", ifindex=vx, lladdr=mac, dst=dst)
+                    report.add(f"fdb del {mac} dst {dst} on vni {net.vni}")
+        for mac, dst in want.items():
+            if dst not in have.get(mac, set()):
+                # append: a VXLAN FDB entry keyed by MAC + dst; the stale one went above.
+                await ipr.fdb("append", ifindex=vx, lladdr=mac, dst=dst,
+                              state=NUD_PERMANENT)
+                report.add(f"fdb add {mac} dst {dst} on vni {net.vni}")
+
+    async def _sync_neigh(self, ipr: AsyncIPRoute, net: OverlayNetwork, vx: int,
+                          report: SyncReport) -> None:
+        want = {str(p.address): naming.mac_for(p.address) for p in net.peers}
+        have: dict[str, tuple[str | None, int]] = {}
+        async for entry in await ipr.neigh("dump", family=socket.AF_INET, ifindex=vx):
+            if entry["ifindex"] == vx:
+                have[entry.get("NDA_DST")] = (entry.get("NDA_LLADDR"), entry["state"])
+        for ip, (mac, _state) in have.items():
+            if ip not in want:
+                with contextlib.suppress(NetlinkError):
+                    await ipr.neigh("del", ifindex=vx, dst=ip, lladdr=mac)
+                report.add(f"neigh del {ip} on vni {net.vni}")
+        for ip, mac in want.items():
+            if have.get(ip) != (mac, NUD_PERMANENT):
+                await ipr.neigh("replace", ifindex=vx, dst=ip, lladdr=mac,
+                                state=NUD_PERMANENT)
+                report.add(f"neigh set {ip} {mac} on vni {net.vni}")
+
+    async def _sync_node_routes(self, ipr: AsyncIPRoute, net: OverlayNetwork, br: int,
+                                report: SyncReport) -> None:
+        """The VIP block is routed onto the bridge with the node's address as source: only
+        locally originated connections need it (forwarded ones are DNATed before routing)."""
+        want = set() if net.vip_range is None else {str(net.vip_range)}
+        have: set[str] = set()
+        async for r in await ipr.route("dump", family=socket.AF_INET, table=RT_TABLE_MAIN):
+            if (r.get("oif") == br and r["proto"] == RTPROT_STATIC
+                    and r.get("table") == RT_TABLE_MAIN):
+                dst = f"{r.get('dst') or '0.0.0.0'}/{r['dst_len']}"
+                if dst in want and r.get("prefsrc") == str(net.node_address):
+                    have.add(dst)
+                else:
+                    await ipr.route("del", dst=dst, oif=br, table=RT_TABLE_MAIN)
+                    report.add(f"route del {dst} dev {naming.bridge_name(net.vni)}")
+        for dst in want - have:
+            await ipr.route("replace", dst=dst, oif=br, scope=RT_SCOPE_LINK,
+                            prefsrc=str(net.node_address), proto=RTPROT_STATIC)
+            report.add(f"route {dst} dev {naming.bridge_name(net.vni)}")
+
+    # ---- task side -----------------------------------------------------------------------
+
+    async def _sync_attachment(self, ipr: AsyncIPRoute, net: OverlayNetwork, att: Attachment,
+                               br: int, mtu: int, report: SyncReport) -> None:
+        host = naming.veth_name(att.key, net.name)
+        path = _netns_path(att.netns)
+        mac = naming.mac_for(att.address.ip)
+        link = await self._link(ipr, host)
+        async with AsyncIPRoute(netns=path, flags=0) as task:
+            inner = await self._link(task, att.ifname)
+            if link is not None and (inner is None or _kind(link) != "veth"
+                                     or inner.get("link") is None):
+                # Half of a pair we cannot account for: start this attachment afresh.
+                await ipr.link("del", index=link["index"])
+                report.add(f"deleted {host}: its task end {att.ifname} is missing")
+                link = None
+                inner = await self._link(task, att.ifname)
+            if link is None:
+                if inner is not None:
+                    await task.link("del", index=inner["index"])
+                    report.add(f"deleted stale {att.ifname} in {att.netns}")
+                await ipr.link("add", ifname=host, kind="veth", mtu=mtu,
+                               peer={"ifname": att.ifname, "net_ns_fd": path,
+                                     "address": mac, "mtu": mtu})
+                report.add(f"created veth {host} -> {att.netns}:{att.ifname}")
+                link = await self._must_link(ipr, host)
+                inner = await self._must_link(task, att.ifname)
+            if link.get("master") != br:
+                await ipr.link("set", index=link["index"], master=br)
+                report.add(f"enslaved {host} to {naming.bridge_name(net.vni)}")
+            await self._fix_link(ipr, link, host, mtu, None, report)
+            await self._sync_task_side(task, net, att, inner, mtu, mac, report)
+
+    async def _sync_task_side(self, task: AsyncIPRoute, net: OverlayNetwork, att: Attachment,
+                              inner: Msg, mtu: int, mac: str, report: SyncReport) -> None:
+        where = f"{att.netns}:{att.ifname}"
+        lo = await self._link(task, "lo")
+        if lo is not None and not lo["flags"] & IFF_UP:
+            await task.link("set", index=lo["index"], state="up")
+            report.add(f"set lo up in {att.netns}")
+        await self._fix_link(task, inner, where, mtu, mac, report)
+        index: int = inner["index"]
+        await self._sync_addresses(task, index, where, [att.address], report)
+        gw = str(net.node_address)
+        want: dict[str, str] = {}
+        if att.default_route and not net.internal:
+            want["0.0.0.0/0"] = gw
+        if net.vip_range is not None:
+            # VIPs are off-link: reach them through the node, never by ARP on the overlay.
+            want[str(net.vip_range)] = gw
+        have: dict[str, str | None] = {}
+        async for r in await task.route("dump", family=socket.AF_INET, table=RT_TABLE_MAIN):
+            if r.get("oif") != index or r["proto"] == RTPROT_KERNEL:
+                continue
+            if r.get("table") != RT_TABLE_MAIN:
+                continue
+            dst = f"{r.get('dst') or '0.0.0.0'}/{r['dst_len']}"
+            have[dst] = r.get("gateway")
+        for dst, via in have.items():
+            if want.get(dst) != via:
+                await task.route("del", dst=dst, oif=index, table=RT_TABLE_MAIN)
+                report.add(f"route del {dst} in {att.netns}")
+        for dst, via in want.items():
+            if have.get(dst) != via:
+                await task.route("replace", dst=dst, gateway=via, oif=index,
+                                 proto=RTPROT_STATIC)
+                report.add(f"route {dst} via {via} in {where}")
+
+
+def _set_proc_sysctl(path: str, value: str) -> bool:
+    """Set a sysctl of the current namespace; True when it had to change."""
+    with open(path) as f:
+        if f.read().strip() == value:
+            return False
+    with open(path, "w") as f:
+        f.write(value)
+    return True
+
+
+async def _run(*argv: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {err.decode().strip()}")
+    return out.decode()
+
+
+def peers_from(endpoints: Iterable[tuple[str, str]]) -> tuple[Peer, ...]:
+    """Convenience for callers holding (address, underlay) string pairs."""
+    return tuple(Peer(ipaddress.IPv4Address(a), ipaddress.IPv4Address(u))
+                 for a, u in endpoints)
+
+
+__all__ = ["Attachment", "NetworkState", "OverlayNetwork", "OverlayNode", "Peer",
+           "SyncReport", "peers_from"]

@@ -1,0 +1,89 @@
+"""Tiny traffic tool run inside lab namespaces (``ip netns exec NS python nettool.py ...``).
+
+serve NAME PORT      TCP and UDP on PORT: every TCP connection gets NAME, every UDP
+                     datagram gets "NAME <length>" back. Runs until killed.
+tcp HOST PORT N [S]  N connections, one reply per line (or "ERR <reason>"); a refused or
+                     timed-out connection is retried for up to S seconds (default 20).
+udp HOST PORT SIZE   one datagram of SIZE bytes with DF set; prints the reply or ERR.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+
+IP_MTU_DISCOVER = 10
+IP_PMTUDISC_DO = 2
+
+
+def serve(name: str, port: int) -> None:
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tcp.bind(("0.0.0.0", port))
+    tcp.listen(128)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("0.0.0.0", port))
+
+    def udp_loop() -> None:
+        while True:
+            data, peer = udp.recvfrom(65535)
+            udp.sendto(f"{name} {len(data)}".encode(), peer)
+
+    threading.Thread(target=udp_loop, daemon=True).start()
+    while True:
+        conn, _ = tcp.accept()
+        with conn:
+            conn.sendall(name.encode())
+
+
+def tcp(host: str, port: int, count: int, retry: float = 20) -> None:
+    deadline = time.monotonic() + retry
+    for _ in range(count):
+        while True:  # at least one attempt, retried while the server may be starting
+            try:
+                with socket.create_connection((host, port), timeout=1) as s:
+                    reply = s.recv(256).decode() or "ERR empty"
+                break
+            except OSError as exc:
+                reply = f"ERR {exc.__class__.__name__}"
+                retriable = isinstance(exc, ConnectionRefusedError | TimeoutError)
+                if retriable and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                break
+        print(reply, flush=True)
+
+
+def udp(host: str, port: int, size: int) -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+    s.settimeout(1)
+    for _ in range(10):  # the server may still be starting
+        try:
+            s.sendto(b"x" * size, (host, port))
+            print(s.recv(256).decode())
+            return
+        except TimeoutError:
+            continue
+        except OSError as exc:
+            print(f"ERR {exc.__class__.__name__} {exc.errno}")
+            return
+    print("ERR timeout")
+
+
+def main(argv: list[str]) -> None:
+    cmd, *rest = argv
+    if cmd == "serve":
+        serve(rest[0], int(rest[1]))
+    elif cmd == "tcp":
+        tcp(rest[0], int(rest[1]), int(rest[2]), float(rest[3]) if len(rest) > 3 else 20)
+    elif cmd == "udp":
+        udp(rest[0], int(rest[1]), int(rest[2]))
+    else:
+        raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,142 @@
+"""Generated nftables rulesets and IPVS messages, without a kernel."""
+
+from __future__ import annotations
+
+import socket
+
+from shoal.net import lb_ipvs
+from shoal.net.lb import Backend, VirtualService
+from shoal.net.lb_nftables import (
+    MASQ_MARK,
+    lb_chain,
+    render_chain,
+    render_change,
+    render_full,
+)
+
+
+def svc(vip: str | None, port: int, backends: list[str], proto: str = "tcp"
+        ) -> VirtualService:
+    return VirtualService.make(vip, port, proto, backends)  # type: ignore[arg-type]
+
+
+def test_full_ruleset() -> None:
+    web = svc("10.254.0.5", 80, ["10.0.9.11:8080", "10.0.9.10:8080"])
+    dns = svc("10.254.0.5", 53, ["10.0.9.20:53"], "udp")
+    empty = svc("10.254.0.6", 80, [])
+    mesh = svc(None, 30080, ["10.255.0.5:80", "10.255.0.6:80", "10.255.0.7:80"])
+    script = render_full([web, dns, empty, mesh])
+    lines = script.splitlines()
+    # Atomic replacement of our own table only.
+    assert lines[:3] == ["table ip shoal {}", "delete table ip shoal", "table ip shoal {"]
+    assert "chain lb_tcp_2 { meta mark set meta mark | 0x10000000 dnat ip to ip daddr . " \
+           "tcp dport . numgen random mod 2 map @be_tcp; }" in script
+    assert "chain lb_udp_1 {" in script and "chain np_tcp_3 {" in script
+    assert "chain lb_tcp_0" not in script  # a service without backends has no chain
+    # Backends sorted, numbered from 0; dispatch by VIP . proto . port.
+    assert ("add element ip shoal be_tcp { 10.254.0.5 . 80 . 0 : 10.0.9.10 . 8080, "
+            "10.254.0.5 . 80 . 1 : 10.0.9.11 . 8080 }") in lines
+    assert ("add element ip shoal svc { 10.254.0.5 . tcp . 80 : goto lb_tcp_2, "
+            "10.254.0.5 . udp . 53 : goto lb_udp_1 }") in lines
+    assert "add element ip shoal np { tcp . 30080 : goto np_tcp_3 }" in lines
+    assert ("add element ip shoal np_tcp { 30080 . 0 : 10.255.0.5 . 80, "
+            "30080 . 1 : 10.255.0.6 . 80, 30080 . 2 : 10.255.0.7 . 80 }") in lines
+    # Every VIP (also the one without backends) is in the reject set.
+    assert "add element ip shoal vips { 10.254.0.5, 10.254.0.6 }" in lines
+    # Masquerade of marked traffic, clearing the mark first; published ports only for
+    # local destinations; chains come before elements.
+    m = f"{MASQ_MARK:#x}"
+    assert f"meta mark & {m} == {m} meta mark set meta mark ^ {m} masquerade" in script
+    assert "fib daddr type local ip daddr != 127.0.0.0/8" in script
+    assert max(i for i, ln in enumerate(lines) if "chain" in ln) < min(
+        i for i, ln in enumerate(lines) if ln.startswith("add element"))
+
+
+def test_full_ruleset_chunks_large_element_lists() -> None:
+    services = [svc(f"10.254.{i // 250}.{i % 250 + 1}", 80, [f"10.0.0.{j + 1}:80"
+                                                            for j in range(10)])
+                for i in range(500)]
+    lines = render_full(services).splitlines()
+    be = [ln for ln in lines if ln.startswith("add element ip shoal be_tcp")]
+    assert len(be) == 3 and sum(ln.count(" : ") for ln in be) == 5000
+
+
+def test_endpoint_change_touches_only_that_service() -> None:
+    old = svc("10.254.0.5", 80, ["10.0.9.10:8080", "10.0.9.11:8080", "10.0.9.12:8080"])
+    new = svc("10.254.0.5", 80, ["10.0.9.10:8080", "10.0.9.12:8080"])
+    chains = {"lb_tcp_3"}
+    refs = {old.vip: 1}
+    lines = render_change(old, new, chains=chains, vip_refs=refs)  # type: ignore[dict-item]
+    assert lines == [
+        "add chain ip shoal lb_tcp_2",
+        "add rule ip shoal lb_tcp_2 " + render_chain("lb_tcp_2"),
+        "delete element ip shoal svc { 10.254.0.5 . tcp . 80 }",
+        "delete element ip shoal be_tcp { 10.254.0.5 . 80 . 1, 10.254.0.5 . 80 . 2 }",
+        "add element ip shoal be_tcp { 10.254.0.5 . 80 . 1 : 10.0.9.12 . 8080 }",
+        "add element ip shoal svc { 10.254.0.5 . tcp . 80 : goto lb_tcp_2 }",
+    ]
+    assert chains == {"lb_tcp_3", "lb_tcp_2"}
+    # Same count, one backend swapped: one slot rewritten, dispatch untouched.
+    swapped = svc("10.254.0.5", 80, ["10.0.9.10:8080", "10.0.9.99:8080"])
+    lines = render_change(new, swapped, chains=chains, vip_refs=refs)  # type: ignore[dict-item]
+    assert lines == [
+        "delete element ip shoal be_tcp { 10.254.0.5 . 80 . 1 }",
+        "add element ip shoal be_tcp { 10.254.0.5 . 80 . 1 : 10.0.9.99 . 8080 }",
+    ]
+
+
+def test_create_and_remove_keep_vip_refcounts() -> None:
+    a = svc("10.254.0.5", 80, ["10.0.9.10:80"])
+    b = svc("10.254.0.5", 443, [])
+    chains: set[str] = set()
+    refs: dict = {}  # type: ignore[type-arg]
+    first = render_change(None, a, chains=chains, vip_refs=refs)
+    assert "add element ip shoal vips { 10.254.0.5 }" in first
+    second = render_change(None, b, chains=chains, vip_refs=refs)
+    assert second == []  # no backends, VIP already present: nothing to program
+    gone = render_change(a, None, chains=chains, vip_refs=refs)
+    assert not any("vips" in ln for ln in gone)  # b still uses the VIP
+    assert "delete element ip shoal svc { 10.254.0.5 . tcp . 80 }" in gone
+    last = render_change(b, None, chains=chains, vip_refs=refs)
+    assert last == ["delete element ip shoal vips { 10.254.0.5 }"]
+
+
+def test_chain_names() -> None:
+    assert lb_chain(svc("10.254.0.5", 80, ["10.0.0.1:1"] * 1)) == "lb_tcp_1"
+    assert lb_chain(svc(None, 80, ["10.0.0.1:1", "10.0.0.2:1"], "udp")) == "np_udp_2"
+    assert render_chain("np_udp_2").endswith("dnat ip to udp dport . numgen random mod 2 "
+                                             "map @np_udp")
+
+
+def test_ipvs_messages_masquerade_not_direct_routing() -> None:
+    from pyroute2.ipvs import IPVSDest, IPVSService
+
+    web = svc("10.254.0.5", 80, ["10.0.9.10:8080"])
+    fields = lb_ipvs.service_fields(web)
+    assert fields == {"addr": "10.254.0.5", "port": 80, "protocol": socket.IPPROTO_TCP,
+                      "sched_name": "rr"}
+    attrs = dict(IPVSService(**fields).dump_nla()["attrs"])
+    assert attrs["IPVS_SVC_ATTR_NETMASK"] == "255.255.255.255"
+    assert attrs["IPVS_SVC_ATTR_AF"] == socket.AF_INET
+    dest = dict(IPVSDest(**lb_ipvs.dest_fields(Backend.parse("10.0.9.10:8080")))
+                .dump_nla()["attrs"])
+    assert dest["IPVS_DEST_ATTR_FWD_METHOD"] == 0  # masquerade; pyroute2 defaults to 3
+    assert dest["IPVS_DEST_ATTR_PORT"] == 8080 and dest["IPVS_DEST_ATTR_WEIGHT"] == 1
+
+
+def test_ipvs_published_port_is_a_fwmark_service() -> None:
+    from pyroute2.ipvs import IPVSService
+
+    mesh = svc(None, 30080, ["10.255.0.5:80"], "udp")
+    fields = lb_ipvs.service_fields(mesh)
+    mark = lb_ipvs.fwmark_for("udp", 30080)
+    assert fields["fwmark"] == mark and mark & lb_ipvs.MASQ_MARK
+    attrs = dict(IPVSService(**fields).dump_nla()["attrs"])
+    # The kernel refuses a new service without a netmask; pyroute2 adds none for fwmarks.
+    assert attrs["IPVS_SVC_ATTR_NETMASK"] == "255.255.255.255"
+    assert "IPVS_SVC_ATTR_ADDR" not in attrs
+    # Ownership is read back from the mark.
+    assert lb_ipvs._service_key_of({"fwmark": mark}) == (None, 30080, "udp")
+    assert lb_ipvs._service_key_of({"fwmark": 0x42}) is None
+    script = lb_ipvs.render_nft([mesh, svc("10.254.0.5", 80, [])])
+    assert f"udp . 30080 : {mark:#x}" in script and "vips { 10.254.0.5 }" in script
