@@ -22,7 +22,7 @@ def test_builtin_kinds_and_scopes() -> None:
     registry = kinds.Registry.builtin()
     scopes = {info.kind: info.namespaced for info in registry.all()}
     assert scopes == {
-        "Service": True, "Task": True, "Secret": True, "Config": True,
+        "Service": True, "Task": True, "Secret": True, "Config": True, "Event": True,
         "Node": False, "Network": False, "CustomResourceDefinition": False,
     }
     assert all(info.builtin and info.api_version == "shoal.io/v1" for info in registry.all())
@@ -51,7 +51,7 @@ def test_shipped_crds_are_valid_crds() -> None:
     """Every shipped schema passes the checks a user's CRD would (defaults fit, names...)."""
     crd_schema = kinds.Registry.builtin().by_kind(kinds.CRD_KIND).schema
     documents = _shipped_crds()
-    assert len(documents) == 7
+    assert len(documents) == 8
     for doc in documents:
         assert doc["apiVersion"] == "shoal.io/v1" and doc["kind"] == kinds.CRD_KIND
         errors = validation.validate(doc["spec"], crd_schema["properties"]["spec"], "spec")

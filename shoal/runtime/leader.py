@@ -1,0 +1,203 @@
+"""Leader election per controller on an etcd lease, and the fence that goes with it.
+
+The leader is whoever created ``<prefix>/leases/controllers/<name>`` bound to its own
+lease. It keeps the lease alive every ttl/3; followers watch the key and race to create it
+when it disappears (lease expired or revoked). The lease id is the fence: writes made
+through ``Fence(key, lease)`` only succeed while the key is still attached to that lease.
+
+The work of a leader runs in its own task, cancelled the moment leadership is in doubt:
+keepalive answers 0, keepalives stop getting through for a whole TTL, or the key is
+deleted or rewritten. A clean shutdown revokes the lease so a follower takes over at
+once instead of after the TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from shoal.runtime import logging as rt_logging
+from shoal.runtime import metrics
+from shoal.store import client, errors, etcd
+
+log = rt_logging.get_logger("shoal.runtime.leader")
+
+DEFAULT_TTL = 3.0
+Work = Callable[[client.Fence], Coroutine[Any, Any, None]]
+
+
+class LeaderElector:
+    """Campaign for controller ``name``'s lock as ``identity``; run work while holding it."""
+
+    def __init__(self, store: client.Store, name: str, identity: str,
+                 ttl: float = DEFAULT_TTL, recheck: float = 30.0) -> None:
+        if ttl < 2:
+            # etcd rounds shorter leases up to its minimum TTL; a smaller local TTL would
+            # make the keepalive deadline (and our step-down) wrong.
+            raise ValueError(f"leader lease TTL must be at least 2 s, got {ttl}")
+        self.store = store
+        self.name = name
+        self.identity = identity
+        self.ttl = ttl
+        self.key = store.raw_key("leases", "controllers", name)
+        self._recheck = recheck  # how often a quiet follower re-reads the key anyway
+        self._fence: client.Fence | None = None
+        self._gauge = metrics.LEADER.labels(name, identity)
+        self._gauge.set(0)
+
+    @property
+    def fence(self) -> client.Fence | None:
+        """The fence of the current leadership, None while not leader."""
+        return self._fence
+
+    @property
+    def is_leader(self) -> bool:
+        return self._fence is not None
+
+    async def leader_identity(self) -> str | None:
+        """Who holds the lock right now, as far as etcd knows."""
+        kv = await self.store.raw_get(self.key)
+        return kv.value.decode() if kv is not None else None
+
+    async def run(self, work: Work) -> None:
+        """Campaign forever; while leader, run ``work(fence)``. Cancel to stop (and resign)."""
+        delay = 0.1
+        while True:
+            try:
+                fence, granted_at, revision = await self._acquire()
+            except errors.UnavailableError as exc:
+                log.warning("leader election: etcd unavailable", controller=self.name,
+                            error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.ttl)
+                continue
+            delay = 0.1
+            crashed = await self._lead(fence, granted_at, revision, work)
+            if crashed:
+                # The work itself failed; leadership was handed back. Pause so a
+                # deterministic crash does not spin, then campaign again.
+                await asyncio.sleep(self.ttl)
+
+    # --- campaigning ---
+
+    async def _acquire(self) -> tuple[client.Fence, float, int]:
+        loop = asyncio.get_running_loop()
+        while True:
+            kv = await self.store.raw_get(self.key)
+            if kv is not None:
+                log.debug("following", controller=self.name, leader=kv.value.decode())
+                await self._wait_for_release(kv.mod_revision)
+                continue
+            # Time taken *before* the grant: the lease can only expire later than this
+            # plus the TTL, so local deadlines computed from it are conservative.
+            granted_at = loop.time()
+            lease = await self.store.grant_lease(math.ceil(self.ttl))
+            try:
+                created = await self.store.raw_create(self.key, self.identity.encode(), lease)
+                mine = await self.store.raw_get(self.key) if created else None
+            except BaseException:
+                await self._revoke(lease)
+                raise
+            if mine is not None and mine.lease == lease:
+                return client.Fence(self.key, lease), granted_at, mine.mod_revision
+            await self._revoke(lease)  # lost the race (or lost the key already)
+
+    async def _wait_for_release(self, revision: int) -> None:
+        """Return once the key is deleted after ``revision`` (or on doubt: re-check)."""
+        try:
+            async with asyncio.timeout(self._recheck):
+                async for _, events in self.store.raw_watch(self.key, revision + 1):
+                    for ev in events:
+                        if ev.key == self.key and ev.deleted:
+                            return
+        except TimeoutError:
+            return
+        except (errors.UnavailableError, etcd.CompactedError) as exc:
+            log.debug("leader watch interrupted", controller=self.name, error=str(exc))
+            await asyncio.sleep(0.1)
+
+    # --- leading ---
+
+    async def _lead(self, fence: client.Fence, granted_at: float, revision: int,
+                    work: Work) -> bool:
+        """Run ``work`` until leadership is lost; True if ``work`` itself crashed."""
+        self._fence = fence
+        self._gauge.set(1)
+        log.info("became leader", controller=self.name, identity=self.identity,
+                 lease=fence.lease)
+        work_task = asyncio.create_task(work(fence), name=f"leader-work:{self.name}")
+        guards = [
+            asyncio.create_task(self._keepalive(fence.lease, granted_at)),
+            asyncio.create_task(self._watch_own_key(fence, revision)),
+        ]
+        crashed = False
+        try:
+            done, _ = await asyncio.wait([work_task, *guards],
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if work_task in done:
+                exc = work_task.exception()
+                crashed = exc is not None
+                if exc is not None:
+                    log.error("controller crashed; resigning", controller=self.name,
+                              exc_info=exc)
+            else:
+                log.warning("lost leadership; stopping workers", controller=self.name,
+                            identity=self.identity)
+        finally:
+            # Order matters: the fence is dropped and the work cancelled before anything
+            # else is awaited, so no new write starts once leadership is in doubt.
+            self._fence = None
+            self._gauge.set(0)
+            for task in (work_task, *guards):
+                task.cancel()
+            await asyncio.gather(work_task, *guards, return_exceptions=True)
+            await self._revoke(fence.lease)
+        return crashed
+
+    async def _keepalive(self, lease: int, last_ok: float) -> None:
+        """Refresh the lease every ttl/3; return when it is (or may be) gone."""
+        loop = asyncio.get_running_loop()
+        interval = self.ttl / 3
+        while True:
+            await asyncio.sleep(interval)
+            sent = loop.time()
+            remaining = last_ok + self.ttl - sent
+            if remaining <= 0:
+                log.warning("lease not refreshed within its TTL", controller=self.name)
+                return
+            try:
+                ttl_left = await asyncio.wait_for(self.store.keepalive(lease), remaining)
+            except (errors.UnavailableError, TimeoutError) as exc:
+                log.warning("lease keepalive failed", controller=self.name, error=str(exc))
+                continue
+            if ttl_left <= 0:
+                log.warning("lease expired", controller=self.name, lease=lease)
+                return
+            last_ok = sent
+
+    async def _watch_own_key(self, fence: client.Fence, revision: int) -> None:
+        """Return as soon as the lock key is deleted or rewritten by anyone."""
+        start = revision + 1
+        while True:
+            try:
+                async for _, events in self.store.raw_watch(self.key, start):
+                    for ev in events:
+                        if ev.key == self.key:
+                            return
+                        start = ev.mod_revision + 1
+            except (errors.UnavailableError, etcd.CompactedError):
+                await asyncio.sleep(0.1)
+                try:
+                    kv = await self.store.raw_get(self.key)
+                except errors.UnavailableError:
+                    continue  # the keepalive deadline decides if this lasts too long
+                if kv is None or kv.lease != fence.lease:
+                    return
+                start = kv.mod_revision + 1
+
+    async def _revoke(self, lease: int) -> None:
+        with contextlib.suppress(errors.StoreError, TimeoutError):
+            await asyncio.wait_for(self.store.revoke_lease(lease), 2.0)
