@@ -10,6 +10,10 @@ command -v etcdctl >/dev/null 2>&1 || need_apt+=(etcd-client)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v git >/dev/null 2>&1 || need_apt+=(git)
+# dockerd runs the docker driver's containers (the tests start it themselves); the test
+# image shoal/busybox is made from Debian's busybox, as no registry is reachable.
+command -v dockerd >/dev/null 2>&1 || [ -x /usr/sbin/dockerd ] || need_apt+=(docker.io)
+command -v busybox >/dev/null 2>&1 || need_apt+=(busybox)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv python3-pip)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 if [ ${#need_apt[@]} -gt 0 ]; then

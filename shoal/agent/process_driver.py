@@ -1,0 +1,691 @@
+"""The ``process`` executor driver: a task as a plain process, for hosts without Docker.
+
+The task's argv (``entrypoint + command + args``; the image is not used — a note says
+so in the agent's log) runs on the host's filesystem as a child of a per-task
+supervisor shim (:mod:`shoal.agent.procshim`), in its own network namespace with only
+loopback up (the networking work plumbs veths into ``/proc/PID/ns/net``, the pid being
+``Observed.pid``) and its own UTS namespace (so ``hostname`` is the task's).
+
+Why a shim and files rather than the agent's own children: the workload must survive an
+agent that is killed, and the next agent must adopt it. So everything about a task lives
+in ``<state>/process/<node>/``, written atomically, keyed by the task uid:
+
+- ``UID.spec.json``  what should run (argv, env, user, labels); written by ``start``
+  before anything is spawned, so it is also the "label" :meth:`list_managed` finds.
+- ``UID.json``       what runs: pid and its ``/proc`` start time (pid reuse cannot fool
+  us), the supervisor's pid and start time; written by the shim once the child exists.
+- ``UID.lock``       flock-ed by the shim for its whole life: "a supervisor owns this".
+- ``UID.exit.json``  exit code (128+signal if killed) and error; written by the shim.
+- ``UID.log``        stdout+stderr in CRI format, timestamped by the shim (``.log.1``
+  after rotation).
+- ``UID.health.json`` the health state, written by this driver, which runs the checks
+  itself: the ``test`` argv executed with the task's env and user inside the task's
+  network namespace (``nsenter --net=/proc/PID/ns/net``), with Docker's rules for
+  interval, timeout, start period and retries. Persisting it means an adopted task
+  stays ``healthy`` across an agent restart instead of dropping back to ``starting``.
+
+Every call is idempotent: ``start`` returns the existing run if ``UID.json`` exists and
+never spawns while a shim holds the lock; ``remove`` deletes files in an order that a
+repeated ``remove`` completes. Exits reach :meth:`changes` at once through a datagram
+the shim sends to an abstract unix socket named after the state directory, with a
+once-a-second scan as the safety net.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import signal as signal_module
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from shoal.agent import workload
+from shoal.agent.executor import (
+    LABEL_NAMESPACE,
+    LABEL_TASK,
+    MISSING,
+    LogLine,
+    Managed,
+    Observed,
+    TaskRejectedError,
+    TaskSpec,
+)
+from shoal.agent.procshim import resolve_user, write_json
+from shoal.agent.workload import parse_timestamp
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_STATE_DIR = Path("/var/lib/shoal")
+SHIM = Path(__file__).with_name("procshim.py")
+LOG_MAX_BYTES = 10 * 1024 * 1024
+HEALTH_LOG_ENTRIES = 5  # like Docker's State.Health.Log
+HEALTH_OUTPUT_MAX = 4096
+SPAWN_TIMEOUT = 15.0
+SCAN_INTERVAL = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Paths:
+    spec: Path
+    state: Path
+    exit: Path
+    health: Path
+    log: Path
+    lock: Path
+    shim_log: Path
+
+    def all(self) -> list[Path]:
+        # Deletion order: the spec goes last, so a half-done remove is still listed
+        # by list_managed and gets finished by the next remove.
+        return [self.health, self.exit, Path(f"{self.log}.1"), self.log, self.shim_log,
+                self.state, self.lock, self.spec]
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _process_state(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time) of a live pid, None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return fields[0].decode(), int(fields[19])
+
+
+def alive(pid: int | None, starttime: int | None) -> bool:
+    """Is the process we started still running (not a zombie, not a reused pid)?"""
+    if not pid:
+        return False
+    found = _process_state(pid)
+    if found is None or found[0] in ("Z", "X"):
+        return False
+    return starttime is None or found[1] == starttime
+
+
+def parse_cri(record: bytes) -> tuple[float, str, bool, bytes] | None:
+    """One CRI log record: (timestamp, stream, complete?, text); None if malformed."""
+    parts = record.split(b" ", 3)
+    if len(parts) < 3:
+        return None
+    try:
+        stamp = parse_timestamp(parts[0])
+    except ValueError:
+        return None
+    text = parts[3] if len(parts) == 4 else b""
+    return stamp, parts[1].decode(errors="replace"), parts[2] != b"P", text
+
+
+class _CriDecoder:
+    """Turns CRI records into LogLines, joining ``P`` pieces of one long line."""
+
+    def __init__(self, timestamps: bool) -> None:
+        self.timestamps = timestamps
+        self.partial: dict[str, bytes] = {}
+
+    def records(self, records: list[bytes]) -> list[LogLine]:
+        out: list[LogLine] = []
+        for record in records:
+            parsed = parse_cri(record)
+            if parsed is None:
+                continue
+            stamp, stream, complete, text = parsed
+            text = self.partial.pop(stream, b"") + text
+            if not complete:
+                self.partial[stream] = text
+                continue
+            out.append(LogLine(stream, text, stamp if self.timestamps else None))
+        return out
+
+
+def _tail_of(f: Any, end: int, count: int | None) -> list[bytes]:
+    """Records in ``f`` before byte ``end``: all, or the last ``count`` (read backwards)."""
+    if count is None:
+        f.seek(0)
+        chunk = f.read(end)
+        start = 0
+    else:
+        start, chunk, block = end, b"", 65536
+        while start > 0 and chunk.count(b"\n") <= count:
+            new_start = max(0, start - block)
+            f.seek(new_start)
+            chunk = f.read(start - new_start) + chunk
+            start, block = new_start, block * 2
+    records = chunk.split(b"\n")
+    records.pop()  # after the last newline: empty, or a record still being written
+    if start > 0:
+        records = records[1:]  # the first piece may begin mid-record
+    return records if count is None else records[-count:] if count else []
+
+
+def _read_backlog(rotated: Path, handle: Any, count: int | None) -> list[bytes]:
+    """What the logs hold now, ending exactly where ``handle`` (the current log) will
+    continue reading, so a follower neither skips nor repeats a record."""
+    end = os.fstat(handle.fileno()).st_size if handle is not None else 0
+    records = _tail_of(handle, end, count) if handle is not None else []
+    if count is None or len(records) < count:
+        try:
+            with open(rotated, "rb") as f:
+                older = _tail_of(f, os.fstat(f.fileno()).st_size,
+                                 None if count is None else count - len(records))
+            records = older + records
+        except OSError:
+            pass
+    if handle is not None:
+        handle.seek(end)
+    return records
+
+
+def _open_log(path: Path) -> Any:
+    try:
+        return open(path, "rb")  # closed by the caller
+    except OSError:
+        return None
+
+
+@dataclasses.dataclass
+class _Health:
+    status: str = "starting"
+    failing_streak: int = 0
+    log: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+class ProcessExecutor:
+    """Executor driver running tasks as supervised processes; one instance per node."""
+
+    name = "process"
+
+    def __init__(self, node: str, state_dir: Path | str = DEFAULT_STATE_DIR, *,
+                 log_max_bytes: int = LOG_MAX_BYTES, python: str = sys.executable) -> None:
+        self.node = node
+        self.dir = Path(state_dir) / "process" / node
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._log_max_bytes = log_max_bytes
+        self._python = python
+        # An abstract unix socket: no path length limit, no stale file after a crash. It
+        # lives in the agent's network namespace, which its shims share.
+        digest = hashlib.sha1(str(self.dir.resolve()).encode()).hexdigest()[:20]
+        self._socket_name = f"\0shoal-process-{digest}"
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._health: dict[str, _Health] = {}
+        self._checkers: dict[str, asyncio.Task[None]] = {}
+        self._subscribers: set[asyncio.Queue[str]] = set()
+        self._socket: socket.socket | None = None
+        self._scanner: asyncio.Task[None] | None = None
+        self._closed = False
+        self._log = log.bind(node=node, driver="process")
+
+    # -- files --------------------------------------------------------------------------
+
+    def _paths(self, uid: str) -> _Paths:
+        base = self.dir / uid
+        return _Paths(Path(f"{base}.spec.json"), Path(f"{base}.json"),
+                      Path(f"{base}.exit.json"), Path(f"{base}.health.json"),
+                      Path(f"{base}.log"), Path(f"{base}.lock"), Path(f"{base}.shim.log"))
+
+    def _lock(self, uid: str) -> asyncio.Lock:
+        return self._locks.setdefault(uid, asyncio.Lock())
+
+    def _supervisor_alive(self, uid: str) -> bool:
+        """Does a shim hold the task's lock? (Only asked while UID.json does not exist.)"""
+        try:
+            fd = os.open(self._paths(uid).lock, os.O_RDWR)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing releases our probe lock, if we got it
+        return False
+
+    # -- spec ---------------------------------------------------------------------------
+
+    def _build_spec(self, task: TaskSpec) -> dict[str, Any]:
+        """The shim's instructions; TaskRejectedError for anything that can never run."""
+        template = task.template
+        argv = workload.full_argv(template)
+        if not argv:
+            raise TaskRejectedError("the process driver runs template.command (or "
+                                    "entrypoint and args); this task has none")
+        user = template.get("user") or None
+        try:
+            resolved = resolve_user(user)
+        except ValueError as exc:
+            raise TaskRejectedError(str(exc)) from exc
+        home = "/root"
+        if resolved is not None:
+            with contextlib.suppress(KeyError):
+                home = pwd.getpwuid(resolved[0]).pw_dir
+        hostname = template.get("hostname") or workload.workload_name(task.name)[:63]
+        env = {"PATH": workload.DEFAULT_PATH, "HOSTNAME": hostname, "HOME": home}
+        env.update(workload.environment(template))
+        if "/" in argv[0]:
+            if not os.access(argv[0], os.X_OK):
+                raise TaskRejectedError(f'exec: "{argv[0]}": no such executable file')
+        elif shutil.which(argv[0], path=env["PATH"]) is None:
+            raise TaskRejectedError(f'exec: "{argv[0]}": executable file not found in $PATH')
+        cwd = template.get("workdir") or "/"
+        if not os.path.isdir(cwd):
+            raise TaskRejectedError(f"workdir {cwd} does not exist on node {self.node}")
+        stop_signal = template.get("stopSignal") or "SIGTERM"
+        workload.signal_number(stop_signal)
+        workload.parse_healthcheck(template)  # reject a malformed check now, not later
+        paths = self._paths(task.uid)
+        return {
+            "uid": task.uid, "name": task.name, "namespace": task.namespace,
+            "service": task.service, "node": task.node,
+            "labels": workload.task_labels(task), "image": template.get("image"),
+            "argv": argv, "env": env, "cwd": cwd, "user": user, "hostname": hostname,
+            "stop_signal": stop_signal, "healthcheck": template.get("healthcheck"),
+            "log": str(paths.log), "log_max_bytes": self._log_max_bytes,
+            "events_socket": self._socket_name,
+            "created_at": time.time(),
+        }
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def prepare(self, task: TaskSpec) -> None:
+        self._build_spec(task)
+        if task.template.get("image"):
+            self._log.info("process driver ignores the image", task=task.name,
+                           task_uid=task.uid, image=task.template.get("image"))
+
+    async def start(self, task: TaskSpec) -> Observed:
+        logger = self._log.bind(task=task.name, task_uid=task.uid)
+        paths = self._paths(task.uid)
+        async with self._lock(task.uid):
+            if not paths.state.exists():
+                if not paths.spec.exists():
+                    write_json(str(paths.spec), self._build_spec(task))
+                if self._supervisor_alive(task.uid):
+                    logger.info("a supervisor is already starting the task; waiting")
+                    await self._wait_for_state(task.uid)
+                else:
+                    t0 = time.monotonic()
+                    answer = await self._spawn(task.uid)
+                    logger.info("process started", pid=answer.get("pid"),
+                                status=answer.get("status"), error=answer.get("error"),
+                                seconds=round(time.monotonic() - t0, 3))
+                    if answer.get("status") == "busy":
+                        await self._wait_for_state(task.uid)
+            else:
+                logger.info("adopting process")
+            return await self.observe(task.uid)
+
+    async def _spawn(self, uid: str) -> dict[str, Any]:
+        proc = await asyncio.create_subprocess_exec(
+            self._python, "-I", "-S", str(SHIM), str(self.dir), uid,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), SPAWN_TIMEOUT)
+            stderr = await asyncio.wait_for(proc.stderr.read(), SPAWN_TIMEOUT)
+        finally:
+            await proc.wait()  # the launcher exits as soon as it forked
+        try:
+            answer: dict[str, Any] = json.loads(line)
+        except ValueError:
+            tail = self._paths(uid).shim_log
+            shim = tail.read_text(errors="replace")[-2000:] if tail.exists() else ""
+            raise RuntimeError(f"process supervisor for {uid} did not start: "
+                               f"{stderr.decode(errors='replace')}{shim}") from None
+        return answer
+
+    async def _wait_for_state(self, uid: str, timeout: float = SPAWN_TIMEOUT) -> None:
+        paths = self._paths(uid)
+        deadline = time.monotonic() + timeout
+        while not paths.state.exists() and time.monotonic() < deadline:
+            if not self._supervisor_alive(uid):
+                return  # it died before recording anything: observe() says missing
+            await asyncio.sleep(0.02)
+
+    async def observe(self, task_uid: str) -> Observed:
+        paths = self._paths(task_uid)
+        state = _read_json(paths.state)
+        if state is None:
+            if paths.spec.exists() and self._supervisor_alive(task_uid):
+                return Observed("created")
+            return MISSING
+        pid = state.get("pid")
+        workload_id = str(pid) if pid else ""
+        ended = _read_json(paths.exit)
+        if ended is not None:
+            return Observed("exited", exit_code=ended.get("exit_code"),
+                            error=ended.get("error") or "", workload_id=workload_id)
+        if alive(pid, state.get("starttime")):
+            self._ensure_health(task_uid, state)
+            return Observed("running", health=self._health_status(task_uid),
+                            workload_id=workload_id, pid=pid)
+        if alive(state.get("supervisor_pid"), state.get("supervisor_starttime")):
+            # The workload just died; its supervisor is draining output and will write
+            # the exit record within moments (and then poke changes()).
+            for _ in range(50):
+                await asyncio.sleep(0.02)
+                ended = _read_json(paths.exit)
+                if ended is not None:
+                    return Observed("exited", exit_code=ended.get("exit_code"),
+                                    error=ended.get("error") or "", workload_id=workload_id)
+            return Observed("running", health=self._health_status(task_uid),
+                            workload_id=workload_id, pid=None)
+        return Observed("exited", error="the task's supervisor is gone and its exit status "
+                        "with it (was the host rebooted or the shim killed?)",
+                        workload_id=workload_id)
+
+    async def stop(self, task_uid: str, grace: float, signal: str | None = None) -> None:
+        paths = self._paths(task_uid)
+        state = _read_json(paths.state)
+        if state is None and self._supervisor_alive(task_uid):
+            await self._wait_for_state(task_uid)
+            state = _read_json(paths.state)
+        if state is None or paths.exit.exists():
+            return
+        pid, starttime = state.get("pid"), state.get("starttime")
+        if not alive(pid, starttime):
+            return
+        assert isinstance(pid, int)
+        spec = _read_json(paths.spec) or {}
+        sig = workload.signal_number(signal or spec.get("stop_signal") or "SIGTERM")
+        logger = self._log.bind(task=spec.get("name"), task_uid=task_uid, pid=pid)
+        t0 = time.monotonic()
+        self._signal_group(pid, sig)
+        if not await self._wait_dead(pid, starttime, grace):
+            logger.info("grace period over, killing", signal=sig, grace=grace)
+            self._signal_group(pid, signal_module.SIGKILL)
+            await self._wait_dead(pid, starttime, 30.0)
+        # The supervisor records the exit right after; wait for it so that an observe()
+        # straight after stop() reports the exit code.
+        deadline = time.monotonic() + 5.0
+        while not paths.exit.exists() and time.monotonic() < deadline:
+            if not alive(state.get("supervisor_pid"), state.get("supervisor_starttime")):
+                break
+            await asyncio.sleep(0.02)
+        logger.info("process stopped", signal=sig, seconds=round(time.monotonic() - t0, 3))
+
+    @staticmethod
+    def _signal_group(pid: int, sig: int) -> None:
+        # The workload leads its own session and process group (pgid == pid).
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+
+    @staticmethod
+    async def _wait_dead(pid: int, starttime: int | None, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while alive(pid, starttime):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.1)
+        return True
+
+    async def remove(self, task_uid: str) -> None:
+        paths = self._paths(task_uid)
+        async with self._lock(task_uid):
+            checker = self._checkers.pop(task_uid, None)
+            if checker is not None:
+                checker.cancel()
+            state = _read_json(paths.state)
+            if state is None and self._supervisor_alive(task_uid):
+                await self._wait_for_state(task_uid)
+                state = _read_json(paths.state)
+            if state is not None:
+                pid, starttime = state.get("pid"), state.get("starttime")
+                if isinstance(pid, int) and alive(pid, starttime):
+                    self._signal_group(pid, signal_module.SIGKILL)
+                    await self._wait_dead(pid, starttime, 10.0)
+                sup, sup_start = state.get("supervisor_pid"), state.get("supervisor_starttime")
+                if isinstance(sup, int) and not await self._wait_dead(sup, sup_start, 5.0):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(sup, signal_module.SIGKILL)
+                    await self._wait_dead(sup, sup_start, 5.0)
+            existed = paths.spec.exists()
+            for path in paths.all():
+                path.unlink(missing_ok=True)
+            self._health.pop(task_uid, None)
+        self._locks.pop(task_uid, None)
+        if existed:
+            self._log.info("process removed", task_uid=task_uid)
+
+    async def list_managed(self) -> list[Managed]:
+        managed: list[Managed] = []
+        for spec_path in sorted(self.dir.glob("*.spec.json")):
+            spec = _read_json(spec_path)
+            if spec is None or not spec.get("uid"):
+                continue
+            state = _read_json(self._paths(spec["uid"]).state) or {}
+            labels = spec.get("labels") or {}
+            managed.append(Managed(spec["uid"], labels.get(LABEL_TASK, spec.get("name", "")),
+                                   labels.get(LABEL_NAMESPACE, spec.get("namespace", "")),
+                                   str(state.get("pid") or "")))
+        return managed
+
+    # -- health -------------------------------------------------------------------------
+
+    def _health_status(self, uid: str) -> str:
+        health = self._health.get(uid)
+        return health.status if health is not None else "none"
+
+    def _ensure_health(self, uid: str, state: dict[str, Any]) -> None:
+        if uid in self._checkers or self._closed:
+            return
+        paths = self._paths(uid)
+        spec = _read_json(paths.spec) or {}
+        check = workload.parse_healthcheck({"healthcheck": spec.get("healthcheck")})
+        if check is None:
+            return
+        saved = _read_json(paths.health) or {}
+        self._health[uid] = _Health(status=saved.get("status", "starting"),
+                                    failing_streak=int(saved.get("failing_streak", 0)),
+                                    log=list(saved.get("log") or []))
+        self._checkers[uid] = asyncio.ensure_future(self._health_loop(uid, check, spec, state))
+
+    async def _health_loop(self, uid: str, check: workload.HealthSpec, spec: dict[str, Any],
+                           state: dict[str, Any]) -> None:
+        pid, starttime = state["pid"], state.get("starttime")
+        health = self._health[uid]
+        logger = self._log.bind(task=spec.get("name"), task_uid=uid)
+        try:
+            while True:
+                await asyncio.sleep(check.interval)
+                if not alive(pid, starttime):
+                    return
+                started = time.time()
+                exit_code, output = await self._probe(pid, check, spec)
+                if not alive(pid, starttime):
+                    return  # a probe failing because the task died says nothing
+                in_start_period = started - float(state.get("started_at") or 0) \
+                    < check.start_period
+                before = health.status
+                if exit_code == 0:
+                    health.failing_streak = 0
+                    health.status = "healthy"
+                elif not in_start_period:
+                    health.failing_streak += 1
+                    if health.failing_streak >= check.retries:
+                        health.status = "unhealthy"
+                result = {"start": started, "end": time.time(), "exit_code": exit_code,
+                          "output": output}
+                health.log = [*health.log, result][-HEALTH_LOG_ENTRIES:]
+                write_json(str(self._paths(uid).health), dataclasses.asdict(health))
+                if health.status != before:
+                    logger.info("health changed", health=health.status, was=before,
+                                exit_code=exit_code, output=output[-200:])
+                    self._publish(uid)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("health checker failed")
+        finally:
+            if self._checkers.get(uid) is asyncio.current_task():
+                self._checkers.pop(uid, None)
+
+    async def _probe(self, pid: int, check: workload.HealthSpec,
+                     spec: dict[str, Any]) -> tuple[int, str]:
+        """Run the test in the task's netns (and as its user); (exit code, output)."""
+        argv = ["nsenter", f"--net=/proc/{pid}/ns/net", f"--uts=/proc/{pid}/ns/uts"]
+        user = resolve_user(spec.get("user"))
+        if user is not None:
+            argv += [f"--setuid={user[0]}", f"--setgid={user[1]}"]
+        argv += ["--", *check.argv()]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, env=spec.get("env"),
+                cwd=spec.get("cwd") or "/", start_new_session=True)
+        except OSError as exc:
+            return -1, f"health check could not run: {exc}"
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), check.timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal_module.SIGKILL)
+            await proc.wait()
+            return -1, f"Health check exceeded timeout ({check.timeout}s)"
+        return proc.returncode or 0, out[-HEALTH_OUTPUT_MAX:].decode(errors="replace")
+
+    # -- changes ------------------------------------------------------------------------
+
+    def _publish(self, uid: str) -> None:
+        for queue in self._subscribers:
+            queue.put_nowait(uid)
+
+    async def changes(self) -> AsyncIterator[str]:
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        self._subscribers.add(queue)
+        self._ensure_watch()
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._subscribers.discard(queue)
+
+    def _ensure_watch(self) -> None:
+        if self._scanner is not None or self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.bind(self._socket_name)
+        except OSError as exc:
+            # Another live driver of this node has it (a second instance in one process,
+            # in tests): the scan below still reports every change, just later.
+            self._log.info("exit notifications unavailable", error=str(exc))
+            sock.close()
+        else:
+            sock.setblocking(False)
+            loop.add_reader(sock.fileno(), self._on_datagram)
+            self._socket = sock
+        self._scanner = asyncio.ensure_future(self._scan_loop())
+
+    def _on_datagram(self) -> None:
+        assert self._socket is not None
+        while True:
+            try:
+                data = self._socket.recv(512)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            uid = data.decode(errors="replace").strip()
+            if uid:
+                self._publish(uid)
+
+    async def _scan_loop(self) -> None:
+        """Safety net for lost datagrams: report any task whose liveness changed."""
+        last: dict[str, tuple[bool, bool]] | None = None
+        while True:
+            seen: dict[str, tuple[bool, bool]] = {}
+            for spec_path in self.dir.glob("*.spec.json"):
+                uid = spec_path.name.removesuffix(".spec.json")
+                paths = self._paths(uid)
+                state = _read_json(paths.state) or {}
+                seen[uid] = (paths.exit.exists(), alive(state.get("pid"),
+                                                        state.get("starttime")))
+                if last is not None and last.get(uid) != seen[uid]:
+                    self._publish(uid)  # changed, or appeared since the last scan
+            last = seen
+            await asyncio.sleep(SCAN_INTERVAL)
+
+    # -- logs ---------------------------------------------------------------------------
+
+    async def logs(self, task_uid: str, follow: bool = False, tail: int | None = None,
+                   timestamps: bool = False) -> AsyncIterator[LogLine]:
+        paths = self._paths(task_uid)
+        if not paths.spec.exists():
+            return
+        decoder = _CriDecoder(timestamps)
+        rotated = Path(f"{paths.log}.1")
+        handle = _open_log(paths.log)
+        try:
+            backlog = await asyncio.to_thread(_read_backlog, rotated, handle, tail)
+            for line in decoder.records(backlog):
+                yield line
+            if not follow:
+                return
+            pending = b""
+            while True:
+                # Checked before reading: the shim writes the exit record after the last
+                # log record, so once it exists, reading to EOF means reading it all.
+                exited = paths.exit.exists()
+                if handle is None:
+                    handle = _open_log(paths.log)
+                data = handle.read() if handle is not None else b""
+                if data:
+                    pending += data
+                    *records, pending = pending.split(b"\n")
+                    for line in decoder.records(records):
+                        yield line
+                    continue
+                if handle is not None and _rotated(handle, paths.log):
+                    handle.close()  # drained: continue with the new file
+                    handle = None
+                    continue
+                if exited:
+                    return
+                await asyncio.sleep(0.1)
+        finally:
+            if handle is not None:
+                handle.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        for checker in self._checkers.values():
+            checker.cancel()
+        self._checkers.clear()
+        if self._scanner is not None:
+            self._scanner.cancel()
+        if self._socket is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._socket.fileno())
+            self._socket.close()
+            self._socket = None
+
+
+def _rotated(handle: Any, path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino
+    except OSError:
+        return True

@@ -1,0 +1,306 @@
+"""The supervisor shim of the ``process`` driver: one tiny process per task.
+
+Run as ``python -I -S procshim.py DIR UID`` (standard library only, no site-packages,
+so it starts in tens of milliseconds and works whatever the agent's environment). It is
+to the process driver what containerd-shim is to Docker: the workload's parent, so that
+the agent can die and restart without the workload noticing.
+
+1. The launcher (the agent's child) forks the supervisor and exits at once, so the
+   supervisor is re-parented to init and never becomes the agent's zombie.
+2. The supervisor starts its own session, takes ``DIR/UID.lock`` (flock, held until it
+   exits: "a supervisor for this task is alive", immune to pid reuse), starts the
+   workload from ``DIR/UID.spec.json`` — in new network and UTS namespaces with
+   loopback up, in its own session (so ``killpg`` reaches all its processes), as the
+   task's user, with the task's environment and working directory — records
+   ``DIR/UID.json`` (pid and ``/proc`` start time), and answers the launcher's caller
+   with one JSON line on stdout, which it then closes.
+3. It copies the workload's stdout and stderr into ``DIR/UID.log`` in the CRI log format
+   (``<RFC 3339 nano time> <stdout|stderr> <F|P> <text>``: one file keeps the order of
+   the two streams, each line carries its timestamp, a ``P`` marks a partial line),
+   rotating it to ``UID.log.1`` past a size limit.
+4. When the workload exits it kills what remains of its process group (a container's
+   processes all die with its init; so do a task's), writes ``DIR/UID.exit.json``
+   (exit code, 128+signal when killed, as Docker reports it) and pokes the driver's
+   datagram socket so the agent hears of the exit at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import grp
+import json
+import os
+import pwd
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from typing import Any
+
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWNET = 0x40000000
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+PARTIAL_LINE = 16 * 1024  # like Docker: longer lines are written in pieces marked P
+DRAIN_SECONDS = 2.0  # how long to keep copying output after the workload died
+
+
+def rfc3339_nano(ns: int) -> str:
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest:09d}Z"
+
+
+def proc_starttime(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: with the pid, the identity of a process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return int(fields[19])
+
+
+def write_json(path: str, data: dict[str, Any]) -> None:
+    """Atomically: readers see the old file or the new one, never half of one."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def resolve_user(user: str | None) -> tuple[int, int, list[int]] | None:
+    """``name``, ``uid``, ``name:group`` or ``uid:gid`` -> (uid, gid, groups); None = keep."""
+    if not user:
+        return None
+    name, _, group = user.partition(":")
+    try:
+        entry: Any = pwd.getpwnam(name) if not name.isdigit() else pwd.getpwuid(int(name))
+        uid, gid, login = entry.pw_uid, entry.pw_gid, entry.pw_name
+    except KeyError:
+        if not name.isdigit():
+            raise ValueError(f"unable to find user {name}: no matching entries in passwd "
+                             f"file") from None
+        uid, gid, login = int(name), int(name), None
+    if group:
+        try:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ValueError(f"unable to find group {group}") from None
+    groups = os.getgrouplist(login, gid) if login and not group else [gid]
+    return uid, gid, groups
+
+
+def _enter_namespaces(hostname: str, user: tuple[int, int, list[int]] | None) -> None:
+    """In the workload child, before exec: new netns + UTS ns, lo up, then drop to user.
+
+    Runs after fork in a single-threaded process, so using ctypes and sockets is safe.
+    Failures are written to the task's stderr (the log) and end the child with 126.
+    """
+    try:
+        for sig in (signal.SIGHUP, signal.SIGINT):  # ignored by the supervisor only
+            signal.signal(sig, signal.SIG_DFL)
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(CLONE_NEWNET | CLONE_NEWUTS) != 0:
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET|CLONE_NEWUTS)")
+        name = hostname.encode()[:64]
+        if libc.sethostname(name, len(name)) != 0:
+            raise OSError(ctypes.get_errno(), "sethostname")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            request = struct.pack("16sH14x", b"lo", 0)
+            flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+            fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+        if user is not None:
+            uid, gid, groups = user
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(uid)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.write(2, f"shoal: cannot start task: {exc}\n".encode())
+        os._exit(126)
+
+
+class LogWriter:
+    """CRI-format log file with size-based rotation to ``.1``."""
+
+    def __init__(self, path: str, max_bytes: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        self.size = os.fstat(self.fd).st_size
+        self.partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+
+    def feed(self, stream: str, data: bytes) -> None:
+        buffered = self.partial[stream] + data
+        lines = buffered.split(b"\n")
+        rest = lines.pop()
+        out = [self._record(stream, b"F", line) for line in lines]
+        while len(rest) >= PARTIAL_LINE:
+            out.append(self._record(stream, b"P", rest[:PARTIAL_LINE]))
+            rest = rest[PARTIAL_LINE:]
+        self.partial[stream] = rest
+        self._write(b"".join(out))
+
+    def flush_partial(self) -> None:
+        for stream, rest in self.partial.items():
+            if rest:
+                self._write(self._record(stream, b"F", rest))
+                self.partial[stream] = b""
+
+    def _record(self, stream: str, tag: bytes, line: bytes) -> bytes:
+        stamp = rfc3339_nano(time.time_ns()).encode()
+        return b"%s %s %s %s\n" % (stamp, stream.encode(), tag, line)
+
+    def _write(self, data: bytes) -> None:
+        if not data:
+            return
+        if self.max_bytes and self.size + len(data) > self.max_bytes and self.size:
+            os.close(self.fd)
+            os.replace(self.path, f"{self.path}.1")
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+            self.size = 0
+        os.write(self.fd, data)
+        self.size += len(data)
+
+
+def _notify(socket_path: str | None, uid: str) -> None:
+    if not socket_path:
+        return
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(uid.encode(), socket_path)
+
+
+def _exit_status(status: int) -> tuple[int, int | None]:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return 128 + sig, sig
+    return os.waitstatus_to_exitcode(status), None
+
+
+def supervise(directory: str, uid: str) -> int:
+    base = os.path.join(directory, uid)
+    with open(f"{base}.spec.json") as f:
+        spec: dict[str, Any] = json.load(f)
+    lock = os.open(f"{base}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    # A driver probing "is a supervisor alive?" holds the lock for microseconds; a
+    # supervisor holds it for life. Wait out the former, give way to the latter.
+    deadline = time.monotonic() + 0.2
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return _answer({"status": "busy"})  # another supervisor owns the task
+            time.sleep(0.02)
+    if os.path.exists(f"{base}.json"):
+        return _answer({"status": "exists"})  # a previous run: never start twice
+
+    log = LogWriter(spec["log"], int(spec.get("log_max_bytes") or 0))
+    started_ns = time.time_ns()
+    try:
+        user = resolve_user(spec.get("user"))
+        child = subprocess.Popen(
+            spec["argv"], env=spec["env"], cwd=spec.get("cwd") or "/",
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True, close_fds=True,
+            preexec_fn=lambda: _enter_namespaces(spec.get("hostname") or uid[:12], user))
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        code = 127 if isinstance(exc, FileNotFoundError) else 126
+        argv0 = spec["argv"][0] if spec["argv"] else ""
+        error = (f'exec: "{argv0}": executable file not found in $PATH' if code == 127
+                 else f"cannot start {argv0!r}: {exc}")
+        write_json(f"{base}.json", {"pid": None, "starttime": None, "started_at":
+                                    started_ns / 1e9, "supervisor_pid": os.getpid()})
+        write_json(f"{base}.exit.json", {"exit_code": code, "signal": None,
+                                         "finished_at": time.time(), "error": error})
+        log.feed("stderr", f"shoal: {error}\n".encode())
+        _answer({"status": "failed", "error": error})
+        _notify(spec.get("events_socket"), uid)
+        return 0
+    pid = child.pid
+    write_json(f"{base}.json", {
+        "pid": pid, "starttime": proc_starttime(pid), "started_at": started_ns / 1e9,
+        "supervisor_pid": os.getpid(), "supervisor_starttime": proc_starttime(os.getpid()),
+    })
+    _answer({"status": "started", "pid": pid})
+
+    assert child.stdout is not None and child.stderr is not None
+    selector = selectors.DefaultSelector()
+    pidfd = os.pidfd_open(pid)
+    selector.register(child.stdout.fileno(), selectors.EVENT_READ, "stdout")
+    selector.register(child.stderr.fileno(), selectors.EVENT_READ, "stderr")
+    selector.register(pidfd, selectors.EVENT_READ, "exit")
+    status: int | None = None
+    drain_until: float | None = None
+    open_pipes = 2
+    while open_pipes:
+        timeout = None if drain_until is None else max(0.0, drain_until - time.monotonic())
+        events = selector.select(timeout)
+        if not events and drain_until is not None:
+            break  # the workload's descendants escaped killpg and still hold a pipe
+        for key, _ in events:
+            if key.data == "exit":
+                selector.unregister(pidfd)
+                _, status = os.waitpid(pid, 0)
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGKILL)  # the rest of the task dies with it
+                drain_until = time.monotonic() + DRAIN_SECONDS
+                continue
+            data = os.read(key.fd, 65536)
+            if data:
+                log.feed(key.data, data)
+            else:
+                selector.unregister(key.fd)
+                open_pipes -= 1
+    if status is None:
+        _, status = os.waitpid(pid, 0)
+    log.flush_partial()
+    code, sig = _exit_status(status)
+    write_json(f"{base}.exit.json", {"exit_code": code, "signal": sig,
+                                     "finished_at": time.time(), "error": ""})
+    _notify(spec.get("events_socket"), uid)
+    return 0
+
+
+def _answer(message: dict[str, Any]) -> int:
+    """The one line the driver waits for; then stdout goes, so its pipe reaches EOF."""
+    with contextlib.suppress(OSError):
+        os.write(1, (json.dumps(message) + "\n").encode())
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    directory, uid = argv[1], argv[2]
+    if os.fork():
+        return 0  # the launcher: the caller reaps it, init adopts the supervisor
+    os.setsid()
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_IGN)
+    shim_log = os.open(os.path.join(directory, f"{uid}.shim.log"),
+                       os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    os.dup2(shim_log, 2)
+    os.close(shim_log)
+    try:
+        return supervise(directory, uid)
+    except BaseException as exc:
+        _answer({"status": "failed", "error": f"supervisor: {exc!r}"})
+        raise
+
+
+if __name__ == "__main__":
+    code = main(sys.argv)
+    sys.stdout.flush()
+    os._exit(code)
