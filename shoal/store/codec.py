@@ -62,11 +62,12 @@ def decode(value: bytes, mod_revision: int) -> resource.Resource:
             if data.get(field) is not None and not isinstance(data[field], dict):
                 raise TypeError(f"{field} is {type(data[field]).__name__}, not an object")
         obj = resource.Resource.from_dict(data)
-        spec_digest(obj.spec)  # proves the spec is JSON-serialisable before anyone relies on it
+        # Computing the digest here also proves the spec is JSON-serialisable.
+        digest = spec_digest(obj.spec)
     except (ValueError, TypeError, AttributeError) as exc:
         raise UndecodableError(str(exc)) from None
     obj.metadata.resourceVersion = str(mod_revision)
-    remember_spec(obj)
+    remember_spec(obj, digest)
     return obj
 
 

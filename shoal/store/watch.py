@@ -24,6 +24,9 @@ MODIFIED = "MODIFIED"
 DELETED = "DELETED"
 RESET = "RESET"
 
+#: Events handed on between two yields to the event loop (at a revision boundary).
+YIELD_EVERY = 256
+
 
 @dataclasses.dataclass
 class WatchEvent:
@@ -67,7 +70,16 @@ async def watch_kind(store: client.Store, info: kinds.KindInfo, namespace: str |
         try:
             async for header_rev, raw_events in store.raw_watch(prefix, revision + 1):
                 backoff = 0.05
+                since_yield = 0
                 for ev in raw_events:
+                    # A watcher catching up gets thousands of revisions in one response;
+                    # consuming them without a pause stalls the event loop for seconds
+                    # (leader leases expire). Pause between revisions, never inside one,
+                    # so a transaction's writes still reach the consumer together.
+                    since_yield += 1
+                    if since_yield > YIELD_EVERY and ev.mod_revision != revision:
+                        since_yield = 0
+                        await asyncio.sleep(0)
                     if ev.deleted:
                         yield WatchEvent(DELETED, ev.mod_revision,
                                          stub_from_key(info, ev.key, base_prefix, ev.mod_revision))

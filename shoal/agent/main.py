@@ -1,0 +1,171 @@
+"""``swctl agent``: the node agent's command line (also ``python -m shoal.agent.main``).
+
+Parsing lives here, apart from ``shoal.cli``, so the agent can be started without the CLI
+layer (the layering rule says the agent never imports it) and so ``swctl`` wires the verb
+in by calling :func:`main` with the remaining arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+
+from shoal.agent import agent, node
+from shoal.crds import units
+from shoal.runtime import logging as rt_logging
+
+DEFAULT_ETCD = "http://127.0.0.1:2379"
+DEFAULT_PREFIX = "/shoal"
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f'invalid label "{text}": expected KEY=VALUE')
+    return key.strip(), value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'invalid rate "{text}": expected 0..1') from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f'invalid rate "{text}": expected 0..1')
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        return units.parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'invalid count "{text}": expected an integer') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'invalid count "{text}": must be at least 1')
+    return value
+
+
+def _memory(text: str) -> int:
+    try:
+        return units.parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _cpus(text: str) -> float:
+    try:
+        return units.parse_cpus(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser(prog: str = "swctl agent") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog, description="Run the Shoal node agent: register this node (or K hollow "
+        "nodes), keep its heartbeat lease, and run the tasks assigned to it.")
+    p.add_argument("--etcd", default=None,
+                   help=f"etcd URL (default: $SHOAL_ETCD or {DEFAULT_ETCD})")
+    p.add_argument("--prefix", default=None,
+                   help=f"key prefix of the cluster (default: $SHOAL_PREFIX or {DEFAULT_PREFIX})")
+    p.add_argument("--name", default=None, help="node name (default: the hostname)")
+    p.add_argument("--label", action="append", type=_label, default=[], metavar="KEY=VALUE",
+                   help="node label, matched by node.labels.KEY constraints (repeatable)")
+    p.add_argument("--role", choices=("manager", "worker"), default="worker",
+                   help="role given to a newly registered node (default: worker)")
+    p.add_argument("--runtime", choices=agent.RUNTIMES, default="hollow",
+                   help="executor driver (default: hollow)")
+    p.add_argument("--count", type=_positive_int, default=1, metavar="K",
+                   help="serve K hollow nodes named NAME-0..NAME-K-1 from this process")
+    p.add_argument("--heartbeat-ttl", type=_seconds, default=3.0, metavar="SECONDS",
+                   help="heartbeat lease TTL; whole seconds, at least 1 (default: 3)")
+    p.add_argument("--stall-timeout", type=_seconds, default=None, metavar="SECONDS",
+                   help="let the heartbeat lapse when the agent's event loop has been "
+                        "stuck this long (default: 10 s or 3 x TTL, whichever is longer)")
+    p.add_argument("--shared-lease", action="store_true",
+                   help="with --count: one heartbeat lease for all nodes of the process "
+                        "(fewer keepalives; the nodes then fail together)")
+    p.add_argument("--hollow-start-delay", type=_seconds, default=0.1, metavar="SECONDS",
+                   help="hollow: time from start to running (default: 0.1)")
+    p.add_argument("--fail-rate", type=_fraction, default=0.0, metavar="RATE",
+                   help="hollow: share of tasks that exit 1 soon after running (0..1)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="hollow: seed of the --fail-rate random choices")
+    p.add_argument("--hollow-state", default=None, metavar="FILE",
+                   help="hollow: keep fake workloads in FILE so a restarted agent adopts them")
+    p.add_argument("--address", default=None,
+                   help="node underlay address (default: the address that reaches etcd, "
+                        "else the first non-loopback IPv4, else 127.0.0.1)")
+    p.add_argument("--cpus", type=_cpus, default=None,
+                   help="advertised CPUs (default: the host's CPU count)")
+    p.add_argument("--memory", type=_memory, default=None,
+                   help="advertised memory, e.g. 8Gi (default: the host's total memory)")
+    p.add_argument("--concurrency", type=_positive_int, default=32,
+                   help="tasks reconciled at once per node (default: 32)")
+    p.add_argument("--log-level", default=os.environ.get("SHOAL_LOG_LEVEL", "info"),
+                   choices=("debug", "info", "warning", "error"),
+                   help="log level (default: $SHOAL_LOG_LEVEL or info)")
+    p.add_argument("--log-format", default="auto", choices=("auto", "console", "json"),
+                   help="log lines on stderr: console, json, or auto (console on a "
+                        "terminal, JSON otherwise; the default)")
+    return p
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    """The runtime's structlog set-up, shared by every Shoal process (``auto``: console
+    lines on a terminal, JSON otherwise)."""
+    rt_logging.configure(level, json=None if fmt == "auto" else fmt == "json")
+
+
+def config_from_args(args: argparse.Namespace) -> agent.AgentConfig:
+    return agent.AgentConfig(
+        etcd_url=args.etcd or os.environ.get("SHOAL_ETCD") or DEFAULT_ETCD,
+        prefix=args.prefix or os.environ.get("SHOAL_PREFIX") or DEFAULT_PREFIX,
+        node_name=args.name or socket.gethostname(),
+        runtime=args.runtime, count=args.count, labels=dict(args.label), role=args.role,
+        heartbeat_ttl=float(node.lease_ttl(args.heartbeat_ttl)), address=args.address,
+        cpus=args.cpus, memory=args.memory, hollow_start_delay=args.hollow_start_delay,
+        fail_rate=args.fail_rate, seed=args.seed, hollow_state=args.hollow_state,
+        shared_lease=args.shared_lease, concurrency=args.concurrency,
+        log_level=args.log_level, log_format=args.log_format,
+        stall_timeout=args.stall_timeout)
+
+
+async def _serve(cfg: agent.AgentConfig) -> None:
+    task = asyncio.ensure_future(agent.Agent(cfg).run())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass  # asked to stop: the agent has revoked its leases and closed its drivers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    cfg = config_from_args(args)
+    try:
+        if cfg.runtime != "hollow":
+            agent.driver_class(cfg.runtime)
+    except agent.UnknownRuntimeError as exc:
+        print(f"swctl agent: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(_serve(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

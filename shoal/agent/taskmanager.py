@@ -1,0 +1,785 @@
+"""The per-node task manager: drives each assigned task through its states with an executor.
+
+Level-triggered, like every loop in Shoal. ``reconcile(key)`` looks at the task as etcd
+last showed it, at what this agent has already reported, and at what the executor
+observes, and takes the next step (accept, prepare, start, report running, stop...). It
+is run from a per-node work queue of task keys, fed by the agent's single task watch,
+by the executor's ``changes()`` and by a slow periodic resync; keys are de-duplicated,
+failures retried with per-key exponential backoff. Nothing polls a task.
+
+Why it survives being killed at any moment: every executor call is idempotent and keyed
+by task uid (``start`` adopts a workload that already exists), and the state written to
+etcd only says what has been *done*. A restarted agent re-runs the step it was on; at
+worst it repeats an idempotent call, it never starts a second workload.
+
+Status writes never go backwards and never block the state machine: ``_report`` records
+the state a task has reached, and one :class:`StatusWriter` per process writes the latest
+state of each task with compare-and-swap, up to 127 tasks per transaction and several
+transactions in flight. Intermediate states (accepted, preparing, starting) wait a
+moment before they are written and are superseded if the task moves on meanwhile, as
+Swarm's dispatcher batches agent status updates: a slow image pull shows ``preparing``,
+a task that starts at once costs one write (``running``) instead of four. Measured with
+100,000 hollow tasks this took the writes from 2.3 to 1.0 per task.
+
+The queue is this module's own rather than ``shoal.runtime.workqueue``: that one feeds a
+fixed pool of workers through a global rate limiter, made for controllers; here a
+process holds up to a thousand nodes' queues, mostly idle, and 100,000 task starts must
+not be throttled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import copy
+import dataclasses
+import random
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import structlog
+
+from shoal.agent.executor import MISSING, Executor, Observed, TaskRejectedError, TaskSpec
+from shoal.crds import kinds, resource, units
+from shoal.store import client, errors
+
+log = structlog.get_logger("shoal.agent.taskmanager")
+
+# Swarm's task states in their only order (the agent writes accepted and later ones).
+STATES: tuple[str, ...] = ("new", "pending", "assigned", "accepted", "preparing", "starting",
+                           "running", "complete", "failed", "shutdown", "rejected",
+                           "orphaned")
+RANK: dict[str, int] = {s: i for i, s in enumerate(STATES)}
+ACCEPTED, PREPARING, STARTING, RUNNING = "accepted", "preparing", "starting", "running"
+COMPLETE, FAILED, SHUTDOWN, REJECTED = "complete", "failed", "shutdown", "rejected"
+R_ACCEPTED, R_PREPARING = RANK[ACCEPTED], RANK[PREPARING]
+R_STARTING, R_RUNNING = RANK[STARTING], RANK[RUNNING]
+
+SERVICE_LABEL = "shoal.io/service"
+DEFAULT_GRACE = 10.0
+UNHEALTHY_MESSAGE = "task: container unhealthy"
+# Orphaned workloads (their task is gone) are queued under keys no task can have.
+ORPHAN_PREFIX = "\0orphan/"
+
+
+class InvalidTaskError(Exception):
+    """The Task object cannot be run as written (garbage spec): the task is rejected."""
+
+
+def task_key(obj: resource.Resource) -> str:
+    return f"{obj.metadata.namespace or resource.DEFAULT_NAMESPACE}/{obj.metadata.name}"
+
+
+def task_spec(task: resource.Resource, node: str) -> TaskSpec:
+    """The executor's view of a Task, or InvalidTaskError naming the field that is wrong."""
+    template = task.spec.get("template")
+    if not isinstance(template, dict):
+        got = "missing" if template is None else f"a {type(template).__name__}"
+        raise InvalidTaskError(f"invalid task: spec.template must be a mapping ({got})")
+    image = template.get("image")
+    if not isinstance(image, str) or not image.strip():
+        raise InvalidTaskError("invalid task: spec.template.image must be a non-empty string")
+    for field in ("command", "args", "entrypoint"):
+        value = template.get(field)
+        if value is not None and not (isinstance(value, list)
+                                      and all(isinstance(v, str) for v in value)):
+            raise InvalidTaskError(f"invalid task: spec.template.{field} must be a list of "
+                                   "strings")
+    env = template.get("env")
+    if env is not None and not isinstance(env, dict):
+        raise InvalidTaskError("invalid task: spec.template.env must be a mapping")
+    if template.get("stopGracePeriod") is not None:
+        try:
+            units.parse_duration(template["stopGracePeriod"])
+        except ValueError as exc:
+            raise InvalidTaskError(f"invalid task: spec.template.stopGracePeriod: {exc}") from None
+    slot = task.spec.get("slot")
+    service = task.metadata.labels.get(SERVICE_LABEL) or task.spec.get("serviceName") or ""
+    return TaskSpec(uid=task.metadata.uid, name=task.metadata.name,
+                    namespace=task.metadata.namespace or resource.DEFAULT_NAMESPACE,
+                    service=str(service), node=node,
+                    slot=slot if isinstance(slot, int) and not isinstance(slot, bool) else None,
+                    template=template)
+
+
+def stop_options(task: resource.Resource | None) -> tuple[float, str | None]:
+    """(grace seconds, stop signal) of a task; defaults when the template is unreadable,
+    since stopping must work even for a task whose spec is garbage."""
+    template = task.spec.get("template") if task is not None else None
+    if not isinstance(template, dict):
+        return DEFAULT_GRACE, None
+    grace = DEFAULT_GRACE
+    if template.get("stopGracePeriod") is not None:
+        try:
+            grace = units.parse_duration(template["stopGracePeriod"])
+        except ValueError:
+            pass
+    signal = template.get("stopSignal")
+    return grace, signal if isinstance(signal, str) and signal else None
+
+
+# --- a small work queue ---
+
+class WorkQueue:
+    """Keys to reconcile: de-duplicated, never processed twice at once, delayed re-adds.
+
+    Workers are spawned on demand up to ``concurrency`` and exit when the queue drains,
+    so a thousand idle nodes cost no coroutines. A new worker is only spawned when the
+    ones running have left keys waiting for a whole loop iteration, i.e. when their
+    reconciles actually wait (a docker pull); steps that never suspend (hollow) are all
+    run by one worker instead of paying for a coroutine each. A key added while it is
+    being processed is processed once more afterwards (it changed during the reconcile).
+    """
+
+    def __init__(self, handler: Callable[[str], Awaitable[None]], concurrency: int) -> None:
+        self._handler = handler
+        self._concurrency = max(1, concurrency)
+        self._ready: collections.deque[str] = collections.deque()
+        self._queued: set[str] = set()
+        self._active: set[str] = set()
+        self._dirty: set[str] = set()
+        self._workers: set[asyncio.Task[None]] = set()
+        self._running = 0  # counted by hand: a finished worker's done-callback runs late
+        self._spawn_scheduled = False
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._ready)
+
+    def add(self, key: str) -> None:
+        if self._closed:
+            return
+        if key in self._active:
+            self._dirty.add(key)
+            return
+        if key in self._queued:
+            return
+        self._queued.add(key)
+        self._ready.append(key)
+        self._maybe_spawn()
+
+    def add_after(self, key: str, delay: float) -> None:
+        asyncio.get_running_loop().call_later(delay, self.add, key)
+
+    def _maybe_spawn(self) -> None:
+        if not self._spawn_scheduled and self._running < self._concurrency:
+            self._spawn_scheduled = True
+            asyncio.get_running_loop().call_soon(self._spawn)
+
+    def _spawn(self) -> None:
+        self._spawn_scheduled = False
+        if self._ready and self._running < self._concurrency and not self._closed:
+            self._running += 1
+            worker = asyncio.get_running_loop().create_task(self._work())
+            self._workers.add(worker)
+            worker.add_done_callback(self._workers.discard)
+
+    async def _work(self) -> None:
+        done = 0
+        try:
+            while self._ready and not self._closed:
+                key = self._ready.popleft()
+                self._queued.discard(key)
+                self._active.add(key)
+                if self._ready:
+                    self._maybe_spawn()  # runs next iteration: only if we got stuck
+                try:
+                    await self._handler(key)
+                finally:
+                    self._active.discard(key)
+                    if key in self._dirty:
+                        self._dirty.discard(key)
+                        self._requeue(key)
+                done += 1
+                if done % 64 == 0:
+                    # Hollow steps never suspend; yield so heartbeats and the watch keep up.
+                    await asyncio.sleep(0)
+        finally:
+            self._running -= 1
+
+    def _requeue(self, key: str) -> None:
+        # Called by a worker that keeps looping, so no new worker is needed.
+        if key not in self._queued and not self._closed:
+            self._queued.add(key)
+            self._ready.append(key)
+
+    async def close(self) -> None:
+        self._closed = True
+        for worker in list(self._workers):
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+
+
+# --- status writes ---
+
+@dataclasses.dataclass
+class _Report:
+    manager: TaskManager
+    key: str
+    uid: str
+    fields: dict[str, Any]
+    due: float = 0.0
+
+
+def merge_status(status: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any] | None:
+    """``status`` with ``fields`` applied, or None when there is nothing (allowed) to write.
+
+    Never moves the state backwards or out of an end state; the same state with new
+    details (an exit code seen later) is written, keeping its original timestamp.
+    """
+    old, new = status.get("state"), fields["state"]
+    old_rank = RANK.get(old, 0) if isinstance(old, str) else 0
+    new_rank = RANK[new]
+    if new_rank < old_rank or (old_rank > R_RUNNING and new != old):
+        return None
+    if new == old:
+        if all(status.get(k) == v for k, v in fields.items() if k != "timestamp"):
+            return None
+        fields = {k: v for k, v in fields.items() if k != "timestamp"}
+    out = dict(status)
+    out.update(fields)
+    return out
+
+
+class StatusWriter:
+    """Writes the latest reported status of each task, for every node of the process.
+
+    Reports for one task coalesce until written. ``running`` and end states are written
+    at once; the intermediate states (accepted, preparing, starting) linger for
+    ``linger`` seconds first and are dropped if the task has moved on by then — a user
+    sees ``preparing`` during a slow pull, while a task that starts at once costs one
+    write instead of four. Writes go out as transactions of up to 127 tasks (one
+    compare per task: all-or-nothing), several in flight at once; a transaction that
+    loses a compare is retried task by task, re-reading each conflicting task.
+    """
+
+    def __init__(self, store: client.Store, info: kinds.KindInfo, linger: float = 0.2,
+                 batch: int = 127, parallel: int = 8) -> None:
+        self.store = store
+        self.info = info
+        self.linger = linger
+        self.batch = min(batch, client.MAX_TXN_OPS - 1)
+        self.parallel = parallel
+        self._urgent: dict[str, _Report] = {}
+        self._lingering: dict[str, _Report] = {}  # insertion order is due order
+        self._wake = asyncio.Event()
+        self.writes = 0
+        self.transactions = 0
+        self.conflicts = 0
+
+    def submit(self, manager: TaskManager, key: str, uid: str, fields: dict[str, Any],
+               urgent: bool = True) -> None:
+        for table in (self._urgent, self._lingering):
+            queued = table.get(key)
+            if queued is not None:
+                if queued.uid == uid:
+                    queued.fields = {**queued.fields, **fields}
+                    if urgent and table is self._lingering:
+                        del self._lingering[key]
+                        self._urgent[key] = queued
+                        self._wake.set()
+                    return
+                del table[key]  # a report for a deleted namesake: drop it
+        report = _Report(manager, key, uid, fields)
+        if urgent or self.linger <= 0:
+            self._urgent[key] = report
+            self._wake.set()
+        else:
+            report.due = asyncio.get_running_loop().time() + self.linger
+            was_empty = not self._lingering
+            self._lingering[key] = report
+            if was_empty:
+                self._wake.set()  # the writer sleeps until the first due time
+
+    def idle(self) -> bool:
+        return not self._urgent and not self._lingering
+
+    def _promote_due(self) -> float | None:
+        """Move lingering reports that are due to the urgent table; next due time."""
+        now = asyncio.get_running_loop().time()
+        while self._lingering:
+            key, report = next(iter(self._lingering.items()))
+            if report.due > now:
+                return report.due - now
+            del self._lingering[key]
+            self._urgent[key] = report
+        return None
+
+    async def run(self) -> None:
+        while True:
+            wait = self._promote_due()
+            if not self._urgent:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
+                continue
+            reports: list[_Report] = []
+            for key in list(self._urgent)[:self.batch * self.parallel]:
+                reports.append(self._urgent.pop(key))
+            batches = [reports[i:i + self.batch] for i in range(0, len(reports), self.batch)]
+            await asyncio.gather(*(self._commit(b) for b in batches))
+
+    async def _commit(self, reports: list[_Report]) -> None:
+        ops: list[client.Op] = []
+        sent: list[_Report] = []
+        for report in reports:
+            obj = report.manager.cached(report.key)
+            if obj is None or obj.metadata.uid != report.uid:
+                continue  # the task was deleted (or replaced by a namesake)
+            status = merge_status(obj.status, report.fields)
+            if status is None:
+                continue
+            update = copy.copy(obj)  # shallow: keeps the stored-spec digest, shares spec
+            update.status = status
+            ops.append(client.Op("update", self.info, update))
+            sent.append(report)
+        if not ops:
+            return
+        try:
+            stored = await self.store.commit(ops)
+        except errors.ConflictError:
+            self.conflicts += 1
+            await asyncio.gather(*(self._write_one(r) for r in sent))
+            return
+        except errors.UnavailableError as exc:
+            sent[0].manager.log.warning("status writes failed, retrying", tasks=len(sent),
+                                        key=sent[0].manager.ref(sent[0].key), error=str(exc))
+            asyncio.get_running_loop().call_later(0.5 + random.random(), self._retry, sent)
+            return
+        self.transactions += 1
+        self.writes += len(stored)
+        for report, obj in zip(sent, stored, strict=True):
+            if obj is not None:
+                report.manager.remember(obj)
+
+    async def _write_one(self, report: _Report) -> None:
+        mgr = report.manager
+        obj = mgr.cached(report.key)
+        for _ in range(20):
+            if obj is None or obj.metadata.uid != report.uid:
+                return
+            status = merge_status(obj.status, report.fields)
+            if status is None:
+                return
+            update = copy.copy(obj)
+            update.status = status
+            try:
+                stored = await self.store.update(self.info, update)
+                self.writes += 1
+                mgr.remember(stored)
+                return
+            except errors.ConflictError:
+                pass
+            except errors.NotFoundError:
+                return
+            except errors.UnavailableError as exc:
+                mgr.log.warning("status write failed, retrying", key=mgr.ref(report.key),
+                                error=str(exc))
+                asyncio.get_running_loop().call_later(0.5 + random.random(), self._retry,
+                                                      [report])
+                return
+            try:
+                obj = await self.store.get(self.info, obj.metadata.name, obj.metadata.namespace)
+            except errors.NotFoundError:
+                return
+            except errors.UnavailableError:
+                asyncio.get_running_loop().call_later(1.0, self._retry, [report])
+                return
+            mgr.refresh(obj)  # someone else changed the task: its manager looks again
+        mgr.log.error("status write kept conflicting; will retry", key=mgr.ref(report.key))
+        asyncio.get_running_loop().call_later(1.0, self._retry, [report])
+
+    def _retry(self, reports: list[_Report]) -> None:
+        for report in reports:
+            # Whatever was reported since wins over the fields of the failed write.
+            queued = self._urgent.pop(report.key, None) or self._lingering.pop(report.key, None)
+            if queued is not None and queued.uid == report.uid:
+                report.fields = {**report.fields, **queued.fields}
+            self._urgent[report.key] = report
+        self._wake.set()
+
+
+# --- the task manager ---
+
+@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
+class _Record:
+    """What this agent knows about one task beyond the Task object."""
+
+    uid: str
+    reported: str = "new"  # highest state reported by this agent (written or queued)
+    rank: int = 0  # RANK[reported]
+    workload: bool = False  # the executor may hold a workload for this uid
+    stopped: bool = False  # the workload is known stopped (exited or stopped by us)
+    failures: int = 0  # consecutive executor errors of the current step
+    spec: TaskSpec | None = None  # the executor's view, built once per spec version
+    spec_of: Any = None  # the spec dict ``spec`` was built from
+
+
+class TaskManager:
+    """All tasks assigned to one node, driven through their states by one executor."""
+
+    def __init__(self, node: str, executor: Executor, writer: StatusWriter,
+                 concurrency: int = 32, resync: float = 60.0, max_step_failures: int = 5,
+                 max_backoff: float = 30.0) -> None:
+        self.node = node
+        self.executor = executor
+        self.writer = writer
+        self.log = log.bind(node=node)
+        self.resync = resync
+        self.max_step_failures = max_step_failures
+        self.max_backoff = max_backoff
+        self._tasks: dict[str, resource.Resource] = {}
+        self._records: dict[str, _Record] = {}
+        self._uid_key: dict[str, str] = {}
+        self._queue = WorkQueue(self._reconcile_safely, concurrency)
+        self._background: list[asyncio.Task[None]] = []
+        self._synced = False
+        self._retries: dict[str, int] = {}  # keys whose reconcile raised, for backoff
+
+    # --- fed by the agent's task watch ---
+
+    def cached(self, key: str) -> resource.Resource | None:
+        return self._tasks.get(key)
+
+    def keys(self) -> Iterable[str]:
+        return self._tasks.keys()
+
+    def is_echo(self, key: str, revision: int) -> bool:
+        """A watch event at a revision this manager already holds: its own status write."""
+        obj = self._tasks.get(key)
+        return obj is not None and int(obj.metadata.resourceVersion or 0) >= revision
+
+    def remember(self, obj: resource.Resource) -> None:
+        """Keep the newest version of a task (from a write result or a re-read)."""
+        key = task_key(obj)
+        old = self._tasks.get(key)
+        if old is not None and old.metadata.uid == obj.metadata.uid and (
+                int(old.metadata.resourceVersion or 0) >= int(obj.metadata.resourceVersion or 0)):
+            return
+        self._tasks[key] = obj
+
+    def refresh(self, obj: resource.Resource) -> None:
+        """A re-read after a write conflict: someone else changed the task, so look again."""
+        self.upsert(obj)
+
+    def upsert(self, obj: resource.Resource) -> None:
+        """A task assigned to this node was added or changed by someone else."""
+        key = task_key(obj)
+        old = self._tasks.get(key)
+        if old is not None and old.metadata.uid == obj.metadata.uid and (
+                int(old.metadata.resourceVersion or 0) >= int(obj.metadata.resourceVersion or 0)):
+            return
+        self._tasks[key] = obj
+        if self._synced:
+            self._queue.add(key)
+
+    def delete(self, key: str) -> None:
+        if self._tasks.pop(key, None) is not None and self._synced:
+            self._queue.add(key)
+
+    def replace(self, objs: Iterable[resource.Resource]) -> None:
+        """A full listing (start-up, or after the watch's revision was compacted)."""
+        fresh = {task_key(o): o for o in objs}
+        gone = [k for k in self._tasks if k not in fresh]
+        self._tasks = fresh
+        if self._synced:
+            for key in gone:
+                self._queue.add(key)
+            for key in fresh:
+                self._queue.add(key)
+
+    # --- life cycle ---
+
+    async def start(self) -> None:
+        """Adopt what the executor already runs, then start reconciling every known task.
+
+        Called once the agent's first task listing has been routed here, so a workload
+        whose task is gone can be told apart from one whose task is merely unseen.
+        """
+        backoff = 0.2
+        while True:
+            try:
+                managed = await self.executor.list_managed()
+                break
+            except Exception as exc:  # the driver's daemon may still be starting
+                self.log.warning("listing managed workloads failed, retrying", error=str(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+        by_uid = {t.metadata.uid: k for k, t in self._tasks.items()}
+        adopted = orphans = 0
+        for wl in managed:
+            key = by_uid.get(wl.task_uid)
+            if key is not None:
+                rec = self._records.setdefault(key, _Record(uid=wl.task_uid))
+                rec.workload = True
+                self._uid_key[wl.task_uid] = key
+                adopted += 1
+            else:
+                # The task is gone or now belongs elsewhere: stop and remove the workload.
+                okey = ORPHAN_PREFIX + wl.task_uid
+                self._records[okey] = _Record(uid=wl.task_uid, workload=True)
+                self._uid_key[wl.task_uid] = okey
+                orphans += 1
+                self._queue.add(okey)
+        if managed:
+            self.log.info("adopted workloads", adopted=adopted, orphaned=orphans)
+        self._synced = True
+        for key in list(self._tasks):
+            self._queue.add(key)
+        loop = asyncio.get_running_loop()
+        self._background.append(loop.create_task(self._follow_changes()))
+        if self.resync > 0:
+            self._background.append(loop.create_task(self._resync_loop()))
+
+    async def close(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._queue.close()
+
+    async def _follow_changes(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                async for uid in self.executor.changes():
+                    key = self._uid_key.get(uid)
+                    if key is not None:
+                        self._queue.add(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.log.warning("executor change stream failed, reopening", error=str(exc))
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.max_backoff)
+
+    async def _resync_loop(self) -> None:
+        # A safety net for a lost change notification; jittered so a thousand hollow
+        # nodes do not resync in the same instant.
+        await asyncio.sleep(self.resync * random.uniform(0.5, 1.0))
+        while True:
+            for key in list(self._records):
+                self._queue.add(key)
+            await asyncio.sleep(self.resync * random.uniform(0.9, 1.1))
+
+    # --- observation helpers for tests and the agent ---
+
+    def ref(self, key: str) -> str:
+        if key.startswith(ORPHAN_PREFIX):
+            return f"workload/{key[len(ORPHAN_PREFIX):]}"
+        return f"task/{key}"
+
+    def states(self) -> dict[str, str]:
+        return {k: r.reported for k, r in self._records.items()
+                if not k.startswith(ORPHAN_PREFIX)}
+
+    # --- reconcile ---
+
+    def _report(self, key: str, rec: _Record, state: str, message: str,
+                **extra: Any) -> None:
+        new_rank = RANK[state]
+        if new_rank < rec.rank or (rec.rank > R_RUNNING and state != rec.reported):
+            return
+        if state != rec.reported:
+            self.log.debug("task state", key=self.ref(key), state=state, message=message)
+        rec.reported, rec.rank = state, new_rank
+        fields: dict[str, Any] = {"state": state, "message": message,
+                                  "timestamp": resource.now_rfc3339()}
+        fields.update(extra)
+        # Intermediate states may linger and be superseded; running and ends are news.
+        self.writer.submit(self, key, rec.uid, fields, urgent=new_rank >= R_RUNNING)
+
+    async def _reconcile_safely(self, key: str) -> None:
+        try:
+            await self.reconcile(key)
+            self._retries.pop(key, None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # An executor call (stop, observe...) or our own bug: never take the agent
+            # down, retry this key with exponential backoff.
+            attempt = self._retries.get(key, 0) + 1
+            self._retries[key] = attempt
+            delay = min(0.1 * 2 ** min(attempt, 20), self.max_backoff)
+            self.log.warning("reconcile failed, retrying", key=self.ref(key), error=str(exc),
+                             error_type=type(exc).__name__, attempt=attempt, retry_in=delay)
+            self._queue.add_after(key, delay)
+
+    async def _destroy(self, key: str, rec: _Record, task: resource.Resource | None) -> None:
+        """Stop and remove a workload whose task is gone."""
+        if rec.workload or rec.rank >= R_STARTING:
+            grace, signal = stop_options(task)
+            await self.executor.stop(rec.uid, grace, signal)
+            await self.executor.remove(rec.uid)
+            self.log.info("removed workload of deleted task", key=self.ref(key), uid=rec.uid)
+        self._uid_key.pop(rec.uid, None)
+
+    async def reconcile(self, key: str) -> None:
+        """Take the next step for one task (the docstring of the module says which)."""
+        task = self._tasks.get(key)
+        rec = self._records.get(key)
+        if task is None:
+            if rec is not None:
+                await self._destroy(key, rec, None)
+                del self._records[key]
+            return
+        uid = task.metadata.uid
+        if rec is None or rec.uid != uid:
+            if rec is not None:  # deleted and re-created under the same name
+                await self._destroy(key, rec, None)
+            rec = _Record(uid=uid)
+            self._records[key] = rec
+            self._uid_key[uid] = key
+        etcd_state = task.status.get("state")
+        etcd_rank = RANK.get(etcd_state, 0) if isinstance(etcd_state, str) else 0
+        if etcd_rank > rec.rank:
+            rec.reported, rec.rank = STATES[etcd_rank], etcd_rank
+        desired = task.spec.get("desiredState") or RUNNING
+        desired_rank = RANK.get(desired, R_RUNNING) if isinstance(desired, str) else R_RUNNING
+
+        if rec.rank > R_RUNNING:
+            if desired_rank > R_RUNNING and rec.workload and not rec.stopped:
+                # e.g. written failed by a previous run that died before stopping it
+                obs = await self.executor.observe(uid)
+                if obs.state in ("running", "created"):
+                    grace, signal = stop_options(task)
+                    await self.executor.stop(uid, grace, signal)
+                rec.stopped = True
+            return
+
+        if desired_rank > R_RUNNING:
+            await self._shutdown(key, rec, task)
+            return
+
+        if rec.spec is None or rec.spec_of is not task.spec:
+            try:
+                rec.spec = task_spec(task, self.node)
+            except InvalidTaskError as exc:
+                self.log.warning("task rejected", key=self.ref(key), reason=str(exc))
+                self._report(key, rec, REJECTED, str(exc), err=str(exc))
+                return
+            rec.spec_of = task.spec
+        spec = rec.spec
+
+        # A task is never taken past its desired state: one desired "preparing" (Swarm
+        # uses "ready" so) is prepared but not started until the desired state moves on.
+        if desired_rank < R_ACCEPTED:
+            return
+        if rec.rank < R_STARTING:
+            if rec.rank < R_ACCEPTED:
+                self._report(key, rec, ACCEPTED, "accepted")
+            if desired_rank < R_PREPARING:
+                return
+            if rec.rank < R_PREPARING:
+                self._report(key, rec, PREPARING, "preparing")
+            try:
+                await self.executor.prepare(spec)
+            except TaskRejectedError as exc:
+                self.log.info("task rejected", key=self.ref(key), reason=str(exc))
+                self._report(key, rec, REJECTED, str(exc), err=str(exc))
+                return
+            except Exception as exc:
+                self._step_failed(key, rec, "preparing", exc)
+                return
+            rec.failures = 0
+            if desired_rank < R_STARTING:
+                return  # prepared; started once the desired state says so
+            self._report(key, rec, STARTING, "starting")
+
+        obs = await self.executor.observe(uid) if rec.workload else MISSING
+        if obs.state == "missing":
+            if rec.rank >= R_RUNNING:
+                self._report(key, rec, FAILED, "task: workload disappeared",
+                             err="the workload of a running task is gone")
+                return
+            try:
+                obs = await self.executor.start(spec)
+            except TaskRejectedError as exc:
+                self.log.info("task rejected", key=self.ref(key), reason=str(exc))
+                self._report(key, rec, REJECTED, str(exc), err=str(exc))
+                return
+            except Exception as exc:
+                self._step_failed(key, rec, "starting", exc)
+                return
+            rec.failures = 0
+            rec.workload = True
+        await self._observed(key, rec, task, obs)
+
+    def _step_failed(self, key: str, rec: _Record, step: str, exc: Exception) -> None:
+        """An executor error that is not a rejection: retry with backoff, then give up.
+
+        Swarm fails a task whose container will not start; the orchestrator's restart
+        policy then decides. Retrying a few times first rides out a daemon hiccup.
+        """
+        rec.failures += 1
+        if rec.failures >= self.max_step_failures:
+            message = f"{step} failed: {exc}"
+            self.log.warning("task failed after repeated executor errors", key=self.ref(key),
+                             step=step, error=str(exc), attempts=rec.failures)
+            self._report(key, rec, FAILED, message, err=message)
+            return
+        delay = min(0.2 * 2 ** rec.failures, self.max_backoff)
+        self.log.warning("executor error, retrying", key=self.ref(key), step=step,
+                         error=str(exc), error_type=type(exc).__name__,
+                         attempt=rec.failures, retry_in=delay)
+        self._queue.add_after(key, delay)
+
+    async def _observed(self, key: str, rec: _Record, task: resource.Resource,
+                        obs: Observed) -> None:
+        extra: dict[str, Any] = {"containerId": obs.workload_id} if obs.workload_id else {}
+        if obs.state == "exited":
+            rec.stopped = True
+            code = obs.exit_code if obs.exit_code is not None else -1
+            if code == 0:
+                self._report(key, rec, COMPLETE, "finished", exitCode=0, **extra)
+            else:
+                message = f"task: non-zero exit ({code})"
+                self._report(key, rec, FAILED, message, exitCode=code,
+                             err=obs.error or message, **extra)
+            return
+        if obs.state == "running":
+            if obs.health == "unhealthy":
+                grace, signal = stop_options(task)
+                await self.executor.stop(rec.uid, grace, signal)
+                rec.stopped = True
+                after = await self.executor.observe(rec.uid)
+                self.log.info("task unhealthy, stopped", key=self.ref(key))
+                self._report(key, rec, FAILED, UNHEALTHY_MESSAGE, err=UNHEALTHY_MESSAGE,
+                             exitCode=after.exit_code, **extra)
+                return
+            if obs.health == "starting":
+                if extra:
+                    self._report(key, rec, STARTING, "starting", **extra)
+                return  # the executor tells us (changes()) when the health check settles
+            self._report(key, rec, RUNNING, "started", **extra)
+            return
+        # "created": started but not running yet; changes() wakes us when it is.
+        if extra:
+            self._report(key, rec, STARTING, "starting", **extra)
+
+    async def _shutdown(self, key: str, rec: _Record, task: resource.Resource) -> None:
+        """Desired state is past running: stop the workload, report shutdown.
+
+        The stopped workload is kept until its Task is deleted (task history clean-up),
+        so its logs stay readable, as Swarm keeps the containers of its task history.
+        """
+        extra: dict[str, Any] = {}
+        if rec.workload or rec.rank >= R_STARTING:
+            obs = await self.executor.observe(rec.uid)
+            if obs.workload_id:
+                extra["containerId"] = obs.workload_id
+            if obs.state == "exited" and not rec.stopped:
+                # It ended on its own before we stopped it: report what really happened.
+                await self._observed(key, rec, task, obs)
+                return
+            if obs.state in ("running", "created"):
+                grace, signal = stop_options(task)
+                await self.executor.stop(rec.uid, grace, signal)
+                obs = await self.executor.observe(rec.uid)
+                if obs.exit_code is not None:
+                    extra["exitCode"] = obs.exit_code
+            rec.workload = obs.state != "missing"
+            rec.stopped = True
+        self._report(key, rec, SHUTDOWN, "shutdown", **extra)
