@@ -140,6 +140,14 @@ def _view(key: int | str, tasks: Iterable[Resource], generation: int,
           policy: rs.RestartPolicy, now: float, plan: Plan,
           nodes: dict[str, Resource] | None) -> _Slot:
     """Sort out one slot: duplicates, node loss, restart policy."""
+    tasks = list(tasks)
+    if len(tasks) == 1:
+        # The common case, kept cheap (services are re-planned whenever a node changes):
+        # one task, still wanted, not ended, on a usable node — it simply stays current.
+        only = tasks[0]
+        if (ts.is_active_desired(only) and not ts.has_ended(only)
+                and _node_problem(only, nodes) is None):
+            return _Slot(key=key, tasks=tasks, current=only)
     slot = _Slot(key=key, tasks=sorted(tasks, key=rs.age_key))
     active = [t for t in slot.tasks if ts.is_active_desired(t)]
     if not active:
@@ -219,8 +227,8 @@ def trim_history(slot_tasks: Sequence[Resource], limit: int,
     that are safe to delete. History is every task not desired running, plus ``stopping``
     (tasks this pass shuts down — they count, but are not deleted in the same pass).
     A negative limit keeps everything."""
-    if limit < 0:
-        return []
+    if limit < 0 or limit >= len(slot_tasks):
+        return []  # (the history is a subset of the slot's tasks: nothing can exceed)
     stopping_names = {t.metadata.name for t in stopping}
     history = sorted((t for t in slot_tasks
                       if not ts.is_active_desired(t) or t.metadata.name in stopping_names),

@@ -49,6 +49,7 @@ MAX_FAILURES: Final = 5
 FAILURE_WINDOW: Final = 300.0
 
 _RUNNING_RANK: Final = ts.RUNNING_RANK
+_PENDING_RANK: Final = ts.RANK[ts.PENDING]
 _RANK: Final = ts.RANK
 _FAILURE_STATES: Final = frozenset({ts.FAILED, ts.REJECTED})
 
@@ -58,6 +59,23 @@ class ScheduleResult(NamedTuple):
 
     assignments: dict[str, str]
     unplaced: dict[str, str]
+
+
+class Charge(NamedTuple):
+    """What one task holds on its node, exactly as ``ClusterState`` counts it.
+
+    A scheduler that keeps one ``ClusterState`` alive across batches remembers the charge
+    of every task and, when the task changes, applies the old charge negatively and the
+    new one positively; recording the values (not re-deriving them) is what keeps the
+    books balanced when a service's spec changes in between.
+    """
+
+    node: int  # index into ClusterState.nodes
+    service: flt.ServiceKey
+    nano_cpus: int
+    memory: int
+    host_ports: tuple[tuple[int, str], ...]
+    active: bool  # desired running: counts for spreading, max replicas, tasks overall
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -84,8 +102,9 @@ def _service_index(services: Iterable[Resource] | Mapping[Any, Resource]
 class ClusterState:
     """The nodes and what their tasks hold, as of one batch; ``place`` mutates it.
 
-    Built once per batch from the informer caches; a later change may keep one alive
-    across batches by feeding it task and node events instead of rebuilding it.
+    Built once per batch from the informer caches, or kept alive across batches and fed
+    every task, node and service change (``apply``, ``update_node``, ``set_service``), as
+    the scheduler controller does.
     """
 
     def __init__(self, nodes: Iterable[Resource], tasks_on_nodes: Iterable[Resource],
@@ -105,6 +124,9 @@ class ClusterState:
         self._shapes: dict[tuple[Any, ...], _Shape] = {}
         self._explained: dict[tuple[Any, ...], str] = {}
         self._version = 0  # bumped on every placement; keys the explanation cache
+        # node index -> (port, protocol) -> tasks holding it: lets ``apply`` release a
+        # port only when its last holder goes. Host-mode ports are rare; this stays tiny.
+        self._port_refs: dict[int, dict[tuple[int, str], int]] = {}
         self._account(tasks_on_nodes, frozenset(exclude))
         n = len(self.nodes)
         # All nodes by (tasks overall, index), encoded as one int so bisect and sort
@@ -148,7 +170,7 @@ class ClusterState:
             info.cpu_free -= demand.nano_cpus
             info.mem_free -= demand.memory
             if demand.host_ports:
-                info.host_ports.update(demand.host_ports)
+                self._hold_ports(info, demand.host_ports, 1)
             if rank.get(spec.get("desiredState") or ts.RUNNING, _RUNNING_RANK) <= _RUNNING_RANK:
                 info.active += 1
                 counts = self.service_tasks.get(svc)
@@ -212,6 +234,120 @@ class ClusterState:
         return _Shape(parent=parent, children=children, rank=rank, siblings=siblings,
                       leaf_of=leaf_of)
 
+    # -- keeping a state alive across batches ---------------------------------------------
+    #
+    # Rebuilding the state costs one pass over every task in the cluster; a scheduler fed
+    # by informers instead applies each change as it happens: ``apply`` a task's charge
+    # when it lands on a node and ``apply(..., -1)`` when it stops holding it, update
+    # nodes in place, swap services. Adding or removing a node renumbers the nodes, so
+    # that still takes a fresh state.
+
+    def _hold_ports(self, info: flt.NodeInfo, ports: Iterable[tuple[int, str]],
+                    sign: int) -> None:
+        refs = self._port_refs.setdefault(info.idx, {})
+        for port in ports:
+            count = refs.get(port, 0) + sign
+            if count > 0:
+                refs[port] = count
+                info.host_ports.add(port)
+            else:
+                refs.pop(port, None)
+                info.host_ports.discard(port)
+
+    def charge_of(self, task: Resource, node_name: str | None = None) -> Charge | None:
+        """What ``task`` holds on its node, or None when it holds nothing: it is not on a
+        node this state knows, it has ended, or it still waits for the scheduler (new,
+        pending). ``node_name`` stands for a placement not yet visible in the task: the
+        task is charged to that node as ``place`` charged it."""
+        spec = task.spec
+        state_rank = _RANK.get(task.status.get("state") or ts.NEW, 0)
+        if node_name is None:
+            if state_rank <= _PENDING_RANK:
+                return None
+            node_name = spec.get("nodeName")
+            if not node_name:
+                return None
+        info = self.by_name.get(str(node_name))
+        if info is None or state_rank > _RUNNING_RANK:
+            return None
+        name = ts.service_name(task)
+        if name is None:
+            return None
+        svc = (task.metadata.namespace or "default", name)
+        demand = self._demand(svc, ts.generation_of(task), task)
+        active = _RANK.get(spec.get("desiredState") or ts.RUNNING,
+                           _RUNNING_RANK) <= _RUNNING_RANK
+        return Charge(info.idx, svc, demand.nano_cpus, demand.memory, demand.host_ports,
+                      active)
+
+    def apply(self, charge: Charge, sign: int = 1) -> None:
+        """Add (``sign`` 1) or remove (-1) a task's charge on its node."""
+        info = self.nodes[charge.node]
+        info.cpu_free -= sign * charge.nano_cpus
+        info.mem_free -= sign * charge.memory
+        if charge.host_ports:
+            self._hold_ports(info, charge.host_ports, sign)
+        if charge.active:
+            old = info.active
+            info.active = max(old + sign, 0)
+            if info.active != old:
+                self._reorder(info, old)
+            counts = self.service_tasks.setdefault(charge.service, {})
+            left = counts.get(info.idx, 0) + sign
+            if left > 0:
+                counts[info.idx] = left
+            else:
+                counts.pop(info.idx, None)
+        self._version += 1
+
+    def count_failure(self, service: flt.ServiceKey, generation: int, node: int,
+                      sign: int = 1) -> None:
+        """Note (``sign`` 1) or, once it is older than ``FAILURE_WINDOW``, forget (-1) one
+        failed task of a service generation on node index ``node``."""
+        per_node = self.failures.setdefault((service, generation), {})
+        left = per_node.get(node, 0) + sign
+        if left > 0:
+            per_node[node] = left
+        else:
+            per_node.pop(node, None)
+            if not per_node:
+                del self.failures[(service, generation)]
+        self._version += 1
+
+    def update_node(self, node: Resource) -> bool:
+        """Take a changed node (state, availability, labels, resources) in place; False
+        if the state does not know it (a new node: build a fresh state instead)."""
+        info = self.by_name.get(node.metadata.name)
+        if info is None:
+            return False
+        fresh = flt.NodeInfo.of(node, info.idx)
+        info.cpu_free += fresh.cpu_capacity - info.cpu_capacity
+        info.mem_free += fresh.mem_capacity - info.mem_capacity
+        info.cpu_capacity, info.mem_capacity = fresh.cpu_capacity, fresh.mem_capacity
+        info.facts, info.state, info.availability = fresh.facts, fresh.state, fresh.availability
+        # Filters and spread trees read node facts: every cached verdict may be stale.
+        self._static.clear()
+        self._shapes.clear()
+        self._explained.clear()
+        self._version += 1
+        return True
+
+    def set_service(self, service: Resource) -> None:
+        """Add or replace a service; what its tasks demand is worked out afresh."""
+        key = (ts.namespace_of(service), service.metadata.name)
+        self.services[key] = service
+        self._forget_demands(key)
+
+    def drop_service(self, key: flt.ServiceKey) -> None:
+        self.services.pop(key, None)
+        self._forget_demands(key)
+
+    def _forget_demands(self, key: flt.ServiceKey) -> None:
+        for cached in [k for k in self._demands if k[0] == key]:
+            del self._demands[cached]
+        self._explained.clear()
+        self._version += 1
+
     # -- placing --------------------------------------------------------------------------
 
     def place(self, pending: Iterable[Resource]) -> ScheduleResult:
@@ -250,7 +386,7 @@ class ClusterState:
         info.cpu_free -= demand.nano_cpus
         info.mem_free -= demand.memory
         if demand.host_ports:
-            info.host_ports.update(demand.host_ports)
+            self._hold_ports(info, demand.host_ports, 1)
 
     def _reorder(self, info: flt.NodeInfo, old_active: int) -> None:
         n = len(self.nodes)
@@ -395,7 +531,7 @@ class ClusterState:
             info.cpu_free -= cpu
             info.mem_free -= mem
             if ports:
-                info.host_ports.update(ports)
+                self._hold_ports(info, demand.host_ports, 1)
             c = counts.get(chosen, 0) + 1
             counts[chosen] = c
             leaf = leaf_of[chosen]

@@ -1,0 +1,26 @@
+"""The built-in controllers, as the controller-manager runs them.
+
+``controller_specs()`` returns a fresh set each call: every controller keeps per-process
+state (caches, indexes, its leader-scoped loop), so two managers in one process — tests
+do that — must not share instances. Each spec is leader-elected on its own, so several
+controller-managers can run; for each controller one of them leads.
+
+* ``orchestrator`` — Services -> Tasks (slots, global, restarts, history, deletion);
+* ``scheduler`` — pending Tasks -> nodes, in batches;
+* ``nodes`` — Node ``ready``/``down`` from heartbeat leases;
+* ``allocator`` — subnets, VNIs, task/node addresses, VIPs, published ports.
+"""
+
+from __future__ import annotations
+
+from shoal.controllers.allocator import controller as allocator
+from shoal.controllers.nodes import controller as nodes
+from shoal.controllers.orchestrator import controller as orchestrator
+from shoal.controllers.scheduler import controller as scheduler
+from shoal.runtime.reconcile import ControllerSpec
+
+
+def controller_specs() -> list[ControllerSpec]:
+    """Every built-in controller, in start-up order."""
+    return [nodes.controller_spec(), orchestrator.controller_spec(),
+            scheduler.controller_spec(), allocator.controller_spec()]

@@ -1,0 +1,224 @@
+"""The nodes controller: whether each node is alive, from its heartbeat lease.
+
+What it owns: ``status.state`` of Node objects moving between ``ready`` and ``down``, the
+``Ready`` condition (reason, message, ``lastTransitionTime``) and ``status.message``
+that explain it. Nothing else: availability (active, pause, drain) is written by users,
+and what happens to the tasks of a down or drained node is the orchestrator's business
+(replacements) and the scheduler's (no new placements) — each loop keeps to its own
+concern, as in swarmkit.
+
+Why heartbeat *keys*: every agent keeps ``<prefix>/heartbeats/<node>`` attached to an
+etcd lease whose TTL is the heartbeat TTL and refreshes the lease every TTL/3. When an
+agent dies or is cut off, etcd itself deletes the key one TTL later. This controller
+watches that key prefix, so a node is marked down the moment its lease expires — no
+timestamps compared across machines, no write per heartbeat, no polling — and marked
+ready again the moment its key comes back. It is a leader-scoped loop (see
+``leaderloop``): the watch runs only while this process leads the ``nodes`` controller,
+and every write is fenced by that leadership.
+
+Level-triggered: each check compares a node's status with the *current* set of live
+heartbeat keys, so a missed or repeated event, a restart or a relist after compaction
+all converge on the same answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Final
+
+from shoal.controllers import common
+from shoal.controllers.leaderloop import LeaderLoop
+from shoal.crds import conditions, resource
+from shoal.crds.resource import Resource
+from shoal.runtime import cas, reconcile
+from shoal.runtime import informer as informer_mod
+from shoal.runtime import logging as rt_logging
+from shoal.store import client, errors, etcd
+
+log = rt_logging.get_logger("shoal.controllers.nodes")
+
+HEARTBEAT_DIR: Final = "heartbeats"
+READY: Final = "ready"
+DOWN: Final = "down"
+CONDITION: Final = "Ready"
+#: Node writes in flight at once (1,000 nodes of one agent process fail together).
+PARALLEL_WRITES: Final = 64
+#: Seconds before a failed status write is tried again.
+RETRY_AFTER: Final = 0.5
+
+
+def heartbeat_prefix(store: client.Store) -> bytes:
+    return store.raw_key(HEARTBEAT_DIR) + b"/"
+
+
+class _Liveness:
+    """The set of nodes whose heartbeat key exists, kept by a watch on the key prefix."""
+
+    def __init__(self, store: client.Store, changed: Callable[[str], None]) -> None:
+        self.store = store
+        self.prefix = heartbeat_prefix(store)
+        self.alive: set[str] = set()
+        self.synced = asyncio.Event()
+        self._changed = changed
+
+    def _name(self, key: bytes) -> str:
+        return key[len(self.prefix):].decode(errors="replace")
+
+    async def _relist(self) -> int:
+        kvs, revision = await self.store.raw_list(self.prefix)
+        fresh = {self._name(kv.key) for kv in kvs}
+        differ = fresh ^ self.alive
+        self.alive = fresh
+        first = not self.synced.is_set()
+        self.synced.set()
+        if not first:
+            for name in differ:
+                self._changed(name)
+        return revision
+
+    async def run(self) -> None:
+        """List, then follow the prefix; resume after disconnects, relist after compaction."""
+        backoff = 0.05
+        revision = 0
+        while True:
+            try:
+                if revision == 0:
+                    revision = await self._relist()
+                async for header, events in self.store.raw_watch(self.prefix, revision + 1):
+                    backoff = 0.05
+                    for ev in events:
+                        name = self._name(ev.key)
+                        if ev.deleted:
+                            self.alive.discard(name)
+                        else:
+                            self.alive.add(name)
+                        revision = ev.mod_revision
+                        self._changed(name)
+                    if not events:
+                        revision = max(revision, header)
+            except etcd.CompactedError:
+                log.info("heartbeat watch compacted; relisting", key=self.prefix.decode())
+                revision = 0
+            except errors.UnavailableError as exc:
+                log.warning("heartbeat watch interrupted; resuming", key=self.prefix.decode(),
+                            error=str(exc), retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+
+def desired(node: Resource, alive: bool) -> tuple[str, bool] | None:
+    """(state, Ready condition) the node should get, or None when it already has them."""
+    state = READY if alive else DOWN
+    cond = conditions.get_condition(node, CONDITION)
+    want_cond = "True" if alive else "False"
+    # A fresh node without the condition is fine while it is alive: the agent says ready.
+    cond_ok = (cond.get("status") == want_cond) if cond is not None else alive
+    if node.status.get("state") == state and cond_ok:
+        return None
+    return state, alive
+
+
+class NodesController:
+    """One per controller-manager: ``spec`` is the ControllerSpec to run."""
+
+    def __init__(self, workers: int = 2) -> None:
+        self.loop = LeaderLoop("nodes", self._run)
+        self.spec = reconcile.ControllerSpec(name="nodes", kind="nodes",
+                                             reconcile=self.loop.reconcile,
+                                             workers=max(workers, 2))
+
+    async def _run(self, ctx: reconcile.Context) -> None:
+        nodes = ctx.informers.informer(common.NODES)
+        await nodes.wait_synced()
+        todo: set[str] = set()
+        wake = asyncio.Event()
+
+        def touch(name: str) -> None:
+            todo.add(name)
+            wake.set()
+
+        def retry(name: str) -> None:
+            asyncio.get_running_loop().call_later(RETRY_AFTER, touch, name)
+
+        liveness = _Liveness(ctx.store, touch)
+        remove = nodes.add_handlers(lambda n: touch(n.metadata.name),
+                                    lambda _o, n: touch(n.metadata.name), None)
+        watcher = asyncio.create_task(liveness.run(), name="nodes:heartbeats")
+        sem = asyncio.Semaphore(PARALLEL_WRITES)
+        try:
+            await liveness.synced.wait()
+            for _, name in nodes.keys():
+                todo.add(name)
+            wake.set()
+            while True:
+                await wake.wait()
+                wake.clear()
+                if watcher.done():
+                    watcher.result()  # surface a crash of the watch (it retries otherwise)
+                batch, todo = list(todo), set()
+                results = await asyncio.gather(
+                    *(self._check(ctx.store, nodes, liveness, name, sem, retry)
+                      for name in batch),
+                    return_exceptions=True)
+                for result in results:
+                    if isinstance(result, errors.FencedError):
+                        raise result
+        finally:
+            remove()
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watcher
+
+    async def _check(self, store: client.Store, nodes: informer_mod.Informer,
+                     liveness: _Liveness, name: str, sem: asyncio.Semaphore,
+                     retry: Callable[[str], None]) -> None:
+        """Bring one node's state in line with its heartbeat key."""
+        node = nodes.get(name)
+        if node is None or desired(node, name in liveness.alive) is None:
+            return
+
+        def mutate(obj: Resource) -> None:
+            # Decided at write time, against the live set as it is now.
+            alive = name in liveness.alive
+            if desired(obj, alive) is None:
+                return
+            now = resource.now_rfc3339()
+            if alive:
+                obj.status["state"] = READY
+                obj.status["message"] = ""
+                conditions.set_condition(obj, CONDITION, True, "HeartbeatOK",
+                                         "heartbeat lease is live")
+            else:
+                ttl = obj.status.get("heartbeatTTL")
+                within = f" (lease TTL {ttl}s)" if ttl else ""
+                message = f"heartbeat lease expired{within}; node down since {now}"
+                obj.status["state"] = DOWN
+                obj.status["message"] = message
+                conditions.set_condition(obj, CONDITION, False, "HeartbeatLost", message)
+
+        async with sem:
+            try:
+                stored = await cas.mutate(store, common.NODES, node, mutate)
+            except errors.FencedError:
+                raise
+            except errors.StoreError as exc:
+                log.warning("node status write failed; retrying", key=f"node/{name}",
+                            error=str(exc), retry_in=RETRY_AFTER)
+                retry(name)
+                return
+            except Exception:
+                # A node whose status cannot be handled (garbage written straight into
+                # etcd) must not stop the others.
+                log.exception("cannot update node status", key=f"node/{name}")
+                return
+        if stored is not None and stored is not node:
+            log.info("node state changed", key=f"node/{name}",
+                     state=stored.status.get("state"),
+                     message=stored.status.get("message") or "")
+
+
+def controller_spec() -> reconcile.ControllerSpec:
+    """A fresh nodes controller (one per controller-manager process)."""
+    return NodesController().spec
