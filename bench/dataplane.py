@@ -2,12 +2,17 @@
 
     python -m bench.dataplane [--services 10000] [--endpoints 10] [--changes 20]
                               [--iperf-seconds 5] [--skip-iperf]
+                              [--ipvs-uml | --no-ipvs-uml] [--skip-nftables]
 
 * For each load-balancer backend this kernel can run (nftables here; IPVS when
   /proc/net/ip_vs exists): a full sync of N services x E endpoints into an empty
   namespace, a full re-sync over the existing table, and the median/max time of one
   endpoint change at that size -- printed beside the targets (full sync <= 1 s, one change
   <= 50 ms). nftables is measured with both runners (libnftables in-process, nft binary).
+* IPVS under user-mode-linux (``--ipvs-uml``; the default when /usr/bin/linux.uml exists
+  and this kernel has no IPVS): the same measurement inside a UML guest booted by
+  tests/e2e/uml.py. UML runs every guest system call through ptrace, so its numbers are
+  an upper bound for a native kernel, not a substitute for one.
 * Overlay throughput: iperf3 between two task namespaces on two lab nodes over VXLAN, and
   between two task namespaces on one node (same bridge), and their ratio (target >= 0.9).
 
@@ -24,14 +29,17 @@ import os
 import statistics
 import subprocess
 import time
+from typing import Any
 
 from shoal.net.lb import VirtualService
+from shoal.net.lb_ipvs import IpvsLoadBalancer, kernel_view
 from shoal.net.lb_nftables import NftablesLoadBalancer
 from shoal.net.overlay import OverlayNode
 from tests.e2e.netcluster import Cluster
 from tests.e2e.netlab import Lab
 
 IPVS_PRESENT = os.path.exists("/proc/net/ip_vs")
+UML_PRESENT = os.access("/usr/bin/linux.uml", os.X_OK)
 
 
 def services(n: int, e: int) -> list[VirtualService]:
@@ -46,27 +54,78 @@ async def bench_nftables(n: int, e: int, changes: int, runner: str) -> dict[str,
     try:
         ns = lab.ns("lb")
         lb = NftablesLoadBalancer(netns=ns, runner_kind=runner)  # type: ignore[arg-type]
-        svcs = services(n, e)
-        t0 = time.perf_counter()
-        await lb.sync(svcs)
-        full = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        await lb.resync()
-        resync = time.perf_counter() - t0
-        one: list[float] = []
-        for k in range(changes):
-            base = svcs[(k * 997) % n]
-            # Drop one endpoint, then (next round) another service gains one back.
-            endpoints = list(base.backends)[: e - 1 - (k % 2)]
-            changed = VirtualService(base.vip, base.port, base.protocol, tuple(endpoints))
-            t0 = time.perf_counter()
-            await lb.update_service(changed)
-            one.append(time.perf_counter() - t0)
-        await lb.close()
-        return {"full": full, "resync": resync, "one_median": statistics.median(one),
-                "one_max": max(one)}
+        try:
+            return await measure(lb, n, e, changes)
+        finally:
+            await lb.close()
     finally:
         lab.close()
+
+
+async def measure(lb: IpvsLoadBalancer | NftablesLoadBalancer, n: int, e: int,
+                  changes: int) -> dict[str, float]:
+    """Full sync, re-sync and single endpoint changes on one balancer."""
+    svcs = services(n, e)
+    t0 = time.perf_counter()
+    await lb.sync(svcs)
+    full = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    await lb.resync()
+    resync = time.perf_counter() - t0
+    one: list[float] = []
+    for k in range(changes):
+        base = svcs[(k * 997) % n]
+        # Drop one endpoint, then (next round) another service gains one back.
+        endpoints = list(base.backends)[: e - 1 - (k % 2)]
+        changed = VirtualService(base.vip, base.port, base.protocol, tuple(endpoints))
+        t0 = time.perf_counter()
+        await lb.update_service(changed)
+        one.append(time.perf_counter() - t0)
+    return {"full": full, "resync": resync, "one_median": statistics.median(one),
+            "one_max": max(one)}
+
+
+async def bench_ipvs_here(n: int, e: int, changes: int) -> dict[str, float | str]:
+    """IPVS in the current network namespace of a kernel that has it -- meant for a
+    throw-away kernel (the UML guest of tests/e2e/uml_guest.py ``bench``): it adds a dummy
+    device and leaves nothing behind, but it does work in the namespace it runs in."""
+    # IPVS refuses a real server it has no unicast route to: give all of 10/8 one.
+    await asyncio.to_thread(_ip_batch, ["link add bench0 type dummy",
+                                        "addr add 10.0.0.1/8 dev bench0", "link set bench0 up"])
+    lb = IpvsLoadBalancer()
+    try:
+        r: dict[str, float | str] = dict(await measure(lb, n, e, changes))
+        listing = kernel_view(await asyncio.to_thread(_read, "/proc/net/ip_vs"))
+        r["services_in_kernel"] = len(listing)
+        r["real_servers_in_kernel"] = sum(len(d) for d in listing.values())
+        r["netfilter"] = lb.netfilter or ""
+        await lb.teardown()
+    finally:
+        await lb.close()
+        await asyncio.to_thread(_ip_batch, ["link del bench0"])
+    return r
+
+
+def _ip_batch(commands: list[str]) -> None:
+    subprocess.run(["ip", "-batch", "-"], input="\n".join(commands) + "\n", text=True,
+                   check=True)
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def bench_ipvs_uml(n: int, e: int, changes: int) -> dict[str, Any]:
+    from tests.e2e.uml import run_python
+    # Guest memory: ~100 MB of Python objects and ~60 MB of IPVS state at 10,000 x 10.
+    run = run_python("tests.e2e.uml_guest", "bench", str(n), str(e), str(changes),
+                     mem_mb=1024, timeout=3600)
+    if run.result["error"]:
+        raise RuntimeError(f"IPVS benchmark in UML failed:\n{run.result['error']}")
+    r: dict[str, Any] = run.result["bench"]
+    r["uml_seconds"] = run.seconds
+    return r
 
 
 def iperf(lab: Lab, client_ns: str, server_ns: str, server_ip: str, seconds: int) -> float:
@@ -111,19 +170,39 @@ async def main() -> None:
     ap.add_argument("--changes", type=int, default=20)
     ap.add_argument("--iperf-seconds", type=int, default=5)
     ap.add_argument("--skip-iperf", action="store_true")
+    ap.add_argument("--skip-nftables", action="store_true")
+    ap.add_argument("--ipvs-uml", action=argparse.BooleanOptionalAction,
+                    default=UML_PRESENT and not IPVS_PRESENT,
+                    help="measure IPVS inside user-mode-linux (default: when linux.uml "
+                         "exists and this kernel has no IPVS)")
     args = ap.parse_args()
     n, e = args.services, args.endpoints
     print(f"load balancer: {n} services x {e} endpoints "
           f"(targets: full sync <= 1 s, one change <= 50 ms)")
-    for runner in ("lib", "exec"):
-        r = await bench_nftables(n, e, args.changes, runner)
-        print(f"  nftables/{runner:4}  full sync {r['full']:.3f} s   re-sync {r['resync']:.3f} s"
-              f"   one change median {r['one_median'] * 1000:.1f} ms"
-              f" max {r['one_max'] * 1000:.1f} ms")
+
+    def line(name: str, r: dict[str, Any]) -> str:
+        return (f"  {name:14} full sync {r['full']:.3f} s   re-sync {r['resync']:.3f} s"
+                f"   one change median {r['one_median'] * 1000:.1f} ms"
+                f" max {r['one_max'] * 1000:.1f} ms")
+
+    if not args.skip_nftables:
+        for runner in ("lib", "exec"):
+            print(line(f"nftables/{runner}", await bench_nftables(n, e, args.changes,
+                                                                 runner)))
     if IPVS_PRESENT:
-        print("  ipvs: available but not benchmarked here yet")
-    else:
-        print("  ipvs: not available on this kernel (no /proc/net/ip_vs)")
+        print("  ipvs: this kernel has IPVS; measure it natively in a throw-away namespace "
+              "with `ip netns exec <ns> python -m tests.e2e.uml_guest <dir> bench "
+              f"{n} {e} {args.changes}`")
+    elif not args.ipvs_uml:
+        print("  ipvs: not available on this kernel (no /proc/net/ip_vs); --ipvs-uml "
+              "measures it under user-mode-linux")
+    if args.ipvs_uml:
+        r = await asyncio.to_thread(bench_ipvs_uml, n, e, args.changes)
+        print(line("ipvs/uml", r) + f"   [{int(r['services_in_kernel'])} services, "
+              f"{int(r['real_servers_in_kernel'])} real servers in the kernel; companion "
+              f"{r['netfilter']}; UML boot to power-off {r['uml_seconds']:.0f} s]")
+        print("  (UML: one CPU, every guest system call trapped through ptrace -- an upper "
+              "bound for a native kernel)")
     if not args.skip_iperf:
         r2 = await bench_overlay(args.iperf_seconds)
         print(f"overlay throughput (iperf3 TCP, {args.iperf_seconds} s): cross-node "

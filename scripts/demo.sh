@@ -8,7 +8,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 
 swctl up -d
 swctl apply -f deploy/examples/stack.yaml
-swctl get services
+swctl get services -A
 swctl get all -n demo 2>/dev/null || true
 echo
 echo "The cluster keeps running. Try: swctl get svc -n demo -w   |   swctl down"

@@ -14,6 +14,15 @@ command -v git >/dev/null 2>&1 || need_apt+=(git)
 # image shoal/busybox is made from Debian's busybox, as no registry is reachable.
 command -v dockerd >/dev/null 2>&1 || [ -x /usr/sbin/dockerd ] || need_apt+=(docker.io)
 command -v busybox >/dev/null 2>&1 || need_apt+=(busybox)
+# The IPVS load balancer is tested under user-mode-linux (this kernel has no IPVS):
+# linux.uml and its modules, kmod's modprobe to load them, a C compiler for the small
+# XSAVE shim tests/e2e/uml.py preloads into linux.uml, and iptables-legacy, the netfilter
+# companion the UML kernel supports (it has no nf_tables for the ip family).
+[ -x /usr/bin/linux.uml ] || need_apt+=(user-mode-linux)
+command -v modprobe >/dev/null 2>&1 || [ -x /sbin/modprobe ] || need_apt+=(kmod)
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+command -v iptables-legacy-restore >/dev/null 2>&1 || [ -x /usr/sbin/iptables-legacy-restore ] \
+  || need_apt+=(iptables)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv python3-pip)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 if [ ${#need_apt[@]} -gt 0 ]; then

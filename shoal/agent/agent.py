@@ -30,14 +30,18 @@ import json
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from shoal.agent import heartbeat, hollow, node, taskmanager
+from shoal.agent import heartbeat, hollow, logserver, node, taskmanager
 from shoal.agent.executor import Executor
 from shoal.crds import kinds, resource
 from shoal.store import client, codec, errors, etcd, watch
+
+if TYPE_CHECKING:
+    from shoal.agent import dataplane
+    from shoal.net import lb
 
 log = structlog.get_logger("shoal.agent")
 
@@ -83,6 +87,13 @@ class AgentConfig:
     log_format: str = "auto"
     tune_gc: bool = True
     stall_timeout: float | None = None  # default max(10 s, 3 x TTL); see heartbeat.py
+    # Port of the task-log endpoint on the node's address (logserver.py); 0 = any free
+    # port, None = no endpoint.
+    logs_port: int | None = logserver.DEFAULT_PORT
+    # Task networking (dataplane.py): auto (IPVS if the kernel has it, else nftables),
+    # nftables, ipvs, or none. Real runtimes only; never for hollow nodes.
+    dataplane: str = "auto"
+    state_dir: str = "/run/shoal"  # generated files (task resolv.conf), per node
 
     def node_names(self) -> list[str]:
         if self.count <= 1:
@@ -170,6 +181,8 @@ class Agent:
         self.executors: dict[str, Executor] = {}
         self.node_configs: dict[str, node.NodeConfig] = {}
         self.journal: hollow.Journal | None = None
+        self.logserver: logserver.LogServer | None = None
+        self.dataplanes: dict[str, dataplane.Dataplane] = {}
         self.ready = asyncio.Event()  # set once every node serves its tasks
         self.started_at = time.monotonic()
         self.timings: dict[str, float] = {}
@@ -226,13 +239,14 @@ class Agent:
         t0 = time.monotonic()
         self.store = store = await self._connect()
         configs = self._node_configs()
-        self.node_configs = {c.name: c for c in configs}
         if cfg.runtime == "hollow" and cfg.hollow_state:
             self.journal = hollow.Journal(Path(cfg.hollow_state))
             self.timings["journal"] = time.monotonic() - t0
         wheel = hollow.TimerWheel()
         for c in configs:
             self.executors[c.name] = make_executor(cfg, c.name, self.journal, wheel)
+        configs = await self._serve_logs(configs)
+        self.node_configs = {c.name: c for c in configs}
         self._background.append(asyncio.create_task(self._watch_lag()))
         gc.callbacks.append(self._gc_callback)
         if cfg.tune_gc:
@@ -252,9 +266,12 @@ class Agent:
         self.writer = taskmanager.StatusWriter(store, self.tasks_info, linger=cfg.status_linger)
         self._background.append(asyncio.create_task(self.writer.run()))
         for c in configs:
+            network = await self._start_dataplane(c)
             self.managers[c.name] = taskmanager.TaskManager(
                 c.name, self.executors[c.name], self.writer, concurrency=cfg.concurrency,
-                resync=cfg.resync)
+                resync=cfg.resync, network=network)
+            if network is not None:
+                network.touch = self.managers[c.name].touch
         if len(configs) <= _PREFILTER_MAX_NODES:
             for c in configs:
                 quoted = json.dumps(c.name, ensure_ascii=False).encode()
@@ -272,10 +289,54 @@ class Agent:
         log.info("agent ready", nodes=len(configs), node=configs[0].name, runtime=cfg.runtime,
                  tasks=len(self._route), seconds=round(self.timings["serving"], 3))
 
+    async def _serve_logs(self, configs: list[node.NodeConfig]) -> list[node.NodeConfig]:
+        """Start the log endpoint on the node's address before registering, so the Node
+        says where its logs are from its first write. A failure costs ``swctl logs`` for
+        this node, never the node itself."""
+        if self.cfg.logs_port is None or not configs:
+            return configs
+        self.logserver = logserver.LogServer(self.executors, configs[0].address,
+                                             self.cfg.logs_port)
+        try:
+            endpoint = await self.logserver.start()
+        except OSError as exc:
+            log.error("cannot serve task logs; swctl logs will not reach this node",
+                      node=configs[0].name, address=configs[0].address,
+                      port=self.cfg.logs_port, error=str(exc))
+            self.logserver = None
+            return configs
+        return [dataclasses.replace(c, logs_endpoint=endpoint) for c in configs]
+
+    async def _start_dataplane(self, c: node.NodeConfig) -> dataplane.Dataplane | None:
+        """The node's dataplane, built before its tasks are served (a restarted agent
+        must know its running tasks' networks before reconciling them)."""
+        cfg = self.cfg
+        if cfg.dataplane == "none" or cfg.runtime == "hollow" or cfg.count > 1:
+            return None
+        assert self.store is not None
+        # Imported here: pyroute2 and dnspython cost hollow agents start-up time for nothing.
+        from shoal.agent import dataplane
+        backends: dict[str, lb.BackendName | None] = {
+            "auto": None, "nftables": "nftables", "ipvs": "ipvs"}
+        if cfg.dataplane not in backends:
+            raise ValueError(f'unknown dataplane "{cfg.dataplane}": expected auto, '
+                             "nftables, ipvs or none")
+        plane = dataplane.Dataplane(
+            self.store, c.name, c.address, observe=self.executors[c.name].observe,
+            backend=backends[cfg.dataplane], state_dir=cfg.state_dir)
+        await plane.start()
+        self.dataplanes[c.name] = plane
+        return plane
+
     async def _stop(self) -> None:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        for plane in self.dataplanes.values():
+            with contextlib.suppress(Exception):
+                await plane.close()  # the kernel state stays: tasks keep their network
+        if self.logserver is not None:
+            await self.logserver.close()
         await asyncio.gather(*(m.close() for m in self.managers.values()),
                              return_exceptions=True)
         # A clean stop drops the heartbeat keys at once, so the node is seen down now

@@ -15,7 +15,7 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from shoal.agent import agent, node
+from shoal.agent import agent, logserver, node
 from shoal.crds import units
 from shoal.runtime import logging as rt_logging
 
@@ -71,6 +71,18 @@ def _cpus(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _logs_port(text: str) -> int | None:
+    if text == "off":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f'invalid port "{text}": expected 0..65535 or off')
+    return value
+
+
 def build_parser(prog: str = "swctl agent") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog, description="Run the Shoal node agent: register this node (or K hollow "
@@ -107,6 +119,18 @@ def build_parser(prog: str = "swctl agent") -> argparse.ArgumentParser:
     p.add_argument("--address", default=None,
                    help="node underlay address (default: the address that reaches etcd, "
                         "else the first non-loopback IPv4, else 127.0.0.1)")
+    p.add_argument("--logs-port", type=_logs_port, default=logserver.DEFAULT_PORT,
+                   metavar="N|off",
+                   help="serve task logs to `swctl logs` on this port of the node's address "
+                        f"(default {logserver.DEFAULT_PORT}; 0: any free port; off: none)")
+    p.add_argument("--dataplane", choices=("auto", "nftables", "ipvs", "none"),
+                   default="auto",
+                   help="task networking: auto picks IPVS when the kernel has it, else "
+                        "nftables; none runs tasks without networks (default: auto; "
+                        "hollow nodes never have one)")
+    p.add_argument("--state-dir", default="/run/shoal", metavar="DIR",
+                   help="where the agent keeps generated files such as the tasks' "
+                        "resolv.conf (default: /run/shoal)")
     p.add_argument("--cpus", type=_cpus, default=None,
                    help="advertised CPUs (default: the host's CPU count)")
     p.add_argument("--memory", type=_memory, default=None,
@@ -139,7 +163,8 @@ def config_from_args(args: argparse.Namespace) -> agent.AgentConfig:
         fail_rate=args.fail_rate, seed=args.seed, hollow_state=args.hollow_state,
         shared_lease=args.shared_lease, concurrency=args.concurrency,
         log_level=args.log_level, log_format=args.log_format,
-        stall_timeout=args.stall_timeout)
+        stall_timeout=args.stall_timeout, logs_port=args.logs_port,
+        dataplane=args.dataplane, state_dir=args.state_dir)
 
 
 async def _serve(cfg: agent.AgentConfig) -> None:

@@ -72,9 +72,11 @@ class NodeConfig:
     heartbeat_ttl: int = 3
     os: str = dataclasses.field(default_factory=lambda: platform.system().lower())
     architecture: str = dataclasses.field(default_factory=platform.machine)
+    logs_endpoint: str | None = None  # where the agent serves task logs (logserver.py)
 
     def status(self) -> dict[str, Any]:
         """The agent-owned part of ``status`` for a ready node."""
+        extra = {"logsEndpoint": self.logs_endpoint} if self.logs_endpoint else {}
         return {
             "state": "ready",
             "message": "",
@@ -86,6 +88,7 @@ class NodeConfig:
             "runtime": self.runtime,
             "agentVersion": agent_version(),
             "heartbeatTTL": self.heartbeat_ttl,
+            **extra,
         }
 
 

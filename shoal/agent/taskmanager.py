@@ -36,7 +36,7 @@ import copy
 import dataclasses
 import random
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -418,15 +418,37 @@ class _Record:
     spec_of: Any = None  # the spec dict ``spec`` was built from
 
 
+class TaskNetworking(Protocol):
+    """The node's dataplane as the task manager sees it (``shoal.agent.dataplane``)."""
+
+    def waiting_for(self, task: resource.Resource) -> str | None:
+        """Why the task cannot start yet (networks not allocated), or None."""
+
+    def workload_spec(self, task: resource.Resource, spec: TaskSpec) -> TaskSpec:
+        """``spec`` with what the workload needs from the network (its resolv.conf)."""
+
+    async def attach(self, task: resource.Resource, observed: Observed) -> None:
+        """Plumb a running workload's networks; raises if that cannot be done yet."""
+
+    async def detach(self, task: resource.Resource) -> None:
+        """Take the task out of the load balancer (it is about to be stopped)."""
+
+
 class TaskManager:
-    """All tasks assigned to one node, driven through their states by one executor."""
+    """All tasks assigned to one node, driven through their states by one executor.
+
+    With ``network`` (a real node's dataplane), a task starts only once its networks are
+    allocated (it waits in ``preparing``), is reported running only once its networks
+    are plumbed, and leaves the load balancer before it is stopped.
+    """
 
     def __init__(self, node: str, executor: Executor, writer: StatusWriter,
                  concurrency: int = 32, resync: float = 60.0, max_step_failures: int = 5,
-                 max_backoff: float = 30.0) -> None:
+                 max_backoff: float = 30.0, network: TaskNetworking | None = None) -> None:
         self.node = node
         self.executor = executor
         self.writer = writer
+        self.network = network
         self.log = log.bind(node=node)
         self.resync = resync
         self.max_step_failures = max_step_failures
@@ -453,10 +475,16 @@ class TaskManager:
         return obj is not None and int(obj.metadata.resourceVersion or 0) >= revision
 
     def remember(self, obj: resource.Resource) -> None:
-        """Keep the newest version of a task (from a write result or a re-read)."""
+        """Keep the newest version of a task from the result of our own status write.
+
+        Only ever refreshes a task still cached under the same uid: the write's reply can
+        arrive after the watch has already reported the task deleted (the orchestrator
+        deletes a task within milliseconds of reading our ``shutdown``), and putting it
+        back would resurrect it here for good — its workload then never removed.
+        """
         key = task_key(obj)
         old = self._tasks.get(key)
-        if old is not None and old.metadata.uid == obj.metadata.uid and (
+        if old is None or old.metadata.uid != obj.metadata.uid or (
                 int(old.metadata.resourceVersion or 0) >= int(obj.metadata.resourceVersion or 0)):
             return
         self._tasks[key] = obj
@@ -478,6 +506,11 @@ class TaskManager:
 
     def delete(self, key: str) -> None:
         if self._tasks.pop(key, None) is not None and self._synced:
+            self._queue.add(key)
+
+    def touch(self, key: str) -> None:
+        """Look at a task again (something it waits for, not the task, changed)."""
+        if self._synced and key in self._tasks:
             self._queue.add(key)
 
     def replace(self, objs: Iterable[resource.Resource]) -> None:
@@ -686,6 +719,11 @@ class TaskManager:
             rec.failures = 0
             if desired_rank < R_STARTING:
                 return  # prepared; started once the desired state says so
+            waiting = self.network.waiting_for(task) if self.network is not None else None
+            if waiting is not None:
+                # Stays preparing; the dataplane touches the task when that changes.
+                self._report(key, rec, PREPARING, waiting)
+                return
             self._report(key, rec, STARTING, "starting")
 
         obs = await self.executor.observe(uid) if rec.workload else MISSING
@@ -695,6 +733,8 @@ class TaskManager:
                              err="the workload of a running task is gone")
                 return
             try:
+                if self.network is not None:
+                    spec = self.network.workload_spec(task, spec)
                 obs = await self.executor.start(spec)
             except TaskRejectedError as exc:
                 self.log.info("task rejected", key=self.ref(key), reason=str(exc))
@@ -705,6 +745,8 @@ class TaskManager:
                 return
             rec.failures = 0
             rec.workload = True
+        if self.network is not None and obs.state == "running":
+            await self.network.attach(task, obs)  # raises (retried) until plumbed
         await self._observed(key, rec, task, obs)
 
     def _step_failed(self, key: str, rec: _Record, step: str, exc: Exception) -> None:
@@ -741,6 +783,8 @@ class TaskManager:
             return
         if obs.state == "running":
             if obs.health == "unhealthy":
+                if self.network is not None:
+                    await self.network.detach(task)  # out of the balancer first
                 grace, signal = stop_options(task)
                 await self.executor.stop(rec.uid, grace, signal)
                 rec.stopped = True
@@ -775,6 +819,8 @@ class TaskManager:
                 await self._observed(key, rec, task, obs)
                 return
             if obs.state in ("running", "created"):
+                if self.network is not None:
+                    await self.network.detach(task)  # out of the balancer first
                 grace, signal = stop_options(task)
                 await self.executor.stop(rec.uid, grace, signal)
                 obs = await self.executor.observe(rec.uid)

@@ -5,7 +5,8 @@ Three steps, each of which ``diff`` and ``--dry-run`` reuse:
 1. **admit** every document with ``validation.admit`` before touching etcd. CRDs in the
    same apply are admitted first and registered in this run's registry, so a file that
    defines a kind and objects of that kind applies in one go. Any invalid document means
-   every error is printed and nothing is written (exit 1).
+   every error is printed and nothing is written (exit 1). Services are also checked
+   against the published ports other services hold (``check_published_ports``).
 2. **plan**: read the live objects and decide per object: ``created`` (absent),
    ``unchanged`` (spec, labels and annotations equal after defaults) or ``configured``
    (the live object with the manifest's spec, labels and annotations; status, finalizers,
@@ -13,6 +14,10 @@ Three steps, each of which ``diff`` and ``--dry-run`` reuse:
 3. **write** the changes in one etcd transaction when they fit (127 operations), in
    chunks otherwise. Updates are compare-and-swap on the version read in step 2; a
    conflict (someone else wrote meanwhile) re-plans the chunk and tries again.
+
+Then, unless ``--detach`` (or ``--dry-run``), apply waits for the Services it created or
+configured to converge and shows their progress (``converge``), as ``docker service
+create`` does; a service that cannot converge makes apply exit 1 with the reason.
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from shoal.cli import common, console, errors, manifests
-from shoal.crds import kinds, resource, validation
+from shoal.cli import common, console, converge, errors, manifests
+from shoal.crds import kinds, networking, resource, validation
 from shoal.store import client
 from shoal.store import errors as store_errors
 
@@ -79,6 +84,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                    default="none", help="validate and show what would change, write nothing")
     p.add_argument("-n", "--namespace",
                    help="namespace for objects that do not name one (default: default)")
+    converge.add_wait_flags(p)
     p.set_defaults(func=run, error_code=1)
 
 
@@ -96,18 +102,26 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     async with common.open_store(opts) as store:
         registry = await common.registry_of(store)
         admitted = admit_documents(registry, docs, args.namespace)
+        await check_published_ports(store, registry, admitted)
         with console.Spinner("reading live objects"):
             planned = await plan(store, admitted)
         suffix = " (dry run)" if dry_run else ""
+        changed_services: list[tuple[str, str]] = []
 
         def report(p: Planned) -> None:
             console.out(f"{p.name} {p.action}{suffix}")
+            if p.admitted.info.kind == "Service" and p.action != UNCHANGED:
+                changed_services.append((p.desired.namespace or resource.DEFAULT_NAMESPACE,
+                                         p.desired.name))
 
         if dry_run:
             for p in planned:
                 report(p)
         else:
             await write(store, planned, report)
+            wait = converge.options_from(args)
+            if wait is not None and changed_services:
+                await converge.wait_for_services(store, changed_services, wait)
     return 0
 
 
@@ -157,6 +171,28 @@ def admit_documents(registry: kinds.Registry, docs: Sequence[manifests.Document]
                      f"{'it' if invalid == 1 else 'them'} and apply again")
         raise errors.CliError(lines)
     return [admitted[i] for i in sorted(admitted)]
+
+
+async def check_published_ports(store: client.Store, registry: kinds.Registry,
+                                admitted: Sequence[Admitted]) -> None:
+    """Refuse Services publishing a port another service holds, naming the holder
+    (the allocator would refuse it too, but only after the write, in a condition)."""
+    services = [a for a in admitted if a.info.kind == "Service"]
+    if not any(networking.spec_ports(a.obj) for a in services):
+        return
+    live, _ = await store.list(registry.lookup("services"))
+    conflicts = networking.port_conflicts([a.obj for a in services], live)
+    if not conflicts:
+        return
+    where = {id(a.obj): a for a in services}
+    lines = []
+    for svc, index, message in conflicts:
+        adm = where[id(svc)]
+        ref = common.key_ref(adm.info, svc.name, svc.namespace)
+        lines.append(f"spec.endpoint.ports[{index}].published: {message} "
+                     f"({ref}, {adm.doc.where})")
+    lines.append("nothing was written: free the port or publish another one")
+    raise errors.CliError(lines)
 
 
 def _with_namespace(doc: manifests.Document, namespace: str | None,

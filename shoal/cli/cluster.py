@@ -1,10 +1,21 @@
 """``swctl up`` and ``swctl down``: a local cluster of child processes under one state dir.
 
-``up`` starts an etcd (data in ``STATE/etcd``) and the controller-manager, each in its own
-session with its log in ``STATE/logs``, and records them in ``STATE/cluster.json`` as a
-generic list of named processes (later issues append node agents to it; ``down`` stops
-whatever the list holds, last started first). In the foreground ``up`` waits for Ctrl-C
-and then stops everything; with ``-d`` it returns and leaves them running.
+``up`` starts an etcd (data in ``STATE/etcd``), the controller-manager and the node
+agents, each in its own session with its log in ``STATE/logs``, and records them in
+``STATE/cluster.json`` as a generic list of named processes (``down`` stops whatever the
+list holds, last started first). In the foreground ``up`` waits for Ctrl-C and then stops
+everything; with ``-d`` it returns and leaves them running.
+
+Agents (``plan_agents``): by default one local node named after the host, running tasks
+with the ``docker`` driver when a dockerd answers (or can be started), otherwise with the
+``process`` driver and a notice saying so; ``--hollow-nodes N`` instead starts one agent
+process serving N simulated nodes; ``--no-agent`` starts none (agents join from
+elsewhere); ``--nodes N`` builds N network-namespace nodes on one underlay bridge, each
+running its own agent (``netnodes``). ``up`` waits until the agents' nodes report ready.
+
+``down`` also removes what the cluster left besides processes (``leftovers``): the
+workloads of its nodes (containers by their ``shoal.io/node`` label, process-driver
+tasks) and the namespaces and bridge of ``--nodes``, all recorded in ``cluster.json``.
 
 Processes are identified by pid *and* start time (from ``/proc``), so a stale
 ``cluster.json`` whose pids were reused by unrelated processes is never mistaken for a
@@ -14,7 +25,9 @@ running cluster, and ``down`` never signals a stranger.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -24,11 +37,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from shoal.cli import common, console, errors
-from shoal.store import etcd_server
+from shoal.cli import common, console, errors, leftovers, netnodes
+from shoal.store import client, etcd_server
 
 STATE_FILE = "cluster.json"
 DEFAULT_ETCD_PORT = 2379
@@ -36,6 +50,9 @@ DEFAULT_ETCD_PORT = 2379
 # long enough to import, connect to etcd and fail loudly if it is going to.
 MANAGER_GRACE = 1.0
 STOP_GRACE = 10.0
+# How long `up` waits for the agents' nodes to report ready before warning.
+NODES_READY_TIMEOUT = 20.0
+HOLLOW_AGENT_NAME = "hollow"
 
 
 def default_state_dir() -> Path:
@@ -45,15 +62,27 @@ def default_state_dir() -> Path:
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     up = sub.add_parser(
-        "up", parents=parents, help="start a local cluster (etcd + controller-manager)",
-        description="Start a local cluster: an etcd with its data in the state dir and the "
-                    "controller-manager. Runs until Ctrl-C, or in the background with -d.")
+        "up", parents=parents, help="start a local cluster (etcd, controllers, a node)",
+        description="Start a local cluster: an etcd with its data in the state dir, the "
+                    "controller-manager and a node agent (docker runtime when dockerd is "
+                    "available, else process; or --hollow-nodes N simulated nodes). Runs "
+                    "until Ctrl-C, or in the background with -d.")
     _state_dir_flag(up)
     up.add_argument("-d", "--detach", action="store_true",
                     help="start in the background and return; stop with `swctl down`")
     up.add_argument("--etcd-port", type=int, default=DEFAULT_ETCD_PORT, metavar="N",
                     help=f"client port of the local etcd (default {DEFAULT_ETCD_PORT}; the "
                          "peer port is N+1 when free)")
+    nodes = up.add_mutually_exclusive_group()
+    nodes.add_argument("--hollow-nodes", type=_positive, metavar="N",
+                       help="instead of the local node, N simulated nodes (hollow-0..N-1) "
+                            "served by one agent process, for trying scheduling at scale")
+    nodes.add_argument("--runtime", choices=("auto", "docker", "process"), default="auto",
+                       help="how the local node runs tasks (default auto: docker when dockerd "
+                            "answers or can be started, else process)")
+    nodes.add_argument("--no-agent", action="store_true",
+                       help="start no node agent (nodes join with `swctl agent`)")
+    netnodes.add_flags(up)
     up.set_defaults(func=run_up, error_code=1)
     down = sub.add_parser(
         "down", parents=parents, help="stop the local cluster started by `swctl up`",
@@ -65,6 +94,17 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     down.add_argument("--timeout", type=float, default=STOP_GRACE, metavar="SECONDS",
                       help=f"grace period before SIGKILL (default {STOP_GRACE:g})")
     down.set_defaults(func=run_down, error_code=1)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'invalid count "{text}": expected a whole number '
+                                         ">= 1")
+    return value
 
 
 def _state_dir_flag(p: argparse.ArgumentParser) -> None:
@@ -174,6 +214,10 @@ class ClusterState:
     # Set by `down` before it signals anything, so a foreground `up` watching its
     # children knows their deaths are a requested stop, not a crash.
     stopping: bool = False
+    # Nodes whose workloads (containers, process tasks) `down` removes, and the
+    # `--nodes` underlay (netnodes.Underlay.record()) it tears down.
+    nodes: list[str] = dataclasses.field(default_factory=list)
+    underlay: dict[str, Any] | None = None
 
     @property
     def path(self) -> Path:
@@ -182,7 +226,8 @@ class ClusterState:
     def save(self) -> None:
         data = {"etcd": self.etcd, "prefix": self.prefix, "detached": self.detached,
                 "ownerPid": self.owner_pid, "stopping": self.stopping,
-                "processes": [c.record() for c in self.processes]}
+                "processes": [c.record() for c in self.processes],
+                "nodes": self.nodes, "underlay": self.underlay}
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2) + "\n")
         tmp.replace(self.path)  # atomic: a concurrent `down` never reads half a file
@@ -202,10 +247,15 @@ class ClusterState:
                    detached=bool(data.get("detached", True)),
                    owner_pid=int(data.get("ownerPid", 0)),
                    processes=[Child.from_record(p) for p in data.get("processes") or []],
-                   stopping=bool(data.get("stopping", False)))
+                   stopping=bool(data.get("stopping", False)),
+                   nodes=[str(n) for n in data.get("nodes") or []],
+                   underlay=data.get("underlay") or None)
 
     def running(self) -> list[Child]:
         return [c for c in self.processes if c.alive()]
+
+    def has_leftovers(self) -> bool:
+        return bool(self.nodes or self.underlay)
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -231,26 +281,28 @@ def _log_tail(path: str, lines: int = 15) -> list[str]:
     return ["  " + line for line in text.splitlines()[-lines:]]
 
 
-def _start_etcd(state_dir: Path, port: int) -> Child:
+def _start_etcd(state: ClusterState, port: int, extra_hosts: tuple[str, ...] = ()) -> Child:
     if not _port_free(port):
         raise errors.CliError(
             f"port {port} on 127.0.0.1 is already in use (another etcd?): start on another "
             f"port with --etcd-port N, or use the running etcd with --etcd "
             f"http://127.0.0.1:{port} instead of `swctl up`")
     peer = port + 1 if _port_free(port + 1) else etcd_server.free_port()
-    log = state_dir / "logs" / "etcd.log"
-    server = etcd_server.EtcdServer(state_dir / "etcd", client_port=port, peer_port=peer,
-                                    log_path=log)
+    log = state.state_dir / "logs" / "etcd.log"
+    server = etcd_server.EtcdServer(state.state_dir / "etcd", client_port=port,
+                                    peer_port=peer, log_path=log, extra_hosts=extra_hosts)
     argv = server.command()  # raises EtcdNotInstalledError with the apt-get hint
+    child = start_process("etcd", argv, log)
+    # Recorded before waiting for it: an `up` killed meanwhile leaves no etcd behind.
+    state.processes.append(child)
+    state.save()
+    server.proc = child.popen
     try:
-        server.start()
+        server.wait_ready()
     except RuntimeError as exc:
-        server.kill()
         raise errors.CliError([f"etcd did not start: {str(exc).splitlines()[0]}",
                                f"  log: {log}", *_log_tail(str(log))]) from None
-    assert server.proc is not None
-    return Child("etcd", server.proc.pid, argv, str(log), start_time(server.proc.pid),
-                 popen=server.proc)
+    return child
 
 
 def start_process(name: str, argv: list[str], log: Path) -> Child:
@@ -270,14 +322,200 @@ def _start_manager(state: ClusterState) -> Child:
     # Recorded before the grace period, so an interrupted `up` stops it too.
     state.processes.append(child)
     state.save()
+    _survives_start(child, "controller-manager", log)
+    return child
+
+
+# --- agents ---
+
+@dataclasses.dataclass
+class AgentPlan:
+    """One agent process ``up`` starts: its name in cluster.json, the agent's own flags
+    (after ``swctl agent``), the nodes it will register, and how to describe it."""
+
+    name: str
+    flags: list[str]
+    nodes: list[str]
+    summary: str
+    # Runs the agent somewhere else, e.g. inside a node's namespace (netnodes.agent_argv).
+    wrap: Callable[[list[str]], list[str]] | None = None
+    etcd: str | None = None  # the etcd URL as the agent reaches it (default: state.etcd)
+    workloads: bool = True  # its nodes run real workloads that `down` must remove
+
+
+def _notice(text: str) -> None:
+    console.out(f"! {text}")
+
+
+def _local_runtime(choice: str) -> str:
+    """``docker`` if a dockerd answers or can be started (and then the test image is made
+    sure of), else ``process`` with a notice. An explicit ``--runtime docker`` that cannot
+    be honoured is an error instead."""
+    if choice == "process":
+        return "process"
+    try:
+        from shoal.agent import dockerd
+    except ImportError as exc:
+        if choice == "docker":
+            raise errors.CliError(f"--runtime docker: the docker driver is not available "
+                                  f"({exc})") from None
+        _notice(f"the docker driver is not available ({exc}); tasks run with the process "
+                "runtime instead")
+        return "process"
+    try:
+        with console.Spinner("looking for dockerd (starting it if needed)"):
+            url = dockerd.ensure_dockerd()
+    except dockerd.DockerdError as exc:
+        if choice == "docker":
+            raise errors.CliError(f"--runtime docker: {exc}") from None
+        _notice(f"no dockerd ({str(exc).splitlines()[0]}); tasks run with the process "
+                "runtime instead (pass --runtime docker to insist)")
+        return "process"
+    console.out(f"{console.OK} dockerd ready at {url}")
+    _ensure_image(url)
+    return "docker"
+
+
+def _ensure_image(url: str) -> None:
+    """Make sure the example image exists; a failure is a notice, not fatal: services
+    with other, present images still run."""
+    try:
+        from shoal.agent import image
+    except ImportError as exc:
+        _notice(f"cannot check the test image ({exc})")
+        return
+    try:
+        with console.Spinner(f"making sure the image {image.TEST_IMAGE} exists"):
+            built = image.ensure_test_image_at(url)
+    except Exception as exc:  # any docker/build failure: tell, and carry on
+        _notice(f"could not build the image {image.TEST_IMAGE}: {exc}; services using it "
+                "will be rejected until it exists (python -m shoal.agent.image)")
+        return
+    console.out(f"{console.OK} image {image.TEST_IMAGE} "
+                f"{'built' if built else 'present'}")
+
+
+def plan_agents(args: argparse.Namespace, state: ClusterState) -> list[AgentPlan]:
+    """The agents ``up`` starts, by flag.
+
+    ``--nodes N``: ``run_up`` has built the namespaces and bridge (``_build_underlay``,
+    before etcd, which must listen on the bridge) and recorded them in ``state.underlay``;
+    here each namespace gets an AgentPlan with its ``--address``, started inside it
+    (``AgentPlan.wrap``) and pointed at etcd's bridge address (``AgentPlan.etcd``).
+    ``down`` removes the underlay and the nodes' workloads (``leftovers``).
+    """
+    if args.no_agent:
+        return []
+    if state.underlay is not None:
+        return _netnode_plans(args, netnodes.Underlay.from_record(state.underlay))
+    if args.hollow_nodes:
+        count = args.hollow_nodes
+        names = [f"{HOLLOW_AGENT_NAME}-{i}" for i in range(count)]
+        return [AgentPlan(HOLLOW_AGENT_NAME,
+                          ["--runtime", "hollow", "--count", str(count), "--name",
+                           HOLLOW_AGENT_NAME], names,
+                          f"{count} hollow node{'s' if count != 1 else ''}",
+                          workloads=False)]
+    host = socket.gethostname()
+    runtime = _local_runtime(args.runtime)
+    return [AgentPlan(f"agent-{host}", ["--runtime", runtime, "--name", host, "--role",
+                                        "manager"], [host],
+                      f"node {host}, runtime {runtime}")]
+
+
+def _netnode_plans(args: argparse.Namespace, underlay: netnodes.Underlay) -> list[AgentPlan]:
+    """One agent per namespace node, started inside it; the first node is a manager,
+    as the first node of a Swarm is."""
+    runtime = _local_runtime(args.runtime)
+    etcd = underlay.etcd_url(args.etcd_port)
+    plans = []
+    for i, node in enumerate(underlay.nodes):
+        role = "manager" if i == 0 else "worker"
+        plans.append(AgentPlan(
+            f"agent-{node.name}",
+            ["--runtime", runtime, "--name", node.name, "--address", node.address,
+             "--role", role], [node.name],
+            f"node {node.name} at {node.address}, runtime {runtime}",
+            wrap=functools.partial(netnodes.agent_argv, node), etcd=etcd))
+    return plans
+
+
+def _build_underlay(args: argparse.Namespace, state: ClusterState) -> netnodes.Underlay:
+    """``--nodes N``: the bridge and N namespaces, recorded in cluster.json *before*
+    each is made, so an interrupted ``up`` leaves nothing ``down`` cannot find."""
+    if args.hollow_nodes or args.no_agent:
+        raise errors.CliError("--nodes cannot be combined with --hollow-nodes or --no-agent")
+    try:
+        netnodes.require_root()
+        underlay = netnodes.plan(args.nodes, args.underlay, args.bridge, args.node_prefix)
+        netnodes.check_free(underlay)
+        state.underlay = underlay.record()
+        state.save()
+        netnodes.build_bridge(underlay)
+        for node in underlay.nodes:
+            netnodes.build_node(underlay, node)
+    except netnodes.NetNodesError as exc:
+        raise errors.CliError(f"cannot build {args.nodes} nodes: {exc}") from None
+    return underlay
+
+
+def _start_agent(state: ClusterState, plan: AgentPlan) -> Child:
+    log = state.state_dir / "logs" / f"{plan.name}.log"
+    argv = [sys.executable, "-m", "shoal.cli", "--etcd", plan.etcd or state.etcd,
+            "--prefix", state.prefix, "agent", *plan.flags]
+    if plan.wrap is not None:
+        argv = plan.wrap(argv)
+    if plan.workloads:
+        # Recorded before the agent can start anything, so `down` removes what it runs.
+        state.nodes += [n for n in plan.nodes if n not in state.nodes]
+    child = start_process(plan.name, argv, log)
+    state.processes.append(child)
+    state.save()
+    return child
+
+
+def _survives_start(child: Child, what: str, log: Path) -> None:
     deadline = time.monotonic() + MANAGER_GRACE
     while time.monotonic() < deadline and child.alive():
         time.sleep(0.05)
     if not child.alive():
         code = child.popen.returncode if child.popen else "?"
-        raise errors.CliError([f"the controller-manager exited at start-up (exit code {code})",
+        raise errors.CliError([f"the {what} exited at start-up (exit code {code})",
                                f"  log: {log}", *_log_tail(str(log))])
-    return child
+
+
+async def _ready_nodes(etcd: str, prefix: str, names: list[str], timeout: float) -> set[str]:
+    """Poll until every node in ``names`` reports ready; returns those that did."""
+    from shoal.crds import kinds
+
+    info = kinds.Registry.builtin().lookup("nodes")
+    store = await client.Store.connect(etcd, prefix=prefix)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            nodes, _ = await store.list(info)
+            ready = {n.name for n in nodes if n.status.get("state") == "ready"} & set(names)
+            if len(ready) == len(set(names)) or time.monotonic() >= deadline:
+                return ready
+            await asyncio.sleep(0.1)
+    finally:
+        await store.close()
+
+
+def _wait_nodes(state: ClusterState, plans: list[AgentPlan], timeout: float) -> None:
+    names = [n for p in plans for n in p.nodes]
+    if not names:
+        return
+    with console.Spinner(f"waiting for {len(names)} node{'s' if len(names) > 1 else ''}"):
+        ready = asyncio.run(_ready_nodes(state.etcd, state.prefix, names, timeout))
+    missing = [n for n in names if n not in ready]
+    if not missing:
+        what = f"node {names[0]}" if len(names) == 1 else f"{len(names)} nodes"
+        console.out(f"{console.OK} {what} ready")
+        return
+    logs = ", ".join(str(state.state_dir / "logs" / f"{p.name}.log") for p in plans)
+    _notice(f"{len(missing)} of {len(names)} nodes not ready after {timeout:g}s "
+            f"({', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}); see {logs}")
 
 
 def _hints(state: ClusterState) -> list[str]:
@@ -286,7 +524,8 @@ def _hints(state: ClusterState) -> list[str]:
         lines.append(f"  export SHOAL_ETCD={state.etcd}")
     if state.prefix != common.DEFAULT_PREFIX:
         lines.append(f"  export SHOAL_PREFIX={state.prefix}")
-    return [*lines, "  swctl apply -f deploy/examples/stack.yaml", "  swctl get services -A"]
+    return [*lines, "  swctl node ls", "  swctl apply -f deploy/examples/stack.yaml",
+            "  swctl get services -A"]
 
 
 def run_up(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
@@ -300,20 +539,38 @@ def run_up(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
                         f"{existing.etcd}; {pids}); stop it with `swctl down --state-dir "
                         f"{state_dir}`")
             return 0
-        existing.remove()  # left over from a cluster that died without `down`
+        # Left over from a cluster that died without `down`: clear what it left.
+        _remove_leftovers(existing, quiet=True)
+        existing.remove()
     (state_dir / "logs").mkdir(parents=True, exist_ok=True)
     # SIGTERM during start-up unwinds like Ctrl-C, through the clean-up below.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     url = f"http://127.0.0.1:{args.etcd_port}"
     state = ClusterState(state_dir, url, opts.prefix, args.detach, os.getpid(), [])
     try:
+        extra_hosts: tuple[str, ...] = ()
+        if args.nodes:
+            with console.Spinner(f"building {args.nodes} network-namespace nodes"):
+                underlay = _build_underlay(args, state)
+            console.out(f"{console.OK} {len(underlay.nodes)} nodes on bridge "
+                        f"{underlay.bridge} ({underlay.subnet}; host {underlay.host_address})")
+            extra_hosts = (underlay.host_address,)  # so agents in the namespaces reach etcd
         with console.Spinner(f"starting etcd on port {args.etcd_port}"):
-            state.processes.append(_start_etcd(state_dir, args.etcd_port))
-        state.save()  # recorded at once, so `down` can clean up an interrupted `up`
-        console.out(f"{console.OK} etcd ready at {url} (data in {state_dir / 'etcd'})")
+            _start_etcd(state, args.etcd_port, extra_hosts)
+        where = " and ".join([url, *(f"http://{h}:{args.etcd_port}" for h in extra_hosts)])
+        console.out(f"{console.OK} etcd ready at {where} (data in {state_dir / 'etcd'})")
         with console.Spinner("starting controller-manager"):
             manager = _start_manager(state)
         console.out(f"{console.OK} controller-manager running (pid {manager.pid})")
+        plans = plan_agents(args, state)
+        # All started first, then checked together: N agents cost one grace period.
+        started = [(plan, _start_agent(state, plan)) for plan in plans]
+        with console.Spinner(f"starting {len(plans)} agent{'s' if len(plans) != 1 else ''}"):
+            for plan, agent in started:
+                _survives_start(agent, plan.name, Path(agent.log))
+        for plan, agent in started:
+            console.out(f"{console.OK} agent running ({plan.summary}; pid {agent.pid})")
+        _wait_nodes(state, plans, NODES_READY_TIMEOUT)
     except BaseException:
         _stop_all(state, STOP_GRACE, quiet=True)
         raise
@@ -378,7 +635,17 @@ def _stop_all(state: ClusterState, grace: float, quiet: bool = False) -> None:
         if was_alive and not quiet:
             how = " (killed after the grace period)" if killed else ""
             console.out(f"{console.OK} {child.name} stopped (pid {child.pid}){how}")
+    _remove_leftovers(state, quiet)
     state.remove()
+
+
+def _remove_leftovers(state: ClusterState, quiet: bool) -> None:
+    """Workloads of the cluster's nodes and the ``--nodes`` underlay (``leftovers``)."""
+    if not state.has_leftovers():
+        return
+    for line in leftovers.remove_all(state.nodes, state.underlay, _notice):
+        if not quiet:
+            console.out(f"{console.OK} {line}")
 
 
 # --- down ---
@@ -389,6 +656,8 @@ def run_down(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     if state is None or not state.running():
         console.out(f"no cluster is running from {state_dir}")
         if state is not None:
+            # Its processes are gone, but containers, tasks or namespaces may not be.
+            _remove_leftovers(state, quiet=False)
             state.remove()
     else:
         state.stopping = True

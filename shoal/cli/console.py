@@ -4,6 +4,10 @@ Results (``service/web created``, tables, YAML) go to stdout unadorned, flushed 
 line so pipes and ``get -w`` readers see them at once. Progress (spinners, counters) is
 drawn with rich on stderr, and only when both stdout and stderr are terminals: tests and
 scripts capture output and must get exactly the results, nothing interleaved.
+
+The one exception is the convergence report of ``apply`` and ``scale`` (``converge``):
+waiting is what those verbs were asked to do, so their progress is a result and goes to
+stdout — redrawn in place on a terminal, one line per change otherwise.
 """
 
 from __future__ import annotations

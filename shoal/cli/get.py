@@ -4,6 +4,10 @@ The list is one consistent snapshot (one etcd revision); ``-w`` then watches fro
 that revision, so no change between the list and the watch is lost or shown twice. In
 watch mode every change prints one row aligned with the table above it, as kubectl does,
 until SIGINT or SIGTERM, which end the command quietly with exit code 0.
+
+Services show REPLICAS as ``running/desired`` like ``docker service ls``. No field holds
+that: it is counted from one listing of the tasks of the same namespaces (re-counted for
+each row ``-w`` prints), so it can never be stale in etcd.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from shoal.cli import common, console, errors, printers
+from shoal.cli import common, console, errors, printers, taskview
 from shoal.crds import kinds, resource, selectors
 from shoal.store import client, watch
 
@@ -98,17 +103,45 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
             objs = [o for o in objs if o.name == args.name]
             if not objs:
                 raise not_found(info, args.name, namespace)
+        replicas = ReplicaCounts(store, namespace) if _counts_replicas(
+            info, args.output) else None
+        if replicas is not None and objs:
+            await replicas.refresh()
         printer = printers.TablePrinter(info, wide=args.output == "wide",
                                         all_namespaces=args.all_namespaces,
-                                        color=console.stdout_is_tty())
+                                        color=console.stdout_is_tty(),
+                                        overrides=replicas.overrides() if replicas else None)
         if objs or args.output in ("json", "yaml"):
             console.out(printers.format_objects(info, objs, args.output,
                                                 single=bool(args.name), printer=printer))
         elif not args.watch:
             _nothing_found(namespace)
         if args.watch:
-            await _watch(store, info, namespace, selector, args, printer, objs, revision)
+            await _watch(store, info, namespace, selector, args, printer, objs, revision,
+                         before_row=replicas.refresh if replicas else None)
     return 0
+
+
+def _counts_replicas(info: kinds.KindInfo, output: str) -> bool:
+    return info.kind == "Service" and output in ("table", "wide")
+
+
+class ReplicaCounts:
+    """The REPLICAS cell of services, counted from the tasks of ``namespace`` (None:
+    all namespaces) with one list call per refresh."""
+
+    def __init__(self, store: client.Store, namespace: str | None) -> None:
+        self._store = store
+        self._tasks = kinds.Registry.builtin().lookup("tasks")
+        self._namespace = namespace
+        self.counts: dict[taskview.ServiceKey, tuple[int, int]] = {}
+
+    async def refresh(self) -> None:
+        tasks, _ = await self._store.list(self._tasks, self._namespace)
+        self.counts = taskview.replica_counts(tasks)
+
+    def overrides(self) -> dict[str, printers.CellOverride]:
+        return {"REPLICAS": lambda obj: taskview.replicas_cell(obj, self.counts)}
 
 
 def _nothing_found(namespace: str | None) -> None:
@@ -134,9 +167,17 @@ async def _several(store: client.Store, infos: list[kinds.KindInfo],
     sections = []
     for info, objs in found:
         if objs:
+            overrides = None
+            if _counts_replicas(info, args.output):
+                namespace = (None if args.all_namespaces
+                             else common.namespace_for(info, args.namespace))
+                replicas = ReplicaCounts(store, namespace)
+                await replicas.refresh()
+                overrides = replicas.overrides()
             printer = printers.TablePrinter(info, wide=args.output == "wide",
                                             all_namespaces=args.all_namespaces,
-                                            color=console.stdout_is_tty(), qualify=True)
+                                            color=console.stdout_is_tty(), qualify=True,
+                                            overrides=overrides)
             sections.append(printers.format_objects(info, objs, args.output, single=False,
                                                     printer=printer))
     if sections:
@@ -148,12 +189,16 @@ async def _several(store: client.Store, infos: list[kinds.KindInfo],
 async def _watch(store: client.Store, info: kinds.KindInfo, namespace: str | None,
                  selector: selectors.Selector, args: argparse.Namespace,
                  printer: printers.TablePrinter, objs: list[resource.Resource],
-                 revision: int) -> None:
-    """Print every change after ``revision`` until SIGINT/SIGTERM."""
+                 revision: int,
+                 before_row: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Print every change after ``revision`` until SIGINT/SIGTERM; ``before_row`` runs
+    before each row is printed (to re-count computed columns)."""
     known: dict[tuple[str | None, str], resource.Resource] = {
         (o.namespace, o.name): o for o in objs}
 
-    def show(obj: resource.Resource) -> None:
+    async def show(obj: resource.Resource) -> None:
+        if before_row is not None:
+            await before_row()
         if args.output in ("json", "yaml"):
             text = printers.format_objects(info, [obj], args.output, single=True)
             console.out(("---\n" + text) if args.output == "yaml" else text)
@@ -173,19 +218,19 @@ async def _watch(store: client.Store, info: kinds.KindInfo, namespace: str | Non
                 for obj in event.objects:
                     if wanted(obj):
                         known[(obj.namespace, obj.name)] = obj
-                        show(obj)
+                        await show(obj)
                 continue
             assert event.obj is not None
             key = (event.obj.namespace, event.obj.name)
             if event.type == watch.DELETED:
                 last = known.pop(key, None)
                 if last is not None:
-                    show(last)  # kubectl prints the object's last state on deletion
+                    await show(last)  # kubectl prints the object's last state on deletion
             elif wanted(event.obj):
                 known[key] = event.obj
-                show(event.obj)
+                await show(event.obj)
             elif known.pop(key, None) is not None:
-                show(event.obj)  # it stopped matching the selector: its last change
+                await show(event.obj)  # it stopped matching the selector: its last change
 
     task = asyncio.ensure_future(follow())
     loop = asyncio.get_running_loop()

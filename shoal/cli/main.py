@@ -19,6 +19,7 @@ from typing import NoReturn
 import structlog
 
 from shoal.cli import (
+    agent,
     apply,
     cluster,
     common,
@@ -27,7 +28,12 @@ from shoal.cli import (
     diff,
     errors,
     get,
+    logs,
     manager,
+    network,
+    node,
+    scale,
+    service,
 )
 
 
@@ -65,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "run a local cluster.",
         epilog="Run `swctl VERB --help` for the flags of a verb.")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for module in (apply, get, describe, delete, diff, cluster, manager):
+    for module in (apply, get, describe, delete, diff, scale, service, logs, node, network,
+                   cluster, manager, agent):
         module.add_parser(sub, [flags])
     return parser
 
@@ -80,8 +87,16 @@ def _quiet_logging() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    raw = list(sys.argv[1:] if argv is None else argv)
+    agent_argv = agent.split_agent_argv(raw)
+    if agent_argv is not None:
+        # The agent parses its own flags; argparse here would reject them.
+        try:
+            return agent.run(agent_argv)
+        except errors.CliError as exc:
+            return errors.report(exc)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(raw)
     if args.verb is None:
         parser.print_help(sys.stderr)
         return 1

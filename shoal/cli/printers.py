@@ -14,7 +14,7 @@ import datetime
 import io
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -222,13 +222,20 @@ def render_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *,
     return text, widths
 
 
+#: Computes one cell from the object instead of the column's JSONPath (``get services``
+#: shows REPLICAS as running/desired, counted from the tasks, which no field holds).
+CellOverride = Callable[[resource.Resource], str]
+
+
 class TablePrinter:
     """Rows of one kind as ``get`` prints them, remembering widths for ``get -w``."""
 
     def __init__(self, info: kinds.KindInfo, wide: bool = False,
                  all_namespaces: bool = False, color: bool = False,
-                 qualify: bool = False) -> None:
+                 qualify: bool = False,
+                 overrides: Mapping[str, CellOverride] | None = None) -> None:
         self.info = info
+        self.overrides = dict(overrides or {})  # by column header
         self.qualify = qualify  # NAME as kind/name, when several kinds share the output
         self.columns = columns_for(info, wide)
         self.with_namespace = all_namespaces and info.namespaced
@@ -247,7 +254,8 @@ class TablePrinter:
         head = [obj.namespace or NONE] if self.with_namespace else []
         name = name_of(self.info, obj) if self.qualify else obj.name
         return [*head, name,
-                *(cell(jsonpath(data, c.json_path), c.type, now) for c in self.columns),
+                *(self.overrides[c.header](obj) if c.header in self.overrides
+                  else cell(jsonpath(data, c.json_path), c.type, now) for c in self.columns),
                 age(obj.metadata.creationTimestamp, now)]
 
     def render(self, objs: Sequence[resource.Resource]) -> str:

@@ -316,6 +316,8 @@ def _socket(kind: socket.SocketKind, netns: str | None) -> socket.socket:
         sock = socket.socket(socket.AF_INET, kind)
     else:
         from pyroute2.netns import create_socket
+
+        from shoal.net import forksafe  # noqa: F401 - see its docstring
         path = netns if "/" in netns else f"/var/run/netns/{netns}"
         sock = create_socket(path, socket.AF_INET, kind, flags=0)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -14,6 +14,7 @@ backend's network, so replies return through the node whose conntrack translated
 from __future__ import annotations
 
 import abc
+import concurrent.futures
 import ipaddress
 import os
 import socket
@@ -114,15 +115,25 @@ class LoadBalancer(abc.ABC):
 
 def ipvs_available(netns: str | None = None) -> bool:
     """True when the kernel offers IPVS: /proc/net/ip_vs exists (module loaded or built
-    in) or the generic-netlink family ``IPVS`` resolves (the module may be auto-loaded)."""
+    in) or the generic-netlink family ``IPVS`` resolves (resolving it makes the kernel
+    load the module on demand, as on a fresh node)."""
     if netns is None and os.path.exists("/proc/net/ip_vs"):
         return True
+    # pyroute2's synchronous sockets run their own event loop and fail inside a running
+    # one ("This event loop is already running") -- which the agent's start-up is. A
+    # worker thread has no loop, so the probe behaves the same from sync and async code.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(_probe_ipvs_family, netns).result()
+
+
+def _probe_ipvs_family(netns: str | None) -> bool:
     try:
         from pyroute2 import IPVS
     except ImportError:  # pragma: no cover - pyroute2 is a dependency
         return False
     try:
-        ipvs = IPVS(netns=netns) if netns else IPVS()
+        path = None if netns is None else netns if "/" in netns else f"/var/run/netns/{netns}"
+        ipvs = IPVS(netns=path, flags=0) if path else IPVS()
     except Exception:  # pyroute2 raises NetlinkError/OSError when the family is unknown
         return False
     try:

@@ -9,28 +9,51 @@ kube-proxy's IPVS modes:
 * IPVS only sees packets addressed to a local address, so each VIP is added as a /32 to a
   dummy device ``shoal-ipvs0``. VIPs are off-link (ipam.py): no host ever ARPs for them,
   so the local address is never announced on an overlay;
-* a published ingress port (vip None) is a firewall-mark service: a tiny nftables table
-  ``ip shoal_ipvs`` marks packets to a local address on that port with the service's mark;
-* replies must come back through this node, so VIP traffic is marked and masqueraded in
-  that same nftables table, which needs ``net.ipv4.vs.conntrack=1`` (IPVS then keeps
-  conntrack entries that nftables NAT can act on).
+* a published ingress port (vip None) is a firewall-mark service whose mark a small
+  netfilter companion sets on packets to a local address on that port;
+* replies must come back through this node, so VIP traffic is masqueraded by that same
+  companion, which needs ``net.ipv4.vs.conntrack=1`` (IPVS then keeps conntrack entries
+  that netfilter NAT can act on).
+
+The netfilter companion comes in two flavours, chosen at the first sync:
+
+* ``nftables`` (preferred): a table ``ip shoal_ipvs`` with a set of VIPs and a map of
+  published ports to marks; VIP packets get a mark bit that postrouting masquerades on;
+* ``iptables`` (``iptables-legacy``): for kernels that have IPVS and x_tables but no
+  nf_tables for the ``ip`` family -- Debian's user-mode-linux kernel, where this backend
+  is tested, is one. Masquerading there needs no per-VIP rule: the ``ipvs`` match
+  (``-m ipvs --ipvs --vdir ORIGINAL --vmethod MASQ``) picks IPVS's own connections, as
+  Docker's ingress sandbox does; published ports are one MARK rule each.
 
 Ownership after a restart: a VIP service is Shoal's when its address is on the dummy
 device; a fwmark service when its mark carries :data:`FWMARK_BASE`. Nothing else in the
 IPVS table is touched.
 
-This kernel-facing part is exercised under user-mode-linux; the message construction
-(``service_fields``, ``dest_fields``) is pure and unit-tested.
+Changes are proportional to what changed: ``update_service`` reads back and rewrites only
+that service (one service lookup and one real-server dump through pyroute2), and adds or
+removes only its VIP address and companion element; ``sync`` is the full, level-triggered
+repair: it reads the whole table from /proc/net/ip_vs and sends the difference as batched
+netlink commands (ipvs_netlink.py -- one pyroute2 request per command would take minutes
+at 10,000 services).
+
+Tested for real under user-mode-linux (tests/e2e/test_lb_ipvs_uml.py) -- this machine's
+kernel has no IPVS; message construction and companion rendering are unit-tested.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
+import errno
 import ipaddress
+import shutil
 import socket
 from collections.abc import Iterable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
+from shoal.net import ipvs_netlink
+from shoal.net.ipvs_netlink import NetlinkBatch, run_in_netns
 from shoal.net.lb import (
     Backend,
     BackendName,
@@ -40,7 +63,7 @@ from shoal.net.lb import (
     VirtualService,
     protocol_number,
 )
-from shoal.net.nft import NftRunner
+from shoal.net.nft import NftError, NftRunner
 
 DUMMY = "shoal-ipvs0"
 SCHEDULER = "rr"
@@ -51,6 +74,10 @@ MASQ_MARK = 0x10000000
 FWMARK_BASE = MASQ_MARK
 FWMARK_UDP = 0x00010000
 NFT_TABLE = "ip shoal_ipvs"
+IPT_MARK_CHAIN = "SHOAL-IPVS-MARK"  # mangle: published-port marks
+IPT_MASQ_CHAIN = "SHOAL-IPVS-MASQ"  # nat: masquerade IPVS-forwarded traffic
+
+Netfilter = Literal["nftables", "iptables"]
 
 
 def fwmark_for(protocol: Protocol, port: int) -> int:
@@ -71,35 +98,117 @@ def service_fields(svc: VirtualService | ServiceKey) -> dict[str, Any]:
 
 def dest_fields(backend: Backend) -> dict[str, Any]:
     """IPVSDest keyword arguments: masquerading, weight 1."""
-    return {"addr": str(backend.ip), "port": backend.port, "fwd_method": FWD_MASQ,
+    return {"addr": backend.ip_text, "port": backend.port, "fwd_method": FWD_MASQ,
             "weight": 1}
 
+
+# ---- netfilter companion: rendering (pure) ------------------------------------------------
 
 def render_nft(services: Iterable[VirtualService]) -> str:
     """The marking/masquerading table for the IPVS backend (replaced atomically)."""
     m = f"{MASQ_MARK:#x}"
+    services = list(services)
     vips = sorted({s.vip for s in services if s.vip is not None})
     marks = sorted({(s.protocol, s.port) for s in services if s.vip is None})
     lines = [f"table {NFT_TABLE} {{}}", f"delete table {NFT_TABLE}", f"table {NFT_TABLE} {{",
              "  set vips { type ipv4_addr; }",
              "  map fwmarks { type inet_proto . inet_service : mark; }",
-             "  chain mark { ip daddr @vips meta mark set meta mark | " + m + "; "
-             "fib daddr type local ip daddr != 127.0.0.0/8 meta mark set "
-             "meta l4proto . th dport map @fwmarks; }",
+             "  chain tag { ip daddr @vips meta mark set meta mark | " + m + "; "
+             "fib daddr type local ip daddr != 127.0.0.0/8 ip daddr != @vips "
+             "meta mark set meta l4proto . th dport map @fwmarks; }",
              "  chain prerouting { type filter hook prerouting priority -150; "
-             "policy accept; jump mark; }",
+             "policy accept; jump tag; }",
              "  chain output { type route hook output priority -150; policy accept; "
-             "jump mark; }",
+             "jump tag; }",
              "  chain postrouting { type nat hook postrouting priority 100; policy accept; "
              f"meta mark & {m} == {m} meta mark set meta mark ^ {m} masquerade; }}",
              "}"]
     if vips:
         lines.append(f"add element {NFT_TABLE} vips {{ {', '.join(map(str, vips))} }}")
     if marks:
-        body = ", ".join(f"{p} . {port} : {fwmark_for(p, port):#x}" for p, port in marks)
+        body = ", ".join(_nft_mark_element(p, port) for p, port in marks)
         lines.append(f"add element {NFT_TABLE} fwmarks {{ {body} }}")
     return "\n".join(lines) + "\n"
 
+
+def _nft_mark_element(protocol: Protocol, port: int) -> str:
+    return f"{protocol} . {port} : {fwmark_for(protocol, port):#x}"
+
+
+def render_nft_change(*, vips_added: Iterable[ipaddress.IPv4Address] = (),
+                      vips_removed: Iterable[ipaddress.IPv4Address] = (),
+                      ports_added: Iterable[tuple[Protocol, int]] = (),
+                      ports_removed: Iterable[tuple[Protocol, int]] = ()) -> str:
+    """Element additions/removals for one change (empty string: nothing to do)."""
+    lines = []
+    if removed := sorted(vips_removed):
+        lines.append(f"delete element {NFT_TABLE} vips {{ {', '.join(map(str, removed))} }}")
+    if added := sorted(vips_added):
+        lines.append(f"add element {NFT_TABLE} vips {{ {', '.join(map(str, added))} }}")
+    if gone := sorted(ports_removed):
+        keys = ", ".join(f"{p} . {port}" for p, port in gone)
+        lines.append(f"delete element {NFT_TABLE} fwmarks {{ {keys} }}")
+    if new := sorted(ports_added):
+        body = ", ".join(_nft_mark_element(p, port) for p, port in new)
+        lines.append(f"add element {NFT_TABLE} fwmarks {{ {body} }}")
+    return "".join(f"{line}\n" for line in lines)
+
+
+def render_iptables(services: Iterable[VirtualService], *,
+                    jumps_present: Iterable[tuple[str, str]] = ()) -> str:
+    """``iptables-restore --noflush`` input owning two chains. Declaring a chain in a
+    restore file flushes it, so the chains are rewritten whole; the jumps from the
+    built-in chains are added only where ``jumps_present`` (table, chain) lacks them."""
+    have = set(jumps_present)
+    ports = sorted({(s.protocol, s.port) for s in services if s.vip is None})
+    mangle = ["*mangle", f":{IPT_MARK_CHAIN} - [0:0]"]
+    for proto, port in ports:
+        mangle.append(f"-A {IPT_MARK_CHAIN} -p {proto} -m {proto} --dport {port} "
+                      "-m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 "
+                      f"-j MARK --set-xmark {fwmark_for(proto, port):#x}/0xffffffff")
+    for builtin in ("PREROUTING", "OUTPUT"):
+        if ("mangle", builtin) not in have:
+            mangle.append(f"-A {builtin} -j {IPT_MARK_CHAIN}")
+    nat = ["*nat", f":{IPT_MASQ_CHAIN} - [0:0]",
+           f"-A {IPT_MASQ_CHAIN} -m ipvs --ipvs --vdir ORIGINAL --vmethod MASQ "
+           "-j MASQUERADE"]
+    if ("nat", "POSTROUTING") not in have:
+        nat.append(f"-A POSTROUTING -j {IPT_MASQ_CHAIN}")
+    return "\n".join([*mangle, "COMMIT", *nat, "COMMIT"]) + "\n"
+
+
+def iptables_jumps(saved: str) -> set[tuple[str, str]]:
+    """(table, built-in chain) pairs that already jump to our chains, from
+    ``iptables-save`` output."""
+    found: set[tuple[str, str]] = set()
+    table = ""
+    for line in saved.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+        parts = line.split()
+        if len(parts) == 4 and parts[0] == "-A" and parts[2] == "-j" and parts[3] in (
+                IPT_MARK_CHAIN, IPT_MASQ_CHAIN):
+            found.add((table, parts[1]))
+    return found
+
+
+def render_iptables_teardown(saved: str) -> str:
+    """Restore input removing our jumps and chains, given ``iptables-save`` output."""
+    tables: dict[str, list[str]] = {"mangle": [], "nat": []}
+    for table, chain in sorted(iptables_jumps(saved)):
+        target = IPT_MARK_CHAIN if table == "mangle" else IPT_MASQ_CHAIN
+        tables.setdefault(table, []).append(f"-D {chain} -j {target}")
+    for table, chain in (("mangle", IPT_MARK_CHAIN), ("nat", IPT_MASQ_CHAIN)):
+        if f":{chain} " in saved:
+            tables[table] += [f"-F {chain}", f"-X {chain}"]
+    out: list[str] = []
+    for table, lines in tables.items():
+        if lines:
+            out += [f"*{table}", *lines, "COMMIT"]
+    return "".join(f"{line}\n" for line in out)
+
+
+# ---- reading IPVS messages --------------------------------------------------------------
 
 def _service_key_of(msg_fields: dict[str, Any]) -> ServiceKey | None:
     """Key of a dumped IPVS service if it is Shoal's kind (VIP or Shoal fwmark)."""
@@ -112,6 +221,8 @@ def _service_key_of(msg_fields: dict[str, Any]) -> ServiceKey | None:
     addr, port = msg_fields.get("addr"), msg_fields.get("port")
     if addr is None or port is None:
         return None
+    if msg_fields.get("af", socket.AF_INET) != socket.AF_INET:
+        return None
     number = msg_fields.get("protocol")
     if number not in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
         return None
@@ -119,160 +230,497 @@ def _service_key_of(msg_fields: dict[str, Any]) -> ServiceKey | None:
             "tcp" if number == socket.IPPROTO_TCP else "udp")
 
 
-class IpvsLoadBalancer(LoadBalancer):
-    def __init__(self, netns: str | None = None) -> None:
+def dest_of_message(msg: Any) -> tuple[Backend, int]:
+    """(backend, forwarding method) of a dumped real-server message. pyroute2's
+    ``IPVSDest.from_message`` reports its own default ``fwd_method`` 3 whatever the
+    kernel said, so the attribute is read directly."""
+    nla = msg.get_attr("IPVS_CMD_ATTR_DEST")
+    backend = Backend(ipaddress.IPv4Address(nla.get_attr("IPVS_DEST_ATTR_ADDR")),
+                      int(nla.get_attr("IPVS_DEST_ATTR_PORT")))
+    return backend, int(nla.get_attr("IPVS_DEST_ATTR_FWD_METHOD"))
+
+
+def _netns_path(netns: str) -> str:
+    return netns if "/" in netns else f"/var/run/netns/{netns}"
+
+
+def _is_errno(exc: BaseException, *codes: int) -> bool:
+    return getattr(exc, "code", None) in codes
+
+
+# ---- netfilter companions -----------------------------------------------------------------
+
+class _Companion(abc.ABC):
+    name: Netfilter
+
+    @abc.abstractmethod
+    async def full(self, services: Sequence[VirtualService]) -> None:
+        """Make the companion hold exactly what ``services`` need."""
+
+    @abc.abstractmethod
+    async def change(self, services: Sequence[VirtualService], *,
+                     vips_added: set[ipaddress.IPv4Address],
+                     vips_removed: set[ipaddress.IPv4Address],
+                     ports_added: set[tuple[Protocol, int]],
+                     ports_removed: set[tuple[Protocol, int]]) -> None:
+        """Apply one change; ``services`` is the whole model after it (for a rebuild)."""
+
+    @abc.abstractmethod
+    async def teardown(self) -> None: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+
+class _NftCompanion(_Companion):
+    name: Netfilter = "nftables"
+
+    def __init__(self, runner: NftRunner) -> None:
+        self.runner = runner
+
+    async def probe(self) -> None:
+        """Raise NftError when this kernel cannot hold an ``ip`` family table."""
+        await self.runner.run(f"table {NFT_TABLE} {{}}\n")
+
+    async def full(self, services: Sequence[VirtualService]) -> None:
+        await self.runner.run(render_nft(services))
+
+    async def change(self, services: Sequence[VirtualService], *,
+                     vips_added: set[ipaddress.IPv4Address],
+                     vips_removed: set[ipaddress.IPv4Address],
+                     ports_added: set[tuple[Protocol, int]],
+                     ports_removed: set[tuple[Protocol, int]]) -> None:
+        script = render_nft_change(vips_added=vips_added, vips_removed=vips_removed,
+                                   ports_added=ports_added, ports_removed=ports_removed)
+        if not script:
+            return
+        try:
+            await self.runner.run(script)
+        except NftError:
+            # The table drifted (deleted, or elements changed by hand): rebuild it.
+            await self.full(services)
+
+    async def teardown(self) -> None:
+        await self.runner.run(f"table {NFT_TABLE} {{}}\ndelete table {NFT_TABLE}\n")
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+class _IptablesCompanion(_Companion):
+    name: Netfilter = "iptables"
+
+    def __init__(self, netns: str | None) -> None:
         self.netns = netns
-        self._nft = NftRunner(netns)
+        # Legacy explicitly: on a kernel without nf_tables for ``ip`` (the only reason to
+        # be here) the nft-based iptables fails exactly like nft does.
+        self.restore = shutil.which("iptables-legacy-restore") or "iptables-restore"
+        self.save = shutil.which("iptables-legacy-save") or "iptables-save"
+
+    async def _run(self, *argv: str, stdin: str | None = None) -> str:
+        if self.netns is not None:
+            argv = ("nsenter", f"--net={_netns_path(self.netns)}", *argv)
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)}: {err.decode().strip()}")
+        return out.decode()
+
+    async def _saved(self) -> str:
+        return (await self._run(self.save, "-t", "mangle")
+                + await self._run(self.save, "-t", "nat"))
+
+    async def probe(self) -> None:
+        await self._saved()
+
+    async def full(self, services: Sequence[VirtualService]) -> None:
+        saved = await self._saved()
+        await self._run(self.restore, "--noflush",
+                        stdin=render_iptables(services, jumps_present=iptables_jumps(saved)))
+
+    async def change(self, services: Sequence[VirtualService], *,
+                     vips_added: set[ipaddress.IPv4Address],
+                     vips_removed: set[ipaddress.IPv4Address],
+                     ports_added: set[tuple[Protocol, int]],
+                     ports_removed: set[tuple[Protocol, int]]) -> None:
+        # VIPs need no rule here (the ipvs match covers every IPVS connection); published
+        # ports are one rule each and few, so their chain is rewritten whole.
+        if ports_added or ports_removed:
+            await self.full(services)
+
+    async def teardown(self) -> None:
+        script = render_iptables_teardown(await self._saved())
+        if script:
+            await self._run(self.restore, "--noflush", stdin=script)
+
+
+# ---- the balancer -----------------------------------------------------------------------
+
+class UnsupportedServiceError(ValueError):
+    """A service this backend cannot program yet (see :func:`check_supported`)."""
+
+
+def check_supported(services: Iterable[VirtualService]) -> None:
+    """Refuse whole-VIP services (VIP with port 0, every port of the protocol), loudly.
+    IPVS schedules a port-0 VIP service only when it is persistent ("port zero only
+    supported in persistent services"), and persistence would pin each client to one
+    backend; the way to do it is a fwmark service per VIP, not written yet. Programming
+    them anyway would leave VIPs that silently drop every connection."""
+    bad = [s.describe() for s in services if s.vip is not None and s.port == 0]
+    if bad:
+        raise UnsupportedServiceError(
+            f"IPVS backend: whole-VIP (port 0) services are not supported yet: "
+            f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+
+
+class IpvsLoadBalancer(LoadBalancer):
+    """``netfilter`` forces the companion; None picks nftables when the kernel can hold
+    an ``ip`` table, else iptables-legacy."""
+
+    def __init__(self, netns: str | None = None, netfilter: Netfilter | None = None) -> None:
+        self.netns = netns
+        self._netns_path = None if netns is None else _netns_path(netns)
+        self._netfilter_choice = netfilter
+        self._companion: _Companion | None = None
+        self._sock: Any = None  # pyroute2 AsyncIPVS: single-service reads
+        self._writer: NetlinkBatch | None = None  # batched IPVS commands
+        self._addresses_writer: NetlinkBatch | None = None  # batched VIP addresses
         self._model: dict[ServiceKey, VirtualService] = {}
+        self._vip_refs: dict[ipaddress.IPv4Address, int] = {}
+        self._ports: set[tuple[Protocol, int]] = set()
         self._prepared = False
+        self._synced = False
 
     @property
     def backend_name(self) -> BackendName:
         return "ipvs"
 
     @property
+    def netfilter(self) -> Netfilter | None:
+        """The companion in use (None before the first sync)."""
+        return self._companion.name if self._companion is not None else None
+
+    @property
     def services(self) -> dict[ServiceKey, VirtualService]:
         return dict(self._model)
 
-    def _ipvs(self) -> Any:
-        from pyroute2.ipvs import AsyncIPVS
-        if self.netns is None:
-            return AsyncIPVS()
-        path = self.netns if "/" in self.netns else f"/var/run/netns/{self.netns}"
-        return AsyncIPVS(netns=path, flags=0)
-
-    def _iproute(self) -> Any:
-        from pyroute2 import AsyncIPRoute
-        if self.netns is None:
-            return AsyncIPRoute()
-        path = self.netns if "/" in self.netns else f"/var/run/netns/{self.netns}"
-        return AsyncIPRoute(netns=path, flags=0)
+    # ---- preparation ---------------------------------------------------------------------
 
     async def _prepare(self) -> None:
         if self._prepared:
             return
-        # IPVS keeps conntrack entries only when asked; masquerading needs them.
-        script = "echo 1 > /proc/sys/net/ipv4/vs/conntrack"
-        argv = ["sh", "-c", script]
-        if self.netns is not None:
-            path = self.netns if "/" in self.netns else f"/var/run/netns/{self.netns}"
-            argv = ["nsenter", f"--net={path}", *argv]
-        proc = await asyncio.create_subprocess_exec(*argv, stderr=asyncio.subprocess.PIPE)
-        _, err = await proc.communicate()
-        if proc.returncode != 0:
-            raise RuntimeError(f"cannot enable net.ipv4.vs.conntrack: {err.decode().strip()}")
+        from pyroute2.ipvs import AsyncIPVS
+        sock = (AsyncIPVS() if self._netns_path is None
+                else AsyncIPVS(netns=self._netns_path, flags=0))
+        try:
+            # Resolving the IPVS family loads ip_vs on demand; its sysctls appear only
+            # then, so conntrack is switched on after this and not before.
+            await sock.setup_endpoint()
+            self._writer = await asyncio.to_thread(NetlinkBatch, sock.prid, self._netns_path)
+            self._addresses_writer = await asyncio.to_thread(NetlinkBatch, None,
+                                                             self._netns_path)
+        except Exception:
+            sock.close()
+            raise
+        self._sock = sock
+        await asyncio.to_thread(run_in_netns, self._netns_path, _enable_conntrack)
+        self._companion = await self._pick_companion()
         self._prepared = True
 
+    async def _pick_companion(self) -> _Companion:
+        choice = self._netfilter_choice
+        nft_error: Exception | None = None
+        if choice in (None, "nftables"):
+            try:
+                nft = _NftCompanion(NftRunner(self.netns))
+            except NftError as exc:
+                nft_error = exc
+            else:
+                try:
+                    await nft.probe()
+                    return nft
+                except NftError as exc:
+                    nft.close()
+                    nft_error = exc
+            if choice == "nftables":
+                raise nft_error
+        ipt = _IptablesCompanion(self.netns)
+        try:
+            await ipt.probe()
+        except Exception as exc:
+            raise RuntimeError(f"no netfilter companion for IPVS: nftables: {nft_error}; "
+                               f"iptables: {exc}") from exc
+        return ipt
+
+    # ---- LoadBalancer --------------------------------------------------------------------
+
     async def sync(self, services: Sequence[VirtualService]) -> None:
+        check_supported(services)
         await self._prepare()
+        assert self._companion is not None
         want = {s.key: s for s in services}
-        await self._sync_vips({k[0] for k in want if k[0] is not None})
-        await self._nft.run(render_nft(want.values()))
-        async with self._ipvs() as ipvs:
-            have = await self._dump(ipvs)
-            for key in [k for k in have if k not in want]:
-                await self._del_service(ipvs, key)
-            for key, svc in want.items():
-                await self._sync_service(ipvs, svc, have.get(key))
-        self._model = want
+        if len(want) != len(services):
+            raise ValueError("duplicate services (same VIP, port and protocol) in sync")
+        vips = {k[0] for k in want if k[0] is not None}
+        # Addresses first (a new VIP's service is recognised as ours by its address),
+        # stale addresses last: a stale service is still ours while its address is there.
+        stale_vips = await self._sync_vips(vips, remove=False)
+        await self._companion.full(list(want.values()))
+        have = await self._read_kernel()
+        commands = [ipvs_netlink.del_service(service_id(k)) for k in have.keys() - want.keys()]
+        for key, svc in want.items():
+            commands += service_commands(svc, have.get(key))
+        await self._run(commands)
+        if stale_vips:
+            await self._sync_vips(vips, remove=True)
+        self._set_model(want)
+        self._synced = True
 
     async def update_service(self, service: VirtualService) -> None:
-        new_vip = service.vip is not None and service.vip not in {
-            k[0] for k in self._model}
-        new_mark = service.key not in self._model and service.vip is None
-        self._model[service.key] = service
-        if new_vip or new_mark or not self._prepared:
-            # A new VIP or published port changes the address list and the marks.
-            await self.sync(list(self._model.values()))
+        check_supported([service])
+        if not self._synced:
+            # Nothing is known about the kernel yet: a full sync takes over its state.
+            await self.sync([*(s for k, s in self._model.items() if k != service.key),
+                             service])
             return
-        async with self._ipvs() as ipvs:
-            have = await self._dump(ipvs)
-            await self._sync_service(ipvs, service, have.get(service.key))
+        assert self._companion is not None
+        vip_added = service.vip is not None and service.vip not in self._vip_refs
+        port = (service.protocol, service.port)
+        port_added = service.vip is None and port not in self._ports
+        if vip_added:
+            assert service.vip is not None
+            await self._add_address(service.vip)
+        after = {**self._model, service.key: service}
+        if vip_added or port_added:
+            await self._companion.change(
+                list(after.values()),
+                vips_added={service.vip} if vip_added and service.vip else set(),
+                vips_removed=set(), ports_added={port} if port_added else set(),
+                ports_removed=set())
+        # Level-triggered per service: read back this one service and fix what differs.
+        await self._run(service_commands(service, await self._read_service(service.key)))
+        self._set_model(after)
 
     async def remove_service(self, key: ServiceKey) -> None:
-        if self._model.pop(key, None) is None:
+        if key not in self._model:
             return
-        await self.sync(list(self._model.values()))
+        if not self._synced:
+            await self.sync([s for k, s in self._model.items() if k != key])
+            return
+        assert self._companion is not None
+        await self._run([ipvs_netlink.del_service(service_id(key))])
+        after = {k: s for k, s in self._model.items() if k != key}
+        vip = key[0]
+        vip_removed = vip is not None and self._vip_refs.get(vip, 0) == 1
+        port_removed = vip is None
+        if vip_removed or port_removed:
+            await self._companion.change(
+                list(after.values()),
+                vips_added=set(), vips_removed={vip} if vip_removed and vip else set(),
+                ports_added=set(), ports_removed={(key[2], key[1])} if port_removed else set())
+        if vip_removed and vip is not None:
+            await self._del_address(vip)
+        self._set_model(after)
 
     async def teardown(self) -> None:
-        async with self._ipvs() as ipvs:
-            for key in await self._dump(ipvs):
-                await self._del_service(ipvs, key)
-        await self._sync_vips(set(), remove_device=True)
-        await self._nft.run(f"table {NFT_TABLE} {{}}\ndelete table {NFT_TABLE}\n")
-        self._model.clear()
+        await self._prepare()
+        assert self._companion is not None
+        await self._run([ipvs_netlink.del_service(service_id(k))
+                         for k in await self._read_kernel()])
+        await self._remove_device()
+        await self._companion.teardown()
+        self._set_model({})
+        self._synced = False
 
     async def close(self) -> None:
-        self._nft.close()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        for writer in (self._writer, self._addresses_writer):
+            if writer is not None:
+                writer.close()
+        self._writer = self._addresses_writer = None
+        if self._companion is not None:
+            self._companion.close()
+            self._companion = None
+        self._prepared = False
+        self._synced = False
 
-    # ---- kernel access -------------------------------------------------------------------
+    def _set_model(self, model: dict[ServiceKey, VirtualService]) -> None:
+        self._model = model
+        refs: dict[ipaddress.IPv4Address, int] = {}
+        for vip, _, _ in model:
+            if vip is not None:
+                refs[vip] = refs.get(vip, 0) + 1
+        self._vip_refs = refs
+        self._ports = {(proto, port) for vip, port, proto in model if vip is None}
 
-    async def _dump(self, ipvs: Any) -> dict[ServiceKey, dict[Backend, int]]:
-        """Shoal's IPVS services with their real servers and forwarding methods."""
-        from pyroute2.ipvs import IPVSDest, IPVSService
+    # ---- IPVS access ---------------------------------------------------------------------
+
+    async def _run(self, commands: list[ipvs_netlink.Command], *,
+                   addresses: bool = False) -> None:
+        writer = self._addresses_writer if addresses else self._writer
+        if commands:
+            assert writer is not None
+            await asyncio.to_thread(writer.run, commands)
+
+    async def _read_kernel(self) -> dict[ServiceKey, Have]:
+        """Shoal's services in the kernel with their real servers and forwarding methods,
+        from one read of the kernel's listing."""
         vips = await self._dummy_addresses()
-        out: dict[ServiceKey, dict[Backend, int]] = {}
-        for msg in await ipvs.service("dump"):
-            svc = IPVSService.from_message(msg)
-            key = _service_key_of(dict(svc))
-            if key is None or (key[0] is not None and key[0] not in vips):
-                continue
-            dests: dict[Backend, int] = {}
-            for dmsg in await ipvs.dest("dump", service=svc):
-                d = IPVSDest.from_message(dmsg)
-                dests[Backend(ipaddress.IPv4Address(d["addr"]), int(d["port"]))] = int(
-                    d.get("fwd_method", FWD_MASQ))
-            out[key] = dests
-        return out
+        text = await asyncio.to_thread(ipvs_netlink.read_proc_ip_vs, self._netns_path)
+        return owned_services(ipvs_netlink.parse_proc_ip_vs(text), vips)
 
-    async def _sync_service(self, ipvs: Any, svc: VirtualService,
-                            have: dict[Backend, int] | None) -> None:
-        from pyroute2.ipvs import IPVSDest, IPVSService
-        service = IPVSService(**service_fields(svc))
-        if have is None:
-            await ipvs.service("add", service=service)
-            have = {}
-        want = set(svc.backends)
-        for backend, method in have.items():
-            if backend not in want:
-                await ipvs.dest("del", service=service,
-                                dest=IPVSDest(addr=str(backend.ip), port=backend.port))
-            elif method != FWD_MASQ:
-                await ipvs.dest("set", service=service, dest=IPVSDest(**dest_fields(backend)))
-        for backend in svc.backends:
-            if backend not in have:
-                await ipvs.dest("add", service=service, dest=IPVSDest(**dest_fields(backend)))
-
-    async def _del_service(self, ipvs: Any, key: ServiceKey) -> None:
+    async def _read_service(self, key: ServiceKey) -> Have | None:
+        """The real servers of one service, or None when the kernel lacks the service."""
         from pyroute2.ipvs import IPVSService
-        await ipvs.service("del", service=IPVSService(**service_fields(key)))
+        service = IPVSService(**service_fields(key))
+        try:
+            await self._sock.service("get", service=service)
+        except Exception as exc:
+            if _is_errno(exc, errno.ESRCH, errno.ENOENT):
+                return None
+            raise
+        return {(int(b.ip), b.port): method for b, method in
+                (dest_of_message(m) for m in await self._sock.dest("dump", service=service))}
+
+    # ---- the dummy device holding the VIPs -----------------------------------------------
+
+    def _iproute(self) -> Any:
+        from pyroute2 import AsyncIPRoute
+        if self._netns_path is None:
+            return AsyncIPRoute()
+        return AsyncIPRoute(netns=self._netns_path, flags=0)
 
     async def _dummy_addresses(self) -> set[ipaddress.IPv4Address]:
         async with self._iproute() as ipr:
             found = await ipr.link_lookup(ifname=DUMMY)
-            if not found:
-                return set()
-            return {ipaddress.IPv4Address(a.get("address")) async for a in
-                    await ipr.addr("dump", family=socket.AF_INET, index=found[0])
-                    if a["index"] == found[0]}
+        if not found:
+            return set()
+        return await self._addresses(found[0])
 
-    async def _sync_vips(self, vips: set[ipaddress.IPv4Address], *,
-                         remove_device: bool = False) -> None:
+    async def _addresses(self, index: int) -> set[ipaddress.IPv4Address]:
+        assert self._addresses_writer is not None
+        return await asyncio.to_thread(self._addresses_writer.ipv4_addresses, index)
+
+    async def _dummy(self, ipr: Any) -> int:
+        found = await ipr.link_lookup(ifname=DUMMY)
+        if not found:
+            await ipr.link("add", ifname=DUMMY, kind="dummy")
+            found = await ipr.link_lookup(ifname=DUMMY)
+        index: int = found[0]
+        await ipr.link("set", index=index, state="up")
+        return index
+
+    async def _sync_vips(self, vips: set[ipaddress.IPv4Address], *, remove: bool
+                         ) -> set[ipaddress.IPv4Address]:
+        """Add the missing VIP addresses; with ``remove``, also drop the others.
+        Returns the addresses present but not wanted (before any removal)."""
+        async with self._iproute() as ipr:
+            index = await self._dummy(ipr)
+        have = await self._addresses(index)
+        # Batched: one pyroute2 request per address costs seconds at 10,000 VIPs.
+        commands = [ipvs_netlink.add_address(index, vip) for vip in sorted(vips - have)]
+        if remove:
+            commands += [ipvs_netlink.del_address(index, vip) for vip in sorted(have - vips)]
+        await self._run(commands, addresses=True)
+        return have - vips
+
+    async def _add_address(self, vip: ipaddress.IPv4Address) -> None:
+        async with self._iproute() as ipr:
+            index = await self._dummy(ipr)
+            try:
+                await ipr.addr("add", index=index, address=str(vip), prefixlen=32)
+            except Exception as exc:
+                if not _is_errno(exc, errno.EEXIST):
+                    raise
+
+    async def _del_address(self, vip: ipaddress.IPv4Address) -> None:
         async with self._iproute() as ipr:
             found = await ipr.link_lookup(ifname=DUMMY)
-            if remove_device:
-                if found:
-                    await ipr.link("del", index=found[0])
-                return
             if not found:
-                await ipr.link("add", ifname=DUMMY, kind="dummy")
-                found = await ipr.link_lookup(ifname=DUMMY)
-                await ipr.link("set", index=found[0], state="up")
-            index = found[0]
-            have = {ipaddress.IPv4Address(a.get("address")) async for a in
-                    await ipr.addr("dump", family=socket.AF_INET, index=index)
-                    if a["index"] == index}
-            for vip in have - vips:
-                await ipr.addr("del", index=index, address=str(vip), prefixlen=32)
-            for vip in vips - have:
-                await ipr.addr("add", index=index, address=str(vip), prefixlen=32)
+                return
+            try:
+                await ipr.addr("del", index=found[0], address=str(vip), prefixlen=32)
+            except Exception as exc:
+                if not _is_errno(exc, errno.EADDRNOTAVAIL, errno.ENOENT, errno.ESRCH):
+                    raise
+
+    async def _remove_device(self) -> None:
+        async with self._iproute() as ipr:
+            found = await ipr.link_lookup(ifname=DUMMY)
+            if found:
+                await ipr.link("del", index=found[0])
+
+
+def _enable_conntrack() -> None:
+    # IPVS keeps conntrack entries only when asked; masquerading needs them. /proc/sys/net
+    # is the calling thread's namespace (run_in_netns puts it in the balancer's).
+    Path("/proc/sys/net/ipv4/vs/conntrack").write_text("1\n")
+
+
+def service_id(key: ServiceKey) -> ipvs_netlink.ServiceId:
+    vip, port, proto = key
+    if vip is None:
+        return ipvs_netlink.ServiceId(None, 0, 0, fwmark_for(proto, port))
+    return ipvs_netlink.ServiceId(vip, protocol_number(proto), port)
+
+
+Have = dict[tuple[int, int], int]  # (address as int, port) -> forwarding method
+
+
+def service_commands(svc: VirtualService, have: Have | None) -> list[ipvs_netlink.Command]:
+    """Commands making one service's real servers exactly ``svc.backends``, given what
+    the kernel holds (None: no such service). Empty when nothing differs."""
+    sid = service_id(svc.key)
+    commands = []
+    if have is None:
+        commands.append(ipvs_netlink.add_service(sid, SCHEDULER))
+        have = {}
+    want = {(int(b.ip), b.port): b for b in svc.backends}
+    for (addr, port), method in have.items():
+        backend = want.get((addr, port))
+        if backend is None:
+            commands.append(ipvs_netlink.del_dest(sid, ipaddress.IPv4Address(addr), port))
+        elif method != FWD_MASQ:
+            commands.append(ipvs_netlink.set_dest(sid, backend.ip, port, FWD_MASQ))
+    commands += [ipvs_netlink.add_dest(sid, b.ip, b.port, FWD_MASQ)
+                 for k, b in want.items() if k not in have]
+    return commands
+
+
+def owned_services(listed: Iterable[ipvs_netlink.ListedService],
+                   vips: set[ipaddress.IPv4Address]) -> dict[ServiceKey, Have]:
+    """The listed services that are Shoal's: VIP services whose address is on the dummy
+    device, fwmark services carrying :data:`FWMARK_BASE`."""
+    out: dict[ServiceKey, Have] = {}
+    numbers = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP}
+    fwd = ipvs_netlink.FWD_BY_NAME
+    for svc in listed:
+        if svc.protocol == "FWM":
+            key = _service_key_of({"fwmark": svc.fwmark})
+        else:
+            key = _service_key_of({"addr": svc.addr, "port": svc.port,
+                                   "protocol": numbers.get(svc.protocol)})
+        if key is None or (key[0] is not None and key[0] not in vips):
+            continue
+        out[key] = {(addr, port): fwd.get(name, -1) for addr, port, name, _ in svc.dests}
+    return out
+
+
+def kernel_view(text: str) -> dict[str, list[tuple[str, str, int]]]:
+    """``/proc/net/ip_vs`` -- the kernel's own listing -- as
+    ``{"TCP 10.254.0.5:80 rr": [("10.0.9.10:8080", "Masq", 1), ...]}`` (fwmark services as
+    ``"FWM 0x10007530 rr"``), for tests and people to compare."""
+    def ip(addr: int) -> str:
+        return str(ipaddress.IPv4Address(addr))
+
+    view: dict[str, list[tuple[str, str, int]]] = {}
+    for svc in ipvs_netlink.parse_proc_ip_vs(text):
+        where = (f"{svc.fwmark:#x}" if svc.protocol == "FWM"
+                 else f"{ip(svc.addr)}:{svc.port}")
+        view[f"{svc.protocol} {where} {svc.scheduler}"] = sorted(
+            (f"{ip(addr)}:{port}", fwd, weight) for addr, port, fwd, weight in svc.dests)
+    return view

@@ -18,6 +18,12 @@ Shoal, where a change is proportional to what changed. The layout was chosen by 
 Published ingress ports (VirtualService.vip None) use the same scheme keyed by port alone
 (maps ``np``/``np_<proto>``), matched only for packets addressed to a local address.
 
+A VIP that balances *every* port of a protocol (``VirtualService.port`` 0, what a Swarm VIP
+does: a service need not declare the ports it listens on) is dispatched by ``VIP .
+protocol`` alone (map ``svca``, consulted after the exact-port ``svc``) to a shared chain
+``va_<proto>_<N>`` that rewrites only the destination address, from ``va_<proto>`` keyed
+``VIP . index``; the destination port is kept.
+
 VIP traffic is marked in the lb chain and masqueraded in postrouting (the mark bit is
 cleared first so it cannot follow the packet into the VXLAN encapsulation). Traffic to a
 known VIP that no rule translated -- a service with no backends, or a port the VIP does not
@@ -45,10 +51,16 @@ PROTOCOLS = ("tcp", "udp")
 ELEMENT_CHUNK = 2000
 
 
+def _kind(svc: VirtualService) -> str:
+    """np: published port; va: every port of a VIP; lb: one port of a VIP."""
+    if svc.vip is None:
+        return "np"
+    return "va" if svc.port == 0 else "lb"
+
+
 def lb_chain(svc: VirtualService) -> str:
     """The shared chain that balances ``svc`` (depends only on kind, protocol, count)."""
-    kind = "np" if svc.vip is None else "lb"
-    return f"{kind}_{svc.protocol}_{len(svc.backends)}"
+    return f"{_kind(svc)}_{svc.protocol}_{len(svc.backends)}"
 
 
 def _dispatch(key: ServiceKey) -> tuple[str, str]:
@@ -56,31 +68,47 @@ def _dispatch(key: ServiceKey) -> tuple[str, str]:
     vip, port, proto = key
     if vip is None:
         return "np", f"{proto} . {port}"
+    if port == 0:
+        return "svca", f"{vip} . {proto}"
     return "svc", f"{vip} . {proto} . {port}"
 
 
+# The backend map of each kind of service (per protocol: ``<map>_<proto>``).
+_BACKEND_MAP = {"np": "np", "va": "va", "lb": "be"}
+
+
 def _backend_map(svc: VirtualService) -> str:
-    return f"{'np' if svc.vip is None else 'be'}_{svc.protocol}"
+    return f"{_BACKEND_MAP[_kind(svc)]}_{svc.protocol}"
+
+
+def _backend_head(svc: VirtualService) -> str:
+    if svc.vip is None:
+        return f"{svc.port} . "
+    if svc.port == 0:
+        return f"{svc.vip} . "
+    return f"{svc.vip} . {svc.port} . "
 
 
 def _backend_elements(svc: VirtualService) -> list[str]:
-    prefix = "" if svc.vip is None else f"{svc.vip} . "
-    head = f"{prefix}{svc.port} . "
+    head = _backend_head(svc)
+    if svc.vip is not None and svc.port == 0:  # the address only: the port is kept
+        return [f"{head}{i} : {b.ip_text}" for i, b in enumerate(svc.backends)]
     return [f"{head}{i} : {b.ip_text} . {b.port}" for i, b in enumerate(svc.backends)]
 
 
 def _backend_keys(svc: VirtualService) -> list[str]:
-    prefix = "" if svc.vip is None else f"{svc.vip} . "
-    return [f"{prefix}{svc.port} . {i}" for i in range(len(svc.backends))]
+    head = _backend_head(svc)
+    return [f"{head}{i}" for i in range(len(svc.backends))]
 
 
 def render_chain(name: str) -> str:
     """The one rule of a shared lb chain, from its name (kind_proto_count)."""
     kind, proto, count = name.split("_")
     mark = f"meta mark set meta mark | {MASQ_MARK:#x}"
-    key = f"ip daddr . {proto} dport" if kind == "lb" else f"{proto} dport"
+    key = {"lb": f"ip daddr . {proto} dport", "va": "ip daddr",
+           "np": f"{proto} dport"}[kind]
     return (f"{mark} dnat ip to {key} . numgen random mod {count} "
-            f"map @{'be' if kind == 'lb' else 'np'}_{proto}")
+            f"map @{_BACKEND_MAP[kind]}_{proto}")
 
 
 def render_skeleton() -> list[str]:
@@ -88,6 +116,7 @@ def render_skeleton() -> list[str]:
     m = f"{MASQ_MARK:#x}"
     lines = [
         "  map svc { type ipv4_addr . inet_proto . inet_service : verdict; }",
+        "  map svca { type ipv4_addr . inet_proto : verdict; }",
         "  map np { type inet_proto . inet_service : verdict; }",
         "  set vips { type ipv4_addr; }",
     ]
@@ -95,6 +124,7 @@ def render_skeleton() -> list[str]:
         lines += [
             f"  map be_{proto} {{ typeof ip daddr . {proto} dport . numgen random mod 1 : "
             f"ip daddr . {proto} dport; }}",
+            f"  map va_{proto} {{ typeof ip daddr . numgen random mod 1 : ip daddr; }}",
             f"  map np_{proto} {{ typeof {proto} dport . numgen random mod 1 : "
             f"ip daddr . {proto} dport; }}",
         ]
@@ -104,6 +134,7 @@ def render_skeleton() -> list[str]:
         "  chain output { type nat hook output priority -100; policy accept; "
         "jump services; }",
         "  chain services { ip daddr . meta l4proto . th dport vmap @svc; "
+        "ip daddr . meta l4proto vmap @svca; "
         "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @np; }",
         "  chain postrouting { type nat hook postrouting priority 100; policy accept; "
         f"meta mark & {m} == {m} meta mark set meta mark ^ {m} masquerade; }}",
@@ -123,7 +154,7 @@ def render_full(services: Sequence[VirtualService]) -> str:
     chains = sorted({lb_chain(s) for s in services if s.backends})
     lines = [f"table {T} {{}}", f"delete table {T}", f"table {T} {{", *render_skeleton(),
              *(f"  chain {c} {{ {render_chain(c)}; }}" for c in chains), "}"]
-    dispatch: dict[str, list[str]] = {"svc": [], "np": []}
+    dispatch: dict[str, list[str]] = {"svc": [], "svca": [], "np": []}
     backends: dict[str, list[str]] = {}
     vips: set[ipaddress.IPv4Address] = set()
     for svc in services:

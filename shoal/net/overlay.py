@@ -10,7 +10,8 @@ Why it looks like this:
 * No multicast and no learning: the cluster already knows where every address lives (etcd),
   so each remote endpoint is programmed statically -- FDB ``MAC -> remote VTEP`` and
   neighbour ``IP -> MAC`` on the VXLAN device, which answers the tasks' ARP requests itself
-  (``proxy``). Nothing is flooded, and a VIP (off-link, see ipam.py) is never asked for.
+  (``proxy``). Nothing is flooded, and a VIP (off-link, see the allocator's ipam.py) is
+  never asked for.
 * MACs are derived from addresses (naming.mac_for), so a node programs remote endpoints from
   the addresses alone.
 * ``sync`` is level-triggered: it reads what the kernel has, changes only what differs and
@@ -31,6 +32,7 @@ from typing import Any
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+import shoal.net.forksafe  # noqa: F401 - netns sockets in a signal-handling agent
 from shoal.net import naming
 
 VXLAN_PORT = 4789
@@ -136,7 +138,10 @@ class OverlayNode:
 
     async def sync(self, desired: NetworkState) -> SyncReport:
         report = SyncReport()
-        await self._ensure_forwarding(report)
+        if desired.networks:
+            # Only a node that hosts a network forwards for it; an agent with nothing to
+            # host leaves the namespace's sysctls alone.
+            await self._ensure_forwarding(report)
         async with self._node() as ipr:
             mtu = await self.overlay_mtu(ipr)
             links = {link.get("ifname"): link async for link in await ipr.link("dump")}

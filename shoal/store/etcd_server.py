@@ -14,6 +14,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -38,9 +39,11 @@ class EtcdServer:
 
     def __init__(self, data_dir: Path | str, host: str = "127.0.0.1",
                  client_port: int | None = None, peer_port: int | None = None,
-                 log_path: Path | str | None = None) -> None:
+                 log_path: Path | str | None = None, extra_hosts: Sequence[str] = ()) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
+        # More addresses to serve clients on, same port (e.g. a namespace nodes' bridge).
+        self.extra_hosts = tuple(extra_hosts)
         self.client_port = client_port or free_port(host)
         self.peer_port = peer_port or free_port(host)
         self.log_path = Path(log_path) if log_path else self.data_dir.parent / "etcd.log"
@@ -58,9 +61,11 @@ class EtcdServer:
                 "the etcd binary is not on PATH: install it with `apt-get install etcd-server` "
                 "or point swctl at a running etcd with --etcd URL")
         peer = f"http://{self.host}:{self.peer_port}"
+        clients = ",".join([self.url, *(f"http://{h}:{self.client_port}"
+                                         for h in self.extra_hosts)])
         return [
             binary, "--name", "shoal", "--data-dir", str(self.data_dir),
-            "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+            "--listen-client-urls", clients, "--advertise-client-urls", clients,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"shoal={peer}",
             "--initial-cluster-state", "existing" if (self.data_dir / "member").exists()

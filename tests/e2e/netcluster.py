@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shoal.net.ipam import Allocator
+from shoal.controllers.allocator.ipam import Allocator
 from shoal.net.overlay import Attachment, NetworkState, OverlayNetwork, Peer
 from tests.e2e.netlab import Lab, Node, sh
 

@@ -5,6 +5,11 @@ serve NAME PORT      TCP and UDP on PORT: every TCP connection gets NAME, every 
 tcp HOST PORT N [S]  N connections, one reply per line (or "ERR <reason>"); a refused or
                      timed-out connection is retried for up to S seconds (default 20).
 udp HOST PORT SIZE   one datagram of SIZE bytes with DF set; prints the reply or ERR.
+http HOST PORT N [S] N HTTP/1.0 GETs of /, one line each: the body's first line (or ERR),
+                     retried like tcp for up to S seconds (default 20).
+say HOST PORT TEXT   one TCP connection: send TEXT, print the reply (or ERR <reason>).
+hold HOST PORT       one TCP connection held open: every line read from stdin is sent
+                     and the reply printed ("ERR <reason>" once the connection is gone).
 """
 
 from __future__ import annotations
@@ -73,6 +78,49 @@ def udp(host: str, port: int, size: int) -> None:
     print("ERR timeout")
 
 
+def http(host: str, port: int, count: int, retry: float = 20) -> None:
+    deadline = time.monotonic() + retry
+    for _ in range(count):
+        while True:
+            try:
+                with socket.create_connection((host, port), timeout=2) as s:
+                    s.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+                    data = b""
+                    while chunk := s.recv(4096):
+                        data += chunk
+                _, _, body = data.partition(b"\r\n\r\n")
+                reply = (body.decode(errors="replace").splitlines() or ["ERR empty"])[0]
+                break
+            except OSError as exc:
+                reply = f"ERR {exc.__class__.__name__}"
+                retriable = isinstance(exc, ConnectionRefusedError | TimeoutError)
+                if retriable and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                break
+        print(reply, flush=True)
+
+
+def say(host: str, port: int, text: str) -> None:
+    try:
+        with socket.create_connection((host, port), timeout=2) as s:
+            s.sendall(text.encode() + b"\n")
+            print(s.recv(4096).decode().strip() or "ERR closed", flush=True)
+    except OSError as exc:
+        print(f"ERR {exc.__class__.__name__}", flush=True)
+
+
+def hold(host: str, port: int) -> None:
+    s = socket.create_connection((host, port), timeout=5)
+    print("connected", flush=True)
+    for line in sys.stdin:
+        try:
+            s.sendall(line.encode())
+            print(s.recv(4096).decode().strip() or "ERR closed", flush=True)
+        except OSError as exc:
+            print(f"ERR {exc.__class__.__name__}", flush=True)
+
+
 def main(argv: list[str]) -> None:
     cmd, *rest = argv
     if cmd == "serve":
@@ -81,6 +129,12 @@ def main(argv: list[str]) -> None:
         tcp(rest[0], int(rest[1]), int(rest[2]), float(rest[3]) if len(rest) > 3 else 20)
     elif cmd == "udp":
         udp(rest[0], int(rest[1]), int(rest[2]))
+    elif cmd == "http":
+        http(rest[0], int(rest[1]), int(rest[2]), float(rest[3]) if len(rest) > 3 else 20)
+    elif cmd == "say":
+        say(rest[0], int(rest[1]), rest[2])
+    elif cmd == "hold":
+        hold(rest[0], int(rest[1]))
     else:
         raise SystemExit(__doc__)
 

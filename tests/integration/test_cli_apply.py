@@ -24,10 +24,10 @@ async def test_created_configured_unchanged_keeps_status(swctl: Swctl,
         metadata: {name: site}
         spec: {data: hello}
         """)
-    first = swctl("apply", "-f", str(path))
+    first = swctl("apply", "-d", "-f", str(path))
     assert first.stdout.splitlines() == ["service/web created", "config/site created"]
     assert first.stderr == ""
-    again = swctl("apply", "-f", str(path))
+    again = swctl("apply", "-d", "-f", str(path))
     assert again.stdout.splitlines() == ["service/web unchanged", "config/site unchanged"]
 
     # A controller reports status; a later apply must change spec and keep status.
@@ -37,7 +37,7 @@ async def test_created_configured_unchanged_keeps_status(swctl: Swctl,
     await store.update(info, live)
 
     path.write_text(path.read_text().replace("replicas: 3", "replicas: 5"))
-    changed = swctl("apply", "-f", str(path))
+    changed = swctl("apply", "-d", "-f", str(path))
     assert changed.stdout.splitlines() == ["service/web configured", "config/site unchanged"]
     stored = await store.get(info, "web")
     assert stored.spec["replicas"] == 5
@@ -52,7 +52,7 @@ async def test_dry_run_writes_nothing(swctl: Swctl, store: client.Store) -> None
     assert out.splitlines() == ["service/web created (dry run)"]
     info = kinds.Registry.builtin().lookup("services")
     assert (await store.list(info))[0] == []
-    swctl("apply", "-f", str(path))
+    swctl("apply", "-d", "-f", str(path))
     path.write_text(service("web", 4))
     out = swctl("apply", "--dry-run", "-f", str(path)).stdout
     assert out.splitlines() == ["service/web configured (dry run)"]
@@ -114,7 +114,7 @@ def test_crd_and_objects_of_its_kind_in_one_file(swctl: Swctl) -> None:
                         url: {type: string}
                         replicas: {type: integer, default: 2, minimum: 1}
         """)
-    out = swctl("apply", "-f", str(path)).stdout.splitlines()
+    out = swctl("apply", "-d", "-f", str(path)).stdout.splitlines()
     # The CRD is written first so its kind exists before any object of it.
     assert out == ["customresourcedefinition/websites.example.com created",
                    "website/blog created"]
@@ -137,9 +137,9 @@ def test_directory_recursive_stdin_and_namespace(swctl: Swctl) -> None:
     swctl.write("app/notes.txt", "not a manifest")
     flat = swctl("apply", "--dry-run", "-f", str(swctl.cwd / "app")).stdout
     assert flat.splitlines() == ["service/a created (dry run)"]
-    deep = swctl("apply", "-f", "app", "-R", "-n", "staging").stdout
+    deep = swctl("apply", "-d", "-f", "app", "-R", "-n", "staging").stdout
     assert deep.splitlines() == ["service/a created", "service/b created"]
-    piped = swctl("apply", "-f", "-", input=service("c")).stdout
+    piped = swctl("apply", "-d", "-f", "-", input=service("c")).stdout
     assert piped.splitlines() == ["service/c created"]
     assert swctl("get", "svc", "-n", "staging", "-o", "name").stdout.split() == [
         "service/a", "service/b"]
@@ -153,12 +153,12 @@ def test_large_apply_is_chunked_into_transactions(swctl: Swctl) -> None:
     docs = [f"apiVersion: shoal.io/v1\nkind: Config\nmetadata: {{name: c{i:03d}}}\n"
             f"spec: {{data: v{i}}}\n" for i in range(300)]
     path = swctl.write("many.yaml", "---\n".join(docs))
-    out = swctl("apply", "-f", str(path)).stdout.splitlines()
+    out = swctl("apply", "-d", "-f", str(path)).stdout.splitlines()
     assert len(out) == 300 and all(line.endswith(" created") for line in out)
     names = swctl("get", "configs", "-o", "name").stdout.split()
     assert len(names) == 300
     docs[150] = docs[150].replace("v150", "changed")
     path.write_text("---\n".join(docs))
-    out = swctl("apply", "-f", str(path)).stdout.splitlines()
+    out = swctl("apply", "-d", "-f", str(path)).stdout.splitlines()
     assert out.count("config/c150 configured") == 1
     assert sum(line.endswith(" unchanged") for line in out) == 299

@@ -27,13 +27,16 @@ def test_up_detached_then_down(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{port}"
     swctl = Swctl(url, "/shoal", tmp_path)
     try:
-        up = swctl("up", "-d", "--state-dir", str(state), "--etcd-port", str(port)).stdout
+        up = swctl("up", "-d", "--state-dir", str(state), "--etcd-port", str(port),
+                   "--hollow-nodes", "2").stdout
         assert f"etcd ready at {url}" in up
         assert "controller-manager running (pid " in up
+        assert "agent running (2 hollow nodes; pid " in up and "2 nodes ready" in up
         record = json.loads((state / "cluster.json").read_text())
         assert record["etcd"] == url
         children = [cluster.Child.from_record(p) for p in record["processes"]]
-        assert [c.name for c in children] == ["etcd", "controller-manager"]
+        assert [c.name for c in children] == ["etcd", "controller-manager", "hollow"]
+        assert swctl("node", "ls", "-q").stdout.split() == ["hollow-0", "hollow-1"]
         assert all(c.alive() for c in children)
         with urllib.request.urlopen(url + "/health", timeout=5) as resp:
             assert resp.status == 200
@@ -45,6 +48,7 @@ def test_up_detached_then_down(tmp_path: Path) -> None:
     finally:
         down = swctl("down", "--state-dir", str(state))
     assert "etcd stopped" in down.stdout and "controller-manager stopped" in down.stdout
+    assert "hollow stopped" in down.stdout
     _wait_until(lambda: not any(c.alive() for c in children), what="all processes gone")
     assert not (state / "cluster.json").exists()
     assert (state / "etcd").is_dir()  # data is kept without --purge

@@ -19,7 +19,7 @@ def swctl(etcd: etcd_server.EtcdServer, prefix: str, tmp_path: Path) -> Swctl:
 def test_delete_by_name_manifest_and_selector(swctl: Swctl) -> None:
     path = swctl.write("stack.yaml", "---\n".join(
         [service("a"), service("b"), service("c", tier="back"), service("d", tier="back")]))
-    swctl("apply", "-f", str(path))
+    swctl("apply", "-d", "-f", str(path))
     assert swctl("delete", "svc", "a").stdout == "service/a deleted\n"
     # Every name is attempted; a missing one fails the command at the end.
     result = swctl("delete", "services", "a", "b", expect=1)
@@ -28,7 +28,7 @@ def test_delete_by_name_manifest_and_selector(swctl: Swctl) -> None:
     swctl("delete", "svc", "a", "--ignore-not-found")
     assert swctl("delete", "svc", "-l", "tier=back").stdout.splitlines() == [
         "service/c deleted", "service/d deleted"]
-    swctl("apply", "-f", str(path))
+    swctl("apply", "-d", "-f", str(path))
     assert swctl("delete", "-f", str(path)).stdout.splitlines() == [
         "service/a deleted", "service/b deleted", "service/c deleted", "service/d deleted"]
     assert swctl("get", "svc", "-o", "name").stdout == ""
@@ -43,7 +43,7 @@ async def test_delete_waits_for_finalizers(swctl: Swctl, store: client.Store) ->
         metadata: {name: held, finalizers: [example.com/cleanup]}
         spec: {data: x}
         """)
-    swctl("apply", "-f", str(path))
+    swctl("apply", "-d", "-f", str(path))
     out = swctl("delete", "config", "held").stdout
     assert out == "config/held deletion requested (waiting for finalizers: example.com/cleanup)\n"
     info = kinds.Registry.builtin().lookup("configs")

@@ -18,7 +18,7 @@ def swctl(etcd: etcd_server.EtcdServer, prefix: str, tmp_path: Path) -> Swctl:
 
 
 async def test_describe_service(swctl: Swctl, store: client.Store) -> None:
-    swctl("apply", "-f", str(swctl.write("web.yaml", service("web", 2))))
+    swctl("apply", "-d", "-f", str(swctl.write("web.yaml", service("web", 2))))
     info = kinds.Registry.builtin().lookup("services")
     obj = await store.get(info, "web")
     obj.status["runningTasks"] = 1

@@ -19,7 +19,7 @@ def test_diff_exit_codes(swctl: Swctl) -> None:
     path = swctl.write("web.yaml", service("web", 2))
     new = swctl("diff", "-f", str(path), expect=1).stdout
     assert "+++ applied/services/default/web" in new and "+  replicas: 2" in new
-    swctl("apply", "-f", str(path))
+    swctl("apply", "-d", "-f", str(path))
     assert swctl("diff", "-f", str(path), expect=0).stdout == ""
     path.write_text(service("web", 4))
     changed = swctl("diff", "-f", str(path), expect=1).stdout.splitlines()
@@ -27,7 +27,7 @@ def test_diff_exit_codes(swctl: Swctl) -> None:
     # Server-owned fields never show up as differences.
     assert not any(word in line for line in changed
                    for word in ("uid:", "resourceVersion", "creationTimestamp", "generation"))
-    swctl("apply", "-f", str(path))
+    swctl("apply", "-d", "-f", str(path))
     swctl("diff", "-f", str(path), expect=0)
 
 

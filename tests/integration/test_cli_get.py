@@ -23,7 +23,7 @@ def three_services(swctl: Swctl) -> Swctl:
     path = swctl.write("stack.yaml", "---\n".join([
         service("web", 3, "front"), service("api", 1, "back"),
         service("db", 1, "back").replace("name: db", "name: db\n  namespace: data")]))
-    swctl("apply", "-f", str(path))
+    swctl("apply", "-d", "-f", str(path))
     return swctl
 
 
@@ -33,7 +33,7 @@ def test_table_and_wide(three_services: Swctl) -> None:
     assert lines[0].split() == ["NAME", "MODE", "REPLICAS", "IMAGE", "AGE"]
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert sorted(rows) == ["api", "web"]
-    assert rows["web"][1:4] == ["replicated", "3", "shoal/busybox"]
+    assert rows["web"][1:4] == ["replicated", "0/3", "shoal/busybox"]  # no tasks yet
     # Columns are aligned: every row starts its second column where the header does.
     col = lines[0].index("MODE")
     assert all(line[col - 3:col] == "   " and line[col] != " " for line in lines[1:])
@@ -94,10 +94,10 @@ def test_watch_prints_changes_until_interrupted(three_services: Swctl) -> None:
     watcher = swctl.start("get", "svc", "web", "-w")
     try:
         assert watcher.read_line().split()[:3] == ["NAME", "MODE", "REPLICAS"]
-        assert watcher.read_line().split()[:3] == ["web", "replicated", "3"]
+        assert watcher.read_line().split()[:3] == ["web", "replicated", "0/3"]
         path = swctl.write("scale.yaml", service("web", 7, "front"))
-        swctl("apply", "-f", str(path))
-        assert watcher.read_line().split()[:3] == ["web", "replicated", "7"]
+        swctl("apply", "-d", "-f", str(path))
+        assert watcher.read_line().split()[:3] == ["web", "replicated", "0/7"]
         code, err = watcher.interrupt()
         assert code == 0 and err == ""
     finally:

@@ -7,8 +7,7 @@ import re
 
 import pytest
 
-from shoal.net import naming
-from shoal.net.ipam import (
+from shoal.controllers.allocator.ipam import (
     Allocator,
     ConflictError,
     ExhaustedError,
@@ -17,6 +16,7 @@ from shoal.net.ipam import (
     PortRequest,
     UnknownNetworkError,
 )
+from shoal.net import naming
 
 A = ipaddress.IPv4Address
 N = ipaddress.IPv4Network

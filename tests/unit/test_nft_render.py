@@ -140,3 +140,31 @@ def test_ipvs_published_port_is_a_fwmark_service() -> None:
     assert lb_ipvs._service_key_of({"fwmark": 0x42}) is None
     script = lb_ipvs.render_nft([mesh, svc("10.254.0.5", 80, [])])
     assert f"udp . 30080 : {mark:#x}" in script and "vips { 10.254.0.5 }" in script
+
+
+def test_whole_vip_services_keep_the_port() -> None:
+    # Port 0: every port of the protocol, as a Swarm VIP balances; only the address is
+    # rewritten (the service's tasks may listen on any port).
+    web = svc("10.254.0.5", 0, ["10.0.9.11:0", "10.0.9.10:0"])
+    script = render_full([web, svc("10.254.0.5", 0, ["10.0.9.10:0"], "udp")])
+    lines = script.splitlines()
+    assert lb_chain(web) == "va_tcp_2"
+    assert "chain va_tcp_2 { meta mark set meta mark | 0x10000000 dnat ip to ip daddr . " \
+           "numgen random mod 2 map @va_tcp; }" in script
+    assert "add element ip shoal svca { 10.254.0.5 . tcp : goto va_tcp_2, " \
+           "10.254.0.5 . udp : goto va_udp_1 }" in lines
+    assert "add element ip shoal va_tcp { 10.254.0.5 . 0 : 10.0.9.10, " \
+           "10.254.0.5 . 1 : 10.0.9.11 }" in lines
+    # The exact-port dispatch is consulted first, the whole-VIP one after it.
+    assert "vmap @svc; ip daddr . meta l4proto vmap @svca;" in script
+    # One backend leaves: its slot and the dispatch move, nothing else.
+    smaller = svc("10.254.0.5", 0, ["10.0.9.10:0"])
+    chains = {"va_tcp_2"}
+    refs = {web.vip: 1}
+    assert render_change(web, smaller, chains=chains, vip_refs=refs) == [  # type: ignore[arg-type]
+        "add chain ip shoal va_tcp_1",
+        "add rule ip shoal va_tcp_1 " + render_chain("va_tcp_1"),
+        "delete element ip shoal svca { 10.254.0.5 . tcp }",
+        "delete element ip shoal va_tcp { 10.254.0.5 . 1 }",
+        "add element ip shoal svca { 10.254.0.5 . tcp : goto va_tcp_1 }",
+    ]

@@ -1,11 +1,16 @@
 """IPAM: network subnets, VXLAN VNIs, task/node/VIP addresses and ingress ports.
 
-Pure logic, no I/O. The allocator controller rebuilds an :class:`Allocator` from what etcd
-already holds (``Allocator.from_state``), asks it for what is missing and persists the
-answers; so every decision is a function of the current allocations alone and survives a
-controller restart without a private database. Requests are idempotent: asking again for
-something an owner already holds returns the existing allocation, which makes a retried
-reconcile harmless.
+Pure logic, no I/O. It lives in the allocator controller's package, like the scheduler's
+placement and the orchestrator's slot planning: the allocator is its only user and the
+only writer of allocations, and controllers may not import ``shoal.net`` (the agent's
+dataplane only reads allocations back from the objects, see ``shoal.crds.networking``).
+
+The allocator controller rebuilds an :class:`Allocator` from what etcd already holds
+(``Allocator.from_state``, or ``adopt_*`` record by record), asks it for what is missing
+and persists the answers; so every decision is a function of the current allocations
+alone and survives a controller restart without a private database. Requests are
+idempotent: asking again for something an owner already holds returns the existing
+allocation, which makes a retried reconcile harmless.
 
 The scheme (see docs/networking.md):
 
@@ -186,14 +191,19 @@ class Allocator:
         (or two writers): refuse loudly rather than hand the value out a third time."""
         alloc = cls(config)
         for net in networks:
-            alloc._adopt_network(net)
+            alloc.adopt_network(net)
         for a in addresses:
-            alloc._adopt_address(a)
+            alloc.adopt_address(a)
         for p in ports:
-            alloc._adopt_port(p)
+            alloc.adopt_port(p)
         return alloc
 
-    def _adopt_network(self, net: NetworkAllocation) -> None:
+    # The adopt_* methods record one allocation read back from etcd. They raise
+    # ConflictError when it collides with one already recorded; ``from_state`` lets that
+    # propagate, the allocator controller adopts record by record, oldest object first,
+    # and re-allocates the newcomer instead of refusing to start.
+
+    def adopt_network(self, net: NetworkAllocation) -> None:
         if net.name in self._nets:
             raise ConflictError(f"network {net.name!r} is recorded twice", net.name)
         self._check_subnet_free(net.subnet, for_network=net.name)
@@ -214,7 +224,7 @@ class Allocator:
         self._nets[net.name] = st
         self._vnis[net.vni] = net.name
 
-    def _adopt_address(self, a: AddressAllocation) -> None:
+    def adopt_address(self, a: AddressAllocation) -> None:
         st = self._net(a.network)
         key = (a.kind, a.owner)
         if key in st.by_owner:
@@ -230,7 +240,7 @@ class Allocator:
         self._check_in_range(st, a)
         self._record(st, key, value)
 
-    def _adopt_port(self, p: PortAllocation) -> None:
+    def adopt_port(self, p: PortAllocation) -> None:
         held = self._ports.get((p.protocol, p.published))
         if held is not None and held.service != p.service:
             raise ConflictError(f"published port {p.published}/{p.protocol} is held by both "
@@ -295,7 +305,7 @@ class Allocator:
         vni = self._free_vni(name)
         vip_range = None if ingress else self._free_vip_block(name)
         alloc = NetworkAllocation(name, net, gw, vni, ingress, vip_range)
-        self._adopt_network(alloc)
+        self.adopt_network(alloc)
         return alloc
 
     def release_network(self, name: str) -> None:
@@ -388,6 +398,13 @@ class Allocator:
     def address_of(self, network: str, kind: AddressKind, owner: str) -> IPv4Address | None:
         st = self._nets.get(network)
         return None if st is None else st.by_owner.get((kind, owner))
+
+    def holders(self, network: str, kind: AddressKind) -> dict[str, IPv4Address]:
+        """Owner -> address of every ``kind`` address on ``network`` (empty if unknown)."""
+        st = self._nets.get(network)
+        if st is None:
+            return {}
+        return {owner: addr for (k, owner), addr in st.by_owner.items() if k == kind}
 
     def addresses(self) -> list[AddressAllocation]:
         return [AddressAllocation(st.alloc.name, kind, owner, addr)
@@ -513,7 +530,7 @@ class Allocator:
             result.append(PortAllocation(service, req.protocol, port, req.target))
         self.release_ports(service)
         for p in result:
-            self._adopt_port(p)
+            self.adopt_port(p)
         return result
 
     def release_ports(self, service: str) -> None:

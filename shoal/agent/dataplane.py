@@ -1,0 +1,360 @@
+"""The node's dataplane, built from etcd: overlay, task attachments, load balancer, DNS.
+
+One :class:`Dataplane` per (real) node agent. It follows Networks, Services, Tasks and
+Nodes of the whole cluster through the runtime's informers (remote tasks are the
+overlay's remote endpoints and the balancer's backends), asks ``netplan.plan`` what the
+node should hold, and applies it with the ``shoal.net`` building blocks: ``OverlayNode``
+(bridges, VXLANs, FDB/neighbours, veths into the tasks' namespaces), the load balancer
+the kernel supports (IPVS, else nftables; reported as ``Node.status.dataplane``) and the
+``DnsServer`` listening on the node's address on each network.
+
+Level-triggered like everything else: any change marks the plan stale and one loop
+re-plans and re-applies (debounced); each building block changes only what differs from
+the kernel's (or its own model's) state, so an agent restart with unchanged objects
+changes nothing -- except the nftables table, which a restarted agent writes once
+atomically with the same content (its conntrack entries, hence established connections,
+are untouched). A periodic pass repairs drift nobody announced.
+
+The task manager calls four hooks (``taskmanager.TaskNetworking``):
+
+* ``waiting_for(task)`` before starting a task: the task stays ``preparing`` while its
+  networks (or this node's address on them) are not allocated;
+* ``workload_spec(task, spec)``: the container gets a generated ``/etc/resolv.conf``
+  (bind mount) naming this node's DNS responder -- dockerd writes none for containers
+  without networking;
+* ``attach(task, observed)`` once the workload runs (pid known): the task's veths are
+  plumbed before the task is reported running;
+* ``detach(task)`` before a task is stopped (shut down, or unhealthy): it leaves this
+  node's balancer first, so no new connection reaches a dying task.
+
+What stays when the agent stops: everything in the kernel. Tasks keep their network and
+established connections keep flowing while no agent runs; the next agent adopts it all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import ipaddress
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import structlog
+
+from shoal.agent import netplan
+from shoal.agent.executor import Observed, TaskSpec
+from shoal.crds import kinds, resource
+from shoal.crds import networking as nw
+from shoal.net import lb as lb_mod
+from shoal.net.dns import DnsServer, DnsTable
+from shoal.net.overlay import OverlayNode
+from shoal.runtime import cas
+from shoal.runtime import informer as informer_mod
+from shoal.store import client, errors
+
+log = structlog.get_logger("shoal.agent.dataplane")
+
+DEBOUNCE = 0.05  # seconds: a burst of watch events is applied as one pass
+RESYNC_EVERY = 30.0  # seconds between passes nobody asked for (drift repair)
+LB_RESYNC_EVERY = 10  # every N-th periodic pass rewrites the balancer from its model
+ATTACH_WAIT = 5.0  # seconds an attach waits for this agent's caches to see the task
+DNS_PORT = 53
+RESOLV_TARGET = "/etc/resolv.conf"
+
+Observe = Callable[[str], Awaitable[Observed]]
+
+
+class NotPlumbedError(RuntimeError):
+    """A running task's network could not be plumbed yet; the task manager retries."""
+
+
+class Dataplane:
+    """The dataplane of one node. ``netns`` is the namespace to program (None: the
+    agent's own, the normal case); ``observe`` is the executor's, for finding the
+    workloads of tasks that were running before this agent started."""
+
+    def __init__(self, store: client.Store, node: str, underlay: str, *,
+                 observe: Observe, backend: lb_mod.BackendName | None = None,
+                 netns: str | None = None, state_dir: Path | str = "/run/shoal",
+                 dns_port: int = DNS_PORT) -> None:
+        self.store = store
+        self.node = node
+        self.underlay = underlay
+        self.netns = netns
+        self.observe = observe
+        self.state_dir = Path(state_dir) / node
+        self.dns_port = dns_port
+        self._backend_choice = backend
+        registry = kinds.Registry.builtin()
+        self._nodes_info = registry.lookup("nodes")
+        self.factory = informer_mod.SharedInformerFactory(store)
+        self.networks = self.factory.informer(registry.lookup("networks"))
+        self.services = self.factory.informer(registry.lookup("services"))
+        self.tasks = self.factory.informer(registry.lookup("tasks"))
+        self.nodes = self.factory.informer(self._nodes_info)
+        self.overlay = OverlayNode(underlay, netns=netns)
+        self.lb: lb_mod.LoadBalancer | None = None
+        self.dns = DnsServer(DnsTable())
+        self.log = log.bind(node=node)
+        self.pids: dict[str, int] = {}  # task uid -> workload pid (local tasks)
+        self.leaving: set[str] = set()  # local task uids taken out of the balancer
+        self.plan: netplan.Plan | None = None
+        self.passes = 0
+        self.changes = 0  # kernel changes the overlay made, in all passes
+        self.touch: Callable[[str], None] | None = None  # the task manager's requeue
+        self._waiting: set[str] = set()  # task keys told to wait for networks
+        self._listening: dict[str, ipaddress.IPv4Address] = {}  # network -> DNS address
+        self._lock = asyncio.Lock()
+        self._dirty = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._detach_handlers: list[Callable[[], None]] = []
+        self._lb_active = False
+        self._overlay_active = True  # a previous agent may have left links: look once
+
+    @property
+    def backend_name(self) -> str:
+        return self.lb.backend_name if self.lb is not None else "none"
+
+    # --- life cycle ---
+
+    async def start(self) -> None:
+        """Caches synced, balancer chosen and reported, local workloads found, the
+        first pass applied; then follow changes."""
+        self.factory.start()
+        for inf in (self.networks, self.services, self.tasks, self.nodes):
+            await inf.wait_synced()
+        chosen = self._backend_choice or await asyncio.to_thread(
+            lb_mod.detect_backend, self.netns)
+        self.lb = lb_mod.make_load_balancer(chosen, netns=self.netns)
+        await self._report_backend()
+        await self._discover_workloads()
+        await self.sync("start")
+        for inf in (self.networks, self.services, self.tasks, self.nodes):
+            self._detach_handlers.append(inf.add_handlers(
+                lambda _o: self._changed(), lambda _o, _n: self._changed(),
+                lambda _o: self._changed()))
+        # A task told to wait for its networks is looked at again when they change.
+        self._detach_handlers.append(self.networks.add_handlers(
+            lambda _o: self._poke_waiting(), lambda _o, _n: self._poke_waiting(), None))
+        self._loop_task = asyncio.create_task(self._run(), name=f"dataplane:{self.node}")
+        self.log.info("dataplane ready", backend=self.backend_name,
+                      networks=[n.name for n in (self.plan.overlay.networks
+                                                 if self.plan else ())])
+
+    async def close(self) -> None:
+        """Stop following etcd; the kernel state stays (see the module docstring)."""
+        for remove in self._detach_handlers:
+            remove()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._loop_task
+        await self.dns.close()
+        if self.lb is not None:
+            await self.lb.close()
+        await self.factory.stop()
+
+    async def _report_backend(self) -> None:
+        """``status.dataplane`` on our Node, for ``swctl get nodes -o wide``."""
+        backend = self.backend_name
+        try:
+            node = await self.store.get(self._nodes_info, self.node)
+            await cas.mutate(self.store, self._nodes_info, node,
+                             lambda n: n.status.__setitem__("dataplane", backend))
+        except errors.StoreError as exc:
+            self.log.warning("could not report the dataplane backend", error=str(exc))
+
+    async def _discover_workloads(self) -> None:
+        """Pids of local tasks that already run (a restarted agent): without them the
+        first pass would take their veths away."""
+        for task in self._local_tasks():
+            if netplan.task_ended(task) or not nw.task_attachments(task):
+                continue
+            try:
+                observed = await self.observe(task.metadata.uid)
+            except Exception as exc:  # the driver's daemon may be slow to answer
+                self.log.warning("cannot observe a workload", key=_ref(task), error=str(exc))
+                continue
+            if observed.state == "running" and observed.pid:
+                self.pids[task.metadata.uid] = observed.pid
+
+    # --- the loop ---
+
+    def _changed(self) -> None:
+        self._dirty.set()
+
+    def _poke_waiting(self) -> None:
+        if self.touch is not None:
+            for key in list(self._waiting):
+                self.touch(key)
+
+    async def _run(self) -> None:
+        backoff = 0.2
+        last_pass = time.monotonic()
+        periodic = 0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), timeout=RESYNC_EVERY)
+            await asyncio.sleep(DEBOUNCE)
+            self._dirty.clear()
+            resync = time.monotonic() - last_pass >= RESYNC_EVERY
+            try:
+                await self.sync("periodic" if resync else "change")
+                if resync:
+                    periodic += 1
+                    if periodic % LB_RESYNC_EVERY == 0 and self.lb is not None \
+                            and self._lb_active:
+                        await self.lb.resync()
+                last_pass = time.monotonic()
+                backoff = 0.2
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # A task namespace that vanished mid-pass, netlink busy...: look again.
+                self.log.warning("dataplane pass failed; retrying", error=str(exc),
+                                 error_type=type(exc).__name__, retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                self._dirty.set()
+
+    async def sync(self, reason: str = "change") -> netplan.Plan:
+        """Plan from the caches and apply; serialised (hooks and the loop share it)."""
+        async with self._lock:
+            self._prune()
+            plan = netplan.plan(self.node, self.networks.list(), self.services.list(),
+                                self.tasks.list(), self.nodes.list(), self.pids,
+                                frozenset(self.leaving))
+            self.passes += 1
+            if plan.overlay.networks or self._overlay_active:
+                report = await self.overlay.sync(plan.overlay)
+                self._overlay_active = bool(plan.overlay.networks)
+                if report:
+                    self.changes += len(report.changes)
+                    self.log.info("overlay changed", reason=reason,
+                                  changes=len(report.changes), first=report.changes[:5])
+            await self._apply_lb(plan)
+            await self._apply_dns(plan)
+            if plan.problems and (self.plan is None or plan.problems != self.plan.problems):
+                self.log.warning("dataplane incomplete", problems=list(plan.problems))
+            self.plan = plan
+            return plan
+
+    async def _apply_lb(self, plan: netplan.Plan) -> None:
+        assert self.lb is not None
+        if not plan.services:
+            # Nothing to balance: no table at all (also whatever an earlier agent left).
+            if self._lb_active or self.passes == 1:
+                await self.lb.teardown()
+                self._lb_active = False
+            return
+        await self.lb.sync(list(plan.services))
+        self._lb_active = True
+
+    async def _apply_dns(self, plan: netplan.Plan) -> None:
+        self.dns.table.replace_all(plan.dns)
+        for network in self.dns.networks:
+            if network not in plan.listeners:
+                await self.dns.unlisten(network)
+        for network, address in plan.listeners.items():
+            if self._listening.get(network) == address and network in self.dns.networks:
+                continue
+            try:
+                await self.dns.listen(network, str(address), self.dns_port, netns=self.netns)
+                self._listening[network] = address
+            except OSError as exc:
+                self.log.warning("DNS listener failed", network=network,
+                                 address=str(address), error=str(exc))
+
+    def _local_tasks(self) -> list[resource.Resource]:
+        return [t for t in self.tasks.list() if t.spec.get("nodeName") == self.node]
+
+    def _prune(self) -> None:
+        """Forget local tasks that ended or are gone, and pids whose process died (its
+        namespace went with it; plumbing into it would fail the whole pass)."""
+        alive = {t.metadata.uid for t in self._local_tasks() if not netplan.task_ended(t)}
+        for uid in list(self.pids):
+            if uid not in alive or not os.path.exists(f"/proc/{self.pids[uid]}/ns/net"):
+                del self.pids[uid]
+        self.leaving &= alive
+        resolv = self.state_dir / "resolv"
+        if resolv.is_dir():
+            for path in resolv.iterdir():
+                if path.stem not in alive:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+
+    # --- task manager hooks ---
+
+    def waiting_for(self, task: resource.Resource) -> str | None:
+        key = _key(task)
+        service = self.services.get(netplan.service_of(task), netplan.namespace_of(task))
+        why = netplan.waiting_for(task, service, {n.name: n for n in self.networks.list()},
+                                  self.node)
+        if why is None:
+            self._waiting.discard(key)
+        else:
+            self._waiting.add(key)
+        return why
+
+    def workload_spec(self, task: resource.Resource, spec: TaskSpec) -> TaskSpec:
+        server = netplan.nameserver(task, {n.name: n for n in self.networks.list()},
+                                    self.node)
+        mounts = spec.template.get("mounts") or []
+        if server is None or any(isinstance(m, dict) and m.get("target") == RESOLV_TARGET
+                                 for m in mounts):
+            return spec  # no service DNS for it, or the user brings their own
+        path = self.state_dir / "resolv" / task.metadata.uid
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # ndots:0: a single-label name (a service) is tried as is, first.
+        content = f"nameserver {server}\noptions ndots:0\n"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(content)
+        tmp.replace(path)
+        mount = {"type": "bind", "source": str(path), "target": RESOLV_TARGET,
+                 "readOnly": True}
+        return dataclasses.replace(spec, template={**spec.template,
+                                                   "mounts": [*mounts, mount]})
+
+    async def attach(self, task: resource.Resource, observed: Observed) -> None:
+        """Plumb a running task's networks before it is reported running."""
+        uid = task.metadata.uid
+        if not nw.task_attachments(task) or observed.pid is None:
+            return
+        if self.pids.get(uid) == observed.pid and self._plumbed(uid):
+            return
+        self.pids[uid] = observed.pid
+        deadline = time.monotonic() + ATTACH_WAIT
+        while True:
+            await self.sync("attach")
+            if self._plumbed(uid):
+                self.log.info("task attached", key=_ref(task), pid=observed.pid)
+                return
+            if time.monotonic() > deadline:
+                problems = "; ".join(self.plan.problems) if self.plan else ""
+                raise NotPlumbedError(f"the networks of {_ref(task)} are not plumbed yet"
+                                      + (f" ({problems})" if problems else ""))
+            await asyncio.sleep(0.1)  # our caches have not seen the allocation yet
+
+    def _plumbed(self, uid: str) -> bool:
+        return self.plan is not None and any(
+            a.key == uid for n in self.plan.overlay.networks for a in n.attachments)
+
+    async def detach(self, task: resource.Resource) -> None:
+        """Take a local task out of the balancer before it is stopped."""
+        uid = task.metadata.uid
+        if uid in self.leaving or not nw.task_attachments(task):
+            return
+        self.leaving.add(uid)
+        await self.sync("detach")
+        self.log.info("task left the balancer", key=_ref(task))
+
+
+def _key(task: resource.Resource) -> str:
+    return f"{netplan.namespace_of(task)}/{task.metadata.name}"
+
+
+def _ref(task: resource.Resource) -> str:
+    return f"task/{_key(task)}"

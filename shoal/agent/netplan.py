@@ -1,0 +1,288 @@
+"""What one node's dataplane should hold, computed from the cluster's objects: pure.
+
+Given the Networks, Services, Tasks and Nodes the agent sees (with the allocations the
+allocator wrote, ``shoal.crds.networking``), the pids of the local tasks' workloads and
+the local tasks that are leaving, :func:`plan` returns everything the dataplane
+programs: the overlay (``NetworkState``: bridges, VXLANs, remote endpoints, task veths),
+the load balancer's ``VirtualService``s, the DNS records and where the DNS responder
+listens. ``shoal.agent.dataplane`` applies it. Keeping the decision pure keeps it
+unit-testable without a kernel, and makes "an agent restart changes nothing" a
+property of the inputs: the same objects give the same plan.
+
+The rules, and why:
+
+* A node hosts a network while one of its (not ended) tasks is attached to it, and the
+  ingress network whenever some service publishes an ingress port (the routing mesh
+  answers on every node). It needs its own address on the network (allocated by the
+  allocator) to host it: that address is its tasks' gateway and DNS server.
+* Remote endpoints are the addresses of every other node's not-ended tasks on the network,
+  plus the other nodes' own addresses (masqueraded traffic comes from them), each behind
+  its node's underlay address (``Node.status.address``).
+* A local task is plumbed once its workload runs (its pid gives ``/proc/PID/ns/net``).
+  Interfaces are ``eth0``, ``eth1``... in ``spec.networks`` order; the default route goes
+  through the first network that is not internal (the ingress network comes last).
+* Balanced and resolved: tasks observed ``running`` and still desired running, minus the
+  local tasks that are leaving (being stopped, or unhealthy) -- so a task leaves the
+  balancer before it is killed. VIPs balance every port of both protocols (Swarm's VIPs
+  do: a service need not declare its ports), as ``VirtualService`` port 0. Ingress ports
+  go to every such task's ingress address; host-mode ports only to this node's tasks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Iterable, Mapping
+from typing import Literal
+
+from shoal.crds import networking as nw
+from shoal.crds.resource import DEFAULT_NAMESPACE, Resource
+from shoal.net.dns import ServiceRecord
+from shoal.net.lb import Backend, VirtualService
+from shoal.net.overlay import Attachment, NetworkState, OverlayNetwork, Peer
+
+IPv4Address = ipaddress.IPv4Address
+
+# Task states, as written by agents (Swarm's order).
+_ENDED = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned"})
+_ACTIVE_DESIRED = frozenset({"new", "pending", "assigned", "accepted", "preparing",
+                             "starting", "running"})
+PROTOCOLS: tuple[Literal["tcp", "udp"], ...] = ("tcp", "udp")
+#: ``VirtualService.port`` of a VIP that balances every port of its protocol.
+ALL_PORTS = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    overlay: NetworkState
+    services: tuple[VirtualService, ...]
+    dns: tuple[ServiceRecord, ...]
+    listeners: Mapping[str, IPv4Address]  # network -> this node's address (DNS)
+    problems: tuple[str, ...] = ()
+
+
+def task_ended(task: Resource) -> bool:
+    return task.status.get("state") in _ENDED
+
+
+def desired_active(task: Resource) -> bool:
+    return (task.spec.get("desiredState") or "running") in _ACTIVE_DESIRED
+
+
+def serving(task: Resource) -> bool:
+    """Observed running and still wanted: a balancer backend and a DNS answer."""
+    return task.status.get("state") == "running" and desired_active(task)
+
+
+def namespace_of(obj: Resource) -> str:
+    return obj.metadata.namespace or DEFAULT_NAMESPACE
+
+
+def service_of(task: Resource) -> str:
+    name = task.metadata.labels.get("shoal.io/service") or task.spec.get("serviceName")
+    return str(name or "")
+
+
+def ingress_name(networks: Iterable[Resource]) -> str | None:
+    """The routing-mesh network: the oldest Network with ``spec.ingress``."""
+    found = sorted((n for n in networks if nw.is_ingress(n)),
+                   key=lambda n: (n.metadata.creationTimestamp or "", n.name))
+    return found[0].name if found else None
+
+
+def mesh_in_use(services: Iterable[Resource]) -> bool:
+    """Some service has an allocated ingress port: every node answers it."""
+    return any(p.mode == "ingress" and p.published is not None
+               for s in services for p in nw.endpoint(s).ports)
+
+
+def waiting_for(task: Resource, service: Resource | None, networks: Mapping[str, Resource],
+                node: str) -> str | None:
+    """Why a task of this node cannot be started yet (its networks are not allocated, or
+    this node has no address on one of them yet), or None when it can."""
+    attachments = nw.task_attachments(task)
+    if attachments is None:
+        if service is None:
+            return None  # nothing says it needs a network (its service is gone)
+        needed = nw.task_network_names(service, ingress_name(networks.values()))
+        if not needed:
+            return None
+        return f"waiting for network allocation ({', '.join(needed)})"
+    for att in attachments:
+        net = networks.get(att.network)
+        info = nw.network_info(net) if net is not None else None
+        if info is None:
+            return f"waiting for network {att.network} to be allocated"
+        if node not in info.node_addresses:
+            return f"waiting for this node's address on network {att.network}"
+    return None
+
+
+def nameserver(task: Resource, networks: Mapping[str, Resource], node: str
+               ) -> IPv4Address | None:
+    """The DNS server a task's containers use: this node's address on the task's first
+    network that carries service discovery (the ingress network carries none)."""
+    for att in nw.task_attachments(task) or ():
+        net = networks.get(att.network)
+        info = nw.network_info(net) if net is not None else None
+        if info is not None and not info.ingress and node in info.node_addresses:
+            return info.node_addresses[node]
+    return None
+
+
+def plan(node: str, networks: Iterable[Resource], services: Iterable[Resource],
+         tasks: Iterable[Resource], nodes: Iterable[Resource], pids: Mapping[str, int],
+         leaving: frozenset[str] | set[str] = frozenset()) -> Plan:
+    """The whole desired dataplane of ``node`` (see the module docstring)."""
+    problems: list[str] = []
+    nets = {n.name: n for n in networks}
+    infos = {name: info for name, n in nets.items()
+             if (info := nw.network_info(n)) is not None}
+    svcs = list(services)
+    underlay: dict[str, IPv4Address] = {}
+    for n in nodes:
+        try:
+            underlay[n.name] = ipaddress.IPv4Address(str(n.status.get("address") or ""))
+        except ValueError:
+            continue
+    ingress = ingress_name(nets.values())
+
+    # Who is attached where (tasks that have not ended).
+    attached: list[tuple[Resource, list[nw.Attachment]]] = []
+    for t in tasks:
+        atts = nw.task_attachments(t)
+        if atts and not task_ended(t) and t.spec.get("nodeName"):
+            attached.append((t, atts))
+    hosted: list[str] = []
+    for t, atts in attached:
+        # Also while a task is being stopped: its veth goes when its workload does.
+        if t.spec.get("nodeName") == node:
+            hosted.extend(a.network for a in atts if a.network not in hosted)
+    if ingress is not None and ingress not in hosted and mesh_in_use(svcs):
+        hosted.append(ingress)
+
+    overlay_nets: list[OverlayNetwork] = []
+    listeners: dict[str, IPv4Address] = {}
+    for name in hosted:
+        info = infos.get(name)
+        if info is None:
+            problems.append(f"network {name} is not allocated")
+            continue
+        mine = info.node_addresses.get(node)
+        if mine is None:
+            problems.append(f"this node has no address on network {name} yet")
+            continue
+        peers: set[Peer] = set()
+        local: list[Attachment] = []
+        for t, atts in attached:
+            where = str(t.spec.get("nodeName"))
+            for index, att in enumerate(atts):
+                if att.network != name:
+                    continue
+                if where != node:
+                    if where in underlay:
+                        peers.add(Peer(att.address.ip, underlay[where]))
+                    continue
+                pid = pids.get(t.metadata.uid)
+                if pid is None:
+                    continue  # not started yet: plumbed once its workload runs
+                local.append(Attachment(
+                    key=t.metadata.uid, netns=f"/proc/{pid}/ns/net", ifname=f"eth{index}",
+                    address=att.address,
+                    default_route=_default_network(atts, infos) == att.network))
+        for other, address in info.node_addresses.items():
+            if other != node and other in underlay:
+                peers.add(Peer(address, underlay[other]))
+        overlay_nets.append(OverlayNetwork(
+            name=name, vni=info.vni, subnet=info.subnet, node_address=mine,
+            vip_range=info.vip_range, internal=info.internal,
+            attachments=tuple(sorted(local, key=lambda a: a.key)),
+            peers=tuple(sorted(peers, key=lambda p: (int(p.address), int(p.underlay))))))
+        if not info.ingress:
+            listeners[name] = mine
+    hosted_ok = {n.name for n in overlay_nets}
+
+    # Who serves: running tasks, by service, with their addresses per network.
+    serving_by_service: dict[tuple[str, str], list[tuple[Resource, list[nw.Attachment]]]] = {}
+    for t, atts in attached:
+        if serving(t) and not (t.spec.get("nodeName") == node and t.metadata.uid in leaving):
+            serving_by_service.setdefault((namespace_of(t), service_of(t)), []).append(
+                (t, atts))
+
+    virtual: dict[tuple[IPv4Address | None, int, str], VirtualService] = {}
+    records: list[ServiceRecord] = []
+    for s in svcs:
+        key = (namespace_of(s), s.name)
+        members = serving_by_service.get(key, [])
+        ep = nw.endpoint(s)
+        by_net: dict[str, list[IPv4Address]] = {}
+        for _t, atts in members:
+            for att in atts:
+                by_net.setdefault(att.network, []).append(att.address.ip)
+        for network, vip in ep.vips.items():
+            if network not in hosted_ok:
+                continue  # nobody here can reach it: no client on that network
+            for proto in PROTOCOLS:
+                _add(virtual, VirtualService.make(
+                    str(vip), ALL_PORTS, proto,
+                    [Backend(ip, ALL_PORTS) for ip in by_net.get(network, ())]), problems)
+        for port in ep.ports:
+            if port.published is None:
+                continue
+            if port.mode == "ingress":
+                if ingress is None or ingress not in hosted_ok:
+                    continue
+                backends = [Backend(a.address.ip, port.target)
+                            for _t, atts in members for a in atts if a.network == ingress]
+            else:
+                backends = [Backend(a.address.ip, port.target)
+                            for t, atts in members if t.spec.get("nodeName") == node
+                            for a in atts if a.network == ingress]
+                if not backends:
+                    continue  # host mode: published only where a task runs
+            _add(virtual, VirtualService.make(None, port.published, port.protocol, backends),
+                 problems)
+        dns_tasks = {n: tuple(sorted(ips)) for n, ips in by_net.items()
+                     if n != ingress}
+        vips = {n: v for n, v in ep.vips.items() if n != ingress}
+        if vips or dns_tasks or nw.service_networks(s):
+            records.append(ServiceRecord(namespace=key[0], name=key[1],
+                                         mode=nw.endpoint_mode(s), vips=vips,
+                                         tasks=_tasks_on_networks(s, dns_tasks, ingress)))
+    return Plan(overlay=NetworkState(tuple(sorted(overlay_nets, key=lambda n: n.name))),
+                services=tuple(sorted(virtual.values(), key=_service_order)),
+                dns=tuple(records), listeners=listeners, problems=tuple(problems))
+
+
+def _default_network(atts: list[nw.Attachment], infos: Mapping[str, nw.NetworkInfo]
+                     ) -> str | None:
+    for att in atts:
+        info = infos.get(att.network)
+        if info is not None and not info.internal:
+            return att.network
+    return None
+
+
+def _tasks_on_networks(service: Resource, found: Mapping[str, tuple[IPv4Address, ...]],
+                       ingress: str | None) -> dict[str, tuple[IPv4Address, ...]]:
+    """Task addresses per network, with an empty entry for each network of the service
+    that has none running: the name still resolves (NOERROR, no address) there."""
+    out = dict(found)
+    for name in nw.service_networks(service):
+        if name != ingress:
+            out.setdefault(name, ())
+    return out
+
+
+def _add(virtual: dict[tuple[IPv4Address | None, int, str], VirtualService],
+         svc: VirtualService, problems: list[str]) -> None:
+    if svc.key in virtual:
+        # Two services claiming one published port (admission and the allocator prevent
+        # it; a hand-written object may not): the first keeps it.
+        problems.append(f"{svc.describe()} is claimed twice; the first service keeps it")
+        return
+    virtual[svc.key] = svc
+
+
+def _service_order(svc: VirtualService) -> tuple[int, int, str]:
+    return (int(svc.vip) if svc.vip is not None else -1, svc.port, svc.protocol)

@@ -1,0 +1,137 @@
+"""What ``swctl down`` removes besides processes: the workloads of the cluster's nodes and
+the network-namespace underlay.
+
+What it owns: turning the ``nodes`` and ``underlay`` records of ``cluster.json`` into
+nothing left behind. Workloads outlive their agents on purpose (a restarted agent adopts
+them), so stopping the agents leaves them running; a cluster that is taken down must
+remove them explicitly:
+
+* docker: every container labelled ``shoal.io/node=<node>`` for the cluster's nodes
+  (force-removed with their anonymous volumes; named volumes are user data and stay);
+* process: every task the process driver keeps for those nodes (workload, supervisor and
+  files under ``/var/lib/shoal/process/<node>``), through the driver's own ``remove``;
+* the underlay (``netnodes``): processes still inside the node namespaces, then the
+  namespaces, veths and bridge.
+
+Each step is idempotent and tolerant of a half-done earlier run, so ``down`` can be
+interrupted and repeated. dockerd is never started for this: if it does not answer, it
+holds no containers we could remove now, and a notice says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import structlog
+
+from shoal.agent.executor import LABEL_NODE
+from shoal.cli import netnodes
+
+log = structlog.get_logger("shoal.cli.leftovers")
+
+REMOVE_PARALLELISM = 8
+
+
+def remove_containers(nodes: Sequence[str], notice: Callable[[str], None]) -> int:
+    """Force-remove every container of ``nodes``; how many were removed."""
+    if not nodes:
+        return 0
+    try:
+        import docker
+
+        from shoal.agent import dockerd
+        from shoal.agent.docker_driver import API_VERSION
+    except ImportError:
+        return 0  # no docker SDK: this installation never ran containers
+    url = dockerd.docker_url()
+    if not dockerd.ping(url):
+        notice(f"dockerd does not answer at {url}: containers of {', '.join(nodes)} (if "
+               "any) are left; run `swctl down` again once it is up")
+        return 0
+    api: Any = docker.APIClient(base_url=url, version=API_VERSION, timeout=60)
+    try:
+        ids: list[str] = []
+        for node in nodes:
+            found = api.containers(all=True, filters={"label": f"{LABEL_NODE}={node}"})
+            ids += [c["Id"] for c in found]
+
+        failed: list[str] = []
+
+        def remove(cid: str) -> bool:
+            try:
+                api.remove_container(cid, force=True, v=True)
+            except docker.errors.NotFound:
+                return False  # gone meanwhile: fine
+            except docker.errors.APIError as exc:
+                failed.append(f"{cid[:12]}: {exc.explanation or exc}")
+                return False
+            return True
+
+        with ThreadPoolExecutor(REMOVE_PARALLELISM) as pool:
+            removed = sum(pool.map(remove, ids))
+    finally:
+        api.close()
+    if failed:
+        notice(f"{len(failed)} container(s) could not be removed (run `swctl down` again): "
+               f"{failed[0]}")
+    if removed:
+        log.info("removed containers", nodes=list(nodes), count=removed)
+    return removed
+
+
+async def remove_processes_async(nodes: Sequence[str]) -> int:
+    """:func:`remove_processes` for callers already in an event loop."""
+    from shoal.agent import process_driver
+
+    count = 0
+    for node in nodes:
+        if not (process_driver.DEFAULT_STATE_DIR / "process" / node).is_dir():
+            continue  # never ran a process task: do not create its directory now
+        driver = process_driver.ProcessExecutor(node)
+        try:
+            managed = await driver.list_managed()
+            await asyncio.gather(*(driver.remove(m.task_uid) for m in managed))
+            count += len(managed)
+        finally:
+            await driver.close()
+    return count
+
+
+def remove_processes(nodes: Sequence[str]) -> int:
+    """Stop and remove the process driver's tasks of ``nodes``; how many there were."""
+    if not nodes:
+        return 0
+    try:
+        return asyncio.run(remove_processes_async(nodes))
+    except ImportError:
+        return 0
+
+
+def remove_all(nodes: Sequence[str], underlay: dict[str, Any] | None,
+               notice: Callable[[str], None]) -> list[str]:
+    """Everything above, in an order that leaves nothing running: first whatever still
+    runs in the node namespaces (an agent restarted by hand would otherwise report the
+    removals or start over), then workloads, then the namespaces and the bridge. Returns
+    one line per kind of thing removed, for ``down`` to print."""
+    done: list[str] = []
+    net = netnodes.Underlay.from_record(underlay) if underlay else None
+    if net is not None:
+        stray = netnodes.end_processes(net)
+        if stray:
+            done.append(f"{stray} process{'es' if stray != 1 else ''} left in node "
+                        "namespaces stopped")
+    processes = remove_processes(nodes)
+    if processes:
+        done.append(f"{processes} process task{'s' if processes != 1 else ''} removed")
+    containers = remove_containers(nodes, notice)
+    if containers:
+        done.append(f"{containers} container{'s' if containers != 1 else ''} removed")
+    if net is not None:
+        removed = netnodes.teardown(net)
+        if removed:
+            done.append(f"underlay removed ({len(net.nodes)} node namespaces, bridge "
+                        f"{net.bridge})")
+    return done

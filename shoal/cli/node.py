@@ -1,0 +1,254 @@
+"""``swctl node``: list, inspect and manage nodes the way ``docker node`` does.
+
+Verbs: ``ls``, ``inspect``, ``update`` (availability, role, labels) and the one-word
+shortcuts ``drain``, ``activate``, ``pause``, ``promote``, ``demote``.
+
+Only ``spec`` (availability, role) and ``metadata.labels`` are written; ``status`` belongs
+to the node's agent. Node labels are ``metadata.labels`` (what constraints call
+``node.labels.<k>``); a restarting agent re-applies its own ``--label`` keys but keeps
+labels added here. Every write is compare-and-swap with re-read on conflict, because the
+agent updates the same object (status, labels) every few seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from shoal.cli import common, console, errors, printers, taskview
+from shoal.crds import kinds, resource
+from shoal.store import client
+from shoal.store import errors as store_errors
+
+CONFLICT_ATTEMPTS = 8
+# How many node names an unknown-node error lists before "and N more".
+KNOWN_SHOWN = 5
+AVAILABILITIES = ("active", "pause", "drain")
+ROLES = ("manager", "worker")
+# Kubernetes-style label keys: an optional DNS prefix and a name of letters, digits,
+# "-", "_" and "." starting and ending alphanumeric.
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*"
+                        r"[A-Za-z0-9])?$")
+
+# shortcut verb -> (spec field, value, past tense for the result line)
+SHORTCUTS: dict[str, tuple[str, str, str]] = {
+    "drain": ("availability", "drain", "drained"),
+    "activate": ("availability", "active", "activated"),
+    "pause": ("availability", "pause", "paused"),
+    "promote": ("role", "manager", "promoted"),
+    "demote": ("role", "worker", "demoted"),
+}
+
+
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("node", parents=parents, help="list and manage nodes",
+                       description="List, inspect and manage the cluster's nodes.")
+    verbs = p.add_subparsers(dest="node_verb", metavar="COMMAND", required=True)
+
+    ls = verbs.add_parser("ls", aliases=["list"], parents=parents, help="list nodes")
+    ls.add_argument("-q", "--quiet", action="store_true", help="only print node names")
+    ls.add_argument("-l", "--selector", metavar="SELECTOR",
+                    help="only nodes whose labels match, e.g. zone=a")
+    ls.set_defaults(func=run_ls, error_code=1)
+
+    inspect = verbs.add_parser("inspect", parents=parents, help="show nodes in full")
+    inspect.add_argument("names", nargs="+", metavar="NAME")
+    inspect.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    inspect.set_defaults(func=run_inspect, error_code=1)
+
+    update = verbs.add_parser(
+        "update", parents=parents, help="change a node's availability, role or labels",
+        description="Change a node's availability (active takes tasks, pause takes no new "
+                    "ones, drain moves its tasks away), role, or labels.")
+    update.add_argument("name", metavar="NAME")
+    update.add_argument("--availability", choices=AVAILABILITIES)
+    update.add_argument("--role", choices=ROLES)
+    update.add_argument("--label-add", action="append", default=[], metavar="KEY[=VALUE]",
+                        help="add or change a label (repeatable)")
+    update.add_argument("--label-rm", action="append", default=[], metavar="KEY",
+                        help="remove a label (repeatable)")
+    update.set_defaults(func=run_update, error_code=1)
+
+    for verb, (field, value, _) in SHORTCUTS.items():
+        short = verbs.add_parser(verb, parents=parents,
+                                 help=f"set {field} to {value} (node update --{field} {value})")
+        short.add_argument("names", nargs="+", metavar="NAME")
+        short.set_defaults(func=run_shortcut, error_code=1, shortcut=verb)
+
+
+# --- lookups ---
+
+def _node_info(registry: kinds.Registry) -> kinds.KindInfo:
+    return registry.lookup("nodes")
+
+
+async def get_node(store: client.Store, info: kinds.KindInfo, name: str) -> resource.Resource:
+    """The node called ``name``; an unknown name lists (a few of) the known ones."""
+    try:
+        return await store.get(info, name)
+    except store_errors.NotFoundError:
+        pass
+    nodes, _ = await store.list(info)
+    names = sorted(n.name for n in nodes)
+    if not names:
+        raise errors.CliError(f'node "{name}" not found: the cluster has no nodes yet (start '
+                              "an agent with `swctl agent`, or a local cluster with `swctl "
+                              "up`)")
+    shown = ", ".join(names[:KNOWN_SHOWN])
+    more = f" and {len(names) - KNOWN_SHOWN} more" if len(names) > KNOWN_SHOWN else ""
+    raise errors.CliError(f'node "{name}" not found; known nodes: {shown}{more} (list them '
+                          "with `swctl node ls`)")
+
+
+# --- ls / inspect ---
+
+def ls_rows(nodes: Sequence[resource.Resource], per_node: dict[str, int]) -> list[list[str]]:
+    rows = []
+    for node in sorted(nodes, key=lambda n: n.name):
+        rows.append([node.name, str(node.status.get("state") or "unknown"),
+                     str(node.spec.get("availability") or "active"),
+                     str(node.spec.get("role") or "worker"),
+                     str(node.status.get("address") or printers.NONE),
+                     str(per_node.get(node.name, 0)),
+                     printers.age(node.metadata.creationTimestamp)])
+    return rows
+
+
+LS_HEADERS = ["NAME", "STATUS", "AVAILABILITY", "ROLE", "ADDRESS", "TASKS", "AGE"]
+
+
+async def run_ls(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
+    from shoal.cli import get
+
+    selector = get.parse_selector(args.selector)
+    async with common.open_store(opts) as store:
+        registry = await common.registry_of(store)
+        nodes, _ = await store.list(_node_info(registry), None, selector)
+        if args.quiet:
+            console.out("\n".join(sorted(n.name for n in nodes)))
+            return 0
+        # One listing of every task (all namespaces), counted per node.
+        tasks, _ = await store.list(registry.lookup("tasks"))
+    if not nodes:
+        # As `get`: nothing on stdout, a note for people on stderr.
+        print("No nodes found (start an agent with `swctl agent`, or `swctl up`).",
+              file=sys.stderr)
+        return 0
+    table, _ = printers.render_table(LS_HEADERS, ls_rows(nodes, taskview.tasks_per_node(tasks)),
+                                     color=console.stdout_is_tty())
+    console.out(table)
+    return 0
+
+
+async def run_inspect(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
+    async with common.open_store(opts) as store:
+        info = _node_info(await common.registry_of(store))
+        found = [await get_node(store, info, name) for name in args.names]
+    if args.output == "json":
+        data: Any = found[0].to_dict() if len(found) == 1 else [n.to_dict() for n in found]
+        console.out(printers.to_json(data))
+    else:
+        console.out("\n---\n".join(printers.to_yaml(n.to_dict()) for n in found))
+    return 0
+
+
+# --- update ---
+
+def parse_label_add(items: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if not _LABEL_KEY.match(key):
+            raise errors.CliError(f'invalid label key "{key}" in --label-add {item}: use '
+                                  "letters, digits, '-', '_' and '.', starting and ending "
+                                  "with a letter or digit (optionally prefixed by a DNS "
+                                  "name and '/')")
+        out[key] = value
+    return out
+
+
+Change = Callable[[resource.Resource], None]
+
+
+def update_changes(args: argparse.Namespace) -> list[Change]:
+    """What ``node update`` does to a node, as functions applied to a fresh copy."""
+    adds = parse_label_add(args.label_add)
+    removes = [k.strip() for k in args.label_rm]
+    clash = sorted(set(adds) & set(removes))
+    if clash:
+        raise errors.CliError(f"label {clash[0]} is both added and removed; give one of "
+                              "--label-add and --label-rm for it")
+    changes: list[Change] = []
+    if args.availability:
+        changes.append(lambda n: n.spec.__setitem__("availability", args.availability))
+    if args.role:
+        changes.append(lambda n: n.spec.__setitem__("role", args.role))
+    if adds:
+        changes.append(lambda n: n.metadata.labels.update(adds))
+
+    def remove(node: resource.Resource) -> None:
+        for key in removes:
+            if key not in node.metadata.labels:
+                have = ", ".join(sorted(node.metadata.labels)) or "none"
+                raise errors.CliError(f'label "{key}" is not set on node {node.name} '
+                                      f"(its labels: {have}); nothing was changed")
+            del node.metadata.labels[key]
+
+    if removes:
+        changes.append(remove)
+    if not changes:
+        raise errors.CliError("nothing to update: give --availability, --role, --label-add "
+                              "or --label-rm")
+    return changes
+
+
+async def update_node(store: client.Store, info: kinds.KindInfo, name: str,
+                      changes: Sequence[Change]) -> bool:
+    """Apply ``changes`` to node ``name`` with compare-and-swap; False if nothing changed."""
+    node = await get_node(store, info, name)
+    for attempt in range(CONFLICT_ATTEMPTS):
+        updated = node.deepcopy()
+        for change in changes:
+            change(updated)
+        if updated.spec == node.spec and updated.metadata.labels == node.metadata.labels:
+            return False
+        try:
+            await store.update(info, updated)
+            return True
+        except store_errors.ConflictError:
+            # The agent rewrites its node's status every few seconds: re-read and redo.
+            await asyncio.sleep(0.01 * 2 ** attempt)
+            node = await get_node(store, info, name)
+    raise errors.CliError(f"gave up updating node {name} after {CONFLICT_ATTEMPTS} "
+                          "conflicting writes; try again")
+
+
+async def run_update(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
+    changes = update_changes(args)
+    async with common.open_store(opts) as store:
+        info = _node_info(await common.registry_of(store))
+        changed = await update_node(store, info, args.name, changes)
+    console.out(f"node/{args.name} {'updated' if changed else 'unchanged'}")
+    return 0
+
+
+async def run_shortcut(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
+    field, value, done = SHORTCUTS[args.shortcut]
+
+    def change(node: resource.Resource) -> None:
+        node.spec[field] = value
+
+    async with common.open_store(opts) as store:
+        info = _node_info(await common.registry_of(store))
+        # Resolve every name first, so a typo in the list changes nothing.
+        for name in args.names:
+            await get_node(store, info, name)
+        for name in args.names:
+            changed = await update_node(store, info, name, [change])
+            console.out(f"node/{name} {done}" if changed else f"node/{name} already {done}")
+    return 0
