@@ -6,9 +6,14 @@ kube-proxy's IPVS modes:
 * a VIP service is an IPVS virtual service ``VIP:port/proto`` (scheduler ``rr``) whose real
   servers are the backends, forwarded by **masquerading** (``fwd_method=0``: pyroute2's
   IPVSDest defaults to 3, direct routing, which would need the backends to own the VIP);
+* a whole-VIP service (port 0: every port of the protocol, what the agent programs for
+  Swarm's VIPs) is a firewall-mark service per VIP and protocol (:func:`fwmark_for_vip`)
+  whose real servers have port 0: IPVS then keeps the port the client connected to. (A
+  port-0 *address* service would be scheduled only if persistent, pinning each client to
+  one backend.) The companion marks ``ip daddr VIP`` packets of that protocol;
 * IPVS only sees packets addressed to a local address, so each VIP is added as a /32 to a
-  dummy device ``shoal-ipvs0``. VIPs are off-link (ipam.py): no host ever ARPs for them,
-  so the local address is never announced on an overlay;
+  dummy device ``shoal-ipvs0``. VIPs are off-link (shoal/controllers/allocator/ipam.py): no
+  host ever ARPs for them, so the local address is never announced on an overlay;
 * a published ingress port (vip None) is a firewall-mark service whose mark a small
   netfilter companion sets on packets to a local address on that port;
 * replies must come back through this node, so VIP traffic is masqueraded by that same
@@ -17,17 +22,22 @@ kube-proxy's IPVS modes:
 
 The netfilter companion comes in two flavours, chosen at the first sync:
 
-* ``nftables`` (preferred): a table ``ip shoal_ipvs`` with a set of VIPs and a map of
-  published ports to marks; VIP packets get a mark bit that postrouting masquerades on;
+* ``nftables`` (preferred): a table ``ip shoal_ipvs`` with a set of VIPs, a map of
+  published ports to marks and a map of whole VIPs (``VIP . proto``) to marks; VIP packets
+  get a mark bit that postrouting masquerades on;
 * ``iptables`` (``iptables-legacy``): for kernels that have IPVS and x_tables but no
   nf_tables for the ``ip`` family -- Debian's user-mode-linux kernel, where this backend
   is tested, is one. Masquerading there needs no per-VIP rule: the ``ipvs`` match
   (``-m ipvs --ipvs --vdir ORIGINAL --vmethod MASQ``) picks IPVS's own connections, as
-  Docker's ingress sandbox does; published ports are one MARK rule each.
+  Docker's ingress sandbox does; published ports and whole VIPs are one MARK rule each
+  (the whole-VIP rules last, so a VIP keeps its traffic on a port that is also published).
 
 Ownership after a restart: a VIP service is Shoal's when its address is on the dummy
-device; a fwmark service when its mark carries :data:`FWMARK_BASE`. Nothing else in the
-IPVS table is touched.
+device; a published port's fwmark service when its mark carries :data:`FWMARK_BASE`
+alone, a whole VIP's when its mark carries :data:`FWMARK_VIP` too and matches a VIP on
+the dummy device. Nothing else in the IPVS table is touched. Order of changes: a VIP's
+address goes first and leaves last (its services are recognised by it), its mark is set
+after its fwmark service exists and removed before the service goes.
 
 Changes are proportional to what changed: ``update_service`` reads back and rewrites only
 that service (one service lookup and one real-server dump through pyroute2), and adds or
@@ -73,6 +83,13 @@ MASQ_MARK = 0x10000000
 # also asks for masquerading and can never collide with another service's.
 FWMARK_BASE = MASQ_MARK
 FWMARK_UDP = 0x00010000
+# Firewall marks of whole-VIP (port 0) services: MASQ_MARK | FWMARK_VIP | proto bit | the
+# VIP's low 27 bits. Unique as long as the VIPs share their top 5 bits (any VIP pool of
+# /5 or smaller; the default is a /16); a collision is refused, never programmed.
+FWMARK_VIP = 0x20000000
+FWMARK_VIP_UDP = 0x08000000
+FWMARK_VIP_ADDR = 0x07FFFFFF
+FWMARK_KIND = 0xF0000000
 NFT_TABLE = "ip shoal_ipvs"
 IPT_MARK_CHAIN = "SHOAL-IPVS-MARK"  # mangle: published-port marks
 IPT_MASQ_CHAIN = "SHOAL-IPVS-MASQ"  # nat: masquerade IPVS-forwarded traffic
@@ -81,16 +98,38 @@ Netfilter = Literal["nftables", "iptables"]
 
 
 def fwmark_for(protocol: Protocol, port: int) -> int:
+    """The mark of a published port's fwmark service."""
     return FWMARK_BASE | (FWMARK_UDP if protocol == "udp" else 0) | port
+
+
+def fwmark_for_vip(vip: ipaddress.IPv4Address, protocol: Protocol) -> int:
+    """The mark of a whole-VIP (port 0) fwmark service."""
+    return (FWMARK_BASE | FWMARK_VIP | (FWMARK_VIP_UDP if protocol == "udp" else 0)
+            | (int(vip) & FWMARK_VIP_ADDR))
+
+
+def is_whole_vip(key: ServiceKey) -> bool:
+    """A VIP balancing every port of its protocol (port 0): a fwmark service here."""
+    return key[0] is not None and key[1] == 0
+
+
+def mark_of(key: ServiceKey) -> int | None:
+    """The firewall mark of a service programmed as a fwmark service, else None."""
+    vip, port, proto = key
+    if vip is None:
+        return fwmark_for(proto, port)
+    return fwmark_for_vip(vip, proto) if port == 0 else None
 
 
 def service_fields(svc: VirtualService | ServiceKey) -> dict[str, Any]:
     """IPVSService keyword arguments for a virtual service (or its key)."""
-    vip, port, proto = svc.key if isinstance(svc, VirtualService) else svc
-    if vip is None:
+    key = svc.key if isinstance(svc, VirtualService) else svc
+    vip, port, proto = key
+    mark = mark_of(key)
+    if mark is not None:
         # The kernel requires a netmask on every new service; pyroute2 only adds one
         # when an address is given, so a fwmark service must carry it explicitly.
-        return {"fwmark": fwmark_for(proto, port), "af": socket.AF_INET,
+        return {"fwmark": mark, "af": socket.AF_INET,
                 "netmask": "255.255.255.255", "sched_name": SCHEDULER}
     return {"addr": str(vip), "port": port, "protocol": protocol_number(proto),
             "sched_name": SCHEDULER}
@@ -110,12 +149,16 @@ def render_nft(services: Iterable[VirtualService]) -> str:
     services = list(services)
     vips = sorted({s.vip for s in services if s.vip is not None})
     marks = sorted({(s.protocol, s.port) for s in services if s.vip is None})
+    whole = sorted((s.vip, s.protocol) for s in services
+                   if s.vip is not None and s.port == 0)
     lines = [f"table {NFT_TABLE} {{}}", f"delete table {NFT_TABLE}", f"table {NFT_TABLE} {{",
              "  set vips { type ipv4_addr; }",
              "  map fwmarks { type inet_proto . inet_service : mark; }",
+             "  map vipmarks { type ipv4_addr . inet_proto : mark; }",
              "  chain tag { ip daddr @vips meta mark set meta mark | " + m + "; "
              "fib daddr type local ip daddr != 127.0.0.0/8 ip daddr != @vips "
-             "meta mark set meta l4proto . th dport map @fwmarks; }",
+             "meta mark set meta l4proto . th dport map @fwmarks; "
+             "meta mark set ip daddr . meta l4proto map @vipmarks; }",
              "  chain prerouting { type filter hook prerouting priority -150; "
              "policy accept; jump tag; }",
              "  chain output { type route hook output priority -150; policy accept; "
@@ -128,6 +171,9 @@ def render_nft(services: Iterable[VirtualService]) -> str:
     if marks:
         body = ", ".join(_nft_mark_element(p, port) for p, port in marks)
         lines.append(f"add element {NFT_TABLE} fwmarks {{ {body} }}")
+    if whole:
+        body = ", ".join(_nft_vip_mark_element(v, p) for v, p in whole)
+        lines.append(f"add element {NFT_TABLE} vipmarks {{ {body} }}")
     return "\n".join(lines) + "\n"
 
 
@@ -135,12 +181,24 @@ def _nft_mark_element(protocol: Protocol, port: int) -> str:
     return f"{protocol} . {port} : {fwmark_for(protocol, port):#x}"
 
 
+def _nft_vip_mark_element(vip: ipaddress.IPv4Address, protocol: Protocol) -> str:
+    return f"{vip} . {protocol} : {fwmark_for_vip(vip, protocol):#x}"
+
+
+VipMark = tuple[ipaddress.IPv4Address, Protocol]  # a whole VIP's marking: (VIP, protocol)
+
+
 def render_nft_change(*, vips_added: Iterable[ipaddress.IPv4Address] = (),
                       vips_removed: Iterable[ipaddress.IPv4Address] = (),
                       ports_added: Iterable[tuple[Protocol, int]] = (),
-                      ports_removed: Iterable[tuple[Protocol, int]] = ()) -> str:
+                      ports_removed: Iterable[tuple[Protocol, int]] = (),
+                      marks_added: Iterable[VipMark] = (),
+                      marks_removed: Iterable[VipMark] = ()) -> str:
     """Element additions/removals for one change (empty string: nothing to do)."""
     lines = []
+    if unmarked := sorted(marks_removed):
+        keys = ", ".join(f"{v} . {p}" for v, p in unmarked)
+        lines.append(f"delete element {NFT_TABLE} vipmarks {{ {keys} }}")
     if removed := sorted(vips_removed):
         lines.append(f"delete element {NFT_TABLE} vips {{ {', '.join(map(str, removed))} }}")
     if added := sorted(vips_added):
@@ -151,6 +209,9 @@ def render_nft_change(*, vips_added: Iterable[ipaddress.IPv4Address] = (),
     if new := sorted(ports_added):
         body = ", ".join(_nft_mark_element(p, port) for p, port in new)
         lines.append(f"add element {NFT_TABLE} fwmarks {{ {body} }}")
+    if marked := sorted(marks_added):
+        body = ", ".join(_nft_vip_mark_element(v, p) for v, p in marked)
+        lines.append(f"add element {NFT_TABLE} vipmarks {{ {body} }}")
     return "".join(f"{line}\n" for line in lines)
 
 
@@ -160,12 +221,20 @@ def render_iptables(services: Iterable[VirtualService], *,
     restore file flushes it, so the chains are rewritten whole; the jumps from the
     built-in chains are added only where ``jumps_present`` (table, chain) lacks them."""
     have = set(jumps_present)
+    services = list(services)
     ports = sorted({(s.protocol, s.port) for s in services if s.vip is None})
+    whole = sorted((s.vip, s.protocol) for s in services
+                   if s.vip is not None and s.port == 0)
     mangle = ["*mangle", f":{IPT_MARK_CHAIN} - [0:0]"]
     for proto, port in ports:
         mangle.append(f"-A {IPT_MARK_CHAIN} -p {proto} -m {proto} --dport {port} "
                       "-m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 "
                       f"-j MARK --set-xmark {fwmark_for(proto, port):#x}/0xffffffff")
+    # After the published ports: MARK does not stop the chain, so the last match wins
+    # and a whole VIP keeps its traffic on a port that is also published.
+    for vip, proto in whole:
+        mangle.append(f"-A {IPT_MARK_CHAIN} -d {vip}/32 -p {proto} "
+                      f"-j MARK --set-xmark {fwmark_for_vip(vip, proto):#x}/0xffffffff")
     for builtin in ("PREROUTING", "OUTPUT"):
         if ("mangle", builtin) not in have:
             mangle.append(f"-A {builtin} -j {IPT_MARK_CHAIN}")
@@ -210,11 +279,16 @@ def render_iptables_teardown(saved: str) -> str:
 
 # ---- reading IPVS messages --------------------------------------------------------------
 
-def _service_key_of(msg_fields: dict[str, Any]) -> ServiceKey | None:
-    """Key of a dumped IPVS service if it is Shoal's kind (VIP or Shoal fwmark)."""
+def _service_key_of(msg_fields: dict[str, Any],
+                    whole_vips: dict[int, ServiceKey] | None = None) -> ServiceKey | None:
+    """Key of a dumped IPVS service if it is Shoal's kind (VIP or Shoal fwmark).
+    ``whole_vips`` maps the marks of whole-VIP services to their keys (a mark holds only
+    part of its VIP: see :func:`vip_marks`); without it such services are not Shoal's."""
     fwmark = msg_fields.get("fwmark") or 0
     if fwmark:
-        if fwmark & 0xF0000000 != FWMARK_BASE:
+        if fwmark & FWMARK_KIND == FWMARK_BASE | FWMARK_VIP:
+            return (whole_vips or {}).get(fwmark)
+        if fwmark & FWMARK_KIND != FWMARK_BASE or fwmark & ~(FWMARK_KIND | FWMARK_UDP | 0xFFFF):
             return None
         proto: Protocol = "udp" if fwmark & FWMARK_UDP else "tcp"
         return (None, fwmark & 0xFFFF, proto)
@@ -262,7 +336,8 @@ class _Companion(abc.ABC):
                      vips_added: set[ipaddress.IPv4Address],
                      vips_removed: set[ipaddress.IPv4Address],
                      ports_added: set[tuple[Protocol, int]],
-                     ports_removed: set[tuple[Protocol, int]]) -> None:
+                     ports_removed: set[tuple[Protocol, int]],
+                     marks_added: set[VipMark], marks_removed: set[VipMark]) -> None:
         """Apply one change; ``services`` is the whole model after it (for a rebuild)."""
 
     @abc.abstractmethod
@@ -289,9 +364,11 @@ class _NftCompanion(_Companion):
                      vips_added: set[ipaddress.IPv4Address],
                      vips_removed: set[ipaddress.IPv4Address],
                      ports_added: set[tuple[Protocol, int]],
-                     ports_removed: set[tuple[Protocol, int]]) -> None:
+                     ports_removed: set[tuple[Protocol, int]],
+                     marks_added: set[VipMark], marks_removed: set[VipMark]) -> None:
         script = render_nft_change(vips_added=vips_added, vips_removed=vips_removed,
-                                   ports_added=ports_added, ports_removed=ports_removed)
+                                   ports_added=ports_added, ports_removed=ports_removed,
+                                   marks_added=marks_added, marks_removed=marks_removed)
         if not script:
             return
         try:
@@ -344,10 +421,12 @@ class _IptablesCompanion(_Companion):
                      vips_added: set[ipaddress.IPv4Address],
                      vips_removed: set[ipaddress.IPv4Address],
                      ports_added: set[tuple[Protocol, int]],
-                     ports_removed: set[tuple[Protocol, int]]) -> None:
-        # VIPs need no rule here (the ipvs match covers every IPVS connection); published
-        # ports are one rule each and few, so their chain is rewritten whole.
-        if ports_added or ports_removed:
+                     ports_removed: set[tuple[Protocol, int]],
+                     marks_added: set[VipMark], marks_removed: set[VipMark]) -> None:
+        # VIPs need no masquerading rule here (the ipvs match covers every IPVS
+        # connection); published ports and whole VIPs are one MARK rule each, so their
+        # chain is rewritten whole (iptables-restore replaces a chain in one commit).
+        if ports_added or ports_removed or marks_added or marks_removed:
             await self.full(services)
 
     async def teardown(self) -> None:
@@ -363,16 +442,26 @@ class UnsupportedServiceError(ValueError):
 
 
 def check_supported(services: Iterable[VirtualService]) -> None:
-    """Refuse whole-VIP services (VIP with port 0, every port of the protocol), loudly.
-    IPVS schedules a port-0 VIP service only when it is persistent ("port zero only
-    supported in persistent services"), and persistence would pin each client to one
-    backend; the way to do it is a fwmark service per VIP, not written yet. Programming
-    them anyway would leave VIPs that silently drop every connection."""
-    bad = [s.describe() for s in services if s.vip is not None and s.port == 0]
+    """Refuse, loudly, what this backend cannot program faithfully: a whole-VIP (port 0)
+    service next to an exact-port service of the same VIP and protocol (the fwmark
+    service would take the exact port's traffic: IPVS looks marks up first), and two
+    whole-VIP services whose marks collide (VIPs differing in their top 5 bits)."""
+    every = list(services)
+    exact = {(s.vip, s.protocol) for s in every if s.vip is not None and s.port != 0}
+    marks: dict[int, VirtualService] = {}
+    bad: list[str] = []
+    for s in every:
+        if s.vip is None or s.port != 0:
+            continue
+        if (s.vip, s.protocol) in exact:
+            bad.append(f"{s.describe()} next to an exact-port service of that VIP")
+        mark = fwmark_for_vip(s.vip, s.protocol)
+        other = marks.setdefault(mark, s)
+        if other is not s:
+            bad.append(f"{s.describe()} and {other.describe()} share mark {mark:#x}")
     if bad:
         raise UnsupportedServiceError(
-            f"IPVS backend: whole-VIP (port 0) services are not supported yet: "
-            f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+            f"IPVS backend: {'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
 
 
 class IpvsLoadBalancer(LoadBalancer):
@@ -390,6 +479,8 @@ class IpvsLoadBalancer(LoadBalancer):
         self._model: dict[ServiceKey, VirtualService] = {}
         self._vip_refs: dict[ipaddress.IPv4Address, int] = {}
         self._ports: set[tuple[Protocol, int]] = set()
+        self._exact: set[VipMark] = set()  # (VIP, protocol) of exact-port VIP services
+        self._marks: dict[int, ServiceKey] = {}  # whole-VIP services by mark
         self._prepared = False
         self._synced = False
 
@@ -479,7 +570,7 @@ class IpvsLoadBalancer(LoadBalancer):
         self._synced = True
 
     async def update_service(self, service: VirtualService) -> None:
-        check_supported([service])
+        self._check_joins(service)
         if not self._synced:
             # Nothing is known about the kernel yet: a full sync takes over its state.
             await self.sync([*(s for k, s in self._model.items() if k != service.key),
@@ -489,6 +580,7 @@ class IpvsLoadBalancer(LoadBalancer):
         vip_added = service.vip is not None and service.vip not in self._vip_refs
         port = (service.protocol, service.port)
         port_added = service.vip is None and port not in self._ports
+        mark_added = is_whole_vip(service.key) and service.key not in self._model
         if vip_added:
             assert service.vip is not None
             await self._add_address(service.vip)
@@ -498,9 +590,16 @@ class IpvsLoadBalancer(LoadBalancer):
                 list(after.values()),
                 vips_added={service.vip} if vip_added and service.vip else set(),
                 vips_removed=set(), ports_added={port} if port_added else set(),
-                ports_removed=set())
+                ports_removed=set(), marks_added=set(), marks_removed=set())
         # Level-triggered per service: read back this one service and fix what differs.
         await self._run(service_commands(service, await self._read_service(service.key)))
+        if mark_added:
+            # Marked traffic goes to the fwmark service, so the mark comes after it.
+            assert service.vip is not None
+            await self._companion.change(
+                list(after.values()), vips_added=set(), vips_removed=set(),
+                ports_added=set(), ports_removed=set(),
+                marks_added={(service.vip, service.protocol)}, marks_removed=set())
         self._set_model(after)
 
     async def remove_service(self, key: ServiceKey) -> None:
@@ -510,16 +609,23 @@ class IpvsLoadBalancer(LoadBalancer):
             await self.sync([s for k, s in self._model.items() if k != key])
             return
         assert self._companion is not None
-        await self._run([ipvs_netlink.del_service(service_id(key))])
         after = {k: s for k, s in self._model.items() if k != key}
         vip = key[0]
+        if vip is not None and is_whole_vip(key):
+            # Unmarked first, so no marked packet looks for the service being deleted.
+            await self._companion.change(
+                list(after.values()), vips_added=set(), vips_removed=set(),
+                ports_added=set(), ports_removed=set(), marks_added=set(),
+                marks_removed={(vip, key[2])})
+        await self._run([ipvs_netlink.del_service(service_id(key))])
         vip_removed = vip is not None and self._vip_refs.get(vip, 0) == 1
         port_removed = vip is None
         if vip_removed or port_removed:
             await self._companion.change(
                 list(after.values()),
                 vips_added=set(), vips_removed={vip} if vip_removed and vip else set(),
-                ports_added=set(), ports_removed={(key[2], key[1])} if port_removed else set())
+                ports_added=set(), ports_removed={(key[2], key[1])} if port_removed else set(),
+                marks_added=set(), marks_removed=set())
         if vip_removed and vip is not None:
             await self._del_address(vip)
         self._set_model(after)
@@ -556,6 +662,28 @@ class IpvsLoadBalancer(LoadBalancer):
                 refs[vip] = refs.get(vip, 0) + 1
         self._vip_refs = refs
         self._ports = {(proto, port) for vip, port, proto in model if vip is None}
+        self._exact = {(vip, proto) for vip, port, proto in model
+                       if vip is not None and port != 0}
+        self._marks = {fwmark_for_vip(vip, proto): (vip, port, proto)
+                       for vip, port, proto in model if vip is not None and port == 0}
+
+    def _check_joins(self, service: VirtualService) -> None:
+        """:func:`check_supported` for one service joining the model, from indexes (an
+        update must not cost a pass over 10,000 services)."""
+        vip, port, proto = service.key
+        if vip is None:
+            return
+        if port != 0:
+            if (vip, 0, proto) in self._model:
+                check_supported([service, self._model[(vip, 0, proto)]])
+            return
+        mark = fwmark_for_vip(vip, proto)
+        other = self._marks.get(mark)
+        if other is not None and other != service.key:
+            check_supported([service, self._model[other]])
+        if (vip, proto) in self._exact:
+            check_supported([service, *(s for k, s in self._model.items()
+                                        if k[0] == vip and k[2] == proto and k[1] != 0)])
 
     # ---- IPVS access ---------------------------------------------------------------------
 
@@ -663,8 +791,10 @@ def _enable_conntrack() -> None:
 
 def service_id(key: ServiceKey) -> ipvs_netlink.ServiceId:
     vip, port, proto = key
-    if vip is None:
-        return ipvs_netlink.ServiceId(None, 0, 0, fwmark_for(proto, port))
+    mark = mark_of(key)
+    if mark is not None:
+        return ipvs_netlink.ServiceId(None, 0, 0, mark)
+    assert vip is not None
     return ipvs_netlink.ServiceId(vip, protocol_number(proto), port)
 
 
@@ -698,9 +828,10 @@ def owned_services(listed: Iterable[ipvs_netlink.ListedService],
     out: dict[ServiceKey, Have] = {}
     numbers = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP}
     fwd = ipvs_netlink.FWD_BY_NAME
+    whole = vip_marks(vips)
     for svc in listed:
         if svc.protocol == "FWM":
-            key = _service_key_of({"fwmark": svc.fwmark})
+            key = _service_key_of({"fwmark": svc.fwmark}, whole)
         else:
             key = _service_key_of({"addr": svc.addr, "port": svc.port,
                                    "protocol": numbers.get(svc.protocol)})
@@ -708,6 +839,14 @@ def owned_services(listed: Iterable[ipvs_netlink.ListedService],
             continue
         out[key] = {(addr, port): fwd.get(name, -1) for addr, port, name, _ in svc.dests}
     return out
+
+
+def vip_marks(vips: Iterable[ipaddress.IPv4Address]) -> dict[int, ServiceKey]:
+    """The whole-VIP service keys of these VIPs by mark. The dummy device holds only
+    Shoal's VIPs, whose marks were checked to be distinct when they were programmed."""
+    protocols: tuple[Protocol, ...] = ("tcp", "udp")
+    return {fwmark_for_vip(vip, proto): (vip, 0, proto)
+            for vip in sorted(vips) for proto in protocols}
 
 
 def kernel_view(text: str) -> dict[str, list[tuple[str, str, int]]]:

@@ -22,15 +22,28 @@ import pytest
 
 from shoal.net import ipvs_netlink
 from shoal.net.lb import VirtualService
-from shoal.net.lb_ipvs import NFT_TABLE, render_nft, render_nft_change
+from shoal.net.lb_ipvs import NFT_TABLE, fwmark_for_vip, render_nft, render_nft_change
 from shoal.net.nft import NftRunner
 from tests.e2e.netlab import Lab, have_netns_privileges, sh
 from tests.e2e.uml import UmlError, live_group_members, run_python
-from tests.e2e.uml_guest import BACKEND_PORT, BACKENDS, CLIENT, PORT, PUBLISHED, VIP
+from tests.e2e.uml_guest import (
+    BACKEND_PORT,
+    BACKENDS,
+    CLIENT,
+    PORT,
+    PUBLISHED,
+    VIP,
+    WHOLE_PORTS,
+    WHOLE_VIP,
+)
 
 WEB = f"TCP {VIP}:{PORT} rr"
 MESH = f"FWM {0x10000000 | PUBLISHED:#x} rr"
 ALL = [(f"{task}:{BACKEND_PORT}", "Masq", 1) for _, task in BACKENDS.values()]
+# The whole VIP 10.254.0.20 (0x0afe0014): Shoal | whole-VIP | (udp) | its low 27 bits.
+WHOLE_TCP = "FWM 0x32fe0014 rr"
+WHOLE_UDP = "FWM 0x3afe0014 rr"
+ALL_PORTS = [(f"{task}:0", "Masq", 1) for _, task in BACKENDS.values()]  # port kept
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +131,57 @@ def test_resync_repairs_drift(guest: dict[str, Any]) -> None:
     assert view(guest["repaired"]) == {WEB: ALL}
 
 
+def test_whole_vip_marks_are_what_the_kernel_lists() -> None:
+    assert f"FWM {fwmark_for_vip(ipaddress.IPv4Address(WHOLE_VIP), 'tcp'):#x} rr" == WHOLE_TCP
+    assert f"FWM {fwmark_for_vip(ipaddress.IPv4Address(WHOLE_VIP), 'udp'):#x} rr" == WHOLE_UDP
+
+
+def test_whole_vip_is_a_fwmark_service_per_protocol(guest: dict[str, Any]) -> None:
+    added = guest["whole_added"]
+    assert view(added) == {WEB: ALL, WHOLE_TCP: ALL_PORTS, WHOLE_UDP: ALL_PORTS}
+    assert added["dummy"] == [f"{VIP}/32", f"{WHOLE_VIP}/32"]
+    # One MARK rule per whole VIP and protocol, in the companion's own chain.
+    for proto, mark in (("tcp", WHOLE_TCP), ("udp", WHOLE_UDP)):
+        rule = (f"-A SHOAL-IPVS-MARK -d {WHOLE_VIP}/32 -p {proto} -j MARK --set-xmark "
+                f"{mark.split()[1]}/0xffffffff")
+        assert rule in added["companion"].splitlines(), added["companion"]
+    # Incremental: only this VIP's address and its two services with their real servers.
+    commands = guest["whole_added_commands"]
+    assert len(commands) == 2 * (1 + len(BACKENDS)), commands
+    assert all("fwmark 0x3" in c for c in commands), commands
+
+
+def test_whole_vip_balances_every_port_keeping_it(guest: dict[str, Any]) -> None:
+    for port in WHOLE_PORTS:
+        replies = guest["whole_replies"][str(port)]
+        assert len(replies) == 30
+        assert names(replies) == {name: 10 for name in BACKENDS}, replies
+        for reply in replies:
+            name, peer, answered_on = reply.split()
+            assert answered_on == str(port), reply  # the client's port, kept
+            assert peer == BACKENDS[name][0], reply  # masqueraded
+
+
+def test_whole_vip_sync_and_adoption_send_nothing(guest: dict[str, Any]) -> None:
+    assert guest["whole_resync_commands"] == []
+    assert guest["whole_resynced"] == guest["whole_added"]
+    assert guest["whole_adopt_commands"] == []
+    assert guest["whole_adopted"] == guest["whole_added"]
+
+
+def test_whole_vip_removal(guest: dict[str, Any]) -> None:
+    tcp_gone = guest["whole_tcp_removed"]
+    assert view(tcp_gone) == {WEB: ALL, WHOLE_UDP: ALL_PORTS}
+    assert f"{WHOLE_VIP}/32" in tcp_gone["dummy"]  # still the udp service's
+    assert "-p tcp -j MARK" not in tcp_gone["companion"]
+    assert "-p udp -j MARK" in tcp_gone["companion"]
+    assert all(r.startswith("ERR") for r in guest["whole_tcp_removed_replies"])
+    removed = guest["whole_removed"]
+    assert view(removed) == {WEB: ALL}
+    assert removed["dummy"] == [f"{VIP}/32"]
+    assert WHOLE_VIP not in removed["companion"]
+
+
 def test_teardown_leaves_nothing(guest: dict[str, Any]) -> None:
     torn = guest["torn_down"]
     assert torn["view"] == {} and torn["dummy"] == []
@@ -148,16 +212,23 @@ def test_nftables_companion_scripts_apply_on_this_kernel(lab: Lab) -> None:
     ns = lab.ns("ipvsnft")
     web = VirtualService.make("10.254.0.5", 80, "tcp", ["10.0.9.10:8080"])
     mesh = VirtualService.make(None, 30080, "udp", ["10.0.9.10:53"])
+    whole = VirtualService.make("10.254.0.7", 0, "tcp", ["10.0.9.10:0"])
+    six, seven = ipaddress.IPv4Address("10.254.0.6"), ipaddress.IPv4Address("10.254.0.7")
     runner = NftRunner(ns)
     try:
-        runner.run_sync(render_nft([web, mesh]))
-        runner.run_sync(render_nft([web, mesh]))  # the full script replaces, never adds
-        runner.run_sync(render_nft_change(vips_added=[ipaddress.IPv4Address("10.254.0.6")],
-                                          ports_removed=[("udp", 30080)]))
+        runner.run_sync(render_nft([web, mesh, whole]))
+        runner.run_sync(render_nft([web, mesh, whole]))  # the full script replaces
+        runner.run_sync(render_nft_change(vips_added=[six], ports_removed=[("udp", 30080)],
+                                          marks_added=[(six, "udp")]))
         out = sh("ip", "netns", "exec", ns, "nft", "list", "table", *NFT_TABLE.split()).stdout
         assert "10.254.0.5" in out and "10.254.0.6" in out
         assert "30080" not in out
         assert "masquerade" in out
+        assert "10.254.0.7 . tcp : 0x32fe0007" in out
+        assert "10.254.0.6 . udp : 0x3afe0006" in out
+        runner.run_sync(render_nft_change(marks_removed=[(seven, "tcp")]))
+        out = sh("ip", "netns", "exec", ns, "nft", "list", "table", *NFT_TABLE.split()).stdout
+        assert "0x32fe0007" not in out and "0x3afe0006" in out
     finally:
         runner.close()
 

@@ -8,8 +8,9 @@ Scenarios:
   namespace joined to the guest's root namespace (the "node") by veth pairs; a VIP
   service and a published port programmed through pyroute2, checked in the kernel's own
   listing (/proc/net/ip_vs), with real TCP connections; then an endpoint removal, a
-  service removal, idempotent re-syncs, adoption by a fresh balancer, drift repair and
-  teardown. Everything observed is recorded; the host test decides what is right.
+  service removal, idempotent re-syncs, adoption by a fresh balancer, drift repair, a
+  whole-VIP (port 0) service balancing two ports (added, re-synced, adopted, removed)
+  and teardown. Everything observed is recorded; the host test decides what is right.
 * ``bench N E CHANGES`` -- the dataplane benchmark's IPVS measurement (bench/dataplane.py).
 * ``hello`` -- boots and reports the kernel, to test the boot recipe itself;
 * ``hang`` -- never finishes, to test that a stuck guest is killed and cleaned up.
@@ -46,6 +47,8 @@ VIP = "10.254.0.10"
 PORT = 80
 PUBLISHED = 30080
 BACKEND_PORT = 8080
+WHOLE_VIP = "10.254.0.20"  # balances every port: backends listen on WHOLE_PORTS
+WHOLE_PORTS = (8081, 9090)
 BACKENDS = {f"b{i}": (f"10.1.{i}.1", f"10.1.{i}.2") for i in (1, 2, 3)}  # node end, task
 CLIENT = ("10.9.0.1", "10.9.0.2")  # node end, client
 T = TypeVar("T")
@@ -92,16 +95,17 @@ def in_netns(name: str, fn: Callable[[], T]) -> T:
     return value
 
 
-def serve(name: str, listener: socket.socket) -> None:
-    """Answer every connection with ``<name> <peer address>``: the peer address shows
-    whether the node masqueraded the client."""
+def serve(name: str, listener: socket.socket, tag: str = "") -> None:
+    """Answer every connection with ``<name> <peer address>`` (then ``tag``): the peer
+    address shows whether the node masqueraded the client."""
     while True:
         conn, peer = listener.accept()
         with conn:
-            conn.sendall(f"{name} {peer[0]}".encode())
+            conn.sendall(f"{name} {peer[0]}{tag}".encode())
 
 
-def start_backend(name: str, addr: str, port: int) -> None:
+def start_backend(name: str, addr: str, port: int, *, say_port: bool = False) -> None:
+    """A listener answering as :func:`serve`; ``say_port`` adds `` <port>``."""
     def listen() -> socket.socket:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -110,7 +114,8 @@ def start_backend(name: str, addr: str, port: int) -> None:
         return s
 
     listener = in_netns(name, listen)
-    threading.Thread(target=serve, args=(name, listener), daemon=True).start()
+    tag = f" {port}" if say_port else ""
+    threading.Thread(target=serve, args=(name, listener, tag), daemon=True).start()
 
 
 def connect_many(host: str, port: int, count: int, timeout: float = 2.0) -> list[str]:
@@ -187,6 +192,8 @@ async def scenario_ipvs(result: dict[str, Any]) -> None:
     build_topology()
     for name, (_, task) in BACKENDS.items():
         start_backend(name, task, BACKEND_PORT)
+        for port in WHOLE_PORTS:
+            start_backend(name, task, port, say_port=True)
     loop = asyncio.get_running_loop()
     client = concurrent.futures.ThreadPoolExecutor(
         max_workers=1, initializer=enter_netns, initargs=("cl",))
@@ -257,6 +264,8 @@ async def scenario_ipvs(result: dict[str, Any]) -> None:
         await lb.resync()
         steps["repaired"] = snapshot(lb)
 
+        await whole_vip_steps(lb, steps, snapshot, connect)
+
         await lb.teardown()
         steps["torn_down"] = snapshot(lb)
         steps["torn_down_links"] = links()
@@ -264,6 +273,64 @@ async def scenario_ipvs(result: dict[str, Any]) -> None:
     finally:
         await lb.close()
         client.shutdown(wait=False)
+
+
+async def whole_vip_steps(lb: Any, steps: dict[str, Any],
+                          snapshot: Callable[[Any], dict[str, Any]],
+                          connect: Callable[[str, int, int], Any]) -> None:
+    """A VIP balancing every port (port 0, as the agent programs service VIPs): one
+    fwmark service per protocol, real servers on port 0 (the client's port is kept)."""
+    from shoal.net.lb import VirtualService
+    from shoal.net.lb_ipvs import IpvsLoadBalancer
+
+    whole = [f"{task}:0" for _, task in BACKENDS.values()]
+    tcp = VirtualService.make(WHOLE_VIP, 0, "tcp", whole)
+    udp = VirtualService.make(WHOLE_VIP, 0, "udp", whole)
+
+    def counting(balancer: Any) -> list[str]:
+        """Record every netlink command the balancer sends from now on."""
+        sent: list[str] = []
+        run = balancer._run
+
+        async def recording(commands: list[Any], *, addresses: bool = False) -> None:
+            sent.extend(c.what for c in commands)
+            await run(commands, addresses=addresses)
+
+        balancer._run = recording
+        return sent
+
+    sent = counting(lb)
+    await lb.update_service(tcp)  # incremental: address, fwmark service, then the mark
+    await lb.update_service(udp)
+    steps["whole_added"] = snapshot(lb)
+    steps["whole_added_commands"] = list(sent)
+    steps["whole_replies"] = {str(port): await connect(WHOLE_VIP, port, 30)
+                              for port in WHOLE_PORTS}
+
+    # Idempotent: two full syncs of the same model send nothing and change nothing.
+    sent.clear()
+    for _ in range(2):
+        await lb.sync(list(lb.services.values()))
+    steps["whole_resynced"] = snapshot(lb)
+    steps["whole_resync_commands"] = list(sent)
+
+    # A restarted agent adopts the fwmark services (the mark holds part of the VIP; the
+    # dummy device's addresses complete it) without sending anything.
+    await lb.close()
+    fresh = IpvsLoadBalancer()
+    try:
+        sent = counting(fresh)
+        await fresh.sync(list(lb.services.values()))
+        steps["whole_adopted"] = snapshot(fresh)
+        steps["whole_adopt_commands"] = list(sent)
+
+        await fresh.remove_service(tcp.key)  # incremental: mark, service; udp stays
+        steps["whole_tcp_removed"] = snapshot(fresh)
+        steps["whole_tcp_removed_replies"] = await connect(WHOLE_VIP, WHOLE_PORTS[1], 2)
+        await fresh.remove_service(udp.key)  # the VIP's last service: its address goes
+        steps["whole_removed"] = snapshot(fresh)
+    finally:
+        await fresh.close()
 
 
 async def scenario_bench(result: dict[str, Any], n: int, e: int, changes: int) -> None:

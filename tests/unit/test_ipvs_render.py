@@ -190,9 +190,100 @@ def test_acks_are_matched_by_sequence() -> None:
     assert list(ipvs_netlink.parse_acks(data)) == [(1, 0), (2, 17), (3, 3)]
 
 
-def test_whole_vip_services_are_refused_loudly() -> None:
+def test_whole_vip_is_a_fwmark_service_with_port_0_real_servers() -> None:
+    vip = ipaddress.IPv4Address("10.254.0.10")  # 0x0afe000a
+    tcp = VirtualService.make(str(vip), 0, "tcp", ["10.1.1.2:0", "10.1.3.2:0"])
+    assert lb_ipvs.fwmark_for_vip(vip, "tcp") == 0x32FE000A
+    assert lb_ipvs.fwmark_for_vip(vip, "udp") == 0x3AFE000A
+    # Masqueraded (the companion's postrouting bit) and never a published port's mark.
+    assert lb_ipvs.fwmark_for_vip(vip, "tcp") & lb_ipvs.MASQ_MARK
+    assert lb_ipvs.fwmark_for_vip(vip, "tcp") != lb_ipvs.fwmark_for("tcp", 0xA)
+    # A fwmark service, with the netmask the kernel insists on, not a port-0 address
+    # service (which IPVS would schedule only if persistent).
+    assert lb_ipvs.service_fields(tcp) == {"fwmark": 0x32FE000A, "af": socket.AF_INET,
+                                           "netmask": "255.255.255.255", "sched_name": "rr"}
+    sid = lb_ipvs.service_id(tcp.key)
+    assert (sid.addr, sid.fwmark) == (None, 0x32FE000A)
+    new = genl.ipvsmsg(ipvs_netlink.encode(0x22, 9, ipvs_netlink.add_service(sid, "rr")))
+    new.decode()
+    attrs = new.get_attr("IPVS_CMD_ATTR_SERVICE")
+    assert attrs.get_attr("IPVS_SVC_ATTR_FWMARK") == 0x32FE000A
+    assert attrs.get_attr("IPVS_SVC_ATTR_NETMASK") == "255.255.255.255"
+    assert attrs.get_attr("IPVS_SVC_ATTR_ADDR") is None
+    # Real servers on port 0: IPVS keeps the port the client connected to.
+    commands = lb_ipvs.service_commands(tcp, None)
+    assert [c.what for c in commands] == ["add service fwmark 0x32fe000a",
+                                          "add 10.1.1.2:0 to fwmark 0x32fe000a",
+                                          "add 10.1.3.2:0 to fwmark 0x32fe000a"]
+    have = {(int(b.ip), 0): lb_ipvs.FWD_MASQ for b in tcp.backends}
+    assert lb_ipvs.service_commands(tcp, have) == []  # idempotent
+
+
+def test_whole_vip_services_are_owned_through_the_dummy_addresses() -> None:
+    listed = ipvs_netlink.parse_proc_ip_vs(
+        "FWM  32FE000A rr\n  -> 0A010102:0000      Masq    1      0          0\n"
+        "FWM  3AFE000A rr\n"
+        "FWM  32FE000B rr\n"  # 10.254.0.11: not on the dummy device, not ours
+        "FWM  10020050 rr\n")  # neither a published port's mark nor a VIP's
+    vip = ipaddress.IPv4Address("10.254.0.10")
+    assert lb_ipvs.owned_services(listed, {vip}) == {
+        (vip, 0, "tcp"): {(int(ipaddress.IPv4Address("10.1.1.2")), 0): 0},
+        (vip, 0, "udp"): {},
+    }
+    assert lb_ipvs.owned_services(listed, set()) == {}
+    assert lb_ipvs._service_key_of({"fwmark": 0x32FE000A}) is None  # no VIPs to match
+    assert lb_ipvs.kernel_view("FWM  32FE000A rr\n  -> 0A010102:0000 Masq 1 0 0\n") == {
+        "FWM 0x32fe000a rr": [("10.1.1.2:0", "Masq", 1)]}
+
+
+def test_companions_mark_whole_vips() -> None:
+    vip = ipaddress.IPv4Address("10.254.0.10")
+    whole = VirtualService.make(str(vip), 0, "udp", ["10.1.1.2:0"])
+    mesh = VirtualService.make(None, 30080, "udp", ["10.1.1.2:53"])
+    lines = lb_ipvs.render_iptables([whole, mesh]).splitlines()
+    rule = ("-A SHOAL-IPVS-MARK -d 10.254.0.10/32 -p udp -j MARK --set-xmark "
+            "0x3afe000a/0xffffffff")
+    published = next(i for i, ln in enumerate(lines) if "--dport 30080" in ln)
+    # Last, so the VIP's mark wins on a port that is also published (MARK goes on).
+    assert lines.index(rule) > published
+
+    script = lb_ipvs.render_nft([whole, mesh])
+    assert "map vipmarks { type ipv4_addr . inet_proto : mark; }" in script
+    assert "meta mark set ip daddr . meta l4proto map @vipmarks;" in script
+    assert "add element ip shoal_ipvs vipmarks { 10.254.0.10 . udp : 0x3afe000a }" in script
+    assert "vips { 10.254.0.10 }" in script  # masqueraded like every VIP
+    change = lb_ipvs.render_nft_change(marks_added=[(vip, "tcp")],
+                                       marks_removed=[(vip, "udp")])
+    assert change.splitlines() == [
+        "delete element ip shoal_ipvs vipmarks { 10.254.0.10 . udp }",
+        "add element ip shoal_ipvs vipmarks { 10.254.0.10 . tcp : 0x32fe000a }"]
+
+
+def test_unfaithful_whole_vips_are_refused_loudly() -> None:
     import pytest
     whole = VirtualService.make("10.254.0.5", 0, "tcp", [Backend.parse("10.0.9.10:0")])
-    with pytest.raises(lb_ipvs.UnsupportedServiceError, match=r"10.254.0.5:0/tcp"):
-        lb_ipvs.check_supported([whole])
-    lb_ipvs.check_supported([VirtualService.make(None, 30080, "tcp", [])])  # fine
+    lb_ipvs.check_supported([whole, VirtualService.make(None, 30080, "tcp", [])])  # fine
+    lb_ipvs.check_supported([whole, VirtualService.make("10.254.0.5", 80, "udp", [])])
+    # The fwmark service would swallow the exact port's traffic (marks are looked up
+    # first), so the mix is refused rather than silently shadowed.
+    with pytest.raises(lb_ipvs.UnsupportedServiceError, match=r"10.254.0.5:0/tcp next to"):
+        lb_ipvs.check_supported([whole, VirtualService.make("10.254.0.5", 80, "tcp", [])])
+    # VIPs differing only in their top 5 bits would share a mark.
+    twin = VirtualService.make("18.254.0.5", 0, "tcp", [])
+    with pytest.raises(lb_ipvs.UnsupportedServiceError, match="share mark 0x32fe0005"):
+        lb_ipvs.check_supported([whole, twin])
+
+
+def test_an_update_is_checked_against_the_model() -> None:
+    import pytest
+    lb = lb_ipvs.IpvsLoadBalancer()
+    whole = VirtualService.make("10.254.0.5", 0, "tcp", [])
+    exact = VirtualService.make("10.254.0.6", 80, "tcp", [])
+    lb._set_model({whole.key: whole, exact.key: exact})
+    lb._check_joins(VirtualService.make("10.254.0.5", 0, "tcp", ["10.0.9.10:0"]))  # same
+    lb._check_joins(VirtualService.make("10.254.0.6", 0, "udp", []))
+    for joining in (VirtualService.make("10.254.0.5", 80, "tcp", []),
+                    VirtualService.make("10.254.0.6", 0, "tcp", []),
+                    VirtualService.make("18.254.0.5", 0, "tcp", [])):
+        with pytest.raises(lb_ipvs.UnsupportedServiceError):
+            lb._check_joins(joining)
