@@ -168,7 +168,7 @@ async def wait_for_revision(informer: informer_mod.Informer, revision: int,
     while informer.last_revision < revision:
         if loop.time() >= deadline:
             return False
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(0.01)
     return True
 
 

@@ -44,7 +44,7 @@ log = rt_logging.get_logger("shoal.controllers.gcpolicy")
 #: (a middle collection walks at most ~50,000 objects).
 THRESHOLDS: Final = (5_000, 10)
 #: Seconds between collections of what was created since the previous one.
-COLLECT_EVERY: Final = 60.0
+COLLECT_EVERY: Final = 10.0
 #: Event-loop stalls longer than this are logged (a third of the default leader TTL).
 STALL_WARNING: Final = 1.0
 WATCHDOG_INTERVAL: Final = 0.1
