@@ -116,11 +116,7 @@ async def run_inspect(args: argparse.Namespace, opts: common.GlobalOptions) -> i
     async with common.open_store(opts) as store:
         info = _info(await common.registry_of(store))
         found = [await get_network(store, info, name) for name in args.names]
-    if args.output == "json":
-        data: Any = found[0].to_dict() if len(found) == 1 else [n.to_dict() for n in found]
-        console.out(printers.to_json(data))
-    else:
-        console.out("\n---\n".join(printers.to_yaml(n.to_dict()) for n in found))
+    printers.print_inspected(found, args.output)
     return 0
 
 

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from shoal.cli import console
 from shoal.crds import kinds, resource
 
 NONE = "<none>"
@@ -302,3 +303,13 @@ def format_objects(info: kinds.KindInfo, objs: Sequence[resource.Resource], outp
     if printer is None:
         printer = TablePrinter(info, wide=output == "wide")
     return printer.render(objs)
+
+
+def print_inspected(objs: Sequence[resource.Resource], output: str) -> None:
+    """``inspect`` output: one object as itself, several as a JSON list or YAML documents
+    (the shape ``docker inspect`` users expect)."""
+    if output == "json":
+        data: Any = objs[0].to_dict() if len(objs) == 1 else [o.to_dict() for o in objs]
+        console.out(to_json(data))
+    else:
+        console.out("\n---\n".join(to_yaml(o.to_dict()) for o in objs))
