@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -22,3 +27,50 @@ async def eventually(probe: Callable[[], Awaitable[T]], timeout: float = 10.0,
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
         await asyncio.sleep(interval)
+
+
+class LoggedProcess:
+    """A child process in its own session, its output in a log file the test can read.
+
+    ``stop`` kills the whole session, so helpers a process started (an agent's heartbeat
+    child) go with it; ``signal`` reaches the process alone, as a crash test wants.
+    """
+
+    def __init__(self, name: str, argv: list[str], log: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.log = log
+        self._fh = log.open("ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.popen = subprocess.Popen(argv, stdout=self._fh, stderr=subprocess.STDOUT,
+                                      env=env, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    async def wait(self, timeout: float = 10.0) -> int:
+        deadline = time.monotonic() + timeout
+        while self.popen.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name} (pid {self.pid}) did not exit within "
+                                     f"{timeout}s")
+            await asyncio.sleep(0.02)
+        return self.popen.returncode
+
+    async def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        with contextlib.suppress(AssertionError):
+            await self.wait(5.0)
+        self._fh.close()
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")

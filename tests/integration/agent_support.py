@@ -12,18 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
 from shoal.crds import kinds, resource
 from shoal.store import client, errors, watch
-from tests.helpers import eventually
+from tests.helpers import LoggedProcess, eventually
+
+#: An agent process and its log (the tests' name for the shared helper).
+AgentProc = LoggedProcess
 
 REG = kinds.Registry.builtin()
 TASKS = REG.lookup("tasks")
@@ -31,48 +30,6 @@ NODES = REG.lookup("nodes")
 ORDER = ("new", "pending", "assigned", "accepted", "preparing", "starting", "running",
          "complete", "failed", "shutdown", "rejected", "orphaned")
 TTL = 2  # etcd's minimum lease TTL is about 2 s
-
-
-class AgentProc:
-    """One agent process and its log file."""
-
-    def __init__(self, argv: list[str], log: Path) -> None:
-        self.argv = argv
-        self.log = log
-        self._fh = log.open("ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.popen = subprocess.Popen(argv, stdout=self._fh, stderr=subprocess.STDOUT,
-                                      env=env, start_new_session=True)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def signal(self, sig: int) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-
-    async def wait(self, timeout: float = 10.0) -> int:
-        deadline = time.monotonic() + timeout
-        while self.popen.poll() is None:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"agent {self.pid} did not exit within {timeout}s")
-            await asyncio.sleep(0.02)
-        return self.popen.returncode
-
-    async def stop(self) -> None:
-        # The whole session: the agent and its heartbeat child.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        with contextlib.suppress(AssertionError):
-            await self.wait(5.0)
-        self._fh.close()
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 class AgentCluster:
@@ -107,7 +64,7 @@ class AgentCluster:
                 "--prefix", self.prefix, "--name", name, "--heartbeat-ttl", str(ttl),
                 "--hollow-start-delay", "0.05", "--log-format", "console", *args]
         log = self.workdir / f"agent-{name}-{len(self.agents)}.log"
-        agent = AgentProc(argv, log)
+        agent = AgentProc(f"agent-{log.stem}", argv, log)
         self.agents.append(agent)
         return agent
 

@@ -11,11 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -23,7 +19,10 @@ from typing import Any
 from shoal.controllers import taskstates as ts
 from shoal.crds import kinds, resource, validation
 from shoal.store import client, errors
-from tests.helpers import eventually
+from tests.helpers import LoggedProcess, eventually
+
+#: A controller-manager or agent process and its log.
+Proc = LoggedProcess
 
 REG = kinds.Registry.builtin()
 SERVICES = REG.lookup("services")
@@ -38,40 +37,6 @@ MANAGER = ("import asyncio, sys\n"
            "logging.configure(json=True)\n"
            "asyncio.run(manager.run_manager(sys.argv[1], sys.argv[2],\n"
            "    builtin.controller_specs(), lease_ttl=2))\n")
-
-
-class Proc:
-    """A child process with its log file."""
-
-    def __init__(self, name: str, argv: list[str], log: Path) -> None:
-        self.name = name
-        self.log = log
-        self._fh = log.open("ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.popen = subprocess.Popen(argv, stdout=self._fh, stderr=subprocess.STDOUT,
-                                      env=env, start_new_session=True)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-
-    async def wait(self, timeout: float = 10.0) -> int:
-        deadline = time.monotonic() + timeout
-        while self.popen.poll() is None:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.name} did not exit within {timeout}s")
-            await asyncio.sleep(0.02)
-        return self.popen.returncode
-
-    async def stop(self) -> None:
-        self.kill(signal.SIGKILL)
-        with contextlib.suppress(AssertionError):
-            await self.wait(5.0)
-        self._fh.close()
 
 
 class Cluster:

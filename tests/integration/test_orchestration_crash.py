@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,7 @@ async def kill_mid_change(cluster: Cluster, audit: SlotAudit,
     await change()
     await eventually(lambda: _true(audit.writes > before), 20, interval=0.002,
                      what=f"first task write after {name}")
-    manager.kill()
+    manager.signal(signal.SIGKILL)
     await manager.wait()
     cluster.start_manager(f"manager-{name}")
 

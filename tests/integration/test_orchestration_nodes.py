@@ -49,7 +49,7 @@ async def test_global_service_follows_nodes(cluster: Cluster) -> None:
     assert await cluster.wait_running("edge", 3) == {"g1": 1, "g2": 1, "g4": 1}
 
     # Removed (agent stopped, node deleted): its tasks are stopped and forgotten.
-    cluster.agents["g4"].kill(signal.SIGTERM)
+    cluster.agents["g4"].signal(signal.SIGTERM)
     await cluster.agents["g4"].wait()
     await cluster.store.delete(NODES, "g4")
     assert await cluster.wait_running("agent", 3) == {"g1": 1, "g2": 1, "g3": 1}
@@ -90,7 +90,7 @@ async def test_agent_killed_replicas_move_within_ttl_and_return_stops_stale_task
     victims = {t.name for t in await cluster.current("web") if ts.node_name_of(t) == "k1"}
 
     killed = time.monotonic()
-    cluster.agents["k1"].kill(signal.SIGKILL)
+    cluster.agents["k1"].signal(signal.SIGKILL)
 
     async def down() -> bool:
         return (await cluster.node("k1")).status.get("state") == "down"
