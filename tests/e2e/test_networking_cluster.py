@@ -175,7 +175,7 @@ async def scenario(c: NsCluster, docker: Any) -> None:
         assert c.exchange(held, "one") == "one"
         before = dump(c.lab, c.nodes[0].ns)
         changes = len(c.log_lines(0, "overlay changed"))
-        c.agents[c.names[0]].kill(signal.SIGKILL)
+        c.agents[c.names[0]].signal(signal.SIGKILL)
         await c.agents[c.names[0]].wait(10)
         assert c.exchange(held, "two") == "two"  # no agent at all: the kernel carries it
         c.start_node_agent(0)
