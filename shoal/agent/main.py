@@ -13,11 +13,14 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from shoal.agent import agent, logserver, node
 from shoal.crds import units
 from shoal.runtime import logging as rt_logging
+
+T = TypeVar("T")
 
 DEFAULT_ETCD = "http://127.0.0.1:2379"
 DEFAULT_PREFIX = "/shoal"
@@ -40,11 +43,19 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _seconds(text: str) -> float:
-    try:
-        return units.parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _from_units(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from a ``shoal.crds.units`` parser, keeping its error message."""
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
+
+
+_seconds = _from_units(units.parse_duration)
+_memory = _from_units(units.parse_size)
+_cpus = _from_units(units.parse_cpus)
 
 
 def _positive_int(text: str) -> int:
@@ -57,18 +68,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _memory(text: str) -> int:
-    try:
-        return units.parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _cpus(text: str) -> float:
-    try:
-        return units.parse_cpus(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _logs_port(text: str) -> int | None:

@@ -18,6 +18,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 IP_MTU_DISCOVER = 10
 IP_PMTUDISC_DO = 2
@@ -43,13 +44,14 @@ def serve(name: str, port: int) -> None:
             conn.sendall(name.encode())
 
 
-def tcp(host: str, port: int, count: int, retry: float = 20) -> None:
+def _probe(once: Callable[[], str], count: int, retry: float) -> None:
+    """Print ``count`` replies of ``once``; each gets at least one attempt and is retried
+    while the server may still be starting (refused or timed out) until ``retry`` s."""
     deadline = time.monotonic() + retry
     for _ in range(count):
-        while True:  # at least one attempt, retried while the server may be starting
+        while True:
             try:
-                with socket.create_connection((host, port), timeout=1) as s:
-                    reply = s.recv(256).decode() or "ERR empty"
+                reply = once()
                 break
             except OSError as exc:
                 reply = f"ERR {exc.__class__.__name__}"
@@ -59,6 +61,14 @@ def tcp(host: str, port: int, count: int, retry: float = 20) -> None:
                     continue
                 break
         print(reply, flush=True)
+
+
+def tcp(host: str, port: int, count: int, retry: float = 20) -> None:
+    def once() -> str:
+        with socket.create_connection((host, port), timeout=1) as s:
+            return s.recv(256).decode() or "ERR empty"
+
+    _probe(once, count, retry)
 
 
 def udp(host: str, port: int, size: int) -> None:
@@ -79,26 +89,16 @@ def udp(host: str, port: int, size: int) -> None:
 
 
 def http(host: str, port: int, count: int, retry: float = 20) -> None:
-    deadline = time.monotonic() + retry
-    for _ in range(count):
-        while True:
-            try:
-                with socket.create_connection((host, port), timeout=2) as s:
-                    s.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-                    data = b""
-                    while chunk := s.recv(4096):
-                        data += chunk
-                _, _, body = data.partition(b"\r\n\r\n")
-                reply = (body.decode(errors="replace").splitlines() or ["ERR empty"])[0]
-                break
-            except OSError as exc:
-                reply = f"ERR {exc.__class__.__name__}"
-                retriable = isinstance(exc, ConnectionRefusedError | TimeoutError)
-                if retriable and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                    continue
-                break
-        print(reply, flush=True)
+    def once() -> str:
+        with socket.create_connection((host, port), timeout=2) as s:
+            s.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        _, _, body = data.partition(b"\r\n\r\n")
+        return (body.decode(errors="replace").splitlines() or ["ERR empty"])[0]
+
+    _probe(once, count, retry)
 
 
 def say(host: str, port: int, text: str) -> None:
