@@ -131,7 +131,7 @@ class Dataplane:
         self.lb = lb_mod.make_load_balancer(chosen, netns=self.netns)
         await self._report_backend()
         await self._discover_workloads()
-        await self.sync("start")
+        await self._first_pass()
         for inf in (self.networks, self.services, self.tasks, self.nodes):
             self._detach_handlers.append(inf.add_handlers(
                 lambda _o: self._changed(), lambda _o, _n: self._changed(),
@@ -190,6 +190,23 @@ class Dataplane:
         if self.touch is not None:
             for key in list(self._waiting):
                 self.touch(key)
+
+    async def _first_pass(self) -> None:
+        """The first pass, retried like every later one: a transient netlink failure
+        (pyroute2's namespace helper timing out under load, a namespace vanishing) must
+        not kill the agent at start-up, only delay its "dataplane ready"."""
+        backoff = 0.2
+        while True:
+            try:
+                await self.sync("start")
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.log.warning("first dataplane pass failed; retrying", error=str(exc),
+                                 error_type=type(exc).__name__, retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
 
     async def _run(self) -> None:
         backoff = 0.2
