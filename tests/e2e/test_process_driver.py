@@ -143,7 +143,11 @@ async def test_adoption_by_a_new_driver(state_dir: Path, node_name: str,
                 ] == [(task.uid, task.name, str(observed.pid))]
         adopted = await second.start(task)
         assert adopted.state == "running" and adopted.pid == observed.pid
-        assert [line.line for line in await collect(second, task.uid)] == [b"before"]
+        # The shell may not have written its line yet when start() returns: wait for
+        # output, then require exactly that line.
+        lines = await eventually(lambda: collect(second, task.uid), timeout=10,
+                                 what="the adopted task's log")
+        assert [line.line for line in lines] == [b"before"]
         # Two drivers racing to start one new task still make one process.
         racing = make_task(node_name, {"command": ["sleep", "1000"]})
         third = ProcessExecutor(node_name, state_dir)
