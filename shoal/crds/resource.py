@@ -68,11 +68,16 @@ class ObjectMeta:
         return out
 
     def copy(self) -> ObjectMeta:
-        """An independent copy (the collections are copied, their string items shared)."""
-        return dataclasses.replace(
-            self, labels=dict(self.labels), annotations=dict(self.annotations),
-            finalizers=list(self.finalizers),
-            ownerReferences=[dict(r) for r in self.ownerReferences])
+        """An independent copy (the collections are copied, their string items shared).
+
+        Spelled out rather than ``dataclasses.replace``, which introspects the fields on
+        every call: the store copies an envelope per write.
+        """
+        return ObjectMeta(
+            self.name, self.namespace, self.uid, self.generation, self.resourceVersion,
+            dict(self.labels), dict(self.annotations), list(self.finalizers),
+            [dict(r) for r in self.ownerReferences], self.creationTimestamp,
+            self.deletionTimestamp)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ObjectMeta:
@@ -140,6 +145,32 @@ class Resource:
             spec=dict(data.get("spec") or {}),
             status=dict(data.get("status") or {}),
         )
+
+    @classmethod
+    def from_fresh_dict(cls, data: dict[str, Any]) -> Resource:
+        """``from_dict`` for a mapping nobody else holds (one just decoded from JSON): its
+        collections are taken over instead of copied, which halves the cost of decoding
+        the events an informer ingests. Anything of an unexpected type goes the careful way.
+        """
+        meta = data.get("metadata") or {}
+        spec = data.get("spec") or {}
+        status = data.get("status") or {}
+        if not (isinstance(meta, dict) and isinstance(spec, dict) and isinstance(status, dict)
+                and all(isinstance(meta.get(f) or {}, dict) for f in ("labels", "annotations"))
+                and all(isinstance(meta.get(f) or [], list)
+                        for f in ("finalizers", "ownerReferences"))
+                and isinstance(meta.get("name", ""), str)
+                and isinstance(meta.get("uid", ""), str)
+                and isinstance(meta.get("generation", 0), int)):
+            return cls.from_dict(data)
+        return cls(
+            str(data.get("kind", "")),
+            ObjectMeta(meta.get("name", ""), meta.get("namespace"), meta.get("uid") or "",
+                       meta.get("generation") or 0, str(meta.get("resourceVersion") or ""),
+                       meta.get("labels") or {}, meta.get("annotations") or {},
+                       meta.get("finalizers") or [], meta.get("ownerReferences") or [],
+                       meta.get("creationTimestamp"), meta.get("deletionTimestamp")),
+            spec, status, str(data.get("apiVersion", API_VERSION)))
 
     def deepcopy(self) -> Resource:
         return copy.deepcopy(self)

@@ -125,7 +125,8 @@ class Store:
     def _copy(obj: resource.Resource) -> resource.Resource:
         """A copy whose envelope the store may change; spec/status are shared, since the
         store never mutates them and a deep copy dominated the cost of bulk writes."""
-        return dataclasses.replace(obj, metadata=obj.metadata.copy())
+        return resource.Resource(obj.kind, obj.metadata.copy(), obj.spec, obj.status,
+                                 obj.apiVersion)
 
     def _prepare_create(self, info: kinds.KindInfo, obj: resource.Resource) -> resource.Resource:
         new = self._copy(obj)
