@@ -27,6 +27,7 @@ import dataclasses
 import gc
 import importlib
 import json
+import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -49,8 +50,9 @@ RUNTIMES = ("hollow", "docker", "process")
 # Drivers are imported only when asked for: they need dockerd or root, hollow needs nothing.
 _DRIVER_CLASSES = {"docker": ("shoal.agent.docker_driver", "DockerExecutor"),
                    "process": ("shoal.agent.process_driver", "ProcessExecutor")}
-# Below this many nodes per process, tasks of other nodes are skipped before decoding.
-_PREFILTER_MAX_NODES = 16
+# Every ``"nodeName": "<plain name>"`` pair in a raw task value. Tasks of other nodes are
+# skipped on these, without decoding: an agent sees every task event of the cluster.
+_NODE_NAME_RE = re.compile(rb'"nodeName"\s*:\s*"([^"\\]*)"')
 _YIELD_EVERY = 512  # events handled between yields to the event loop
 # Young-generation thresholds (CPython's default is 700, 10) and the full-collection
 # period; see Agent._collect_garbage for why full collections are not left to CPython.
@@ -193,7 +195,7 @@ class Agent:
         self._gc_started = 0.0
         self.undecodable = 0
         self._route: dict[str, str] = {}  # task key "ns/name" -> node it is routed to
-        self._needles: list[bytes] = []
+        self._names: set[bytes] = set()  # node names served, UTF-8, for the prefilter
         self._asserting: dict[str, float] = {}
         self._background: list[asyncio.Task[Any]] = []
 
@@ -272,10 +274,7 @@ class Agent:
                 resync=cfg.resync, network=network)
             if network is not None:
                 network.touch = self.managers[c.name].touch
-        if len(configs) <= _PREFILTER_MAX_NODES:
-            for c in configs:
-                quoted = json.dumps(c.name, ensure_ascii=False).encode()
-                self._needles += [b'"nodeName":' + quoted, b'"nodeName": ' + quoted]
+        self._names = {c.name.encode() for c in configs}
         revision = await self._relist()
         self.timings["listed"] = time.monotonic() - t0
         for i, manager in enumerate(self.managers.values()):
@@ -399,10 +398,21 @@ class Agent:
             self.managers[name].replace(objs)
         return revision
 
+    def _may_be_ours(self, value: bytes) -> bool:
+        """False only when the raw value shows the task is not assigned to a node of this
+        process: it has no ``nodeName`` at all (pending), or every ``nodeName`` in it is
+        a plain string naming someone else's node. Anything unusual (escapes, odd
+        spacing the pattern misses) is decoded to be sure."""
+        occurrences = value.count(b'"nodeName"')
+        if not occurrences:
+            return b"nodeName" in value  # an escaped key: let the decoder decide
+        found = _NODE_NAME_RE.findall(value)
+        return len(found) != occurrences or any(name in self._names for name in found)
+
     def _decode_if_ours(self, key: bytes, value: bytes, revision: int,
                         known: str | None) -> resource.Resource | None:
         """The Task at ``key`` if it is assigned to one of this process's nodes."""
-        if known is None and self._needles and not any(n in value for n in self._needles):
+        if known is None and not self._may_be_ours(value):
             return None
         obj = decode_task(value, revision)
         rest = key[len(self._task_prefix()):].decode(errors="replace")

@@ -33,7 +33,6 @@ import json
 import math
 import os
 import random
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -311,7 +310,7 @@ class HollowExecutor:
         running_at = now + self.start_delay
         wl = Workload(uid=task.uid, name=task.name, namespace=task.namespace,
                       service=task.service, node=self.node_name,
-                      workload_id=secrets.token_hex(32), started_at=now,
+                      workload_id=os.urandom(32).hex(), started_at=now,
                       running_at=running_at)
         plan = _exit_plan(task.template, self.start_delay)
         if plan is not None:

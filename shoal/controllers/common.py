@@ -62,14 +62,15 @@ def service_key_of(task: Resource) -> ServiceKey | None:
 
 
 class TaskIndex:
-    """Tasks by service, and services with tasks desired running by node.
+    """Tasks by service (with their ``TaskFacts``), and services with tasks desired running
+    by node.
 
     Fed by the shared task informer's handlers (attached with ``attach``); reads are
     plain dict lookups. Objects are the informer's own (shared, read-only).
     """
 
     def __init__(self, flag: Callable[[Resource], bool] | None = None) -> None:
-        self.by_service: dict[ServiceKey, dict[str, Resource]] = {}
+        self.by_service: dict[ServiceKey, dict[str, ts.TaskFacts]] = {}
         # node -> service -> tasks of the service desired running on the node
         self.by_node: dict[str, dict[ServiceKey, int]] = {}
         # service -> names of its tasks ``flag`` picks out (the orchestrator: malformed)
@@ -96,6 +97,9 @@ class TaskIndex:
         self.informer = None
 
     def tasks_of(self, key: ServiceKey) -> list[Resource]:
+        return [f.task for f in self.by_service.get(key, {}).values()]
+
+    def facts_of(self, key: ServiceKey) -> list[ts.TaskFacts]:
         return list(self.by_service.get(key, {}).values())
 
     def services_on(self, node: str) -> list[ServiceKey]:
@@ -106,7 +110,7 @@ class TaskIndex:
 
     def flagged_of(self, key: ServiceKey) -> list[Resource]:
         tasks = self.by_service.get(key, {})
-        return [tasks[name] for name in self.flagged.get(key, ()) if name in tasks]
+        return [tasks[name].task for name in self.flagged.get(key, ()) if name in tasks]
 
     # --- handlers ---
 
@@ -114,31 +118,27 @@ class TaskIndex:
         key = service_key_of(task)
         if key is None:
             return
-        self.by_service.setdefault(key, {})[task.metadata.name] = task
+        facts = ts.facts_of(task)
+        self.by_service.setdefault(key, {})[task.metadata.name] = facts
         if self._flag is not None and self._flag(task):
             self.flagged.setdefault(key, set()).add(task.metadata.name)
-        node = ts.node_name_of(task)
-        if node is not None and ts.is_active_desired(task):
-            per_node = self.by_node.setdefault(node, {})
+        if facts.node is not None and facts.active:
+            per_node = self.by_node.setdefault(facts.node, {})
             per_node[key] = per_node.get(key, 0) + 1
 
     def _deleted(self, task: Resource) -> None:
         key = service_key_of(task)
         if key is None:
             return
+        name = task.metadata.name
         tasks = self.by_service.get(key)
-        if tasks is not None:
-            tasks.pop(task.metadata.name, None)
-            if not tasks:
-                del self.by_service[key]
-        flagged = self.flagged.get(key)
-        if flagged is not None:
-            flagged.discard(task.metadata.name)
-            if not flagged:
-                del self.flagged[key]
-        node = ts.node_name_of(task)
-        if node is not None and ts.is_active_desired(task):
-            per_node = self.by_node.get(node)
+        known = tasks.pop(name, None) if tasks is not None else None
+        if tasks is not None and not tasks:
+            del self.by_service[key]
+        self._unflag(key, name)
+        facts = known if known is not None else ts.facts_of(task)
+        if facts.node is not None and facts.active:
+            per_node = self.by_node.get(facts.node)
             if per_node is not None:
                 left = per_node.get(key, 0) - 1
                 if left > 0:
@@ -146,11 +146,35 @@ class TaskIndex:
                 else:
                     per_node.pop(key, None)
                     if not per_node:
-                        del self.by_node[node]
+                        del self.by_node[facts.node]
 
     def _updated(self, old: Resource, new: Resource) -> None:
+        key = service_key_of(new)
+        tasks = self.by_service.get(key) if key is not None else None
+        name = new.metadata.name
+        known = tasks.get(name) if tasks is not None else None
+        if (key is not None and tasks is not None and known is not None
+                and key == service_key_of(old)):
+            facts = ts.facts_of(new)
+            if facts.node == known.node and facts.active == known.active:
+                # The usual update (a state report, an assignment seen again): same
+                # service, node and desire, so only the facts and the flag change.
+                tasks[name] = facts
+                if self._flag is not None:
+                    if self._flag(new):
+                        self.flagged.setdefault(key, set()).add(name)
+                    elif key in self.flagged:
+                        self._unflag(key, name)
+                return
         self._deleted(old)
         self._added(new)
+
+    def _unflag(self, key: ServiceKey, name: str) -> None:
+        flagged = self.flagged.get(key)
+        if flagged is not None:
+            flagged.discard(name)
+            if not flagged:
+                del self.flagged[key]
 
 
 async def wait_for_revision(informer: informer_mod.Informer, revision: int,

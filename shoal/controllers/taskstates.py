@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import Any, Final
+import sys
+from typing import Any, Final, NamedTuple
 
 from shoal.crds.resource import DEFAULT_NAMESPACE, Resource
 
@@ -168,3 +169,31 @@ def status_time(task: Resource) -> float | None:
 
 def creation_time(task: Resource) -> float:
     return parse_timestamp(task.metadata.creationTimestamp) or 0.0
+
+
+class TaskFacts(NamedTuple):
+    """What planning asks of a task, read once when the task enters a cache.
+
+    A node going down re-plans every service with a task there, each over all of its
+    tasks; reading these from the tasks themselves would touch four objects per task,
+    scattered over a heap of 100,000 tasks (measured: 2.5 ms a service against 0.3 ms
+    for the facts). Strings are interned so comparing them touches nothing more.
+    """
+
+    slot: int  # slot_of
+    node: str | None  # node_name_of
+    active: bool  # is_active_desired
+    ended: bool  # has_ended
+    owner: str | None  # uid of the owning Service in ownerReferences, if any
+    task: Resource
+
+
+def facts_of(task: Resource) -> TaskFacts:
+    node = node_name_of(task)
+    owner = None
+    for ref in task.metadata.ownerReferences:
+        if ref.get("kind") == "Service" and ref.get("uid"):
+            owner = sys.intern(str(ref["uid"]))
+            break
+    return TaskFacts(slot_of(task), None if node is None else sys.intern(node),
+                     is_active_desired(task), has_ended(task), owner, task)

@@ -155,21 +155,21 @@ class Resource:
         meta = data.get("metadata") or {}
         spec = data.get("spec") or {}
         status = data.get("status") or {}
-        if not (isinstance(meta, dict) and isinstance(spec, dict) and isinstance(status, dict)
-                and all(isinstance(meta.get(f) or {}, dict) for f in ("labels", "annotations"))
-                and all(isinstance(meta.get(f) or [], list)
-                        for f in ("finalizers", "ownerReferences"))
-                and isinstance(meta.get("name", ""), str)
-                and isinstance(meta.get("uid", ""), str)
-                and isinstance(meta.get("generation", 0), int)):
+        if type(meta) is not dict or type(spec) is not dict or type(status) is not dict:
+            return cls.from_dict(data)
+        get = meta.get
+        labels, annotations = get("labels") or {}, get("annotations") or {}
+        finalizers, owners = get("finalizers") or [], get("ownerReferences") or []
+        name, uid, generation = get("name", ""), get("uid") or "", get("generation") or 0
+        if (type(labels) is not dict or type(annotations) is not dict
+                or type(finalizers) is not list or type(owners) is not list
+                or type(name) is not str or type(uid) is not str or type(generation) is not int):
             return cls.from_dict(data)
         return cls(
             str(data.get("kind", "")),
-            ObjectMeta(meta.get("name", ""), meta.get("namespace"), meta.get("uid") or "",
-                       meta.get("generation") or 0, str(meta.get("resourceVersion") or ""),
-                       meta.get("labels") or {}, meta.get("annotations") or {},
-                       meta.get("finalizers") or [], meta.get("ownerReferences") or [],
-                       meta.get("creationTimestamp"), meta.get("deletionTimestamp")),
+            ObjectMeta(name, get("namespace"), uid, generation,
+                       str(get("resourceVersion") or ""), labels, annotations, finalizers,
+                       owners, get("creationTimestamp"), get("deletionTimestamp")),
             spec, status, str(data.get("apiVersion", API_VERSION)))
 
     def deepcopy(self) -> Resource:

@@ -50,6 +50,10 @@ class Informer:
         self._m_modified = metrics.INFORMER_EVENTS.labels(info.plural, "modified")
         self._m_deleted = metrics.INFORMER_EVENTS.labels(info.plural, "deleted")
         self._m_reset = metrics.INFORMER_EVENTS.labels(info.plural, "reset")
+        # Events counted here and added to the Prometheus counters once per burst: a
+        # counter increment takes a lock, and a busy task cache applies 10,000+ events/s.
+        self._unreported = [0, 0, 0]  # added, modified, deleted
+        self._report_scheduled = False
         metrics.INFORMER_OBJECTS.labels(info.plural).set_function(lambda: len(self._cache))
 
     # --- handlers ---
@@ -140,9 +144,12 @@ class Informer:
             return
         meta = obj.metadata
         key = (meta.namespace, meta.name)
+        if not self._report_scheduled:
+            self._report_scheduled = True
+            asyncio.get_running_loop().call_soon(self._report_counts)
         if etype == watch.DELETED:
             old = self._cache.pop(key, None)
-            self._m_deleted.inc()
+            self._unreported[2] += 1
             if old is not None:
                 for on_delete in self._on_delete:
                     self._call(on_delete, old)
@@ -152,14 +159,23 @@ class Informer:
             # Decide add vs update from the cache, not the event type: the cache is
             # what handlers were told about before.
             if old is None:
-                self._m_added.inc()
+                self._unreported[0] += 1
                 for on_add in self._on_add:
                     self._call(on_add, obj)
             else:
-                self._m_modified.inc()
+                self._unreported[1] += 1
                 for on_update in self._on_update:
                     self._call(on_update, old, obj)
         self._revision = event.revision
+
+    def _report_counts(self) -> None:
+        self._report_scheduled = False
+        added, modified, deleted = self._unreported
+        self._unreported = [0, 0, 0]
+        for counter, n in ((self._m_added, added), (self._m_modified, modified),
+                           (self._m_deleted, deleted)):
+            if n:
+                counter.inc(n)
 
     def _reset(self, objects: list[resource.Resource]) -> None:
         fresh = {(o.metadata.namespace, o.metadata.name): o for o in objects}

@@ -39,6 +39,7 @@ a usable slot is stopped). Nothing malformed stops the loop.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
@@ -109,16 +110,6 @@ def _interesting(task: Resource) -> bool:
             or bool(task_problems(task)))
 
 
-def _owned_elsewhere(task: Resource, uid: str) -> bool:
-    """The task belongs to an earlier service of the same name (its owner uid differs)."""
-    if not uid:
-        return False
-    for ref in task.metadata.ownerReferences:
-        if ref.get("kind") == "Service" and ref.get("uid"):
-            return str(ref["uid"]) != uid
-    return False
-
-
 def _failed(probe: asyncio.Future[bool]) -> bool:
     """A finished catch-up probe that could not even ask etcd (it is tried again)."""
     return probe.cancelled() or probe.exception() is not None
@@ -178,6 +169,7 @@ class Orchestrator:
         self._registry = kinds.Registry.builtin()
         self._sem: asyncio.Semaphore | None = None
         self._nodes: informer_mod.Informer | None = None
+        self._nodes_seen: tuple[tuple[int, int, int], slots.NodeView] | None = None
         # The fence of the term whose start the task cache has caught up with (False: none
         # yet; None is the fence of a controller run without leader election).
         self._term: client.Fence | bool | None = False
@@ -189,17 +181,15 @@ class Orchestrator:
     # --- what wakes which service ---
 
     def _map_task(self, task: Resource) -> list[str]:
-        key = common.service_key_of(task)
-        if key is None:
-            return []
         informer, nodes = self.index.informer, self._nodes
-        if (informer is None or nodes is None or _interesting(task)
-                or informer.get(task.metadata.name, task.metadata.namespace) is None
-                or not _node_usable(task, nodes)):
-            # (not cached any more: it was deleted; on a lost node: the task cache can
-            # learn of the assignment after the node change was handled)
-            return [f"{key[0]}/{key[1]}"]
-        return []
+        if (informer is not None and nodes is not None and not _interesting(task)
+                and informer.get(task.metadata.name, task.metadata.namespace) is not None
+                and _node_usable(task, nodes)):
+            return []  # the normal march of a task: nothing to plan (checked first: hot)
+        # (not cached any more: it was deleted; on a lost node: the task cache can learn
+        # of the assignment after the node change was handled)
+        key = common.service_key_of(task)
+        return [] if key is None else [f"{key[0]}/{key[1]}"]
 
     def _map_node(self, node: Resource) -> list[str]:
         keys = {f"{ns}/{name}" for ns, name in self.index.services_on(node.metadata.name)}
@@ -228,17 +218,17 @@ class Orchestrator:
         if svc is None:
             svc = await ctx.fetch()  # the service cache may lag the task cache
         namespace, name = ctx.namespace or resource.DEFAULT_NAMESPACE, ctx.name
-        tasks = self.index.tasks_of((namespace, name))
+        facts = self.index.facts_of((namespace, name))
         if svc is None:
             self._global.discard(key)
-            if not tasks:
+            if not facts:
                 self._written.pop(key, None)
                 self._valid.pop(key, None)
                 return None
-            ctx.log.info("service is gone; removing its tasks", tasks=len(tasks))
-            return await self._remove_tasks(ctx, tasks)
+            ctx.log.info("service is gone; removing its tasks", tasks=len(facts))
+            return await self._remove_tasks(ctx, [f.task for f in facts])
         if svc.metadata.deletionTimestamp:
-            return await self._finalize(ctx, svc, tasks)
+            return await self._finalize(ctx, svc, [f.task for f in facts])
 
         if (svc.spec.get("mode") or slots.REPLICATED) == slots.GLOBAL:
             self._global.add(key)
@@ -250,9 +240,10 @@ class Orchestrator:
                 return None
             svc = stored
 
-        uid = svc.metadata.uid
-        strays = [t for t in tasks if _owned_elsewhere(t, uid)]
-        mine = [t for t in tasks if not _owned_elsewhere(t, uid)] if strays else tasks
+        uid = sys.intern(svc.metadata.uid)  # interned as the facts' owners are: fast ==
+        strays = [f.task for f in facts if uid and f.owner is not None and f.owner != uid]
+        mine = [f for f in facts if not (uid and f.owner is not None and f.owner != uid)
+                ] if strays else facts
         result: Result | None = None
         if strays:
             ctx.log.info("removing tasks of an earlier service of the same name",
@@ -263,9 +254,11 @@ class Orchestrator:
         if problems:
             await self._set_valid(ctx, svc, problems)
             return result
-        nodes = _readable(ctx.informers.informer(common.NODES).list())
-        plan = slots.plan_service(svc, mine, nodes, now=time.time())
-        ok = await self._apply(ctx, key, svc, plan)
+        nodes = self._readable_nodes(ctx.informers.informer(common.NODES))
+        started = time.perf_counter()
+        plan = slots.plan_service_facts(svc, mine, nodes, now=time.time())
+        plan_ms = (time.perf_counter() - started) * 1000
+        ok = await self._apply(ctx, key, svc, plan, plan_ms)
         await self._set_valid(ctx, svc, plan.problems)
         await self._mark_bad_tasks(ctx, self.index.flagged_of((namespace, name)))
         if not ok:
@@ -273,6 +266,14 @@ class Orchestrator:
         if plan.requeue_after is not None:
             return Result(requeue_after=max(plan.requeue_after, 0.01))
         return result
+
+    def _readable_nodes(self, nodes: informer_mod.Informer) -> slots.NodeView:
+        """The readable cached nodes, recomputed only when the node cache has changed:
+        a node going down re-plans a hundred services at once, all with the same nodes."""
+        stamp = (id(nodes), nodes.last_revision, len(nodes))
+        if self._nodes_seen is None or self._nodes_seen[0] != stamp:
+            self._nodes_seen = (stamp, slots.NodeView.of(_readable(nodes.list())))
+        return self._nodes_seen[1]
 
     async def _caught_up(self, ctx: Context, tasks: informer_mod.Informer) -> bool:
         """True once the task cache shows etcd as of this term's start (one revision
@@ -435,14 +436,16 @@ class Orchestrator:
         return not outcome.conflicts and not outcome.errors
 
     async def _apply(self, ctx: Context, key: str, svc: Resource,
-                     plan: slots.Plan) -> bool:
+                     plan: slots.Plan, plan_ms: float = 0.0) -> bool:
         if plan.empty:
             return True
+        started = time.perf_counter()
         txns = self._transactions(svc, plan)
         ok = await self._commit(ctx, key, txns)
         ctx.log.info("service reconciled", created=len(plan.creates),
                      shut_down=len(plan.shutdowns), deleted=len(plan.deletes),
-                     transactions=len(txns), complete=ok)
+                     transactions=len(txns), complete=ok, plan_ms=round(plan_ms, 2),
+                     write_ms=round((time.perf_counter() - started) * 1000, 2))
         for sd in plan.shutdowns:
             if restart.NO_RESTART in sd.annotations:
                 await self._event(ctx, svc, "RestartLimit",

@@ -53,7 +53,7 @@ log = rt_logging.get_logger("shoal.controllers.scheduler")
 #: Swarm's batching: a batch starts this long after the last event...
 BATCH_DELAY: Final = 0.05
 #: ...or this long after the first one, whichever comes first.
-MAX_BATCH_DELAY: Final = 1.0
+MAX_BATCH_DELAY: Final = 0.25
 #: Tasks placed per batch at most: a bigger backlog is placed in back-to-back batches,
 #: so the event loop (informers, commits, the leader lease) never stalls for long.
 MAX_BATCH: Final = 10_000
