@@ -250,14 +250,13 @@ class CommitOutcome:
 
 
 async def commit_all(store: client.Store, txns: Sequence[Sequence[client.Op]], *,
-                     limit: asyncio.Semaphore | None = None, echo: bool = False,
-                     ) -> CommitOutcome:
+                     limit: asyncio.Semaphore | None = None) -> CommitOutcome:
     """Commit every transaction in ``txns`` (each ≤ ``MAX_OPS`` operations), concurrently.
 
     ``limit`` bounds how many are in flight (shared between callers, it bounds a whole
-    controller). ``echo``: see ``Store.commit``. A transaction that loses a compare is
-    reported in ``conflicts`` and changes nothing; the others are unaffected.
-    ``FencedError`` (leadership lost) is raised: nothing more may be written.
+    controller). A transaction that loses a compare is reported in ``conflicts`` and
+    changes nothing; the others are unaffected. ``FencedError`` (leadership lost) is
+    raised: nothing more may be written.
     """
     outcome = CommitOutcome()
     sem = limit or asyncio.Semaphore(8)
@@ -265,7 +264,7 @@ async def commit_all(store: client.Store, txns: Sequence[Sequence[client.Op]], *
     async def one(i: int, ops: Sequence[client.Op]) -> None:
         async with sem:
             try:
-                stored = await store.commit(ops, echo=echo)
+                stored = await store.commit(ops)
             except errors.FencedError:
                 raise
             except errors.ConflictError:

@@ -19,7 +19,7 @@ class FencedStore(client.Store):
     """Same connection and prefix as ``base``; create/update/delete/commit are fenced."""
 
     def __init__(self, base: client.Store, fence: client.Fence) -> None:
-        super().__init__(base.etcd, base.prefix, base.echoes)
+        super().__init__(base.etcd, base.prefix)
         self.base = base
         self.fence = fence
 
@@ -35,9 +35,9 @@ class FencedStore(client.Store):
                      fence: client.Fence | None = None) -> resource.Resource | None:
         return await super().delete(info, name, namespace, fence or self.fence)
 
-    async def commit(self, ops: Sequence[client.Op], fence: client.Fence | None = None, *,
-                     echo: bool = False) -> list[resource.Resource | None]:
-        return await super().commit(ops, fence or self.fence, echo=echo)
+    async def commit(self, ops: Sequence[client.Op], fence: client.Fence | None = None,
+                     ) -> list[resource.Resource | None]:
+        return await super().commit(ops, fence or self.fence)
 
     async def close(self) -> None:
         """No-op: the connection belongs to the store this view was made from."""

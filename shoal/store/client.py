@@ -54,57 +54,13 @@ def _ref(info: kinds.KindInfo, name: str, namespace: str | None) -> str:
     return f"{info.plural}/{name}"
 
 
-class WriteEchoes:
-    """Objects this process is writing, for its own watchers to take back.
-
-    A controller's writes come back to it through its own informer a moment later;
-    decoding them again (a third of a controller-manager's CPU at 100,000 tasks) is
-    waste when the very object is at hand. ``Store.commit(..., echo=True)`` leaves each
-    object here under its key and encoded value *before* sending the transaction (the
-    watch event can beat the reply); the watcher that sees exactly that value at that
-    key takes the object instead of decoding, and stamps it with the event's revision.
-    Anything else is simply decoded; entries are bounded by count and dropped when the
-    write fails. Only writers that never touch an object after committing it may echo
-    it: the watcher's cache gets the same object.
-    """
-
-    LIMIT = 65536
-
-    def __init__(self) -> None:
-        self._by_key: dict[bytes, tuple[bytes, resource.Resource]] = {}
-        self.taken = 0
-
-    def put(self, key: bytes, value: bytes, obj: resource.Resource) -> None:
-        by_key = self._by_key
-        by_key.pop(key, None)  # re-insert: the dict's order stays oldest first
-        by_key[key] = (value, obj)
-        if len(by_key) > self.LIMIT:
-            del by_key[next(iter(by_key))]
-
-    def discard(self, key: bytes, obj: resource.Resource) -> None:
-        entry = self._by_key.get(key)
-        if entry is not None and entry[1] is obj:
-            del self._by_key[key]
-
-    def take(self, key: bytes, value: bytes, revision: int) -> resource.Resource | None:
-        entry = self._by_key.pop(key, None)  # ours, or superseded by someone else's write
-        if entry is None or entry[0] != value:
-            return None
-        self.taken += 1
-        obj = entry[1]
-        obj.metadata.resourceVersion = str(revision)
-        return obj
-
-
 class Store:
     """Resources of every kind under one key prefix (``/shoal`` by default) of one etcd."""
 
-    def __init__(self, client: etcd.EtcdClient, prefix: str = "/shoal",
-                 echoes: WriteEchoes | None = None) -> None:
+    def __init__(self, client: etcd.EtcdClient, prefix: str = "/shoal") -> None:
         self.etcd = client
         self.prefix = "/" + prefix.strip("/")
         self._group = groupcommit.GroupCommitter(self._txn)
-        self.echoes = echoes or WriteEchoes()
 
     @classmethod
     async def connect(cls, url: str, prefix: str = "/shoal", timeout: float = 5.0) -> Store:
@@ -268,15 +224,12 @@ class Store:
                     return None
             # Lost a race with another writer: re-read and decide again.
 
-    async def commit(self, ops: Sequence[Op], fence: Fence | None = None, *,
-                     echo: bool = False) -> builtins.list[resource.Resource | None]:
+    async def commit(self, ops: Sequence[Op], fence: Fence | None = None,
+                     ) -> builtins.list[resource.Resource | None]:
         """Apply up to MAX_TXN_OPS writes atomically: all happen, or ConflictError and none.
 
         ``update`` and ``delete`` ops compare on the object's resourceVersion (a delete
         without one deletes unconditionally); finalizers are not consulted for batch deletes.
-        ``echo``: hand the stored objects to this process's watchers (``WriteEchoes``);
-        only for callers that never change the objects (or their spec and status)
-        afterwards.
         """
         if len(ops) > MAX_TXN_OPS - (1 if fence else 0):
             raise ValueError(f"a transaction holds at most {MAX_TXN_OPS} operations, got "
@@ -284,24 +237,19 @@ class Store:
         compares: builtins.list[Any] = []
         puts: builtins.list[Any] = []
         prepared: builtins.list[resource.Resource | None] = []
-        keys: builtins.list[bytes] = []
         for op in ops:
-            if op.action in ("create", "update"):
-                if op.action == "create":
-                    new = self._prepare_create(op.info, op.obj)
-                    key = self.key(op.info, new.name, new.namespace)
-                    compares.append(etcd.cmp_absent(key))
-                else:
-                    new = self._prepare_update(op.obj)
-                    key = self.key(op.info, new.name, new.namespace)
-                    compares.append(etcd.cmp_mod(key, int(new.metadata.resourceVersion)))
-                value = codec.encode(new)
-                puts.append(etcd.op_put(key, value))
+            if op.action == "create":
+                new = self._prepare_create(op.info, op.obj)
+                key = self.key(op.info, new.name, new.namespace)
+                compares.append(etcd.cmp_absent(key))
+                puts.append(etcd.op_put(key, codec.encode(new)))
                 prepared.append(new)
-                if echo:
-                    if codec.stored_spec_digest(new) is None:
-                        codec.remember_spec(new)  # the watcher may take it before _stored
-                    self.echoes.put(key, value, new)
+            elif op.action == "update":
+                new = self._prepare_update(op.obj)
+                key = self.key(op.info, new.name, new.namespace)
+                compares.append(etcd.cmp_mod(key, int(new.metadata.resourceVersion)))
+                puts.append(etcd.op_put(key, codec.encode(new)))
+                prepared.append(new)
             elif op.action == "delete":
                 key = self.key(op.info, op.obj.name, op.obj.namespace)
                 if op.obj.metadata.resourceVersion:
@@ -310,17 +258,7 @@ class Store:
                 prepared.append(None)
             else:
                 raise ValueError(f"unknown op {op.action!r}")
-            keys.append(key)
-        try:
-            ok, rev = await self._write(compares, puts, fence)
-        except BaseException:
-            ok = False
-            raise
-        finally:
-            if echo and not ok:
-                for key, obj in zip(keys, prepared, strict=True):
-                    if obj is not None:
-                        self.echoes.discard(key, obj)
+        ok, rev = await self._write(compares, puts, fence)
         if not ok:
             refs = ", ".join(op.obj.ref for op in ops[:5])
             more = "..." if len(ops) > 5 else ""

@@ -87,8 +87,7 @@ async def watch_kind(store: client.Store, info: kinds.KindInfo, namespace: str |
                         yield WatchEvent(DELETED, ev.mod_revision,
                                          stub_from_key(info, ev.key, base_prefix, ev.mod_revision))
                     else:
-                        obj = (store.echoes.take(ev.key, ev.value, ev.mod_revision)
-                               or codec.try_decode(ev.key, ev.value, ev.mod_revision))
+                        obj = codec.try_decode(ev.key, ev.value, ev.mod_revision)
                         if obj is not None:
                             kind = ADDED if ev.create_revision == ev.mod_revision else MODIFIED
                             yield WatchEvent(kind, ev.mod_revision, obj)

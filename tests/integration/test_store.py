@@ -172,51 +172,6 @@ async def _async(value: object) -> object:
     return value
 
 
-async def test_watch_takes_back_echoed_writes_and_decodes_the_rest(
-        store: client.Store) -> None:
-    """``commit(echo=True)`` hands the stored object itself to this process's watcher (no
-    second decode); other writes, and other revisions of the same key, are decoded."""
-    events: list[watch.WatchEvent] = []
-    task = asyncio.create_task(_collect(events, watch.watch_kind(store, WIDGET)))
-    try:
-        await eventually(lambda: _async(bool(events)), what="initial list")
-        echoed = (await store.commit([client.Op("create", WIDGET, widget("e", n=1))],
-                                     echo=True))[0]
-        plain = (await store.commit([client.Op("create", WIDGET, widget("p", n=2))]))[0]
-        assert echoed is not None and plain is not None
-        later = await store.update(WIDGET, resource.Resource(
-            echoed.kind, echoed.metadata.copy(), {"n": 3}, {}, echoed.apiVersion))
-        await eventually(lambda: _async(len(events) >= 4), what="three events")
-        by_version = {(e.obj.name, e.obj.metadata.resourceVersion): e.obj
-                      for e in events[1:] if e.obj is not None}
-        assert by_version[("e", echoed.metadata.resourceVersion)] is echoed
-        decoded = by_version[("p", plain.metadata.resourceVersion)]
-        assert decoded is not plain and decoded.spec == {"n": 2}
-        assert by_version[("e", later.metadata.resourceVersion)].spec == {"n": 3}
-        assert store.echoes.taken == 1
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-def test_write_echoes_match_the_value_and_are_bounded() -> None:
-    echoes = client.WriteEchoes()
-    echoes.LIMIT = 3
-    objs = [widget(f"w{i}") for i in range(5)]
-    for i, obj in enumerate(objs):
-        echoes.put(f"k{i}".encode(), f"v{i}".encode(), obj)
-    assert echoes.take(b"k0", b"v0", 10) is None  # evicted: the oldest beyond the limit
-    assert echoes.take(b"k3", b"someone else's", 11) is None  # a write not ours: dropped
-    assert echoes.take(b"k3", b"v3", 12) is None
-    echoes.discard(b"k2", objs[1])  # not the object registered there: kept
-    echoes.discard(b"k4", objs[4])  # the write failed
-    assert echoes.take(b"k4", b"v4", 13) is None
-    taken = echoes.take(b"k2", b"v2", 14)
-    assert taken is objs[2] and taken.metadata.resourceVersion == "14"
-    assert echoes.take(b"k2", b"v2", 14) is None  # taken once
-
-
 async def test_watch_resumes_after_etcd_restart(
         etcd_factory: Callable[[], etcd_server.EtcdServer], prefix: str) -> None:
     server = etcd_factory()

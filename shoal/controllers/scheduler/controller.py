@@ -462,9 +462,8 @@ class _State:
         retry_later = False
         try:
             try:
-                # echo: the scheduler never touches an assignment after writing it.
                 await self.store.commit([client.Op("update", common.TASKS, obj)
-                                         for _, obj in chunk], echo=True)
+                                         for _, obj in chunk])
             except errors.FencedError:
                 raise
             except errors.ConflictError:
