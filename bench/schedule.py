@@ -12,10 +12,13 @@ Measured:
   etcd (scheduler; placements/s against the targets), -> every task reports running;
 * scheduler peak memory: the peak RSS (``VmHWM``) of the process running the scheduler,
   informer caches included;
-* failover: one more agent process with a single node (``victim``, heartbeat lease
-  ``--victim-ttl``, 2 s) takes its share of the replicas; after everything runs it is
-  SIGKILLed, and the clock runs until the node is marked down and until every one of
-  its replicas has a replacement running elsewhere.
+* failover: once all 100,000 run, one more agent process with a single node
+  (``victim``, heartbeat lease ``--victim-ttl``, 2 s) joins and every service is scaled
+  up by one replica, which the scheduler places on the new, empty node (fewest tasks of
+  the service); after they run and the cluster has settled, the victim is SIGKILLed and
+  the clock runs until the node is marked down and until every one of its replicas has a
+  replacement running elsewhere. (It joins late so that the placement figure is taken
+  with the issue's 1,000 nodes and nothing else watching the tasks.)
 
     python bench/schedule.py [--nodes 1000] [--services 100] [--replicas 1000]
 
@@ -169,7 +172,7 @@ async def run(args: argparse.Namespace) -> int:
     procs: dict[str, subprocess.Popen[bytes]] = {}
     total = args.services * args.replicas
     print(f"shoal scheduling benchmark: {args.services} services x {args.replicas} replicas "
-          f"= {total:,} tasks on {args.nodes:,} hollow nodes (+1 victim); "
+          f"= {total:,} tasks on {args.nodes:,} hollow nodes (+1 victim for failover); "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; logs in {tmp}")
     try:
         agent = [sys.executable, "-m", "shoal.agent.main", "--etcd", url, "--prefix", prefix,
@@ -177,9 +180,7 @@ async def run(args: argparse.Namespace) -> int:
                  "--cpus", "64", "--memory", "256Gi"]
         procs["agent"] = _spawn([*agent, "--name", "hollow", "--count", str(args.nodes),
                                  "--heartbeat-ttl", str(args.fleet_ttl)], tmp / "agent.log")
-        procs["victim"] = _spawn([*agent, "--name", "victim", "--heartbeat-ttl",
-                                  str(args.victim_ttl)], tmp / "victim.log")
-        names = {f"hollow-{i}" for i in range(args.nodes)} | {"victim"}
+        names = {f"hollow-{i}" for i in range(args.nodes)}
         ready = await _nodes_ready(store, names, 600)
         print(f"nodes: {len(names):,} ready {ready:.1f} s after the agents started")
 
@@ -257,10 +258,28 @@ async def run(args: argparse.Namespace) -> int:
         print(f"cpu seconds from apply to all running ({running:.0f} s x {os.cpu_count()} "
               "CPUs): " + ", ".join(f"{n} {c:.1f}" for n, c in cpu.items()))
 
-        # --- failover, in steady state: the controllers' caches have caught up ---
+        # --- failover: a node joins, takes one more replica of every service, dies ---
+        procs["victim"] = _spawn([*agent, "--name", "victim", "--heartbeat-ttl",
+                                  str(args.victim_ttl)], tmp / "victim.log")
+        await _nodes_ready(store, {"victim"}, 120)
+        for i in range(args.services):
+            while True:
+                svc = await store.get(SERVICES, f"svc-{i:03d}", "bench")
+                svc.spec["replicas"] = args.replicas + 1
+                try:
+                    await store.update(SERVICES, svc)
+                    break
+                except errors.ConflictError:
+                    continue  # the orchestrator wrote its status meanwhile
+
+        def on_victim() -> set[bytes]:
+            return {k for k, node in progress.node.items() if node == b"victim"
+                    and k in progress.running}
+        await progress.until(lambda: len(on_victim()) >= args.services, 120,
+                             "the victim's replicas running")
+        # Steady state before the kill: the controllers' caches have caught up.
         await asyncio.sleep(args.settle)
-        victims = {k for k, node in progress.node.items() if node == b"victim"
-                   and k in progress.running}
+        victims = on_victim()
         progress.after_kill = set()
         killed = time.monotonic()
         procs["victim"].send_signal(signal.SIGKILL)
