@@ -41,7 +41,7 @@ import tempfile
 import time
 
 from shoal.crds import kinds, validation
-from shoal.store import client, errors, etcd_server
+from shoal.store import client, errors, etcd, etcd_server
 
 REG = kinds.Registry.builtin()
 SERVICES, TASKS, NODES = REG.lookup("services"), REG.lookup("tasks"), REG.lookup("nodes")
@@ -141,6 +141,27 @@ class Progress:
                     await self.changed.wait()
 
 
+async def raw_write_rate(store: client.Store, writes: int = 30_000) -> float:
+    """The machine's etcd write ceiling right now: task-sized values (700 bytes) put in
+    127-put transactions, 8 in flight, from this process — no compares, no decoding, no
+    other work. Every placement costs three task writes (created, assigned, running), so
+    a third of this bounds placements/s before any Shoal code runs."""
+    value = b"x" * 700
+    sem = asyncio.Semaphore(8)
+
+    async def one(start: int) -> None:
+        async with sem:
+            await store.etcd.txn([], [etcd.op_put(store.raw_key("bench-raw", str(i)), value)
+                                      for i in range(start, min(start + 127, writes))])
+    t0 = time.monotonic()
+    await asyncio.gather(*(one(i) for i in range(0, writes, 127)))
+    rate = writes / (time.monotonic() - t0)
+    for start in range(0, writes, 127):  # leave etcd as it was
+        await store.etcd.txn([], [etcd.op_delete(store.raw_key("bench-raw", str(i)))
+                                  for i in range(start, min(start + 127, writes))])
+    return rate
+
+
 def _spawn(argv: list[str], log: pathlib.Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as fh:
         return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT,
@@ -175,6 +196,10 @@ async def run(args: argparse.Namespace) -> int:
           f"= {total:,} tasks on {args.nodes:,} hollow nodes (+1 victim for failover); "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; logs in {tmp}")
     try:
+        raw = await raw_write_rate(store)
+        print(f"baseline: raw etcd writes {raw:,.0f}/s on this machine now (task-sized values, "
+              f"127-put transactions) -> at 3 writes per task, at most {raw / 3:,.0f} "
+              "placements/s before any Shoal code runs")
         agent = [sys.executable, "-m", "shoal.agent.main", "--etcd", url, "--prefix", prefix,
                  "--runtime", "hollow", "--hollow-start-delay", str(args.start_delay),
                  "--cpus", "64", "--memory", "256Gi"]
