@@ -114,11 +114,12 @@ class TaskIndex:
 
     # --- handlers ---
 
-    def _added(self, task: Resource) -> None:
+    def _added(self, task: Resource, facts: ts.TaskFacts | None = None) -> None:
         key = service_key_of(task)
         if key is None:
             return
-        facts = ts.facts_of(task)
+        if facts is None:
+            facts = ts.facts_of(task)
         self.by_service.setdefault(key, {})[task.metadata.name] = facts
         if self._flag is not None and self._flag(task):
             self.flagged.setdefault(key, set()).add(task.metadata.name)
@@ -153,21 +154,21 @@ class TaskIndex:
         tasks = self.by_service.get(key) if key is not None else None
         name = new.metadata.name
         known = tasks.get(name) if tasks is not None else None
+        facts = ts.facts_of(new)
         if (key is not None and tasks is not None and known is not None
-                and key == service_key_of(old)):
-            facts = ts.facts_of(new)
-            if facts.node == known.node and facts.active == known.active:
-                # The usual update (a state report, an assignment seen again): same
-                # service, node and desire, so only the facts and the flag change.
-                tasks[name] = facts
-                if self._flag is not None:
-                    if self._flag(new):
-                        self.flagged.setdefault(key, set()).add(name)
-                    elif key in self.flagged:
-                        self._unflag(key, name)
-                return
+                and key == service_key_of(old)
+                and facts.node == known.node and facts.active == known.active):
+            # The usual update (a state report, an assignment seen again): same service,
+            # node and desire, so only the facts and the flag change.
+            tasks[name] = facts
+            if self._flag is not None:
+                if self._flag(new):
+                    self.flagged.setdefault(key, set()).add(name)
+                elif key in self.flagged:
+                    self._unflag(key, name)
+            return
         self._deleted(old)
-        self._added(new)
+        self._added(new, facts)
 
     def _unflag(self, key: ServiceKey, name: str) -> None:
         flagged = self.flagged.get(key)

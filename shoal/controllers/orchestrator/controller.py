@@ -121,8 +121,7 @@ def _node_usable(task: Resource, nodes: informer_mod.Informer) -> bool:
     if name is None:
         return True
     node = nodes.get(name)
-    return (node is not None and node.status.get("state") == "ready"
-            and node.spec.get("availability") != "drain")
+    return node is not None and slots.node_usable(node)
 
 
 def _node_down_or_gone(task: Resource, nodes: dict[str, Resource]) -> bool:
@@ -241,9 +240,10 @@ class Orchestrator:
             svc = stored
 
         uid = sys.intern(svc.metadata.uid)  # interned as the facts' owners are: fast ==
+        mine = facts
         strays = [f.task for f in facts if uid and f.owner is not None and f.owner != uid]
-        mine = [f for f in facts if not (uid and f.owner is not None and f.owner != uid)
-                ] if strays else facts
+        if strays:
+            mine = [f for f in facts if f.owner is None or f.owner == uid]
         result: Result | None = None
         if strays:
             ctx.log.info("removing tasks of an earlier service of the same name",

@@ -296,10 +296,13 @@ class NodeView:
         if isinstance(nodes, NodeView):
             return nodes
         index = {n.metadata.name: n for n in nodes}
-        return cls(index, frozenset(
-            name for name, node in index.items()
-            if node.status.get("state") == "ready"
-            and node.spec.get("availability") != "drain"))
+        return cls(index, frozenset(name for name, node in index.items()
+                                    if node_usable(node)))
+
+
+def node_usable(node: Resource) -> bool:
+    """Ready and not drained: the node may keep running its tasks."""
+    return node.status.get("state") == "ready" and node.spec.get("availability") != "drain"
 
 
 def plan_replicated(service: Resource, tasks: Iterable[Resource], *, now: float,

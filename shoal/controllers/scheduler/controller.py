@@ -50,9 +50,10 @@ from shoal.store import client, errors
 
 log = rt_logging.get_logger("shoal.controllers.scheduler")
 
-#: Swarm's batching: a batch starts this long after the last event...
+#: A batch starts this long after the last event (Swarm's debounce)...
 BATCH_DELAY: Final = 0.05
-#: ...or this long after the first one, whichever comes first.
+#: ...or this long after the first one, whichever comes first (Swarm: 1 s; under a steady
+#: stream of new tasks that only delays the first placements — see docs/scheduler.md).
 MAX_BATCH_DELAY: Final = 0.25
 #: Tasks placed per batch at most: a bigger backlog is placed in back-to-back batches,
 #: so the event loop (informers, commits, the leader lease) never stalls for long.
