@@ -165,6 +165,22 @@ def decode_task(value: bytes, revision: int) -> resource.Resource | None:
     return obj
 
 
+def may_be_ours(value: bytes, names: set[bytes]) -> bool:
+    """Whether a raw Task value may be assigned to one of ``names`` (UTF-8 node names).
+
+    False only when the value shows it is not: no ``nodeName`` at all (pending), or every
+    ``nodeName`` in it is a plain string naming another node. Anything unusual answers
+    True, so the decoder decides: a unicode escape anywhere (it could spell the key, or a
+    name), or a ``nodeName`` the pattern cannot read."""
+    if b"\\u" in value:
+        return True
+    occurrences = value.count(b'"nodeName"')
+    if not occurrences:
+        return False
+    found = _NODE_NAME_RE.findall(value)
+    return len(found) != occurrences or any(name in names for name in found)
+
+
 class Agent:
     """Serves the nodes of one process until cancelled."""
 
@@ -398,21 +414,10 @@ class Agent:
             self.managers[name].replace(objs)
         return revision
 
-    def _may_be_ours(self, value: bytes) -> bool:
-        """False only when the raw value shows the task is not assigned to a node of this
-        process: it has no ``nodeName`` at all (pending), or every ``nodeName`` in it is
-        a plain string naming someone else's node. Anything unusual (escapes, odd
-        spacing the pattern misses) is decoded to be sure."""
-        occurrences = value.count(b'"nodeName"')
-        if not occurrences:
-            return b"nodeName" in value  # an escaped key: let the decoder decide
-        found = _NODE_NAME_RE.findall(value)
-        return len(found) != occurrences or any(name in self._names for name in found)
-
     def _decode_if_ours(self, key: bytes, value: bytes, revision: int,
                         known: str | None) -> resource.Resource | None:
         """The Task at ``key`` if it is assigned to one of this process's nodes."""
-        if known is None and not self._may_be_ours(value):
+        if known is None and not may_be_ours(value, self._names):
             return None
         obj = decode_task(value, revision)
         rest = key[len(self._task_prefix()):].decode(errors="replace")
