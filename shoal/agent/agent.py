@@ -38,6 +38,7 @@ import structlog
 from shoal.agent import heartbeat, hollow, logserver, node, taskmanager
 from shoal.agent.executor import Executor
 from shoal.crds import kinds, resource
+from shoal.runtime import gcpolicy
 from shoal.store import client, codec, errors, etcd, watch
 
 if TYPE_CHECKING:
@@ -54,10 +55,6 @@ _DRIVER_CLASSES = {"docker": ("shoal.agent.docker_driver", "DockerExecutor"),
 # skipped on these, without decoding: an agent sees every task event of the cluster.
 _NODE_NAME_RE = re.compile(rb'"nodeName"\s*:\s*"([^"\\]*)"')
 _YIELD_EVERY = 512  # events handled between yields to the event loop
-# Young-generation thresholds (CPython's default is 700, 10) and the full-collection
-# period; see Agent._collect_garbage for why full collections are not left to CPython.
-GC_THRESHOLDS = (20_000, 20)
-GC_FULL_EVERY = 300.0
 LAG_WARNING = 1.0  # seconds of event-loop lag worth a warning
 
 
@@ -268,7 +265,8 @@ class Agent:
         self._background.append(asyncio.create_task(self._watch_lag()))
         gc.callbacks.append(self._gc_callback)
         if cfg.tune_gc:
-            self._background.append(asyncio.create_task(self._collect_garbage()))
+            # The task cache is the heap: collections on a timer, not per allocation count.
+            gcpolicy.install(watchdog=False)  # _watch_lag already watches the loop
 
         self.heartbeats = heartbeat.HeartbeatProcess(
             cfg.etcd_url, cfg.prefix, node.lease_ttl(cfg.heartbeat_ttl), configs,
@@ -547,27 +545,6 @@ class Agent:
             log.warning("long garbage-collector pause", node=self.cfg.node_name,
                         generation=info.get("generation"), seconds=round(pause, 3),
                         collected=info.get("collected"))
-
-    async def _collect_garbage(self) -> None:
-        """Full garbage collections on a timer instead of whenever CPython decides.
-
-        CPython runs a full collection each time the long-lived heap has grown by a
-        quarter. The agent's heap is its task cache, and every status write replaces a
-        cached task with a new object, so under load that rule fired about once a second,
-        each pass walking every cached task (0.3-1.3 s with 100,000 tasks): measured, 15 of
-        the agent's 26 CPU seconds for 100,000 task starts went to the collector. The
-        agent's data holds no reference cycles (a DEBUG_SAVEALL run found no cyclic
-        garbage), so young collections stay automatic and full ones run every
-        ``GC_FULL_EVERY`` seconds.
-        """
-        old = gc.get_threshold()
-        gc.set_threshold(GC_THRESHOLDS[0], GC_THRESHOLDS[1], 2**31 - 1)
-        try:
-            while True:
-                await asyncio.sleep(GC_FULL_EVERY)
-                gc.collect()
-        finally:
-            gc.set_threshold(*old)
 
     async def _watch_lag(self) -> None:
         """Tick the heartbeat process (proof of life) and measure event-loop lag."""

@@ -22,9 +22,8 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from shoal.controllers import gcpolicy
+from shoal.runtime import gcpolicy, reconcile
 from shoal.runtime import logging as rt_logging
-from shoal.runtime import reconcile
 
 log = rt_logging.get_logger("shoal.controllers.leaderloop")
 
