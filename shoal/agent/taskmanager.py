@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import copy
 import dataclasses
 import random
 from collections.abc import Awaitable, Callable, Iterable
@@ -42,7 +41,7 @@ import structlog
 
 from shoal.agent.executor import MISSING, Executor, Observed, TaskRejectedError, TaskSpec
 from shoal.crds import kinds, resource, units
-from shoal.store import client, errors
+from shoal.store import client, codec, errors
 
 log = structlog.get_logger("shoal.agent.taskmanager")
 
@@ -331,9 +330,7 @@ class StatusWriter:
             status = merge_status(obj.status, report.fields)
             if status is None:
                 continue
-            update = copy.copy(obj)  # shallow: keeps the stored-spec digest, shares spec
-            update.status = status
-            ops.append(client.Op("update", self.info, update))
+            ops.append(client.Op("update", self.info, codec.with_status(obj, status)))
             sent.append(report)
         if not ops:
             return
@@ -363,10 +360,8 @@ class StatusWriter:
             status = merge_status(obj.status, report.fields)
             if status is None:
                 return
-            update = copy.copy(obj)
-            update.status = status
             try:
-                stored = await self.store.update(self.info, update)
+                stored = await self.store.update(self.info, codec.with_status(obj, status))
                 self.writes += 1
                 mgr.remember(stored)
                 return

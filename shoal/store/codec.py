@@ -91,6 +91,18 @@ def remember_spec(obj: resource.Resource, digest: int | None = None) -> None:
     obj.__dict__["_stored_spec_digest"] = spec_digest(obj.spec) if digest is None else digest
 
 
+def with_status(obj: resource.Resource, status: dict[str, Any]) -> resource.Resource:
+    """``obj`` with another ``status``, sharing its envelope and spec (the store copies the
+    envelope before it writes), and still knowing the spec it was stored with — so a
+    status write does not count as a spec change. ``copy.copy`` did the same at twice the
+    cost: status writes are a third of all writes."""
+    out = resource.Resource(obj.kind, obj.metadata, obj.spec, status, obj.apiVersion)
+    digest = stored_spec_digest(obj)
+    if digest is not None:
+        out.__dict__["_stored_spec_digest"] = digest
+    return out
+
+
 def stored_spec_digest(obj: resource.Resource) -> int | None:
     value = obj.__dict__.get("_stored_spec_digest")
     return value if isinstance(value, int) else None
