@@ -13,7 +13,7 @@ from shoal.controllers import taskstates as ts
 from shoal.controllers.scheduler import controller as sc
 from shoal.controllers.scheduler import placement
 from shoal.crds.resource import Resource, new
-from shoal.store import client, errors
+from shoal.store import client, codec, errors
 
 
 class FakeInformer:
@@ -36,6 +36,7 @@ class FakeInformer:
     def put(self, obj: Resource) -> None:
         self.rv += 1
         obj.metadata.resourceVersion = str(self.rv)
+        codec.remember_spec(obj)  # as decoding a watched value does
         key = (obj.metadata.namespace, obj.metadata.name)
         old = self.objects.get(key)
         self.objects[key] = obj

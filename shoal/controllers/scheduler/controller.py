@@ -46,7 +46,7 @@ from shoal.crds.resource import Resource
 from shoal.runtime import informer as informer_mod
 from shoal.runtime import logging as rt_logging
 from shoal.runtime.reconcile import Context, ControllerSpec
-from shoal.store import client, errors
+from shoal.store import client, codec, errors
 
 log = rt_logging.get_logger("shoal.controllers.scheduler")
 
@@ -64,6 +64,7 @@ PARALLEL_TXNS: Final = 8
 REBUILD_CHUNK: Final = 2000
 #: After etcd trouble, try the failed tasks again this much later.
 RETRY_AFTER: Final = 0.5
+_PENDING_RANK: Final = ts.RANK[ts.PENDING]
 
 
 def is_pending(task: Resource) -> bool:
@@ -78,6 +79,13 @@ def assigned(task: Resource, node: str) -> Resource:
                     status={**task.status, "state": ts.ASSIGNED,
                             "message": f"scheduled on {node}",
                             "timestamp": resource.now_rfc3339()})
+
+
+def _holds_node(task: Resource) -> bool:
+    """Past the scheduler and not ended: the task is charged to its node."""
+    state = task.status.get("state")
+    rank = ts.RANK.get(state, 0) if isinstance(state, str) else 0
+    return _PENDING_RANK < rank <= ts.RUNNING_RANK
 
 
 def with_message(task: Resource, message: str) -> Resource:
@@ -140,7 +148,7 @@ class _State:
 
     def attach(self) -> None:
         self._removers = [
-            self.tasks.add_handlers(lambda t: self._task(t, t), lambda _o, t: self._task(t, t),
+            self.tasks.add_handlers(lambda t: self._task(t, t), self._task_changed,
                                     lambda t: self._task(t, None)),
             self.nodes.add_handlers(self._node_changed, lambda _o, n: self._node_changed(n),
                                     self._node_gone),
@@ -152,6 +160,17 @@ class _State:
         for remove in self._removers:
             remove()  # type: ignore[operator]
         self._removers = []
+
+    def _task_changed(self, old: Resource, task: Resource) -> None:
+        """The common update — a placed task reporting progress (assigned, ..., running) —
+        changes nothing the books hold: same spec (so the same node, service generation
+        and desired state; the codec recorded the digest of each version), and the task
+        holds its node before and after. A third of all task events are these."""
+        if (self.cluster is not None and _holds_node(old) and _holds_node(task)
+                and codec.stored_spec_digest(task) is not None
+                and codec.stored_spec_digest(task) == codec.stored_spec_digest(old)):
+            return
+        self._task(task, task)
 
     def _task(self, ref: Resource, task: Resource | None) -> None:
         key = ts.task_key(ref)
