@@ -92,9 +92,10 @@ async def _collections(every: float, unfreeze_every: float) -> None:
             last_unfreeze = started
         found = collect(unfreeze)
         seconds = time.perf_counter() - started
+        # (No gc.get_freeze_count() here: it walks every frozen object to count them.)
         (log.info if seconds > LONG_PAUSE else log.debug)(
             "garbage collected", key="process", unreachable=found, unfrozen=unfreeze,
-            seconds=round(seconds, 3), frozen=gc.get_freeze_count())
+            seconds=round(seconds, 3))
 
 
 def _restore(timer: asyncio.Task[None]) -> None:
