@@ -24,6 +24,7 @@ import contextlib
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -182,6 +183,7 @@ async def run(args: argparse.Namespace) -> None:
         agent.stop()
         await store.close()
         server.stop()
+        shutil.rmtree(server.data_dir, ignore_errors=True)  # ~330 MB; the logs stay
     text = agent.log.read_text(errors="replace")
     print(f"agent log: {text.count('lagging')} event-loop lag warnings, "
           f"{text.count('had expired')} expired heartbeat leases, "

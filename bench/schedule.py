@@ -34,6 +34,7 @@ import contextlib
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -352,6 +353,8 @@ async def run(args: argparse.Namespace) -> int:
         await store.close()
         if server is not None:
             server.stop()
+            # 600+ MB of WAL and database per run; the logs stay for reading.
+            shutil.rmtree(server.data_dir, ignore_errors=True)
 
 
 def main() -> None:
