@@ -1,12 +1,12 @@
 """Garbage collection for a process holding big caches, and a watch on event-loop stalls.
 
 A controller-manager caches every task of the cluster, and so does an agent serving many
-hollow nodes: 100,000 tasks are well over a million objects the collector tracks, and
+hollow nodes: 100,000 tasks are ~800,000 objects the collector tracks (8 each), and
 each status write replaces a cached task with a freshly decoded one. Left to CPython,
 young collections run every few thousand allocations, and each survivor is walked again
 in the middle generation and again in every full collection. Measured in
 ``bench/schedule.py`` (100,000 replicas), that was 3.9 of the controller-manager's 15
-CPU-seconds and 1.5 of the agent's 12; with the policy below, 1.2 and 0.8.
+CPU-seconds and 1.5 of the agent's 12; with the policy below, 1.7 and 0.9.
 
 What lives long in these processes holds no reference cycles (plain dicts and
 dataclasses, freed by reference counting the moment they are replaced; a DEBUG_SAVEALL
