@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import dataclasses
 import errno
 import ipaddress
 import shutil
@@ -324,6 +325,19 @@ def _is_errno(exc: BaseException, *codes: int) -> bool:
 
 # ---- netfilter companions -----------------------------------------------------------------
 
+@dataclasses.dataclass(frozen=True)
+class NetfilterChange:
+    """What one balancer change adds to and removes from the netfilter companion: VIPs,
+    published ports and whole-VIP marks (anything not named is unchanged)."""
+
+    vips_added: frozenset[ipaddress.IPv4Address] = frozenset()
+    vips_removed: frozenset[ipaddress.IPv4Address] = frozenset()
+    ports_added: frozenset[tuple[Protocol, int]] = frozenset()
+    ports_removed: frozenset[tuple[Protocol, int]] = frozenset()
+    marks_added: frozenset[VipMark] = frozenset()
+    marks_removed: frozenset[VipMark] = frozenset()
+
+
 class _Companion(abc.ABC):
     name: Netfilter
 
@@ -332,12 +346,8 @@ class _Companion(abc.ABC):
         """Make the companion hold exactly what ``services`` need."""
 
     @abc.abstractmethod
-    async def change(self, services: Sequence[VirtualService], *,
-                     vips_added: set[ipaddress.IPv4Address],
-                     vips_removed: set[ipaddress.IPv4Address],
-                     ports_added: set[tuple[Protocol, int]],
-                     ports_removed: set[tuple[Protocol, int]],
-                     marks_added: set[VipMark], marks_removed: set[VipMark]) -> None:
+    async def change(self, services: Sequence[VirtualService], delta: NetfilterChange,
+                     ) -> None:
         """Apply one change; ``services`` is the whole model after it (for a rebuild)."""
 
     @abc.abstractmethod
@@ -360,15 +370,12 @@ class _NftCompanion(_Companion):
     async def full(self, services: Sequence[VirtualService]) -> None:
         await self.runner.run(render_nft(services))
 
-    async def change(self, services: Sequence[VirtualService], *,
-                     vips_added: set[ipaddress.IPv4Address],
-                     vips_removed: set[ipaddress.IPv4Address],
-                     ports_added: set[tuple[Protocol, int]],
-                     ports_removed: set[tuple[Protocol, int]],
-                     marks_added: set[VipMark], marks_removed: set[VipMark]) -> None:
-        script = render_nft_change(vips_added=vips_added, vips_removed=vips_removed,
-                                   ports_added=ports_added, ports_removed=ports_removed,
-                                   marks_added=marks_added, marks_removed=marks_removed)
+    async def change(self, services: Sequence[VirtualService], delta: NetfilterChange,
+                     ) -> None:
+        script = render_nft_change(
+            vips_added=delta.vips_added, vips_removed=delta.vips_removed,
+            ports_added=delta.ports_added, ports_removed=delta.ports_removed,
+            marks_added=delta.marks_added, marks_removed=delta.marks_removed)
         if not script:
             return
         try:
@@ -417,16 +424,13 @@ class _IptablesCompanion(_Companion):
         await self._run(self.restore, "--noflush",
                         stdin=render_iptables(services, jumps_present=iptables_jumps(saved)))
 
-    async def change(self, services: Sequence[VirtualService], *,
-                     vips_added: set[ipaddress.IPv4Address],
-                     vips_removed: set[ipaddress.IPv4Address],
-                     ports_added: set[tuple[Protocol, int]],
-                     ports_removed: set[tuple[Protocol, int]],
-                     marks_added: set[VipMark], marks_removed: set[VipMark]) -> None:
+    async def change(self, services: Sequence[VirtualService], delta: NetfilterChange,
+                     ) -> None:
         # VIPs need no masquerading rule here (the ipvs match covers every IPVS
         # connection); published ports and whole VIPs are one MARK rule each, so their
         # chain is rewritten whole (iptables-restore replaces a chain in one commit).
-        if ports_added or ports_removed or marks_added or marks_removed:
+        if (delta.ports_added or delta.ports_removed or delta.marks_added
+                or delta.marks_removed):
             await self.full(services)
 
     async def teardown(self) -> None:
@@ -586,20 +590,16 @@ class IpvsLoadBalancer(LoadBalancer):
             await self._add_address(service.vip)
         after = {**self._model, service.key: service}
         if vip_added or port_added:
-            await self._companion.change(
-                list(after.values()),
-                vips_added={service.vip} if vip_added and service.vip else set(),
-                vips_removed=set(), ports_added={port} if port_added else set(),
-                ports_removed=set(), marks_added=set(), marks_removed=set())
+            await self._companion.change(list(after.values()), NetfilterChange(
+                vips_added=frozenset({service.vip} if vip_added and service.vip else ()),
+                ports_added=frozenset({port} if port_added else ())))
         # Level-triggered per service: read back this one service and fix what differs.
         await self._run(service_commands(service, await self._read_service(service.key)))
         if mark_added:
             # Marked traffic goes to the fwmark service, so the mark comes after it.
             assert service.vip is not None
-            await self._companion.change(
-                list(after.values()), vips_added=set(), vips_removed=set(),
-                ports_added=set(), ports_removed=set(),
-                marks_added={(service.vip, service.protocol)}, marks_removed=set())
+            await self._companion.change(list(after.values()), NetfilterChange(
+                marks_added=frozenset({(service.vip, service.protocol)})))
         self._set_model(after)
 
     async def remove_service(self, key: ServiceKey) -> None:
@@ -613,19 +613,15 @@ class IpvsLoadBalancer(LoadBalancer):
         vip = key[0]
         if vip is not None and is_whole_vip(key):
             # Unmarked first, so no marked packet looks for the service being deleted.
-            await self._companion.change(
-                list(after.values()), vips_added=set(), vips_removed=set(),
-                ports_added=set(), ports_removed=set(), marks_added=set(),
-                marks_removed={(vip, key[2])})
+            await self._companion.change(list(after.values()), NetfilterChange(
+                marks_removed=frozenset({(vip, key[2])})))
         await self._run([ipvs_netlink.del_service(service_id(key))])
         vip_removed = vip is not None and self._vip_refs.get(vip, 0) == 1
         port_removed = vip is None
         if vip_removed or port_removed:
-            await self._companion.change(
-                list(after.values()),
-                vips_added=set(), vips_removed={vip} if vip_removed and vip else set(),
-                ports_added=set(), ports_removed={(key[2], key[1])} if port_removed else set(),
-                marks_added=set(), marks_removed=set())
+            await self._companion.change(list(after.values()), NetfilterChange(
+                vips_removed=frozenset({vip} if vip_removed and vip else ()),
+                ports_removed=frozenset({(key[2], key[1])} if port_removed else ())))
         if vip_removed and vip is not None:
             await self._del_address(vip)
         self._set_model(after)
