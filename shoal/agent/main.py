@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from shoal.agent import agent, logserver, node
-from shoal.crds import units
+from shoal.crds import selectors, units
 from shoal.runtime import logging as rt_logging
 
 T = TypeVar("T")
@@ -27,10 +27,10 @@ DEFAULT_PREFIX = "/shoal"
 
 
 def _label(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f'invalid label "{text}": expected KEY=VALUE')
-    return key.strip(), value
+    try:
+        return selectors.parse_label(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _fraction(text: str) -> float:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from shoal.cli import common, console, errors, printers
-from shoal.crds import kinds, resource, validation
+from shoal.crds import kinds, resource, selectors, validation
 from shoal.crds import networking as nw
 from shoal.store import client
 from shoal.store import errors as store_errors
@@ -123,13 +123,10 @@ async def run_inspect(args: argparse.Namespace, opts: common.GlobalOptions) -> i
 # --- create ---
 
 def _labels(items: Sequence[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise errors.CliError(f'invalid label "{item}": expected KEY=VALUE')
-        out[key.strip()] = value
-    return out
+    try:
+        return dict(selectors.parse_label(item) for item in items)
+    except ValueError as exc:
+        raise errors.CliError(str(exc)) from None
 
 
 async def run_create(args: argparse.Namespace, opts: common.GlobalOptions) -> int:

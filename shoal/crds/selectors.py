@@ -63,6 +63,15 @@ def _split_terms(text: str) -> list[str]:
     return [t for t in terms if t.strip()]
 
 
+def parse_label(text: str) -> tuple[str, str]:
+    """One ``KEY=VALUE`` label as a command line gives it (``--label``); ValueError if the
+    ``=`` or the key is missing. The value may be empty, as in Docker."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f'invalid label "{text}": expected KEY=VALUE')
+    return key.strip(), value
+
+
 def parse(text: str | None) -> Selector:
     """Parse ``app=web,tier!=db,env in (a,b),!legacy``; ValueError says which term is bad."""
     if not text:
