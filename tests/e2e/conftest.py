@@ -21,6 +21,7 @@ from shoal.agent.docker_driver import API_VERSION
 from shoal.agent.dockerd import DockerdError, ensure_dockerd
 from shoal.agent.executor import LABEL_NODE
 from shoal.agent.image import ensure_test_image
+from tests.e2e.netlab import Lab
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +59,15 @@ def docker_node(docker_client: Any, node_name: str) -> Iterator[str]:
     for container in docker_client.containers.list(
             all=True, filters={"label": f"{LABEL_NODE}={node_name}"}):
         container.remove(force=True, v=True)
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    """Network namespaces, bridges and veths for one test; all of them gone afterwards
+    (node namespaces take their nftables tables and VXLAN devices with them)."""
+    lab = Lab()
+    try:
+        yield lab
+    finally:
+        lab.close()
+        assert lab.leftovers() == []

@@ -9,7 +9,7 @@ import ipaddress
 import secrets
 import struct
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import dns.asyncquery
 import dns.message
@@ -158,15 +158,6 @@ async def test_upstream_down_is_servfail() -> None:
         assert reply.rcode() == dns.rcode.SERVFAIL
     finally:
         await server.close()
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    lab = Lab()
-    try:
-        yield lab
-    finally:
-        lab.close()
 
 
 @pytest.mark.skipif(not have_netns_privileges(), reason="needs root and iproute2")

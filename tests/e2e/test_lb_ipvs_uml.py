@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import ipaddress
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -196,15 +195,6 @@ def test_stuck_guest_is_killed_and_cleaned_up() -> None:
     err = caught.value
     assert err.run_dir is not None and not err.run_dir.exists()
     assert err.pgid is not None and live_group_members(err.pgid) == []
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    lab = Lab()
-    try:
-        yield lab
-    finally:
-        lab.close()
 
 
 @pytest.mark.skipif(not have_netns_privileges(), reason="needs root")

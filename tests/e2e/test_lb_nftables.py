@@ -7,7 +7,6 @@ from __future__ import annotations
 import collections
 import os
 import sys
-from collections.abc import Iterator
 
 import pytest
 
@@ -18,16 +17,6 @@ from tests.e2e.netcluster import NETTOOL, Cluster, tcp
 from tests.e2e.netlab import Lab, have_netns_privileges, sh
 
 pytestmark = pytest.mark.skipif(not have_netns_privileges(), reason="needs root and nft")
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    lab = Lab()
-    try:
-        yield lab
-    finally:
-        lab.close()  # the node namespaces take their nftables tables with them
-        assert lab.leftovers() == []
 
 
 def test_detect_backend_here() -> None:

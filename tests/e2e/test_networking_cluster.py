@@ -23,7 +23,6 @@ import collections
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,16 +41,6 @@ pytestmark = pytest.mark.skipif(not have_netns_privileges(), reason="needs root 
 REG = kinds.Registry.builtin()
 IMAGE = "shoal/busybox"
 HTTPD = ["sh", "-c", "hostname > /www/index.html && exec httpd -f -p 80 -h /www"]
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    lab = Lab()
-    try:
-        yield lab
-    finally:
-        lab.close()
-        assert lab.leftovers() == []
 
 
 async def apply(store: client.Store, doc: dict[str, Any]) -> None:

@@ -4,7 +4,6 @@ namespaces behind veths, OverlayNode driving each node's namespace through netli
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 
 import pytest
 
@@ -14,16 +13,6 @@ from tests.e2e.netcluster import NETTOOL, Cluster, dump, tcp
 from tests.e2e.netlab import Lab, have_netns_privileges, sh
 
 pytestmark = pytest.mark.skipif(not have_netns_privileges(), reason="needs root and iproute2")
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    lab = Lab()
-    try:
-        yield lab
-    finally:
-        lab.close()
-        assert lab.leftovers() == []
-
 
 async def test_overlay_across_three_nodes(lab: Lab) -> None:
     nodes = [lab.node() for _ in range(3)]
