@@ -22,7 +22,6 @@ both thresholds, or the kernel answers EINVAL.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import functools
 import ipaddress
@@ -33,7 +32,9 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
+
+from shoal.net import netns
 
 NETLINK_ROUTE = 0
 NETLINK_GENERIC = 16
@@ -49,7 +50,6 @@ IFA_ADDRESS, IFA_LOCAL = 1, 2
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10  # acks without the echoed request: more of them fit the buffer
 SO_RCVBUFFORCE = 33
-CLONE_NEWNET = 0x40000000
 
 CMD_NEW_SERVICE, CMD_DEL_SERVICE = 1, 3
 CMD_NEW_DEST, CMD_SET_DEST, CMD_DEL_DEST = 5, 6, 7
@@ -251,34 +251,8 @@ class NetlinkBatchError(RuntimeError):
 
 
 def run_in_netns(netns_path: str | None, fn: Callable[[], T]) -> T:
-    """``fn()`` inside a network namespace (None: right here). A socket stays in the
-    namespace it was born in, so a short-lived thread enters the namespace (setns
-    affects only that thread), does the work and ends; the caller never moves."""
-    if netns_path is None:
-        return fn()
-    box: dict[str, Any] = {}
-
-    def body() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(netns_path, os.O_RDONLY)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns {netns_path}: {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            box["value"] = fn()
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=body, name="ipvs-netns")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    value: T = box["value"]
-    return value
+    """``fn()`` inside a network namespace (None: right here); see ``shoal.net.netns``."""
+    return netns.run_in(netns_path, fn)
 
 
 class NetlinkBatch:

@@ -16,12 +16,11 @@ import asyncio
 import concurrent.futures
 import ctypes
 import ctypes.util
-import os
 import shutil
 import threading
 from typing import Literal
 
-CLONE_NEWNET = 0x40000000
+from shoal.net import netns as netns_mod
 
 RunnerKind = Literal["lib", "exec"]
 
@@ -79,14 +78,7 @@ class NftRunner:
         # A network namespace is per thread: this worker enters it once and stays, so the
         # event loop's thread never changes namespace.
         if self.netns is not None:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(_netns_path(self.netns), os.O_RDONLY)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns into {self.netns}: {os.strerror(err)}")
-            finally:
-                os.close(fd)
+            netns_mod.enter(_netns_path(self.netns))
 
     def _run_lib(self, script: str) -> str:
         lib = self._lib

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import ctypes
 import errno
 import os
 import platform
@@ -42,7 +41,6 @@ from typing import Any, TypeVar
 
 from tests.e2e.uml import write_result
 
-CLONE_NEWNET = 0x40000000
 VIP = "10.254.0.10"
 PORT = 80
 PUBLISHED = 30080
@@ -65,34 +63,16 @@ def ip_batch(commands: list[str], netns: str | None = None) -> None:
 
 def enter_netns(name: str) -> None:
     """Move the calling thread (only) into the named network namespace."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns {name}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
+    from shoal.net import netns
+
+    netns.enter(f"/run/netns/{name}")
 
 
 def in_netns(name: str, fn: Callable[[], T]) -> T:
     """Run ``fn`` on a fresh thread inside namespace ``name`` and return its result."""
-    box: dict[str, Any] = {}
+    from shoal.net import netns
 
-    def body() -> None:
-        try:
-            enter_netns(name)
-            box["value"] = fn()
-        except BaseException as exc:
-            box["error"] = exc
-
-    t = threading.Thread(target=body)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    value: T = box["value"]
-    return value
+    return netns.run_in(f"/run/netns/{name}", fn)
 
 
 def serve(name: str, listener: socket.socket, tag: str = "") -> None:
