@@ -229,17 +229,23 @@ def encode(family: int | None, seq: int, command: Command) -> bytes:
     return struct.pack("=IHHII", 16 + len(body), kind, flags, seq, 0) + body
 
 
-def parse_acks(data: bytes) -> Iterator[tuple[int, int]]:
-    """(sequence number, errno) of every ack in a buffer (errno 0: success)."""
+def messages(data: bytes) -> Iterator[tuple[int, int, int, int]]:
+    """(offset, length, type, sequence number) of each netlink message in a buffer."""
     offset = 0
     while offset + 16 <= len(data):
         length, kind, _, seq, _ = struct.unpack_from("=IHHII", data, offset)
         if length < 16:
-            break
+            return
+        yield offset, length, kind, seq
+        offset += (length + 3) & ~3
+
+
+def parse_acks(data: bytes) -> Iterator[tuple[int, int]]:
+    """(sequence number, errno) of every ack in a buffer (errno 0: success)."""
+    for offset, _, kind, seq in messages(data):
         if kind == NLMSG_ERROR:
             (error,) = struct.unpack_from("=i", data, offset + 16)
             yield seq, -error
-        offset += (length + 3) & ~3
 
 
 class NetlinkBatchError(RuntimeError):
@@ -322,21 +328,17 @@ class NetlinkBatch:
                                           NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
             while True:
                 data = self.sock.recv(1 << 20)
-                offset = 0
-                while offset + 16 <= len(data):
-                    length, kind, _, mseq, _ = struct.unpack_from("=IHHII", data, offset)
-                    if length < 16:
-                        break
-                    if mseq == seq:
-                        if kind == NLMSG_DONE:
-                            return found
-                        if kind == NLMSG_ERROR:
-                            (error,) = struct.unpack_from("=i", data, offset + 16)
-                            if error:
-                                raise OSError(-error, os.strerror(-error))
-                        elif kind == RTM_NEWADDR:
-                            _add_local(found, data, offset, length, index)
-                    offset += (length + 3) & ~3
+                for offset, length, kind, mseq in messages(data):
+                    if mseq != seq:
+                        continue
+                    if kind == NLMSG_DONE:
+                        return found
+                    if kind == NLMSG_ERROR:
+                        (error,) = struct.unpack_from("=i", data, offset + 16)
+                        if error:
+                            raise OSError(-error, os.strerror(-error))
+                    elif kind == RTM_NEWADDR:
+                        _add_local(found, data, offset, length, index)
 
     def close(self) -> None:
         self.sock.close()
