@@ -99,7 +99,7 @@ def with_status(obj: resource.Resource, status: dict[str, Any]) -> resource.Reso
     out = resource.Resource(obj.kind, obj.metadata, obj.spec, status, obj.apiVersion)
     digest = stored_spec_digest(obj)
     if digest is not None:
-        out.__dict__["_stored_spec_digest"] = digest
+        remember_spec(out, digest)
     return out
 
 

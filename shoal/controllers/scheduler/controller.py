@@ -166,9 +166,10 @@ class _State:
         changes nothing the books hold: same spec (so the same node, service generation
         and desired state; the codec recorded the digest of each version), and the task
         holds its node before and after. A third of all task events are these."""
-        if (self.cluster is not None and _holds_node(old) and _holds_node(task)
-                and codec.stored_spec_digest(task) is not None
-                and codec.stored_spec_digest(task) == codec.stored_spec_digest(old)):
+        digest = codec.stored_spec_digest(task)
+        if (self.cluster is not None and digest is not None
+                and digest == codec.stored_spec_digest(old)
+                and _holds_node(old) and _holds_node(task)):
             return
         self._task(task, task)
 
