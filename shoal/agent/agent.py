@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import importlib
 import json
 import re
@@ -202,10 +201,6 @@ class Agent:
         self.started_at = time.monotonic()
         self.timings: dict[str, float] = {}
         self.max_loop_lag = 0.0
-        self.max_gc_pause = 0.0
-        self.gc_seconds = 0.0
-        self.gc_full = 0
-        self._gc_started = 0.0
         self.undecodable = 0
         self._route: dict[str, str] = {}  # task key "ns/name" -> node it is routed to
         self._names: set[bytes] = set()  # node names served, UTF-8, for the prefilter
@@ -263,7 +258,7 @@ class Agent:
         configs = await self._serve_logs(configs)
         self.node_configs = {c.name: c for c in configs}
         self._background.append(asyncio.create_task(self._watch_lag()))
-        gc.callbacks.append(self._gc_callback)
+        gcpolicy.watch_pauses()  # reported in stats(), long ones logged
         if cfg.tune_gc:
             # The task cache is the heap: collections on a timer, not per allocation count.
             gcpolicy.install(watchdog=False)  # _watch_lag already watches the loop
@@ -364,8 +359,6 @@ class Agent:
             self.journal.close()
         if self.store is not None:
             await self.store.close()
-        with contextlib.suppress(ValueError):
-            gc.callbacks.remove(self._gc_callback)
         log.info("agent stopped", node=self.cfg.node_name, **self.stats())
 
     # --- the task watch ---
@@ -531,21 +524,6 @@ class Agent:
 
     # --- health of the process itself ---
 
-    def _gc_callback(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            self._gc_started = time.perf_counter()
-            return
-        pause = time.perf_counter() - self._gc_started
-        self.gc_seconds += pause
-        if info.get("generation") == 2:
-            self.gc_full += 1
-        if pause > self.max_gc_pause:
-            self.max_gc_pause = pause
-        if pause > 0.2:
-            log.warning("long garbage-collector pause", node=self.cfg.node_name,
-                        generation=info.get("generation"), seconds=round(pause, 3),
-                        collected=info.get("collected"))
-
     async def _watch_lag(self) -> None:
         """Tick the heartbeat process (proof of life) and measure event-loop lag."""
         interval = 0.1
@@ -570,8 +548,7 @@ class Agent:
                 "write_conflicts": self.writer.conflicts if self.writer else 0,
                 "heartbeat_restarts": self.heartbeats.restarts if self.heartbeats else 0,
                 "max_loop_lag_s": round(self.max_loop_lag, 3),
-                "gc": {"seconds": round(self.gc_seconds, 2), "full": self.gc_full,
-                       "max_pause_s": round(self.max_gc_pause, 3)},
+                "gc": gcpolicy.pauses(),
                 "undecodable": self.undecodable, "timings": dict(self.timings)}
 
 

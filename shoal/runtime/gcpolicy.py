@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import time
 from typing import Any, Final
@@ -62,15 +63,44 @@ _pause_started = 0.0
 _enabled_before: bool | None = None  # CPython's own setting, restored at the end
 
 
+@dataclasses.dataclass
+class _Pauses:
+    """Collector pauses of this process since ``watch_pauses``."""
+
+    seconds: float = 0.0
+    full: int = 0
+    longest: float = 0.0
+
+
+_paused = _Pauses()
+
+
 def _on_gc(phase: str, info: dict[str, Any]) -> None:
     global _pause_started
     if phase == "start":
         _pause_started = time.perf_counter()
         return
     pause = time.perf_counter() - _pause_started
+    _paused.seconds += pause
+    if info.get("generation") == 2:
+        _paused.full += 1
+    _paused.longest = max(_paused.longest, pause)
     if pause > LONG_PAUSE:
         log.warning("long garbage-collector pause", key="process",
-                    generation=info.get("generation"), seconds=round(pause, 3))
+                    generation=info.get("generation"), seconds=round(pause, 3),
+                    collected=info.get("collected"))
+
+
+def watch_pauses() -> None:
+    """Time every collection of this process (``pauses``) and log the long ones; once."""
+    if _on_gc not in gc.callbacks:
+        gc.callbacks.append(_on_gc)
+
+
+def pauses() -> dict[str, float]:
+    """Collector time so far: ``seconds`` in all, ``full`` passes, ``max_pause_s``."""
+    return {"seconds": round(_paused.seconds, 2), "full": _paused.full,
+            "max_pause_s": round(_paused.longest, 3)}
 
 
 def collect(unfreeze: bool = False) -> int:
@@ -137,8 +167,7 @@ def install(every: float = COLLECT_EVERY, unfreeze_every: float = UNFREEZE_EVERY
         _enabled_before = gc.isenabled()
     gc.disable()
     gc.freeze()  # what the process has built so far (caches synced): long-lived
-    if _on_gc not in gc.callbacks:
-        gc.callbacks.append(_on_gc)
+    watch_pauses()
     _timer = loop.create_task(_collections(every, unfreeze_every), name="gcpolicy:collect")
     # A done-callback runs even if the task is cancelled before it ever started.
     _timer.add_done_callback(_restore)

@@ -34,9 +34,11 @@ def test_young_cycles_are_collected_on_the_timer_and_collection_is_restored() ->
     async def scenario() -> None:
         gcpolicy.install(every=0.05, watchdog=False)
         assert not gc.isenabled()  # no collections driven by allocation counts
+        passes = gcpolicy.pauses()["full"]
         young, freed = _cycle()
         assert young() is not None  # only the collector frees a cycle
         assert await _freed(freed, timeout=5.0)
+        assert gcpolicy.pauses()["full"] > passes  # the timed pass was timed too
 
     # (Other tests' controllers may have installed the policy in pytest's own loop.)
     asyncio.run(scenario())
