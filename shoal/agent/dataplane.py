@@ -53,7 +53,7 @@ from shoal.net.dns import DnsServer, DnsTable
 from shoal.net.overlay import OverlayNode
 from shoal.runtime import cas
 from shoal.runtime import informer as informer_mod
-from shoal.store import client, errors
+from shoal.store import client, codec, errors
 
 log = structlog.get_logger("shoal.agent.dataplane")
 
@@ -111,8 +111,9 @@ class Dataplane:
         self._dirty = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._detach_handlers: list[Callable[[], None]] = []
-        self._lb_active = False
-        self._overlay_active = True  # a previous agent may have left links: look once
+        # A previous agent may have left links and a balancer table: look once.
+        self._lb_active = True
+        self._overlay_active = True
 
     @property
     def backend_name(self) -> str:
@@ -132,10 +133,12 @@ class Dataplane:
         await self._report_backend()
         await self._discover_workloads()
         await self._first_pass()
-        for inf in (self.networks, self.services, self.tasks, self.nodes):
+        for inf in (self.networks, self.services, self.nodes):
             self._detach_handlers.append(inf.add_handlers(
                 lambda _o: self._changed(), lambda _o, _n: self._changed(),
                 lambda _o: self._changed()))
+        self._detach_handlers.append(self.tasks.add_handlers(
+            lambda _o: self._changed(), self._task_changed, lambda _o: self._changed()))
         # A task told to wait for its networks is looked at again when they change.
         self._detach_handlers.append(self.networks.add_handlers(
             lambda _o: self._poke_waiting(), lambda _o, _n: self._poke_waiting(), None))
@@ -143,6 +146,12 @@ class Dataplane:
         self.log.info("dataplane ready", backend=self.backend_name,
                       networks=[n.name for n in (self.plan.overlay.networks
                                                  if self.plan else ())])
+
+    def _task_changed(self, old: resource.Resource, new: resource.Resource) -> None:
+        # Most task updates are state reports (assigned, preparing, starting...) that
+        # change nothing the plan reads of a task; a pass walks every task, so skip them.
+        if not same_plan_inputs(old, new):
+            self._changed()
 
     async def close(self) -> None:
         """Stop following etcd; the kernel state stays (see the module docstring)."""
@@ -263,7 +272,7 @@ class Dataplane:
         assert self.lb is not None
         if not plan.services:
             # Nothing to balance: no table at all (also whatever an earlier agent left).
-            if self._lb_active or self.passes == 1:
+            if self._lb_active:
                 await self.lb.teardown()
                 self._lb_active = False
             return
@@ -367,6 +376,18 @@ class Dataplane:
         self.leaving.add(uid)
         await self.sync("detach")
         self.log.info("task left the balancer", key=_ref(task))
+
+
+def same_plan_inputs(old: resource.Resource, new: resource.Resource) -> bool:
+    """Whether ``netplan.plan`` reads the same of ``new`` as of ``old``: the same spec
+    (node, networks, desired state, service; by the digests the codec recorded), uid and
+    labels, and the same answers to "ended?" and "serving?"."""
+    digest = codec.stored_spec_digest(new)
+    return (digest is not None and digest == codec.stored_spec_digest(old)
+            and new.metadata.uid == old.metadata.uid
+            and new.metadata.labels == old.metadata.labels
+            and netplan.task_ended(new) == netplan.task_ended(old)
+            and netplan.serving(new) == netplan.serving(old))
 
 
 def _key(task: resource.Resource) -> str:

@@ -7,9 +7,11 @@ import ipaddress
 from typing import Any
 
 from shoal.agent import netplan
+from shoal.agent.dataplane import same_plan_inputs
 from shoal.crds import networking as nw
 from shoal.crds import resource
 from shoal.net.lb import Backend
+from shoal.store import codec
 
 A = ipaddress.IPv4Address
 
@@ -213,3 +215,29 @@ def test_port_conflicts() -> None:
     clash = nw.port_conflicts([svc("x", {"target": 1, "published": 9000})], live)
     assert [m for _s, _i, m in clash] == [
         "port 9000/tcp is already published by service default/h"]
+
+
+def _stored(t: resource.Resource) -> resource.Resource:
+    """The task as an informer holds it: decoded, with its spec digest recorded."""
+    return codec.decode(codec.encode(t), 1)
+
+
+def test_state_reports_that_change_nothing_planned_skip_the_pass() -> None:
+    nets = {"appnet": "10.0.1.10/24"}
+    starting = _stored(task("t1", "web", "n1", nets, state="starting"))
+    assert same_plan_inputs(_stored(task("t1", "web", "n1", nets, state="assigned")),
+                            starting)
+    # Each of these changes what the plan reads, so each triggers a pass.
+    assert not same_plan_inputs(starting, _stored(task("t1", "web", "n1", nets)))  # serving
+    assert not same_plan_inputs(starting, _stored(task("t1", "web", "n1", nets,
+                                                       state="failed")))  # ended
+    assert not same_plan_inputs(starting, _stored(task("t1", "web", "n2", nets,
+                                                       state="starting")))  # node
+    assert not same_plan_inputs(starting, _stored(task("t1", "web", "n1",
+                                                       {"appnet": "10.0.1.11/24"},
+                                                       state="starting")))  # address
+    assert not same_plan_inputs(starting, _stored(task("t1", "web", "n1", nets,
+                                                       state="starting",
+                                                       desired="shutdown")))
+    # An object whose spec digest is unknown always counts as changed.
+    assert not same_plan_inputs(starting, task("t1", "web", "n1", nets, state="starting"))
