@@ -58,11 +58,6 @@ def tasks_by_service(tasks: Iterable[Resource]) -> dict[ServiceKey, list[Resourc
     return out
 
 
-def is_current_running(task: Resource) -> bool:
-    """Counted in ``running/desired``: wanted running and observed running."""
-    return ts.is_active_desired(task) and ts.is_running(task)
-
-
 # --- slots ---
 
 @dataclasses.dataclass

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from shoal.controllers import taskstates as ts
@@ -104,9 +104,6 @@ class TaskIndex:
 
     def services_on(self, node: str) -> list[ServiceKey]:
         return list(self.by_node.get(node, {}))
-
-    def services(self) -> Iterator[ServiceKey]:
-        return iter(list(self.by_service))
 
     def flagged_of(self, key: ServiceKey) -> list[Resource]:
         tasks = self.by_service.get(key, {})

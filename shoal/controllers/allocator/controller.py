@@ -75,7 +75,7 @@ def _age(obj: Resource) -> tuple[float, int]:
         rv = int(obj.metadata.resourceVersion or 0)
     except ValueError:
         rv = 0
-    return (ts.parse_timestamp(obj.metadata.creationTimestamp) or 0.0, rv)
+    return (ts.creation_time(obj), rv)
 
 
 def _network_allocation(info: nw.NetworkInfo) -> ipam.NetworkAllocation:
@@ -208,7 +208,7 @@ class _Term:
                 self._adopt(ipam.AddressAllocation(att.network, "task", task.metadata.uid,
                                                    att.address.ip), task)
         log.info("allocations rebuilt", key=LOOP_KEY, networks=len(self.alloc.networks()),
-                 addresses=len(self.alloc.addresses()), ports=len(self.alloc.ports()),
+                 addresses=self.alloc.address_count(), ports=len(self.alloc.ports()),
                  skipped_networks=skipped)
 
     def _adopt(self, a: ipam.AddressAllocation, obj: Resource) -> None:

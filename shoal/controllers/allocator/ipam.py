@@ -406,6 +406,10 @@ class Allocator:
             return {}
         return {owner: addr for (k, owner), addr in st.by_owner.items() if k == kind}
 
+    def address_count(self) -> int:
+        """How many addresses are held, without building an object for each."""
+        return sum(len(st.by_owner) for st in self._nets.values())
+
     def addresses(self) -> list[AddressAllocation]:
         return [AddressAllocation(st.alloc.name, kind, owner, addr)
                 for st in self._nets.values() for (kind, owner), addr in st.by_owner.items()]

@@ -480,8 +480,6 @@ class Orchestrator:
                 waiting += 1
         ops = stops + deletes
         txns = [ops[i:i + common.MAX_OPS] for i in range(0, len(ops), common.MAX_OPS)]
-        if self._sem is None:
-            self._sem = asyncio.Semaphore(PARALLEL_TXNS)
         ok = await self._commit(ctx, ctx.key, txns)
         if not ok:
             return Result(requeue=True)
