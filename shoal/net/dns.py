@@ -318,8 +318,9 @@ def _socket(kind: socket.SocketKind, netns: str | None) -> socket.socket:
         from pyroute2.netns import create_socket
 
         from shoal.net import forksafe  # noqa: F401 - see its docstring
-        path = netns if "/" in netns else f"/var/run/netns/{netns}"
-        sock = create_socket(path, socket.AF_INET, kind, flags=0)
+        from shoal.net import netns as netns_mod
+
+        sock = create_socket(netns_mod.path(netns), socket.AF_INET, kind, flags=0)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
     sock.setblocking(False)

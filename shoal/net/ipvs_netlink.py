@@ -29,7 +29,7 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, TypeVar
@@ -256,11 +256,6 @@ class NetlinkBatchError(RuntimeError):
         super().__init__(f"the kernel refused {len(failures)} request(s): {shown}{more}")
 
 
-def run_in_netns(netns_path: str | None, fn: Callable[[], T]) -> T:
-    """``fn()`` inside a network namespace (None: right here); see ``shoal.net.netns``."""
-    return netns.run_in(netns_path, fn)
-
-
 class NetlinkBatch:
     """Sends requests in batches on its own netlink socket (blocking; call from a worker
     thread): IPVS commands when ``family`` (the IPVS generic-netlink family id) is given,
@@ -269,7 +264,7 @@ class NetlinkBatch:
     def __init__(self, family: int | None, netns_path: str | None = None) -> None:
         self.family = family
         protocol = NETLINK_ROUTE if family is None else NETLINK_GENERIC
-        self.sock = run_in_netns(netns_path, lambda: socket.socket(
+        self.sock = netns.run_in(netns_path, lambda: socket.socket(
             socket.AF_NETLINK, socket.SOCK_RAW, protocol))
         self.sock.bind((0, 0))
         for option in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
@@ -406,4 +401,4 @@ def parse_proc_ip_vs(text: str) -> list[ListedService]:
 def read_proc_ip_vs(netns_path: str | None = None) -> str:
     """The text of /proc/net/ip_vs in a namespace (blocking; from a worker thread).
     ``thread-self``: /proc/net would show the process's namespace, not the thread's."""
-    return run_in_netns(netns_path, Path("/proc/thread-self/net/ip_vs").read_text)
+    return netns.run_in(netns_path, Path("/proc/thread-self/net/ip_vs").read_text)

@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from shoal.net import netns as netns_mod
+
 Protocol = Literal["tcp", "udp"]
 BackendName = Literal["nftables", "ipvs"]
 
@@ -132,7 +134,7 @@ def _probe_ipvs_family(netns: str | None) -> bool:
     except ImportError:  # pragma: no cover - pyroute2 is a dependency
         return False
     try:
-        path = None if netns is None else netns if "/" in netns else f"/var/run/netns/{netns}"
+        path = None if netns is None else netns_mod.path(netns)
         ipvs = IPVS(netns=path, flags=0) if path else IPVS()
     except Exception:  # pyroute2 raises NetlinkError/OSError when the family is unknown
         return False

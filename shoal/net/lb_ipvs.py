@@ -64,7 +64,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from shoal.net import ipvs_netlink
-from shoal.net.ipvs_netlink import NetlinkBatch, run_in_netns
+from shoal.net import netns as netns_mod
+from shoal.net.ipvs_netlink import NetlinkBatch
 from shoal.net.lb import (
     Backend,
     BackendName,
@@ -315,8 +316,6 @@ def dest_of_message(msg: Any) -> tuple[Backend, int]:
     return backend, int(nla.get_attr("IPVS_DEST_ATTR_FWD_METHOD"))
 
 
-def _netns_path(netns: str) -> str:
-    return netns if "/" in netns else f"/var/run/netns/{netns}"
 
 
 def _is_errno(exc: BaseException, *codes: int) -> bool:
@@ -403,7 +402,7 @@ class _IptablesCompanion(_Companion):
 
     async def _run(self, *argv: str, stdin: str | None = None) -> str:
         if self.netns is not None:
-            argv = ("nsenter", f"--net={_netns_path(self.netns)}", *argv)
+            argv = ("nsenter", f"--net={netns_mod.path(self.netns)}", *argv)
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE)
@@ -474,7 +473,7 @@ class IpvsLoadBalancer(LoadBalancer):
 
     def __init__(self, netns: str | None = None, netfilter: Netfilter | None = None) -> None:
         self.netns = netns
-        self._netns_path = None if netns is None else _netns_path(netns)
+        self._netns_path = None if netns is None else netns_mod.path(netns)
         self._netfilter_choice = netfilter
         self._companion: _Companion | None = None
         self._sock: Any = None  # pyroute2 AsyncIPVS: single-service reads
@@ -520,7 +519,7 @@ class IpvsLoadBalancer(LoadBalancer):
             sock.close()
             raise
         self._sock = sock
-        await asyncio.to_thread(run_in_netns, self._netns_path, _enable_conntrack)
+        await asyncio.to_thread(netns_mod.run_in, self._netns_path, _enable_conntrack)
         self._companion = await self._pick_companion()
         self._prepared = True
 
@@ -781,7 +780,7 @@ class IpvsLoadBalancer(LoadBalancer):
 
 def _enable_conntrack() -> None:
     # IPVS keeps conntrack entries only when asked; masquerading needs them. /proc/sys/net
-    # is the calling thread's namespace (run_in_netns puts it in the balancer's).
+    # is the calling thread's namespace (netns.run_in puts it in the balancer's).
     Path("/proc/sys/net/ipv4/vs/conntrack").write_text("1\n")
 
 

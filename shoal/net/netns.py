@@ -1,4 +1,4 @@
-"""Entering a network namespace from one thread, and running a call there.
+"""Network namespaces by name or path; entering one from one thread, running a call there.
 
 A socket belongs to the namespace it was created in, and ``setns`` moves only the calling
 thread; so the dataplane never moves its event loop's thread: a worker thread enters the
@@ -18,6 +18,12 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 CLONE_NEWNET = 0x40000000
+
+
+def path(netns: str) -> str:
+    """The file of a namespace given as a path (``/proc/PID/ns/net``) or a name (``ip
+    netns``'s, under /var/run/netns)."""
+    return netns if "/" in netns else f"/var/run/netns/{netns}"
 
 
 def enter(path: str) -> None:

@@ -29,8 +29,6 @@ class NftError(RuntimeError):
     """nft rejected a script; the message is nft's, with the failing lines."""
 
 
-def _netns_path(netns: str) -> str:
-    return netns if "/" in netns else f"/var/run/netns/{netns}"
 
 
 def _load_libnftables() -> ctypes.CDLL | None:
@@ -78,7 +76,7 @@ class NftRunner:
         # A network namespace is per thread: this worker enters it once and stays, so the
         # event loop's thread never changes namespace.
         if self.netns is not None:
-            netns_mod.enter(_netns_path(self.netns))
+            netns_mod.enter(netns_mod.path(self.netns))
 
     def _run_lib(self, script: str) -> str:
         lib = self._lib
@@ -109,7 +107,7 @@ class NftRunner:
     async def _run_exec(self, script: str) -> str:
         argv = ["nft", "-f", "-"]
         if self.netns is not None:
-            argv = ["nsenter", f"--net={_netns_path(self.netns)}", *argv]
+            argv = ["nsenter", f"--net={netns_mod.path(self.netns)}", *argv]
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE)

@@ -34,6 +34,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 import shoal.net.forksafe  # noqa: F401 - netns sockets in a signal-handling agent
 from shoal.net import naming
+from shoal.net import netns as netns_mod
 
 VXLAN_PORT = 4789
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
@@ -100,8 +101,6 @@ class SyncReport:
         return bool(self.changes)
 
 
-def _netns_path(netns: str) -> str:
-    return netns if "/" in netns else f"/var/run/netns/{netns}"
 
 
 def _kind(link: Msg) -> str | None:
@@ -172,7 +171,7 @@ class OverlayNode:
             async with AsyncIPRoute() as ipr:
                 yield ipr
         else:
-            async with AsyncIPRoute(netns=_netns_path(self.netns), flags=0) as ipr:
+            async with AsyncIPRoute(netns=netns_mod.path(self.netns), flags=0) as ipr:
                 yield ipr
 
     async def _detect_underlay_mtu(self, ipr: AsyncIPRoute) -> int:
@@ -193,7 +192,7 @@ class OverlayNode:
                 report.add("set net.ipv4.ip_forward=1")
         else:
             # /proc/sys/net shows the namespace of the process that opens it, so enter it.
-            path = _netns_path(self.netns)
+            path = netns_mod.path(self.netns)
             out = await _run("nsenter", f"--net={path}", "sysctl", "-n", "net.ipv4.ip_forward")
             if out.strip() != "1":
                 await _run("nsenter", f"--net={path}", "sysctl", "-qw", "net.ipv4.ip_forward=1")
@@ -382,7 +381,7 @@ class OverlayNode:
     async def _sync_attachment(self, ipr: AsyncIPRoute, net: OverlayNetwork, att: Attachment,
                                br: int, mtu: int, report: SyncReport) -> None:
         host = naming.veth_name(att.key, net.name)
-        path = _netns_path(att.netns)
+        path = netns_mod.path(att.netns)
         mac = naming.mac_for(att.address.ip)
         link = await self._link(ipr, host)
         async with AsyncIPRoute(netns=path, flags=0) as task:
