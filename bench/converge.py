@@ -113,12 +113,6 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def free_udp_port(first: int = 14789, last: int = 49151) -> int:
     """A free UDP port below the ephemeral range (Swarm's VXLAN port must be < 49152);
     not 4789, which Shoal's own overlay uses."""
@@ -213,7 +207,7 @@ class SwarmDaemon:
         ensure_test_image_at(SWARM_URL)
         self.image_id = str(self.api.inspect_image(TEST_IMAGE)["Id"])
         self.api.init_swarm(advertise_addr="127.0.0.1",
-                            listen_addr=f"127.0.0.1:{free_port()}",
+                            listen_addr=f"127.0.0.1:{etcd_server.free_port()}",
                             data_path_port=free_udp_port())
 
     def converge(self, name: str, n: int, image: str,

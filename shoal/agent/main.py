@@ -26,13 +26,6 @@ DEFAULT_ETCD = "http://127.0.0.1:2379"
 DEFAULT_PREFIX = "/shoal"
 
 
-def _label(text: str) -> tuple[str, str]:
-    try:
-        return selectors.parse_label(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -43,8 +36,8 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _from_units(parse: Callable[[str], T]) -> Callable[[str], T]:
-    """An argparse type from a ``shoal.crds.units`` parser, keeping its error message."""
+def _arg_type(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from a parser that raises ValueError, keeping its message."""
     def convert(text: str) -> T:
         try:
             return parse(text)
@@ -53,9 +46,10 @@ def _from_units(parse: Callable[[str], T]) -> Callable[[str], T]:
     return convert
 
 
-_seconds = _from_units(units.parse_duration)
-_memory = _from_units(units.parse_size)
-_cpus = _from_units(units.parse_cpus)
+_seconds = _arg_type(units.parse_duration)
+_memory = _arg_type(units.parse_size)
+_cpus = _arg_type(units.parse_cpus)
+_label = _arg_type(selectors.parse_label)
 
 
 def _positive_int(text: str) -> int:

@@ -51,6 +51,7 @@ from shoal.cli import console, errors, taskview
 from shoal.controllers import taskstates as ts
 from shoal.crds import kinds
 from shoal.crds.resource import Resource
+from shoal.runtime import leader
 from shoal.store import client, watch
 from shoal.store import errors as store_errors
 
@@ -452,7 +453,7 @@ class _Feed:
 async def _controllers_running(store: client.Store) -> bool:
     """Does any controller hold a leader lease in this cluster? (The runtime's leader
     keys live under ``<prefix>/leases/controllers/``.)"""
-    held, _ = await store.raw_list(store.raw_key("leases", "controllers") + b"/")
+    held, _ = await store.raw_list(store.raw_key(*leader.LEASES) + b"/")
     return bool(held)
 
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from shoal.cli import common, console, errors, printers
+from shoal.controllers import taskstates as ts
 from shoal.crds import kinds, resource, selectors, validation
 from shoal.crds import networking as nw
 from shoal.store import client
@@ -29,7 +30,6 @@ SCOPE = "swarm"  # what Docker prints for overlay networks
 LS_HEADERS = ["NAME", "DRIVER", "SUBNET", "VNI", "SCOPE", "ATTACHABLE"]
 # Users listed in a refusal before "and N more".
 USERS_SHOWN = 10
-_ENDED = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned"})
 
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -158,11 +158,11 @@ def users_of(name: str, services: Sequence[resource.Resource],
     (``ns/task (node)``), and services that name it."""
     using_tasks = []
     for task in tasks:
-        if task.status.get("state") in _ENDED:
+        if ts.has_ended(task):
             continue
         if any(a.network == name for a in nw.task_attachments(task) or ()):
-            node = task.spec.get("nodeName") or "unassigned"
-            using_tasks.append(f"{task.namespace or 'default'}/{task.name} ({node})")
+            node = ts.node_name_of(task) or "unassigned"
+            using_tasks.append(f"{ts.task_key(task)} ({node})")
     using_services = [f"{s.namespace or 'default'}/{s.name}" for s in services
                       if name in nw.service_networks(s)]
     return sorted(using_tasks), sorted(using_services)

@@ -26,6 +26,8 @@ from shoal.store import client, errors, etcd
 log = rt_logging.get_logger("shoal.runtime.leader")
 
 DEFAULT_TTL = 3.0
+#: Leader keys live under ``<prefix>/leases/controllers/<controller name>``.
+LEASES = ("leases", "controllers")
 Work = Callable[[client.Fence], Coroutine[Any, Any, None]]
 
 
@@ -42,7 +44,7 @@ class LeaderElector:
         self.name = name
         self.identity = identity
         self.ttl = ttl
-        self.key = store.raw_key("leases", "controllers", name)
+        self.key = store.raw_key(*LEASES, name)
         self._recheck = recheck  # how often a quiet follower re-reads the key anyway
         self._fence: client.Fence | None = None
         self._gauge = metrics.LEADER.labels(name, identity)
