@@ -13,7 +13,6 @@ agent updates the same object (status, labels) every few seconds.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ from typing import Any
 
 from shoal.cli import common, console, errors, printers, taskview
 from shoal.crds import kinds, resource
+from shoal.runtime import cas
 from shoal.store import client
 from shoal.store import errors as store_errors
 
@@ -203,32 +203,36 @@ def update_changes(args: argparse.Namespace) -> list[Change]:
     return changes
 
 
-async def update_node(store: client.Store, info: kinds.KindInfo, name: str,
+async def update_node(store: client.Store, info: kinds.KindInfo, node: resource.Resource,
                       changes: Sequence[Change]) -> bool:
-    """Apply ``changes`` to node ``name`` with compare-and-swap; False if nothing changed."""
-    node = await get_node(store, info, name)
-    for attempt in range(CONFLICT_ATTEMPTS):
-        updated = node.deepcopy()
+    """Apply ``changes`` to ``node`` with compare-and-swap; False if nothing changed."""
+    changed = False  # whether the last attempt changed anything
+
+    def apply(obj: resource.Resource) -> None:
+        nonlocal changed
+        before = obj.deepcopy()
         for change in changes:
-            change(updated)
-        if updated.spec == node.spec and updated.metadata.labels == node.metadata.labels:
-            return False
-        try:
-            await store.update(info, updated)
-            return True
-        except store_errors.ConflictError:
-            # The agent rewrites its node's status every few seconds: re-read and redo.
-            await asyncio.sleep(0.01 * 2 ** attempt)
-            node = await get_node(store, info, name)
-    raise errors.CliError(f"gave up updating node {name} after {CONFLICT_ATTEMPTS} "
-                          "conflicting writes; try again")
+            change(obj)
+        changed = obj != before
+
+    try:
+        # The agent rewrites its node's status every few seconds: re-read and redo.
+        stored = await cas.mutate(store, info, node, apply, attempts=CONFLICT_ATTEMPTS,
+                                  backoff=0.01)
+    except store_errors.ConflictError:
+        raise errors.CliError(f"gave up updating node {node.name} after {CONFLICT_ATTEMPTS} "
+                              "conflicting writes; try again") from None
+    if stored is None:
+        await get_node(store, info, node.name)  # gone meanwhile: the not-found error
+    return changed
 
 
 async def run_update(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     changes = update_changes(args)
     async with common.open_store(opts) as store:
         info = _node_info(await common.registry_of(store))
-        changed = await update_node(store, info, args.name, changes)
+        changed = await update_node(store, info, await get_node(store, info, args.name),
+                                    changes)
     console.out(f"node/{args.name} {'updated' if changed else 'unchanged'}")
     return 0
 
@@ -242,9 +246,9 @@ async def run_shortcut(args: argparse.Namespace, opts: common.GlobalOptions) -> 
     async with common.open_store(opts) as store:
         info = _node_info(await common.registry_of(store))
         # Resolve every name first, so a typo in the list changes nothing.
-        for name in args.names:
-            await get_node(store, info, name)
-        for name in args.names:
-            changed = await update_node(store, info, name, [change])
-            console.out(f"node/{name} {done}" if changed else f"node/{name} already {done}")
+        nodes = [await get_node(store, info, name) for name in args.names]
+        for node in nodes:
+            changed = await update_node(store, info, node, [change])
+            console.out(f"node/{node.name} {done}" if changed
+                        else f"node/{node.name} already {done}")
     return 0

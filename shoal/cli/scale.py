@@ -16,11 +16,11 @@ for convergence with the same progress as ``apply`` (see ``converge``).
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
 from shoal.cli import common, console, converge, errors, get, taskview
 from shoal.crds import kinds, resource
+from shoal.runtime import cas
 from shoal.store import client
 from shoal.store import errors as store_errors
 
@@ -117,20 +117,21 @@ def _refuse_global(service: resource.Resource) -> errors.CliError:
 async def scale_one(store: client.Store, info: kinds.KindInfo, service: resource.Resource,
                     replicas: int) -> resource.Resource:
     """Write ``spec.replicas`` with compare-and-swap, re-reading after a conflict."""
-    for attempt in range(CONFLICT_ATTEMPTS):
-        if taskview.mode_of(service) == taskview.GLOBAL:
-            raise _refuse_global(service)  # changed under us between read and write
-        if service.spec.get("replicas") == replicas:
-            return service
-        updated = service.deepcopy()
-        updated.spec["replicas"] = replicas
-        try:
-            return await store.update(info, updated)
-        except store_errors.ConflictError:
-            await asyncio.sleep(0.01 * 2 ** attempt)
-            service = await store.get(info, service.name, service.namespace)
-    raise errors.CliError(f"gave up scaling {service.name} after {CONFLICT_ATTEMPTS} "
-                          "conflicting writes: something keeps changing it; try again")
+    def apply(obj: resource.Resource) -> None:
+        if taskview.mode_of(obj) == taskview.GLOBAL:
+            raise _refuse_global(obj)  # changed under us between read and write
+        obj.spec["replicas"] = replicas
+
+    try:
+        stored = await cas.mutate(store, info, service, apply, attempts=CONFLICT_ATTEMPTS,
+                                  backoff=0.01)
+    except store_errors.ConflictError:
+        raise errors.CliError(f"gave up scaling {service.name} after {CONFLICT_ATTEMPTS} "
+                              "conflicting writes: something keeps changing it; try again"
+                              ) from None
+    if stored is None:  # deleted meanwhile: the store's own not-found error
+        return await store.get(info, service.name, service.namespace)
+    return stored
 
 
 async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:

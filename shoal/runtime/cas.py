@@ -9,6 +9,7 @@ from waking themselves up forever.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from shoal.crds import kinds, resource
@@ -21,12 +22,15 @@ MAX_ATTEMPTS = 16
 
 async def mutate(store: client.Store, info: kinds.KindInfo, obj: resource.Resource,
                  mutation: Mutation, fence: client.Fence | None = None,
-                 attempts: int = MAX_ATTEMPTS) -> resource.Resource | None:
+                 attempts: int = MAX_ATTEMPTS, backoff: float = 0.0,
+                 ) -> resource.Resource | None:
     """Apply ``mutation`` to ``obj`` (as read, e.g. from a cache) and write it with CAS.
 
     Returns the stored object (``obj`` itself if nothing changed), or None if the object
     no longer exists. After ``attempts`` lost races the last ConflictError propagates
     (a reconcile then retries with backoff). FencedError always propagates at once.
+    ``backoff`` > 0 waits ``backoff * 2**attempt`` seconds before each re-read (a command
+    racing a writer that rewrites the object every few seconds).
     """
     current = obj
     for attempt in range(attempts):
@@ -41,6 +45,8 @@ async def mutate(store: client.Store, info: kinds.KindInfo, obj: resource.Resour
         except errors.ConflictError:
             if attempt == attempts - 1:
                 raise
+            if backoff > 0:
+                await asyncio.sleep(backoff * 2 ** attempt)
         try:
             current = await store.get(info, current.name, current.namespace)
         except errors.NotFoundError:
