@@ -39,6 +39,8 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from shoal.net import netns as netns_mod
+
 IPv4Address = ipaddress.IPv4Address
 DEFAULT_TTL = 5  # short: VIPs are stable, but dnsrr task lists change with every deploy
 IP_FREEBIND = 15  # bind before the bridge address is configured (agent start order)
@@ -316,9 +318,6 @@ def _socket(kind: socket.SocketKind, netns: str | None) -> socket.socket:
         sock = socket.socket(socket.AF_INET, kind)
     else:
         from pyroute2.netns import create_socket
-
-        from shoal.net import forksafe  # noqa: F401 - see its docstring
-        from shoal.net import netns as netns_mod
 
         sock = create_socket(netns_mod.path(netns), socket.AF_INET, kind, flags=0)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

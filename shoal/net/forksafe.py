@@ -8,8 +8,9 @@ writes the signal number to the loop's wakeup socket -- the very socket the pare
 reads. A child still alive when its SIGTERM arrives therefore delivers SIGTERM to the
 parent. Seen: every agent stopped itself, cleanly, when plumbing its first task.
 pyroute2's ``disable_mp_signal`` makes the child reset SIGTERM to the default action
-first thing, so the signal only ends the child. Imported by every module of
-``shoal.net`` that enters namespaces.
+first thing, so the signal only ends the child. Imported by the package itself
+(``shoal/net/__init__.py``), so no module of ``shoal.net`` can open a namespace socket
+without it.
 """
 
 from __future__ import annotations

@@ -32,7 +32,6 @@ from typing import Any
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-import shoal.net.forksafe  # noqa: F401 - netns sockets in a signal-handling agent
 from shoal.net import naming
 from shoal.net import netns as netns_mod
 
