@@ -40,7 +40,7 @@ from typing import Any
 import structlog
 
 from shoal.crds import kinds, resource
-from shoal.store import client, errors, etcd
+from shoal.store import client, errors, etcd, leasestream
 
 log = structlog.get_logger("shoal.agent.node")
 
@@ -269,7 +269,7 @@ class Heartbeats:
         self.keepalive_rounds = 0
         self.last_round_seconds = 0.0
         self._unavailable = False
-        self._stream = etcd.KeepaliveStream(store.etcd)
+        self._stream = leasestream.KeepaliveStream(store.etcd.url)
 
     def lease_of(self, node: str) -> int:
         return self._beats[node].lease

@@ -9,7 +9,6 @@ is dominated by per-item Python overhead, and the raw messages avoid a copy per 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import typing
 import urllib.parse
 from collections.abc import AsyncIterator, Sequence
@@ -330,84 +329,6 @@ class EtcdClient:
             await queue.put(None)
             call.cancel()
         raise errors.UnavailableError(self.url, "watch stream ended")
-
-
-class KeepaliveStream:
-    """Many leases refreshed over one LeaseKeepAlive stream, as etcd's own clients do.
-
-    ``EtcdClient.lease_keepalive`` opens a stream per call; that costs ~140 us of Python
-    per keepalive (measured), too much for 1,000 leases a second. One long-lived
-    bidirectional stream costs a fraction of that. The stream needs the client's lease
-    stub, which ``shoal.store.etcd`` does not expose yet: this is the one place the agent
-    reaches into it (the method belongs in ``EtcdClient`` once the store grows it).
-    """
-
-    def __init__(self, etcd_client: EtcdClient) -> None:
-        self._client = etcd_client
-        self._requests: asyncio.Queue[int | None] | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._results: dict[int, int] = {}
-        self._waiting: set[int] = set()
-        self._answered = asyncio.Event()
-
-    def _open(self) -> None:
-        stub = self._client._lease
-        if stub is None:
-            raise errors.UnavailableError(self._client.url, "not connected")
-        queue: asyncio.Queue[int | None] = asyncio.Queue()
-
-        async def requests() -> AsyncIterator[Any]:
-            while True:
-                lease = await queue.get()
-                if lease is None:
-                    return
-                yield rpc.LeaseKeepAliveRequest(ID=lease)
-
-        call = stub.LeaseKeepAlive(requests())
-        self._requests = queue
-        self._reader = asyncio.get_running_loop().create_task(self._read(call))
-
-    async def _read(self, call: Any) -> None:
-        try:
-            async for resp in call:
-                self._results[resp.ID] = resp.TTL
-                self._waiting.discard(resp.ID)
-                if not self._waiting:
-                    self._answered.set()
-        except grpc.aio.AioRpcError as exc:
-            log.warning("heartbeat keepalive stream broke; reopening", error=str(exc.code()))
-        except asyncio.CancelledError:
-            call.cancel()
-            raise
-        finally:
-            self._requests = None
-            self._answered.set()  # wake the round: what is unanswered stays unanswered
-
-    async def keepalive(self, leases: list[int], timeout: float) -> dict[int, int | None]:
-        """TTL per lease (0: expired; None: no answer in time or the stream broke)."""
-        if self._requests is None:
-            if self._reader is not None:
-                await asyncio.gather(self._reader, return_exceptions=True)
-            self._open()
-        assert self._requests is not None
-        self._results = {}
-        self._waiting = set(leases)
-        self._answered.clear()
-        for lease in leases:
-            self._requests.put_nowait(lease)
-        if leases:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._answered.wait()
-        results = self._results
-        return {lease: results.get(lease) for lease in leases}
-
-    async def close(self) -> None:
-        if self._requests is not None:
-            self._requests.put_nowait(None)
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
 
 
 def _describe(exc: grpc.aio.AioRpcError) -> str:
