@@ -38,10 +38,25 @@ class Op:
     obj: resource.Resource
 
 
+_UID_BATCH = 256
+_uid_pool = bytearray()
+
+
+def _forget_uid_pool() -> None:
+    _uid_pool.clear()  # a forked child must not hand out its parent's next UUIDs
+
+
+os.register_at_fork(after_in_child=_forget_uid_pool)
+
+
 def new_uid() -> str:
-    """A random (version 4) UUID string, as ``str(uuid.uuid4())`` gives, at a third of its
-    cost: bulk creates stamp one on each of 100,000 tasks."""
-    raw = bytearray(os.urandom(16))
+    """A random (version 4) UUID string, as ``str(uuid.uuid4())`` gives, at a fraction of
+    its cost: bulk creates stamp one on each of 100,000 tasks, and one ``getrandom`` call
+    per UUID cost 6 us on this VM, so randomness is drawn 256 UUIDs at a time."""
+    if not _uid_pool:
+        _uid_pool.extend(os.urandom(16 * _UID_BATCH))
+    raw = _uid_pool[-16:]
+    del _uid_pool[-16:]
     raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = raw.hex()
