@@ -248,13 +248,15 @@ class CommitOutcome:
 
 
 async def commit_all(store: client.Store, txns: Sequence[Sequence[client.Op]], *,
-                     limit: asyncio.Semaphore | None = None) -> CommitOutcome:
+                     limit: asyncio.Semaphore | None = None,
+                     share: bool = False) -> CommitOutcome:
     """Commit every transaction in ``txns`` (each ≤ ``MAX_OPS`` operations), concurrently.
 
     ``limit`` bounds how many are in flight (shared between callers, it bounds a whole
     controller). A transaction that loses a compare is reported in ``conflicts`` and
     changes nothing; the others are unaffected. ``FencedError`` (leadership lost) is
-    raised: nothing more may be written.
+    raised: nothing more may be written. ``share`` is ``Store.commit``'s: the ops'
+    objects are never touched again, so the store's watches may take them as they are.
     """
     outcome = CommitOutcome()
     sem = limit or asyncio.Semaphore(8)
@@ -262,7 +264,7 @@ async def commit_all(store: client.Store, txns: Sequence[Sequence[client.Op]], *
     async def one(i: int, ops: Sequence[client.Op]) -> None:
         async with sem:
             try:
-                stored = await store.commit(ops)
+                stored = await store.commit(ops, share=share)
             except errors.FencedError:
                 raise
             except errors.ConflictError:

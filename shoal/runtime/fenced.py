@@ -20,6 +20,7 @@ class FencedStore(client.Store):
 
     def __init__(self, base: client.Store, fence: client.Fence) -> None:
         super().__init__(base.etcd, base.prefix)
+        self.echoes = base.echoes  # the watches that would see the echoes are base's
         self.base = base
         self.fence = fence
 
@@ -36,8 +37,8 @@ class FencedStore(client.Store):
         return await super().delete(info, name, namespace, fence or self.fence)
 
     async def commit(self, ops: Sequence[client.Op], fence: client.Fence | None = None,
-                     ) -> list[resource.Resource | None]:
-        return await super().commit(ops, fence or self.fence)
+                     share: bool = False) -> list[resource.Resource | None]:
+        return await super().commit(ops, fence or self.fence, share)
 
     async def close(self) -> None:
         """No-op: the connection belongs to the store this view was made from."""

@@ -32,7 +32,9 @@ async def connect(etcd_url: str, prefix: str, max_delay: float = 5.0) -> client.
     delay = 0.2
     while True:
         try:
-            return await client.Store.connect(etcd_url, prefix=prefix)
+            # A controller-manager watches what its controllers write: their bulk writes
+            # (commit with share=True) reach its informers without being decoded again.
+            return await client.Store.connect(etcd_url, prefix=prefix, echoes=True)
         except errors.UnavailableError as exc:
             log.warning("etcd not reachable yet; retrying", error=str(exc), retry_in=delay)
             await asyncio.sleep(delay)

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from shoal.crds import kinds, resource, selectors
-from shoal.store import codec, errors, etcd, groupcommit
+from shoal.store import codec, echo, errors, etcd, groupcommit
 
 # etcd's default --max-txn-ops: a larger batch is split by callers (see ``commit``).
 MAX_TXN_OPS = 128
@@ -72,16 +72,21 @@ def _ref(info: kinds.KindInfo, name: str, namespace: str | None) -> str:
 class Store:
     """Resources of every kind under one key prefix (``/shoal`` by default) of one etcd."""
 
-    def __init__(self, client: etcd.EtcdClient, prefix: str = "/shoal") -> None:
+    def __init__(self, client: etcd.EtcdClient, prefix: str = "/shoal",
+                 echoes: bool = False) -> None:
         self.etcd = client
         self.prefix = "/" + prefix.strip("/")
         self._group = groupcommit.GroupCommitter(self._txn)
+        # Objects written with ``commit(share=True)``, for this store's watches to take
+        # instead of decoding their echo (``shoal.store.echo``).
+        self.echoes: echo.EchoCache | None = echo.EchoCache() if echoes else None
 
     @classmethod
-    async def connect(cls, url: str, prefix: str = "/shoal", timeout: float = 5.0) -> Store:
+    async def connect(cls, url: str, prefix: str = "/shoal", timeout: float = 5.0,
+                      echoes: bool = False) -> Store:
         client = etcd.EtcdClient(url)
         await client.connect(timeout=timeout)
-        return cls(client, prefix)
+        return cls(client, prefix, echoes)
 
     @property
     def url(self) -> str:
@@ -240,11 +245,15 @@ class Store:
             # Lost a race with another writer: re-read and decide again.
 
     async def commit(self, ops: Sequence[Op], fence: Fence | None = None,
-                     ) -> builtins.list[resource.Resource | None]:
+                     share: bool = False) -> builtins.list[resource.Resource | None]:
         """Apply up to MAX_TXN_OPS writes atomically: all happen, or ConflictError and none.
 
         ``update`` and ``delete`` ops compare on the object's resourceVersion (a delete
         without one deletes unconditionally); finalizers are not consulted for batch deletes.
+
+        ``share=True`` promises that neither the ops' objects nor the returned ones are
+        changed afterwards: the stored objects then stand in for their watch echoes in
+        this store's informers (when the store keeps echoes), which skip decoding them.
         """
         if len(ops) > MAX_TXN_OPS - (1 if fence else 0):
             raise ValueError(f"a transaction holds at most {MAX_TXN_OPS} operations, got "
@@ -252,19 +261,24 @@ class Store:
         compares: builtins.list[Any] = []
         puts: builtins.list[Any] = []
         prepared: builtins.list[resource.Resource | None] = []
+        written: builtins.list[tuple[bytes, bytes, resource.Resource]] = []
         for op in ops:
             if op.action == "create":
                 new = self._prepare_create(op.info, op.obj)
                 key = self.key(op.info, new.name, new.namespace)
+                value = codec.encode(new)
                 compares.append(etcd.cmp_absent(key))
-                puts.append(etcd.op_put(key, codec.encode(new)))
+                puts.append(etcd.op_put(key, value))
                 prepared.append(new)
+                written.append((key, value, new))
             elif op.action == "update":
                 new = self._prepare_update(op.obj)
                 key = self.key(op.info, new.name, new.namespace)
+                value = codec.encode(new)
                 compares.append(etcd.cmp_mod(key, int(new.metadata.resourceVersion)))
-                puts.append(etcd.op_put(key, codec.encode(new)))
+                puts.append(etcd.op_put(key, value))
                 prepared.append(new)
+                written.append((key, value, new))
             elif op.action == "delete":
                 key = self.key(op.info, op.obj.name, op.obj.namespace)
                 if op.obj.metadata.resourceVersion:
@@ -273,6 +287,12 @@ class Store:
                 prepared.append(None)
             else:
                 raise ValueError(f"unknown op {op.action!r}")
+        if share and self.echoes is not None:
+            for _, _, new in written:
+                if codec.stored_spec_digest(new) is None:
+                    codec.remember_spec(new)  # as decoding the echo would
+            # Before sending: the echo may come back before the write's own answer.
+            self.echoes.put(written)
         ok, rev = await self._write(compares, puts, fence)
         if not ok:
             refs = ", ".join(op.obj.ref for op in ops[:5])

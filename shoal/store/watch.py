@@ -62,6 +62,7 @@ async def watch_kind(store: client.Store, info: kinds.KindInfo, namespace: str |
     # namespace filter narrows the prefix itself, so no client-side filtering is needed.
     base_prefix = store.kind_prefix(info)
     revision = since_revision
+    echoes = store.echoes
     if revision == 0:
         objects, revision = await _relist(store, info, namespace, max_backoff)
         yield WatchEvent(RESET, revision, objects=objects)
@@ -87,7 +88,10 @@ async def watch_kind(store: client.Store, info: kinds.KindInfo, namespace: str |
                         yield WatchEvent(DELETED, ev.mod_revision,
                                          stub_from_key(info, ev.key, base_prefix, ev.mod_revision))
                     else:
-                        obj = codec.try_decode(ev.key, ev.value, ev.mod_revision)
+                        obj = (echoes.take(ev.key, ev.value, ev.mod_revision)
+                               if echoes is not None else None)
+                        if obj is None:
+                            obj = codec.try_decode(ev.key, ev.value, ev.mod_revision)
                         if obj is not None:
                             kind = ADDED if ev.create_revision == ev.mod_revision else MODIFIED
                             yield WatchEvent(kind, ev.mod_revision, obj)

@@ -82,7 +82,8 @@ class FakeStore:
         else:
             self.tasks.put(fresh)
 
-    async def commit(self, ops: Sequence[client.Op]) -> list[Resource | None]:
+    async def commit(self, ops: Sequence[client.Op], share: bool = False,
+                     ) -> list[Resource | None]:
         await asyncio.sleep(0)
         if self.rng.random() < 0.1:
             raise errors.ConflictError("batch")
@@ -214,7 +215,8 @@ async def test_failed_commit_releases_the_placement() -> None:
     services.put(svc)
 
     class Refusing(FakeStore):
-        async def commit(self, ops: Sequence[client.Op]) -> list[Resource | None]:
+        async def commit(self, ops: Sequence[client.Op], share: bool = False,
+                         ) -> list[Resource | None]:
             raise errors.ConflictError("batch")
 
         async def update(self, info: Any, obj: Resource) -> Resource:

@@ -424,7 +424,8 @@ class Orchestrator:
         if not txns:
             return True
         assert self._sem is not None
-        outcome = await common.commit_all(ctx.store, txns, limit=self._sem)
+        # share: every op's object is built for this write alone and dropped after it.
+        outcome = await common.commit_all(ctx.store, txns, limit=self._sem, share=True)
         if outcome.revision:
             self._written[key] = max(self._written.get(key, 0), outcome.revision)
         for i, exc in outcome.errors:

@@ -483,8 +483,9 @@ class _State:
         retry_later = False
         try:
             try:
+                # share: each assignment is a fresh object nobody touches again.
                 await self.store.commit([client.Op("update", common.TASKS, obj)
-                                         for _, obj in chunk])
+                                         for _, obj in chunk], share=True)
             except errors.FencedError:
                 raise
             except errors.ConflictError:
