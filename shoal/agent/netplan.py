@@ -83,13 +83,6 @@ def service_of(task: Resource) -> str:
     return str(name or "")
 
 
-def ingress_name(networks: Iterable[Resource]) -> str | None:
-    """The routing-mesh network: the oldest Network with ``spec.ingress``."""
-    found = sorted((n for n in networks if nw.is_ingress(n)),
-                   key=lambda n: (n.metadata.creationTimestamp or "", n.name))
-    return found[0].name if found else None
-
-
 def mesh_in_use(services: Iterable[Resource]) -> bool:
     """Some service has an allocated ingress port: every node answers it."""
     return any(p.mode == "ingress" and p.published is not None
@@ -104,7 +97,7 @@ def waiting_for(task: Resource, service: Resource | None, networks: Mapping[str,
     if attachments is None:
         if service is None:
             return None  # nothing says it needs a network (its service is gone)
-        needed = nw.task_network_names(service, ingress_name(networks.values()))
+        needed = nw.task_network_names(service, nw.ingress_name(networks.values()))
         if not needed:
             return None
         return f"waiting for network allocation ({', '.join(needed)})"
@@ -145,7 +138,7 @@ def plan(node: str, networks: Iterable[Resource], services: Iterable[Resource],
             underlay[n.name] = ipaddress.IPv4Address(str(n.status.get("address") or ""))
         except ValueError:
             continue
-    ingress = ingress_name(nets.values())
+    ingress = nw.ingress_name(nets.values())
 
     # Who is attached where (tasks that have not ended).
     attached: list[tuple[Resource, list[nw.Attachment]]] = []

@@ -90,6 +90,18 @@ def is_ingress(network: Resource) -> bool:
     return network.spec.get("ingress") is True
 
 
+def ingress_name(networks: Iterable[Resource]) -> str | None:
+    """The routing-mesh network: the oldest Network with ``spec.ingress``, ties (two made
+    in the same second) broken by name. The allocator and every agent must pick the same
+    one, so this is the only place the rule is written; both inputs are stable (the store
+    stamps ``creationTimestamp`` once, always in the same format, so the strings sort as
+    the times do), unlike a resourceVersion, which moves with every status write."""
+    found = [n for n in networks if is_ingress(n)]
+    if not found:
+        return None
+    return min(found, key=lambda n: (n.metadata.creationTimestamp or "", n.name)).name
+
+
 def network_info(network: Resource) -> NetworkInfo | None:
     """The network's allocation, or None while (or if) it has none that can be read."""
     st = network.status

@@ -352,11 +352,10 @@ class _Term:
             self.ingress_creating = False
 
     def ingress(self) -> str | None:
-        """The routing-mesh network: the oldest Network with ``spec.ingress``."""
+        """The routing-mesh network (``networking.ingress_name``), looked up once a pass."""
         if self._ingress_name is not False:
             return self._ingress_name if isinstance(self._ingress_name, str) else None
-        found = sorted((n for n in self.networks.list() if nw.is_ingress(n)), key=_age)
-        self._ingress_name = found[0].name if found else None
+        self._ingress_name = nw.ingress_name(self.networks.list())
         return self._ingress_name
 
     def _task_networks(self, svc: Resource) -> list[str]:
