@@ -57,6 +57,12 @@ def agent_version() -> str:
         return "0.0.0"
 
 
+#: Status fields a run of the agent writes only when a feature is on (the log server,
+#: a dataplane). Registration drops them, so an agent restarted with the feature off
+#: does not leave the last run's (now dead) log endpoint or backend on its Node.
+PER_RUN_STATUS: tuple[str, ...] = ("logsEndpoint", "dataplane")
+
+
 @dataclasses.dataclass(frozen=True)
 class NodeConfig:
     """What the agent knows about a node before it talks to etcd."""
@@ -193,7 +199,8 @@ async def register(store: client.Store, info: kinds.KindInfo, cfg: NodeConfig) -
                 except errors.AlreadyExistsError:
                     continue  # another agent of the same name raced us: update instead
             labels = {**current.metadata.labels, **cfg.labels}
-            status = {**current.status, **cfg.status()}
+            status = {k: v for k, v in current.status.items() if k not in PER_RUN_STATUS}
+            status.update(cfg.status())
             if labels == current.metadata.labels and status == current.status:
                 return current
             updated = current.deepcopy()

@@ -42,7 +42,7 @@ async def test_registers_node_with_labels_role_status_and_heartbeat(
         assert lease != 0, "the heartbeat key must be attached to a lease"
 
 
-async def test_restart_keeps_spec_written_by_users(
+async def test_restart_keeps_spec_written_by_users_and_drops_stale_features(
         etcd: etcd_server.EtcdServer, prefix: str, tmp_path: Path) -> None:
     async with AgentCluster.open(etcd.url, prefix, tmp_path) as c:
         first = c.start_agent("n1", "--label", "zone=a", "--role", "manager")
@@ -53,9 +53,12 @@ async def test_restart_keeps_spec_written_by_users(
         node.spec["availability"] = "drain"
         node.metadata.labels["rack"] = "r7"
         node.status["state"] = "down"
+        # What the first run advertised for features the second run has off.
+        node.status["logsEndpoint"] = "127.0.0.1:1"
+        node.status["dataplane"] = "nftables"
         await c.store.update(NODES, node)
 
-        c.start_agent("n1", "--label", "zone=b", "--role", "worker")
+        c.start_agent("n1", "--label", "zone=b", "--role", "worker", "--logs-port", "off")
 
         async def ready_again() -> bool:
             n = await c.store.get(NODES, "n1")
@@ -65,6 +68,8 @@ async def test_restart_keeps_spec_written_by_users(
         node = await c.store.get(NODES, "n1")
         assert node.spec == {"role": "manager", "availability": "drain"}
         assert node.metadata.labels == {"zone": "b", "rack": "r7"}
+        assert "logsEndpoint" not in node.status, "no log server runs: none advertised"
+        assert "dataplane" not in node.status, "a hollow node has no dataplane"
 
 
 async def test_heartbeat_key_disappears_within_ttl_after_sigkill(
