@@ -22,9 +22,9 @@ from typing import Any
 
 import orjson
 
-from shoal.controllers import taskstates as ts
 from shoal.controllers.orchestrator import slots
 from shoal.crds import resource
+from shoal.crds import taskstates as ts
 from shoal.store import codec
 
 

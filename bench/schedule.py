@@ -237,7 +237,8 @@ async def run(args: argparse.Namespace) -> int:
         # The agent's heartbeat child keeps the 1,000 leases alive; its CPU is its own
         # figure (it is not in the agent's, and on a real fleet it would be spread over
         # 1,000 machines, while etcd's share of the keepalives is in etcd's).
-        pids.update({"heartbeat": c for c in _children(procs["agent"].pid)})
+        for child in _children(procs["agent"].pid)[:1]:
+            pids["heartbeat"] = child
         if server is not None and server.proc is not None:
             pids["etcd"] = server.proc.pid
         cpu0 = {n: _cpu(pid) for n, pid in pids.items()}

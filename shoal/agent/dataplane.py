@@ -48,6 +48,7 @@ from shoal.agent import netplan
 from shoal.agent.executor import Observed, TaskSpec
 from shoal.crds import kinds, resource
 from shoal.crds import networking as nw
+from shoal.crds import taskstates as ts
 from shoal.net import lb as lb_mod
 from shoal.net.dns import DnsServer, DnsTable
 from shoal.net.overlay import OverlayNode
@@ -180,7 +181,7 @@ class Dataplane:
         """Pids of local tasks that already run (a restarted agent): without them the
         first pass would take their veths away."""
         for task in self._local_tasks():
-            if netplan.task_ended(task) or not nw.task_attachments(task):
+            if ts.has_ended(task) or not nw.task_attachments(task):
                 continue
             try:
                 observed = await self.observe(task.metadata.uid)
@@ -300,7 +301,7 @@ class Dataplane:
     def _prune(self) -> None:
         """Forget local tasks that ended or are gone, and pids whose process died (its
         namespace went with it; plumbing into it would fail the whole pass)."""
-        alive = {t.metadata.uid for t in self._local_tasks() if not netplan.task_ended(t)}
+        alive = {t.metadata.uid for t in self._local_tasks() if not ts.has_ended(t)}
         for uid in list(self.pids):
             if uid not in alive or not os.path.exists(f"/proc/{self.pids[uid]}/ns/net"):
                 del self.pids[uid]
@@ -316,7 +317,7 @@ class Dataplane:
 
     def waiting_for(self, task: resource.Resource) -> str | None:
         key = _key(task)
-        service = self.services.get(netplan.service_of(task), netplan.namespace_of(task))
+        service = self.services.get(ts.service_name(task) or "", ts.namespace_of(task))
         why = netplan.waiting_for(task, service, {n.name: n for n in self.networks.list()},
                                   self.node)
         if why is None:
@@ -386,12 +387,12 @@ def same_plan_inputs(old: resource.Resource, new: resource.Resource) -> bool:
     return (digest is not None and digest == codec.stored_spec_digest(old)
             and new.metadata.uid == old.metadata.uid
             and new.metadata.labels == old.metadata.labels
-            and netplan.task_ended(new) == netplan.task_ended(old)
+            and ts.has_ended(new) == ts.has_ended(old)
             and netplan.serving(new) == netplan.serving(old))
 
 
 def _key(task: resource.Resource) -> str:
-    return f"{netplan.namespace_of(task)}/{task.metadata.name}"
+    return f"{ts.namespace_of(task)}/{task.metadata.name}"
 
 
 def _ref(task: resource.Resource) -> str:

@@ -36,17 +36,14 @@ from collections.abc import Iterable, Mapping
 from typing import Literal
 
 from shoal.crds import networking as nw
-from shoal.crds.resource import DEFAULT_NAMESPACE, Resource
+from shoal.crds import taskstates as ts
+from shoal.crds.resource import Resource
 from shoal.net.dns import ServiceRecord
 from shoal.net.lb import Backend, VirtualService
 from shoal.net.overlay import Attachment, NetworkState, OverlayNetwork, Peer
 
 IPv4Address = ipaddress.IPv4Address
 
-# Task states, as written by agents (Swarm's order).
-_ENDED = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned"})
-_ACTIVE_DESIRED = frozenset({"new", "pending", "assigned", "accepted", "preparing",
-                             "starting", "running"})
 PROTOCOLS: tuple[Literal["tcp", "udp"], ...] = ("tcp", "udp")
 #: ``VirtualService.port`` of a VIP that balances every port of its protocol.
 ALL_PORTS = 0
@@ -61,26 +58,9 @@ class Plan:
     problems: tuple[str, ...] = ()
 
 
-def task_ended(task: Resource) -> bool:
-    return task.status.get("state") in _ENDED
-
-
-def desired_active(task: Resource) -> bool:
-    return (task.spec.get("desiredState") or "running") in _ACTIVE_DESIRED
-
-
 def serving(task: Resource) -> bool:
     """Observed running and still wanted: a balancer backend and a DNS answer."""
-    return task.status.get("state") == "running" and desired_active(task)
-
-
-def namespace_of(obj: Resource) -> str:
-    return obj.metadata.namespace or DEFAULT_NAMESPACE
-
-
-def service_of(task: Resource) -> str:
-    name = task.metadata.labels.get("shoal.io/service") or task.spec.get("serviceName")
-    return str(name or "")
+    return ts.is_running(task) and ts.is_active_desired(task)
 
 
 def mesh_in_use(services: Iterable[Resource]) -> bool:
@@ -144,7 +124,7 @@ def plan(node: str, networks: Iterable[Resource], services: Iterable[Resource],
     attached: list[tuple[Resource, list[nw.Attachment]]] = []
     for t in tasks:
         atts = nw.task_attachments(t)
-        if atts and not task_ended(t) and t.spec.get("nodeName"):
+        if atts and not ts.has_ended(t) and t.spec.get("nodeName"):
             attached.append((t, atts))
     hosted: list[str] = []
     for t, atts in attached:
@@ -199,13 +179,13 @@ def plan(node: str, networks: Iterable[Resource], services: Iterable[Resource],
     serving_by_service: dict[tuple[str, str], list[tuple[Resource, list[nw.Attachment]]]] = {}
     for t, atts in attached:
         if serving(t) and not (t.spec.get("nodeName") == node and t.metadata.uid in leaving):
-            serving_by_service.setdefault((namespace_of(t), service_of(t)), []).append(
-                (t, atts))
+            key = (ts.namespace_of(t), ts.service_name(t) or "")
+            serving_by_service.setdefault(key, []).append((t, atts))
 
     virtual: dict[tuple[IPv4Address | None, int, str], VirtualService] = {}
     records: list[ServiceRecord] = []
     for s in svcs:
-        key = (namespace_of(s), s.name)
+        key = (ts.namespace_of(s), s.name)
         members = serving_by_service.get(key, [])
         ep = nw.endpoint(s)
         by_net: dict[str, list[IPv4Address]] = {}

@@ -41,21 +41,19 @@ import structlog
 
 from shoal.agent.executor import MISSING, Executor, Observed, TaskRejectedError, TaskSpec
 from shoal.crds import kinds, resource, units
+from shoal.crds import taskstates as ts
 from shoal.store import client, codec, errors
 
 log = structlog.get_logger("shoal.agent.taskmanager")
 
 # Swarm's task states in their only order (the agent writes accepted and later ones).
-STATES: tuple[str, ...] = ("new", "pending", "assigned", "accepted", "preparing", "starting",
-                           "running", "complete", "failed", "shutdown", "rejected",
-                           "orphaned")
-RANK: dict[str, int] = {s: i for i, s in enumerate(STATES)}
-ACCEPTED, PREPARING, STARTING, RUNNING = "accepted", "preparing", "starting", "running"
-COMPLETE, FAILED, SHUTDOWN, REJECTED = "complete", "failed", "shutdown", "rejected"
+STATES, RANK = ts.STATES, ts.RANK
+ACCEPTED, PREPARING, STARTING, RUNNING = ts.ACCEPTED, ts.PREPARING, ts.STARTING, ts.RUNNING
+COMPLETE, FAILED, SHUTDOWN, REJECTED = ts.COMPLETE, ts.FAILED, ts.SHUTDOWN, ts.REJECTED
 R_ACCEPTED, R_PREPARING = RANK[ACCEPTED], RANK[PREPARING]
 R_STARTING, R_RUNNING = RANK[STARTING], RANK[RUNNING]
 
-SERVICE_LABEL = "shoal.io/service"
+SERVICE_LABEL = ts.SERVICE_LABEL
 DEFAULT_GRACE = 10.0
 UNHEALTHY_MESSAGE = "task: container unhealthy"
 # Orphaned workloads (their task is gone) are queued under keys no task can have.

@@ -48,8 +48,8 @@ from rich.live import Live
 from rich.text import Text
 
 from shoal.cli import console, errors, taskview
-from shoal.controllers import taskstates as ts
 from shoal.crds import kinds
+from shoal.crds import taskstates as ts
 from shoal.crds.resource import Resource
 from shoal.runtime import leader
 from shoal.store import client, watch

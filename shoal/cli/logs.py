@@ -38,8 +38,8 @@ from typing import Any, Final
 from shoal.agent import logserver
 from shoal.agent.executor import LogLine
 from shoal.cli import common, errors, service, taskview
-from shoal.controllers import taskstates as ts
 from shoal.crds import kinds, resource
+from shoal.crds import taskstates as ts
 from shoal.store import client
 from shoal.store import errors as store_errors
 

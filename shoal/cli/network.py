@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from shoal.cli import common, console, errors, printers
-from shoal.controllers import taskstates as ts
 from shoal.crds import kinds, resource, selectors, validation
 from shoal.crds import networking as nw
+from shoal.crds import taskstates as ts
 from shoal.store import client
 from shoal.store import errors as store_errors
 

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from shoal.cli import common, console, get, printers, scale, taskview
-from shoal.controllers import taskstates as ts
 from shoal.crds import resource
+from shoal.crds import taskstates as ts
 from shoal.store import errors as store_errors
 
 ID_LENGTH: Final = 12  # docker's short IDs

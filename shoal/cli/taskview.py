@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable
 from typing import Final
 
-from shoal.controllers import taskstates as ts
+from shoal.crds import taskstates as ts
 from shoal.crds.resource import Resource
 
 GLOBAL: Final = "global"

@@ -22,8 +22,8 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from shoal.controllers import taskstates as ts
 from shoal.crds import kinds
+from shoal.crds import taskstates as ts
 from shoal.crds.resource import Resource
 from shoal.runtime import informer as informer_mod
 from shoal.store import client, codec, errors, etcd

@@ -36,8 +36,8 @@ import pytest
 from shoal.agent import process_driver
 from shoal.agent.executor import LABEL_NODE, LABEL_TASK_UID
 from shoal.cli import leftovers, netnodes
-from shoal.controllers import taskstates as ts
 from shoal.crds import kinds, resource
+from shoal.crds import taskstates as ts
 from shoal.store import client, etcd_server
 from tests.integration.cli_support import command
 

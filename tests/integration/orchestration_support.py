@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
-from shoal.controllers import taskstates as ts
 from shoal.crds import kinds, resource, validation
+from shoal.crds import taskstates as ts
 from shoal.store import client, errors
 from tests.helpers import LoggedProcess, eventually
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from shoal.controllers import taskstates as ts
+from shoal.crds import taskstates as ts
 from shoal.store import client, etcd_server
 from tests.helpers import eventually
 from tests.integration.orchestration_support import TASKS, Cluster, describe

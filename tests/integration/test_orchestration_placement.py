@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.controllers import taskstates as ts
+from shoal.crds import taskstates as ts
 from shoal.store import etcd_server
 from tests.helpers import eventually
 from tests.integration.orchestration_support import Cluster, describe

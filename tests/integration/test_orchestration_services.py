@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from shoal.controllers import taskstates as ts
 from shoal.controllers.orchestrator import restart
+from shoal.crds import taskstates as ts
 from shoal.store import errors, etcd_server
 from tests.helpers import eventually
 from tests.integration.orchestration_support import SERVICES, Cluster, describe

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import time
 
-from shoal.controllers import taskstates as ts
 from shoal.controllers.orchestrator import controller as oc
 from shoal.controllers.orchestrator import slots
+from shoal.crds import taskstates as ts
 from shoal.crds.resource import Resource, new
 
 

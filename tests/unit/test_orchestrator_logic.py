@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from shoal.controllers import taskstates as ts
 from shoal.controllers.orchestrator import restart as rs
 from shoal.controllers.orchestrator import slots
+from shoal.crds import taskstates as ts
 from shoal.crds.resource import Resource, new
 
 NOW = 1_700_000_000.0

@@ -9,9 +9,9 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from shoal.controllers import taskstates as ts
 from shoal.controllers.scheduler import controller as sc
 from shoal.controllers.scheduler import placement
+from shoal.crds import taskstates as ts
 from shoal.crds.resource import Resource, new
 from shoal.store import client, codec, errors
 

@@ -40,11 +40,11 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
 from shoal.controllers import common
-from shoal.controllers import taskstates as ts
 from shoal.controllers.allocator import ipam
 from shoal.controllers.leaderloop import LeaderLoop
 from shoal.crds import conditions, kinds, validation
 from shoal.crds import networking as nw
+from shoal.crds import taskstates as ts
 from shoal.crds.resource import Resource
 from shoal.runtime import cas, reconcile
 from shoal.runtime import informer as informer_mod

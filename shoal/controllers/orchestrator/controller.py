@@ -45,10 +45,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from shoal.controllers import common
-from shoal.controllers import taskstates as ts
 from shoal.controllers.orchestrator import restart, slots
 from shoal.controllers.scheduler import constraints as cons
 from shoal.crds import conditions, kinds, resource, validation
+from shoal.crds import taskstates as ts
 from shoal.crds.resource import Resource
 from shoal.runtime import cas, gcpolicy, status
 from shoal.runtime import informer as informer_mod

@@ -20,7 +20,7 @@ import enum
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from shoal.controllers import taskstates as ts
+from shoal.crds import taskstates as ts
 from shoal.crds import units
 from shoal.crds.resource import Resource
 

@@ -38,9 +38,9 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-from shoal.controllers import taskstates as ts
 from shoal.controllers.orchestrator import restart as rs
 from shoal.controllers.scheduler import constraints as cons
+from shoal.crds import taskstates as ts
 from shoal.crds.resource import Resource
 
 DEFAULT_HISTORY_LIMIT: Final = 5

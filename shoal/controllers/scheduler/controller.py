@@ -37,11 +37,11 @@ from collections.abc import Sequence
 from typing import Final
 
 from shoal.controllers import common
-from shoal.controllers import taskstates as ts
 from shoal.controllers.leaderloop import LeaderLoop
 from shoal.controllers.scheduler import filters as flt
 from shoal.controllers.scheduler import placement
 from shoal.crds import resource
+from shoal.crds import taskstates as ts
 from shoal.crds.resource import Resource
 from shoal.runtime import informer as informer_mod
 from shoal.runtime import logging as rt_logging

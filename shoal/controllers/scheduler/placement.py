@@ -38,9 +38,9 @@ import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, NamedTuple
 
-from shoal.controllers import taskstates as ts
 from shoal.controllers.scheduler import constraints as cons
 from shoal.controllers.scheduler import filters as flt
+from shoal.crds import taskstates as ts
 from shoal.crds.resource import Resource
 
 #: A node that failed this many tasks of a service generation within ``FAILURE_WINDOW``
