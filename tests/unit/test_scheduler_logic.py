@@ -401,3 +401,16 @@ def test_hundred_thousand_tasks_on_a_thousand_nodes_in_one_call() -> None:
     assert not result.unplaced
     per_node = Counter(result.assignments.values())
     assert len(per_node) == 1000 and set(per_node.values()) == {100}
+
+
+def test_orchestrator_and_scheduler_read_the_same_nodes() -> None:
+    garbage_platform = node("bad")
+    garbage_platform.status["platform"] = "linux"  # not a mapping: no facts to match on
+    garbage_resources = node("odd")
+    garbage_resources.status["resources"] = ["many"]  # read as no capacity claims
+    nodes = [node("a"), garbage_platform, garbage_resources]
+    readable = cons.readable_nodes(nodes)
+    assert [n.metadata.name for n in readable] == ["a", "odd"]
+    # Every node one may read, the scheduler's books can hold (nothing raises).
+    infos = [flt.NodeInfo.of(n, i) for i, n in enumerate(readable)]
+    assert infos[1].cpu_capacity == flt.UNLIMITED

@@ -132,31 +132,6 @@ def _node_down_or_gone(task: Resource, nodes: dict[str, Resource]) -> bool:
     return node is None or node.status.get("state") != "ready"
 
 
-# node name -> (resourceVersion, readable): reading a node's facts costs ~15 µs, and a
-# 1,000-node cluster would pay it 1,000 times per service reconciled.
-_readable_cache: dict[str, tuple[str, bool]] = {}
-
-
-def _readable(nodes: list[Resource]) -> list[Resource]:
-    """Nodes whose facts can be read; one with a garbage status counts as gone."""
-    out = []
-    for node in nodes:
-        name, version = node.metadata.name, node.metadata.resourceVersion
-        known = _readable_cache.get(name)
-        if known is None or known[0] != version:
-            try:
-                cons.NodeFacts.of(node)
-                known = (version, True)
-            except Exception as exc:
-                log.warning("node unreadable; treating it as gone", key=node.ref,
-                            error=str(exc))
-                known = (version, False)
-            _readable_cache[name] = known
-        if known[1]:
-            out.append(node)
-    return out
-
-
 class Orchestrator:
     """One per controller-manager process: ``spec`` is the ControllerSpec to run."""
 
@@ -272,7 +247,7 @@ class Orchestrator:
         a node going down re-plans a hundred services at once, all with the same nodes."""
         stamp = (id(nodes), nodes.last_revision, len(nodes))
         if self._nodes_seen is None or self._nodes_seen[0] != stamp:
-            self._nodes_seen = (stamp, slots.NodeView.of(_readable(nodes.list())))
+            self._nodes_seen = (stamp, slots.NodeView.of(cons.readable_nodes(nodes.list())))
         return self._nodes_seen[1]
 
     async def _caught_up(self, ctx: Context, tasks: informer_mod.Informer) -> bool:

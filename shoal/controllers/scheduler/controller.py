@@ -33,11 +33,11 @@ import asyncio
 import heapq
 import resource as resource_mod
 import time
-from collections.abc import Sequence
 from typing import Final
 
 from shoal.controllers import common
 from shoal.controllers.leaderloop import LeaderLoop
+from shoal.controllers.scheduler import constraints as cons
 from shoal.controllers.scheduler import filters as flt
 from shoal.controllers.scheduler import placement
 from shoal.crds import resource
@@ -91,20 +91,6 @@ def _holds_node(task: Resource) -> bool:
 def with_message(task: Resource, message: str) -> Resource:
     return Resource(kind=task.kind, apiVersion=task.apiVersion, metadata=task.metadata,
                     spec=task.spec, status={**task.status, "message": message})
-
-
-def _usable_nodes(nodes: Sequence[Resource]) -> list[Resource]:
-    """Nodes the placement can read; a node with a garbage status is left out (logged)."""
-    out = []
-    for node in nodes:
-        try:
-            flt.NodeInfo.of(node, 0)
-        except Exception as exc:
-            log.warning("node unreadable; not scheduling on it", key=node.ref,
-                        error=str(exc))
-            continue
-        out.append(node)
-    return out
 
 
 class _State:
@@ -278,7 +264,7 @@ class _State:
         walk and by a handler is counted once.
         """
         started = time.perf_counter()
-        cluster = placement.ClusterState(_usable_nodes(self.nodes.list()), [],
+        cluster = placement.ClusterState(cons.readable_nodes(self.nodes.list()), [],
                                          self.services.list())
         self.cluster = cluster
         self.charges.clear()

@@ -65,7 +65,9 @@ class NodeInfo:
 
     @classmethod
     def of(cls, node: Resource, idx: int) -> NodeInfo:
-        resources = node.status.get("resources") or {}
+        resources = node.status.get("resources")
+        if not isinstance(resources, dict):
+            resources = {}  # as unreadable as absent: no capacity claims (constraints.py)
         cpus = _capacity(resources.get("cpus"), _nano_cpus)
         memory = _capacity(resources.get("memory"), _bytes)
         return cls(idx=idx, name=node.metadata.name, facts=cons.NodeFacts.of(node),

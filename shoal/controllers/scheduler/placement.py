@@ -136,47 +136,27 @@ class ClusterState:
     # -- building -------------------------------------------------------------------------
 
     def _account(self, tasks: Iterable[Resource], exclude: frozenset[str]) -> None:
-        """Charge every live task to its node: reservations, host ports, counts; and note
-        recent failures. Hot at scale (one pass over every task in the cluster)."""
-        by_name = self.by_name
-        rank = _RANK
+        """Charge every task that holds its node and note recent failures, by the rules
+        the scheduler's incremental books follow (``charge_of``), so a state built from
+        a list of tasks is the state the scheduler would have reached task by task."""
         window_start = None if self.now is None else self.now - FAILURE_WINDOW
         for task in tasks:
-            spec = task.spec
-            node_name = spec.get("nodeName")
-            if not node_name:
-                continue
-            info = by_name.get(node_name)
-            if info is None:
-                continue
-            state = task.status.get("state") or ts.NEW
-            live = rank.get(state, 0) <= _RUNNING_RANK
-            if not live and (window_start is None or state not in _FAILURE_STATES):
-                continue
             if exclude and ts.task_key(task) in exclude:
                 continue
-            name = ts.service_name(task)
-            if name is None:
-                continue
-            svc = (task.metadata.namespace or "default", name)
-            gen = ts.generation_of(task)
-            if not live:
-                stamp = ts.status_time(task)
-                if window_start is not None and stamp is not None and stamp >= window_start:
-                    per_node = self.failures.setdefault((svc, gen), {})
-                    per_node[info.idx] = per_node.get(info.idx, 0) + 1
-                continue
-            demand = self._demand(svc, gen, task)
-            info.cpu_free -= demand.nano_cpus
-            info.mem_free -= demand.memory
-            if demand.host_ports:
-                self._hold_ports(info, demand.host_ports, 1)
-            if rank.get(spec.get("desiredState") or ts.RUNNING, _RUNNING_RANK) <= _RUNNING_RANK:
-                info.active += 1
-                counts = self.service_tasks.get(svc)
-                if counts is None:
-                    counts = self.service_tasks[svc] = {}
-                counts[info.idx] = counts.get(info.idx, 0) + 1
+            charge = self.charge_of(task)
+            if charge is not None:
+                self._book(self.nodes[charge.node], charge, 1)
+            elif window_start is not None and task.status.get("state") in _FAILURE_STATES:
+                self._note_failure(task, window_start)
+
+    def _note_failure(self, task: Resource, window_start: float) -> None:
+        info = self.by_name.get(ts.node_name_of(task) or "")
+        name = ts.service_name(task)
+        stamp = ts.status_time(task)
+        if info is None or name is None or stamp is None or stamp < window_start:
+            return
+        svc = (task.metadata.namespace or "default", name)
+        self.count_failure(svc, ts.generation_of(task), info.idx)
 
     def _demand(self, svc: flt.ServiceKey, gen: int, task: Resource | None) -> flt.Demand:
         key = (svc, gen)
@@ -283,22 +263,27 @@ class ClusterState:
     def apply(self, charge: Charge, sign: int = 1) -> None:
         """Add (``sign`` 1) or remove (-1) a task's charge on its node."""
         info = self.nodes[charge.node]
+        old = info.active
+        self._book(info, charge, sign)
+        if info.active != old:
+            self._reorder(info, old)
+        self._version += 1
+
+    def _book(self, info: flt.NodeInfo, charge: Charge, sign: int) -> None:
+        """The books of one node and service, without the node ordering (which a state
+        being built sorts once at the end)."""
         info.cpu_free -= sign * charge.nano_cpus
         info.mem_free -= sign * charge.memory
         if charge.host_ports:
             self._hold_ports(info, charge.host_ports, sign)
         if charge.active:
-            old = info.active
-            info.active = max(old + sign, 0)
-            if info.active != old:
-                self._reorder(info, old)
+            info.active = max(info.active + sign, 0)
             counts = self.service_tasks.setdefault(charge.service, {})
             left = counts.get(info.idx, 0) + sign
             if left > 0:
                 counts[info.idx] = left
             else:
                 counts.pop(info.idx, None)
-        self._version += 1
 
     def count_failure(self, service: flt.ServiceKey, generation: int, node: int,
                       sign: int = 1) -> None:
