@@ -87,8 +87,13 @@ def try_decode(key: bytes, value: bytes, mod_revision: int) -> resource.Resource
 
 
 def remember_spec(obj: resource.Resource, digest: int | None = None) -> None:
-    """Record the spec as stored, so the next update knows whether it changed."""
-    obj.__dict__["_stored_spec_digest"] = spec_digest(obj.spec) if digest is None else digest
+    """Record the spec as stored, so the next update knows whether it changed.
+
+    An attribute of the codec's own, not a field of Resource, set as an attribute rather
+    than through ``obj.__dict__``: touching ``__dict__`` makes CPython build a real dict
+    for the instance, one more object per cached resource for the collector to walk."""
+    setattr(obj, "_stored_spec_digest",  # noqa: B010 (mypy: not a declared attribute)
+            spec_digest(obj.spec) if digest is None else digest)
 
 
 def with_status(obj: resource.Resource, status: dict[str, Any]) -> resource.Resource:
@@ -104,5 +109,5 @@ def with_status(obj: resource.Resource, status: dict[str, Any]) -> resource.Reso
 
 
 def stored_spec_digest(obj: resource.Resource) -> int | None:
-    value = obj.__dict__.get("_stored_spec_digest")
+    value = getattr(obj, "_stored_spec_digest", None)
     return value if isinstance(value, int) else None
