@@ -39,7 +39,8 @@ class EtcdServer:
 
     def __init__(self, data_dir: Path | str, host: str = "127.0.0.1",
                  client_port: int | None = None, peer_port: int | None = None,
-                 log_path: Path | str | None = None, extra_hosts: Sequence[str] = ()) -> None:
+                 log_path: Path | str | None = None, extra_hosts: Sequence[str] = (),
+                 compaction_retention: str = "5m") -> None:
         self.data_dir = Path(data_dir)
         self.host = host
         # More addresses to serve clients on, same port (e.g. a namespace nodes' bridge).
@@ -47,6 +48,7 @@ class EtcdServer:
         self.client_port = client_port or free_port(host)
         self.peer_port = peer_port or free_port(host)
         self.log_path = Path(log_path) if log_path else self.data_dir.parent / "etcd.log"
+        self.compaction_retention = compaction_retention
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -74,6 +76,12 @@ class EtcdServer:
             # request size cap a little above the default 1.5 MiB for headroom.
             "--max-request-bytes", str(8 * 1024 * 1024),
             "--quota-backend-bytes", str(4 * 1024 * 1024 * 1024),
+            # etcd keeps every revision until it is compacted: without this, each task
+            # status write would stay in the database for good and a busy cluster would
+            # hit the quota (etcd then refuses all writes). Kubernetes' apiserver
+            # compacts every 5 minutes; watchers further behind than that re-list.
+            "--auto-compaction-mode", "periodic",
+            "--auto-compaction-retention", self.compaction_retention,
             "--log-level", "warn", "--logger", "zap",
         ]
 
