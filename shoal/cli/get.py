@@ -6,8 +6,11 @@ watch mode every change prints one row aligned with the table above it, as kubec
 until SIGINT or SIGTERM, which end the command quietly with exit code 0.
 
 Services show REPLICAS as ``running/desired`` like ``docker service ls``. No field holds
-that: it is counted from one listing of the tasks of the same namespaces (re-counted for
-each row ``-w`` prints), so it can never be stale in etcd.
+that: it is counted from one listing of the tasks of the same namespaces, so it can never
+be stale in etcd. With ``-w`` the tasks are watched too, from that listing's revision,
+and the counts kept current event by event: a service's row is printed again whenever
+its REPLICAS cell changes (``0/3`` ... ``3/3`` as its tasks start), as ``kubectl get
+deploy -w`` shows a deployment's ready count moving.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shoal.cli import common, console, errors, printers, taskview
@@ -118,7 +120,7 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
             _nothing_found(namespace)
         if args.watch:
             await _watch(store, info, namespace, selector, args, printer, objs, revision,
-                         before_row=replicas.refresh if replicas else None)
+                         replicas=replicas)
     return 0
 
 
@@ -127,21 +129,67 @@ def _counts_replicas(info: kinds.KindInfo, output: str) -> bool:
 
 
 class ReplicaCounts:
-    """The REPLICAS cell of services, counted from the tasks of ``namespace`` (None:
-    all namespaces) with one list call per refresh."""
+    """The REPLICAS cell of services, counted from the tasks of ``namespace`` (None: all
+    namespaces): one list call, then kept current from the task watch (``apply``)."""
 
     def __init__(self, store: client.Store, namespace: str | None) -> None:
         self._store = store
-        self._tasks = kinds.Registry.builtin().lookup("tasks")
+        self.tasks = kinds.Registry.builtin().lookup("tasks")
         self._namespace = namespace
         self.counts: dict[taskview.ServiceKey, tuple[int, int]] = {}
+        self.revision = 0  # of the listing the counts start from
+        # task -> (its service, running): what it adds to ``counts``
+        self._shares: dict[tuple[str | None, str], tuple[taskview.ServiceKey, int]] = {}
 
     async def refresh(self) -> None:
-        tasks, _ = await self._store.list(self._tasks, self._namespace)
-        self.counts = taskview.replica_counts(tasks)
+        tasks, self.revision = await self._store.list(self.tasks, self._namespace)
+        self.reset(tasks)
+
+    def reset(self, tasks: list[resource.Resource]) -> None:
+        self.counts, self._shares = {}, {}
+        for task in tasks:
+            self._set(task)
+
+    def apply(self, event: watch.WatchEvent) -> set[taskview.ServiceKey]:
+        """Count one task event; the services whose counts it changed."""
+        if event.type == watch.RESET:
+            before = dict(self.counts)
+            self.reset(event.objects)
+            return {k for k in before.keys() | self.counts.keys()
+                    if before.get(k) != self.counts.get(k)}
+        assert event.obj is not None
+        changed = self._unset(event.obj)
+        if event.type != watch.DELETED:
+            changed |= self._set(event.obj)
+        return changed
+
+    def _set(self, task: resource.Resource) -> set[taskview.ServiceKey]:
+        share = taskview.replica_share(task)
+        if share is None:
+            return set()
+        key, running = share
+        self._shares[(task.namespace, task.name)] = share
+        have_running, wanted = self.counts.get(key, (0, 0))
+        self.counts[key] = (have_running + running, wanted + 1)
+        return {key}
+
+    def _unset(self, task: resource.Resource) -> set[taskview.ServiceKey]:
+        share = self._shares.pop((task.namespace, task.name), None)
+        if share is None:
+            return set()
+        key, running = share
+        have_running, wanted = self.counts[key]
+        if wanted > 1:
+            self.counts[key] = (have_running - running, wanted - 1)
+        else:
+            del self.counts[key]
+        return {key}
+
+    def cell(self, service: resource.Resource) -> str:
+        return taskview.replicas_cell(service, self.counts)
 
     def overrides(self) -> dict[str, printers.CellOverride]:
-        return {"REPLICAS": lambda obj: taskview.replicas_cell(obj, self.counts)}
+        return {"REPLICAS": self.cell}
 
 
 def _nothing_found(namespace: str | None) -> None:
@@ -189,22 +237,26 @@ async def _several(store: client.Store, infos: list[kinds.KindInfo],
 async def _watch(store: client.Store, info: kinds.KindInfo, namespace: str | None,
                  selector: selectors.Selector, args: argparse.Namespace,
                  printer: printers.TablePrinter, objs: list[resource.Resource],
-                 revision: int,
-                 before_row: Callable[[], Awaitable[None]] | None = None) -> None:
-    """Print every change after ``revision`` until SIGINT/SIGTERM; ``before_row`` runs
-    before each row is printed (to re-count computed columns)."""
+                 revision: int, replicas: ReplicaCounts | None = None) -> None:
+    """Print every change after ``revision`` until SIGINT/SIGTERM; with ``replicas``
+    (services), also a service's row whenever its REPLICAS cell changes."""
     known: dict[tuple[str | None, str], resource.Resource] = {
         (o.namespace, o.name): o for o in objs}
+    shown_cell: dict[tuple[str | None, str], str] = {}
 
-    async def show(obj: resource.Resource) -> None:
-        if before_row is not None:
-            await before_row()
+    def show(obj: resource.Resource) -> None:
+        if replicas is not None:
+            shown_cell[(obj.namespace, obj.name)] = replicas.cell(obj)
         if args.output in ("json", "yaml"):
             text = printers.format_objects(info, [obj], args.output, single=True)
             console.out(("---\n" + text) if args.output == "yaml" else text)
         else:
             console.out(printers.format_objects(info, [obj], args.output, single=True,
                                                 printer=printer))
+
+    if replicas is not None:
+        for obj in objs:
+            shown_cell[(obj.namespace, obj.name)] = replicas.cell(obj)
 
     def wanted(obj: resource.Resource) -> bool:
         return (not args.name or obj.name == args.name) and selector.matches(
@@ -218,21 +270,32 @@ async def _watch(store: client.Store, info: kinds.KindInfo, namespace: str | Non
                 for obj in event.objects:
                     if wanted(obj):
                         known[(obj.namespace, obj.name)] = obj
-                        await show(obj)
+                        show(obj)
                 continue
             assert event.obj is not None
             key = (event.obj.namespace, event.obj.name)
             if event.type == watch.DELETED:
                 last = known.pop(key, None)
                 if last is not None:
-                    await show(last)  # kubectl prints the object's last state on deletion
+                    show(last)  # kubectl prints the object's last state on deletion
             elif wanted(event.obj):
                 known[key] = event.obj
-                await show(event.obj)
+                show(event.obj)
             elif known.pop(key, None) is not None:
-                await show(event.obj)  # it stopped matching the selector: its last change
+                show(event.obj)  # it stopped matching the selector: its last change
 
-    task = asyncio.ensure_future(follow())
+    async def follow_replicas(counts: ReplicaCounts) -> None:
+        async for event in watch.watch_kind(store, counts.tasks, namespace,
+                                            since_revision=counts.revision):
+            for svc_key in counts.apply(event):
+                svc = known.get(svc_key)
+                if svc is not None and shown_cell.get(svc_key) != counts.cell(svc):
+                    show(svc)
+
+    followers = [follow()]
+    if replicas is not None:
+        followers.append(follow_replicas(replicas))
+    task = asyncio.ensure_future(asyncio.gather(*followers))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)

@@ -117,15 +117,24 @@ def slot_label(service_name: str, slot: Slot | int | str) -> str:
 
 # --- counts ---
 
+def replica_share(task: Resource) -> tuple[ServiceKey, int] | None:
+    """What one task adds to its service's REPLICAS: (service, 1 if running else 0), or
+    None when it counts for nothing (no service, or no longer wanted running)."""
+    key = service_key_of(task)
+    if key is None or not ts.is_active_desired(task):
+        return None
+    return key, int(ts.is_running(task))
+
+
 def replica_counts(tasks: Iterable[Resource]) -> dict[ServiceKey, tuple[int, int]]:
     """Per service: (tasks running, tasks wanted running), from one listing of tasks."""
     out: dict[ServiceKey, tuple[int, int]] = {}
     for task in tasks:
-        key = service_key_of(task)
-        if key is None or not ts.is_active_desired(task):
+        share = replica_share(task)
+        if share is None:
             continue
-        running, wanted = out.get(key, (0, 0))
-        out[key] = (running + ts.is_running(task), wanted + 1)
+        running, wanted = out.get(share[0], (0, 0))
+        out[share[0]] = (running + share[1], wanted + 1)
     return out
 
 

@@ -192,6 +192,27 @@ async def test_get_services_replicas_counts_tasks(swctl: Swctl, store: client.St
     assert [line.split()[:3] for line in listed] == [line.split()[:3] for line in lines]
 
 
+async def test_get_services_watch_prints_a_row_as_replicas_start(
+        swctl: Swctl, store: client.Store) -> None:
+    swctl("apply", "-d", "-f", str(swctl.write("web.yaml", service("web", 2))))
+    watcher = swctl.start("get", "services", "-w")
+    try:
+        assert watcher.read_line().split()[:3] == ["NAME", "MODE", "REPLICAS"]
+        assert watcher.read_line().split()[:3] == ["web", "replicated", "0/2"]
+        # A pending task changes no cell: nothing printed. Each start prints a row.
+        await put(store, task("web", "web.1.1", slot=1))
+        await put(store, task("web", "web.2.1", slot=2, node="n1", state="running"))
+        assert watcher.read_line().split()[:3] == ["web", "replicated", "1/2"]
+        await move(store, "web.1.1", state="running")
+        assert watcher.read_line().split()[:3] == ["web", "replicated", "2/2"]
+        await move(store, "web.2.1", state="failed")
+        assert watcher.read_line().split()[:3] == ["web", "replicated", "1/2"]
+        code, err = watcher.interrupt()
+        assert code == 0 and err == ""
+    finally:
+        watcher.kill()
+
+
 async def test_global_progress_is_per_node(swctl: Swctl, store: client.Store) -> None:
     for name in ("n1", "n2"):
         await put(store, node(name))
