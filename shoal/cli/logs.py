@@ -162,7 +162,9 @@ class Target:
 
 
 async def resolve(store: client.Store, registry: kinds.Registry, target: str,
-                  namespace: str) -> Target:
+                  namespace: str) -> tuple[Target, list[resource.Resource]]:
+    """The target, and the namespace's tasks as listed for it (the caller selects from
+    the same listing instead of listing again)."""
     kind, name = split_target(target)
     if not name:
         raise errors.CliError(f'cannot show logs of "{target}": the name is missing')
@@ -170,7 +172,8 @@ async def resolve(store: client.Store, registry: kinds.Registry, target: str,
     if kind in (None, "service"):
         try:
             await store.get(services, name, namespace)
-            return Target(namespace, service=name)
+            tasks, _ = await store.list(tasks_info, namespace)
+            return Target(namespace, service=name), tasks
         except store_errors.NotFoundError:
             if kind == "service":
                 raise errors.CliError(f'service "{name}" not found in namespace '
@@ -180,7 +183,7 @@ async def resolve(store: client.Store, registry: kinds.Registry, target: str,
     if task is None:
         what = "task" if kind == "task" else "service or task"
         raise errors.CliError(f'{what} "{name}" not found in namespace {namespace}')
-    return Target(namespace, task=task.metadata.name)
+    return Target(namespace, task=task.metadata.name), tasks
 
 
 # --- one stream ---
@@ -436,8 +439,7 @@ async def _run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     async with common.open_store(opts) as store:
         registry = await common.registry_of(store)
         namespace = args.namespace or resource.DEFAULT_NAMESPACE
-        target = await resolve(store, registry, args.target, namespace)
-        tasks, _ = await store.list(registry.lookup("tasks"), namespace)
+        target, tasks = await resolve(store, registry, args.target, namespace)
         selected = target.select(tasks)
         session = Session(args, await _endpoints(store, registry))
         session.attach(selected)
