@@ -1,7 +1,7 @@
 """Garbage collection for a process holding big caches, and a watch on event-loop stalls.
 
 A controller-manager caches every task of the cluster, and so does an agent serving many
-hollow nodes: 100,000 tasks are ~800,000 objects the collector tracks (8 each), and
+hollow nodes: 100,000 tasks are ~700,000 objects the collector tracks (7 each), and
 each status write replaces a cached task with a freshly decoded one. Left to CPython,
 young collections run every few thousand allocations, and each survivor is walked again
 in the middle generation and again in every full collection. Measured in
@@ -13,16 +13,24 @@ dataclasses, freed by reference counting the moment they are replaced; a DEBUG_S
 run of the agent found no cyclic garbage), so:
 
 * automatic collections are off;
-* every ``COLLECT_EVERY`` seconds one collection runs and ``gc.freeze()`` then moves the
+* a collection runs every ``COLLECT_EVERY`` seconds, or sooner once ``YOUNG_LIMIT``
+  tracked objects have piled up since the last one, and ``gc.freeze()`` then moves the
   survivors out of the collector's sight. Each pass walks only what was created since
-  the previous one and is still alive — every long-lived object is walked about once;
+  the previous one and is still alive — every long-lived object is walked about once,
+  and a cached task replaced before the pass (its next status write) is never walked.
+  That is why the period is 10 s rather than 5: in ``bench/schedule.py`` the
+  controller-manager's passes took ~1.2 s in all instead of ~1.9 s, and placements/s
+  were 1-10 % higher in all 8 runs paired with the 5 s policy (bench/RESULTS.md,
+  fourth pass; a 500,000-object limit cut in too early and gained nothing). The pauses
+  are longer (0.5-0.75 s there, against 0.25-0.5 s); the object limit caps them
+  whatever the heap's growth — about a million objects, ~0.7-1.4 s on the benchmark
+  machine, well inside a 3 s leader lease (the agent's heartbeat has its own process);
 * every ``UNFREEZE_EVERY`` seconds the frozen objects are handed back first, so a cycle
   that formed among old objects (an asyncio task that lived long and ended in an
   exception) is found within minutes rather than kept for good.
 
 Cyclic garbage therefore lives at most ``COLLECT_EVERY`` seconds, and a pass pauses the
-event loop for the time it takes to walk the objects created meanwhile (0.2-0.5 s at the
-benchmark's 5,000 task writes per second).
+event loop for the time it takes to walk the objects created meanwhile.
 
 ``install`` is idempotent per process and event loop; the built-in controllers call it
 when they start leading and the agent when it starts, so however the process was started
@@ -46,8 +54,12 @@ from shoal.runtime import logging as rt_logging
 
 log = rt_logging.get_logger("shoal.runtime.gcpolicy")
 
-#: Seconds between collections of what was created since the previous one.
-COLLECT_EVERY: Final = 5.0
+#: Most seconds between collections of what was created since the previous one.
+COLLECT_EVERY: Final = 10.0
+#: ... or sooner, once this many tracked objects were created (net of those freed) since.
+YOUNG_LIMIT: Final = 1_000_000
+#: How often the object count is looked at (``gc.get_count``: a field read).
+CHECK_EVERY: Final = 0.5
 #: Seconds between collections that look at old (frozen) objects too.
 UNFREEZE_EVERY: Final = 300.0
 #: Event-loop stalls longer than this are logged (a third of the default leader TTL).
@@ -112,14 +124,20 @@ def collect(unfreeze: bool = False) -> int:
     return found
 
 
-async def _collections(every: float, unfreeze_every: float) -> None:
-    last_unfreeze = time.monotonic()
+async def _collections(every: float, unfreeze_every: float, young_limit: int) -> None:
+    last_unfreeze = last = time.monotonic()
+    check = min(CHECK_EVERY, every)
     while True:
-        await asyncio.sleep(every)
-        started = time.perf_counter()
-        unfreeze = started - last_unfreeze >= unfreeze_every
+        await asyncio.sleep(check)
+        # gc.get_count()[0]: tracked objects allocated minus freed since the last
+        # collection or freeze (it counts even while automatic collection is off).
+        if time.monotonic() - last < every and gc.get_count()[0] < young_limit:
+            continue
+        last = time.monotonic()
+        unfreeze = last - last_unfreeze >= unfreeze_every
         if unfreeze:
-            last_unfreeze = started
+            last_unfreeze = last
+        started = time.perf_counter()
         found = collect(unfreeze)
         seconds = time.perf_counter() - started
         # (No gc.get_freeze_count() here: it walks every frozen object to count them.)
@@ -152,7 +170,7 @@ async def _watchdog() -> None:
 
 
 def install(every: float = COLLECT_EVERY, unfreeze_every: float = UNFREEZE_EVERY,
-            watchdog: bool = True) -> None:
+            watchdog: bool = True, young_limit: int = YOUNG_LIMIT) -> None:
     """Timed collections (and the stall watchdog), once per process and event loop."""
     global _loop, _enabled_before, _timer
     loop = asyncio.get_running_loop()
@@ -168,11 +186,12 @@ def install(every: float = COLLECT_EVERY, unfreeze_every: float = UNFREEZE_EVERY
     gc.disable()
     gc.freeze()  # what the process has built so far (caches synced): long-lived
     watch_pauses()
-    _timer = loop.create_task(_collections(every, unfreeze_every), name="gcpolicy:collect")
+    _timer = loop.create_task(_collections(every, unfreeze_every, young_limit),
+                              name="gcpolicy:collect")
     # A done-callback runs even if the task is cancelled before it ever started.
     _timer.add_done_callback(_restore)
     _tasks.append(_timer)
     if watchdog:
         _tasks.append(loop.create_task(_watchdog(), name="gcpolicy:watchdog"))
     log.info("garbage collection on a timer", key="process", every=every,
-             unfreeze_every=unfreeze_every)
+             unfreeze_every=unfreeze_every, young_limit=young_limit)

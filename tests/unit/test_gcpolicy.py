@@ -70,3 +70,20 @@ def test_install_is_idempotent_per_event_loop() -> None:
         return len(second)
 
     assert asyncio.run(scenario()) == 1
+
+
+def test_a_pile_of_new_objects_brings_the_pass_forward() -> None:
+    async def scenario() -> None:
+        # A period no test waits for: only the object count can trigger this pass.
+        gcpolicy.install(every=3600.0, young_limit=20_000, watchdog=False)
+        passes = gcpolicy.pauses()["full"]
+        young, freed = _cycle()
+        await asyncio.sleep(gcpolicy.CHECK_EVERY * 2)
+        assert young() is not None, "few objects, long period: no pass yet"
+        pile = [[i] for i in range(30_000)]  # tracked objects, alive
+        assert await _freed(freed, timeout=5.0)
+        assert gcpolicy.pauses()["full"] > passes
+        del pile
+
+    asyncio.run(scenario())
+    assert gc.isenabled()
