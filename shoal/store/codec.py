@@ -58,6 +58,36 @@ class UndecodableError(ValueError):
     """A stored value that is not a resource (hand-written garbage, a foreign tool)."""
 
 
+# (namespace, service, service generation) -> the template its tasks were decoded with.
+_templates: dict[tuple[Any, str, int], dict[str, Any]] = {}
+_TEMPLATES_HELD = 4096
+
+
+def _share_template(data: dict[str, Any]) -> None:
+    """Tasks of one service generation all carry the same template (the orchestrator
+    writes its service's): a decoded task takes the equal one already held instead of
+    keeping its own copy. 100,000 cached tasks then hold a few hundred templates, not
+    100,000 — two tracked objects fewer each for the collector to walk, ~400 bytes less
+    memory each. Only an equal template is shared, so content never changes; like every
+    decoded object, it is read-only."""
+    spec = data.get("spec")
+    if type(spec) is not dict:
+        return
+    template, name, gen = spec.get("template"), spec.get("serviceName"), spec.get(
+        "serviceGeneration")
+    if type(template) is not dict or type(name) is not str or type(gen) is not int:
+        return
+    meta = data.get("metadata")
+    key = (meta.get("namespace") if type(meta) is dict else None, name, gen)
+    held = _templates.get(key)
+    if held is not None and held == template:
+        spec["template"] = held
+        return
+    if len(_templates) >= _TEMPLATES_HELD:
+        _templates.clear()  # old generations: simply start over
+    _templates[key] = template
+
+
 def decode(value: bytes, mod_revision: int) -> resource.Resource:
     try:
         data = orjson.loads(value)
@@ -66,6 +96,7 @@ def decode(value: bytes, mod_revision: int) -> resource.Resource:
         for field in ("metadata", "spec", "status"):
             if data.get(field) is not None and not isinstance(data[field], dict):
                 raise TypeError(f"{field} is {type(data[field]).__name__}, not an object")
+        _share_template(data)
         obj = resource.Resource.from_fresh_dict(data)
         # Computing the digest here also proves the spec is JSON-serialisable.
         digest = spec_digest(obj.spec)

@@ -1,0 +1,35 @@
+"""Decoded tasks of one service generation share one template object, and only an equal one."""
+
+from __future__ import annotations
+
+import orjson
+
+from shoal.store import codec
+
+
+def task(name: str, gen: int, image: str, namespace: str = "default") -> bytes:
+    return orjson.dumps({
+        "apiVersion": "shoal.io/v1", "kind": "Task",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"serviceName": "web", "serviceGeneration": gen, "slot": 1,
+                 "template": {"image": image, "command": ["httpd", "-f"]}},
+        "status": {"state": "running"}})
+
+
+def test_equal_templates_of_a_service_generation_are_one_object() -> None:
+    a = codec.decode(task("web.1.1", 7, "busybox"), 10)
+    b = codec.decode(task("web.2.1", 7, "busybox"), 11)
+    assert a.spec["template"] is b.spec["template"]
+    assert b.spec["template"] == {"image": "busybox", "command": ["httpd", "-f"]}
+
+
+def test_a_different_template_is_never_shared() -> None:
+    a = codec.decode(task("web.1.1", 8, "busybox"), 10)
+    # Same service generation, other content (written by hand): kept as written.
+    odd = codec.decode(task("web.2.1", 8, "nginx"), 11)
+    assert odd.spec["template"]["image"] == "nginx"
+    assert a.spec["template"]["image"] == "busybox"
+    other_ns = codec.decode(task("web.1.1", 8, "busybox", namespace="prod"), 12)
+    assert other_ns.spec["template"] == a.spec["template"]
+    assert codec.stored_spec_digest(other_ns) == codec.stored_spec_digest(
+        codec.decode(task("web.1.1", 8, "busybox", namespace="prod"), 13))
