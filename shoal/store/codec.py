@@ -60,7 +60,29 @@ class UndecodableError(ValueError):
 
 # (namespace, service, service generation) -> the template its tasks were decoded with.
 _templates: dict[tuple[Any, str, int], dict[str, Any]] = {}
+# owner uid -> the ownerReferences list its objects were decoded with.
+_owners: dict[str, list[Any]] = {}
 _TEMPLATES_HELD = 4096
+
+
+def _share_owners(meta: Any) -> None:
+    """The same for ``metadata.ownerReferences``: every task of a service names the same
+    owner, so an equal list already held for that owner is taken instead of a copy."""
+    if type(meta) is not dict:
+        return
+    owners = meta.get("ownerReferences")
+    if type(owners) is not list or len(owners) != 1 or type(owners[0]) is not dict:
+        return
+    uid = owners[0].get("uid")
+    if type(uid) is not str:
+        return
+    held = _owners.get(uid)
+    if held is not None and held == owners:
+        meta["ownerReferences"] = held
+        return
+    if len(_owners) >= _TEMPLATES_HELD:
+        _owners.clear()
+    _owners[uid] = owners
 
 
 def _share_template(data: dict[str, Any]) -> None:
@@ -78,6 +100,7 @@ def _share_template(data: dict[str, Any]) -> None:
     if type(template) is not dict or type(name) is not str or type(gen) is not int:
         return
     meta = data.get("metadata")
+    _share_owners(meta)
     key = (meta.get("namespace") if type(meta) is dict else None, name, gen)
     held = _templates.get(key)
     if held is not None and held == template:

@@ -1,4 +1,5 @@
-"""Decoded tasks of one service generation share one template object, and only an equal one."""
+"""Decoded tasks of one service generation share one template object (and tasks of one
+owner one ownerReferences list), and only an equal one."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from shoal.store import codec
 def task(name: str, gen: int, image: str, namespace: str = "default") -> bytes:
     return orjson.dumps({
         "apiVersion": "shoal.io/v1", "kind": "Task",
-        "metadata": {"name": name, "namespace": namespace},
+        "metadata": {"name": name, "namespace": namespace,
+                     "ownerReferences": [{"kind": "Service", "name": "web",
+                                          "uid": f"uid-{namespace}"}]},
         "spec": {"serviceName": "web", "serviceGeneration": gen, "slot": 1,
                  "template": {"image": image, "command": ["httpd", "-f"]}},
         "status": {"state": "running"}})
@@ -21,6 +24,9 @@ def test_equal_templates_of_a_service_generation_are_one_object() -> None:
     b = codec.decode(task("web.2.1", 7, "busybox"), 11)
     assert a.spec["template"] is b.spec["template"]
     assert b.spec["template"] == {"image": "busybox", "command": ["httpd", "-f"]}
+    assert a.metadata.ownerReferences is b.metadata.ownerReferences
+    assert b.metadata.ownerReferences == [{"kind": "Service", "name": "web",
+                                           "uid": "uid-default"}]
 
 
 def test_a_different_template_is_never_shared() -> None:
@@ -31,5 +37,6 @@ def test_a_different_template_is_never_shared() -> None:
     assert a.spec["template"]["image"] == "busybox"
     other_ns = codec.decode(task("web.1.1", 8, "busybox", namespace="prod"), 12)
     assert other_ns.spec["template"] == a.spec["template"]
+    assert other_ns.metadata.ownerReferences[0]["uid"] == "uid-prod"
     assert codec.stored_spec_digest(other_ns) == codec.stored_spec_digest(
         codec.decode(task("web.1.1", 8, "busybox", namespace="prod"), 13))
