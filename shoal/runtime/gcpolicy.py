@@ -1,7 +1,7 @@
 """Garbage collection for a process holding big caches, and a watch on event-loop stalls.
 
 A controller-manager caches every task of the cluster, and so does an agent serving many
-hollow nodes: 100,000 tasks are ~700,000 objects the collector tracks (7 each), and
+hollow nodes: 100,000 tasks are 400,000-700,000 objects the collector tracks, and
 each status write replaces a cached task with a freshly decoded one. Left to CPython,
 young collections run every few thousand allocations, and each survivor is walked again
 in the middle generation and again in every full collection. Measured in
