@@ -177,39 +177,48 @@ class KeepaliveStream:
 
     async def keepalive(self, leases: list[int], timeout: float) -> dict[int, int | None]:
         """TTL per lease (0: expired; None: no answer in time, or the stream broke)."""
+        if not leases:
+            return {}
+        try:
+            stream = await self._ready_stream()
+        except (OSError, TimeoutError, h2.exceptions.H2Error) as exc:
+            log.warning("lease keepalive stream cannot be opened", key=self.url,
+                        error=str(exc) or type(exc).__name__)
+            return dict.fromkeys(leases)
+        # The round starts only now: a reader ended by the stream checks above wakes
+        # ``_answered`` on its way out, which must not count for this round.
         self._results = {}
         self._waiting = set(leases)
         self._answered.clear()
-        if leases:
-            try:
-                if self._stream is not None and self._stream.pending:
-                    # A whole round went by without etcd opening the window for the
-                    # previous requests: a wedged connection. Start afresh.
-                    log.warning("lease keepalive stream stuck; reopening", key=self.url)
-                    await self.close()
-                if self._stream is None:
-                    if self._reader_task is not None:
-                        await asyncio.gather(self._reader_task, return_exceptions=True)
-                    self._stream = await self._open()
-                stream = self._stream
-                frames = self._frames
-                for lease in leases:
-                    chunk = frames.get(lease)
-                    if chunk is None:
-                        chunk = frames[lease] = frame(lease)
-                    stream.pending += chunk
-                stream.flush()
-            except (OSError, TimeoutError, h2.exceptions.H2Error) as exc:
-                log.warning("lease keepalive stream cannot be opened", key=self.url,
-                            error=str(exc) or type(exc).__name__)
-                return dict.fromkeys(leases)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._answered.wait()
-            if len(frames) > 2 * len(leases) + 64:  # leases replaced over time
-                self._frames = {lease: frames[lease] for lease in leases if lease in frames}
+        frames = self._frames
+        for lease in leases:
+            chunk = frames.get(lease)
+            if chunk is None:
+                chunk = frames[lease] = frame(lease)
+            stream.pending += chunk
+        stream.flush()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._answered.wait()
+        if len(frames) > 2 * len(leases) + 64:  # leases replaced over time
+            self._frames = {lease: frames[lease] for lease in leases if lease in frames}
         results = self._results
         return {lease: results.get(lease) for lease in leases}
+
+    async def _ready_stream(self) -> _Stream:
+        """The open stream, after replacing one that is stuck or lost."""
+        if self._stream is not None and self._stream.pending:
+            # A whole round went by without etcd opening the window for the previous
+            # requests: a wedged connection. Start afresh.
+            log.warning("lease keepalive stream stuck; reopening", key=self.url)
+            await self.close()
+        elif self._stream is not None and self._stream.writer.is_closing():
+            await self.close()  # lost under us; its reader may not have noticed yet
+        if self._stream is None:
+            if self._reader_task is not None:
+                await asyncio.gather(self._reader_task, return_exceptions=True)
+            self._stream = await self._open()
+        return self._stream
 
     async def close(self) -> None:
         stream, task = self._stream, self._reader_task
