@@ -37,6 +37,7 @@ import structlog
 from shoal.agent import heartbeat, hollow, logserver, node, taskmanager
 from shoal.agent.executor import Executor
 from shoal.crds import kinds, resource
+from shoal.crds import taskstates as ts
 from shoal.runtime import gcpolicy
 from shoal.store import client, codec, errors, etcd, watch
 
@@ -387,7 +388,7 @@ class Agent:
                             owner = obj.spec.get("nodeName")
                             assert isinstance(owner, str)
                             per_node[owner].append(obj)
-                            route[taskmanager.task_key(obj)] = owner
+                            route[ts.task_key(obj)] = owner
                         seen += 1
                         if seen % _YIELD_EVERY == 0:
                             await asyncio.sleep(0)

@@ -316,7 +316,7 @@ class Dataplane:
     # --- task manager hooks ---
 
     def waiting_for(self, task: resource.Resource) -> str | None:
-        key = _key(task)
+        key = ts.task_key(task)
         service = self.services.get(ts.service_name(task) or "", ts.namespace_of(task))
         why = netplan.waiting_for(task, service, {n.name: n for n in self.networks.list()},
                                   self.node)
@@ -391,9 +391,5 @@ def same_plan_inputs(old: resource.Resource, new: resource.Resource) -> bool:
             and netplan.serving(new) == netplan.serving(old))
 
 
-def _key(task: resource.Resource) -> str:
-    return f"{ts.namespace_of(task)}/{task.metadata.name}"
-
-
 def _ref(task: resource.Resource) -> str:
-    return f"task/{_key(task)}"
+    return f"task/{ts.task_key(task)}"

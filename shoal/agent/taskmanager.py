@@ -64,10 +64,6 @@ class InvalidTaskError(Exception):
     """The Task object cannot be run as written (garbage spec): the task is rejected."""
 
 
-def task_key(obj: resource.Resource) -> str:
-    return f"{obj.metadata.namespace or resource.DEFAULT_NAMESPACE}/{obj.metadata.name}"
-
-
 def task_spec(task: resource.Resource, node: str) -> TaskSpec:
     """The executor's view of a Task, or InvalidTaskError naming the field that is wrong."""
     template = task.spec.get("template")
@@ -475,7 +471,7 @@ class TaskManager:
         deletes a task within milliseconds of reading our ``shutdown``), and putting it
         back would resurrect it here for good — its workload then never removed.
         """
-        key = task_key(obj)
+        key = ts.task_key(obj)
         old = self._tasks.get(key)
         if old is None or old.metadata.uid != obj.metadata.uid or (
                 int(old.metadata.resourceVersion or 0) >= int(obj.metadata.resourceVersion or 0)):
@@ -488,7 +484,7 @@ class TaskManager:
 
     def upsert(self, obj: resource.Resource) -> None:
         """A task assigned to this node was added or changed by someone else."""
-        key = task_key(obj)
+        key = ts.task_key(obj)
         old = self._tasks.get(key)
         if old is not None and old.metadata.uid == obj.metadata.uid and (
                 int(old.metadata.resourceVersion or 0) >= int(obj.metadata.resourceVersion or 0)):
@@ -508,7 +504,7 @@ class TaskManager:
 
     def replace(self, objs: Iterable[resource.Resource]) -> None:
         """A full listing (start-up, or after the watch's revision was compacted)."""
-        fresh = {task_key(o): o for o in objs}
+        fresh = {ts.task_key(o): o for o in objs}
         gone = [k for k in self._tasks if k not in fresh]
         self._tasks = fresh
         if self._synced:

@@ -126,18 +126,6 @@ def replica_share(task: Resource) -> tuple[ServiceKey, int] | None:
     return key, int(ts.is_running(task))
 
 
-def replica_counts(tasks: Iterable[Resource]) -> dict[ServiceKey, tuple[int, int]]:
-    """Per service: (tasks running, tasks wanted running), from one listing of tasks."""
-    out: dict[ServiceKey, tuple[int, int]] = {}
-    for task in tasks:
-        share = replica_share(task)
-        if share is None:
-            continue
-        running, wanted = out.get(share[0], (0, 0))
-        out[share[0]] = (running + share[1], wanted + 1)
-    return out
-
-
 def replicas_cell(service: Resource, counts: dict[ServiceKey, tuple[int, int]]) -> str:
     """``running/desired`` as ``docker service ls`` shows it.
 
