@@ -228,21 +228,14 @@ class _State:
     def _note_failure(self, key: str, task: Resource) -> None:
         """Count a task that failed on a node within the window (once per task)."""
         cluster = self.cluster
-        if (cluster is None or key in self.failures
-                or task.status.get("state") not in (ts.FAILED, ts.REJECTED)):
+        if cluster is None or key in self.failures:
             return
-        node = ts.node_name_of(task)
-        info = cluster.by_name.get(node) if node is not None else None
-        stamp = ts.status_time(task)
-        if info is None or stamp is None or stamp < time.time() - placement.FAILURE_WINDOW:
+        failure = cluster.failure_of(task, time.time() - placement.FAILURE_WINDOW)
+        if failure is None:
             return
-        name = ts.service_name(task)
-        if name is None:
-            return
-        svc = (ts.namespace_of(task), name)
-        gen = ts.generation_of(task)
-        cluster.count_failure(svc, gen, info.idx)
-        self.failures[key] = (svc, gen, info.idx, stamp)
+        svc, gen, node, stamp = failure
+        cluster.count_failure(svc, gen, node)
+        self.failures[key] = failure
         heapq.heappush(self._failure_heap, (stamp + placement.FAILURE_WINDOW, key))
 
     def _expire_failures(self) -> None:

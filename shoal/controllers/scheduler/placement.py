@@ -146,17 +146,23 @@ class ClusterState:
             charge = self.charge_of(task)
             if charge is not None:
                 self._book(self.nodes[charge.node], charge, 1)
-            elif window_start is not None and task.status.get("state") in _FAILURE_STATES:
-                self._note_failure(task, window_start)
+            elif window_start is not None:
+                failure = self.failure_of(task, window_start)
+                if failure is not None:
+                    self.count_failure(*failure[:3])
 
-    def _note_failure(self, task: Resource, window_start: float) -> None:
+    def failure_of(self, task: Resource, window_start: float,
+                   ) -> tuple[flt.ServiceKey, int, int, float] | None:
+        """(service, generation, node index, when) of a task that failed or was rejected
+        on a node this state knows at or after ``window_start``; None for any other."""
+        if task.status.get("state") not in _FAILURE_STATES:
+            return None
         info = self.by_name.get(ts.node_name_of(task) or "")
         name = ts.service_name(task)
         stamp = ts.status_time(task)
         if info is None or name is None or stamp is None or stamp < window_start:
-            return
-        svc = (task.metadata.namespace or "default", name)
-        self.count_failure(svc, ts.generation_of(task), info.idx)
+            return None
+        return (ts.namespace_of(task), name), ts.generation_of(task), info.idx, stamp
 
     def _demand(self, svc: flt.ServiceKey, gen: int, task: Resource | None) -> flt.Demand:
         key = (svc, gen)
