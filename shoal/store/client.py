@@ -167,6 +167,7 @@ class Store:
         new.metadata.generation = 1
         new.metadata.creationTimestamp = resource.now_rfc3339()
         new.metadata.deletionTimestamp = None
+        codec.remember_spec(new)  # the spec it is stored with, as ``_prepare_update`` does
         return new
 
     def _prepare_update(self, obj: resource.Resource) -> resource.Resource:
@@ -288,9 +289,6 @@ class Store:
             else:
                 raise ValueError(f"unknown op {op.action!r}")
         if share and self.echoes is not None:
-            for _, _, new in written:
-                if codec.stored_spec_digest(new) is None:
-                    codec.remember_spec(new)  # as decoding the echo would
             # Before sending: the echo may come back before the write's own answer.
             self.echoes.put(written)
         ok, rev = await self._write(compares, puts, fence)
@@ -327,8 +325,6 @@ class Store:
     @staticmethod
     def _stored(obj: resource.Resource, revision: int) -> resource.Resource:
         obj.metadata.resourceVersion = str(revision)
-        if codec.stored_spec_digest(obj) is None:
-            codec.remember_spec(obj)
         return obj
 
     # --- raw keys, leases ---
