@@ -65,7 +65,6 @@ class _Stream:
         self.stream_id = stream_id
         self.pending = bytearray()  # request bytes waiting for flow-control window
         self.inbound = bytearray()  # response bytes not yet a whole message
-        self.closed = False
 
     def flush(self) -> None:
         """Send as much of ``pending`` as the stream's send window and frame size allow."""
@@ -82,7 +81,6 @@ class _Stream:
             self.writer.write(out)
 
     def close(self) -> None:
-        self.closed = True
         self.writer.close()
 
 
