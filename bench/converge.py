@@ -84,7 +84,7 @@ from shoal.agent.docker_driver import API_VERSION
 from shoal.agent.dockerd import DOCKERD_FLAGS, ensure_dockerd, ping
 from shoal.agent.executor import LABEL_NODE
 from shoal.agent.image import TEST_IMAGE, ensure_test_image_at
-from shoal.crds import kinds, validation
+from shoal.crds import admission, kinds
 from shoal.store import client, errors, etcd_server
 
 REG = kinds.Registry.builtin()
@@ -454,7 +454,7 @@ class Cluster:
                "spec": {"replicas": replicas,
                         "template": {"image": TEST_IMAGE, "command": COMMAND,
                                      "stopGracePeriod": f"{GRACE_S}s"}}}
-        obj = validation.admit(doc, REG)
+        obj = admission.admit(doc, REG)
         t0 = time.monotonic()
         await self.store.create(SERVICES, obj)
         return t0

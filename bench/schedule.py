@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 
-from shoal.crds import kinds, validation
+from shoal.crds import admission, kinds
 from shoal.store import client, errors, etcd, etcd_server
 
 REG = kinds.Registry.builtin()
@@ -250,7 +250,7 @@ async def run(args: argparse.Namespace) -> int:
                    "spec": {"replicas": args.replicas,
                             "template": {"image": "shoal/busybox",
                                          "command": ["httpd", "-f", "-p", "8080"]}}}
-            await store.create(SERVICES, validation.admit(doc, REG))
+            await store.create(SERVICES, admission.admit(doc, REG))
         applied = time.monotonic() - t0
         t_sched = t0
         if later:

@@ -2,7 +2,7 @@
 
 Three steps, each of which ``diff`` and ``--dry-run`` reuse:
 
-1. **admit** every document with ``validation.admit`` before touching etcd. CRDs in the
+1. **admit** every document with ``admission.admit`` before touching etcd. CRDs in the
    same apply are admitted first and registered in this run's registry, so a file that
    defines a kind and objects of that kind applies in one go. Any invalid document means
    every error is printed and nothing is written (exit 1). Services are also checked
@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from shoal.cli import common, console, converge, errors, manifests
-from shoal.crds import kinds, networking, resource, validation
+from shoal.crds import admission, kinds, networking, resource
 from shoal.store import client
 from shoal.store import errors as store_errors
 
@@ -142,12 +142,12 @@ def admit_documents(registry: kinds.Registry, docs: Sequence[manifests.Document]
         doc = docs[i]
         try:
             data = _with_namespace(doc, namespace, registry)
-            obj = validation.admit(data, registry, doc.where)
+            obj = admission.admit(data, registry, doc.where)
             info = registry.by_kind(obj.kind)
             if info.kind == kinds.CRD_KIND:
                 # Later documents of this apply may be objects of the kind it defines.
                 registry.add(kinds.kind_info_from_crd(obj.to_dict()))
-        except validation.ValidationError as exc:
+        except admission.ValidationError as exc:
             problems[i] = [line for line in str(exc).splitlines() if line]
         except (errors.CliError, ValueError) as exc:
             problems[i] = [f"{exc} ({doc.where})"]

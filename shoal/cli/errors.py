@@ -38,13 +38,13 @@ class ManifestError(CliError):
 
 
 def _validation_error_type() -> type[BaseException] | None:
-    # Imported lazily: validation is its own module with its own dependencies, and a
+    # Imported lazily: admission is its own module with its own dependencies, and a
     # failure to import it must not break verbs that never validate (get, delete, up).
     try:
-        from shoal.crds import validation
+        from shoal.crds import admission
     except ImportError:
         return None
-    error_type: type[BaseException] = validation.ValidationError
+    error_type: type[BaseException] = admission.ValidationError
     return error_type
 
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from shoal.cli import common, console, errors, printers
-from shoal.crds import kinds, resource, selectors, validation
+from shoal.crds import admission, kinds, resource, selectors
 from shoal.crds import networking as nw
 from shoal.crds import taskstates as ts
 from shoal.store import client
@@ -140,7 +140,7 @@ async def run_create(args: argparse.Namespace, opts: common.GlobalOptions) -> in
            "metadata": {"name": args.name, "labels": _labels(args.label)}, "spec": spec}
     async with common.open_store(opts) as store:
         registry = await common.registry_of(store)
-        obj = validation.admit(doc, registry, "command line")
+        obj = admission.admit(doc, registry, "command line")
         try:
             await store.create(_info(registry), obj)
         except store_errors.AlreadyExistsError:

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from shoal.crds import kinds, validation
+from shoal.crds import admission, kinds
 from shoal.store import client, errors, etcd_server
 from tests.e2e.netcluster import NETTOOL, dump
 from tests.e2e.netlab import Lab, have_netns_privileges
@@ -44,7 +44,7 @@ HTTPD = ["sh", "-c", "hostname > /www/index.html && exec httpd -f -p 80 -h /www"
 
 
 async def apply(store: client.Store, doc: dict[str, Any]) -> None:
-    obj = validation.admit(doc, REG)
+    obj = admission.admit(doc, REG)
     info = REG.by_kind(obj.kind)
     try:
         await store.create(info, obj)

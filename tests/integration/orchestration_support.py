@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
-from shoal.crds import kinds, resource, validation
+from shoal.crds import admission, kinds, resource
 from shoal.crds import taskstates as ts
 from shoal.store import client, errors
 from tests.helpers import LoggedProcess, eventually
@@ -110,7 +110,7 @@ class Cluster:
         """Create or update a Service as ``swctl apply`` would (admission, defaults)."""
         doc = {"apiVersion": "shoal.io/v1", "kind": "Service",
                "metadata": {"name": name, "namespace": namespace}, "spec": spec}
-        admitted = validation.admit(doc, REG)
+        admitted = admission.admit(doc, REG)
         while True:
             try:
                 current = await self.store.get(SERVICES, name, namespace)

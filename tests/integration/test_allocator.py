@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from shoal.controllers.allocator import controller as allocator
-from shoal.crds import kinds, resource, validation
+from shoal.crds import admission, kinds, resource
 from shoal.crds import networking as nw
 from shoal.runtime import manager
 from shoal.store import client, errors
@@ -40,7 +40,7 @@ async def running_allocator(store: client.Store) -> AsyncIterator[None]:
 
 
 async def put(store: client.Store, doc: dict[str, Any]) -> resource.Resource:
-    obj = validation.admit(doc, REG)
+    obj = admission.admit(doc, REG)
     return await store.create(REG.by_kind(obj.kind), obj)
 
 

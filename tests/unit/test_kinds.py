@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shoal.crds import kinds, validation
+from shoal.crds import kinds, openapi, semantics
 
 
 def _shipped_crds() -> list[dict[str, Any]]:
@@ -54,8 +54,8 @@ def test_shipped_crds_are_valid_crds() -> None:
     assert len(documents) == 8
     for doc in documents:
         assert doc["apiVersion"] == "shoal.io/v1" and doc["kind"] == kinds.CRD_KIND
-        errors = validation.validate(doc["spec"], crd_schema["properties"]["spec"], "spec")
-        errors += validation.SEMANTIC_CHECKS[kinds.CRD_KIND](doc)
+        errors = openapi.validate(doc["spec"], crd_schema["properties"]["spec"], "spec")
+        errors += semantics.SEMANTIC_CHECKS[kinds.CRD_KIND](doc)
         assert errors == [], doc["metadata"]["name"]
 
 

@@ -42,7 +42,7 @@ from typing import Any, Final
 from shoal.controllers import common
 from shoal.controllers.allocator import ipam
 from shoal.controllers.leaderloop import LeaderLoop
-from shoal.crds import conditions, kinds, validation
+from shoal.crds import admission, conditions, kinds
 from shoal.crds import networking as nw
 from shoal.crds import taskstates as ts
 from shoal.crds.resource import Resource
@@ -334,7 +334,7 @@ class _Term:
             doc = {"apiVersion": NETWORKS.api_version, "kind": "Network",
                    "metadata": {"name": nw.INGRESS_NETWORK},
                    "spec": {"driver": "overlay", "ingress": True}}
-            obj = validation.admit(doc, kinds.Registry.builtin())
+            obj = admission.admit(doc, kinds.Registry.builtin())
             await self.store.create(NETWORKS, obj)
             log.info("created the ingress network", key=f"network/{nw.INGRESS_NETWORK}")
         except errors.AlreadyExistsError:

@@ -47,7 +47,7 @@ from typing import Any, Final
 from shoal.controllers import common
 from shoal.controllers.orchestrator import restart, slots
 from shoal.controllers.scheduler import constraints as cons
-from shoal.crds import conditions, kinds, resource, validation
+from shoal.crds import admission, conditions, kinds, resource
 from shoal.crds import taskstates as ts
 from shoal.crds.resource import Resource
 from shoal.runtime import cas, gcpolicy, status
@@ -282,9 +282,9 @@ class Orchestrator:
         doc = svc.to_dict()
         doc["status"] = {}  # status is this controller's own output, not the user's input
         try:
-            validation.admit(doc, self._registry)
+            admission.admit(doc, self._registry)
             found: list[str] = []
-        except validation.ValidationError as exc:
+        except admission.ValidationError as exc:
             found = [str(e) for e in exc.errors] or [str(exc)]
         except Exception as exc:  # a validator bug must not take the orchestrator down
             found = [f"cannot validate: {exc}"]

@@ -1,0 +1,199 @@
+"""crds.semantics: per-kind rules a schema cannot express (Service, Secret, Network, CRD)."""
+
+from __future__ import annotations
+
+import base64
+import copy
+from typing import Any
+
+import pytest
+import yaml
+
+from shoal.crds import admission, kinds, semantics
+from tests.unit.crds_support import WEBSITE_CRD, errors_of, service
+
+
+@pytest.fixture
+def registry() -> kinds.Registry:
+    return kinds.Registry.builtin()
+
+
+# --- semantic checks ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("node.labels.zone==a", ("node.labels.zone", "==", "a")),
+    ("node.role != manager", ("node.role", "!=", "manager")),
+    ("Node.Hostname==Box-1", ("node.hostname", "==", "Box-1")),
+    ("engine.labels.Disk==ssd", ("engine.labels.Disk", "==", "ssd")),
+    ("node.ip==10.0.0.0/24", ("node.ip", "==", "10.0.0.0/24")),
+])
+def test_parse_constraint(text: str, expected: tuple[str, str, str]) -> None:
+    assert semantics.parse_constraint(text) == expected
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("node.role=manager", "write <key>==<value> or <key>!=<value>"),
+    ("nod.role==manager", 'did you mean "node.role"?'),
+    ("node.labels.==a", "missing the label name after node.labels."),
+    ("node.role==", "missing value after =="),
+    ("color==red", "keys are node.id, node.hostname, node.ip, node.role"),
+])
+def test_parse_constraint_rejects(text: str, fragment: str) -> None:
+    with pytest.raises(ValueError, match="invalid constraint") as err:
+        semantics.parse_constraint(text)
+    assert fragment in str(err.value)
+
+
+def test_parse_spread() -> None:
+    assert semantics.parse_spread("node.labels.zone") == ("node.labels", "zone")
+    assert semantics.parse_spread("engine.labels.rack") == ("engine.labels", "rack")
+    with pytest.raises(ValueError, match=r"node\.labels\.<key> or engine\.labels\.<key>"):
+        semantics.parse_spread("zone")
+
+
+def test_service_semantics(registry: kinds.Registry) -> None:
+    doc = service(
+        placement={"constraints": ["node.role==boss", "node.labels.zone==a", "bogus"],
+                   "preferences": [{"spread": "zone"}]},
+        endpoint={"ports": [{"published": 80, "target": 80},
+                            {"published": 80, "target": 81, "protocol": "udp"},
+                            {"published": 80, "target": 82}]},
+    )
+    doc["spec"]["template"].update(
+        mounts=[{"type": "bind", "target": "data"}, {"type": "tmpfs", "source": "x",
+                                                      "target": "/t"}],
+        healthcheck={"test": ["curl", "localhost"]},
+        resources={"limits": {"memory": "64Mi"}, "reservations": {"memory": "1Gi"}})
+    assert errors_of(doc, registry) == [
+        'spec.placement.constraints[0]: invalid constraint "node.role==boss": node.role is '
+        "manager or worker",
+        'spec.placement.constraints[2]: invalid constraint "bogus": write <key>==<value> or '
+        "<key>!=<value>, where <key> is one of node.id, node.hostname, node.ip, node.role, "
+        "node.platform.os, node.platform.arch, node.labels.<key>, engine.labels.<key>",
+        'spec.placement.preferences[0].spread: invalid spread preference "zone": write '
+        "node.labels.<key> or engine.labels.<key>",
+        "spec.endpoint.ports[2].published: port 80/tcp is already published by ports[0]",
+        'spec.template.mounts[0].target: must be an absolute path, got "data"',
+        "spec.template.mounts[0].source: required for a bind mount: the host path to mount",
+        "spec.template.mounts[1].source: a tmpfs mount takes no source",
+        'spec.template.healthcheck.test[0]: must be NONE, CMD or CMD-SHELL, got string "curl" '
+        '(write [CMD, prog, arg...] or [CMD-SHELL, "command line"])',
+        "spec.template.resources.reservations.memory: reserves more than the limit "
+        "(1Gi > 64Mi)",
+    ]
+
+
+def test_dnsrr_cannot_publish_through_the_mesh(registry: kinds.Registry) -> None:
+    doc = service(endpoint={"mode": "dnsrr", "ports": [{"target": 80, "published": 80}]})
+    assert errors_of(doc, registry) == [
+        "spec.endpoint.ports[0].mode: endpoint mode dnsrr cannot publish in ingress mode; "
+        "use mode: host, or endpoint mode vip"]
+    doc["spec"]["endpoint"]["ports"][0]["mode"] = "host"
+    admission.admit(doc, registry)
+
+
+def test_service_name_is_a_dns_label(registry: kinds.Registry) -> None:
+    doc = service()
+    doc["metadata"]["name"] = "web.v2"
+    [message] = errors_of(doc, registry)
+    assert message.startswith('metadata.name: "web.v2" is not a valid name')
+    assert message.endswith("(a service name is a DNS label)")
+
+
+def test_semantic_checks_survive_wrong_types(registry: kinds.Registry) -> None:
+    doc = service(placement={"constraints": "node.role==manager", "preferences": [5]},
+                  endpoint={"ports": {"a": 1}})
+    doc["spec"]["template"].update(mounts="x", healthcheck=[], resources={"limits": 5})
+    assert len(errors_of(doc, registry)) == 6
+
+
+def test_secret_data(registry: kinds.Registry) -> None:
+    good: dict[str, Any] = {
+        "apiVersion": "shoal.io/v1", "kind": "Secret", "metadata": {"name": "key"},
+        "spec": {"data": base64.b64encode(b"\x00\x01secret").decode()}}
+    admission.admit(good, registry)
+    wrapped = copy.deepcopy(good)
+    wrapped["spec"]["data"] = base64.encodebytes(b"x" * 100).decode()  # has line breaks
+    admission.admit(wrapped, registry)
+    bad = copy.deepcopy(good)
+    bad["spec"]["data"] = "not base64!"
+    assert errors_of(bad, registry) == [
+        'spec.data: "not base64!" is not valid base64: encode the bytes with `base64 -w0 FILE`']
+    big = copy.deepcopy(good)
+    big["spec"]["data"] = base64.b64encode(b"x" * (500 * 1024 + 1)).decode()
+    assert errors_of(big, registry) == [
+        "spec.data: is 512001 bytes decoded; a secret holds at most 512000 bytes (500 KiB)"]
+
+
+def test_network_semantics(registry: kinds.Registry) -> None:
+    doc = {"apiVersion": "shoal.io/v1", "kind": "Network", "metadata": {"name": "front"},
+           "spec": {"subnet": "10.0.9.0/24", "gateway": "10.0.10.1", "ingress": True,
+                    "attachable": True}}
+    assert errors_of(doc, registry) == [
+        "spec.attachable: an ingress network cannot be attachable",
+        "spec.gateway: 10.0.10.1 is not inside subnet 10.0.9.0/24"]
+
+
+def test_task_keeps_unknown_fields(registry: kinds.Registry) -> None:
+    doc: dict[str, Any] = {
+        "apiVersion": "shoal.io/v1", "kind": "Task", "metadata": {"name": "web.1.abc"},
+        "spec": {"serviceName": "web", "slot": 1, "template": {"image": "x", "new": 1},
+                 "restartAt": "later"},
+        "status": {"state": "running", "containerId": "c1", "extra": [1]}}
+    task = admission.admit(doc, registry)
+    assert task.spec["desiredState"] == "running" and task.status["extra"] == [1]
+    doc["status"]["state"] = "exploded"
+    [message] = errors_of(doc, registry)
+    assert message.startswith("status.state: must be one of new, pending, assigned, ")
+
+
+def test_bad_crd_reports_everything(registry: kinds.Registry) -> None:
+    doc = yaml.safe_load("""
+apiVersion: shoal.io/v1
+kind: CustomResourceDefinition
+metadata: {name: website.example.com}
+spec:
+  group: example.com
+  names: {kind: website, plural: Websites}
+  versions:
+    - name: v1
+      storage: false
+      schema:
+        openAPIV3Schema:
+          type: array
+          properties:
+            spec: {type: object, properties: {a: {type: integer, default: x}, b: 5}}
+    - name: v2
+""")
+    assert errors_of(doc, registry) == [
+        'spec.names.kind: must be CamelCase starting with a capital letter, such as Website; '
+        'got "website"',
+        'spec.names.plural: must be a lowercase DNS label such as websites; got "Websites"',
+        "spec.versions: exactly one version must have storage: true, got 0",
+        'spec.versions[0].schema.openAPIV3Schema.type: must be "object" at the top of a '
+        "kind's schema, got string \"array\"",
+        "spec.versions[0].schema.openAPIV3Schema.properties.spec.properties.a.default: default "
+        'does not fit its schema: must be an integer, got string "x"',
+        "spec.versions[0].schema.openAPIV3Schema.properties.spec.properties.b: must be a "
+        "schema (an object), got integer 5",
+        "spec.versions[1].schema.openAPIV3Schema: required field missing: a kind needs a "
+        "schema ({type: object, x-kubernetes-preserve-unknown-fields: true} accepts anything)",
+    ]
+
+
+def test_crd_name_must_be_plural_dot_group(registry: kinds.Registry) -> None:
+    doc = yaml.safe_load(WEBSITE_CRD)
+    doc["metadata"]["name"] = "website.example.com"
+    assert errors_of(doc, registry) == [
+        'metadata.name: must be "websites.example.com" (<plural>.<group>), '
+        'got "website.example.com"']
+
+
+def test_lone_version_is_stored_unless_it_says_otherwise(registry: kinds.Registry) -> None:
+    doc = yaml.safe_load(WEBSITE_CRD)
+    del doc["spec"]["versions"][0]["storage"]
+    admission.admit(doc, registry)
+    doc["spec"]["versions"][0]["storage"] = False
+    assert errors_of(doc, registry) == [
+        "spec.versions: exactly one version must have storage: true, got 0"]
