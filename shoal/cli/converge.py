@@ -209,10 +209,10 @@ class ServiceWatch:
         return Snapshot(lines, converged, bool(tasks), _scheduled(tasks), finished)
 
     def _global(self, tasks: Sequence[Resource], nodes: Sequence[Resource]) -> Snapshot:
-        # Imported here: the orchestrator package pulls in the scheduler, which the
-        # start-up of every swctl verb would otherwise pay for.
+        # Imported here: the orchestrator's planning module pulls in the controllers'
+        # shared modules, which the start-up of every swctl verb would otherwise pay for.
         from shoal.controllers.orchestrator import slots as orch_slots
-        from shoal.controllers.scheduler import constraints as cons
+        from shoal.crds import constraints as cons
 
         try:
             placement = self.service.spec.get("placement") or {}

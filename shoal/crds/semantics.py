@@ -12,59 +12,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from shoal.crds import kinds, openapi, units
-from shoal.crds.fielderrors import FieldError, child, describe, quote, suggest
+from shoal.crds import constraints, kinds, openapi, units
+from shoal.crds.fielderrors import FieldError, child, describe, quote
 from shoal.crds.names import is_dns_label, is_dns_subdomain, name_error
-
-CONSTRAINT_KEYS = ("node.id", "node.hostname", "node.ip", "node.role", "node.platform.os",
-                   "node.platform.arch")
-LABEL_KEY_PREFIXES = ("node.labels.", "engine.labels.")
-CONSTRAINT_OPERATORS = ("==", "!=")
-_ALL_KEYS_TEXT = ", ".join((*CONSTRAINT_KEYS, *(p + "<key>" for p in LABEL_KEY_PREFIXES)))
-_CONSTRAINT_RE = re.compile(r"^\s*(?P<key>[^=!\s]*)\s*(?P<op>==|!=)\s*(?P<value>.*?)\s*$")
-
-
-def parse_constraint(text: str) -> tuple[str, str, str]:
-    """Split a placement constraint into ``(key, operator, value)``.
-
-    ``node.labels.zone == a`` -> ``("node.labels.zone", "==", "a")``. Keys are matched
-    case-insensitively and returned with a lower-case prefix (label names keep their case);
-    the scheduler compares values case-insensitively, as Swarm does.
-    """
-    match = _CONSTRAINT_RE.match(text)
-    if match is None:
-        raise ValueError(f"invalid constraint {quote(text)}: write <key>==<value> or "
-                         f"<key>!=<value>, where <key> is one of {_ALL_KEYS_TEXT}")
-    key, op, value = match.group("key"), match.group("op"), match.group("value")
-    if not value:
-        raise ValueError(f"invalid constraint {quote(text)}: missing value after {op}")
-    return _constraint_key(key, text), op, value
-
-
-def _constraint_key(key: str, text: str) -> str:
-    lowered = key.lower()
-    if lowered in CONSTRAINT_KEYS:
-        return lowered
-    for prefix in LABEL_KEY_PREFIXES:
-        if lowered.startswith(prefix):
-            label = key[len(prefix):]
-            if not label:
-                raise ValueError(f"invalid constraint {quote(text)}: missing the label name "
-                                 f"after {prefix}")
-            return prefix + label
-    guess = suggest(lowered, (*CONSTRAINT_KEYS, "node.labels.", "engine.labels."))
-    hint = f'did you mean "{guess}"? ' if guess else ""
-    raise ValueError(f"invalid constraint {quote(text)}: unknown key {quote(key)}; {hint}"
-                     f"keys are {_ALL_KEYS_TEXT}")
-
-
-def parse_spread(text: str) -> tuple[str, str]:
-    """Split a spread preference: ``node.labels.zone`` -> ``("node.labels", "zone")``."""
-    for prefix in LABEL_KEY_PREFIXES:
-        if text.lower().startswith(prefix) and len(text) > len(prefix):
-            return prefix[:-1], text[len(prefix):]
-    raise ValueError(f"invalid spread preference {quote(text)}: write node.labels.<key> or "
-                     "engine.labels.<key>")
 
 
 def entries(container: Any, key: str) -> list[tuple[int, Any]]:
@@ -97,36 +47,23 @@ def _service_name(doc: dict[str, Any]) -> list[FieldError]:
 
 
 def _service_placement(spec: dict[str, Any]) -> list[FieldError]:
+    # The grammar is the scheduler's own (crds.constraints): what passes here places.
     errors: list[FieldError] = []
     placement = section(spec, "placement")
     for index, text in entries(placement, "constraints"):
-        path = f"spec.placement.constraints[{index}]"
         if isinstance(text, str):
-            errors.extend(FieldError(path, m) for m in _constraint_problems(text))
+            try:
+                constraints.parse_constraint(text)
+            except constraints.ConstraintError as exc:
+                errors.append(FieldError(f"spec.placement.constraints[{index}]", str(exc)))
     for index, pref in entries(placement, "preferences"):
         spread = pref.get("spread") if isinstance(pref, dict) else None
         if isinstance(spread, str):
             try:
-                parse_spread(spread)
-            except ValueError as exc:
+                constraints.parse_spread(spread)
+            except constraints.ConstraintError as exc:
                 errors.append(FieldError(f"spec.placement.preferences[{index}].spread", str(exc)))
     return errors
-
-
-def _constraint_problems(text: str) -> list[str]:
-    try:
-        key, _, value = parse_constraint(text)
-    except ValueError as exc:
-        return [str(exc)]
-    if key == "node.role" and value.lower() not in ("manager", "worker"):
-        return [f"invalid constraint {quote(text)}: node.role is manager or worker"]
-    if key == "node.ip":
-        try:
-            ipaddress.ip_network(value, strict=False)
-        except ValueError:
-            return [f"invalid constraint {quote(text)}: node.ip takes an address or a CIDR "
-                    "such as 10.0.0.0/24"]
-    return []
 
 
 def _service_ports(spec: dict[str, Any]) -> list[FieldError]:

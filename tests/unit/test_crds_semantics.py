@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shoal.crds import admission, kinds, semantics
+from shoal.crds import admission, kinds
 from tests.unit.crds_support import WEBSITE_CRD, errors_of, service
 
 
@@ -19,37 +19,6 @@ def registry() -> kinds.Registry:
 
 
 # --- semantic checks ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("text", "expected"), [
-    ("node.labels.zone==a", ("node.labels.zone", "==", "a")),
-    ("node.role != manager", ("node.role", "!=", "manager")),
-    ("Node.Hostname==Box-1", ("node.hostname", "==", "Box-1")),
-    ("engine.labels.Disk==ssd", ("engine.labels.Disk", "==", "ssd")),
-    ("node.ip==10.0.0.0/24", ("node.ip", "==", "10.0.0.0/24")),
-])
-def test_parse_constraint(text: str, expected: tuple[str, str, str]) -> None:
-    assert semantics.parse_constraint(text) == expected
-
-
-@pytest.mark.parametrize(("text", "fragment"), [
-    ("node.role=manager", "write <key>==<value> or <key>!=<value>"),
-    ("nod.role==manager", 'did you mean "node.role"?'),
-    ("node.labels.==a", "missing the label name after node.labels."),
-    ("node.role==", "missing value after =="),
-    ("color==red", "keys are node.id, node.hostname, node.ip, node.role"),
-])
-def test_parse_constraint_rejects(text: str, fragment: str) -> None:
-    with pytest.raises(ValueError, match="invalid constraint") as err:
-        semantics.parse_constraint(text)
-    assert fragment in str(err.value)
-
-
-def test_parse_spread() -> None:
-    assert semantics.parse_spread("node.labels.zone") == ("node.labels", "zone")
-    assert semantics.parse_spread("engine.labels.rack") == ("engine.labels", "rack")
-    with pytest.raises(ValueError, match=r"node\.labels\.<key> or engine\.labels\.<key>"):
-        semantics.parse_spread("zone")
 
 
 def test_service_semantics(registry: kinds.Registry) -> None:

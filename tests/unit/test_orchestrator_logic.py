@@ -373,7 +373,7 @@ def test_global_restarts_on_the_same_node_and_forgets_gone_nodes() -> None:
 def test_global_with_an_unreadable_constraint_changes_nothing() -> None:
     svc = service(mode="global", constraints=["node.labels.tier=web"])
     plan = slots.plan_global(svc, [task("a")], [node("a"), node("b")], now=NOW)
-    assert plan.empty and "expected <key>==<value>" in plan.problems[0]
+    assert plan.empty and "write <key>==<value>" in plan.problems[0]
 
 
 def test_plan_service_dispatches_on_mode() -> None:

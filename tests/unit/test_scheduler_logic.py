@@ -1,4 +1,4 @@
-"""The scheduler's pure decision logic: constraints, filters, explanations, placement.
+"""The scheduler's pure decision logic: node matching, filters, explanations, placement.
 
 Scenarios are the ones Swarm users rely on (spread 2/2/2 over zones, max replicas per
 node, least-loaded ordering, pending explanations), checked on in-memory resources.
@@ -9,9 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-import pytest
-
-from shoal.controllers.scheduler import constraints as cons
+from shoal.controllers import nodefacts
 from shoal.controllers.scheduler import filters as flt
 from shoal.controllers.scheduler import placement, schedule
 from shoal.crds.resource import Resource, new
@@ -89,72 +87,6 @@ def zones_of(result: placement.ScheduleResult, nodes: list[Resource]) -> Counter
     return Counter(zone[name] for name in result.assignments.values())
 
 
-# --- constraints ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("expr", "key", "op", "value"), [
-    ("node.labels.zone==a", "node.labels.zone", "==", "a"),
-    ("  node.role != manager ", "node.role", "!=", "manager"),
-    ("NODE.HOSTNAME==web-1", "node.hostname", "==", "web-1"),
-    ("engine.labels.storage==ssd", "engine.labels.storage", "==", "ssd"),
-    ("node.labels.shoal.io/rack==r1", "node.labels.shoal.io/rack", "==", "r1"),
-    ("node.ip==10.0.0.0/24", "node.ip", "==", "10.0.0.0/24"),
-])
-def test_parse_constraint(expr: str, key: str, op: str, value: str) -> None:
-    c = cons.parse_constraint(expr)
-    assert (c.key, c.op, c.value) == (key, op, value)
-    assert str(c) == f"{key}{op}{value}"
-
-
-@pytest.mark.parametrize(("expr", "message"), [
-    ("node.labels.zone=a", "expected <key>==<value>"),
-    ("node.flavour==big", 'unknown constraint key "node.flavour"'),
-    ("node.labels.==a", "invalid label name"),
-    ("node.labels.zone==", "value must be non-empty"),
-    ("node.labels.zone==a==b", "must not contain"),
-    ("node.ip==not-an-ip", "node.ip takes an address or a CIDR"),
-])
-def test_parse_constraint_errors(expr: str, message: str) -> None:
-    with pytest.raises(cons.ConstraintError, match=message):
-        cons.parse_constraint(expr)
-
-
-def test_constraint_keys_match_nodes() -> None:
-    n = cons.NodeFacts.of(node("Web-1", labels={"zone": "East", "shoal.io/rack": "r1"},
-                               role="manager", address="10.0.3.7", os="Linux",
-                               arch="aarch64", engine={"storage": "SSD"}, uid="AbC123"))
-
-    def ok(expr: str) -> bool:
-        return cons.parse_constraint(expr).matches(n)
-
-    assert ok("node.id==abc123")  # case-insensitive values
-    assert ok("node.hostname==web-1")
-    assert ok("node.role==manager") and not ok("node.role==worker")
-    assert ok("node.platform.os==linux")
-    assert ok("node.platform.arch==arm64") and ok("node.platform.arch==aarch64")
-    assert ok("node.labels.zone==east") and ok("node.labels.zone!=west")
-    assert ok("node.labels.shoal.io/rack==R1")
-    assert ok("engine.labels.storage==ssd")
-    assert ok("node.ip==10.0.3.7") and ok("node.ip==10.0.0.0/16")
-    assert not ok("node.ip==10.1.0.0/16") and ok("node.ip!=10.1.0.0/16")
-    assert not ok("node.ip==fd00::/8")  # another address family never matches
-    # A missing label: == never matches, != always does (Swarm).
-    assert not ok("node.labels.gpu==true") and ok("node.labels.gpu!=true")
-    assert not ok("engine.labels.gpu==true") and ok("engine.labels.gpu!=true")
-    # Label names are matched exactly.
-    assert not ok("node.labels.Zone==east")
-    assert cons.match_all(cons.parse_constraints(["node.role==manager",
-                                                  "node.labels.zone==east"]), n)
-    assert not cons.match_all(cons.parse_constraints(["node.role==manager",
-                                                      "node.labels.zone==west"]), n)
-
-
-def test_node_without_address_fails_ip_equality() -> None:
-    facts = cons.NodeFacts.of(node("n", address=""))
-    assert not cons.parse_constraint("node.ip==10.0.0.0/8").matches(facts)
-    assert cons.parse_constraint("node.ip!=10.0.0.0/8").matches(facts)
-
-
 # --- filters and explanations --------------------------------------------------------------
 
 
@@ -172,7 +104,7 @@ def test_demand_reads_reservations_ports_and_placement() -> None:
     assert not d.error
     bad = service("bad", constraints=["node.labels.zone=a"], cpus="lots")
     err = flt.demand_for(("default", "bad"), bad).error
-    assert "reservations.cpus" in err and "expected <key>==<value>" in err
+    assert "reservations.cpus" in err and "write <key>==<value>" in err
 
 
 def test_explanation_names_constraint_and_drained_node() -> None:
@@ -226,7 +158,8 @@ def test_no_nodes_and_missing_service_and_bad_spec_are_explained() -> None:
         "default/web.1.1": "service default/web not found"}
     bad = service("bad", constraints=["node.colour==red"])
     reason = schedule(tasks_for(bad), [node("a")], [], [bad]).unplaced["default/bad.1.1"]
-    assert reason.startswith('invalid service spec: unknown constraint key "node.colour"')
+    assert reason.startswith('invalid service spec: invalid constraint "node.colour==red": '
+                          'unknown key "node.colour"')
 
 
 # --- placement -----------------------------------------------------------------------------
@@ -409,7 +342,7 @@ def test_orchestrator_and_scheduler_read_the_same_nodes() -> None:
     garbage_resources = node("odd")
     garbage_resources.status["resources"] = ["many"]  # read as no capacity claims
     nodes = [node("a"), garbage_platform, garbage_resources]
-    readable = cons.readable_nodes(nodes)
+    readable = nodefacts.readable_nodes(nodes)
     assert [n.metadata.name for n in readable] == ["a", "odd"]
     # Every node one may read, the scheduler's books can hold (nothing raises).
     infos = [flt.NodeInfo.of(n, i) for i, n in enumerate(readable)]

@@ -44,9 +44,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-from shoal.controllers import common
+from shoal.controllers import common, nodefacts
 from shoal.controllers.orchestrator import restart, slots
-from shoal.controllers.scheduler import constraints as cons
 from shoal.crds import admission, conditions, kinds, resource
 from shoal.crds import taskstates as ts
 from shoal.crds.resource import Resource
@@ -247,7 +246,7 @@ class Orchestrator:
         a node going down re-plans a hundred services at once, all with the same nodes."""
         stamp = (id(nodes), nodes.last_revision, len(nodes))
         if self._nodes_seen is None or self._nodes_seen[0] != stamp:
-            self._nodes_seen = (stamp, slots.NodeView.of(cons.readable_nodes(nodes.list())))
+            self._nodes_seen = (stamp, slots.NodeView.of(nodefacts.readable_nodes(nodes.list())))
         return self._nodes_seen[1]
 
     async def _caught_up(self, ctx: Context, tasks: informer_mod.Informer) -> bool:

@@ -38,8 +38,9 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Final
 
+from shoal.controllers import nodefacts
 from shoal.controllers.orchestrator import restart as rs
-from shoal.controllers.scheduler import constraints as cons
+from shoal.crds import constraints as cons
 from shoal.crds import taskstates as ts
 from shoal.crds.resource import Resource
 
@@ -443,9 +444,9 @@ def global_node_status(node: Resource, constraints: Sequence[cons.Constraint]
     availability = node.spec.get("availability") or "active"
     if availability == "drain":
         return False, False, f"node {name} is drained"
-    facts = cons.NodeFacts.of(node)
+    facts = nodefacts.NodeFacts.of(node)
     for constraint in constraints:
-        if not constraint.matches(facts):
+        if not nodefacts.matches(constraint, facts):
             return False, False, f"node {name} no longer matches {constraint}"
     if availability == "pause":
         return True, False, f"node {name} is paused"

@@ -5,14 +5,7 @@ informers and commits its assignments in etcd transactions lives beside it later
 docs/scheduler.md for the design.
 """
 
-from shoal.controllers.scheduler.constraints import (
-    Constraint,
-    ConstraintError,
-    parse_constraint,
-    parse_constraints,
-)
 from shoal.controllers.scheduler.filters import Demand, NodeInfo, explain
 from shoal.controllers.scheduler.placement import ClusterState, ScheduleResult, schedule
 
-__all__ = ["ClusterState", "Constraint", "ConstraintError", "Demand", "NodeInfo",
-           "ScheduleResult", "explain", "parse_constraint", "parse_constraints", "schedule"]
+__all__ = ["ClusterState", "Demand", "NodeInfo", "ScheduleResult", "explain", "schedule"]

@@ -35,9 +35,8 @@ import resource as resource_mod
 import time
 from typing import Final
 
-from shoal.controllers import common
+from shoal.controllers import common, nodefacts
 from shoal.controllers.leaderloop import LeaderLoop
-from shoal.controllers.scheduler import constraints as cons
 from shoal.controllers.scheduler import filters as flt
 from shoal.controllers.scheduler import placement
 from shoal.crds import resource
@@ -257,7 +256,7 @@ class _State:
         walk and by a handler is counted once.
         """
         started = time.perf_counter()
-        cluster = placement.ClusterState(cons.readable_nodes(self.nodes.list()), [],
+        cluster = placement.ClusterState(nodefacts.readable_nodes(self.nodes.list()), [],
                                          self.services.list())
         self.cluster = cluster
         self.charges.clear()

@@ -20,7 +20,8 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Final
 
-from shoal.controllers.scheduler import constraints as cons
+from shoal.controllers import nodefacts
+from shoal.crds import constraints as cons
 from shoal.crds import units
 from shoal.crds.resource import Resource
 
@@ -48,7 +49,7 @@ class NodeInfo:
 
     idx: int  # position in the batch's name-sorted node list: also the final tie-breaker
     name: str
-    facts: cons.NodeFacts
+    facts: nodefacts.NodeFacts
     state: str  # status.state: ready | down | unknown
     availability: str  # spec.availability: active | pause | drain
     cpu_capacity: int  # nano-CPUs
@@ -70,7 +71,7 @@ class NodeInfo:
             resources = {}  # as unreadable as absent: no capacity claims (constraints.py)
         cpus = _capacity(resources.get("cpus"), _nano_cpus)
         memory = _capacity(resources.get("memory"), _bytes)
-        return cls(idx=idx, name=node.metadata.name, facts=cons.NodeFacts.of(node),
+        return cls(idx=idx, name=node.metadata.name, facts=nodefacts.NodeFacts.of(node),
                    state=str(node.status.get("state") or "unknown"),
                    availability=str(node.spec.get("availability") or ACTIVE),
                    cpu_capacity=cpus, mem_capacity=memory, cpu_free=cpus, mem_free=memory)
@@ -188,12 +189,12 @@ def demand_for(service_key: ServiceKey, service: Resource | None,
     spread: list[str] = []
     for pref in placement.get("preferences") or ():
         descriptor = pref.get("spread") if isinstance(pref, dict) else None
-        if not descriptor:
+        if descriptor is None:
             continue  # only "spread" exists today; unknown preference kinds are ignored
         try:
-            spread.append(cons.check_key(str(descriptor))[0])
+            spread.append(cons.parse_spread(str(descriptor)))
         except cons.ConstraintError as exc:
-            errors.append(f"spread: {exc}")
+            errors.append(str(exc))
 
     try:
         max_replicas = int(placement.get("maxReplicasPerNode") or 0)
@@ -335,11 +336,11 @@ class ConstraintFilter(Filter):
         return bool(demand.constraints)
 
     def check(self, node: NodeInfo, demand: Demand, service_tasks: int) -> bool:
-        return cons.match_all(demand.constraints, node.facts)
+        return nodefacts.match_all(demand.constraints, node.facts)
 
     def why_not(self, node: NodeInfo, demand: Demand) -> str:
         for constraint in demand.constraints:
-            if not constraint.matches(node.facts):
+            if not nodefacts.matches(constraint, node.facts):
                 return f"constraint {constraint} not satisfied"
         return "constraints satisfied"
 
@@ -349,7 +350,7 @@ class ConstraintFilter(Filter):
         total = len(everyone)
         out = []
         for constraint in demand.constraints:
-            matched = sum(1 for n in everyone if constraint.matches(n.facts))
+            matched = sum(1 for n in everyone if nodefacts.matches(constraint, n.facts))
             if matched < total:
                 out.append((total - matched,
                             f"constraint {constraint} matched {matched} of {plural(total)}"))

@@ -38,7 +38,7 @@ import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, NamedTuple
 
-from shoal.controllers.scheduler import constraints as cons
+from shoal.controllers import nodefacts
 from shoal.controllers.scheduler import filters as flt
 from shoal.crds import taskstates as ts
 from shoal.crds.resource import Resource
@@ -200,7 +200,7 @@ class ClusterState:
                 continue
             t = 0
             for descriptor in demand.spread:
-                v = cons.spread_value(info.facts, descriptor)
+                v = nodefacts.spread_value(info.facts, descriptor)
                 child = child_of.get((t, v))
                 if child is None:
                     child = child_of[(t, v)] = len(parent)
