@@ -98,7 +98,7 @@ def admit(doc: dict[str, Any], registry: kinds.Registry, source: str = "") -> re
     if info is not None:
         _admit_body(obj, info, errors)
         check = semantics.SEMANTIC_CHECKS.get(info.kind) if info.builtin else None
-        errors.extend(check(obj) if check is not None else [])
+        errors.extend(_unreported(check(obj) if check is not None else [], errors))
         if info.kind == kinds.CRD_KIND and not errors:
             errors.extend(_crd_registration(obj, registry))
     if errors or info is None:  # an unknown kind always comes with an error
@@ -243,6 +243,19 @@ def _admit_body(obj: dict[str, Any], info: kinds.KindInfo, errors: list[FieldErr
     openapi.apply_defaults(body, schema)
     obj.update(body)
     errors.extend(openapi.validate(body, schema))
+
+
+def _unreported(found: list[FieldError], reported: list[FieldError]) -> list[FieldError]:
+    """The semantic errors about fields no earlier pass has spoken about: a field the schema
+    found to be of the wrong type gets that one message, not a second one in other words."""
+    paths = {e.path for e in reported}
+    return [e for e in found if not any(_same_field(e.path, p) for p in paths)]
+
+
+def _same_field(a: str, b: str) -> bool:
+    """Is one path the other or inside it (``spec.x`` and ``spec.x[0].y``)?"""
+    short, long = (a, b) if len(a) <= len(b) else (b, a)
+    return long == short or (long.startswith(short) and long[len(short)] in ".[")
 
 
 def _crd_registration(obj: dict[str, Any], registry: kinds.Registry) -> list[FieldError]:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from shoal.crds import constraints, kinds, openapi, units
+from shoal.crds import constraints, kinds, openapi, template
 from shoal.crds.fielderrors import FieldError, child, describe, quote
 from shoal.crds.names import is_dns_label, is_dns_subdomain, name_error
 
@@ -32,7 +32,7 @@ def section(container: Any, key: str) -> dict[str, Any]:
 def _check_service(doc: dict[str, Any]) -> list[FieldError]:
     spec = section(doc, "spec")
     return [*_service_name(doc), *_service_placement(spec), *_service_ports(spec),
-            *_service_template(section(spec, "template"))]
+            *_service_template(spec)]
 
 
 def _service_name(doc: dict[str, Any]) -> list[FieldError]:
@@ -87,60 +87,10 @@ def _service_ports(spec: dict[str, Any]) -> list[FieldError]:
     return errors
 
 
-def _service_template(template: dict[str, Any]) -> list[FieldError]:
-    return [*_template_mounts(template), *_template_healthcheck(template),
-            *_template_resources(template)]
-
-
-def _template_mounts(template: dict[str, Any]) -> list[FieldError]:
-    errors: list[FieldError] = []
-    for index, mount in entries(template, "mounts"):
-        if not isinstance(mount, dict):
-            continue
-        path = f"spec.template.mounts[{index}]"
-        target, source, kind = mount.get("target"), mount.get("source"), mount.get("type")
-        if isinstance(target, str) and target and not target.startswith("/"):
-            errors.append(FieldError(f"{path}.target", f"must be an absolute path, got "
-                                     f"{quote(target)}"))
-        if kind == "bind" and not source:
-            errors.append(FieldError(f"{path}.source", "required for a bind mount: the host "
-                                     "path to mount"))
-        elif kind == "bind" and isinstance(source, str) and not source.startswith("/"):
-            errors.append(FieldError(f"{path}.source", f"a bind mount's source must be an "
-                                     f"absolute host path, got {quote(source)}"))
-        if kind == "tmpfs" and source:
-            errors.append(FieldError(f"{path}.source", "a tmpfs mount takes no source"))
-    return errors
-
-
-def _template_healthcheck(template: dict[str, Any]) -> list[FieldError]:
-    test = section(template, "healthcheck").get("test")
-    if not isinstance(test, list) or not test:
-        return []
-    path = "spec.template.healthcheck.test"
-    if test[0] not in ("NONE", "CMD", "CMD-SHELL"):
-        return [FieldError(f"{path}[0]", f'must be NONE, CMD or CMD-SHELL, got {describe(test[0])}'
-                           ' (write [CMD, prog, arg...] or [CMD-SHELL, "command line"])')]
-    if test[0] != "NONE" and len(test) < 2:
-        return [FieldError(path, f"{test[0]} needs the command to run after it")]
-    return []
-
-
-def _template_resources(template: dict[str, Any]) -> list[FieldError]:
-    resources = section(template, "resources")
-    limits, reservations = section(resources, "limits"), section(resources, "reservations")
-    errors: list[FieldError] = []
-    for field, parse in (("cpus", units.parse_cpus), ("memory", units.parse_size)):
-        try:
-            limit = parse(limits[field]) if field in limits else None
-            reserved = parse(reservations[field]) if field in reservations else None
-        except (ValueError, TypeError):
-            continue  # malformed values are reported by the schema
-        if limit is not None and reserved is not None and reserved > limit:
-            errors.append(FieldError(f"spec.template.resources.reservations.{field}",
-                                     f"reserves more than the limit ({reservations[field]} > "
-                                     f"{limits[field]})"))
-    return errors
+def _service_template(spec: dict[str, Any]) -> list[FieldError]:
+    # The accessors the agent and drivers read the template with decide what is valid, so
+    # a template admission accepts is one every node can run.
+    return [FieldError(p.path, p.problem) for p in template.problems(section(spec, "template"))]
 
 
 # Swarm's limit for secrets and configs; it also keeps each object well under etcd's

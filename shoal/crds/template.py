@@ -1,0 +1,517 @@
+"""One reading of a task template (``spec.template`` of a Service or a Task).
+
+Admission, the agent's task view and every driver read the template; each used to read
+it its own way (the stop grace period was parsed in three places, the bind-mount rule
+written twice), so what admission let through was not always what a driver would run.
+Here each field has one typed accessor, and every rule about a field lives in it:
+
+* ``image``, ``command`` (entrypoint / command / args and how they combine with the
+  image's), ``env``, ``labels``, ``workdir`` / ``user`` / ``hostname`` / ``stop_signal``,
+  ``mounts``, ``healthcheck``, ``resources``, ``stop_grace``, ``secrets``, ``configs``;
+* ``problems`` runs every accessor and returns all their refusals, which is how admission
+  checks a template: it accepts exactly what the accessors will later read.
+
+An accessor raises ``TemplateError`` carrying the field path (``spec.template.mounts[0]
+.source``) and what is wrong with it. Admission turns it into a FieldError; the agent
+turns it into a rejected task. Accessors take the template mapping itself and never
+modify it; an absent optional field reads as its default (Swarm's where it has one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, Final, TypeVar
+
+from shoal.crds import units
+from shoal.crds.fielderrors import describe, quote
+
+PATH: Final = "spec.template"
+#: Swarm's stop grace period, used when the template gives none.
+DEFAULT_STOP_GRACE: Final = 10.0
+HEALTH_TESTS: Final = ("NONE", "CMD", "CMD-SHELL")
+MOUNT_TYPES: Final = ("bind", "volume", "tmpfs")
+SECRETS_DIR: Final = "/run/secrets"
+
+T = TypeVar("T")
+
+
+class TemplateError(ValueError):
+    """One field of a template that cannot be read: ``path`` says which, ``problem`` what."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+Problems = list[TemplateError]
+
+
+def _field(name: str) -> str:
+    return f"{PATH}.{name}"
+
+
+def _run(reader: Callable[[Mapping[str, Any], Problems], T], template: Mapping[str, Any]) -> T:
+    """Run one reader; raise its first problem. Readers collect every problem they find
+    (admission wants them all) and still return their best reading."""
+    problems: Problems = []
+    value = reader(template, problems)
+    if problems:
+        raise problems[0]
+    return value
+
+
+def of(spec: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The template inside a Service's or Task's ``spec``, or TemplateError."""
+    template = spec.get("template")
+    if not isinstance(template, Mapping):
+        got = "missing" if template is None else describe(template)
+        raise TemplateError(PATH, f"must be a mapping, got {got}")
+    return template
+
+
+# --- image and command -----------------------------------------------------------------
+
+
+def _image(template: Mapping[str, Any], problems: Problems) -> str:
+    value = template.get("image")
+    if not isinstance(value, str) or not value.strip():
+        problems.append(TemplateError(_field("image"), "must be a non-empty string, such as "
+                                                       "nginx:1.25"))
+        return ""
+    return value
+
+
+def image(template: Mapping[str, Any]) -> str:
+    """The image reference; required."""
+    return _run(_image, template)
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """``entrypoint``, ``command`` and ``args`` as written (None: not given).
+
+    Compose's semantics, which Shoal's manifest follows: ``entrypoint`` replaces the
+    image's ENTRYPOINT, ``command`` replaces its CMD, ``args`` are appended to whichever
+    command results, and — as with ``docker run --entrypoint`` — overriding the entrypoint
+    drops the image's CMD.
+    """
+
+    entrypoint: list[str] | None = None
+    command: list[str] | None = None
+    args: list[str] = dataclasses.field(default_factory=list)
+
+    def resolve(self, image_cmd: list[str] | None = None
+                ) -> tuple[list[str] | None, list[str] | None]:
+        """(entrypoint, cmd) to give a container runtime; None keeps the image's.
+        ``image_cmd`` is only needed when ``args`` must be appended to the image's CMD."""
+        if self.entrypoint is not None:
+            return self.entrypoint, (self.command or []) + self.args
+        if self.command is not None:
+            return None, self.command + self.args
+        if self.args:
+            return None, list(image_cmd or []) + self.args
+        return None, None
+
+    def argv(self) -> list[str]:
+        """The whole argv of a task run without an image (empty: nothing to run)."""
+        entrypoint, cmd = self.resolve()
+        return (entrypoint or []) + (cmd or [])
+
+
+def _words(template: Mapping[str, Any], name: str, problems: Problems) -> list[str] | None:
+    value = template.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        problems.append(TemplateError(_field(name), f"must be a list of strings, got "
+                                                    f"{describe(value)}"))
+        return None
+    return list(value)
+
+
+def _command(template: Mapping[str, Any], problems: Problems) -> Command:
+    return Command(entrypoint=_words(template, "entrypoint", problems),
+                   command=_words(template, "command", problems),
+                   args=_words(template, "args", problems) or [])
+
+
+def command(template: Mapping[str, Any]) -> Command:
+    """``entrypoint``, ``command`` and ``args``; each a list of strings when given."""
+    return _run(_command, template)
+
+
+# --- environment, labels, plain strings ------------------------------------------------
+
+
+def _string_map(template: Mapping[str, Any], name: str, problems: Problems) -> dict[str, str]:
+    value = template.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        problems.append(TemplateError(_field(name), f"must be a mapping of names to strings, "
+                                                    f"got {describe(value)}"))
+        return {}
+    # YAML may hand over numbers or nulls; the runtime wants text (null: empty).
+    return {str(k): "" if v is None else str(v) for k, v in value.items()}
+
+
+def _env(template: Mapping[str, Any], problems: Problems) -> dict[str, str]:
+    return _string_map(template, "env", problems)
+
+
+def env(template: Mapping[str, Any]) -> dict[str, str]:
+    """Environment variables to set, as text."""
+    return _run(_env, template)
+
+
+def _labels(template: Mapping[str, Any], problems: Problems) -> dict[str, str]:
+    return _string_map(template, "labels", problems)
+
+
+def labels(template: Mapping[str, Any]) -> dict[str, str]:
+    """The user's container labels (the agent adds its own on top)."""
+    return _run(_labels, template)
+
+
+def _text(template: Mapping[str, Any], name: str, problems: Problems) -> str | None:
+    value = template.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        problems.append(TemplateError(_field(name), f"must be a string, got {describe(value)}"))
+        return None
+    return value
+
+
+def _workdir(template: Mapping[str, Any], problems: Problems) -> str | None:
+    return _text(template, "workdir", problems)
+
+
+def workdir(template: Mapping[str, Any]) -> str | None:
+    """The working directory; None keeps the image's (``/`` without an image)."""
+    return _run(_workdir, template)
+
+
+def _user(template: Mapping[str, Any], problems: Problems) -> str | None:
+    return _text(template, "user", problems)
+
+
+def user(template: Mapping[str, Any]) -> str | None:
+    """The user to run as; None keeps the image's."""
+    return _run(_user, template)
+
+
+def _hostname(template: Mapping[str, Any], problems: Problems) -> str | None:
+    return _text(template, "hostname", problems)
+
+
+def hostname(template: Mapping[str, Any]) -> str | None:
+    """The hostname inside the task; None lets the driver choose."""
+    return _run(_hostname, template)
+
+
+def _stop_signal(template: Mapping[str, Any], problems: Problems) -> str | None:
+    return _text(template, "stopSignal", problems)
+
+
+def stop_signal(template: Mapping[str, Any]) -> str | None:
+    """The signal that asks the task to stop; None means the default (SIGTERM)."""
+    return _run(_stop_signal, template)
+
+
+# --- stop grace period -----------------------------------------------------------------
+
+
+def _duration(value: Any, path: str, problems: Problems) -> float | None:
+    if value is None:
+        return None
+    try:
+        return units.parse_duration(value)
+    except (ValueError, TypeError) as exc:
+        problems.append(TemplateError(path, str(exc)))
+        return None
+
+
+def _stop_grace(template: Mapping[str, Any], problems: Problems) -> float:
+    grace = _duration(template.get("stopGracePeriod"), _field("stopGracePeriod"), problems)
+    return DEFAULT_STOP_GRACE if grace is None else grace
+
+
+def stop_grace(template: Mapping[str, Any]) -> float:
+    """Seconds between the stop signal and SIGKILL (Swarm's 10 s when not given)."""
+    return _run(_stop_grace, template)
+
+
+# --- mounts ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Mount:
+    """One mount: ``type`` is bind, volume or tmpfs; ``source`` is "" for tmpfs, a host
+    path for bind, a volume name (or "" for an anonymous volume) for volume."""
+
+    type: str
+    source: str
+    target: str
+    read_only: bool = False
+
+
+def _mount(raw: Any, path: str, problems: Problems) -> Mount | None:
+    if not isinstance(raw, Mapping):
+        problems.append(TemplateError(path, f"must be a mapping, got {describe(raw)}"))
+        return None
+    before = len(problems)
+    kind, source, target = raw.get("type") or "volume", raw.get("source"), raw.get("target")
+    if kind not in MOUNT_TYPES:
+        problems.append(TemplateError(f"{path}.type", f"must be one of {', '.join(MOUNT_TYPES)};"
+                                                      f" got {describe(kind)}"))
+    if not isinstance(target, str) or not target:
+        problems.append(TemplateError(f"{path}.target", "required: the path inside the task"))
+    elif not target.startswith("/"):
+        problems.append(TemplateError(f"{path}.target", f"must be an absolute path, got "
+                                                        f"{quote(target)}"))
+    if source is not None and not isinstance(source, str):
+        problems.append(TemplateError(f"{path}.source", f"must be a string, got "
+                                                        f"{describe(source)}"))
+    elif kind == "bind" and not source:
+        problems.append(TemplateError(f"{path}.source", "required for a bind mount: the host "
+                                                        "path to mount"))
+    elif kind == "bind" and isinstance(source, str) and not source.startswith("/"):
+        problems.append(TemplateError(f"{path}.source", f"a bind mount's source must be an "
+                                                        f"absolute host path, got "
+                                                        f"{quote(source)}"))
+    elif kind == "tmpfs" and source:
+        problems.append(TemplateError(f"{path}.source", "a tmpfs mount takes no source"))
+    if len(problems) > before:
+        return None
+    return Mount(type=str(kind), source=str(source or ""), target=str(target),
+                 read_only=raw.get("readOnly") is True)
+
+
+def _mounts(template: Mapping[str, Any], problems: Problems) -> list[Mount]:
+    value = template.get("mounts")
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        problems.append(TemplateError(_field("mounts"), f"must be a list, got "
+                                                        f"{describe(value)}"))
+        return []
+    found = (_mount(raw, f"{_field('mounts')}[{i}]", problems) for i, raw in enumerate(value))
+    return [m for m in found if m is not None]
+
+
+def mounts(template: Mapping[str, Any]) -> list[Mount]:
+    """The mounts, each checked: an absolute target; a bind mount needs an absolute host
+    path as its source; a tmpfs mount takes none."""
+    return _run(_mounts, template)
+
+
+# --- health check ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Healthcheck:
+    """The template's health check. ``test`` is Docker's list form: ``["NONE"]`` (turn
+    the image's check off), ``["CMD", prog, args...]`` or ``["CMD-SHELL", "command"]``;
+    empty when only timings are given (they then adjust the image's check). Durations are
+    seconds; None (and retries None) means Docker's or the image's default."""
+
+    test: list[str]
+    interval: float | None = None
+    timeout: float | None = None
+    start_period: float | None = None
+    retries: int | None = None
+
+    @property
+    def disabled(self) -> bool:
+        return self.test[:1] == ["NONE"]
+
+
+def _healthcheck(template: Mapping[str, Any], problems: Problems) -> Healthcheck | None:
+    check = template.get("healthcheck")
+    path = _field("healthcheck")
+    if check is None:
+        return None
+    if not isinstance(check, Mapping):
+        problems.append(TemplateError(path, f"must be a mapping, got {describe(check)}"))
+        return None
+    before = len(problems)
+    test = check.get("test")
+    if test is None or test == []:
+        test = []
+    elif not isinstance(test, list) or not all(isinstance(t, str) for t in test):
+        problems.append(TemplateError(f"{path}.test", f"must be a list of strings, got "
+                                                      f"{describe(test)}"))
+    elif test[0] not in HEALTH_TESTS:
+        problems.append(TemplateError(f"{path}.test[0]", f"must be NONE, CMD or CMD-SHELL, "
+                                                         f"got {describe(test[0])} (write [CMD,"
+                                                         ' prog, arg...] or [CMD-SHELL, '
+                                                         '"command line"])'))
+    elif test[0] != "NONE" and len(test) < 2:
+        problems.append(TemplateError(f"{path}.test", f"{test[0]} needs the command to run "
+                                                      "after it"))
+    timings = {name: _duration(check.get(name), f"{path}.{name}", problems)
+               for name in ("interval", "timeout", "startPeriod")}
+    retries = check.get("retries")
+    if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool)
+                                or retries < 0):
+        problems.append(TemplateError(f"{path}.retries", f"must be a whole number >= 0, got "
+                                                         f"{describe(retries)}"))
+    if len(problems) > before:
+        return None
+    return Healthcheck(test=list(test), interval=timings["interval"],
+                       timeout=timings["timeout"], start_period=timings["startPeriod"],
+                       retries=retries)
+
+
+def healthcheck(template: Mapping[str, Any]) -> Healthcheck | None:
+    """The health check, or None when the template has none."""
+    return _run(_healthcheck, template)
+
+
+# --- resources -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    """Limits and reservations; None (or 0, which manifests use for "none") is unset."""
+
+    limit_cpus: float | None = None
+    limit_memory: int | None = None  # bytes
+    reserve_cpus: float | None = None
+    reserve_memory: int | None = None  # bytes
+
+    @property
+    def limit_nano_cpus(self) -> int | None:
+        """The CPU limit as Docker's NanoCpus, rounded up (a limit is never cut short)."""
+        return math.ceil(self.limit_cpus * 1e9) if self.limit_cpus else None
+
+
+def _amount(section: Mapping[str, Any], name: str, path: str,
+            parse: Callable[[Any], T], problems: Problems) -> T | None:
+    value = section.get(name)
+    if value is None or value == "" or value == 0:
+        return None
+    try:
+        return parse(value)
+    except (ValueError, TypeError) as exc:
+        problems.append(TemplateError(f"{path}.{name}", str(exc)))
+        return None
+
+
+def _resources(template: Mapping[str, Any], problems: Problems) -> Resources:
+    spec = template.get("resources")
+    path = _field("resources")
+    if spec is None:
+        return Resources()
+    if not isinstance(spec, Mapping):
+        problems.append(TemplateError(path, f"must be a mapping, got {describe(spec)}"))
+        return Resources()
+    parts: dict[str, Mapping[str, Any]] = {}
+    for part in ("limits", "reservations"):
+        value = spec.get(part)
+        if value is not None and not isinstance(value, Mapping):
+            problems.append(TemplateError(f"{path}.{part}", f"must be a mapping, got "
+                                                            f"{describe(value)}"))
+        parts[part] = value if isinstance(value, Mapping) else {}
+    read = Resources(
+        limit_cpus=_amount(parts["limits"], "cpus", f"{path}.limits", units.parse_cpus,
+                           problems),
+        limit_memory=_amount(parts["limits"], "memory", f"{path}.limits", units.parse_size,
+                             problems),
+        reserve_cpus=_amount(parts["reservations"], "cpus", f"{path}.reservations",
+                             units.parse_cpus, problems),
+        reserve_memory=_amount(parts["reservations"], "memory", f"{path}.reservations",
+                               units.parse_size, problems),
+    )
+    for name, limit, reserved in (("cpus", read.limit_cpus, read.reserve_cpus),
+                                  ("memory", read.limit_memory, read.reserve_memory)):
+        if limit is not None and reserved is not None and reserved > limit:
+            problems.append(TemplateError(
+                f"{path}.reservations.{name}",
+                f"reserves more than the limit ({parts['reservations'][name]} > "
+                f"{parts['limits'][name]})"))
+    return read
+
+
+def resources(template: Mapping[str, Any]) -> Resources:
+    """CPU and memory limits and reservations; a reservation may not exceed its limit."""
+    return _run(_resources, template)
+
+
+# --- secrets and configs ---------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FileRef:
+    """A secret or config the task gets as a file: ``source`` names the object, ``target``
+    is where the file appears (a secret's under /run/secrets, as in Swarm)."""
+
+    source: str
+    target: str
+
+
+def _file_refs(template: Mapping[str, Any], name: str,
+               place: Callable[[str, str], str], problems: Problems) -> list[FileRef]:
+    value = template.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        problems.append(TemplateError(_field(name), f"must be a list, got {describe(value)}"))
+        return []
+    refs = []
+    for index, raw in enumerate(value):
+        path = f"{_field(name)}[{index}]"
+        source = raw.get("source") if isinstance(raw, Mapping) else None
+        target = raw.get("target") if isinstance(raw, Mapping) else None
+        if not isinstance(source, str) or not source:
+            problems.append(TemplateError(f"{path}.source", f"required: the name of the "
+                                                            f"{name[:-1]} to use"))
+        elif target is not None and not isinstance(target, str):
+            problems.append(TemplateError(f"{path}.target", f"must be a string, got "
+                                                            f"{describe(target)}"))
+        else:
+            refs.append(FileRef(source, place(source, target or "")))
+    return refs
+
+
+def _secrets(template: Mapping[str, Any], problems: Problems) -> list[FileRef]:
+    # A relative target is a file name under /run/secrets, as in Swarm.
+    return _file_refs(template, "secrets",
+                      lambda source, target: target if target.startswith("/")
+                      else f"{SECRETS_DIR}/{target or source}", problems)
+
+
+def secrets(template: Mapping[str, Any]) -> list[FileRef]:
+    """Secrets to mount; ``target`` is a full path, ``/run/secrets/<name>`` by default."""
+    return _run(_secrets, template)
+
+
+def _configs(template: Mapping[str, Any], problems: Problems) -> list[FileRef]:
+    return _file_refs(template, "configs", lambda source, target: target or f"/{source}",
+                      problems)
+
+
+def configs(template: Mapping[str, Any]) -> list[FileRef]:
+    """Configs to mount; ``target`` defaults to ``/<name>``, as in Swarm."""
+    return _run(_configs, template)
+
+
+# --- everything at once ----------------------------------------------------------------
+
+_READERS: Final[tuple[Callable[[Mapping[str, Any], Problems], object], ...]] = (
+    _image, _command, _env, _labels, _workdir, _user, _hostname, _stop_signal, _stop_grace,
+    _mounts, _healthcheck, _resources, _secrets, _configs,
+)
+
+
+def problems(template: Mapping[str, Any]) -> list[TemplateError]:
+    """Every refusal any accessor would raise for this template, in field order: a
+    template without problems reads without error through every accessor."""
+    found: Problems = []
+    for reader in _READERS:
+        reader(template, found)
+    return found

@@ -1,0 +1,130 @@
+"""crds.template: the one reading of a task template, for admission, the agent and drivers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shoal.crds import admission, kinds
+from shoal.crds import template as tpl
+from tests.unit.crds_support import errors_of, service
+
+
+def test_defaults_of_an_image_only_template() -> None:
+    t: dict[str, Any] = {"image": "nginx"}
+    assert tpl.image(t) == "nginx"
+    assert tpl.command(t) == tpl.Command() and tpl.command(t).resolve() == (None, None)
+    assert tpl.env(t) == {} and tpl.labels(t) == {} and tpl.mounts(t) == []
+    assert tpl.healthcheck(t) is None and tpl.resources(t) == tpl.Resources()
+    assert tpl.stop_grace(t) == tpl.DEFAULT_STOP_GRACE == 10.0
+    assert tpl.stop_signal(t) is None and tpl.workdir(t) is None
+    assert tpl.secrets(t) == [] and tpl.configs(t) == []
+    assert tpl.problems(t) == []
+
+
+@pytest.mark.parametrize(("fields", "image_cmd", "expected"), [
+    ({"command": ["httpd", "-f"]}, None, (None, ["httpd", "-f"])),
+    ({"entrypoint": ["/init"]}, ["ignored"], (["/init"], [])),
+    ({"entrypoint": ["/init"], "command": ["a"], "args": ["b"]}, None, (["/init"], ["a", "b"])),
+    ({"args": ["-v"]}, ["serve"], (None, ["serve", "-v"])),
+])
+def test_command_follows_compose(fields: dict[str, Any], image_cmd: list[str] | None,
+                                 expected: tuple[Any, Any]) -> None:
+    assert tpl.command(fields).resolve(image_cmd) == expected
+
+
+def test_argv_without_an_image() -> None:
+    assert tpl.command({"entrypoint": ["sh", "-c"], "args": ["true"]}).argv() == \
+        ["sh", "-c", "true"]
+
+
+def test_env_is_text() -> None:
+    assert tpl.env({"env": {"A": 1, "B": None, "C": "x"}}) == {"A": "1", "B": "", "C": "x"}
+
+
+def test_stop_grace_reads_durations_and_names_the_field() -> None:
+    assert tpl.stop_grace({"stopGracePeriod": "1m30s"}) == 90.0
+    assert tpl.stop_grace({"stopGracePeriod": 3}) == 3.0
+    with pytest.raises(tpl.TemplateError) as err:
+        tpl.stop_grace({"stopGracePeriod": "soon"})
+    assert err.value.path == "spec.template.stopGracePeriod"
+    assert str(err.value).startswith('spec.template.stopGracePeriod: invalid duration "soon"')
+    assert isinstance(err.value, ValueError)
+
+
+def test_mounts_and_the_bind_rule() -> None:
+    assert tpl.mounts({"mounts": [{"target": "/data"},
+                                  {"type": "bind", "source": "/srv", "target": "/srv",
+                                   "readOnly": True}]}) == [
+        tpl.Mount("volume", "", "/data"), tpl.Mount("bind", "/srv", "/srv", True)]
+    bad = {"image": "x", "mounts": [
+        {"type": "bind", "target": "data"},
+        {"type": "bind", "source": "rel", "target": "/r"},
+        {"type": "tmpfs", "source": "x", "target": "/t"}]}
+    assert [str(p) for p in tpl.problems(bad)] == [
+        'spec.template.mounts[0].target: must be an absolute path, got "data"',
+        "spec.template.mounts[0].source: required for a bind mount: the host path to mount",
+        'spec.template.mounts[1].source: a bind mount\'s source must be an absolute host '
+        'path, got "rel"',
+        "spec.template.mounts[2].source: a tmpfs mount takes no source",
+    ]
+    with pytest.raises(tpl.TemplateError, match=r"mounts\[0\]\.target"):
+        tpl.mounts(bad)
+
+
+def test_healthcheck() -> None:
+    check = tpl.healthcheck({"healthcheck": {"test": ["CMD", "true"], "interval": "5s",
+                                             "retries": 2}})
+    assert check == tpl.Healthcheck(["CMD", "true"], interval=5.0, retries=2)
+    assert check is not None and not check.disabled
+    off = tpl.healthcheck({"healthcheck": {"test": ["NONE"]}})
+    assert off is not None and off.disabled
+    with pytest.raises(tpl.TemplateError, match="CMD needs the command"):
+        tpl.healthcheck({"healthcheck": {"test": ["CMD"]}})
+    with pytest.raises(tpl.TemplateError, match=r"test\[0\]: must be NONE, CMD or CMD-SHELL"):
+        tpl.healthcheck({"healthcheck": {"test": ["curl", "x"]}})
+
+
+def test_resources() -> None:
+    read = tpl.resources({"resources": {"limits": {"cpus": 0.5, "memory": "64Mi"},
+                                        "reservations": {"memory": "16Mi", "cpus": 0}}})
+    assert read == tpl.Resources(limit_cpus=0.5, limit_memory=64 << 20,
+                                 reserve_memory=16 << 20)
+    assert read.limit_nano_cpus == 500_000_000
+    with pytest.raises(tpl.TemplateError, match=r"reservations\.cpus: reserves more"):
+        tpl.resources({"resources": {"limits": {"cpus": 1}, "reservations": {"cpus": 2}}})
+
+
+def test_secrets_and_configs_land_where_swarm_puts_them() -> None:
+    t = {"secrets": [{"source": "key"}, {"source": "crt", "target": "tls.crt"},
+                     {"source": "abs", "target": "/etc/abs"}],
+         "configs": [{"source": "site"}, {"source": "nginx", "target": "/etc/nginx.conf"}]}
+    assert tpl.secrets(t) == [tpl.FileRef("key", "/run/secrets/key"),
+                              tpl.FileRef("crt", "/run/secrets/tls.crt"),
+                              tpl.FileRef("abs", "/etc/abs")]
+    assert tpl.configs(t) == [tpl.FileRef("site", "/site"),
+                              tpl.FileRef("nginx", "/etc/nginx.conf")]
+
+
+def test_of_and_garbage_fields_name_their_path() -> None:
+    with pytest.raises(tpl.TemplateError, match=r"^spec\.template: must be a mapping, got missing"):
+        tpl.of({})
+    with pytest.raises(tpl.TemplateError, match=r"^spec\.template\.image: must be a non-empty"):
+        tpl.image({"image": " "})
+    with pytest.raises(tpl.TemplateError, match=r"^spec\.template\.command: must be a list"):
+        tpl.command({"command": "httpd -f"})
+    with pytest.raises(tpl.TemplateError, match=r"^spec\.template\.env: must be a mapping"):
+        tpl.env({"env": ["A=1"]})
+
+
+def test_admission_uses_the_accessors_and_says_each_thing_once() -> None:
+    registry = kinds.Registry.builtin()
+    doc = service()
+    doc["spec"]["template"]["stopGracePeriod"] = "soon"
+    # The schema's duration format and the accessor agree word for word: one message.
+    [message] = errors_of(doc, registry)
+    assert message.startswith('spec.template.stopGracePeriod: invalid duration "soon"')
+    doc = service()
+    doc["spec"]["template"]["mounts"] = [{"type": "bind", "source": "/srv", "target": "/x"}]
+    assert tpl.mounts(admission.admit(doc, registry).spec["template"])[0].source == "/srv"
