@@ -45,7 +45,7 @@ from pathlib import Path
 import structlog
 
 from shoal.agent import netplan
-from shoal.agent.executor import Observed, TaskSpec
+from shoal.agent.exec.executor import Observed, TaskSpec
 from shoal.crds import kinds, resource
 from shoal.crds import networking as nw
 from shoal.crds import taskstates as ts

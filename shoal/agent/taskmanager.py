@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from shoal.agent.executor import MISSING, Executor, Observed, TaskRejectedError, TaskSpec
+from shoal.agent.exec.executor import MISSING, Executor, Observed, TaskRejectedError, TaskSpec
 from shoal.crds import kinds, resource, units
 from shoal.crds import taskstates as ts
 from shoal.store import client, codec, errors

@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 
-from shoal.agent.executor import LABEL_NODE
+from shoal.agent.exec.executor import LABEL_NODE
 from shoal.cli import netnodes
 
 log = structlog.get_logger("shoal.cli.leftovers")
@@ -42,8 +42,8 @@ def remove_containers(nodes: Sequence[str], notice: Callable[[str], None]) -> in
     try:
         import docker
 
-        from shoal.agent import dockerd
-        from shoal.agent.docker_driver import API_VERSION
+        from shoal.agent.docker import dockerd
+        from shoal.agent.docker.driver import API_VERSION
     except ImportError:
         return 0  # no docker SDK: this installation never ran containers
     url = dockerd.docker_url()
@@ -84,7 +84,7 @@ def remove_containers(nodes: Sequence[str], notice: Callable[[str], None]) -> in
 
 async def remove_processes_async(nodes: Sequence[str]) -> int:
     """:func:`remove_processes` for callers already in an event loop."""
-    from shoal.agent import process_driver
+    from shoal.agent.process import driver as process_driver
 
     count = 0
     for node in nodes:

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from shoal.agent.docker_driver import (
+from shoal.agent.docker.driver import (
     frame_lines,
     observed_from_inspect,
     parse_timestamp,
     read_frames,
 )
-from shoal.agent.executor import (
+from shoal.agent.exec.executor import (
     LABEL_NODE,
     LABEL_TASK_UID,
     LogLine,
@@ -22,9 +22,7 @@ from shoal.agent.executor import (
     TaskRejectedError,
     TaskSpec,
 )
-from shoal.agent.process_driver import _CriDecoder, _tail_of, parse_cri
-from shoal.agent.procshim import LogWriter, rfc3339_nano
-from shoal.agent.workload import (
+from shoal.agent.exec.workload import (
     HealthSpec,
     docker_healthcheck,
     full_argv,
@@ -35,6 +33,8 @@ from shoal.agent.workload import (
     task_labels,
     workload_name,
 )
+from shoal.agent.process.driver import _CriDecoder, _tail_of, parse_cri
+from shoal.agent.process.shim import LogWriter, rfc3339_nano
 
 
 @pytest.mark.parametrize(("template", "image_cmd", "expected"), [

@@ -51,9 +51,10 @@ import docker.types
 import docker.types.daemon
 import structlog
 
-from shoal.agent import workload
-from shoal.agent.dockerd import docker_url
-from shoal.agent.executor import (
+from shoal.agent.docker.dockerd import docker_url
+from shoal.agent.docker.image import split_image_ref
+from shoal.agent.exec import workload
+from shoal.agent.exec.executor import (
     LABEL_NAMESPACE,
     LABEL_NODE,
     LABEL_TASK,
@@ -65,8 +66,7 @@ from shoal.agent.executor import (
     TaskRejectedError,
     TaskSpec,
 )
-from shoal.agent.image import split_image_ref
-from shoal.agent.workload import parse_timestamp
+from shoal.agent.exec.workload import parse_timestamp
 
 log = structlog.get_logger(__name__)
 

@@ -1,6 +1,6 @@
 """The supervisor shim of the ``process`` driver: one tiny process per task.
 
-Run as ``python -I -S procshim.py DIR UID`` (standard library only, no site-packages,
+Run as ``python -I -S shim.py DIR UID`` (standard library only, no site-packages,
 so it starts in tens of milliseconds and works whatever the agent's environment). It is
 to the process driver what containerd-shim is to Docker: the workload's parent, so that
 the agent can die and restart without the workload noticing.

@@ -2,7 +2,7 @@
 
 The task's argv (``entrypoint + command + args``; the image is not used — a note says
 so in the agent's log) runs on the host's filesystem as a child of a per-task
-supervisor shim (:mod:`shoal.agent.procshim`), in its own network namespace with only
+supervisor shim (:mod:`shoal.agent.process.shim`), in its own network namespace with only
 loopback up (the networking work plumbs veths into ``/proc/PID/ns/net``, the pid being
 ``Observed.pid``) and its own UTS namespace (so ``hostname`` is the task's).
 
@@ -52,8 +52,8 @@ from typing import Any
 
 import structlog
 
-from shoal.agent import workload
-from shoal.agent.executor import (
+from shoal.agent.exec import workload
+from shoal.agent.exec.executor import (
     LABEL_NAMESPACE,
     LABEL_TASK,
     MISSING,
@@ -63,13 +63,13 @@ from shoal.agent.executor import (
     TaskRejectedError,
     TaskSpec,
 )
-from shoal.agent.procshim import resolve_user, write_json
-from shoal.agent.workload import parse_timestamp
+from shoal.agent.exec.workload import parse_timestamp
+from shoal.agent.process.shim import resolve_user, write_json
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_STATE_DIR = Path("/var/lib/shoal")
-SHIM = Path(__file__).with_name("procshim.py")
+SHIM = Path(__file__).with_name("shim.py")
 LOG_MAX_BYTES = 10 * 1024 * 1024
 HEALTH_LOG_ENTRIES = 5  # like Docker's State.Health.Log
 HEALTH_OUTPUT_MAX = 4096
