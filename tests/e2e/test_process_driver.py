@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from shoal.agent.exec.executor import LogLine, Observed, TaskRejectedError, TaskSpec
-from shoal.agent.process.driver import ProcessExecutor, alive
+from shoal.agent.process.driver import ProcessExecutor
+from shoal.agent.process.shim import alive
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.timeout(120)
