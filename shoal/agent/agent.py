@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from shoal.agent import heartbeat, logserver, node, taskmanager
+from shoal.agent import heartbeat, logserver, node, statuswriter, taskmanager
 from shoal.agent.exec import hollow
 from shoal.agent.exec.executor import Executor
 from shoal.crds import kinds, resource
@@ -192,7 +192,7 @@ class Agent:
         self.nodes_info = self.registry.lookup("nodes")
         self.store: client.Store | None = None
         self.heartbeats: heartbeat.HeartbeatProcess | None = None
-        self.writer: taskmanager.StatusWriter | None = None
+        self.writer: statuswriter.StatusWriter | None = None
         self.managers: dict[str, taskmanager.TaskManager] = {}
         self.executors: dict[str, Executor] = {}
         self.node_configs: dict[str, node.NodeConfig] = {}
@@ -276,7 +276,7 @@ class Agent:
         log.info("nodes registered", nodes=len(configs), node=configs[0].name,
                  seconds=round(self.timings["registered"], 3))
 
-        self.writer = taskmanager.StatusWriter(store, self.tasks_info, linger=cfg.status_linger)
+        self.writer = statuswriter.StatusWriter(store, self.tasks_info, linger=cfg.status_linger)
         self._background.append(asyncio.create_task(self.writer.run()))
         for c in configs:
             network = await self._start_dataplane(c)
