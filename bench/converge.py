@@ -80,10 +80,10 @@ import docker.errors
 import docker.types
 import structlog
 
-from shoal.agent.docker_driver import API_VERSION
-from shoal.agent.dockerd import DOCKERD_FLAGS, ensure_dockerd, ping
-from shoal.agent.executor import LABEL_NODE
-from shoal.agent.image import TEST_IMAGE, ensure_test_image_at
+from shoal.agent.docker.dockerd import DOCKERD_FLAGS, ensure_dockerd, ping
+from shoal.agent.docker.driver import API_VERSION
+from shoal.agent.docker.image import TEST_IMAGE, ensure_test_image_at
+from shoal.agent.exec.executor import LABEL_NODE
 from shoal.crds import admission, kinds
 from shoal.store import client, errors, etcd_server
 

@@ -31,10 +31,10 @@ from typing import Any
 import docker
 import structlog
 
-from shoal.agent.docker_driver import API_VERSION, DockerExecutor
-from shoal.agent.dockerd import ensure_dockerd
-from shoal.agent.executor import LABEL_NODE, TaskSpec
-from shoal.agent.image import TEST_IMAGE, ensure_test_image
+from shoal.agent.docker.dockerd import ensure_dockerd
+from shoal.agent.docker.driver import API_VERSION, DockerExecutor
+from shoal.agent.docker.image import TEST_IMAGE, ensure_test_image
+from shoal.agent.exec.executor import LABEL_NODE, TaskSpec
 
 
 def remove_all(client: Any, node: str) -> None:

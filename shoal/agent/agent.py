@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import importlib
 import json
 import re
 import time
@@ -34,8 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from shoal.agent import heartbeat, hollow, logserver, node, taskmanager
-from shoal.agent.executor import Executor
+from shoal.agent import heartbeat, logserver, node, statuswriter, taskmanager
+from shoal.agent.exec import hollow
+from shoal.agent.exec.executor import Executor
 from shoal.crds import kinds, resource
 from shoal.crds import taskstates as ts
 from shoal.runtime import gcpolicy
@@ -48,9 +48,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("shoal.agent")
 
 RUNTIMES = ("hollow", "docker", "process")
-# Drivers are imported only when asked for: they need dockerd or root, hollow needs nothing.
-_DRIVER_CLASSES = {"docker": ("shoal.agent.docker_driver", "DockerExecutor"),
-                   "process": ("shoal.agent.process_driver", "ProcessExecutor")}
 # Every ``"nodeName": "<plain name>"`` pair in a raw task value. Tasks of other nodes are
 # skipped on these, without decoding: an agent sees every task event of the cluster.
 _NODE_NAME_RE = re.compile(rb'"nodeName"\s*:\s*"([^"\\]*)"')
@@ -106,20 +103,24 @@ class UnknownRuntimeError(ValueError):
 
 def driver_class(runtime: str) -> Any:
     """The executor class of a non-hollow runtime, imported now (UnknownRuntimeError if
-    it cannot be); lets ``swctl agent`` fail at once instead of after registering."""
-    if runtime not in _DRIVER_CLASSES:
-        raise UnknownRuntimeError(f'unknown runtime "{runtime}": expected one of '
-                                  f'{", ".join(RUNTIMES)}')
-    module_name, class_name = _DRIVER_CLASSES[runtime]
+    it cannot be); lets ``swctl agent`` fail at once instead of after registering.
+
+    The imports are plain but inside the function on purpose: a driver package pulls in
+    the docker SDK or spawns shims, and a hollow agent (a thousand nodes in one process)
+    or any other ``swctl`` verb must not pay for that. Nothing imports this module's
+    drivers at module level, so the laziness holds and mypy still sees real modules.
+    """
     try:
-        module = importlib.import_module(module_name)
+        if runtime == "docker":
+            from shoal.agent.docker import driver as docker_driver
+            return docker_driver.DockerExecutor
+        if runtime == "process":
+            from shoal.agent.process import driver as process_driver
+            return process_driver.ProcessExecutor
     except ImportError as exc:
         raise UnknownRuntimeError(f'runtime "{runtime}" is not available: {exc}') from None
-    cls = getattr(module, class_name, None)
-    if cls is None:
-        raise UnknownRuntimeError(f'runtime "{runtime}" is not available: {module_name} has '
-                                  f"no {class_name}")
-    return cls
+    raise UnknownRuntimeError(f'unknown runtime "{runtime}": expected one of '
+                              f'{", ".join(RUNTIMES)}')
 
 
 def make_executor(cfg: AgentConfig, node_name: str, journal: hollow.Journal | None,
@@ -191,7 +192,7 @@ class Agent:
         self.nodes_info = self.registry.lookup("nodes")
         self.store: client.Store | None = None
         self.heartbeats: heartbeat.HeartbeatProcess | None = None
-        self.writer: taskmanager.StatusWriter | None = None
+        self.writer: statuswriter.StatusWriter | None = None
         self.managers: dict[str, taskmanager.TaskManager] = {}
         self.executors: dict[str, Executor] = {}
         self.node_configs: dict[str, node.NodeConfig] = {}
@@ -275,7 +276,7 @@ class Agent:
         log.info("nodes registered", nodes=len(configs), node=configs[0].name,
                  seconds=round(self.timings["registered"], 3))
 
-        self.writer = taskmanager.StatusWriter(store, self.tasks_info, linger=cfg.status_linger)
+        self.writer = statuswriter.StatusWriter(store, self.tasks_info, linger=cfg.status_linger)
         self._background.append(asyncio.create_task(self.writer.run()))
         for c in configs:
             network = await self._start_dataplane(c)

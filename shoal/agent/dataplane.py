@@ -45,11 +45,12 @@ from pathlib import Path
 import structlog
 
 from shoal.agent import netplan
-from shoal.agent.executor import Observed, TaskSpec
+from shoal.agent.exec.executor import Observed, TaskSpec
 from shoal.crds import kinds, resource
 from shoal.crds import networking as nw
 from shoal.crds import taskstates as ts
 from shoal.net import lb as lb_mod
+from shoal.net import lb_factory
 from shoal.net.dns import DnsServer, DnsTable
 from shoal.net.overlay import OverlayNode
 from shoal.runtime import cas
@@ -129,8 +130,8 @@ class Dataplane:
         for inf in (self.networks, self.services, self.tasks, self.nodes):
             await inf.wait_synced()
         chosen = self._backend_choice or await asyncio.to_thread(
-            lb_mod.detect_backend, self.netns)
-        self.lb = lb_mod.make_load_balancer(chosen, netns=self.netns)
+            lb_factory.detect_backend, self.netns)
+        self.lb = lb_factory.make_load_balancer(chosen, netns=self.netns)
         await self._report_backend()
         await self._discover_workloads()
         await self._first_pass()

@@ -45,7 +45,7 @@ from typing import Final
 
 import structlog
 
-from shoal.agent.executor import MISSING, Executor, LogLine
+from shoal.agent.exec.executor import MISSING, Executor, LogLine
 
 log = structlog.get_logger("shoal.agent.logserver")
 

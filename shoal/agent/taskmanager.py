@@ -13,36 +13,28 @@ etcd only says what has been *done*. A restarted agent re-runs the step it was o
 worst it repeats an idempotent call, it never starts a second workload.
 
 Status writes never go backwards and never block the state machine: ``_report`` records
-the state a task has reached, and one :class:`StatusWriter` per process writes the latest
-state of each task with compare-and-swap, up to 127 tasks per transaction and several
-transactions in flight. Intermediate states (accepted, preparing, starting) wait a
-moment before they are written and are superseded if the task moves on meanwhile, as
-Swarm's dispatcher batches agent status updates: a slow image pull shows ``preparing``,
-a task that starts at once costs one write (``running``) instead of four. Measured with
-100,000 hollow tasks this took the writes from 2.3 to 1.0 per task.
-
-The queue is this module's own rather than ``shoal.runtime.workqueue``: that one feeds a
-fixed pool of workers through a global rate limiter, made for controllers; here a
-process holds up to a thousand nodes' queues, mostly idle, and 100,000 task starts must
-not be throttled.
+the state a task has reached and hands it to the process's
+:class:`~shoal.agent.statuswriter.StatusWriter`, which writes it (batched, lingering for
+intermediate states; see that module). The keys to reconcile go through a
+:class:`~shoal.agent.taskqueue.TaskQueue` per node (see that module for why it is not
+the controllers' work queue).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import dataclasses
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import structlog
 
-from shoal.agent.executor import MISSING, Executor, Observed, TaskRejectedError, TaskSpec
-from shoal.crds import kinds, resource, units
+from shoal.agent.exec.executor import MISSING, Executor, Observed, TaskRejectedError, TaskSpec
+from shoal.agent.statuswriter import StatusWriter
+from shoal.agent.taskqueue import TaskQueue
+from shoal.crds import resource, units
 from shoal.crds import taskstates as ts
-from shoal.store import client, codec, errors
 
 log = structlog.get_logger("shoal.agent.taskmanager")
 
@@ -112,287 +104,8 @@ def stop_options(task: resource.Resource | None) -> tuple[float, str | None]:
     return grace, signal if isinstance(signal, str) and signal else None
 
 
-# --- a small work queue ---
-
-class WorkQueue:
-    """Keys to reconcile: de-duplicated, never processed twice at once, delayed re-adds.
-
-    Workers are spawned on demand up to ``concurrency`` and exit when the queue drains,
-    so a thousand idle nodes cost no coroutines. A new worker is only spawned when the
-    ones running have left keys waiting for a whole loop iteration, i.e. when their
-    reconciles actually wait (a docker pull); steps that never suspend (hollow) are all
-    run by one worker instead of paying for a coroutine each. A key added while it is
-    being processed is processed once more afterwards (it changed during the reconcile).
-    """
-
-    def __init__(self, handler: Callable[[str], Awaitable[None]], concurrency: int) -> None:
-        self._handler = handler
-        self._concurrency = max(1, concurrency)
-        self._ready: collections.deque[str] = collections.deque()
-        self._queued: set[str] = set()
-        self._active: set[str] = set()
-        self._dirty: set[str] = set()
-        self._workers: set[asyncio.Task[None]] = set()
-        self._running = 0  # counted by hand: a finished worker's done-callback runs late
-        self._spawn_scheduled = False
-        self._closed = False
-
-    def __len__(self) -> int:
-        return len(self._ready)
-
-    def add(self, key: str) -> None:
-        if self._closed:
-            return
-        if key in self._active:
-            self._dirty.add(key)
-            return
-        if key in self._queued:
-            return
-        self._queued.add(key)
-        self._ready.append(key)
-        self._maybe_spawn()
-
-    def add_after(self, key: str, delay: float) -> None:
-        asyncio.get_running_loop().call_later(delay, self.add, key)
-
-    def _maybe_spawn(self) -> None:
-        if not self._spawn_scheduled and self._running < self._concurrency:
-            self._spawn_scheduled = True
-            asyncio.get_running_loop().call_soon(self._spawn)
-
-    def _spawn(self) -> None:
-        self._spawn_scheduled = False
-        if self._ready and self._running < self._concurrency and not self._closed:
-            self._running += 1
-            worker = asyncio.get_running_loop().create_task(self._work())
-            self._workers.add(worker)
-            worker.add_done_callback(self._workers.discard)
-
-    async def _work(self) -> None:
-        done = 0
-        try:
-            while self._ready and not self._closed:
-                key = self._ready.popleft()
-                self._queued.discard(key)
-                self._active.add(key)
-                if self._ready:
-                    self._maybe_spawn()  # runs next iteration: only if we got stuck
-                try:
-                    await self._handler(key)
-                finally:
-                    self._active.discard(key)
-                    if key in self._dirty:
-                        self._dirty.discard(key)
-                        self._requeue(key)
-                done += 1
-                if done % 64 == 0:
-                    # Hollow steps never suspend; yield so heartbeats and the watch keep up.
-                    await asyncio.sleep(0)
-        finally:
-            self._running -= 1
-
-    def _requeue(self, key: str) -> None:
-        # Called by a worker that keeps looping, so no new worker is needed.
-        if key not in self._queued and not self._closed:
-            self._queued.add(key)
-            self._ready.append(key)
-
-    async def close(self) -> None:
-        self._closed = True
-        for worker in list(self._workers):
-            worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-
-
-# --- status writes ---
-
-@dataclasses.dataclass
-class _Report:
-    manager: TaskManager
-    key: str
-    uid: str
-    fields: dict[str, Any]
-    due: float = 0.0
-
-
-def merge_status(status: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any] | None:
-    """``status`` with ``fields`` applied, or None when there is nothing (allowed) to write.
-
-    Never moves the state backwards or out of an end state; the same state with new
-    details (an exit code seen later) is written, keeping its original timestamp.
-    """
-    old, new = status.get("state"), fields["state"]
-    old_rank = RANK.get(old, 0) if isinstance(old, str) else 0
-    new_rank = RANK[new]
-    if new_rank < old_rank or (old_rank > R_RUNNING and new != old):
-        return None
-    if new == old:
-        if all(status.get(k) == v for k, v in fields.items() if k != "timestamp"):
-            return None
-        fields = {k: v for k, v in fields.items() if k != "timestamp"}
-    out = dict(status)
-    out.update(fields)
-    return out
-
-
-class StatusWriter:
-    """Writes the latest reported status of each task, for every node of the process.
-
-    Reports for one task coalesce until written. ``running`` and end states are written
-    at once; the intermediate states (accepted, preparing, starting) linger for
-    ``linger`` seconds first and are dropped if the task has moved on by then — a user
-    sees ``preparing`` during a slow pull, while a task that starts at once costs one
-    write instead of four. Writes go out as transactions of up to 127 tasks (one
-    compare per task: all-or-nothing), several in flight at once; a transaction that
-    loses a compare is retried task by task, re-reading each conflicting task.
-    """
-
-    def __init__(self, store: client.Store, info: kinds.KindInfo, linger: float = 0.2,
-                 batch: int = 127, parallel: int = 8) -> None:
-        self.store = store
-        self.info = info
-        self.linger = linger
-        self.batch = min(batch, client.MAX_TXN_OPS - 1)
-        self.parallel = parallel
-        self._urgent: dict[str, _Report] = {}
-        self._lingering: dict[str, _Report] = {}  # insertion order is due order
-        self._wake = asyncio.Event()
-        self.writes = 0
-        self.transactions = 0
-        self.conflicts = 0
-
-    def submit(self, manager: TaskManager, key: str, uid: str, fields: dict[str, Any],
-               urgent: bool = True) -> None:
-        for table in (self._urgent, self._lingering):
-            queued = table.get(key)
-            if queued is not None:
-                if queued.uid == uid:
-                    queued.fields = {**queued.fields, **fields}
-                    if urgent and table is self._lingering:
-                        del self._lingering[key]
-                        self._urgent[key] = queued
-                        self._wake.set()
-                    return
-                del table[key]  # a report for a deleted namesake: drop it
-        report = _Report(manager, key, uid, fields)
-        if urgent or self.linger <= 0:
-            self._urgent[key] = report
-            self._wake.set()
-        else:
-            report.due = asyncio.get_running_loop().time() + self.linger
-            was_empty = not self._lingering
-            self._lingering[key] = report
-            if was_empty:
-                self._wake.set()  # the writer sleeps until the first due time
-
-    def idle(self) -> bool:
-        return not self._urgent and not self._lingering
-
-    def _promote_due(self) -> float | None:
-        """Move lingering reports that are due to the urgent table; next due time."""
-        now = asyncio.get_running_loop().time()
-        while self._lingering:
-            key, report = next(iter(self._lingering.items()))
-            if report.due > now:
-                return report.due - now
-            del self._lingering[key]
-            self._urgent[key] = report
-        return None
-
-    async def run(self) -> None:
-        while True:
-            wait = self._promote_due()
-            if not self._urgent:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await self._wake.wait()
-                continue
-            reports: list[_Report] = []
-            for key in list(self._urgent)[:self.batch * self.parallel]:
-                reports.append(self._urgent.pop(key))
-            batches = [reports[i:i + self.batch] for i in range(0, len(reports), self.batch)]
-            await asyncio.gather(*(self._commit(b) for b in batches))
-
-    async def _commit(self, reports: list[_Report]) -> None:
-        ops: list[client.Op] = []
-        sent: list[_Report] = []
-        for report in reports:
-            obj = report.manager.cached(report.key)
-            if obj is None or obj.metadata.uid != report.uid:
-                continue  # the task was deleted (or replaced by a namesake)
-            status = merge_status(obj.status, report.fields)
-            if status is None:
-                continue
-            ops.append(client.Op("update", self.info, codec.with_status(obj, status)))
-            sent.append(report)
-        if not ops:
-            return
-        try:
-            stored = await self.store.commit(ops)
-        except errors.ConflictError:
-            self.conflicts += 1
-            await asyncio.gather(*(self._write_one(r) for r in sent))
-            return
-        except errors.UnavailableError as exc:
-            sent[0].manager.log.warning("status writes failed, retrying", tasks=len(sent),
-                                        key=sent[0].manager.ref(sent[0].key), error=str(exc))
-            asyncio.get_running_loop().call_later(0.5 + random.random(), self._retry, sent)
-            return
-        self.transactions += 1
-        self.writes += len(stored)
-        for report, obj in zip(sent, stored, strict=True):
-            if obj is not None:
-                report.manager.remember(obj)
-
-    async def _write_one(self, report: _Report) -> None:
-        mgr = report.manager
-        obj = mgr.cached(report.key)
-        for _ in range(20):
-            if obj is None or obj.metadata.uid != report.uid:
-                return
-            status = merge_status(obj.status, report.fields)
-            if status is None:
-                return
-            try:
-                stored = await self.store.update(self.info, codec.with_status(obj, status))
-                self.writes += 1
-                mgr.remember(stored)
-                return
-            except errors.ConflictError:
-                pass
-            except errors.NotFoundError:
-                return
-            except errors.UnavailableError as exc:
-                mgr.log.warning("status write failed, retrying", key=mgr.ref(report.key),
-                                error=str(exc))
-                asyncio.get_running_loop().call_later(0.5 + random.random(), self._retry,
-                                                      [report])
-                return
-            try:
-                obj = await self.store.get(self.info, obj.metadata.name, obj.metadata.namespace)
-            except errors.NotFoundError:
-                return
-            except errors.UnavailableError:
-                asyncio.get_running_loop().call_later(1.0, self._retry, [report])
-                return
-            mgr.refresh(obj)  # someone else changed the task: its manager looks again
-        mgr.log.error("status write kept conflicting; will retry", key=mgr.ref(report.key))
-        asyncio.get_running_loop().call_later(1.0, self._retry, [report])
-
-    def _retry(self, reports: list[_Report]) -> None:
-        for report in reports:
-            # Whatever was reported since wins over the fields of the failed write.
-            queued = self._urgent.pop(report.key, None) or self._lingering.pop(report.key, None)
-            if queued is not None and queued.uid == report.uid:
-                report.fields = {**report.fields, **queued.fields}
-            self._urgent[report.key] = report
-        self._wake.set()
-
-
 # --- the task manager ---
 
-@dataclasses.dataclass
 @dataclasses.dataclass(slots=True)
 class _Record:
     """What this agent knows about one task beyond the Task object."""
@@ -445,7 +158,7 @@ class TaskManager:
         self._tasks: dict[str, resource.Resource] = {}
         self._records: dict[str, _Record] = {}
         self._uid_key: dict[str, str] = {}
-        self._queue = WorkQueue(self._reconcile_safely, concurrency)
+        self._queue = TaskQueue(self._reconcile_safely, concurrency)
         self._background: list[asyncio.Task[None]] = []
         self._synced = False
         self._retries: dict[str, int] = {}  # keys whose reconcile raised, for backoff

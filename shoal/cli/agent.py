@@ -5,14 +5,15 @@ shoal.agent.main`` and ``swctl agent`` are the same program); swctl only finds t
 turns swctl's global ``--etcd``/``--prefix`` given *before* the verb into the agent's own
 flags, and calls ``shoal.agent.main.main(argv)``. This is done before argparse sees the
 command line (see ``main.main``), because argparse would try to parse the agent's flags.
-The agent is imported only here and only when asked for: every other verb starts
-without loading it, and an installation without it fails with a clear message.
+The agent is imported only here and only when asked for, by a plain import inside
+:func:`run` (not at module level, and no longer through ``importlib``): every other verb
+starts without loading the agent and its drivers, and a missing dependency of the agent
+fails with a message naming it.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,7 +58,7 @@ def split_agent_argv(argv: Sequence[str]) -> list[str] | None:
 
 def run(argv: list[str]) -> int:
     try:
-        module = importlib.import_module("shoal.agent.main")
+        from shoal.agent import main as agent_main
     except ModuleNotFoundError as exc:
         if exc.name not in ("shoal.agent", "shoal.agent.main"):
             # A dependency of the agent is missing: name it, not "no agent".
@@ -66,5 +67,4 @@ def run(argv: list[str]) -> int:
                                   "in its dependencies)") from None
         raise errors.CliError("the node agent is not part of this installation "
                               "(shoal.agent.main is missing); reinstall shoal") from None
-    result = module.main(argv)
-    return int(result or 0)
+    return int(agent_main.main(argv) or 0)

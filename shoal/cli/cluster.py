@@ -354,7 +354,7 @@ def _local_runtime(choice: str) -> str:
     if choice == "process":
         return "process"
     try:
-        from shoal.agent import dockerd
+        from shoal.agent.docker import dockerd
     except ImportError as exc:
         if choice == "docker":
             raise errors.CliError(f"--runtime docker: the docker driver is not available "
@@ -380,7 +380,7 @@ def _ensure_image(url: str) -> None:
     """Make sure the example image exists; a failure is a notice, not fatal: services
     with other, present images still run."""
     try:
-        from shoal.agent import image
+        from shoal.agent.docker import image
     except ImportError as exc:
         _notice(f"cannot check the test image ({exc})")
         return
@@ -389,7 +389,7 @@ def _ensure_image(url: str) -> None:
             built = image.ensure_test_image_at(url)
     except Exception as exc:  # any docker/build failure: tell, and carry on
         _notice(f"could not build the image {image.TEST_IMAGE}: {exc}; services using it "
-                "will be rejected until it exists (python -m shoal.agent.image)")
+                "will be rejected until it exists (python -m shoal.agent.docker.image)")
         return
     console.out(f"{console.OK} image {image.TEST_IMAGE} "
                 f"{'built' if built else 'present'}")

@@ -6,8 +6,9 @@ nothing left behind. Workloads outlive their agents on purpose (a restarted agen
 them), so stopping the agents leaves them running; a cluster that is taken down must
 remove them explicitly:
 
-* docker: every container labelled ``shoal.io/node=<node>`` for the cluster's nodes
-  (force-removed with their anonymous volumes; named volumes are user data and stay);
+* docker: every container labelled ``shoal.io/node=<node>`` for the cluster's nodes,
+  through the docker driver (:func:`shoal.agent.docker.driver.remove_node_containers`:
+  force-removed with their anonymous volumes; named volumes are user data and stay);
 * process: every task the process driver keeps for those nodes (workload, supervisor and
   files under ``/var/lib/shoal/process/<node>``), through the driver's own ``remove``;
 * the underlay (``netnodes``): processes still inside the node namespaces, then the
@@ -22,12 +23,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import structlog
 
-from shoal.agent.executor import LABEL_NODE
 from shoal.cli import netnodes
 
 log = structlog.get_logger("shoal.cli.leftovers")
@@ -36,14 +35,13 @@ REMOVE_PARALLELISM = 8
 
 
 def remove_containers(nodes: Sequence[str], notice: Callable[[str], None]) -> int:
-    """Force-remove every container of ``nodes``; how many were removed."""
+    """Force-remove every container of ``nodes`` through the docker driver; how many were
+    removed."""
     if not nodes:
         return 0
     try:
-        import docker
-
-        from shoal.agent import dockerd
-        from shoal.agent.docker_driver import API_VERSION
+        from shoal.agent.docker import dockerd
+        from shoal.agent.docker import driver as docker_driver
     except ImportError:
         return 0  # no docker SDK: this installation never ran containers
     url = dockerd.docker_url()
@@ -51,29 +49,8 @@ def remove_containers(nodes: Sequence[str], notice: Callable[[str], None]) -> in
         notice(f"dockerd does not answer at {url}: containers of {', '.join(nodes)} (if "
                "any) are left; run `swctl down` again once it is up")
         return 0
-    api: Any = docker.APIClient(base_url=url, version=API_VERSION, timeout=60)
-    try:
-        ids: list[str] = []
-        for node in nodes:
-            found = api.containers(all=True, filters={"label": f"{LABEL_NODE}={node}"})
-            ids += [c["Id"] for c in found]
-
-        failed: list[str] = []
-
-        def remove(cid: str) -> bool:
-            try:
-                api.remove_container(cid, force=True, v=True)
-            except docker.errors.NotFound:
-                return False  # gone meanwhile: fine
-            except docker.errors.APIError as exc:
-                failed.append(f"{cid[:12]}: {exc.explanation or exc}")
-                return False
-            return True
-
-        with ThreadPoolExecutor(REMOVE_PARALLELISM) as pool:
-            removed = sum(pool.map(remove, ids))
-    finally:
-        api.close()
+    removed, failed = docker_driver.remove_node_containers(
+        nodes, url, parallelism=REMOVE_PARALLELISM)
     if failed:
         notice(f"{len(failed)} container(s) could not be removed (run `swctl down` again): "
                f"{failed[0]}")
@@ -84,7 +61,7 @@ def remove_containers(nodes: Sequence[str], notice: Callable[[str], None]) -> in
 
 async def remove_processes_async(nodes: Sequence[str]) -> int:
     """:func:`remove_processes` for callers already in an event loop."""
-    from shoal.agent import process_driver
+    from shoal.agent.process import driver as process_driver
 
     count = 0
     for node in nodes:

@@ -36,7 +36,7 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import Any, Final
 
 from shoal.agent import logserver
-from shoal.agent.executor import LogLine
+from shoal.agent.exec.executor import LogLine
 from shoal.cli import common, errors, service, taskview
 from shoal.crds import kinds, resource
 from shoal.crds import taskstates as ts

@@ -1,7 +1,8 @@
-"""Node networking: IPAM, VXLAN overlays, service load balancers and DNS.
+"""Node networking: VXLAN overlays, service load balancers and DNS.
 
 Built by the agent on its own node with pyroute2 from what etcd says should exist;
-never imports the controllers (they decide, this layer carries out).
+never imports the controllers (they decide, this layer carries out; IPAM is theirs,
+in ``shoal.controllers.allocator.ipam``) nor the agent (which drives it).
 """
 
 # Every module here may open sockets in other namespaces through pyroute2: make its

@@ -1,9 +1,10 @@
-"""The service load-balancer interface and its backend choice.
+"""The service load-balancer interface: what every balancer backend implements.
 
 One interface, two kernels' worth of implementations: IPVS (``lb_ipvs``) where the kernel
 has it, nftables DNAT (``lb_nftables``) where it does not -- this machine's kernel, like
-many minimal ones, has no IPVS, and there Docker Swarm's VIPs silently time out. The agent
-picks one with :func:`detect_backend` at start-up and reports ``backend_name`` on its Node.
+many minimal ones, has no IPVS, and there Docker Swarm's VIPs silently time out. Which
+one a node gets is :mod:`shoal.net.lb_factory`'s business, so this module imports no
+backend and the backends import it without a cycle.
 
 A :class:`VirtualService` is one (VIP, port, protocol) balanced over backends. A VIP of
 ``None`` is a published ingress port: it answers on every local address of the node (the
@@ -14,15 +15,11 @@ backend's network, so replies return through the node whose conntrack translated
 from __future__ import annotations
 
 import abc
-import concurrent.futures
 import ipaddress
-import os
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
-
-from shoal.net import netns as netns_mod
 
 Protocol = Literal["tcp", "udp"]
 BackendName = Literal["nftables", "ipvs"]
@@ -113,54 +110,6 @@ class LoadBalancer(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (sockets, threads); the kernel state stays."""
-
-
-def ipvs_available(netns: str | None = None) -> bool:
-    """True when the kernel offers IPVS: /proc/net/ip_vs exists (module loaded or built
-    in) or the generic-netlink family ``IPVS`` resolves (resolving it makes the kernel
-    load the module on demand, as on a fresh node)."""
-    if netns is None and os.path.exists("/proc/net/ip_vs"):
-        return True
-    # pyroute2's synchronous sockets run their own event loop and fail inside a running
-    # one ("This event loop is already running") -- which the agent's start-up is. A
-    # worker thread has no loop, so the probe behaves the same from sync and async code.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(_probe_ipvs_family, netns).result()
-
-
-def _probe_ipvs_family(netns: str | None) -> bool:
-    try:
-        from pyroute2 import IPVS
-    except ImportError:  # pragma: no cover - pyroute2 is a dependency
-        return False
-    try:
-        path = None if netns is None else netns_mod.path(netns)
-        ipvs = IPVS(netns=path, flags=0) if path else IPVS()
-    except Exception:  # pyroute2 raises NetlinkError/OSError when the family is unknown
-        return False
-    try:
-        ipvs.service("dump")
-        return True
-    except Exception:
-        return False
-    finally:
-        ipvs.close()
-
-
-def detect_backend(netns: str | None = None) -> BackendName:
-    """IPVS when the kernel has it, else nftables."""
-    return "ipvs" if ipvs_available(netns) else "nftables"
-
-
-def make_load_balancer(backend: BackendName | None = None, *, netns: str | None = None
-                       ) -> LoadBalancer:
-    """The balancer for this node; ``backend`` None means :func:`detect_backend`."""
-    chosen = backend or detect_backend(netns)
-    if chosen == "ipvs":
-        from shoal.net.lb_ipvs import IpvsLoadBalancer
-        return IpvsLoadBalancer(netns=netns)
-    from shoal.net.lb_nftables import NftablesLoadBalancer
-    return NftablesLoadBalancer(netns=netns)
 
 
 def protocol_number(protocol: Protocol) -> int:

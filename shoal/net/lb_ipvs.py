@@ -1,6 +1,6 @@
 """Service load balancing with IPVS, through pyroute2's generic-netlink IPVS API.
 
-Used where the kernel has IPVS (``lb.detect_backend``). Layout, like Swarm's and
+Used where the kernel has IPVS (``lb_factory.detect_backend``). Layout, like Swarm's and
 kube-proxy's IPVS modes:
 
 * a VIP service is an IPVS virtual service ``VIP:port/proto`` (scheduler ``rr``) whose real
@@ -20,17 +20,9 @@ kube-proxy's IPVS modes:
   companion, which needs ``net.ipv4.vs.conntrack=1`` (IPVS then keeps conntrack entries
   that netfilter NAT can act on).
 
-The netfilter companion comes in two flavours, chosen at the first sync:
-
-* ``nftables`` (preferred): a table ``ip shoal_ipvs`` with a set of VIPs, a map of
-  published ports to marks and a map of whole VIPs (``VIP . proto``) to marks; VIP packets
-  get a mark bit that postrouting masquerades on;
-* ``iptables`` (``iptables-legacy``): for kernels that have IPVS and x_tables but no
-  nf_tables for the ``ip`` family -- Debian's user-mode-linux kernel, where this backend
-  is tested, is one. Masquerading there needs no per-VIP rule: the ``ipvs`` match
-  (``-m ipvs --ipvs --vdir ORIGINAL --vmethod MASQ``) picks IPVS's own connections, as
-  Docker's ingress sandbox does; published ports and whole VIPs are one MARK rule each
-  (the whole-VIP rules last, so a VIP keeps its traffic on a port that is also published).
+The netfilter companion (nftables, or iptables-legacy where the kernel has no nf_tables
+for ``ip``) is :mod:`shoal.net.ipvs_netfilter`; this balancer picks one at its first
+sync and tells it each change.
 
 Ownership after a restart: a VIP service is Shoal's when its address is on the dummy
 device; a published port's fwmark service when its mark carries :data:`FWMARK_BASE`
@@ -52,19 +44,30 @@ kernel has no IPVS; message construction and companion rendering are unit-tested
 
 from __future__ import annotations
 
-import abc
 import asyncio
-import dataclasses
 import errno
 import ipaddress
-import shutil
 import socket
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from shoal.net import ipvs_netlink
 from shoal.net import netns as netns_mod
+from shoal.net.ipvs_netfilter import (
+    FWMARK_BASE,
+    FWMARK_KIND,
+    FWMARK_UDP,
+    FWMARK_VIP,
+    Companion,
+    IptablesCompanion,
+    Netfilter,
+    NetfilterChange,
+    NftCompanion,
+    VipMark,
+    fwmark_for,
+    fwmark_for_vip,
+)
 from shoal.net.ipvs_netlink import NetlinkBatch
 from shoal.net.lb import (
     Backend,
@@ -80,34 +83,6 @@ from shoal.net.nft import NftError, NftRunner
 DUMMY = "shoal-ipvs0"
 SCHEDULER = "rr"
 FWD_MASQ = 0  # IP_VS_CONN_F_MASQ; pyroute2's IPVSDest default 3 is direct routing
-MASQ_MARK = 0x10000000
-# Firewall marks of published-port services: MASQ_MARK | proto bit | port, so the mark
-# also asks for masquerading and can never collide with another service's.
-FWMARK_BASE = MASQ_MARK
-FWMARK_UDP = 0x00010000
-# Firewall marks of whole-VIP (port 0) services: MASQ_MARK | FWMARK_VIP | proto bit | the
-# VIP's low 27 bits. Unique as long as the VIPs share their top 5 bits (any VIP pool of
-# /5 or smaller; the default is a /16); a collision is refused, never programmed.
-FWMARK_VIP = 0x20000000
-FWMARK_VIP_UDP = 0x08000000
-FWMARK_VIP_ADDR = 0x07FFFFFF
-FWMARK_KIND = 0xF0000000
-NFT_TABLE = "ip shoal_ipvs"
-IPT_MARK_CHAIN = "SHOAL-IPVS-MARK"  # mangle: published-port marks
-IPT_MASQ_CHAIN = "SHOAL-IPVS-MASQ"  # nat: masquerade IPVS-forwarded traffic
-
-Netfilter = Literal["nftables", "iptables"]
-
-
-def fwmark_for(protocol: Protocol, port: int) -> int:
-    """The mark of a published port's fwmark service."""
-    return FWMARK_BASE | (FWMARK_UDP if protocol == "udp" else 0) | port
-
-
-def fwmark_for_vip(vip: ipaddress.IPv4Address, protocol: Protocol) -> int:
-    """The mark of a whole-VIP (port 0) fwmark service."""
-    return (FWMARK_BASE | FWMARK_VIP | (FWMARK_VIP_UDP if protocol == "udp" else 0)
-            | (int(vip) & FWMARK_VIP_ADDR))
 
 
 def is_whole_vip(key: ServiceKey) -> bool:
@@ -141,142 +116,6 @@ def dest_fields(backend: Backend) -> dict[str, Any]:
     """IPVSDest keyword arguments: masquerading, weight 1."""
     return {"addr": backend.ip_text, "port": backend.port, "fwd_method": FWD_MASQ,
             "weight": 1}
-
-
-# ---- netfilter companion: rendering (pure) ------------------------------------------------
-
-def render_nft(services: Iterable[VirtualService]) -> str:
-    """The marking/masquerading table for the IPVS backend (replaced atomically)."""
-    m = f"{MASQ_MARK:#x}"
-    services = list(services)
-    vips = sorted({s.vip for s in services if s.vip is not None})
-    marks = sorted({(s.protocol, s.port) for s in services if s.vip is None})
-    whole = sorted((s.vip, s.protocol) for s in services
-                   if s.vip is not None and s.port == 0)
-    lines = [f"table {NFT_TABLE} {{}}", f"delete table {NFT_TABLE}", f"table {NFT_TABLE} {{",
-             "  set vips { type ipv4_addr; }",
-             "  map fwmarks { type inet_proto . inet_service : mark; }",
-             "  map vipmarks { type ipv4_addr . inet_proto : mark; }",
-             "  chain tag { ip daddr @vips meta mark set meta mark | " + m + "; "
-             "fib daddr type local ip daddr != 127.0.0.0/8 ip daddr != @vips "
-             "meta mark set meta l4proto . th dport map @fwmarks; "
-             "meta mark set ip daddr . meta l4proto map @vipmarks; }",
-             "  chain prerouting { type filter hook prerouting priority -150; "
-             "policy accept; jump tag; }",
-             "  chain output { type route hook output priority -150; policy accept; "
-             "jump tag; }",
-             "  chain postrouting { type nat hook postrouting priority 100; policy accept; "
-             f"meta mark & {m} == {m} meta mark set meta mark ^ {m} masquerade; }}",
-             "}"]
-    if vips:
-        lines.append(f"add element {NFT_TABLE} vips {{ {', '.join(map(str, vips))} }}")
-    if marks:
-        body = ", ".join(_nft_mark_element(p, port) for p, port in marks)
-        lines.append(f"add element {NFT_TABLE} fwmarks {{ {body} }}")
-    if whole:
-        body = ", ".join(_nft_vip_mark_element(v, p) for v, p in whole)
-        lines.append(f"add element {NFT_TABLE} vipmarks {{ {body} }}")
-    return "\n".join(lines) + "\n"
-
-
-def _nft_mark_element(protocol: Protocol, port: int) -> str:
-    return f"{protocol} . {port} : {fwmark_for(protocol, port):#x}"
-
-
-def _nft_vip_mark_element(vip: ipaddress.IPv4Address, protocol: Protocol) -> str:
-    return f"{vip} . {protocol} : {fwmark_for_vip(vip, protocol):#x}"
-
-
-VipMark = tuple[ipaddress.IPv4Address, Protocol]  # a whole VIP's marking: (VIP, protocol)
-
-
-def render_nft_change(*, vips_added: Iterable[ipaddress.IPv4Address] = (),
-                      vips_removed: Iterable[ipaddress.IPv4Address] = (),
-                      ports_added: Iterable[tuple[Protocol, int]] = (),
-                      ports_removed: Iterable[tuple[Protocol, int]] = (),
-                      marks_added: Iterable[VipMark] = (),
-                      marks_removed: Iterable[VipMark] = ()) -> str:
-    """Element additions/removals for one change (empty string: nothing to do)."""
-    lines = []
-    if unmarked := sorted(marks_removed):
-        keys = ", ".join(f"{v} . {p}" for v, p in unmarked)
-        lines.append(f"delete element {NFT_TABLE} vipmarks {{ {keys} }}")
-    if removed := sorted(vips_removed):
-        lines.append(f"delete element {NFT_TABLE} vips {{ {', '.join(map(str, removed))} }}")
-    if added := sorted(vips_added):
-        lines.append(f"add element {NFT_TABLE} vips {{ {', '.join(map(str, added))} }}")
-    if gone := sorted(ports_removed):
-        keys = ", ".join(f"{p} . {port}" for p, port in gone)
-        lines.append(f"delete element {NFT_TABLE} fwmarks {{ {keys} }}")
-    if new := sorted(ports_added):
-        body = ", ".join(_nft_mark_element(p, port) for p, port in new)
-        lines.append(f"add element {NFT_TABLE} fwmarks {{ {body} }}")
-    if marked := sorted(marks_added):
-        body = ", ".join(_nft_vip_mark_element(v, p) for v, p in marked)
-        lines.append(f"add element {NFT_TABLE} vipmarks {{ {body} }}")
-    return "".join(f"{line}\n" for line in lines)
-
-
-def render_iptables(services: Iterable[VirtualService], *,
-                    jumps_present: Iterable[tuple[str, str]] = ()) -> str:
-    """``iptables-restore --noflush`` input owning two chains. Declaring a chain in a
-    restore file flushes it, so the chains are rewritten whole; the jumps from the
-    built-in chains are added only where ``jumps_present`` (table, chain) lacks them."""
-    have = set(jumps_present)
-    services = list(services)
-    ports = sorted({(s.protocol, s.port) for s in services if s.vip is None})
-    whole = sorted((s.vip, s.protocol) for s in services
-                   if s.vip is not None and s.port == 0)
-    mangle = ["*mangle", f":{IPT_MARK_CHAIN} - [0:0]"]
-    for proto, port in ports:
-        mangle.append(f"-A {IPT_MARK_CHAIN} -p {proto} -m {proto} --dport {port} "
-                      "-m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 "
-                      f"-j MARK --set-xmark {fwmark_for(proto, port):#x}/0xffffffff")
-    # After the published ports: MARK does not stop the chain, so the last match wins
-    # and a whole VIP keeps its traffic on a port that is also published.
-    for vip, proto in whole:
-        mangle.append(f"-A {IPT_MARK_CHAIN} -d {vip}/32 -p {proto} "
-                      f"-j MARK --set-xmark {fwmark_for_vip(vip, proto):#x}/0xffffffff")
-    for builtin in ("PREROUTING", "OUTPUT"):
-        if ("mangle", builtin) not in have:
-            mangle.append(f"-A {builtin} -j {IPT_MARK_CHAIN}")
-    nat = ["*nat", f":{IPT_MASQ_CHAIN} - [0:0]",
-           f"-A {IPT_MASQ_CHAIN} -m ipvs --ipvs --vdir ORIGINAL --vmethod MASQ "
-           "-j MASQUERADE"]
-    if ("nat", "POSTROUTING") not in have:
-        nat.append(f"-A POSTROUTING -j {IPT_MASQ_CHAIN}")
-    return "\n".join([*mangle, "COMMIT", *nat, "COMMIT"]) + "\n"
-
-
-def iptables_jumps(saved: str) -> set[tuple[str, str]]:
-    """(table, built-in chain) pairs that already jump to our chains, from
-    ``iptables-save`` output."""
-    found: set[tuple[str, str]] = set()
-    table = ""
-    for line in saved.splitlines():
-        if line.startswith("*"):
-            table = line[1:].strip()
-        parts = line.split()
-        if len(parts) == 4 and parts[0] == "-A" and parts[2] == "-j" and parts[3] in (
-                IPT_MARK_CHAIN, IPT_MASQ_CHAIN):
-            found.add((table, parts[1]))
-    return found
-
-
-def render_iptables_teardown(saved: str) -> str:
-    """Restore input removing our jumps and chains, given ``iptables-save`` output."""
-    tables: dict[str, list[str]] = {"mangle": [], "nat": []}
-    for table, chain in sorted(iptables_jumps(saved)):
-        target = IPT_MARK_CHAIN if table == "mangle" else IPT_MASQ_CHAIN
-        tables.setdefault(table, []).append(f"-D {chain} -j {target}")
-    for table, chain in (("mangle", IPT_MARK_CHAIN), ("nat", IPT_MASQ_CHAIN)):
-        if f":{chain} " in saved:
-            tables[table] += [f"-F {chain}", f"-X {chain}"]
-    out: list[str] = []
-    for table, lines in tables.items():
-        if lines:
-            out += [f"*{table}", *lines, "COMMIT"]
-    return "".join(f"{line}\n" for line in out)
 
 
 # ---- reading IPVS messages --------------------------------------------------------------
@@ -322,122 +161,6 @@ def _is_errno(exc: BaseException, *codes: int) -> bool:
     return getattr(exc, "code", None) in codes
 
 
-# ---- netfilter companions -----------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class NetfilterChange:
-    """What one balancer change adds to and removes from the netfilter companion: VIPs,
-    published ports and whole-VIP marks (anything not named is unchanged)."""
-
-    vips_added: frozenset[ipaddress.IPv4Address] = frozenset()
-    vips_removed: frozenset[ipaddress.IPv4Address] = frozenset()
-    ports_added: frozenset[tuple[Protocol, int]] = frozenset()
-    ports_removed: frozenset[tuple[Protocol, int]] = frozenset()
-    marks_added: frozenset[VipMark] = frozenset()
-    marks_removed: frozenset[VipMark] = frozenset()
-
-
-class _Companion(abc.ABC):
-    name: Netfilter
-
-    @abc.abstractmethod
-    async def full(self, services: Sequence[VirtualService]) -> None:
-        """Make the companion hold exactly what ``services`` need."""
-
-    @abc.abstractmethod
-    async def change(self, services: Sequence[VirtualService], delta: NetfilterChange,
-                     ) -> None:
-        """Apply one change; ``services`` is the whole model after it (for a rebuild)."""
-
-    @abc.abstractmethod
-    async def teardown(self) -> None: ...
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        pass
-
-
-class _NftCompanion(_Companion):
-    name: Netfilter = "nftables"
-
-    def __init__(self, runner: NftRunner) -> None:
-        self.runner = runner
-
-    async def probe(self) -> None:
-        """Raise NftError when this kernel cannot hold an ``ip`` family table."""
-        await self.runner.run(f"table {NFT_TABLE} {{}}\n")
-
-    async def full(self, services: Sequence[VirtualService]) -> None:
-        await self.runner.run(render_nft(services))
-
-    async def change(self, services: Sequence[VirtualService], delta: NetfilterChange,
-                     ) -> None:
-        script = render_nft_change(
-            vips_added=delta.vips_added, vips_removed=delta.vips_removed,
-            ports_added=delta.ports_added, ports_removed=delta.ports_removed,
-            marks_added=delta.marks_added, marks_removed=delta.marks_removed)
-        if not script:
-            return
-        try:
-            await self.runner.run(script)
-        except NftError:
-            # The table drifted (deleted, or elements changed by hand): rebuild it.
-            await self.full(services)
-
-    async def teardown(self) -> None:
-        await self.runner.run(f"table {NFT_TABLE} {{}}\ndelete table {NFT_TABLE}\n")
-
-    def close(self) -> None:
-        self.runner.close()
-
-
-class _IptablesCompanion(_Companion):
-    name: Netfilter = "iptables"
-
-    def __init__(self, netns: str | None) -> None:
-        self.netns = netns
-        # Legacy explicitly: on a kernel without nf_tables for ``ip`` (the only reason to
-        # be here) the nft-based iptables fails exactly like nft does.
-        self.restore = shutil.which("iptables-legacy-restore") or "iptables-restore"
-        self.save = shutil.which("iptables-legacy-save") or "iptables-save"
-
-    async def _run(self, *argv: str, stdin: str | None = None) -> str:
-        if self.netns is not None:
-            argv = ("nsenter", f"--net={netns_mod.path(self.netns)}", *argv)
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
-        out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)}: {err.decode().strip()}")
-        return out.decode()
-
-    async def _saved(self) -> str:
-        return (await self._run(self.save, "-t", "mangle")
-                + await self._run(self.save, "-t", "nat"))
-
-    async def probe(self) -> None:
-        await self._saved()
-
-    async def full(self, services: Sequence[VirtualService]) -> None:
-        saved = await self._saved()
-        await self._run(self.restore, "--noflush",
-                        stdin=render_iptables(services, jumps_present=iptables_jumps(saved)))
-
-    async def change(self, services: Sequence[VirtualService], delta: NetfilterChange,
-                     ) -> None:
-        # VIPs need no masquerading rule here (the ipvs match covers every IPVS
-        # connection); published ports and whole VIPs are one MARK rule each, so their
-        # chain is rewritten whole (iptables-restore replaces a chain in one commit).
-        if (delta.ports_added or delta.ports_removed or delta.marks_added
-                or delta.marks_removed):
-            await self.full(services)
-
-    async def teardown(self) -> None:
-        script = render_iptables_teardown(await self._saved())
-        if script:
-            await self._run(self.restore, "--noflush", stdin=script)
-
-
 # ---- the balancer -----------------------------------------------------------------------
 
 class UnsupportedServiceError(ValueError):
@@ -475,7 +198,7 @@ class IpvsLoadBalancer(LoadBalancer):
         self.netns = netns
         self._netns_path = None if netns is None else netns_mod.path(netns)
         self._netfilter_choice = netfilter
-        self._companion: _Companion | None = None
+        self._companion: Companion | None = None
         self._sock: Any = None  # pyroute2 AsyncIPVS: single-service reads
         self._writer: NetlinkBatch | None = None  # batched IPVS commands
         self._addresses_writer: NetlinkBatch | None = None  # batched VIP addresses
@@ -523,12 +246,12 @@ class IpvsLoadBalancer(LoadBalancer):
         self._companion = await self._pick_companion()
         self._prepared = True
 
-    async def _pick_companion(self) -> _Companion:
+    async def _pick_companion(self) -> Companion:
         choice = self._netfilter_choice
         nft_error: Exception | None = None
         if choice in (None, "nftables"):
             try:
-                nft = _NftCompanion(NftRunner(self.netns))
+                nft = NftCompanion(NftRunner(self.netns))
             except NftError as exc:
                 nft_error = exc
             else:
@@ -540,7 +263,7 @@ class IpvsLoadBalancer(LoadBalancer):
                     nft_error = exc
             if choice == "nftables":
                 raise nft_error
-        ipt = _IptablesCompanion(self.netns)
+        ipt = IptablesCompanion(self.netns)
         try:
             await ipt.probe()
         except Exception as exc:

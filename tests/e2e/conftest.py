@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from shoal.agent.docker_driver import API_VERSION
-from shoal.agent.dockerd import DockerdError, ensure_dockerd
-from shoal.agent.executor import LABEL_NODE
-from shoal.agent.image import ensure_test_image
+from shoal.agent.docker.dockerd import DockerdError, ensure_dockerd
+from shoal.agent.docker.driver import API_VERSION
+from shoal.agent.docker.image import ensure_test_image
+from shoal.agent.exec.executor import LABEL_NODE
 from tests.e2e.netlab import Lab
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from pyroute2.netns import create_socket
 
-from shoal.agent.executor import LABEL_NODE
+from shoal.agent.exec.executor import LABEL_NODE
 from shoal.crds import resource
 from shoal.store import client, etcd
 from tests.e2e.netcluster import NETTOOL

@@ -33,8 +33,8 @@ from typing import Any
 
 import pytest
 
-from shoal.agent import process_driver
-from shoal.agent.executor import LABEL_NODE, LABEL_TASK_UID
+from shoal.agent.exec.executor import LABEL_NODE, LABEL_TASK_UID
+from shoal.agent.process import driver as process_driver
 from shoal.cli import leftovers, netnodes
 from shoal.crds import kinds, resource
 from shoal.crds import taskstates as ts

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from shoal.agent.docker_driver import DockerExecutor
-from shoal.agent.executor import (
+from shoal.agent.docker.driver import DockerExecutor
+from shoal.agent.docker.image import ensure_test_image
+from shoal.agent.exec.executor import (
     LABEL_NAMESPACE,
     LABEL_NODE,
     LABEL_SERVICE,
@@ -23,7 +24,6 @@ from shoal.agent.executor import (
     TaskRejectedError,
     TaskSpec,
 )
-from shoal.agent.image import ensure_test_image
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.timeout(120)
@@ -272,8 +272,8 @@ async def test_adoption_by_a_new_driver_and_no_duplicates(docker_node: str,
 
 CRASHING_AGENT = """
 import asyncio, json, sys
-from shoal.agent.docker_driver import DockerExecutor
-from shoal.agent.executor import TaskSpec
+from shoal.agent.docker.driver import DockerExecutor
+from shoal.agent.exec.executor import TaskSpec
 node, tasks = sys.argv[1], json.loads(sys.argv[2])
 async def main():
     ex = DockerExecutor(node)

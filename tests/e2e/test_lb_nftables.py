@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from shoal.net.lb import VirtualService, detect_backend
+from shoal.net.lb import VirtualService
+from shoal.net.lb_factory import detect_backend
 from shoal.net.lb_nftables import NftablesLoadBalancer
 from shoal.net.overlay import OverlayNode
 from tests.e2e.netcluster import NETTOOL, Cluster, tcp

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from shoal.agent.executor import LogLine, Observed, TaskRejectedError, TaskSpec
-from shoal.agent.process_driver import ProcessExecutor, alive
+from shoal.agent.exec.executor import LogLine, Observed, TaskRejectedError, TaskSpec
+from shoal.agent.process.driver import ProcessExecutor
+from shoal.agent.process.shim import alive
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.timeout(120)
@@ -213,8 +214,8 @@ async def test_bad_specs_are_rejected(driver: ProcessExecutor) -> None:
 
 CRASHING_AGENT = """
 import asyncio, json, sys
-from shoal.agent.executor import TaskSpec
-from shoal.agent.process_driver import ProcessExecutor
+from shoal.agent.exec.executor import TaskSpec
+from shoal.agent.process.driver import ProcessExecutor
 node, state, tasks = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 async def main():
     ex = ProcessExecutor(node, state)

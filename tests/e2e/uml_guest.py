@@ -163,7 +163,8 @@ def dummy_addresses() -> list[str]:
 
 
 async def scenario_ipvs(result: dict[str, Any]) -> None:
-    from shoal.net.lb import VirtualService, detect_backend
+    from shoal.net.lb import VirtualService
+    from shoal.net.lb_factory import detect_backend
     from shoal.net.lb_ipvs import IpvsLoadBalancer, kernel_view
 
     steps: dict[str, Any] = result["steps"]

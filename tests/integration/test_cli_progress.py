@@ -254,7 +254,7 @@ def test_builtin_controllers_come_from_the_controllers_package() -> None:
 
 def test_up_falls_back_to_the_process_runtime_without_dockerd(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from shoal.agent import dockerd
+    from shoal.agent.docker import dockerd
     from shoal.cli import cluster
 
     def no_dockerd(*args: object, **kwargs: object) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from shoal.agent import logserver
-from shoal.agent.executor import MISSING, LogLine, Observed
+from shoal.agent.exec.executor import MISSING, LogLine, Observed
 from shoal.cli import errors, logs, netnodes
 from shoal.crds import resource
 

@@ -1,30 +1,18 @@
-"""What the docker and process drivers read out of a task template, and their parsers."""
+"""shoal.agent.exec.workload: what the docker and process drivers read out of a task template."""
 
 from __future__ import annotations
 
-import io
-import struct
 from typing import Any
 
 import pytest
 
-from shoal.agent.docker_driver import (
-    frame_lines,
-    observed_from_inspect,
-    parse_timestamp,
-    read_frames,
-)
-from shoal.agent.executor import (
+from shoal.agent.exec.executor import (
     LABEL_NODE,
     LABEL_TASK_UID,
-    LogLine,
-    Observed,
     TaskRejectedError,
     TaskSpec,
 )
-from shoal.agent.process_driver import _CriDecoder, _tail_of, parse_cri
-from shoal.agent.procshim import LogWriter, rfc3339_nano
-from shoal.agent.workload import (
+from shoal.agent.exec.workload import (
     HealthSpec,
     docker_healthcheck,
     full_argv,
@@ -102,71 +90,3 @@ def test_resources() -> None:
     assert resources({}).memory is None
     with pytest.raises(TaskRejectedError, match=r"resources\.limits\.memory"):
         resources({"resources": {"limits": {"memory": "lots"}}})
-
-
-def inspect(status: str, **state: Any) -> dict[str, Any]:
-    return {"Id": "c1", "State": {"Status": status, "Running": status == "running", **state}}
-
-
-def test_observed_from_inspect() -> None:
-    assert observed_from_inspect(inspect("running", Pid=42, Health={"Status": "healthy"})) \
-        == Observed("running", health="healthy", workload_id="c1", pid=42)
-    assert observed_from_inspect(inspect("created", Pid=0)) == Observed("created",
-                                                                        workload_id="c1")
-    failed = observed_from_inspect(inspect("created", ExitCode=127, Error='exec: "x": not found'))
-    assert (failed.state, failed.exit_code, failed.error) == ("exited", 127,
-                                                              'exec: "x": not found')
-    oom = observed_from_inspect(inspect("exited", ExitCode=137, OOMKilled=True,
-                                        Health={"Status": "unhealthy"}))
-    assert (oom.state, oom.exit_code, oom.health) == ("exited", 137, "none")
-    assert "out of memory" in oom.error
-
-
-def frame(kind: int, payload: bytes) -> bytes:
-    return struct.pack(">BxxxL", kind, len(payload)) + payload
-
-
-def test_docker_log_frames() -> None:
-    data = frame(1, b"2024-05-01T10:00:00.123456789Z hello\n") + frame(2, b"oops\n")
-    frames = list(read_frames(io.BytesIO(data).read))
-    assert frames == [("stdout", b"2024-05-01T10:00:00.123456789Z hello\n"),
-                      ("stderr", b"oops\n")]
-    assert list(read_frames(io.BytesIO(data[:-2]).read))[1:] == []  # truncated: dropped
-    line = frame_lines(*frames[0], timestamps=True)[0]
-    assert line.line == b"hello" and line.timestamp == pytest.approx(1714557600.123457)
-    assert frame_lines("stderr", b"a\nb\n", timestamps=False) == [
-        LogLine("stderr", b"a"), LogLine("stderr", b"b")]
-    assert parse_timestamp(b"2024-05-01T10:00:00Z") == 1714557600.0
-
-
-def test_cri_log_round_trip(tmp_path: Any) -> None:
-    path = tmp_path / "t.log"
-    writer = LogWriter(str(path), max_bytes=0)
-    writer.feed("stdout", b"one\ntw")
-    writer.feed("stderr", b"err\n")
-    writer.feed("stdout", b"o\n" + b"x" * 20000)
-    writer.flush_partial()
-    records = path.read_bytes().split(b"\n")[:-1]
-    assert [r.split(b" ")[1:3] for r in records] == [
-        [b"stdout", b"F"], [b"stderr", b"F"], [b"stdout", b"F"], [b"stdout", b"P"],
-        [b"stdout", b"F"]]
-    lines = _CriDecoder(timestamps=False).records(records)
-    assert lines == [LogLine("stdout", b"one"), LogLine("stderr", b"err"),
-                     LogLine("stdout", b"two"), LogLine("stdout", b"x" * 20000)]
-    stamp = parse_cri(records[0])
-    assert stamp is not None and abs(stamp[0] - __import__("time").time()) < 60
-    with open(path, "rb") as f:
-        size = path.stat().st_size
-        assert _tail_of(f, size, 2) == records[-2:]
-        assert _tail_of(f, size, None) == records
-        assert _tail_of(f, size, 0) == []
-    assert rfc3339_nano(1714557600_123456789) == "2024-05-01T10:00:00.123456789Z"
-
-
-def test_log_rotation(tmp_path: Any) -> None:
-    path = tmp_path / "t.log"
-    writer = LogWriter(str(path), max_bytes=200)
-    for i in range(10):
-        writer.feed("stdout", f"line {i}\n".encode())
-    assert (tmp_path / "t.log.1").exists()
-    assert path.stat().st_size <= 200

@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from shoal.agent.image import (
+from shoal.agent.docker.image import (
     REQUIRED_APPLETS,
     ImageBuildError,
     RootfsEntry,

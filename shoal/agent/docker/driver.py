@@ -41,7 +41,7 @@ import functools
 import struct
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -51,9 +51,10 @@ import docker.types
 import docker.types.daemon
 import structlog
 
-from shoal.agent import workload
-from shoal.agent.dockerd import docker_url
-from shoal.agent.executor import (
+from shoal.agent.docker.dockerd import docker_url
+from shoal.agent.docker.image import split_image_ref
+from shoal.agent.exec import workload
+from shoal.agent.exec.executor import (
     LABEL_NAMESPACE,
     LABEL_NODE,
     LABEL_TASK,
@@ -65,8 +66,7 @@ from shoal.agent.executor import (
     TaskRejectedError,
     TaskSpec,
 )
-from shoal.agent.image import split_image_ref
-from shoal.agent.workload import parse_timestamp
+from shoal.agent.exec.workload import parse_timestamp
 
 log = structlog.get_logger(__name__)
 
@@ -646,6 +646,41 @@ class DockerExecutor:
         self._pool.shutdown(wait=False, cancel_futures=True)
         with contextlib.suppress(Exception):
             self._api.close()
+
+
+def remove_node_containers(nodes: Sequence[str], base_url: str | None = None, *,
+                           parallelism: int = 8) -> tuple[int, list[str]]:
+    """Force-remove every container labelled for one of ``nodes``, whatever its task:
+    what ``swctl down`` does once the agents are gone (a driver removes one task's
+    container; this clears whole nodes). Anonymous volumes go with the containers; named
+    volumes are user data and stay. Blocking. Returns (how many were removed, one
+    message per container that could not be)."""
+    if not nodes:
+        return 0, []
+    api: Any = docker.APIClient(base_url=base_url or docker_url(), version=API_VERSION,
+                                timeout=60)
+    failed: list[str] = []
+
+    def remove(cid: str) -> bool:
+        try:
+            api.remove_container(cid, force=True, v=True)
+        except docker.errors.NotFound:
+            return False  # gone meanwhile: fine
+        except docker.errors.APIError as exc:
+            failed.append(f"{cid[:12]}: {exc.explanation or exc}")
+            return False
+        return True
+
+    try:
+        ids: list[str] = []
+        for node in nodes:
+            found = api.containers(all=True, filters={"label": f"{LABEL_NODE}={node}"})
+            ids += [c["Id"] for c in found]
+        with ThreadPoolExecutor(parallelism) as pool:
+            removed = sum(pool.map(remove, ids))
+    finally:
+        api.close()
+    return removed, failed
 
 
 def _explain(exc: docker.errors.APIError) -> str:

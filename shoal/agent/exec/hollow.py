@@ -1,6 +1,6 @@
 """The hollow executor: fake workloads, so one process can stand in for hundreds of nodes.
 
-It implements the :class:`~shoal.agent.executor.Executor` contract exactly like the real
+It implements the :class:`~shoal.agent.exec.executor.Executor` contract exactly like the real
 drivers do — idempotent calls keyed by task uid, adoption through ``start``, change
 notifications through ``changes()`` — but a "workload" is a small record and a timer.
 Scale work runs 1,000 nodes with 100 tasks each in one process, so nothing here costs an
@@ -40,7 +40,7 @@ from typing import Any
 
 import structlog
 
-from shoal.agent.executor import (
+from shoal.agent.exec.executor import (
     LABEL_NAMESPACE,
     LABEL_NODE,
     LABEL_SERVICE,
@@ -54,7 +54,7 @@ from shoal.agent.executor import (
     TaskSpec,
 )
 
-log = structlog.get_logger("shoal.agent.hollow")
+log = structlog.get_logger("shoal.agent.exec.hollow")
 
 CREATED = "created"
 RUNNING = "running"

@@ -1,6 +1,6 @@
-"""The IPVS backend's pure parts: reading IPVS messages and /proc/net/ip_vs, and the
-netfilter companions' scripts. (The kernel-facing part runs under user-mode-linux in
-tests/e2e/test_lb_ipvs_uml.py.)"""
+"""shoal.net.lb_ipvs, its pure parts: IPVS messages and /proc/net/ip_vs read and written.
+(The kernel-facing part runs under user-mode-linux in tests/e2e/test_lb_ipvs_uml.py; the
+netfilter companion's scripts are tested in test_net_ipvs_netfilter.py.)"""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import struct
 from pyroute2.ipvs import IPVSDest, IPVSService
 from pyroute2.netlink.generic import ipvs as genl
 
-from shoal.net import ipvs_netlink, lb_ipvs
+from shoal.net import ipvs_netfilter, ipvs_netlink, lb_ipvs
 from shoal.net.lb import Backend, VirtualService
 
 
@@ -79,60 +79,6 @@ def test_kernel_view_parses_proc_net_ip_vs() -> None:
     }
 
 
-def test_iptables_companion() -> None:
-    web = VirtualService.make("10.254.0.5", 80, "tcp", ["10.0.9.10:8080"])
-    mesh = VirtualService.make(None, 30080, "tcp", ["10.0.9.10:8080"])
-    script = lb_ipvs.render_iptables([web, mesh])
-    lines = script.splitlines()
-    # Our chains are declared (so restore flushes them) and the jumps added once.
-    assert ":SHOAL-IPVS-MARK - [0:0]" in lines and ":SHOAL-IPVS-MASQ - [0:0]" in lines
-    assert "-A PREROUTING -j SHOAL-IPVS-MARK" in lines
-    assert "-A OUTPUT -j SHOAL-IPVS-MARK" in lines
-    assert "-A POSTROUTING -j SHOAL-IPVS-MASQ" in lines
-    # VIPs need no rule; the published port is marked for its fwmark service.
-    assert "10.254.0.5" not in script
-    mark = lb_ipvs.fwmark_for("tcp", 30080)
-    assert (f"-A SHOAL-IPVS-MARK -p tcp -m tcp --dport 30080 -m addrtype --dst-type LOCAL "
-            f"! -d 127.0.0.0/8 -j MARK --set-xmark {mark:#x}/0xffffffff") in lines
-    assert ("-A SHOAL-IPVS-MASQ -m ipvs --ipvs --vdir ORIGINAL --vmethod MASQ "
-            "-j MASQUERADE") in lines
-
-    saved = ("*mangle\n:PREROUTING ACCEPT [0:0]\n:SHOAL-IPVS-MARK - [0:0]\n"
-             "-A PREROUTING -j SHOAL-IPVS-MARK\n-A OUTPUT -j SHOAL-IPVS-MARK\nCOMMIT\n"
-             "*nat\n:SHOAL-IPVS-MASQ - [0:0]\n-A POSTROUTING -j SHOAL-IPVS-MASQ\nCOMMIT\n")
-    jumps = lb_ipvs.iptables_jumps(saved)
-    assert jumps == {("mangle", "PREROUTING"), ("mangle", "OUTPUT"), ("nat", "POSTROUTING")}
-    again = lb_ipvs.render_iptables([web], jumps_present=jumps)
-    assert "-A PREROUTING" not in again and "-A POSTROUTING" not in again
-    assert "--dport" not in again  # the published port is gone from the rewritten chain
-
-    teardown = lb_ipvs.render_iptables_teardown(saved).splitlines()
-    assert teardown == ["*mangle", "-D OUTPUT -j SHOAL-IPVS-MARK",
-                        "-D PREROUTING -j SHOAL-IPVS-MARK", "-F SHOAL-IPVS-MARK",
-                        "-X SHOAL-IPVS-MARK", "COMMIT", "*nat",
-                        "-D POSTROUTING -j SHOAL-IPVS-MASQ", "-F SHOAL-IPVS-MASQ",
-                        "-X SHOAL-IPVS-MASQ", "COMMIT"]
-    assert lb_ipvs.render_iptables_teardown("*mangle\nCOMMIT\n*nat\nCOMMIT\n") == ""
-
-
-def test_nftables_companion_change_is_elements_only() -> None:
-    assert lb_ipvs.render_nft_change() == ""
-    script = lb_ipvs.render_nft_change(
-        vips_added=[ipaddress.IPv4Address("10.254.0.6")],
-        vips_removed=[ipaddress.IPv4Address("10.254.0.5")],
-        ports_added=[("udp", 30053)], ports_removed=[("tcp", 30080)])
-    mark = lb_ipvs.fwmark_for("udp", 30053)
-    assert script.splitlines() == [
-        "delete element ip shoal_ipvs vips { 10.254.0.5 }",
-        "add element ip shoal_ipvs vips { 10.254.0.6 }",
-        "delete element ip shoal_ipvs fwmarks { tcp . 30080 }",
-        f"add element ip shoal_ipvs fwmarks {{ udp . 30053 : {mark:#x} }}",
-    ]
-    # A VIP on a port that is also published stays with its VIP service.
-    assert "ip daddr != @vips meta mark set meta l4proto . th dport map @fwmarks" in \
-        lb_ipvs.render_nft([])
-
-
 def test_batched_commands_decode_as_ipvs_messages() -> None:
     # What ipvs_netlink packs by hand must read back, through pyroute2's own IPVS message
     # parser, as the same service and real server.
@@ -157,7 +103,7 @@ def test_batched_commands_decode_as_ipvs_messages() -> None:
     new = genl.ipvsmsg(ipvs_netlink.encode(0x22, 8, ipvs_netlink.add_service(mark, "rr")))
     new.decode()
     attrs = new.get_attr("IPVS_CMD_ATTR_SERVICE")
-    assert attrs.get_attr("IPVS_SVC_ATTR_FWMARK") == lb_ipvs.fwmark_for("udp", 30080)
+    assert attrs.get_attr("IPVS_SVC_ATTR_FWMARK") == ipvs_netfilter.fwmark_for("udp", 30080)
     assert attrs.get_attr("IPVS_SVC_ATTR_SCHED_NAME") == "rr"
     assert attrs.get_attr("IPVS_SVC_ATTR_NETMASK") == "255.255.255.255"
     assert attrs.get_attr("IPVS_SVC_ATTR_TIMEOUT") == 0
@@ -193,11 +139,11 @@ def test_acks_are_matched_by_sequence() -> None:
 def test_whole_vip_is_a_fwmark_service_with_port_0_real_servers() -> None:
     vip = ipaddress.IPv4Address("10.254.0.10")  # 0x0afe000a
     tcp = VirtualService.make(str(vip), 0, "tcp", ["10.1.1.2:0", "10.1.3.2:0"])
-    assert lb_ipvs.fwmark_for_vip(vip, "tcp") == 0x32FE000A
-    assert lb_ipvs.fwmark_for_vip(vip, "udp") == 0x3AFE000A
+    assert ipvs_netfilter.fwmark_for_vip(vip, "tcp") == 0x32FE000A
+    assert ipvs_netfilter.fwmark_for_vip(vip, "udp") == 0x3AFE000A
     # Masqueraded (the companion's postrouting bit) and never a published port's mark.
-    assert lb_ipvs.fwmark_for_vip(vip, "tcp") & lb_ipvs.MASQ_MARK
-    assert lb_ipvs.fwmark_for_vip(vip, "tcp") != lb_ipvs.fwmark_for("tcp", 0xA)
+    assert ipvs_netfilter.fwmark_for_vip(vip, "tcp") & ipvs_netfilter.MASQ_MARK
+    assert ipvs_netfilter.fwmark_for_vip(vip, "tcp") != ipvs_netfilter.fwmark_for("tcp", 0xA)
     # A fwmark service, with the netmask the kernel insists on, not a port-0 address
     # service (which IPVS would schedule only if persistent).
     assert lb_ipvs.service_fields(tcp) == {"fwmark": 0x32FE000A, "af": socket.AF_INET,
@@ -236,29 +182,6 @@ def test_whole_vip_services_are_owned_through_the_dummy_addresses() -> None:
         "FWM 0x32fe000a rr": [("10.1.1.2:0", "Masq", 1)]}
 
 
-def test_companions_mark_whole_vips() -> None:
-    vip = ipaddress.IPv4Address("10.254.0.10")
-    whole = VirtualService.make(str(vip), 0, "udp", ["10.1.1.2:0"])
-    mesh = VirtualService.make(None, 30080, "udp", ["10.1.1.2:53"])
-    lines = lb_ipvs.render_iptables([whole, mesh]).splitlines()
-    rule = ("-A SHOAL-IPVS-MARK -d 10.254.0.10/32 -p udp -j MARK --set-xmark "
-            "0x3afe000a/0xffffffff")
-    published = next(i for i, ln in enumerate(lines) if "--dport 30080" in ln)
-    # Last, so the VIP's mark wins on a port that is also published (MARK goes on).
-    assert lines.index(rule) > published
-
-    script = lb_ipvs.render_nft([whole, mesh])
-    assert "map vipmarks { type ipv4_addr . inet_proto : mark; }" in script
-    assert "meta mark set ip daddr . meta l4proto map @vipmarks;" in script
-    assert "add element ip shoal_ipvs vipmarks { 10.254.0.10 . udp : 0x3afe000a }" in script
-    assert "vips { 10.254.0.10 }" in script  # masqueraded like every VIP
-    change = lb_ipvs.render_nft_change(marks_added=[(vip, "tcp")],
-                                       marks_removed=[(vip, "udp")])
-    assert change.splitlines() == [
-        "delete element ip shoal_ipvs vipmarks { 10.254.0.10 . udp }",
-        "add element ip shoal_ipvs vipmarks { 10.254.0.10 . tcp : 0x32fe000a }"]
-
-
 def test_unfaithful_whole_vips_are_refused_loudly() -> None:
     import pytest
     whole = VirtualService.make("10.254.0.5", 0, "tcp", [Backend.parse("10.0.9.10:0")])
@@ -287,3 +210,33 @@ def test_an_update_is_checked_against_the_model() -> None:
                     VirtualService.make("18.254.0.5", 0, "tcp", [])):
         with pytest.raises(lb_ipvs.UnsupportedServiceError):
             lb._check_joins(joining)
+
+
+def test_ipvs_messages_masquerade_not_direct_routing() -> None:
+    web = VirtualService.make("10.254.0.5", 80, "tcp", ["10.0.9.10:8080"])
+    fields = lb_ipvs.service_fields(web)
+    assert fields == {"addr": "10.254.0.5", "port": 80, "protocol": socket.IPPROTO_TCP,
+                      "sched_name": "rr"}
+    attrs = dict(IPVSService(**fields).dump_nla()["attrs"])
+    assert attrs["IPVS_SVC_ATTR_NETMASK"] == "255.255.255.255"
+    assert attrs["IPVS_SVC_ATTR_AF"] == socket.AF_INET
+    dest = dict(IPVSDest(**lb_ipvs.dest_fields(Backend.parse("10.0.9.10:8080")))
+                .dump_nla()["attrs"])
+    assert dest["IPVS_DEST_ATTR_FWD_METHOD"] == 0  # masquerade; pyroute2 defaults to 3
+    assert dest["IPVS_DEST_ATTR_PORT"] == 8080 and dest["IPVS_DEST_ATTR_WEIGHT"] == 1
+
+
+def test_ipvs_published_port_is_a_fwmark_service() -> None:
+    mesh = VirtualService.make(None, 30080, "udp", ["10.255.0.5:80"])
+    fields = lb_ipvs.service_fields(mesh)
+    mark = ipvs_netfilter.fwmark_for("udp", 30080)
+    assert fields["fwmark"] == mark and mark & ipvs_netfilter.MASQ_MARK
+    attrs = dict(IPVSService(**fields).dump_nla()["attrs"])
+    # The kernel refuses a new service without a netmask; pyroute2 adds none for fwmarks.
+    assert attrs["IPVS_SVC_ATTR_NETMASK"] == "255.255.255.255"
+    assert "IPVS_SVC_ATTR_ADDR" not in attrs
+    # Ownership is read back from the mark.
+    assert lb_ipvs._service_key_of({"fwmark": mark}) == (None, 30080, "udp")
+    assert lb_ipvs._service_key_of({"fwmark": 0x42}) is None
+    script = ipvs_netfilter.render_nft([mesh, VirtualService.make("10.254.0.5", 80, "tcp", [])])
+    assert f"udp . 30080 : {mark:#x}" in script and "vips { 10.254.0.5 }" in script

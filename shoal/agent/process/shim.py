@@ -1,6 +1,6 @@
 """The supervisor shim of the ``process`` driver: one tiny process per task.
 
-Run as ``python -I -S procshim.py DIR UID`` (standard library only, no site-packages,
+Run as ``python -I -S shim.py DIR UID`` (standard library only, no site-packages,
 so it starts in tens of milliseconds and works whatever the agent's environment). It is
 to the process driver what containerd-shim is to Docker: the workload's parent, so that
 the agent can die and restart without the workload noticing.
@@ -56,15 +56,42 @@ def rfc3339_nano(ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest:09d}Z"
 
 
-def proc_starttime(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat: with the pid, the identity of a process."""
+def proc_state(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time) of a live pid from /proc/PID/stat; None if there is no
+    such process. The start time (field 22) is, with the pid, a process's identity."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
         return None
     fields = stat[stat.rindex(b")") + 2:].split()
-    return int(fields[19])
+    return fields[0].decode(), int(fields[19])
+
+
+def proc_starttime(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: with the pid, the identity of a process."""
+    found = proc_state(pid)
+    return found[1] if found is not None else None
+
+
+def alive(pid: int | None, starttime: int | None) -> bool:
+    """Is the process we started still running (not a zombie, not a reused pid)?"""
+    if not pid:
+        return False
+    found = proc_state(pid)
+    if found is None or found[0] in ("Z", "X"):
+        return False
+    return starttime is None or found[1] == starttime
+
+
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A JSON object written by :func:`write_json`; None if absent or unreadable."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def write_json(path: str, data: dict[str, Any]) -> None:

@@ -314,7 +314,7 @@ def ensure_test_image_at(docker_url: str | None = None, name: str = TEST_IMAGE) 
     """
     import docker
 
-    from shoal.agent.dockerd import docker_url as default_url
+    from shoal.agent.docker.dockerd import docker_url as default_url
 
     client = docker.APIClient(base_url=docker_url or default_url(), version="auto")
     try:
@@ -324,8 +324,8 @@ def ensure_test_image_at(docker_url: str | None = None, name: str = TEST_IMAGE) 
 
 
 def main() -> None:
-    """``python -m shoal.agent.image``: make sure dockerd runs and has the test image."""
-    from shoal.agent.dockerd import ensure_dockerd
+    """``python -m shoal.agent.docker.image``: make sure dockerd runs and has the test image."""
+    from shoal.agent.docker.dockerd import ensure_dockerd
 
     url = ensure_dockerd()
     built = ensure_test_image_at(url)

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from shoal.agent.executor import (
+from shoal.agent.exec.executor import (
     LABEL_NAMESPACE,
     LABEL_NODE,
     LABEL_SERVICE,

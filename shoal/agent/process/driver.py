@@ -2,7 +2,7 @@
 
 The task's argv (``entrypoint + command + args``; the image is not used — a note says
 so in the agent's log) runs on the host's filesystem as a child of a per-task
-supervisor shim (:mod:`shoal.agent.procshim`), in its own network namespace with only
+supervisor shim (:mod:`shoal.agent.process.shim`), in its own network namespace with only
 loopback up (the networking work plumbs veths into ``/proc/PID/ns/net``, the pid being
 ``Observed.pid``) and its own UTS namespace (so ``hostname`` is the task's).
 
@@ -52,8 +52,8 @@ from typing import Any
 
 import structlog
 
-from shoal.agent import workload
-from shoal.agent.executor import (
+from shoal.agent.exec import workload
+from shoal.agent.exec.executor import (
     LABEL_NAMESPACE,
     LABEL_TASK,
     MISSING,
@@ -63,16 +63,15 @@ from shoal.agent.executor import (
     TaskRejectedError,
     TaskSpec,
 )
-from shoal.agent.procshim import resolve_user, write_json
-from shoal.agent.workload import parse_timestamp
+from shoal.agent.process.health import HealthChecks
+from shoal.agent.process.logs import read_log
+from shoal.agent.process.shim import alive, read_json, resolve_user, write_json
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_STATE_DIR = Path("/var/lib/shoal")
-SHIM = Path(__file__).with_name("procshim.py")
+SHIM = Path(__file__).with_name("shim.py")
 LOG_MAX_BYTES = 10 * 1024 * 1024
-HEALTH_LOG_ENTRIES = 5  # like Docker's State.Health.Log
-HEALTH_OUTPUT_MAX = 4096
 SPAWN_TIMEOUT = 15.0
 SCAN_INTERVAL = 1.0
 
@@ -94,122 +93,6 @@ class _Paths:
                 self.state, self.lock, self.spec]
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _process_state(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time) of a live pid, None if there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(b")") + 2:].split()
-    return fields[0].decode(), int(fields[19])
-
-
-def alive(pid: int | None, starttime: int | None) -> bool:
-    """Is the process we started still running (not a zombie, not a reused pid)?"""
-    if not pid:
-        return False
-    found = _process_state(pid)
-    if found is None or found[0] in ("Z", "X"):
-        return False
-    return starttime is None or found[1] == starttime
-
-
-def parse_cri(record: bytes) -> tuple[float, str, bool, bytes] | None:
-    """One CRI log record: (timestamp, stream, complete?, text); None if malformed."""
-    parts = record.split(b" ", 3)
-    if len(parts) < 3:
-        return None
-    try:
-        stamp = parse_timestamp(parts[0])
-    except ValueError:
-        return None
-    text = parts[3] if len(parts) == 4 else b""
-    return stamp, parts[1].decode(errors="replace"), parts[2] != b"P", text
-
-
-class _CriDecoder:
-    """Turns CRI records into LogLines, joining ``P`` pieces of one long line."""
-
-    def __init__(self, timestamps: bool) -> None:
-        self.timestamps = timestamps
-        self.partial: dict[str, bytes] = {}
-
-    def records(self, records: list[bytes]) -> list[LogLine]:
-        out: list[LogLine] = []
-        for record in records:
-            parsed = parse_cri(record)
-            if parsed is None:
-                continue
-            stamp, stream, complete, text = parsed
-            text = self.partial.pop(stream, b"") + text
-            if not complete:
-                self.partial[stream] = text
-                continue
-            out.append(LogLine(stream, text, stamp if self.timestamps else None))
-        return out
-
-
-def _tail_of(f: Any, end: int, count: int | None) -> list[bytes]:
-    """Records in ``f`` before byte ``end``: all, or the last ``count`` (read backwards)."""
-    if count is None:
-        f.seek(0)
-        chunk = f.read(end)
-        start = 0
-    else:
-        start, chunk, block = end, b"", 65536
-        while start > 0 and chunk.count(b"\n") <= count:
-            new_start = max(0, start - block)
-            f.seek(new_start)
-            chunk = f.read(start - new_start) + chunk
-            start, block = new_start, block * 2
-    records = chunk.split(b"\n")
-    records.pop()  # after the last newline: empty, or a record still being written
-    if start > 0:
-        records = records[1:]  # the first piece may begin mid-record
-    return records if count is None else records[-count:] if count else []
-
-
-def _read_backlog(rotated: Path, handle: Any, count: int | None) -> list[bytes]:
-    """What the logs hold now, ending exactly where ``handle`` (the current log) will
-    continue reading, so a follower neither skips nor repeats a record."""
-    end = os.fstat(handle.fileno()).st_size if handle is not None else 0
-    records = _tail_of(handle, end, count) if handle is not None else []
-    if count is None or len(records) < count:
-        try:
-            with open(rotated, "rb") as f:
-                older = _tail_of(f, os.fstat(f.fileno()).st_size,
-                                 None if count is None else count - len(records))
-            records = older + records
-        except OSError:
-            pass
-    if handle is not None:
-        handle.seek(end)
-    return records
-
-
-def _open_log(path: Path) -> Any:
-    try:
-        return open(path, "rb")  # closed by the caller
-    except OSError:
-        return None
-
-
-@dataclasses.dataclass
-class _Health:
-    status: str = "starting"
-    failing_streak: int = 0
-    log: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-
-
 class ProcessExecutor:
     """Executor driver running tasks as supervised processes; one instance per node."""
 
@@ -227,13 +110,12 @@ class ProcessExecutor:
         digest = hashlib.sha1(str(self.dir.resolve()).encode()).hexdigest()[:20]
         self._socket_name = f"\0shoal-process-{digest}"
         self._locks: dict[str, asyncio.Lock] = {}
-        self._health: dict[str, _Health] = {}
-        self._checkers: dict[str, asyncio.Task[None]] = {}
         self._subscribers: set[asyncio.Queue[str]] = set()
         self._socket: socket.socket | None = None
         self._scanner: asyncio.Task[None] | None = None
         self._closed = False
         self._log = log.bind(node=node, driver="process")
+        self._checks = HealthChecks(self._publish, self._log)
 
     # -- files --------------------------------------------------------------------------
 
@@ -364,31 +246,31 @@ class ProcessExecutor:
 
     async def observe(self, task_uid: str) -> Observed:
         paths = self._paths(task_uid)
-        state = _read_json(paths.state)
+        state = read_json(paths.state)
         if state is None:
             if paths.spec.exists() and self._supervisor_alive(task_uid):
                 return Observed("created")
             return MISSING
         pid = state.get("pid")
         workload_id = str(pid) if pid else ""
-        ended = _read_json(paths.exit)
+        ended = read_json(paths.exit)
         if ended is not None:
             return Observed("exited", exit_code=ended.get("exit_code"),
                             error=ended.get("error") or "", workload_id=workload_id)
         if alive(pid, state.get("starttime")):
-            self._ensure_health(task_uid, state)
-            return Observed("running", health=self._health_status(task_uid),
+            self._checks.ensure(task_uid, paths.spec, paths.health, state)
+            return Observed("running", health=self._checks.status(task_uid),
                             workload_id=workload_id, pid=pid)
         if alive(state.get("supervisor_pid"), state.get("supervisor_starttime")):
             # The workload just died; its supervisor is draining output and will write
             # the exit record within moments (and then poke changes()).
             for _ in range(50):
                 await asyncio.sleep(0.02)
-                ended = _read_json(paths.exit)
+                ended = read_json(paths.exit)
                 if ended is not None:
                     return Observed("exited", exit_code=ended.get("exit_code"),
                                     error=ended.get("error") or "", workload_id=workload_id)
-            return Observed("running", health=self._health_status(task_uid),
+            return Observed("running", health=self._checks.status(task_uid),
                             workload_id=workload_id, pid=None)
         return Observed("exited", error="the task's supervisor is gone and its exit status "
                         "with it (was the host rebooted or the shim killed?)",
@@ -396,17 +278,17 @@ class ProcessExecutor:
 
     async def stop(self, task_uid: str, grace: float, signal: str | None = None) -> None:
         paths = self._paths(task_uid)
-        state = _read_json(paths.state)
+        state = read_json(paths.state)
         if state is None and self._supervisor_alive(task_uid):
             await self._wait_for_state(task_uid)
-            state = _read_json(paths.state)
+            state = read_json(paths.state)
         if state is None or paths.exit.exists():
             return
         pid, starttime = state.get("pid"), state.get("starttime")
         if not alive(pid, starttime):
             return
         assert isinstance(pid, int)
-        spec = _read_json(paths.spec) or {}
+        spec = read_json(paths.spec) or {}
         sig = workload.signal_number(signal or spec.get("stop_signal") or "SIGTERM")
         logger = self._log.bind(task=spec.get("name"), task_uid=task_uid, pid=pid)
         t0 = time.monotonic()
@@ -444,13 +326,11 @@ class ProcessExecutor:
     async def remove(self, task_uid: str) -> None:
         paths = self._paths(task_uid)
         async with self._lock(task_uid):
-            checker = self._checkers.pop(task_uid, None)
-            if checker is not None:
-                checker.cancel()
-            state = _read_json(paths.state)
+            self._checks.cancel(task_uid)
+            state = read_json(paths.state)
             if state is None and self._supervisor_alive(task_uid):
                 await self._wait_for_state(task_uid)
-                state = _read_json(paths.state)
+                state = read_json(paths.state)
             if state is not None:
                 pid, starttime = state.get("pid"), state.get("starttime")
                 if isinstance(pid, int) and alive(pid, starttime):
@@ -464,7 +344,7 @@ class ProcessExecutor:
             existed = paths.spec.exists()
             for path in paths.all():
                 path.unlink(missing_ok=True)
-            self._health.pop(task_uid, None)
+            self._checks.forget(task_uid)
         self._locks.pop(task_uid, None)
         if existed:
             self._log.info("process removed", task_uid=task_uid)
@@ -472,99 +352,15 @@ class ProcessExecutor:
     async def list_managed(self) -> list[Managed]:
         managed: list[Managed] = []
         for spec_path in sorted(self.dir.glob("*.spec.json")):
-            spec = _read_json(spec_path)
+            spec = read_json(spec_path)
             if spec is None or not spec.get("uid"):
                 continue
-            state = _read_json(self._paths(spec["uid"]).state) or {}
+            state = read_json(self._paths(spec["uid"]).state) or {}
             labels = spec.get("labels") or {}
             managed.append(Managed(spec["uid"], labels.get(LABEL_TASK, spec.get("name", "")),
                                    labels.get(LABEL_NAMESPACE, spec.get("namespace", "")),
                                    str(state.get("pid") or "")))
         return managed
-
-    # -- health -------------------------------------------------------------------------
-
-    def _health_status(self, uid: str) -> str:
-        health = self._health.get(uid)
-        return health.status if health is not None else "none"
-
-    def _ensure_health(self, uid: str, state: dict[str, Any]) -> None:
-        if uid in self._checkers or self._closed:
-            return
-        paths = self._paths(uid)
-        spec = _read_json(paths.spec) or {}
-        check = workload.parse_healthcheck({"healthcheck": spec.get("healthcheck")})
-        if check is None:
-            return
-        saved = _read_json(paths.health) or {}
-        self._health[uid] = _Health(status=saved.get("status", "starting"),
-                                    failing_streak=int(saved.get("failing_streak", 0)),
-                                    log=list(saved.get("log") or []))
-        self._checkers[uid] = asyncio.ensure_future(self._health_loop(uid, check, spec, state))
-
-    async def _health_loop(self, uid: str, check: workload.HealthSpec, spec: dict[str, Any],
-                           state: dict[str, Any]) -> None:
-        pid, starttime = state["pid"], state.get("starttime")
-        health = self._health[uid]
-        logger = self._log.bind(task=spec.get("name"), task_uid=uid)
-        try:
-            while True:
-                await asyncio.sleep(check.interval)
-                if not alive(pid, starttime):
-                    return
-                started = time.time()
-                exit_code, output = await self._probe(pid, check, spec)
-                if not alive(pid, starttime):
-                    return  # a probe failing because the task died says nothing
-                in_start_period = started - float(state.get("started_at") or 0) \
-                    < check.start_period
-                before = health.status
-                if exit_code == 0:
-                    health.failing_streak = 0
-                    health.status = "healthy"
-                elif not in_start_period:
-                    health.failing_streak += 1
-                    if health.failing_streak >= check.retries:
-                        health.status = "unhealthy"
-                result = {"start": started, "end": time.time(), "exit_code": exit_code,
-                          "output": output}
-                health.log = [*health.log, result][-HEALTH_LOG_ENTRIES:]
-                write_json(str(self._paths(uid).health), dataclasses.asdict(health))
-                if health.status != before:
-                    logger.info("health changed", health=health.status, was=before,
-                                exit_code=exit_code, output=output[-200:])
-                    self._publish(uid)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("health checker failed")
-        finally:
-            if self._checkers.get(uid) is asyncio.current_task():
-                self._checkers.pop(uid, None)
-
-    async def _probe(self, pid: int, check: workload.HealthSpec,
-                     spec: dict[str, Any]) -> tuple[int, str]:
-        """Run the test in the task's netns (and as its user); (exit code, output)."""
-        argv = ["nsenter", f"--net=/proc/{pid}/ns/net", f"--uts=/proc/{pid}/ns/uts"]
-        user = resolve_user(spec.get("user"))
-        if user is not None:
-            argv += [f"--setuid={user[0]}", f"--setgid={user[1]}"]
-        argv += ["--", *check.argv()]
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, env=spec.get("env"),
-                cwd=spec.get("cwd") or "/", start_new_session=True)
-        except OSError as exc:
-            return -1, f"health check could not run: {exc}"
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), check.timeout)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal_module.SIGKILL)
-            await proc.wait()
-            return -1, f"Health check exceeded timeout ({check.timeout}s)"
-        return proc.returncode or 0, out[-HEALTH_OUTPUT_MAX:].decode(errors="replace")
 
     # -- changes ------------------------------------------------------------------------
 
@@ -621,7 +417,7 @@ class ProcessExecutor:
             for spec_path in self.dir.glob("*.spec.json"):
                 uid = spec_path.name.removesuffix(".spec.json")
                 paths = self._paths(uid)
-                state = _read_json(paths.state) or {}
+                state = read_json(paths.state) or {}
                 seen[uid] = (paths.exit.exists(), alive(state.get("pid"),
                                                         state.get("starttime")))
                 if last is not None and last.get(uid) != seen[uid]:
@@ -636,45 +432,12 @@ class ProcessExecutor:
         paths = self._paths(task_uid)
         if not paths.spec.exists():
             return
-        decoder = _CriDecoder(timestamps)
-        rotated = Path(f"{paths.log}.1")
-        handle = _open_log(paths.log)
-        try:
-            backlog = await asyncio.to_thread(_read_backlog, rotated, handle, tail)
-            for line in decoder.records(backlog):
-                yield line
-            if not follow:
-                return
-            pending = b""
-            while True:
-                # Checked before reading: the shim writes the exit record after the last
-                # log record, so once it exists, reading to EOF means reading it all.
-                exited = paths.exit.exists()
-                if handle is None:
-                    handle = _open_log(paths.log)
-                data = handle.read() if handle is not None else b""
-                if data:
-                    pending += data
-                    *records, pending = pending.split(b"\n")
-                    for line in decoder.records(records):
-                        yield line
-                    continue
-                if handle is not None and _rotated(handle, paths.log):
-                    handle.close()  # drained: continue with the new file
-                    handle = None
-                    continue
-                if exited:
-                    return
-                await asyncio.sleep(0.1)
-        finally:
-            if handle is not None:
-                handle.close()
+        async for line in read_log(paths.log, paths.exit, follow, tail, timestamps):
+            yield line
 
     async def close(self) -> None:
         self._closed = True
-        for checker in self._checkers.values():
-            checker.cancel()
-        self._checkers.clear()
+        self._checks.close()
         if self._scanner is not None:
             self._scanner.cancel()
         if self._socket is not None:
@@ -683,9 +446,3 @@ class ProcessExecutor:
             self._socket.close()
             self._socket = None
 
-
-def _rotated(handle: Any, path: Path) -> bool:
-    try:
-        return os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino
-    except OSError:
-        return True

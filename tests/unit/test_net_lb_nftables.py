@@ -1,11 +1,8 @@
-"""Generated nftables rulesets and IPVS messages, without a kernel."""
+"""shoal.net.lb_nftables: generated nftables rulesets, without a kernel."""
 
 from __future__ import annotations
 
-import socket
-
-from shoal.net import lb_ipvs
-from shoal.net.lb import Backend, VirtualService
+from shoal.net.lb import VirtualService
 from shoal.net.lb_nftables import (
     MASQ_MARK,
     lb_chain,
@@ -106,40 +103,6 @@ def test_chain_names() -> None:
     assert lb_chain(svc(None, 80, ["10.0.0.1:1", "10.0.0.2:1"], "udp")) == "np_udp_2"
     assert render_chain("np_udp_2").endswith("dnat ip to udp dport . numgen random mod 2 "
                                              "map @np_udp")
-
-
-def test_ipvs_messages_masquerade_not_direct_routing() -> None:
-    from pyroute2.ipvs import IPVSDest, IPVSService
-
-    web = svc("10.254.0.5", 80, ["10.0.9.10:8080"])
-    fields = lb_ipvs.service_fields(web)
-    assert fields == {"addr": "10.254.0.5", "port": 80, "protocol": socket.IPPROTO_TCP,
-                      "sched_name": "rr"}
-    attrs = dict(IPVSService(**fields).dump_nla()["attrs"])
-    assert attrs["IPVS_SVC_ATTR_NETMASK"] == "255.255.255.255"
-    assert attrs["IPVS_SVC_ATTR_AF"] == socket.AF_INET
-    dest = dict(IPVSDest(**lb_ipvs.dest_fields(Backend.parse("10.0.9.10:8080")))
-                .dump_nla()["attrs"])
-    assert dest["IPVS_DEST_ATTR_FWD_METHOD"] == 0  # masquerade; pyroute2 defaults to 3
-    assert dest["IPVS_DEST_ATTR_PORT"] == 8080 and dest["IPVS_DEST_ATTR_WEIGHT"] == 1
-
-
-def test_ipvs_published_port_is_a_fwmark_service() -> None:
-    from pyroute2.ipvs import IPVSService
-
-    mesh = svc(None, 30080, ["10.255.0.5:80"], "udp")
-    fields = lb_ipvs.service_fields(mesh)
-    mark = lb_ipvs.fwmark_for("udp", 30080)
-    assert fields["fwmark"] == mark and mark & lb_ipvs.MASQ_MARK
-    attrs = dict(IPVSService(**fields).dump_nla()["attrs"])
-    # The kernel refuses a new service without a netmask; pyroute2 adds none for fwmarks.
-    assert attrs["IPVS_SVC_ATTR_NETMASK"] == "255.255.255.255"
-    assert "IPVS_SVC_ATTR_ADDR" not in attrs
-    # Ownership is read back from the mark.
-    assert lb_ipvs._service_key_of({"fwmark": mark}) == (None, 30080, "udp")
-    assert lb_ipvs._service_key_of({"fwmark": 0x42}) is None
-    script = lb_ipvs.render_nft([mesh, svc("10.254.0.5", 80, [])])
-    assert f"udp . 30080 : {mark:#x}" in script and "vips { 10.254.0.5 }" in script
 
 
 def test_whole_vip_services_keep_the_port() -> None:
