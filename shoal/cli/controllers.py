@@ -13,11 +13,11 @@ imports ``shoal.cli``), only start-up cost.
 
 from __future__ import annotations
 
-from shoal.runtime import reconcile
+from shoal.runtime import manager
 
 
-def builtin_controllers() -> list[reconcile.ControllerSpec]:
-    """Every built-in controller, in start-up order (``controller_specs()`` of
+def builtin_controllers() -> list[manager.Spec]:
+    """Every built-in controller and elected runnable, in start-up order (``controller_specs()`` of
     ``shoal.controllers.builtin``)."""
     from shoal.controllers import builtin
 

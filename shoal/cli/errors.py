@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import yaml
 
-from shoal.crds import kinds
+from shoal.crds import admission, kinds
 from shoal.store import errors as store_errors
 from shoal.store import etcd_server
 
@@ -37,23 +37,11 @@ class ManifestError(CliError):
     """A manifest that cannot be read or parsed (missing file, YAML syntax, not a map)."""
 
 
-def _validation_error_type() -> type[BaseException] | None:
-    # Imported lazily: admission is its own module with its own dependencies, and a
-    # failure to import it must not break verbs that never validate (get, delete, up).
-    try:
-        from shoal.crds import admission
-    except ImportError:
-        return None
-    error_type: type[BaseException] = admission.ValidationError
-    return error_type
-
-
 def messages_for(exc: BaseException) -> list[str] | None:
     """The user-facing lines for an expected failure, or None for a bug."""
     if isinstance(exc, CliError):
         return exc.lines
-    validation_error = _validation_error_type()
-    if validation_error is not None and isinstance(exc, validation_error):
+    if isinstance(exc, admission.ValidationError):
         return [line for line in str(exc).splitlines() if line.strip()]
     if isinstance(exc, kinds.UnknownKindError):
         return [str(exc)]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from shoal.cli import common, errors
 
 if TYPE_CHECKING:
-    from shoal.runtime import reconcile
+    from shoal.runtime import manager as runtime_manager
 
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -33,8 +33,8 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run, error_code=1, keeps_logging=True)
 
 
-def select(controllers: list[reconcile.ControllerSpec],
-           wanted: str | None) -> list[reconcile.ControllerSpec]:
+def select(controllers: list[runtime_manager.Spec],
+           wanted: str | None) -> list[runtime_manager.Spec]:
     """The controllers named in ``wanted`` (comma-separated), all when it is empty."""
     if not wanted:
         return controllers

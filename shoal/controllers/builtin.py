@@ -1,13 +1,15 @@
 """The built-in controllers, as the controller-manager runs them.
 
 ``controller_specs()`` returns a fresh set each call: every controller keeps per-process
-state (caches, indexes, its leader-scoped loop), so two managers in one process — tests
-do that — must not share instances. Each spec is leader-elected on its own, so several
-controller-managers can run; for each controller one of them leads.
+state (caches, indexes, the scheduler's cluster view), so two managers in one process —
+tests do that — must not share instances. Each spec is leader-elected on its own, so
+several controller-managers can run; for each controller one of them leads.
 
-* ``orchestrator`` — Services -> Tasks (slots, global, restarts, history, deletion);
-* ``scheduler`` — pending Tasks -> nodes, in batches;
-* ``nodes`` — Node ``ready``/``down`` from heartbeat leases;
+* ``orchestrator`` — Services -> Tasks (slots, global, restarts, history, deletion): a
+  per-object controller (``reconcile.ControllerSpec``);
+* ``scheduler`` — pending Tasks -> nodes, in batches: an elected runnable
+  (``runnable.RunnableSpec``), as are
+* ``nodes`` — Node ``ready``/``down`` from heartbeat leases, and
 * ``allocator`` — subnets, VNIs, task/node addresses, VIPs, published ports.
 """
 
@@ -17,10 +19,10 @@ from shoal.controllers.allocator import controller as allocator
 from shoal.controllers.nodes import controller as nodes
 from shoal.controllers.orchestrator import controller as orchestrator
 from shoal.controllers.scheduler import controller as scheduler
-from shoal.runtime.reconcile import ControllerSpec
+from shoal.runtime.manager import Spec
 
 
-def controller_specs() -> list[ControllerSpec]:
+def controller_specs() -> list[Spec]:
     """Every built-in controller, in start-up order."""
     return [nodes.controller_spec(), orchestrator.controller_spec(),
             scheduler.controller_spec(), allocator.controller_spec()]

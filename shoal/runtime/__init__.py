@@ -18,6 +18,7 @@ from shoal.crds.resource import Resource
 from shoal.runtime import operator
 from shoal.runtime.decorators import OperatorRegistry, default_registry, on
 from shoal.runtime.reconcile import Context, ControllerSpec, Result
+from shoal.runtime.runnable import RunContext, RunnableSpec
 
 __all__ = ["Context", "ControllerSpec", "OperatorRegistry", "Resource", "Result",
-           "default_registry", "on", "operator"]
+           "RunContext", "RunnableSpec", "default_registry", "on", "operator"]

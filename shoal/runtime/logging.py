@@ -67,3 +67,14 @@ def reconcile_context(controller: str, key: str) -> Iterator[None]:
     """Bind ``controller`` and ``key`` to every log line of the current task meanwhile."""
     with structlog.contextvars.bound_contextvars(controller=controller, key=key):
         yield
+
+
+@contextlib.contextmanager
+def runnable_context(name: str) -> Iterator[None]:
+    """Bind a runnable's name as ``controller`` and ``key`` to every log line meanwhile.
+
+    Its lines are about many objects: one that concerns a single object passes its own
+    ``key=``, which wins over the bound one.
+    """
+    with structlog.contextvars.bound_contextvars(controller=name, key=name):
+        yield

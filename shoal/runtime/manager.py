@@ -1,10 +1,11 @@
-"""Run several controllers in one process, each elected leader on its own.
+"""Run several controllers and runnables in one process, each elected leader on its own.
 
 This is the controller-manager: one etcd connection, one set of shared informers, and
-per controller a leader election whose leadership runs that controller's workers. A
-controller whose kind is not registered yet waits for its CRD without holding up the
-others. Zero controllers is valid (the process just idles, e.g. in ``swctl up`` before
-any built-in controllers exist).
+per controller (``reconcile.ControllerSpec``) or runnable (``runnable.RunnableSpec``) a
+leader election whose leadership runs that controller's workers or that runnable's body.
+A controller whose kind is not registered yet waits for its CRD without holding up the
+others. Zero of them is valid (the process just idles, e.g. in ``swctl up`` before any
+built-in controllers exist).
 """
 
 from __future__ import annotations
@@ -15,11 +16,23 @@ import socket
 import uuid
 from collections.abc import Sequence
 
-from shoal.runtime import decorators, informer, kindresolver, leader, metrics, reconcile
+from shoal.runtime import (
+    decorators,
+    informer,
+    kindresolver,
+    leader,
+    metrics,
+    reconcile,
+    runnable,
+)
 from shoal.runtime import logging as rt_logging
 from shoal.store import client, errors
 
 log = rt_logging.get_logger("shoal.runtime.manager")
+
+#: What a manager runs: per-object controllers and elected runnables, one namespace of
+#: names (and of leases) for both.
+Spec = reconcile.ControllerSpec | runnable.RunnableSpec
 
 
 def default_identity() -> str:
@@ -42,12 +55,13 @@ async def connect(etcd_url: str, prefix: str, max_delay: float = 5.0) -> client.
 
 
 async def run_manager(etcd_url: str, prefix: str,
-                      controllers: Sequence[reconcile.ControllerSpec],
+                      controllers: Sequence[Spec],
                       identity: str | None = None, metrics_port: int | None = None, *,
                       registry: decorators.OperatorRegistry | None = None,
                       lease_ttl: float = leader.DEFAULT_TTL) -> None:
     """Run ``controllers`` (plus ``registry``'s decorated handlers) until cancelled."""
-    specs = [*controllers, *(registry.controller_specs() if registry is not None else [])]
+    specs: list[Spec] = [*controllers,
+                         *(registry.controller_specs() if registry is not None else [])]
     server = metrics.start_metrics_server(metrics_port) if metrics_port is not None else None
     if server is not None:
         log.info("serving metrics", port=server.port)
@@ -60,7 +74,7 @@ async def run_manager(etcd_url: str, prefix: str,
             server.close()
 
 
-async def run_controllers(store: client.Store, specs: Sequence[reconcile.ControllerSpec],
+async def run_controllers(store: client.Store, specs: Sequence[Spec],
                           identity: str, lease_ttl: float = leader.DEFAULT_TTL) -> None:
     """Run ``specs`` on an open store until cancelled (the testable core of run_manager)."""
     names = [s.name for s in specs]
@@ -88,8 +102,15 @@ async def run_controllers(store: client.Store, specs: Sequence[reconcile.Control
 
 
 async def _run_one(store: client.Store, factory: informer.SharedInformerFactory,
-                   resolver: kindresolver.KindResolver, spec: reconcile.ControllerSpec,
+                   resolver: kindresolver.KindResolver, spec: Spec,
                    identity: str, lease_ttl: float) -> None:
+    if isinstance(spec, runnable.RunnableSpec):
+        runner = runnable.Runner(spec, store, factory, resolver)
+        if spec.leader_election:
+            await leader.LeaderElector(store, spec.name, identity, lease_ttl).run(runner.run)
+        else:
+            await runner.run(None)  # restarts its body itself
+        return
     info = await resolver.wait_for(spec.kind)
     watches = [reconcile.Watch(await resolver.wait_for(kind)) for kind in spec.owns]
     watches += [reconcile.Watch(await resolver.wait_for(kind), mapper)

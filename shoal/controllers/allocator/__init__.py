@@ -1,2 +1,3 @@
-"""The allocator controller: network subnets and VNIs, task addresses, node addresses,
-service VIPs and published ports (``controller``), decided by the pure IPAM (``ipam``)."""
+"""The allocator: network subnets and VNIs, task addresses, node addresses, service VIPs
+and published ports. The loop (``controller``, an elected runnable) applies what the pure
+decisions (``allocations``) say, over the IPAM arithmetic (``ipam``)."""

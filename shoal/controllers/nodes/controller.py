@@ -12,9 +12,9 @@ etcd lease whose TTL is the heartbeat TTL and refreshes the lease every TTL/3. W
 agent dies or is cut off, etcd itself deletes the key one TTL later. This controller
 watches that key prefix, so a node is marked down the moment its lease expires — no
 timestamps compared across machines, no write per heartbeat, no polling — and marked
-ready again the moment its key comes back. It is a leader-scoped loop (see
-``leaderloop``): the watch runs only while this process leads the ``nodes`` controller,
-and every write is fenced by that leadership.
+ready again the moment its key comes back. It is an elected runnable
+(``shoal.runtime.runnable``): the watch runs only while this process holds the ``nodes``
+lease, and every write is fenced by that leadership.
 
 Level-triggered: each check compares a node's status with the *current* set of live
 heartbeat keys, so a missed or repeated event, a restart or a relist after compaction
@@ -29,10 +29,9 @@ from collections.abc import Callable
 from typing import Final
 
 from shoal.controllers import common
-from shoal.controllers.leaderloop import LeaderLoop
 from shoal.crds import conditions, resource
 from shoal.crds.resource import Resource
-from shoal.runtime import cas, reconcile
+from shoal.runtime import cas, gcpolicy, runnable
 from shoal.runtime import informer as informer_mod
 from shoal.runtime import logging as rt_logging
 from shoal.store import client, errors, etcd
@@ -121,17 +120,15 @@ def desired(node: Resource, alive: bool) -> tuple[str, bool] | None:
 
 
 class NodesController:
-    """One per controller-manager: ``spec`` is the ControllerSpec to run."""
+    """One per controller-manager: ``spec`` is the RunnableSpec to run."""
 
-    def __init__(self, workers: int = 2) -> None:
-        self.loop = LeaderLoop("nodes", self._run)
-        self.spec = reconcile.ControllerSpec(name="nodes", kind="nodes",
-                                             reconcile=self.loop.reconcile,
-                                             workers=max(workers, 2))
+    def __init__(self) -> None:
+        self.spec = runnable.RunnableSpec(name="nodes", run=self._run)
 
-    async def _run(self, ctx: reconcile.Context) -> None:
+    async def _run(self, ctx: runnable.RunContext) -> None:
         nodes = ctx.informers.informer(common.NODES)
         await nodes.wait_synced()
+        gcpolicy.install()
         todo: set[str] = set()
         wake = asyncio.Event()
 
@@ -219,6 +216,6 @@ class NodesController:
                      message=stored.status.get("message") or "")
 
 
-def controller_spec() -> reconcile.ControllerSpec:
+def controller_spec() -> runnable.RunnableSpec:
     """A fresh nodes controller (one per controller-manager process)."""
     return NodesController().spec

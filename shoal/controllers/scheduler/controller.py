@@ -7,20 +7,21 @@ rebalance either), never creates or stops tasks (the orchestrator does) and neve
 node health (the nodes controller does — the scheduler just reads ``status.state`` and
 ``spec.availability``).
 
-How: a leader-scoped loop (see ``leaderloop``) runs the batches while this process
-leads. The view they read is a ``placement.ClusterState`` kept alive for the life of
-the process and fed every task, node and service change by the shared informers' handlers
-— what each task holds on its node is recorded as a ``Charge`` and swapped when the task
-changes — so a batch never re-reads the 100,000 tasks of a big cluster and a new
-leadership term starts at once. Pending tasks (``status.state: pending``, desired
-running) are batched Swarm's way: a batch starts 50 ms after the last relevant event, or
-at the latest 1 s after the first. A batch runs the pure placement over the live state,
-then commits the assignments as compare-and-swap updates in transactions of up to 127
-tasks, several in flight. A transaction that loses a compare is retried without the
-tasks the cache shows changed, then task by task; a task whose write fails is un-charged
-and placed again in a later batch. Tasks that fit nowhere get the placement's
-explanation in ``status.message`` — written only when it changed — and are placed as
-soon as a node, service or freed resource makes room (any such change wakes the loop).
+How: an elected runnable (``shoal.runtime.runnable``) runs the batches while this
+process holds the ``scheduler`` lease. The view they read is a
+``placement.ClusterState`` kept alive for the life of the process and fed every task,
+node and service change by the shared informers' handlers — what each task holds on its
+node is recorded as a ``Charge`` and swapped when the task changes — so a batch never
+re-reads the 100,000 tasks of a big cluster and a new leadership term starts at once.
+Pending tasks (``status.state: pending``, desired running) are batched Swarm's way: a
+batch starts 50 ms after the last relevant event, or at the latest 1 s after the first.
+A batch runs the pure placement over the live state, then commits the assignments as
+compare-and-swap updates in transactions of up to 127 tasks, several in flight. A
+transaction that loses a compare is retried without the tasks the cache shows changed,
+then task by task; a task whose write fails is un-charged and placed again in a later
+batch. Tasks that fit nowhere get the placement's explanation in ``status.message`` —
+written only when it changed — and are placed as soon as a node, service or freed
+resource makes room (any such change wakes the loop).
 
 Placements committed but not yet seen back through the informer are remembered
 (``inflight``) and count on their node meanwhile. Nothing else needs remembering: the
@@ -36,15 +37,15 @@ import time
 from typing import Final
 
 from shoal.controllers import common, nodefacts
-from shoal.controllers.leaderloop import LeaderLoop
 from shoal.controllers.scheduler import filters as flt
 from shoal.controllers.scheduler import placement
 from shoal.crds import resource
 from shoal.crds import taskstates as ts
 from shoal.crds.resource import Resource
+from shoal.runtime import gcpolicy
 from shoal.runtime import informer as informer_mod
 from shoal.runtime import logging as rt_logging
-from shoal.runtime.reconcile import Context, ControllerSpec
+from shoal.runtime.runnable import RunContext, RunnableSpec
 from shoal.store import client, codec, errors
 
 log = rt_logging.get_logger("shoal.controllers.scheduler")
@@ -493,20 +494,18 @@ class _State:
 
 
 class Scheduler:
-    """One per controller-manager process: ``spec`` is the ControllerSpec to run."""
+    """One per controller-manager process: ``spec`` is the RunnableSpec to run."""
 
     def __init__(self) -> None:
         self.state: _State | None = None
-        self.loop = LeaderLoop("scheduler", self._run)
-        # Hosted by any Service key: with no services there is nothing to schedule.
-        self.spec = ControllerSpec(name="scheduler", kind="services",
-                                   reconcile=self.loop.reconcile, workers=2)
+        self.spec = RunnableSpec(name="scheduler", run=self._run)
 
-    async def _run(self, ctx: Context) -> None:
+    async def _run(self, ctx: RunContext) -> None:
         informers = [ctx.informers.informer(info)
                      for info in (common.TASKS, common.NODES, common.SERVICES)]
         for inf in informers:
             await inf.wait_synced()
+        gcpolicy.install()
         state = self.state
         if state is None or state.tasks is not informers[0]:
             if state is not None:
@@ -518,6 +517,6 @@ class Scheduler:
         await state.run(ctx.store)
 
 
-def controller_spec() -> ControllerSpec:
+def controller_spec() -> RunnableSpec:
     """A fresh scheduler (one per controller-manager process)."""
     return Scheduler().spec
