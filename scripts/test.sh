@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite: install, then ruff, mypy --strict, the layering check and pytest.
+# The whole test suite: install, then ruff, mypy --strict, the import contracts and pytest.
 # Every service a test needs (etcd, later dockerd) is started by the tests themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,8 +10,8 @@ echo "==> ruff"
 ruff check shoal tests bench deploy
 echo "==> mypy --strict"
 mypy --strict shoal
-echo "==> layering"
-python -m pytest -q -p no:cacheprovider tests/unit/test_layering.py
+echo "==> import contracts (import-linter, [tool.importlinter] in pyproject.toml)"
+lint-imports --no-cache
 echo "==> pytest"
 set +e
 python -m pytest -p no:cacheprovider -q --durations=15 "$@"

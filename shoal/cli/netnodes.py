@@ -14,7 +14,7 @@ inside a node. The layout (defaults; every name is recorded in ``cluster.json`` 
     └────────────────────────────┘        └──────────────────────────────────┘
                                            ... shoal-node-2 (.12), shoal-node-3 (.13)
 
-Why this shape (DESIGN.md, "Running many nodes on one machine"): each node gets its own
+Why this shape (docs/swctl.md, ``up --nodes``): each node gets its own
 address and its own link, so cutting a node's veth or killing its agent is a faithful
 node failure, and the agents' networking work (VXLAN between node addresses, the log
 endpoint on ``status.address``) runs exactly as on separate machines. One dockerd serves

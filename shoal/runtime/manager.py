@@ -80,7 +80,8 @@ async def run_controllers(store: client.Store, specs: Sequence[Spec],
     names = [s.name for s in specs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValueError(f"controller names must be unique; repeated: {', '.join(duplicates)}")
+        raise ValueError(f"controller and runnable names must be unique; repeated: "
+                         f"{', '.join(duplicates)}")
     factory = informer.SharedInformerFactory(store)
     resolver = kindresolver.KindResolver(factory)
     factory.start()
