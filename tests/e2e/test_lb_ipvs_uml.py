@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from shoal.net import ipvs_netlink
+from shoal.net.ipvs_netfilter import NFT_TABLE, fwmark_for_vip, render_nft, render_nft_change
 from shoal.net.lb import VirtualService
-from shoal.net.lb_ipvs import NFT_TABLE, fwmark_for_vip, render_nft, render_nft_change
 from shoal.net.nft import NftRunner
 from tests.e2e.netlab import Lab, have_netns_privileges, sh
 from tests.e2e.uml import UmlError, live_group_members, run_python
