@@ -1,4 +1,5 @@
-"""The scheduler's pure decision logic: node matching, filters, explanations, placement.
+"""Placement (``controllers/scheduler/placement.py``) with the filters it applies
+(``filters.py``): spread, ordering, resources, ports, explanations of pending tasks.
 
 Scenarios are the ones Swarm users rely on (spread 2/2/2 over zones, max replicas per
 node, least-loaded ordering, pending explanations), checked on in-memory resources.
