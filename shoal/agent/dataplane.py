@@ -49,6 +49,7 @@ from shoal.agent.exec.executor import Observed, TaskSpec
 from shoal.crds import kinds, resource
 from shoal.crds import networking as nw
 from shoal.crds import taskstates as ts
+from shoal.crds import template as tpl
 from shoal.net import lb as lb_mod
 from shoal.net import lb_factory
 from shoal.net.dns import DnsServer, DnsTable
@@ -330,10 +331,13 @@ class Dataplane:
     def workload_spec(self, task: resource.Resource, spec: TaskSpec) -> TaskSpec:
         server = netplan.nameserver(task, {n.name: n for n in self.networks.list()},
                                     self.node)
-        mounts = spec.template.get("mounts") or []
-        if server is None or any(isinstance(m, dict) and m.get("target") == RESOLV_TARGET
-                                 for m in mounts):
-            return spec  # no service DNS for it, or the user brings their own
+        if server is None:
+            return spec  # no service DNS for it
+        try:
+            if any(m.target == RESOLV_TARGET for m in tpl.mounts(spec.template)):
+                return spec  # the user brings their own
+        except tpl.TemplateError:
+            return spec  # the driver rejects the task, naming the mount that is wrong
         path = self.state_dir / "resolv" / task.metadata.uid
         path.parent.mkdir(parents=True, exist_ok=True)
         # ndots:0: a single-label name (a service) is tried as is, first.
@@ -343,6 +347,7 @@ class Dataplane:
         tmp.replace(path)
         mount = {"type": "bind", "source": str(path), "target": RESOLV_TARGET,
                  "readOnly": True}
+        mounts = spec.template.get("mounts") or []  # kept as written, for the driver
         return dataclasses.replace(spec, template={**spec.template,
                                                    "mounts": [*mounts, mount]})
 

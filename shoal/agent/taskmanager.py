@@ -33,8 +33,9 @@ import structlog
 from shoal.agent.exec.executor import MISSING, Executor, Observed, TaskRejectedError, TaskSpec
 from shoal.agent.statuswriter import StatusWriter
 from shoal.agent.taskqueue import TaskQueue
-from shoal.crds import resource, units
+from shoal.crds import resource
 from shoal.crds import taskstates as ts
+from shoal.crds import template as tpl
 
 log = structlog.get_logger("shoal.agent.taskmanager")
 
@@ -46,7 +47,6 @@ R_ACCEPTED, R_PREPARING = RANK[ACCEPTED], RANK[PREPARING]
 R_STARTING, R_RUNNING = RANK[STARTING], RANK[RUNNING]
 
 SERVICE_LABEL = ts.SERVICE_LABEL
-DEFAULT_GRACE = 10.0
 UNHEALTHY_MESSAGE = "task: container unhealthy"
 # Orphaned workloads (their task is gone) are queued under keys no task can have.
 ORPHAN_PREFIX = "\0orphan/"
@@ -57,28 +57,19 @@ class InvalidTaskError(Exception):
 
 
 def task_spec(task: resource.Resource, node: str) -> TaskSpec:
-    """The executor's view of a Task, or InvalidTaskError naming the field that is wrong."""
-    template = task.spec.get("template")
-    if not isinstance(template, dict):
-        got = "missing" if template is None else f"a {type(template).__name__}"
-        raise InvalidTaskError(f"invalid task: spec.template must be a mapping ({got})")
-    image = template.get("image")
-    if not isinstance(image, str) or not image.strip():
-        raise InvalidTaskError("invalid task: spec.template.image must be a non-empty string")
-    for field in ("command", "args", "entrypoint"):
-        value = template.get(field)
-        if value is not None and not (isinstance(value, list)
-                                      and all(isinstance(v, str) for v in value)):
-            raise InvalidTaskError(f"invalid task: spec.template.{field} must be a list of "
-                                   "strings")
-    env = template.get("env")
-    if env is not None and not isinstance(env, dict):
-        raise InvalidTaskError("invalid task: spec.template.env must be a mapping")
-    if template.get("stopGracePeriod") is not None:
-        try:
-            units.parse_duration(template["stopGracePeriod"])
-        except ValueError as exc:
-            raise InvalidTaskError(f"invalid task: spec.template.stopGracePeriod: {exc}") from None
+    """The executor's view of a Task, or InvalidTaskError naming the field that is wrong.
+
+    Checks what every driver reads (the rest each driver checks as it reads it), through
+    the same accessors admission used, so an admitted service's tasks always pass.
+    """
+    try:
+        template = tpl.of(task.spec)
+        tpl.image(template)
+        tpl.command(template)
+        tpl.env(template)
+        tpl.stop_grace(template)
+    except tpl.TemplateError as exc:
+        raise InvalidTaskError(f"invalid task: {exc}") from None
     slot = task.spec.get("slot")
     service = task.metadata.labels.get(SERVICE_LABEL) or task.spec.get("serviceName") or ""
     return TaskSpec(uid=task.metadata.uid, name=task.metadata.name,
@@ -89,19 +80,21 @@ def task_spec(task: resource.Resource, node: str) -> TaskSpec:
 
 
 def stop_options(task: resource.Resource | None) -> tuple[float, str | None]:
-    """(grace seconds, stop signal) of a task; defaults when the template is unreadable,
-    since stopping must work even for a task whose spec is garbage."""
-    template = task.spec.get("template") if task is not None else None
-    if not isinstance(template, dict):
-        return DEFAULT_GRACE, None
-    grace = DEFAULT_GRACE
-    if template.get("stopGracePeriod") is not None:
-        try:
-            grace = units.parse_duration(template["stopGracePeriod"])
-        except ValueError:
-            pass
-    signal = template.get("stopSignal")
-    return grace, signal if isinstance(signal, str) and signal else None
+    """(grace seconds, stop signal) of a task; defaults for what cannot be read, since
+    stopping must work even for a task whose spec is garbage."""
+    try:
+        template = tpl.of(task.spec) if task is not None else {}
+    except tpl.TemplateError:
+        template = {}
+    try:
+        grace = tpl.stop_grace(template)
+    except tpl.TemplateError:
+        grace = tpl.DEFAULT_STOP_GRACE
+    try:
+        signal = tpl.stop_signal(template)
+    except tpl.TemplateError:
+        signal = None
+    return grace, signal
 
 
 # --- the task manager ---

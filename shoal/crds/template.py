@@ -31,6 +31,8 @@ PATH: Final = "spec.template"
 #: Swarm's stop grace period, used when the template gives none.
 DEFAULT_STOP_GRACE: Final = 10.0
 HEALTH_TESTS: Final = ("NONE", "CMD", "CMD-SHELL")
+#: The shortest health-check interval, timeout or start period Docker takes (0: default).
+HEALTH_MIN_TIMING: Final = 0.001
 MOUNT_TYPES: Final = ("bind", "volume", "tmpfs")
 SECRETS_DIR: Final = "/run/secrets"
 
@@ -114,6 +116,11 @@ class Command:
         if self.args:
             return None, list(image_cmd or []) + self.args
         return None, None
+
+    @property
+    def uses_image_cmd(self) -> bool:
+        """Only ``args`` are given: they go after the image's CMD, which must be known."""
+        return self.entrypoint is None and self.command is None and bool(self.args)
 
     def argv(self) -> list[str]:
         """The whole argv of a task run without an image (empty: nothing to run)."""
@@ -355,6 +362,13 @@ def _healthcheck(template: Mapping[str, Any], problems: Problems) -> Healthcheck
                                                       "after it"))
     timings = {name: _duration(check.get(name), f"{path}.{name}", problems)
                for name in ("interval", "timeout", "startPeriod")}
+    for name, seconds in timings.items():
+        # Docker refuses a positive timing under 1 ms when the container is created;
+        # refused here, admission says so instead of every start failing.
+        if seconds is not None and 0 < seconds < HEALTH_MIN_TIMING:
+            problems.append(TemplateError(f"{path}.{name}", f"must be at least 1ms (or 0 for "
+                                                            f"the default), got "
+                                                            f"{describe(check[name])}"))
     retries = check.get("retries")
     if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool)
                                 or retries < 0):

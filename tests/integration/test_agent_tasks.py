@@ -130,10 +130,13 @@ async def test_garbage_tasks_are_rejected_and_the_agent_keeps_serving(
              "status": "garbage"}).encode())
 
         for name, message in (
-                ("str.1", "invalid task: spec.template must be a mapping (a str)"),
-                ("none.1", "invalid task: spec.template must be a mapping (missing)"),
-                ("noimage.1", "invalid task: spec.template.image must be a non-empty string"),
-                ("cmd.1", "invalid task: spec.template.command must be a list of strings")):
+                ("str.1", 'invalid task: spec.template: must be a mapping, got string '
+                          '"not a mapping"'),
+                ("none.1", "invalid task: spec.template: must be a mapping, got missing"),
+                ("noimage.1", "invalid task: spec.template.image: must be a non-empty string, "
+                              "such as nginx:1.25"),
+                ("cmd.1", 'invalid task: spec.template.command: must be a list of strings, '
+                          'got string "sh -c x"')):
             rejected = await c.wait_state(name, "rejected")
             assert rejected.status["message"] == message
         grace = await c.wait_state("grace.1", "rejected")

@@ -1,4 +1,5 @@
-"""shoal.agent.docker.driver: the pure parts (inspect output, multiplexed log frames)."""
+"""shoal.agent.docker.driver: the pure parts (inspect output, multiplexed log frames,
+mounts)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from typing import Any
 import pytest
 
 from shoal.agent.docker.driver import (
+    docker_mount,
     frame_lines,
     observed_from_inspect,
     parse_timestamp,
     read_frames,
 )
 from shoal.agent.exec.executor import LogLine, Observed
+from shoal.crds import template as tpl
 
 
 def inspect(status: str, **state: Any) -> dict[str, Any]:
@@ -50,3 +53,17 @@ def test_docker_log_frames() -> None:
     assert frame_lines("stderr", b"a\nb\n", timestamps=False) == [
         LogLine("stderr", b"a"), LogLine("stderr", b"b")]
     assert parse_timestamp(b"2024-05-01T10:00:00Z") == 1714557600.0
+
+
+def test_mounts_as_docker_takes_them() -> None:
+    # The template's rules (absolute paths, a bind's source) are crds.template's; here
+    # only the translation: an anonymous volume keeps "", a tmpfs has no source at all.
+    read = tpl.mounts({"mounts": [{"target": "/data"},
+                                  {"type": "bind", "source": "/srv", "target": "/srv",
+                                   "readOnly": True},
+                                  {"type": "tmpfs", "target": "/tmp"}]})
+    assert [dict(docker_mount(m)) for m in read] == [
+        {"Target": "/data", "Source": "", "Type": "volume", "ReadOnly": False},
+        {"Target": "/srv", "Source": "/srv", "Type": "bind", "ReadOnly": True},
+        {"Target": "/tmp", "Source": None, "Type": "tmpfs", "ReadOnly": False},
+    ]

@@ -1,8 +1,7 @@
-"""shoal.agent.exec.workload: what the docker and process drivers read out of a task template."""
+"""shoal.agent.exec.workload: what the docker and process drivers add to a template's
+reading (labels, names, signals, health checks in Docker's units or with its defaults)."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import pytest
 
@@ -15,36 +14,13 @@ from shoal.agent.exec.executor import (
 from shoal.agent.exec.workload import (
     HealthSpec,
     docker_healthcheck,
-    full_argv,
-    parse_healthcheck,
-    resolve_command,
-    resources,
+    health_spec,
+    rejecting,
     signal_number,
     task_labels,
     workload_name,
 )
-
-
-@pytest.mark.parametrize(("template", "image_cmd", "expected"), [
-    ({}, ["sh"], (None, None)),
-    ({"command": ["echo", "hi"]}, ["sh"], (None, ["echo", "hi"])),
-    ({"command": ["echo"], "args": ["a"]}, ["sh"], (None, ["echo", "a"])),
-    ({"args": ["-c", "true"]}, ["sh"], (None, ["sh", "-c", "true"])),
-    ({"entrypoint": ["tini", "--"]}, ["sh"], (["tini", "--"], [])),
-    ({"entrypoint": ["tini"], "args": ["x"]}, ["sh"], (["tini"], ["x"])),
-    ({"entrypoint": ["sh", "-c"], "command": ["echo $0", "z"], "args": ["y"]}, None,
-     (["sh", "-c"], ["echo $0", "z", "y"])),
-])
-def test_command_semantics(template: dict[str, Any], image_cmd: list[str] | None,
-                           expected: tuple[Any, Any]) -> None:
-    assert resolve_command(template, image_cmd=image_cmd) == expected
-
-
-def test_full_argv_and_bad_command() -> None:
-    assert full_argv({"entrypoint": ["a"], "command": ["b"], "args": ["c"]}) == ["a", "b", "c"]
-    assert full_argv({"image": "x"}) == []
-    with pytest.raises(TaskRejectedError, match="list of strings"):
-        full_argv({"command": [1, 2]})
+from shoal.crds import template as tpl
 
 
 def test_labels_names_and_signals() -> None:
@@ -66,27 +42,27 @@ def test_healthcheck_for_docker_and_for_the_process_driver() -> None:
     assert docker_healthcheck(template) == {
         "Test": ["CMD-SHELL", "true"], "Interval": 1_000_000_000, "Timeout": 500_000_000,
         "StartPeriod": 2_000_000_000, "Retries": 4}
-    assert parse_healthcheck(template) == HealthSpec(["CMD-SHELL", "true"], 1.0, 0.5, 2.0, 4)
+    assert health_spec(template) == HealthSpec(["CMD-SHELL", "true"], 1.0, 0.5, 2.0, 4)
     assert HealthSpec(["CMD-SHELL", "a && b"]).argv() == ["/bin/sh", "-c", "a && b"]
     assert HealthSpec(["CMD", "nc", "-z"]).argv() == ["nc", "-z"]
     # unset fields: Docker's defaults; NONE disables the image's check
-    assert parse_healthcheck({"healthcheck": {"test": "curl x"}}) == HealthSpec(
-        ["CMD-SHELL", "curl x"], 30.0, 30.0, 0.0, 3)
+    assert health_spec({"healthcheck": {"test": ["CMD", "curl", "x"]}}) == HealthSpec(
+        ["CMD", "curl", "x"], 30.0, 30.0, 0.0, 3)
     assert docker_healthcheck({"healthcheck": {"test": ["NONE"]}}) == {"Test": ["NONE"]}
-    assert parse_healthcheck({"healthcheck": {"test": ["NONE"]}}) is None
+    assert health_spec({"healthcheck": {"test": ["NONE"]}}) is None
     assert docker_healthcheck({"healthcheck": {"retries": 5}})["Test"] == []  # image's test
-    assert parse_healthcheck({}) is None and docker_healthcheck({}) is None
-    with pytest.raises(TaskRejectedError, match="interval"):
-        docker_healthcheck({"healthcheck": {"test": ["CMD", "x"], "interval": "1d"}})
-    with pytest.raises(TaskRejectedError, match="no command"):
-        parse_healthcheck({"healthcheck": {"test": ["CMD"]}})
+    assert health_spec({"healthcheck": {"retries": 5}}) is None  # no image to adjust
+    assert health_spec({}) is None and docker_healthcheck({}) is None
 
 
-def test_resources() -> None:
-    res = resources({"resources": {"limits": {"cpus": "500m", "memory": "64Mi"},
-                                   "reservations": {"memory": "1g", "cpus": 1}}})
-    assert (res.nano_cpus, res.memory, res.memory_reservation) == (
-        500_000_000, 64 * 2**20, 2**30)
-    assert resources({}).memory is None
-    with pytest.raises(TaskRejectedError, match=r"resources\.limits\.memory"):
-        resources({"resources": {"limits": {"memory": "lots"}}})
+def test_a_template_admission_would_refuse_rejects_the_task() -> None:
+    # Stricter than the agent used to be, as admission is: a test as one string, or
+    # without its CMD head, or a timing Docker refuses, is never run.
+    for check in ({"test": "curl x"}, {"test": ["curl", "x"]}, {"test": ["cmd", "x"]},
+                  {"test": ["CMD", "x"], "interval": "1d"},
+                  {"test": ["CMD", "x"], "timeout": "100us"}):
+        with pytest.raises(tpl.TemplateError):
+            health_spec({"healthcheck": check})
+        with pytest.raises(TaskRejectedError, match=r"^spec\.template\.healthcheck"), \
+                rejecting():
+            docker_healthcheck({"healthcheck": check})

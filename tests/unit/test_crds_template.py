@@ -34,6 +34,13 @@ def test_command_follows_compose(fields: dict[str, Any], image_cmd: list[str] | 
     assert tpl.command(fields).resolve(image_cmd) == expected
 
 
+def test_only_args_need_the_images_cmd() -> None:
+    assert tpl.command({"args": ["-v"]}).uses_image_cmd
+    assert not tpl.command({"args": ["-v"], "command": ["x"]}).uses_image_cmd
+    assert not tpl.command({"args": ["-v"], "entrypoint": ["x"]}).uses_image_cmd
+    assert not tpl.command({}).uses_image_cmd
+
+
 def test_argv_without_an_image() -> None:
     assert tpl.command({"entrypoint": ["sh", "-c"], "args": ["true"]}).argv() == \
         ["sh", "-c", "true"]
@@ -84,6 +91,22 @@ def test_healthcheck() -> None:
         tpl.healthcheck({"healthcheck": {"test": ["CMD"]}})
     with pytest.raises(tpl.TemplateError, match=r"test\[0\]: must be NONE, CMD or CMD-SHELL"):
         tpl.healthcheck({"healthcheck": {"test": ["curl", "x"]}})
+
+
+def test_healthcheck_timings_docker_refuses_are_refused_here() -> None:
+    # Docker takes 0 (the default) or at least 1 ms; admission used to accept 500us and
+    # every start of the task then failed.
+    assert tpl.healthcheck({"healthcheck": {"interval": 0, "timeout": "1ms"}}) == \
+        tpl.Healthcheck([], interval=0.0, timeout=0.001)
+    with pytest.raises(tpl.TemplateError) as err:
+        tpl.healthcheck({"healthcheck": {"test": ["CMD", "x"], "startPeriod": "500us"}})
+    assert str(err.value) == ('spec.template.healthcheck.startPeriod: must be at least 1ms '
+                              '(or 0 for the default), got string "500us"')
+    doc = service()
+    doc["spec"]["template"]["healthcheck"] = {"test": ["CMD", "true"], "interval": "10us"}
+    assert errors_of(doc, kinds.Registry.builtin()) == [
+        "spec.template.healthcheck.interval: must be at least 1ms (or 0 for the default), "
+        'got string "10us"']
 
 
 def test_resources() -> None:

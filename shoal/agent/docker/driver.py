@@ -67,6 +67,7 @@ from shoal.agent.exec.executor import (
     TaskSpec,
 )
 from shoal.agent.exec.workload import parse_timestamp
+from shoal.crds import template as tpl
 
 log = structlog.get_logger(__name__)
 
@@ -224,9 +225,8 @@ class DockerExecutor:
     # -- images -------------------------------------------------------------------------
 
     async def prepare(self, task: TaskSpec) -> None:
-        image = task.template.get("image")
-        if not isinstance(image, str) or not image:
-            raise TaskRejectedError("template.image is required by the docker driver")
+        with workload.rejecting():
+            image = tpl.image(task.template)
         await self._ensure_image(image, task)
 
     async def _ensure_image(self, image: str, task: TaskSpec) -> None:
@@ -273,29 +273,34 @@ class DockerExecutor:
     # -- lifecycle ----------------------------------------------------------------------
 
     def _create_kwargs(self, task: TaskSpec, image_cmd: list[str] | None) -> dict[str, Any]:
+        """The container to create; TaskRejectedError for a template that cannot run."""
+        with workload.rejecting():
+            return self._container_config(task, image_cmd)
+
+    def _container_config(self, task: TaskSpec, image_cmd: list[str] | None) -> dict[str, Any]:
         template = task.template
-        entrypoint, cmd = workload.resolve_command(template, image_cmd=image_cmd)
-        res = workload.resources(template)
-        mounts = [_mount(m) for m in template.get("mounts") or []]
+        entrypoint, cmd = tpl.command(template).resolve(image_cmd)
+        res = tpl.resources(template)
+        mounts = [docker_mount(m) for m in tpl.mounts(template)]
         host_config = self._api.create_host_config(
             network_mode="none",
             mounts=mounts or None,
-            nano_cpus=res.nano_cpus,
-            mem_limit=res.memory,
-            mem_reservation=res.memory_reservation,
+            nano_cpus=res.limit_nano_cpus,
+            mem_limit=res.limit_memory,
+            mem_reservation=res.reserve_memory,
             restart_policy={"Name": "no"},  # restarts are the orchestrator's decision
         )
         kwargs: dict[str, Any] = {
-            "image": template["image"],
+            "image": tpl.image(template),
             "command": cmd,
             "entrypoint": entrypoint,
-            "environment": [f"{k}={v}" for k, v in workload.environment(template).items()],
-            "working_dir": template.get("workdir") or None,
-            "user": template.get("user") or None,
-            "hostname": template.get("hostname") or None,
+            "environment": [f"{k}={v}" for k, v in tpl.env(template).items()],
+            "working_dir": tpl.workdir(template),
+            "user": tpl.user(template),
+            "hostname": tpl.hostname(template),
             "labels": workload.task_labels(task),
-            "stop_signal": template.get("stopSignal") or None,
-            "stop_timeout": math_ceil(workload.stop_grace(template)),
+            "stop_signal": tpl.stop_signal(template),
+            "stop_timeout": math_ceil(tpl.stop_grace(template)),
             "healthcheck": workload.docker_healthcheck(template),
             # No libnetwork sandbox at all (see the module docstring): runc still gives
             # the container its own network namespace with loopback up.
@@ -321,11 +326,10 @@ class DockerExecutor:
                 info = self._api.inspect_container(cid)
             return info
         image_cmd: list[str] | None = None
-        if task.template.get("args") and task.template.get("command") is None \
-                and task.template.get("entrypoint") is None:
-            # args are appended to the image's CMD, so that CMD must be known.
-            config = self._api.inspect_image(task.template["image"])["Config"] or {}
-            image_cmd = list(config.get("Cmd") or [])
+        with workload.rejecting():
+            if tpl.command(task.template).uses_image_cmd:
+                config = self._api.inspect_image(tpl.image(task.template))["Config"] or {}
+                image_cmd = list(config.get("Cmd") or [])
         kwargs = self._create_kwargs(task, image_cmd)
         cid = self._create(task, workload.workload_name(task.name), kwargs)
         self._start_container(cid, task)
@@ -395,8 +399,7 @@ class DockerExecutor:
             try:
                 info = await self._call(self._start_blocking, task)
             except docker.errors.ImageNotFound as exc:
-                raise TaskRejectedError(
-                    f"image {task.template.get('image')} not found: {_explain(exc)}") from exc
+                raise TaskRejectedError(f"image not found: {_explain(exc)}") from exc
             self._ids[task.uid] = info["Id"]
             observed = observed_from_inspect(info)
             logger.info("container started", container=info["Id"][:12],
@@ -696,18 +699,11 @@ def math_ceil(seconds: float) -> int:
     return whole if whole == seconds else whole + 1
 
 
-def _mount(spec: dict[str, Any]) -> docker.types.Mount:
-    kind = spec.get("type") or "volume"
-    target = spec.get("target")
-    if not target:
-        raise TaskRejectedError(f"mount {spec!r} has no target")
-    source = spec.get("source") or ("" if kind == "volume" else None)
-    if kind == "bind" and not source:
-        raise TaskRejectedError(f"bind mount to {target} has no source")
-    if kind == "tmpfs":
-        source = None
+def docker_mount(mount: tpl.Mount) -> docker.types.Mount:
+    """A checked template mount (see crds.template) as the docker SDK's Mount."""
     try:
-        return docker.types.Mount(target=target, source=source, type=kind,
-                                  read_only=bool(spec.get("readOnly")))
+        return docker.types.Mount(target=mount.target,
+                                  source=None if mount.type == "tmpfs" else mount.source,
+                                  type=mount.type, read_only=mount.read_only)
     except docker.errors.InvalidArgument as exc:
-        raise TaskRejectedError(f"mount {spec!r}: {exc}") from exc
+        raise TaskRejectedError(f"mount {mount.target}: {exc}") from exc

@@ -11,7 +11,7 @@ where it stopped: ``start`` adopts what is already there, ``remove`` of nothing 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
 # Labels every driver puts on what it starts, so a restarted agent can find and adopt
@@ -33,7 +33,8 @@ class TaskSpec:
     service: str
     node: str
     slot: int | None
-    template: dict[str, Any]  # the Task's spec.template: image, command, env, healthcheck...
+    # The Task's spec.template, as written; read it through shoal.crds.template.
+    template: Mapping[str, Any]
 
 
 class TaskRejectedError(Exception):

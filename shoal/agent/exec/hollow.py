@@ -34,9 +34,9 @@ import math
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -53,6 +53,7 @@ from shoal.agent.exec.executor import (
     TaskRejectedError,
     TaskSpec,
 )
+from shoal.crds import template as tpl
 
 log = structlog.get_logger("shoal.agent.exec.hollow")
 
@@ -166,10 +167,27 @@ def _line(entry: dict[str, Any]) -> bytes:
     return (json.dumps(entry, separators=(",", ":")) + "\n").encode()
 
 
-def _exit_plan(template: dict[str, Any], start_delay: float) -> tuple[int, float] | None:
+T = TypeVar("T")
+
+
+def _lenient(read: Callable[[Mapping[str, Any]], T], template: Mapping[str, Any],
+             otherwise: T) -> T:
+    """An accessor's reading, or ``otherwise`` where it refuses the field: a simulation
+    runs whatever the task manager let through and rejects nothing on its own."""
+    try:
+        return read(template)
+    except tpl.TemplateError:
+        return otherwise
+
+
+def _env(template: Mapping[str, Any]) -> dict[str, str]:
+    none: dict[str, str] = {}
+    return _lenient(tpl.env, template, none)
+
+
+def _exit_plan(template: Mapping[str, Any], start_delay: float) -> tuple[int, float] | None:
     """(exit code, seconds running) the template asks for, or None to run until stopped."""
-    env = template.get("env")
-    env = env if isinstance(env, dict) else {}
+    env = _env(template)
     after_raw = env.get("SHOAL_HOLLOW_EXIT_AFTER")
     after = start_delay
     if after_raw is not None:
@@ -182,9 +200,9 @@ def _exit_plan(template: dict[str, Any], start_delay: float) -> tuple[int, float
             return int(env["SHOAL_HOLLOW_EXIT"]), after
         except (TypeError, ValueError):
             return 1, after
-    command = template.get("command")
-    if isinstance(command, list) and command:
-        verb = str(command[0])
+    command = _lenient(tpl.command, template, tpl.Command()).command
+    if command:
+        verb = command[0]
         if verb == "exit":
             try:
                 return int(command[1]) if len(command) > 1 else 0, after
@@ -297,7 +315,7 @@ class HollowExecutor:
     # --- the Executor contract ---
 
     async def prepare(self, task: TaskSpec) -> None:
-        image = str(task.template.get("image") or "")
+        image = _lenient(tpl.image, task.template, "")
         if "missing" in image or "invalid" in image:
             raise TaskRejectedError(f"image not found: {image}")
 
@@ -319,12 +337,9 @@ class HollowExecutor:
         elif self.fail_rate and self._rng.random() < self.fail_rate:
             wl.exit_code = 1
             wl.exit_at = running_at + self._rng.uniform(0.05, 1.0)
-        hc = task.template.get("healthcheck")
-        if isinstance(hc, dict):
-            test = hc.get("test")
-            wl.health_check = not (isinstance(test, list) and test[:1] == ["NONE"])
-        env = task.template.get("env")
-        wl.unhealthy = isinstance(env, dict) and env.get("SHOAL_HOLLOW_HEALTH") == "unhealthy"
+        check = _lenient(tpl.healthcheck, task.template, None)
+        wl.health_check = check is not None and not check.disabled
+        wl.unhealthy = _env(task.template).get("SHOAL_HOLLOW_HEALTH") == "unhealthy"
         if wl.unhealthy:
             wl.health_check = True
         if self.start_delay == 0:

@@ -66,6 +66,7 @@ from shoal.agent.exec.executor import (
 from shoal.agent.process.health import HealthChecks
 from shoal.agent.process.logs import read_log
 from shoal.agent.process.shim import alive, read_json, resolve_user, write_json
+from shoal.crds import template as tpl
 
 log = structlog.get_logger(__name__)
 
@@ -146,12 +147,16 @@ class ProcessExecutor:
 
     def _build_spec(self, task: TaskSpec) -> dict[str, Any]:
         """The shim's instructions; TaskRejectedError for anything that can never run."""
+        with workload.rejecting():
+            return self._read_spec(task)
+
+    def _read_spec(self, task: TaskSpec) -> dict[str, Any]:
         template = task.template
-        argv = workload.full_argv(template)
+        argv = tpl.command(template).argv()
         if not argv:
             raise TaskRejectedError("the process driver runs template.command (or "
                                     "entrypoint and args); this task has none")
-        user = template.get("user") or None
+        user = tpl.user(template)
         try:
             resolved = resolve_user(user)
         except ValueError as exc:
@@ -160,20 +165,20 @@ class ProcessExecutor:
         if resolved is not None:
             with contextlib.suppress(KeyError):
                 home = pwd.getpwuid(resolved[0]).pw_dir
-        hostname = template.get("hostname") or workload.workload_name(task.name)[:63]
+        hostname = tpl.hostname(template) or workload.workload_name(task.name)[:63]
         env = {"PATH": workload.DEFAULT_PATH, "HOSTNAME": hostname, "HOME": home}
-        env.update(workload.environment(template))
+        env.update(tpl.env(template))
         if "/" in argv[0]:
             if not os.access(argv[0], os.X_OK):
                 raise TaskRejectedError(f'exec: "{argv[0]}": no such executable file')
         elif shutil.which(argv[0], path=env["PATH"]) is None:
             raise TaskRejectedError(f'exec: "{argv[0]}": executable file not found in $PATH')
-        cwd = template.get("workdir") or "/"
+        cwd = tpl.workdir(template) or "/"
         if not os.path.isdir(cwd):
             raise TaskRejectedError(f"workdir {cwd} does not exist on node {self.node}")
-        stop_signal = template.get("stopSignal") or "SIGTERM"
+        stop_signal = tpl.stop_signal(template) or "SIGTERM"
         workload.signal_number(stop_signal)
-        workload.parse_healthcheck(template)  # reject a malformed check now, not later
+        workload.health_spec(template)  # reject a malformed check now, not later
         paths = self._paths(task.uid)
         return {
             "uid": task.uid, "name": task.name, "namespace": task.namespace,

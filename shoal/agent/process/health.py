@@ -28,6 +28,7 @@ from typing import Any
 
 from shoal.agent.exec import workload
 from shoal.agent.process.shim import alive, read_json, resolve_user, write_json
+from shoal.crds import template as tpl
 
 HEALTH_LOG_ENTRIES = 5  # like Docker's State.Health.Log
 HEALTH_OUTPUT_MAX = 4096
@@ -63,7 +64,15 @@ class HealthChecks:
         if uid in self._checkers or self._closed:
             return
         spec = read_json(spec_path) or {}
-        check = workload.parse_healthcheck({"healthcheck": spec.get("healthcheck")})
+        try:
+            check = workload.health_spec({"healthcheck": spec.get("healthcheck")})
+        except tpl.TemplateError as exc:
+            # start() refuses such a check; only a spec an older agent wrote can have
+            # one. The task runs on unchecked rather than failing every observe (quietly:
+            # observe asks again each time).
+            self._log.debug("health check cannot be read, not checking", task_uid=uid,
+                            error=str(exc))
+            return
         if check is None:
             return
         saved = read_json(record) or {}
