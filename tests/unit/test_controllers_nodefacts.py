@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from shoal.controllers import nodefacts
 from shoal.crds import constraints as cons
-from tests.unit.test_scheduler_logic import node
+from tests.unit.scheduler_support import node
 
 
 def test_constraint_keys_match_nodes() -> None:
