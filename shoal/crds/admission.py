@@ -23,7 +23,7 @@ from typing import Any
 
 from shoal.crds import kinds, openapi, resource, semantics
 from shoal.crds.fielderrors import FieldError, child, describe, quote, suggest
-from shoal.crds.names import is_dns_label, name_error
+from shoal.crds.names import is_dns_label, name_error, name_rule
 from shoal.crds.openapi import Schema
 
 
@@ -198,7 +198,8 @@ def _admit_metadata(obj: dict[str, Any], info: kinds.KindInfo | None,
     errors.extend(openapi.validate(meta, METADATA_SCHEMA, "metadata"))
     name = meta.get("name")
     if isinstance(name, str) and name:
-        message = name_error(name)
+        # Per kind: Docker's names for what a Swarm user names (crds.names says which).
+        message = name_rule(info.kind if info is not None else None).error(name)
         if message:
             errors.append(FieldError("metadata.name", message))
     elif name == "":

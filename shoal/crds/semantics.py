@@ -14,7 +14,7 @@ from typing import Any
 
 from shoal.crds import constraints, kinds, openapi, template
 from shoal.crds.fielderrors import FieldError, child, describe, quote
-from shoal.crds.names import is_dns_label, is_dns_subdomain, name_error
+from shoal.crds.names import is_dns_label, is_dns_subdomain
 
 
 def entries(container: Any, key: str) -> list[tuple[int, Any]]:
@@ -31,19 +31,8 @@ def section(container: Any, key: str) -> dict[str, Any]:
 
 def _check_service(doc: dict[str, Any]) -> list[FieldError]:
     spec = section(doc, "spec")
-    return [*_service_name(doc), *_service_placement(spec), *_service_ports(spec),
+    return [*_service_placement(spec), *_service_ports(spec),
             *_service_template(spec)]
-
-
-def _service_name(doc: dict[str, Any]) -> list[FieldError]:
-    # A service name is a DNS name on its networks and the prefix of its task names
-    # (web.1), so it must be a single DNS label; swarmkit has the same rule.
-    name = section(doc, "metadata").get("name")
-    if isinstance(name, str) and is_dns_subdomain(name):
-        message = name_error(name, dots=False)
-        if message:
-            return [FieldError("metadata.name", message + " (a service name is a DNS label)")]
-    return []
 
 
 def _service_placement(spec: dict[str, Any]) -> list[FieldError]:
