@@ -10,9 +10,14 @@ keeps current from etcd:
 * ``<service>.<namespace>`` qualifies by stack; a short name resolves in the client's own
   namespace (the namespace of the task that owns the source address), then in
   ``default``; only services attached to the client's network are visible;
-* a single-label name, a ``tasks.`` name, or a name whose last label is a known namespace
-  is the cluster's: unknown ones get NXDOMAIN. Everything else is forwarded to the host's
-  upstream resolvers (/etc/resolv.conf) with a timeout, SERVFAIL when none answers.
+* a service answers to its name as written, case-insensitively, dots included
+  (``hyperf_v1.0``: the whole name is tried as a service before its last label is read as
+  a namespace), and to its DNS-label form ``crds.names.dns_label`` (``hyperf-v1-0-53ef21``)
+  for clients that insist on hostname syntax;
+* a single-label name, a ``tasks.`` name, a service's name, or a name whose last label is
+  a known namespace is the cluster's: unknown ones get NXDOMAIN. Everything else is
+  forwarded to the host's upstream resolvers (/etc/resolv.conf) with a timeout, SERVFAIL
+  when none answers.
 
 dnspython does the wire format and the upstream queries.
 """
@@ -39,6 +44,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from shoal.crds.names import dns_label
 from shoal.net import netns as netns_mod
 
 IPv4Address = ipaddress.IPv4Address
@@ -66,6 +72,8 @@ class DnsTable:
 
     def __init__(self) -> None:
         self._records: dict[tuple[str, str], ServiceRecord] = {}
+        # (namespace, DNS-label form) -> the record's key, for names that are not labels.
+        self._labels: dict[tuple[str, str], tuple[str, str]] = {}
         self._owner: dict[tuple[str, IPv4Address], str] = {}  # (network, task ip) -> ns
         self._namespaces: dict[str, int] = {}
 
@@ -73,6 +81,9 @@ class DnsTable:
         self.remove(record.namespace, record.name)
         key = (record.namespace.lower(), record.name.lower())
         self._records[key] = record
+        label = dns_label(record.name)
+        if label != key[1]:
+            self._labels[(key[0], label)] = key
         self._namespaces[key[0]] = self._namespaces.get(key[0], 0) + 1
         for network, ips in record.tasks.items():
             for ip in ips:
@@ -83,6 +94,9 @@ class DnsTable:
         old = self._records.pop(key, None)
         if old is None:
             return
+        label_key = (key[0], dns_label(old.name))
+        if self._labels.get(label_key) == key:
+            del self._labels[label_key]
         self._namespaces[key[0]] -= 1
         if not self._namespaces[key[0]]:
             del self._namespaces[key[0]]
@@ -93,6 +107,7 @@ class DnsTable:
 
     def replace_all(self, records: Iterable[ServiceRecord]) -> None:
         self._records.clear()
+        self._labels.clear()
         self._owner.clear()
         self._namespaces.clear()
         for r in records:
@@ -100,13 +115,11 @@ class DnsTable:
 
     def resolve(self, network: str, qname: str, client: IPv4Address | None = None) -> Answer:
         name = qname.lower().rstrip(".")
-        labels = name.split(".") if name else []
-        is_tasks = len(labels) >= 2 and labels[0] == "tasks"
-        ref = labels[1:] if is_tasks else labels
-        ours = is_tasks or len(ref) == 1 or (len(ref) == 2 and ref[1] in self._namespaces)
-        record = self._find(network, ref, client)
+        is_tasks = name.startswith("tasks.") and len(name) > len("tasks.")
+        ref = name[len("tasks."):] if is_tasks else name
+        record, ours = self._find(network, ref, client)
         if record is None:
-            return Answer("nxdomain") if ours else Answer("forward")
+            return Answer("nxdomain") if ours or is_tasks else Answer("forward")
         tasks = tuple(record.tasks.get(network, ()))
         if is_tasks or record.mode == "dnsrr":
             shuffled = list(tasks)
@@ -117,27 +130,37 @@ class DnsTable:
 
     def _visible(self, key: tuple[str, str], network: str) -> ServiceRecord | None:
         record = self._records.get(key)
+        if record is None and key in self._labels:
+            record = self._records.get(self._labels[key])
         if record is None:
             return None
         if network not in record.vips and network not in record.tasks:
             return None  # not attached to the client's network
         return record
 
-    def _find(self, network: str, ref: list[str], client: IPv4Address | None
-              ) -> ServiceRecord | None:
-        if len(ref) == 2:
-            return self._visible((ref[1], ref[0]), network)
-        if len(ref) != 1:
-            return None
+    def _find(self, network: str, ref: str, client: IPv4Address | None
+              ) -> tuple[ServiceRecord | None, bool]:
+        """The record ``ref`` names, and whether the name is the cluster's to answer.
+
+        The whole name is a service name first (Docker's names may hold dots:
+        ``hyperf_v1.0``), in the client's namespace then ``default``; only then is
+        ``<service>.<namespace>`` read, splitting at the last dot."""
+        if not ref:
+            return None, False
         order = []
         if client is not None and (network, client) in self._owner:
             order.append(self._owner[(network, client)])
         order.append("default")
         for ns in order:
-            found = self._visible((ns, ref[0]), network)
+            found = self._visible((ns, ref), network)
             if found is not None:
-                return found
-        return None
+                return found, True
+        service, dot, namespace = ref.rpartition(".")
+        if not dot:
+            return None, True  # a single label is always ours
+        if namespace not in self._namespaces:
+            return None, False
+        return self._visible((namespace, service), network), True
 
 
 def upstreams_from_resolv_conf(path: str = "/etc/resolv.conf") -> list[str]:

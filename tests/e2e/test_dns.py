@@ -1,6 +1,7 @@
 """The node DNS responder over real sockets: service, tasks. and stack-qualified names over
-UDP and TCP, forwarding to a fake upstream on loopback, and a query from inside a task
-namespace to the responder on its node's overlay address."""
+UDP and TCP, Docker's names (``hyperf_v1.0``) as written and as DNS labels, forwarding to
+a fake upstream on loopback, and queries from inside a task namespace (dnspython, and
+busybox ``nslookup`` as a user types it) to the responder on its node's overlay address."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
+from shoal.crds.names import dns_label
 from shoal.net.dns import DnsServer, DnsTable, ServiceRecord
 from shoal.net.overlay import OverlayNode
 from tests.e2e.netcluster import Cluster
@@ -150,6 +152,39 @@ async def test_short_names_inside_a_stack(
         "10.0.9.20", "10.0.9.21"}
 
 
+async def test_docker_names_resolve_as_written_and_as_labels() -> None:
+    t = table()
+    t.set(ServiceRecord("default", "hyperf_v1.0", "vip", {"appnet": A("10.254.0.40")},
+                        {"appnet": [A("10.0.9.40"), A("10.0.9.41")]}))
+    t.set(ServiceRecord("shop", "nginx_web", "vip", {"appnet": A("10.254.0.50")},
+                        {"appnet": [A("10.0.9.50")]}))
+    # a_b and a-b are different services; their names never meet in DNS.
+    t.set(ServiceRecord("default", "a_b", "vip", {"appnet": A("10.254.0.60")}, {}))
+    t.set(ServiceRecord("default", "a-b", "vip", {"appnet": A("10.254.0.61")}, {}))
+    server = DnsServer(t, upstreams=[(_loopback(), 9)], timeout=0.3)
+    try:
+        addr = await server.listen("appnet", _loopback(), 0)
+        # The name as written, case-insensitively, dots and underscores included.
+        assert addresses(await query(addr, "hyperf_v1.0")) == {"10.254.0.40"}
+        assert addresses(await query(addr, "HYPERF_V1.0", tcp=True)) == {"10.254.0.40"}
+        assert addresses(await query(addr, "tasks.hyperf_v1.0")) == {"10.0.9.40", "10.0.9.41"}
+        assert addresses(await query(addr, "nginx_web.shop")) == {"10.254.0.50"}
+        assert addresses(await query(addr, "tasks.nginx_web.shop")) == {"10.0.9.50"}
+        # The DNS-label form crds.names maps the name to answers too.
+        label = dns_label("hyperf_v1.0")
+        assert label.startswith("hyperf-v1-0-")
+        assert addresses(await query(addr, label)) == {"10.254.0.40"}
+        assert addresses(await query(addr, f"tasks.{label}")) == {"10.0.9.40", "10.0.9.41"}
+        assert addresses(await query(addr, "a_b")) == {"10.254.0.60"}
+        assert addresses(await query(addr, "a-b")) == {"10.254.0.61"}
+        assert addresses(await query(addr, dns_label("a_b"))) == {"10.254.0.60"}
+        # A dotted name that is neither a service nor <service>.<namespace>: not ours.
+        assert (await query(addr, "hyperf_v1.9")).rcode() == dns.rcode.SERVFAIL  # forwarded
+        assert (await query(addr, "tasks.hyperf_v1.9")).rcode() == dns.rcode.NXDOMAIN
+    finally:
+        await server.close()
+
+
 async def test_upstream_down_is_servfail() -> None:
     server = DnsServer(DnsTable(), upstreams=[(_loopback(), 9)], timeout=0.3)
     try:
@@ -182,5 +217,32 @@ async def test_reachable_from_a_task_namespace(lab: Lab) -> None:
             str(cluster.node_ip(0)), "web", stdout=asyncio.subprocess.PIPE)
         out, _ = await asyncio.wait_for(proc.communicate(), 20)
         assert out.decode().split() == ["10.254.0.7"]
+    finally:
+        await server.close()
+
+
+@pytest.mark.skipif(not have_netns_privileges(), reason="needs root and iproute2")
+async def test_nslookup_of_docker_names_inside_the_overlay(lab: Lab) -> None:
+    node = lab.node()
+    cluster = Cluster(lab, [node])
+    task_ns = cluster.add_task("t1", 0)
+    await OverlayNode(node.underlay, netns=node.ns).sync(cluster.state(0))
+    t = DnsTable()
+    t.set(ServiceRecord("default", "hyperf_v1.0", "vip", {"appnet": A("10.254.0.7")},
+                        {"appnet": [A(cluster.ip("t1"))]}))
+    t.set(ServiceRecord("default", "nginx_web", "vip", {"appnet": A("10.254.0.8")},
+                        {"appnet": [A(cluster.ip("t1"))]}))
+    server = DnsServer(t, upstreams=[])
+    try:
+        await server.listen("appnet", str(cluster.node_ip(0)), 53, netns=node.ns)
+        for name, want in (("hyperf_v1.0", "10.254.0.7"), ("tasks.nginx_web", cluster.ip("t1"))):
+            # What a user types in a task: `nslookup hyperf_v1.0` (busybox, as in the image).
+            proc = await asyncio.create_subprocess_exec(
+                "ip", "netns", "exec", task_ns, "busybox", "nslookup", name,
+                str(cluster.node_ip(0)), stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT)
+            out, _ = await asyncio.wait_for(proc.communicate(), 20)
+            text = out.decode()
+            assert proc.returncode == 0 and f"Address: {want}" in text, text
     finally:
         await server.close()
