@@ -62,14 +62,6 @@ def test_dnsrr_cannot_publish_through_the_mesh(registry: kinds.Registry) -> None
     admission.admit(doc, registry)
 
 
-def test_service_name_is_a_dns_label(registry: kinds.Registry) -> None:
-    doc = service()
-    doc["metadata"]["name"] = "web.v2"
-    [message] = errors_of(doc, registry)
-    assert message.startswith('metadata.name: "web.v2" is not a valid name')
-    assert message.endswith("(a service name is a DNS label)")
-
-
 def test_semantic_checks_survive_wrong_types(registry: kinds.Registry) -> None:
     doc = service(placement={"constraints": "node.role==manager", "preferences": [5]},
                   endpoint={"ports": {"a": 1}})
