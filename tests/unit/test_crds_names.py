@@ -50,7 +50,7 @@ def test_names_docker_refuses(registry: kinds.Registry, kind: str, name: str,
                               fragment: str) -> None:
     [message] = _name_errors(_doc(kind, name), registry)
     what = f"{kind.lower()} name"
-    assert message.startswith(f"metadata.name: ") and f"is not a valid {what}" in message
+    assert message.startswith("metadata.name: ") and f"is not a valid {what}" in message
     assert fragment in message
 
 
