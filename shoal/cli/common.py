@@ -68,6 +68,22 @@ def namespace_for(info: kinds.KindInfo, namespace: str | None) -> str | None:
     return namespace or resource.DEFAULT_NAMESPACE
 
 
+def split_refs(kind: str, names: list[str]) -> tuple[str, list[str]]:
+    """``service/hyperf_v1.0`` (kubectl's TYPE/NAME) as ("service", ["hyperf_v1.0"]);
+    ``KIND NAME...`` unchanged. Split at the first ``/`` only: neither kind names nor
+    Docker's object names hold one, while names may hold dots (``hyperf_v1.0``) and kinds
+    too (``widgets.example.com``), so a dot never separates anything here."""
+    if "/" not in kind:
+        return kind, names
+    refs = [kind, *names]
+    kinds_given = {ref.partition("/")[0].lower() for ref in refs}
+    parsed = [ref.partition("/")[2] for ref in refs]
+    if any("/" not in ref for ref in refs) or len(kinds_given) != 1 or not all(parsed):
+        raise errors.CliError(f'cannot read "{" ".join(refs)}": give TYPE/NAME... of one '
+                              "kind (service/web service/api) or TYPE NAME... (service web)")
+    return kind.partition("/")[0], parsed
+
+
 def ref_of(info: kinds.KindInfo, obj: resource.Resource) -> str:
     """``service/web``: how kubectl names an object in its one-line results."""
     return f"{info.kind.lower()}/{obj.name}"

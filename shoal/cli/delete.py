@@ -36,6 +36,8 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
+    if args.kind:
+        args.kind, args.names = common.split_refs(args.kind, list(args.names))
     if args.filename and (args.kind or args.selector):
         raise errors.CliError("give either -f FILE or KIND NAME..., not both")
     if not args.filename and not args.kind:

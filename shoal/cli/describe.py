@@ -12,7 +12,7 @@ import argparse
 import datetime
 from typing import Any
 
-from shoal.cli import common, console, get, printers
+from shoal.cli import common, console, errors, get, printers
 from shoal.crds import kinds, resource
 from shoal.store import client
 from shoal.store import errors as store_errors
@@ -24,13 +24,18 @@ MAX_EVENTS = 20
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("describe", parents=parents,
                        help="show one object in detail, with conditions and events")
-    p.add_argument("kind", metavar="KIND")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("kind", metavar="KIND", help="a kind, or TYPE/NAME (service/web)")
+    p.add_argument("name", metavar="NAME", nargs="?")
     p.add_argument("-n", "--namespace", help="namespace (default: default)")
     p.set_defaults(func=run, error_code=1)
 
 
 async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
+    args.kind, given = common.split_refs(args.kind, [args.name] if args.name else [])
+    if len(given) != 1:
+        raise errors.CliError(f"describe shows one object: swctl describe {args.kind} NAME "
+                              "(or TYPE/NAME)")
+    args.name = given[0]
     async with common.open_store(opts) as store:
         registry = await common.registry_of(store)
         info = registry.lookup(args.kind)

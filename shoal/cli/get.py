@@ -32,7 +32,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "get", parents=parents, help="list objects of a kind, or show one",
         description="List objects of KIND (plural, singular or short name such as svc, "
                     "no, crd), or show the one called NAME.")
-    p.add_argument("kind", metavar="KIND")
+    p.add_argument("kind", metavar="KIND", help="a kind, or TYPE/NAME (service/web)")
     p.add_argument("name", metavar="NAME", nargs="?")
     add_output_flag(p)
     p.add_argument("-l", "--selector", metavar="SELECTOR",
@@ -85,6 +85,11 @@ def resolve_kinds(registry: kinds.Registry, text: str) -> list[kinds.KindInfo]:
 
 
 async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
+    args.kind, given = common.split_refs(args.kind, [args.name] if args.name else [])
+    if len(given) > 1:
+        raise errors.CliError("get shows one object by name; list several with "
+                              f"swctl get {args.kind} -l SELECTOR")
+    args.name = given[0] if given else None
     if args.all_namespaces and args.name:
         raise errors.CliError("a single object cannot be retrieved by name across all "
                               "namespaces; drop -A and pass -n NAMESPACE")
