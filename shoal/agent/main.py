@@ -195,8 +195,9 @@ def resolve_runtime(args: argparse.Namespace) -> str:
     stray = hollow_only_flags(args)
     if stray:
         raise runtimes.RuntimeUnavailable(
-            f"{', '.join(stray)} only apply to simulated nodes: add --runtime hollow, or "
-            "drop them to run real tasks on this node")
+            f"{', '.join(stray)} {'only apply' if len(stray) > 1 else 'only applies'} to "
+            "simulated nodes: add --runtime hollow, or drop "
+            f"{'them' if len(stray) > 1 else 'it'} to run real tasks on this node")
     picked = runtimes.choose(args.runtime)
     if picked.fallback:
         print(f"swctl agent: {picked.fallback}; tasks run with the process runtime "
