@@ -1,4 +1,4 @@
-"""``swctl delete KIND NAME...`` and ``swctl delete -f FILE``.
+"""``swctl delete KIND NAME...`` (or ``KIND/NAME...``) and ``swctl delete -f FILE``.
 
 Deletion honours finalizers, as the store does: an object with finalizers only gets a
 ``deletionTimestamp`` and stays until the controllers owning them let go, and the output
@@ -35,7 +35,23 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run, error_code=1)
 
 
+def split_refs(args: argparse.Namespace) -> None:
+    """kubectl's ``KIND/NAME`` form (``swctl delete service/web``), one kind per command:
+    rewritten to KIND NAME... before anything else looks at the arguments."""
+    if not args.kind or "/" not in args.kind:
+        return
+    refs = [args.kind, *args.names]
+    pairs = [ref.partition("/") for ref in refs]
+    kinds_named = {kind for kind, _, _ in pairs}
+    if any(not sep or not kind or not name for kind, sep, name in pairs) or \
+            len(kinds_named) > 1:
+        raise errors.CliError(f"cannot mix forms or kinds in {' '.join(refs)}: give "
+                              "KIND/NAME... of one kind, or KIND NAME...")
+    args.kind, args.names = pairs[0][0], [name for _, _, name in pairs]
+
+
 async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
+    split_refs(args)
     if args.filename and (args.kind or args.selector):
         raise errors.CliError("give either -f FILE or KIND NAME..., not both")
     if not args.filename and not args.kind:

@@ -35,7 +35,7 @@ _DOCKER_VERBS: dict[tuple[str, str], tuple[str, str]] = {
     ("service", "create"): ("swctl apply -f FILE with a Service manifest", "apply"),
     ("service", "update"): ("swctl apply -f FILE with the changed manifest (or swctl scale "
                             "service/{name} --replicas N for the count)", "apply"),
-    ("service", "inspect"): ("swctl describe service/{name} (or swctl get service {name} "
+    ("service", "inspect"): ("swctl describe service {name} (or swctl get service {name} "
                              "-o yaml)", "describe"),
     ("service", "logs"): ("swctl logs service/{name}", "logs"),
     ("service", "rollback"): ("swctl apply -f FILE with the previous manifest (rollback "
@@ -57,18 +57,18 @@ _DOCKER_VERBS: dict[tuple[str, str], tuple[str, str]] = {
     ("secret", "create"): ("swctl apply -f FILE with a Secret manifest", "apply"),
     ("secret", "rm"): ("swctl delete secret/{name}", "delete"),
     ("secret", "ls"): ("swctl get secrets", "get"),
-    ("secret", "inspect"): ("swctl describe secret/{name}", "describe"),
+    ("secret", "inspect"): ("swctl describe secret {name}", "describe"),
     ("config", "create"): ("swctl apply -f FILE with a Config manifest", "apply"),
     ("config", "rm"): ("swctl delete config/{name}", "delete"),
     ("config", "ls"): ("swctl get configs", "get"),
-    ("config", "inspect"): ("swctl describe config/{name}", "describe"),
+    ("config", "inspect"): ("swctl describe config {name}", "describe"),
 }
 # Docker's one-word verbs.
 _DOCKER_TOP: dict[str, tuple[str, str]] = {
     "rm": ("swctl delete KIND/NAME", "delete"),
     "remove": ("swctl delete KIND/NAME", "delete"),
     "create": ("swctl apply -f FILE", "apply"),
-    "inspect": ("swctl describe KIND/NAME (or swctl get KIND NAME -o yaml)", "describe"),
+    "inspect": ("swctl describe KIND NAME (or swctl get KIND NAME -o yaml)", "describe"),
     "ps": ("swctl service ps NAME (or swctl get tasks)", "service"),
     "ls": ("swctl get KIND (e.g. swctl get services)", "get"),
     "list": ("swctl get KIND (e.g. swctl get services)", "get"),

@@ -246,7 +246,7 @@ async def test_service_ls_has_a_ports_column(swctl: Swctl, store: client.Store) 
      'unknown command "service update": use swctl apply -f FILE with the changed manifest '
      "(or swctl scale service/web --replicas N for the count) (see swctl apply --help)"),
     (["service", "inspect", "web"],
-     'unknown command "service inspect": use swctl describe service/web (or swctl get '
+     'unknown command "service inspect": use swctl describe service web (or swctl get '
      "service web -o yaml) (see swctl describe --help)"),
     (["stack", "deploy", "-c", "docker-compose.yml", "app"],
      'unknown command "stack deploy": use swctl apply -f FILE (a YAML stream of Services, '
@@ -264,6 +264,16 @@ def test_docker_verbs_name_the_swctl_way(swctl: Swctl, argv: list[str], message:
     proc = swctl(*argv, expect=1)
     assert proc.stderr == f"error: {message}\n"
     assert proc.stdout == ""
+
+
+def test_the_hinted_delete_works(swctl: Swctl) -> None:
+    # The hint's command is one swctl runs: `swctl delete service/web`.
+    swctl.write("web.yaml", "apiVersion: shoal.io/v1\nkind: Service\nmetadata: {name: web}\n"
+                "spec:\n  template: {image: busybox}\n")
+    swctl("apply", "-d", "-f", "web.yaml")
+    assert swctl("delete", "service/web").stdout.startswith("service/web ")
+    err = swctl("delete", "service/a", "network/b", expect=1).stderr
+    assert err.startswith("error: cannot mix forms or kinds in service/a network/b")
 
 
 def test_service_scale_is_still_a_verb(swctl: Swctl) -> None:
