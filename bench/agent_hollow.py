@@ -90,7 +90,8 @@ class Agent:
                  log: pathlib.Path, state: pathlib.Path) -> None:
         profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
         self.argv = [sys.executable, *profile, "-m", "shoal.agent.main", "--etcd", url,
-                     "--prefix", prefix, "--name", "hollow", "--count", str(args.nodes),
+                     "--prefix", prefix, "--runtime", "hollow", "--name", "hollow",
+                     "--count", str(args.nodes),
                      "--heartbeat-ttl", str(args.ttl), "--hollow-start-delay",
                      str(args.start_delay), "--log-format", "console",
                      *(["--shared-lease"] if args.shared_lease else []),

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from shoal.agent import agent, logserver, node
+from shoal.agent import agent, logserver, node, runtimes
 from shoal.crds import selectors, units
 from shoal.runtime import logging as rt_logging
 
@@ -89,10 +89,14 @@ def build_parser(prog: str = "swctl agent") -> argparse.ArgumentParser:
                    help="node label, matched by node.labels.KEY constraints (repeatable)")
     p.add_argument("--role", choices=("manager", "worker"), default="worker",
                    help="role given to a newly registered node (default: worker)")
-    p.add_argument("--runtime", choices=agent.RUNTIMES, default="hollow",
-                   help="executor driver (default: hollow)")
+    p.add_argument("--runtime", choices=(runtimes.AUTO, *agent.RUNTIMES),
+                   default=runtimes.AUTO,
+                   help="how tasks run: auto (the default, as `swctl up` chooses) is docker "
+                        "when dockerd answers or can be started, else process; hollow "
+                        "simulates tasks that run nothing (for tests and scale trials)")
     p.add_argument("--count", type=_positive_int, default=1, metavar="K",
-                   help="serve K hollow nodes named NAME-0..NAME-K-1 from this process")
+                   help="with --runtime hollow: serve K simulated nodes named "
+                        "NAME-0..NAME-K-1 from this process")
     p.add_argument("--heartbeat-ttl", type=_seconds, default=3.0, metavar="SECONDS",
                    help="heartbeat lease TTL; whole seconds, at least 1 (default: 3)")
     p.add_argument("--stall-timeout", type=_seconds, default=None, metavar="SECONDS",
@@ -171,14 +175,45 @@ async def _serve(cfg: agent.AgentConfig) -> None:
         pass  # asked to stop: the agent has revoked its leases and closed its drivers
 
 
+def hollow_only_flags(args: argparse.Namespace) -> list[str]:
+    """Flags given that only mean something to simulated nodes."""
+    given = []
+    if args.count > 1:
+        given.append("--count")
+    if args.fail_rate:
+        given.append("--fail-rate")
+    if args.hollow_state:
+        given.append("--hollow-state")
+    return given
+
+
+def resolve_runtime(args: argparse.Namespace) -> str:
+    """The runtime this agent uses: hollow only when asked for, else ``runtimes.choose``
+    (the choice ``swctl up`` makes); a notice on stderr says why auto fell back."""
+    if args.runtime == "hollow":
+        return "hollow"
+    stray = hollow_only_flags(args)
+    if stray:
+        raise runtimes.RuntimeUnavailable(
+            f"{', '.join(stray)} {'only apply' if len(stray) > 1 else 'only applies'} to "
+            "simulated nodes: add --runtime hollow, or drop "
+            f"{'them' if len(stray) > 1 else 'it'} to run real tasks on this node")
+    picked = runtimes.choose(args.runtime)
+    if picked.fallback:
+        print(f"swctl agent: {picked.fallback}; tasks run with the process runtime "
+              "(pass --runtime docker to insist)", file=sys.stderr)
+    return picked.runtime
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format)
-    cfg = config_from_args(args)
     try:
+        args.runtime = resolve_runtime(args)
+        cfg = config_from_args(args)
         if cfg.runtime != "hollow":
             agent.driver_class(cfg.runtime)
-    except agent.UnknownRuntimeError as exc:
+    except (agent.UnknownRuntimeError, runtimes.RuntimeUnavailable) as exc:
         print(f"swctl agent: {exc}", file=sys.stderr)
         return 2
     asyncio.run(_serve(cfg))

@@ -135,6 +135,12 @@ def _interface_addresses() -> list[str]:
     return out
 
 
+def local_addresses() -> set[str]:
+    """Every IPv4 address of this host's interfaces, loopback included: ``swctl node ls``
+    marks a node local when its address is one of these (and its hostname this host's)."""
+    return {"127.0.0.1", *_interface_addresses()}
+
+
 def default_address(etcd_url: str | None = None) -> str:
     """The node's underlay address when ``--address`` is not given.
 

@@ -350,30 +350,25 @@ def _notice(text: str) -> None:
 def _local_runtime(choice: str) -> str:
     """``docker`` if a dockerd answers or can be started (and then the test image is made
     sure of), else ``process`` with a notice. An explicit ``--runtime docker`` that cannot
-    be honoured is an error instead."""
-    if choice == "process":
-        return "process"
+    be honoured is an error instead. The choice itself is ``runtimes.choose``, the one
+    ``swctl agent`` makes too."""
+    from shoal.agent import runtimes
+
     try:
-        from shoal.agent.docker import dockerd
-    except ImportError as exc:
-        if choice == "docker":
-            raise errors.CliError(f"--runtime docker: the docker driver is not available "
-                                  f"({exc})") from None
-        _notice(f"the docker driver is not available ({exc}); tasks run with the process "
-                "runtime instead")
-        return "process"
-    try:
-        with console.Spinner("looking for dockerd (starting it if needed)"):
-            url = dockerd.ensure_dockerd()
-    except dockerd.DockerdError as exc:
-        if choice == "docker":
-            raise errors.CliError(f"--runtime docker: {exc}") from None
-        _notice(f"no dockerd ({str(exc).splitlines()[0]}); tasks run with the process "
-                "runtime instead (pass --runtime docker to insist)")
-        return "process"
-    console.out(f"{console.OK} dockerd ready at {url}")
-    _ensure_image(url)
-    return "docker"
+        if choice == "process":
+            picked = runtimes.choose(choice)
+        else:
+            with console.Spinner("looking for dockerd (starting it if needed)"):
+                picked = runtimes.choose(choice)
+    except runtimes.RuntimeUnavailable as exc:
+        raise errors.CliError(str(exc)) from None
+    if picked.fallback:
+        _notice(f"{picked.fallback}; tasks run with the process runtime instead (pass "
+                "--runtime docker to insist)")
+    if picked.docker_url is not None:
+        console.out(f"{console.OK} dockerd ready at {picked.docker_url}")
+        _ensure_image(picked.docker_url)
+    return picked.runtime
 
 
 def _ensure_image(url: str) -> None:

@@ -1,4 +1,4 @@
-"""``swctl delete KIND NAME...`` and ``swctl delete -f FILE``.
+"""``swctl delete KIND NAME...`` (or ``KIND/NAME...``) and ``swctl delete -f FILE``.
 
 Deletion honours finalizers, as the store does: an object with finalizers only gets a
 ``deletionTimestamp`` and stays until the controllers owning them let go, and the output

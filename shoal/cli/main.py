@@ -28,6 +28,7 @@ from shoal.cli import (
     diff,
     errors,
     get,
+    hints,
     logs,
     manager,
     network,
@@ -96,7 +97,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         except errors.CliError as exc:
             return errors.report(exc)
     parser = build_parser()
-    args = parser.parse_args(raw)
+    # Docker's verbs (service rm, stack deploy ...) and unknown flags get the swctl way
+    # and the verb's own --help, rather than argparse's list of choices.
+    unknown = hints.unknown_command(parser, raw)
+    if unknown is not None:
+        sys.stderr.write(f"error: {unknown}\n")
+        return 1
+    args, extras = parser.parse_known_args(raw)
+    if extras and args.verb is not None:
+        sys.stderr.write(f"error: {hints.unknown_flags(args, extras)}\n")
+        return 2 if args.verb == "diff" else 1
+    if extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
     if args.verb is None:
         parser.print_help(sys.stderr)
         return 1

@@ -16,9 +16,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from shoal.cli import common, console, errors, printers
+from shoal.cli import common, console, errors, pretty, printers
 from shoal.crds import admission, kinds, resource, selectors
 from shoal.crds import networking as nw
 from shoal.crds import taskstates as ts
@@ -41,16 +42,28 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     ls.add_argument("-q", "--quiet", action="store_true", help="only print network names")
     ls.set_defaults(func=run_ls, error_code=1)
 
-    inspect = verbs.add_parser("inspect", parents=parents, help="show networks in full")
+    inspect = verbs.add_parser(
+        "inspect", parents=parents, help="show networks, with the tasks attached",
+        description="Show networks for people (subnet, gateway, VNI, options, labels, the "
+                    "services on each with their VIP and the tasks attached with their "
+                    "node and address), or the stored object with -o yaml|json.")
     inspect.add_argument("names", nargs="+", metavar="NAME")
-    inspect.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    inspect.add_argument("-o", "--output", choices=("pretty", "yaml", "json"),
+                         default="pretty",
+                         help="pretty (the default), or the stored object as yaml or json")
     inspect.set_defaults(func=run_inspect, error_code=1)
 
     create = verbs.add_parser(
         "create", parents=parents, help="create an overlay network",
         description="Create an overlay network; the allocator picks a subnet (a /24 from "
-                    "10.0.0.0/8) and a VNI unless given.")
+                    "10.0.0.0/8) and a VNI unless given. Docker's flags; an option Shoal "
+                    "cannot honour is refused with the reason, never ignored.")
     create.add_argument("name", metavar="NAME")
+    create.add_argument("-d", "--driver", default="overlay",
+                        help="network driver; only overlay (the default) exists in a swarm")
+    create.add_argument("-o", "--opt", action="append", default=[], metavar="KEY[=VALUE]",
+                        help="driver option (repeatable); Shoal honours none yet and refuses "
+                             "each with the reason (e.g. encrypted)")
     create.add_argument("--subnet", help="address block, e.g. 10.0.9.0/24")
     create.add_argument("--gateway", help="gateway address inside --subnet")
     create.add_argument("--attachable", action="store_true",
@@ -114,9 +127,15 @@ async def get_network(store: client.Store, info: kinds.KindInfo,
 
 async def run_inspect(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     async with common.open_store(opts) as store:
-        info = _info(await common.registry_of(store))
+        registry = await common.registry_of(store)
+        info = _info(registry)
         found = [await get_network(store, info, name) for name in args.names]
-    printers.print_inspected(found, args.output)
+        if args.output != "pretty":
+            printers.print_inspected(found, args.output)
+            return 0
+        services, _ = await store.list(registry.lookup("services"))
+        tasks, _ = await store.list(registry.lookup("tasks"))
+    console.out("\n\n".join(pretty.network_text(n, services, tasks) for n in found))
     return 0
 
 
@@ -129,7 +148,48 @@ def _labels(items: Sequence[str]) -> dict[str, str]:
         raise errors.CliError(str(exc)) from None
 
 
+def kernel_has_esp() -> bool:
+    """Whether this kernel can do IPsec ESP (esp4 loaded or built in), which an encrypted
+    overlay would need; read from /proc, as the cli runs where the agent does."""
+    if Path("/sys/module/esp4").exists():
+        return True
+    try:
+        with open("/proc/kallsyms") as fh:
+            return any(line.rstrip().endswith((" esp_output", " esp4_rcv")) for line in fh)
+    except OSError:
+        return False
+
+
+def refused_options(driver: str, opts: Sequence[str]) -> list[str]:
+    """Why each of the driver and ``--opt`` values cannot be honoured (empty: all can)."""
+    out = []
+    if driver != "overlay":
+        out.append(f'driver "{driver}" is not available: a Shoal network is a swarm-scoped '
+                   "overlay (drop -d, or pass -d overlay)")
+    for item in opts:
+        key, _, _ = item.partition("=")
+        if key == "encrypted":
+            why = ("this kernel has no IPsec ESP (esp4) either" if not kernel_has_esp()
+                   else "the kernel's ESP support is not used by Shoal yet")
+            out.append(f"--opt {item}: Shoal does not encrypt overlay traffic yet ({why}); "
+                       "create the network without it, knowing its VXLAN traffic is "
+                       "plain text")
+        elif key == "com.docker.network.driver.mtu":
+            out.append(f"--opt {item}: the overlay MTU is derived from the underlay (50 "
+                       "bytes of VXLAN header less) and cannot be set yet")
+        elif key == "com.docker.network.driver.overlay.vxlanid_list":
+            out.append(f"--opt {item}: the allocator picks the VNI and cannot be told one "
+                       "yet")
+        else:
+            out.append(f'--opt {item}: unknown option "{key}" for the overlay driver (Shoal '
+                       "honours no driver options yet)")
+    return out
+
+
 async def run_create(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
+    refused = refused_options(args.driver, args.opt)
+    if refused:
+        raise errors.CliError([*refused, f"network {args.name} was not created"])
     spec: dict[str, Any] = {"driver": "overlay", "attachable": args.attachable,
                             "internal": args.internal}
     if args.subnet:

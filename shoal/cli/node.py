@@ -1,7 +1,15 @@
 """``swctl node``: list, inspect and manage nodes the way ``docker node`` does.
 
-Verbs: ``ls``, ``inspect``, ``update`` (availability, role, labels) and the one-word
-shortcuts ``drain``, ``activate``, ``pause``, ``promote``, ``demote``.
+Verbs: ``ls``, ``inspect``, ``update`` (availability, role, labels), ``rm`` and the
+one-word shortcuts ``drain``, ``activate``, ``pause``, ``promote``, ``demote``.
+
+``ls`` marks the local node with ``*`` after its ID, as docker marks the node it talks
+to: a node is local when its reported hostname is this host's and its address is one of
+this host's interface addresses (so the nodes of ``swctl up --nodes N``, each in its own
+network namespace with its own address, are not, and neither are the K simulated nodes
+of ``--count K``, which report their own names as hostnames). ``rm`` refuses a node that
+is not down unless ``--force``, like ``docker node rm``; the orchestrator then replaces
+the tasks the node held (their node is gone) and deletes them.
 
 Only ``spec`` (availability, role) and ``metadata.labels`` are written; ``status`` belongs
 to the node's agent. Node labels are ``metadata.labels`` (what constraints call
@@ -18,7 +26,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from shoal.cli import common, console, errors, printers, taskview
+from shoal.cli import common, console, errors, pretty, printers, taskview
 from shoal.crds import kinds, resource
 from shoal.runtime import cas
 from shoal.store import client
@@ -49,16 +57,38 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                        description="List, inspect and manage the cluster's nodes.")
     verbs = p.add_subparsers(dest="node_verb", metavar="COMMAND", required=True)
 
-    ls = verbs.add_parser("ls", aliases=["list"], parents=parents, help="list nodes")
+    ls = verbs.add_parser(
+        "ls", aliases=["list"], parents=parents, help="list nodes",
+        description="List nodes: ID (* marks this host's node), name, status, "
+                    "availability, role, address, tasks; -o wide adds the runtime and "
+                    "labels.")
     ls.add_argument("-q", "--quiet", action="store_true", help="only print node names")
     ls.add_argument("-l", "--selector", metavar="SELECTOR",
                     help="only nodes whose labels match, e.g. zone=a")
+    ls.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
+                    help="docker's filters (repeatable; all must match): name=, id=, "
+                         "role=, label= (engine labels), node.label=, membership=")
+    ls.add_argument("-o", "--output", choices=("wide",), default=None,
+                    help="wide: also the runtime and labels of each node")
     ls.set_defaults(func=run_ls, error_code=1)
 
     inspect = verbs.add_parser("inspect", parents=parents, help="show nodes in full")
     inspect.add_argument("names", nargs="+", metavar="NAME")
     inspect.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    inspect.add_argument("--pretty", action="store_true",
+                         help="for people: human units, and the tasks on the node")
     inspect.set_defaults(func=run_inspect, error_code=1)
+
+    rm = verbs.add_parser(
+        "rm", aliases=["remove"], parents=parents, help="remove nodes that are down",
+        description="Remove nodes from the cluster. A node that is not down is refused "
+                    "unless --force (its agent would otherwise keep running tasks the "
+                    "cluster no longer knows about); the node's tasks are replaced "
+                    "elsewhere.")
+    rm.add_argument("names", nargs="+", metavar="NAME")
+    rm.add_argument("-f", "--force", action="store_true",
+                    help="remove even a node that is ready")
+    rm.set_defaults(func=run_rm, error_code=1)
 
     update = verbs.add_parser(
         "update", parents=parents, help="change a node's availability, role or labels",
@@ -106,28 +136,106 @@ async def get_node(store: client.Store, info: kinds.KindInfo, name: str) -> reso
 
 # --- ls / inspect ---
 
-def ls_rows(nodes: Sequence[resource.Resource], per_node: dict[str, int]) -> list[list[str]]:
+ID_LENGTH = 12  # as service ps: docker's short IDs
+LOCAL_MARK = "*"
+FILTER_KEYS = ("name", "id", "role", "label", "node.label", "membership")
+
+
+def short_id(node: resource.Resource) -> str:
+    return (node.metadata.uid or node.name).replace("-", "")[:ID_LENGTH]
+
+
+def is_local(node: resource.Resource, hostname: str, addresses: set[str]) -> bool:
+    """Is ``node`` served by an agent on this host (see the module docstring)?"""
+    return (node.status.get("hostname") == hostname
+            and str(node.status.get("address") or "") in addresses)
+
+
+def local_facts() -> tuple[str, set[str]]:
+    """This host's hostname and interface addresses, what :func:`is_local` compares."""
+    import socket
+
+    from shoal.agent import node as agent_node  # light: no driver, no runtime
+
+    return socket.gethostname(), agent_node.local_addresses()
+
+
+def parse_filters(items: Sequence[str]) -> list[tuple[str, str]]:
+    out = []
+    for item in items:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if key not in FILTER_KEYS:
+            raise errors.CliError(f'invalid filter "{item}": node ls filters on '
+                                  f"{', '.join(k + '=' for k in FILTER_KEYS)} (e.g. --filter "
+                                  "role=manager)")
+        if not eq or not value:
+            raise errors.CliError(f'invalid filter "{item}": give a value, e.g. --filter '
+                                  f"{key}={'zone=a' if 'label' in key else 'x'}")
+        if key == "role" and value not in ROLES:
+            raise errors.CliError(f'invalid filter "{item}": role is manager or worker')
+        if key == "membership" and value not in ("accepted", "pending"):
+            raise errors.CliError(f'invalid filter "{item}": membership is accepted or '
+                                  "pending")
+        out.append((key, value))
+    return out
+
+
+def _label_matches(labels: Any, wanted: str) -> bool:
+    key, eq, value = wanted.partition("=")
+    if not isinstance(labels, dict) or key not in labels:
+        return False
+    return not eq or str(labels[key]) == value
+
+
+def filter_matches(node: resource.Resource, key: str, value: str) -> bool:
+    """One docker filter: name is a substring, id a prefix, labels ``k`` or ``k=v``;
+    every Shoal node is ``accepted`` (an agent joins without an approval step)."""
+    if key == "name":
+        return value in node.name
+    if key == "id":
+        return short_id(node).startswith(value.replace("-", "")) or \
+            (node.metadata.uid or "").startswith(value)
+    if key == "role":
+        return str(node.spec.get("role") or "worker") == value
+    if key == "label":
+        return _label_matches(node.status.get("engineLabels"), value)
+    if key == "node.label":
+        return _label_matches(node.metadata.labels, value)
+    return value == "accepted"  # membership
+
+
+def ls_rows(nodes: Sequence[resource.Resource], per_node: dict[str, int], *,
+            local: Callable[[resource.Resource], bool] = lambda _: False,
+            wide: bool = False) -> list[list[str]]:
     rows = []
     for node in sorted(nodes, key=lambda n: n.name):
-        rows.append([node.name, str(node.status.get("state") or "unknown"),
-                     str(node.spec.get("availability") or "active"),
-                     str(node.spec.get("role") or "worker"),
-                     str(node.status.get("address") or printers.NONE),
-                     str(per_node.get(node.name, 0)),
-                     printers.age(node.metadata.creationTimestamp)])
+        ident = short_id(node) + (f" {LOCAL_MARK}" if local(node) else "")
+        row = [ident, node.name, str(node.status.get("state") or "unknown"),
+               str(node.spec.get("availability") or "active"),
+               str(node.spec.get("role") or "worker"),
+               str(node.status.get("address") or printers.NONE),
+               str(per_node.get(node.name, 0))]
+        if wide:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(node.metadata.labels.items()))
+            row += [str(node.status.get("runtime") or printers.NONE), labels or printers.NONE]
+        rows.append([*row, printers.age(node.metadata.creationTimestamp)])
     return rows
 
 
-LS_HEADERS = ["NAME", "STATUS", "AVAILABILITY", "ROLE", "ADDRESS", "TASKS", "AGE"]
+LS_HEADERS = ["ID", "NAME", "STATUS", "AVAILABILITY", "ROLE", "ADDRESS", "TASKS", "AGE"]
+WIDE_HEADERS = [*LS_HEADERS[:-1], "RUNTIME", "LABELS", "AGE"]
 
 
 async def run_ls(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     from shoal.cli import get
 
     selector = get.parse_selector(args.selector)
+    filters = parse_filters(args.filter)
     async with common.open_store(opts) as store:
         registry = await common.registry_of(store)
         nodes, _ = await store.list(_node_info(registry), None, selector)
+        nodes = [n for n in nodes if all(filter_matches(n, k, v) for k, v in filters)]
         if args.quiet:
             console.out("\n".join(sorted(n.name for n in nodes)))
             return 0
@@ -135,20 +243,58 @@ async def run_ls(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
         tasks, _ = await store.list(registry.lookup("tasks"))
     if not nodes:
         # As `get`: nothing on stdout, a note for people on stderr.
-        print("No nodes found (start an agent with `swctl agent`, or `swctl up`).",
-              file=sys.stderr)
+        print("No nodes found (start an agent with `swctl agent`, or `swctl up`)."
+              if not (filters or args.selector) else "No nodes match.", file=sys.stderr)
         return 0
-    table, _ = printers.render_table(LS_HEADERS, ls_rows(nodes, taskview.tasks_per_node(tasks)),
-                                     color=console.stdout_is_tty())
+    hostname, addresses = local_facts()
+    wide = args.output == "wide"
+    table, _ = printers.render_table(
+        WIDE_HEADERS if wide else LS_HEADERS,
+        ls_rows(nodes, taskview.tasks_per_node(tasks), wide=wide,
+                local=lambda n: is_local(n, hostname, addresses)),
+        color=console.stdout_is_tty())
     console.out(table)
     return 0
 
 
 async def run_inspect(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     async with common.open_store(opts) as store:
-        info = _node_info(await common.registry_of(store))
+        registry = await common.registry_of(store)
+        info = _node_info(registry)
         found = [await get_node(store, info, name) for name in args.names]
-    printers.print_inspected(found, args.output)
+        if not args.pretty:
+            printers.print_inspected(found, args.output)
+            return 0
+        tasks, _ = await store.list(registry.lookup("tasks"))
+    hostname, addresses = local_facts()
+    console.out("\n\n".join(pretty.node_text(n, tasks, local=is_local(n, hostname, addresses))
+                             for n in found))
+    return 0
+
+
+# --- rm ---
+
+async def run_rm(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
+    async with common.open_store(opts) as store:
+        info = _node_info(await common.registry_of(store))
+        # Every name resolved and checked first: one refusal removes nothing.
+        nodes = [await get_node(store, info, name) for name in dict.fromkeys(args.names)]
+        refusals = []
+        for node in nodes:
+            state = str(node.status.get("state") or "unknown")
+            if state != "down" and not args.force:
+                refusals.append(f"node {node.name} is {state}, not down, and cannot be "
+                                "removed: stop its agent first (the node is down one "
+                                "heartbeat TTL later), drain it to move its tasks, or "
+                                f"remove it anyway with `swctl node rm --force {node.name}`")
+        if refusals:
+            raise errors.CliError([*refusals, "nothing was removed"])
+        for node in nodes:
+            try:
+                await store.delete(info, node.name)
+            except store_errors.NotFoundError:
+                pass  # removed meanwhile: what was asked for
+            console.out(f"node/{node.name} removed")
     return 0
 
 

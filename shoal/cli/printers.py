@@ -234,9 +234,12 @@ class TablePrinter:
     def __init__(self, info: kinds.KindInfo, wide: bool = False,
                  all_namespaces: bool = False, color: bool = False,
                  qualify: bool = False,
-                 overrides: Mapping[str, CellOverride] | None = None) -> None:
+                 overrides: Mapping[str, CellOverride] | None = None,
+                 extra: Sequence[tuple[str, CellOverride]] = ()) -> None:
         self.info = info
         self.overrides = dict(overrides or {})  # by column header
+        # Computed columns after the kind's own, before AGE (``service ls``'s PORTS).
+        self.extra = list(extra)
         self.qualify = qualify  # NAME as kind/name, when several kinds share the output
         self.columns = columns_for(info, wide)
         self.with_namespace = all_namespaces and info.namespaced
@@ -247,7 +250,8 @@ class TablePrinter:
     @property
     def headers(self) -> list[str]:
         head = ["NAMESPACE"] if self.with_namespace else []
-        return [*head, "NAME", *(c.header for c in self.columns), "AGE"]
+        return [*head, "NAME", *(c.header for c in self.columns),
+                *(header for header, _ in self.extra), "AGE"]
 
     def row(self, obj: resource.Resource, now: datetime.datetime | None = None) -> list[str]:
         now = now or datetime.datetime.now(datetime.UTC)
@@ -257,6 +261,7 @@ class TablePrinter:
         return [*head, name,
                 *(self.overrides[c.header](obj) if c.header in self.overrides
                   else cell(jsonpath(data, c.json_path), c.type, now) for c in self.columns),
+                *(compute(obj) for _, compute in self.extra),
                 age(obj.metadata.creationTimestamp, now)]
 
     def render(self, objs: Sequence[resource.Resource]) -> str:

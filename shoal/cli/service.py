@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from shoal.cli import common, console, get, printers, scale, taskview
+from shoal.crds import networking as nw
 from shoal.crds import resource
 from shoal.crds import taskstates as ts
 from shoal.store import errors as store_errors
@@ -143,8 +144,39 @@ async def run_ps(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     return 0
 
 
+def ports_cell(service: resource.Resource) -> str:
+    """Docker's PORTS: ``*:8080->80/tcp`` per published port, the allocated port where
+    the allocator chose one (``<pending>`` until it has), empty when nothing is published."""
+    allocated = {(p.protocol, p.target, p.mode): p.published
+                 for p in nw.endpoint(service).ports if p.published is not None}
+    cells = []
+    for port in nw.spec_ports(service):
+        published = port.published or allocated.get((port.protocol, port.target, port.mode))
+        shown = str(published) if published is not None else "<pending>"
+        cells.append(f"*:{shown}->{port.target}/{port.protocol}")
+    return ",".join(cells)
+
+
 async def run_ls(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     as_get = argparse.Namespace(kind="services", name=None, output=args.output,
                                 selector=args.selector, namespace=args.namespace,
                                 all_namespaces=args.all_namespaces, watch=False)
-    return await get.run(as_get, opts)
+    if args.output not in ("table", "wide"):
+        return await get.run(as_get, opts)  # the objects themselves: one implementation
+    selector = get.parse_selector(args.selector)
+    async with common.open_store(opts) as store:
+        info = (await common.registry_of(store)).lookup("services")
+        namespace = None if args.all_namespaces else common.namespace_for(info, args.namespace)
+        services, _ = await store.list(info, namespace, selector)
+        replicas = get.ReplicaCounts(store, namespace)
+        if services:
+            await replicas.refresh()
+    if not services:
+        return await get.run(as_get, opts)  # its "No resources found" note
+    printer = printers.TablePrinter(info, wide=args.output == "wide",
+                                    all_namespaces=args.all_namespaces,
+                                    color=console.stdout_is_tty(),
+                                    overrides=replicas.overrides(),
+                                    extra=[("PORTS", ports_cell)])
+    console.out(printer.render(services))
+    return 0

@@ -61,7 +61,8 @@ class AgentCluster:
 
     def start_agent(self, name: str, *args: str, ttl: int = TTL) -> AgentProc:
         argv = [sys.executable, "-m", "shoal.agent.main", "--etcd", self.etcd_url,
-                "--prefix", self.prefix, "--name", name, "--heartbeat-ttl", str(ttl),
+                "--prefix", self.prefix, "--name", name, "--runtime", "hollow",
+                "--heartbeat-ttl", str(ttl),
                 "--hollow-start-delay", "0.05", "--log-format", "console", *args]
         log = self.workdir / f"agent-{name}-{len(self.agents)}.log"
         agent = AgentProc(f"agent-{log.stem}", argv, log)

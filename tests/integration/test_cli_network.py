@@ -44,7 +44,7 @@ async def test_create_ls_inspect_rm(swctl: Swctl, store: client.Store) -> None:
     assert swctl("network", "ls").stdout.splitlines()[2].split() == [
         "b", "overlay", "10.0.1.0/24", "4097", "swarm", "false"]
     assert swctl("network", "ls", "-q").stdout.split() == ["appnet", "b"]
-    assert "vni: 4097" in swctl("network", "inspect", "b").stdout
+    assert "vni: 4097" in swctl("network", "inspect", "b", "-o", "yaml").stdout
     missing = swctl("network", "inspect", "nope", expect=1)
     assert 'network "nope" not found; known networks: appnet, b' in missing.stderr
     dup = swctl("network", "create", "b", expect=1)

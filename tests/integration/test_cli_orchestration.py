@@ -38,8 +38,10 @@ def eventually(probe: Callable[[], T], timeout: float = 10.0, what: str = "condi
 
 
 def node_rows(swctl: Swctl) -> dict[str, list[str]]:
+    """NAME -> [NAME, STATUS, ...]: the row without its ID cell (and the local ``*``)."""
     lines = swctl("node", "ls").stdout.splitlines()
-    return {line.split()[0]: line.split() for line in lines[1:]}
+    rows = [[t for t in line.split() if t != "*"][1:] for line in lines[1:]]
+    return {row[0]: row for row in rows}
 
 
 @pytest.fixture(scope="module")
@@ -151,9 +153,9 @@ def test_node_ls_update_and_shortcuts(cluster: Swctl) -> None:
     path = swctl.write("spread.yaml", service("spread", 3))
     swctl("apply", "-f", str(path), *VERIFY)
     listed = swctl("node", "ls").stdout.splitlines()
-    assert listed[0].split() == ["NAME", "STATUS", "AVAILABILITY", "ROLE", "ADDRESS", "TASKS",
-                                 "AGE"]
-    rows = {line.split()[0]: line.split() for line in listed[1:]}
+    assert listed[0].split() == ["ID", "NAME", "STATUS", "AVAILABILITY", "ROLE", "ADDRESS",
+                                 "TASKS", "AGE"]
+    rows = node_rows(swctl)
     assert sorted(rows) == NODES
     assert sum(int(r[5]) for r in rows.values()) >= 3  # spread's tasks, at least
     assert all(r[1:4] == ["ready", "active", "worker"] for r in rows.values())

@@ -1,0 +1,173 @@
+"""Human renderings of one object, as ``docker node inspect --pretty`` and ``docker
+network inspect`` give them: ``swctl node inspect --pretty`` and ``swctl network inspect``.
+
+The stored form (``-o yaml``/``json``) holds bytes, float CPUs and RFC 3339 stamps and
+nothing about the tasks on a node or a network; people asking "what is on this node,
+what sits on this network" want memory in GiB/MiB, dates with their age, and the tasks
+attached with their addresses. These functions only format: the callers (node.py,
+network.py) read the store, so this module is pure and unit-tested without etcd.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from typing import Any
+
+from shoal.cli import printers
+from shoal.crds import networking as nw
+from shoal.crds import resource
+from shoal.crds import taskstates as ts
+
+_BINARY_UNITS = (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
+_LABEL_WIDTH = 24  # docker's --pretty aligns values in one column
+
+
+def human_bytes(size: Any) -> str:
+    """``8589934592`` -> ``8GiB``, ``8200000000`` -> ``7.637GiB`` (docker's units.BytesSize
+    shape: at most four significant digits, binary units)."""
+    try:
+        value = float(size)
+    except (TypeError, ValueError):
+        return str(size) if size not in (None, "") else printers.NONE
+    for unit, scale in _BINARY_UNITS:
+        if value >= scale:
+            return f"{value / scale:.4g}{unit}"
+    return f"{value:.4g}B"
+
+
+def human_cpus(cpus: Any) -> str:
+    try:
+        value = float(cpus)
+    except (TypeError, ValueError):
+        return printers.NONE
+    return str(int(value)) if value == int(value) else f"{value:g}"
+
+
+def human_date(stamp: Any, now: datetime.datetime | None = None) -> str:
+    """``2024-05-01 12:00:03 +0000 UTC (3m20s ago)``; the raw text if it is no date."""
+    when = printers.parse_time(str(stamp)) if stamp else None
+    if when is None:
+        return str(stamp) if stamp else printers.NONE
+    return (f"{when.strftime('%Y-%m-%d %H:%M:%S +0000 UTC')} "
+            f"({printers.age(str(stamp), now)} ago)")
+
+
+def _line(label: str, value: Any, indent: int = 0) -> str:
+    head = " " * indent + f"{label}:"
+    return f"{head:<{_LABEL_WIDTH}}{value}"
+
+
+def _labels(labels: dict[str, Any], indent: int = 1) -> list[str]:
+    return [" " * indent + f"- {k}={v}" for k, v in sorted(labels.items())]
+
+
+def task_addresses(task: resource.Resource) -> dict[str, str]:
+    """network -> the task's address on it (``10.0.1.5/24``)."""
+    return {a.network: str(a.address) for a in nw.task_attachments(task) or ()}
+
+
+def node_text(node: resource.Resource, tasks: Sequence[resource.Resource], *,
+              local: bool = False, now: datetime.datetime | None = None) -> str:
+    """``node inspect --pretty``: identity, status, platform, resources in human units,
+    labels, and the tasks on the node that have not ended."""
+    status, spec = node.status, node.spec
+    platform = status.get("platform") or {}
+    res = status.get("resources") or {}
+    lines = [
+        _line("ID", node.metadata.uid or printers.NONE),
+        _line("Name", node.name + (" (this host)" if local else "")),
+        _line("Hostname", status.get("hostname") or printers.NONE),
+        _line("Joined at", human_date(node.metadata.creationTimestamp, now)),
+        "Status:",
+        _line("State", str(status.get("state") or "unknown").capitalize(), 1),
+    ]
+    if status.get("message"):
+        lines.append(_line("Message", status["message"], 1))
+    lines += [
+        _line("Availability", str(spec.get("availability") or "active").capitalize(), 1),
+        _line("Address", status.get("address") or printers.NONE, 1),
+        _line("Role", str(spec.get("role") or "worker"), 0),
+        "Platform:",
+        _line("Operating System", platform.get("os") or printers.NONE, 1),
+        _line("Architecture", platform.get("architecture") or printers.NONE, 1),
+        "Resources:",
+        _line("CPUs", human_cpus(res.get("cpus")), 1),
+        _line("Memory", human_bytes(res.get("memory")), 1),
+        _line("Runtime", status.get("runtime") or printers.NONE),
+        _line("Agent Version", status.get("agentVersion") or printers.NONE),
+    ]
+    if status.get("dataplane"):
+        lines.append(_line("Dataplane", status["dataplane"]))
+    labels = dict(node.metadata.labels)
+    lines.append("Labels:" if labels else _line("Labels", printers.NONE))
+    lines += _labels(labels)
+    engine = dict(status.get("engineLabels") or {})
+    if engine:
+        lines.append("Engine Labels:")
+        lines += _labels(engine)
+    live = sorted((t for t in tasks if ts.node_name_of(t) == node.name and not ts.has_ended(t)),
+                  key=ts.task_key)
+    lines.append(f"Tasks: {len(live)}" if live else _line("Tasks", "none"))
+    if live:
+        rows = [[ts.task_key(t), ts.service_name(t) or printers.NONE,
+                 ts.observed_state(t), ",".join(f"{n}={a}" for n, a in
+                                                sorted(task_addresses(t).items())) or "-"]
+                for t in live]
+        table, _ = printers.render_table(["TASK", "SERVICE", "STATE", "ADDRESSES"], rows,
+                                         indent=1)
+        lines.append(table)
+    return "\n".join(lines)
+
+
+def network_text(network: resource.Resource, services: Sequence[resource.Resource],
+                 tasks: Sequence[resource.Resource],
+                 now: datetime.datetime | None = None) -> str:
+    """``network inspect``: driver, IPAM (allocated subnet, gateway, VNI) and labels,
+    then the services that name the network (with their VIP on it) and every
+    task attached to it that has not ended, with its node and address."""
+    spec = network.spec
+    info = nw.network_info(network)
+    lines = [
+        _line("Name", network.name),
+        _line("ID", network.metadata.uid or printers.NONE),
+        _line("Created", human_date(network.metadata.creationTimestamp, now)),
+        _line("Driver", spec.get("driver") or "overlay"),
+        _line("Scope", "swarm"),
+        _line("Attachable", "true" if spec.get("attachable") is True else "false"),
+        _line("Internal", "true" if spec.get("internal") is True else "false"),
+        _line("Ingress", "true" if nw.is_ingress(network) else "false"),
+        "IPAM:",
+        _line("Subnet", str(info.subnet) if info else str(spec.get("subnet") or "<pending>"),
+              1),
+        _line("Gateway", str(spec.get("gateway") or (info.gateway if info else "<pending>")),
+              1),
+        _line("VNI", str(info.vni) if info else "<pending>", 1),
+    ]
+    labels = dict(network.metadata.labels)
+    lines.append("Labels:" if labels else _line("Labels", printers.NONE))
+    lines += _labels(labels)
+    users = sorted((s for s in services if network.name in nw.service_networks(s)),
+                   key=lambda s: (s.namespace or "default", s.name))
+    if users:
+        lines.append(f"Services: {len(users)}")
+        rows = []
+        for svc in users:
+            vip = nw.endpoint(svc).vips.get(network.name)
+            rows.append([f"{svc.namespace or 'default'}/{svc.name}",
+                         str(vip) if vip is not None else "-"])
+        lines.append(printers.render_table(["SERVICE", "VIP"], rows, indent=1)[0])
+    else:
+        lines.append(_line("Services", "none"))
+    attached = sorted(((t, task_addresses(t)[network.name]) for t in tasks
+                       if not ts.has_ended(t) and network.name in task_addresses(t)),
+                      key=lambda pair: ts.task_key(pair[0]))
+    if attached:
+        lines.append(f"Tasks: {len(attached)}")
+        rows = [[ts.task_key(t), ts.node_name_of(t) or "unassigned", ts.observed_state(t),
+                 address] for t, address in attached]
+        lines.append(printers.render_table(["TASK", "NODE", "STATE", "ADDRESS"], rows,
+                                           indent=1)[0])
+    else:
+        lines.append(_line("Tasks", "none"))
+    return "\n".join(lines)

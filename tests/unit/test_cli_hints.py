@@ -1,0 +1,33 @@
+"""shoal/cli/hints.py: the swctl way for docker verbs, found before argparse runs."""
+
+from __future__ import annotations
+
+import argparse
+
+from shoal.cli import hints
+from shoal.cli.main import build_parser
+
+
+def test_docker_verbs_map_to_swctl_with_the_name_typed() -> None:
+    parser = build_parser()
+    assert hints.unknown_command(parser, ["service", "rm", "web"]) == (
+        'unknown command "service rm": use swctl delete service/web (see swctl delete --help)')
+    assert hints.unknown_command(parser, ["--etcd", "http://x:1", "svc", "rm", "api"]) == (
+        'unknown command "svc rm": use swctl delete service/api (see swctl delete --help)')
+    assert "use swctl apply -f FILE" in str(hints.unknown_command(parser, ["stack", "deploy"]))
+
+
+def test_known_verbs_are_left_to_argparse() -> None:
+    parser = build_parser()
+    for argv in (["service", "ps", "web"], ["service", "scale", "web=2"], ["get", "svc"],
+                 ["node", "rm", "n1"], ["--prefix", "/x", "apply", "-f", "a.yaml"], []):
+        assert hints.unknown_command(parser, argv) is None, argv
+
+
+def test_unknown_flags_name_the_verbs_help() -> None:
+    args = argparse.Namespace(verb="service", service_verb="ps")
+    assert hints.unknown_flags(args, ["--format", "x"]) == (
+        "unknown flag --format for swctl service ps (see swctl service ps --help)")
+    args = argparse.Namespace(verb="get", output="table")
+    assert hints.unknown_flags(args, ["--format=json"]).startswith(
+        "unknown flag --format for swctl get: use -o json|yaml|wide|name")

@@ -1,0 +1,32 @@
+"""shoal/cli/pretty.py: human units and the tasks attached, without etcd."""
+
+from __future__ import annotations
+
+import datetime
+
+from shoal.cli import pretty
+from shoal.crds import resource
+
+
+def test_human_units() -> None:
+    assert pretty.human_bytes(8 * 2**30) == "8GiB"
+    assert pretty.human_bytes(8_200_000_000) == "7.637GiB"
+    assert pretty.human_bytes(512 * 2**20) == "512MiB"
+    assert pretty.human_bytes(None) == "<none>"
+    assert pretty.human_cpus(4.0) == "4" and pretty.human_cpus(0.5) == "0.5"
+    now = datetime.datetime(2024, 5, 1, 12, 3, 23, tzinfo=datetime.UTC)
+    assert pretty.human_date("2024-05-01T12:00:03Z", now) == (
+        "2024-05-01 12:00:03 +0000 UTC (3m20s ago)")
+
+
+def test_node_text_lists_live_tasks_only() -> None:
+    node = resource.new("Node", "n1", None, {"availability": "drain"}, labels={"zone": "a"})
+    node.status = {"state": "ready", "resources": {"cpus": 2, "memory": 2**30},
+                   "runtime": "process"}
+    live = resource.new("Task", "web.1.a", "default", {"serviceName": "web", "nodeName": "n1"})
+    live.status = {"state": "running"}
+    ended = resource.new("Task", "web.1.b", "default", {"serviceName": "web", "nodeName": "n1"})
+    ended.status = {"state": "shutdown"}
+    text = pretty.node_text(node, [live, ended], local=True)
+    assert "n1 (this host)" in text and "Drain" in text and "1GiB" in text
+    assert "default/web.1.a" in text and "web.1.b" not in text and "Tasks: 1" in text
