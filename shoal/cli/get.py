@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from shoal.cli import common, console, errors, printers, taskview
@@ -112,7 +113,7 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
         printer = printers.TablePrinter(info, wide=args.output == "wide",
                                         all_namespaces=args.all_namespaces,
                                         color=console.stdout_is_tty(),
-                                        overrides=replicas.overrides() if replicas else None)
+                                        overrides=cell_overrides(info, replicas))
         if objs or args.output in ("json", "yaml"):
             console.out(printers.format_objects(info, objs, args.output,
                                                 single=bool(args.name), printer=printer))
@@ -122,6 +123,22 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
             await _watch(store, info, namespace, selector, args, printer, objs, revision,
                          replicas=replicas)
     return 0
+
+
+#: The ERROR cell (``-o wide``) of services and tasks: what went wrong, as ``service ps``
+#: says it, computed rather than read from one field (a condition's message, or err).
+ERROR_CELLS: dict[str, Callable[[resource.Resource], str]] = {
+    "Service": taskview.failed_conditions, "Task": taskview.error_cell}
+
+
+def cell_overrides(info: kinds.KindInfo, replicas: ReplicaCounts | None,
+                   ) -> dict[str, printers.CellOverride]:
+    """Cells computed by swctl for ``info``: REPLICAS from the tasks, ERROR."""
+    out = replicas.overrides() if replicas is not None else {}
+    error = ERROR_CELLS.get(info.kind)
+    if error is not None:
+        out["ERROR"] = lambda obj: error(obj) or printers.NONE
+    return out
 
 
 def _counts_replicas(info: kinds.KindInfo, output: str) -> bool:
@@ -215,13 +232,13 @@ async def _several(store: client.Store, infos: list[kinds.KindInfo],
     sections = []
     for info, objs in found:
         if objs:
-            overrides = None
+            replicas = None
             if _counts_replicas(info, args.output):
                 namespace = (None if args.all_namespaces
                              else common.namespace_for(info, args.namespace))
                 replicas = ReplicaCounts(store, namespace)
                 await replicas.refresh()
-                overrides = replicas.overrides()
+            overrides = cell_overrides(info, replicas)
             printer = printers.TablePrinter(info, wide=args.output == "wide",
                                             all_namespaces=args.all_namespaces,
                                             color=console.stdout_is_tty(), qualify=True,

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from shoal.store import etcd_server
+from tests.helpers import eventually
 from tests.integration.cli_support import Swctl
+from tests.integration.orchestration_support import Cluster
 
 WEB = """\
 apiVersion: shoal.io/v1
@@ -119,3 +121,44 @@ def test_missing_secret_says_not_found_and_an_existing_one_is_not_mounted_yet(
         "apply", "-f", "web.yaml", "-f", "config.yaml", expect=1).stderr
     assert swctl("get", "services", "-o", "name").stdout == ""
     assert swctl("get", "configs", "-o", "name").stdout == ""
+
+
+async def test_a_later_conflict_shows_in_the_error_columns(
+        etcd: etcd_server.EtcdServer, prefix: str, tmp_path: Path) -> None:
+    """What admission cannot know — the network deleted after the service was stored —
+    is the allocator's to say, and `service ps` / `get -o wide` show it."""
+    swctl = Swctl(etcd.url, prefix, tmp_path)
+    async with Cluster.open(etcd.url, prefix, tmp_path) as cluster:
+        cluster.start_manager()
+        cluster.start_agent("n")
+        await cluster.wait_ready(["n"])
+        swctl("network", "create", "appnet")
+        swctl.write("web.yaml", WEB.replace("nginx_network", "appnet").replace(
+            "replicas: 2", "replicas: 1"))
+        swctl("apply", "-f", "web.yaml", "--verify-window", "0.3")
+        # swctl delete network appnet   (delete does not check; network rm would refuse)
+        swctl("delete", "network", "appnet")
+        # swctl scale web=2
+        swctl("scale", "web=2", "-d")
+
+        async def error_shown() -> list[str]:
+            rows = swctl("service", "ps", "web").stdout.splitlines()
+            return [r for r in rows if '"network appnet not found"' in r]
+        rows = await eventually(error_shown, 20, what="the ERROR column of service ps")
+        assert rows[0].split()[1] == "web.2"
+        # swctl get tasks -o wide: the ERROR column says it too.
+        tasks = swctl("get", "tasks", "-o", "wide").stdout.splitlines()
+        assert tasks[0].split()[-2:] == ["ERROR", "AGE"]
+        assert any(line.startswith("web.2.") and "network appnet not found" in line
+                   for line in tasks)
+        # swctl get services -o wide: the service's Allocated condition.
+        services = swctl("get", "services", "-o", "wide").stdout.splitlines()
+        assert "ERROR" in services[0].split()
+        assert "network appnet not found" in services[1]
+        # The network comes back: the task is allocated and runs; the error is gone.
+        swctl("network", "create", "appnet")
+        await cluster.wait_running("web", 2)
+
+        async def cleared() -> bool:
+            return "not found" not in swctl("service", "ps", "web").stdout
+        await eventually(cleared, 20, what="the error gone from service ps")
