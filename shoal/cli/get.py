@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from shoal.cli import common, console, errors, printers, taskview
+from shoal.cli import common, console, errors, printers, redact, taskview
 from shoal.crds import kinds, resource, selectors
 from shoal.store import client, watch
 
@@ -41,6 +41,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     add_namespace_flags(p)
     p.add_argument("-w", "--watch", action="store_true",
                    help="after listing, print changes as they happen until interrupted")
+    p.add_argument("--show-values", action="store_true", help=redact.SHOW_VALUES_HELP)
     p.set_defaults(func=run, error_code=1)
 
 
@@ -102,6 +103,7 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
         info = infos[0]
         namespace = None if args.all_namespaces else common.namespace_for(info, args.namespace)
         objs, revision = await store.list(info, namespace, selector)
+        objs = redact.for_output(objs, _show_values(args))
         if args.name:
             objs = [o for o in objs if o.name == args.name]
             if not objs:
@@ -139,6 +141,11 @@ def cell_overrides(info: kinds.KindInfo, replicas: ReplicaCounts | None,
     if error is not None:
         out["ERROR"] = lambda obj: error(obj) or printers.NONE
     return out
+
+
+def _show_values(args: argparse.Namespace) -> bool:
+    # `service ls` reuses run() with a Namespace of its own, without the flag.
+    return bool(getattr(args, "show_values", False))
 
 
 def _counts_replicas(info: kinds.KindInfo, output: str) -> bool:
@@ -224,7 +231,7 @@ async def _several(store: client.Store, infos: list[kinds.KindInfo],
     for info in infos:
         namespace = None if args.all_namespaces else common.namespace_for(info, args.namespace)
         objs, _ = await store.list(info, namespace, selector)
-        found.append((info, objs))
+        found.append((info, redact.for_output(objs, _show_values(args))))
     if args.output in ("json", "yaml"):
         everything = [o for _, objs in found for o in objs]
         console.out(printers.format_objects(infos[0], everything, args.output, single=False))
@@ -262,6 +269,7 @@ async def _watch(store: client.Store, info: kinds.KindInfo, namespace: str | Non
     shown_cell: dict[tuple[str | None, str], str] = {}
 
     def show(obj: resource.Resource) -> None:
+        obj = redact.for_output([obj], _show_values(args))[0]
         if replicas is not None:
             shown_cell[(obj.namespace, obj.name)] = replicas.cell(obj)
         if args.output in ("json", "yaml"):
