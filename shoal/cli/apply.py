@@ -6,7 +6,9 @@ Three steps, each of which ``diff`` and ``--dry-run`` reuse:
    same apply are admitted first and registered in this run's registry, so a file that
    defines a kind and objects of that kind applies in one go. Any invalid document means
    every error is printed and nothing is written (exit 1). Services are also checked
-   against the published ports other services hold (``check_published_ports``).
+   for the networks, secrets and configs they name and Networks for subnet overlaps
+   (``references``), and against the published ports other services hold
+   (``check_published_ports``).
 2. **plan**: read the live objects and decide per object: ``created`` (absent),
    ``unchanged`` (spec, labels and annotations equal after defaults) or ``configured``
    (the live object with the manifest's spec, labels and annotations; status, finalizers,
@@ -29,7 +31,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from shoal.cli import common, console, converge, errors, manifests
+from shoal.cli import common, console, converge, errors, manifests, references
 from shoal.crds import admission, kinds, networking, resource
 from shoal.store import client
 from shoal.store import errors as store_errors
@@ -102,6 +104,7 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     async with common.open_store(opts) as store:
         registry = await common.registry_of(store)
         admitted = admit_documents(registry, docs, args.namespace)
+        await references.check(store, registry, admitted)
         await check_published_ports(store, registry, admitted)
         with console.Spinner("reading live objects"):
             planned = await plan(store, admitted)

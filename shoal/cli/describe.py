@@ -12,7 +12,7 @@ import argparse
 import datetime
 from typing import Any
 
-from shoal.cli import common, console, errors, get, printers
+from shoal.cli import common, console, errors, get, printers, redact
 from shoal.crds import kinds, resource
 from shoal.store import client
 from shoal.store import errors as store_errors
@@ -27,6 +27,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("kind", metavar="KIND", help="a kind, or TYPE/NAME (service/web)")
     p.add_argument("name", metavar="NAME", nargs="?")
     p.add_argument("-n", "--namespace", help="namespace (default: default)")
+    p.add_argument("--show-values", action="store_true", help=redact.SHOW_VALUES_HELP)
     p.set_defaults(func=run, error_code=1)
 
 
@@ -45,7 +46,7 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
         except store_errors.NotFoundError:
             raise get.not_found(info, args.name, namespace) from None
         events = await recent_events(store, obj)
-    console.out(render(info, obj, events))
+    console.out(render(info, redact.for_output([obj], args.show_values)[0], events))
     return 0
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.text import Text
 
-from shoal.cli import apply, common, console, manifests, printers
+from shoal.cli import apply, common, console, manifests, printers, redact
 from shoal.crds import resource
 
 SERVER_FIELDS = ("uid", "resourceVersion", "generation", "creationTimestamp",
@@ -35,10 +35,12 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def comparable(obj: resource.Resource | None) -> str:
-    """The YAML a diff compares: the object minus server-owned fields."""
+    """The YAML a diff compares: the object minus server-owned fields, and a secret's or
+    config's value as its size and digest (a diff is printed: a changed value shows as
+    a changed digest, never as itself)."""
     if obj is None:
         return ""
-    data = obj.to_dict()
+    data = redact.hidden(obj).to_dict()
     data.pop("status", None)
     for field in SERVER_FIELDS:
         data["metadata"].pop(field, None)

@@ -20,9 +20,10 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from shoal.cli import common, console, errors, printers, taskview
+from shoal.cli import common, console, errors, printers, redact, taskview
 from shoal.crds import kinds, resource, selectors
 from shoal.store import client, watch
 
@@ -40,6 +41,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     add_namespace_flags(p)
     p.add_argument("-w", "--watch", action="store_true",
                    help="after listing, print changes as they happen until interrupted")
+    p.add_argument("--show-values", action="store_true", help=redact.SHOW_VALUES_HELP)
     p.set_defaults(func=run, error_code=1)
 
 
@@ -106,6 +108,7 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
         info = infos[0]
         namespace = None if args.all_namespaces else common.namespace_for(info, args.namespace)
         objs, revision = await store.list(info, namespace, selector)
+        objs = redact.for_output(objs, _show_values(args))
         if args.name:
             objs = [o for o in objs if o.name == args.name]
             if not objs:
@@ -117,7 +120,7 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
         printer = printers.TablePrinter(info, wide=args.output == "wide",
                                         all_namespaces=args.all_namespaces,
                                         color=console.stdout_is_tty(),
-                                        overrides=replicas.overrides() if replicas else None)
+                                        overrides=cell_overrides(info, replicas))
         if objs or args.output in ("json", "yaml"):
             console.out(printers.format_objects(info, objs, args.output,
                                                 single=bool(args.name), printer=printer))
@@ -127,6 +130,27 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
             await _watch(store, info, namespace, selector, args, printer, objs, revision,
                          replicas=replicas)
     return 0
+
+
+#: The ERROR cell (``-o wide``) of services and tasks: what went wrong, as ``service ps``
+#: says it, computed rather than read from one field (a condition's message, or err).
+ERROR_CELLS: dict[str, Callable[[resource.Resource], str]] = {
+    "Service": taskview.failed_conditions, "Task": taskview.error_cell}
+
+
+def cell_overrides(info: kinds.KindInfo, replicas: ReplicaCounts | None,
+                   ) -> dict[str, printers.CellOverride]:
+    """Cells computed by swctl for ``info``: REPLICAS from the tasks, ERROR."""
+    out = replicas.overrides() if replicas is not None else {}
+    error = ERROR_CELLS.get(info.kind)
+    if error is not None:
+        out["ERROR"] = lambda obj: error(obj) or printers.NONE
+    return out
+
+
+def _show_values(args: argparse.Namespace) -> bool:
+    # `service ls` reuses run() with a Namespace of its own, without the flag.
+    return bool(getattr(args, "show_values", False))
 
 
 def _counts_replicas(info: kinds.KindInfo, output: str) -> bool:
@@ -212,7 +236,7 @@ async def _several(store: client.Store, infos: list[kinds.KindInfo],
     for info in infos:
         namespace = None if args.all_namespaces else common.namespace_for(info, args.namespace)
         objs, _ = await store.list(info, namespace, selector)
-        found.append((info, objs))
+        found.append((info, redact.for_output(objs, _show_values(args))))
     if args.output in ("json", "yaml"):
         everything = [o for _, objs in found for o in objs]
         console.out(printers.format_objects(infos[0], everything, args.output, single=False))
@@ -220,13 +244,13 @@ async def _several(store: client.Store, infos: list[kinds.KindInfo],
     sections = []
     for info, objs in found:
         if objs:
-            overrides = None
+            replicas = None
             if _counts_replicas(info, args.output):
                 namespace = (None if args.all_namespaces
                              else common.namespace_for(info, args.namespace))
                 replicas = ReplicaCounts(store, namespace)
                 await replicas.refresh()
-                overrides = replicas.overrides()
+            overrides = cell_overrides(info, replicas)
             printer = printers.TablePrinter(info, wide=args.output == "wide",
                                             all_namespaces=args.all_namespaces,
                                             color=console.stdout_is_tty(), qualify=True,
@@ -250,6 +274,7 @@ async def _watch(store: client.Store, info: kinds.KindInfo, namespace: str | Non
     shown_cell: dict[tuple[str | None, str], str] = {}
 
     def show(obj: resource.Resource) -> None:
+        obj = redact.for_output([obj], _show_values(args))[0]
         if replicas is not None:
             shown_cell[(obj.namespace, obj.name)] = replicas.cell(obj)
         if args.output in ("json", "yaml"):

@@ -192,12 +192,27 @@ def current_state_cell(task: Resource, now: float | None = None) -> str:
     return f"{state} {human_since(max(0.0, now - when))} ago"
 
 
+def failed_conditions(obj: Resource) -> str:
+    """The messages of the object's conditions that are False (a controller could not do
+    its part: ``Allocated`` — a network missing or full, a port taken —, ``Valid``),
+    ``; ``-joined; "" when there are none."""
+    found = obj.status.get("conditions")
+    if not isinstance(found, list):
+        return ""
+    return "; ".join(str(c.get("message") or c.get("reason") or c.get("type"))
+                     for c in found if isinstance(c, dict) and c.get("status") == "False")
+
+
 def error_cell(task: Resource) -> str:
     """What went wrong with a task, or why it waits: the error of a task that ended by
-    itself, else the scheduler's explanation for one still pending."""
+    itself, else what a controller could not do for it (a False condition), else the
+    scheduler's explanation for one still pending."""
     err = task.status.get("err")
     if err:
         return str(err)
+    failed = failed_conditions(task)
+    if failed:
+        return failed
     state = ts.observed_state(task)
     message = str(task.status.get("message") or "")
     if state in (ts.NEW, ts.PENDING) and message.startswith(UNPLACEABLE_PREFIX):

@@ -39,6 +39,11 @@ IPv4Network = ipaddress.IPv4Network
 INGRESS_NETWORK: Final = "ingress"
 #: Condition type the allocator sets on Networks, Services and Tasks it could not serve.
 ALLOCATED: Final = "Allocated"
+#: The block service VIPs come from (the allocator's default pool): no network's subnet
+#: may overlap it, so ``swctl apply`` refuses such a network as the allocator would.
+SERVICE_VIP_POOL: Final = "10.254.0.0/16"
+#: Who holds the VIP pool, in a :class:`SubnetOverlap`.
+VIP_POOL_HOLDER: Final = "<vip-pool>"
 
 Protocol = Literal["tcp", "udp"]
 PortMode = Literal["ingress", "host"]
@@ -132,6 +137,53 @@ def node_addresses(network: Resource) -> dict[str, IPv4Address]:
         except ValueError:
             continue
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class SubnetOverlap:
+    """Why a subnet cannot be had: ``holder`` is the network (or ``<vip-pool>``) holding
+    addresses it would share, ``message`` says so with both names and subnets."""
+
+    holder: str
+    message: str
+
+
+def subnet_overlap(subnet: IPv4Network, name: str,
+                   taken: Iterable[tuple[str, IPv4Network]],
+                   vip_pool: IPv4Network) -> SubnetOverlap | None:
+    """The rule every network's subnet obeys: it shares no address with another network's
+    subnet (``taken``: (network, subnet) pairs, ``name``'s own entry skipped) nor with the
+    service VIP pool. The first clash, or None. The allocator refuses to allocate such a
+    subnet and ``swctl apply`` refuses to store it; both ask here, so they never disagree.
+    """
+    for other, held in taken:
+        if other != name and subnet.overlaps(held):
+            return SubnetOverlap(other, f"subnet {subnet} of network {name!r} overlaps "
+                                        f"{held} of network {other!r}")
+    if subnet.overlaps(vip_pool):
+        return SubnetOverlap(VIP_POOL_HOLDER, f"subnet {subnet} of network {name!r} overlaps "
+                                              f"the service VIP pool {vip_pool}")
+    return None
+
+
+def requested_subnet(network: Resource) -> IPv4Network | None:
+    """``spec.subnet`` when one was asked for and can be read."""
+    return _subnet(network.spec.get("subnet"))
+
+
+def held_subnet(network: Resource) -> IPv4Network | None:
+    """The subnet a network holds or will hold: the one it asked for, else the one the
+    allocator gave it; None while neither is known."""
+    return requested_subnet(network) or _subnet(network.status.get("subnet"))
+
+
+def _subnet(raw: Any) -> IPv4Network | None:
+    if not isinstance(raw, str) or not raw:
+        return None
+    try:
+        return ipaddress.IPv4Network(raw)
+    except ValueError:
+        return None
 
 
 # --- Tasks --------------------------------------------------------------------------------

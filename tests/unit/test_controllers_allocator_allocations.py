@@ -126,6 +126,37 @@ def test_a_task_waits_for_its_networks_and_is_woken_when_they_come() -> None:
     assert ("default", "web.1") in books.again_tasks
 
 
+def test_a_task_whose_network_is_missing_or_unallocatable_says_so_until_it_comes() -> None:
+    books = allocations.Allocations(CONFIG)
+    svc = service("web", networks=["gone"])
+    t = task("web.1", "web")
+    stored: set[str] = set()
+
+    def decide(obj: Resource) -> allocations.Mutation | None:
+        return books.task(("default", obj.name), obj, lambda _ns, _n: svc,
+                          lambda s: nw.task_network_names(s, nw.INGRESS_NETWORK),
+                          lambda name: name in stored)
+
+    marked = applied(t, decide(t))
+    cond = conditions.get_condition(marked, nw.ALLOCATED) or {}
+    assert (cond["status"], cond["message"]) == ("False", "network gone not found")
+    assert decide(marked) is None  # says it already: nothing to write
+    # Stored but not allocated yet (created in the same apply): no write.
+    stored.add("gone")
+    assert decide(task("web.2", "web")) is None
+    # Stored but it cannot be allocated: why, on the task.
+    books.network(network("x", subnet="10.9.0.0/24"))
+    books.network(network("gone", subnet="10.9.0.0/25"))
+    why = conditions.get_condition(applied(marked, decide(marked)), nw.ALLOCATED) or {}
+    assert why["message"].startswith("network gone is not allocated: subnet 10.9.0.0/25")
+    # It comes: allocated, and the condition turns true.
+    books.network_problems.clear()
+    books.ipam.release_network("x")
+    assert books.network(network("gone", subnet="10.9.0.0/25")) is True
+    done = applied(marked, decide(marked))
+    assert nw.task_attachments(done) and conditions.is_true(done, nw.ALLOCATED)
+
+
 def test_ended_and_stopping_tasks_are_released_or_left_alone() -> None:
     books = allocations.Allocations(CONFIG)
     books.network(network("a"))

@@ -363,13 +363,15 @@ class Allocations:
 
     def task(self, key: TaskKey, task: Resource | None,
              service: Callable[[str, str], Resource | None],
-             networks_of: Callable[[Resource], list[str]]) -> Mutation | None:
+             networks_of: Callable[[Resource], list[str]],
+             network_exists: Callable[[str], bool] | None = None) -> Mutation | None:
         """Addresses for a task (all or nothing) and for its node; what makes the task's
         ``spec.networks`` (or its ``Allocated`` condition, on failure) say so.
 
         ``service(namespace, name)`` looks a service up; ``networks_of(service)`` names
-        the networks its tasks attach to. Both are only called when needed: most task
-        changes (progress reports) are decided without them.
+        the networks its tasks attach to; ``network_exists(name)`` says whether a Network
+        is stored. They are only called when needed: most task changes (progress
+        reports) are decided without them.
         """
         self.waiting.discard(key)
         if task is None:
@@ -398,7 +400,11 @@ class Allocations:
             return None
         if not all(self.allocated(n) for n in names):
             self.waiting.add(key)
-            return None
+            # A network that is missing or cannot be allocated is said on the task, so
+            # `swctl service ps` shows why it waits; one merely not allocated yet (made
+            # in the same apply) is not worth a write.
+            why = self._unavailable(names, network_exists)
+            return None if why is None else self._refuse(task, why)
         got: list[nw.Attachment] = []
         try:
             for name in names:
@@ -409,16 +415,7 @@ class Allocations:
             for att in got:  # all or nothing; not a release that frees room for others
                 self.ipam.release_task_address(att.network, uid)
             self.waiting.add(key)
-            message = str(exc)
-            if (conditions.get_condition(task, nw.ALLOCATED) or {}).get("message") == message:
-                return None
-            self._note("warning", "task cannot be given an address", task.ref,
-                       error=message)
-
-            def fail(obj: Resource) -> None:
-                conditions.set_condition(obj, nw.ALLOCATED, False, "AllocationFailed",
-                                         message)
-            return fail
+            return self._refuse(task, str(exc))
         if node is not None:
             for name in names:
                 self.node_address(name, node)
@@ -430,3 +427,28 @@ class Allocations:
                 if conditions.get_condition(obj, nw.ALLOCATED) is not None:
                     conditions.set_condition(obj, nw.ALLOCATED, True, "Allocated", "")
         return mutate
+
+    def _unavailable(self, names: Iterable[str],
+                     network_exists: Callable[[str], bool] | None) -> str | None:
+        """Why the first of ``names`` that cannot be allocated cannot be (None while
+        each one is merely not allocated yet)."""
+        for name in names:
+            if self.allocated(name):
+                continue
+            why = self.network_problems.get(name)
+            if why:
+                return f"network {name} is not allocated: {why}"
+            if network_exists is not None and not network_exists(name):
+                return f"network {name} not found"
+        return None
+
+    def _refuse(self, task: Resource, message: str) -> Mutation | None:
+        """What makes the task's ``Allocated`` condition say ``message`` (None if it
+        already does)."""
+        if (conditions.get_condition(task, nw.ALLOCATED) or {}).get("message") == message:
+            return None
+        self._note("warning", "task cannot be given an address", task.ref, error=message)
+
+        def fail(obj: Resource) -> None:
+            conditions.set_condition(obj, nw.ALLOCATED, False, "AllocationFailed", message)
+        return fail

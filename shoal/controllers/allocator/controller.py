@@ -318,7 +318,8 @@ class _Term:
     def _task(self, key: TaskKey) -> list[Callable[[], Any]]:
         task = self.tasks.get(key[1], key[0])
         mutation = self.books.task(key, task, lambda ns, n: self.services.get(n, ns),
-                                   self._task_networks)
+                                   self._task_networks,
+                                   lambda n: self.networks.get(n) is not None)
         if mutation is None or task is None:
             return []
         return [self._writer(common.TASKS, task, mutation)]

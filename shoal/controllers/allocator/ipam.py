@@ -38,6 +38,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from shoal.crds import networking as nw
+
 IPv4Address = ipaddress.IPv4Address
 IPv4Network = ipaddress.IPv4Network
 
@@ -47,7 +49,7 @@ Protocol = Literal["tcp", "udp"]
 DEFAULT_POOL = "10.0.0.0/8"
 DEFAULT_SUBNET_PREFIX = 24
 DEFAULT_INGRESS_SUBNET = "10.255.0.0/16"
-DEFAULT_VIP_POOL = "10.254.0.0/16"
+DEFAULT_VIP_POOL = nw.SERVICE_VIP_POOL
 DEFAULT_VIP_BLOCK_PREFIX = 24
 VNI_FIRST = 4096  # Swarm starts here; below is left for hand-made VXLANs.
 VNI_LAST = (1 << 24) - 1
@@ -149,10 +151,6 @@ def _hosts_span(net: IPv4Network) -> tuple[int, int]:
     if net.prefixlen >= 31:
         return start, end
     return start + 1, end - 1
-
-
-def _overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
-    return a[0] <= b[1] and b[0] <= a[1]
 
 
 class Allocator:
@@ -321,15 +319,12 @@ class Allocator:
         return out
 
     def _check_subnet_free(self, net: IPv4Network, *, for_network: str) -> None:
-        span = _span(net)
-        for st in self._nets.values():
-            if _overlaps(span, _span(st.alloc.subnet)):
-                raise ConflictError(
-                    f"subnet {net} of network {for_network!r} overlaps {st.alloc.subnet} of "
-                    f"network {st.alloc.name!r}", st.alloc.name)
-        if _overlaps(span, _span(self.vip_pool)):
-            raise ConflictError(f"subnet {net} of network {for_network!r} overlaps the service "
-                                f"VIP pool {self.vip_pool}", "<vip-pool>")
+        # The rule is networking.subnet_overlap's, which `swctl apply` also asks.
+        clash = nw.subnet_overlap(net, for_network,
+                                  [(st.alloc.name, st.alloc.subnet)
+                                   for st in self._nets.values()], self.vip_pool)
+        if clash is not None:
+            raise ConflictError(clash.message, clash.holder)
 
     def _free_subnet(self, name: str) -> IPv4Network:
         size = 1 << (32 - self.subnet_prefix)
