@@ -54,13 +54,12 @@ def test_service_naming_a_missing_network_is_refused_and_nothing_written(
 
 
 def test_the_network_in_the_same_file_or_created_first_satisfies_it(swctl: Swctl) -> None:
-    # (Docker's names such as nginx_network are another change of issue 12.)
-    web = WEB.replace("nginx_network", "nginx-net")
-    swctl.write("stack.yaml", web + "---\n" + NETWORK.replace("nginx_network", "nginx-net"))
+    web = WEB
+    swctl.write("stack.yaml", web + "---\n" + NETWORK)
     # swctl apply -d -f stack.yaml
     applied = swctl("apply", "-d", "-f", "stack.yaml")
     assert applied.stdout.splitlines() == ["service/web created",
-                                           "network/nginx-net created"]
+                                           "network/nginx_network created"]
     swctl.write("api.yaml", web.replace("name: web", "name: api"))
     assert swctl("apply", "-d", "-f", "api.yaml").stdout == "service/api created\n"
     assert swctl("get", "services", "-o", "name").stdout.split() == ["service/api",
@@ -92,29 +91,29 @@ def test_missing_secret_says_not_found_and_an_existing_one_is_not_mounted_yet(
         swctl: Swctl) -> None:
     svc = WEB.replace("  networks: [nginx_network]\n", "").replace(
         'command: [httpd, -f, -p, "8080"]}',
-        'command: [httpd, -f, -p, "8080"], secrets: [{source: db-pass}]}')
+        'command: [httpd, -f, -p, "8080"], secrets: [{source: db_pass}]}')
     path = swctl.write("web.yaml", svc)
     missing = swctl("apply", "-f", "web.yaml", expect=1).stderr.splitlines()
     assert missing[0] == (
-        'error: spec.template.secrets[0].source: secret "db-pass" not found in namespace '
+        'error: spec.template.secrets[0].source: secret "db_pass" not found in namespace '
         f'"default" (services/default/web, file {path.name}, document 1); apply a Secret '
-        "named db-pass in namespace default first, or add it to the files you apply")
+        "named db_pass in namespace default first, or add it to the files you apply")
     swctl.write("secret.yaml", """\
         apiVersion: shoal.io/v1
         kind: Secret
-        metadata: {name: db-pass}
+        metadata: {name: db_pass}
         spec: {data: aHVudGVyMg==}
         """)
     swctl("apply", "-f", "secret.yaml")
     # swctl apply -f web.yaml
     refused = swctl("apply", "-f", "web.yaml", expect=1).stderr.splitlines()
     assert refused[0] == (
-        'error: spec.template.secrets[0].source: secret "db-pass" exists, but secrets are '
+        'error: spec.template.secrets[0].source: secret "db_pass" exists, but secrets are '
         "not mounted yet: a task would start without it (services/default/web, file "
         f"{path.name}, document 1); remove spec.template.secrets[0] from the service until "
         "Shoal mounts secrets into tasks")
     # Configs likewise.
-    path.write_text(svc.replace("secrets: [{source: db-pass}]", "configs: [{source: site}]"))
+    path.write_text(svc.replace("secrets: [{source: db_pass}]", "configs: [{source: site}]"))
     swctl.write("config.yaml", "apiVersion: shoal.io/v1\nkind: Config\n"
                                "metadata: {name: site}\nspec: {data: hello}\n")
     assert "configs are not mounted yet" in swctl(

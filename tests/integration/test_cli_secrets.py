@@ -19,7 +19,7 @@ DIGEST = "sha256:" + hashlib.sha256(VALUE.encode()).hexdigest()
 SECRET = """\
 apiVersion: shoal.io/v1
 kind: Secret
-metadata: {name: db-pass}
+metadata: {name: db_pass}
 spec: {data: aHVudGVyMg==}
 """
 
@@ -37,8 +37,8 @@ def assert_hidden(text: str) -> None:
 
 
 def test_get_yaml_and_json_show_size_and_digest(swctl: Swctl) -> None:
-    # swctl get secret db-pass -o yaml
-    shown = swctl("get", "secret", "db-pass", "-o", "yaml").stdout
+    # swctl get secret db_pass -o yaml
+    shown = swctl("get", "secret", "db_pass", "-o", "yaml").stdout
     assert_hidden(shown)
     assert yaml.safe_load(shown)["spec"] == {"dataSize": 7, "dataDigest": DIGEST}
     # swctl get secrets -o json
@@ -48,8 +48,8 @@ def test_get_yaml_and_json_show_size_and_digest(swctl: Swctl) -> None:
     swctl.write("again.yaml", shown)
     refused = swctl("apply", "-f", "again.yaml", expect=1).stderr
     assert "spec.data" in refused
-    # swctl get secret db-pass -o yaml --show-values
-    admin = swctl("get", "secret", "db-pass", "-o", "yaml", "--show-values").stdout
+    # swctl get secret db_pass -o yaml --show-values
+    admin = swctl("get", "secret", "db_pass", "-o", "yaml", "--show-values").stdout
     assert yaml.safe_load(admin)["spec"] == {"data": ENCODED}
 
 
@@ -65,11 +65,11 @@ def test_get_watch_hides_values(swctl: Swctl) -> None:
 
 
 def test_describe_hides_values_unless_asked(swctl: Swctl) -> None:
-    # swctl describe secret db-pass
-    text = swctl("describe", "secret", "db-pass").stdout
+    # swctl describe secret db_pass
+    text = swctl("describe", "secret", "db_pass").stdout
     assert_hidden(text)
     assert f"dataDigest: {DIGEST}" in text and "dataSize: 7" in text
-    assert f"data: {ENCODED}" in swctl("describe", "secret", "db-pass",
+    assert f"data: {ENCODED}" in swctl("describe", "secret", "db_pass",
                                        "--show-values").stdout
 
 
