@@ -55,38 +55,50 @@ def eventually(probe: Callable[[], T], timeout: float = 15.0, what: str = "condi
         time.sleep(0.05)
 
 
+class Cluster:
+    """The module's processes: ``start`` one (again, after a kill) under a name."""
+
+    def __init__(self, swctl: Swctl) -> None:
+        self.swctl = swctl
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: list[Any] = []
+
+    def start(self, name: str, *args: str) -> None:
+        log = open(self.swctl.cwd / f"{name}.log", "ab")  # closed by the fixture
+        self.logs.append(log)
+        self.procs[name] = subprocess.Popen(command(*args), env=self.swctl.env,
+                                            cwd=self.swctl.cwd, stdout=log,
+                                            stderr=subprocess.STDOUT)
+
+
 @pytest.fixture(scope="module")
 def cluster(etcd: etcd_server.EtcdServer,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swctl]:
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     prefix = f"/t-{uuid.uuid4().hex[:12]}"
     cwd = tmp_path_factory.mktemp("rollout")
     swctl = Swctl(etcd.url, prefix, cwd)
-    procs: list[subprocess.Popen[bytes]] = []
-    logs = []
+    c = Cluster(swctl)
     try:
-        for name, args in (("manager", ["controller-manager"]),
-                           ("agent", ["agent", "--runtime", "hollow", "--count", "3",
-                                      "--name", "n", "--hollow-start-delay", "0.05"])):
-            log = open(cwd / f"{name}.log", "wb")  # closed in finally
-            logs.append(log)
-            procs.append(subprocess.Popen(command(*args), env=swctl.env, cwd=cwd,
-                                          stdout=log, stderr=subprocess.STDOUT))
+        c.start("manager", "controller-manager")
+        # Tasks take 0.3 s to start: long enough to catch a rollout half-way.
+        c.start("agent", "agent", "--runtime", "hollow", "--count", "3", "--name", "n",
+                "--hollow-start-delay", "0.3")
 
         def ready() -> bool:
             rows = swctl("node", "ls").stdout.splitlines()[1:]
             return sum("ready" in row.split() for row in rows) >= 3
         eventually(ready, 20, "3 hollow nodes ready")
-        yield swctl
+        yield c
     finally:
-        for proc in reversed(procs):
+        for proc in c.procs.values():
             proc.terminate()
-        for proc in procs:
+        for proc in c.procs.values():
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        for log in logs:
+        for log in c.logs:
             log.close()
 
 
@@ -113,8 +125,8 @@ def apply(swctl: Swctl, name: str, text: str, expect: int = 0,
     return swctl("apply", "-f", str(path), *VERIFY, *extra, expect=expect, timeout=90)
 
 
-def test_image_change_replaces_tasks_one_by_one_then_says_converged(cluster: Swctl) -> None:
-    swctl = cluster
+def test_image_change_replaces_tasks_one_by_one_then_says_converged(cluster: Cluster) -> None:
+    swctl = cluster.swctl
     # swctl apply -f my-web.yaml   (image: shoal/busybox:1.0, then shoal/busybox:2.0)
     apply(swctl, "my-web", manifest("my-web"))
     before = running(swctl, "my-web")
@@ -144,8 +156,8 @@ def test_image_change_replaces_tasks_one_by_one_then_says_converged(cluster: Swc
     assert "update completed" in described
 
 
-def test_bad_image_pauses_the_rollout_and_a_revert_converges(cluster: Swctl) -> None:
-    swctl = cluster
+def test_bad_image_pauses_the_rollout_and_a_revert_converges(cluster: Cluster) -> None:
+    swctl = cluster.swctl
     apply(swctl, "shop", manifest("shop"))
     old = running(swctl, "shop")
 
@@ -175,8 +187,8 @@ def test_bad_image_pauses_the_rollout_and_a_revert_converges(cluster: Swctl) -> 
                what="update completed")
 
 
-def test_replicas_only_change_replaces_nothing(cluster: Swctl) -> None:
-    swctl = cluster
+def test_replicas_only_change_replaces_nothing(cluster: Cluster) -> None:
+    swctl = cluster.swctl
     apply(swctl, "api", manifest("api", replicas=2))
     before = running(swctl, "api")
     out = apply(swctl, "api", manifest("api", replicas=3)).stdout.splitlines()
@@ -187,9 +199,9 @@ def test_replicas_only_change_replaces_nothing(cluster: Swctl) -> None:
 
 
 @pytest.mark.parametrize("change", [{"force": 1}, {"constraints": "node.role==worker"}])
-def test_force_update_and_constraint_change_replace_every_task(cluster: Swctl,
+def test_force_update_and_constraint_change_replace_every_task(cluster: Cluster,
                                                                change: dict[str, Any]) -> None:
-    swctl = cluster
+    swctl = cluster.swctl
     name = "forced" if "force" in change else "placed"
     apply(swctl, name, manifest(name))
     before = running(swctl, name)
@@ -199,3 +211,27 @@ def test_force_update_and_constraint_change_replace_every_task(cluster: Swctl,
     assert out[-1] == "verify: Service converged"
     after = running(swctl, name)
     assert len(after) == 3 and not set(after) & set(before)
+
+
+def test_killed_controller_manager_resumes_the_rollout(cluster: Cluster) -> None:
+    swctl = cluster.swctl
+    apply(swctl, "batch", manifest("batch"))
+    # swctl apply -f batch.yaml -d   (image: shoal/busybox:2.0), then kill -9 the
+    # controller-manager once the first task is replaced, and start it again.
+    apply(swctl, "batch", manifest("batch", image="shoal/busybox:2.0"), 0, "-d")
+
+    def replaced() -> list[dict[str, Any]]:
+        return [t for t in tasks(swctl, "batch")
+                if t["spec"]["template"]["image"] == "shoal/busybox:2.0"]
+    at_kill = len(eventually(replaced, what="a first task replaced"))
+    cluster.procs["manager"].kill()
+    cluster.procs["manager"].wait()
+    cluster.start("manager", "controller-manager")
+
+    eventually(lambda: sorted(running(swctl, "batch").values()) == ["shoal/busybox:2.0"] * 3,
+               30, "every task on the new image")
+    # Exactly one replacement per slot: nothing was redone or lost across the kill.
+    new = replaced()
+    assert sorted(t["spec"]["slot"] for t in new) == [1, 2, 3], (at_kill, new)
+    eventually(lambda: update_status(swctl, "batch").get("state") == "completed",
+               what="update completed")
