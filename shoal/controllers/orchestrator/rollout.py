@@ -113,9 +113,11 @@ class Wanted:
         self._sections[NETWORKS_FIELD] = _networks(spec.get("networks"))
         self._verdicts: dict[int, bool] = {}
 
-    def dirty(self, task: Resource) -> bool:
-        """Does ``task`` run something other than the service's current spec?"""
-        gen = task.spec.get("serviceGeneration")
+    def dirty(self, task: Resource, generation: int | None = None) -> bool:
+        """Does ``task`` run something other than the service's current spec?
+        ``generation``: the task's, when the caller has it (the index's facts) — then a
+        generation already judged is answered without touching the task."""
+        gen = task.spec.get("serviceGeneration") if generation is None else generation
         if gen == self.generation:
             return False  # made from this very spec
         if type(gen) is int:

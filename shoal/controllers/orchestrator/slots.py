@@ -368,7 +368,7 @@ def plan_replicated_facts(service: Resource, facts: Iterable[ts.TaskFacts], *, n
             only = same[0]
             if (only.active and not only.ended
                     and (usable is None or only.node is None or only.node in usable)
-                    and not wanted.dirty(only.task)):
+                    and not wanted.dirty(only.task, only.generation or None)):
                 settled[k] = only.task
                 continue
         slots[k] = _view(k, [f.task for f in same], generation, policy, now, plan, node_index)
