@@ -6,7 +6,8 @@ again with ``swctl apply -f``: apply must say converged only once the tasks that
 have joined the routing mesh, and the port must then answer on every node from outside
 (before the fix, the old tasks kept running without an ingress address and the mesh
 had no backend). The user's tasks are replaced one by one, as ``docker service update
---publish-add`` does.
+--publish-add`` does. Then the image becomes ``shoal/busybox:2.0``, which no node has:
+the update pauses and apply exits 1 with the rejection; reverting converges.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ pytestmark = [pytest.mark.skipif(not have_netns_privileges(), reason="needs root
 HTTPD = ["sh", "-c", "hostname > /www/index.html && exec httpd -f -p 80 -h /www"]
 
 
-def web(ports: list[dict[str, Any]] | None = None) -> str:
-    spec: dict[str, Any] = {"replicas": 2, "template": {"image": "shoal/busybox",
+def web(ports: list[dict[str, Any]] | None = None, image: str = "shoal/busybox") -> str:
+    spec: dict[str, Any] = {"replicas": 2, "template": {"image": image,
                                                           "command": HTTPD,
                                                           "stopGracePeriod": "1s"}}
     if ports:
@@ -89,5 +90,27 @@ async def test_published_port_added_to_a_running_service_answers(
                     return got if got and set(got) <= hostnames else None
                 await eventually(answers, timeout=30, interval=0.5,
                                  what=f"port 8080 answering on {node.underlay}")
+
+            # The issue's second case, with real docker: image shoal/busybox:2.0 (no such
+            # image here) pauses the update and apply says why; reverting converges.
+            swctl.write("web.yaml", web([{"published": 8080, "target": 80}],
+                                        image="shoal/busybox:2.0"))
+            bad = await asyncio.to_thread(swctl, "apply", "-f", str(path), "--verify-window",
+                                          "0.5", expect=1, timeout=180)
+            assert bad.stdout.splitlines()[0] == "service/web configured"
+            assert "error: service/web cannot converge: update paused: task web." in bad.stderr
+            assert " was rejected on node " in bad.stderr and "shoal/busybox:2.0" in bad.stderr
+            kept = {t.name for t in await c.running("web")}
+            assert len(kept) == 1 and kept < {t.name for t in now}  # one slot untouched
+
+            swctl.write("web.yaml", web([{"published": 8080, "target": 80}]))
+            out = (await asyncio.to_thread(swctl, "apply", "-f", str(path),
+                                           "--verify-window", "0.5", timeout=120)
+                   ).stdout.splitlines()
+            assert out[0] == "service/web configured"
+            assert out[-1] == "verify: Service converged"
+            back = await c.running("web")
+            assert len(back) == 2
+            assert all(t.spec["template"]["image"] == "shoal/busybox" for t in back)
     finally:
         remove_containers(docker_client, names)
