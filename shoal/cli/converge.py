@@ -127,9 +127,18 @@ class Line:
     label: str
     state: str
     message: str = ""
+    #: The task runs the service's current spec. One that does not (an update has not
+    #: reached its slot yet) is shown with an empty bar and counts for nothing.
+    current: bool = True
+
+    @property
+    def done(self) -> bool:
+        return self.current and self.state == ts.RUNNING
 
     def text(self, key_width: int = 0) -> str:
         tail = f" {self.message}" if self.message else ""
+        if not self.current:
+            return f"{self.key + ':':<{key_width + 1}} {'':<9} {bar(ts.NEW)}{tail}"
         return f"{self.key + ':':<{key_width + 1}} {self.state:<9} {bar(self.state)}{tail}"
 
 
@@ -143,7 +152,14 @@ class Snapshot:
 
     @property
     def running(self) -> int:
-        return sum(line.state == ts.RUNNING for line in self.lines)
+        return sum(line.done for line in self.lines)
+
+
+def _old_line(key: str, label: str, task: Resource) -> Line:
+    """A slot whose task still runs an earlier spec: the update has not got there yet."""
+    state = ts.observed_state(task)
+    return Line(key, label, state, f"{task.metadata.name} ({state}) runs the previous spec; "
+                "waiting to be updated", current=False)
 
 
 def _line_message(task: Resource) -> str:
@@ -173,6 +189,17 @@ class ServiceWatch:
         self.verify_text: str | None = None
         self.done = False
         self.last: Snapshot | None = None
+        # Imported here: the orchestrator's modules pull in the controllers' shared
+        # ones, which the start-up of every swctl verb would otherwise pay for.
+        from shoal.controllers.orchestrator import rollout
+
+        # What "current spec" means: the orchestrator's own rule for a dirty task, so a
+        # replicas-only change counts the running tasks and an image change does not.
+        self._wanted = rollout.Wanted(service)
+
+    def stale(self, task: Resource) -> bool:
+        """The task runs something other than the service's current spec."""
+        return self._wanted.dirty(task)
 
     @property
     def ref(self) -> str:
@@ -198,13 +225,16 @@ class ServiceWatch:
         lines = []
         for i, slot in enumerate(live[:want]):
             task = slot.active[0]
-            lines.append(Line(f"{i + 1}/{want}", taskview.slot_label(self.name, slot),
-                              ts.observed_state(task), _line_message(task)))
+            key, label = f"{i + 1}/{want}", taskview.slot_label(self.name, slot)
+            if self.stale(task):
+                lines.append(_old_line(key, label, task))
+                continue
+            lines.append(Line(key, label, ts.observed_state(task), _line_message(task)))
         for i in range(len(lines), want):
             lines.append(Line(f"{i + 1}/{want}", f"{self.name} (task {i + 1} of {want})",
                               ts.NEW, "no task yet"))
         converged = (len(live) == want and all(len(s.active) == 1 for s in live)
-                     and all(line.state == ts.RUNNING for line in lines))
+                     and all(line.done for line in lines))
         finished = self._given_up(slots) if len(live) < want else None
         return Snapshot(lines, converged, bool(tasks), _scheduled(tasks), finished)
 
@@ -232,13 +262,16 @@ class ServiceWatch:
             label = taskview.slot_label(self.name, name)
             if slot is not None and slot.active:
                 task = slot.active[0]
+                if self.stale(task):
+                    lines.append(_old_line(name, label, task))
+                    continue
                 lines.append(Line(name, label, ts.observed_state(task), _line_message(task)))
             else:
                 lines.append(Line(name, label, ts.NEW, "no task yet"))
         extra = [s for s in by_node.values() if s.active and s.key not in wanted]
         converged = (not extra and all(k in by_node and len(by_node[k].active) == 1
                                          for k in wanted)
-                     and all(line.state == ts.RUNNING for line in lines))
+                     and all(line.done for line in lines))
         return Snapshot(lines, converged, bool(tasks), _scheduled(tasks))
 
     def _given_up(self, slots: Sequence[taskview.Slot]) -> str | None:
@@ -256,21 +289,29 @@ class ServiceWatch:
         return None
 
     def _failure(self, tasks: Sequence[Resource]) -> str | None:
-        """A rejected task, or a slot that keeps failing, since the wait began."""
+        """A rejected task, or a slot that keeps failing, since the wait began. Only
+        tasks of the current spec count: an older spec's task failing (the one a revert
+        is replacing) says nothing about this change."""
         from shoal.controllers.orchestrator import restart as rs
 
         assert self._ended_before is not None
+        # While tasks of an earlier spec are still wanted, the orchestrator is rolling
+        # the change out, and a failure of a new task pauses it (rollout.py).
+        updating = any(ts.is_active_desired(t) and self.stale(t) for t in tasks)
         for task in sorted(tasks, key=rs.age_key):  # oldest first: count in order
             name = task.metadata.name
             state = ts.observed_state(task)
             if name in self._ended_before or name in self._counted or state not in (
-                    ts.REJECTED, ts.FAILED):
+                    ts.REJECTED, ts.FAILED) or self.stale(task):
                 continue
             self._counted.add(name)
             where = f" on node {ts.node_name_of(task)}" if ts.node_name_of(task) else ""
             err = taskview.error_cell(task) or "no error reported"
+            paused = "update paused: " if updating else ""
             if state == ts.REJECTED:
-                return f"task {name} was rejected{where}: {err}"
+                return f"{paused}task {name} was rejected{where}: {err}"
+            if updating:  # the orchestrator pauses on the first failure (Swarm's default)
+                return f"{paused}task {name} failed{where}: {err}"
             key = taskview.slot_key(task, self.mode)
             self._failures[key] = self._failures.get(key, 0) + 1
             if self._failures[key] >= MAX_FAILURES:
@@ -288,8 +329,9 @@ class ServiceWatch:
             return [f"no task was created for {self.name}; {CONTROLLER_HINT}"]
         if snap.lines and not snap.scheduled:
             return [f"no task of {self.name} was scheduled; {CONTROLLER_HINT}"]
-        out = [f"{line.label}: {line.state}" + (f": {line.message}" if line.message else "")
-               for line in snap.lines if line.state != ts.RUNNING]
+        out = [f"{line.label}: " + (line.message if not line.current else line.state + (
+               f": {line.message}" if line.message else ""))
+               for line in snap.lines if not line.done]
         if not out:
             out = ["tasks are running but not yet as the spec says (an old task is still "
                    "wanted running, or a scale-down is in progress)"]

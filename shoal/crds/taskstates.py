@@ -187,6 +187,7 @@ class TaskFacts(NamedTuple):
     ended: bool  # has_ended
     owner: str | None  # uid of the owning Service in ownerReferences, if any
     task: Resource
+    generation: int = 0  # generation_of: a task of the service's own generation is clean
 
 
 def facts_of(task: Resource) -> TaskFacts:
@@ -197,4 +198,5 @@ def facts_of(task: Resource) -> TaskFacts:
             owner = sys.intern(str(ref["uid"]))
             break
     return TaskFacts(slot_of(task), None if node is None else sys.intern(node),
-                     is_active_desired(task), has_ended(task), owner, task)
+                     is_active_desired(task), has_ended(task), owner, task,
+                     generation_of(task))

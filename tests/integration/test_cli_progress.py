@@ -41,7 +41,7 @@ def task(service_name: str, name: str, *, slot: int = 0, node: str | None = None
          **status: Any) -> resource.Resource:
     """A task as the orchestrator writes it, with the status an agent would report."""
     spec: dict[str, Any] = {"serviceName": service_name, "slot": slot,
-                            "desiredState": desired,
+                            "desiredState": desired, "serviceGeneration": 1,
                             "template": {"image": "shoal/busybox@sha256:abc"}}
     if node:
         spec["nodeName"] = node

@@ -37,12 +37,15 @@ def service(name: str = "web", replicas: int = 3, *, mode: str = "replicated",
 def task(slot: int | str, seq: int = 1, *, node_name: str | None = None,
          state: str = "running", desired: str = "running", ended: float | None = None,
          generation: int = 1, notes: dict[str, str] | None = None,
-         service_name: str = "web") -> Resource:
-    """A task of ``service_name``: an int ``slot`` for replicated, a node name for global."""
+         service_name: str = "web", template: dict[str, Any] | None = None) -> Resource:
+    """A task of ``service_name``: an int ``slot`` for replicated, a node name for global.
+    It records ``template`` (default: ``service()``'s) as the orchestrator records the
+    service's template on the tasks it makes."""
     t = new("Task", f"{service_name}.{slot}.{seq}", "default",
             labels={"shoal.io/service": service_name})
     t.spec = {"serviceName": service_name, "desiredState": desired,
-              "serviceGeneration": generation}
+              "serviceGeneration": generation,
+              "template": {"image": "x"} if template is None else template}
     if isinstance(slot, int):
         t.spec["slot"] = slot
         if node_name:

@@ -45,7 +45,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from shoal.controllers import common, nodefacts
-from shoal.controllers.orchestrator import restart, slots
+from shoal.controllers.orchestrator import restart, rollout, slots
 from shoal.crds import admission, conditions, kinds, resource
 from shoal.crds import taskstates as ts
 from shoal.crds.resource import Resource
@@ -137,6 +137,9 @@ class Orchestrator:
     def __init__(self, workers: int = 8) -> None:
         self.index = common.TaskIndex(flag=lambda t: bool(task_problems(t)))
         self._global: set[str] = set()  # keys of global services, for node changes
+        # Keys of services rolling out a change: a task of theirs reaching running may
+        # let the next batch go, so that (normally quiet) step wakes them.
+        self._rolling: set[str] = set()
         self._written: dict[str, int] = {}  # service key -> revision of our last write
         self._valid: dict[str, tuple[str, int, list[str]]] = {}  # key -> (uid, gen, errs)
         self._registry = kinds.Registry.builtin()
@@ -158,7 +161,11 @@ class Orchestrator:
         if (informer is not None and nodes is not None and not _interesting(task)
                 and informer.get(task.metadata.name, task.metadata.namespace) is not None
                 and _node_usable(task, nodes)):
-            return []  # the normal march of a task: nothing to plan (checked first: hot)
+            if not self._rolling or task.status.get("state") != ts.RUNNING:
+                return []  # the normal march of a task: nothing to plan (checked first: hot)
+            key = common.service_key_of(task)
+            wake = None if key is None else f"{key[0]}/{key[1]}"
+            return [wake] if wake in self._rolling else []
         # (not cached any more: it was deleted; on a lost node: the task cache can learn
         # of the assignment after the node change was handled)
         key = common.service_key_of(task)
@@ -194,6 +201,7 @@ class Orchestrator:
         facts = self.index.facts_of((namespace, name))
         if svc is None:
             self._global.discard(key)
+            self._rolling.discard(key)
             if not facts:
                 self._written.pop(key, None)
                 self._valid.pop(key, None)
@@ -233,6 +241,11 @@ class Orchestrator:
         plan = slots.plan_service_facts(svc, mine, nodes, now=time.time())
         plan_ms = (time.perf_counter() - started) * 1000
         ok = await self._apply(ctx, key, svc, plan, plan_ms)
+        if plan.update is not None and plan.update.state != rollout.COMPLETED:
+            self._rolling.add(key)
+        else:
+            self._rolling.discard(key)
+        svc = await self._set_update(ctx, svc, plan.update)
         await self._set_valid(ctx, svc, plan.problems)
         await self._mark_bad_tasks(ctx, self.index.flagged_of((namespace, name)))
         if not ok:
@@ -290,6 +303,37 @@ class Orchestrator:
         self._valid[key] = (*stamp, found)
         return found
 
+    async def _set_update(self, ctx: Context, svc: Resource,
+                          update: rollout.Rollout | None) -> Resource:
+        """``status.update``: what the rollout of a changed spec is doing, written when it
+        changes (``describe`` shows it; ``docker service inspect`` calls it UpdateStatus)."""
+        if update is None:
+            return svc
+        wanted = update.status()
+        current = svc.status.get("update")
+        if isinstance(current, dict) and all(current.get(k) == v for k, v in wanted.items()):
+            return svc
+        if update.state == rollout.PAUSED:
+            ctx.log.warning("rollout paused", reason=update.message)
+            await self._event(ctx, svc, "UpdatePaused", update.message)
+        else:
+            ctx.log.info("rollout", state=update.state, updated=update.updated,
+                         total=update.total)
+        stamp = resource.now_rfc3339()
+        fields = {**wanted, "timestamp": stamp}
+        if update.state == rollout.UPDATING and not (
+                isinstance(current, dict) and current.get("state") == rollout.UPDATING):
+            fields["startedAt"] = stamp
+        elif isinstance(current, dict) and current.get("startedAt"):
+            fields["startedAt"] = current["startedAt"]
+        if update.state == rollout.COMPLETED:
+            fields["completedAt"] = stamp
+
+        def put(obj: Resource) -> None:
+            obj.status["update"] = fields
+        stored = await ctx.update_status(svc, put, observed_generation=False)
+        return stored if stored is not None else svc
+
     async def _set_valid(self, ctx: Context, svc: Resource,
                          problems: Sequence[str]) -> None:
         if problems:
@@ -338,10 +382,12 @@ class Orchestrator:
         task.metadata.ownerReferences = [resource.owner_reference(svc)]
         if create.annotations:
             task.metadata.annotations = dict(create.annotations)
-        # The template is shared, not copied: the store only serialises it, and every
-        # task created in this pass carries the same one.
+        # The task records what shapes it (template, placement, networks, endpoint,
+        # forceUpdate): that copy is what tells a dirty task later (rollout.py). Shared,
+        # not copied: the store only serialises it, and every task of this pass carries
+        # the same one.
         spec: dict[str, Any] = {"serviceName": svc.metadata.name, "slot": create.slot,
-                                "template": svc.spec.get("template") or {},
+                                **rollout.task_copy(svc),
                                 "desiredState": ts.RUNNING,
                                 "serviceGeneration": svc.metadata.generation}
         if create.node_name is not None:
@@ -465,6 +511,7 @@ class Orchestrator:
     async def _finalize(self, ctx: Context, svc: Resource,
                         tasks: Sequence[Resource]) -> Result | None:
         self._global.discard(ctx.key)
+        self._rolling.discard(ctx.key)
         if FINALIZER not in svc.metadata.finalizers:
             return None
         if not tasks:

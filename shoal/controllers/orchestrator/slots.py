@@ -40,6 +40,7 @@ from typing import Final
 
 from shoal.controllers import nodefacts
 from shoal.controllers.orchestrator import restart as rs
+from shoal.controllers.orchestrator import rollout as ro
 from shoal.crds import constraints as cons
 from shoal.crds import taskstates as ts
 from shoal.crds.resource import Resource
@@ -81,6 +82,8 @@ class Plan:
     requeue_after: float | None = None
     #: Spec problems that stopped part of the plan (bad constraint, restart policy ...).
     problems: list[str] = dataclasses.field(default_factory=list)
+    #: The rollout of a changed spec (``status.update``), or None when none is under way.
+    update: ro.Rollout | None = None
 
     @property
     def empty(self) -> bool:
@@ -326,6 +329,7 @@ def plan_replicated_facts(service: Resource, facts: Iterable[ts.TaskFacts], *, n
     generation = service.metadata.generation
     policy = _read_policy(service, plan)
     limit = _history_limit(service)
+    wanted = ro.Wanted(service)
     view = None if nodes is None else NodeView.of(nodes)
     node_index = None if view is None else view.index
     try:
@@ -335,7 +339,8 @@ def plan_replicated_facts(service: Resource, facts: Iterable[ts.TaskFacts], *, n
         return plan
 
     by_slot: dict[int, list[ts.TaskFacts]] = {}
-    for fact in facts:
+    facts_list = facts if isinstance(facts, list) else list(facts)
+    for fact in facts_list:
         if fact.slot <= 0:
             # Left over from another mode (global tasks have slot 0): not ours to keep.
             if fact.active:
@@ -362,7 +367,8 @@ def plan_replicated_facts(service: Resource, facts: Iterable[ts.TaskFacts], *, n
         if len(same) == 1:
             only = same[0]
             if (only.active and not only.ended
-                    and (usable is None or only.node is None or only.node in usable)):
+                    and (usable is None or only.node is None or only.node in usable)
+                    and not wanted.dirty(only.task, only.generation or None)):
                 settled[k] = only.task
                 continue
         slots[k] = _view(k, [f.task for f in same], generation, policy, now, plan, node_index)
@@ -387,6 +393,8 @@ def plan_replicated_facts(service: Resource, facts: Iterable[ts.TaskFacts], *, n
             candidates.append((int(s.key), node, cur is not None and ts.is_running(cur)))
         removed = set(scale_down_order(candidates)[:len(live) - wanted_live])
 
+    _roll(service, [s for s in live if s.key not in removed], wanted,
+          (f.task for f in facts_list if f.ended), policy, now, plan)
     for s in slots.values():
         if s.key in removed:
             # Its replacement (if any) is never created; everything still wanted stops.
@@ -426,6 +434,44 @@ def plan_replicated_facts(service: Resource, facts: Iterable[ts.TaskFacts], *, n
     return plan
 
 
+def update_config(service: Resource) -> ro.UpdateConfig:
+    """How this service's changes roll out: Swarm's defaults until #13 reads
+    ``spec.updateConfig`` here."""
+    return ro.SWARM_DEFAULTS
+
+
+def _roll(service: Resource, live: Sequence[_Slot], wanted: ro.Wanted,
+          ended: Iterable[Resource], policy: rs.RestartPolicy, now: float,
+          plan: Plan) -> None:
+    """Replace the slots the rollout picks among ``live`` ones whose task is dirty (the
+    slot's shutdown and replacement, as a restart has them), and put the rollout's
+    status on the plan."""
+    generation = service.metadata.generation
+    views = [ro.SlotView(s.key, s.current, s.current is not None and wanted.dirty(s.current),
+                         s.replace is not None) for s in live]
+    previous = service.status.get("update") if isinstance(service.status, dict) else None
+    if not any(v.dirty for v in views) and not (
+            isinstance(previous, dict) and previous.get("state") in (ro.UPDATING, ro.PAUSED)):
+        return  # the common case: nothing to roll, nothing was rolling
+    decision = ro.decide(views, ro.failures(ended, generation), now, update_config(service),
+                         previous if isinstance(previous, dict) else None)
+    plan.update = decision
+    if decision is None:
+        return
+    if decision.requeue_after is not None:
+        plan.requeue(decision.requeue_after)
+    by_key = {s.key: s for s in live}
+    for key in decision.replace:
+        slot = by_key[key]
+        old = slot.current
+        assert old is not None  # only dirty slots are picked, and those have a task
+        slot.stopping.append(Shutdown(old, f"updating to service generation {generation}"))
+        slot.replace = (f"updates {old.metadata.name} (service generation {generation})",
+                        rs.replacement_annotations(old, policy, now, counted=False,
+                                                   generation=generation))
+        slot.current = None
+
+
 def _stop_slot(slot: _Slot, reason: str, plan: Plan) -> None:
     """Shut down everything in ``slot`` still desired running; create nothing."""
     plan.shutdowns.extend(slot.stopping)
@@ -457,6 +503,7 @@ def plan_global(service: Resource, tasks: Iterable[Resource], nodes: Iterable[Re
                 now: float) -> Plan:
     """Reconcile a global service: one task per eligible node (see module docstring)."""
     plan = Plan()
+    tasks = list(tasks)
     name = service.metadata.name
     generation = service.metadata.generation
     policy = _read_policy(service, plan)
@@ -484,7 +531,7 @@ def plan_global(service: Resource, tasks: Iterable[Resource], nodes: Iterable[Re
             continue
         by_node.setdefault(node_name, []).append(task)
 
-    shutdowns_before = len(plan.shutdowns)
+    kept: list[_Slot] = []
     for node in node_list:
         node_name = node.metadata.name
         slot = _view(node_name, by_node.pop(node_name, []), generation, policy, now, plan,
@@ -494,15 +541,23 @@ def plan_global(service: Resource, tasks: Iterable[Resource], nodes: Iterable[Re
         else:
             keep, grow, why = global_node_status(node, constraints)
         if not keep:
+            shutdowns_before = len(plan.shutdowns)
             _stop_slot(slot, why, plan)
-        else:
-            if not slot.live and not slot.finished and grow:
-                notes = ({} if not slot.tasks else rs.replacement_annotations(
-                    slot.tasks[-1], policy, now, counted=False, generation=generation))
-                slot.replace = (f"node {node_name} is eligible", notes)
-            _emit(slot, name, plan)
-        stopping = [sh.task for sh in plan.shutdowns[shutdowns_before:]]
+            stopping = [sh.task for sh in plan.shutdowns[shutdowns_before:]]
+            plan.deletes.extend(trim_history(slot.tasks, limit, node_index, stopping))
+            continue
+        if not slot.live and not slot.finished and grow:
+            notes = ({} if not slot.tasks else rs.replacement_annotations(
+                slot.tasks[-1], policy, now, counted=False, generation=generation))
+            slot.replace = (f"node {node_name} is eligible", notes)
+        kept.append(slot)
+    # The rollout weighs every kept node's task before any is replaced.
+    _roll(service, [s for s in kept if s.live], ro.Wanted(service),
+          (t for t in tasks if ts.has_ended(t)), policy, now, plan)
+    for slot in kept:
         shutdowns_before = len(plan.shutdowns)
+        _emit(slot, name, plan)
+        stopping = [sh.task for sh in plan.shutdowns[shutdowns_before:]]
         plan.deletes.extend(trim_history(slot.tasks, limit, node_index, stopping))
 
     # Tasks on nodes that no longer exist: stop what is still wanted, forget the rest.

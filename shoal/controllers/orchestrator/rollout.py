@@ -1,0 +1,229 @@
+"""Rollout: which tasks run an out-of-date spec, and how many of them to replace now.
+
+What it owns: the rule that makes a task *dirty* — what it runs differs from what its
+service asks for now — and the pure decision of which dirty slots to replace in this
+pass, with the status a user reads (``status.update``, like ``docker service inspect``'s
+UpdateStatus). ``slots.py`` asks it; the orchestrator loop writes what comes out. No I/O,
+no clock: the time is an argument.
+
+Dirty, as swarmkit's ``IsTaskDirty``: every new task records the parts of the service
+that shape it (``RECORDED``: the template, placement, networks, endpoint and
+``forceUpdate``); a task is dirty when one of its copies differs from the service's. A
+replicas-only change bumps the service's generation but changes no copy, so it replaces
+nothing. Tasks recorded before a section was copied compare that section as empty.
+
+The decision follows Swarm's update semantics, fed an ``UpdateConfig`` (Swarm's defaults
+today: parallelism 1, delay 0, stop-first, failure action pause; issue #13 feeds it the
+service's ``updateConfig``). Everything is derived from the tasks, so a controller that
+is killed and restarted resumes where it stopped:
+
+* in flight: slots whose current task runs the current spec but is not running yet;
+  ``parallelism`` bounds them (0: no bound), and only the rest of the budget is spent on
+  dirty slots, lowest slot (or node name) first;
+* ``delay``: the next batch waits until the newest updated task has run that long;
+* failures: tasks of the service's current generation that failed or were rejected.
+  More than ``maxFailureRatio`` of the slots (default 0: any) pauses the rollout with the
+  reason (``continue`` ignores them; ``rollback`` pauses too until #13 brings rollback).
+  A paused rollout resumes when the service changes again (a new generation: fix the
+  image, or bump ``forceUpdate``), as ``docker service update`` resumes Swarm's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final, Literal
+
+from shoal.crds import taskstates as ts
+from shoal.crds.resource import Resource
+
+UPDATING: Final = "updating"
+PAUSED: Final = "paused"
+COMPLETED: Final = "completed"
+State = Literal["updating", "paused", "completed"]
+
+#: Service spec sections a task records (under the same name in ``Task.spec``; the
+#: networks under ``requestedNetworks``, since ``spec.networks`` holds the allocator's
+#: attachments). The scheduler already prefers a task's own placement and endpoint.
+RECORDED: Final = ("template", "placement", "endpoint", "forceUpdate")
+NETWORKS_FIELD: Final = "requestedNetworks"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UpdateConfig:
+    """How a rollout proceeds: Swarm's ``UpdateConfig`` with its defaults."""
+
+    parallelism: int = 1  # tasks replaced at once; 0 = all at once
+    delay: float = 0.0  # seconds between batches
+    order: Literal["stop-first", "start-first"] = "stop-first"
+    failure_action: Literal["pause", "continue", "rollback"] = "pause"
+    monitor: float = 5.0
+    max_failure_ratio: float = 0.0
+
+
+#: What every rollout uses until #13 reads ``spec.updateConfig``.
+SWARM_DEFAULTS: Final = UpdateConfig()
+
+
+def _networks(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else []
+
+
+def _endpoint(value: Any) -> tuple[str, list[Any]]:
+    """An endpoint with the defaults an absent one means: vip, no ports."""
+    ep = value if isinstance(value, dict) else {}
+    return (str(ep.get("mode") or "vip"), list(ep.get("ports") or []))
+
+
+def _normal(section: str, value: Any) -> Any:
+    """A recorded section in the form that compares: absent and empty are the same."""
+    if section == "endpoint":
+        return _endpoint(value)
+    if section == "forceUpdate":
+        return value or 0
+    if section == NETWORKS_FIELD:
+        return _networks(value)
+    return value or {}
+
+
+def task_copy(service: Resource) -> dict[str, Any]:
+    """What a new task of ``service`` records (merged into its ``spec``). Shared, not
+    copied: the store only serialises them. Empty sections are left out."""
+    spec = service.spec
+    out: dict[str, Any] = {"template": spec.get("template") or {}}
+    for section in RECORDED[1:]:
+        if spec.get(section):
+            out[section] = spec[section]
+    if spec.get("networks"):
+        out[NETWORKS_FIELD] = spec["networks"]
+    return out
+
+
+class Wanted:
+    """The service's sections as tasks must record them to be clean.
+
+    Built once per pass. Tasks of one service generation were all made from the same
+    spec, so the verdict is remembered per generation of the task: a 1,000-task service
+    after a replicas-only change compares once, not 1,000 times."""
+
+    def __init__(self, service: Resource) -> None:
+        spec = service.spec
+        self.generation = service.metadata.generation
+        self._sections = {s: _normal(s, spec.get(s)) for s in RECORDED}
+        self._sections[NETWORKS_FIELD] = _networks(spec.get("networks"))
+        self._verdicts: dict[int, bool] = {}
+
+    def dirty(self, task: Resource, generation: int | None = None) -> bool:
+        """Does ``task`` run something other than the service's current spec?
+        ``generation``: the task's, when the caller has it (the index's facts) — then a
+        generation already judged is answered without touching the task."""
+        gen = task.spec.get("serviceGeneration") if generation is None else generation
+        if gen == self.generation:
+            return False  # made from this very spec
+        if type(gen) is int:
+            verdict = self._verdicts.get(gen)
+            if verdict is None:
+                verdict = self._verdicts[gen] = self._differs(task)
+            return verdict
+        return self._differs(task)
+
+    def _differs(self, task: Resource) -> bool:
+        spec = task.spec
+        return any(_normal(s, spec.get(s)) != want for s, want in self._sections.items())
+
+
+def is_dirty(task: Resource, service: Resource) -> bool:
+    """One task against its service (``Wanted`` for many)."""
+    return Wanted(service).dirty(task)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SlotView:
+    """One live slot as the rollout sees it: its current task, whether that task is
+    dirty, and whether this pass already replaces it for another reason (a restart, a
+    lost node) — the replacement will run the current spec either way."""
+
+    key: int | str
+    current: Resource | None  # None while the slot's replacement is being made
+    dirty: bool
+    replacing: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rollout:
+    """The decision: slots to replace now, and what to tell the user."""
+
+    replace: list[int | str]
+    state: State
+    message: str
+    updated: int
+    total: int
+    requeue_after: float | None = None
+
+    def status(self) -> dict[str, Any]:
+        """``status.update`` of the Service."""
+        return {"state": self.state, "message": self.message,
+                "updatedTasks": self.updated, "totalTasks": self.total}
+
+
+def failures(tasks: Iterable[Resource], generation: int) -> list[Resource]:
+    """Tasks of ``generation`` that failed or were rejected, oldest first."""
+    out = [t for t in tasks if ts.generation_of(t) == generation
+           and ts.observed_state(t) in (ts.FAILED, ts.REJECTED)]
+    return sorted(out, key=lambda t: (ts.status_time(t) or 0.0, t.metadata.name))
+
+
+def _describe_failure(task: Resource) -> str:
+    where = f" on node {ts.node_name_of(task)}" if ts.node_name_of(task) else ""
+    err = str(task.status.get("err") or task.status.get("message") or "no error reported")
+    return f"task {task.metadata.name} {ts.observed_state(task)}{where}: {err}"
+
+
+def decide(slots: Sequence[SlotView], failed: Sequence[Resource], now: float,
+           config: UpdateConfig = SWARM_DEFAULTS,
+           previous: Mapping[str, Any] | None = None) -> Rollout | None:
+    """Which dirty slots to replace in this pass.
+
+    ``slots``: the live slots (not those being scaled away). ``failed``: the current
+    generation's failed or rejected tasks (``failures``). ``previous``: the service's
+    ``status.update`` as stored. None when there is nothing to report: no dirty slot
+    and no rollout was under way.
+    """
+    dirty = [s for s in slots if s.dirty and not s.replacing]
+    total = len(slots)
+    updated = total - len(dirty)
+    was = (previous or {}).get("state")
+    if not dirty and was not in (UPDATING, PAUSED):
+        return None
+    over = config.failure_action != "continue" and failed and (
+        len(failed) > config.max_failure_ratio * max(total, 1))
+    if over:
+        last = failed[-1]
+        note = " (rollback comes with #13)" if config.failure_action == "rollback" else ""
+        return Rollout([], PAUSED, f"update paused due to failure of "
+                       f"{_describe_failure(last)}{note}", updated, total)
+    fresh = [s for s in slots if not s.dirty or s.replacing]
+    starting = [s for s in fresh if s.replacing or s.current is None or (
+        not ts.has_ended(s.current) and not ts.is_running(s.current))]
+    if not dirty:
+        if starting:
+            return Rollout([], UPDATING, f"update in progress: {updated} out of {total} "
+                           "tasks updated, the last starting", updated, total)
+        return Rollout([], COMPLETED, "update completed", updated, total)
+    budget = len(dirty) if config.parallelism <= 0 else config.parallelism - len(starting)
+    requeue: float | None = None
+    if budget > 0 and config.delay > 0:
+        # The delay runs from the newest up-to-date task's start (its running report).
+        since = max((t for t in (ts.status_time(s.current) for s in fresh
+                                 if s.current is not None and ts.is_running(s.current))
+                     if t is not None), default=None)
+        if since is not None and now - since < config.delay:
+            requeue = config.delay - (now - since)
+            budget = 0
+    chosen = [s.key for s in sorted(dirty, key=_order)[:max(budget, 0)]]
+    message = f"update in progress: {updated} out of {total} tasks updated"
+    return Rollout(chosen, UPDATING, message, updated, total, requeue)
+
+
+def _order(slot: SlotView) -> tuple[int, int, str]:
+    return (0, slot.key, "") if isinstance(slot.key, int) else (1, 0, slot.key)
