@@ -108,6 +108,7 @@ class Dataplane:
         self.firewall_problems: tuple[str, ...] = ()
         self._localnet: set[str] = set()  # bridges with route_localnet set
         self._firewall_checked = 0.0
+        self._firewall_recheck: asyncio.TimerHandle | None = None
         self._firewall_reported: tuple[str, ...] | None = None
         self.lb: lb_mod.LoadBalancer | None = None
         self.dns = DnsServer(DnsTable())
@@ -171,6 +172,8 @@ class Dataplane:
         """Stop following etcd; the kernel state stays (see the module docstring)."""
         for remove in self._detach_handlers:
             remove()
+        if self._firewall_recheck is not None:
+            self._firewall_recheck.cancel()
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -304,6 +307,11 @@ class Dataplane:
             return
         now = time.monotonic()
         if hosting and not force and now - self._firewall_checked < FIREWALL_EVERY:
+            # Checked a moment ago: look again once the interval is over, so a change
+            # (Docker restarting) seen in a burst of passes is not left to the periodic one.
+            if self._firewall_recheck is None:
+                self._firewall_recheck = asyncio.get_running_loop().call_later(
+                    FIREWALL_EVERY, self._recheck_firewall)
             return
         report = await (self.firewall.ensure() if hosting else self.firewall.remove())
         self._firewall_checked = now
@@ -317,6 +325,10 @@ class Dataplane:
                 self.log.warning("host firewall blocks Shoal's traffic",
                                  problems=list(self.firewall_problems))
             await self._report_firewall()
+
+    def _recheck_firewall(self) -> None:
+        self._firewall_recheck = None
+        self._changed()
 
     async def _report_firewall(self) -> None:
         """Condition ``Firewall`` on our Node: False (reason ``Blocked``) with what the
