@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from shoal.crds import conditions, kinds
+from shoal.net import hostfw
 from shoal.store import etcd_server
 from tests.e2e.netcluster import NETTOOL
 from tests.e2e.netlab import Lab, have_netns_privileges, sh
@@ -217,3 +218,41 @@ async def test_published_port_answers_on_localhost(etcd: etcd_server.EtcdServer,
                 assert got == [task.status["containerId"][:12]] * 3, (host, got)
     finally:
         remove_containers(docker_client, names)
+
+
+NATIVE = """table inet filter {
+  chain input { type filter hook input priority 0; policy accept; }
+  chain forward { type filter hook forward priority 0; policy drop; ct state established accept; }
+}
+"""
+
+
+async def test_rules_added_and_removed_exactly(lab: Lab, monkeypatch: pytest.MonkeyPatch
+                                               ) -> None:
+    """The building block alone, on a namespace holding all three kinds of firewall
+    (Docker's iptables-nft, legacy, and a native nftables forward chain with policy
+    drop): ``ensure`` adds ours to each, twice changes nothing, ``remove`` (what the
+    agent does when the node hosts nothing, and ``swctl down`` for a local node) leaves
+    exactly the user's rules; a table Shoal cannot write is reported, not ignored."""
+    ns = lab.ns("fw")
+    make_docker_host(ns)
+    sh("ip", "netns", "exec", ns, "nft", "-f", "-", input=NATIVE)
+    before = firewall(ns)
+    fw = hostfw.HostFirewall(ns, "198.18.0.9")
+    report = await fw.ensure()
+    assert not report.problems and len(report.changes) == 5 + 5 + 2, report
+    native = sh("ip", "netns", "exec", ns, "nft", "list", "chain", "inet", "filter",
+                "forward").stdout
+    assert 'iifname "shb-*" accept comment "shoal"' in native
+    assert (await fw.ensure()).changes == []
+    removed = await fw.remove()
+    assert len(removed.changes) == 12 and firewall(ns) == before
+
+    # iptables-legacy's tools missing while its filter table exists: a problem, reported.
+    real = hostfw.shutil.which
+    monkeypatch.setattr(hostfw.shutil, "which",
+                        lambda name: None if "legacy" in name else real(name))
+    report = await fw.ensure()
+    assert report.problems == ["an iptables-legacy filter table exists but "
+                               "iptables-legacy-save/-restore are not installed"]
+    await fw.remove()
