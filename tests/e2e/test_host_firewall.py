@@ -144,26 +144,29 @@ async def docker_scenario(c: NsCluster, docker: Any) -> None:
     for task in web:
         got = c.nettool(client_pid, "http", c.address(task, "appnet"), "80", "1")
         assert got == [task.status["containerId"][:12]], (task.spec["nodeName"], got)
-    # By VIP: both tasks answer, one of them on the other node.
-    assert set(c.nettool(client_pid, "http", vip, "80", "20")) == ids
+    # By VIP: both tasks answer, one of them on the other node (once this node's
+    # balancer has seen the other task running: agents learn it from etcd, too).
+    async def spread(host: str) -> bool:
+        return set(c.nettool(client_pid, "http", host, "80", "20")) == ids
+    await eventually(lambda: spread(vip), timeout=20, interval=0.3, what="VIP spread")
     # By DNS name, from inside the container (its resolv.conf names the node's responder).
     # (busybox's static wget cannot resolve names itself: the resolver is asked with
     # nslookup, through the container's resolv.conf, and its answers are connected to.)
     (by_name,) = lookup(client, "web")
     assert by_name == vip
-    assert set(c.nettool(client_pid, "http", by_name, "80", "20")) == ids
+    await eventually(lambda: spread(by_name), timeout=20, interval=0.3, what="by name")
     by_task = lookup(client, "tasks.web")
     assert sorted(by_task) == sorted(c.address(t, "appnet") for t in web)
     assert {c.nettool(client_pid, "http", a, "80", "1")[0] for a in by_task} == ids
 
     # The mesh: every node's address answers from outside, both tasks behind it.
-    seen: set[str] = set()
     for node in c.nodes:
-        got = c.lab.exec(c.outside.ns, sys.executable, NETTOOL, "http", str(node.underlay),
-                         "8080", "10", timeout=60).stdout.split()
-        assert got and set(got) <= ids, (node.ns, got)
-        seen |= set(got)
-    assert seen == ids
+        async def mesh(address: str = str(node.underlay)) -> bool:
+            got = c.lab.exec(c.outside.ns, sys.executable, NETTOOL, "http", address,
+                             "8080", "10", timeout=60).stdout.split()
+            assert got and set(got) <= ids, (address, got)
+            return set(got) == ids
+        await eventually(mesh, timeout=20, interval=0.3, what=f"mesh on {node.underlay}")
     # ... and 127.0.0.1 on a node (`curl http://localhost:8080` there).
     got = c.lab.exec(c.nodes[0].ns, sys.executable, NETTOOL, "http", "127.0.0.1", "8080",
                      "10", timeout=60).stdout.split()
