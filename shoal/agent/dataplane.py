@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import ipaddress
 import os
 import time
@@ -46,13 +47,15 @@ import structlog
 
 from shoal.agent import netplan
 from shoal.agent.exec.executor import Observed, TaskSpec
-from shoal.crds import kinds, resource
+from shoal.crds import conditions, kinds, resource
 from shoal.crds import networking as nw
 from shoal.crds import taskstates as ts
 from shoal.crds import template as tpl
 from shoal.net import lb as lb_mod
-from shoal.net import lb_factory
+from shoal.net import lb_factory, naming
+from shoal.net import netns as netns_mod
 from shoal.net.dns import DnsServer, DnsTable
+from shoal.net.hostfw import HostFirewall
 from shoal.net.overlay import OverlayNode
 from shoal.runtime import cas
 from shoal.runtime import informer as informer_mod
@@ -66,6 +69,8 @@ LB_RESYNC_EVERY = 10  # every N-th periodic pass rewrites the balancer from its 
 ATTACH_WAIT = 5.0  # seconds an attach waits for this agent's caches to see the task
 DNS_PORT = 53
 RESOLV_TARGET = "/etc/resolv.conf"
+FIREWALL_EVERY = 2.0  # seconds: the host firewall is re-checked at most this often
+FIREWALL_CONDITION = "Firewall"  # on the Node: can Shoal's traffic pass the host firewall
 
 Observe = Callable[[str], Awaitable[Observed]]
 
@@ -99,6 +104,12 @@ class Dataplane:
         self.tasks = self.factory.informer(registry.lookup("tasks"))
         self.nodes = self.factory.informer(self._nodes_info)
         self.overlay = OverlayNode(underlay, netns=netns)
+        self.firewall = HostFirewall(netns, underlay)
+        self.firewall_problems: tuple[str, ...] = ()
+        self._localnet: set[str] = set()  # bridges with route_localnet set
+        self._firewall_checked = 0.0
+        self._firewall_recheck: asyncio.TimerHandle | None = None
+        self._firewall_reported: tuple[str, ...] | None = None
         self.lb: lb_mod.LoadBalancer | None = None
         self.dns = DnsServer(DnsTable())
         self.log = log.bind(node=node)
@@ -117,6 +128,7 @@ class Dataplane:
         # A previous agent may have left links and a balancer table: look once.
         self._lb_active = True
         self._overlay_active = True
+        self._firewall_active = True
 
     @property
     def backend_name(self) -> str:
@@ -160,6 +172,8 @@ class Dataplane:
         """Stop following etcd; the kernel state stays (see the module docstring)."""
         for remove in self._detach_handlers:
             remove()
+        if self._firewall_recheck is not None:
+            self._firewall_recheck.cancel()
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -265,6 +279,8 @@ class Dataplane:
                     self.log.info("overlay changed", reason=reason,
                                   changes=len(report.changes), first=report.changes[:5])
             await self._apply_lb(plan)
+            await self._apply_firewall(plan, force=reason in ("start", "periodic"))
+            await self._apply_localnet(plan)
             await self._apply_dns(plan)
             if plan.problems and (self.plan is None or plan.problems != self.plan.problems):
                 self.log.warning("dataplane incomplete", problems=list(plan.problems))
@@ -281,6 +297,75 @@ class Dataplane:
             return
         await self.lb.sync(list(plan.services))
         self._lb_active = True
+
+    async def _apply_firewall(self, plan: netplan.Plan, *, force: bool) -> None:
+        """Our ACCEPT rules in a host firewall we do not own (``net/hostfw.py``) while
+        the node hosts anything; exactly ours removed when it hosts nothing. Re-checked
+        on every pass (at most every FIREWALL_EVERY s): Docker re-creates its chains."""
+        hosting = bool(plan.overlay.networks or plan.services)
+        if not hosting and not self._firewall_active:
+            return
+        now = time.monotonic()
+        if hosting and not force and now - self._firewall_checked < FIREWALL_EVERY:
+            # Checked a moment ago: look again once the interval is over, so a change
+            # (Docker restarting) seen in a burst of passes is not left to the periodic one.
+            if self._firewall_recheck is None:
+                self._firewall_recheck = asyncio.get_running_loop().call_later(
+                    FIREWALL_EVERY, self._recheck_firewall)
+            return
+        report = await (self.firewall.ensure() if hosting else self.firewall.remove())
+        self._firewall_checked = now
+        self._firewall_active = hosting
+        if report.changes:
+            self.log.info("host firewall changed", hosting=hosting,
+                          changes=report.changes)
+        self.firewall_problems = tuple(report.problems)
+        if self.firewall_problems != self._firewall_reported:
+            if self.firewall_problems:
+                self.log.warning("host firewall blocks Shoal's traffic",
+                                 problems=list(self.firewall_problems))
+            await self._report_firewall()
+
+    def _recheck_firewall(self) -> None:
+        self._firewall_recheck = None
+        self._changed()
+
+    async def _report_firewall(self) -> None:
+        """Condition ``Firewall`` on our Node: False (reason ``Blocked``) with what the
+        agent could not do, so a timing-out overlay is explained where users look."""
+        problems = self.firewall_problems
+        ok = not problems
+        try:
+            node = await self.store.get(self._nodes_info, self.node)
+
+            def mark(n: resource.Resource) -> None:
+                conditions.set_condition(n, FIREWALL_CONDITION, ok,
+                                         "Admitted" if ok else "Blocked", "; ".join(problems))
+            await cas.mutate(self.store, self._nodes_info, node, mark)
+            self._firewall_reported = problems
+        except errors.StoreError as exc:
+            self.log.warning("could not report the firewall condition", error=str(exc))
+
+    async def _apply_localnet(self, plan: netplan.Plan) -> None:
+        """``route_localnet`` on the ingress bridge, so a connection to 127.0.0.1:<published
+        port> made on this node, translated to a task's address, may leave through it
+        (and be masqueraded); martian 127/8 arriving elsewhere is dropped by the
+        balancer's table."""
+        if self.backend_name != "nftables":
+            return  # IPVS: loopback-sourced connections are not balanced (docs/networking.md)
+        ingress = nw.ingress_name(self.networks.list())
+        bridges = {naming.bridge_name(n.vni) for n in plan.overlay.networks
+                   if n.name == ingress}
+        self._localnet &= bridges  # a bridge made again starts with the default
+        for bridge in bridges - self._localnet:
+            path = netns_mod.path(self.netns) if self.netns is not None else None
+            sysctl = f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet"
+            try:
+                await asyncio.to_thread(netns_mod.run_in, path,
+                                        functools.partial(_set_sysctl, sysctl, "1"))
+                self._localnet.add(bridge)
+            except OSError as exc:
+                self.log.warning("cannot set route_localnet", bridge=bridge, error=str(exc))
 
     async def _apply_dns(self, plan: netplan.Plan) -> None:
         self.dns.table.replace_all(plan.dns)
@@ -356,6 +441,10 @@ class Dataplane:
         uid = task.metadata.uid
         if not nw.task_attachments(task) or observed.pid is None:
             return
+        if self.firewall_problems:
+            # Its network would time out: say why instead of reporting it running.
+            raise NotPlumbedError(f"the host firewall blocks the networks of {_ref(task)}: "
+                                  + "; ".join(self.firewall_problems))
         if self.pids.get(uid) == observed.pid and self._plumbed(uid):
             return
         self.pids[uid] = observed.pid
@@ -383,6 +472,14 @@ class Dataplane:
         self.leaving.add(uid)
         await self.sync("detach")
         self.log.info("task left the balancer", key=_ref(task))
+
+
+def _set_sysctl(path: str, value: str) -> None:
+    with open(path) as f:
+        if f.read().strip() == value:
+            return
+    with open(path, "w") as f:
+        f.write(value)
 
 
 def same_plan_inputs(old: resource.Resource, new: resource.Resource) -> bool:

@@ -12,7 +12,9 @@ remove them explicitly:
 * process: every task the process driver keeps for those nodes (workload, supervisor and
   files under ``/var/lib/shoal/process/<node>``), through the driver's own ``remove``;
 * the underlay (``netnodes``): processes still inside the node namespaces, then the
-  namespaces, veths and bridge.
+  namespaces, veths and bridge;
+* for a local node (the agent ran in this namespace): exactly the host-firewall rules
+  the agent added (``shoal.net.hostfw``; the user's rules are never touched).
 
 Each step is idempotent and tolerant of a half-done earlier run, so ``down`` can be
 interrupted and repeated. dockerd is never started for this: if it does not answer, it
@@ -87,6 +89,17 @@ def remove_processes(nodes: Sequence[str]) -> int:
         return 0
 
 
+def remove_firewall_rules() -> int:
+    """Exactly the rules the agent added to this namespace's host firewall (comment
+    ``shoal``; ``shoal.net.hostfw``), nothing of the user's; how many were removed."""
+    from shoal.net.hostfw import HostFirewall
+
+    report = asyncio.run(HostFirewall().remove())
+    for problem in report.problems:
+        log.warning("firewall rules left", problem=problem)
+    return len(report.changes)
+
+
 def remove_all(nodes: Sequence[str], underlay: dict[str, Any] | None,
                notice: Callable[[str], None]) -> list[str]:
     """Everything above, in an order that leaves nothing running: first whatever still
@@ -106,6 +119,12 @@ def remove_all(nodes: Sequence[str], underlay: dict[str, Any] | None,
     containers = remove_containers(nodes, notice)
     if containers:
         done.append(f"{containers} container{'s' if containers != 1 else ''} removed")
+    if nodes and net is None:
+        # The local node's agent ran in this namespace: its firewall rules (hostfw) go
+        # too; namespace nodes take theirs with their namespaces.
+        rules = remove_firewall_rules()
+        if rules:
+            done.append(f"{rules} Shoal firewall rule{'s' if rules != 1 else ''} removed")
     if net is not None:
         removed = netnodes.teardown(net)
         if removed:

@@ -16,7 +16,11 @@ Shoal, where a change is proportional to what changed. The layout was chosen by 
   the 10,000-service full sync); a few shared chains keep the bindings few.
 
 Published ingress ports (VirtualService.vip None) use the same scheme keyed by port alone
-(maps ``np``/``np_<proto>``), matched only for packets addressed to a local address.
+(maps ``np``/``np_<proto>``), matched only for packets addressed to a local address --
+including 127.0.0.0/8 for connections made on the node itself (``curl localhost:8080``
+answers, as with Docker's mesh): the agent sets ``route_localnet`` on the ingress bridge
+so such a connection may leave through it, masqueraded like all mesh traffic, and a
+``martians`` chain drops 127/8 arriving from anywhere but ``lo``.
 
 A VIP that balances *every* port of a protocol (``VirtualService.port`` 0, what a Swarm VIP
 does: a service need not declare the ports it listens on) is dispatched by ``VIP .
@@ -131,8 +135,16 @@ def render_skeleton() -> list[str]:
     lines += [
         "  chain prerouting { type nat hook prerouting priority -100; policy accept; "
         "jump services; }",
+        # Locally originated: published ports answer on 127.0.0.0/8 too, as Docker's
+        # mesh does (the agent sets route_localnet on the ingress bridge, and the mark
+        # masquerades the loopback source); never for packets arriving from outside.
         "  chain output { type nat hook output priority -100; policy accept; "
-        "jump services; }",
+        "jump services; ip daddr 127.0.0.0/8 meta l4proto . th dport vmap @np; }",
+        # route_localnet would also accept 127/8 arriving on that bridge: drop such
+        # martians before conntrack (replies still carry the node's address here).
+        "  chain martians { type filter hook prerouting priority -300; policy accept; "
+        'iifname != "lo" ip daddr 127.0.0.0/8 drop; }',
+
         "  chain services { ip daddr . meta l4proto . th dport vmap @svc; "
         "ip daddr . meta l4proto vmap @svca; "
         "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @np; }",
