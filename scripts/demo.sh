@@ -11,4 +11,19 @@ swctl apply -f deploy/examples/stack.yaml
 swctl get services -A
 swctl get all -n demo 2>/dev/null || true
 echo
-echo "The cluster keeps running. Try: swctl get svc -n demo -w   |   swctl down"
+# The stack publishes web's port 8080 through the routing mesh: ask it, as a browser would.
+python3 - <<'PY'
+import sys, time, urllib.request
+deadline = time.monotonic() + 30
+while True:
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:8080/", timeout=2) as reply:
+            print(f"http://localhost:8080 answers: HTTP {reply.status}, "
+                  f"{len(reply.read())} bytes from a web task")
+            break
+    except OSError as exc:
+        if time.monotonic() > deadline:
+            sys.exit(f"http://localhost:8080 does not answer: {exc}")
+        time.sleep(0.5)
+PY
+echo "Open http://localhost:8080 -- the cluster keeps running. Try: swctl get svc -n demo -w   |   swctl down"
