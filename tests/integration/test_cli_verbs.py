@@ -273,7 +273,8 @@ def test_the_hinted_delete_works(swctl: Swctl) -> None:
     swctl("apply", "-d", "-f", "web.yaml")
     assert swctl("delete", "service/web").stdout.startswith("service/web ")
     err = swctl("delete", "service/a", "network/b", expect=1).stderr
-    assert err.startswith("error: cannot mix forms or kinds in service/a network/b")
+    assert err == ('error: cannot read "service/a network/b": give TYPE/NAME... of one kind '
+                   "(service/web service/api) or TYPE NAME... (service web)\n")
 
 
 def test_service_scale_is_still_a_verb(swctl: Swctl) -> None:
