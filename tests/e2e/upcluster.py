@@ -141,8 +141,15 @@ class Cluster:
     # --- docker ---
 
     def containers(self, **labels: str) -> list[Any]:
+        import docker.errors
+
         filters = [f"{k}={v}" for k, v in labels.items()]
-        return list(self.docker.containers.list(all=True, filters={"label": filters}))
+        for _ in range(10):
+            try:
+                return list(self.docker.containers.list(all=True, filters={"label": filters}))
+            except docker.errors.NotFound:
+                continue  # removed between docker's listing and its inspection: again
+        raise AssertionError(f"containers with {labels} kept vanishing while listed")
 
     def containers_of_task(self, uid: str) -> list[Any]:
         return self.containers(**{LABEL_TASK_UID: uid})
