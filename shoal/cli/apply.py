@@ -84,7 +84,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     add_file_flags(p)
     p.add_argument("--dry-run", nargs="?", const="client", choices=["client", "none"],
                    default="none", help="validate and show what would change, write nothing")
-    p.add_argument("-n", "--namespace",
+    p.add_argument("-n", "--namespace", type=common.namespace_arg,
                    help="namespace for objects that do not name one (default: default)")
     converge.add_wait_flags(p)
     p.set_defaults(func=run, error_code=1)

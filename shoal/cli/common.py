@@ -6,13 +6,14 @@ parser can import the verbs without a cycle).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import os
 from collections.abc import AsyncIterator
 
 from shoal.cli import errors
-from shoal.crds import kinds, resource
+from shoal.crds import kinds, names, resource
 from shoal.store import client, kindsync
 
 DEFAULT_ETCD = "http://127.0.0.1:2379"
@@ -66,6 +67,16 @@ def namespace_for(info: kinds.KindInfo, namespace: str | None) -> str | None:
     if not info.namespaced:
         return None
     return namespace or resource.DEFAULT_NAMESPACE
+
+
+def namespace_arg(text: str) -> str:
+    """``-n/--namespace``: a stack name by the rule ``metadata.namespace`` is admitted by
+    (``my_app.v1``), checked before anything is read or written so a name no object can
+    have is refused, not answered with "No resources found" or used in an etcd key."""
+    message = names.namespace_error(text)
+    if message:
+        raise argparse.ArgumentTypeError(message)
+    return text
 
 
 def split_refs(kind: str, names: list[str]) -> tuple[str, list[str]]:

@@ -29,7 +29,8 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     apply.add_file_flags(p, required=False)
     p.add_argument("-l", "--selector", metavar="SELECTOR",
                    help="delete every object of KIND whose labels match")
-    p.add_argument("-n", "--namespace", help="namespace (default: default)")
+    p.add_argument("-n", "--namespace", type=common.namespace_arg,
+                   help="namespace (default: default)")
     p.add_argument("--ignore-not-found", action="store_true",
                    help="treat objects that do not exist as deleted")
     p.set_defaults(func=run, error_code=1)

@@ -26,7 +26,8 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                        help="show one object in detail, with conditions and events")
     p.add_argument("kind", metavar="KIND", help="a kind, or TYPE/NAME (service/web)")
     p.add_argument("name", metavar="NAME", nargs="?")
-    p.add_argument("-n", "--namespace", help="namespace (default: default)")
+    p.add_argument("-n", "--namespace", type=common.namespace_arg,
+                   help="namespace (default: default)")
     p.add_argument("--show-values", action="store_true", help=redact.SHOW_VALUES_HELP)
     p.set_defaults(func=run, error_code=1)
 

@@ -29,7 +29,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         description="Unified diff between the live objects and what `swctl apply` would "
                     "write. Exit status: 0 no differences, 1 differences, 2 error.")
     apply.add_file_flags(p)
-    p.add_argument("-n", "--namespace",
+    p.add_argument("-n", "--namespace", type=common.namespace_arg,
                    help="namespace for objects that do not name one (default: default)")
     p.set_defaults(func=run, error_code=2)
 

@@ -51,7 +51,8 @@ def add_output_flag(p: argparse.ArgumentParser) -> None:
 
 
 def add_namespace_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-n", "--namespace", help="namespace (default: default)")
+    p.add_argument("-n", "--namespace", type=common.namespace_arg,
+                   help="namespace (default: default)")
     p.add_argument("-A", "--all-namespaces", action="store_true",
                    help="objects of every namespace")
 

@@ -81,7 +81,8 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("-t", "--timestamps", action="store_true",
                    help="show each line's time (RFC 3339, UTC)")
     p.add_argument("--no-trunc", action="store_true", help="full task IDs in the prefix")
-    p.add_argument("-n", "--namespace", help="namespace (default: default)")
+    p.add_argument("-n", "--namespace", type=common.namespace_arg,
+                   help="namespace (default: default)")
     p.set_defaults(func=run, error_code=1)
 
 

@@ -42,7 +42,8 @@ def add_scale_arguments(p: argparse.ArgumentParser) -> None:
                    help="NAME=REPLICAS, or service/NAME, or service NAME... (with --replicas)")
     p.add_argument("--replicas", type=int, metavar="N",
                    help="the new replica count for service/NAME targets")
-    p.add_argument("-n", "--namespace", help="namespace (default: default)")
+    p.add_argument("-n", "--namespace", type=common.namespace_arg,
+                   help="namespace (default: default)")
     converge.add_wait_flags(p)
     p.set_defaults(func=run, error_code=1)
 

@@ -38,7 +38,8 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         description="List the tasks of one or more services: each slot's current task, "
                     "with its older tasks beneath as \\_ lines, newest first.")
     ps.add_argument("names", nargs="+", metavar="NAME")
-    ps.add_argument("-n", "--namespace", help="namespace (default: default)")
+    ps.add_argument("-n", "--namespace", type=common.namespace_arg,
+                    help="namespace (default: default)")
     ps.add_argument("--no-trunc", action="store_true",
                     help="do not shorten IDs, images and errors")
     ps.add_argument("-a", "--all", action="store_true",

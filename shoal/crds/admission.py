@@ -23,7 +23,7 @@ from typing import Any
 
 from shoal.crds import kinds, openapi, resource, semantics
 from shoal.crds.fielderrors import FieldError, child, describe, quote, suggest
-from shoal.crds.names import is_dns_label, name_error, name_rule
+from shoal.crds.names import name_rule, namespace_error
 from shoal.crds.openapi import Schema
 
 
@@ -218,9 +218,11 @@ def _admit_namespace(meta: dict[str, Any], info: kinds.KindInfo,
         meta.pop("namespace", None)
     elif namespace is None or namespace == "":
         meta["namespace"] = resource.DEFAULT_NAMESPACE
-    elif isinstance(namespace, str) and not is_dns_label(namespace):
-        message = name_error(namespace, dots=False) or ""
-        errors.append(FieldError("metadata.namespace", message))
+    elif isinstance(namespace, str):
+        # A namespace is a stack: Docker's stack names (``my_app``), by crds.names' rule.
+        message = namespace_error(namespace)
+        if message:
+            errors.append(FieldError("metadata.namespace", message))
 
 
 def _body_schema(info: kinds.KindInfo) -> Schema:

@@ -13,8 +13,13 @@ service and network names over 63 characters and secret and config names over 64
 Swarmkit is stricter than Docker's container names for services and networks (no dots);
 Shoal accepts the dots, which its resolver serves as written, and refuses only ``..`` there
 (an empty DNS label cannot be looked up). Tasks and events carry their owner's name
-(``hyperf_v1.0.1.3``) so they take the same alphabet up to 253 characters. Every other
-kind (nodes, CRDs, user kinds) and namespaces keep Kubernetes' DNS-1123 rules.
+(``hyperf_v1.0.1.3``) so they take the same alphabet up to 253 characters. Namespaces
+are stacks (``docker stack deploy -c x.yml my_app``: the stack name is the namespace its
+objects live in), so they take the service rule too. Docker's CLI itself refuses only an
+empty or blank stack name; what it accepts in practice is what the daemon then accepts in
+the names made from it (``my_app_web``, the ``com.docker.stack.namespace`` label), i.e.
+the service alphabet, so Shoal applies that rule with its length: 63, no ``..``. Every
+other kind (nodes, CRDs, user kinds) keeps Kubernetes' DNS-1123 rules.
 
 The mapping (``dns_label``): where such a name must become a DNS label (a hostname, the
 label form of a service's DNS name) it is lower-cased, every run of characters outside
@@ -89,6 +94,8 @@ SERVICE_RULE = NameRule(docker=True, limit=63, what="service name")
 NETWORK_RULE = NameRule(docker=True, limit=63, what="network name")
 SECRET_RULE = NameRule(docker=True, limit=64, what="secret name")
 CONFIG_RULE = NameRule(docker=True, limit=64, what="config name")
+# A stack name is written after the service in DNS (``web.my_app.v1``): no empty label.
+NAMESPACE_RULE = NameRule(docker=True, limit=63, what="namespace")
 DERIVED_RULE = NameRule(docker=True, limit=253)  # tasks and events: owner's name + suffix
 DEFAULT_RULE = NameRule(docker=False, limit=253)
 
@@ -96,12 +103,18 @@ _RULES = {"Service": SERVICE_RULE, "Network": NETWORK_RULE, "Secret": SECRET_RUL
           "Config": CONFIG_RULE, "Task": DERIVED_RULE, "Event": DERIVED_RULE}
 
 # Only where the name is looked up in DNS as written does an empty label matter.
-_DNS_AS_WRITTEN = {"service name", "network name"}
+_DNS_AS_WRITTEN = {"service name", "network name", "namespace"}
 
 
 def name_rule(kind: str | None) -> NameRule:
     """The rule for ``metadata.name`` of ``kind`` (built-in kind name; None: unknown)."""
     return _RULES.get(kind or "", DEFAULT_RULE)
+
+
+def namespace_error(namespace: str) -> str | None:
+    """Why ``namespace`` cannot be a namespace (a stack name), or None; the one check for
+    ``metadata.namespace`` and ``-n/--namespace`` alike."""
+    return NAMESPACE_RULE.error(namespace)
 
 
 def _docker_name_error(name: str, rule: NameRule) -> str | None:

@@ -11,11 +11,16 @@ keeps current from etcd:
   namespace (the namespace of the task that owns the source address), then in
   ``default``; only services attached to the client's network are visible;
 * a service answers to its name as written, case-insensitively, dots included
-  (``hyperf_v1.0``: the whole name is tried as a service before its last label is read as
-  a namespace), and to its DNS-label form ``crds.names.dns_label`` (``hyperf-v1-0-53ef21``)
-  for clients that insist on hostname syntax;
-* a single-label name, a ``tasks.`` name, a service's name, or a name whose last label is
-  a known namespace is the cluster's: unknown ones get NXDOMAIN. Everything else is
+  (``hyperf_v1.0``), and to its DNS-label form ``crds.names.dns_label``
+  (``hyperf-v1-0-53ef21``) for clients that insist on hostname syntax; a namespace (a
+  stack: ``my_app.v1``) likewise answers as written and as its label form;
+* since both parts may hold dots, a dotted name is read in a fixed order: first whole, as
+  a service (client's namespace, then ``default``); then split at each dot from the right
+  (``a.b.c``: ``a.b`` in ``c``, then ``a`` in ``b.c``), the first split naming a visible
+  service in an existing namespace winning. Right to left keeps the plain
+  ``<service>.<namespace>`` reading first and makes the answer a function of the table;
+* a single-label name, a ``tasks.`` name, a service's name, or a name ending in a known
+  namespace is the cluster's: unknown ones get NXDOMAIN. Everything else is
   forwarded to the host's upstream resolvers (/etc/resolv.conf) with a timeout, SERVFAIL
   when none answers.
 
@@ -75,7 +80,9 @@ class DnsTable:
         # (namespace, DNS-label form) -> the record's key, for names that are not labels.
         self._labels: dict[tuple[str, str], tuple[str, str]] = {}
         self._owner: dict[tuple[str, IPv4Address], str] = {}  # (network, task ip) -> ns
-        self._namespaces: dict[str, int] = {}
+        self._namespaces: dict[str, int] = {}  # namespace -> its services in the table
+        # DNS-label form of a namespace that is not a label -> (namespace, services using it)
+        self._ns_labels: dict[str, tuple[str, int]] = {}
 
     def set(self, record: ServiceRecord) -> None:
         self.remove(record.namespace, record.name)
@@ -85,6 +92,10 @@ class DnsTable:
         if label != key[1]:
             self._labels[(key[0], label)] = key
         self._namespaces[key[0]] = self._namespaces.get(key[0], 0) + 1
+        ns_label = dns_label(record.namespace)
+        if ns_label != key[0]:
+            _, uses = self._ns_labels.get(ns_label, (key[0], 0))
+            self._ns_labels[ns_label] = (key[0], uses + 1)
         for network, ips in record.tasks.items():
             for ip in ips:
                 self._owner[(network, ip)] = key[0]
@@ -100,6 +111,13 @@ class DnsTable:
         self._namespaces[key[0]] -= 1
         if not self._namespaces[key[0]]:
             del self._namespaces[key[0]]
+        ns_label = dns_label(old.namespace)
+        if ns_label in self._ns_labels:
+            ns, uses = self._ns_labels[ns_label]
+            if uses > 1:
+                self._ns_labels[ns_label] = (ns, uses - 1)
+            else:
+                del self._ns_labels[ns_label]
         for network, ips in old.tasks.items():
             for ip in ips:
                 if self._owner.get((network, ip)) == key[0]:
@@ -110,6 +128,7 @@ class DnsTable:
         self._labels.clear()
         self._owner.clear()
         self._namespaces.clear()
+        self._ns_labels.clear()
         for r in records:
             self.set(r)
 
@@ -143,8 +162,10 @@ class DnsTable:
         """The record ``ref`` names, and whether the name is the cluster's to answer.
 
         The whole name is a service name first (Docker's names may hold dots:
-        ``hyperf_v1.0``), in the client's namespace then ``default``; only then is
-        ``<service>.<namespace>`` read, splitting at the last dot."""
+        ``hyperf_v1.0``), in the client's namespace then ``default``; only then is it read
+        as ``<service>.<namespace>``, split at each dot from the right (stack names may
+        hold dots too: ``web.my_app.v1``); the first split that names a visible service in
+        an existing namespace wins."""
         if not ref:
             return None, False
         order = []
@@ -155,12 +176,26 @@ class DnsTable:
             found = self._visible((ns, ref), network)
             if found is not None:
                 return found, True
-        service, dot, namespace = ref.rpartition(".")
-        if not dot:
+        if "." not in ref:
             return None, True  # a single label is always ours
-        if namespace not in self._namespaces:
-            return None, False
-        return self._visible((namespace, service), network), True
+        ours = False
+        cut = len(ref)
+        while (cut := ref.rfind(".", 0, cut)) > 0:
+            namespace = self._namespace(ref[cut + 1:])
+            if namespace is None:
+                continue
+            ours = True  # it ends in a known namespace: never sent upstream
+            found = self._visible((namespace, ref[:cut]), network)
+            if found is not None:
+                return found, True
+        return None, ours
+
+    def _namespace(self, text: str) -> str | None:
+        """The namespace (table key) ``text`` names, as written or as its label form."""
+        if text in self._namespaces:
+            return text
+        entry = self._ns_labels.get(text)
+        return None if entry is None else entry[0]
 
 
 def upstreams_from_resolv_conf(path: str = "/etc/resolv.conf") -> list[str]:

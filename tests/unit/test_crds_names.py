@@ -94,3 +94,42 @@ def test_dns_label_fits_63_and_handles_edge_names() -> None:
     assert len(names.dns_label(long)) <= 63 and names.is_dns_label(names.dns_label(long))
     for odd in ("___", "..", "-"):
         assert names.is_dns_label(names.dns_label(odd))
+
+
+def _ns_errors(namespace: str, registry: kinds.Registry) -> list[str]:
+    doc = _doc("Service", "web")
+    doc["metadata"] = {"name": "web", "namespace": namespace}
+    try:
+        admission.admit(doc, registry)
+    except admission.ValidationError as exc:
+        return [str(e) for e in exc.errors if e.path == "metadata.namespace"]
+    return []
+
+
+@pytest.mark.parametrize("namespace", ["my_app", "my_app.v1", "hyperf_v1.0", "MyStack",
+                                       "shop", "a" * 63])
+def test_namespaces_take_docker_stack_names(registry: kinds.Registry, namespace: str) -> None:
+    # `docker stack deploy -c x.yml my_app`: the stack name is the namespace.
+    assert _ns_errors(namespace, registry) == []
+    assert names.namespace_error(namespace) is None
+
+
+@pytest.mark.parametrize(("namespace", "fragment"), [
+    ("-x", 'did you mean "x"?'),
+    ("a b", 'did you mean "a-b"?'),
+    ("my/app", "use letters, digits, '_', '.' and '-'"),
+    ("a" * 64, "at most 63 characters (Docker's rule); this one has 64"),
+    ("my..app", "'..' is not allowed"),
+])
+def test_namespaces_docker_refuses(registry: kinds.Registry, namespace: str,
+                                   fragment: str) -> None:
+    [message] = _ns_errors(namespace, registry)
+    assert message.startswith("metadata.namespace: ") and "is not a valid namespace" in message
+    assert fragment in message
+    assert names.namespace_error(namespace) == message.removeprefix("metadata.namespace: ")
+
+
+def test_a_stack_name_maps_to_a_dns_label_by_the_one_rule() -> None:
+    label = names.dns_label("my_app.v1")
+    assert names.is_dns_label(label) and label.startswith("my-app-v1-")
+    assert names.dns_label("shop") == "shop"

@@ -1,0 +1,76 @@
+"""net.dns: how DnsTable reads a query name -- whole as a service first, then split into
+``<service>.<namespace>`` at each dot from the right, so a service or a stack (namespace)
+holding dots or underscores (``web.my_app.v1``) resolves, deterministically; namespaces
+as written and as their ``crds.names.dns_label`` form. (Wire format: e2e/test_dns.py.)"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from shoal.crds.names import dns_label
+from shoal.net.dns import DnsTable, ServiceRecord
+
+A = ipaddress.IPv4Address
+NET = "front_net"
+
+
+def _svc(namespace: str, name: str, vip: str, *tasks: str) -> ServiceRecord:
+    return ServiceRecord(namespace, name, "vip", {NET: A(vip)}, {NET: [A(t) for t in tasks]})
+
+
+def _resolve(table: DnsTable, qname: str) -> tuple[str, set[str]]:
+    answer = table.resolve(NET, qname)
+    return answer.kind, {str(a) for a in answer.addresses}
+
+
+def test_service_in_a_dotted_stack_resolves() -> None:
+    t = DnsTable()
+    t.set(_svc("my_app.v1", "web", "10.254.0.5", "10.0.9.10"))
+    assert _resolve(t, "web.my_app.v1") == ("records", {"10.254.0.5"})
+    assert _resolve(t, "WEB.My_App.V1.") == ("records", {"10.254.0.5"})
+    assert _resolve(t, "tasks.web.my_app.v1") == ("records", {"10.0.9.10"})
+    # The stack's DNS-label form, for clients that insist on hostname syntax.
+    label = dns_label("my_app.v1")
+    assert _resolve(t, f"web.{label}") == ("records", {"10.254.0.5"})
+    # Known stack, unknown service: NXDOMAIN, never forwarded upstream.
+    assert _resolve(t, "api.my_app.v1") == ("nxdomain", set())
+    assert _resolve(t, "web.other.v1") == ("forward", set())
+
+
+def test_both_parts_dotted() -> None:
+    t = DnsTable()
+    t.set(_svc("my_app.v1", "hyperf_v1.0", "10.254.0.6"))
+    assert _resolve(t, "hyperf_v1.0.my_app.v1") == ("records", {"10.254.0.6"})
+
+
+def test_ambiguous_split_takes_the_rightmost_dot_first() -> None:
+    # "a.b.c" could be service "a.b" in stack "c" or service "a" in stack "b.c": the split
+    # at the rightmost dot that names a service wins, whatever order the table was filled.
+    for order in (0, 1):
+        t = DnsTable()
+        records = [_svc("c", "a.b", "10.254.0.1"), _svc("b.c", "a", "10.254.0.2")]
+        for r in records[::1 if order else -1]:
+            t.set(r)
+        assert _resolve(t, "a.b.c") == ("records", {"10.254.0.1"})
+        t.remove("c", "a.b")
+        assert _resolve(t, "a.b.c") == ("records", {"10.254.0.2"})
+
+
+def test_whole_name_as_a_service_comes_before_any_split() -> None:
+    t = DnsTable()
+    t.set(_svc("default", "web.v1", "10.254.0.7"))
+    t.set(_svc("v1", "web", "10.254.0.8"))
+    assert _resolve(t, "web.v1") == ("records", {"10.254.0.7"})
+
+
+def test_namespace_label_goes_with_its_last_service() -> None:
+    t = DnsTable()
+    t.set(_svc("my_app", "web", "10.254.0.5"))
+    t.set(_svc("my_app", "api", "10.254.0.9"))
+    label = dns_label("my_app")
+    t.remove("my_app", "web")
+    assert _resolve(t, f"api.{label}") == ("records", {"10.254.0.9"})
+    t.remove("my_app", "api")
+    assert _resolve(t, f"api.{label}") == ("forward", set())
+    t.replace_all([_svc("my_app", "web", "10.254.0.5")])
+    assert _resolve(t, f"web.{label}") == ("records", {"10.254.0.5"})
