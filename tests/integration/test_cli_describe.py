@@ -46,3 +46,24 @@ async def test_describe_service(swctl: Swctl, store: client.Store) -> None:
     assert lines[ev + 2].endswith("no node satisfies node.labels.zone==a")
     err = swctl("describe", "svc", "nope", expect=1).stderr
     assert err.startswith('error: services "nope" not found')
+
+
+async def test_describe_and_events_in_a_stack_named_the_docker_way(
+        swctl: Swctl, store: client.Store) -> None:
+    # A stack (namespace) as compose users name them: my_app.v1.
+    swctl("apply", "-d", "-n", "my_app.v1", "-f", str(swctl.write("web.yaml", service("web"))))
+    info = kinds.Registry.builtin().lookup("services")
+    obj = await store.get(info, "web", "my_app.v1")
+    await events.record_event(store, obj, events.WARNING, "FailedScheduling",
+                              "no node satisfies node.labels.zone==a", source="scheduler")
+
+    # swctl describe service/web -n my_app.v1
+    lines = swctl("describe", "service/web", "-n", "my_app.v1").stdout.splitlines()
+    assert lines[1].split() == ["Namespace:", "my_app.v1"]
+    ev = lines.index("Events:")
+    assert lines[ev + 2].split()[:2] == ["Warning", "FailedScheduling"]
+    # swctl get events -n my_app.v1: the event lives in the object's stack, not in default.
+    assert "FailedScheduling" in swctl("get", "events", "-n", "my_app.v1").stdout
+    assert "FailedScheduling" not in swctl("get", "events").stdout
+    err = swctl("describe", "service/web", expect=1).stderr
+    assert err.startswith('error: services "web" not found')

@@ -171,3 +171,111 @@ def test_names_docker_refuses_are_refused_and_nothing_is_written(
     assert fragment in err
     # All or nothing: the valid network beside it was not created either.
     assert "ok_network" not in swctl("get", "networks").stdout
+
+
+# A stack as compose users name them (`docker stack deploy -c web.yml my_app.v1`): in
+# Shoal the stack name is the namespace its objects live in.
+STACK = """\
+apiVersion: shoal.io/v1
+kind: Network
+metadata: {name: front_net}
+---
+apiVersion: shoal.io/v1
+kind: Service
+metadata:
+  name: web
+  namespace: my_app.v1
+  labels: {com.docker.stack.namespace: my_app.v1}
+spec:
+  replicas: 1
+  networks: [front_net]
+  template:
+    image: shoal/busybox
+    command: [sh, -c, 'echo "hello from $HOSTNAME"; exec sleep 3600']
+    stopGracePeriod: 1s
+"""
+
+
+def _stack_running(swctl: Swctl) -> list[str]:
+    lines = swctl("service", "ps", "web", "-n", "my_app.v1").stdout.splitlines()
+    state_at = lines[0].index("CURRENT STATE")
+    return [line.split()[1] for line in lines[1:]
+            if not line.lstrip().startswith("\\_") and line[state_at:].startswith("Running")]
+
+
+def test_a_stack_named_the_docker_way_applies_runs_scales_and_deletes(cluster: Swctl) -> None:
+    swctl = cluster
+    path = swctl.write("web.yaml", STACK)
+
+    # swctl apply -f web.yaml -n my_app.v1
+    out = swctl("apply", "-f", str(path), "-n", "my_app.v1", *VERIFY, timeout=60)
+    lines = out.stdout.splitlines()
+    assert lines[0] == "network/front_net created"
+    assert lines[1] == "service/web created"
+    assert lines[-1] == "verify: Service converged"
+
+    # swctl get services -n my_app.v1
+    table = swctl("get", "services", "-n", "my_app.v1").stdout.splitlines()
+    assert table[0].split()[:3] == ["NAME", "MODE", "REPLICAS"]
+    assert table[1].split()[:3] == ["web", "replicated", "1/1"]
+    # ... and it lives in that stack only: not in default, listed under its name by -A.
+    assert "web" not in swctl("get", "services").stdout
+    everywhere = swctl("get", "services", "-A").stdout.splitlines()
+    assert ["my_app.v1", "web"] in [row.split()[:2] for row in everywhere[1:]]
+    # A selector on the stack label, as `docker service ls --filter label=...` does.
+    labelled = swctl("get", "services", "-A", "-l", "com.docker.stack.namespace=my_app.v1")
+    assert [row.split()[:2] for row in labelled.stdout.splitlines()[1:]] == [
+        ["my_app.v1", "web"]]
+    doc = yaml.safe_load(swctl("get", "service/web", "-n", "my_app.v1", "-o", "yaml").stdout)
+    assert doc["metadata"]["namespace"] == "my_app.v1"
+    described = swctl("describe", "service/web", "-n", "my_app.v1").stdout
+    assert any(line.split() == ["Namespace:", "my_app.v1"] for line in described.splitlines())
+
+    # swctl service ps web -n my_app.v1
+    assert eventually(lambda: _stack_running(swctl), what="web running") == ["web.1"]
+
+    # swctl scale service/web --replicas 2 -n my_app.v1
+    scaled = swctl("scale", "service/web", "--replicas", "2", "-n", "my_app.v1", *VERIFY,
+                   timeout=60).stdout.splitlines()
+    assert scaled[0] == "web scaled to 2"
+    assert scaled[-1] == "verify: Service converged"
+    assert sorted(eventually(lambda: len(_stack_running(swctl)) == 2 and _stack_running(swctl),
+                             what="2 running tasks")) == ["web.1", "web.2"]
+
+    # swctl logs service/web -n my_app.v1 -- the processes' real output.
+    def logged() -> list[str]:
+        text = swctl("logs", "service/web", "-n", "my_app.v1", expect=None).stdout
+        return [line for line in text.splitlines() if "hello from" in line]
+    assert len(eventually(lambda: len(logged()) == 2 and logged(), what="both outputs")) == 2
+
+    # swctl delete -f web.yaml -- the manifest names the namespace, so no -n is needed.
+    gone = swctl("delete", "-f", str(path)).stdout.splitlines()
+    assert gone[0] == "network/front_net deleted"
+    assert gone[1].startswith("service/web deletion requested"), gone
+    eventually(lambda: "web" not in swctl("get", "tasks", "-n", "my_app.v1").stdout,
+               what="the tasks of my_app.v1/web gone")
+    assert "web" not in swctl("get", "services", "-A").stdout
+
+
+@pytest.mark.parametrize(("namespace", "fragment"), [
+    ("-x", 'did you mean "x"?'),
+    ("a b", 'did you mean "a-b"?'),
+])
+def test_stack_names_docker_refuses_are_refused(cluster: Swctl, namespace: str,
+                                                 fragment: str) -> None:
+    swctl = cluster
+    rule = (f'"{namespace}" is not a valid namespace: use letters, digits, \'_\', \'.\' and '
+            "'-', starting and ending with a letter or digit, at most 63 characters "
+            "(Docker's rule)")
+    # In the manifest: swctl apply -f bad.yaml -- refused, and nothing written.
+    path = swctl.write("badns.yaml", STACK.replace("front_net", "bad_ns_net")
+                       .replace("namespace: my_app.v1", f"namespace: '{namespace}'"))
+    err = swctl("apply", "-f", str(path), expect=1).stderr
+    assert f"metadata.namespace: {rule}" in err and fragment in err
+    assert "bad_ns_net" not in swctl("get", "networks").stdout
+    # On the command line: swctl get services --namespace=-x / swctl get services -n 'a b'
+    for verb in (("get", "services"), ("service", "ps", "web"), ("delete", "service/web"),
+                 ("scale", "service/web", "--replicas", "1")):
+        err = swctl(*verb, f"--namespace={namespace}", expect=1).stderr
+        assert err.startswith(f"error: argument -n/--namespace: {rule}"), err
+        assert fragment in err and "--help" in err
