@@ -1,7 +1,8 @@
 """The node DNS responder over real sockets: service, tasks. and stack-qualified names over
-UDP and TCP, Docker's names (``hyperf_v1.0``) as written and as DNS labels, forwarding to
-a fake upstream on loopback, and queries from inside a task namespace (dnspython, and
-busybox ``nslookup`` as a user types it) to the responder on its node's overlay address."""
+UDP and TCP, Docker's names (``hyperf_v1.0``, a stack ``my_app.v1``: ``web.my_app.v1``) as
+written and as DNS labels, forwarding to a fake upstream on loopback, and queries from
+inside a task namespace (dnspython, and busybox ``nslookup`` as a user types it) to the
+responder on its node's overlay address."""
 
 from __future__ import annotations
 
@@ -161,6 +162,9 @@ async def test_docker_names_resolve_as_written_and_as_labels() -> None:
     # a_b and a-b are different services; their names never meet in DNS.
     t.set(ServiceRecord("default", "a_b", "vip", {"appnet": A("10.254.0.60")}, {}))
     t.set(ServiceRecord("default", "a-b", "vip", {"appnet": A("10.254.0.61")}, {}))
+    t.set(ServiceRecord("my_app.v1", "web", "vip", {"appnet": A("10.254.0.70")},
+                        {"appnet": [A("10.0.9.70")]}))
+    t.set(ServiceRecord("my_app.v1", "hyperf_v1.0", "vip", {"appnet": A("10.254.0.71")}, {}))
     server = DnsServer(t, upstreams=[(_loopback(), 9)], timeout=0.3)
     try:
         addr = await server.listen("appnet", _loopback(), 0)
@@ -178,6 +182,15 @@ async def test_docker_names_resolve_as_written_and_as_labels() -> None:
         assert addresses(await query(addr, "a_b")) == {"10.254.0.60"}
         assert addresses(await query(addr, "a-b")) == {"10.254.0.61"}
         assert addresses(await query(addr, dns_label("a_b"))) == {"10.254.0.60"}
+        # A stack (namespace) named the Docker way, dots and underscores included:
+        # `web.my_app.v1` is web in my_app.v1 (split at each dot from the right; the
+        # first split naming a service in an existing namespace wins), also by its label.
+        assert addresses(await query(addr, "web.my_app.v1")) == {"10.254.0.70"}
+        assert addresses(await query(addr, "tasks.web.my_app.v1", tcp=True)) == {"10.0.9.70"}
+        assert addresses(await query(addr, "hyperf_v1.0.my_app.v1")) == {"10.254.0.71"}
+        assert addresses(await query(addr, f"web.{dns_label('my_app.v1')}")) == {
+            "10.254.0.70"}
+        assert (await query(addr, "nosuch.my_app.v1")).rcode() == dns.rcode.NXDOMAIN
         # A dotted name that is neither a service nor <service>.<namespace>: not ours.
         assert (await query(addr, "hyperf_v1.9")).rcode() == dns.rcode.SERVFAIL  # forwarded
         assert (await query(addr, "tasks.hyperf_v1.9")).rcode() == dns.rcode.NXDOMAIN
@@ -232,10 +245,13 @@ async def test_nslookup_of_docker_names_inside_the_overlay(lab: Lab) -> None:
                         {"appnet": [A(cluster.ip("t1"))]}))
     t.set(ServiceRecord("default", "nginx_web", "vip", {"appnet": A("10.254.0.8")},
                         {"appnet": [A(cluster.ip("t1"))]}))
+    t.set(ServiceRecord("my_app.v1", "web", "vip", {"appnet": A("10.254.0.9")},
+                        {"appnet": [A(cluster.ip("t1"))]}))
     server = DnsServer(t, upstreams=[])
     try:
         await server.listen("appnet", str(cluster.node_ip(0)), 53, netns=node.ns)
-        for name, want in (("hyperf_v1.0", "10.254.0.7"), ("tasks.nginx_web", cluster.ip("t1"))):
+        for name, want in (("hyperf_v1.0", "10.254.0.7"), ("tasks.nginx_web", cluster.ip("t1")),
+                           ("web.my_app.v1", "10.254.0.9")):
             # What a user types in a task: `nslookup hyperf_v1.0` (busybox, as in the image).
             proc = await asyncio.create_subprocess_exec(
                 "ip", "netns", "exec", task_ns, "busybox", "nslookup", name,
