@@ -15,6 +15,19 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+def eventually_sync(probe: Callable[[], T], timeout: float = 30.0, what: str = "condition",
+                    interval: float = 0.05) -> T:
+    """``eventually`` for a plain probe (a swctl run, a docker query) in a sync test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = probe()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
+        time.sleep(interval)
+
+
 async def eventually(probe: Callable[[], Awaitable[T]], timeout: float = 10.0,
                      interval: float = 0.05, what: str = "condition") -> T:
     """Poll ``probe`` until it returns something truthy; fail with the last value seen."""

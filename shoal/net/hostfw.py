@@ -263,12 +263,4 @@ class HostFirewall:
                                    f"(policy drop): {exc}")
 
     async def _run(self, *argv: str, stdin: str | None = None) -> str:
-        if self.netns is not None:
-            argv = ("nsenter", f"--net={netns_mod.path(self.netns)}", *argv)
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
-        out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)}: {err.decode().strip()}")
-        return out.decode()
+        return await netns_mod.run_command(self.netns, *argv, stdin=stdin)

@@ -24,7 +24,6 @@ sync and drives it with :class:`NetfilterChange` deltas.
 from __future__ import annotations
 
 import abc
-import asyncio
 import dataclasses
 import ipaddress
 import shutil
@@ -286,15 +285,7 @@ class IptablesCompanion(Companion):
         self.save = shutil.which("iptables-legacy-save") or "iptables-save"
 
     async def _run(self, *argv: str, stdin: str | None = None) -> str:
-        if self.netns is not None:
-            argv = ("nsenter", f"--net={netns_mod.path(self.netns)}", *argv)
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
-        out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)}: {err.decode().strip()}")
-        return out.decode()
+        return await netns_mod.run_command(self.netns, *argv, stdin=stdin)
 
     async def _saved(self) -> str:
         return (await self._run(self.save, "-t", "mangle")

@@ -9,6 +9,7 @@ UML test guest all go through it.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import threading
@@ -59,3 +60,19 @@ def run_in(path: str | None, fn: Callable[[], T]) -> T:
         raise box["error"]
     value: T = box["value"]
     return value
+
+
+async def run_command(netns: str | None, *argv: str, stdin: str | None = None) -> str:
+    """Run a command-line tool (``iptables-save``, ``nft -f -``) in the namespace ``netns``
+    (a name or path; None: right here) through ``nsenter``; its stdout, or RuntimeError
+    carrying its stderr. Tools, unlike sockets, need the whole process in the namespace,
+    so they run as a child that nsenter moves there, not on a thread."""
+    if netns is not None:
+        argv = ("nsenter", f"--net={path(netns)}", *argv)
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {err.decode().strip()}")
+    return out.decode()

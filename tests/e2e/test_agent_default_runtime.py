@@ -7,29 +7,19 @@ covers the fall-back to the process driver when there is no dockerd.
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
 from shoal.store import etcd_server
+from tests.helpers import eventually_sync as eventually
 from tests.integration.cli_support import Swctl, command
 
 T = TypeVar("T")
 
 
-def eventually(probe: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
-        time.sleep(0.1)
 
 
 def test_swctl_agent_default_runs_containers(etcd: etcd_server.EtcdServer, tmp_path: Path,

@@ -10,9 +10,8 @@ is the same with dockerd answering.
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,21 +19,12 @@ import pytest
 import yaml
 
 from shoal.store import etcd_server
+from tests.helpers import eventually_sync as eventually
 from tests.integration.cli_support import Swctl, command
 
 T = TypeVar("T")
 
 
-def eventually(probe: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
-    """Poll ``probe`` until it returns something truthy; fail with the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
-        time.sleep(0.1)
 
 
 def pid_alive(pid: int) -> bool:

@@ -11,9 +11,8 @@ tests/e2e/test_dns.py.
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,6 +20,7 @@ import pytest
 import yaml
 
 from shoal.store import etcd_server
+from tests.helpers import eventually_sync as eventually
 from tests.integration.cli_support import Swctl, command
 
 T = TypeVar("T")
@@ -43,16 +43,6 @@ spec:
 """
 
 
-def eventually(probe: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
-    """Poll ``probe`` until it returns something truthy; fail with the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,14 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TypeVar
 
 import pytest
 import yaml
 
 from shoal.store import etcd_server
+from tests.helpers import eventually_sync as eventually
 from tests.integration.cli_support import Swctl, command, service
 
 NODES = ["n-0", "n-1", "n-2"]
@@ -25,16 +26,6 @@ VERIFY = ("--verify-window", "0.3")
 T = TypeVar("T")
 
 
-def eventually(probe: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
-    """Poll ``probe`` until it returns something truthy; fail with the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
-        time.sleep(0.05)
 
 
 def node_rows(swctl: Swctl) -> dict[str, list[str]]:

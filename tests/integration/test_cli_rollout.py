@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import pytest
 
 from shoal.store import etcd_server
+from tests.helpers import eventually_sync as eventually
 from tests.integration.cli_support import Swctl, command
 
 NODES = ["n-0", "n-1", "n-2"]
@@ -44,15 +44,6 @@ def manifest(name: str, image: str = "shoal/busybox:1.0", replicas: int = 3, for
                          constraints=constraints)
 
 
-def eventually(probe: Callable[[], T], timeout: float = 15.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
-        time.sleep(0.05)
 
 
 class Cluster:
