@@ -53,7 +53,7 @@ import structlog
 
 from shoal.agent.docker.dockerd import docker_url
 from shoal.agent.docker.image import split_image_ref
-from shoal.agent.exec import workload
+from shoal.agent.exec import changefeed, workload
 from shoal.agent.exec.executor import (
     LABEL_NAMESPACE,
     LABEL_NODE,
@@ -172,7 +172,7 @@ class DockerExecutor:
         self._ids: dict[str, str] = {}  # task uid -> container id (a cache; labels rule)
         self._locks: dict[str, asyncio.Lock] = {}
         self._images: dict[str, asyncio.Future[None]] = {}
-        self._subscribers: set[asyncio.Queue[str]] = set()
+        self._feed = changefeed.ChangeFeed()
         self._dead: dict[str, asyncio.Event] = {}  # container id -> set when it dies
         self._background: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -494,14 +494,8 @@ class DockerExecutor:
     # -- events -------------------------------------------------------------------------
 
     async def changes(self) -> AsyncIterator[str]:
-        queue: asyncio.Queue[str] = asyncio.Queue()
-        self._subscribers.add(queue)
-        self._ensure_events()
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._subscribers.discard(queue)
+        async for uid in self._feed.follow(self._ensure_events):
+            yield uid
 
     def _ensure_events(self) -> None:
         if self._events_thread is not None or self._closed.is_set():
@@ -561,15 +555,13 @@ class DockerExecutor:
                 self._ids.pop(uid, None)
         elif cid:
             self._ids[uid] = cid
-        for queue in self._subscribers:
-            queue.put_nowait(uid)
+        self._feed.publish(uid)
 
     def _resync(self) -> None:
         async def push_all() -> None:
             with contextlib.suppress(Exception):
                 for managed in await self.list_managed():
-                    for queue in self._subscribers:
-                        queue.put_nowait(managed.task_uid)
+                    self._feed.publish(managed.task_uid)
         task = asyncio.ensure_future(push_all())
         self._background.add(task)  # keep a reference until it is done
         task.add_done_callback(self._background.discard)

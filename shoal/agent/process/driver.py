@@ -52,7 +52,7 @@ from typing import Any
 
 import structlog
 
-from shoal.agent.exec import workload
+from shoal.agent.exec import changefeed, workload
 from shoal.agent.exec.executor import (
     LABEL_NAMESPACE,
     LABEL_TASK,
@@ -111,7 +111,7 @@ class ProcessExecutor:
         digest = hashlib.sha1(str(self.dir.resolve()).encode()).hexdigest()[:20]
         self._socket_name = f"\0shoal-process-{digest}"
         self._locks: dict[str, asyncio.Lock] = {}
-        self._subscribers: set[asyncio.Queue[str]] = set()
+        self._feed = changefeed.ChangeFeed()
         self._socket: socket.socket | None = None
         self._scanner: asyncio.Task[None] | None = None
         self._closed = False
@@ -370,18 +370,11 @@ class ProcessExecutor:
     # -- changes ------------------------------------------------------------------------
 
     def _publish(self, uid: str) -> None:
-        for queue in self._subscribers:
-            queue.put_nowait(uid)
+        self._feed.publish(uid)
 
     async def changes(self) -> AsyncIterator[str]:
-        queue: asyncio.Queue[str] = asyncio.Queue()
-        self._subscribers.add(queue)
-        self._ensure_watch()
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._subscribers.discard(queue)
+        async for uid in self._feed.follow(self._ensure_watch):
+            yield uid
 
     def _ensure_watch(self) -> None:
         if self._scanner is not None or self._closed:
