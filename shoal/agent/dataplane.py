@@ -106,6 +106,9 @@ class Dataplane:
         self.overlay = OverlayNode(underlay, netns=netns)
         self.firewall = HostFirewall(netns, underlay)
         self.firewall_problems: tuple[str, ...] = ()
+        # Overlay networks this node refuses to build (their subnet is the host's own),
+        # by name: their tasks are never reported running.
+        self.refused_networks: dict[str, str] = {}
         self._localnet: set[str] = set()  # bridges with route_localnet set
         self._firewall_checked = 0.0
         self._firewall_recheck: asyncio.TimerHandle | None = None
@@ -274,6 +277,10 @@ class Dataplane:
             if plan.overlay.networks or self._overlay_active:
                 report = await self.overlay.sync(plan.overlay)
                 self._overlay_active = bool(plan.overlay.networks)
+                if report.refused != self.refused_networks:
+                    for name, why in report.refused.items():
+                        self.log.error("overlay network refused", network=name, reason=why)
+                    self.refused_networks = dict(report.refused)
                 if report:
                     self.changes += len(report.changes)
                     self.log.info("overlay changed", reason=reason,
@@ -445,12 +452,14 @@ class Dataplane:
             # Its network would time out: say why instead of reporting it running.
             raise NotPlumbedError(f"the host firewall blocks the networks of {_ref(task)}: "
                                   + "; ".join(self.firewall_problems))
+        self._refuse_if_host_subnet(task)
         if self.pids.get(uid) == observed.pid and self._plumbed(uid):
             return
         self.pids[uid] = observed.pid
         deadline = time.monotonic() + ATTACH_WAIT
         while True:
             await self.sync("attach")
+            self._refuse_if_host_subnet(task)
             if self._plumbed(uid):
                 self.log.info("task attached", key=_ref(task), pid=observed.pid)
                 return
@@ -459,6 +468,13 @@ class Dataplane:
                 raise NotPlumbedError(f"the networks of {_ref(task)} are not plumbed yet"
                                       + (f" ({problems})" if problems else ""))
             await asyncio.sleep(0.1)  # our caches have not seen the allocation yet
+
+    def _refuse_if_host_subnet(self, task: resource.Resource) -> None:
+        """A task on a network this node refused to build is never reported running."""
+        refused = [self.refused_networks[a.network] for a in nw.task_attachments(task) or []
+                   if a.network in self.refused_networks]
+        if refused:
+            raise NotPlumbedError("; ".join(refused))
 
     def _plumbed(self, uid: str) -> bool:
         return self.plan is not None and any(

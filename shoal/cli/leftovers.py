@@ -14,7 +14,10 @@ remove them explicitly:
 * the underlay (``netnodes``): processes still inside the node namespaces, then the
   namespaces, veths and bridge;
 * for a local node (the agent ran in this namespace): exactly the host-firewall rules
-  the agent added (``shoal.net.hostfw``; the user's rules are never touched).
+  the agent added (``shoal.net.hostfw``; the user's rules are never touched), and its
+  dataplane: Shoal's bridges, VXLAN devices and veths (``naming.is_ours``) and the
+  ``ip shoal`` nftables table. An agent that stops leaves them on purpose (its successor
+  adopts them); a cluster taken down must not leave an overlay subnet routed on the host.
 
 Each step is idempotent and tolerant of a half-done earlier run, so ``down`` can be
 interrupted and repeated. dockerd is never started for this: if it does not answer, it
@@ -100,6 +103,26 @@ def remove_firewall_rules() -> int:
     return len(report.changes)
 
 
+def remove_host_dataplane() -> int:
+    """The local node's overlay links and balancer table in this namespace; how many
+    things were removed."""
+    from shoal.net import lb_nftables, overlay
+
+    async def remove() -> int:
+        # The MTU is given so nothing is probed: teardown only deletes.
+        report = await overlay.OverlayNode("127.0.0.1", underlay_mtu=1500).teardown()
+        balancer = lb_nftables.NftablesLoadBalancer()
+        try:
+            await balancer.teardown()  # "table {} / delete table": fine when absent
+        except Exception as exc:  # nft missing or refused: say so and go on
+            log.warning("balancer table left", error=str(exc))
+        finally:
+            await balancer.close()
+        return len(report.changes)
+
+    return asyncio.run(remove())
+
+
 def remove_all(nodes: Sequence[str], underlay: dict[str, Any] | None,
                notice: Callable[[str], None]) -> list[str]:
     """Everything above, in an order that leaves nothing running: first whatever still
@@ -125,6 +148,9 @@ def remove_all(nodes: Sequence[str], underlay: dict[str, Any] | None,
         rules = remove_firewall_rules()
         if rules:
             done.append(f"{rules} Shoal firewall rule{'s' if rules != 1 else ''} removed")
+        links = remove_host_dataplane()
+        if links:
+            done.append(f"{links} Shoal network link{'s' if links != 1 else ''} removed")
     if net is not None:
         removed = netnodes.teardown(net)
         if removed:

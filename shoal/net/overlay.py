@@ -27,6 +27,7 @@ import ipaddress
 import socket
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pyroute2 import AsyncIPRoute
@@ -92,6 +93,8 @@ class NetworkState:
 @dataclass
 class SyncReport:
     changes: list[str] = field(default_factory=list)
+    #: Networks not built, by name, and why (a subnet the host itself uses).
+    refused: dict[str, str] = field(default_factory=dict)
 
     def add(self, what: str) -> None:
         self.changes.append(what)
@@ -100,6 +103,47 @@ class SyncReport:
         return bool(self.changes)
 
 
+
+
+class SubnetConflictError(RuntimeError):
+    """An overlay subnet that would capture traffic the host needs (its nameserver, its
+    gateway, a network it is on): the overlay refuses to build it rather than cut the
+    host off, as a connected route for the subnet would."""
+
+
+def resolv_nameservers(path: str = "/etc/resolv.conf") -> list[ipaddress.IPv4Address]:
+    """The IPv4 nameservers the host resolves names with (none when unreadable)."""
+    found: list[ipaddress.IPv4Address] = []
+    with contextlib.suppress(OSError):
+        for line in Path(path).read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "nameserver":
+                with contextlib.suppress(ValueError):
+                    found.append(ipaddress.IPv4Address(parts[1]))
+    return found
+
+
+async def host_conflict(ipr: AsyncIPRoute, subnet: ipaddress.IPv4Network) -> str | None:
+    """What of this namespace's own networking ``subnet`` would capture, or None: a
+    route (not the default, not on a Shoal link), the default gateway, or a nameserver."""
+    names = {link["index"]: link.get_attr("IFLA_IFNAME") async for link in
+             await ipr.link("dump")}
+    async for r in await ipr.route("dump", family=socket.AF_INET, table=RT_TABLE_MAIN):
+        dev = names.get(r.get("oif"), "")
+        if naming.is_ours(dev or ""):
+            continue
+        if r["dst_len"] == 0:
+            gateway = r.get("gateway")
+            if gateway and ipaddress.IPv4Address(gateway) in subnet:
+                return f"default gateway {gateway} (dev {dev})"
+            continue
+        dst = ipaddress.IPv4Network(f"{r.get('dst')}/{r['dst_len']}", strict=False)
+        if dst.overlaps(subnet):
+            return f"route {dst} (dev {dev})"
+    for server in resolv_nameservers():
+        if server in subnet:
+            return f"nameserver {server} (/etc/resolv.conf)"
+    return None
 
 
 def _kind(link: Msg) -> str | None:
@@ -145,7 +189,10 @@ class OverlayNode:
             links = {link.get("ifname"): link async for link in await ipr.link("dump")}
             await self._remove_stale_links(ipr, desired, links, report)
             for net in desired.networks:
-                await self._sync_network(ipr, net, mtu, report)
+                try:
+                    await self._sync_network(ipr, net, mtu, report)
+                except SubnetConflictError as exc:
+                    report.refused[net.name] = str(exc)
         return report
 
     async def teardown(self) -> SyncReport:
@@ -217,6 +264,15 @@ class OverlayNode:
 
     async def _sync_network(self, ipr: AsyncIPRoute, net: OverlayNetwork, mtu: int,
                             report: SyncReport) -> None:
+        if await self._link(ipr, naming.bridge_name(net.vni)) is None:
+            # Only before the bridge exists: afterwards its own connected route is the
+            # overlap, and a conflict found then was refused before.
+            clash = await host_conflict(ipr, net.subnet)
+            if clash is not None:
+                raise SubnetConflictError(
+                    f"network {net.name} ({net.subnet}) overlaps this host's {clash}: "
+                    "building it would take that traffic off the host's own network; give "
+                    "the network a subnet this host does not use (spec.subnet)")
         br = await self._ensure_bridge(ipr, net, mtu, report)
         vx = await self._ensure_vxlan(ipr, net, br, mtu, report)
         await self._sync_fdb(ipr, net, vx, report)

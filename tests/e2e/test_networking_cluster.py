@@ -111,7 +111,7 @@ async def scenario(c: NsCluster, docker: Any) -> None:
     assert all(line.split()[wide[0].split().index("DATAPLANE")] in ("nftables", "ipvs")
                for line in wide[1:]), wide
     networks = {row.split()[0]: row.split() for row in swctl(c, "network", "ls").splitlines()}
-    assert networks["ingress"][2] == "10.255.0.0/16" and networks["appnet"][3].isdigit()
+    assert networks["ingress"][2] == "10.255.0.0/20" and networks["appnet"][3].isdigit()
     web = await c.running("web")
     assert {t.spec["nodeName"] for t in web} == set(c.names)
     hostnames = {t.status["containerId"][:12]: t for t in web}

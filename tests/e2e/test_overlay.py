@@ -111,3 +111,27 @@ async def test_sync_repairs_only_what_drifted(lab: Lab) -> None:
     cluster.remove_task("a")
     report = await ov.sync(cluster.state(0))
     assert report.changes and all("deleted stale link" in c for c in report.changes)
+
+
+async def test_a_subnet_the_host_uses_is_refused_not_routed(lab: Lab) -> None:
+    # A node whose own network overlaps the overlay's subnet (here: a route the admin set
+    # up on another device) must not get a bridge with a connected route for it: that
+    # would take the host's traffic (its nameserver, its LAN) into the overlay. The
+    # network is refused with the reason; other networks and the host stay as they were.
+    node = lab.node()
+    cluster = Cluster(lab, [node])
+    cluster.add_task("t1", 0)
+    subnet = cluster.alloc.network("appnet").subnet
+    sh("ip", "-n", node.ns, "link", "add", "lan0", "type", "veth", "peer", "name", "lan1")
+    sh("ip", "-n", node.ns, "link", "set", "lan1", "up")
+    sh("ip", "-n", node.ns, "link", "set", "lan0", "up")
+    sh("ip", "-n", node.ns, "route", "add", str(subnet), "dev", "lan0")
+    routes_before = sh("ip", "-n", node.ns, "route").stdout
+
+    report = await OverlayNode(node.underlay, netns=node.ns).sync(cluster.state(0))
+
+    assert list(report.refused) == ["appnet"]
+    assert f"overlaps this host's route {subnet} (dev lan0)" in report.refused["appnet"]
+    links = sh("ip", "-n", node.ns, "-br", "link").stdout
+    assert naming.bridge_name(cluster.alloc.network("appnet").vni) not in links
+    assert sh("ip", "-n", node.ns, "route").stdout == routes_before

@@ -120,7 +120,7 @@ async def test_allocations_persist_and_survive_restart(store: client.Store) -> N
 
     async with running_allocator(store):
         ingress = await allocated_network(store, "ingress")
-        assert str(ingress.subnet) == "10.255.0.0/16" and ingress.vip_range is None
+        assert str(ingress.subnet) == "10.255.0.0/20" and ingress.vip_range is None
         app = await allocated_network(store, "appnet")
         fixed = await allocated_network(store, "fixed")
         assert str(fixed.subnet) == "10.9.0.0/24" and str(fixed.gateway) == "10.9.0.1"

@@ -25,7 +25,7 @@ N = ipaddress.IPv4Network
 def test_swarm_defaults() -> None:
     alloc = Allocator()
     ingress = alloc.allocate_network("ingress", ingress=True)
-    assert ingress.subnet == N("10.255.0.0/16") and ingress.vip_range is None
+    assert ingress.subnet == N("10.255.0.0/20") and ingress.vip_range is None
     assert ingress.gateway == A("10.255.0.1") and ingress.vni == 4096
     a = alloc.allocate_network("a")
     b = alloc.allocate_network("b")
@@ -40,8 +40,11 @@ def test_swarm_defaults() -> None:
 
 def test_pool_skips_reserved_and_requested_ranges() -> None:
     alloc = Allocator(PoolConfig(pool="10.254.0.0/15", subnet_prefix=24))
-    # The whole 10.254/16 is the VIP pool and 10.255/16 the ingress range: nothing left.
-    with pytest.raises(ExhaustedError, match=re.escape("no free /24 left in pool 10.254.0.0/15")):
+    # The whole 10.254/16 is the VIP pool and 10.255.0.0/20 the ingress range: the first
+    # free /24 is right after them.
+    assert alloc.allocate_network("x").subnet == N("10.255.16.0/24")
+    alloc = Allocator(PoolConfig(pool="10.254.0.0/16", subnet_prefix=24))
+    with pytest.raises(ExhaustedError, match=re.escape("no free /24 left in pool 10.254.0.0/16")):
         alloc.allocate_network("x")
     alloc = Allocator()
     alloc.allocate_network("big", subnet="10.0.0.0/22")

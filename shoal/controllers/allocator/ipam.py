@@ -15,7 +15,7 @@ allocation, which makes a retried reconcile harmless.
 The scheme (see docs/networking.md):
 
 * subnets: /24 blocks from 10.0.0.0/8, lowest free first (Swarm's default pool); the
-  ``ingress`` network gets 10.255.0.0/16. The ingress range and the VIP pool are carved out
+  ``ingress`` network gets 10.255.0.0/20. The ingress range and the VIP pool are carved out
   of the default pool so the pool can never hand them out.
 * VNIs: lowest free from 4096 (Swarm's first VNI).
 * task and node addresses: hosts of the network's subnet, never the gateway. The next
@@ -48,7 +48,11 @@ Protocol = Literal["tcp", "udp"]
 
 DEFAULT_POOL = "10.0.0.0/8"
 DEFAULT_SUBNET_PREFIX = 24
-DEFAULT_INGRESS_SUBNET = "10.255.0.0/16"
+# A /20 (4,094 task addresses), not the whole 10.255.0.0/16: the top of that range
+# (10.255.255.x) is where cloud hosts often keep their resolver, and a node routes
+# its ingress subnet onto the overlay (the overlay refuses a subnet holding the host's
+# nameserver, gateway or routes rather than capture that traffic).
+DEFAULT_INGRESS_SUBNET = "10.255.0.0/20"
 DEFAULT_VIP_POOL = nw.SERVICE_VIP_POOL
 DEFAULT_VIP_BLOCK_PREFIX = 24
 VNI_FIRST = 4096  # Swarm starts here; below is left for hand-made VXLANs.
