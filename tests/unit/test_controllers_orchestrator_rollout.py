@@ -136,7 +136,8 @@ def test_decide_parallelism_delay_and_failure_ratio() -> None:
     with_fresh = [*views, ro.SlotView(4, fresh, dirty=False)]
     decision = ro.decide(with_fresh, [], NOW, ro.UpdateConfig(delay=10.0))
     assert decision is not None and decision.replace == []
-    assert decision.requeue_after is not None and abs(decision.requeue_after - 7.0) < 1e-6
+    # Stamped 3 s ago, in whole seconds: surely running for 2 s, so 8 s to go.
+    assert decision.requeue_after is not None and abs(decision.requeue_after - 8.0) < 1e-6
 
     failed = [task(4, 2, state="failed", generation=2)]
     decision = ro.decide(with_fresh, failed, NOW,
@@ -217,9 +218,10 @@ def test_delay_holds_the_next_batch_and_requeues_for_the_rest_of_it() -> None:
              for i in (1, 2)] + old_tasks(4)[2:]
     plan = slots.plan_replicated(svc, tasks, now=NOW, nodes=[node("a")])
     assert plan.empty and plan.requeue_after is not None
-    assert abs(plan.requeue_after - 7.0) < 1e-6
-    # Level-triggered: a restarted controller at NOW + 7 sees the same tasks and goes on.
-    plan = slots.plan_replicated(svc, tasks, now=NOW + 7, nodes=[node("a")])
+    assert abs(plan.requeue_after - 8.0) < 1e-6  # stamped 3 s ago: surely running 2 s
+    # Level-triggered: a restarted controller at NOW + 8 sees the same tasks and goes on.
+    assert slots.plan_replicated(svc, tasks, now=NOW + 7.9, nodes=[node("a")]).empty
+    plan = slots.plan_replicated(svc, tasks, now=NOW + 8, nodes=[node("a")])
     assert names(plan.shutdowns) == ["web.3.1", "web.4.1"]
 
 

@@ -28,7 +28,8 @@ resumes where it stopped:
   ``parallelism`` slots are in flight, so stop-first never has fewer than
   replicas - parallelism tasks desired running and start-first never more than
   replicas + parallelism;
-* ``delay``: the next batch waits until the newest updated task has run that long;
+* ``delay``: the next batch waits until the newest updated task has run that long
+  (measured from its running report, rounded up to the stamp's next second);
 * failures: tasks of the service's current generation that were rejected, or failed
   within ``monitor`` of being created (the agents do not record when a task started
   running, so the window opens when the orchestrator made the task: the safe side for a
@@ -62,6 +63,8 @@ NETWORKS_FIELD: Final = "requestedNetworks"
 
 
 ORDERS: Final = ("stop-first", "start-first")
+#: Task status timestamps have whole seconds (``resource.now_rfc3339``).
+STAMP_RESOLUTION: Final = 1.0
 FAILURE_ACTIONS: Final = ("pause", "continue", "rollback")
 
 
@@ -290,8 +293,12 @@ def decide(slots: Sequence[SlotView], failed: Sequence[Resource], now: float,
     requeue: float | None = None
     if budget > 0 and config.delay > 0:
         # The delay runs from the newest up-to-date task's start (its running report).
-        since = max((t for t in (ts.status_time(s.current) for s in fresh
-                                 if s.current is not None and ts.is_running(s.current))
+        # Agents stamp whole seconds, truncated: the report came up to a second after
+        # its stamp, so the stamp's next second is when the delay surely began — a batch
+        # may wait up to a second longer than asked, never less.
+        since = max((t + STAMP_RESOLUTION
+                     for t in (ts.status_time(s.current) for s in fresh
+                               if s.current is not None and ts.is_running(s.current))
                      if t is not None), default=None)
         if since is not None and now - since < config.delay:
             requeue = config.delay - (now - since)
