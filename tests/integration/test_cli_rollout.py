@@ -1,7 +1,11 @@
 """Changing a running service with ``swctl apply -f``: the tasks are replaced one by one
 (Swarm's default update), apply says converged only once every task runs the new spec,
 a bad image pauses the rollout and apply exits 1 with the reason, a revert converges, and
-a replicas-only change replaces nothing.
+a replicas-only change replaces nothing; and ``spec.updateConfig`` as a user sees it,
+checked at every etcd revision of the tasks (``Recorder``): parallelism 2 with a delay
+replaces two tasks per batch with the delay between; start-first never has fewer than
+replicas running nor more than replicas + parallelism desired running; failureAction
+continue goes past failed tasks; maxFailureRatio tolerates that many.
 
 Real etcd, a real ``swctl controller-manager`` and a real hollow agent with three nodes
 (``swctl agent --runtime hollow``: it rejects images whose name contains ``missing``, as

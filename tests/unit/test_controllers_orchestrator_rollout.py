@@ -1,6 +1,7 @@
 """Rollout (``controllers/orchestrator/rollout.py``) and how ``slots`` applies it: which
-tasks are dirty, and which of them a pass replaces, with Swarm's default update
-behaviour (parallelism 1, delay 0, stop-first, pause on failure)."""
+tasks are dirty, and which of them a pass replaces: Swarm's default update behaviour
+(parallelism 1, delay 0, stop-first, pause on failure), then each ``spec.updateConfig``
+setting (parallelism, delay, start-first order, monitor, failure action, ratio)."""
 
 from __future__ import annotations
 
