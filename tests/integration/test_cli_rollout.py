@@ -1,7 +1,11 @@
 """Changing a running service with ``swctl apply -f``: the tasks are replaced one by one
 (Swarm's default update), apply says converged only once every task runs the new spec,
 a bad image pauses the rollout and apply exits 1 with the reason, a revert converges, and
-a replicas-only change replaces nothing.
+a replicas-only change replaces nothing; and ``spec.updateConfig`` as a user sees it,
+checked at every etcd revision of the tasks (``Recorder``): parallelism 2 with a delay
+replaces two tasks per batch with the delay between; start-first never has fewer than
+replicas running nor more than replicas + parallelism desired running; failureAction
+continue goes past failed tasks; maxFailureRatio tolerates that many.
 
 Real etcd, a real ``swctl controller-manager`` and a real hollow agent with three nodes
 (``swctl agent --runtime hollow``: it rejects images whose name contains ``missing``, as
@@ -10,15 +14,22 @@ a node without the image would), each a separate process, as in test_cli_orchest
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
+import itertools
 import json
 import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import pytest
 
-from shoal.store import etcd_server
+from shoal.crds import kinds
+from shoal.store import client, etcd_server
 from tests.helpers import eventually_sync as eventually
 from tests.integration.cli_support import Swctl, command
 
@@ -35,13 +46,15 @@ spec:
   forceUpdate: {force}
   template: {{image: "{image}", command: [httpd, -f, -p, "8080"]}}
   placement: {{constraints: [{constraints}]}}
+  updateConfig: {{{update}}}
+  restartPolicy: {{{restart}}}
 """
 
 
 def manifest(name: str, image: str = "shoal/busybox:1.0", replicas: int = 3, force: int = 0,
-             constraints: str = "") -> str:
+             constraints: str = "", update: str = "", restart: str = "") -> str:
     return MY_WEB.format(name=name, image=image, replicas=replicas, force=force,
-                         constraints=constraints)
+                         constraints=constraints, update=update, restart=restart)
 
 
 
@@ -226,3 +239,208 @@ def test_killed_controller_manager_resumes_the_rollout(cluster: Cluster) -> None
     assert sorted(t["spec"]["slot"] for t in new) == [1, 2, 3], (at_kill, new)
     eventually(lambda: update_status(swctl, "batch").get("state") == "completed",
                what="update completed")
+
+
+# --- spec.updateConfig: what every etcd revision shows during the rollout ---
+
+TASKS_KIND = kinds.Registry.builtin().lookup("tasks")
+
+
+@dataclasses.dataclass
+class Moment:
+    """The service's tasks at one etcd revision, as the recorder saw them."""
+
+    at: float  # monotonic seconds
+    desired: int  # tasks desired running
+    serving: int  # ... and observed running
+    per_slot: dict[int, list[int]]  # slot -> generations of its desired-running tasks
+
+
+class Recorder:
+    """Watches the service's tasks in etcd from a thread and keeps every revision.
+
+    A watch misses nothing between two polls, so "never fewer than N running" is checked
+    at every change the cluster went through, not at the moments a poll happened to look.
+    """
+
+    def __init__(self, swctl: Swctl, service: str) -> None:
+        self.swctl, self.service = swctl, service
+        self.moments: list[Moment] = []
+        self.created: dict[str, float] = {}  # task name -> when it appeared
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self.error: Exception | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def __enter__(self) -> Recorder:
+        self._thread.start()
+        assert self._ready.wait(10), "recorder did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        if self.error is not None:
+            raise self.error
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except Exception as exc:  # reported by __exit__, in the test's thread
+            self.error = exc
+            self._ready.set()
+
+    async def _run(self) -> None:
+        store = await client.Store.connect(self.swctl.etcd_url, prefix=self.swctl.prefix)
+        try:
+            prefix = store.kind_prefix(TASKS_KIND, "default")
+            kvs, rev = await store.raw_list(prefix)
+            tasks: dict[bytes, dict[str, Any]] = {kv.key: json.loads(kv.value) for kv in kvs}
+            self._note(tasks)
+            self._ready.set()
+            # The watch runs as its own task: cancelling a pending ``__anext__`` (a
+            # timeout around it) would close the stream.
+            watching = asyncio.create_task(self._follow(store, prefix, rev + 1, tasks))
+            await asyncio.to_thread(self._stop.wait)  # until the test is done
+            if watching.done():
+                watching.result()  # a broken watch fails the test rather than passing it
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
+        finally:
+            await store.close()
+
+    async def _follow(self, store: client.Store, prefix: bytes, rev: int,
+                      tasks: dict[bytes, dict[str, Any]]) -> None:
+        async for _, events in store.raw_watch(prefix, rev):
+            for ev in events:
+                if ev.deleted:
+                    tasks.pop(ev.key, None)
+                else:
+                    tasks[ev.key] = json.loads(ev.value)
+            if events:
+                self._note(tasks)
+
+    def _note(self, tasks: dict[bytes, dict[str, Any]]) -> None:
+        now = time.monotonic()
+        mine = [t for t in tasks.values() if t["spec"].get("serviceName") == self.service]
+        per_slot: dict[int, list[int]] = {}
+        desired = serving = 0
+        for t in mine:
+            self.created.setdefault(t["metadata"]["name"], now)
+            if t["spec"].get("desiredState") != "running":
+                continue
+            desired += 1
+            serving += (t.get("status") or {}).get("state") == "running"
+            per_slot.setdefault(t["spec"]["slot"], []).append(t["spec"]["serviceGeneration"])
+        self.moments.append(Moment(now, desired, serving, per_slot))
+
+    def since(self, start: float) -> list[Moment]:
+        return [m for m in self.moments if m.at >= start]
+
+
+def generation_of(swctl: Swctl, service: str) -> int:
+    obj = json.loads(swctl("get", "service", service, "-o", "json").stdout)
+    return int(obj["metadata"]["generation"])
+
+
+def test_parallelism_two_with_a_delay_replaces_two_tasks_per_batch(cluster: Cluster) -> None:
+    swctl = cluster.swctl
+    update = "parallelism: 2, delay: 2s"
+    apply(swctl, "tiles", manifest("tiles", replicas=6, update=update))
+    before = running(swctl, "tiles")
+    # swctl apply -f tiles.yaml   (image: shoal/busybox:2.0, updateConfig: parallelism 2,
+    # delay 2s) — docker service update --update-parallelism 2 --update-delay 2s
+    with Recorder(swctl, "tiles") as rec:
+        start = time.monotonic()
+        out = apply(swctl, "tiles", manifest("tiles", image="shoal/busybox:2.0", replicas=6,
+                                             update=update)).stdout.splitlines()
+        assert out[-1] == "verify: Service converged"
+    assert sorted(running(swctl, "tiles").values()) == ["shoal/busybox:2.0"] * 6
+    gen = generation_of(swctl, "tiles")
+    new = sorted((at, name) for name, at in rec.created.items()
+                 if name not in before and at >= start)
+    assert len(new) == 6, new
+    # Three batches of two: each batch's two tasks appear together, 2 s after the last.
+    batches = [new[i:i + 2] for i in (0, 2, 4)]
+    for batch in batches:
+        assert batch[1][0] - batch[0][0] < 1.0, batches
+    for prev, nxt in itertools.pairwise(batches):
+        assert nxt[0][0] - prev[1][0] >= 2.0, batches
+    # Stop-first with parallelism 2: never fewer than 6 - 2 tasks running, never more
+    # than 6 desired running, and never two in one slot (each old task is told to stop
+    # in the transaction that creates its replacement).
+    moments = rec.since(start)
+    assert min(m.serving for m in moments) >= 4, [m.serving for m in moments]
+    assert max(m.desired for m in moments) == 6
+    assert all(len(g) == 1 for m in moments for g in m.per_slot.values())
+    assert all(g == [gen] for g in moments[-1].per_slot.values())
+
+
+def test_start_first_never_drops_below_replicas_nor_exceeds_replicas_plus_parallelism(
+        cluster: Cluster) -> None:
+    swctl = cluster.swctl
+    update = "parallelism: 2, order: start-first"
+    apply(swctl, "front", manifest("front", replicas=4, update=update))
+    # swctl apply -f front.yaml   (image: shoal/busybox:2.0, order: start-first)
+    with Recorder(swctl, "front") as rec:
+        start = time.monotonic()
+        out = apply(swctl, "front", manifest("front", image="shoal/busybox:2.0", replicas=4,
+                                             update=update)).stdout.splitlines()
+        assert out[-1] == "verify: Service converged"
+        eventually(lambda: rec.moments[-1].desired == 4, what="the overlap ended")
+    assert sorted(running(swctl, "front").values()) == ["shoal/busybox:2.0"] * 4
+    moments = rec.since(start)
+    # Every revision: at least 4 running, at most 4 + 2 desired running, and a slot holds
+    # two tasks only across generations (the old one and its replacement).
+    assert min(m.serving for m in moments) >= 4, [(m.desired, m.serving) for m in moments]
+    assert max(m.desired for m in moments) == 6
+    for m in moments:
+        for gens in m.per_slot.values():
+            assert len(gens) == len(set(gens)) <= 2, m
+    reasons = {t["metadata"].get("annotations", {}).get("shoal.io/shutdown-reason")
+               for t in tasks(swctl, "front") if t["spec"]["desiredState"] == "shutdown"}
+    assert {r.split(" (")[1] if r else r for r in reasons} == {"start-first)"}, reasons
+
+
+def test_failure_action_continue_goes_past_failed_tasks(cluster: Cluster) -> None:
+    swctl = cluster.swctl
+    # A long restart delay: each slot fails once within the test, not over and over.
+    extra = {"update": "failureAction: continue", "restart": "delay: 60s"}
+    apply(swctl, "feed", manifest("feed", **extra))
+    # swctl apply -f feed.yaml -d   (image: shoal/missing:2.0, failureAction: continue)
+    apply(swctl, "feed", manifest("feed", image="shoal/missing:2.0", **extra), 0, "-d")
+    gen = generation_of(swctl, "feed")
+
+    def every_slot_tried() -> set[int] | None:
+        slots = {t["spec"]["slot"] for t in tasks(swctl, "feed")
+                 if t["spec"]["serviceGeneration"] == gen
+                 and t["status"].get("state") == "rejected"}
+        return slots if slots == {1, 2, 3} else None
+    eventually(every_slot_tried, 30, "a rejected task in every slot")
+    status = eventually(lambda: (lambda s: s if s.get("state") == "completed" else None)(
+        update_status(swctl, "feed")), what="update completed")
+    assert status["message"] == "update completed"  # never paused on the way
+
+
+def test_max_failure_ratio_tolerates_that_many_failures(cluster: Cluster) -> None:
+    swctl = cluster.swctl
+    extra = {"update": "maxFailureRatio: 0.5", "restart": "delay: 60s"}
+    apply(swctl, "grid", manifest("grid", replicas=4, **extra))
+    old = running(swctl, "grid")
+    # swctl apply -f grid.yaml -d   (image: shoal/missing:2.0, maxFailureRatio: 0.5):
+    # two failed tasks of four are tolerated, the third pauses the update.
+    apply(swctl, "grid", manifest("grid", image="shoal/missing:2.0", replicas=4, **extra),
+          0, "-d")
+    status = eventually(lambda: (lambda s: s if s.get("state") == "paused" else None)(
+        update_status(swctl, "grid")), 30, "update paused")
+    assert status["message"].startswith("update paused due to failure of task grid.3.2 "
+                                        "rejected on node n-"), status
+    assert "image not found: shoal/missing:2.0" in status["message"]
+    gen = generation_of(swctl, "grid")
+    tried = sorted(t["spec"]["slot"] for t in tasks(swctl, "grid")
+                   if t["spec"]["serviceGeneration"] == gen)
+    assert tried == [1, 2, 3]
+    # Slot 4 was never touched: it still runs its old task.
+    still = running(swctl, "grid")
+    assert list(still) == [name for name in old if name.startswith("grid.4.")]

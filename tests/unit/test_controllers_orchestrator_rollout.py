@@ -1,6 +1,7 @@
 """Rollout (``controllers/orchestrator/rollout.py``) and how ``slots`` applies it: which
-tasks are dirty, and which of them a pass replaces, with Swarm's default update
-behaviour (parallelism 1, delay 0, stop-first, pause on failure)."""
+tasks are dirty, and which of them a pass replaces: Swarm's default update behaviour
+(parallelism 1, delay 0, stop-first, pause on failure), then each ``spec.updateConfig``
+setting (parallelism, delay, start-first order, monitor, failure action, ratio)."""
 
 from __future__ import annotations
 
@@ -136,7 +137,8 @@ def test_decide_parallelism_delay_and_failure_ratio() -> None:
     with_fresh = [*views, ro.SlotView(4, fresh, dirty=False)]
     decision = ro.decide(with_fresh, [], NOW, ro.UpdateConfig(delay=10.0))
     assert decision is not None and decision.replace == []
-    assert decision.requeue_after is not None and abs(decision.requeue_after - 7.0) < 1e-6
+    # Stamped 3 s ago, in whole seconds: surely running for 2 s, so 8 s to go.
+    assert decision.requeue_after is not None and abs(decision.requeue_after - 8.0) < 1e-6
 
     failed = [task(4, 2, state="failed", generation=2)]
     decision = ro.decide(with_fresh, failed, NOW,
@@ -154,3 +156,172 @@ def test_global_service_rolls_one_node_at_a_time() -> None:
     plan = slots.plan_global(svc, tasks, nodes, now=NOW)
     assert names(plan.shutdowns) == ["web.a.1"]
     assert [(c.node_name, c.name) for c in plan.creates] == [("a", "web.a.2")]
+
+
+# --- spec.updateConfig ---
+
+CREATED = 1_700_000_000.0 - 800.0  # orchestrator_support's creationTimestamp, in seconds
+
+
+def running_desired(plan: slots.Plan, tasks: list[Any]) -> set[str]:
+    """Names of the tasks desired running once ``plan`` is applied."""
+    stopped = {s.task.metadata.name for s in plan.shutdowns}
+    keep = {t.metadata.name for t in tasks
+            if t.spec["desiredState"] == "running" and t.metadata.name not in stopped}
+    return keep | {c.name for c in plan.creates}
+
+
+def test_update_config_is_read_from_the_spec_over_swarm_defaults() -> None:
+    config, problems = ro.UpdateConfig.from_spec({
+        "parallelism": 2, "delay": "1m05s", "order": "start-first", "monitor": "500ms",
+        "failureAction": "continue", "maxFailureRatio": 0.25})
+    assert config == ro.UpdateConfig(parallelism=2, delay=65.0, order="start-first",
+                                     failure_action="continue", monitor=0.5,
+                                     max_failure_ratio=0.25)
+    assert problems == []
+    assert ro.UpdateConfig.from_spec(None) == (ro.SWARM_DEFAULTS, [])
+
+
+def test_an_unreadable_update_config_field_keeps_its_default_and_says_so() -> None:
+    svc = changed(updateConfig={"parallelism": -1, "delay": "soon", "order": "sideways"})
+    plan = slots.plan_replicated(svc, old_tasks(), now=NOW, nodes=[node("a")])
+    assert names(plan.shutdowns) == ["web.1.1"]  # parallelism 1, stop-first: the defaults
+    assert len(plan.problems) == 3
+    assert plan.problems[0] == ("spec.updateConfig.parallelism -1: must be an integer >= 0 "
+                                "(0 = all at once); using the default")
+    assert "spec.updateConfig.delay 'soon': invalid duration" in plan.problems[1]
+    assert plan.problems[2].startswith("spec.updateConfig.order 'sideways': must be "
+                                       "stop-first or start-first")
+
+
+def test_parallelism_two_replaces_two_slots_per_batch() -> None:
+    svc = changed(replicas=6, updateConfig={"parallelism": 2})
+    plan = slots.plan_replicated(svc, old_tasks(6), now=NOW, nodes=[node("a")])
+    assert names(plan.shutdowns) == ["web.1.1", "web.2.1"]
+    assert [c.slot for c in plan.creates] == [1, 2]
+    # One of the batch running, one still starting: one slot of budget is free.
+    tasks = [task(1, 2, node_name="a", generation=2, template=NEW, ended=NOW - 1),
+             task(2, 2, node_name="a", state="starting", generation=2, template=NEW),
+             *old_tasks(6)[2:]]
+    plan = slots.plan_replicated(svc, tasks, now=NOW, nodes=[node("a")])
+    assert names(plan.shutdowns) == ["web.3.1"]
+
+
+def test_parallelism_zero_replaces_every_slot_at_once() -> None:
+    svc = changed(replicas=6, updateConfig={"parallelism": 0})
+    plan = slots.plan_replicated(svc, old_tasks(6), now=NOW, nodes=[node("a")])
+    assert [c.slot for c in plan.creates] == [1, 2, 3, 4, 5, 6]
+
+
+def test_delay_holds_the_next_batch_and_requeues_for_the_rest_of_it() -> None:
+    svc = changed(replicas=4, updateConfig={"parallelism": 2, "delay": "10s"})
+    tasks = [task(i, 2, node_name="a", generation=2, template=NEW, ended=NOW - 3)
+             for i in (1, 2)] + old_tasks(4)[2:]
+    plan = slots.plan_replicated(svc, tasks, now=NOW, nodes=[node("a")])
+    assert plan.empty and plan.requeue_after is not None
+    assert abs(plan.requeue_after - 8.0) < 1e-6  # stamped 3 s ago: surely running 2 s
+    # Level-triggered: a restarted controller at NOW + 8 sees the same tasks and goes on.
+    assert slots.plan_replicated(svc, tasks, now=NOW + 7.9, nodes=[node("a")]).empty
+    plan = slots.plan_replicated(svc, tasks, now=NOW + 8, nodes=[node("a")])
+    assert names(plan.shutdowns) == ["web.3.1", "web.4.1"]
+
+
+def test_start_first_starts_the_replacement_before_stopping_the_old_task() -> None:
+    svc = changed(replicas=3, updateConfig={"order": "start-first"})
+    tasks = old_tasks()
+    plan = slots.plan_replicated(svc, tasks, now=NOW, nodes=[node("a")])
+    assert plan.shutdowns == [] and [c.name for c in plan.creates] == ["web.1.2"]
+    assert len(running_desired(plan, tasks)) == 4  # replicas + parallelism, not more
+
+    # The replacement is starting: both stay, nothing more starts.
+    tasks = [*old_tasks(), task(1, 2, node_name="a", state="starting", generation=2,
+                                template=NEW)]
+    plan = slots.plan_replicated(svc, tasks, now=NOW, nodes=[node("a")])
+    assert plan.empty and plan.update is not None and plan.update.updated == 1
+
+    # It runs (healthy, if it has a health check): the old task of slot 1 is told to
+    # stop, and slot 2's replacement starts beside its old task.
+    tasks[-1].status.update(state="running", timestamp=NOW - 1)
+    plan = slots.plan_replicated(svc, tasks, now=NOW, nodes=[node("a")])
+    assert [(s.task.metadata.name, s.reason) for s in plan.shutdowns] == [
+        ("web.1.1", "replaced by web.1.2 (start-first)")]
+    assert [c.name for c in plan.creates] == ["web.2.2"]
+    assert len(running_desired(plan, tasks)) == 4
+
+
+def test_start_first_keeps_the_old_task_while_its_replacement_fails() -> None:
+    svc = changed(replicas=3, updateConfig={"order": "start-first",
+                                            "failureAction": "continue"})
+    bad = task(1, 2, node_name="a", state="failed", generation=2, template=NEW,
+               ended=NOW - 30)
+    plan = slots.plan_replicated(svc, [*old_tasks(), bad], now=NOW, nodes=[node("a")])
+    # The restart policy replaces the failed one; web.1.1 keeps serving meanwhile.
+    assert names(plan.shutdowns) == ["web.1.2"]
+    assert [c.name for c in plan.creates] == ["web.1.3"]
+
+
+def test_start_first_changed_again_mid_overlap_keeps_one_old_task_per_slot() -> None:
+    # Generation 3 arrives while slot 1 has its old task and a generation-2 replacement
+    # still starting: the replacement that never took over goes, the old task stays.
+    svc = changed(image={"image": "shoal/busybox:3.0"}, generation=3, replicas=3,
+                  updateConfig={"order": "start-first"})
+    tasks = [*old_tasks(), task(1, 2, node_name="a", state="starting", generation=2,
+                                template=NEW)]
+    plan = slots.plan_replicated(svc, tasks, now=NOW, nodes=[node("a")])
+    assert names(plan.shutdowns) == ["web.1.2"]
+    assert [c.name for c in plan.creates] == ["web.1.3"]
+    assert len(running_desired(plan, tasks)) == 4
+
+
+def test_start_first_with_parallelism_two_never_exceeds_replicas_plus_two() -> None:
+    svc = changed(replicas=4, updateConfig={"order": "start-first", "parallelism": 2})
+    tasks = old_tasks(4)
+    plan = slots.plan_replicated(svc, tasks, now=NOW, nodes=[node("a")])
+    assert plan.shutdowns == [] and [c.slot for c in plan.creates] == [1, 2]
+    assert len(running_desired(plan, tasks)) == 6
+
+
+def test_monitor_counts_failures_that_come_soon_after_the_task_was_made() -> None:
+    early = task(1, 2, state="failed", generation=2, ended=CREATED + 2)
+    late = task(2, 2, state="failed", generation=2, ended=CREATED + 60)
+    rejected = task(3, 2, state="rejected", generation=2, ended=CREATED + 600)
+    got = ro.failures([early, late, rejected], 2, monitor=5.0)
+    assert [t.metadata.name for t in got] == ["web.1.2", "web.3.2"]
+    assert len(ro.failures([early, late, rejected], 2)) == 3  # no monitor: all
+
+
+def test_failure_action_continue_goes_past_a_failed_task() -> None:
+    svc = changed(replicas=3, updateConfig={"failureAction": "continue"})
+    bad = task(1, 2, node_name="a", state="rejected", generation=2, template=NEW,
+               ended=NOW - 1)
+    tasks = [task(1, 1, node_name="a", state="shutdown", desired="shutdown"), bad,
+             *old_tasks()[1:]]
+    plan = slots.plan_replicated(svc, tasks, now=NOW, nodes=[node("a")])
+    assert plan.update is not None and plan.update.state == ro.UPDATING
+    assert "web.2.1" in names(plan.shutdowns)
+
+
+def test_max_failure_ratio_tolerates_that_share_of_failures() -> None:
+    bad = task(1, 2, node_name="a", state="rejected", generation=2, template=NEW,
+               ended=NOW - 1)
+    tasks = [task(1, 1, node_name="a", state="shutdown", desired="shutdown"), bad,
+             *old_tasks(4)[1:]]
+    tolerant = changed(replicas=4, updateConfig={"maxFailureRatio": 0.25})
+    plan = slots.plan_replicated(tolerant, tasks, now=NOW, nodes=[node("a")])
+    assert plan.update is not None and plan.update.state == ro.UPDATING  # 1 of 4 is 0.25
+    strict = changed(replicas=4, updateConfig={"maxFailureRatio": 0.2})
+    plan = slots.plan_replicated(strict, tasks, now=NOW, nodes=[node("a")])
+    assert plan.update is not None and plan.update.state == ro.PAUSED
+
+
+def test_failure_action_rollback_pauses_and_says_rollback_is_not_built_yet() -> None:
+    svc = changed(updateConfig={"failureAction": "rollback"})
+    bad = task(1, 2, node_name="a", state="rejected", generation=2, template=NEW,
+               ended=NOW - 1)
+    bad.status["err"] = "No such image: shoal/busybox:2.0"
+    plan = slots.plan_replicated(svc, [bad, *old_tasks()[1:]], now=NOW, nodes=[node("a")])
+    assert plan.update is not None and plan.update.state == ro.PAUSED
+    assert plan.update.message == (
+        "update paused due to failure of task web.1.2 rejected on node a: No such image: "
+        "shoal/busybox:2.0; failure action is rollback, which is not built yet: fix the "
+        "service and apply it again")

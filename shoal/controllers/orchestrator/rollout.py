@@ -12,18 +12,30 @@ that shape it (``RECORDED``: the template, placement, networks, endpoint and
 replicas-only change bumps the service's generation but changes no copy, so it replaces
 nothing. Tasks recorded before a section was copied compare that section as empty.
 
-The decision follows Swarm's update semantics, fed an ``UpdateConfig`` (Swarm's defaults
-today: parallelism 1, delay 0, stop-first, failure action pause; issue #13 feeds it the
-service's ``updateConfig``). Everything is derived from the tasks, so a controller that
-is killed and restarted resumes where it stopped:
+The decision follows Swarm's update semantics, fed the service's ``spec.updateConfig``
+(``UpdateConfig.from_spec``; Swarm's defaults fill what is unset or unreadable).
+Everything is derived from the tasks, so a controller that is killed and restarted
+resumes where it stopped:
 
 * in flight: slots whose current task runs the current spec but is not running yet;
   ``parallelism`` bounds them (0: no bound), and only the rest of the budget is spent on
-  dirty slots, lowest slot (or node name) first;
-* ``delay``: the next batch waits until the newest updated task has run that long;
-* failures: tasks of the service's current generation that failed or were rejected.
-  More than ``maxFailureRatio`` of the slots (default 0: any) pauses the rollout with the
-  reason (``continue`` ignores them; ``rollback`` pauses too until #13 brings rollback).
+  dirty slots, lowest slot (or node name) first. "Running" is the agents' word, and an
+  agent reports a task with a health check running only once it is healthy (Swarm's
+  rule), so a batch counts as updated only when its tasks are healthy;
+* ``order``: stop-first stops a slot's old task in the pass that creates its
+  replacement; start-first creates the replacement alone and the old task is told to
+  stop only once the replacement runs (``slots._view``). Either way at most
+  ``parallelism`` slots are in flight, so stop-first never has fewer than
+  replicas - parallelism tasks desired running and start-first never more than
+  replicas + parallelism;
+* ``delay``: the next batch waits until the newest updated task has run that long
+  (measured from its running report, rounded up to the stamp's next second);
+* failures: tasks of the service's current generation that were rejected, or failed
+  within ``monitor`` of being created (the agents do not record when a task started
+  running, so the window opens when the orchestrator made the task: the safe side for a
+  task that fails as it starts). More than ``maxFailureRatio`` of the slots (default
+  0: any) pauses the rollout with the reason; ``continue`` goes on past them;
+  ``rollback`` pauses too, saying so, until rollback is built (issue #13).
   A paused rollout resumes when the service changes again (a new generation: fix the
   image, or bump ``forceUpdate``), as ``docker service update`` resumes Swarm's.
 """
@@ -35,6 +47,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Literal
 
 from shoal.crds import taskstates as ts
+from shoal.crds import units
 from shoal.crds.resource import Resource
 
 UPDATING: Final = "updating"
@@ -49,6 +62,12 @@ RECORDED: Final = ("template", "placement", "endpoint", "forceUpdate")
 NETWORKS_FIELD: Final = "requestedNetworks"
 
 
+ORDERS: Final = ("stop-first", "start-first")
+#: Task status timestamps have whole seconds (``resource.now_rfc3339``).
+STAMP_RESOLUTION: Final = 1.0
+FAILURE_ACTIONS: Final = ("pause", "continue", "rollback")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class UpdateConfig:
     """How a rollout proceeds: Swarm's ``UpdateConfig`` with its defaults."""
@@ -60,8 +79,54 @@ class UpdateConfig:
     monitor: float = 5.0
     max_failure_ratio: float = 0.0
 
+    @classmethod
+    def from_spec(cls, value: Any) -> tuple[UpdateConfig, list[str]]:
+        """``spec.updateConfig`` read leniently: a field that cannot be read keeps
+        Swarm's default and is named in the problems (the API server validates
+        manifests; this guards against whatever reached etcd some other way, which must
+        not stop the service's rollout or crash the loop)."""
+        spec = value if isinstance(value, dict) else {}
+        problems: list[str] = []
+        base = cls()
+        fields: dict[str, Any] = {}
 
-#: What every rollout uses until #13 reads ``spec.updateConfig``.
+        def bad(name: str, why: str) -> None:
+            problems.append(f"spec.updateConfig.{name} {spec.get(name)!r}: {why}; "
+                            f"using the default")
+
+        par = spec.get("parallelism")
+        if par is not None:
+            if type(par) is int and par >= 0:
+                fields["parallelism"] = par
+            else:
+                bad("parallelism", "must be an integer >= 0 (0 = all at once)")
+        for name, attr in (("delay", "delay"), ("monitor", "monitor")):
+            if spec.get(name) is not None:
+                try:
+                    fields[attr] = units.parse_duration(spec[name])
+                except ValueError as exc:
+                    bad(name, str(exc))
+        if spec.get("order") is not None:
+            if spec["order"] in ORDERS:
+                fields["order"] = spec["order"]
+            else:
+                bad("order", "must be stop-first or start-first")
+        if spec.get("failureAction") is not None:
+            if spec["failureAction"] in FAILURE_ACTIONS:
+                fields["failure_action"] = spec["failureAction"]
+            else:
+                bad("failureAction", "must be pause, continue or rollback")
+        ratio = spec.get("maxFailureRatio")
+        if ratio is not None:
+            if isinstance(ratio, int | float) and not isinstance(ratio, bool) and (
+                    0 <= ratio <= 1):
+                fields["max_failure_ratio"] = float(ratio)
+            else:
+                bad("maxFailureRatio", "must be a number from 0 to 1")
+        return dataclasses.replace(base, **fields), problems
+
+
+#: Swarm's defaults: what a service without ``updateConfig`` gets.
 SWARM_DEFAULTS: Final = UpdateConfig()
 
 
@@ -166,10 +231,23 @@ class Rollout:
                 "updatedTasks": self.updated, "totalTasks": self.total}
 
 
-def failures(tasks: Iterable[Resource], generation: int) -> list[Resource]:
-    """Tasks of ``generation`` that failed or were rejected, oldest first."""
-    out = [t for t in tasks if ts.generation_of(t) == generation
-           and ts.observed_state(t) in (ts.FAILED, ts.REJECTED)]
+def failures(tasks: Iterable[Resource], generation: int,
+             monitor: float | None = None) -> list[Resource]:
+    """Tasks of ``generation`` that count as failures of its rollout, oldest first:
+    rejected ones, and failed ones — with ``monitor``, only those that failed within
+    that long of being created (a task that ran well and died later is the restart
+    policy's business, not the update's)."""
+    out = []
+    for t in tasks:
+        if ts.generation_of(t) != generation:
+            continue
+        state = ts.observed_state(t)
+        if state == ts.REJECTED:
+            out.append(t)
+        elif state == ts.FAILED:
+            ended = ts.status_time(t)
+            if monitor is None or ended is None or ended - ts.creation_time(t) <= monitor:
+                out.append(t)
     return sorted(out, key=lambda t: (ts.status_time(t) or 0.0, t.metadata.name))
 
 
@@ -199,7 +277,8 @@ def decide(slots: Sequence[SlotView], failed: Sequence[Resource], now: float,
         len(failed) > config.max_failure_ratio * max(total, 1))
     if over:
         last = failed[-1]
-        note = " (rollback comes with #13)" if config.failure_action == "rollback" else ""
+        note = ("; failure action is rollback, which is not built yet: fix the service "
+                "and apply it again" if config.failure_action == "rollback" else "")
         return Rollout([], PAUSED, f"update paused due to failure of "
                        f"{_describe_failure(last)}{note}", updated, total)
     fresh = [s for s in slots if not s.dirty or s.replacing]
@@ -214,8 +293,12 @@ def decide(slots: Sequence[SlotView], failed: Sequence[Resource], now: float,
     requeue: float | None = None
     if budget > 0 and config.delay > 0:
         # The delay runs from the newest up-to-date task's start (its running report).
-        since = max((t for t in (ts.status_time(s.current) for s in fresh
-                                 if s.current is not None and ts.is_running(s.current))
+        # Agents stamp whole seconds, truncated: the report came up to a second after
+        # its stamp, so the stamp's next second is when the delay surely began — a batch
+        # may wait up to a second longer than asked, never less.
+        since = max((t + STAMP_RESOLUTION
+                     for t in (ts.status_time(s.current) for s in fresh
+                               if s.current is not None and ts.is_running(s.current))
                      if t is not None), default=None)
         if since is not None and now - since < config.delay:
             requeue = config.delay - (now - since)

@@ -29,13 +29,17 @@ Names of new tasks are deterministic (``<service>.<slot>.<n>`` or ``<service>.<n
 ``n`` one past the slot's newest), so two orchestrators that act on the same view — an old
 leader not yet fenced and its successor, or one pass racing its own stale cache — try to
 create the *same* task, and etcd's create-if-absent lets only one through. That is what
-keeps a slot from ever holding two desired-running tasks.
+keeps a slot from ever holding two desired-running tasks — with one exception: a
+start-first update (``rollout.py``) creates a slot's replacement while the old task
+still runs, and ``_view`` stops the old one once the replacement runs. The overlap is
+always across generations (the old task is dirty, the new one is not); two tasks of one
+generation in a slot are still duplicates, and the one furthest along is kept.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
 from shoal.controllers import nodefacts
@@ -171,6 +175,13 @@ def _view(key: int | str, tasks: Iterable[Resource], generation: int,
         slot.stopping.extend(Shutdown(t, f"duplicate task for slot {key}")
                              for t in same if t is not best)
     current, slot.others = kept[-1], kept[:-1]
+    if slot.others and ts.is_running(current):
+        # A start-first update's overlap ends here: the replacement runs (and, with a
+        # health check, is healthy: agents report running only then), so the older
+        # tasks it replaces are told to stop.
+        slot.stopping.extend(Shutdown(t, f"replaced by {current.metadata.name} (start-first)")
+                             for t in slot.others)
+        slot.others = []
 
     problem = _node_problem(current, nodes)
     if problem is not None:
@@ -394,7 +405,7 @@ def plan_replicated_facts(service: Resource, facts: Iterable[ts.TaskFacts], *, n
         removed = set(scale_down_order(candidates)[:len(live) - wanted_live])
 
     _roll(service, [s for s in live if s.key not in removed], wanted,
-          (f.task for f in facts_list if f.ended), policy, now, plan)
+          (f.task for f in facts_list if f.ended), policy, now, plan, settled)
     for s in slots.values():
         if s.key in removed:
             # Its replacement (if any) is never created; everything still wanted stops.
@@ -434,18 +445,23 @@ def plan_replicated_facts(service: Resource, facts: Iterable[ts.TaskFacts], *, n
     return plan
 
 
-def update_config(service: Resource) -> ro.UpdateConfig:
-    """How this service's changes roll out: Swarm's defaults until #13 reads
-    ``spec.updateConfig`` here."""
-    return ro.SWARM_DEFAULTS
+def update_config(service: Resource, plan: Plan | None = None) -> ro.UpdateConfig:
+    """How this service's changes roll out: its ``spec.updateConfig`` over Swarm's
+    defaults. Unreadable fields keep the default and are reported on ``plan``."""
+    config, problems = ro.UpdateConfig.from_spec(service.spec.get("updateConfig"))
+    if plan is not None:
+        plan.problems.extend(problems)
+    return config
 
 
 def _roll(service: Resource, live: Sequence[_Slot], wanted: ro.Wanted,
           ended: Iterable[Resource], policy: rs.RestartPolicy, now: float,
-          plan: Plan) -> None:
+          plan: Plan, settled: Mapping[int, Resource] | None = None) -> None:
     """Replace the slots the rollout picks among ``live`` ones whose task is dirty (the
     slot's shutdown and replacement, as a restart has them), and put the rollout's
-    status on the plan."""
+    status on the plan. ``settled``: slots left out of ``live`` because their one task
+    is clean and fine; the rollout still counts them (in flight while not running, and
+    their running time paces ``delay``)."""
     generation = service.metadata.generation
     views = [ro.SlotView(s.key, s.current, s.current is not None and wanted.dirty(s.current),
                          s.replace is not None) for s in live]
@@ -453,7 +469,10 @@ def _roll(service: Resource, live: Sequence[_Slot], wanted: ro.Wanted,
     if not any(v.dirty for v in views) and not (
             isinstance(previous, dict) and previous.get("state") in (ro.UPDATING, ro.PAUSED)):
         return  # the common case: nothing to roll, nothing was rolling
-    decision = ro.decide(views, ro.failures(ended, generation), now, update_config(service),
+    if settled:
+        views += [ro.SlotView(k, t, False) for k, t in settled.items()]
+    config = update_config(service, plan)
+    decision = ro.decide(views, ro.failures(ended, generation, config.monitor), now, config,
                          previous if isinstance(previous, dict) else None)
     plan.update = decision
     if decision is None:
@@ -465,7 +484,12 @@ def _roll(service: Resource, live: Sequence[_Slot], wanted: ro.Wanted,
         slot = by_key[key]
         old = slot.current
         assert old is not None  # only dirty slots are picked, and those have a task
-        slot.stopping.append(Shutdown(old, f"updating to service generation {generation}"))
+        if config.order == "stop-first" or slot.others:
+            # Stop-first; or start-first where an older task still runs: ``old`` is an
+            # earlier replacement that never took over, and the slot keeps one old task.
+            slot.stopping.append(Shutdown(old, f"updating to service generation {generation}"))
+        # Start-first leaves the old task running; ``_view`` stops it once its
+        # replacement runs.
         slot.replace = (f"updates {old.metadata.name} (service generation {generation})",
                         rs.replacement_annotations(old, policy, now, counted=False,
                                                    generation=generation))
