@@ -313,23 +313,26 @@ def chunks(planned: Sequence[Planned]) -> list[list[Planned]]:
 
 
 async def write(store: client.Store, planned: Sequence[Planned],
-                report: Callable[[Planned], None]) -> None:
+                report: Callable[[Planned], None], *, replan: bool = True) -> None:
     """Write ``planned``, reporting each object once its transaction has committed.
 
     CRDs go first so that, when the apply needs several transactions, a kind is
-    registered before any object of it is stored.
+    registered before any object of it is stored. ``replan=False`` lets a conflict
+    through as ``ConflictError`` instead of deciding again: for callers (``service
+    update``) whose desired object was computed from the version they read.
     """
     ordered = sorted(planned, key=lambda p: p.admitted.info.kind != kinds.CRD_KIND)
     writes = sum(p.action != UNCHANGED for p in ordered)
     with console.counter("writing", writes) as progress:
         for chunk in chunks(ordered):
-            chunk = await _commit_chunk(store, chunk)
+            chunk = await _commit_chunk(store, chunk, replan)
             progress.advance(sum(p.action != UNCHANGED for p in chunk))
             for p in chunk:
                 report(p)
 
 
-async def _commit_chunk(store: client.Store, chunk: list[Planned]) -> list[Planned]:
+async def _commit_chunk(store: client.Store, chunk: list[Planned],
+                        replan: bool = True) -> list[Planned]:
     for attempt in range(CONFLICT_ATTEMPTS):
         ops = [_op(p) for p in chunk if p.action != UNCHANGED]
         if not ops:
@@ -338,6 +341,8 @@ async def _commit_chunk(store: client.Store, chunk: list[Planned]) -> list[Plann
             await store.commit(ops)
             return chunk
         except store_errors.ConflictError:
+            if not replan:
+                raise
             # Another writer got there first (or created an object we meant to create):
             # read again and redo the decisions for this chunk.
             await asyncio.sleep(0.01 * 2 ** attempt)

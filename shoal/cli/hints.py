@@ -1,13 +1,14 @@
 """What to type instead: the swctl way for docker verbs swctl does not have, and the
 verb's own ``--help`` for unknown flags.
 
-People arrive from Swarm tutorials typing ``docker service rm web`` with ``swctl`` in
+People arrive from Swarm tutorials typing ``docker stack rm app`` with ``swctl`` in
 front. argparse would answer ``invalid choice: 'rm' (choose from ...)``, which says what
 is wrong but not what to do; here the command line is looked at *before* argparse runs,
 against the parser's own table of verbs (so a verb added later is never shadowed by a
-hint), and an unknown verb becomes ``unknown command "service rm": use swctl delete
-service/web (see swctl delete --help)``. Kept apart from main.py so the table of docker
-verbs is one place to read and unit-test.
+hint: ``service create|update|rm|inspect|logs`` are verbs now), and an unknown verb
+becomes ``unknown command "stack rm": use swctl delete -f FILE (see swctl delete
+--help)``. Kept apart from main.py so the table of docker verbs is one place to read
+and unit-test.
 """
 
 from __future__ import annotations
@@ -30,14 +31,8 @@ def _arg(rest: list[str], placeholder: str) -> str:
 # (verb, sub-verb) -> (swctl command to use, the verb whose --help to read). The command
 # may use {name}: the first name the user typed after the verb.
 _DOCKER_VERBS: dict[tuple[str, str], tuple[str, str]] = {
-    ("service", "rm"): ("swctl delete service/{name}", "delete"),
-    ("service", "remove"): ("swctl delete service/{name}", "delete"),
-    ("service", "create"): ("swctl apply -f FILE with a Service manifest", "apply"),
-    ("service", "update"): ("swctl apply -f FILE with the changed manifest (or swctl scale "
-                            "service/{name} --replicas N for the count)", "apply"),
-    ("service", "inspect"): ("swctl describe service {name} (or swctl get service {name} "
-                             "-o yaml)", "describe"),
-    ("service", "logs"): ("swctl logs service/{name}", "logs"),
+    # service create/update/inspect/rm/logs/ps/ls/scale are swctl verbs now
+    # (serviceverbs.py); only rollback is missing.
     ("service", "rollback"): ("swctl apply -f FILE with the previous manifest (rollback "
                               "is not built yet)", "apply"),
     ("stack", "deploy"): ("swctl apply -f FILE (a YAML stream of Services, Networks, ...; "
@@ -65,14 +60,14 @@ _DOCKER_VERBS: dict[tuple[str, str], tuple[str, str]] = {
 }
 # Docker's one-word verbs.
 _DOCKER_TOP: dict[str, tuple[str, str]] = {
-    "rm": ("swctl delete KIND/NAME", "delete"),
-    "remove": ("swctl delete KIND/NAME", "delete"),
-    "create": ("swctl apply -f FILE", "apply"),
-    "inspect": ("swctl describe KIND NAME (or swctl get KIND NAME -o yaml)", "describe"),
+    "rm": ("swctl delete KIND/NAME (or swctl service rm NAME)", "delete"),
+    "remove": ("swctl delete KIND/NAME (or swctl service rm NAME)", "delete"),
+    "create": ("swctl apply -f FILE (or swctl service create IMAGE)", "apply"),
+    "inspect": ("swctl describe KIND NAME (or swctl service inspect NAME)", "describe"),
     "ps": ("swctl service ps NAME (or swctl get tasks)", "service"),
     "ls": ("swctl get KIND (e.g. swctl get services)", "get"),
     "list": ("swctl get KIND (e.g. swctl get services)", "get"),
-    "update": ("swctl apply -f FILE", "apply"),
+    "update": ("swctl apply -f FILE (or swctl service update NAME)", "apply"),
     "stack": ("swctl apply -f FILE and swctl delete -f FILE", "apply"),
     "swarm": ("swctl up to start a local cluster, swctl agent to join a node", "up"),
     "secret": ("swctl apply -f FILE with a Secret manifest, swctl get secrets", "apply"),
@@ -142,9 +137,9 @@ def _message(typed: str, entry: tuple[str, str], rest: list[str]) -> str:
 _DOCKER_FLAGS: dict[str, str] = {
     "--format": "use -o json|yaml|wide|name",
     "--filter": "use -l SELECTOR for labels (node ls has --filter)",
-    "--detach": "use -d on apply and scale",
-    "--publish": "publish ports in the manifest's spec.endpoint.ports",
-    "-p": "publish ports in the manifest's spec.endpoint.ports",
+    "--detach": "use -d on apply, scale and service create|update",
+    "--publish": "use swctl service update --publish-add P:T NAME, or spec.endpoint.ports",
+    "-p": "use swctl service update --publish-add P:T NAME, or spec.endpoint.ports",
     "--replicas": "use swctl scale service/NAME --replicas N",
 }
 

@@ -70,6 +70,11 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                     "whichever nodes ran them, each line prefixed by its task as "
                     "`docker service logs` does. Each node's agent serves its logs on the "
                     "node's address (Node status.logsEndpoint).")
+    add_arguments(p)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``logs``, also those of ``service logs``."""
     p.add_argument("target", metavar="service/NAME|task/NAME",
                    help="a service (service/web, or just web) or one task (task/web.1.2, or "
                         "a task ID prefix as `swctl service ps` shows it)")

@@ -16,7 +16,7 @@ from typing import Any
 
 from shoal.cli import printers
 from shoal.crds import networking as nw
-from shoal.crds import resource
+from shoal.crds import resource, units
 from shoal.crds import taskstates as ts
 
 _BINARY_UNITS = (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
@@ -170,4 +170,98 @@ def network_text(network: resource.Resource, services: Sequence[resource.Resourc
                                            indent=1)[0])
     else:
         lines.append(_line("Tasks", "none"))
+    return "\n".join(lines)
+
+
+def _size(value: Any) -> str:
+    try:
+        return human_bytes(units.parse_size(value))
+    except ValueError:
+        return str(value)
+
+
+def _config_lines(title: str, config: Any, order_label: str) -> list[str]:
+    config = config if isinstance(config, dict) else {}
+    lines = [f"{title}:", _line("Parallelism", config.get("parallelism", 1), 1)]
+    if config.get("delay") not in (None, 0, "0s"):
+        lines.append(_line("Delay", config["delay"], 1))
+    lines += [_line("On failure", config.get("failureAction", "pause"), 1),
+              _line("Monitoring Period", config.get("monitor", "5s"), 1),
+              _line("Max failure ratio", config.get("maxFailureRatio", 0), 1),
+              _line(order_label, config.get("order", "stop-first"), 1)]
+    return lines
+
+
+def service_text(service: resource.Resource,
+                 now: datetime.datetime | None = None) -> str:
+    """``service inspect --pretty``: the sections and labels of ``docker service inspect
+    --pretty``, from the stored spec (the defaults admission filled in included)."""
+    spec = service.spec
+    template = spec.get("template") or {}
+    lines = [_line("ID", service.metadata.uid or printers.NONE),
+             _line("Name", service.name),
+             _line("Namespace", service.namespace or resource.DEFAULT_NAMESPACE),
+             _line("Created", human_date(service.metadata.creationTimestamp, now))]
+    labels = dict(service.metadata.labels)
+    lines.append("Labels:" if labels else _line("Labels", printers.NONE))
+    lines += _labels(labels)
+    if spec.get("mode") == "global":
+        lines.append(_line("Service Mode", "Global"))
+    else:
+        lines += [_line("Service Mode", "Replicated"),
+                  _line("Replicas", spec.get("replicas", 1), 1)]
+    placement = spec.get("placement") or {}
+    if placement:
+        lines.append("Placement:")
+        if placement.get("constraints"):
+            lines.append(_line("Constraints", "[" + " ".join(placement["constraints"]) + "]",
+                               1))
+        if placement.get("preferences"):
+            prefs = " ".join(f"spread={p.get('spread')}" for p in placement["preferences"])
+            lines.append(_line("Preferences", f"[{prefs}]", 1))
+        if placement.get("maxReplicasPerNode"):
+            lines.append(_line("Max Replicas Per Node", placement["maxReplicasPerNode"], 1))
+    lines += _config_lines("UpdateConfig", spec.get("updateConfig"), "Update order")
+    lines += _config_lines("RollbackConfig", spec.get("rollbackConfig"), "Rollback order")
+    lines += ["ContainerSpec:", _line("Image", template.get("image") or printers.NONE, 1)]
+    if template.get("entrypoint"):
+        lines.append(_line("Command", " ".join(template["entrypoint"]), 1))
+    if template.get("command") or template.get("args"):
+        args = list(template.get("command") or []) + list(template.get("args") or [])
+        lines.append(_line("Args", " ".join(args), 1))
+    env = template.get("env") or {}
+    if env:
+        lines.append(_line("Env", " ".join(f"{k}={v}" for k, v in sorted(env.items())), 1))
+    health = template.get("healthcheck") or {}
+    if health.get("test"):
+        lines.append(_line("Healthcheck", " ".join(health["test"]), 1))
+    if template.get("stopGracePeriod") is not None:
+        lines.append(_line("Stop Grace Period", template["stopGracePeriod"], 1))
+    resources = template.get("resources") or {}
+    if resources:
+        lines.append("Resources:")
+        for section, title in (("reservations", "Reservations"), ("limits", "Limits")):
+            values = resources.get(section) or {}
+            if values:
+                lines.append(f" {title}:")
+                if values.get("cpus") is not None:
+                    lines.append(_line("CPU", human_cpus(values["cpus"]), 2))
+                if values.get("memory") is not None:
+                    lines.append(_line("Memory", _size(values["memory"]), 2))
+    if spec.get("networks"):
+        lines.append(_line("Networks", " ".join(spec["networks"])))
+    endpoint = spec.get("endpoint") or {}
+    lines.append(_line("Endpoint Mode", endpoint.get("mode", "vip")))
+    allocated = {(p.protocol, p.target, p.mode): p.published
+                 for p in nw.endpoint(service).ports if p.published is not None}
+    ports = nw.spec_ports(service)
+    if ports:
+        lines.append("Ports:")
+        for port in ports:
+            published = port.published or allocated.get((port.protocol, port.target,
+                                                          port.mode))
+            lines += [f" PublishedPort = {published if published else '<pending>'}",
+                      f"  Protocol = {port.protocol}",
+                      f"  TargetPort = {port.target}",
+                      f"  PublishMode = {port.mode}"]
     return "\n".join(lines)

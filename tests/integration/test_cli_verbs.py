@@ -237,17 +237,11 @@ async def test_service_ls_has_a_ports_column(swctl: Swctl, store: client.Store) 
 # --- docker's verbs ---
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["service", "rm", "web"],
-     'unknown command "service rm": use swctl delete service/web (see swctl delete --help)'),
-    (["service", "create", "--name", "web", "-p", "8080:80", "nginx"],
-     'unknown command "service create": use swctl apply -f FILE with a Service manifest '
-     "(see swctl apply --help)"),
-    (["service", "update", "--image", "shoal/busybox:2.0", "web"],
-     'unknown command "service update": use swctl apply -f FILE with the changed manifest '
-     "(or swctl scale service/web --replicas N for the count) (see swctl apply --help)"),
-    (["service", "inspect", "web"],
-     'unknown command "service inspect": use swctl describe service web (or swctl get '
-     "service web -o yaml) (see swctl describe --help)"),
+    (["service", "rollback", "web"],
+     'unknown command "service rollback": use swctl apply -f FILE with the previous '
+     "manifest (rollback is not built yet) (see swctl apply --help)"),
+    (["stack", "rm", "app"],
+     'unknown command "stack rm": use swctl delete -f FILE (see swctl delete --help)'),
     (["stack", "deploy", "-c", "docker-compose.yml", "app"],
      'unknown command "stack deploy": use swctl apply -f FILE (a YAML stream of Services, '
      "Networks, ...; compose files are not read yet) (see swctl apply --help)"),

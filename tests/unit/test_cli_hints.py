@@ -10,16 +10,21 @@ from shoal.cli.main import build_parser
 
 def test_docker_verbs_map_to_swctl_with_the_name_typed() -> None:
     parser = build_parser()
-    assert hints.unknown_command(parser, ["service", "rm", "web"]) == (
-        'unknown command "service rm": use swctl delete service/web (see swctl delete --help)')
-    assert hints.unknown_command(parser, ["--etcd", "http://x:1", "svc", "rm", "api"]) == (
-        'unknown command "svc rm": use swctl delete service/api (see swctl delete --help)')
+    assert hints.unknown_command(parser, ["secret", "rm", "db"]) == (
+        'unknown command "secret rm": use swctl delete secret/db (see swctl delete --help)')
+    assert hints.unknown_command(parser, ["--etcd", "http://x:1", "svc", "rollback", "api"]
+                                 ) == ('unknown command "svc rollback": use swctl apply -f FILE '
+                                       "with the previous manifest (rollback is not built "
+                                       "yet) (see swctl apply --help)")
     assert "use swctl apply -f FILE" in str(hints.unknown_command(parser, ["stack", "deploy"]))
 
 
 def test_known_verbs_are_left_to_argparse() -> None:
     parser = build_parser()
     for argv in (["service", "ps", "web"], ["service", "scale", "web=2"], ["get", "svc"],
+                 ["service", "create", "--name", "web", "nginx"], ["svc", "rm", "web"],
+                 ["service", "update", "--image", "x", "web"], ["service", "logs", "web"],
+                 ["service", "inspect", "--pretty", "web"],
                  ["node", "rm", "n1"], ["--prefix", "/x", "apply", "-f", "a.yaml"], []):
         assert hints.unknown_command(parser, argv) is None, argv
 

@@ -1,0 +1,153 @@
+"""shoal/cli/serviceflags.py: docker's service create/update flags -> the Service spec."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+import pytest
+
+from shoal.cli import errors, serviceflags
+from shoal.cli.main import build_parser
+
+
+def create(line: str, environ: dict[str, str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(["service", "create", *shlex.split(line)])
+    return serviceflags.create_manifest(args, args.name or "x", None, environ or {})
+
+
+def update(live: dict[str, Any], line: str) -> dict[str, Any]:
+    args = build_parser().parse_args(["service", "update", *shlex.split(line)])
+    return serviceflags.update_manifest(live, args, {})
+
+
+def test_the_tutorial_create_becomes_a_manifest() -> None:
+    doc = create("--name web --replicas 2 -p 8080:80 shoal/busybox httpd -f -p 80")
+    assert doc == {
+        "apiVersion": "shoal.io/v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"replicas": 2,
+                 "template": {"image": "shoal/busybox", "command": ["httpd", "-f", "-p", "80"]},
+                 "endpoint": {"ports": [{"target": 80, "published": 8080}]}}}
+
+
+def test_every_create_flag_lands_in_its_field() -> None:
+    doc = create(
+        "--name api --mode global --constraint node.role==worker --constraint "
+        "node.labels.zone!=c --placement-pref spread=node.labels.zone --replicas-max-per-node 2 "
+        "-p 53:53/udp -p published=9000,target=90,mode=host --network a --network b "
+        "-e A=1 -e FROM_ENV -e UNSET --label tier=front --container-label c=d "
+        "--health-cmd 'wget -q localhost' --health-interval 2s --health-retries 3 "
+        "--restart-condition on-failure --restart-delay 1s --restart-max-attempts 4 "
+        "--limit-cpu 0.5 --limit-memory 64m --reserve-cpu 0.25 --reserve-memory 32Mi "
+        "--update-parallelism 2 --update-delay 1m05s --update-order start-first "
+        "--update-failure-action rollback --update-monitor 10s --update-max-failure-ratio 0.2 "
+        "--rollback-parallelism 0 --rollback-order start-first --stop-grace-period 3s "
+        "--entrypoint '/bin/sh -c' -w /srv shoal/busybox:1.0",
+        {"FROM_ENV": "yes"})
+    spec = doc["spec"]
+    assert doc["metadata"] == {"name": "api", "labels": {"tier": "front"}}
+    assert spec["mode"] == "global" and "replicas" not in spec
+    assert spec["placement"] == {"constraints": ["node.role==worker", "node.labels.zone!=c"],
+                                 "preferences": [{"spread": "node.labels.zone"}],
+                                 "maxReplicasPerNode": 2}
+    assert spec["endpoint"]["ports"] == [
+        {"target": 53, "published": 53, "protocol": "udp"},
+        {"published": 9000, "target": 90, "mode": "host"}]
+    assert spec["networks"] == ["a", "b"]
+    t = spec["template"]
+    # -e KEY takes the caller's value, as docker; an unset one is dropped.
+    assert t["env"] == {"A": "1", "FROM_ENV": "yes"}
+    assert t["labels"] == {"c": "d"}
+    assert t["healthcheck"] == {"test": ["CMD-SHELL", "wget -q localhost"], "interval": "2s",
+                                "retries": 3}
+    assert t["resources"] == {"limits": {"cpus": 0.5, "memory": "64m"},
+                              "reservations": {"cpus": 0.25, "memory": "32Mi"}}
+    assert t["entrypoint"] == ["/bin/sh", "-c"] and t["workdir"] == "/srv"
+    assert t["stopGracePeriod"] == "3s"
+    assert spec["restartPolicy"] == {"condition": "on-failure", "delay": "1s", "maxAttempts": 4}
+    assert spec["updateConfig"] == {"parallelism": 2, "delay": "1m05s", "order": "start-first",
+                                    "failureAction": "rollback", "monitor": "10s",
+                                    "maxFailureRatio": 0.2}
+    assert spec["rollbackConfig"] == {"parallelism": 0, "order": "start-first"}
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("--mode global --replicas 2 img", "--replicas cannot be used with --mode global"),
+    ("-p 80:http img", '-p/--publish "80:http": "http" is not a port number'),
+    ("-p proto=udp img", '"proto=udp" is not one of published=, target='),
+    ("--placement-pref zone img", '--placement-pref "zone": expected spread=node.labels.KEY'),
+    ("--no-healthcheck --health-cmd true img", "--no-healthcheck cannot be combined"),
+    ("-e =x img", '-e/--env "=x": expected KEY=VALUE'),
+])
+def test_bad_create_flags_say_which_flag(line: str, message: str) -> None:
+    with pytest.raises(errors.CliError, match=None) as caught:
+        create(line)
+    assert message in str(caught.value)
+
+
+def test_bad_durations_are_refused_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        create("--update-delay soon img")
+    assert "--update-delay: invalid duration" in capsys.readouterr().err
+
+
+LIVE: dict[str, Any] = {
+    "apiVersion": "shoal.io/v1", "kind": "Service",
+    "metadata": {"name": "web", "namespace": "default", "labels": {"app": "web"},
+                 "annotations": {}},
+    "spec": {"replicas": 2, "forceUpdate": 0,
+             "template": {"image": "shoal/busybox", "env": {"A": "1"}},
+             "placement": {"constraints": ["node.role==worker"]},
+             "endpoint": {"mode": "vip", "ports": [{"target": 80, "published": 8080,
+                                                    "protocol": "tcp", "mode": "ingress"}]},
+             "updateConfig": {"parallelism": 1, "order": "stop-first"}}}
+
+
+def test_update_edits_only_what_the_flags_name() -> None:
+    doc = update(LIVE, "--image shoal/busybox:2.0 --replicas 6 --update-parallelism 2 "
+                       "--env-add B=2 --env-rm A --label-add v=2 --constraint-add "
+                       "node.labels.zone==a --publish-add 9090:90 --network-add appnet web")
+    spec = doc["spec"]
+    assert spec["template"] == {"image": "shoal/busybox:2.0", "env": {"B": "2"}}
+    assert spec["replicas"] == 6
+    assert spec["updateConfig"] == {"parallelism": 2, "order": "stop-first"}
+    assert spec["placement"]["constraints"] == ["node.role==worker", "node.labels.zone==a"]
+    assert [p["target"] for p in spec["endpoint"]["ports"]] == [80, 90]
+    assert spec["networks"] == ["appnet"]
+    assert doc["metadata"]["labels"] == {"app": "web", "v": "2"}
+    assert LIVE["spec"]["template"]["image"] == "shoal/busybox"  # the input is untouched
+
+
+def test_update_removals_drop_emptied_fields_and_force_bumps() -> None:
+    doc = update(LIVE, "--constraint-rm node.role==worker --publish-rm 80 --force web")
+    spec = doc["spec"]
+    assert "placement" not in spec
+    assert spec["endpoint"] == {"mode": "vip"}
+    assert spec["forceUpdate"] == 1
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("--env-rm NOPE web", '--env-rm "NOPE": the service has no environment variable NOPE '
+                          "(it has: A)"),
+    ("--constraint-rm node.role==boss web", '--constraint-rm "node.role==boss": the service '
+                                            "has no such constraint (it has: "
+                                            "node.role==worker)"),
+    ("--publish-rm 81 web", '--publish-rm "81": the service has no such published port '
+                            "(it has: 8080:80/tcp)"),
+    ("--rollback web", "--rollback: rollback is not built yet (issue 13)"),
+])
+def test_bad_update_flags_say_what_the_service_has(line: str, message: str) -> None:
+    with pytest.raises(errors.CliError) as caught:
+        update(LIVE, line)
+    assert message in str(caught.value)
+
+
+def test_update_replicas_of_a_global_service_is_refused() -> None:
+    live = {**LIVE, "spec": {**LIVE["spec"], "mode": "global"}}
+    with pytest.raises(errors.CliError, match="is global"):
+        update(live, "--replicas 3 web")
+
+
+def test_default_name_says_what_runs() -> None:
+    assert serviceflags.default_name("registry:5000/shoal/busybox:1.0@sha256:ab", "3fa9c") \
+        == "busybox-3fa9c"
