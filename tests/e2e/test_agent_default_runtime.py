@@ -15,6 +15,7 @@ import yaml
 
 from shoal.store import etcd_server
 from tests.helpers import eventually_sync as eventually
+from tests.helpers import stop_processes
 from tests.integration.cli_support import Swctl, command
 
 T = TypeVar("T")
@@ -65,11 +66,4 @@ def test_swctl_agent_default_runs_containers(etcd: etcd_server.EtcdServer, tmp_p
         eventually(lambda: not docker_client.containers.list(
             filters={"id": container.id}), what="container stopped")
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(procs, timeout=15)

@@ -20,6 +20,7 @@ import yaml
 
 from shoal.store import etcd_server
 from tests.helpers import eventually_sync as eventually
+from tests.helpers import stop_processes
 from tests.integration.cli_support import Swctl, command
 
 T = TypeVar("T")
@@ -51,14 +52,7 @@ class Procs:
         return proc
 
     def stop(self) -> None:
-        for proc, _ in reversed(self.procs):
-            proc.terminate()
-        for proc, _ in self.procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes([proc for proc, _ in self.procs], timeout=15)
 
 
 @pytest.fixture

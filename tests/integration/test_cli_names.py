@@ -21,6 +21,7 @@ import yaml
 
 from shoal.store import etcd_server
 from tests.helpers import eventually_sync as eventually
+from tests.helpers import stop_processes
 from tests.integration.cli_support import Swctl, command
 
 T = TypeVar("T")
@@ -73,14 +74,7 @@ def cluster(etcd: etcd_server.EtcdServer,
                 log_path.read_text(errors="replace").splitlines()[-30:]))
         raise
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(procs, timeout=15)
         for log in logs:
             log.close()
 

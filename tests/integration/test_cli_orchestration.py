@@ -19,6 +19,7 @@ import yaml
 
 from shoal.store import etcd_server
 from tests.helpers import eventually_sync as eventually
+from tests.helpers import stop_processes
 from tests.integration.cli_support import Swctl, command, service
 
 NODES = ["n-0", "n-1", "n-2"]
@@ -55,14 +56,7 @@ def cluster(etcd: etcd_server.EtcdServer,
                                for n in NODES), 20, "3 hollow nodes ready")
         yield swctl
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(procs, timeout=10)
         for log in logs:
             log.close()
 

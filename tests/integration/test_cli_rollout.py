@@ -31,6 +31,7 @@ import pytest
 from shoal.crds import kinds
 from shoal.store import client, etcd_server
 from tests.helpers import eventually_sync as eventually
+from tests.helpers import stop_processes
 from tests.integration.cli_support import Swctl, command
 
 NODES = ["n-0", "n-1", "n-2"]
@@ -94,14 +95,7 @@ def cluster(etcd: etcd_server.EtcdServer,
         eventually(ready, 20, "3 hollow nodes ready")
         yield c
     finally:
-        for proc in c.procs.values():
-            proc.terminate()
-        for proc in c.procs.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(list(c.procs.values()), timeout=10)
         for log in c.logs:
             log.close()
 

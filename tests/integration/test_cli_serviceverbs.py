@@ -18,6 +18,7 @@ import yaml
 
 from shoal.store import etcd_server
 from tests.helpers import eventually_sync as eventually
+from tests.helpers import stop_processes
 from tests.integration.cli_support import Swctl, command
 
 VERIFY = ("--verify-window", "0.3")
@@ -44,14 +45,7 @@ def swctl(etcd: etcd_server.EtcdServer,
         eventually(ready, 20, "3 hollow nodes ready")
         yield cli
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(procs, timeout=10)
         for log in logs:
             log.close()
 
