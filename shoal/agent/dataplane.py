@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import ipaddress
 import os
 import time
@@ -365,13 +364,11 @@ class Dataplane:
                    if n.name == ingress}
         self._localnet &= bridges  # a bridge made again starts with the default
         for bridge in bridges - self._localnet:
-            path = netns_mod.path(self.netns) if self.netns is not None else None
-            sysctl = f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet"
             try:
-                await asyncio.to_thread(netns_mod.run_in, path,
-                                        functools.partial(_set_sysctl, sysctl, "1"))
+                await netns_mod.set_sysctl(self.netns,
+                                           f"net/ipv4/conf/{bridge}/route_localnet", "1")
                 self._localnet.add(bridge)
-            except OSError as exc:
+            except (OSError, RuntimeError) as exc:
                 self.log.warning("cannot set route_localnet", bridge=bridge, error=str(exc))
 
     async def _apply_dns(self, plan: netplan.Plan) -> None:
@@ -488,14 +485,6 @@ class Dataplane:
         self.leaving.add(uid)
         await self.sync("detach")
         self.log.info("task left the balancer", key=_ref(task))
-
-
-def _set_sysctl(path: str, value: str) -> None:
-    with open(path) as f:
-        if f.read().strip() == value:
-            return
-    with open(path, "w") as f:
-        f.write(value)
 
 
 def same_plan_inputs(old: resource.Resource, new: resource.Resource) -> bool:

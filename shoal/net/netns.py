@@ -14,6 +14,7 @@ import ctypes
 import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -76,3 +77,23 @@ async def run_command(netns: str | None, *argv: str, stdin: str | None = None) -
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)}: {err.decode().strip()}")
     return out.decode()
+
+
+async def set_sysctl(netns: str | None, name: str, value: str) -> bool:
+    """Set sysctl ``name`` (``net/ipv4/ip_forward``) in the namespace ``netns`` (None:
+    right here) unless it already holds ``value``; True when it changed. /proc/sys/net
+    shows the namespace of the process that opens it, so another namespace's is set by
+    ``sysctl`` run inside it (``run_command``)."""
+    if netns is None:
+        return await asyncio.to_thread(_write_if_different, Path("/proc/sys") / name, value)
+    if (await run_command(netns, "sysctl", "-n", name)).strip() == value:
+        return False
+    await run_command(netns, "sysctl", "-qw", f"{name}={value}")
+    return True
+
+
+def _write_if_different(path: Path, value: str) -> bool:
+    if path.read_text().strip() == value:
+        return False
+    path.write_text(value)
+    return True

@@ -21,7 +21,6 @@ Why it looks like this:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import socket
@@ -233,16 +232,9 @@ class OverlayNode:
         """VIP traffic is DNATed and routed back out of the bridge, so the node forwards."""
         if self._forwarding_checked:
             return
-        if self.netns is None:
-            if _set_proc_sysctl("/proc/sys/net/ipv4/ip_forward", "1"):
-                report.add("set net.ipv4.ip_forward=1")
-        else:
-            # /proc/sys/net shows the namespace of the process that opens it, so enter it.
-            path = netns_mod.path(self.netns)
-            out = await _run("nsenter", f"--net={path}", "sysctl", "-n", "net.ipv4.ip_forward")
-            if out.strip() != "1":
-                await _run("nsenter", f"--net={path}", "sysctl", "-qw", "net.ipv4.ip_forward=1")
-                report.add(f"set net.ipv4.ip_forward=1 in {self.netns}")
+        if await netns_mod.set_sysctl(self.netns, "net/ipv4/ip_forward", "1"):
+            report.add("set net.ipv4.ip_forward=1"
+                       + (f" in {self.netns}" if self.netns is not None else ""))
         self._forwarding_checked = True
 
     async def _remove_stale_links(self, ipr: AsyncIPRoute, desired: NetworkState,
@@ -498,25 +490,6 @@ class OverlayNode:
                 await task.route("replace", dst=dst, gateway=via, oif=index,
                                  proto=RTPROT_STATIC)
                 report.add(f"route {dst} via {via} in {where}")
-
-
-def _set_proc_sysctl(path: str, value: str) -> bool:
-    """Set a sysctl of the current namespace; True when it had to change."""
-    with open(path) as f:
-        if f.read().strip() == value:
-            return False
-    with open(path, "w") as f:
-        f.write(value)
-    return True
-
-
-async def _run(*argv: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed: {err.decode().strip()}")
-    return out.decode()
 
 
 def peers_from(endpoints: Iterable[tuple[str, str]]) -> tuple[Peer, ...]:
