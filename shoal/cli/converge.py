@@ -185,6 +185,7 @@ class ServiceWatch:
         self._ended_before: set[str] | None = None
         self._counted: set[str] = set()
         self._failures: dict[int | str, int] = {}
+        self._update_failures = 0  # failed new tasks seen while an update rolls out
         self.verify_since: float | None = None
         self.verify_text: str | None = None
         self.done = False
@@ -293,11 +294,16 @@ class ServiceWatch:
         tasks of the current spec count: an older spec's task failing (the one a revert
         is replacing) says nothing about this change."""
         from shoal.controllers.orchestrator import restart as rs
+        from shoal.controllers.orchestrator import slots as orchestrator_slots
 
         assert self._ended_before is not None
         # While tasks of an earlier spec are still wanted, the orchestrator is rolling
-        # the change out, and a failure of a new task pauses it (rollout.py).
+        # the change out; failures of new tasks pause it by the service's updateConfig
+        # (rollout.UpdateConfig.pauses_after), the rule this wait applies too.
         updating = any(ts.is_active_desired(t) and self.stale(t) for t in tasks)
+        config = orchestrator_slots.update_config(self.service)
+        total = len({taskview.slot_key(t, self.mode) for t in tasks
+                     if ts.is_active_desired(t)})
         for task in sorted(tasks, key=rs.age_key):  # oldest first: count in order
             name = task.metadata.name
             state = ts.observed_state(task)
@@ -307,11 +313,13 @@ class ServiceWatch:
             self._counted.add(name)
             where = f" on node {ts.node_name_of(task)}" if ts.node_name_of(task) else ""
             err = taskview.error_cell(task) or "no error reported"
-            paused = "update paused: " if updating else ""
-            if state == ts.REJECTED:
-                return f"{paused}task {name} was rejected{where}: {err}"
-            if updating:  # the orchestrator pauses on the first failure (Swarm's default)
-                return f"{paused}task {name} failed{where}: {err}"
+            what = "was rejected" if state == ts.REJECTED else "failed"
+            if updating:
+                self._update_failures += 1
+                if config.pauses_after(self._update_failures, total):
+                    return f"update paused: task {name} {what}{where}: {err}"
+            elif state == ts.REJECTED:
+                return f"task {name} {what}{where}: {err}"
             key = taskview.slot_key(task, self.mode)
             self._failures[key] = self._failures.get(key, 0) + 1
             if self._failures[key] >= MAX_FAILURES:

@@ -438,3 +438,19 @@ def test_max_failure_ratio_tolerates_that_many_failures(cluster: Cluster) -> Non
     # Slot 4 was never touched: it still runs its old task.
     still = running(swctl, "grid")
     assert list(still) == [name for name in old if name.startswith("grid.4.")]
+
+
+def test_apply_waits_past_the_failures_the_update_tolerates(cluster: Cluster) -> None:
+    swctl = cluster.swctl
+    extra = {"update": "maxFailureRatio: 0.5", "restart": "delay: 60s"}
+    apply(swctl, "tally", manifest("tally", replicas=4, **extra))
+    # swctl apply -f tally.yaml   (image: shoal/missing:2.0, maxFailureRatio: 0.5), waiting:
+    # the first two rejections are within the ratio, so apply keeps following the update
+    # and reports the pause the orchestrator makes at the third, not the first failure.
+    out = apply(swctl, "tally", manifest("tally", image="shoal/missing:2.0", replicas=4,
+                                         **extra), 1)
+    assert "service/tally cannot converge: update paused: task tally.3.2 was rejected " \
+           "on node n-" in out.stderr, out.stderr
+    status = eventually(lambda: (lambda s: s if s.get("state") == "paused" else None)(
+        update_status(swctl, "tally")), 30, "update paused")
+    assert status["message"].startswith("update paused due to failure of task tally.3.2 ")

@@ -79,6 +79,13 @@ class UpdateConfig:
     monitor: float = 5.0
     max_failure_ratio: float = 0.0
 
+    def pauses_after(self, failures: int, total: int) -> bool:
+        """Whether ``failures`` failed new tasks out of ``total`` slots stop the update
+        (failure action pause or rollback, past maxFailureRatio). The orchestrator
+        decides with it, and ``swctl``'s wait reads the same rule."""
+        return (self.failure_action != "continue" and failures > 0
+                and failures > self.max_failure_ratio * max(total, 1))
+
     @classmethod
     def from_spec(cls, value: Any) -> tuple[UpdateConfig, list[str]]:
         """``spec.updateConfig`` read leniently: a field that cannot be read keeps
@@ -273,9 +280,7 @@ def decide(slots: Sequence[SlotView], failed: Sequence[Resource], now: float,
     was = (previous or {}).get("state")
     if not dirty and was not in (UPDATING, PAUSED):
         return None
-    over = config.failure_action != "continue" and failed and (
-        len(failed) > config.max_failure_ratio * max(total, 1))
-    if over:
+    if config.pauses_after(len(failed), total):
         last = failed[-1]
         note = ("; failure action is rollback, which is not built yet: fix the service "
                 "and apply it again" if config.failure_action == "rollback" else "")
