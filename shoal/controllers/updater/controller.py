@@ -331,7 +331,12 @@ class Updater:
                     ctx.log.info("rollout", state=decision.state, updated=decision.updated,
                                  total=decision.total)
             ok, reason = batches.progressing(decision.state, decision.message, automatic)
-            cond = (ok, reason, decision.message)
+            note = decision.message
+            if reason == "RolledBack":
+                # The service runs, but not what was asked for: say which task failed.
+                note = (f"update rolled back due to failure of "
+                        f"{svc.metadata.annotations.get(cfg.ROLLBACK_REASON)}")
+            cond = (ok, reason, note)
         have = conditions.get_condition(svc, PROGRESSING)
         cond_same = cond is None or (
             have is not None and have.get("status") == ("True" if cond[0] else "False")
