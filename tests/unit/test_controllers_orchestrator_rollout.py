@@ -48,6 +48,29 @@ def test_a_task_is_dirty_when_a_recorded_section_differs() -> None:
     assert not ro.is_dirty(task(1, generation=2, template={"image": "y"}), svc)
 
 
+def test_turning_rebalancing_on_or_off_makes_no_task_dirty() -> None:
+    spread = {"constraints": ["node.role==worker"]}
+    before = service(generation=1)
+    before.spec["placement"] = dict(spread)
+    recorded = task(1)
+    recorded.spec.update(ro.task_copy(before))
+    after = service(generation=2)
+    after.spec["placement"] = {**spread, "rebalance": {"enabled": True, "maxSkew": 1}}
+    assert not ro.is_dirty(recorded, after)
+    assert not ro.is_dirty(task(1), service_with_placement({"rebalance": {"enabled": True}}))
+    # A task made with rebalancing on records placement without it.
+    assert ro.task_copy(after)["placement"] == spread
+    assert "placement" not in ro.task_copy(service_with_placement({"rebalance": {}}))
+    # The rest of placement still counts.
+    assert ro.is_dirty(recorded, service_with_placement({"rebalance": {"enabled": True}}))
+
+
+def service_with_placement(placement: dict[str, Any]) -> Any:
+    svc = service(generation=2)
+    svc.spec["placement"] = placement
+    return svc
+
+
 def test_replicas_only_change_replaces_nothing() -> None:
     plan = slots.plan_replicated(service(replicas=4, generation=2), old_tasks(),
                                  now=NOW, nodes=[node("a")])

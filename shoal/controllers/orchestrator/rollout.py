@@ -8,7 +8,9 @@ no clock: the time is an argument.
 
 Dirty, as swarmkit's ``IsTaskDirty``: every new task records the parts of the service
 that shape it (``RECORDED``: the template, placement, networks, endpoint and
-``forceUpdate``); a task is dirty when one of its copies differs from the service's. A
+``forceUpdate``); a task is dirty when one of its copies differs from the service's.
+``placement.rebalance`` says how tasks are looked after, not what one runs: it is not
+recorded, so turning rebalancing on restarts nothing. A
 replicas-only change bumps the service's generation but changes no copy, so it replaces
 nothing. Tasks recorded before a section was copied compare that section as empty.
 
@@ -147,10 +149,24 @@ def _endpoint(value: Any) -> tuple[str, list[Any]]:
     return (str(ep.get("mode") or "vip"), list(ep.get("ports") or []))
 
 
+#: Placement fields that say how the service's tasks are looked after, not what shapes
+#: one: not recorded by tasks, so changing them makes no task dirty.
+UNRECORDED_PLACEMENT: Final = ("rebalance",)
+
+
+def _placement(value: Any) -> Any:
+    """``spec.placement`` as a task records it (without ``UNRECORDED_PLACEMENT``)."""
+    if isinstance(value, dict) and any(k in value for k in UNRECORDED_PLACEMENT):
+        return {k: v for k, v in value.items() if k not in UNRECORDED_PLACEMENT}
+    return value
+
+
 def _normal(section: str, value: Any) -> Any:
     """A recorded section in the form that compares: absent and empty are the same."""
     if section == "endpoint":
         return _endpoint(value)
+    if section == "placement":
+        return _placement(value) or {}
     if section == "forceUpdate":
         return value or 0
     if section == NETWORKS_FIELD:
@@ -164,8 +180,9 @@ def task_copy(service: Resource) -> dict[str, Any]:
     spec = service.spec
     out: dict[str, Any] = {"template": spec.get("template") or {}}
     for section in RECORDED[1:]:
-        if spec.get(section):
-            out[section] = spec[section]
+        value = _placement(spec.get(section)) if section == "placement" else spec.get(section)
+        if value:
+            out[section] = value
     if spec.get("networks"):
         out[NETWORKS_FIELD] = spec["networks"]
     return out
