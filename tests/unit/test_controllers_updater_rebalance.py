@@ -11,8 +11,11 @@ from collections.abc import Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shoal.controllers import nodefacts
+from shoal.controllers.scheduler import schedule
 from shoal.controllers.updater import rebalance as rb
 from shoal.crds import resource
+from tests.unit import scheduler_support as sched
 from tests.unit.orchestrator_support import NOW, node
 
 ON = rb.Config(enabled=True)
@@ -231,3 +234,22 @@ def test_with_spread_preferences_every_move_helps_and_moves_stop(
         rounds += 1
         assert rounds <= 200
         now += rb.WINDOW
+
+
+@settings(max_examples=200, deadline=None)
+@given(zoned_st, st.integers(min_value=0, max_value=2))
+def test_the_predicted_target_is_where_the_scheduler_puts_the_replacement(
+        zoned: list[tuple[str | None, int]], limit: int) -> None:
+    slots, plain = spread(*(count for _, count in zoned))
+    nodes = [rb.Candidate(c.name, (zone,)) for c, (zone, _) in zip(plain, zoned, strict=True)]
+    svc = sched.service("web", len(slots), spread=["node.labels.zone"], max_per_node=limit)
+    turn = nodefacts.spread_turn("default", "web")
+    decision = rb.decide(slots, len(slots), nodes, NOW, ON, limit=limit, turn=turn)
+    if not decision.moves:
+        return
+    move = decision.moves[0]
+    cluster = [sched.node(c.name, labels={} if zone is None else {"zone": zone})
+               for c, (zone, _) in zip(plain, zoned, strict=True)]
+    running = [sched.task(svc, s.key, node_name=s.node, state="running") for s in slots]
+    result = schedule([sched.task(svc, move.slot, seq=2)], cluster, running, [svc])
+    assert result.assignments == {f"default/web.{move.slot}.2": move.target}
