@@ -83,15 +83,16 @@ def add_wait_flags(p: argparse.ArgumentParser) -> None:
     """``-d/--detach``, ``--timeout`` and ``--verify-window`` for verbs that wait."""
     p.add_argument("-d", "--detach", action="store_true",
                    help="return once written, without waiting for the services to converge")
-    p.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+    p.add_argument("--timeout", type=seconds_arg, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help="give up waiting after this long, exit 1 (default "
                         f"{DEFAULT_TIMEOUT:g})")
-    p.add_argument("--verify-window", type=_seconds, default=DEFAULT_VERIFY_WINDOW,
+    p.add_argument("--verify-window", type=seconds_arg, default=DEFAULT_VERIFY_WINDOW,
                    metavar="SECONDS", help="how long the tasks must stay running to count as "
                    f"converged (default {DEFAULT_VERIFY_WINDOW:g})")
 
 
-def _seconds(text: str) -> float:
+def seconds_arg(text: str) -> float:
+    """An argparse type: seconds, as 30, 1.5 or 30s (>= 0)."""
     try:
         value = float(text.removesuffix("s"))
     except ValueError:
