@@ -64,7 +64,7 @@ def test_the_pace_is_a_rolling_minute_of_moves() -> None:
     held = rb.decide(apply(slots, one.moves), 6, nodes, NOW + 10, paced, recent=[NOW])
     assert held.moves == () and not held.balanced
     assert held.waiting == "1 moves in the last minute (maxMovesPerMinute 1)"
-    assert held.requeue_after == 50.0
+    assert held.requeue_after == 50.0 and not held.settled
     later = rb.decide(apply(slots, one.moves), 6, nodes, NOW + 61, paced, recent=[NOW])
     assert len(later.moves) == 1
 
@@ -72,7 +72,8 @@ def test_the_pace_is_a_rolling_minute_of_moves() -> None:
 def test_no_move_unless_every_task_runs() -> None:
     slots, nodes = spread(3, 3, 0)
     starting = [*slots[:-1], rb.Slot(6, "n2", False)]
-    assert rb.decide(starting, 6, nodes, NOW, ON).moves == ()
+    held = rb.decide(starting, 6, nodes, NOW, ON)
+    assert held.moves == () and not held.steady and not held.settled
     assert rb.decide(slots[:-1], 6, nodes, NOW, ON).moves == ()  # a slot is missing
     unplaced = [*slots[:-1], rb.Slot(6, None, True)]
     assert rb.decide(unplaced, 6, nodes, NOW, ON).waiting == (
@@ -102,7 +103,7 @@ def test_spread_preferences_decide_where_a_task_may_go() -> None:
     zones = [rb.Candidate("n1", ("a",)), rb.Candidate("n2", ("a",)),
              rb.Candidate("n3", ("b",))]
     stuck = rb.decide(slots, 6, zones, NOW, ON)
-    assert stuck.moves == () and not stuck.balanced
+    assert stuck.moves == () and not stuck.balanced and stuck.settled
     # The scheduler settles such ties by the service's turn (nodefacts.spread_turn):
     # even turns take zone a first, odd ones zone b.
     assert [(m.source, m.target) for m in rb.decide(slots, 6, zones, NOW, ON,

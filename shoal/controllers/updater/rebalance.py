@@ -132,14 +132,21 @@ class Move:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Decision:
-    """Moves to start now. ``balanced``: within maxSkew (nothing to do). ``waiting``:
-    why an uneven service gets no move now (empty when moving or balanced).
-    ``requeue_after``: when the pace allows the next move."""
+    """Moves to start now. ``balanced``: within maxSkew. ``waiting``: why an uneven
+    service gets no move now (empty when moving or balanced). ``requeue_after``: when
+    the pace allows the next move. ``steady``: every slot's one task runs."""
 
     moves: tuple[Move, ...]
     balanced: bool
     waiting: str = ""
     requeue_after: float | None = None
+    steady: bool = True
+
+    @property
+    def settled(self) -> bool:
+        """Nothing more to do: steady, and balanced or without a move that would help
+        (not merely held back by the pace). A rebalance request is done then."""
+        return self.steady and not self.moves and self.requeue_after is None
 
 
 def candidates(placement: Any, nodes: Iterable[Resource]) -> tuple[list[Candidate], list[str]]:
@@ -288,10 +295,12 @@ def decide(slots: Sequence[Slot], replicas: int, nodes: Sequence[Candidate], now
         if slot.node in tree.paths:
             counts[slot.node] = counts.get(slot.node, 0) + 1
             movable.setdefault(slot.node, []).append(slot.key)
+    steady = len(slots) == replicas and all(s.running and s.node for s in slots)
     if len(tree.paths) < 2 or tree.skew(counts) <= config.max_skew:
-        return Decision((), balanced=True)
-    if len(slots) != replicas or not all(s.running and s.node for s in slots):
-        return Decision((), False, "waiting for every task of the service to run")
+        return Decision((), balanced=True, steady=steady)
+    if not steady:
+        return Decision((), False, "waiting for every task of the service to run",
+                        steady=False)
     window = [t for t in recent if now - t < WINDOW]
     budget = config.max_moves_per_minute - len(window)
     if budget <= 0:
