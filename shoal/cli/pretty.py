@@ -221,6 +221,11 @@ def service_text(service: resource.Resource,
             lines.append(_line("Preferences", f"[{prefs}]", 1))
         if placement.get("maxReplicasPerNode"):
             lines.append(_line("Max Replicas Per Node", placement["maxReplicasPerNode"], 1))
+        rebalance = placement.get("rebalance")
+        if isinstance(rebalance, dict) and rebalance.get("enabled") is True:
+            # Shoal's own (Swarm never moves a running task): see docs/updater.md.
+            lines.append(_line("Rebalance", f"maxSkew {rebalance.get('maxSkew', 1)}, "
+                               f"{rebalance.get('maxMovesPerMinute', 6)} moves a minute", 1))
     lines += _config_lines("UpdateConfig", spec.get("updateConfig"), "Update order")
     lines += _config_lines("RollbackConfig", spec.get("rollbackConfig"), "Rollback order")
     lines += ["ContainerSpec:", _line("Image", template.get("image") or printers.NONE, 1)]

@@ -30,3 +30,15 @@ def test_node_text_lists_live_tasks_only() -> None:
     text = pretty.node_text(node, [live, ended], local=True)
     assert "n1 (this host)" in text and "Drain" in text and "1GiB" in text
     assert "default/web.1.a" in text and "web.1.b" not in text and "Tasks: 1" in text
+
+
+def test_service_text_shows_rebalancing_when_enabled() -> None:
+    svc = resource.new("Service", "web", "default")
+    svc.spec = {"replicas": 6, "template": {"image": "busybox"},
+                "placement": {"rebalance": {"enabled": True, "maxSkew": 2,
+                                            "maxMovesPerMinute": 6}}}
+    text = pretty.service_text(svc)
+    assert "Placement:" in text
+    assert " Rebalance:" in text and "maxSkew 2, 6 moves a minute" in text
+    svc.spec["placement"]["rebalance"]["enabled"] = False
+    assert "Rebalance" not in pretty.service_text(svc)
