@@ -1,5 +1,9 @@
-"""The updater: rolling updates, rollback, revisions and rebalancing of a service's tasks.
+"""The updater: rolling updates of a changed Service spec, rollbacks, revisions and
+rebalancing.
 
-See docs/updater.md for the contract. ``rebalance`` decides which running tasks to move
-when the service's spread over its eligible nodes is uneven (pure, no I/O).
+``config`` reads updateConfig/rollbackConfig, ``batches`` decides each pass (pure),
+``revisions`` keeps the history (pure), ``rebalance`` decides which running tasks to
+move when a service's spread over its nodes is uneven (pure) and ``moves`` is its part
+of a pass (pure), ``controller`` is the loop that writes. See docs/updater.md for the
+contract.
 """
