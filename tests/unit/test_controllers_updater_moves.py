@@ -44,8 +44,8 @@ def test_off_unless_enabled_or_asked() -> None:
 def test_a_three_three_service_moves_one_task_off_each_full_node() -> None:
     step = mv.plan(web({"enabled": True}), three_three(), NODES, NOW, clean)
     assert step.slots == {3: "n1", 6: "n2"} and step.active
-    assert step.status is not None and step.status["moves"] == 2
-    assert "lastMoveAt" in step.status and "handled" not in step.status
+    # The moves count once their replacements exist (the next pass).
+    assert step.status == {"moves": 0}
 
 
 def test_held_while_an_update_is_in_flight() -> None:

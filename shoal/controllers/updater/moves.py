@@ -109,11 +109,11 @@ def plan(service: Resource, tasks: Sequence[Resource], nodes: Iterable[Resource]
     moved = [t for t in tasks if rb.MOVED_FROM in t.metadata.annotations]
     since = ts.parse_timestamp(service.metadata.annotations.get(rb.REQUEST))
     counted = [t for t in moved if since is None or ts.creation_time(t) >= since]
-    fields: dict[str, Any] = {"moves": len(counted) + len(decision.moves),
-                              "message": decision.waiting}
-    if counted or decision.moves:
-        newest = max((t.metadata.creationTimestamp or "" for t in counted), default="")
-        fields["lastMoveAt"] = resource.now_rfc3339() if decision.moves else newest
+    # Counted from the replacements that exist, so a move shows once it is written
+    # (and a batch cut short by updateConfig.parallelism counts what it made).
+    fields: dict[str, Any] = {"moves": len(counted), "message": decision.waiting}
+    if counted:
+        fields["lastMoveAt"] = max(t.metadata.creationTimestamp or "" for t in counted)
     if request is not None and decision.settled:
         fields["handled"] = request
     return Pass({m.slot: m.source for m in decision.moves}, True, _with(previous, **fields),
