@@ -9,8 +9,10 @@ new revision) and, unless ``-d``, follows the updater's work until
 ``status.rebalance.handled`` equals that stamp, printing each move as its replacement
 runs (``moved web.3 from n1 to n3``) and then the spread.
 
-The pure half — which moves to print, the spread over the eligible nodes — is
-``moves_since`` and ``spread``, so the output is tested without a cluster.
+The pure half — which moves to print, when no move is in flight any more, the spread
+over the eligible nodes — is ``moves_since``, ``settled`` and ``spread``, so the output
+is tested without a cluster. Whether the spread is even enough is the updater's
+judgement (per spread group when there are spread preferences), not recomputed here.
 """
 
 from __future__ import annotations
@@ -84,13 +86,14 @@ def spread(tasks: Iterable[resource.Resource], nodes: Sequence[str]) -> dict[str
     return counts
 
 
+def settled(tasks: Iterable[resource.Resource], replicas: int) -> bool:
+    """Exactly ``replicas`` tasks desired running, all running: no move in flight."""
+    live = [t for t in tasks if ts.is_active_desired(t)]
+    return len(live) == replicas and all(ts.is_running(t) for t in live)
+
+
 def spread_text(counts: dict[str, int]) -> str:
     return ", ".join(f"{node} {count}" for node, count in sorted(counts.items()))
-
-
-def skew_of(counts: dict[str, int], eligible: Iterable[str]) -> int:
-    values = [counts.get(n, 0) for n in eligible]
-    return max(values) - min(values) if len(values) > 1 else 0
 
 
 # --- doing it ------------------------------------------------------------------------------
@@ -162,20 +165,18 @@ async def follow(store: client.Store, registry: kinds.Registry, namespace: str, 
                 console.out(line)
         status = service.status.get("rebalance")
         status = status if isinstance(status, dict) else {}
-        if status.get("handled") == stamp:
+        if status.get("handled") == stamp and settled(tasks, taskview.replicas_of(service)):
+            # Done as the updater judges it (with spread preferences, per spread group),
+            # and the last move's old task has stopped: the spread as it now runs.
             nodes, _ = await store.list(nodes_info)
             placement = service.spec.get("placement")
             eligible = [c.name for c in rb.candidates(placement, nodes)[0]]
             counts = spread(tasks, eligible)
             config, _ = rb.Config.from_spec(placement)
-            if skew_of(counts, eligible) <= config.max_skew:
-                console.out(f"verify: spread {spread_text(counts)} (maxSkew "
-                            f"{config.max_skew})")
-                return
-            if status.get("message"):
-                console.out(f"verify: spread {spread_text(counts)}: {status['message']}")
-                return
-            # Handled, but the last old task is still stopping: look again.
+            note = (f": {status['message']}" if status.get("message")
+                    else f" (maxSkew {config.max_skew})")
+            console.out(f"verify: spread {spread_text(counts)}{note}")
+            return
         if time.monotonic() > deadline:
             raise errors.CliError(
                 f"timed out after {timeout:g}s waiting for service {name} to be rebalanced "

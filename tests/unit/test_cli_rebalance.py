@@ -41,4 +41,11 @@ def test_the_spread_counts_running_tasks_on_every_eligible_node() -> None:
     counts = rebalance.spread(tasks, ["n1", "n2", "n3"])
     assert counts == {"n1": 2, "n2": 1, "n3": 0, "paused-node": 1}
     assert rebalance.spread_text(counts) == "n1 2, n2 1, n3 0, paused-node 1"
-    assert rebalance.skew_of(counts, ["n1", "n2", "n3"]) == 2
+
+
+def test_settled_once_no_move_is_in_flight() -> None:
+    three = [made(f"web.{s}.1", s, "n1") for s in (1, 2, 3)]
+    assert rebalance.settled(three, 3)
+    overlap = [*three, made("web.3.2", 3, "n3", state="starting", moved_from="n1")]
+    assert not rebalance.settled(overlap, 3)
+    assert not rebalance.settled(three[:2], 3)
