@@ -197,44 +197,48 @@ def recent_moves(tasks: Iterable[Resource], now: float) -> list[float]:
 
 # --- the spread tree ---------------------------------------------------------------------
 #
-# A node's path is its group values then its name; a tree node is a path prefix. Counts
-# are kept per node and summed over prefixes when asked (services are small next to the
-# cost of etcd writes; clarity wins here).
+# A node's path is its group values then its name; a tree node is a path prefix. The
+# shape is fixed per decision (built once); counts are summed over prefixes in one pass
+# over the nodes whenever they are needed, so a decision over 1,000 nodes stays linear.
 
 Path = tuple[str | None, ...]
+
+
+def _sort_key(path: Path) -> tuple[tuple[bool, str], ...]:
+    return tuple((v is None, v or "") for v in path)
 
 
 class _Tree:
     def __init__(self, nodes: Sequence[Candidate]) -> None:
         self.paths: dict[str, Path] = {c.name: (*c.groups, c.name) for c in nodes}
         self.depth = max((len(p) for p in self.paths.values()), default=1)
-
-    def count(self, counts: Mapping[str, int], prefix: Path) -> int:
-        n = len(prefix)
-        return sum(counts.get(name, 0) for name, path in self.paths.items()
-                   if path[:n] == prefix)
-
-    def children(self, prefix: Path, among: Iterable[str] | None = None) -> list[Path]:
-        """Distinct branches under ``prefix`` (holding one of ``among``, if given)."""
-        n = len(prefix)
-        names = self.paths if among is None else among
-        return sorted({self.paths[m][:n + 1] for m in names
-                       if self.paths[m][:n] == prefix},
-                      key=lambda p: tuple((v is None, v or "") for v in p))
-
-    def prefixes(self) -> list[Path]:
-        """Every inner tree node (the root first)."""
-        out: set[Path] = set()
+        kids: dict[Path, set[Path]] = {}
         for path in self.paths.values():
-            out.update(path[:d] for d in range(len(path)))
-        return sorted(out, key=lambda p: (len(p), tuple((v is None, v or "") for v in p)))
+            for d in range(len(path)):
+                kids.setdefault(path[:d], set()).add(path[:d + 1])
+        # Every inner tree node's branches, in the scheduler's order (label values
+        # sorted, "no label" last).
+        self.children: dict[Path, list[Path]] = {
+            prefix: sorted(branches, key=_sort_key) for prefix, branches in kids.items()}
+
+    def totals(self, counts: Mapping[str, int], among: Iterable[str] | None = None
+               ) -> dict[Path, int]:
+        """Tasks under every tree node (of the nodes ``among``, if given: then only the
+        tree nodes holding one of them appear)."""
+        out: dict[Path, int] = {}
+        for name in (self.paths if among is None else among):
+            path, count = self.paths[name], counts.get(name, 0)
+            for d in range(len(path) + 1):
+                out[path[:d]] = out.get(path[:d], 0) + count
+        return out
 
     def skew(self, counts: Mapping[str, int]) -> int:
         """The largest difference between sibling counts anywhere in the tree."""
+        totals = self.totals(counts)
         worst = 0
-        for prefix in self.prefixes():
-            values = [self.count(counts, c) for c in self.children(prefix)]
-            if len(values) > 1:
+        for branches in self.children.values():
+            if len(branches) > 1:
+                values = [totals[b] for b in branches]
                 worst = max(worst, max(values) - min(values))
         return worst
 
@@ -255,11 +259,14 @@ def _targets(tree: _Tree, counts: Mapping[str, int], limit: int,
     all of them followed), then any node of that group with the fewest (the scheduler
     breaks those ties by tasks overall, which does not change the spread). Nodes at
     ``limit`` (maxReplicasPerNode) take nothing."""
-    open_nodes = [n for n in tree.paths if not limit or counts.get(n, 0) < limit]
+    totals = tree.totals(counts)
+    # Branches with room: those holding a node below the limit.
+    room = tree.totals({}, [n for n in tree.paths if not limit or counts.get(n, 0) < limit])
     out: list[str] = []
 
     def walk(prefix: Path) -> None:
-        scored = [(tree.count(counts, b), b) for b in tree.children(prefix, open_nodes)]
+        siblings = tree.children.get(prefix, [])
+        scored = [(totals[b], b) for b in siblings if b in room]
         if not scored:
             return
         fewest = min(score for score, _ in scored)
@@ -268,7 +275,6 @@ def _targets(tree: _Tree, counts: Mapping[str, int], limit: int,
             out.extend(str(b[-1]) for b in tied)
             return
         if turn is not None:
-            siblings = tree.children(prefix)
             tied = [min(tied, key=lambda b: (siblings.index(b) + turn) % len(siblings))]
         for branch in tied:
             walk(branch)
@@ -336,16 +342,17 @@ def _source(tree: _Tree, after: Mapping[str, int], movable: Mapping[str, list[in
     where their branches part, the source's holds more than ``max_skew`` tasks more."""
     if not picks:
         return None
+    totals = tree.totals(after)
     order = sorted((n for n, keys in movable.items() if keys),
                    key=lambda n: (-after.get(n, 0), n))
     for source in order:
-        if all(pick != source and _better(tree, after, source, pick, max_skew)
+        if all(pick != source and _better(tree, totals, source, pick, max_skew)
                for pick in picks):
             return source
     return None
 
 
-def _better(tree: _Tree, after: Mapping[str, int], source: str, target: str,
+def _better(tree: _Tree, totals: Mapping[Path, int], source: str, target: str,
             max_skew: int) -> bool:
     mine, theirs = tree.parting(source, target)
-    return tree.count(after, mine) - tree.count(after, theirs) > max_skew
+    return totals.get(mine, 0) - totals.get(theirs, 0) > max_skew
