@@ -202,11 +202,11 @@ class ServiceWatch:
         self.last: Snapshot | None = None
         # Imported here: the orchestrator's modules pull in the controllers' shared
         # ones, which the start-up of every swctl verb would otherwise pay for.
-        from shoal.controllers.orchestrator import rollout
+        from shoal.controllers import taskspec
 
-        # What "current spec" means: the orchestrator's own rule for a dirty task, so a
+        # What "current spec" means: the controllers' own rule for a dirty task, so a
         # replicas-only change counts the running tasks and an image change does not.
-        self._wanted = rollout.Wanted(service)
+        self._wanted = taskspec.Wanted(service)
 
     def refresh(self, service: Resource) -> None:
         """Follow a newer version of the service: a spec written meanwhile (by the
@@ -310,18 +310,18 @@ class ServiceWatch:
         """A rejected task, or a slot that keeps failing, since the wait began. Only
         tasks of the current spec count: an older spec's task failing (the one a revert
         is replacing) says nothing about this change."""
-        from shoal.controllers.orchestrator import restart as rs
-        from shoal.controllers.orchestrator import slots as orchestrator_slots
+        from shoal.controllers import taskspec
+        from shoal.controllers.updater import config as update_config
 
         assert self._ended_before is not None
-        # While tasks of an earlier spec are still wanted, the orchestrator is rolling
-        # the change out; failures of new tasks pause it by the service's updateConfig
-        # (rollout.UpdateConfig.pauses_after), the rule this wait applies too.
+        # While tasks of an earlier spec are still wanted, the updater is rolling the
+        # change out; failures of new tasks pause it by the service's updateConfig
+        # (config.UpdateConfig.pauses_after), the rule this wait applies too.
         updating = any(ts.is_active_desired(t) and self.stale(t) for t in tasks)
-        config = orchestrator_slots.update_config(self.service)
+        config = update_config.for_service(self.service)
         total = len({taskview.slot_key(t, self.mode) for t in tasks
                      if ts.is_active_desired(t)})
-        for task in sorted(tasks, key=rs.age_key):  # oldest first: count in order
+        for task in sorted(tasks, key=taskspec.age_key):  # oldest first: count in order
             name = task.metadata.name
             state = ts.observed_state(task)
             if name in self._ended_before or name in self._counted or state not in (

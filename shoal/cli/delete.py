@@ -103,9 +103,22 @@ def _targets_from_manifests(registry: kinds.Registry, docs: list[manifests.Docum
         out.append((info, name, common.namespace_for(info, ns)))
     if problems:
         raise errors.CliError(problems)
-    # CRDs last: objects of a kind defined in the same file are deleted while their kind
-    # is still registered, instead of being orphaned in etcd.
-    return sorted(out, key=lambda t: t[0].kind == kinds.CRD_KIND)
+    return sorted(out, key=lambda t: _delete_rank(t[0]))
+
+
+#: Kinds that other objects refer to (a Service names its networks, secrets and
+#: configs): deleted after the objects in the same files that use them, so that a
+#: service's tasks are told to stop before the network they sit on is taken away.
+_REFERENCED_KINDS = frozenset({"Network", "Secret", "Config"})
+
+
+def _delete_rank(info: kinds.KindInfo) -> int:
+    """Order of deletion for ``delete -f``: users first, then what they use, CRDs last
+    (objects of a kind defined in the same file are deleted while their kind is still
+    registered, instead of being orphaned in etcd). Stable: file order otherwise."""
+    if info.kind == kinds.CRD_KIND:
+        return 2
+    return 1 if info.kind in _REFERENCED_KINDS else 0
 
 
 async def delete_one(store: client.Store, info: kinds.KindInfo, name: str,

@@ -5,7 +5,7 @@ per node, and Docker's "5 seconds ago" times. Pure functions over already-listed
 convergence progress of ``apply``/``scale`` all group the same tasks the same way; keeping
 that here means they agree on which task is a slot's current one and what counts as
 running. Task order and the state vocabulary come from the controllers' own helpers
-(``taskstates``, the orchestrator's ``age_key``), so swctl never disagrees with the
+(``taskstates``, ``taskspec.age_key``), so swctl never disagrees with the
 orchestrator about which task is newest. The orchestrator package is imported only when
 tasks are grouped: importing it pulls in the scheduler, which every other verb would pay
 for at start-up.
@@ -95,12 +95,12 @@ def slot_key(task: Resource, mode: str) -> int | str:
 
 def group_slots(tasks: Iterable[Resource], mode: str) -> list[Slot]:
     """Tasks of one service by slot (or node), slots in order, tasks newest first."""
-    from shoal.controllers.orchestrator import restart as rs
+    from shoal.controllers import taskspec
 
     groups: dict[int | str, list[Resource]] = {}
     for task in tasks:
         groups.setdefault(slot_key(task, mode), []).append(task)
-    slots = [Slot(key, sorted(items, key=rs.age_key, reverse=True))
+    slots = [Slot(key, sorted(items, key=taskspec.age_key, reverse=True))
              for key, items in groups.items()]
     # Numbers sort numerically, node names alphabetically; the two never mix in a
     # well-formed service, but a stray task must not make sorting raise.

@@ -7,6 +7,8 @@ several controller-managers can run; for each controller one of them leads.
 
 * ``orchestrator`` — Services -> Tasks (slots, global, restarts, history, deletion): a
   per-object controller (``reconcile.ControllerSpec``);
+* ``updater`` — rolls changed Service specs out over their tasks, rollbacks,
+  revisions (``status.update``): a per-object controller too;
 * ``scheduler`` — pending Tasks -> nodes, in batches: an elected runnable
   (``runnable.RunnableSpec``), as are
 * ``nodes`` — Node ``ready``/``down`` from heartbeat leases, and
@@ -19,10 +21,12 @@ from shoal.controllers.allocator import controller as allocator
 from shoal.controllers.nodes import controller as nodes
 from shoal.controllers.orchestrator import controller as orchestrator
 from shoal.controllers.scheduler import controller as scheduler
+from shoal.controllers.updater import controller as updater
 from shoal.runtime.manager import Spec
 
 
 def controller_specs() -> list[Spec]:
     """Every built-in controller, in start-up order."""
     return [nodes.controller_spec(), orchestrator.controller_spec(),
-            scheduler.controller_spec(), allocator.controller_spec()]
+            updater.controller_spec(), scheduler.controller_spec(),
+            allocator.controller_spec()]

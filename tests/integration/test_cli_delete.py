@@ -55,3 +55,25 @@ async def test_delete_waits_for_finalizers(swctl: Swctl, store: client.Store) ->
     obj.metadata.finalizers = []
     await store.update(info, obj)
     swctl("get", "config", "held", expect=1)
+
+
+def test_delete_file_removes_users_before_what_they_use(swctl: Swctl) -> None:
+    # The file names the network first, as stack files often do; deleting it first would
+    # pull the network from under the service's running tasks.
+    path = swctl.write("web.yaml", """\
+        apiVersion: shoal.io/v1
+        kind: Network
+        metadata: {name: backend}
+        spec: {driver: overlay}
+        ---
+        apiVersion: shoal.io/v1
+        kind: Service
+        metadata: {name: web}
+        spec:
+          replicas: 1
+          networks: [backend]
+          template: {image: busybox, command: [sleep, "3600"]}
+        """)
+    swctl("apply", "-d", "-f", str(path))
+    assert swctl("delete", "-f", str(path)).stdout.splitlines() == [
+        "service/web deleted", "network/backend deleted"]

@@ -221,13 +221,20 @@ def test_killed_controller_manager_resumes_the_rollout(cluster: Cluster) -> None
     def replaced() -> list[dict[str, Any]]:
         return [t for t in tasks(swctl, "batch")
                 if t["spec"]["template"]["image"] == "shoal/busybox:2.0"]
-    at_kill = len(eventually(replaced, what="a first task replaced"))
-    cluster.procs["manager"].kill()
-    cluster.procs["manager"].wait()
-    cluster.start("manager", "controller-manager")
+    with Recorder(swctl, "batch") as rec:
+        at_kill = len(eventually(replaced, what="a first task replaced"))
+        cluster.procs["manager"].kill()
+        cluster.procs["manager"].wait()
+        cluster.start("manager", "controller-manager")
 
-    eventually(lambda: sorted(running(swctl, "batch").values()) == ["shoal/busybox:2.0"] * 3,
-               30, "every task on the new image")
+        eventually(lambda: sorted(running(swctl, "batch").values())
+                   == ["shoal/busybox:2.0"] * 3, 30, "every task on the new image")
+    # At every etcd revision across the kill: never two tasks desired running in a slot
+    # (stop-first), never more than 3 desired running, never fewer than 3 - 1 running
+    # once the update began.
+    assert all(len(g) == 1 for m in rec.moments for g in m.per_slot.values())
+    assert max(m.desired for m in rec.moments) <= 3
+    assert min(m.serving for m in rec.moments) >= 2, [m.serving for m in rec.moments]
     # Exactly one replacement per slot: nothing was redone or lost across the kill.
     new = replaced()
     assert sorted(t["spec"]["slot"] for t in new) == [1, 2, 3], (at_kill, new)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from shoal.controllers import taskspec
 from shoal.controllers.orchestrator import restart
 from shoal.crds import taskstates as ts
 from shoal.store import errors, etcd_server
@@ -70,7 +71,7 @@ async def test_restart_policy_max_attempts_and_history(cluster: Cluster) -> None
         assert len(in_slot) == 3, describe(tasks)
         assert all(t.status.get("state") == "failed" for t in in_slot), describe(tasks)
         assert not any(ts.is_active_desired(t) for t in in_slot), describe(tasks)
-        last = max(in_slot, key=restart.sequence_of)
+        last = max(in_slot, key=taskspec.sequence_of)
         assert last.metadata.annotations[restart.RESTART_COUNT] == "2"
         assert "restart limit reached: 2 of 2" in last.metadata.annotations[
             restart.NO_RESTART]

@@ -3,7 +3,10 @@
 What it owns: creating Tasks (``pending``, for the scheduler), telling them to stop
 (``spec.desiredState: shutdown``) and deleting old ones; the ``shoal.io/tasks`` finalizer
 on Services; a Service's ``Valid`` condition. It does not place tasks (the scheduler
-does), judge node health (the nodes controller does) or run anything (agents do).
+does), judge node health (the nodes controller does), replace tasks that run an
+out-of-date spec (the updater does: a dirty task that runs is left alone) or run
+anything (agents do). It ends a start-first overlap, though: once the newer task of a
+slot runs, the older one is told to stop.
 
 One reconcile per Service, level-triggered, in the swarmkit mould: read the service, all
 its tasks (history included) and the nodes from the shared caches, let the pure
@@ -16,9 +19,9 @@ the plan in etcd transactions. Handing off:
   are replaced at once; a node joining gets its global tasks);
 * a Task change wakes its service only when the orchestrator has something to do about
   it: it ended (restart policy, history), it was told to stop or it was deleted, it is
-  malformed or was made by someone else. The normal march pending -> assigned ->
-  running does not, so 100,000 tasks starting do not re-plan their services 300,000
-  times;
+  malformed or was made by someone else, or it reached running in a service with a
+  start-first overlap. The normal march pending -> assigned -> running does not
+  otherwise, so 100,000 tasks starting do not re-plan their services 300,000 times;
 * delayed restarts come back through ``Result(requeue_after=...)``.
 
 Crash safety: each slot's shutdown and its replacement's create are written in one
@@ -44,8 +47,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-from shoal.controllers import common, nodefacts
-from shoal.controllers.orchestrator import restart, rollout, slots
+from shoal.controllers import common, nodefacts, taskspec
+from shoal.controllers.orchestrator import restart, slots
 from shoal.crds import admission, conditions, kinds, resource
 from shoal.crds import taskstates as ts
 from shoal.crds.resource import Resource
@@ -58,7 +61,7 @@ from shoal.store import client, errors
 log = rt_logging.get_logger("shoal.controllers.orchestrator")
 
 FINALIZER: Final = "shoal.io/tasks"
-SHUTDOWN_REASON: Final = "shoal.io/shutdown-reason"
+SHUTDOWN_REASON: Final = taskspec.SHUTDOWN_REASON
 VALID: Final = "Valid"
 #: Transactions one orchestrator keeps in flight across all services.
 PARALLEL_TXNS: Final = 8
@@ -137,8 +140,8 @@ class Orchestrator:
     def __init__(self, workers: int = 8) -> None:
         self.index = common.TaskIndex(flag=lambda t: bool(task_problems(t)))
         self._global: set[str] = set()  # keys of global services, for node changes
-        # Keys of services rolling out a change: a task of theirs reaching running may
-        # let the next batch go, so that (normally quiet) step wakes them.
+        # Keys of services with a start-first overlap: a task of theirs reaching running
+        # ends it, so that (normally quiet) step wakes them.
         self._rolling: set[str] = set()
         self._written: dict[str, int] = {}  # service key -> revision of our last write
         self._valid: dict[str, tuple[str, int, list[str]]] = {}  # key -> (uid, gen, errs)
@@ -241,11 +244,10 @@ class Orchestrator:
         plan = slots.plan_service_facts(svc, mine, nodes, now=time.time())
         plan_ms = (time.perf_counter() - started) * 1000
         ok = await self._apply(ctx, key, svc, plan, plan_ms)
-        if plan.update is not None and plan.update.state != rollout.COMPLETED:
+        if plan.overlaps:
             self._rolling.add(key)
         else:
             self._rolling.discard(key)
-        svc = await self._set_update(ctx, svc, plan.update)
         await self._set_valid(ctx, svc, plan.problems)
         await self._mark_bad_tasks(ctx, self.index.flagged_of((namespace, name)))
         if not ok:
@@ -303,37 +305,6 @@ class Orchestrator:
         self._valid[key] = (*stamp, found)
         return found
 
-    async def _set_update(self, ctx: Context, svc: Resource,
-                          update: rollout.Rollout | None) -> Resource:
-        """``status.update``: what the rollout of a changed spec is doing, written when it
-        changes (``describe`` shows it; ``docker service inspect`` calls it UpdateStatus)."""
-        if update is None:
-            return svc
-        wanted = update.status()
-        current = svc.status.get("update")
-        if isinstance(current, dict) and all(current.get(k) == v for k, v in wanted.items()):
-            return svc
-        if update.state == rollout.PAUSED:
-            ctx.log.warning("rollout paused", reason=update.message)
-            await self._event(ctx, svc, "UpdatePaused", update.message)
-        else:
-            ctx.log.info("rollout", state=update.state, updated=update.updated,
-                         total=update.total)
-        stamp = resource.now_rfc3339()
-        fields = {**wanted, "timestamp": stamp}
-        if update.state == rollout.UPDATING and not (
-                isinstance(current, dict) and current.get("state") == rollout.UPDATING):
-            fields["startedAt"] = stamp
-        elif isinstance(current, dict) and current.get("startedAt"):
-            fields["startedAt"] = current["startedAt"]
-        if update.state == rollout.COMPLETED:
-            fields["completedAt"] = stamp
-
-        def put(obj: Resource) -> None:
-            obj.status["update"] = fields
-        stored = await ctx.update_status(svc, put, observed_generation=False)
-        return stored if stored is not None else svc
-
     async def _set_valid(self, ctx: Context, svc: Resource,
                          problems: Sequence[str]) -> None:
         if problems:
@@ -374,28 +345,10 @@ class Orchestrator:
 
     # --- writing a plan ---
 
-    def _new_task(self, svc: Resource, create: slots.Create) -> Resource:
-        namespace = svc.metadata.namespace or resource.DEFAULT_NAMESPACE
-        task = resource.new("Task", create.name, namespace,
-                            labels={ts.SERVICE_LABEL: svc.metadata.name})
-        task.apiVersion = common.TASKS.api_version
-        task.metadata.ownerReferences = [resource.owner_reference(svc)]
-        if create.annotations:
-            task.metadata.annotations = dict(create.annotations)
-        # The task records what shapes it (template, placement, networks, endpoint,
-        # forceUpdate): that copy is what tells a dirty task later (rollout.py). Shared,
-        # not copied: the store only serialises it, and every task of this pass carries
-        # the same one.
-        spec: dict[str, Any] = {"serviceName": svc.metadata.name, "slot": create.slot,
-                                **rollout.task_copy(svc),
-                                "desiredState": ts.RUNNING,
-                                "serviceGeneration": svc.metadata.generation}
-        if create.node_name is not None:
-            spec["nodeName"] = create.node_name
-        task.spec = spec
-        task.status = {"state": ts.PENDING, "message": create.reason,
-                       "timestamp": resource.now_rfc3339()}
-        return task
+    @staticmethod
+    def _new_task(svc: Resource, create: slots.Create) -> Resource:
+        return taskspec.new_task(svc, create.name, create.slot, create.node_name,
+                                 create.reason, create.annotations)
 
     @staticmethod
     def _stopped(shutdown: slots.Shutdown) -> Resource:

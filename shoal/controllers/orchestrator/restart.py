@@ -20,6 +20,7 @@ import enum
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+from shoal.controllers.taskspec import age_key
 from shoal.crds import taskstates as ts
 from shoal.crds import units
 from shoal.crds.resource import Resource
@@ -183,15 +184,3 @@ def replacement_annotations(task: Resource, policy: RestartPolicy, now: float,
     if counted:
         ledger = ledger.after_restart(ts.status_time(task) or now, policy)
     return ledger.annotations() if ledger.count else {}
-
-
-def age_key(task: Resource) -> tuple[float, int, str]:
-    """Orders a slot's tasks oldest first: creation time, then the sequence number the
-    orchestrator puts at the end of task names (creation stamps have 1 s resolution)."""
-    return (ts.creation_time(task), sequence_of(task), task.metadata.name)
-
-
-def sequence_of(task: Resource) -> int:
-    """``3`` for ``web.2.3``; 0 for names the orchestrator did not make."""
-    tail = task.metadata.name.rsplit(".", 1)[-1]
-    return int(tail) if tail.isdigit() else 0

@@ -30,21 +30,22 @@ Names of new tasks are deterministic (``<service>.<slot>.<n>`` or ``<service>.<n
 leader not yet fenced and its successor, or one pass racing its own stale cache — try to
 create the *same* task, and etcd's create-if-absent lets only one through. That is what
 keeps a slot from ever holding two desired-running tasks — with one exception: a
-start-first update (``rollout.py``) creates a slot's replacement while the old task
-still runs, and ``_view`` stops the old one once the replacement runs. The overlap is
+start-first update (the updater controller) creates a slot's replacement while the old
+task still runs, and ``_view`` stops the old one once the replacement runs. The overlap is
 always across generations (the old task is dirty, the new one is not); two tasks of one
-generation in a slot are still duplicates, and the one furthest along is kept.
+generation in a slot are still duplicates, and the one furthest along is kept. Whether a
+task runs an out-of-date spec is not looked at here: a dirty task that runs is the
+updater's to replace.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Final
 
-from shoal.controllers import nodefacts
+from shoal.controllers import nodefacts, taskspec
 from shoal.controllers.orchestrator import restart as rs
-from shoal.controllers.orchestrator import rollout as ro
 from shoal.crds import constraints as cons
 from shoal.crds import taskstates as ts
 from shoal.crds.resource import Resource
@@ -86,8 +87,9 @@ class Plan:
     requeue_after: float | None = None
     #: Spec problems that stopped part of the plan (bad constraint, restart policy ...).
     problems: list[str] = dataclasses.field(default_factory=list)
-    #: The rollout of a changed spec (``status.update``), or None when none is under way.
-    update: ro.Rollout | None = None
+    #: Some slot keeps a start-first overlap (an older task desired running beside a
+    #: newer one not yet running): the newer one's running report ends it.
+    overlaps: bool = False
 
     @property
     def empty(self) -> bool:
@@ -118,15 +120,14 @@ class _Slot:
         return self.current is not None or self.replace is not None
 
     def next_name(self, service: str) -> str:
-        seq = max((rs.sequence_of(t) for t in self.tasks), default=0) + 1
-        return f"{service}.{self.key}.{seq}"
+        return taskspec.next_name(service, self.key, self.tasks)
 
 
 def _best(tasks: Sequence[Resource]) -> Resource:
     """Of several tasks desired running in one slot and generation, the one to keep: not
     ended, furthest along, newest."""
     return max(tasks, key=lambda t: (not ts.has_ended(t), ts.RANK[ts.observed_state(t)],
-                                     rs.age_key(t)))
+                                     taskspec.age_key(t)))
 
 
 def _node_problem(task: Resource, nodes: dict[str, Resource] | None) -> str | None:
@@ -156,7 +157,7 @@ def _view(key: int | str, tasks: Iterable[Resource], generation: int,
         if (ts.is_active_desired(only) and not ts.has_ended(only)
                 and _node_problem(only, nodes) is None):
             return _Slot(key=key, tasks=tasks, current=only)
-    slot = _Slot(key=key, tasks=sorted(tasks, key=rs.age_key))
+    slot = _Slot(key=key, tasks=sorted(tasks, key=taskspec.age_key))
     active = [t for t in slot.tasks if ts.is_active_desired(t)]
     if not active:
         newest = slot.tasks[-1] if slot.tasks else None
@@ -182,6 +183,8 @@ def _view(key: int | str, tasks: Iterable[Resource], generation: int,
         slot.stopping.extend(Shutdown(t, f"replaced by {current.metadata.name} (start-first)")
                              for t in slot.others)
         slot.others = []
+    if slot.others:
+        plan.overlaps = True
 
     problem = _node_problem(current, nodes)
     if problem is not None:
@@ -247,7 +250,7 @@ def trim_history(slot_tasks: Sequence[Resource], limit: int,
     stopping_names = {t.metadata.name for t in stopping}
     history = sorted((t for t in slot_tasks
                       if not ts.is_active_desired(t) or t.metadata.name in stopping_names),
-                     key=rs.age_key)
+                     key=taskspec.age_key)
     excess = history[:max(len(history) - limit, 0)]
     return [t for t in excess if t.metadata.name not in stopping_names and _deletable(t, nodes)]
 
@@ -340,7 +343,6 @@ def plan_replicated_facts(service: Resource, facts: Iterable[ts.TaskFacts], *, n
     generation = service.metadata.generation
     policy = _read_policy(service, plan)
     limit = _history_limit(service)
-    wanted = ro.Wanted(service)
     view = None if nodes is None else NodeView.of(nodes)
     node_index = None if view is None else view.index
     try:
@@ -378,8 +380,7 @@ def plan_replicated_facts(service: Resource, facts: Iterable[ts.TaskFacts], *, n
         if len(same) == 1:
             only = same[0]
             if (only.active and not only.ended
-                    and (usable is None or only.node is None or only.node in usable)
-                    and not wanted.dirty(only.task, only.generation or None)):
+                    and (usable is None or only.node is None or only.node in usable)):
                 settled[k] = only.task
                 continue
         slots[k] = _view(k, [f.task for f in same], generation, policy, now, plan, node_index)
@@ -404,8 +405,6 @@ def plan_replicated_facts(service: Resource, facts: Iterable[ts.TaskFacts], *, n
             candidates.append((int(s.key), node, cur is not None and ts.is_running(cur)))
         removed = set(scale_down_order(candidates)[:len(live) - wanted_live])
 
-    _roll(service, [s for s in live if s.key not in removed], wanted,
-          (f.task for f in facts_list if f.ended), policy, now, plan, settled)
     for s in slots.values():
         if s.key in removed:
             # Its replacement (if any) is never created; everything still wanted stops.
@@ -443,57 +442,6 @@ def plan_replicated_facts(service: Resource, facts: Iterable[ts.TaskFacts], *, n
         plan.deletes.extend(trim_history(s.tasks, limit if keeps_slot else 0, node_index,
                                          stopping_by_slot.get(int(s.key), ())))
     return plan
-
-
-def update_config(service: Resource, plan: Plan | None = None) -> ro.UpdateConfig:
-    """How this service's changes roll out: its ``spec.updateConfig`` over Swarm's
-    defaults. Unreadable fields keep the default and are reported on ``plan``."""
-    config, problems = ro.UpdateConfig.from_spec(service.spec.get("updateConfig"))
-    if plan is not None:
-        plan.problems.extend(problems)
-    return config
-
-
-def _roll(service: Resource, live: Sequence[_Slot], wanted: ro.Wanted,
-          ended: Iterable[Resource], policy: rs.RestartPolicy, now: float,
-          plan: Plan, settled: Mapping[int, Resource] | None = None) -> None:
-    """Replace the slots the rollout picks among ``live`` ones whose task is dirty (the
-    slot's shutdown and replacement, as a restart has them), and put the rollout's
-    status on the plan. ``settled``: slots left out of ``live`` because their one task
-    is clean and fine; the rollout still counts them (in flight while not running, and
-    their running time paces ``delay``)."""
-    generation = service.metadata.generation
-    views = [ro.SlotView(s.key, s.current, s.current is not None and wanted.dirty(s.current),
-                         s.replace is not None) for s in live]
-    previous = service.status.get("update") if isinstance(service.status, dict) else None
-    if not any(v.dirty for v in views) and not (
-            isinstance(previous, dict) and previous.get("state") in (ro.UPDATING, ro.PAUSED)):
-        return  # the common case: nothing to roll, nothing was rolling
-    if settled:
-        views += [ro.SlotView(k, t, False) for k, t in settled.items()]
-    config = update_config(service, plan)
-    decision = ro.decide(views, ro.failures(ended, generation, config.monitor), now, config,
-                         previous if isinstance(previous, dict) else None)
-    plan.update = decision
-    if decision is None:
-        return
-    if decision.requeue_after is not None:
-        plan.requeue(decision.requeue_after)
-    by_key = {s.key: s for s in live}
-    for key in decision.replace:
-        slot = by_key[key]
-        old = slot.current
-        assert old is not None  # only dirty slots are picked, and those have a task
-        if config.order == "stop-first" or slot.others:
-            # Stop-first; or start-first where an older task still runs: ``old`` is an
-            # earlier replacement that never took over, and the slot keeps one old task.
-            slot.stopping.append(Shutdown(old, f"updating to service generation {generation}"))
-        # Start-first leaves the old task running; ``_view`` stops it once its
-        # replacement runs.
-        slot.replace = (f"updates {old.metadata.name} (service generation {generation})",
-                        rs.replacement_annotations(old, policy, now, counted=False,
-                                                   generation=generation))
-        slot.current = None
 
 
 def _stop_slot(slot: _Slot, reason: str, plan: Plan) -> None:
@@ -575,9 +523,6 @@ def plan_global(service: Resource, tasks: Iterable[Resource], nodes: Iterable[Re
                 slot.tasks[-1], policy, now, counted=False, generation=generation))
             slot.replace = (f"node {node_name} is eligible", notes)
         kept.append(slot)
-    # The rollout weighs every kept node's task before any is replaced.
-    _roll(service, [s for s in kept if s.live], ro.Wanted(service),
-          (t for t in tasks if ts.has_ended(t)), policy, now, plan)
     for slot in kept:
         shutdowns_before = len(plan.shutdowns)
         _emit(slot, name, plan)
@@ -586,7 +531,7 @@ def plan_global(service: Resource, tasks: Iterable[Resource], nodes: Iterable[Re
 
     # Tasks on nodes that no longer exist: stop what is still wanted, forget the rest.
     for node_name, gone in sorted(by_node.items()):
-        for task in sorted(gone, key=rs.age_key):
+        for task in sorted(gone, key=taskspec.age_key):
             if ts.is_active_desired(task):
                 plan.shutdowns.append(Shutdown(task, f"node {node_name} is gone"))
             else:

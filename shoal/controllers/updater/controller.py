@@ -1,0 +1,362 @@
+"""The updater loop: rolls a changed Service spec out over its tasks, and back.
+
+What it owns: replacing tasks that run an out-of-date spec (dirty, ``taskspec``), batch
+by batch (``batches.decide``, by ``spec.updateConfig``, or ``spec.rollbackConfig``
+during a rollback); a Service's ``status.update``, ``Progressing`` condition,
+``status.revisions`` and ``status.revision`` (``revisions``); rollbacks, asked for with
+the ``shoal.io/rollback-request`` annotation or made by the ``rollback`` failure action.
+It does not keep slot counts, restart ended tasks or trim history (the orchestrator
+does), nor place tasks (the scheduler does). docs/updater.md is the contract.
+
+One reconcile per Service, level-triggered: read the service and all its tasks from the
+shared caches, record the revision, carry out a rollback request, let the pure
+``batches.decide`` pick the slots, and write. What wakes a service: its own change, and
+a task of a service whose rollout is under way changing state (a replacement running
+lets the next batch go, a failure pauses or rolls back); the delay between batches comes
+back as ``Result(requeue_after=...)``.
+
+Crash safety: every decision is derived from etcd (the tasks, the service's spec,
+annotations and status), so a restarted updater resumes where the last one stopped.
+A stop-first replacement is one transaction: the old task's desired state becomes
+shutdown (compare-and-swap on its revision) and the replacement is created
+(deterministic name ``<svc>.<slot>.<n>``, create-if-absent); a start-first one marks the
+old task ``shoal.io/replaced-by`` (the same compare) and creates the replacement, so a
+slot changed meanwhile — by the orchestrator restarting it, or a stale pass of this
+loop — fails the whole transaction, which is retried from a fresher cache. After
+writing, the next pass of that service waits until the cache has seen the writes. A
+rollback is one compare-and-swap write of the service: the revision's sections into
+``spec``, the request removed, ``shoal.io/rollback-generation`` and the change cause set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, Final
+
+from shoal.controllers import common, taskspec
+from shoal.controllers.updater import batches, revisions
+from shoal.controllers.updater import config as cfg
+from shoal.crds import conditions, resource
+from shoal.crds import taskstates as ts
+from shoal.crds.resource import Resource
+from shoal.runtime import cas
+from shoal.runtime import logging as rt_logging
+from shoal.runtime.reconcile import Context, ControllerSpec, Result
+from shoal.store import client, errors
+
+log = rt_logging.get_logger("shoal.controllers.updater")
+
+PROGRESSING: Final = "Progressing"
+#: How long a reconcile waits for the task cache to show this controller's last writes
+#: before it steps aside and comes back later.
+CACHE_WAIT: Final = 0.25
+PARALLEL_TXNS: Final = 4
+REPLICATED: Final = "replicated"
+GLOBAL: Final = "global"
+
+
+class Updater:
+    """One per controller-manager process: ``spec`` is the ControllerSpec to run."""
+
+    def __init__(self, workers: int = 4) -> None:
+        self.index = common.TaskIndex()
+        # Keys of services whose rollout is under way: a task of theirs changing state
+        # may move it on. Rebuilt from etcd after a restart (every service is reconciled
+        # when the controller starts).
+        self._rolling: set[str] = set()
+        self._written: dict[str, int] = {}  # service key -> revision of our last write
+        self._sem: asyncio.Semaphore | None = None
+        self._caught_up: client.Fence | bool | None = False
+        self.spec = ControllerSpec(
+            name="updater", kind="services", reconcile=self.reconcile, workers=workers,
+            watches=(("tasks", self._map_task),))
+
+    def _map_task(self, task: Resource) -> list[str]:
+        if not self._rolling:
+            return []
+        key = common.service_key_of(task)
+        wake = None if key is None else f"{key[0]}/{key[1]}"
+        return [wake] if wake in self._rolling else []
+
+    # --- reconcile ---
+
+    async def reconcile(self, ctx: Context, key: str) -> Result | None:
+        tasks_informer = ctx.informers.informer(common.TASKS)
+        self.index.attach(tasks_informer)
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(PARALLEL_TXNS)
+        if self._caught_up != ctx.fence:
+            # A new term: the cache must show the last leader's writes (fenced, so all
+            # made before this term began), or this one redoes them and loses.
+            if not await common.catch_up(ctx.store, tasks_informer, common.TERM_CATCH_UP):
+                log.warning("task cache still behind etcd; updating anyway", key=key)
+            self._caught_up = ctx.fence
+        written = self._written.get(key)
+        if written is not None and not await common.wait_for_revision(
+                tasks_informer, written, timeout=CACHE_WAIT):
+            return Result(requeue_after=CACHE_WAIT)
+        svc = ctx.get()
+        if svc is None:
+            svc = await ctx.fetch()
+        if svc is None or svc.metadata.deletionTimestamp:
+            self._rolling.discard(key)
+            self._written.pop(key, None)
+            return None
+        namespace = svc.metadata.namespace or resource.DEFAULT_NAMESPACE
+        uid = sys.intern(svc.metadata.uid)
+        tasks = [f.task for f in self.index.facts_of((namespace, svc.metadata.name))
+                 if f.owner is None or f.owner == uid]
+        mode = svc.spec.get("mode") or REPLICATED
+        if mode not in (REPLICATED, GLOBAL):
+            return None  # the orchestrator marks the service invalid
+
+        history = revisions.readable(svc.status.get("revisions"))
+        limit = revisions.history_limit(svc.spec.get("revisionHistoryLimit"))
+        recorded, current_rev = revisions.record(
+            history, taskspec.revision_spec(svc), svc.metadata.generation,
+            svc.metadata.annotations.get(cfg.CHANGE_CAUSE), resource.now_rfc3339(), limit)
+        request = svc.metadata.annotations.get(cfg.ROLLBACK_REQUEST)
+        if request is not None:
+            return await self._rollback(ctx, svc, recorded, current_rev, request, None)
+
+        config, problems = cfg.for_service_with_problems(svc)
+        rollback = cfg.is_rollback(svc)
+        wanted = taskspec.Wanted(svc)
+        views = batches.views(tasks, wanted, mode == GLOBAL)
+        resumed = ts.parse_timestamp(svc.metadata.annotations.get(cfg.RESUMED_AT))
+        failed = batches.failures((t for t in tasks if ts.has_ended(t)),
+                                  svc.metadata.generation, config.monitor, resumed)
+        previous = svc.status.get("update")
+        previous = previous if isinstance(previous, dict) else None
+        reason = svc.metadata.annotations.get(cfg.ROLLBACK_REASON)
+        decision = batches.decide(
+            views, failed, time.time(), config, previous, rollback=rollback,
+            paused=svc.spec.get("paused") is True, service=svc.metadata.name,
+            rollback_message=(f"rollback started: update rolled back due to failure of "
+                              f"{reason}" if reason else "rollback started: manually "
+                              "requested rollback"))
+        if decision is not None and decision.rollback_after is not None:
+            return await self._rollback(ctx, svc, recorded, current_rev, revisions.PREVIOUS,
+                                        decision.rollback_after)
+        if decision is not None and decision.state in batches.UNDER_WAY:
+            self._rolling.add(key)
+        else:
+            self._rolling.discard(key)
+        ok = True
+        if decision is not None and decision.replace:
+            ok = await self._replace(ctx, key, svc, views, decision)
+        await self._set_status(ctx, svc, decision, recorded, current_rev, problems,
+                               automatic=bool(reason) and rollback)
+        if not ok:
+            return Result(requeue=True)
+        if decision is not None and decision.requeue_after is not None:
+            return Result(requeue_after=max(decision.requeue_after, 0.01))
+        return None
+
+    # --- replacing tasks ---
+
+    def _ops(self, svc: Resource, view: batches.SlotView,
+             replacement: batches.Replacement) -> list[client.Op]:
+        generation = svc.metadata.generation
+        old = view.current
+        name = taskspec.next_name(svc.metadata.name, view.key, list(view.tasks))
+        meta = old.metadata.copy()
+        spec = old.spec
+        if replacement.order == "stop-first" or view.others:
+            # Stop-first; or start-first where an older task still runs: ``old`` is an
+            # earlier replacement that never took over, and the slot keeps one old task.
+            meta.annotations[taskspec.SHUTDOWN_REASON] = (
+                f"updating to service generation {generation}"
+                if replacement.reason == batches.DIRTY else f"moved: replaced by {name}")
+            spec = {**old.spec, "desiredState": ts.SHUTDOWN}
+        else:
+            # Start-first: the old task keeps running; the orchestrator stops it once the
+            # replacement runs. The annotation's write compares the old task's revision.
+            meta.annotations[taskspec.REPLACED_BY] = name
+        marked = Resource(kind=old.kind, apiVersion=old.apiVersion, metadata=meta,
+                          spec=spec, status=old.status)
+        why = (f"updates {old.metadata.name} (service generation {generation})"
+               if replacement.reason == batches.DIRTY else f"moves {old.metadata.name}")
+        node = view.key if isinstance(view.key, str) else None
+        slot = view.key if isinstance(view.key, int) else 0
+        new = taskspec.new_task(svc, name, slot, node, why)
+        # The update goes first: were the transaction ever split, the old task is told
+        # to stop before the new one exists.
+        return [client.Op("update", common.TASKS, marked),
+                client.Op("create", common.TASKS, new)]
+
+    async def _replace(self, ctx: Context, key: str, svc: Resource,
+                       views: Sequence[batches.SlotView],
+                       decision: batches.Decision) -> bool:
+        by_key = {v.key: v for v in views}
+        txns = [self._ops(svc, by_key[r.key], r) for r in decision.replace]
+        assert self._sem is not None
+        outcome = await common.commit_all(ctx.store, txns, limit=self._sem, share=True)
+        if outcome.revision:
+            self._written[key] = max(self._written.get(key, 0), outcome.revision)
+        for i, exc in outcome.errors:
+            ctx.log.warning("replacement failed; will retry", slot=decision.replace[i].key,
+                            error=str(exc))
+        if outcome.conflicts:
+            ctx.log.info("replacement lost a compare (the slot changed); will retry",
+                         slots=[decision.replace[i].key for i in outcome.conflicts])
+        ctx.log.info("tasks replaced", slots=[r.key for r in decision.replace],
+                     order=[r.order for r in decision.replace], state=decision.state,
+                     updated=decision.updated, total=decision.total)
+        return not outcome.conflicts and not outcome.errors
+
+    # --- rollback ---
+
+    async def _rollback(self, ctx: Context, svc: Resource, history: list[dict[str, Any]],
+                        current: int, request: str, failure: str | None) -> Result | None:
+        """Carry out a rollback (asked for: ``failure`` None) in one CAS write of the
+        service; a request that cannot be carried out is refused and removed."""
+        try:
+            target = revisions.target(history, current, request)
+        except revisions.RollbackError as exc:
+            return await self._refuse(ctx, svc, history, current, str(exc), failure)
+        number = target["revision"]
+        automatic = failure is not None
+        message = (f"rollback started: update rolled back due to failure of {failure}"
+                   if automatic else "rollback started: manually requested rollback")
+        stamp = resource.now_rfc3339()
+
+        def roll(obj: Resource) -> None:
+            notes = obj.metadata.annotations
+            notes.pop(cfg.ROLLBACK_REQUEST, None)
+            revisions.apply_to(obj.spec, target)
+            # The store bumps the generation by one when the spec changes (it does: the
+            # target is not the current revision), so this names the write's own.
+            notes[cfg.ROLLBACK_GENERATION] = str(obj.metadata.generation + 1)
+            notes[cfg.CHANGE_CAUSE] = f"rollback to revision {number}"
+            if automatic:
+                notes[cfg.ROLLBACK_REASON] = str(failure)
+            else:
+                notes.pop(cfg.ROLLBACK_REASON, None)
+            obj.status["revisions"] = history
+            obj.status["revision"] = current
+            obj.status["update"] = {"state": batches.ROLLBACK_STARTED, "message": message,
+                                    "generation": obj.metadata.generation + 1,
+                                    "revision": number, "startedAt": stamp,
+                                    "timestamp": stamp}
+            conditions.set_condition(obj, PROGRESSING, True, "Updating", message)
+
+        stored = await cas.mutate(ctx.store, common.SERVICES, svc, roll)
+        if stored is None:
+            return None
+        ctx.log.warning("rolling back", to_revision=number, automatic=automatic,
+                        reason=failure or "requested", generation=stored.metadata.generation)
+        await self._event(ctx, stored, "Normal" if not automatic else "Warning",
+                          "RollbackStarted", f"rolling back to revision {number}"
+                          + (f": update failed: {failure}" if automatic else ""))
+        self._rolling.add(ctx.key)
+        return None
+
+    async def _refuse(self, ctx: Context, svc: Resource, history: list[dict[str, Any]],
+                      current: int, why: str, failure: str | None) -> Result | None:
+        if failure is not None:
+            # The failure action could not roll back (no earlier revision): pause.
+            message = f"update paused due to failure of {failure} (cannot roll back: {why})"
+
+            def pause(obj: Resource) -> None:
+                obj.status["revisions"] = history
+                obj.status["revision"] = current
+                update = dict(obj.status.get("update") or {})
+                if update.get("message") == message:
+                    return
+                update.update(state=batches.PAUSED, message=message,
+                              timestamp=resource.now_rfc3339())
+                obj.status["update"] = update
+                conditions.set_condition(obj, PROGRESSING, False, "UpdatePaused", message)
+            await cas.mutate(ctx.store, common.SERVICES, svc, pause)
+            return None
+        request = svc.metadata.annotations.get(cfg.ROLLBACK_REQUEST)
+        message = f"rollback request {request!r} refused: {why}"
+        ctx.log.warning("rollback refused", request=request, reason=why)
+
+        def drop(obj: Resource) -> None:
+            obj.metadata.annotations.pop(cfg.ROLLBACK_REQUEST, None)
+            obj.status["revisions"] = history
+            obj.status["revision"] = current
+            conditions.set_condition(obj, PROGRESSING, False, "RollbackRefused", message)
+        stored = await cas.mutate(ctx.store, common.SERVICES, svc, drop)
+        if stored is not None:
+            await self._event(ctx, stored, "Warning", "RollbackRefused", message)
+        return None
+
+    async def _event(self, ctx: Context, obj: Resource, type_: str, reason: str,
+                     message: str) -> None:
+        try:
+            await ctx.record_event(obj, type_, reason, message)
+        except errors.StoreError as exc:  # events are best effort
+            ctx.log.info("could not record event", reason=reason, error=str(exc))
+
+    # --- status ---
+
+    async def _set_status(self, ctx: Context, svc: Resource,
+                          decision: batches.Decision | None,
+                          history: list[dict[str, Any]], current: int,
+                          problems: Sequence[str], automatic: bool) -> None:
+        """``status.update``, ``Progressing``, ``status.revisions``/``revision``, each
+        written only when it changes (one write for all)."""
+        update = svc.status.get("update")
+        update = dict(update) if isinstance(update, dict) else None
+        cond: tuple[bool, str, str] | None = None
+        if decision is not None:
+            wanted = decision.status()
+            same = update is not None and all(update.get(k) == v for k, v in wanted.items())
+            same = same and update is not None and (
+                update.get("generation") == svc.metadata.generation)
+            if not same:
+                stamp = resource.now_rfc3339()
+                was = update or {}
+                fresh = was.get("generation") != svc.metadata.generation or was.get(
+                    "state") not in batches.UNDER_WAY
+                fields = {**wanted, "generation": svc.metadata.generation,
+                          "revision": current, "timestamp": stamp,
+                          "startedAt": stamp if fresh and decision.state in batches.UNDER_WAY
+                          else was.get("startedAt", stamp)}
+                if decision.state in (batches.COMPLETED, batches.ROLLBACK_COMPLETED):
+                    fields["completedAt"] = stamp
+                if problems:
+                    fields["message"] = f"{fields['message']} ({'; '.join(problems)})"
+                update = fields
+                if decision.state in (batches.PAUSED, batches.ROLLBACK_PAUSED):
+                    ctx.log.warning("rollout paused", reason=decision.message)
+                    await self._event(ctx, svc, "Warning", "UpdatePaused", decision.message)
+                else:
+                    ctx.log.info("rollout", state=decision.state, updated=decision.updated,
+                                 total=decision.total)
+            ok, reason = batches.progressing(decision.state, decision.message, automatic)
+            note = decision.message
+            if reason == "RolledBack":
+                # The service runs, but not what was asked for: say which task failed.
+                note = (f"update rolled back due to failure of "
+                        f"{svc.metadata.annotations.get(cfg.ROLLBACK_REASON)}")
+            cond = (ok, reason, note)
+        have = conditions.get_condition(svc, PROGRESSING)
+        cond_same = cond is None or (
+            have is not None and have.get("status") == ("True" if cond[0] else "False")
+            and have.get("reason") == cond[1] and have.get("message") == cond[2])
+        if (update == svc.status.get("update") and cond_same
+                and svc.status.get("revisions") == history
+                and svc.status.get("revision") == current):
+            return
+
+        def put(obj: Resource) -> None:
+            if update is not None:
+                obj.status["update"] = update
+            obj.status["revisions"] = history
+            obj.status["revision"] = current
+            if cond is not None:
+                conditions.set_condition(obj, PROGRESSING, *cond)
+        await ctx.update_status(svc, put, observed_generation=False)
+
+
+def controller_spec(workers: int = 4) -> ControllerSpec:
+    """A fresh updater (one per controller-manager process)."""
+    return Updater(workers).spec
+
