@@ -197,6 +197,8 @@ class ServiceWatch:
         self.header: str | None = None
         #: The updater's status decides failures of the rollout (see ``_failure``).
         self.trust_status = False
+        #: This wait follows a rollback it asked for (a refusal then fails it).
+        self.asked_rollback = False
         self.verify_text: str | None = None
         self.done = False
         self.last: Snapshot | None = None
@@ -554,8 +556,10 @@ async def _controllers_running(store: client.Store) -> bool:
 
 
 async def wait_for_services(store: client.Store, refs: Sequence[tuple[str, str]],
-                            opts: WaitOptions, view: View | None = None) -> None:
-    """Wait until every service in ``refs`` ((namespace, name)) has converged.
+                            opts: WaitOptions, view: View | None = None, *,
+                            asked_rollback: bool = False) -> None:
+    """Wait until every service in ``refs`` ((namespace, name)) has converged;
+    ``asked_rollback``: the caller wrote a rollback request for them.
 
     Raises CliError (exit 1) with the reason when one cannot converge or time runs out.
     """
@@ -580,6 +584,8 @@ async def wait_for_services(store: client.Store, refs: Sequence[tuple[str, str]]
             f"{s.metadata.namespace}/{s.metadata.name}")
 
     watches = [ServiceWatch(s, title(s)) for s in services]
+    for w in watches:
+        w.asked_rollback = asked_rollback
     needs_nodes = any(w.mode == taskview.GLOBAL for w in watches)
     feed = _Feed(store, registry.lookup("tasks"),
                  registry.lookup("nodes") if needs_nodes else None,
@@ -642,7 +648,7 @@ def _step(watches: Sequence[ServiceWatch], feed: _Feed, opts: WaitOptions,
         newer = feed.services.get((w.namespace, w.name))
         if newer is not None:
             w.refresh(newer)
-        said = updatestatus.verdict(w.service)
+        said = updatestatus.verdict(w.service, w.asked_rollback)
         w.trust_status = said.authoritative
         w.header = w.header or said.header
         snap = w.evaluate(list(feed.tasks[(w.namespace, w.name)].values()), nodes)

@@ -57,7 +57,8 @@ def describe_target(target: str) -> str:
 async def follow(store: client.Store, namespace: str, name: str,
                  wait: converge.WaitOptions | None) -> None:
     if wait is not None:
-        await converge.wait_for_services(store, [(namespace, name)], wait)
+        await converge.wait_for_services(store, [(namespace, name)], wait,
+                                         asked_rollback=True)
 
 
 def service_info(registry: kinds.Registry) -> kinds.KindInfo:

@@ -67,10 +67,16 @@ def automatic_rollback(service: resource.Resource) -> bool:
     return "due to failure" in message
 
 
-def verdict(service: resource.Resource) -> Verdict:
+def verdict(service: resource.Resource, asked_rollback: bool = False) -> Verdict:
+    """``asked_rollback``: the follower wrote a rollback request, so the updater
+    refusing one (it removes the request, ``Progressing`` False/``RollbackRefused``)
+    ends the wait; otherwise a refusal long past says nothing about the rollout."""
     status = um.update_status(service)
     if um.ROLLBACK_REQUEST in service.metadata.annotations:
         return Verdict(PENDING, "waiting for the updater to start the rollback")
+    cond = um.progressing(service) or {}
+    if asked_rollback and cond.get("reason") == um.REASON_ROLLBACK_REFUSED:
+        return Verdict(FAILED, str(cond.get("message") or "rollback refused"))
     generation = status.get("generation")
     if not status or type(generation) is not int:
         return Verdict(GOING, str(status.get("message") or ""), authoritative=False)

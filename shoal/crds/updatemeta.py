@@ -21,6 +21,8 @@ from shoal.crds import kinds, openapi, resource
 CHANGE_CAUSE: Final = "shoal.io/change-cause"
 ROLLBACK_REQUEST: Final = "shoal.io/rollback-request"
 ROLLBACK_GENERATION: Final = "shoal.io/rollback-generation"
+#: Why the updater rolled back by itself (absent for an asked-for rollback).
+ROLLBACK_REASON: Final = "shoal.io/rollback-reason"
 RESUMED_AT: Final = "shoal.io/resumed-at"
 REBALANCE_REQUEST: Final = "shoal.io/rebalance-request"
 #: ``rollback-request`` value for "the revision before the current one".
@@ -29,7 +31,7 @@ PREVIOUS: Final = "previous"
 #: live values when the manifest does not name them, so re-applying an unchanged file
 #: is "unchanged" and never cancels a pending request.
 MANAGED_ANNOTATIONS: Final = (CHANGE_CAUSE, ROLLBACK_REQUEST, ROLLBACK_GENERATION,
-                              RESUMED_AT, REBALANCE_REQUEST)
+                              ROLLBACK_REASON, RESUMED_AT, REBALANCE_REQUEST)
 
 UPDATING: Final = "updating"
 PAUSED: Final = "paused"
@@ -44,6 +46,8 @@ PROGRESSING: Final = "Progressing"
 #: one after failures (False: the service runs, but not what was asked for).
 REASON_ROLLBACK_COMPLETED: Final = "RollbackCompleted"
 REASON_ROLLED_BACK: Final = "RolledBack"
+#: ``Progressing`` False: a rollback request the updater could not carry out (removed).
+REASON_ROLLBACK_REFUSED: Final = "RollbackRefused"
 #: The ``status.update.message`` of a rollback that was asked for (Swarm's words).
 MANUAL_ROLLBACK: Final = "manually requested rollback"
 

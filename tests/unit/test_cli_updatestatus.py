@@ -61,3 +61,12 @@ def test_an_automatic_rollback_fails_once_completed_with_the_cause() -> None:
                               conditions=progressing("False", um.REASON_ROLLED_BACK, cause)))
     assert done.outcome == us.FAILED
     assert done.message == f"service rolled back: {cause}"
+
+
+def test_a_refused_request_fails_only_the_wait_that_asked() -> None:
+    refused = "rollback request '9' refused: revision 9 is not in the history"
+    svc = service(update={"state": "completed", "generation": 3},
+                  conditions=progressing("False", um.REASON_ROLLBACK_REFUSED, refused))
+    said = us.verdict(svc, asked_rollback=True)
+    assert said.outcome == us.FAILED and said.message == refused
+    assert us.verdict(svc).outcome == us.DONE
