@@ -48,14 +48,16 @@ class Verdict:
     authoritative: bool = True
 
 
-def _rollback_header(status: dict[str, object]) -> str | None:
+def _rollback_header(service: resource.Resource, status: dict[str, object]) -> str | None:
+    """Swarm's first line of a rollback: ``rollback: manually requested rollback``, or
+    ``rollback: update rolled back due to failure of task ...`` — from the updater's
+    ``rollback-reason`` (the message carries progress too, which changes)."""
     if status.get("state") not in um.ROLLBACK_STATES:
         return None
-    message = str(status.get("message") or "")
-    # Swarm's own first line: "rollback: manually requested rollback", or "rollback:
-    # update rolled back due to failure of task ..." (the automatic cause).
-    cause = message.removeprefix("rollback started: ")
-    return f"rollback: {cause}" if cause else "rollback: rollback started"
+    reason = service.metadata.annotations.get(um.ROLLBACK_REASON)
+    if reason:
+        return f"rollback: update rolled back due to failure of {reason}"
+    return f"rollback: {um.MANUAL_ROLLBACK}"
 
 
 def automatic_rollback(service: resource.Resource) -> bool:
@@ -87,7 +89,7 @@ def verdict(service: resource.Resource, asked_rollback: bool = False) -> Verdict
         return Verdict(GOING, str(status.get("message") or ""), authoritative=False)
     state = status.get("state")
     message = str(status.get("message") or state or "")
-    header = _rollback_header(status)
+    header = _rollback_header(service, status)
     if state in (um.PAUSED, um.ROLLBACK_PAUSED):
         return Verdict(FAILED, message, header)
     if state == um.COMPLETED:

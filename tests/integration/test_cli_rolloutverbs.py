@@ -174,7 +174,7 @@ def test_service_rollback_prints_what_docker_prints(cluster: Cluster) -> None:
 
 def test_pause_stops_further_replacements_and_resume_continues(cluster: Cluster) -> None:
     swctl = cluster.swctl
-    create(swctl, "slow", "shoal/busybox:1.0", 3, "--update-delay", "2s")
+    create(swctl, "slow", "shoal/busybox:1.0", 3, "--update-delay", "8s")
     swctl("service", "update", "-d", "--image", "shoal/busybox:2.0", "slow")
     eventually(lambda: "shoal/busybox:2.0" in running(swctl, "slow").values(), 30,
                "the first task updated")

@@ -42,7 +42,8 @@ def test_states() -> None:
 
 def test_an_asked_for_rollback_is_followed_to_success_with_dockers_first_line() -> None:
     started = us.verdict(service(update={"state": um.ROLLBACK_STARTED, "generation": 3,
-                                         "message": um.MANUAL_ROLLBACK}))
+                                         "message": "rollback started: manually requested "
+                                                    "rollback: 1 out of 3 tasks updated"}))
     assert started.outcome == us.GOING
     assert started.header == "rollback: manually requested rollback"
     done = us.verdict(service(update={"state": um.ROLLBACK_COMPLETED, "generation": 3,
@@ -52,9 +53,12 @@ def test_an_asked_for_rollback_is_followed_to_success_with_dockers_first_line() 
 
 
 def test_an_automatic_rollback_fails_once_completed_with_the_cause() -> None:
-    cause = "update rolled back due to failure of task web.2.2 on node n1: exit code 1"
+    failure = "task web.2.2 failed on node n1: exit code 1"
+    cause = f"update rolled back due to failure of {failure}"
     started = us.verdict(service(update={"state": um.ROLLBACK_STARTED, "generation": 3,
-                                         "message": f"rollback started: {cause}"}))
+                                         "message": f"rollback started: {cause}: 1 out of "
+                                                    "2 tasks updated"},
+                                 annotations={um.ROLLBACK_REASON: failure}))
     assert started.outcome == us.GOING and started.header == f"rollback: {cause}"
     done = us.verdict(service(update={"state": um.ROLLBACK_COMPLETED, "generation": 3,
                                       "message": "rollback completed"},
