@@ -195,7 +195,8 @@ class ServiceWatch:
         self.verify_since: float | None = None
         #: Docker's first line of a rollback, kept once seen (``updatestatus``).
         self.header: str | None = None
-        #: The updater's status decides failures of the rollout (see ``_failure``).
+        #: The updater reports on this rollout: failures of its new tasks are left to
+        #: its status (see ``_failure``).
         self.trust_status = False
         #: This wait follows a rollback it asked for (a refusal then fails it).
         self.asked_rollback = False
@@ -333,7 +334,11 @@ class ServiceWatch:
             where = f" on node {ts.node_name_of(task)}" if ts.node_name_of(task) else ""
             err = taskview.error_cell(task) or "no error reported"
             what = "was rejected" if state == ts.REJECTED else "failed"
-            if updating and not self.trust_status:
+            if updating:
+                if self.trust_status:
+                    # The updater reports on this rollout: its status says whether the
+                    # failures pause it or roll it back, in its own words (updatestatus).
+                    continue
                 self._update_failures += 1
                 if config.pauses_after(self._update_failures, total):
                     return f"update paused: task {name} {what}{where}: {err}"
@@ -649,7 +654,7 @@ def _step(watches: Sequence[ServiceWatch], feed: _Feed, opts: WaitOptions,
         if newer is not None:
             w.refresh(newer)
         said = updatestatus.verdict(w.service, w.asked_rollback)
-        w.trust_status = said.authoritative
+        w.trust_status = said.updater_reports
         w.header = w.header or said.header
         snap = w.evaluate(list(feed.tasks[(w.namespace, w.name)].values()), nodes)
         if said.outcome == updatestatus.FAILED:

@@ -46,6 +46,9 @@ class Verdict:
     header: str | None = None
     #: False when the status cannot decide (no updater status): tasks alone decide.
     authoritative: bool = True
+    #: The updater keeps this service's status (it records revisions), so it will
+    #: report on any rollout, pause or rollback in its own words.
+    updater_reports: bool = False
 
 
 def _rollback_header(service: resource.Resource, status: dict[str, object]) -> str | None:
@@ -73,6 +76,13 @@ def verdict(service: resource.Resource, asked_rollback: bool = False) -> Verdict
     """``asked_rollback``: the follower wrote a rollback request, so the updater
     refusing one (it removes the request, ``Progressing`` False/``RollbackRefused``)
     ends the wait; otherwise a refusal long past says nothing about the rollout."""
+    said = _verdict(service, asked_rollback)
+    reports = bool(um.revisions(service)) or type(
+        um.update_status(service).get("generation")) is int
+    return dataclasses.replace(said, updater_reports=reports)
+
+
+def _verdict(service: resource.Resource, asked_rollback: bool) -> Verdict:
     status = um.update_status(service)
     if um.ROLLBACK_REQUEST in service.metadata.annotations:
         return Verdict(PENDING, "waiting for the updater to start the rollback")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from shoal.cli import updatestatus as us
 from shoal.crds import updatemeta as um
-from tests.unit.cli_support import progressing, service
+from tests.unit.cli_support import progressing, revision, service
 
 
 def test_no_updater_status_leaves_it_to_the_tasks() -> None:
@@ -74,3 +74,10 @@ def test_a_refused_request_fails_only_the_wait_that_asked() -> None:
     said = us.verdict(svc, asked_rollback=True)
     assert said.outcome == us.FAILED and said.message == refused
     assert us.verdict(svc).outcome == us.DONE
+
+
+def test_the_updater_reports_once_it_keeps_revisions_or_a_generation() -> None:
+    assert not us.verdict(service()).updater_reports
+    assert us.verdict(service(revisions=[revision(1, "nginx:1")])).updater_reports
+    older = service(generation=4, update={"state": "completed", "generation": 3})
+    assert us.verdict(older).updater_reports and not us.verdict(older).authoritative
