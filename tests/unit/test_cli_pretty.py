@@ -42,3 +42,24 @@ def test_service_text_shows_rebalancing_when_enabled() -> None:
     assert " Rebalance:" in text and "maxSkew 2, 6 moves a minute" in text
     svc.spec["placement"]["rebalance"]["enabled"] = False
     assert "Rebalance" not in pretty.service_text(svc)
+
+
+def test_service_text_shows_update_status_and_schema_defaults() -> None:
+    svc = resource.new("Service", "web", "default",
+                       {"replicas": 2, "template": {"image": "nginx:2"},
+                        "updateConfig": {"parallelism": 2}})
+    svc.status = {"update": {"state": "updating", "message": "update in progress",
+                             "startedAt": "2024-05-01T12:00:03Z", "generation": 2}}
+    now = datetime.datetime(2024, 5, 1, 12, 0, 13, tzinfo=datetime.UTC)
+    lines = pretty.service_text(svc, now).splitlines()
+    at = lines.index("UpdateStatus:")
+    assert lines[at - 1].split() == ["Replicas:", "2"]  # docker's place: after the mode
+    assert [line.split(":", 1)[0] for line in lines[at + 1:at + 4]] == [
+        " State", " Started", " Message"]
+    assert lines[at + 2].split(":", 1)[1].strip() == "10s ago"
+    # Fields the stored config lacks read as the schema's defaults.
+    update = lines.index("UpdateConfig:")
+    assert lines[update + 1].split() == ["Parallelism:", "2"]
+    assert lines[update + 2].split() == ["On", "failure:", "pause"]
+    assert "UpdateStatus:" not in pretty.service_text(resource.new(
+        "Service", "api", "default", {"template": {"image": "x"}}))
