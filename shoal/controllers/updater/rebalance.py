@@ -53,12 +53,13 @@ from typing import Any, Final
 from shoal.controllers import nodefacts
 from shoal.crds import constraints as cons
 from shoal.crds import taskstates as ts
+from shoal.crds import updatemeta
 from shoal.crds.resource import Resource
 
 #: On a replacement made by a move: the node the task moved from.
 MOVED_FROM: Final = "shoal.io/moved-from"
 #: On the Service: one rebalance on demand (an RFC 3339 time, written by swctl).
-REQUEST: Final = "shoal.io/rebalance-request"
+REQUEST: Final = updatemeta.REBALANCE_REQUEST
 #: The pace is counted over this many seconds.
 WINDOW: Final = 60.0
 
