@@ -12,7 +12,12 @@ Three steps, each of which ``diff`` and ``--dry-run`` reuse:
 2. **plan**: read the live objects and decide per object: ``created`` (absent),
    ``unchanged`` (spec, labels and annotations equal after defaults) or ``configured``
    (the live object with the manifest's spec, labels and annotations; status, finalizers,
-   owner references and uid are kept, because controllers own them).
+   owner references and uid are kept, because controllers own them). The update
+   lifecycle's annotations (``updatemeta.MANAGED_ANNOTATIONS``: change cause, rollback
+   and resume requests) are written by other verbs and the updater, so a manifest that
+   does not name them keeps their live values. A Service whose spec changes gets the
+   command line as its ``shoal.io/change-cause`` (``changecause``), unless the manifest
+   sets one; an unchanged one keeps its old cause and stays ``unchanged``.
 3. **write** the changes in one etcd transaction when they fit (127 operations), in
    chunks otherwise. Updates are compare-and-swap on the version read in step 2; a
    conflict (someone else wrote meanwhile) re-plans the chunk and tries again.
@@ -31,8 +36,9 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from shoal.cli import common, console, converge, errors, manifests, references
+from shoal.cli import changecause, common, console, converge, errors, manifests, references
 from shoal.crds import admission, kinds, networking, resource
+from shoal.crds import updatemeta as um
 from shoal.store import client
 from shoal.store import errors as store_errors
 
@@ -70,6 +76,8 @@ class Planned:
     live: resource.Resource | None
     desired: resource.Resource
     action: str
+    #: The command line recorded as a Service's change cause (kept for a re-plan).
+    change_cause: str | None = None
 
     @property
     def name(self) -> str:
@@ -107,7 +115,7 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
         await references.check(store, registry, admitted)
         await check_published_ports(store, registry, admitted)
         with console.Spinner("reading live objects"):
-            planned = await plan(store, admitted)
+            planned = await plan(store, admitted, changecause.of(args))
         suffix = " (dry run)" if dry_run else ""
         changed_services: list[tuple[str, str]] = []
 
@@ -236,20 +244,42 @@ def _as_applied(info: kinds.KindInfo, obj: resource.Resource) -> resource.Resour
 
 # --- 2. plan ---
 
-def plan_one(adm: Admitted, live: resource.Resource | None) -> Planned:
+def _annotations(adm: Admitted, live: resource.Resource | None,
+                 change_cause: str | None) -> dict[str, str]:
+    """The annotations to write: the manifest's, the live managed ones it does not
+    name, and the change cause when a Service's spec changes."""
+    out = dict(adm.obj.metadata.annotations)
+    if adm.info.kind != "Service":
+        return out
+    for key in um.MANAGED_ANNOTATIONS:
+        if live is not None and key not in out and key in live.metadata.annotations:
+            out[key] = live.metadata.annotations[key]
+    spec_changes = live is None or live.spec != adm.obj.spec
+    if spec_changes and change_cause and um.CHANGE_CAUSE not in adm.obj.metadata.annotations:
+        out[um.CHANGE_CAUSE] = change_cause
+    return out
+
+
+def plan_one(adm: Admitted, live: resource.Resource | None,
+             change_cause: str | None = None) -> Planned:
+    """``change_cause``: the command line, recorded on a Service whose spec changes."""
     want = adm.obj
+    annotations = _annotations(adm, live, change_cause)
     if live is None:
-        return Planned(adm, None, want, CREATED)
+        if annotations != want.metadata.annotations:
+            want = want.deepcopy()
+            want.metadata.annotations = annotations
+        return Planned(adm, None, want, CREATED, change_cause)
     if (live.spec == want.spec and live.metadata.labels == want.metadata.labels
-            and live.metadata.annotations == want.metadata.annotations):
-        return Planned(adm, live, live, UNCHANGED)
+            and live.metadata.annotations == annotations):
+        return Planned(adm, live, live, UNCHANGED, change_cause)
     # deepcopy keeps the store's record of the live spec, so the update bumps
     # generation only when the spec really changed.
     desired = live.deepcopy()
     desired.spec = copy.deepcopy(want.spec)
     desired.metadata.labels = dict(want.metadata.labels)
-    desired.metadata.annotations = dict(want.metadata.annotations)
-    return Planned(adm, live, desired, CONFIGURED)
+    desired.metadata.annotations = annotations
+    return Planned(adm, live, desired, CONFIGURED, change_cause)
 
 
 async def read_live(store: client.Store, admitted: Sequence[Admitted],
@@ -287,9 +317,11 @@ async def read_live(store: client.Store, admitted: Sequence[Admitted],
     return out
 
 
-async def plan(store: client.Store, admitted: Sequence[Admitted]) -> list[Planned]:
+async def plan(store: client.Store, admitted: Sequence[Admitted],
+               change_cause: str | None = None) -> list[Planned]:
     live = await read_live(store, admitted)
-    return [plan_one(adm, obj) for adm, obj in zip(admitted, live, strict=True)]
+    return [plan_one(adm, obj, change_cause)
+            for adm, obj in zip(admitted, live, strict=True)]
 
 
 # --- 3. write ---
@@ -346,7 +378,7 @@ async def _commit_chunk(store: client.Store, chunk: list[Planned],
             # Another writer got there first (or created an object we meant to create):
             # read again and redo the decisions for this chunk.
             await asyncio.sleep(0.01 * 2 ** attempt)
-            chunk = await plan(store, [p.admitted for p in chunk])
+            chunk = await plan(store, [p.admitted for p in chunk], chunk[0].change_cause)
     names = ", ".join(p.name for p in chunk[:3]) + ("..." if len(chunk) > 3 else "")
     raise errors.CliError(f"gave up after {CONFLICT_ATTEMPTS} conflicting writes to {names}: "
                           "other writers keep changing these objects; try again")

@@ -25,7 +25,13 @@ What "converged" means, level-triggered from the tasks alone (no controller coop
   (``slots.global_node_status``) selects holds one running task, and no other node holds
   a task wanted running.
 
-then the tasks must stay so for the verify window. It gives up, with the reason, when a
+then the tasks must stay so for the verify window. While the updater reports on the
+rollout (``status.update`` for the service's generation, see ``updatestatus``), its word
+counts too: converged also needs ``completed`` (or an asked-for rollback completed), a
+paused update or an automatic rollback ends the wait with the updater's message, and a
+rollback's first line is Docker's (``rollback: manually requested rollback``). The
+service itself is watched, so when the updater writes a rollback's spec the tasks are
+judged against it. It gives up, with the reason, when a
 task is rejected, a slot fails MAX_FAILURES times during the wait, the restart policy
 gives up on a slot, the timeout passes (with each missing task's state and the
 scheduler's explanation), or — quickly — when no task appears and no controller holds a
@@ -47,7 +53,7 @@ from rich.console import Group
 from rich.live import Live
 from rich.text import Text
 
-from shoal.cli import console, errors, taskview
+from shoal.cli import console, errors, taskview, updatestatus
 from shoal.crds import kinds
 from shoal.crds import taskstates as ts
 from shoal.crds.resource import Resource
@@ -83,15 +89,16 @@ def add_wait_flags(p: argparse.ArgumentParser) -> None:
     """``-d/--detach``, ``--timeout`` and ``--verify-window`` for verbs that wait."""
     p.add_argument("-d", "--detach", action="store_true",
                    help="return once written, without waiting for the services to converge")
-    p.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+    p.add_argument("--timeout", type=seconds_arg, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help="give up waiting after this long, exit 1 (default "
                         f"{DEFAULT_TIMEOUT:g})")
-    p.add_argument("--verify-window", type=_seconds, default=DEFAULT_VERIFY_WINDOW,
+    p.add_argument("--verify-window", type=seconds_arg, default=DEFAULT_VERIFY_WINDOW,
                    metavar="SECONDS", help="how long the tasks must stay running to count as "
                    f"converged (default {DEFAULT_VERIFY_WINDOW:g})")
 
 
-def _seconds(text: str) -> float:
+def seconds_arg(text: str) -> float:
+    """An argparse type: seconds, as 30, 1.5 or 30s (>= 0)."""
     try:
         value = float(text.removesuffix("s"))
     except ValueError:
@@ -187,6 +194,13 @@ class ServiceWatch:
         self._failures: dict[int | str, int] = {}
         self._update_failures = 0  # failed new tasks seen while an update rolls out
         self.verify_since: float | None = None
+        #: Docker's first line of a rollback, kept once seen (``updatestatus``).
+        self.header: str | None = None
+        #: The updater reports on this rollout: failures of its new tasks are left to
+        #: its status (see ``_failure``).
+        self.trust_status = False
+        #: This wait follows a rollback it asked for (a refusal then fails it).
+        self.asked_rollback = False
         self.verify_text: str | None = None
         self.done = False
         self.last: Snapshot | None = None
@@ -197,6 +211,13 @@ class ServiceWatch:
         # What "current spec" means: the controllers' own rule for a dirty task, so a
         # replicas-only change counts the running tasks and an image change does not.
         self._wanted = taskspec.Wanted(service)
+
+    def refresh(self, service: Resource) -> None:
+        """Follow a newer version of the service: a spec written meanwhile (by the
+        updater's rollback, or another writer) is what the tasks are judged against."""
+        if service.metadata.generation != self.service.metadata.generation:
+            self._wanted = ServiceWatch(service, self.title)._wanted
+        self.service = service
 
     def stale(self, task: Resource) -> bool:
         """The task runs something other than the service's current spec."""
@@ -315,6 +336,10 @@ class ServiceWatch:
             err = taskview.error_cell(task) or "no error reported"
             what = "was rejected" if state == ts.REJECTED else "failed"
             if updating:
+                if self.trust_status:
+                    # The updater reports on this rollout: its status says whether the
+                    # failures pause it or roll it back, in its own words (updatestatus).
+                    continue
                 self._update_failures += 1
                 if config.pauses_after(self._update_failures, total):
                     return f"update paused: task {name} {what}{where}: {err}"
@@ -351,7 +376,7 @@ class ServiceWatch:
         width = max((len(line.key) for line in lines), default=0)
         overall = f"overall progress: {snap.running if snap else 0} out of {len(lines)} tasks"
         return Block(self.title, overall, [(line.key, line.text(width)) for line in lines],
-                     self.verify_text)
+                     self.verify_text, self.header)
 
 
 def _scheduled(tasks: Sequence[Resource]) -> bool:
@@ -369,6 +394,7 @@ class Block:
     overall: str
     lines: list[tuple[str, str]]  # (key, text)
     verify: str | None
+    header: str | None = None
 
 
 class View(Protocol):
@@ -391,6 +417,7 @@ class PlainView:
 
     def show(self, blocks: Sequence[Block]) -> None:
         for block in blocks:
+            self._emit(block.title, "\0header", block.header)
             self._emit(block.title, "\0overall", block.overall)
             for key, text in block.lines:
                 self._emit(block.title, key, text)
@@ -413,6 +440,8 @@ class LiveView:
         for block in blocks:
             if block.title:
                 texts.append((block.title, "bold"))
+            if block.header:
+                texts.append((block.header, ""))
             texts.append((block.overall, ""))
             texts.extend((text, "") for _, text in block.lines)
             if block.verify:
@@ -438,13 +467,22 @@ class _Feed:
 
     def __init__(self, store: client.Store, task_info: kinds.KindInfo,
                  node_info: kinds.KindInfo | None, namespace: str | None,
-                 wanted: set[tuple[str, str]]) -> None:
+                 wanted: set[tuple[str, str]],
+                 service_info: kinds.KindInfo | None = None) -> None:
         self.tasks: dict[tuple[str, str], dict[str, Resource]] = {k: {} for k in wanted}
         self.nodes: dict[str, Resource] = {}
+        #: The services themselves, newest version seen (when followed).
+        self.services: dict[tuple[str, str], Resource] = {}
         self.changed = asyncio.Event()
-        self._ready = {"tasks": asyncio.Event(), "nodes": asyncio.Event()}
+        self._ready = {"tasks": asyncio.Event(), "nodes": asyncio.Event(),
+                       "services": asyncio.Event()}
         self._store = store
         self._jobs = [asyncio.ensure_future(self._follow_tasks(task_info, namespace))]
+        if service_info is not None:
+            self._jobs.append(asyncio.ensure_future(
+                self._follow_services(service_info, namespace, wanted)))
+        else:
+            self._ready["services"].set()
         if node_info is not None:
             self._jobs.append(asyncio.ensure_future(self._follow_nodes(node_info)))
         else:
@@ -480,6 +518,22 @@ class _Feed:
         if key in self.tasks:
             self.tasks[key][f"{task.namespace}/{task.name}"] = task
 
+    async def _follow_services(self, info: kinds.KindInfo, namespace: str | None,
+                               wanted: set[tuple[str, str]]) -> None:
+        def key(obj: Resource) -> tuple[str, str]:
+            return (obj.namespace or "default", obj.name)
+
+        async for event in watch.watch_kind(self._store, info, namespace):
+            if event.type == watch.RESET:
+                self.services = {key(o): o for o in event.objects if key(o) in wanted}
+                self._ready["services"].set()
+            elif event.obj is not None and key(event.obj) in wanted:
+                if event.type == watch.DELETED:
+                    self.services.pop(key(event.obj), None)
+                else:
+                    self.services[key(event.obj)] = event.obj
+            self.changed.set()
+
     async def _follow_nodes(self, info: kinds.KindInfo) -> None:
         async for event in watch.watch_kind(self._store, info):
             if event.type == watch.RESET:
@@ -508,8 +562,10 @@ async def _controllers_running(store: client.Store) -> bool:
 
 
 async def wait_for_services(store: client.Store, refs: Sequence[tuple[str, str]],
-                            opts: WaitOptions, view: View | None = None) -> None:
-    """Wait until every service in ``refs`` ((namespace, name)) has converged.
+                            opts: WaitOptions, view: View | None = None, *,
+                            asked_rollback: bool = False) -> None:
+    """Wait until every service in ``refs`` ((namespace, name)) has converged;
+    ``asked_rollback``: the caller wrote a rollback request for them.
 
     Raises CliError (exit 1) with the reason when one cannot converge or time runs out.
     """
@@ -534,11 +590,13 @@ async def wait_for_services(store: client.Store, refs: Sequence[tuple[str, str]]
             f"{s.metadata.namespace}/{s.metadata.name}")
 
     watches = [ServiceWatch(s, title(s)) for s in services]
+    for w in watches:
+        w.asked_rollback = asked_rollback
     needs_nodes = any(w.mode == taskview.GLOBAL for w in watches)
     feed = _Feed(store, registry.lookup("tasks"),
                  registry.lookup("nodes") if needs_nodes else None,
                  next(iter(namespaces)) if len(namespaces) == 1 else None,
-                 {(w.namespace, w.name) for w in watches})
+                 {(w.namespace, w.name) for w in watches}, service_info)
     view = view or make_view()
     start = time.monotonic()
     deadline = start + opts.timeout
@@ -593,11 +651,26 @@ def _step(watches: Sequence[ServiceWatch], feed: _Feed, opts: WaitOptions,
     for w in watches:
         if w.done:
             continue
+        newer = feed.services.get((w.namespace, w.name))
+        if newer is not None:
+            w.refresh(newer)
+        said = updatestatus.verdict(w.service, w.asked_rollback)
+        w.trust_status = said.updater_reports
+        w.header = w.header or said.header
         snap = w.evaluate(list(feed.tasks[(w.namespace, w.name)].values()), nodes)
+        if said.outcome == updatestatus.FAILED:
+            failures.append(f"{w.ref}: {said.message}")
+            continue
         if snap.failure:
             failures.append(f"{w.ref} cannot converge: {snap.failure}")
             continue
-        if snap.converged:
+        # While the updater says the rollout goes on (or has not picked up a rollback
+        # request), running tasks are not the end of it.
+        finished = said.outcome == updatestatus.DONE or not said.authoritative
+        if snap.converged and not finished:
+            w.verify_since = None
+            w.verify_text = None
+        elif snap.converged:
             if w.verify_since is None:
                 w.verify_since = now
                 unit = "second" if opts.verify_window == 1 else "seconds"
@@ -624,6 +697,9 @@ def _timeout_lines(watches: Sequence[ServiceWatch], timeout: float) -> list[str]
         total = len(snap.lines) if snap else 0
         lines.append(f"{w.ref} did not converge within {timeout:g}s: {running} out of "
                      f"{total} tasks running")
+        said = updatestatus.verdict(w.service)
+        if said.authoritative and said.outcome != updatestatus.DONE and said.message:
+            lines.append(f"  the updater says: {said.message}")
         lines.extend("  " + reason for reason in w.stall_reasons())
     lines.append("  the change is written and stays; wait longer with --timeout, or check "
                  "`swctl service ps NAME`")

@@ -4,6 +4,9 @@ conditions and the recent events about it.
 Unlike ``get -o yaml`` this is not meant to be parsed: it pulls conditions out into a
 table and adds the events the runtime recorded about the object (what a controller did
 to it, or why it could not), which is usually the answer to "why is it not running?".
+A Service's update lifecycle gets its own sections instead of raw status: the update
+(state, started, completed, message) and its last revisions as ``rollout history``
+lists them (each revision's full spec would bury everything else).
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ import argparse
 import datetime
 from typing import Any
 
-from shoal.cli import common, console, errors, get, printers, redact
+from shoal.cli import common, console, errors, get, printers, redact, revisions
 from shoal.crds import kinds, resource
+from shoal.crds import updatemeta as um
 from shoal.store import client
 from shoal.store import errors as store_errors
 
 LABEL_WIDTH = 20
 MAX_EVENTS = 20
+MAX_REVISIONS = 5  # the last ones; swctl rollout history lists them all
 
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -104,11 +109,40 @@ def render(info: kinds.KindInfo, obj: resource.Resource, events: list[dict[str, 
                            for o in meta.ownerReferences)
         lines.append(_line("Owned By", owners))
     lines += _block("Spec", obj.spec)
-    status = {k: v for k, v in obj.status.items() if k != "conditions"}
+    shown_apart = ("conditions", "update", "revisions") if obj.kind == "Service" \
+        else ("conditions",)
+    status = {k: v for k, v in obj.status.items() if k not in shown_apart}
     lines += _block("Status", status)
+    if obj.kind == "Service":
+        lines += _update(obj, now)
     lines += _conditions(obj.status.get("conditions") or [], now)
     lines += _events(events, now)
     return "\n".join(lines)
+
+
+def _update(service: resource.Resource, now: datetime.datetime) -> list[str]:
+    status = um.update_status(service)
+    if not status:
+        lines = [_line("Update", printers.NONE)]
+    else:
+        lines = ["Update:", _line("State", str(status.get("state") or printers.NONE), 2)]
+        for label, key in (("Started", "startedAt"), ("Completed", "completedAt")):
+            if status.get(key):
+                lines.append(_line(label, f"{status[key]} "
+                                          f"({printers.age(str(status[key]), now)} ago)", 2))
+        if status.get("updatedTasks") is not None:
+            lines.append(_line("Tasks", f"{status.get('updatedTasks')} of "
+                                        f"{status.get('totalTasks', '?')} updated", 2))
+        if status.get("message"):
+            lines.append(_line("Message", str(status["message"]), 2))
+    rows = revisions.history_rows(service, now)
+    if not rows:
+        return [*lines, _line("Revisions", printers.NONE)]
+    shown = rows[-MAX_REVISIONS:]
+    more = (f" (last {len(shown)} of {len(rows)}; swctl rollout history service/"
+            f"{service.name})" if len(shown) < len(rows) else "")
+    table, _ = printers.render_table(revisions.HISTORY_HEADERS, shown, indent=2)
+    return [*lines, f"Revisions:{more}", table]
 
 
 def _conditions(conditions: list[dict[str, Any]], now: datetime.datetime) -> list[str]:

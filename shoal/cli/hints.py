@@ -31,10 +31,8 @@ def _arg(rest: list[str], placeholder: str) -> str:
 # (verb, sub-verb) -> (swctl command to use, the verb whose --help to read). The command
 # may use {name}: the first name the user typed after the verb.
 _DOCKER_VERBS: dict[tuple[str, str], tuple[str, str]] = {
-    # service create/update/inspect/rm/logs/ps/ls/scale are swctl verbs now
-    # (serviceverbs.py); only rollback is missing.
-    ("service", "rollback"): ("swctl apply -f FILE with the previous manifest (rollback "
-                              "is not built yet)", "apply"),
+    # service create/update/inspect/rm/logs/ps/ls/scale/rollback are swctl verbs
+    # (serviceverbs.py).
     ("stack", "deploy"): ("swctl apply -f FILE (a YAML stream of Services, Networks, ...; "
                           "compose files are not read yet)", "apply"),
     ("stack", "up"): ("swctl apply -f FILE", "apply"),

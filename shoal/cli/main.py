@@ -21,6 +21,7 @@ import structlog
 from shoal.cli import (
     agent,
     apply,
+    changecause,
     cluster,
     common,
     delete,
@@ -33,6 +34,7 @@ from shoal.cli import (
     manager,
     network,
     node,
+    rollout,
     scale,
     service,
 )
@@ -72,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "run a local cluster.",
         epilog="Run `swctl VERB --help` for the flags of a verb.")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for module in (apply, get, describe, delete, diff, scale, service, logs, node, network,
-                   cluster, manager, agent):
+    for module in (apply, get, describe, delete, diff, scale, rollout, service, logs, node,
+                   network, cluster, manager, agent):
         module.add_parser(sub, [flags])
     return parser
 
@@ -112,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verb is None:
         parser.print_help(sys.stderr)
         return 1
+    # What a Service write records as its change cause (``swctl rollout history``).
+    args.command_line = changecause.command_line(raw)
     opts = common.GlobalOptions.resolve(getattr(args, "etcd", None),
                                         getattr(args, "prefix", None),
                                         getattr(args, "request_timeout", None))

@@ -18,6 +18,7 @@ from shoal.cli import printers
 from shoal.crds import networking as nw
 from shoal.crds import resource, units
 from shoal.crds import taskstates as ts
+from shoal.crds import updatemeta as um
 
 _BINARY_UNITS = (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
 _LABEL_WIDTH = 24  # docker's --pretty aligns values in one column
@@ -180,15 +181,40 @@ def _size(value: Any) -> str:
         return str(value)
 
 
-def _config_lines(title: str, config: Any, order_label: str) -> list[str]:
-    config = config if isinstance(config, dict) else {}
-    lines = [f"{title}:", _line("Parallelism", config.get("parallelism", 1), 1)]
+def _config_lines(title: str, field: str, config: Any, order_label: str) -> list[str]:
+    # Missing fields read as the schema's defaults (updatemeta.config_defaults), the one
+    # place Swarm's values are written down.
+    config = {**um.config_defaults(field), **(config if isinstance(config, dict) else {})}
+    lines = [f"{title}:", _line("Parallelism", config.get("parallelism"), 1)]
     if config.get("delay") not in (None, 0, "0s"):
         lines.append(_line("Delay", config["delay"], 1))
-    lines += [_line("On failure", config.get("failureAction", "pause"), 1),
-              _line("Monitoring Period", config.get("monitor", "5s"), 1),
-              _line("Max failure ratio", config.get("maxFailureRatio", 0), 1),
-              _line(order_label, config.get("order", "stop-first"), 1)]
+    lines += [_line("On failure", config.get("failureAction"), 1),
+              _line("Monitoring Period", config.get("monitor"), 1),
+              _line("Max failure ratio", config.get("maxFailureRatio"), 1),
+              _line(order_label, config.get("order"), 1)]
+    return lines
+
+
+def _ago(stamp: Any, now: datetime.datetime | None) -> str:
+    """Docker's ``3 minutes ago`` shape, from the stored RFC 3339 stamp."""
+    when = printers.parse_time(str(stamp)) if stamp else None
+    return f"{printers.age(str(stamp), now)} ago" if when else str(stamp or printers.NONE)
+
+
+def update_status_lines(service: resource.Resource,
+                        now: datetime.datetime | None = None) -> list[str]:
+    """Docker's ``UpdateStatus:`` block (State, Started, Completed, Message), from
+    ``status.update``; nothing when no update has been reported."""
+    status = um.update_status(service)
+    if not status.get("state"):
+        return []
+    lines = ["UpdateStatus:", _line("State", status["state"], 1)]
+    if status.get("startedAt"):
+        lines.append(_line("Started", _ago(status["startedAt"], now), 1))
+    if status.get("completedAt"):
+        lines.append(_line("Completed", _ago(status["completedAt"], now), 1))
+    if status.get("message"):
+        lines.append(_line("Message", status["message"], 1))
     return lines
 
 
@@ -210,6 +236,7 @@ def service_text(service: resource.Resource,
     else:
         lines += [_line("Service Mode", "Replicated"),
                   _line("Replicas", spec.get("replicas", 1), 1)]
+    lines += update_status_lines(service, now)
     placement = spec.get("placement") or {}
     if placement:
         lines.append("Placement:")
@@ -221,8 +248,15 @@ def service_text(service: resource.Resource,
             lines.append(_line("Preferences", f"[{prefs}]", 1))
         if placement.get("maxReplicasPerNode"):
             lines.append(_line("Max Replicas Per Node", placement["maxReplicasPerNode"], 1))
-    lines += _config_lines("UpdateConfig", spec.get("updateConfig"), "Update order")
-    lines += _config_lines("RollbackConfig", spec.get("rollbackConfig"), "Rollback order")
+        rebalance = placement.get("rebalance")
+        if isinstance(rebalance, dict) and rebalance.get("enabled") is True:
+            # Shoal's own (Swarm never moves a running task): see docs/updater.md.
+            lines.append(_line("Rebalance", f"maxSkew {rebalance.get('maxSkew', 1)}, "
+                               f"{rebalance.get('maxMovesPerMinute', 6)} moves a minute", 1))
+    lines += _config_lines("UpdateConfig", "updateConfig", spec.get("updateConfig"),
+                           "Update order")
+    lines += _config_lines("RollbackConfig", "rollbackConfig", spec.get("rollbackConfig"),
+                           "Rollback order")
     lines += ["ContainerSpec:", _line("Image", template.get("image") or printers.NONE, 1)]
     if template.get("entrypoint"):
         lines.append(_line("Command", " ".join(template["entrypoint"]), 1))

@@ -10,7 +10,9 @@ Every target is read and checked first (exists, is replicated), so a typo or a g
 service in the list means nothing is written. Each write is compare-and-swap on the
 version read; a conflicting writer (a concurrent apply) makes it re-read and retry, so a
 scale never overwrites someone else's spec change. Then, unless ``--detach``, it waits
-for convergence with the same progress as ``apply`` (see ``converge``).
+for convergence with the same progress as ``apply`` (see ``converge``). The command line
+becomes the service's ``shoal.io/change-cause`` (a replica count makes no revision, but
+the cause then says what last touched the service).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from shoal.cli import common, console, converge, errors, get, taskview
+from shoal.cli import changecause, common, console, converge, errors, get, taskview
 from shoal.crds import kinds, resource
 from shoal.runtime import cas
 from shoal.store import client
@@ -116,12 +118,15 @@ def _refuse_global(service: resource.Resource) -> errors.CliError:
 
 
 async def scale_one(store: client.Store, info: kinds.KindInfo, service: resource.Resource,
-                    replicas: int) -> resource.Resource:
-    """Write ``spec.replicas`` with compare-and-swap, re-reading after a conflict."""
+                    replicas: int, cause: str | None = None) -> resource.Resource:
+    """Write ``spec.replicas`` with compare-and-swap, re-reading after a conflict;
+    ``cause`` is recorded as the change cause when the count changes."""
     def apply(obj: resource.Resource) -> None:
         if taskview.mode_of(obj) == taskview.GLOBAL:
             raise _refuse_global(obj)  # changed under us between read and write
-        obj.spec["replicas"] = replicas
+        if obj.spec.get("replicas") != replicas:
+            obj.spec["replicas"] = replicas
+            changecause.mark(obj, cause)
 
     try:
         stored = await cas.mutate(store, info, service, apply, attempts=CONFLICT_ATTEMPTS,
@@ -158,7 +163,7 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
                 raise _refuse_global(service)
             services.append(service)
         for service in services:
-            await scale_one(store, info, service, seen[service.name])
+            await scale_one(store, info, service, seen[service.name], changecause.of(args))
             console.out(f"{service.name} scaled to {seen[service.name]}")
         if wait is not None:
             await converge.wait_for_services(store, [(namespace, n) for n in seen], wait)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Final
 
-from shoal.cli import common, console, get, printers, scale, serviceverbs, taskview
+from shoal.cli import common, console, get, printers, rebalance, scale, serviceverbs, taskview
 from shoal.crds import networking as nw
 from shoal.crds import resource
 from shoal.crds import taskstates as ts
@@ -28,9 +28,10 @@ PS_HEADERS: Final = ["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT ST
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("service", aliases=["svc"], parents=parents,
-                       help="docker's service verbs: create, update, ps, ls, scale, ...",
+                       help="docker's service verbs: create, update, ps, ls, scale, rebalance, ...",
                        description="Docker's service verbs: create, update, inspect, rm, "
-                                   "logs, their tasks (ps), the list (ls), scaling (scale).")
+                                   "logs, their tasks (ps), the list (ls), scaling (scale), and "
+                                   "rebalance (Shoal's: even the tasks out over the nodes).")
     verbs = p.add_subparsers(dest="service_verb", metavar="COMMAND", required=True)
 
     ps = verbs.add_parser(
@@ -59,6 +60,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                           description="Set replica counts: swctl service scale web=3 api=2.")
     scale.add_scale_arguments(sc)
     serviceverbs.add_verbs(verbs, parents)
+    rebalance.add_parser(verbs, parents)
 
 
 # --- ps ---

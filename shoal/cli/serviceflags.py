@@ -30,7 +30,11 @@ ORDERS: Final = ("stop-first", "start-first")
 UPDATE_ACTIONS: Final = ("pause", "continue", "rollback")
 ROLLBACK_ACTIONS: Final = ("pause", "continue")  # a rollback is never itself rolled back
 RESTART_CONDITIONS: Final = ("none", "on-failure", "any")
-ROLLBACK_REFUSAL: Final = "rollback is not built yet (issue 13)"
+#: Attributes of a parsed ``service update`` that are not changes to the service.
+_NOT_CHANGES: Final = frozenset({
+    "name", "namespace", "detach", "timeout", "verify_window", "rollback", "func",
+    "error_code", "verb", "service_verb", "etcd", "prefix", "request_timeout",
+    "keeps_logging", "command_line"})
 
 Spec = dict[str, Any]
 
@@ -191,7 +195,8 @@ def add_update_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true",
                    help="replace every task even if nothing changed (bumps forceUpdate)")
     p.add_argument("--rollback", action="store_true",
-                   help="go back to the previous spec (not built yet)")
+                   help="go back to the previous revision (same as swctl service rollback "
+                        "NAME); no other change may be given with it")
     p.add_argument("name", metavar="NAME")
 
 
@@ -399,6 +404,26 @@ def create_manifest(args: argparse.Namespace, name: str, namespace: str | None,
 
 # --- update ---
 
+def changes_given(args: argparse.Namespace) -> list[str]:
+    """The change flags given on a ``service update`` line (``--image``, ...), as
+    typed: ``--rollback`` takes none, since the rollback decides the whole spec."""
+    given = []
+    for key, value in sorted(vars(args).items()):
+        if key in _NOT_CHANGES or value in (None, False, []):
+            continue
+        given.append("--" + key.replace("_", "-"))
+    return given
+
+
+def refuse_mixed_rollback(args: argparse.Namespace) -> None:
+    others = changes_given(args)
+    if args.rollback and others:
+        raise errors.CliError(
+            f"--rollback cannot be combined with {', '.join(others)}: a rollback goes "
+            "back to the previous revision as a whole; roll back first (swctl service "
+            f"rollback {args.name}), then update")
+
+
 def _remove(items: list[Any], gone: Sequence[str], matches: Callable[[Any, str], bool],
             flag: str, what: str, shown: Callable[[Any], str] = str) -> list[Any]:
     for text in gone:
@@ -459,9 +484,6 @@ def update_manifest(live: Mapping[str, Any], args: argparse.Namespace,
                     environ: Mapping[str, str]) -> dict[str, Any]:
     """``live`` (a Service manifest: apiVersion, kind, metadata, spec) with the changes
     ``docker service update`` flags ask for. ``live`` is not modified."""
-    if args.rollback:
-        raise errors.CliError(f"--rollback: {ROLLBACK_REFUSAL}; for now apply the previous "
-                              "manifest with swctl apply -f FILE")
     doc = copy.deepcopy(dict(live))
     spec: Spec = doc.setdefault("spec", {})
     meta: dict[str, Any] = doc.setdefault("metadata", {})

@@ -1,4 +1,5 @@
-"""``swctl service create|update|inspect|rm|logs``: Docker's imperative service verbs.
+"""``swctl service create|update|rollback|inspect|rm|logs``: Docker's imperative service
+verbs.
 
 They write the same Service resources as ``swctl apply``, through apply's own steps —
 ``admit_documents``, ``references.check``, ``check_published_ports``, ``plan_one`` and
@@ -13,7 +14,13 @@ Service converged``) unless ``-d``.
 conflict makes it read again and recompute the edit (never overwrite another writer's
 change, which apply's own re-plan would do, since apply's manifest is the whole truth).
 ``create`` never overwrites: a service that exists already, or appears meanwhile, is an
-error naming ``service update``.
+error naming ``service update``. Both record the command line as the service's change
+cause when its spec changes (``changecause``; apply's ``plan_one`` decides when).
+
+``rollback`` (and ``update --rollback``) asks the updater for the previous revision
+through ``rollback`` — the same request as ``swctl rollout undo`` — and follows it as
+Docker prints it: the service name, ``rollback: manually requested rollback``, the
+progress, ``verify: Service converged``.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from typing import Any, Final
 
 from shoal.cli import (
     apply,
+    changecause,
     common,
     console,
     converge,
@@ -37,9 +45,11 @@ from shoal.cli import (
     pretty,
     printers,
     references,
+    rollback,
     serviceflags,
 )
 from shoal.crds import kinds, resource
+from shoal.crds import updatemeta as um
 from shoal.store import client
 from shoal.store import errors as store_errors
 
@@ -79,6 +89,16 @@ def add_verbs(verbs: Any, parents: list[argparse.ArgumentParser]) -> None:
     _namespace_flag(update)
     converge.add_wait_flags(update)
     update.set_defaults(func=run_update, error_code=1)
+
+    rb = verbs.add_parser(
+        "rollback", parents=parents, help="go back to a service's previous revision",
+        description="Roll a service back to its previous revision as docker service "
+                    "rollback does (the same as swctl rollout undo service/NAME), then "
+                    "follow the rollback (unless -d).")
+    rb.add_argument("name", metavar="NAME")
+    _namespace_flag(rb)
+    converge.add_wait_flags(rb)
+    rb.set_defaults(func=run_rollback, error_code=1)
 
     inspect = verbs.add_parser(
         "inspect", parents=parents, help="show services in full",
@@ -151,7 +171,8 @@ async def run_create(args: argparse.Namespace, opts: common.GlobalOptions) -> in
             raise exists
         await _check(store, registry, admitted)
         try:
-            await apply.write(store, [apply.plan_one(admitted, None)], _report, replan=False)
+            await apply.write(store, [apply.plan_one(admitted, None, changecause.of(args))],
+                              _report, replan=False)
         except (store_errors.ConflictError, store_errors.AlreadyExistsError):
             raise exists from None  # created by someone else since we looked
         if wait is not None:
@@ -164,8 +185,9 @@ def _report(p: apply.Planned) -> None:
 
 
 async def run_update(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
-    if args.rollback:  # before anything is read: nothing else on the line matters
-        serviceflags.update_manifest({}, args, {})
+    if args.rollback:  # Docker's spelling of service rollback
+        serviceflags.refuse_mixed_rollback(args)
+        return await run_rollback(args, opts)
     wait = converge.options_from(args)
     async with common.open_store(opts) as store:
         registry = await common.registry_of(store)
@@ -178,10 +200,13 @@ async def run_update(args: argparse.Namespace, opts: common.GlobalOptions) -> in
             except store_errors.NotFoundError:
                 raise get.not_found(info, args.name, namespace) from None
             manifest = serviceflags.update_manifest(as_manifest(live), args, os.environ)
+            # This command's own cause replaces the last one when the spec changes;
+            # plan_one keeps the live one when it does not.
+            manifest["metadata"]["annotations"].pop(um.CHANGE_CAUSE, None)
             admitted = _admit(registry, FlagsDocument("-", 1, manifest, verb="update"),
                               namespace)
             await _check(store, registry, admitted)
-            planned = apply.plan_one(admitted, live)
+            planned = apply.plan_one(admitted, live, changecause.of(args))
             try:
                 await apply.write(store, [planned], _report, replan=False)
             except store_errors.ConflictError:
@@ -194,6 +219,17 @@ async def run_update(args: argparse.Namespace, opts: common.GlobalOptions) -> in
                                   "again")
         if wait is not None and changed:
             await converge.wait_for_services(store, [(namespace, args.name)], wait)
+    return 0
+
+
+async def run_rollback(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
+    wait = converge.options_from(args)
+    async with common.open_store(opts) as store:
+        info = rollback.service_info(await common.registry_of(store))
+        namespace = rollback.namespace_of(info, args.namespace)
+        await rollback.request(store, info, args.name, namespace, None)
+        console.out(args.name)  # docker prints the service, then follows
+        await rollback.follow(store, namespace, args.name, wait)
     return 0
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import zlib
 from collections.abc import Iterable, Mapping
 
 import structlog
@@ -138,9 +139,35 @@ def spread_value(facts: NodeFacts, descriptor: str) -> str | None:
     return attribute(facts, descriptor)
 
 
+def spread_turn(namespace: str, service: str) -> int:
+    """How far a service rotates the order in which equally loaded spread groups take
+    its next task: sibling groups sorted by value ("no label" last) are taken from
+    position ``turn % siblings`` on. Deterministic, yet the odd task of a group (7
+    replicas over 3 zones) does not land in the same zone for every service. The
+    scheduler places by it and rebalancing predicts with it, so both live here."""
+    return zlib.crc32(f"{namespace}/{service}".encode())
+
+
 def match_all(constraints: Iterable[Constraint], facts: NodeFacts) -> bool:
     """Every constraint holds on the node (Swarm ANDs them)."""
     return all(matches(c, facts) for c in constraints)
+
+
+def platforms_of(placement: Mapping[str, object]) -> tuple[tuple[str, str], ...]:
+    """``placement.platforms`` as (os, arch) pairs, lower-cased and normalised; empty
+    strings match anything, an empty tuple means any platform. Unreadable entries are
+    skipped (admission refuses them)."""
+    entries = placement.get("platforms")
+    return tuple(
+        (str(p.get("os") or "").lower(), normalize_arch(str(p.get("architecture") or "")))
+        for p in (entries if isinstance(entries, list) else ()) if isinstance(p, dict))
+
+
+def matches_platforms(platforms: Iterable[tuple[str, str]], facts: NodeFacts) -> bool:
+    """The node runs one of ``platforms`` (from ``platforms_of``; none: any platform)."""
+    wanted = tuple(platforms)
+    return not wanted or any((not os or os == facts.os) and (not arch or arch == facts.arch)
+                             for os, arch in wanted)
 
 
 # node name -> (resourceVersion, readable): reading a node's facts costs ~15 µs, and a

@@ -52,6 +52,13 @@ def _service_placement(spec: dict[str, Any]) -> list[FieldError]:
                 constraints.parse_spread(spread)
             except constraints.ConstraintError as exc:
                 errors.append(FieldError(f"spec.placement.preferences[{index}].spread", str(exc)))
+    rebalance = section(placement, "rebalance")
+    if rebalance.get("enabled") is True and spec.get("mode") == "global":
+        # A global service has one task per eligible node: there is nothing to even out.
+        errors.append(FieldError("spec.placement.rebalance.enabled", "a global service runs "
+                                 "one task on every eligible node, so there is nothing to "
+                                 "rebalance; remove spec.placement.rebalance or use mode: "
+                                 "replicated"))
     return errors
 
 

@@ -98,8 +98,8 @@ async def test_published_port_added_to_a_running_service_answers(
             bad = await asyncio.to_thread(swctl, "apply", "-f", str(path), "--verify-window",
                                           "0.5", expect=1, timeout=180)
             assert bad.stdout.splitlines()[0] == "service/web configured"
-            assert "error: service/web cannot converge: update paused: task web." in bad.stderr
-            assert " was rejected on node " in bad.stderr and "shoal/busybox:2.0" in bad.stderr
+            assert "error: service/web: update paused due to failure of task web." in bad.stderr
+            assert " rejected on node " in bad.stderr and "shoal/busybox:2.0" in bad.stderr
             kept = {t.name for t in await c.running("web")}
             assert len(kept) == 1 and kept < {t.name for t in now}  # one slot untouched
 

@@ -163,7 +163,8 @@ def test_bad_image_pauses_the_rollout_and_a_revert_converges(cluster: Cluster) -
     result = apply(swctl, "shop", manifest("shop", image="shoal/missing:2.0"), 1)
     assert result.stdout.splitlines()[0] == "service/shop configured"
     err = result.stderr
-    assert "service/shop cannot converge: update paused: task shop.1.2 was rejected on " \
+    # The updater's words (it keeps the service's status), as docker service update's.
+    assert "service/shop: update paused due to failure of task shop.1.2 rejected on " \
            "node n-" in err
     assert "image not found: shoal/missing:2.0" in err
     # Paused: the other two slots still run the old spec, untouched.
@@ -456,7 +457,7 @@ def test_apply_waits_past_the_failures_the_update_tolerates(cluster: Cluster) ->
     # and reports the pause the orchestrator makes at the third, not the first failure.
     out = apply(swctl, "tally", manifest("tally", image="shoal/missing:2.0", replicas=4,
                                          **extra), 1)
-    assert "service/tally cannot converge: update paused: task tally.3.2 was rejected " \
+    assert "service/tally: update paused due to failure of task tally.3.2 rejected " \
            "on node n-" in out.stderr, out.stderr
     status = eventually(lambda: (lambda s: s if s.get("state") == "paused" else None)(
         update_status(swctl, "tally")), 30, "update paused")

@@ -154,9 +154,9 @@ def test_service_update_rolls_out_refuses_bad_flags_and_diff_shows_the_drift(
     assert "-    image: shoal/busybox:2.0\n" in diff
     assert "+    image: shoal/busybox\n" in diff
 
-    # --rollback is not built yet, and says so without touching anything.
-    err = swctl("service", "update", "--rollback", "api", expect=1).stderr
-    assert "rollback is not built yet (issue 13)" in err
+    # --rollback goes back as a whole: with another change it is refused, untouched.
+    err = swctl("service", "update", "--rollback", "--image", "x", "api", expect=1).stderr
+    assert err.startswith("error: --rollback cannot be combined with --image: ")
     assert stored(swctl, "api")["metadata"]["resourceVersion"] == version
 
     # --replicas only: nothing is replaced.

@@ -12,10 +12,9 @@ def test_docker_verbs_map_to_swctl_with_the_name_typed() -> None:
     parser = build_parser()
     assert hints.unknown_command(parser, ["secret", "rm", "db"]) == (
         'unknown command "secret rm": use swctl delete secret/db (see swctl delete --help)')
-    assert hints.unknown_command(parser, ["--etcd", "http://x:1", "svc", "rollback", "api"]
-                                 ) == ('unknown command "svc rollback": use swctl apply -f FILE '
-                                       "with the previous manifest (rollback is not built "
-                                       "yet) (see swctl apply --help)")
+    assert hints.unknown_command(parser, ["--etcd", "http://x:1", "stack", "rm", "app"]
+                                 ) == ('unknown command "stack rm": use swctl delete -f FILE '
+                                       "(see swctl delete --help)")
     assert "use swctl apply -f FILE" in str(hints.unknown_command(parser, ["stack", "deploy"]))
 
 
@@ -24,7 +23,10 @@ def test_known_verbs_are_left_to_argparse() -> None:
     for argv in (["service", "ps", "web"], ["service", "scale", "web=2"], ["get", "svc"],
                  ["service", "create", "--name", "web", "nginx"], ["svc", "rm", "web"],
                  ["service", "update", "--image", "x", "web"], ["service", "logs", "web"],
-                 ["service", "inspect", "--pretty", "web"],
+                 ["service", "inspect", "--pretty", "web"], ["svc", "rollback", "web"],
+                 ["service", "update", "--rollback", "web"],
+                 ["rollout", "undo", "service/web", "--to-revision", "2"],
+                 ["rollout", "status", "svc/web"],
                  ["node", "rm", "n1"], ["--prefix", "/x", "apply", "-f", "a.yaml"], []):
         assert hints.unknown_command(parser, argv) is None, argv
 

@@ -30,3 +30,36 @@ def test_node_text_lists_live_tasks_only() -> None:
     text = pretty.node_text(node, [live, ended], local=True)
     assert "n1 (this host)" in text and "Drain" in text and "1GiB" in text
     assert "default/web.1.a" in text and "web.1.b" not in text and "Tasks: 1" in text
+
+
+def test_service_text_shows_rebalancing_when_enabled() -> None:
+    svc = resource.new("Service", "web", "default")
+    svc.spec = {"replicas": 6, "template": {"image": "busybox"},
+                "placement": {"rebalance": {"enabled": True, "maxSkew": 2,
+                                            "maxMovesPerMinute": 6}}}
+    text = pretty.service_text(svc)
+    assert "Placement:" in text
+    assert " Rebalance:" in text and "maxSkew 2, 6 moves a minute" in text
+    svc.spec["placement"]["rebalance"]["enabled"] = False
+    assert "Rebalance" not in pretty.service_text(svc)
+
+
+def test_service_text_shows_update_status_and_schema_defaults() -> None:
+    svc = resource.new("Service", "web", "default",
+                       {"replicas": 2, "template": {"image": "nginx:2"},
+                        "updateConfig": {"parallelism": 2}})
+    svc.status = {"update": {"state": "updating", "message": "update in progress",
+                             "startedAt": "2024-05-01T12:00:03Z", "generation": 2}}
+    now = datetime.datetime(2024, 5, 1, 12, 0, 13, tzinfo=datetime.UTC)
+    lines = pretty.service_text(svc, now).splitlines()
+    at = lines.index("UpdateStatus:")
+    assert lines[at - 1].split() == ["Replicas:", "2"]  # docker's place: after the mode
+    assert [line.split(":", 1)[0] for line in lines[at + 1:at + 4]] == [
+        " State", " Started", " Message"]
+    assert lines[at + 2].split(":", 1)[1].strip() == "10s ago"
+    # Fields the stored config lacks read as the schema's defaults.
+    update = lines.index("UpdateConfig:")
+    assert lines[update + 1].split() == ["Parallelism:", "2"]
+    assert lines[update + 2].split() == ["On", "failure:", "pause"]
+    assert "UpdateStatus:" not in pretty.service_text(resource.new(
+        "Service", "api", "default", {"template": {"image": "x"}}))

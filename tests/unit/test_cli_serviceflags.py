@@ -134,7 +134,6 @@ def test_update_removals_drop_emptied_fields_and_force_bumps() -> None:
                                             "node.role==worker)"),
     ("--publish-rm 81 web", '--publish-rm "81": the service has no such published port '
                             "(it has: 8080:80/tcp)"),
-    ("--rollback web", "--rollback: rollback is not built yet (issue 13)"),
 ])
 def test_bad_update_flags_say_what_the_service_has(line: str, message: str) -> None:
     with pytest.raises(errors.CliError) as caught:
@@ -151,3 +150,14 @@ def test_update_replicas_of_a_global_service_is_refused() -> None:
 def test_default_name_says_what_runs() -> None:
     assert serviceflags.default_name("registry:5000/shoal/busybox:1.0@sha256:ab", "3fa9c") \
         == "busybox-3fa9c"
+
+
+def test_rollback_takes_no_other_change() -> None:
+    args = build_parser().parse_args(["service", "update", "--rollback", "-d", "web"])
+    serviceflags.refuse_mixed_rollback(args)  # -d is how to wait, not a change
+    args = build_parser().parse_args(["service", "update", "--rollback", "--image", "x",
+                                      "--env-add", "A=1", "web"])
+    with pytest.raises(errors.CliError) as caught:
+        serviceflags.refuse_mixed_rollback(args)
+    assert str(caught.value).startswith("--rollback cannot be combined with --env-add, "
+                                        "--image: ")

@@ -134,6 +134,20 @@ def test_duplicate_tasks_in_a_slot_keep_the_one_furthest_along() -> None:
     assert names(plan.shutdowns) == ["web.1.2"] and not plan.creates
 
 
+def test_a_move_of_a_clean_task_is_an_overlap_not_a_duplicate() -> None:
+    # Rebalancing: the updater marks the running task replaced by a new task of the same
+    # generation. Both stay while the new one starts; the old one stops once it runs.
+    old = task(1, 1, node_name="a", state="running",
+               notes={"shoal.io/replaced-by": "web.1.2"})
+    starting = task(1, 2, node_name="c", state="starting")
+    plan = slots.plan_replicated(service(replicas=1), [old, starting], now=NOW)
+    assert plan.empty and plan.overlaps
+    running = task(1, 2, node_name="c", state="running")
+    plan = slots.plan_replicated(service(replicas=1), [old, running], now=NOW)
+    assert names(plan.shutdowns) == ["web.1.1"] and not plan.creates
+    assert plan.shutdowns[0].reason == "replaced by web.1.2 (start-first)"
+
+
 def test_history_keeps_the_newest_per_slot() -> None:
     history = [task(1, seq, node_name="a", state="failed", desired="shutdown",
                     ended=NOW - 100 + seq) for seq in range(1, 8)]

@@ -139,6 +139,24 @@ def test_spread_counts_tasks_already_running() -> None:
     assert zones_of(result, nodes) == {"b": 2, "c": 2}
 
 
+def test_a_replacement_goes_where_the_service_runs_least_while_the_old_task_runs() -> None:
+    # Rebalancing's start-first move: web runs 3/3/0; slots 3 and 6 get replacements
+    # while their old tasks still run (and so still count on n1 and n2).
+    nodes = [node("n1"), node("n2"), node("n3")]
+    svc = service("web", 6)
+    running = [task(svc, slot, node_name="n1" if slot <= 3 else "n2", state="running")
+               for slot in range(1, 7)]
+    moves = [task(svc, 3, seq=2), task(svc, 6, seq=2)]
+    result = schedule(moves, nodes, running, [svc])
+    assert result.assignments == {"default/web.3.2": "n3", "default/web.6.2": "n3"}
+    # An old task told to stop no longer counts: n1's slot 3 replacement spreads as if
+    # n1 ran two.
+    stopping = [*running[:2], task(svc, 3, node_name="n1", state="running",
+                                   desired="shutdown"), *running[3:]]
+    result = schedule([task(svc, 3, seq=2)], [node("n1"), node("n2")], stopping, [svc])
+    assert result.assignments == {"default/web.3.2": "n1"}
+
+
 def test_fewest_service_tasks_then_fewest_tasks_overall() -> None:
     nodes = [node("a"), node("b"), node("c")]
     web, db = service("web", 3), service("db", 1)

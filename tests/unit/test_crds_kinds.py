@@ -61,8 +61,8 @@ def test_shipped_crds_are_valid_crds() -> None:
 
 def test_printer_columns_are_loaded() -> None:
     service = kinds.Registry.builtin().lookup("svc")
-    assert [c["name"] for c in service.printer_columns] == ["Mode", "Replicas", "Image", "Error",
-                                                           "Age"]
+    assert [c["name"] for c in service.printer_columns] == ["Mode", "Replicas", "Image", "Update",
+                                                           "Revision", "Error", "Age"]
 
 
 def test_user_kind_from_crd() -> None:

@@ -158,3 +158,22 @@ def test_lone_version_is_stored_unless_it_says_otherwise(registry: kinds.Registr
     doc["spec"]["versions"][0]["storage"] = False
     assert errors_of(doc, registry) == [
         "spec.versions: exactly one version must have storage: true, got 0"]
+
+
+def test_rebalance_defaults_and_bounds(registry: kinds.Registry) -> None:
+    doc = service(placement={"rebalance": {"enabled": True}})
+    admitted = admission.admit(doc, registry)
+    assert admitted.spec["placement"]["rebalance"] == {
+        "enabled": True, "maxSkew": 1, "maxMovesPerMinute": 6}
+    bad = service(placement={"rebalance": {"maxSkew": 0, "maxMovesPerMinute": 0}})
+    found = errors_of(bad, registry)
+    assert any(e.startswith("spec.placement.rebalance.maxSkew") for e in found), found
+    assert any(e.startswith("spec.placement.rebalance.maxMovesPerMinute") for e in found), found
+
+
+def test_rebalance_refused_for_a_global_service(registry: kinds.Registry) -> None:
+    doc = service(mode="global", placement={"rebalance": {"enabled": True}})
+    assert errors_of(doc, registry) == [
+        "spec.placement.rebalance.enabled: a global service runs one task on every eligible "
+        "node, so there is nothing to rebalance; remove spec.placement.rebalance or use "
+        "mode: replicated"]

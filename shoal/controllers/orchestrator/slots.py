@@ -32,8 +32,10 @@ create the *same* task, and etcd's create-if-absent lets only one through. That 
 keeps a slot from ever holding two desired-running tasks — with one exception: a
 start-first update (the updater controller) creates a slot's replacement while the old
 task still runs, and ``_view`` stops the old one once the replacement runs. The overlap is
-always across generations (the old task is dirty, the new one is not); two tasks of one
-generation in a slot are still duplicates, and the one furthest along is kept. Whether a
+across generations (the old task is dirty, the new one is not), or within one when the
+old task is marked ``shoal.io/replaced-by`` the new one (a rebalancing move of a clean
+task); any other two tasks of one generation in a slot are duplicates, and the one
+furthest along is kept. Whether a
 task runs an out-of-date spec is not looked at here: a dirty task that runs is the
 updater's to replace.
 """
@@ -164,10 +166,20 @@ def _view(key: int | str, tasks: Iterable[Resource], generation: int,
         slot.finished = (newest is not None and rs.NO_RESTART in newest.metadata.annotations
                          and ts.generation_of(newest) == generation)
         return slot
+    # A task the updater marked as replaced by another task of the slot is the older
+    # half of a start-first overlap, even in the same generation (a rebalancing move
+    # replaces a clean task): not a duplicate, and it stops once its replacement runs.
+    names = {t.metadata.name for t in active}
+    replaced = [t for t in active
+                if t.metadata.annotations.get(taskspec.REPLACED_BY) in names]
+    if replaced and len(replaced) < len(active):
+        active = [t for t in active if t not in replaced]
+    else:
+        replaced = []
     by_generation: dict[int, list[Resource]] = {}
     for task in active:
         by_generation.setdefault(ts.generation_of(task), []).append(task)
-    kept: list[Resource] = []
+    kept: list[Resource] = list(replaced)
     for _, same in sorted(by_generation.items()):
         best = _best(same)
         kept.append(best)

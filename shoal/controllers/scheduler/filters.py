@@ -201,9 +201,7 @@ def demand_for(service_key: ServiceKey, service: Resource | None,
     except (TypeError, ValueError):
         errors.append(f"invalid maxReplicasPerNode {placement.get('maxReplicasPerNode')!r}")
 
-    platforms = tuple(
-        (str(p.get("os") or "").lower(), cons.normalize_arch(str(p.get("architecture") or "")))
-        for p in placement.get("platforms") or () if isinstance(p, dict))
+    platforms = nodefacts.platforms_of(placement)
 
     ports: list[tuple[int, str]] = []
     for port in endpoint.get("ports") or ():
@@ -365,8 +363,7 @@ class PlatformFilter(Filter):
         return bool(demand.platforms)
 
     def check(self, node: NodeInfo, demand: Demand, service_tasks: int) -> bool:
-        return any((not os or os == node.facts.os) and (not arch or arch == node.facts.arch)
-                   for os, arch in demand.platforms)
+        return nodefacts.matches_platforms(demand.platforms, node.facts)
 
     @staticmethod
     def wanted(demand: Demand) -> str:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import heapq
-import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, NamedTuple
 
@@ -421,7 +420,7 @@ class ClusterState:
         # Branches holding equally many tasks of the service are taken in label order,
         # rotated by a hash of the service: deterministic, yet the odd task of a group
         # (7 replicas over 3 zones) does not land in the same zone for every service.
-        turn = zlib.crc32(f"{svc[0]}/{svc[1]}".encode())
+        turn = nodefacts.spread_turn(*svc)
         rank = [(r + turn) % k for r, k in zip(shape.rank, shape.siblings, strict=True)]
         nodes = self.nodes
         n = len(nodes)

@@ -14,18 +14,20 @@ import dataclasses
 from typing import Any, Final, Literal
 
 from shoal.crds import units
+from shoal.crds import updatemeta as um
 from shoal.crds.resource import Resource
 
 ORDERS: Final = ("stop-first", "start-first")
 FAILURE_ACTIONS: Final = ("pause", "continue", "rollback")
 ROLLBACK_FAILURE_ACTIONS: Final = ("pause", "continue")
-#: Service annotations of the update lifecycle (docs/updater.md).
-CHANGE_CAUSE: Final = "shoal.io/change-cause"
-ROLLBACK_REQUEST: Final = "shoal.io/rollback-request"
-ROLLBACK_GENERATION: Final = "shoal.io/rollback-generation"
+#: Service annotations of the update lifecycle (docs/updater.md); their one home is
+#: ``crds/updatemeta``, which swctl reads too.
+CHANGE_CAUSE: Final = um.CHANGE_CAUSE
+ROLLBACK_REQUEST: Final = um.ROLLBACK_REQUEST
+ROLLBACK_GENERATION: Final = um.ROLLBACK_GENERATION
 #: Why the updater rolled back by itself (absent for an asked-for rollback).
-ROLLBACK_REASON: Final = "shoal.io/rollback-reason"
-RESUMED_AT: Final = "shoal.io/resumed-at"
+ROLLBACK_REASON: Final = um.ROLLBACK_REASON
+RESUMED_AT: Final = um.RESUMED_AT
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -5,15 +5,20 @@ by batch (``batches.decide``, by ``spec.updateConfig``, or ``spec.rollbackConfig
 during a rollback); a Service's ``status.update``, ``Progressing`` condition,
 ``status.revisions`` and ``status.revision`` (``revisions``); rollbacks, asked for with
 the ``shoal.io/rollback-request`` annotation or made by the ``rollback`` failure action.
-It does not keep slot counts, restart ended tasks or trim history (the orchestrator
-does), nor place tasks (the scheduler does). docs/updater.md is the contract.
+It also carries out rebalancing moves (``moves``, ``rebalance``): when a service asks
+for them and no update is in flight, clean running tasks are replaced start-first, the
+replacement marked ``shoal.io/moved-from``, and ``status.rebalance`` says how far it
+got. It does not keep slot counts, restart ended tasks or trim history (the orchestrator
+does), nor place tasks (the scheduler does: the replacement goes to the least loaded
+node because the old task still counts where it is). docs/updater.md is the contract.
 
 One reconcile per Service, level-triggered: read the service and all its tasks from the
 shared caches, record the revision, carry out a rollback request, let the pure
 ``batches.decide`` pick the slots, and write. What wakes a service: its own change, and
-a task of a service whose rollout is under way changing state (a replacement running
-lets the next batch go, a failure pauses or rolls back); the delay between batches comes
-back as ``Result(requeue_after=...)``.
+a task of a service whose rollout is under way, or that rebalances, changing state (a
+replacement running lets the next batch go, a failure pauses or rolls back); a node
+changing (one joins, is activated again) wakes the services that rebalance; the delay
+between batches and the rebalancing pace come back as ``Result(requeue_after=...)``.
 
 Crash safety: every decision is derived from etcd (the tasks, the service's spec,
 annotations and status), so a restarted updater resumes where the last one stopped.
@@ -36,9 +41,10 @@ import time
 from collections.abc import Sequence
 from typing import Any, Final
 
-from shoal.controllers import common, taskspec
-from shoal.controllers.updater import batches, revisions
+from shoal.controllers import common, nodefacts, taskspec
+from shoal.controllers.updater import batches, moves, revisions
 from shoal.controllers.updater import config as cfg
+from shoal.controllers.updater import rebalance as rb
 from shoal.crds import conditions, resource
 from shoal.crds import taskstates as ts
 from shoal.crds.resource import Resource
@@ -67,19 +73,25 @@ class Updater:
         # may move it on. Rebuilt from etcd after a restart (every service is reconciled
         # when the controller starts).
         self._rolling: set[str] = set()
+        # Keys of services that rebalance (enabled, or a request pending): a node change
+        # may give them somewhere to move to, and their tasks' changes move them on.
+        self._rebalancing: set[str] = set()
         self._written: dict[str, int] = {}  # service key -> revision of our last write
         self._sem: asyncio.Semaphore | None = None
         self._caught_up: client.Fence | bool | None = False
         self.spec = ControllerSpec(
             name="updater", kind="services", reconcile=self.reconcile, workers=workers,
-            watches=(("tasks", self._map_task),))
+            watches=(("tasks", self._map_task), ("nodes", self._map_node)))
 
     def _map_task(self, task: Resource) -> list[str]:
-        if not self._rolling:
+        if not self._rolling and not self._rebalancing:
             return []
         key = common.service_key_of(task)
         wake = None if key is None else f"{key[0]}/{key[1]}"
-        return [wake] if wake in self._rolling else []
+        return [wake] if wake in self._rolling or wake in self._rebalancing else []
+
+    def _map_node(self, node: Resource) -> list[str]:
+        return sorted(self._rebalancing)
 
     # --- reconcile ---
 
@@ -103,6 +115,7 @@ class Updater:
             svc = await ctx.fetch()
         if svc is None or svc.metadata.deletionTimestamp:
             self._rolling.discard(key)
+            self._rebalancing.discard(key)
             self._written.pop(key, None)
             return None
         namespace = svc.metadata.namespace or resource.DEFAULT_NAMESPACE
@@ -125,7 +138,14 @@ class Updater:
         config, problems = cfg.for_service_with_problems(svc)
         rollback = cfg.is_rollback(svc)
         wanted = taskspec.Wanted(svc)
-        views = batches.views(tasks, wanted, mode == GLOBAL)
+        now = time.time()
+        nodes = nodefacts.readable_nodes(ctx.informers.informer(common.NODES).list())
+        moving = moves.plan(svc, tasks, nodes, now, wanted.dirty)
+        if moving.active:
+            self._rebalancing.add(key)
+        else:
+            self._rebalancing.discard(key)
+        views = batches.views(tasks, wanted, mode == GLOBAL, moving.slots)
         resumed = ts.parse_timestamp(svc.metadata.annotations.get(cfg.RESUMED_AT))
         failed = batches.failures((t for t in tasks if ts.has_ended(t)),
                                   svc.metadata.generation, config.monitor, resumed)
@@ -133,7 +153,7 @@ class Updater:
         previous = previous if isinstance(previous, dict) else None
         reason = svc.metadata.annotations.get(cfg.ROLLBACK_REASON)
         decision = batches.decide(
-            views, failed, time.time(), config, previous, rollback=rollback,
+            views, failed, now, config, previous, rollback=rollback,
             paused=svc.spec.get("paused") is True, service=svc.metadata.name,
             rollback_message=(f"rollback started: update rolled back due to failure of "
                               f"{reason}" if reason else "rollback started: manually "
@@ -148,12 +168,19 @@ class Updater:
         ok = True
         if decision is not None and decision.replace:
             ok = await self._replace(ctx, key, svc, views, decision)
-        await self._set_status(ctx, svc, decision, recorded, current_rev, problems,
-                               automatic=bool(reason) and rollback)
+        if moving.slots and not any(v.dirty for v in views):
+            # Moves alone are no rollout: status.update keeps telling of the last one.
+            decision = None
+        await self._set_status(ctx, svc, decision, recorded, current_rev,
+                               [*problems, *moving.problems],
+                               automatic=bool(reason) and rollback,
+                               rebalance=moving.status if ok else None)
         if not ok:
             return Result(requeue=True)
-        if decision is not None and decision.requeue_after is not None:
-            return Result(requeue_after=max(decision.requeue_after, 0.01))
+        waits = [w for w in (decision.requeue_after if decision is not None else None,
+                             moving.requeue_after) if w is not None]
+        if waits:
+            return Result(requeue_after=max(min(waits), 0.01))
         return None
 
     # --- replacing tasks ---
@@ -182,7 +209,10 @@ class Updater:
                if replacement.reason == batches.DIRTY else f"moves {old.metadata.name}")
         node = view.key if isinstance(view.key, str) else None
         slot = view.key if isinstance(view.key, int) else 0
-        new = taskspec.new_task(svc, name, slot, node, why)
+        # A move's replacement says where it came from: the rebalancing pace counts them.
+        notes = ({rb.MOVED_FROM: ts.node_name_of(old) or ""}
+                 if replacement.reason == batches.MOVE else None)
+        new = taskspec.new_task(svc, name, slot, node, why, notes)
         # The update goes first: were the transaction ever split, the old task is told
         # to stop before the new one exists.
         return [client.Op("update", common.TASKS, marked),
@@ -299,9 +329,11 @@ class Updater:
     async def _set_status(self, ctx: Context, svc: Resource,
                           decision: batches.Decision | None,
                           history: list[dict[str, Any]], current: int,
-                          problems: Sequence[str], automatic: bool) -> None:
-        """``status.update``, ``Progressing``, ``status.revisions``/``revision``, each
-        written only when it changes (one write for all)."""
+                          problems: Sequence[str], automatic: bool,
+                          rebalance: dict[str, Any] | None = None) -> None:
+        """``status.update``, ``Progressing``, ``status.revisions``/``revision`` and
+        ``status.rebalance`` (None: as it is), each written only when it changes (one
+        write for all)."""
         update = svc.status.get("update")
         update = dict(update) if isinstance(update, dict) else None
         cond: tuple[bool, str, str] | None = None
@@ -343,8 +375,12 @@ class Updater:
             and have.get("reason") == cond[1] and have.get("message") == cond[2])
         if (update == svc.status.get("update") and cond_same
                 and svc.status.get("revisions") == history
-                and svc.status.get("revision") == current):
+                and svc.status.get("revision") == current
+                and (rebalance is None or rebalance == svc.status.get("rebalance"))):
             return
+        if rebalance is not None and rebalance != svc.status.get("rebalance"):
+            ctx.log.info("rebalance", moves=rebalance.get("moves"),
+                         handled=rebalance.get("handled"), waiting=rebalance.get("message"))
 
         def put(obj: Resource) -> None:
             if update is not None:
@@ -353,6 +389,8 @@ class Updater:
             obj.status["revision"] = current
             if cond is not None:
                 conditions.set_condition(obj, PROGRESSING, *cond)
+            if rebalance is not None:
+                obj.status["rebalance"] = rebalance
         await ctx.update_status(svc, put, observed_generation=False)
 
 
