@@ -38,14 +38,16 @@ from typing import Any, Final, Literal
 from shoal.controllers import taskspec
 from shoal.controllers.updater.config import SWARM_DEFAULTS, UpdateConfig
 from shoal.crds import taskstates as ts
+from shoal.crds import updatemeta as um
 from shoal.crds.resource import Resource
 
-UPDATING: Final = "updating"
-PAUSED: Final = "paused"
-COMPLETED: Final = "completed"
-ROLLBACK_STARTED: Final = "rollback_started"
-ROLLBACK_PAUSED: Final = "rollback_paused"
-ROLLBACK_COMPLETED: Final = "rollback_completed"
+# The states are the contract's words (crds/updatemeta.py), which swctl reads too.
+UPDATING: Final = um.UPDATING
+PAUSED: Final = um.PAUSED
+COMPLETED: Final = um.COMPLETED
+ROLLBACK_STARTED: Final = um.ROLLBACK_STARTED
+ROLLBACK_PAUSED: Final = um.ROLLBACK_PAUSED
+ROLLBACK_COMPLETED: Final = um.ROLLBACK_COMPLETED
 State = Literal["updating", "paused", "completed", "rollback_started", "rollback_paused",
                 "rollback_completed"]
 #: States of a rollout still under way (a task change may move it on).
