@@ -23,15 +23,13 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-from shoal.cli import common, console, converge, errors, get, taskview
+from shoal.cli import common, console, converge, edits, errors, get, taskview
 from shoal.controllers.updater import rebalance as rb
 from shoal.crds import kinds, resource
 from shoal.crds import taskstates as ts
-from shoal.runtime import cas
 from shoal.store import client
 from shoal.store import errors as store_errors
 
-CONFLICT_ATTEMPTS: Final = 8
 POLL: Final = 0.5
 
 
@@ -106,16 +104,8 @@ async def request(store: client.Store, info: kinds.KindInfo, service: resource.R
             raise _refuse_global(obj.name)  # changed under us between read and write
         obj.metadata.annotations[rb.REQUEST] = stamp
 
-    try:
-        stored = await cas.mutate(store, info, service, put, attempts=CONFLICT_ATTEMPTS,
-                                  backoff=0.01)
-    except store_errors.ConflictError:
-        raise errors.CliError(f"gave up asking to rebalance {service.name} after "
-                              f"{CONFLICT_ATTEMPTS} conflicting writes: something keeps "
-                              "changing it; try again") from None
-    if stored is None:
-        raise get.not_found(info, service.name, service.namespace)
-    return stored
+    return await edits.edit(store, info, service, put,
+                            f"asking to rebalance {service.name}")
 
 
 def _refuse_global(name: str) -> errors.CliError:

@@ -14,14 +14,11 @@ take the request up before it believes the tasks.
 
 from __future__ import annotations
 
-from shoal.cli import common, converge, errors, get, revisions
+from shoal.cli import common, converge, edits, get, revisions
 from shoal.crds import kinds, resource
 from shoal.crds import updatemeta as um
-from shoal.runtime import cas
 from shoal.store import client
 from shoal.store import errors as store_errors
-
-CONFLICT_ATTEMPTS = 8
 
 
 async def request(store: client.Store, info: kinds.KindInfo, name: str, namespace: str,
@@ -38,15 +35,7 @@ async def request(store: client.Store, info: kinds.KindInfo, name: str, namespac
         obj.metadata.annotations[um.ROLLBACK_REQUEST] = target
         written[:] = [target]
 
-    try:
-        stored = await cas.mutate(store, info, service, ask, attempts=CONFLICT_ATTEMPTS,
-                                  backoff=0.01)
-    except store_errors.ConflictError:
-        raise errors.CliError(f"gave up asking for the rollback of {name} after "
-                              f"{CONFLICT_ATTEMPTS} conflicting writes: something keeps "
-                              "changing it; try again") from None
-    if stored is None:
-        raise get.not_found(info, name, namespace)
+    await edits.edit(store, info, service, ask, f"asking for the rollback of {name}")
     return written[-1]
 
 

@@ -27,6 +27,7 @@ from shoal.cli import (
     common,
     console,
     converge,
+    edits,
     errors,
     get,
     printers,
@@ -35,11 +36,9 @@ from shoal.cli import (
 )
 from shoal.crds import kinds, resource, units
 from shoal.crds import updatemeta as um
-from shoal.runtime import cas
 from shoal.store import client
 from shoal.store import errors as store_errors
 
-CONFLICT_ATTEMPTS: Final = 8
 #: ``rollout status --timeout 0`` (the default, as kubectl's): wait as long as it takes.
 FOREVER: Final = 10 * 365 * 86400.0
 
@@ -139,16 +138,7 @@ async def _read(store: client.Store, args: argparse.Namespace
 
 async def _edit(store: client.Store, info: kinds.KindInfo, service: resource.Resource,
                 edit: Callable[[resource.Resource], None]) -> resource.Resource:
-    try:
-        stored = await cas.mutate(store, info, service, edit, attempts=CONFLICT_ATTEMPTS,
-                                  backoff=0.01)
-    except store_errors.ConflictError:
-        raise errors.CliError(f"gave up changing {service.name} after {CONFLICT_ATTEMPTS} "
-                              "conflicting writes: something keeps changing it; try again"
-                              ) from None
-    if stored is None:
-        raise get.not_found(info, service.name, service.namespace)
-    return stored
+    return await edits.edit(store, info, service, edit, f"changing {service.name}")
 
 
 def _ref(service: resource.Resource) -> str:

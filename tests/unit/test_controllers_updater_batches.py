@@ -84,6 +84,31 @@ def test_completed_once_every_slot_runs_the_new_spec() -> None:
     assert decide(svc, tasks) is None  # a service that was never rolled reports nothing
 
 
+def test_completion_waits_out_the_monitor_after_the_last_batch() -> None:
+    svc = changed()
+    svc.status["update"] = {"state": "updating"}
+    tasks = [task(i, 2, node_name="a", generation=2, template=NEW) for i in (1, 2, 3)]
+    tasks[2].status["timestamp"] = NOW - 2.0  # the last ran 2 s ago
+    for t in tasks[:2]:
+        t.status["timestamp"] = NOW - 60.0
+    views = bt.views(tasks, taskspec.Wanted(svc), False)
+    config = cfg.for_service(svc)  # monitor 5s, Swarm's default
+    d = bt.decide(views, [], NOW, config, svc.status["update"], generation=2)
+    # (stamps have whole seconds: 5 - 2 + 1 s of rounding are left to watch)
+    assert d is not None and d.state == bt.UPDATING and d.requeue_after == 4.0, d
+    assert "monitoring the last for 4s" in d.message
+    later = bt.decide(views, [], NOW + 4.0, config, svc.status["update"], generation=2)
+    assert later is not None and later.state == bt.COMPLETED
+    # A task of the last batch failing within the monitor still pauses the update.
+    tasks[2].status = {"state": "failed", "timestamp": NOW - 1.0,
+                       "err": "exit code 1"}
+    tasks[2].metadata.creationTimestamp = str(NOW - 3.0)
+    failed = bt.failures([tasks[2]], 2, config.monitor)
+    paused = bt.decide(bt.views(tasks, taskspec.Wanted(svc), False), failed, NOW, config,
+                       svc.status["update"], generation=2)
+    assert paused is not None and paused.state == bt.PAUSED, paused
+
+
 def test_a_rejected_replacement_pauses_the_rollout_with_the_reason() -> None:
     svc = changed()
     bad = task(1, 2, node_name="a", state="rejected", generation=2, template=NEW,

@@ -38,14 +38,16 @@ from typing import Any, Final, Literal
 from shoal.controllers import taskspec
 from shoal.controllers.updater.config import SWARM_DEFAULTS, UpdateConfig
 from shoal.crds import taskstates as ts
+from shoal.crds import updatemeta as um
 from shoal.crds.resource import Resource
 
-UPDATING: Final = "updating"
-PAUSED: Final = "paused"
-COMPLETED: Final = "completed"
-ROLLBACK_STARTED: Final = "rollback_started"
-ROLLBACK_PAUSED: Final = "rollback_paused"
-ROLLBACK_COMPLETED: Final = "rollback_completed"
+# The states are the contract's words (crds/updatemeta.py), which swctl reads too.
+UPDATING: Final = um.UPDATING
+PAUSED: Final = um.PAUSED
+COMPLETED: Final = um.COMPLETED
+ROLLBACK_STARTED: Final = um.ROLLBACK_STARTED
+ROLLBACK_PAUSED: Final = um.ROLLBACK_PAUSED
+ROLLBACK_COMPLETED: Final = um.ROLLBACK_COMPLETED
 State = Literal["updating", "paused", "completed", "rollback_started", "rollback_paused",
                 "rollback_completed"]
 #: States of a rollout still under way (a task change may move it on).
@@ -170,14 +172,19 @@ def decide(slots: Sequence[SlotView], failed: Sequence[Resource], now: float,
            config: UpdateConfig = SWARM_DEFAULTS,
            previous: Mapping[str, Any] | None = None, *, rollback: bool = False,
            paused: bool = False, service: str = "",
-           rollback_message: str = "rollback started") -> Decision | None:
+           rollback_message: str = "rollback started",
+           generation: int | None = None) -> Decision | None:
     """Which slots to replace in this pass.
 
     ``slots``: the live slots (``views``). ``failed``: the current generation's failures
     (``failures``). ``previous``: the service's ``status.update`` as stored.
     ``rollback``: the current generation is a rollback (states ``rollback_*``).
-    ``paused``: ``spec.paused``. None when there is nothing to report: nothing to
-    replace and no rollout was under way.
+    ``paused``: ``spec.paused``. ``generation``: the service's; with it, a rollout
+    whose every slot is updated stays under way until the newest of its tasks has run
+    for ``config.monitor`` (Swarm waits the monitor period out before it calls an
+    update completed: a task of the last batch that fails within it still counts).
+    None when there is nothing to report: nothing to replace and no rollout was under
+    way.
     """
     dirty = [s for s in slots if s.reason == DIRTY]
     moves = [s for s in slots if s.reason == MOVE]
@@ -203,6 +210,12 @@ def decide(slots: Sequence[SlotView], failed: Sequence[Resource], now: float,
             return Decision([], ROLLBACK_STARTED if rollback else UPDATING,
                             f"{in_progress}: {updated} out of {total} tasks updated, the "
                             "last starting", updated, total)
+        watch = _monitor_left(fresh, generation, config.monitor, now)
+        if watch > 0:
+            return Decision([], ROLLBACK_STARTED if rollback else UPDATING,
+                            f"{in_progress}: {updated} out of {total} tasks updated, "
+                            f"monitoring the last for {watch:.0f}s", updated, total,
+                            requeue_after=watch)
         return Decision([], ROLLBACK_COMPLETED if rollback else COMPLETED,
                         f"{what} completed", updated, total)
     if paused:
@@ -230,6 +243,21 @@ def decide(slots: Sequence[SlotView], failed: Sequence[Resource], now: float,
     message = f"{in_progress}: {updated} out of {total} tasks updated"
     return Decision(chosen, ROLLBACK_STARTED if rollback else UPDATING, message, updated,
                     total, requeue)
+
+
+def _monitor_left(fresh: Sequence[SlotView], generation: int | None, monitor: float,
+                  now: float) -> float:
+    """Seconds until the newest running task of ``generation`` has run ``monitor``
+    (from its running report, the stamp's next second as for ``delay``); 0 when none
+    is that new, or without a generation."""
+    if generation is None or monitor <= 0:
+        return 0.0
+    started = [t for t in (ts.status_time(s.current) for s in fresh
+                           if ts.generation_of(s.current) == generation
+                           and ts.is_running(s.current)) if t is not None]
+    if not started:
+        return 0.0
+    return max(max(started) + STAMP_RESOLUTION + monitor - now, 0.0)
 
 
 def progressing(state: str, message: str, automatic: bool) -> tuple[bool, str]:

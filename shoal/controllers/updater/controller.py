@@ -157,7 +157,8 @@ class Updater:
             paused=svc.spec.get("paused") is True, service=svc.metadata.name,
             rollback_message=(f"rollback started: update rolled back due to failure of "
                               f"{reason}" if reason else "rollback started: manually "
-                              "requested rollback"))
+                              "requested rollback"),
+            generation=svc.metadata.generation)
         if decision is not None and decision.rollback_after is not None:
             return await self._rollback(ctx, svc, recorded, current_rev, revisions.PREVIOUS,
                                         decision.rollback_after)
