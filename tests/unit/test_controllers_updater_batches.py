@@ -342,3 +342,25 @@ def test_orchestrator_ends_a_start_first_overlap_once_the_newer_task_runs() -> N
     assert [(s.task.metadata.name, s.reason) for s in plan.shutdowns] == [
         ("web.1.1", "replaced by web.1.2 (start-first)")]
     assert not plan.overlaps and names(plan.creates) == []
+
+
+def test_a_stop_first_replacement_starts_only_once_the_old_task_stopped() -> None:
+    svc = changed()
+    old = task(1, 1, node_name="a", desired="shutdown")
+    new = task(1, 2, node_name="b", state="preparing", desired="preparing", generation=2,
+               template=NEW)
+    wanted = taskspec.Wanted(svc)
+    [view] = bt.views([old, new], wanted, False)
+    assert view.current is new
+    assert not bt.ready_to_start(view, {"a", "b"})  # the old one still runs on a
+    old.status["state"] = "shutdown"
+    [view] = bt.views([old, new], wanted, False)
+    assert bt.ready_to_start(view, {"a", "b"})
+    # An old task on a node that is down will not report: no reason to wait for it.
+    old.status["state"] = "running"
+    [view] = bt.views([old, new], wanted, False)
+    assert bt.ready_to_start(view, {"b"})
+    # A replacement already desired running (start-first) is not held.
+    new.spec["desiredState"] = "running"
+    [view] = bt.views([old, new], wanted, False)
+    assert not bt.ready_to_start(view, {"b"})

@@ -32,7 +32,7 @@ killed and restarted resumes where it stopped:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from typing import Any, Final, Literal
 
 from shoal.controllers import taskspec
@@ -136,6 +136,29 @@ def views(tasks: Iterable[Resource], wanted: taskspec.Wanted, global_mode: bool,
             reason = MOVE
         out.append(SlotView(key, current, reason, tuple(active[:-1]), tuple(same)))
     return sorted(out, key=_order)
+
+
+def ready_to_start(view: SlotView, ready_nodes: Container[str]) -> bool:
+    """Whether a stop-first replacement may start now.
+
+    A stop-first replacement is created desired ``preparing`` (Swarm's ``ready``): its
+    agent pulls and prepares it but does not start it until every older task of its
+    slot has stopped, as Swarm's stop-first does, so a slot never runs old and new at
+    once (a host port, a volume, a licence held by one process at a time). It may
+    start once each older task has ended, never reached a node, or sits on a node that
+    is not ready (its agent will not report again; the nodes controller deals with it).
+    """
+    current = view.current
+    if ts.desired_state(current) != ts.PREPARING or view.others:
+        return False
+    name = current.metadata.name
+    for task in view.tasks:
+        if task.metadata.name == name or ts.has_ended(task):
+            continue
+        node = ts.node_name_of(task)
+        if node is not None and node in ready_nodes:
+            return False
+    return True
 
 
 def failures(tasks: Iterable[Resource], generation: int, monitor: float | None = None,

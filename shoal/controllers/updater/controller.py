@@ -146,6 +146,9 @@ class Updater:
         else:
             self._rebalancing.discard(key)
         views = batches.views(tasks, wanted, mode == GLOBAL, moving.slots)
+        ready = {n.metadata.name for n in nodes if n.status.get("state") == "ready"}
+        starts = [v.current for v in views if batches.ready_to_start(v, ready)]
+        started = await self._start(ctx, key, starts) if starts else True
         resumed = ts.parse_timestamp(svc.metadata.annotations.get(cfg.RESUMED_AT))
         failed = batches.failures((t for t in tasks if ts.has_ended(t)),
                                   svc.metadata.generation, config.monitor, resumed)
@@ -176,7 +179,7 @@ class Updater:
                                [*problems, *moving.problems],
                                automatic=bool(reason) and rollback,
                                rebalance=moving.status if ok else None)
-        if not ok:
+        if not ok or not started:
             return Result(requeue=True)
         waits = [w for w in (decision.requeue_after if decision is not None else None,
                              moving.requeue_after) if w is not None]
@@ -214,10 +217,28 @@ class Updater:
         notes = ({rb.MOVED_FROM: ts.node_name_of(old) or ""}
                  if replacement.reason == batches.MOVE else None)
         new = taskspec.new_task(svc, name, slot, node, why, notes)
+        if replacement.order == "stop-first" and not view.others:
+            # Prepared, not started, until the old task has stopped (``ready_to_start``).
+            new.spec = {**new.spec, "desiredState": ts.PREPARING}
         # The update goes first: were the transaction ever split, the old task is told
         # to stop before the new one exists.
         return [client.Op("update", common.TASKS, marked),
                 client.Op("create", common.TASKS, new)]
+
+    async def _start(self, ctx: Context, key: str, tasks: Sequence[Resource]) -> bool:
+        """Let prepared stop-first replacements start (desired ``running``), each a
+        compare-and-swap on the version read."""
+        txns = [[client.Op("update", common.TASKS, Resource(
+            kind=t.kind, apiVersion=t.apiVersion, metadata=t.metadata.copy(),
+            spec={**t.spec, "desiredState": ts.RUNNING}, status=t.status))] for t in tasks]
+        assert self._sem is not None
+        outcome = await common.commit_all(ctx.store, txns, limit=self._sem, share=True)
+        if outcome.revision:
+            self._written[key] = max(self._written.get(key, 0), outcome.revision)
+        ctx.log.info("old tasks stopped; replacements start",
+                     tasks=[t.metadata.name for t in tasks],
+                     complete=not outcome.conflicts and not outcome.errors)
+        return not outcome.conflicts and not outcome.errors
 
     async def _replace(self, ctx: Context, key: str, svc: Resource,
                        views: Sequence[batches.SlotView],
