@@ -283,7 +283,10 @@ class Dataplane:
                                 frozenset(self.leaving))
             self.passes += 1
             if plan.overlay.networks or self._overlay_active:
-                report = await self.overlay.sync(plan.overlay)
+                # Only start-up and periodic passes look into every task's namespace
+                # again (overlay.py says why); attach and detach passes are frequent.
+                report = await self.overlay.sync(
+                    plan.overlay, thorough=reason in ("start", "periodic"))
                 self._overlay_active = bool(plan.overlay.networks)
                 if report.refused != self.refused_networks:
                     for name, why in report.refused.items():
