@@ -133,6 +133,8 @@ class Dataplane:
         self._waiting: set[str] = set()  # task keys told to wait for networks
         self._listening: dict[str, ipaddress.IPv4Address] = {}  # network -> DNS address
         self._lock = asyncio.Lock()
+        self._asked = 0  # tickets handed to hooks (see sync's ``covering``)
+        self._applied = 0  # the newest ticket a finished pass planned with
         self._dirty = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._detach_handlers: list[Callable[[], None]] = []
@@ -274,9 +276,18 @@ class Dataplane:
                 backoff = min(backoff * 2, 5.0)
                 self._dirty.set()
 
-    async def sync(self, reason: str = "change") -> netplan.Plan:
-        """Plan from the caches and apply; serialised (hooks and the loop share it)."""
+    async def sync(self, reason: str = "change", covering: int | None = None
+                   ) -> netplan.Plan:
+        """Plan from the caches and apply; serialised (hooks and the loop share it).
+
+        ``covering`` is a hook's ticket (``_ask``): a pass that began planning after the
+        hook's change already carries it, so the hook does not run one more. Tasks that
+        start or stop together then share passes instead of queueing one each behind
+        the lock (five tasks of a batch: two passes instead of five)."""
         async with self._lock:
+            if covering is not None and self.plan is not None and self._applied >= covering:
+                return self.plan
+            asked = self._asked
             self._prune()
             plan = netplan.plan(self.node, self.networks.list(), self.services.list(),
                                 self.tasks.list(), self.nodes.list(), self.pids,
@@ -303,7 +314,13 @@ class Dataplane:
             if plan.problems and (self.plan is None or plan.problems != self.plan.problems):
                 self.log.warning("dataplane incomplete", problems=list(plan.problems))
             self.plan = plan
+            self._applied = max(self._applied, asked)
             return plan
+
+    def _ask(self) -> int:
+        """A ticket for a change a hook just made to ``pids`` or ``leaving``."""
+        self._asked += 1
+        return self._asked
 
     async def _apply_lb(self, plan: netplan.Plan) -> None:
         assert self.lb is not None
@@ -467,7 +484,7 @@ class Dataplane:
         self.pids[uid] = observed.pid
         deadline = time.monotonic() + ATTACH_WAIT
         while True:
-            await self.sync("attach")
+            await self.sync("attach", covering=self._ask())
             self._refuse_if_host_subnet(task)
             if self._plumbed(uid):
                 self.log.info("task attached", key=_ref(task), pid=observed.pid)
@@ -500,7 +517,7 @@ class Dataplane:
         if uid in self.leaving or not nw.task_attachments(task):
             return
         self.leaving.add(uid)
-        await self.sync("detach")
+        await self.sync("detach", covering=self._ask())
         was_backend = ts.is_running(task)
         self.log.info("task left the balancer", key=_ref(task),
                       drain=self.drain if was_backend else 0)
