@@ -97,12 +97,6 @@ SWARM_RATIO_TARGET = 0.5
 RAW_SHARE_TARGET = 0.8
 FAILOVER_TARGET = 3.0
 RAW_THREADS = 32  # the docker driver's pool size
-SWARM_SOCK = "/run/shoal-bench-swarm.sock"
-SWARM_URL = f"unix://{SWARM_SOCK}"
-SWARM_DATA = pathlib.Path("/var/lib/shoal-bench-swarm")
-SWARM_EXEC = pathlib.Path("/run/shoal-bench-swarm")
-SWARM_PIDFILE = pathlib.Path("/run/shoal-bench-swarm.pid")
-SWARM_CGROUP = "shoal-bench-swarm"
 
 
 def say(text: str) -> None:
@@ -170,28 +164,45 @@ def remove_labelled(api: Any, label: str) -> int:
 # --- Docker Swarm mode on a private dockerd -----------------------------------------------
 
 class SwarmDaemon:
-    """A dockerd of our own for Swarm, and everything needed to get rid of it again."""
+    """A dockerd of our own for Swarm, and everything needed to get rid of it again.
 
-    def __init__(self, log: pathlib.Path) -> None:
+    ``name`` names its socket, data and exec roots, pid file and cgroup (so two benches
+    never share a daemon); with ``netns`` (a namespace made with ``ip netns add``, lo up)
+    the daemon runs inside it, and Swarm's bridges, VXLANs and VIPs stay there."""
+
+    def __init__(self, log: pathlib.Path, name: str = "shoal-bench-swarm",
+                 netns: str | None = None) -> None:
         self.log = log
+        self.netns = netns
+        self.sock = f"/run/{name}.sock"
+        self.url = f"unix://{self.sock}"
+        self.data = pathlib.Path(f"/var/lib/{name}")
+        self.exec_root = pathlib.Path(f"/run/{name}")
+        self.pidfile = pathlib.Path(f"/run/{name}.pid")
+        self.cgroup = name
         self.api: Any = None
         self.pid: int | None = None
         self.image_id = ""
-        # Swarm makes this bridge in the host's namespace; it is ours to delete unless it
-        # was there before (no other daemon here runs Swarm, but be sure).
-        self.gwbridge_ours = not pathlib.Path("/sys/class/net/docker_gwbridge").exists()
+        # Swarm makes this bridge in the daemon's namespace; in the host's it is ours to
+        # delete unless it was there before (no other daemon here runs Swarm, but be sure).
+        self.gwbridge_ours = netns is None and not pathlib.Path(
+            "/sys/class/net/docker_gwbridge").exists()
 
     def start(self) -> None:
-        if ping(SWARM_URL):
-            raise RuntimeError(f"a dockerd already answers on {SWARM_SOCK}: another run of "
+        if ping(self.url):
+            raise RuntimeError(f"a dockerd already answers on {self.sock}: another run of "
                                "this benchmark? (stop it, or its daemon, first)")
         self._wipe()  # leftovers of a run that was killed
         dockerd = shutil.which("dockerd") or shutil.which("dockerd", path="/usr/sbin:/sbin")
         if dockerd is None:
             raise RuntimeError("dockerd is not installed")
-        argv = [dockerd, *DOCKERD_FLAGS, f"--host={SWARM_URL}", f"--data-root={SWARM_DATA}",
-                f"--exec-root={SWARM_EXEC}", f"--pidfile={SWARM_PIDFILE}",
-                f"--cgroup-parent={SWARM_CGROUP}"]
+        argv = [dockerd, *DOCKERD_FLAGS, f"--host={self.url}", f"--data-root={self.data}",
+                f"--exec-root={self.exec_root}", f"--pidfile={self.pidfile}",
+                f"--cgroup-parent={self.cgroup}"]
+        if self.netns is not None:
+            # nsenter, not `ip netns exec`: that remounts /sys, hiding the cgroup mounts
+            # dockerd needs ("Devices cgroup isn't mounted").
+            argv = ["nsenter", f"--net=/var/run/netns/{self.netns}", *argv]
         env = {k: v for k, v in os.environ.items()
                if k not in ("DOCKER_HOST", "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE")}
         with open(self.log, "ab") as out:
@@ -199,12 +210,12 @@ class SwarmDaemon:
                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.pid = proc.pid
         deadline = time.monotonic() + 60
-        while not ping(SWARM_URL, timeout=1.0):
+        while not ping(self.url, timeout=1.0):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the private dockerd did not start; see {self.log}")
             time.sleep(0.1)
-        self.api = docker.APIClient(base_url=SWARM_URL, version=API_VERSION, timeout=30)
-        ensure_test_image_at(SWARM_URL)
+        self.api = docker.APIClient(base_url=self.url, version=API_VERSION, timeout=30)
+        ensure_test_image_at(self.url)
         self.image_id = str(self.api.inspect_image(TEST_IMAGE)["Id"])
         self.api.init_swarm(advertise_addr="127.0.0.1",
                             listen_addr=f"127.0.0.1:{etcd_server.free_port()}",
@@ -254,7 +265,7 @@ class SwarmDaemon:
                 self.api.close()
         pid = self.pid
         with contextlib.suppress(OSError, ValueError):
-            pid = int(SWARM_PIDFILE.read_text().strip())
+            pid = int(self.pidfile.read_text().strip())
         if pid is not None:
             _terminate(pid, 30.0)
         self._wipe()
@@ -262,21 +273,20 @@ class SwarmDaemon:
             subprocess.run(["ip", "link", "delete", "docker_gwbridge"], capture_output=True,
                            check=False)
 
-    @staticmethod
-    def _wipe() -> None:
+    def _wipe(self) -> None:
         """Kill whatever the private daemon left (containerd, shims, containers), unmount
         and delete its directories."""
         with contextlib.suppress(OSError, ValueError):
-            _terminate(int((SWARM_EXEC / "containerd" / "containerd.pid").read_text()), 5.0)
+            _terminate(int((self.exec_root / "containerd" / "containerd.pid").read_text()), 5.0)
         for proc in pathlib.Path("/proc").iterdir():
             if not proc.name.isdigit():
                 continue
             with contextlib.suppress(OSError):
                 argv = (proc / "cmdline").read_bytes()
-                if str(SWARM_EXEC).encode() in argv and b"containerd" in argv:
+                if str(self.exec_root).encode() in argv and b"containerd" in argv:
                     os.kill(int(proc.name), signal.SIGKILL)
         for controller in ("pids", "memory", "cpu", "freezer"):
-            parent = pathlib.Path("/sys/fs/cgroup") / controller / SWARM_CGROUP
+            parent = pathlib.Path("/sys/fs/cgroup") / controller / self.cgroup
             for procs in parent.glob("*/cgroup.procs"):
                 with contextlib.suppress(OSError):
                     for pid in procs.read_text().split():
@@ -286,17 +296,17 @@ class SwarmDaemon:
         with contextlib.suppress(OSError):
             for line in pathlib.Path("/proc/self/mounts").read_text().splitlines():
                 point = line.split()[1]
-                if point.startswith((str(SWARM_DATA), str(SWARM_EXEC))):
+                if point.startswith((str(self.data), str(self.exec_root))):
                     mounts.append(point)
         for point in sorted(mounts, key=len, reverse=True):
             subprocess.run(["umount", "-l", point], capture_output=True, check=False)
-        for path in (SWARM_DATA, SWARM_EXEC):
+        for path in (self.data, self.exec_root):
             shutil.rmtree(path, ignore_errors=True)
-        for path in (pathlib.Path(SWARM_SOCK), SWARM_PIDFILE):
+        for path in (pathlib.Path(self.sock), self.pidfile):
             path.unlink(missing_ok=True)
         for controller in ("pids", "memory", "cpu", "cpuacct", "cpuset", "blkio", "devices",
                            "freezer"):
-            parent = pathlib.Path("/sys/fs/cgroup") / controller / SWARM_CGROUP
+            parent = pathlib.Path("/sys/fs/cgroup") / controller / self.cgroup
             for child in [*parent.glob("*/"), parent]:
                 with contextlib.suppress(OSError):
                     child.rmdir()
@@ -417,7 +427,7 @@ class Cluster:
         return f"{self.bench_id}-n{i}"
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        env = {k: v for k, v in os.environ.items() if v != SWARM_URL}
+        env = {k: v for k, v in os.environ.items() if not v.startswith("unix:///run/shoal-bench")}
         with open(self.tmp / f"{name}.log", "ab") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -753,7 +763,7 @@ async def run(args: argparse.Namespace) -> int:
     try:
         if swarm is not None:
             await asyncio.to_thread(swarm.start)
-            say(f"swarm: private dockerd on {SWARM_SOCK} in swarm mode")
+            say(f"swarm: private dockerd on {swarm.sock} in swarm mode")
         await cluster.start()
         cluster.start_agent(cluster.node(1))
         await cluster.nodes_ready([cluster.node(1)])

@@ -90,6 +90,9 @@ class AgentConfig:
     # nftables, ipvs, or none. Real runtimes only; never for hollow nodes.
     dataplane: str = "auto"
     state_dir: str = "/run/shoal"  # generated files (task resolv.conf), per node
+    # Seconds a task that leaves the balancer keeps running before it is stopped, so
+    # every node has dropped it and connections in flight end (dataplane.py).
+    drain: float = 1.0
 
     def node_names(self) -> list[str]:
         if self.count <= 1:
@@ -333,7 +336,7 @@ class Agent:
                              "nftables, ipvs or none")
         plane = dataplane.Dataplane(
             self.store, c.name, c.address, observe=self.executors[c.name].observe,
-            backend=backends[cfg.dataplane], state_dir=cfg.state_dir)
+            backend=backends[cfg.dataplane], state_dir=cfg.state_dir, drain=cfg.drain)
         await plane.start()
         self.dataplanes[c.name] = plane
         return plane

@@ -25,7 +25,14 @@ The task manager calls four hooks (``taskmanager.TaskNetworking``):
 * ``attach(task, observed)`` once the workload runs (pid known): the task's veths are
   plumbed before the task is reported running;
 * ``detach(task)`` before a task is stopped (shut down, or unhealthy): it leaves this
-  node's balancer first, so no new connection reaches a dying task.
+  node's balancer first, so no new connection reaches a dying task; then, if it was a
+  backend (observed running), the hook waits ``drain`` seconds before the task manager
+  stops it. Every other node takes the task out of its own balancer when it sees the
+  task's desired state change in etcd, at about the same moment but not before; stopping
+  at once would let the slowest node send a new connection to a dead address (measured:
+  a few failed requests per rolling update through the routing mesh), and connections
+  already in flight would be cut. Swarm waits 2 s here for its gossip to converge;
+  Shoal's nodes learn from one etcd watch, so 1 s by default (``--drain``).
 
 What stays when the agent stops: everything in the kernel. Tasks keep their network and
 established connections keep flowing while no agent runs; the next agent adopts it all.
@@ -67,6 +74,7 @@ RESYNC_EVERY = 30.0  # seconds between passes nobody asked for (drift repair)
 LB_RESYNC_EVERY = 10  # every N-th periodic pass rewrites the balancer from its model
 ATTACH_WAIT = 5.0  # seconds an attach waits for this agent's caches to see the task
 DNS_PORT = 53
+DRAIN = 1.0  # seconds a backend keeps running after leaving the balancer (see above)
 RESOLV_TARGET = "/etc/resolv.conf"
 FIREWALL_EVERY = 2.0  # seconds: the host firewall is re-checked at most this often
 FIREWALL_CONDITION = "Firewall"  # on the Node: can Shoal's traffic pass the host firewall
@@ -86,7 +94,7 @@ class Dataplane:
     def __init__(self, store: client.Store, node: str, underlay: str, *,
                  observe: Observe, backend: lb_mod.BackendName | None = None,
                  netns: str | None = None, state_dir: Path | str = "/run/shoal",
-                 dns_port: int = DNS_PORT) -> None:
+                 dns_port: int = DNS_PORT, drain: float = DRAIN) -> None:
         self.store = store
         self.node = node
         self.underlay = underlay
@@ -94,6 +102,7 @@ class Dataplane:
         self.observe = observe
         self.state_dir = Path(state_dir) / node
         self.dns_port = dns_port
+        self.drain = drain
         self._backend_choice = backend
         registry = kinds.Registry.builtin()
         self._nodes_info = registry.lookup("nodes")
@@ -124,6 +133,8 @@ class Dataplane:
         self._waiting: set[str] = set()  # task keys told to wait for networks
         self._listening: dict[str, ipaddress.IPv4Address] = {}  # network -> DNS address
         self._lock = asyncio.Lock()
+        self._asked = 0  # tickets handed to hooks (see sync's ``covering``)
+        self._applied = 0  # the newest ticket a finished pass planned with
         self._dirty = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._detach_handlers: list[Callable[[], None]] = []
@@ -265,16 +276,28 @@ class Dataplane:
                 backoff = min(backoff * 2, 5.0)
                 self._dirty.set()
 
-    async def sync(self, reason: str = "change") -> netplan.Plan:
-        """Plan from the caches and apply; serialised (hooks and the loop share it)."""
+    async def sync(self, reason: str = "change", covering: int | None = None
+                   ) -> netplan.Plan:
+        """Plan from the caches and apply; serialised (hooks and the loop share it).
+
+        ``covering`` is a hook's ticket (``_ask``): a pass that began planning after the
+        hook's change already carries it, so the hook does not run one more. Tasks that
+        start or stop together then share passes instead of queueing one each behind
+        the lock (five tasks of a batch: two passes instead of five)."""
         async with self._lock:
+            if covering is not None and self.plan is not None and self._applied >= covering:
+                return self.plan
+            asked = self._asked
             self._prune()
             plan = netplan.plan(self.node, self.networks.list(), self.services.list(),
                                 self.tasks.list(), self.nodes.list(), self.pids,
                                 frozenset(self.leaving))
             self.passes += 1
             if plan.overlay.networks or self._overlay_active:
-                report = await self.overlay.sync(plan.overlay)
+                # Only start-up and periodic passes look into every task's namespace
+                # again (overlay.py says why); attach and detach passes are frequent.
+                report = await self.overlay.sync(
+                    plan.overlay, thorough=reason in ("start", "periodic"))
                 self._overlay_active = bool(plan.overlay.networks)
                 if report.refused != self.refused_networks:
                     for name, why in report.refused.items():
@@ -291,7 +314,13 @@ class Dataplane:
             if plan.problems and (self.plan is None or plan.problems != self.plan.problems):
                 self.log.warning("dataplane incomplete", problems=list(plan.problems))
             self.plan = plan
+            self._applied = max(self._applied, asked)
             return plan
+
+    def _ask(self) -> int:
+        """A ticket for a change a hook just made to ``pids`` or ``leaving``."""
+        self._asked += 1
+        return self._asked
 
     async def _apply_lb(self, plan: netplan.Plan) -> None:
         assert self.lb is not None
@@ -455,7 +484,7 @@ class Dataplane:
         self.pids[uid] = observed.pid
         deadline = time.monotonic() + ATTACH_WAIT
         while True:
-            await self.sync("attach")
+            await self.sync("attach", covering=self._ask())
             self._refuse_if_host_subnet(task)
             if self._plumbed(uid):
                 self.log.info("task attached", key=_ref(task), pid=observed.pid)
@@ -478,13 +507,22 @@ class Dataplane:
             a.key == uid for n in self.plan.overlay.networks for a in n.attachments)
 
     async def detach(self, task: resource.Resource) -> None:
-        """Take a local task out of the balancer before it is stopped."""
+        """Take a local task out of the balancer before it is stopped; if it was a
+        backend, return only after the drain period (see the module docstring).
+
+        A restarted agent that finds the task still running detaches and drains again:
+        it cannot know how long ago the first drain began, and a second wait only
+        delays a stop, never loses a request."""
         uid = task.metadata.uid
         if uid in self.leaving or not nw.task_attachments(task):
             return
         self.leaving.add(uid)
-        await self.sync("detach")
-        self.log.info("task left the balancer", key=_ref(task))
+        await self.sync("detach", covering=self._ask())
+        was_backend = ts.is_running(task)
+        self.log.info("task left the balancer", key=_ref(task),
+                      drain=self.drain if was_backend else 0)
+        if was_backend and self.drain > 0:
+            await asyncio.sleep(self.drain)
 
 
 def same_plan_inputs(old: resource.Resource, new: resource.Resource) -> bool:

@@ -128,6 +128,10 @@ def build_parser(prog: str = "swctl agent") -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default="/run/shoal", metavar="DIR",
                    help="where the agent keeps generated files such as the tasks' "
                         "resolv.conf (default: /run/shoal)")
+    p.add_argument("--drain", type=_seconds, default=1.0, metavar="SECONDS",
+                   help="how long a task that leaves the load balancer (shut down, "
+                        "replaced, unhealthy) keeps running before it is stopped, so "
+                        "every node stops sending it connections first (default: 1)")
     p.add_argument("--cpus", type=_cpus, default=None,
                    help="advertised CPUs (default: the host's CPU count)")
     p.add_argument("--memory", type=_memory, default=None,
@@ -161,7 +165,7 @@ def config_from_args(args: argparse.Namespace) -> agent.AgentConfig:
         shared_lease=args.shared_lease, concurrency=args.concurrency,
         log_level=args.log_level, log_format=args.log_format,
         stall_timeout=args.stall_timeout, logs_port=args.logs_port,
-        dataplane=args.dataplane, state_dir=args.state_dir)
+        dataplane=args.dataplane, state_dir=args.state_dir, drain=args.drain)
 
 
 async def _serve(cfg: agent.AgentConfig) -> None:

@@ -10,10 +10,17 @@ http HOST PORT N [S] N HTTP/1.0 GETs of /, one line each: the body's first line 
 say HOST PORT TEXT   one TCP connection: send TEXT, print the reply (or ERR <reason>).
 hold HOST PORT       one TCP connection held open: every line read from stdin is sent
                      and the reply printed ("ERR <reason>" once the connection is gone).
+load HOST PORT PATH  HTTP/1.0 GETs of PATH one after another, a new connection each,
+                     until stdin has a line (or ends); then one JSON line: ok, failed,
+                     the replies' bodies counted, and the first failures with their
+                     times. A failure is an error, a timeout (2 s) or a non-200 reply.
+                     Prints "started" once a request has succeeded; failures before
+                     that are not counted (the service may not answer yet).
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 import threading
@@ -121,6 +128,51 @@ def hold(host: str, port: int) -> None:
             print(f"ERR {exc.__class__.__name__}", flush=True)
 
 
+def load(host: str, port: int, path: str) -> None:
+    stop = threading.Event()
+
+    def wait_stdin() -> None:
+        sys.stdin.readline()
+        stop.set()
+
+    threading.Thread(target=wait_stdin, daemon=True).start()
+    ok = failed = 0
+    bodies: dict[str, int] = {}
+    failures: list[str] = []
+    t0 = time.monotonic()
+    while not stop.is_set():
+        reply = ""
+        try:
+            with socket.create_connection((host, port), timeout=2) as s:
+                s.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+                data = b""
+                while chunk := s.recv(4096):
+                    data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            status = head.split(b"\r\n", 1)[0].decode(errors="replace")
+            if " 200 " not in status + " ":
+                reply = f"status {status!r}"
+            else:
+                text = body.decode(errors="replace").strip()
+                bodies[text] = bodies.get(text, 0) + 1
+        except OSError as exc:
+            reply = f"{exc.__class__.__name__} {exc}"
+        if reply and ok == 0:
+            time.sleep(0.05)  # not answering yet: the count starts with the first reply
+        elif reply:
+            failed += 1
+            if len(failures) < 20:
+                failures.append(f"{time.monotonic() - t0:.2f}s {reply}")
+        else:
+            if ok == 0:
+                print("started", flush=True)
+            ok += 1
+        time.sleep(0.005)  # a steady stream that leaves the 2 cores to the system
+    print(json.dumps({"ok": ok, "failed": failed, "bodies": bodies,
+                      "failures": failures, "seconds": round(time.monotonic() - t0, 2)}),
+          flush=True)
+
+
 def main(argv: list[str]) -> None:
     cmd, *rest = argv
     if cmd == "serve":
@@ -135,6 +187,8 @@ def main(argv: list[str]) -> None:
         say(rest[0], int(rest[1]), rest[2])
     elif cmd == "hold":
         hold(rest[0], int(rest[1]))
+    elif cmd == "load":
+        load(rest[0], int(rest[1]), rest[2])
     else:
         raise SystemExit(__doc__)
 

@@ -113,6 +113,31 @@ async def test_sync_repairs_only_what_drifted(lab: Lab) -> None:
     assert report.changes and all("deleted stale link" in c for c in report.changes)
 
 
+async def test_a_quick_pass_trusts_verified_tasks_until_their_veth_changes(lab: Lab) -> None:
+    nodes = [lab.node() for _ in range(2)]
+    cluster = Cluster(lab, nodes)
+    ns1 = cluster.add_task("a", 0)
+    ov = OverlayNode(nodes[0].underlay, netns=nodes[0].ns)
+    await ov.sync(cluster.state(0), thorough=False)  # nothing verified yet: all built
+    assert "inet " in sh("ip", "-n", ns1, "addr", "show", "eth0").stdout
+    # Drift inside the task goes unseen by a quick pass (it does not look in there)...
+    sh("ip", "-n", ns1, "route", "add", "10.77.0.0/16", "via", str(cluster.node_ip(0)))
+    assert (await ov.sync(cluster.state(0), thorough=False)).changes == []
+    # ...and is repaired by the next thorough one.
+    assert [c.split()[0] for c in (await ov.sync(cluster.state(0))).changes] == ["route"]
+    # A host end that changed is looked at again at once; so is a task added later.
+    vni = cluster.alloc.network("appnet").vni
+    veth = naming.veth_name("a", "appnet")
+    sh("ip", "-n", nodes[0].ns, "link", "set", veth, "nomaster")
+    ns2 = cluster.add_task("c", 0)
+    report = await ov.sync(cluster.state(0), thorough=False)
+    assert f"enslaved {veth} to {naming.bridge_name(vni)}" in report.changes, report.changes
+    assert any("created veth" in c for c in report.changes), report.changes
+    assert "inet " in sh("ip", "-n", ns2, "addr", "show", "eth0").stdout
+    assert (await ov.sync(cluster.state(0), thorough=False)).changes == []
+    assert (await ov.sync(cluster.state(0))).changes == []
+
+
 async def test_a_subnet_the_host_uses_is_refused_not_routed(lab: Lab) -> None:
     # A node whose own network overlaps the overlay's subnet (here: a route the admin set
     # up on another device) must not get a bridge with a connected route for it: that

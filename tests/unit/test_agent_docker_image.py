@@ -9,6 +9,7 @@ import pytest
 
 from shoal.agent.docker.image import (
     REQUIRED_APPLETS,
+    VARIANT_FILE,
     ImageBuildError,
     RootfsEntry,
     build_rootfs_tar,
@@ -94,6 +95,15 @@ def test_classic_layout_puts_applets_in_bin() -> None:
     assert entries["/bin/sh"].target == "busybox"
     assert entries["/usr/bin"].target == "../bin" and entries["/sbin"].target == "bin"
     assert entries["/lib/libc.so.6"].kind == "file"
+
+
+def test_a_variant_serves_its_name_and_only_a_variant_has_the_file() -> None:
+    base = by_path(plan_rootfs("/bin/busybox", ["/lib/libc.so.6"], APPLETS, {}.get))
+    v2 = by_path(plan_rootfs("/bin/busybox", ["/lib/libc.so.6"], APPLETS, {}.get,
+                             variant="v2"))
+    assert VARIANT_FILE not in base
+    assert v2[VARIANT_FILE].data == b"v2\n" and VARIANT_FILE.startswith("/www/")
+    assert set(v2) - set(base) == {VARIANT_FILE}
 
 
 def test_missing_required_applets_fail_loudly() -> None:

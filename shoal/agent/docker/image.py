@@ -36,6 +36,10 @@ TEST_IMAGE_LABEL = "shoal.io/test-image"
 # Bumped whenever the layout below changes, so machines holding an older build get the
 # new one from ensure_test_image instead of keeping a stale image for ever.
 TEST_IMAGE_VERSION = "2"
+# A variant of the test image (``ensure_variant_image``) says which it is here, in a
+# file ``httpd -h /www`` serves and in a label, so its layer and id differ from the base.
+VARIANT_FILE = "/www/variant"
+VARIANT_LABEL = "shoal.io/test-image-variant"
 
 # Applets the examples, tests and benchmarks rely on; the build fails loudly if the
 # host's busybox lacks one rather than producing an image that breaks later.
@@ -154,8 +158,10 @@ class _Plan:
 
 
 def plan_rootfs(busybox: str, libraries: Sequence[str], applets: Iterable[str],
-                readlink: Callable[[str], str | None] = _host_readlink) -> list[RootfsEntry]:
-    """The image's file list: busybox and its libraries at their host paths, applets.
+                readlink: Callable[[str], str | None] = _host_readlink,
+                variant: str | None = None) -> list[RootfsEntry]:
+    """The image's file list: busybox and its libraries at their host paths, applets;
+    with ``variant``, also ``/www/variant`` holding it (:func:`ensure_variant_image`).
 
     ``busybox`` and ``libraries`` are host paths (the latter as ``ldd`` names them);
     ``applets`` are the names ``busybox --list`` prints. Missing required applets raise
@@ -196,6 +202,8 @@ def plan_rootfs(busybox: str, libraries: Sequence[str], applets: Iterable[str],
         "/etc/nsswitch.conf": "passwd: files\ngroup: files\nhosts: files dns\n",
         "/www/index.html": _INDEX_HTML,
     }
+    if variant is not None:
+        text_files[VARIANT_FILE] = f"{variant}\n"
     for path, text in text_files.items():
         plan.add(RootfsEntry(path, "file", 0o644, data=text.encode()))
     return list(plan.entries.values())
@@ -248,10 +256,11 @@ def host_busybox() -> tuple[str, list[str], list[str]]:
     return busybox, parse_ldd(ldd.stdout), applets
 
 
-def build_test_image_tar() -> bytes:
-    """The rootfs tarball of the test image, from this host's busybox."""
+def build_test_image_tar(variant: str | None = None) -> bytes:
+    """The rootfs tarball of the test image, from this host's busybox; with ``variant``,
+    plus ``/www/variant`` holding it (see :func:`ensure_variant_image`)."""
     busybox, libraries, applets = host_busybox()
-    return build_rootfs_tar(plan_rootfs(busybox, libraries, applets))
+    return build_rootfs_tar(plan_rootfs(busybox, libraries, applets, variant=variant))
 
 
 def split_image_ref(ref: str) -> tuple[str, str | None]:
@@ -304,6 +313,32 @@ def ensure_test_image(client: Any, name: str = TEST_IMAGE) -> bool:
     log.info("test image built", image=name, bytes=len(data), result=str(result)[:200])
     if image_version(client, name) != TEST_IMAGE_VERSION:
         raise ImageBuildError(f"dockerd imported the rootfs but has no image {name}: {result}")
+    return True
+
+
+def ensure_variant_image(client: Any, name: str, variant: str) -> bool:
+    """``name``: the test image plus ``/www/variant`` holding ``variant``; True if built.
+
+    Rolling-update tests and benchmarks need two images that really differ (another
+    layer, another id) with no registry to pull from: ``shoal/busybox:v1`` and
+    ``shoal/busybox:v2`` built here. Idempotent like :func:`ensure_test_image`.
+    """
+    import docker.errors
+
+    try:
+        info = _api(client).inspect_image(name)
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        if (labels.get(TEST_IMAGE_LABEL) == TEST_IMAGE_VERSION
+                and labels.get(VARIANT_LABEL) == variant):
+            return False
+    except docker.errors.ImageNotFound:
+        pass
+    repository, tag = split_image_ref(name)
+    data = build_test_image_tar(variant)
+    _api(client).import_image_from_data(
+        data, repository=repository, tag=tag or "latest",
+        changes=[*IMAGE_CHANGES, f"LABEL {VARIANT_LABEL}={variant}"])
+    log.info("test image variant built", image=name, variant=variant, bytes=len(data))
     return True
 
 
