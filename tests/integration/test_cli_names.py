@@ -234,8 +234,9 @@ def test_a_stack_named_the_docker_way_applies_runs_scales_and_deletes(cluster: S
 
     # swctl delete -f web.yaml -- the manifest names the namespace, so no -n is needed.
     gone = swctl("delete", "-f", str(path)).stdout.splitlines()
-    assert gone[0] == "network/front_net deleted"
-    assert gone[1].startswith("service/web deletion requested"), gone
+    # (the service first: its tasks stop before the network they sit on goes)
+    assert gone[0].startswith("service/web deletion requested"), gone
+    assert gone[1] == "network/front_net deleted"
     eventually(lambda: "web" not in swctl("get", "tasks", "-n", "my_app.v1").stdout,
                what="the tasks of my_app.v1/web gone")
     assert "web" not in swctl("get", "services", "-A").stdout

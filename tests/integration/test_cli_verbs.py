@@ -237,9 +237,6 @@ async def test_service_ls_has_a_ports_column(swctl: Swctl, store: client.Store) 
 # --- docker's verbs ---
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["service", "rollback", "web"],
-     'unknown command "service rollback": use swctl apply -f FILE with the previous '
-     "manifest (rollback is not built yet) (see swctl apply --help)"),
     (["stack", "rm", "app"],
      'unknown command "stack rm": use swctl delete -f FILE (see swctl delete --help)'),
     (["stack", "deploy", "-c", "docker-compose.yml", "app"],
