@@ -341,7 +341,10 @@ class Dataplane:
         if not hosting and not self._firewall_active:
             return
         now = time.monotonic()
-        if hosting and not force and now - self._firewall_checked < FIREWALL_EVERY:
+        # The interval only paces re-checks of rules in place: rules a pass removed (the
+        # node hosted nothing for a moment) go back at once, not an interval later.
+        if (hosting and self._firewall_active and not force
+                and now - self._firewall_checked < FIREWALL_EVERY):
             # Checked a moment ago: look again once the interval is over, so a change
             # (Docker restarting) seen in a burst of passes is not left to the periodic one.
             if self._firewall_recheck is None:
