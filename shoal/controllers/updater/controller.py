@@ -60,6 +60,8 @@ PROGRESSING: Final = "Progressing"
 #: before it steps aside and comes back later.
 CACHE_WAIT: Final = 0.25
 PARALLEL_TXNS: Final = 4
+#: While a stop-first replacement waits for its old task to stop, look again this often.
+GATE_RECHECK: Final = 1.0
 REPLICATED: Final = "replicated"
 GLOBAL: Final = "global"
 
@@ -148,6 +150,11 @@ class Updater:
         views = batches.views(tasks, wanted, mode == GLOBAL, moving.slots)
         ready = {n.metadata.name for n in nodes if n.status.get("state") == "ready"}
         starts = [v.current for v in views if batches.ready_to_start(v, ready)]
+        # Stop-first replacements still held for their old task: looked at again on
+        # every task event of the service and, level-triggered, every GATE_RECHECK
+        # seconds, so a missed wake-up (the cached status not yet showing this rollout)
+        # costs a second, not a stuck rollout.
+        held = any(ts.desired_state(v.current) == ts.PREPARING for v in views)
         started = await self._start(ctx, key, starts) if starts else True
         resumed = ts.parse_timestamp(svc.metadata.annotations.get(cfg.RESUMED_AT))
         failed = batches.failures((t for t in tasks if ts.has_ended(t)),
@@ -165,7 +172,7 @@ class Updater:
         if decision is not None and decision.rollback_after is not None:
             return await self._rollback(ctx, svc, recorded, current_rev, revisions.PREVIOUS,
                                         decision.rollback_after)
-        if decision is not None and decision.state in batches.UNDER_WAY:
+        if held or (decision is not None and decision.state in batches.UNDER_WAY):
             self._rolling.add(key)
         else:
             self._rolling.discard(key)
@@ -182,7 +189,8 @@ class Updater:
         if not ok or not started:
             return Result(requeue=True)
         waits = [w for w in (decision.requeue_after if decision is not None else None,
-                             moving.requeue_after) if w is not None]
+                             moving.requeue_after, GATE_RECHECK if held else None)
+                 if w is not None]
         if waits:
             return Result(requeue_after=max(min(waits), 0.01))
         return None
