@@ -26,7 +26,17 @@ UNMAPPED = ("init", "cap_add", "cap_drop", "sysctls", "ulimits", "dns", "dns_sea
 
 
 def convert_stack(project: ComposeProject, stack: str) -> list[dict[str, Any]]:
-    """The manifests ``stack deploy`` would apply: networks, secrets, configs, services."""
+    """The manifests ``stack deploy`` would apply: networks, secrets, configs, services.
+    Raises ``ComposeError`` naming the file(s), the service and the key."""
+    try:
+        return _convert(project, stack)
+    except ComposeError as exc:
+        if exc.file is not None:
+            raise
+        raise ComposeError(str(exc), ", ".join(project.files)) from exc
+
+
+def _convert(project: ComposeProject, stack: str) -> list[dict[str, Any]]:
     networks = _networks(project, stack)
     secrets = _files(project, stack, "secrets", "Secret")
     configs = _files(project, stack, "configs", "Config")
@@ -99,10 +109,10 @@ def _files(project: ComposeProject, stack: str, section: str,
            kind: str) -> tuple[dict[str, dict[str, Any]], None]:
     out: dict[str, dict[str, Any]] = {}
     bodies: dict[str, Any] = getattr(project, section)
-    used = {_source(x) for s in project.services.values() for x in s.get(section) or []}
+    # Docker makes every non-external one the file declares, used or not.
     for key in sorted(bodies):
         body = bodies[key] or {}
-        if _external(body) or key not in used and not body.get("file"):
+        if _external(body):
             continue
         file = body.get("file")
         if not file:
@@ -162,7 +172,7 @@ def _service(project: ComposeProject, stack: str, name: str,
     if not image:
         raise ComposeError(f"{where}.image: an image reference must be provided")
     deploy = body.get("deploy") or {}
-    template: dict[str, Any] = {"image": str(image)}
+    template: dict[str, Any] = {"image": _tagged(str(image))}
     if body.get("entrypoint") is not None:
         template["entrypoint"] = _words(body["entrypoint"])
     if body.get("command") is not None:
@@ -231,6 +241,14 @@ def _service(project: ComposeProject, stack: str, name: str,
             "metadata": _meta(f"{stack}_{name}", stack, labels, True), "spec": spec}
 
 
+def _tagged(image: str) -> str:
+    """``image`` with ``:latest`` added when it names neither tag nor digest, as Docker
+    normalises a reference (a ``:`` before the last ``/`` is a registry port, not a tag)."""
+    if "@" in image or ":" in image.rsplit("/", 1)[-1]:
+        return image
+    return image + ":latest"
+
+
 def _environment(value: Any, env: dict[str, str]) -> dict[str, str]:
     out: dict[str, str] = {}
     items = value.items() if isinstance(value, dict) else (
@@ -271,8 +289,8 @@ def _mounts(project: ComposeProject, stack: str, service: str,
                     source = os.path.normpath(project.working_dir / source)
             elif kind == "volume":
                 if source not in project.volumes:
-                    raise ComposeError(f'service {service}: undefined volume "{source}"; '
-                                       "declare it under the top-level volumes: key")
+                    raise ComposeError(f'services.{service}.volumes: undefined volume '
+                                       f"\"{source}\"; declare it under the top-level volumes: key")
                 source = object_name(project, "volumes", source, stack)
             mount["source"] = source
         if read_only:

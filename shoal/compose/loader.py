@@ -9,7 +9,7 @@ paths resolve against the first file's directory, Docker's working directory.
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +20,10 @@ from shoal.compose.errors import ComposeError
 from shoal.compose.interpolate import interpolate
 
 _SECTIONS = ("services", "networks", "volumes", "secrets", "configs")
-_SECTION_KEYS = {"networks": schema.NETWORK, "volumes": schema.VOLUME,
-                 "secrets": schema.SECRET, "configs": schema.CONFIG}
 # Lists merged by an identity rather than replaced when a later file names the service again.
-_MERGE_LISTS_BY = {"ports": lambda p: str(p), "volumes": lambda v: _volume_target(v),
-                   "secrets": lambda s: _source(s), "configs": lambda s: _source(s)}
+_MERGE_LISTS_BY: dict[str, Callable[[Any], str]] = {
+    "ports": str, "volumes": lambda v: _volume_target(v),
+    "secrets": lambda s: _source(s), "configs": lambda s: _source(s)}
 
 
 @dataclasses.dataclass
@@ -53,18 +52,28 @@ def load_project(paths: list[str | Path], environ: Mapping[str, str]) -> Compose
     env.update(environ)
     warnings: list[str] = []
     merged: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
+    version: str | None = None
     for path in paths:
         data = _load_one(Path(path), env, warnings)
+        this = str(data.get("version"))
+        if version is not None and this != version:
+            raise ComposeError(f"version mismatched between two compose files: {version} "
+                               f"and {this}; give every -c file the same version:", str(path))
+        version = this
         for section in _SECTIONS:
             for name, body in (data.get(section) or {}).items():
                 old = merged[section].get(name)
                 merged[section][name] = body if old is None else _merge(old, body)
     for name, service in merged["services"].items():
         _resolve_env_files(service, working_dir, env, name)
-    ignored = sorted({k for s in merged["services"].values() for k in s
-                      if k in schema.IGNORED_WARNED})
+    keys = {k for s in merged["services"].values() for k in s}
+    ignored = sorted(keys & set(schema.UNSUPPORTED))
     if ignored:
         warnings.append("Ignoring unsupported options: " + ", ".join(ignored))
+    deprecated = sorted(keys & set(schema.DEPRECATED))
+    if deprecated:
+        warnings.append("Ignoring deprecated options:\n\n" + "\n\n".join(
+            f"{k}: {schema.DEPRECATED[k]}" for k in deprecated))
     return ComposeProject([str(p) for p in paths], working_dir, env, merged["services"],
                           merged["networks"], merged["volumes"], merged["secrets"],
                           merged["configs"], warnings)
@@ -81,77 +90,126 @@ def _load_one(path: Path, env: Mapping[str, str], warnings: list[str]) -> dict[s
         raise ComposeError(f"not valid YAML: {exc}", str(path)) from exc
     if not isinstance(data, dict):
         raise ComposeError("top-level object must be a mapping", str(path))
-    _check_version(data.get("version"), str(path))
-    for key in data:
-        if not isinstance(key, str) or (key not in schema.TOP_LEVEL and not key.startswith("x-")):
-            raise ComposeError(f"Additional property {key} is not allowed (top level)", str(path))
-    data = {k: v for k, v in data.items() if not k.startswith("x-")}
-    for section in _SECTIONS:
-        body = data.get(section)
-        if body is not None and not isinstance(body, dict):
-            raise ComposeError(f"{section} must be a mapping", str(path))
+    # Docker's order: forbidden keys, then interpolation, then the version and the schema.
     try:
-        data = {k: (interpolate(v, env, k, warnings.append) if k in _SECTIONS else v)
-                for k, v in data.items()}
-        _check(data)
+        _check_forbidden(data.get("services"))
     except ComposeError as exc:
         raise ComposeError(str(exc), str(path)) from exc
-    return data
+    try:
+        for section in _SECTIONS:
+            body = data.get(section)
+            if body is not None and not isinstance(body, dict):
+                raise ComposeError(f"{section} must be a mapping")
+        data = {k: (interpolate(v, env, k, warnings.append) if k in _SECTIONS else v)
+                for k, v in data.items()}
+        _check(data, _check_version(data.get("version")))
+    except ComposeError as exc:
+        raise ComposeError(str(exc), str(path)) from exc
+    return {k: _drop_extensions(v) if k in _SECTIONS else v for k, v in data.items()
+            if not str(k).startswith("x-")}
 
 
-def _check_version(version: Any, file: str) -> None:
+def _drop_extensions(section: dict[str, Any]) -> dict[str, Any]:
+    """The section without ``x-`` keys in its objects (they only feed anchors)."""
+    return {name: {k: v for k, v in body.items() if not str(k).startswith("x-")}
+            if isinstance(body, dict) else body for name, body in section.items()}
+
+
+def _check_version(version: Any) -> int:
+    """The 3.x minor version of the file (``3`` is 3.0); refuses any other version."""
     text = "1.0" if version is None else str(version)
     major, _, minor = text.partition(".")
     if major != "3" or (minor and (not minor.isdigit() or int(minor) > 9)):
         raise ComposeError(f"unsupported Compose file version: {text}; "
-                           'stack files need version: "3.x" (3.0 to 3.9)', file)
+                           'stack files need version: "3.x" (3.0 to 3.9)')
+    return int(minor or 0)
 
 
-def _check(data: dict[str, Any]) -> None:
-    for name, service in (data.get("services") or {}).items():
-        where = f"services.{name}"
-        if not isinstance(service, dict):
-            raise ComposeError(f"{where} must be a mapping")
-        for key in service:
+def _check_forbidden(services: Any) -> None:
+    for name, service in (services or {}).items() if isinstance(services, dict) else ():
+        for key in service if isinstance(service, dict) else ():
             if key in schema.FORBIDDEN:
                 raise ComposeError(f"Compose file contains unsupported options: {key} "
-                                   f"(in {where}): {schema.FORBIDDEN[key]}")
-        _keys(service, schema.SERVICE, where)
-        deploy = service.get("deploy")
-        if deploy is not None:
-            _check_deploy(deploy, f"{where}.deploy")
-        hc = service.get("healthcheck")
-        if hc is not None:
-            _keys(hc, schema.HEALTHCHECK, f"{where}.healthcheck")
-    for section, keys in _SECTION_KEYS.items():
+                                   f"(in services.{name}): {schema.FORBIDDEN[key]}")
+
+
+def _check(data: dict[str, Any], minor: int) -> None:
+    """``data`` against the keys its version takes; the first problem is raised."""
+    _keys(data, "top", "", minor)
+    for section in _SECTIONS:
         for name, body in (data.get(section) or {}).items():
-            if body is not None:
-                _keys(body, keys, f"{section}.{name}")
+            if section == "services":
+                _check_service(body, f"services.{name}", minor)
+            elif body is not None:
+                _check_top_object(body, section[:-1], f"{section}.{name}", minor)
 
 
-def _check_deploy(deploy: Any, where: str) -> None:
-    _keys(deploy, schema.DEPLOY, where)
+def _check_top_object(body: Any, kind: str, where: str, minor: int) -> None:
+    _keys(body, kind, where, minor)
+    if isinstance(body.get("external"), dict):
+        _keys(body["external"], "external", f"{where}.external", minor)
+    if kind == "network" and body.get("ipam") is not None:
+        _keys(body["ipam"], "ipam", f"{where}.ipam", minor)
+        for i, cfg in enumerate(body["ipam"].get("config") or []):
+            _keys(cfg, "ipam_config", f"{where}.ipam.config.{i}", minor)
+
+
+def _check_service(service: Any, where: str, minor: int) -> None:
+    _keys(service, "service", where, minor)
+    for key, kind in (("ports", "port"), ("volumes", "mount")):
+        for i, item in enumerate(service.get(key) or []):
+            if isinstance(item, dict):
+                _keys(item, kind, f"{where}.{key}.{i}", minor)
+            elif not isinstance(item, str | int):
+                raise ComposeError(f"{where}.{key}.{i} must be a string")
+    if service.get("healthcheck") is not None:
+        _keys(service["healthcheck"], "healthcheck", f"{where}.healthcheck", minor)
+    deploy = service.get("deploy")
+    if deploy is None:
+        return
+    where = f"{where}.deploy"
+    _keys(deploy, "deploy", where, minor)
     labels = deploy.get("labels")
     if isinstance(labels, list) and not all(isinstance(x, str) for x in labels):
         raise ComposeError(f"{where}.labels must be a mapping; write KEY: value or "
                            '"KEY=value" entries')
-    for key, keys in (("update_config", schema.UPDATE), ("rollback_config", schema.UPDATE),
-                      ("restart_policy", schema.RESTART), ("placement", schema.PLACEMENT),
-                      ("resources", schema.RESOURCES)):
+    for key in ("update_config", "rollback_config", "restart_policy", "placement",
+                "resources"):
         if deploy.get(key) is not None:
-            _keys(deploy[key], keys, f"{where}.{key}")
+            _keys(deploy[key], key, f"{where}.{key}", minor)
+    for i, pref in enumerate((deploy.get("placement") or {}).get("preferences") or []):
+        _keys(pref, "preference", f"{where}.placement.preferences.{i}", minor)
     for key in ("limits", "reservations"):
         body = (deploy.get("resources") or {}).get(key)
         if body is not None:
-            _keys(body, schema.RESOURCE, f"{where}.resources.{key}")
+            _keys(body, key, f"{where}.resources.{key}", minor)
+    replicas = deploy.get("replicas")
+    if replicas is not None and not _is_int(replicas):
+        raise ComposeError(f"{where}.replicas must be a integer; got {replicas!r}")
 
 
-def _keys(body: Any, allowed: frozenset[str], where: str) -> None:
+def _is_int(value: Any) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, str) and value.strip().lstrip("-").isdigit())
+
+
+def _keys(body: Any, kind: str, where: str, minor: int) -> None:
     if not isinstance(body, dict):
-        raise ComposeError(f"{where} must be a mapping")
+        raise ComposeError(f"{where or 'top level'} must be a mapping")
+    allowed = schema.SINCE[kind]
     for key in body:
-        if key not in allowed and not str(key).startswith("x-"):
-            raise ComposeError(f"{where} Additional property {key} is not allowed")
+        if isinstance(key, str) and key.startswith("x-"):
+            since = schema.X_TOP_SINCE if kind == "top" else (
+                schema.X_NESTED_SINCE if kind in schema.X_NESTED else 99)
+            if minor >= since:
+                continue
+        if not isinstance(key, str) or allowed.get(key, 99) > minor:
+            hint = (f" (it needs version 3.{allowed[key]} or later)"
+                    if isinstance(key, str) and key in allowed
+                    else "" if not str(key).startswith("x-") else
+                    " (extension fields need a later version)")
+            prefix = f"{where} " if where else ""
+            raise ComposeError(f"{prefix}Additional property {key} is not allowed{hint}")
 
 
 def _merge(base: Any, over: Any) -> Any:
@@ -159,8 +217,8 @@ def _merge(base: Any, over: Any) -> Any:
     if isinstance(base, dict) and isinstance(over, dict):
         out = dict(base)
         for key, value in over.items():
-            if key in _MERGE_LISTS_BY and isinstance(value, list) and isinstance(out.get(key), list):
-                ident = _MERGE_LISTS_BY[key]
+            ident = _MERGE_LISTS_BY.get(key)
+            if ident and isinstance(value, list) and isinstance(out.get(key), list):
                 by_id = {ident(x): x for x in out[key]}
                 by_id.update({ident(x): x for x in value})
                 out[key] = list(by_id.values())

@@ -1,35 +1,74 @@
-"""Which keys a compose v3 file may hold, and which ``stack deploy`` ignores.
+"""Which keys a compose v3.x file may hold at each minor version, and which ``stack deploy``
+ignores, warns about or refuses.
 
-Docker validates a file against its JSON schema (an unknown key is refused: ``Additional
-property X is not allowed``) and then warns about keys valid in compose but meaningless to
-a swarm (``Ignoring unsupported options: build``). Shoal keeps the union of the 3.x schemas
-here, as data, so the loader's checks read as a table rather than as code.
+Docker validates a file against the JSON schema of its own version (an unknown key is
+refused: ``Additional property X is not allowed``), so a key introduced in 3.7 is refused in
+a 3.3 file. Rather than ship ten schemas, Shoal records for every mapping the keys it takes
+and the minor version that introduced each one (``since``); the loader walks the file
+against this table. Types are checked where the converter relies on them.
 """
 
-TOP_LEVEL = frozenset({"version", "services", "networks", "volumes", "secrets", "configs"})
+# Every mapping Docker checks, as {key: the 3.x minor version that introduced it}.
+_ALWAYS = 0
+SINCE: dict[str, dict[str, int]] = {
+    "top": {"version": 0, "services": 0, "networks": 0, "volumes": 0, "secrets": 1,
+            "configs": 3},
+    "service": {k: _ALWAYS for k in (
+        "build", "cap_add", "cap_drop", "cgroup_parent", "command", "container_name",
+        "depends_on", "deploy", "devices", "dns", "dns_search", "domainname", "entrypoint",
+        "env_file", "environment", "expose", "external_links", "extra_hosts", "healthcheck",
+        "hostname", "image", "ipc", "labels", "links", "logging", "mac_address",
+        "network_mode", "networks", "pid", "ports", "privileged", "read_only", "restart",
+        "security_opt", "shm_size", "stdin_open", "stop_grace_period", "stop_signal",
+        "sysctls", "tmpfs", "tty", "ulimits", "user", "userns_mode", "volumes", "working_dir",
+    )} | {"secrets": 1, "configs": 3, "credential_spec": 3, "isolation": 5, "init": 7,
+          "cgroupns_mode": 9},
+    "deploy": {"mode": 0, "replicas": 0, "labels": 0, "update_config": 0, "resources": 0,
+               "restart_policy": 0, "placement": 0, "endpoint_mode": 2, "rollback_config": 7},
+    "update_config": {"parallelism": 0, "delay": 0, "failure_action": 0, "monitor": 0,
+                      "max_failure_ratio": 0, "order": 4},
+    "rollback_config": {"parallelism": 7, "delay": 7, "failure_action": 7, "monitor": 7,
+                        "max_failure_ratio": 7, "order": 7},
+    "restart_policy": {"condition": 0, "delay": 0, "max_attempts": 0, "window": 0},
+    "placement": {"constraints": 0, "preferences": 3, "max_replicas_per_node": 8},
+    "preference": {"spread": 3},
+    "resources": {"limits": 0, "reservations": 0},
+    "limits": {"cpus": 0, "memory": 0, "pids": 9},
+    "reservations": {"cpus": 0, "memory": 0, "generic_resources": 5},
+    "healthcheck": {"disable": 0, "interval": 0, "retries": 0, "test": 0, "timeout": 0,
+                    "start_period": 4},
+    "port": {"mode": 2, "target": 2, "published": 2, "protocol": 2},
+    "mount": {"type": 2, "source": 2, "target": 2, "read_only": 2, "consistency": 2,
+              "bind": 2, "volume": 2, "tmpfs": 6},
+    "network": {"driver": 0, "driver_opts": 0, "ipam": 0, "external": 0, "internal": 0,
+                "labels": 0, "attachable": 2, "name": 5},
+    "ipam": {"driver": 0, "config": 0},
+    "ipam_config": {"subnet": 0},
+    "external": {"name": 0},
+    "volume": {"driver": 0, "driver_opts": 0, "external": 0, "labels": 0, "name": 4},
+    "secret": {"file": 1, "external": 1, "labels": 1, "name": 5, "driver": 8,
+               "driver_opts": 8, "template_driver": 8},
+    "config": {"file": 3, "external": 3, "labels": 3, "name": 5, "template_driver": 8},
+}
 
-SERVICE = frozenset({
-    "build", "cap_add", "cap_drop", "cgroup_parent", "command", "configs", "container_name",
-    "credential_spec", "depends_on", "deploy", "devices", "dns", "dns_search", "domainname",
-    "entrypoint", "env_file", "environment", "expose", "external_links", "extra_hosts",
-    "healthcheck", "hostname", "image", "init", "ipc", "isolation", "labels", "links",
-    "logging", "mac_address", "network_mode", "networks", "pid", "ports", "privileged",
-    "read_only", "restart", "secrets", "security_opt", "shm_size", "stdin_open",
-    "stop_grace_period", "stop_signal", "sysctls", "tmpfs", "tty", "ulimits", "user",
-    "userns_mode", "volumes", "working_dir",
-})
+# Where ``x-`` extension keys are allowed: at the top from 3.4, inside these from 3.7.
+X_TOP_SINCE = 4
+X_NESTED_SINCE = 7
+X_NESTED = frozenset({"service", "network", "volume", "secret", "config"})
 
 # Valid compose, meaningless to a swarm service: Docker warns and carries on.
-IGNORED = frozenset({
-    "build", "cap_add", "cap_drop", "cgroup_parent", "devices", "domainname",
-    "external_links", "ipc", "links", "mac_address", "network_mode", "pid", "privileged",
-    "restart", "security_opt", "shm_size", "userns_mode", "container_name",
-})
-# Docker 20.10 reports these among the unsupported options only when set; cap_add/cap_drop
-# became supported in 20.10 and are passed on, so they are not warned about.
-IGNORED_WARNED = IGNORED - {"cap_add", "cap_drop"}
+UNSUPPORTED = ("build", "cgroupns_mode", "cgroup_parent", "devices", "domainname",
+               "external_links", "ipc", "links", "mac_address", "network_mode", "pid",
+               "privileged", "restart", "security_opt", "shm_size", "userns_mode")
 
-# Refused outright by the stack loader, with Docker's reason.
+# Removed from v3 but harmless: Docker warns with the reason.
+DEPRECATED = {
+    "container_name": "Setting the container name is not supported.",
+    "expose": "Exposing ports is unnecessary - services on the same network can access "
+    "each other's containers on any port.",
+}
+
+# Refused outright by the stack loader, with Docker's reason (checked before interpolation).
 FORBIDDEN = {
     "extends": "Support for `extends` is not implemented yet.",
     "volume_driver": "Instead of setting the volume driver on the service, define a volume "
@@ -43,22 +82,3 @@ FORBIDDEN = {
     "mem_limit": "Set resource limits using deploy.resources",
     "memswap_limit": "Set resource limits using deploy.resources",
 }
-
-DEPLOY = frozenset({
-    "mode", "endpoint_mode", "replicas", "labels", "rollback_config", "update_config",
-    "resources", "restart_policy", "placement", "max_replicas_per_node",
-})
-UPDATE = frozenset({"parallelism", "delay", "failure_action", "monitor", "max_failure_ratio",
-                    "order"})
-RESTART = frozenset({"condition", "delay", "max_attempts", "window"})
-PLACEMENT = frozenset({"constraints", "preferences", "max_replicas_per_node"})
-RESOURCES = frozenset({"limits", "reservations"})
-RESOURCE = frozenset({"cpus", "memory", "pids", "generic_resources"})
-HEALTHCHECK = frozenset({"disable", "interval", "retries", "test", "timeout", "start_period"})
-
-NETWORK = frozenset({"name", "driver", "driver_opts", "ipam", "external", "internal",
-                     "attachable", "labels"})
-VOLUME = frozenset({"name", "driver", "driver_opts", "external", "labels"})
-SECRET = frozenset({"name", "file", "external", "labels", "driver", "driver_opts",
-                    "template_driver"})
-CONFIG = frozenset({"name", "file", "external", "labels", "template_driver"})
