@@ -146,8 +146,11 @@ def _labels(value: Any) -> dict[str, str]:
 
 
 def _str(value: Any) -> str:
+    """A YAML scalar as Docker prints it (``true``, ``1`` for 1.0, not Python's ``True``)."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
     return str(value)
 
 
@@ -219,7 +222,10 @@ def _service(project: ComposeProject, stack: str, name: str,
     placement = _placement(deploy)
     if placement:
         spec["placement"] = placement
-    rp = _restart(deploy.get("restart_policy"), body.get("restart"))
+    try:
+        rp = _restart(deploy.get("restart_policy"), body.get("restart"))
+    except ComposeError as exc:
+        raise ComposeError(f"{where}.{exc}") from exc
     if rp:
         spec["restartPolicy"] = rp
     for key, field in (("update_config", "updateConfig"), ("rollback_config", "rollbackConfig")):
@@ -231,7 +237,8 @@ def _service(project: ComposeProject, stack: str, name: str,
     endpoint: dict[str, Any] = {}
     if deploy.get("endpoint_mode"):
         endpoint["mode"] = str(deploy["endpoint_mode"])
-    ports = [p for item in body.get("ports") or [] for p in _ports(item, where)]
+    ports = [p for item in body.get("ports") or []
+             for p in _ports(item, where, project.warnings)]
     if ports:
         endpoint["ports"] = ports
     if endpoint:
@@ -362,15 +369,26 @@ def _placement(deploy: dict[str, Any]) -> dict[str, Any]:
 
 
 def _restart(policy: dict[str, Any] | None, restart: Any) -> dict[str, Any]:
+    """``deploy.restart_policy``, or else the service's ``restart:`` as Docker reads it."""
     out: dict[str, Any] = {}
-    if policy:
-        if policy.get("condition"):
-            out["condition"] = str(policy["condition"])
-        for key, field in (("delay", "delay"), ("window", "window")):
-            if policy.get(key) is not None:
-                out[field] = str(policy[key])
-        if policy.get("max_attempts") is not None:
-            out["maxAttempts"] = int(policy["max_attempts"])
+    if policy is None:
+        text = "no" if restart is False or restart is None else str(restart)
+        name, _, count = text.partition(":")
+        if name in ("", "no"):
+            return out
+        if name in ("always", "unless-stopped") and not count:
+            return {"condition": "any"}
+        if name == "on-failure" and (not count or count.isdigit()):
+            return {"condition": "on-failure", "maxAttempts": int(count or 0)}
+        raise ComposeError(f"restart: unknown restart policy: {text}; use no, always, "
+                           "unless-stopped or on-failure[:N]")
+    if policy.get("condition"):
+        out["condition"] = str(policy["condition"])
+    for key, field in (("delay", "delay"), ("window", "window")):
+        if policy.get(key) is not None:
+            out[field] = str(policy[key])
+    if policy.get("max_attempts") is not None:
+        out["maxAttempts"] = int(policy["max_attempts"])
     return out
 
 
@@ -390,27 +408,40 @@ def _update(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _ports(item: Any, where: str) -> list[dict[str, Any]]:
+def _ports(item: Any, where: str, warnings: list[str]) -> list[dict[str, Any]]:
+    """One ``ports:`` entry (long or short syntax) as endpoint ports; a range is expanded."""
     if isinstance(item, dict):
+        if item.get("target") is None:
+            raise ComposeError(f"{where}.ports: {item!r} has no target; give the container "
+                               "port as target:")
         port: dict[str, Any] = {"target": int(item["target"])}
         if item.get("published") is not None:
             port["published"] = int(item["published"])
         port["protocol"] = str(item.get("protocol") or "tcp")
         port["mode"] = str(item.get("mode") or "ingress")
         return [port]
-    text = str(item)
-    proto = "tcp"
+    spec = str(item)
+    text, proto = spec, "tcp"
     if "/" in text:
         text, proto = text.rsplit("/", 1)
     parts = text.rsplit(":", 2)
     if len(parts) == 3:
+        # Swarm publishes on every address; Docker drops the IP and says so.
+        warnings.append(f"ignoring IP-address ({parts[0]}:{parts[1]}:{parts[2]}/{proto}) "
+                        "service will listen on '0.0.0.0'")
         parts = parts[1:]
     try:
         targets = _range(parts[-1])
-        published = _range(parts[0]) if len(parts) == 2 else []
+        published = _range(parts[0]) if len(parts) == 2 and parts[0] else []
     except ValueError as exc:
-        raise ComposeError(f"{where}.ports: invalid port {item!r}; write "
-                           "[HOST:]CONTAINER[/PROTOCOL]") from exc
+        raise ComposeError(f"{where}.ports: invalid port {spec!r}; write "
+                           "[HOST:]CONTAINER[/PROTOCOL], e.g. 8080:80/tcp") from exc
+    if proto not in ("tcp", "udp", "sctp"):
+        raise ComposeError(f"{where}.ports: invalid protocol {proto!r} in {spec!r}; "
+                           "use tcp or udp")
+    if len(published) > 1 and len(published) != len(targets):
+        raise ComposeError(f"{where}.ports: invalid ranges in {spec!r}: the host and the "
+                           "container ranges must have the same length")
     out = []
     for i, target in enumerate(targets):
         port = {"target": target, "protocol": proto, "mode": "ingress"}

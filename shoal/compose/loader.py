@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from shoal.compose import schema
+from shoal.compose.casting import cast_values
 from shoal.compose.errors import ComposeError
 from shoal.compose.interpolate import interpolate
 
@@ -102,6 +103,7 @@ def _load_one(path: Path, env: Mapping[str, str], warnings: list[str]) -> dict[s
                 raise ComposeError(f"{section} must be a mapping")
         data = {k: (interpolate(v, env, k, warnings.append) if k in _SECTIONS else v)
                 for k, v in data.items()}
+        cast_values(data)
         _check(data, _check_version(data.get("version")))
     except ComposeError as exc:
         raise ComposeError(str(exc), str(path)) from exc
