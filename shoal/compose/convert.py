@@ -231,9 +231,10 @@ def _service(project: ComposeProject, stack: str, name: str,
     for key, field in (("update_config", "updateConfig"), ("rollback_config", "rollbackConfig")):
         if deploy.get(key):
             spec[field] = _update(deploy[key])
-    spec["networks"] = [object_name(project, "networks", n, stack) if n != "default"
-                        or "default" in project.networks else f"{stack}_default"
-                        for n in (_service_networks(body) or ["default"])]
+    # Sorted by name, as Docker attaches them.
+    spec["networks"] = sorted(object_name(project, "networks", n, stack) if n != "default"
+                              or "default" in project.networks else f"{stack}_default"
+                              for n in (_service_networks(body) or ["default"]))
     endpoint: dict[str, Any] = {}
     if deploy.get("endpoint_mode"):
         endpoint["mode"] = str(deploy["endpoint_mode"])

@@ -47,7 +47,7 @@ def test_required_variable_missing_names_it_and_the_key(text: str) -> None:
 
 @pytest.mark.parametrize("text", ["${}", "${1ABC}", "${A B}", "cost $5"])
 def test_invalid_format_is_refused_with_the_key(text: str) -> None:
-    with pytest.raises(ComposeError, match="invalid interpolation format for services.web"):
+    with pytest.raises(ComposeError, match=r"invalid interpolation format for services.web"):
         sub(text)
 
 

@@ -51,18 +51,18 @@ def test_a_key_newer_than_the_files_version_is_refused(tmp_path: Path) -> None:
 
 
 def test_network_typo_is_refused_as_docker_refuses_it(tmp_path: Path) -> None:
-    with pytest.raises(ComposeError, match="networks.net Additional property driver-opts"):
+    with pytest.raises(ComposeError, match=r"networks.net Additional property driver-opts"):
         load(tmp_path, {"version": "3.8", "services": {"w": {"image": "a"}},
                         "networks": {"net": {"driver-opts": {"x": "y"}}}})
 
 
 def test_extends_is_refused_before_anything_else(tmp_path: Path) -> None:
-    with pytest.raises(ComposeError, match="unsupported options: extends .*not implemented"):
+    with pytest.raises(ComposeError, match=r"unsupported options: extends .*not implemented"):
         load(tmp_path, {"services": {"w": {"image": "a", "extends": {"service": "b"}}}})
 
 
 def test_deploy_labels_as_a_list_of_mappings_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ComposeError, match="services.w.deploy.labels must be a mapping"):
+    with pytest.raises(ComposeError, match=r"services.w.deploy.labels must be a mapping"):
         load(tmp_path, {"version": "3.7", "services": {"w": {
             "image": "a", "deploy": {"labels": [{"a": "b"}]}}}})
 
@@ -84,7 +84,7 @@ services:
 
 
 def test_extension_fields_need_version_3_4_at_the_top(tmp_path: Path) -> None:
-    with pytest.raises(ComposeError, match="Additional property x-a is not allowed"):
+    with pytest.raises(ComposeError, match=r"Additional property x-a is not allowed"):
         load(tmp_path, {"version": "3.3", "x-a": 1, "services": {}})
 
 
@@ -97,7 +97,7 @@ def test_environment_and_dotenv_feed_interpolation_and_environment_wins(tmp_path
 
 
 def test_a_typed_value_that_is_not_a_number_is_refused_naming_the_key(tmp_path: Path) -> None:
-    with pytest.raises(ComposeError, match="services.w.deploy.replicas: failed to cast 'x'"):
+    with pytest.raises(ComposeError, match=r"services.w.deploy.replicas: failed to cast 'x'"):
         load(tmp_path, {"version": "3.8", "services": {"w": {
             "image": "a", "deploy": {"replicas": "${N}"}}}}, {"N": "x"})
 
@@ -138,7 +138,7 @@ def test_several_files_merge_like_docker(tmp_path: Path) -> None:
 def test_files_of_different_versions_are_refused(tmp_path: Path) -> None:
     a = write(tmp_path, {"version": "3.8", "services": {}}, "a.yml")
     b = write(tmp_path, {"version": "3.7", "services": {}}, "b.yml")
-    with pytest.raises(ComposeError, match="version mismatched"):
+    with pytest.raises(ComposeError, match=r"version mismatched"):
         load_project([a, b], {})
 
 
@@ -150,5 +150,5 @@ def test_unsupported_and_deprecated_options_are_reported_as_docker_does(tmp_path
 
 
 def test_an_unreadable_file_names_itself(tmp_path: Path) -> None:
-    with pytest.raises(ComposeError, match="missing.yml: cannot read the compose file"):
+    with pytest.raises(ComposeError, match=r"missing.yml: cannot read the compose file"):
         load_project([tmp_path / "missing.yml"], {})
