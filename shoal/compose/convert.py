@@ -40,10 +40,22 @@ def _convert(project: ComposeProject, stack: str) -> list[dict[str, Any]]:
     networks = _networks(project, stack)
     secrets = _files(project, stack, "secrets", "Secret")
     configs = _files(project, stack, "configs", "Config")
-    services = [_service(project, stack, name, body)
+    services = [_guarded(project, stack, name, body)
                 for name, body in sorted(project.services.items())]
     return (list(networks.values()) + list(secrets[0].values()) + list(configs[0].values())
             + services)
+
+
+def _guarded(project: ComposeProject, stack: str, name: str,
+             body: dict[str, Any]) -> dict[str, Any]:
+    """``_service``, with a value of a shape the loader did not foresee refused, not crashed on."""
+    try:
+        return _service(project, stack, name, body)
+    except ComposeError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+        raise ComposeError(f"services.{name}: a value has the wrong type or form ({exc!r}); "
+                           "check the service against the compose file reference") from exc
 
 
 def _meta(name: str, stack: str, labels: dict[str, str], namespaced: bool) -> dict[str, Any]:
@@ -194,7 +206,7 @@ def _service(project: ComposeProject, stack: str, name: str,
     hc = _healthcheck(body.get("healthcheck"))
     if hc is not None:
         template["healthcheck"] = hc
-    resources = _resources(deploy.get("resources") or {})
+    resources = _resources(deploy.get("resources") or {}, f"{where}.deploy.resources")
     if resources:
         template["resources"] = resources
     if body.get("stop_grace_period") is not None:
@@ -342,15 +354,18 @@ def ram_bytes(value: Any) -> int:
     return int(float(match.group(1)) * 1024**power)
 
 
-def _resources(res: dict[str, Any]) -> dict[str, Any]:
+def _resources(res: dict[str, Any], where: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in ("limits", "reservations"):
         body = res.get(key) or {}
         part: dict[str, Any] = {}
-        if body.get("cpus") is not None:
-            part["cpus"] = float(body["cpus"])
-        if body.get("memory") is not None:
-            part["memory"] = ram_bytes(body["memory"])
+        try:
+            if body.get("cpus") is not None:
+                part["cpus"] = float(body["cpus"])
+            if body.get("memory") is not None:
+                part["memory"] = ram_bytes(body["memory"])
+        except (ComposeError, ValueError) as exc:
+            raise ComposeError(f"{where}.{key}: {exc}") from exc
         if part:
             out[key] = part
     return out

@@ -156,8 +156,28 @@ def _check_top_object(body: Any, kind: str, where: str, minor: int) -> None:
             _keys(cfg, "ipam_config", f"{where}.ipam.config.{i}", minor)
 
 
+# The shape of the service keys the converter reads: Docker's schema types.
+_LIST = (list,)
+_LIST_OR_DICT = (list, dict)
+_STR_OR_LIST = (str, list)
+_SHAPES: dict[str, tuple[type, ...]] = {
+    "ports": _LIST, "volumes": _LIST, "secrets": _LIST, "configs": _LIST, "tmpfs": _STR_OR_LIST,
+    "environment": _LIST_OR_DICT, "labels": _LIST_OR_DICT, "networks": _LIST_OR_DICT,
+    "command": _STR_OR_LIST, "entrypoint": _STR_OR_LIST, "env_file": _STR_OR_LIST,
+    "image": (str,), "hostname": (str,), "user": (str,), "working_dir": (str,),
+    "stop_grace_period": (str,), "deploy": (dict,), "healthcheck": (dict,),
+}
+_SHAPE_NAMES = {_LIST: "a list", _LIST_OR_DICT: "a list or a mapping",
+                _STR_OR_LIST: "a string or a list", (str,): "a string", (dict,): "a mapping"}
+
+
 def _check_service(service: Any, where: str, minor: int) -> None:
     _keys(service, "service", where, minor)
+    for key, shape in _SHAPES.items():
+        value = service.get(key)
+        if value is not None and not isinstance(value, shape):
+            raise ComposeError(f"{where}.{key} must be {_SHAPE_NAMES[shape]}; "
+                               f"got {value!r}")
     for key, kind in (("ports", "port"), ("volumes", "mount")):
         for i, item in enumerate(service.get(key) or []):
             if isinstance(item, dict):

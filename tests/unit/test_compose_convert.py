@@ -205,3 +205,25 @@ def test_healthcheck_forms(tmp_path: Path) -> None:
 def test_a_service_without_image_is_refused_naming_it(tmp_path: Path) -> None:
     with pytest.raises(ComposeError, match=r"services.app.image: an image reference must be"):
         convert(tmp_path, {"services": {"app": {"command": "true"}}})
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("ports", "80:80"), ("environment", 5), ("command", 5), ("networks", "front"),
+    ("deploy", ["replicas"]), ("image", ["a"]), ("volumes", {"a": "/a"}),
+])
+def test_a_value_of_the_wrong_shape_is_refused_naming_the_key(
+    tmp_path: Path, key: str, value: Any
+) -> None:
+    service = {"image": "a", key: value}
+    with pytest.raises(ComposeError, match=rf"stack.yml: services.app.{key} must be "):
+        convert(tmp_path, {"services": {"app": service}})
+
+
+@pytest.mark.parametrize("deploy", [
+    {"placement": {"preferences": ["spread"]}}, {"resources": {"limits": {"memory": "lots"}}},
+    {"update_config": {"parallelism": "two"}}, {"replicas": "many"},
+])
+def test_a_bad_deploy_value_is_refused_not_crashed_on(tmp_path: Path,
+                                                      deploy: dict[str, Any]) -> None:
+    with pytest.raises(ComposeError, match=r"stack.yml: services.app"):
+        convert(tmp_path, {"services": {"app": {"image": "a", "deploy": deploy}}})
