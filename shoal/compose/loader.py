@@ -157,9 +157,9 @@ def _check_top_object(body: Any, kind: str, where: str, minor: int) -> None:
 
 
 # The shape of the service keys the converter reads: Docker's schema types.
-_LIST = (list,)
-_LIST_OR_DICT = (list, dict)
-_STR_OR_LIST = (str, list)
+_LIST: tuple[type, ...] = (list,)
+_LIST_OR_DICT: tuple[type, ...] = (list, dict)
+_STR_OR_LIST: tuple[type, ...] = (str, list)
 _SHAPES: dict[str, tuple[type, ...]] = {
     "ports": _LIST, "volumes": _LIST, "secrets": _LIST, "configs": _LIST, "tmpfs": _STR_OR_LIST,
     "environment": _LIST_OR_DICT, "labels": _LIST_OR_DICT, "networks": _LIST_OR_DICT,
@@ -167,7 +167,7 @@ _SHAPES: dict[str, tuple[type, ...]] = {
     "image": (str,), "hostname": (str,), "user": (str,), "working_dir": (str,),
     "stop_grace_period": (str,), "deploy": (dict,), "healthcheck": (dict,),
 }
-_SHAPE_NAMES = {_LIST: "a list", _LIST_OR_DICT: "a list or a mapping",
+_SHAPE_NAMES: dict[tuple[type, ...], str] = {_LIST: "a list", _LIST_OR_DICT: "a list or a mapping",
                 _STR_OR_LIST: "a string or a list", (str,): "a string", (dict,): "a mapping"}
 
 
