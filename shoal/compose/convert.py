@@ -19,10 +19,16 @@ from shoal.compose.loader import ComposeProject
 API = "shoal.io/v1"
 NS_LABEL = "com.docker.stack.namespace"
 IMAGE_LABEL = "com.docker.stack.image"
-# Compose keys Shoal's schema cannot carry yet; accepted and dropped.
-UNMAPPED = ("init", "cap_add", "cap_drop", "sysctls", "ulimits", "dns", "dns_search",
-            "extra_hosts", "logging", "tty", "stdin_open", "read_only", "isolation",
-            "credential_spec", "expose", "networks.*.aliases", "networks.*.ipv4_address")
+# Compose keys Docker honours but Shoal's schema cannot carry yet: accepted, reported in
+# one warning (so a user knows), and dropped rather than invented into the schema.
+UNMAPPED_SERVICE = ("init", "cap_add", "cap_drop", "sysctls", "ulimits", "dns", "dns_search",
+                    "extra_hosts", "logging", "tty", "stdin_open", "read_only", "isolation",
+                    "credential_spec", "depends_on")
+UNMAPPED_DEEP = (
+    ("deploy.resources.limits.pids", ("deploy", "resources", "limits", "pids")),
+    ("deploy.resources.reservations.generic_resources",
+     ("deploy", "resources", "reservations", "generic_resources")),
+)
 
 
 def convert_stack(project: ComposeProject, stack: str) -> list[dict[str, Any]]:
@@ -37,6 +43,7 @@ def convert_stack(project: ComposeProject, stack: str) -> list[dict[str, Any]]:
 
 
 def _convert(project: ComposeProject, stack: str) -> list[dict[str, Any]]:
+    _warn_unmapped(project)
     networks = _networks(project, stack)
     secrets = _files(project, stack, "secrets", "Secret")
     configs = _files(project, stack, "configs", "Config")
@@ -44,6 +51,36 @@ def _convert(project: ComposeProject, stack: str) -> list[dict[str, Any]]:
                 for name, body in sorted(project.services.items())]
     return (list(networks.values()) + list(secrets[0].values()) + list(configs[0].values())
             + services)
+
+
+def _warn_unmapped(project: ComposeProject) -> None:
+    """One warning naming what the files set that Shoal cannot carry yet."""
+    found: set[str] = set()
+    for service in project.services.values():
+        found |= {k for k in UNMAPPED_SERVICE if service.get(k) is not None}
+        for name, path in UNMAPPED_DEEP:
+            node: Any = service
+            for part in path:
+                node = node.get(part) if isinstance(node, dict) else None
+            if node is not None:
+                found.add(name)
+        nets = service.get("networks")
+        for opts in nets.values() if isinstance(nets, dict) else ():
+            found |= {f"networks.{k}" for k in opts or {} if k in ("aliases", "ipv4_address",
+                                                                    "ipv6_address")}
+        for key in ("secrets", "configs"):
+            for item in service.get(key) or []:
+                if isinstance(item, dict):
+                    found |= {f"{key}.{k}" for k in ("uid", "gid", "mode") if k in item}
+    for body in project.networks.values():
+        if body and body.get("driver_opts"):
+            found.add("networks driver_opts")
+    for body in project.volumes.values():
+        if body and (body.get("driver") or body.get("driver_opts")):
+            found.add("volumes driver/driver_opts")
+    if found:
+        project.warnings.append("Not carried to Shoal yet (accepted, no effect): "
+                                + ", ".join(sorted(found)))
 
 
 def _guarded(project: ComposeProject, stack: str, name: str,

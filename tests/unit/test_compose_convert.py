@@ -227,3 +227,15 @@ def test_a_bad_deploy_value_is_refused_not_crashed_on(tmp_path: Path,
                                                       deploy: dict[str, Any]) -> None:
     with pytest.raises(ComposeError, match=r"stack.yml: services.app"):
         convert(tmp_path, {"services": {"app": {"image": "a", "deploy": deploy}}})
+
+
+def test_what_shoal_cannot_carry_yet_is_reported_in_one_warning(tmp_path: Path) -> None:
+    path = tmp_path / "stack.yml"
+    path.write_text(yaml.safe_dump({"version": "3.8", "services": {"app": {
+        "image": "a", "init": True, "cap_add": ["NET_ADMIN"],
+        "networks": {"n": {"aliases": ["x"]}}, "secrets": [{"source": "s", "mode": 0o400}]}},
+        "networks": {"n": None}, "secrets": {"s": {"external": True}}}))
+    project = load_project([path], {})
+    convert_stack(project, "web")
+    assert project.warnings == ["Not carried to Shoal yet (accepted, no effect): cap_add, "
+                                "init, networks.aliases, secrets.mode"]
