@@ -23,7 +23,7 @@ IMAGE_LABEL = "com.docker.stack.image"
 # one warning (so a user knows), and dropped rather than invented into the schema.
 UNMAPPED_SERVICE = ("init", "cap_add", "cap_drop", "sysctls", "ulimits", "dns", "dns_search",
                     "extra_hosts", "logging", "tty", "stdin_open", "read_only", "isolation",
-                    "credential_spec", "depends_on")
+                    "credential_spec")
 UNMAPPED_DEEP = (
     ("deploy.resources.limits.pids", ("deploy", "resources", "limits", "pids")),
     ("deploy.resources.reservations.generic_resources",
