@@ -13,10 +13,14 @@ from typing import Any
 from shoal.compose.errors import ComposeError
 
 _NAME = r"[_a-zA-Z][_a-zA-Z0-9]*"
+# Docker's pattern: an unbraced ``$VAR`` also takes an operator and default up to the next
+# ``}`` (``$VAR:-x`` works, and ``$HOST-name`` means HOST with default "name"); kept as is
+# for parity, since files written against Docker rely on what it does.
+_SUBST = rf"{_NAME}(?::?[-?][^}}]*)?"
 _PATTERN = re.compile(
-    rf"\$(?:(?P<escaped>\$)|(?P<named>{_NAME})|\{{(?P<braced>[^}}]*)\}}|(?P<invalid>))"
+    rf"\$(?:(?P<escaped>\$)|(?P<named>{_SUBST})|\{{(?P<braced>{_SUBST})\}}|(?P<invalid>))"
 )
-_BRACED = re.compile(rf"^(?P<name>{_NAME})(?:(?P<op>:-|-|:\?|\?)(?P<arg>.*))?$", re.DOTALL)
+_PARTS = re.compile(rf"^(?P<name>{_NAME})(?:(?P<op>:-|-|:\?|\?)(?P<arg>.*))?$", re.DOTALL)
 
 
 def interpolate_text(
@@ -27,17 +31,12 @@ def interpolate_text(
     def replace(match: re.Match[str]) -> str:
         if match.group("escaped"):
             return "$"
-        named = match.group("named")
-        if named is not None:
-            return _lookup(named, env, where, warn)
-        braced = match.group("braced")
-        if braced is None:
-            raise ComposeError(f'invalid interpolation format for {where}: "{text}"; '
-                               'write $$ for a literal dollar sign')
-        parts = _BRACED.match(braced)
+        expr = match.group("named") or match.group("braced")
+        parts = _PARTS.match(expr) if expr else None
         if parts is None:
             raise ComposeError(f'invalid interpolation format for {where}: "{text}"; '
-                               'a variable is ${NAME}, ${NAME:-default} or ${NAME?error}')
+                               "a variable is $NAME, ${NAME}, ${NAME:-default} or "
+                               "${NAME?error}; write $$ for a literal dollar sign")
         name, op, arg = parts.group("name"), parts.group("op"), parts.group("arg")
         value = env.get(name)
         if op is None:

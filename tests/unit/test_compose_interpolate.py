@@ -27,6 +27,11 @@ def sub(text: str) -> str:
     ("${SET?must be set}", "value"),
     ("${EMPTY?must be set}", ""),
     ("Host(`${UNSET:-example.com}`)", "Host(`example.com`)"),
+    # Docker's unbraced form takes an operator too, up to the next "}".
+    ("$UNSET:-dflt", "dflt"),
+    ("$SET-name", "value"),
+    ("$UNSET-name", "name"),
+    ("${SET}-name", "value-name"),
 ])
 def test_forms(text: str, want: str) -> None:
     assert sub(text) == want
