@@ -9,6 +9,7 @@ paths resolve against the first file's directory, Docker's working directory.
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,7 @@ def _check_service(service: Any, where: str, minor: int) -> None:
                 raise ComposeError(f"{where}.{key}.{i} must be a string")
     if service.get("healthcheck") is not None:
         _keys(service["healthcheck"], "healthcheck", f"{where}.healthcheck", minor)
+    _check_scalars(service, where)
     deploy = service.get("deploy")
     if deploy is None:
         return
@@ -208,6 +210,28 @@ def _check_service(service: Any, where: str, minor: int) -> None:
     replicas = deploy.get("replicas")
     if replicas is not None and not _is_int(replicas):
         raise ComposeError(f"{where}.replicas must be a integer; got {replicas!r}")
+
+
+_GO_DURATION = re.compile(r"^[-+]?(0|((\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h))+)$")
+_SCALAR_OK: dict[str, Callable[[Any], bool]] = {
+    "duration": lambda v: isinstance(v, str) and bool(_GO_DURATION.match(v)),
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+}
+_SCALAR_HINT = {"duration": 'a duration string such as "10s", "1m30s" or "500ms"',
+                "string": 'a string (quote it: "0.5", "512M")', "integer": "an integer",
+                "number": "a number"}
+
+
+def _check_scalars(service: dict[str, Any], where: str) -> None:
+    for path, kind in schema.SCALARS:
+        node: Any = service
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None and not _SCALAR_OK[kind](node):
+            raise ComposeError(f"{where}.{'.'.join(path)} must be {_SCALAR_HINT[kind]}; "
+                               f"got {node!r}")
 
 
 def _is_int(value: Any) -> bool:

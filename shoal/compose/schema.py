@@ -82,3 +82,31 @@ FORBIDDEN = {
     "mem_limit": "Set resource limits using deploy.resources",
     "memswap_limit": "Set resource limits using deploy.resources",
 }
+
+# Scalars the schema types, below a service: "duration" is a Go duration string (``1m30s``,
+# ``500ms``, ``0``; a bare ``10`` is refused, as Docker refuses it), "string" a string,
+# "integer"/"number" a number (after casting an interpolated value).
+SCALARS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("stop_grace_period",), "duration"),
+    (("healthcheck", "interval"), "duration"),
+    (("healthcheck", "timeout"), "duration"),
+    (("healthcheck", "start_period"), "duration"),
+    (("healthcheck", "retries"), "number"),
+    (("deploy", "update_config", "delay"), "duration"),
+    (("deploy", "update_config", "monitor"), "duration"),
+    (("deploy", "update_config", "parallelism"), "integer"),
+    (("deploy", "rollback_config", "delay"), "duration"),
+    (("deploy", "rollback_config", "monitor"), "duration"),
+    (("deploy", "rollback_config", "parallelism"), "integer"),
+    (("deploy", "restart_policy", "delay"), "duration"),
+    (("deploy", "restart_policy", "window"), "duration"),
+    (("deploy", "restart_policy", "max_attempts"), "integer"),
+    (("deploy", "restart_policy", "condition"), "string"),
+    (("deploy", "resources", "limits", "cpus"), "string"),
+    (("deploy", "resources", "limits", "memory"), "string"),
+    (("deploy", "resources", "reservations", "cpus"), "string"),
+    (("deploy", "resources", "reservations", "memory"), "string"),
+    (("deploy", "placement", "max_replicas_per_node"), "integer"),
+    (("deploy", "mode"), "string"),
+    (("deploy", "endpoint_mode"), "string"),
+)

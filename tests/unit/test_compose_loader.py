@@ -152,3 +152,23 @@ def test_unsupported_and_deprecated_options_are_reported_as_docker_does(tmp_path
 def test_an_unreadable_file_names_itself(tmp_path: Path) -> None:
     with pytest.raises(ComposeError, match=r"missing.yml: cannot read the compose file"):
         load_project([tmp_path / "missing.yml"], {})
+
+
+@pytest.mark.parametrize(("deploy", "message"), [
+    ({"resources": {"limits": {"cpus": 0.5}}},
+     r"services.w.deploy.resources.limits.cpus must be a string \(quote it"),
+    ({"update_config": {"delay": "10"}}, r"services.w.deploy.update_config.delay must be a "
+     r"duration string"),
+    ({"restart_policy": {"window": 30}}, r"restart_policy.window must be a duration"),
+])
+def test_scalars_of_the_wrong_type_are_refused_as_docker_refuses_them(
+    tmp_path: Path, deploy: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ComposeError, match=message):
+        load(tmp_path, {"version": "3.8", "services": {"w": {"image": "a", "deploy": deploy}}})
+
+
+@pytest.mark.parametrize("duration", ["0", "10s", "1m30s", "1.5h", "500ms", "2h45m"])
+def test_go_durations_are_accepted(tmp_path: Path, duration: str) -> None:
+    load(tmp_path, {"version": "3.8", "services": {"w": {"image": "a",
+                                                          "stop_grace_period": duration}}})
