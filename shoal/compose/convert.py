@@ -166,7 +166,7 @@ def _files(project: ComposeProject, stack: str, section: str,
         file = body.get("file")
         if not file:
             raise ComposeError(f"{section}.{key}: give file: PATH, or external: true")
-        path = Path(os.path.expanduser(str(file)))
+        path = Path(_expand_home(str(file), project))
         path = path if path.is_absolute() else project.working_dir / path
         try:
             data = path.read_bytes()
@@ -178,6 +178,14 @@ def _files(project: ComposeProject, stack: str, section: str,
                                       _labels(body.get("labels")), True),
                     "spec": {"data": value}}
     return out, None
+
+
+def _expand_home(path: str, project: ComposeProject) -> str:
+    """``~`` as the HOME of the environment passed in (the caller's, not this process's)."""
+    home = project.env.get("HOME")
+    if home and (path == "~" or path.startswith("~/")):
+        return home + path[1:]
+    return path
 
 
 def _source(item: Any) -> str:
@@ -240,7 +248,10 @@ def _service(project: ComposeProject, stack: str, name: str,
     mounts = _mounts(project, stack, name, body)
     if mounts:
         template["mounts"] = mounts
-    hc = _healthcheck(body.get("healthcheck"))
+    try:
+        hc = _healthcheck(body.get("healthcheck"))
+    except ComposeError as exc:
+        raise ComposeError(f"{where}.{exc}") from exc
     if hc is not None:
         template["healthcheck"] = hc
     resources = _resources(deploy.get("resources") or {}, f"{where}.deploy.resources")
@@ -341,7 +352,7 @@ def _mounts(project: ComposeProject, stack: str, service: str,
         if source:
             source = str(source)
             if kind == "bind":
-                source = os.path.expanduser(source)
+                source = _expand_home(source, project)
                 if not os.path.isabs(source):
                     source = os.path.normpath(project.working_dir / source)
             elif kind == "volume":
@@ -363,6 +374,9 @@ def _healthcheck(hc: dict[str, Any] | None) -> dict[str, Any] | None:
     if hc is None:
         return None
     if hc.get("disable"):
+        if hc.get("test") is not None:
+            raise ComposeError("healthcheck: test and disable can't be set at the same time; "
+                               "drop one")
         return {"test": ["NONE"]}
     out: dict[str, Any] = {}
     test = hc.get("test")

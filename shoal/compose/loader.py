@@ -8,7 +8,6 @@ paths resolve against the first file's directory, Docker's working directory.
 """
 
 import dataclasses
-import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -308,7 +307,7 @@ def _resolve_env_files(service: dict[str, Any], working_dir: Path, env: Mapping[
         return
     merged: dict[str, Any] = {}
     for file in [files] if isinstance(files, str) else files:
-        path = Path(os.path.expanduser(str(file)))
+        path = Path(str(file))
         path = path if path.is_absolute() else working_dir / path
         try:
             merged.update(_read_env_file(path, optional=False, lookup=env))

@@ -147,7 +147,7 @@ def test_mounts_named_bind_anonymous_and_tmpfs(tmp_path: Path) -> None:
         {"type": "volume", "target": "/var/lib/data", "source": "web_data"},
         {"type": "bind", "target": "/etc/conf", "source": str(tmp_path / "conf"),
          "readOnly": True},
-        {"type": "bind", "target": "/x", "source": str(Path("~/x").expanduser())},
+        {"type": "bind", "target": "/x", "source": "/root/x"},
         {"type": "volume", "target": "/cache"},
         {"type": "bind", "target": "/srv", "source": "/srv", "readOnly": True},
         {"type": "tmpfs", "target": "/run"}]
@@ -239,3 +239,9 @@ def test_what_shoal_cannot_carry_yet_is_reported_in_one_warning(tmp_path: Path) 
     convert_stack(project, "web")
     assert project.warnings == ["Not carried to Shoal yet (accepted, no effect): cap_add, "
                                 "init, networks.aliases, secrets.mode"]
+
+
+def test_healthcheck_test_and_disable_together_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ComposeError, match=r"services.app.healthcheck: test and disable"):
+        convert(tmp_path, {"services": {"app": {"image": "a", "healthcheck": {
+            "test": "true", "disable": True}}}})
