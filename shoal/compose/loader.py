@@ -21,10 +21,18 @@ from shoal.compose.errors import ComposeError
 from shoal.compose.interpolate import interpolate
 
 _SECTIONS = ("services", "networks", "volumes", "secrets", "configs")
-# Lists merged by an identity rather than replaced when a later file names the service again.
+# A later -c file merges onto an earlier one as Docker merges them (mergo with appended
+# slices and overriding values): top-level networks, volumes, secrets and configs are
+# replaced whole by name; within a service, scalars are overridden, mappings merged by key
+# (environment, labels, networks and deploy labels in list form are read as mappings),
+# ports merged by published port, secrets and configs by source, and other lists appended
+# (cap_add, dns, placement constraints). ``command``, ``entrypoint`` and ``volumes`` follow
+# Docker 23 (replaced; volumes merged by target): 20.10 appended them, a bug Docker fixed.
 _MERGE_LISTS_BY: dict[str, Callable[[Any], str]] = {
-    "ports": str, "volumes": lambda v: _volume_target(v),
+    "ports": lambda p: _published(p), "volumes": lambda v: _volume_target(v),
     "secrets": lambda s: _source(s), "configs": lambda s: _source(s)}
+_REPLACED = frozenset({"command", "entrypoint"})
+_AS_MAPPING = frozenset({"environment", "labels", "networks"})
 
 
 @dataclasses.dataclass
@@ -61,12 +69,13 @@ def load_project(paths: list[str | Path], environ: Mapping[str, str]) -> Compose
             raise ComposeError(f"version mismatched between two compose files: {version} "
                                f"and {this}; give every -c file the same version:", str(path))
         version = this
-        for section in _SECTIONS:
-            for name, body in (data.get(section) or {}).items():
-                old = merged[section].get(name)
-                merged[section][name] = body if old is None else _merge(old, body)
-    for name, service in merged["services"].items():
-        _resolve_env_files(service, working_dir, env, name)
+        for name, service in (data.get("services") or {}).items():
+            # env_file is read per file, against the first file's directory, as Docker does.
+            _resolve_env_files(service, working_dir, env, name)
+            old = merged["services"].get(name)
+            merged["services"][name] = service if old is None else _merge_service(old, service)
+        for section in _SECTIONS[1:]:
+            merged[section].update(data.get(section) or {})
     keys = {k for s in merged["services"].values() for k in s}
     ignored = sorted(keys & set(schema.UNSUPPORTED))
     if ignored:
@@ -257,24 +266,47 @@ def _keys(body: Any, kind: str, where: str, minor: int) -> None:
             raise ComposeError(f"{prefix}Additional property {key} is not allowed{hint}")
 
 
-def _merge(base: Any, over: Any) -> Any:
-    """``over`` merged onto ``base`` as Docker merges a later -c file onto an earlier one."""
+def _merge_service(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged onto ``base``, one service named in two -c files."""
+    out = dict(base)
+    for key, value in over.items():
+        old = out.get(key)
+        ident = _MERGE_LISTS_BY.get(key)
+        if value is None or old is None or key in _REPLACED:
+            out[key] = old if value is None else value
+        elif key in _AS_MAPPING:
+            out[key] = {**_as_map(old), **_as_map(value)}
+        elif ident and isinstance(value, list) and isinstance(old, list):
+            by_id = {ident(x): x for x in old}
+            by_id.update({ident(x): x for x in value})
+            # Docker sorts the merged list: ports by published port, the others by source.
+            order = sorted(by_id, key=lambda k: (0, int(k), "") if k.isdigit() else (1, 0, k))
+            out[key] = [by_id[k] for k in order] if key != "volumes" else list(by_id.values())
+        else:
+            out[key] = _merge_value(old, value)
+    return out
+
+
+def _merge_value(base: Any, over: Any) -> Any:
     if isinstance(base, dict) and isinstance(over, dict):
         out = dict(base)
         for key, value in over.items():
-            ident = _MERGE_LISTS_BY.get(key)
-            if ident and isinstance(value, list) and isinstance(out.get(key), list):
-                by_id = {ident(x): x for x in out[key]}
-                by_id.update({ident(x): x for x in value})
-                out[key] = list(by_id.values())
-            elif key in ("environment", "labels") and key in out:
+            if key == "labels" and key in out:
                 out[key] = {**_as_map(out[key]), **_as_map(value)}
-            elif key in out:
-                out[key] = _merge(out[key], value)
             else:
-                out[key] = value
+                out[key] = _merge_value(out.get(key), value) if key in out else value
         return out
-    return over
+    if isinstance(base, list) and isinstance(over, list):
+        return base + over
+    return base if over is None else over
+
+
+def _published(port: Any) -> str:
+    """The published part of a port, Docker's merge key (the spec itself when unpublished)."""
+    if isinstance(port, dict):
+        return str(port.get("published") or port)
+    parts = str(port).split("/")[0].rsplit(":", 2)
+    return parts[-2] if len(parts) > 1 else str(port)
 
 
 def _as_map(value: Any) -> dict[str, Any]:

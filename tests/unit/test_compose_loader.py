@@ -118,21 +118,33 @@ def test_a_missing_env_file_is_refused_naming_it(tmp_path: Path) -> None:
 
 
 def test_several_files_merge_like_docker(tmp_path: Path) -> None:
+    (tmp_path / "over.env").write_text("A=from-override-env-file\n")
     base = write(tmp_path, {"version": "3.8", "services": {"web": {
-        "image": "a:1", "environment": {"A": "1", "B": "1"}, "ports": ["80:80"],
-        "deploy": {"replicas": 2, "labels": {"x": "1"}}}},
-        "networks": {"front": {"attachable": True}}}, "base.yml")
+        "image": "a:1", "environment": {"A": "1", "B": "1"}, "ports": ["80:80", "8080:80"],
+        "command": ["serve"], "cap_add": ["NET_ADMIN"], "volumes": ["d:/data", "/cache"],
+        "deploy": {"replicas": 2, "labels": {"x": "1"},
+                   "placement": {"constraints": ["node.role==manager"]}}}},
+        "networks": {"front": {"attachable": True, "driver": "overlay"}}}, "base.yml")
     over = write(tmp_path, {"version": "3.8", "services": {"web": {
-        "image": "a:2", "environment": ["B=2"], "ports": ["443:443"],
-        "deploy": {"labels": {"y": "2"}}}, "db": {"image": "pg"}}}, "over.yml")
+        "image": "a:2", "env_file": "over.env", "environment": ["B=2"],
+        "ports": [{"target": 81, "published": 8080}, "443:443"], "command": "run",
+        "cap_add": ["SYS_ADMIN"], "volumes": ["e:/data"],
+        "deploy": {"labels": ["y=2"], "placement": {"constraints": ["node.os==linux"]}}},
+        "db": {"image": "pg"}}, "networks": {"front": {"internal": True}}}, "over.yml")
     project = load_project([base, over], {})
     web = project.services["web"]
     assert web["image"] == "a:2"
-    assert web["environment"] == {"A": "1", "B": "2"}
-    assert web["ports"] == ["80:80", "443:443"]
-    assert web["deploy"] == {"replicas": 2, "labels": {"x": "1", "y": "2"}}
+    # env_file is read per file: the override's env_file beats the base's environment.
+    assert web["environment"] == {"A": "from-override-env-file", "B": "2"}
+    assert web["ports"] == ["80:80", "443:443", {"target": 81, "published": 8080}]
+    assert web["command"] == "run"
+    assert web["cap_add"] == ["NET_ADMIN", "SYS_ADMIN"]
+    assert web["volumes"] == ["e:/data", "/cache"]
+    assert web["deploy"] == {"replicas": 2, "labels": {"x": "1", "y": "2"}, "placement": {
+        "constraints": ["node.role==manager", "node.os==linux"]}}
     assert set(project.services) == {"web", "db"}
-    assert project.networks == {"front": {"attachable": True}}
+    # Top-level objects are replaced whole.
+    assert project.networks == {"front": {"internal": True}}
 
 
 def test_files_of_different_versions_are_refused(tmp_path: Path) -> None:
