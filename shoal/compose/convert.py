@@ -23,7 +23,7 @@ IMAGE_LABEL = "com.docker.stack.image"
 # one warning (so a user knows), and dropped rather than invented into the schema.
 UNMAPPED_SERVICE = ("init", "cap_add", "cap_drop", "sysctls", "ulimits", "dns", "dns_search",
                     "extra_hosts", "logging", "tty", "stdin_open", "read_only", "isolation",
-                    "credential_spec")
+                    "credential_spec", "tmpfs")
 UNMAPPED_DEEP = (
     ("deploy.resources.limits.pids", ("deploy", "resources", "limits", "pids")),
     ("deploy.resources.reservations.generic_resources",
@@ -269,8 +269,14 @@ def _service(project: ComposeProject, stack: str, name: str,
             target = item.get("target") if isinstance(item, dict) else None
             refs.append({"source": object_name(project, section, src, stack),
                          "target": str(target or default.format(src))})
+        targets = [r["target"] for r in refs]
+        if len(set(targets)) != len(targets):
+            dup = next(t for t in targets if targets.count(t) > 1)
+            raise ComposeError(f"{where}.{section}: duplicate target {dup} not allowed; "
+                               "give each a different target:")
         if refs:
-            template[section] = refs
+            # Sorted by name, as Docker hands them to the service.
+            template[section] = sorted(refs, key=lambda r: r["source"])
     spec: dict[str, Any] = {"template": template}
     mode = deploy.get("mode") or "replicated"
     if mode not in ("replicated", "global"):
@@ -364,9 +370,8 @@ def _mounts(project: ComposeProject, stack: str, service: str,
         if read_only:
             mount["readOnly"] = True
         out.append(mount)
-    tmpfs = body.get("tmpfs")
-    for target in [tmpfs] if isinstance(tmpfs, str) else tmpfs or []:
-        out.append({"type": "tmpfs", "target": str(target).split(":")[0]})
+    # The service-level ``tmpfs:`` key is not converted (Docker 20.10 drops it for services
+    # too; it is in the warning); a ``volumes`` entry of ``type: tmpfs`` is the swarm way.
     return out
 
 

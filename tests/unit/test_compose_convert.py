@@ -139,18 +139,18 @@ def test_an_undeclared_network_is_refused(tmp_path: Path) -> None:
 
 def test_mounts_named_bind_anonymous_and_tmpfs(tmp_path: Path) -> None:
     t = by_name(convert(tmp_path, {
-        "services": {"app": {"image": "a", "tmpfs": ["/run"], "volumes": [
+        "services": {"app": {"image": "a", "volumes": [{"type": "tmpfs", "target": "/run"},
             "data:/var/lib/data", "./conf:/etc/conf:ro", "~/x:/x", "/cache",
             {"type": "bind", "source": "/srv", "target": "/srv", "read_only": True}]}},
         "volumes": {"data": None}}))["Service/web_app"]["spec"]["template"]
     assert t["mounts"] == [
+        {"type": "tmpfs", "target": "/run"},
         {"type": "volume", "target": "/var/lib/data", "source": "web_data"},
         {"type": "bind", "target": "/etc/conf", "source": str(tmp_path / "conf"),
          "readOnly": True},
         {"type": "bind", "target": "/x", "source": "/root/x"},
         {"type": "volume", "target": "/cache"},
-        {"type": "bind", "target": "/srv", "source": "/srv", "readOnly": True},
-        {"type": "tmpfs", "target": "/run"}]
+        {"type": "bind", "target": "/srv", "source": "/srv", "readOnly": True}]
 
 
 def test_an_undefined_volume_is_refused_naming_the_service(tmp_path: Path) -> None:
@@ -168,10 +168,10 @@ def test_secrets_and_configs_from_files_external_and_named(tmp_path: Path) -> No
         "configs": {"conf": {"file": "app.conf"},
                     "named": {"name": "global-conf", "file": "app.conf"}}}))
     t = objs["Service/web_app"]["spec"]["template"]
-    assert t["secrets"] == [{"source": "web_pw", "target": "pw"},
-                            {"source": "ext", "target": "k"}]
-    assert t["configs"] == [{"source": "web_conf", "target": "/conf"},
-                            {"source": "global-conf", "target": "/etc/n"}]
+    assert t["secrets"] == [{"source": "ext", "target": "k"},
+                            {"source": "web_pw", "target": "pw"}]
+    assert t["configs"] == [{"source": "global-conf", "target": "/etc/n"},
+                            {"source": "web_conf", "target": "/conf"}]
     secret = objs["Secret/web_pw"]
     assert base64.b64decode(secret["spec"]["data"]) == b"s3cret\n"
     assert secret["metadata"]["namespace"] == "web"
@@ -245,3 +245,10 @@ def test_healthcheck_test_and_disable_together_are_refused(tmp_path: Path) -> No
     with pytest.raises(ComposeError, match=r"services.app.healthcheck: test and disable"):
         convert(tmp_path, {"services": {"app": {"image": "a", "healthcheck": {
             "test": "true", "disable": True}}}})
+
+
+def test_a_secret_target_used_twice_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ComposeError, match=r"services.app.secrets: duplicate target x"):
+        convert(tmp_path, {"services": {"app": {"image": "a", "secrets": [
+            {"source": "a", "target": "x"}, {"source": "b", "target": "x"}]}},
+            "secrets": {"a": {"external": True}, "b": {"external": True}}})
