@@ -283,6 +283,9 @@ def _service(project: ComposeProject, stack: str, name: str,
         raise ComposeError(f"{where}.deploy.mode: unknown mode {mode}; "
                            "use replicated or global")
     spec["mode"] = mode
+    if mode == "global" and deploy.get("replicas") is not None:
+        raise ComposeError(f"{where}.deploy.replicas can only be used with replicated mode; "
+                           "drop it, or drop mode: global")
     if mode == "replicated":
         spec["replicas"] = int(deploy["replicas"]) if deploy.get("replicas") is not None else 1
     placement = _placement(deploy)
@@ -303,11 +306,16 @@ def _service(project: ComposeProject, stack: str, name: str,
                               for n in (_service_networks(body) or ["default"]))
     endpoint: dict[str, Any] = {}
     if deploy.get("endpoint_mode"):
-        endpoint["mode"] = str(deploy["endpoint_mode"])
+        endpoint["mode"] = str(deploy["endpoint_mode"]).lower()
     ports = [p for item in body.get("ports") or []
              for p in _ports(item, where, project.warnings)]
     if ports:
-        endpoint["ports"] = ports
+        # Sorted by published port (unpublished first), as Docker orders them.
+        endpoint["ports"] = sorted(ports, key=lambda p: p.get("published", 0))
+    if endpoint.get("mode") == "dnsrr" and any(
+            p["mode"] == "ingress" and "published" in p for p in ports):
+        raise ComposeError(f"{where}.ports: a port published in ingress mode can't be used "
+                           "with endpoint_mode: dnsrr; publish it with mode: host, or use vip")
     if endpoint:
         spec["endpoint"] = endpoint
     labels = {**_labels(deploy.get("labels")), IMAGE_LABEL: str(image)}

@@ -103,11 +103,11 @@ def test_ports_short_long_ranges_and_host_ip(tmp_path: Path) -> None:
     spec = by_name(convert_stack(project, "web"))["Service/web_app"]["spec"]
     assert spec["endpoint"]["ports"] == [
         {"target": 80, "protocol": "tcp", "mode": "ingress"},
-        {"target": 80, "published": 8080, "protocol": "tcp", "mode": "ingress"},
         {"target": 53, "published": 53, "protocol": "udp", "mode": "ingress"},
+        {"target": 22, "published": 2222, "protocol": "tcp", "mode": "host"},
+        {"target": 80, "published": 8080, "protocol": "tcp", "mode": "ingress"},
         {"target": 9000, "published": 9000, "protocol": "tcp", "mode": "ingress"},
-        {"target": 9001, "published": 9001, "protocol": "tcp", "mode": "ingress"},
-        {"target": 22, "published": 2222, "protocol": "tcp", "mode": "host"}]
+        {"target": 9001, "published": 9001, "protocol": "tcp", "mode": "ingress"}]
     assert "ignoring IP-address (127.0.0.1:53:53/udp)" in project.warnings[0]
 
 
@@ -252,3 +252,15 @@ def test_a_secret_target_used_twice_is_refused(tmp_path: Path) -> None:
         convert(tmp_path, {"services": {"app": {"image": "a", "secrets": [
             {"source": "a", "target": "x"}, {"source": "b", "target": "x"}]}},
             "secrets": {"a": {"external": True}, "b": {"external": True}}})
+
+
+def test_replicas_with_global_mode_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ComposeError, match=r"services.app.deploy.replicas can only be used"):
+        convert(tmp_path, {"services": {"app": {"image": "a", "deploy": {
+            "mode": "global", "replicas": 2}}}})
+
+
+def test_dnsrr_with_an_ingress_published_port_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ComposeError, match=r"ingress mode can't be used with endpoint_mode"):
+        convert(tmp_path, {"services": {"app": {"image": "a", "ports": ["80:80"],
+                                                "deploy": {"endpoint_mode": "dnsrr"}}}})
