@@ -305,3 +305,14 @@ def test_services_match_dockers_field_by_field(outcomes: dict[str, Any]) -> None
             print("  ", line)
     for field, floor in REACHED.items():
         assert rates[field] >= floor, f"{field} fell to {rates[field]:.3f} from {floor}"
+
+
+def test_the_stack_makes_the_networks_docker_made(outcomes: dict[str, Any]) -> None:
+    for file in ACCEPTED:
+        path = CORPUS / "expected" / f"{file[:3]}.networks.jsonl"
+        want = sorted((n["Name"], n["Internal"] == "true", n["Labels"])
+                      for n in map(json.loads, path.read_text().splitlines()))
+        got = sorted((o["metadata"]["name"], bool(o["spec"].get("internal")),
+                      ",".join(f"{k}={v}" for k, v in sorted(o["metadata"]["labels"].items())))
+                     for o in outcomes[file][2] if o["kind"] == "Network")
+        assert got == want, file
