@@ -107,9 +107,9 @@ def _load_one(path: Path, env: Mapping[str, str], warnings: list[str]) -> dict[s
         raise ComposeError(str(exc), str(path)) from exc
     try:
         for section in _SECTIONS:
-            body = data.get(section)
-            if body is not None and not isinstance(body, dict):
-                raise ComposeError(f"{section} must be a mapping")
+            if section in data and not isinstance(data[section], dict):
+                raise ComposeError(f"{section} must be a mapping; got {data[section]!r} "
+                                   "(an empty section is {} or left out)")
         data = {k: (interpolate(v, env, k, warnings.append) if k in _SECTIONS else v)
                 for k, v in data.items()}
         cast_values(data)
@@ -157,6 +157,11 @@ def _check(data: dict[str, Any], minor: int) -> None:
 
 def _check_top_object(body: Any, kind: str, where: str, minor: int) -> None:
     _keys(body, kind, where, minor)
+    _check_shapes(body, _TOP_SHAPES, where)
+    for i, cfg in enumerate((body.get("ipam") or {}).get("config") or []):
+        if not isinstance(cfg, dict):
+            raise ComposeError(f"{where}.ipam.config.{i} must be a mapping such as "
+                               "{subnet: 10.0.9.0/24}")
     if isinstance(body.get("external"), dict):
         _keys(body["external"], "external", f"{where}.external", minor)
     if kind == "network" and body.get("ipam") is not None:
@@ -165,28 +170,70 @@ def _check_top_object(body: Any, kind: str, where: str, minor: int) -> None:
             _keys(cfg, "ipam_config", f"{where}.ipam.config.{i}", minor)
 
 
-# The shape of the service keys the converter reads: Docker's schema types.
+# The shape of the keys the converter reads (Docker's schema types), as paths below a
+# service or a top-level object; a value of another shape is refused naming its key.
 _LIST: tuple[type, ...] = (list,)
+_DICT: tuple[type, ...] = (dict,)
+_STR: tuple[type, ...] = (str,)
 _LIST_OR_DICT: tuple[type, ...] = (list, dict)
 _STR_OR_LIST: tuple[type, ...] = (str, list)
-_SHAPES: dict[str, tuple[type, ...]] = {
-    "ports": _LIST, "volumes": _LIST, "secrets": _LIST, "configs": _LIST, "tmpfs": _STR_OR_LIST,
-    "environment": _LIST_OR_DICT, "labels": _LIST_OR_DICT, "networks": _LIST_OR_DICT,
-    "command": _STR_OR_LIST, "entrypoint": _STR_OR_LIST, "env_file": _STR_OR_LIST,
-    "image": (str,), "hostname": (str,), "user": (str,), "working_dir": (str,),
-    "stop_grace_period": (str,), "deploy": (dict,), "healthcheck": (dict,),
-}
-_SHAPE_NAMES: dict[tuple[type, ...], str] = {_LIST: "a list", _LIST_OR_DICT: "a list or a mapping",
-                _STR_OR_LIST: "a string or a list", (str,): "a string", (dict,): "a mapping"}
+_BOOL_OR_DICT: tuple[type, ...] = (bool, dict)
+_SERVICE_SHAPES: tuple[tuple[tuple[str, ...], tuple[type, ...]], ...] = (
+    (("ports",), _LIST), (("volumes",), _LIST), (("secrets",), _LIST), (("configs",), _LIST),
+    (("tmpfs",), _STR_OR_LIST), (("environment",), _LIST_OR_DICT),
+    (("labels",), _LIST_OR_DICT), (("networks",), _LIST_OR_DICT),
+    (("command",), _STR_OR_LIST), (("entrypoint",), _STR_OR_LIST),
+    (("env_file",), _STR_OR_LIST), (("image",), _STR), (("hostname",), _STR),
+    (("user",), _STR), (("working_dir",), _STR), (("stop_signal",), _STR),
+    (("deploy",), _DICT), (("healthcheck",), _DICT), (("healthcheck", "test"), _STR_OR_LIST),
+    (("deploy", "labels"), _LIST_OR_DICT), (("deploy", "placement", "constraints"), _LIST),
+    (("deploy", "placement", "preferences"), _LIST),
+)
+_TOP_SHAPES: tuple[tuple[tuple[str, ...], tuple[type, ...]], ...] = (
+    (("name",), _STR), (("file",), _STR), (("driver",), _STR), (("driver_opts",), _DICT),
+    (("labels",), _LIST_OR_DICT), (("external",), _BOOL_OR_DICT), (("internal",), (bool,)),
+    (("attachable",), (bool,)), (("ipam",), _DICT), (("ipam", "config"), _LIST),
+)
+_SHAPE_NAMES: dict[tuple[type, ...], str] = {
+    _LIST: "a list", _DICT: "a mapping", _STR: "a string", _LIST_OR_DICT: "a list or a mapping",
+    _STR_OR_LIST: "a string or a list", _BOOL_OR_DICT: "a boolean or a mapping",
+    (bool,): "a boolean"}
+
+
+def _check_shapes(body: dict[str, Any],
+                  table: tuple[tuple[tuple[str, ...], tuple[type, ...]], ...],
+                  where: str) -> None:
+    for path, shape in table:
+        node: Any = body
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None and not isinstance(node, shape):
+            raise ComposeError(f"{where}.{'.'.join(path)} must be {_SHAPE_NAMES[shape]}; "
+                               f"got {node!r}")
 
 
 def _check_service(service: Any, where: str, minor: int) -> None:
     _keys(service, "service", where, minor)
-    for key, shape in _SHAPES.items():
-        value = service.get(key)
-        if value is not None and not isinstance(value, shape):
-            raise ComposeError(f"{where}.{key} must be {_SHAPE_NAMES[shape]}; "
-                               f"got {value!r}")
+    _check_shapes(service, _SERVICE_SHAPES, where)
+    nets = service.get("networks")
+    for net, opts in nets.items() if isinstance(nets, dict) else ():
+        if opts is not None:
+            _keys(opts, "service_network", f"{where}.networks.{net}", minor)
+            if opts.get("aliases") is not None and not isinstance(opts["aliases"], list):
+                raise ComposeError(f"{where}.networks.{net}.aliases must be a list")
+    for key in ("secrets", "configs"):
+        for i, item in enumerate(service.get(key) or []):
+            if isinstance(item, dict):
+                _keys(item, "file_ref", f"{where}.{key}.{i}", minor)
+            elif not isinstance(item, str):
+                raise ComposeError(f"{where}.{key}.{i} must be a string or a mapping")
+    deploy = service.get("deploy") or {}
+    placement = deploy.get("placement") if isinstance(deploy, dict) else None
+    prefs = placement.get("preferences") if isinstance(placement, dict) else None
+    for i, pref in enumerate(prefs if isinstance(prefs, list) else []):
+        if not isinstance(pref, dict):
+            raise ComposeError(f"{where}.deploy.placement.preferences.{i} must be a mapping "
+                               "such as {spread: node.labels.zone}")
     for key, kind in (("ports", "port"), ("volumes", "mount")):
         for i, item in enumerate(service.get(key) or []):
             if isinstance(item, dict):

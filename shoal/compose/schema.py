@@ -42,6 +42,8 @@ SINCE: dict[str, dict[str, int]] = {
               "bind": 2, "volume": 2, "tmpfs": 6},
     "network": {"driver": 0, "driver_opts": 0, "ipam": 0, "external": 0, "internal": 0,
                 "labels": 0, "attachable": 2, "name": 5},
+    "service_network": {"aliases": 0, "ipv4_address": 0, "ipv6_address": 0},
+    "file_ref": {"source": 1, "target": 1, "uid": 1, "gid": 1, "mode": 1},
     "ipam": {"driver": 0, "config": 0},
     "ipam_config": {"subnet": 0},
     "external": {"name": 0},
