@@ -1,0 +1,266 @@
+"""Compose services as Shoal manifests: names and labels per stack, and each field's mapping."""
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from shoal.compose import ComposeError, convert_stack, load_project
+
+
+def convert(tmp_path: Path, body: dict[str, Any], stack: str = "web") -> list[dict[str, Any]]:
+    path = tmp_path / "stack.yml"
+    path.write_text(yaml.safe_dump({"version": "3.8", **body}))
+    return convert_stack(load_project([path], {"HOME": "/root"}), stack)
+
+
+def by_name(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {f"{o['kind']}/{o['metadata']['name']}": o for o in objects}
+
+
+def test_a_minimal_service_gets_the_stack_name_labels_and_default_network(tmp_path: Path) -> None:
+    objs = by_name(convert(tmp_path, {"services": {"app": {"image": "nginx"}}}))
+    assert set(objs) == {"Network/web_default", "Service/web_app"}
+    svc = objs["Service/web_app"]
+    assert svc["metadata"] == {"name": "web_app", "namespace": "web", "labels": {
+        "com.docker.stack.namespace": "web", "com.docker.stack.image": "nginx"}}
+    assert svc["spec"]["template"]["image"] == "nginx:latest"
+    assert svc["spec"]["template"]["labels"] == {"com.docker.stack.namespace": "web"}
+    assert svc["spec"]["networks"] == ["web_default"]
+    assert svc["spec"]["mode"] == "replicated" and svc["spec"]["replicas"] == 1
+    net = objs["Network/web_default"]
+    assert net["metadata"] == {"name": "web_default",
+                               "labels": {"com.docker.stack.namespace": "web"}}
+    assert net["spec"] == {"driver": "overlay"}
+
+
+def test_entrypoint_command_env_and_the_simple_fields(tmp_path: Path) -> None:
+    svc = by_name(convert(tmp_path, {"services": {"app": {
+        "image": "registry:5000/app", "entrypoint": "/bin/sh -c", "command": ["echo", "hi"],
+        "environment": {"A": 1, "B": True, "C": None}, "working_dir": "/srv", "user": "1000",
+        "hostname": "h", "labels": ["tier=front"], "stop_grace_period": "1m30s",
+        "stop_signal": "SIGINT"}}}))["Service/web_app"]
+    t = svc["spec"]["template"]
+    assert t["image"] == "registry:5000/app:latest"
+    assert t["entrypoint"] == ["/bin/sh", "-c"] and t["command"] == ["echo", "hi"]
+    assert t["env"] == {"A": "1", "B": "true"}
+    assert (t["workdir"], t["user"], t["hostname"]) == ("/srv", "1000", "h")
+    assert t["labels"] == {"tier": "front", "com.docker.stack.namespace": "web"}
+    assert t["stopGracePeriod"] == "1m30s" and t["stopSignal"] == "SIGINT"
+
+
+def test_deploy_maps_to_mode_placement_policies_resources_and_labels(tmp_path: Path) -> None:
+    spec = by_name(convert(tmp_path, {"services": {"app": {"image": "a:1", "deploy": {
+        "replicas": 3, "endpoint_mode": "dnsrr", "labels": {"traefik.enable": "true"},
+        "placement": {"constraints": ["node.role == manager"],
+                      "preferences": [{"spread": "node.labels.zone"}],
+                      "max_replicas_per_node": 2},
+        "restart_policy": {"condition": "on-failure", "delay": "10s", "max_attempts": 3,
+                           "window": "2m"},
+        "update_config": {"parallelism": 2, "delay": "10s", "failure_action": "rollback",
+                          "monitor": "30s", "max_failure_ratio": 0.3, "order": "start-first"},
+        "rollback_config": {"parallelism": 0, "order": "stop-first"},
+        "resources": {"limits": {"cpus": "0.5", "memory": "512M"},
+                      "reservations": {"memory": "1G"}}}}}}))["Service/web_app"]["spec"]
+    assert spec["replicas"] == 3 and spec["endpoint"] == {"mode": "dnsrr"}
+    assert spec["placement"] == {"constraints": ["node.role == manager"],
+                                 "preferences": [{"spread": "node.labels.zone"}],
+                                 "maxReplicasPerNode": 2}
+    assert spec["restartPolicy"] == {"condition": "on-failure", "delay": "10s",
+                                     "maxAttempts": 3, "window": "2m"}
+    assert spec["updateConfig"] == {"parallelism": 2, "delay": "10s", "failureAction":
+                                    "rollback", "monitor": "30s", "maxFailureRatio": 0.3,
+                                    "order": "start-first"}
+    assert spec["rollbackConfig"] == {"parallelism": 0, "order": "stop-first"}
+    assert spec["template"]["resources"] == {"limits": {"cpus": 0.5, "memory": 512 << 20},
+                                             "reservations": {"memory": 1 << 30}}
+
+
+def test_global_mode_has_no_replicas(tmp_path: Path) -> None:
+    spec = by_name(convert(tmp_path, {"services": {"app": {
+        "image": "a", "deploy": {"mode": "global"}}}}))["Service/web_app"]["spec"]
+    assert spec["mode"] == "global" and "replicas" not in spec
+
+
+@pytest.mark.parametrize(("restart", "want"), [
+    ("always", {"condition": "any"}), ("unless-stopped", {"condition": "any"}),
+    ("on-failure:4", {"condition": "on-failure", "maxAttempts": 4}), ("no", None)])
+def test_restart_is_the_fallback_restart_policy(tmp_path: Path, restart: str,
+                                                want: dict[str, Any] | None) -> None:
+    spec = by_name(convert(tmp_path, {"services": {"app": {
+        "image": "a", "restart": restart}}}))["Service/web_app"]["spec"]
+    assert spec.get("restartPolicy") == want
+
+
+def test_ports_short_long_ranges_and_host_ip(tmp_path: Path) -> None:
+    path = tmp_path / "stack.yml"
+    path.write_text(yaml.safe_dump({"version": "3.8", "services": {"app": {
+        "image": "a", "ports": ["80", "8080:80", "127.0.0.1:53:53/udp", "9000-9001:9000-9001",
+                                {"target": 22, "published": 2222, "mode": "host"}]}}}))
+    project = load_project([path], {})
+    spec = by_name(convert_stack(project, "web"))["Service/web_app"]["spec"]
+    assert spec["endpoint"]["ports"] == [
+        {"target": 80, "protocol": "tcp", "mode": "ingress"},
+        {"target": 53, "published": 53, "protocol": "udp", "mode": "ingress"},
+        {"target": 22, "published": 2222, "protocol": "tcp", "mode": "host"},
+        {"target": 80, "published": 8080, "protocol": "tcp", "mode": "ingress"},
+        {"target": 9000, "published": 9000, "protocol": "tcp", "mode": "ingress"},
+        {"target": 9001, "published": 9001, "protocol": "tcp", "mode": "ingress"}]
+    assert "ignoring IP-address (127.0.0.1:53:53/udp)" in project.warnings[0]
+
+
+def test_networks_named_external_and_declared(tmp_path: Path) -> None:
+    objs = by_name(convert(tmp_path, {
+        "services": {"app": {"image": "a", "networks": {"front": {"aliases": ["x"]},
+                                                        "proxy": None, "back": None}}},
+        "networks": {"front": {"attachable": True, "ipam": {"config": [{"subnet":
+                                                                       "10.9.0.0/24"}]}},
+                     "proxy": {"external": True}, "back": {"name": "shared-back"}}}))
+    assert objs["Service/web_app"]["spec"]["networks"] == ["proxy", "shared-back",
+                                                          "web_front"]
+    assert objs["Network/web_front"]["spec"] == {"driver": "overlay", "attachable": True,
+                                                 "subnet": "10.9.0.0/24"}
+    assert "Network/shared-back" in objs and "Network/proxy" not in objs
+
+
+def test_a_bridge_network_is_refused_naming_file_and_key(tmp_path: Path) -> None:
+    with pytest.raises(ComposeError, match=r"stack.yml: networks.n.driver: bridge networks "
+                       "cannot be used by swarm services"):
+        convert(tmp_path, {"services": {"app": {"image": "a", "networks": ["n"]}},
+                           "networks": {"n": {"driver": "bridge"}}})
+
+
+def test_an_undeclared_network_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ComposeError, match=r'service network "n" is not declared'):
+        convert(tmp_path, {"services": {"app": {"image": "a", "networks": ["n"]}}})
+
+
+def test_mounts_named_bind_anonymous_and_tmpfs(tmp_path: Path) -> None:
+    t = by_name(convert(tmp_path, {
+        "services": {"app": {"image": "a", "volumes": [{"type": "tmpfs", "target": "/run"},
+            "data:/var/lib/data", "./conf:/etc/conf:ro", "~/x:/x", "/cache",
+            {"type": "bind", "source": "/srv", "target": "/srv", "read_only": True}]}},
+        "volumes": {"data": None}}))["Service/web_app"]["spec"]["template"]
+    assert t["mounts"] == [
+        {"type": "tmpfs", "target": "/run"},
+        {"type": "volume", "target": "/var/lib/data", "source": "web_data"},
+        {"type": "bind", "target": "/etc/conf", "source": str(tmp_path / "conf"),
+         "readOnly": True},
+        {"type": "bind", "target": "/x", "source": "/root/x"},
+        {"type": "volume", "target": "/cache"},
+        {"type": "bind", "target": "/srv", "source": "/srv", "readOnly": True}]
+
+
+def test_an_undefined_volume_is_refused_naming_the_service(tmp_path: Path) -> None:
+    with pytest.raises(ComposeError, match=r'services.app.volumes: undefined volume "data"'):
+        convert(tmp_path, {"services": {"app": {"image": "a", "volumes": ["data:/d"]}}})
+
+
+def test_secrets_and_configs_from_files_external_and_named(tmp_path: Path) -> None:
+    (tmp_path / "pw.txt").write_bytes(b"s3cret\n")
+    (tmp_path / "app.conf").write_text("a = 1\n")
+    objs = by_name(convert(tmp_path, {
+        "services": {"app": {"image": "a", "secrets": ["pw", {"source": "ext", "target": "k"}],
+                             "configs": ["conf", {"source": "named", "target": "/etc/n"}]}},
+        "secrets": {"pw": {"file": "./pw.txt"}, "ext": {"external": True}},
+        "configs": {"conf": {"file": "app.conf"},
+                    "named": {"name": "global-conf", "file": "app.conf"}}}))
+    t = objs["Service/web_app"]["spec"]["template"]
+    assert t["secrets"] == [{"source": "ext", "target": "k"},
+                            {"source": "web_pw", "target": "pw"}]
+    assert t["configs"] == [{"source": "global-conf", "target": "/etc/n"},
+                            {"source": "web_conf", "target": "/conf"}]
+    secret = objs["Secret/web_pw"]
+    assert base64.b64decode(secret["spec"]["data"]) == b"s3cret\n"
+    assert secret["metadata"]["namespace"] == "web"
+    assert objs["Config/web_conf"]["spec"] == {"data": "a = 1\n"}
+    assert "Config/global-conf" in objs and "Secret/ext" not in objs
+
+
+def test_a_secret_file_that_cannot_be_read_is_refused_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(ComposeError, match=r"secrets.pw.file: open /nonexistent/pw"):
+        convert(tmp_path, {"services": {"app": {"image": "a", "secrets": ["pw"]}},
+                           "secrets": {"pw": {"file": "/nonexistent/pw"}}})
+
+
+def test_an_undefined_secret_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ComposeError, match=r'services.app.secrets: undefined secret "pw"'):
+        convert(tmp_path, {"services": {"app": {"image": "a", "secrets": ["pw"]}}})
+
+
+def test_healthcheck_forms(tmp_path: Path) -> None:
+    objs = by_name(convert(tmp_path, {"services": {
+        "a": {"image": "a", "healthcheck": {"test": "curl -f localhost", "interval": "5s",
+                                            "timeout": "1s", "retries": 3,
+                                            "start_period": "10s"}},
+        "b": {"image": "b", "healthcheck": {"disable": True}}}}))
+    assert objs["Service/web_a"]["spec"]["template"]["healthcheck"] == {
+        "test": ["CMD-SHELL", "curl -f localhost"], "interval": "5s", "timeout": "1s",
+        "startPeriod": "10s", "retries": 3}
+    assert objs["Service/web_b"]["spec"]["template"]["healthcheck"] == {"test": ["NONE"]}
+
+
+def test_a_service_without_image_is_refused_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(ComposeError, match=r"services.app.image: an image reference must be"):
+        convert(tmp_path, {"services": {"app": {"command": "true"}}})
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("ports", "80:80"), ("environment", 5), ("command", 5), ("networks", "front"),
+    ("deploy", ["replicas"]), ("image", ["a"]), ("volumes", {"a": "/a"}),
+])
+def test_a_value_of_the_wrong_shape_is_refused_naming_the_key(
+    tmp_path: Path, key: str, value: Any
+) -> None:
+    service = {"image": "a", key: value}
+    with pytest.raises(ComposeError, match=rf"stack.yml: services.app.{key} must be "):
+        convert(tmp_path, {"services": {"app": service}})
+
+
+@pytest.mark.parametrize("deploy", [
+    {"placement": {"preferences": ["spread"]}}, {"resources": {"limits": {"memory": "lots"}}},
+    {"update_config": {"parallelism": "two"}}, {"replicas": "many"},
+])
+def test_a_bad_deploy_value_is_refused_not_crashed_on(tmp_path: Path,
+                                                      deploy: dict[str, Any]) -> None:
+    with pytest.raises(ComposeError, match=r"stack.yml: services.app"):
+        convert(tmp_path, {"services": {"app": {"image": "a", "deploy": deploy}}})
+
+
+def test_what_shoal_cannot_carry_yet_is_reported_in_one_warning(tmp_path: Path) -> None:
+    path = tmp_path / "stack.yml"
+    path.write_text(yaml.safe_dump({"version": "3.8", "services": {"app": {
+        "image": "a", "init": True, "cap_add": ["NET_ADMIN"],
+        "networks": {"n": {"aliases": ["x"]}}, "secrets": [{"source": "s", "mode": 0o400}]}},
+        "networks": {"n": None}, "secrets": {"s": {"external": True}}}))
+    project = load_project([path], {})
+    convert_stack(project, "web")
+    assert project.warnings == ["Not carried to Shoal yet (accepted, no effect): cap_add, "
+                                "init, networks.aliases, secrets.mode"]
+
+
+def test_healthcheck_test_and_disable_together_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ComposeError, match=r"services.app.healthcheck: test and disable"):
+        convert(tmp_path, {"services": {"app": {"image": "a", "healthcheck": {
+            "test": "true", "disable": True}}}})
+
+
+def test_a_secret_target_used_twice_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ComposeError, match=r"services.app.secrets: duplicate target x"):
+        convert(tmp_path, {"services": {"app": {"image": "a", "secrets": [
+            {"source": "a", "target": "x"}, {"source": "b", "target": "x"}]}},
+            "secrets": {"a": {"external": True}, "b": {"external": True}}})
+
+
+def test_replicas_with_global_mode_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ComposeError, match=r"services.app.deploy.replicas can only be used"):
+        convert(tmp_path, {"services": {"app": {"image": "a", "deploy": {
+            "mode": "global", "replicas": 2}}}})
+
+
+def test_dnsrr_with_an_ingress_published_port_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ComposeError, match=r"ingress mode can't be used with endpoint_mode"):
+        convert(tmp_path, {"services": {"app": {"image": "a", "ports": ["80:80"],
+                                                "deploy": {"endpoint_mode": "dnsrr"}}}})
