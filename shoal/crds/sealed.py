@@ -6,11 +6,16 @@ ciphertext under one key of the cluster's **keyring**, a small file kept beside 
 cluster's state (``swctl up`` makes it, mode 0600) and handed to whatever must seal or
 open a value: ``swctl`` when it writes a Secret, an agent when it mounts one.
 
-The keyring is a JSON file ``{"primary": ID, "keys": {ID: base64 32-byte key}}``. New
-values are sealed under the primary key; any key in the ring opens what it sealed, so a
-key can be rotated by adding a new primary, re-sealing every Secret, then dropping the
-old key. The ciphertext is bound (as GCM's associated data) to the Secret's namespace
-and name, so a sealed value copied onto another Secret does not open.
+The keyring is a JSON file ``{"primary": ID, "keys": {ID: base64 32-byte key},
+"digestKey": base64 32 bytes}``. New values are sealed under the primary key; any key in
+the ring opens what it sealed, so a key can be rotated by adding a new primary,
+re-sealing every Secret, then dropping the old key. ``digest`` is what get, describe and
+diff show of a value and what tells a changed value from an unchanged one: an HMAC under
+the ring's digest key, which rotation keeps, so re-sealing changes no digest (and rolls
+no service) and etcd never holds a plain hash a short password could be guessed from.
+
+The ciphertext is bound (as GCM's associated data) to the Secret's namespace and name,
+so a sealed value copied onto another Secret does not open.
 
 Pure apart from reading and writing the keyring file; ``cryptography`` does the AEAD,
 because hand-written crypto is the one thing never to hand-write.
@@ -21,6 +26,8 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -50,21 +57,28 @@ class Keyring:
 
     primary: str
     keys: Mapping[str, bytes]
+    digest_key: bytes
 
     @classmethod
     def generate(cls) -> Keyring:
         key_id = _new_id()
-        return cls(primary=key_id, keys={key_id: AESGCM.generate_key(bit_length=256)})
+        return cls(primary=key_id, keys={key_id: AESGCM.generate_key(bit_length=256)},
+                   digest_key=os.urandom(_KEY_BYTES))
 
     def with_new_primary(self) -> Keyring:
         """This ring plus a fresh key that seals from now on (the first step of rotation)."""
         key_id = _new_id()
-        return Keyring(primary=key_id,
-                       keys={**self.keys, key_id: AESGCM.generate_key(bit_length=256)})
+        return dataclasses.replace(
+            self, primary=key_id,
+            keys={**self.keys, key_id: AESGCM.generate_key(bit_length=256)})
 
     def only_primary(self) -> Keyring:
         """The ring without its old keys (the last step of rotation, once re-sealed)."""
-        return Keyring(primary=self.primary, keys={self.primary: self.keys[self.primary]})
+        return dataclasses.replace(self, keys={self.primary: self.keys[self.primary]})
+
+    def digest(self, plaintext: bytes) -> str:
+        """``hmac-sha256:<hex>`` of a value: stable across key rotation, no plain hash."""
+        return "hmac-sha256:" + hmac.new(self.digest_key, plaintext, hashlib.sha256).hexdigest()
 
     def seal(self, plaintext: bytes, namespace: str, name: str) -> dict[str, Any]:
         """``spec.sealed`` for a Secret ``namespace/name`` holding ``plaintext``."""
@@ -96,7 +110,8 @@ class Keyring:
 
     def to_json(self) -> dict[str, Any]:
         return {"primary": self.primary,
-                "keys": {k: _b64(v) for k, v in sorted(self.keys.items())}}
+                "keys": {k: _b64(v) for k, v in sorted(self.keys.items())},
+                "digestKey": _b64(self.digest_key)}
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> Keyring:
@@ -104,13 +119,14 @@ class Keyring:
             keys = {str(k): base64.b64decode(v, validate=True)
                     for k, v in dict(data["keys"]).items()}
             primary = str(data["primary"])
+            digest_key = base64.b64decode(data["digestKey"], validate=True)
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             raise SealError(f"{where} is not a Shoal keyring ({exc})") from None
         if primary not in keys:
             raise SealError(f"{where}: primary key {primary} is not among its keys")
-        if any(len(k) != _KEY_BYTES for k in keys.values()):
+        if any(len(k) != _KEY_BYTES for k in [*keys.values(), digest_key]):
             raise SealError(f"{where}: every key must be {_KEY_BYTES} bytes")
-        return cls(primary=primary, keys=keys)
+        return cls(primary=primary, keys=keys, digest_key=digest_key)
 
 
 def load(path: Path) -> Keyring:
