@@ -48,14 +48,21 @@ spec:
   template: {{image: "{image}", command: [httpd, -f, -p, "8080"]}}
   placement: {{constraints: [{constraints}]}}
   updateConfig: {{{update}}}
+  rollbackConfig: {{{monitor}}}
   restartPolicy: {{{restart}}}
 """
+# Swarm's monitor period (5 s) is waited out after every rollout's last batch before the
+# update counts as completed. No test here is about it (their failures are rejections,
+# which count whenever they happen), so a short one saves seconds per rollout.
+MONITOR = "monitor: 0.5s"
 
 
 def manifest(name: str, image: str = "shoal/busybox:1.0", replicas: int = 3, force: int = 0,
              constraints: str = "", update: str = "", restart: str = "") -> str:
+    update = ", ".join(part for part in (MONITOR, update) if part)
     return MY_WEB.format(name=name, image=image, replicas=replicas, force=force,
-                         constraints=constraints, update=update, restart=restart)
+                         constraints=constraints, update=update, restart=restart,
+                         monitor=MONITOR)
 
 
 

@@ -119,6 +119,7 @@ def test_service_update_rolls_out_refuses_bad_flags_and_diff_shows_the_drift(
         spec:
           replicas: 3
           template: {image: "shoal/busybox", command: [httpd, -f, -p, "80"]}
+          updateConfig: {monitor: 0.5s}  # not Swarm's 5 s: the update converges sooner
         """)
     swctl("apply", "-f", str(path), *VERIFY, timeout=90)
     before = running_images(swctl, "api")
