@@ -34,9 +34,11 @@ HTTPD = ["sh", "-c", "hostname > /www/index.html && exec httpd -f -p 80 -h /www"
 
 
 def web(ports: list[dict[str, Any]] | None = None, image: str = "shoal/busybox") -> str:
+    # monitor: Swarm's 5 s, waited out after each update's last batch, is not the point.
     spec: dict[str, Any] = {"replicas": 2, "template": {"image": image,
                                                           "command": HTTPD,
-                                                          "stopGracePeriod": "1s"}}
+                                                          "stopGracePeriod": "1s"},
+                            "updateConfig": {"monitor": "1s"}}
     if ports:
         spec["endpoint"] = {"ports": ports}
     return yaml.safe_dump({"apiVersion": "shoal.io/v1", "kind": "Service",
