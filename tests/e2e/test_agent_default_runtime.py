@@ -54,7 +54,7 @@ def test_swctl_agent_default_runs_containers(etcd: etcd_server.EtcdServer, tmp_p
             kind: Service
             metadata: {name: web}
             spec:
-              template: {image: shoal/busybox, command: [sleep, "300"]}
+              template: {image: shoal/busybox, command: [sleep, "300"], stopGracePeriod: 1s}
             """)
         assert swctl("apply", "-f", "web.yaml", timeout=90).stdout.splitlines()[-1] == (
             "verify: Service converged")
