@@ -56,8 +56,8 @@ def test_swctl_agent_default_runs_containers(etcd: etcd_server.EtcdServer, tmp_p
             spec:
               template: {image: shoal/busybox, command: [sleep, "300"], stopGracePeriod: 1s}
             """)
-        assert swctl("apply", "-f", "web.yaml", timeout=90).stdout.splitlines()[-1] == (
-            "verify: Service converged")
+        assert swctl("apply", "-f", "web.yaml", "--verify-window", "0.5",
+                     timeout=90).stdout.splitlines()[-1] == "verify: Service converged"
         task = yaml.safe_load(swctl("get", "tasks", "-o", "yaml").stdout)["items"][0]
         container = docker_client.containers.get(task["status"]["containerId"])
         assert container.status == "running"  # a real container, not a hollow promise

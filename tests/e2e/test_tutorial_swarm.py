@@ -59,6 +59,10 @@ class Tutorial:
 
     def swctl(self, *args: str, expect: int | None = 0,
               timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        if args[0] in ("apply", "scale") and "-d" not in args:
+            # How long swctl watches the tasks hold still (2 s by default) is not what the
+            # tutorial shows: half a second per waiting verb is plenty here.
+            args = (*args, "--verify-window", "0.5")
         return self.c.swctl(*args, expect=expect, timeout=timeout)
 
     def write(self, name: str, *docs: dict[str, Any]) -> str:
