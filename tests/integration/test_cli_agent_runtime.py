@@ -108,7 +108,7 @@ def test_swctl_agent_default_runs_real_processes_without_dockerd(
           replicas: 1
           template: {image: shoal/busybox, command: [sleep, "300"]}
         """)
-    out = swctl("apply", "-f", "sleeper.yaml", timeout=60).stdout
+    out = swctl("apply", "-f", "sleeper.yaml", "--verify-window", "0.5", timeout=60).stdout
     assert out.splitlines()[-1] == "verify: Service converged"
 
     def running_pid() -> int | None:
