@@ -111,11 +111,8 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     dry_run = args.dry_run != "none"
     async with common.open_store(opts) as store:
         registry = await common.registry_of(store)
-        admitted = admit_documents(registry, docs, args.namespace)
-        await references.check(store, registry, admitted)
-        await check_published_ports(store, registry, admitted)
-        with console.Spinner("reading live objects"):
-            planned = await plan(store, admitted, changecause.of(args))
+        planned = await admit_and_plan(store, registry, docs, args.namespace,
+                                       changecause.of(args))
         suffix = " (dry run)" if dry_run else ""
         changed_services: list[tuple[str, str]] = []
 
@@ -134,6 +131,20 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
             if wait is not None and changed_services:
                 await converge.wait_for_services(store, changed_services, wait)
     return 0
+
+
+async def admit_and_plan(store: client.Store, registry: kinds.Registry,
+                         docs: Sequence[manifests.Document], namespace: str | None,
+                         change_cause: str | None) -> list[Planned]:
+    """Steps 1 and 2 for ``docs``: admit every one (and check what they refer to and the
+    ports they publish against the store), then decide per object; raises CliError with
+    every problem, having written nothing. ``apply`` and ``stack deploy`` share it, so a
+    stack is admitted exactly as the same manifests would be."""
+    admitted = admit_documents(registry, docs, namespace)
+    await references.check(store, registry, admitted)
+    await check_published_ports(store, registry, admitted)
+    with console.Spinner("reading live objects"):
+        return await plan(store, admitted, change_cause)
 
 
 # --- 1. admission ---
