@@ -37,6 +37,7 @@ from shoal.cli import (
     rollout,
     scale,
     service,
+    stack,
 )
 
 
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `swctl VERB --help` for the flags of a verb.")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for module in (apply, get, describe, delete, diff, scale, rollout, service, logs, node,
-                   network, cluster, manager, agent):
+                   network, stack, cluster, manager, agent):
         module.add_parser(sub, [flags])
     return parser
 
