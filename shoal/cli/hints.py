@@ -129,6 +129,9 @@ _DOCKER_FLAGS: dict[str, str] = {
     "--publish": "use swctl service update --publish-add P:T NAME, or spec.endpoint.ports",
     "-p": "use swctl service update --publish-add P:T NAME, or spec.endpoint.ports",
     "--replicas": "use swctl scale service/NAME --replicas N",
+    # stack deploy's: nodes pull nothing through the CLI here, so there is nothing to pass.
+    "--with-registry-auth": "Shoal's nodes use their own registry credentials; leave it out",
+    "--resolve-image": "Shoal never resolves image digests at deploy; leave it out",
 }
 
 

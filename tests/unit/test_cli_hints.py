@@ -38,3 +38,10 @@ def test_unknown_flags_name_the_verbs_help() -> None:
     args = argparse.Namespace(verb="get", output="table")
     assert hints.unknown_flags(args, ["--format=json"]).startswith(
         "unknown flag --format for swctl get: use -o json|yaml|wide|name")
+
+
+def test_stack_deploy_flags_docker_users_type_are_explained() -> None:
+    args = argparse.Namespace(verb="stack", stack_verb="deploy")
+    assert hints.unknown_flags(args, ["--with-registry-auth"]) == (
+        "unknown flag --with-registry-auth for swctl stack deploy: Shoal's nodes use their "
+        "own registry credentials; leave it out (see swctl stack deploy --help)")
