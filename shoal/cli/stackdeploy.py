@@ -11,9 +11,11 @@ the wording is Docker's: ``Creating network web_default``, ``Creating service we
 wrote, unless ``-d``.
 
 A stack is a namespace, and a namespace in Shoal is only a name objects carry: there
-is nothing to create first. ``--prune`` removes, after the write, the objects labelled
-as made by the stack that the files no longer describe (``stackobjects``); a failed
-deploy therefore prunes nothing.
+is nothing to create first. ``--prune`` removes the objects labelled as made by the
+stack that the files no longer describe (``stackobjects``), once the files have passed
+admission (a refused deploy prunes nothing): the Services before the write, so the
+ports they published are free for the new ones, the Secrets, Configs and Networks
+after it, once no Service of the new files names them.
 
 ``convert`` prints the manifests a deploy would apply as a ``List`` and needs no
 cluster: they are checked against the built-in kinds, as a deploy would check them,
@@ -106,11 +108,18 @@ def _what(obj: dict[str, Any], stack: str) -> str:
 
 async def run_deploy(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     docs = load(args.compose_file, args.stack)
+    wait = converge.options_from(args)
     async with common.open_store(opts) as store:
         registry = await common.registry_of(store)
+        prune = await _prunable(store, registry, args.stack, docs) if args.prune else []
+        dropped = [o for o in prune if o.kind == "Service"]
         planned = await apply.admit_and_plan(store, registry, docs, args.stack,
-                                             changecause.of(args))
-        prune = await _prunable(store, registry, args.stack, planned) if args.prune else []
+                                             changecause.of(args),
+                                             {(o.namespace, o.name) for o in dropped})
+        # Services the files dropped go first, as Docker prunes them, so the ports they
+        # held are free for the services written next; what they used goes after the
+        # write, once no service of the new files names it.
+        await so.remove_services(store, registry, dropped, wait)
         changed_services: list[tuple[str, str]] = []
 
         def report(p: apply.Planned) -> None:
@@ -121,9 +130,7 @@ async def run_deploy(args: argparse.Namespace, opts: common.GlobalOptions) -> in
                 changed_services.append((args.stack, p.desired.name))
 
         await apply.write(store, planned, report)
-        wait = converge.options_from(args)
-        if prune:
-            await so.remove(store, registry, prune, wait)
+        await so.remove_used(store, registry, prune, {so.ref_of(o).key for o in dropped})
         if not prune and all(p.action == apply.UNCHANGED for p in planned):
             console.out(f"Stack {args.stack} is up to date: nothing to change")
         if wait is not None and changed_services:
@@ -143,9 +150,12 @@ def progress_line(p: apply.Planned) -> str | None:
 
 
 async def _prunable(store: client.Store, registry: kinds.Registry, stack: str,
-                    planned: list[apply.Planned]) -> list[resource.Resource]:
+                    docs: list[manifests.Document]) -> list[resource.Resource]:
     """The stack's stored objects the files no longer describe."""
-    kept = {(p.admitted.info.kind, p.desired.name, p.desired.namespace) for p in planned}
+    kept = set()
+    for doc in docs:
+        meta = doc.data.get("metadata") or {}
+        kept.add((doc.data.get("kind"), meta.get("name"), meta.get("namespace")))
     return [obj for obj in await so.find(store, registry, stack)
             if so.ref_of(obj).key not in kept]
 

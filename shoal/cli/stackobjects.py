@@ -81,13 +81,29 @@ async def remove(store: client.Store, registry: kinds.Registry,
     per object; with ``wait``, the Services' tasks are gone before anything they use is
     removed, and the call returns once every Service is. Raises CliError on a timeout."""
     services = [o for o in objs if o.kind == "Service"]
+    await remove_services(store, registry, services, wait)
+    await remove_used(store, registry, objs, {ref_of(s).key for s in services})
+
+
+async def remove_services(store: client.Store, registry: kinds.Registry,
+                          services: Sequence[resource.Resource],
+                          wait: converge.WaitOptions | None) -> None:
+    """The first half of ``remove``: the Services, and with ``wait`` their tasks."""
     for svc in services:
         console.out(f"Removing service {svc.name}")
         await _delete(store, registry, ref_of(svc))
     if wait is not None and services:
         await _wait_gone(store, registry, [ref_of(s) for s in services], wait.timeout)
-    gone = {ref_of(s).key for s in services}
-    in_use = await _users(store, registry, gone)
+
+
+async def remove_used(store: client.Store, registry: kinds.Registry,
+                      objs: Sequence[resource.Resource],
+                      leaving: set[tuple[str, str, str | None]]) -> None:
+    """The second half: the Secrets, Configs and Networks among ``objs`` that no stored
+    Service uses, other than those ``leaving`` (being removed)."""
+    if not any(o.kind in USED_KINDS for o in objs):
+        return
+    in_use = await _users(store, registry, leaving)
     for kind in USED_KINDS:
         for obj in (o for o in objs if o.kind == kind):
             users = in_use.get((kind.lower(), obj.name, obj.namespace))

@@ -54,7 +54,14 @@ DB = """\
   db:
     image: shoal/busybox:1.0
     command: sleep 1000
+    ports: ["18081:8080"]
     networks: [back]
+"""
+CACHE = """\
+  cache:
+    image: shoal/busybox:1.0
+    ports: ["18081:8080"]
+    networks: [front]
 """
 SECRETS = """\
 secrets:
@@ -63,7 +70,7 @@ secrets:
 
 
 def stack_file(web_image: str = "1.0", db: bool = True) -> str:
-    return STACK.format(web_image=web_image, db=DB if db else "",
+    return STACK.format(web_image=web_image, db=DB if db else CACHE,
                         secrets=SECRETS if db else "")
 
 
@@ -163,20 +170,21 @@ def test_deploy_redeploy_update_prune_and_rm(cluster: Cluster) -> None:
     assert lines[-1] == "verify: Service converged"  # one service: no name before it
     assert running(swctl, "web", "web_web") == ["shoal/busybox:2.0"] * 2
 
-    # --prune: db, its network and the secret are gone from the file, so from the stack.
+    # --prune: db, its network and the secret are gone from the file, so from the stack;
+    # the port db published is free for the new cache.
     swctl.write("web.yml", stack_file(web_image="2.0", db=False))
     pruned = swctl("stack", "deploy", "--prune", "-c", "web.yml", "web", *VERIFY,
-                   timeout=90).stdout
-    assert pruned.splitlines() == ["Removing service web_db", "Removing secret web_token",
-                                   "Removing network web_back"]
-    assert sorted(objects(swctl, "web")) == [
-        "Config/web_conf", "Network/web_front", "Service/web_web",
-        "Task/web_web.1.1", "Task/web_web.1.2", "Task/web_web.2.1", "Task/web_web.2.2"]
+                   timeout=90).stdout.splitlines()
+    assert pruned[:4] == ["Removing service web_db", "Creating service web_cache",
+                          "Removing secret web_token", "Removing network web_back"]
+    assert pruned[-1] == "verify: Service converged"
+    assert sorted(k for k in objects(swctl, "web") if not k.startswith("Task/")) == [
+        "Config/web_conf", "Network/web_front", "Service/web_cache", "Service/web_web"]
 
     # swctl stack rm web: everything it made, and only that.
     removed = swctl("stack", "rm", "web", timeout=90).stdout
-    assert removed.splitlines() == ["Removing service web_web", "Removing config web_conf",
-                                    "Removing network web_front"]
+    assert removed.splitlines() == ["Removing service web_cache", "Removing service web_web",
+                                    "Removing config web_conf", "Removing network web_front"]
     left = listing(swctl, "web")
     assert objects(swctl, "web", left) == {}
     assert "shared" in [i["metadata"]["name"] for i in left]  # external: not the stack's
