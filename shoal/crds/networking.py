@@ -189,6 +189,28 @@ def _subnet(raw: Any) -> IPv4Network | None:
         return None
 
 
+# --- Driver options -----------------------------------------------------------------------
+
+#: Docker's overlay option asking for IPsec between nodes.
+ENCRYPTED_OPTION: Final = "encrypted"
+
+
+def driver_option_refusal(key: str) -> str:
+    """Why Shoal's overlay cannot honour the driver option ``key`` (Docker's name). It
+    honours none yet; ``swctl network create`` refuses each with this reason and
+    ``stack deploy`` refuses ``encrypted`` and warns about the rest, so both say the
+    same."""
+    if key == ENCRYPTED_OPTION:
+        return ("Shoal does not encrypt overlay traffic yet (no IPsec in its overlay); "
+                "without the option the network's VXLAN traffic is plain text")
+    if key == "com.docker.network.driver.mtu":
+        return ("the overlay MTU is derived from the underlay (50 bytes of VXLAN header "
+                "less) and cannot be set yet")
+    if key == "com.docker.network.driver.overlay.vxlanid_list":
+        return "the allocator picks the VNI and cannot be told one yet"
+    return f'unknown option "{key}" for the overlay driver (Shoal honours no driver options yet)'
+
+
 # --- Tasks --------------------------------------------------------------------------------
 
 def task_attachments(task: Resource) -> list[Attachment] | None:
