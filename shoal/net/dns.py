@@ -10,9 +10,12 @@ keeps current from etcd:
 * an alias a service has on a network (``spec.networks[].aliases``; ``stack deploy``
   gives every stack service its compose name) answers like the service's name --
   ``<alias>``, ``tasks.<alias>``, ``<alias>.<namespace>`` -- but only to clients on that
-  network, as Docker scopes aliases to their network. A service's own name wins over
-  another's alias; services sharing an alias on a network all answer it (their VIPs, or
-  task addresses, together), as Docker's resolver does;
+  network, as Docker scopes aliases to their network. Looked up like a name (client's
+  namespace, then ``default``), then -- since an alias belongs to its network, as in
+  Docker, which has no namespaces -- among every namespace's aliases on that network, so
+  a service of another stack on a shared network is found by its alias. A service's own
+  name wins over another's alias; services sharing an alias on a network all answer it
+  (their VIPs, or task addresses, together), as Docker's resolver does;
 * ``<service>.<namespace>`` qualifies by stack; a short name resolves in the client's own
   namespace (the namespace of the task that owns the source address), then in
   ``default``; only services attached to the client's network are visible;
@@ -90,9 +93,9 @@ class DnsTable:
         self._namespaces: dict[str, int] = {}  # namespace -> its services in the table
         # DNS-label form of a namespace that is not a label -> (namespace, services using it)
         self._ns_labels: dict[str, tuple[str, int]] = {}
-        # (namespace, alias as written and as its label form, lower case) -> the keys of
-        # the records that carry it on some network.
-        self._aliases: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        # alias (as written and as its label form, lower case) -> the keys of the records
+        # that carry it on some network.
+        self._aliases: dict[str, set[tuple[str, str]]] = {}
 
     def set(self, record: ServiceRecord) -> None:
         self.remove(record.namespace, record.name)
@@ -110,7 +113,7 @@ class DnsTable:
             for ip in ips:
                 self._owner[(network, ip)] = key[0]
         for alias in _alias_keys(record):
-            self._aliases.setdefault((key[0], alias), set()).add(key)
+            self._aliases.setdefault(alias, set()).add(key)
 
     def remove(self, namespace: str, name: str) -> None:
         key = (namespace.lower(), name.lower())
@@ -135,11 +138,11 @@ class DnsTable:
                 if self._owner.get((network, ip)) == key[0]:
                     del self._owner[(network, ip)]
         for alias in _alias_keys(old):
-            holders = self._aliases.get((key[0], alias))
+            holders = self._aliases.get(alias)
             if holders is not None:
                 holders.discard(key)
                 if not holders:
-                    del self._aliases[(key[0], alias)]
+                    del self._aliases[alias]
 
     def replace_all(self, records: Iterable[ServiceRecord]) -> None:
         self._records.clear()
@@ -177,11 +180,15 @@ class DnsTable:
             record = self._records.get(self._labels[key])
         if record is not None and (network in record.vips or network in record.tasks):
             return [record]
-        holders = self._aliases.get(key)
-        if not holders:
-            return []
-        records = (self._records[k] for k in sorted(holders))
-        return [r for r in records if key[1] in _alias_keys(r, network)]
+        return self._aliased(key[1], network, key[0])
+
+    def _aliased(self, alias: str, network: str, namespace: str | None) -> list[ServiceRecord]:
+        """The services (of ``namespace``, or of any) that have ``alias`` on ``network``,
+        by key, so the answer is a function of the table."""
+        holders = self._aliases.get(alias) or ()
+        records = (self._records[k] for k in sorted(holders)
+                   if namespace is None or k[0] == namespace)
+        return [r for r in records if alias in _alias_keys(r, network)]
 
     def _find(self, network: str, ref: str, client: IPv4Address | None
               ) -> tuple[list[ServiceRecord], bool]:
@@ -202,6 +209,11 @@ class DnsTable:
             found = self._visible((ns, ref), network)
             if found:
                 return found, True
+        # An alias belongs to its network, whoever declared it (Docker has no namespaces):
+        # a service of another stack on a shared network is found by its alias there.
+        found = self._aliased(ref, network, None)
+        if found:
+            return found, True
         if "." not in ref:
             return [], True  # a single label is always ours
         ours = False

@@ -117,3 +117,17 @@ def test_a_name_beats_an_alias_and_a_shared_alias_answers_with_all() -> None:
     assert _resolve(t, "cache.s") == ("records", {"10.254.0.2", "10.0.9.8"})
     t.set(_aliased("s", "a", "10.254.0.2", {}))  # its aliases dropped
     assert _resolve(t, "cache.s") == ("records", {"10.0.9.8"})
+
+
+def test_an_alias_reaches_across_stacks_on_a_shared_network_after_the_own_stack() -> None:
+    t = DnsTable()
+    t.set(_aliased("shop", "shop_app", "10.254.0.1", {NET: ["app"]}, tasks=("10.0.9.1",)))
+    t.set(_aliased("proxy", "proxy_nginx", "10.254.0.2", {NET: ["nginx"]},
+                   tasks=("10.0.9.2",)))
+    # nginx (stack proxy) finds app (stack shop) by its alias on the shared network.
+    assert t.resolve(NET, "app", A("10.0.9.2")).addresses == (A("10.254.0.1"),)
+    assert t.resolve(NET, "tasks.app", A("10.0.9.2")).addresses == (A("10.0.9.1"),)
+    # A stack's own "app" comes first for its own tasks.
+    t.set(_aliased("proxy", "proxy_app", "10.254.0.3", {NET: ["app"]}))
+    assert t.resolve(NET, "app", A("10.0.9.2")).addresses == (A("10.254.0.3"),)
+    assert t.resolve(BACK, "app", A("10.0.9.2")).kind == "nxdomain"
