@@ -33,7 +33,7 @@ from typing import Any
 from shoal import compose
 from shoal.cli import apply, changecause, common, console, converge, errors, manifests, printers
 from shoal.cli import stackobjects as so
-from shoal.crds import kinds, resource
+from shoal.crds import kinds, networking, resource
 from shoal.store import client
 
 
@@ -76,19 +76,25 @@ def add_parsers(verbs: Any, parents: list[argparse.ArgumentParser]) -> None:
 def _add_compose_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--compose-file", action="append", required=True, metavar="FILE",
                    help="compose file (repeatable: later files override earlier ones)")
+    p.add_argument("--allow-unencrypted", action="store_true",
+                   help="deploy networks whose driver_opts ask for encryption unencrypted "
+                        "(Shoal's overlay has no IPsec yet); refused without this flag")
     p.add_argument("stack", metavar="NAME", type=common.namespace_arg,
                    help="the stack's name (its namespace)")
 
 
-def load(files: list[str], stack: str) -> list[manifests.Document]:
+def load(files: list[str], stack: str,
+         allow_unencrypted: bool = False) -> list[manifests.Document]:
     """The manifests for ``stack`` from ``files``, Docker's warnings printed on stderr.
     A file Docker would refuse raises CliError naming the file, service and key."""
     try:
         project = compose.load_project(list(files), os.environ)
-        objs = compose.convert_stack(project, stack)
+        objs = compose.convert_stack(project, stack, allow_unencrypted=allow_unencrypted)
     except compose.ComposeError as exc:
-        raise errors.CliError([str(exc), "nothing was written: fix the compose file and "
-                               "deploy again"]) from None
+        fix = "fix the compose file and deploy again"
+        if f"driver_opts.{networking.ENCRYPTED_OPTION}:" in str(exc):
+            fix += " (or pass --allow-unencrypted)"
+        raise errors.CliError([str(exc), f"nothing was written: {fix}"]) from None
     for warning in project.warnings:
         print(warning, file=sys.stderr)
     origin = ", ".join(files)
@@ -107,7 +113,7 @@ def _what(obj: dict[str, Any], stack: str) -> str:
 
 
 async def run_deploy(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
-    docs = load(args.compose_file, args.stack)
+    docs = load(args.compose_file, args.stack, args.allow_unencrypted)
     wait = converge.options_from(args)
     async with common.open_store(opts) as store:
         registry = await common.registry_of(store)
@@ -161,7 +167,7 @@ async def _prunable(store: client.Store, registry: kinds.Registry, stack: str,
 
 
 async def run_convert(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
-    docs = load(args.compose_file, args.stack)
+    docs = load(args.compose_file, args.stack, args.allow_unencrypted)
     # Checked as deploy would check them, against the built-in kinds: no cluster needed.
     apply.admit_documents(kinds.Registry.builtin(), docs, args.stack)
     listing = {"apiVersion": "shoal.io/v1", "kind": "List", "items": [d.data for d in docs]}
