@@ -1,13 +1,13 @@
 """What to type instead: the swctl way for docker verbs swctl does not have, and the
 verb's own ``--help`` for unknown flags.
 
-People arrive from Swarm tutorials typing ``docker secret rm db`` with ``swctl`` in
-front. argparse would answer ``invalid choice: 'rm' (choose from ...)``, which says what
-is wrong but not what to do; here the command line is looked at *before* argparse runs,
+People arrive from Swarm tutorials typing ``docker node ps n1`` with ``swctl`` in front.
+argparse would answer ``invalid choice: 'ps' (choose from ...)``, which says what is
+wrong but not what to do; here the command line is looked at *before* argparse runs,
 against the parser's own table of verbs (so a verb added later is never shadowed by a
 hint: ``service create|update|rm|inspect|logs`` and ``stack`` are verbs now), and an
-unknown verb becomes ``unknown command "secret rm": use swctl delete secret/db (see
-swctl delete --help)``. Kept apart from main.py so the table of docker verbs is one place to read
+unknown verb becomes ``unknown command "node ps": use swctl node inspect --pretty n1
+(see swctl node --help)``. Kept apart from main.py so the table of docker verbs is one place to read
 and unit-test.
 """
 
