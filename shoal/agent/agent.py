@@ -93,6 +93,9 @@ class AgentConfig:
     # Seconds a task that leaves the balancer keeps running before it is stopped, so
     # every node has dropped it and connections in flight end (dataplane.py).
     drain: float = 1.0
+    # The cluster's keyring file (crds/sealed.py), to open the Secrets this node's tasks
+    # mount; None: $SHOAL_KEYRING when set (main.py resolves it).
+    keyring: str | None = None
 
     def node_names(self) -> list[str]:
         if self.count <= 1:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from shoal.agent import agent, logserver, node, runtimes
-from shoal.crds import selectors, units
+from shoal.crds import sealed, selectors, units
 from shoal.runtime import logging as rt_logging
 
 T = TypeVar("T")
@@ -132,6 +132,9 @@ def build_parser(prog: str = "swctl agent") -> argparse.ArgumentParser:
                    help="how long a task that leaves the load balancer (shut down, "
                         "replaced, unhealthy) keeps running before it is stopped, so "
                         "every node stops sending it connections first (default: 1)")
+    p.add_argument("--keyring", default=None, metavar="FILE",
+                   help="the cluster's keyring, to open the secrets this node's tasks "
+                        "mount (default: $SHOAL_KEYRING; `swctl up` passes its own)")
     p.add_argument("--cpus", type=_cpus, default=None,
                    help="advertised CPUs (default: the host's CPU count)")
     p.add_argument("--memory", type=_memory, default=None,
@@ -165,7 +168,8 @@ def config_from_args(args: argparse.Namespace) -> agent.AgentConfig:
         shared_lease=args.shared_lease, concurrency=args.concurrency,
         log_level=args.log_level, log_format=args.log_format,
         stall_timeout=args.stall_timeout, logs_port=args.logs_port,
-        dataplane=args.dataplane, state_dir=args.state_dir, drain=args.drain)
+        dataplane=args.dataplane, state_dir=args.state_dir, drain=args.drain,
+        keyring=args.keyring or os.environ.get(sealed.KEYRING_ENV) or None)
 
 
 async def _serve(cfg: agent.AgentConfig) -> None:
