@@ -55,10 +55,6 @@ NODES_READY_TIMEOUT = 20.0
 HOLLOW_AGENT_NAME = "hollow"
 
 
-def default_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "shoal"
-
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     up = sub.add_parser(
@@ -524,7 +520,7 @@ def _hints(state: ClusterState) -> list[str]:
 
 
 def run_up(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
-    state_dir = (args.state_dir or default_state_dir()).absolute()
+    state_dir = (args.state_dir or common.default_state_dir()).absolute()
     existing = ClusterState.load(state_dir)
     if existing is not None:
         alive = existing.running()
@@ -646,7 +642,7 @@ def _remove_leftovers(state: ClusterState, quiet: bool) -> None:
 # --- down ---
 
 def run_down(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
-    state_dir = (args.state_dir or default_state_dir()).absolute()
+    state_dir = (args.state_dir or common.default_state_dir()).absolute()
     state = ClusterState.load(state_dir)
     if state is None or not state.running():
         console.out(f"no cluster is running from {state_dir}")

@@ -17,7 +17,7 @@ import argparse
 from collections.abc import Sequence
 
 # Global flags that take a value, skipped when finding the verb (main._global_flags).
-_VALUE_FLAGS = ("--etcd", "--prefix", "--request-timeout")
+_VALUE_FLAGS = ("--etcd", "--prefix", "--request-timeout", "--keyring")
 
 def _arg(rest: list[str], placeholder: str) -> str:
     """The name the user gave: docker puts it last (``service update --image x web``),
