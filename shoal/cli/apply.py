@@ -16,7 +16,8 @@ Three steps, each of which ``diff`` and ``--dry-run`` reuse:
    lifecycle's annotations (``updatemeta.MANAGED_ANNOTATIONS``: change cause, rollback
    and resume requests), the rotation controller's ``shoal.io/mounted-digests`` and
    ``spec.forceUpdate`` are written by other verbs and controllers, so a manifest that
-   does not name them keeps their live values. A Secret is sealed at admission
+   does not name them keeps their live values; a Secret or Config whose value changes
+   gets ``shoal.io/updated-at`` (``secret ls``'s UPDATED). A Secret is sealed at admission
    (``secretdata``: etcd never holds ``spec.data``) and compared by digest, since two
    sealings of one value differ. A Service whose spec changes gets the
    command line as its ``shoal.io/change-cause`` (``changecause``), unless the manifest
@@ -277,6 +278,12 @@ def _annotations(adm: Admitted, live: resource.Resource | None,
     """The annotations to write: the manifest's, the live managed ones it does not
     name, and the change cause when a Service's spec changes."""
     out = dict(adm.obj.metadata.annotations)
+    if adm.info.kind in ("Secret", "Config") and live is not None:
+        if secretdata.digest(live) != secretdata.digest(adm.obj):
+            out[secretdata.UPDATED_AT] = resource.now_rfc3339()
+        elif secretdata.UPDATED_AT in live.metadata.annotations:
+            out.setdefault(secretdata.UPDATED_AT,
+                           live.metadata.annotations[secretdata.UPDATED_AT])
     if adm.info.kind != "Service":
         return out
     for key in (*um.MANAGED_ANNOTATIONS, mountdigests.MOUNTED_DIGESTS):

@@ -36,6 +36,7 @@ from shoal.cli import (
     node,
     rollout,
     scale,
+    secretverbs,
     service,
 )
 
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `swctl VERB --help` for the flags of a verb.")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for module in (apply, get, describe, delete, diff, scale, rollout, service, logs, node,
-                   network, cluster, manager, agent):
+                   network, secretverbs, cluster, manager, agent):
         module.add_parser(sub, [flags])
     return parser
 

@@ -28,6 +28,9 @@ SIZE: Final = "dataSize"
 DIGEST: Final = "dataDigest"
 #: What the stored form holds in place of ``data``.
 STORED_FIELDS: Final = (SEALED, SIZE, DIGEST)
+#: When a Secret's or Config's value last changed (``secret ls``'s UPDATED), set by
+#: whoever writes a new value; kept by ``apply`` when a manifest does not name it.
+UPDATED_AT: Final = "shoal.io/updated-at"
 
 
 def is_sealed(spec: Mapping[str, Any]) -> bool:
