@@ -9,7 +9,7 @@ value is the same.
 * ``create NAME FILE|-`` makes one (refused if it exists: values change with
   ``update``); ``--label`` as Docker's.
 * ``ls`` -- ID, NAME, DIGEST, CREATED, UPDATED (Docker's columns, and the digest that
-  tells two values apart); ``-q`` names only.
+  tells two values apart, cut to 12 hex digits unless ``--no-trunc``); ``-q`` names only.
 * ``inspect NAME...`` -- the object as JSON without its value (Docker's default), or
   ``--pretty``; a config's ``--pretty`` shows its data, as Docker's does.
 * ``update NAME FILE|-`` -- Shoal's addition: a new value, which the rotation
@@ -113,6 +113,7 @@ def _add_kind(sub: Any, parents: list[argparse.ArgumentParser], vk: ValueKind) -
 
     ls = verbs.add_parser("ls", aliases=["list"], parents=parents, help=f"list {vk.plural}")
     ls.add_argument("-q", "--quiet", action="store_true", help="only print names")
+    ls.add_argument("--no-trunc", action="store_true", help="print whole digests")
     ls.add_argument("-A", "--all-namespaces", action="store_true",
                     help="list every namespace's")
     ns(ls)
@@ -248,13 +249,27 @@ def short_id(obj: resource.Resource) -> str:
     return (obj.metadata.uid or "").replace("-", "")[:25] or printers.NONE
 
 
-def ls_rows(objs: Sequence[resource.Resource], namespaces: bool) -> list[list[str]]:
+#: Hex digits of a digest ``ls`` shows (as Docker cuts IDs); ``--no-trunc`` shows all.
+DIGEST_SHOWN: Final = 12
+
+
+def short_digest(digest: str | None) -> str:
+    if not digest:
+        return printers.NONE
+    algorithm, _, hexdigits = digest.partition(":")
+    return f"{algorithm}:{hexdigits[:DIGEST_SHOWN]}"
+
+
+def ls_rows(objs: Sequence[resource.Resource], namespaces: bool,
+            no_trunc: bool = False) -> list[list[str]]:
     rows = []
     for obj in sorted(objs, key=lambda o: (o.namespace or "", o.name)):
         created = obj.metadata.creationTimestamp
         updated = obj.metadata.annotations.get(secretdata.UPDATED_AT) or created
         name = f"{obj.namespace}/{obj.name}" if namespaces else obj.name
-        rows.append([short_id(obj), name, secretdata.digest(obj) or printers.NONE,
+        digest = secretdata.digest(obj)
+        rows.append([short_id(obj), name,
+                     (digest or printers.NONE) if no_trunc else short_digest(digest),
                      _ago(created), _ago(updated)])
     return rows
 
@@ -279,7 +294,7 @@ async def run_ls(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
         print(f"No {vk.plural} found{where} (make one with `swctl {vk.verb} create NAME "
               "FILE`).", file=sys.stderr)
         return 0
-    table, _ = printers.render_table(LS_HEADERS, ls_rows(objs, namespace is None),
+    table, _ = printers.render_table(LS_HEADERS, ls_rows(objs, namespace is None, args.no_trunc),
                                      color=console.stdout_is_tty())
     console.out(table)
     return 0
