@@ -93,8 +93,8 @@ class AgentConfig:
     # Seconds a task that leaves the balancer keeps running before it is stopped, so
     # every node has dropped it and connections in flight end (dataplane.py).
     drain: float = 1.0
-    # The cluster's keyring file (crds/sealed.py), to open the Secrets this node's tasks
-    # mount; None: $SHOAL_KEYRING when set (main.py resolves it).
+    # The cluster's keyring (shoal.crds.sealed), which opens the secrets of this node's
+    # tasks; None: tasks that use a secret are rejected, saying so.
     keyring: str | None = None
 
     def node_names(self) -> list[str]:

@@ -128,13 +128,13 @@ def build_parser(prog: str = "swctl agent") -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default="/run/shoal", metavar="DIR",
                    help="where the agent keeps generated files such as the tasks' "
                         "resolv.conf (default: /run/shoal)")
+    p.add_argument("--keyring", default=None, metavar="PATH",
+                   help="the cluster's keyring, which opens the secrets of this node's "
+                        f"tasks (default: ${sealed.KEYRING_ENV}; swctl up passes its own)")
     p.add_argument("--drain", type=_seconds, default=1.0, metavar="SECONDS",
                    help="how long a task that leaves the load balancer (shut down, "
                         "replaced, unhealthy) keeps running before it is stopped, so "
                         "every node stops sending it connections first (default: 1)")
-    p.add_argument("--keyring", default=None, metavar="FILE",
-                   help="the cluster's keyring, to open the secrets this node's tasks "
-                        "mount (default: $SHOAL_KEYRING; `swctl up` passes its own)")
     p.add_argument("--cpus", type=_cpus, default=None,
                    help="advertised CPUs (default: the host's CPU count)")
     p.add_argument("--memory", type=_memory, default=None,
