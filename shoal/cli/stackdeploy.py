@@ -18,8 +18,10 @@ ports they published are free for the new ones, the Secrets, Configs and Network
 after it, once no Service of the new files names them.
 
 ``convert`` prints the manifests a deploy would apply as a ``List`` and needs no
-cluster: they are checked against the built-in kinds, as a deploy would check them,
-and printed as converted (Secret data too: they are the user's own files).
+cluster: they are checked against the built-in kinds, as a deploy would check them
+(Secrets sealed with a throwaway key, since the output is not sealed and no keyring
+is needed), and printed as converted (Secret data too: they are the user's own files).
+Deploy seals Secrets with the cluster keyring, as ``apply`` does.
 """
 
 from __future__ import annotations
@@ -31,9 +33,19 @@ import sys
 from typing import Any
 
 from shoal import compose
-from shoal.cli import apply, changecause, common, console, converge, errors, manifests, printers
+from shoal.cli import (
+    apply,
+    changecause,
+    common,
+    console,
+    converge,
+    errors,
+    keyring,
+    manifests,
+    printers,
+)
 from shoal.cli import stackobjects as so
-from shoal.crds import kinds, networking, resource
+from shoal.crds import kinds, networking, resource, sealed
 from shoal.store import client
 
 
@@ -47,6 +59,18 @@ class StackDocument(manifests.Document):
     @property
     def where(self) -> str:
         return self.origin
+
+
+class _ThrowawayKeyring(keyring.Source):
+    """A key made for one ``convert``: admission seals Secrets, and convert, which prints
+    them unsealed and writes nothing, must not need the cluster's keyring for that."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self._throwaway = sealed.Keyring.generate()
+
+    def get(self) -> sealed.Keyring:
+        return self._throwaway
 
 
 def add_parsers(verbs: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -120,7 +144,7 @@ async def run_deploy(args: argparse.Namespace, opts: common.GlobalOptions) -> in
         prune = await _prunable(store, registry, args.stack, docs) if args.prune else []
         dropped = [o for o in prune if o.kind == "Service"]
         planned = await apply.admit_and_plan(store, registry, docs, args.stack,
-                                             changecause.of(args),
+                                             changecause.of(args), keyring.Source.of(opts),
                                              {(o.namespace, o.name) for o in dropped})
         # Services the files dropped go first, as Docker prunes them, so the ports they
         # held are free for the services written next; what they used goes after the
@@ -169,7 +193,7 @@ async def _prunable(store: client.Store, registry: kinds.Registry, stack: str,
 async def run_convert(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     docs = load(args.compose_file, args.stack, args.allow_unencrypted)
     # Checked as deploy would check them, against the built-in kinds: no cluster needed.
-    apply.admit_documents(kinds.Registry.builtin(), docs, args.stack)
+    apply.admit_documents(kinds.Registry.builtin(), docs, args.stack, _ThrowawayKeyring())
     listing = {"apiVersion": "shoal.io/v1", "kind": "List", "items": [d.data for d in docs]}
     text = printers.to_json(listing) if args.output == "json" else printers.to_yaml(listing)
     console.out(text.rstrip("\n"))

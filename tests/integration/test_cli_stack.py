@@ -154,8 +154,13 @@ def test_deploy_redeploy_update_prune_and_rm(cluster: Cluster) -> None:
     assert sorted(r[1] for r in tasks[1:]) == ["web_db.1", "web_web.1", "web_web.2"]
     assert all("Running" in r for r in tasks[1:])
 
-    # The same file again writes nothing at all.
-    before = objects(swctl, "web")
+    # The secret is sealed in etcd, as apply seals it: its size shows, its value does not.
+    items = listing(swctl, "web")
+    token = next(i for i in items if i["metadata"]["name"] == "web_token")
+    assert token["spec"]["dataSize"] == len("s3cret\n") and "data" not in token["spec"]
+
+    # The same file again writes nothing at all (the secret compared by digest).
+    before = objects(swctl, "web", items)
     again = swctl("stack", "deploy", "-c", "web.yml", "web", *VERIFY, timeout=90).stdout
     assert again.splitlines() == ["Stack web is up to date: nothing to change"]
     assert objects(swctl, "web") == before

@@ -10,11 +10,11 @@ from shoal.cli.main import build_parser
 
 def test_docker_verbs_map_to_swctl_with_the_name_typed() -> None:
     parser = build_parser()
-    assert hints.unknown_command(parser, ["secret", "rm", "db"]) == (
-        'unknown command "secret rm": use swctl delete secret/db (see swctl delete --help)')
     assert hints.unknown_command(parser, ["--etcd", "http://x:1", "node", "ps", "n1"]
                                  ) == ('unknown command "node ps": use swctl node inspect '
                                        "--pretty n1 (see swctl node --help)")
+    assert "use swctl apply -f FILE" in str(hints.unknown_command(
+        parser, ["network", "connect", "net", "web"]))
 
 
 def test_known_verbs_are_left_to_argparse() -> None:
@@ -27,6 +27,7 @@ def test_known_verbs_are_left_to_argparse() -> None:
                  ["rollout", "undo", "service/web", "--to-revision", "2"],
                  ["rollout", "status", "svc/web"],
                  ["node", "rm", "n1"], ["--prefix", "/x", "apply", "-f", "a.yaml"],
+                 ["secret", "rm", "db"], ["--keyring", "k.json", "config", "ls"],
                  ["stack", "deploy", "-c", "a.yml", "web"], ["stack", "rm", "web"], []):
         assert hints.unknown_command(parser, argv) is None, argv
 
