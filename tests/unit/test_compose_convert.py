@@ -162,15 +162,19 @@ def test_secrets_and_configs_from_files_external_and_named(tmp_path: Path) -> No
     (tmp_path / "pw.txt").write_bytes(b"s3cret\n")
     (tmp_path / "app.conf").write_text("a = 1\n")
     objs = by_name(convert(tmp_path, {
-        "services": {"app": {"image": "a", "secrets": ["pw", {"source": "ext", "target": "k"}],
-                             "configs": ["conf", {"source": "named", "target": "/etc/n"}]}},
+        "services": {"app": {"image": "a", "secrets": [
+            "pw", {"source": "ext", "target": "k", "uid": "1000", "gid": "1000", "mode": 0o400}],
+                             "configs": ["conf", {"source": "named", "target": "etc/n",
+                                                  "mode": 0o555}]}},
         "secrets": {"pw": {"file": "./pw.txt"}, "ext": {"external": True}},
         "configs": {"conf": {"file": "app.conf"},
                     "named": {"name": "global-conf", "file": "app.conf"}}}))
     t = objs["Service/web_app"]["spec"]["template"]
-    assert t["secrets"] == [{"source": "ext", "target": "k"},
+    assert t["secrets"] == [{"source": "ext", "target": "k", "uid": "1000", "gid": "1000",
+                             "mode": 0o400},
                             {"source": "web_pw", "target": "pw"}]
-    assert t["configs"] == [{"source": "global-conf", "target": "/etc/n"},
+    # A relative config target is where Docker puts it: at the root.
+    assert t["configs"] == [{"source": "global-conf", "target": "/etc/n", "mode": 0o555},
                             {"source": "web_conf", "target": "/conf"}]
     secret = objs["Secret/web_pw"]
     assert base64.b64decode(secret["spec"]["data"]) == b"s3cret\n"
@@ -238,7 +242,7 @@ def test_what_shoal_cannot_carry_yet_is_reported_in_one_warning(tmp_path: Path) 
     project = load_project([path], {})
     convert_stack(project, "web")
     assert project.warnings == ["Not carried to Shoal yet (accepted, no effect): cap_add, "
-                                "init, networks.aliases, secrets.mode"]
+                                "init, networks.aliases"]
 
 
 def test_healthcheck_test_and_disable_together_are_refused(tmp_path: Path) -> None:
