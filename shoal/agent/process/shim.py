@@ -42,8 +42,17 @@ import sys
 import time
 from typing import Any
 
+CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWNET = 0x40000000
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+SECRETS_DIR = "/run/secrets"
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
@@ -126,8 +135,41 @@ def resolve_user(user: str | None) -> tuple[int, int, list[int]] | None:
     return uid, gid, groups
 
 
-def _enter_namespaces(hostname: str, user: tuple[int, int, list[int]] | None) -> None:
-    """In the workload child, before exec: new netns + UTS ns, lo up, then drop to user.
+def _mount(libc: Any, source: str | None, target: str, fstype: str | None, flags: int,
+           data: str | None = None) -> None:
+    def enc(text: str | None) -> bytes | None:
+        return None if text is None else text.encode()
+    if libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"mount {source} on {target}: {os.strerror(errno)}")
+
+
+def _mount_files(libc: Any, files: list[dict[str, str]]) -> None:
+    """In the child's new mount namespace: each file bind-mounted read-only at its target.
+
+    The task runs on the host's filesystem, so a mount point must exist there: secrets
+    under /run/secrets get a tmpfs of their own there (only an empty /run/secrets is left
+    on the host); any other target that does not exist is created as an empty file, the
+    way dockerd creates a missing mount point in a container's root.
+    """
+    _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)  # nothing leaks back to the host
+    if any(f["target"].startswith(SECRETS_DIR + "/") for f in files):
+        os.makedirs(SECRETS_DIR, mode=0o755, exist_ok=True)
+        _mount(libc, "shoal-secrets", SECRETS_DIR, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+    for f in files:
+        target = f["target"]
+        if not os.path.lexists(target):
+            os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444))
+        _mount(libc, f["source"], target, None, MS_BIND)
+        _mount(libc, None, target, None,
+               MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _enter_namespaces(hostname: str, user: tuple[int, int, list[int]] | None,
+                      files: list[dict[str, str]]) -> None:
+    """In the workload child, before exec: new netns + UTS ns, lo up, the task's files
+    mounted (in a mount namespace of its own), then drop to user.
 
     Runs after fork in a single-threaded process, so using ctypes and sockets is safe.
     Failures are written to the task's stderr (the log) and end the child with 126.
@@ -136,8 +178,11 @@ def _enter_namespaces(hostname: str, user: tuple[int, int, list[int]] | None) ->
         for sig in (signal.SIGHUP, signal.SIGINT):  # ignored by the supervisor only
             signal.signal(sig, signal.SIG_DFL)
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.unshare(CLONE_NEWNET | CLONE_NEWUTS) != 0:
+        flags = CLONE_NEWNET | CLONE_NEWUTS | (CLONE_NEWNS if files else 0)
+        if libc.unshare(flags) != 0:
             raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET|CLONE_NEWUTS)")
+        if files:
+            _mount_files(libc, files)
         name = hostname.encode()[:64]
         if libc.sethostname(name, len(name)) != 0:
             raise OSError(ctypes.get_errno(), "sethostname")
@@ -240,7 +285,8 @@ def supervise(directory: str, uid: str) -> int:
             spec["argv"], env=spec["env"], cwd=spec.get("cwd") or "/",
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True, close_fds=True,
-            preexec_fn=lambda: _enter_namespaces(spec.get("hostname") or uid[:12], user))
+            preexec_fn=lambda: _enter_namespaces(spec.get("hostname") or uid[:12], user,
+                                                 spec.get("files") or []))
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         code = 127 if isinstance(exc, FileNotFoundError) else 126
         argv0 = spec["argv"][0] if spec["argv"] else ""
