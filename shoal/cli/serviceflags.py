@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from shoal.cli import errors
+from shoal.crds import template as tpl
 from shoal.crds import units
 
 API_VERSION: Final = "shoal.io/v1"
@@ -116,6 +117,14 @@ def add_settable_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-grace-period", type=_duration("--stop-grace-period"),
                    metavar="DURATION", help="wait before killing a task (default 10s)")
     p.add_argument("--stop-signal", metavar="SIGNAL", help="signal that stops a task")
+    p.add_argument("--init", action=argparse.BooleanOptionalAction, default=None,
+                   help="run an init as the task's pid 1 (--no-init: docker's --init=false)")
+    p.add_argument("--cap-add", action="append", default=[], metavar="CAP",
+                   help="add a Linux capability, e.g. NET_ADMIN or ALL; RESET clears the "
+                        "added ones (repeatable)")
+    p.add_argument("--cap-drop", action="append", default=[], metavar="CAP",
+                   help="drop a Linux capability, e.g. NET_RAW or ALL; RESET clears the "
+                        "dropped ones (repeatable)")
     health = p.add_argument_group("health check")
     health.add_argument("--health-cmd", metavar="CMD", help="command run to check health "
                         "(a shell command, as docker's)")
@@ -167,6 +176,11 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
                    help="service label (repeatable)")
     p.add_argument("--container-label", action="append", default=[], metavar="KEY=VALUE",
                    help="container label (repeatable)")
+    p.add_argument("--sysctl", action="append", default=[], metavar="KEY=VALUE",
+                   help="namespaced kernel parameter, e.g. net.core.somaxconn=1024 "
+                        "(repeatable)")
+    p.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
+                   help="resource limit, e.g. nofile=1024:2048 (-1: unlimited; repeatable)")
     add_settable_flags(p)
     p.add_argument("image", metavar="IMAGE")
     # Everything after the image is the task's command, flags included (`httpd -f -p 80`).
@@ -185,8 +199,11 @@ def add_update_flags(p: argparse.ArgumentParser) -> None:
             ("network", "NET", "network"),
             ("env", "KEY=VALUE", "environment variable"),
             ("label", "KEY=VALUE", "service label"),
-            ("container-label", "KEY=VALUE", "container label")):
+            ("container-label", "KEY=VALUE", "container label"),
+            ("sysctl", "KEY=VALUE", "kernel parameter"),
+            ("ulimit", "NAME=SOFT[:HARD]", "resource limit")):
         rm_meta = "KEY" if "=" in meta else ("TARGET[/PROTO]" if flag == "publish" else meta)
+        rm_meta = "NAME" if flag == "ulimit" else rm_meta
         p.add_argument(f"--{flag}-add", action="append", default=[], metavar=meta,
                        help=f"add a {what} (repeatable)")
         p.add_argument(f"--{flag}-rm", action="append", default=[], metavar=rm_meta,
@@ -261,6 +278,24 @@ def parse_pairs(items: Sequence[str], flag: str,
     return out
 
 
+def parse_ulimit(text: str, flag: str) -> tuple[str, dict[str, int]]:
+    """``nofile=1024:2048`` or ``nproc=512`` (soft and hard alike), as docker's --ulimit."""
+    name, sep, limits = text.partition("=")
+    soft, _, hard = limits.partition(":")
+    try:
+        if not name.strip() or not sep:
+            raise ValueError
+        values = {"soft": int(soft), "hard": int(hard or soft)}
+    except ValueError:
+        raise errors.CliError(f'{flag} "{text}": expected NAME=SOFT[:HARD] with whole '
+                              "numbers (-1: unlimited), e.g. nofile=1024:2048") from None
+    return name.strip(), values
+
+
+def parse_ulimits(items: Sequence[str], flag: str) -> dict[str, dict[str, int]]:
+    return dict(parse_ulimit(item, flag) for item in items)
+
+
 def parse_spread(text: str, flag: str) -> dict[str, str]:
     kind, sep, label = text.partition("=")
     if not sep or kind.strip() != "spread" or not label.strip():
@@ -314,6 +349,9 @@ def apply_settable(spec: Spec, args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if value is not None:
             template[key] = value
+    if args.init is not None:
+        template["init"] = args.init
+    _set_capabilities(template, args)
     _set_health(template, args)
     for flag, key in (("restart_condition", "condition"), ("restart_delay", "delay"),
                       ("restart_max_attempts", "maxAttempts"), ("restart_window", "window")):
@@ -329,6 +367,30 @@ def apply_settable(spec: Spec, args: argparse.Namespace) -> None:
             _sub(template, "resources", section)[key] = value
     _set_config(spec, args, "update")
     _set_config(spec, args, "rollback")
+
+
+def _set_capabilities(template: dict[str, Any], args: argparse.Namespace) -> None:
+    """docker's --cap-add / --cap-drop: adding a capability takes it off the dropped ones
+    and dropping one takes it off the added ones; RESET empties that list first."""
+    if not args.cap_add and not args.cap_drop:
+        return
+    lists = {key: {tpl.normalize_capability(str(c)) for c in template.get(key) or []}
+             for key in ("capAdd", "capDrop")}
+    for flag, key, other in ((args.cap_add, "capAdd", "capDrop"),
+                             (args.cap_drop, "capDrop", "capAdd")):
+        names = [tpl.normalize_capability(c) for c in flag]
+        if "CAP_RESET" in names:
+            lists[key].clear()
+        for name in names:
+            if name != "CAP_RESET":
+                lists[key].add(name)
+                lists[other].discard(name)
+    caps = tpl.effective_capabilities(lists["capAdd"], lists["capDrop"])
+    for key, value in (("capAdd", caps.add), ("capDrop", caps.drop)):
+        if value:
+            template[key] = list(value)
+        else:
+            template.pop(key, None)
 
 
 def _set_health(template: dict[str, Any], args: argparse.Namespace) -> None:
@@ -378,6 +440,12 @@ def create_manifest(args: argparse.Namespace, name: str, namespace: str | None,
     container_labels = parse_pairs(args.container_label, "--container-label")
     if container_labels:
         template["labels"] = container_labels
+    sysctls = parse_pairs(args.sysctl, "--sysctl")
+    if sysctls:
+        template["sysctls"] = sysctls
+    ulimits = parse_ulimits(args.ulimit, "--ulimit")
+    if ulimits:
+        template["ulimits"] = ulimits
     spec: Spec = {"template": template}
     if args.mode is not None:
         spec["mode"] = args.mode
@@ -409,6 +477,9 @@ def changes_given(args: argparse.Namespace) -> list[str]:
     typed: ``--rollback`` takes none, since the rollback decides the whole spec."""
     given = []
     for key, value in sorted(vars(args).items()):
+        if key == "init" and value is False:
+            given.append("--no-init")  # the one flag whose False is a change
+            continue
         if key in _NOT_CHANGES or value in (None, False, []):
             continue
         given.append("--" + key.replace("_", "-"))
@@ -467,8 +538,8 @@ def _edit_list(spec_list: list[Any], add: Sequence[Any], rm: Sequence[str],
     return out
 
 
-def _edit_map(mapping: dict[str, str], add: dict[str, str], rm: Sequence[str],
-              flag: str, what: str) -> dict[str, str]:
+def _edit_map(mapping: Mapping[str, Any], add: Mapping[str, Any], rm: Sequence[str],
+              flag: str, what: str) -> dict[str, Any]:
     out = dict(mapping)
     for key in rm:
         if key not in out:
@@ -525,7 +596,14 @@ def update_manifest(live: Mapping[str, Any], args: argparse.Namespace,
     meta["labels"] = _edit_map(meta.get("labels") or {},
                                parse_pairs(args.label_add, "--label-add"), args.label_rm,
                                "label", "label")
+    sysctls = _edit_map(template.get("sysctls") or {},
+                        parse_pairs(args.sysctl_add, "--sysctl-add"), args.sysctl_rm,
+                        "sysctl", "kernel parameter")
+    ulimits = _edit_map(template.get("ulimits") or {},
+                        parse_ulimits(args.ulimit_add, "--ulimit-add"), args.ulimit_rm,
+                        "ulimit", "resource limit")
     for holder, key, value in ((template, "env", env), (template, "labels", container_labels),
+                               (template, "sysctls", sysctls), (template, "ulimits", ulimits),
                                (placement, "constraints", placement["constraints"]),
                                (placement, "preferences", placement["preferences"]),
                                (endpoint, "ports", endpoint["ports"]),

@@ -15,15 +15,15 @@ from typing import Any
 
 from shoal.compose.errors import ComposeError
 from shoal.compose.loader import ComposeProject
+from shoal.crds import template as tpl
 
 API = "shoal.io/v1"
 NS_LABEL = "com.docker.stack.namespace"
 IMAGE_LABEL = "com.docker.stack.image"
 # Compose keys Docker honours but Shoal's schema cannot carry yet: accepted, reported in
 # one warning (so a user knows), and dropped rather than invented into the schema.
-UNMAPPED_SERVICE = ("init", "cap_add", "cap_drop", "sysctls", "ulimits", "dns", "dns_search",
-                    "extra_hosts", "logging", "tty", "stdin_open", "read_only", "isolation",
-                    "credential_spec", "tmpfs")
+UNMAPPED_SERVICE = ("dns", "dns_search", "extra_hosts", "logging", "tty", "stdin_open",
+                    "read_only", "isolation", "credential_spec", "tmpfs")
 UNMAPPED_DEEP = (
     ("deploy.resources.limits.pids", ("deploy", "resources", "limits", "pids")),
     ("deploy.resources.reservations.generic_resources",
@@ -255,6 +255,7 @@ def _service(project: ComposeProject, stack: str, name: str,
         template["resources"] = resources
     if body.get("stop_grace_period") is not None:
         template["stopGracePeriod"] = str(body["stop_grace_period"])
+    template.update(_process_settings(body, where))
     for section, default in (("secrets", "{}"), ("configs", "/{}")):
         refs = []
         for item in body.get(section) or []:
@@ -325,6 +326,44 @@ def _service(project: ComposeProject, stack: str, name: str,
     labels = {**_labels(deploy.get("labels")), IMAGE_LABEL: str(image)}
     return {"apiVersion": API, "kind": "Service",
             "metadata": _meta(f"{stack}_{name}", stack, labels, True), "spec": spec}
+
+
+def _process_settings(body: dict[str, Any], where: str) -> dict[str, Any]:
+    """``init``, ``cap_add``/``cap_drop``, ``sysctls`` and ``ulimits`` as Docker 20.10's
+    stack deploy converts them: capabilities normalised (``CAP_`` prefix, ``ALL``, an
+    added one not also dropped), sysctls from a list or a mapping, a bare ulimit number
+    as both soft and hard. Whether a node can run them is admission's to say."""
+    out: dict[str, Any] = {}
+    if body.get("init") is not None:
+        out["init"] = bool(body["init"])
+    caps: dict[str, set[str]] = {}
+    for key in ("cap_add", "cap_drop"):
+        items = body.get(key) or []
+        if not all(isinstance(c, str) for c in items):
+            raise ComposeError(f"{where}.{key} must be a list of strings such as NET_ADMIN")
+        caps[key] = {tpl.normalize_capability(c) for c in items}
+    effective = tpl.effective_capabilities(caps["cap_add"], caps["cap_drop"])
+    if effective.add:
+        out["capAdd"] = list(effective.add)
+    if effective.drop:
+        out["capDrop"] = list(effective.drop)
+    sysctls = body.get("sysctls")
+    if isinstance(sysctls, dict):
+        out["sysctls"] = {str(k): "" if v is None else _str(v) for k, v in sysctls.items()}
+    elif sysctls:
+        out["sysctls"] = {k: v for k, _, v in (str(item).partition("=") for item in sysctls)}
+    ulimits: dict[str, Any] = {}
+    for name, value in (body.get("ulimits") or {}).items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            ulimits[str(name)] = {"soft": value, "hard": value}
+        elif isinstance(value, dict) and set(value) == {"soft", "hard"}:
+            ulimits[str(name)] = {"soft": value["soft"], "hard": value["hard"]}
+        else:
+            raise ComposeError(f"{where}.ulimits.{name} must be an integer or a mapping with "
+                               "soft and hard, e.g. {soft: 1024, hard: 2048}")
+    if ulimits:
+        out["ulimits"] = ulimits
+    return out
 
 
 def _tagged(image: str) -> str:

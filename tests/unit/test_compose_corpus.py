@@ -30,7 +30,7 @@ FIELDS = ("mode", "replicas", "image", "entrypoint/command", "env", "workdir", "
           "hostname", "constraints", "preferences", "max per node", "restart policy",
           "update config", "rollback config", "resources", "endpoint mode", "ports",
           "networks", "health check", "labels", "container labels", "mounts", "secrets",
-          "configs", "stop grace period")
+          "configs", "stop grace period", "init", "capabilities", "sysctls", "ulimits")
 REACHED: dict[str, float] = dict.fromkeys(FIELDS, 1.0)
 
 
@@ -132,6 +132,10 @@ def _docker_view(svc: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
         "configs": sorted((c["ConfigName"], "/" + c["File"]["Name"].lstrip("/"),
                            *_owner(c["File"])) for c in cs.get("Configs") or []),
         "stop grace period": cs.get("StopGracePeriod", 10 * SEC),
+        "init": cs.get("Init"),
+        "capabilities": (cs.get("CapabilityAdd") or [], cs.get("CapabilityDrop") or []),
+        "sysctls": cs.get("Sysctls") or {},
+        "ulimits": {u["Name"]: (u["Soft"], u["Hard"]) for u in cs.get("Ulimits") or []},
     }
 
 
@@ -199,6 +203,10 @@ def _shoal_view(obj: dict[str, Any], stack_dir: Path) -> dict[str, Any]:
                            c.get("uid", "0"), c.get("gid", "0"), c.get("mode", 0o444))
                           for c in t.get("configs") or []),
         "stop grace period": _ns(t.get("stopGracePeriod", "10s")),
+        "init": t.get("init"),
+        "capabilities": (t.get("capAdd") or [], t.get("capDrop") or []),
+        "sysctls": t.get("sysctls") or {},
+        "ulimits": {k: (v["soft"], v["hard"]) for k, v in (t.get("ulimits") or {}).items()},
     }
 
 

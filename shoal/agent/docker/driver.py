@@ -285,6 +285,7 @@ class DockerExecutor:
         # Secrets and configs: files on the agent's tmpfs, never copied into the container.
         mounts += [docker.types.Mount(target=f.target, source=f.source, type="bind",
                                       read_only=True) for f in task.files]
+        caps = tpl.capabilities(template)
         host_config = self._api.create_host_config(
             network_mode="none",
             mounts=mounts or None,
@@ -292,6 +293,12 @@ class DockerExecutor:
             mem_limit=res.limit_memory,
             mem_reservation=res.reserve_memory,
             restart_policy={"Name": "no"},  # restarts are the orchestrator's decision
+            init=tpl.init(template),
+            cap_add=list(caps.add) or None,
+            cap_drop=list(caps.drop) or None,
+            sysctls=tpl.sysctls(template) or None,
+            ulimits=[docker.types.Ulimit(name=u.name, soft=u.soft, hard=u.hard)
+                     for u in tpl.ulimits(template)] or None,
         )
         kwargs: dict[str, Any] = {
             "image": tpl.image(template),
