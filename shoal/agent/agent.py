@@ -53,6 +53,7 @@ RUNTIMES = ("hollow", "docker", "process")
 _NODE_NAME_RE = re.compile(rb'"nodeName"\s*:\s*"([^"\\]*)"')
 _YIELD_EVERY = 512  # events handled between yields to the event loop
 LAG_WARNING = 1.0  # seconds of event-loop lag worth a warning
+DEFAULT_STATE_DIR = "/run/shoal"  # --state-dir
 
 
 @dataclasses.dataclass
@@ -89,7 +90,7 @@ class AgentConfig:
     # Task networking (dataplane.py): auto (IPVS if the kernel has it, else nftables),
     # nftables, ipvs, or none. Real runtimes only; never for hollow nodes.
     dataplane: str = "auto"
-    state_dir: str = "/run/shoal"  # generated files (task resolv.conf), per node
+    state_dir: str = DEFAULT_STATE_DIR  # generated files (resolv.conf, task files), per node
     # Seconds a task that leaves the balancer keeps running before it is stopped, so
     # every node has dropped it and connections in flight end (dataplane.py).
     drain: float = 1.0
@@ -352,9 +353,15 @@ class Agent:
         assert self.store is not None
         # Imported here, like the drivers: hollow agents never mount files.
         from shoal.agent import taskfiles
+        consumer = None
+        if self.cfg.runtime == "docker":
+            # dockerd makes the bind mounts, in its own mount namespace, which is not
+            # ours when this agent runs under `ip netns exec` (a netns node).
+            from shoal.agent.docker import dockerd
+            consumer = dockerd.daemon_pid
         files = taskfiles.TaskFiles(
-            self.store, c.name, Path(self.cfg.state_dir) / "taskfiles" / c.name,
-            Path(self.cfg.keyring) if self.cfg.keyring else None)
+            self.store, c.name, taskfiles.node_root(self.cfg.state_dir, c.name),
+            Path(self.cfg.keyring) if self.cfg.keyring else None, consumer)
         self.files[c.name] = files
         return files
 

@@ -22,6 +22,14 @@ directory once its workload is removed; ``sweep`` drops the directories of tasks
 no longer exist (removed while no agent was looking); ``close`` unmounts the tmpfs when
 no task has files left, so a stopped node leaves nothing mounted behind.
 
+Whose mount namespace: the files must be seen where the bind mount is made -- by
+dockerd for the docker driver, by the agent's own children for the process driver. An
+agent of a network-namespace node runs under ``ip netns exec``, which gives it a mount
+namespace of its own, so a tmpfs it mounted itself would be invisible to dockerd. So the
+tmpfs is mounted in the *consumer's* mount namespace (``nsenter --mount`` when that is
+not ours) and the agent reaches it through ``/proc/<consumer pid>/root``, which resolves
+paths in that namespace.
+
 A problem the task can do nothing about by retrying -- a Secret or Config that does not
 exist, a Secret stored unsealed or that does not open with this agent's keyring, an agent
 started without a keyring -- is a :class:`TaskRejectedError` saying what and how to fix.
@@ -29,12 +37,14 @@ started without a keyring -- is a :class:`TaskRejectedError` saying what and how
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import os
 import re
 import shutil
-from collections.abc import Iterable, Mapping
+import subprocess
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -55,15 +65,31 @@ TMPFS_OPTIONS: Final = "mode=0700,size=64m"
 _OCTAL: Final = re.compile(r"\\([0-7]{3})")
 
 
+def node_root(state_dir: Path | str, node: str) -> Path:
+    """Where a node's task files live: the tmpfs ``<state dir>/taskfiles/<node>``."""
+    return Path(state_dir) / "taskfiles" / node
+
+
+def discard(root: Path, pids: Iterable[int | None]) -> bool:
+    """Unmount ``root`` wherever it is mounted among the mount namespaces of ``pids``
+    (None: ours), files and all (``swctl down``); True if it was mounted somewhere."""
+    found = False
+    for pid in pids:
+        if is_tmpfs(root, pid or "self"):
+            unmount(root, pid)
+            found = True
+    return found
+
+
 class TmpfsError(OSError):
     """The node cannot mount the tmpfs its task files must live on."""
 
 
-def is_tmpfs(path: Path) -> bool:
-    """Is ``path`` itself the mount point of a tmpfs (in this mount namespace)?"""
+def is_tmpfs(path: Path, pid: int | str = "self") -> bool:
+    """Is ``path`` itself the mount point of a tmpfs in the mount namespace of ``pid``?"""
     want = str(path)
     try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+        lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
     except OSError:
         return False
     found = False
@@ -80,24 +106,57 @@ def _unescape(text: str) -> str:
     return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), text)
 
 
-def mount_tmpfs(path: Path) -> None:
-    """Mount a private tmpfs at ``path`` unless one is there already (a restarted agent
-    finds its own)."""
-    if is_tmpfs(path):
+def same_mount_namespace(pid: int) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+    except OSError:
+        return True  # no such process: ours is the only one we can use
+
+
+def mount_tmpfs(path: Path, pid: int | None = None) -> None:
+    """Mount a private tmpfs at ``path`` in the mount namespace of ``pid`` (None: ours)
+    unless one is there already (a restarted agent finds its own)."""
+    if is_tmpfs(path, pid or "self"):
         return
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.mount(b"shoal-taskfiles", str(path).encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
-                  TMPFS_OPTIONS.encode()) != 0:
-        errno = ctypes.get_errno()
-        raise TmpfsError(errno, f"cannot mount a tmpfs at {path}: {os.strerror(errno)}")
+    if pid is None or same_mount_namespace(pid):
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.mount(b"shoal-taskfiles", str(path).encode(), b"tmpfs",
+                      _MS_NOSUID | _MS_NODEV, TMPFS_OPTIONS.encode()) != 0:
+            errno = ctypes.get_errno()
+            raise TmpfsError(errno, f"cannot mount a tmpfs at {path}: {os.strerror(errno)}")
+        return
+    seen_from(path, pid).mkdir(mode=0o700, parents=True, exist_ok=True)
+    _in_namespace(pid, "mount", "-t", "tmpfs", "-o", f"nosuid,nodev,{TMPFS_OPTIONS}",
+                  "shoal-taskfiles", str(path))
 
 
-def unmount(path: Path) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.umount2(str(path).encode(), _MNT_DETACH) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"cannot unmount {path}: {os.strerror(errno)}")
+def unmount(path: Path, pid: int | None = None) -> None:
+    if pid is None or same_mount_namespace(pid):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.umount2(str(path).encode(), _MNT_DETACH) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"cannot unmount {path}: {os.strerror(errno)}")
+        return
+    _in_namespace(pid, "umount", "-l", str(path))
+
+
+def seen_from(path: Path, pid: int | None) -> Path:
+    """``path`` of ``pid``'s mount namespace, as this process can open it."""
+    if pid is None or same_mount_namespace(pid):
+        return path
+    return Path(f"/proc/{pid}/root") / path.relative_to("/")
+
+
+def _in_namespace(pid: int, *argv: str) -> None:
+    """Run ``argv`` in the mount namespace of ``pid`` (mount(2) cannot reach across)."""
+    try:
+        subprocess.run(["nsenter", f"--mount=/proc/{pid}/ns/mnt", "--", *argv], check=True,
+                       capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", None) or str(exc)
+        raise TmpfsError(0, f"{' '.join(argv)} in the mount namespace of pid {pid}: "
+                            f"{str(detail).strip()}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,14 +176,18 @@ def wanted(template: Mapping[str, Any]) -> list[_Wanted]:
 
 
 class TaskFiles:
-    """The files of one node's tasks, under ``root`` (a tmpfs this object mounts)."""
+    """The files of one node's tasks, under ``root`` (a tmpfs this object mounts) as the
+    process ``consumer()`` names sees it (None: this agent's own mount namespace)."""
 
     def __init__(self, store: client.Store, node: str, root: Path,
-                 keyring: Path | None) -> None:
+                 keyring: Path | None,
+                 consumer: Callable[[], int | None] | None = None) -> None:
         self.store = store
         self.node = node
         self.root = root
         self.keyring_path = keyring
+        self._consumer = consumer or (lambda: None)
+        self._pid: int | None = None
         registry = kinds.Registry.builtin()
         self._secrets = registry.lookup("secrets")
         self._configs = registry.lookup("configs")
@@ -146,44 +209,48 @@ class TaskFiles:
         key = f"task/{spec.namespace}/{spec.name}"
         contents = [await self._content(f, spec.namespace, key) for f in files]
         self._ensure_mounted()
-        directory = self.root / spec.uid
+        directory = self._here / spec.uid
         directory.mkdir(mode=0o700, exist_ok=True)
         out = []
         for f, data in zip(files, contents, strict=True):
-            path = directory / f.name
-            _write(path, data, int(f.ref.uid), int(f.ref.gid), f.ref.mode)
-            out.append(TaskFile(str(path), f.ref.target))
+            _write(directory / f.name, data, int(f.ref.uid), int(f.ref.gid), f.ref.mode)
+            # The path as the driver's side (dockerd, the shim) sees it.
+            out.append(TaskFile(str(self.root / spec.uid / f.name), f.ref.target))
         self.log.info("task files ready", key=key, files=len(out),
                       targets=[f.ref.target for f in files])
         return dataclasses.replace(spec, files=tuple(out))
 
     def remove(self, uid: str) -> None:
         """Drop a task's files (its workload is gone); nothing to drop is fine."""
-        directory = self.root / uid
+        directory = self._here / uid
         if directory.exists():
             shutil.rmtree(directory, ignore_errors=True)
             self.log.info("task files removed", key=f"workload/{uid}")
 
     def sweep(self, keep: Iterable[str]) -> None:
         """Drop the files of every task uid not in ``keep`` (start-up clean-up)."""
-        if not self.root.is_dir():
+        if not self._here.is_dir():
             return
         keeping = set(keep)
-        for entry in self.root.iterdir():
+        for entry in self._here.iterdir():
             if entry.is_dir() and entry.name not in keeping:
                 shutil.rmtree(entry, ignore_errors=True)
                 self.log.info("stale task files removed", key=f"workload/{entry.name}")
 
     def close(self) -> None:
         """Unmount the tmpfs if no task has files on it any more."""
-        if not is_tmpfs(self.root) or any(self.root.iterdir()):
+        pid = self._pid if self._pid is not None else self._consumer()
+        if not is_tmpfs(self.root, pid or "self") or any(self._here.iterdir()):
             return
         try:
-            unmount(self.root)
-            self.root.rmdir()
+            unmount(self.root, pid)
         except OSError as exc:
             self.log.warning("cannot unmount the task files tmpfs", key=f"node/{self.node}",
                              path=str(self.root), error=str(exc))
+            return
+        with contextlib.suppress(OSError):
+            # Busy while another mount namespace (an agent's copy) still holds it.
+            seen_from(self.root, pid).rmdir()
 
     # --- reading what etcd holds ---
 
@@ -237,11 +304,18 @@ class TaskFiles:
 
     # --- the tmpfs ---
 
+    @property
+    def _here(self) -> Path:
+        """``root`` as this process opens it."""
+        pid = self._pid if self._pid is not None else self._consumer()
+        return seen_from(self.root, pid)
+
     def _ensure_mounted(self) -> None:
-        if self._mounted and is_tmpfs(self.root):
+        if self._mounted and is_tmpfs(self.root, self._pid or "self"):
             return
+        self._pid = self._consumer()  # dockerd may have been restarted since
         try:
-            mount_tmpfs(self.root)
+            mount_tmpfs(self.root, self._pid)
         except TmpfsError as exc:
             # Never fall back to the disk: the task is not started without its tmpfs.
             raise TaskRejectedError(f"node {self.node} cannot hold task secrets: {exc}; the "

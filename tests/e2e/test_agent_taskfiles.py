@@ -66,7 +66,11 @@ class Node:
         return self.state / "taskfiles" / self.name
 
     def start(self) -> None:
-        argv = [sys.executable, "-m", "shoal.agent.main", "--etcd", self.cluster.etcd_url,
+        # The docker agent runs in a mount namespace of its own, as under `ip netns exec`
+        # on a netns node: its files must still be where dockerd looks.
+        own_ns = ["unshare", "--mount", "--propagation", "slave"]
+        argv = [*(own_ns if self.runtime == "docker" else []),
+                sys.executable, "-m", "shoal.agent.main", "--etcd", self.cluster.etcd_url,
                 "--prefix", self.cluster.prefix, "--name", self.name, "--runtime",
                 self.runtime, "--dataplane", "none", "--logs-port", "0",
                 "--state-dir", str(self.state), "--keyring", str(self.keyring),
