@@ -39,7 +39,7 @@ _NOT_CHANGES: Final = frozenset({
 
 Spec = dict[str, Any]
 FILE_KINDS: Final = ("secret", "config")
-FILE_REF_META: Final = "NAME|source=NAME[,target=PATH,uid=N,gid=N,mode=0440]"
+FILE_REF_FORM: Final = "NAME, or source=NAME[,target=PATH,uid=N,gid=N,mode=0440]"
 
 
 # --- flag declarations ---
@@ -184,8 +184,9 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
                    help="resource limit, e.g. nofile=1024:2048 (-1: unlimited; repeatable)")
     for kind in FILE_KINDS:
-        p.add_argument(f"--{kind}", action="append", default=[], metavar=FILE_REF_META,
-                       help=f"give the tasks a {kind} as a file (repeatable)")
+        p.add_argument(f"--{kind}", action="append", default=[], metavar=kind.upper(),
+                       help=f"give the tasks a {kind} as a file: {FILE_REF_FORM} "
+                            "(repeatable)")
     add_settable_flags(p)
     p.add_argument("image", metavar="IMAGE")
     # Everything after the image is the task's command, flags included (`httpd -f -p 80`).
@@ -207,14 +208,14 @@ def add_update_flags(p: argparse.ArgumentParser) -> None:
             ("container-label", "KEY=VALUE", "container label"),
             ("sysctl", "KEY=VALUE", "kernel parameter"),
             ("ulimit", "NAME=SOFT[:HARD]", "resource limit"),
-            ("secret", FILE_REF_META, "secret"),
-            ("config", FILE_REF_META, "config")):
+            ("secret", "SECRET", f"secret ({FILE_REF_FORM})"),
+            ("config", "CONFIG", f"config ({FILE_REF_FORM})")):
         rm_meta = "KEY" if "=" in meta else ("TARGET[/PROTO]" if flag == "publish" else meta)
         rm_meta = "NAME" if flag in ("ulimit", *FILE_KINDS) else rm_meta
         p.add_argument(f"--{flag}-add", action="append", default=[], metavar=meta,
                        help=f"add a {what} (repeatable)")
         p.add_argument(f"--{flag}-rm", action="append", default=[], metavar=rm_meta,
-                       help=f"remove a {what} (repeatable)")
+                       help=f"remove a {what.split(' (')[0]} (repeatable)")
     add_settable_flags(p)
     p.add_argument("--force", action="store_true",
                    help="replace every task even if nothing changed (bumps forceUpdate)")
