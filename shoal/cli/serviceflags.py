@@ -171,7 +171,8 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
                    help="publish a port (or published=8080,target=80,protocol=udp,"
                         "mode=host); repeatable")
     p.add_argument("--network", action="append", default=[], metavar="NET",
-                   help="attach to a network (repeatable)")
+                   help="attach to a network, or name=NET,alias=A[,alias=B] to give the "
+                        "service more DNS names there (repeatable)")
     p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment variable (repeatable)")
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
@@ -202,7 +203,7 @@ def add_update_flags(p: argparse.ArgumentParser) -> None:
             ("constraint", "EXPR", "placement constraint"),
             ("placement-pref", "spread=node.labels.KEY", "spread preference"),
             ("publish", "PUBLISHED:TARGET[/PROTO]", "published port"),
-            ("network", "NET", "network"),
+            ("network", "NET|name=NET,alias=A", "network"),
             ("env", "KEY=VALUE", "environment variable"),
             ("label", "KEY=VALUE", "service label"),
             ("container-label", "KEY=VALUE", "container label"),
@@ -210,8 +211,9 @@ def add_update_flags(p: argparse.ArgumentParser) -> None:
             ("ulimit", "NAME=SOFT[:HARD]", "resource limit"),
             ("secret", "SECRET", f"secret ({FILE_REF_FORM})"),
             ("config", "CONFIG", f"config ({FILE_REF_FORM})")):
-        rm_meta = "KEY" if "=" in meta else ("TARGET[/PROTO]" if flag == "publish" else meta)
-        rm_meta = "NAME" if flag in ("ulimit", *FILE_KINDS) else rm_meta
+        rm_meta = ("KEY" if flag in ("env", "label", "container-label", "sysctl") else
+                   "TARGET[/PROTO]" if flag == "publish" else "NET" if flag == "network"
+                   else "NAME" if flag in ("ulimit", *FILE_KINDS) else meta)
         p.add_argument(f"--{flag}-add", action="append", default=[], metavar=meta,
                        help=f"add a {what} (repeatable)")
         p.add_argument(f"--{flag}-rm", action="append", default=[], metavar=rm_meta,
@@ -259,6 +261,50 @@ def _port(value: str, text: str) -> int:
         raise errors.CliError(f'-p/--publish "{text}": "{value}" is not a port number '
                               "(1-65535); write PUBLISHED:TARGET[/tcp|udp], e.g. 8080:80")
     return int(value)
+
+
+def parse_network(text: str, flag: str) -> str | dict[str, Any]:
+    """``NET``, or docker's long form ``name=NET,alias=A,alias=B`` -> one
+    ``spec.networks`` item: the bare name, or ``{name, aliases}``."""
+    if "=" not in text:
+        return text
+    name = ""
+    aliases: list[str] = []
+    for part in text.split(","):
+        key, sep, value = (s.strip() for s in part.partition("="))
+        if sep and key in ("name", "target") and value and not name:
+            name = value
+        elif sep and key == "alias" and value:
+            aliases.append(value)
+        else:
+            raise errors.CliError(
+                f'{flag} "{text}": "{part}" is not one of name=NET (once), alias=NAME '
+                "(driver options are not supported); e.g. name=backend,alias=db")
+    if not name:
+        raise errors.CliError(f'{flag} "{text}": name= is required (e.g. '
+                              "name=backend,alias=db)")
+    return {"name": name, "aliases": list(dict.fromkeys(aliases))} if aliases else name
+
+
+def _network_name(item: Any) -> Any:
+    return item.get("name") if isinstance(item, dict) else item
+
+
+def _add_networks(current: Sequence[Any], add: Sequence[str], flag: str) -> list[Any]:
+    """``current`` with the networks of ``add`` (``--network`` values) appended; one given
+    again the same way is a no-op, given again differently an error."""
+    out = list(current)
+    for text in add:
+        item = parse_network(text, flag)
+        have = next((i for i in out if _network_name(i) == _network_name(item)), None)
+        if have is None:
+            out.append(item)
+        elif have != item:
+            raise errors.CliError(
+                f'{flag} "{text}": the service already has network {_network_name(item)} '
+                f"(as {have!r}); give each network once, with all its aliases (to change "
+                "them: --network-rm NET --network-add name=NET,alias=...)")
+    return out
 
 
 def parse_pair(text: str, flag: str, environ: Mapping[str, str] | None = None
@@ -498,7 +544,7 @@ def create_manifest(args: argparse.Namespace, name: str, namespace: str | None,
     if args.publish:
         _sub(spec, "endpoint")["ports"] = [parse_publish(p) for p in args.publish]
     if args.network:
-        spec["networks"] = list(dict.fromkeys(args.network))
+        spec["networks"] = _add_networks([], args.network, "--network")
     apply_settable(spec, args)
     metadata: dict[str, Any] = {"name": name}
     if namespace:
@@ -623,8 +669,10 @@ def update_manifest(live: Mapping[str, Any], args: argparse.Namespace,
     endpoint["ports"] = _edit_list(
         endpoint.get("ports") or [], [parse_publish(p) for p in args.publish_add],
         args.publish_rm, _port_matches, "publish", "published port", _port_text)
-    spec["networks"] = _edit_list(spec.get("networks") or [], args.network_add,
-                                  args.network_rm, lambda n, t: n == t, "network", "network")
+    spec["networks"] = _add_networks(
+        _remove(list(spec.get("networks") or []), args.network_rm,
+                lambda n, t: _network_name(n) == t, "--network-rm", "network", _network_name),
+        args.network_add, "--network-add")
     env = _edit_map(template.get("env") or {}, parse_pairs(args.env_add, "--env-add", environ),
                     args.env_rm, "env", "environment variable")
     container_labels = _edit_map(template.get("labels") or {},

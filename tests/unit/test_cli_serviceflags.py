@@ -177,6 +177,23 @@ def test_init_capabilities_sysctls_and_ulimits_flags() -> None:
         update(live, "--ulimit-rm core web")
 
 
+def test_network_long_syntax_gives_aliases_and_edits_by_name() -> None:
+    doc = create("--network a --network name=b,alias=db,alias=store --network a x")
+    assert doc["spec"]["networks"] == ["a", {"name": "b", "aliases": ["db", "store"]}]
+    live = {**LIVE, "spec": {**LIVE["spec"], "networks": doc["spec"]["networks"]}}
+    spec = update(live, "--network-rm b --network-add name=b,alias=cache web")["spec"]
+    assert spec["networks"] == ["a", {"name": "b", "aliases": ["cache"]}]
+    for line, message in (
+            ("--network-add name=a,alias=x web", 'already has network a'),
+            ("--network-add name=c,driver-opt=x=1 web", '"driver-opt=x=1" is not one of'),
+            ("--network-add alias=x web", "name= is required"),
+            ("--network-rm z web", '--network-rm "z": the service has no such network '
+                                   "(it has: a, b)")):
+        with pytest.raises(errors.CliError) as caught:
+            update(live, line)
+        assert message in str(caught.value), line
+
+
 def test_default_name_says_what_runs() -> None:
     assert serviceflags.default_name("registry:5000/shoal/busybox:1.0@sha256:ab", "3fa9c") \
         == "busybox-3fa9c"
