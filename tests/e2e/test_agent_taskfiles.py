@@ -2,7 +2,8 @@
 at /run/secrets/<target> with the owner and mode asked for, lives on the agent's tmpfs
 and nowhere on the node's disk, never shows in ``swctl get``; a config has its content
 and mode at its target; an agent killed and restarted keeps serving them; a task naming
-a missing secret is rejected saying so. Docker containers and the process driver.
+a missing secret, or one its keyring does not open, is rejected saying so. Docker
+containers and the process driver.
 
 Secrets are written to etcd sealed, as ``swctl`` stores them (``Keyring.seal``); tasks
 are written already assigned, as the scheduler commits them.
@@ -43,6 +44,11 @@ async def put_objects(store: client.Store, ring: sealed.Keyring) -> None:
     await store.create(REG.lookup("secrets"), secret)
     await store.create(REG.lookup("configs"),
                        resource.new("Config", "site", "default", spec={"data": CONFIG}))
+    # Sealed under a key the cluster's keyring does not hold (another cluster's).
+    alien = sealed.Keyring.generate()
+    await store.create(REG.lookup("secrets"), resource.new("Secret", "alien", "default", spec={
+        "sealed": alien.seal(b"x", "default", "alien"), "dataSize": 1,
+        "dataDigest": alien.digest(b"x")}))
 
 
 def template(command: list[str], config_target: str) -> dict[str, Any]:
@@ -160,8 +166,9 @@ async def test_docker_task_reads_its_secret_and_config_from_the_agent_tmpfs(
     # Exits on SIGTERM, so deleting the tasks takes no stop grace period.
     show = ["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"]
     await cluster.create_task("web.1", docker_node, template(show, "/etc/site.conf"))
-    await cluster.create_task("bad.1", docker_node, {
-        "image": "shoal/busybox", "command": show, "secrets": [{"source": "nope"}]})
+    for name, secret in (("bad.1", "nope"), ("bad.2", "alien")):
+        await cluster.create_task(name, docker_node, {
+            "image": "shoal/busybox", "command": show, "secrets": [{"source": secret}]})
 
     running = await cluster.wait_state("web.1", "running", timeout=60)
     container = docker_client.containers.get(running.status["containerId"])
@@ -188,11 +195,15 @@ async def test_docker_task_reads_its_secret_and_config_from_the_agent_tmpfs(
     for kind in ("secrets", "tasks"):
         assert VALUE.decode() not in swctl("get", kind, "-o", "yaml").stdout
 
-    # A missing secret rejects the task, saying which and how to fix it.
+    # A missing secret, or one that does not open, rejects the task saying why.
     bad = await cluster.wait_state("bad.1", "rejected", timeout=30)
     assert bad.status["message"].startswith(
         'secret "nope" in namespace "default" not found: the task needs it at '
         "/run/secrets/nope; create it (swctl secret create nope FILE)")
+    alien = await cluster.wait_state("bad.2", "rejected", timeout=30)
+    assert alien.status["message"].startswith(
+        'Secret "alien" in namespace "default" is sealed under key ')
+    assert "which this keyring does not hold" in alien.status["message"]
 
     # kill -9 the agent, start it again: the task keeps its files, a new one gets them.
     assert node.agent is not None
@@ -207,7 +218,7 @@ async def test_docker_task_reads_its_secret_and_config_from_the_agent_tmpfs(
         ["cat", "/run/secrets/x", "/site"])
     assert code == 0 and out == VALUE + CONFIG.encode()
 
-    await delete_tasks(cluster, node, ["web.1", "web.2", "bad.1"])
+    await delete_tasks(cluster, node, ["web.1", "web.2", "bad.1", "bad.2"])
 
 
 async def test_process_task_sees_its_files_in_its_own_mount_namespace(
