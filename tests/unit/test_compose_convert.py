@@ -331,3 +331,14 @@ def test_dnsrr_with_an_ingress_published_port_is_refused(tmp_path: Path) -> None
     with pytest.raises(ComposeError, match=r"ingress mode can't be used with endpoint_mode"):
         convert(tmp_path, {"services": {"app": {"image": "a", "ports": ["80:80"],
                                                 "deploy": {"endpoint_mode": "dnsrr"}}}})
+
+
+@pytest.mark.parametrize(("ref", "message"), [
+    ({"source": "s", "uid": 1000}, r"services.app.secrets.0.uid must be a string"),
+    ({"source": "s", "mode": [4]}, r"services.app.secrets.0.mode must be a number"),
+])
+def test_secret_owner_and_mode_take_the_types_docker_s_schema_gives(
+        tmp_path: Path, ref: dict[str, Any], message: str) -> None:
+    with pytest.raises(ComposeError, match=message):
+        convert(tmp_path, {"services": {"app": {"image": "a", "secrets": [ref]}},
+                           "secrets": {"s": {"external": True}}})
