@@ -9,10 +9,9 @@ asks for. The driver then bind-mounts each file read-only at its target
 (:class:`~shoal.agent.exec.executor.TaskFile`); it never copies one.
 
 Why a tmpfs the agent mounts itself: a secret must never reach the node's disk, and
-``/run`` is not a tmpfs on every host. ``<root>`` is mounted (``tmpfs``, ``nosuid``,
-``nodev``, mode 0700, root-only) on first use; a file is written to it and nowhere
-else. Not ``noexec``: a config may be a script the task runs (a health check, an
-entrypoint), and a bind mount keeps the flags of the mount it comes from.
+``/run`` is not a tmpfs on every host. ``<root>`` is mounted (:mod:`shoal.agent.tmpfs`:
+``nosuid``, ``nodev``, mode 0700, root-only) on first use; a file is written to it and
+nowhere else.
 
 Crash safety: every call is idempotent. ``prepare`` rewrites a task's files whole
 (write to a temporary name, then rename) from what etcd holds now, so an agent killed
@@ -27,8 +26,7 @@ dockerd for the docker driver, by the agent's own children for the process drive
 agent of a network-namespace node runs under ``ip netns exec``, which gives it a mount
 namespace of its own, so a tmpfs it mounted itself would be invisible to dockerd. So the
 tmpfs is mounted in the *consumer's* mount namespace (``nsenter --mount`` when that is
-not ours) and the agent reaches it through ``/proc/<consumer pid>/root``, which resolves
-paths in that namespace.
+not ours) and the agent reaches it through ``/proc/<consumer pid>/root``.
 
 A problem the task can do nothing about by retrying -- a Secret or Config that does not
 exist, a Secret stored unsealed or that does not open with this agent's keyring, an agent
@@ -38,18 +36,16 @@ started without a keyring -- is a :class:`TaskRejectedError` saying what and how
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import os
-import re
 import shutil
-import subprocess
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import structlog
 
+from shoal.agent import tmpfs
 from shoal.agent.exec.executor import TaskFile, TaskRejectedError, TaskSpec
 from shoal.crds import kinds, resource, sealed
 from shoal.crds import template as tpl
@@ -57,106 +53,10 @@ from shoal.store import client, errors
 
 log = structlog.get_logger("shoal.agent.taskfiles")
 
-_MS_NOSUID: Final = 0x2
-_MS_NODEV: Final = 0x4
-_MNT_DETACH: Final = 0x2
-#: Swarm caps a secret or config at 500 KiB; 64 MiB holds a node's worth with room.
-TMPFS_OPTIONS: Final = "mode=0700,size=64m"
-_OCTAL: Final = re.compile(r"\\([0-7]{3})")
-
 
 def node_root(state_dir: Path | str, node: str) -> Path:
     """Where a node's task files live: the tmpfs ``<state dir>/taskfiles/<node>``."""
     return Path(state_dir) / "taskfiles" / node
-
-
-def discard(root: Path, pids: Iterable[int | None]) -> bool:
-    """Unmount ``root`` wherever it is mounted among the mount namespaces of ``pids``
-    (None: ours), files and all (``swctl down``); True if it was mounted somewhere."""
-    found = False
-    for pid in pids:
-        if is_tmpfs(root, pid or "self"):
-            unmount(root, pid)
-            found = True
-    return found
-
-
-class TmpfsError(OSError):
-    """The node cannot mount the tmpfs its task files must live on."""
-
-
-def is_tmpfs(path: Path, pid: int | str = "self") -> bool:
-    """Is ``path`` itself the mount point of a tmpfs in the mount namespace of ``pid``?"""
-    want = str(path)
-    try:
-        lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
-    except OSError:
-        return False
-    found = False
-    for line in lines:
-        head, _, tail = line.partition(" - ")
-        fields = head.split()
-        if len(fields) > 4 and _unescape(fields[4]) == want:
-            found = tail.split(" ", 1)[0] == "tmpfs"  # the last mount on a path wins
-    return found
-
-
-def _unescape(text: str) -> str:
-    # mountinfo writes space, tab, newline and backslash as \ooo octal escapes.
-    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), text)
-
-
-def same_mount_namespace(pid: int) -> bool:
-    try:
-        return os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt")
-    except OSError:
-        return True  # no such process: ours is the only one we can use
-
-
-def mount_tmpfs(path: Path, pid: int | None = None) -> None:
-    """Mount a private tmpfs at ``path`` in the mount namespace of ``pid`` (None: ours)
-    unless one is there already (a restarted agent finds its own)."""
-    if is_tmpfs(path, pid or "self"):
-        return
-    if pid is None or same_mount_namespace(pid):
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.mount(b"shoal-taskfiles", str(path).encode(), b"tmpfs",
-                      _MS_NOSUID | _MS_NODEV, TMPFS_OPTIONS.encode()) != 0:
-            errno = ctypes.get_errno()
-            raise TmpfsError(errno, f"cannot mount a tmpfs at {path}: {os.strerror(errno)}")
-        return
-    seen_from(path, pid).mkdir(mode=0o700, parents=True, exist_ok=True)
-    _in_namespace(pid, "mount", "-t", "tmpfs", "-o", f"nosuid,nodev,{TMPFS_OPTIONS}",
-                  "shoal-taskfiles", str(path))
-
-
-def unmount(path: Path, pid: int | None = None) -> None:
-    if pid is None or same_mount_namespace(pid):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.umount2(str(path).encode(), _MNT_DETACH) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"cannot unmount {path}: {os.strerror(errno)}")
-        return
-    _in_namespace(pid, "umount", "-l", str(path))
-
-
-def seen_from(path: Path, pid: int | None) -> Path:
-    """``path`` of ``pid``'s mount namespace, as this process can open it."""
-    if pid is None or same_mount_namespace(pid):
-        return path
-    return Path(f"/proc/{pid}/root") / path.relative_to("/")
-
-
-def _in_namespace(pid: int, *argv: str) -> None:
-    """Run ``argv`` in the mount namespace of ``pid`` (mount(2) cannot reach across)."""
-    try:
-        subprocess.run(["nsenter", f"--mount=/proc/{pid}/ns/mnt", "--", *argv], check=True,
-                       capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", None) or str(exc)
-        raise TmpfsError(0, f"{' '.join(argv)} in the mount namespace of pid {pid}: "
-                            f"{str(detail).strip()}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,17 +140,17 @@ class TaskFiles:
     def close(self) -> None:
         """Unmount the tmpfs if no task has files on it any more."""
         pid = self._pid if self._pid is not None else self._consumer()
-        if not is_tmpfs(self.root, pid or "self") or any(self._here.iterdir()):
+        if not tmpfs.is_tmpfs(self.root, pid or "self") or any(self._here.iterdir()):
             return
         try:
-            unmount(self.root, pid)
+            tmpfs.unmount(self.root, pid)
         except OSError as exc:
             self.log.warning("cannot unmount the task files tmpfs", key=f"node/{self.node}",
                              path=str(self.root), error=str(exc))
             return
         with contextlib.suppress(OSError):
             # Busy while another mount namespace (an agent's copy) still holds it.
-            seen_from(self.root, pid).rmdir()
+            tmpfs.seen_from(self.root, pid).rmdir()
 
     # --- reading what etcd holds ---
 
@@ -308,15 +208,15 @@ class TaskFiles:
     def _here(self) -> Path:
         """``root`` as this process opens it."""
         pid = self._pid if self._pid is not None else self._consumer()
-        return seen_from(self.root, pid)
+        return tmpfs.seen_from(self.root, pid)
 
     def _ensure_mounted(self) -> None:
-        if self._mounted and is_tmpfs(self.root, self._pid or "self"):
+        if self._mounted and tmpfs.is_tmpfs(self.root, self._pid or "self"):
             return
         self._pid = self._consumer()  # dockerd may have been restarted since
         try:
-            mount_tmpfs(self.root, self._pid)
-        except TmpfsError as exc:
+            tmpfs.mount_tmpfs(self.root, self._pid)
+        except tmpfs.TmpfsError as exc:
             # Never fall back to the disk: the task is not started without its tmpfs.
             raise TaskRejectedError(f"node {self.node} cannot hold task secrets: {exc}; the "
                                     "agent must run as root") from None

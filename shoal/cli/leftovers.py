@@ -128,14 +128,14 @@ def remove_task_files(nodes: Sequence[str]) -> int:
     """Unmount the tmpfs holding each node's task secrets and configs (an agent unmounts
     it itself only once no task has files left), in dockerd's mount namespace and ours;
     the workloads that mounted them are gone by now. How many nodes had one."""
-    from shoal.agent import taskfiles
+    from shoal.agent import taskfiles, tmpfs
     from shoal.agent.agent import DEFAULT_STATE_DIR  # swctl up leaves --state-dir alone
     from shoal.agent.docker import dockerd
     pids = {None, dockerd.daemon_pid()}
     count = 0
     for node in nodes:
         try:
-            count += taskfiles.discard(taskfiles.node_root(DEFAULT_STATE_DIR, node), pids)
+            count += tmpfs.discard(taskfiles.node_root(DEFAULT_STATE_DIR, node), pids)
         except OSError as exc:
             log.warning("cannot unmount a node's task files", key=f"node/{node}",
                         error=str(exc))

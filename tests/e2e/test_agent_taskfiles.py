@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from shoal.agent import taskfiles
+from shoal.agent import tmpfs
 from shoal.agent.process.driver import ProcessExecutor
 from shoal.crds import kinds, resource, sealed
 from shoal.store import client, etcd_server
@@ -106,8 +106,8 @@ async def cluster(etcd: etcd_server.EtcdServer, tmp_path: Path
 def unmount_leftovers(tmp_path: Path) -> None:
     """A failed test's killed agent leaves its tmpfs mounted: never leave it behind."""
     for root in tmp_path.glob("state-*/taskfiles/*"):
-        if taskfiles.is_tmpfs(root):
-            taskfiles.unmount(root)
+        if tmpfs.is_tmpfs(root):
+            tmpfs.unmount(root)
 
 
 @pytest.fixture
@@ -154,7 +154,7 @@ async def delete_tasks(cluster: AgentCluster, node: Node, names: list[str]) -> N
         return not any(node.files_root.iterdir())
     await eventually(removed, timeout=30, what="task files removed")
     await node.stop()
-    assert not taskfiles.is_tmpfs(node.files_root)
+    assert not tmpfs.is_tmpfs(node.files_root)
 
 
 async def test_docker_task_reads_its_secret_and_config_from_the_agent_tmpfs(
@@ -186,7 +186,7 @@ async def test_docker_task_reads_its_secret_and_config_from_the_agent_tmpfs(
     # Read-only, and on the agent's tmpfs: the mount table inside the task says both.
     mounts = {line.split()[1]: line.split() for line in run("cat /proc/mounts").splitlines()}
     assert mounts["/run/secrets/x"][2] == "tmpfs" and "ro" in mounts["/run/secrets/x"][3]
-    assert taskfiles.is_tmpfs(node.files_root)
+    assert tmpfs.is_tmpfs(node.files_root)
     # Nowhere on the node's disk: not in the agent's state, docker's or etcd's data.
     assert on_disk([node.state, Path("/var/lib/docker"), Path(etcd.data_dir)], VALUE) == []
 

@@ -1,5 +1,5 @@
 """The pure parts of the agent's task files: which files a template asks for, how a
-file is written (owner, mode, whole), and how the mount table is read."""
+file is written (owner, mode, whole)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,3 @@ def test_a_file_is_replaced_whole_with_its_owner_and_mode(tmp_path: Path) -> Non
     assert st.st_mode & 0o7777 == 0o400
     assert os.listdir(tmp_path) == ["secret-0"]  # no temporary left behind
 
-
-def test_mount_points_with_spaces_are_read_from_their_escapes() -> None:
-    assert taskfiles._unescape(r"/run/shoal/a\040b\134c") == "/run/shoal/a b\\c"
