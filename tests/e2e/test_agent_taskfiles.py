@@ -228,10 +228,14 @@ async def test_process_task_sees_its_files_in_its_own_mount_namespace(
     node.start()
     await cluster.wait_ready([node_name])
     conf = tmp_path / "etc" / "site.conf"
-    await cluster.create_task("job.1", node_name, template(
+    job = template(
         # Its digest, not the value: the task's log is on disk.
         ["sh", "-c", f"sha256sum </run/secrets/x; stat -c '%a %u %g' /run/secrets/x {conf}; "
-                     f"cat {conf}; sleep 300"], str(conf)))
+                     f"cat {conf}; sleep 300"], str(conf))
+    # The agent runs health checks in the task's namespaces, its mounts included: healthy
+    # (so running) only if the check sees the secret too.
+    job["healthcheck"] = {"test": ["CMD", "test", "-s", "/run/secrets/x"], "interval": "200ms"}
+    await cluster.create_task("job.1", node_name, job)
     running = await cluster.wait_state("job.1", "running", timeout=30)
     log = Path("/var/lib/shoal/process") / node_name / f"{running.metadata.uid}.log"
 
