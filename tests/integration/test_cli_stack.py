@@ -3,7 +3,8 @@ lines, then convergence), ``ls``/``services``/``ps``, deploy the same file again
 written), change an image (only that service is updated, and rolled), ``--prune`` what
 the file dropped, ``rm`` everything the stack made but not the external network it
 named; a compose error and an invalid object refused with nothing written; ``convert``
-printing the List and writing nothing; and the corpus's voting app deployed as it is.
+printing the List and writing nothing; and two corpus files (the voting app, an ELK
+stack with configs) deployed as they are, converged and removed.
 
 Real etcd, a real ``swctl controller-manager`` and a real hollow agent with three manager
 nodes (the voting app pins services to ``node.role == manager``), each a process.
@@ -15,9 +16,11 @@ import json
 import shutil
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from shoal.store import etcd_server
 from tests.helpers import eventually_sync as eventually
@@ -26,7 +29,7 @@ from tests.integration.cli_support import Swctl
 from tests.integration.test_cli_rollout import Cluster
 
 VERIFY = ("--verify-window", "0.3")
-CORPUS = "/work/shared/corpus/stacks/001-dockersamples__example-voting-app.yml"
+CORPUS = Path("/work/shared/corpus/stacks")
 
 SHARED = "apiVersion: shoal.io/v1\nkind: Network\nmetadata: {name: shared}\n"
 
@@ -229,16 +232,33 @@ def test_refusals_write_nothing_and_convert_only_prints(cluster: Cluster) -> Non
     assert objects(swctl, "conv") == {}
 
 
-def test_the_corpus_voting_app_deploys_converges_and_goes(cluster: Cluster) -> None:
+@pytest.mark.parametrize(("stem", "stack", "replicas"), [
+    ("001-dockersamples__example-voting-app", "vote",
+     {"db": "1/1", "redis": "1/1", "result": "1/1", "visualizer": "1/1", "vote": "2/2",
+      "worker": "1/1"}),
+    # configs from files, mounted into the tasks
+    ("003-deviantony__docker-elk", "elk",
+     {"elasticsearch": "1/1", "kibana": "1/1", "logstash": "1/1"}),
+])
+def test_corpus_stacks_deploy_converge_and_go(cluster: Cluster, stem: str, stack: str,
+                                              replicas: dict[str, str]) -> None:
     swctl = cluster.swctl
-    shutil.copy(CORPUS, swctl.cwd / "vote.yml")
-    out = swctl("stack", "deploy", "-c", "vote.yml", "vote", *VERIFY, timeout=120).stdout
+    path = swctl.cwd / stack / "docker-stack.yml"
+    path.parent.mkdir()
+    shutil.copy(CORPUS / f"{stem}.yml", path)
+    # Each file a config or secret names gets a dummy, as the corpus was made.
+    for section in ("configs", "secrets"):
+        for body in (yaml.safe_load(path.read_text()).get(section) or {}).values():
+            if body and body.get("file"):
+                dummy = path.parent / body["file"]
+                dummy.parent.mkdir(parents=True, exist_ok=True)
+                dummy.write_text("dummy\n")
+    out = swctl("stack", "deploy", "-c", str(path), stack, *VERIFY, timeout=120).stdout
     lines = out.splitlines()
     assert [line for line in lines if line.startswith("Creating service")] == [
-        f"Creating service vote_{s}"
-        for s in ("db", "redis", "result", "visualizer", "vote", "worker")]
+        f"Creating service {stack}_{s}" for s in replicas]
     assert lines[-1].endswith(": verify: Service converged")
-    replicas = [r[2] for r in rows(swctl("stack", "services", "vote").stdout)[1:]]
-    assert replicas == ["1/1", "1/1", "1/1", "1/1", "2/2", "1/1"]
-    swctl("stack", "rm", "vote", timeout=90)
-    assert objects(swctl, "vote") == {}
+    listed = rows(swctl("stack", "services", stack).stdout)[1:]
+    assert {r[0]: r[2] for r in listed} == {f"{stack}_{s}": n for s, n in replicas.items()}
+    swctl("stack", "rm", stack, timeout=90)
+    assert objects(swctl, stack) == {}
