@@ -158,7 +158,9 @@ def parse_constraints(items: Iterable[Any] | None) -> tuple[Constraint, ...]:
 
 def parse_spread(text: str) -> str:
     """Check a ``spread`` preference and return it canonical: ``Node.Labels.zone`` ->
-    ``node.labels.zone``. Only labels can be spread over, as in Swarm."""
+    ``node.labels.zone``, ``Node.ID`` -> ``node.id``. Labels, as in Swarm, and the plain
+    node attributes constraints read, which Docker accepts too (``spread: node.id`` is
+    in real stack files: one group per node, the spread the scheduler does anyway)."""
     lowered = text.lower()
     for prefix in LABEL_PREFIXES:
         if lowered.startswith(prefix):
@@ -166,5 +168,8 @@ def parse_spread(text: str) -> str:
             if problem is None:
                 return prefix + text[len(prefix):]
             raise ConstraintError(f"invalid spread preference {quote(text)}: {problem}")
+    if lowered in PLAIN_KEYS:
+        return lowered
     raise ConstraintError(f"invalid spread preference {quote(text)}: write "
-                          "node.labels.<key> or engine.labels.<key>")
+                          "node.labels.<key>, engine.labels.<key> or one of "
+                          f"{', '.join(PLAIN_KEYS)}")

@@ -92,7 +92,8 @@ def test_parse_constraint_rejects(text: str, fragment: str) -> None:
 def test_parse_spread() -> None:
     assert cons.parse_spread("node.labels.zone") == "node.labels.zone"
     assert cons.parse_spread("Engine.Labels.rack") == "engine.labels.rack"
-    with pytest.raises(cons.ConstraintError, match=r"node\.labels\.<key> or engine\.labels"):
+    with pytest.raises(cons.ConstraintError,
+                       match=r"node\.labels\.<key>, engine\.labels\.<key> or one of node\.id"):
         cons.parse_spread("zone")
     with pytest.raises(cons.ConstraintError, match="label name"):
         cons.parse_spread("node.labels.zo$ne")
@@ -119,14 +120,22 @@ def test_admission_and_scheduler_refuse_alike(text: str, fragment: str) -> None:
     assert scheduler_error([text]) == message.split(": ", 1)[1]
 
 
-@pytest.mark.parametrize("spread", ["node.hostname", ""])
-def test_spread_over_a_non_label_is_refused_by_both(spread: str) -> None:
-    # The scheduler used to group by node.hostname and to skip an empty spread; admission
-    # refused both. Found by the property test below.
+@pytest.mark.parametrize("spread", ["zone", ""])
+def test_spread_over_neither_a_label_nor_a_node_attribute_is_refused_by_both(
+        spread: str) -> None:
+    # The scheduler used to skip an empty spread that admission refused. Found by the
+    # property test below.
     [message] = admission_errors([], [spread])
     assert message.startswith(f'spec.placement.preferences[0].spread: invalid spread '
                               f'preference "{spread}"')
     assert scheduler_error([], [spread]) == message.split(": ", 1)[1]
+
+
+@pytest.mark.parametrize("spread", ["node.id", "Node.Hostname", "node.platform.arch"])
+def test_spread_over_a_node_attribute_is_accepted_by_both(spread: str) -> None:
+    # Docker takes `spread: node.id` (tiangolo's dockerswarm.rocks stacks use it).
+    assert admission_errors([], [spread]) == []
+    assert scheduler_error([], [spread]) == ""
 
 
 # --- the property: admission and scheduler agree -------------------------------------------
