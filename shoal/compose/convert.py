@@ -23,6 +23,7 @@ from typing import Any
 
 from shoal.compose.errors import ComposeError
 from shoal.compose.loader import ComposeProject
+from shoal.crds import constraints as cons
 from shoal.crds import networking as nw
 from shoal.crds import template as tpl
 
@@ -335,6 +336,12 @@ def _service(project: ComposeProject, stack: str, name: str,
     if mode == "replicated":
         spec["replicas"] = int(deploy["replicas"]) if deploy.get("replicas") is not None else 1
     placement = _placement(deploy)
+    for pref in placement.get("preferences", []):
+        if not cons.spread_is_effective(pref["spread"]):
+            project.warnings.append(
+                f"{where}.deploy.placement.preferences: spread {pref['spread']!r} spreads "
+                "nothing (as in Docker): only node.labels.<key>, engine.labels.<key> and "
+                "node attributes such as node.id group nodes")
     if placement:
         spec["placement"] = placement
     try:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from shoal.compose import ComposeError, convert_stack, load_project
+from shoal.crds import admission, kinds
 from shoal.crds.units import parse_duration
 
 CORPUS = Path("/work/shared/corpus")
@@ -309,6 +310,25 @@ def test_every_file_docker_accepted_converts(outcomes: dict[str, Any]) -> None:
         expected = json.loads((CORPUS / "expected" / f"{file[:3]}.json").read_text())
         ours = [o["metadata"]["name"] for o in outcomes[file][2] if o["kind"] == "Service"]
         assert sorted(ours) == sorted(s["Spec"]["Name"] for s in expected), file
+
+
+def test_every_object_of_an_accepted_file_passes_shoals_admission(
+        outcomes: dict[str, Any]) -> None:
+    # What stack deploy then writes must pass the schema and the semantic checks too: a
+    # conversion that admission refuses would be a file Docker deploys and Shoal does not.
+    # One difference on purpose: Docker creates 031's service with a relative bind target
+    # ("dummy"), whose every task then fails to start; Shoal refuses it at deploy.
+    registry = kinds.Registry.builtin()
+    refused = {}
+    for file in ACCEPTED:
+        for obj in outcomes[file][2]:
+            try:
+                admission.admit(obj, registry, file)
+            except admission.ValidationError as exc:
+                refused[f"{file} {obj['kind']}/{obj['metadata']['name']}"] = str(exc)
+    assert list(refused) == ["031-gesellix__docker-client.yml Service/c031_service"]
+    assert 'mounts[0].target: must be an absolute path, got "dummy"' in "".join(
+        refused.values())
 
 
 def test_services_match_dockers_field_by_field(outcomes: dict[str, Any]) -> None:

@@ -40,9 +40,6 @@ def test_service_semantics(registry: kinds.Registry) -> None:
         'spec.placement.constraints[2]: invalid constraint "bogus": write <key>==<value> or '
         "<key>!=<value>, where <key> is one of node.id, node.hostname, node.ip, node.role, "
         "node.platform.os, node.platform.arch, node.labels.<key>, engine.labels.<key>",
-        'spec.placement.preferences[0].spread: invalid spread preference "zone": write '
-        "node.labels.<key>, engine.labels.<key> or one of node.id, node.hostname, node.ip, "
-        "node.role, node.platform.os, node.platform.arch",
         "spec.endpoint.ports[2].published: port 80/tcp is already published by ports[0]",
         'spec.template.mounts[0].target: must be an absolute path, got "data"',
         "spec.template.mounts[0].source: required for a bind mount: the host path to mount",
