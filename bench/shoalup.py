@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pathlib
+import shutil
 import subprocess
 from typing import Any
 
@@ -81,3 +82,5 @@ class ShoalUp:
                 capture_output=True, text=True, env=self.env, timeout=300)
             if proc.returncode != 0:
                 say(f"swctl down failed:\n{proc.stdout}\n{proc.stderr}")
+            # etcd's data (60+ MB a run; dozens of runs filled the disk once); logs stay.
+            shutil.rmtree(self.state_dir / "etcd", ignore_errors=True)

@@ -28,7 +28,7 @@ config in one write, times, from just before the write, and removes the service:
 Shoal: ``swctl up -d --nodes 1 --runtime docker`` under the run's own names (one
 namespace node, its agent, etcd, the controller-manager); ``swctl down`` at the end.
 Swarm: a private dockerd in a network namespace of its own (own data root, exec root,
-socket, pid file, cgroup parent; ``bench.converge.SwarmDaemon``), ``docker swarm init``
+socket, pid file, cgroup parent; ``bench.swarmd.SwarmDaemon``), ``docker swarm init``
 there, the images given by id (``--no-resolve-image``: no registry lookup); the daemon,
 its state and the namespace are removed at the end, also on failure or Ctrl-C. Swarm and
 Shoal alternate which goes first at each setting, so a drifting machine load favours
