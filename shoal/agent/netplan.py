@@ -21,6 +21,8 @@ The rules, and why:
 * A local task is plumbed once its workload runs (its pid gives ``/proc/PID/ns/net``).
   Interfaces are ``eth0``, ``eth1``... in ``spec.networks`` order; the default route goes
   through the first network that is not internal (the ingress network comes last).
+* A service's aliases on a network (``spec.networks[].aliases``) go into its DNS record
+  for that network only (never the ingress network, which carries no service DNS).
 * Balanced and resolved: tasks observed ``running`` and still desired running, minus the
   local tasks that are leaving (being stopped, or unhealthy) -- so a task leaves the
   balancer before it is killed. VIPs balance every port of both protocols (Swarm's VIPs
@@ -219,9 +221,12 @@ def plan(node: str, networks: Iterable[Resource], services: Iterable[Resource],
                      if n != ingress}
         vips = {n: v for n, v in ep.vips.items() if n != ingress}
         if vips or dns_tasks or nw.service_networks(s):
+            aliases = {n: tuple(a) for n in nw.service_networks(s)
+                       if n != ingress and (a := nw.service_aliases(s, n))}
             records.append(ServiceRecord(namespace=key[0], name=key[1],
                                          mode=nw.endpoint_mode(s), vips=vips,
-                                         tasks=_tasks_on_networks(s, dns_tasks, ingress)))
+                                         tasks=_tasks_on_networks(s, dns_tasks, ingress),
+                                         aliases=aliases))
     return Plan(overlay=NetworkState(tuple(sorted(overlay_nets, key=lambda n: n.name))),
                 services=tuple(sorted(virtual.values(), key=_service_order)),
                 dns=tuple(records), listeners=listeners, problems=tuple(problems))

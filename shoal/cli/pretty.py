@@ -283,7 +283,8 @@ def service_text(service: resource.Resource,
                 if values.get("memory") is not None:
                     lines.append(_line("Memory", _size(values["memory"]), 2))
     if spec.get("networks"):
-        lines.append(_line("Networks", " ".join(spec["networks"])))
+        lines.append(_line("Networks", " ".join(_network_text(n)
+                                                for n in spec["networks"])))
     endpoint = spec.get("endpoint") or {}
     lines.append(_line("Endpoint Mode", endpoint.get("mode", "vip")))
     allocated = {(p.protocol, p.target, p.mode): p.published
@@ -299,3 +300,10 @@ def service_text(service: resource.Resource,
                       f"  TargetPort = {port.target}",
                       f"  PublishMode = {port.mode}"]
     return "\n".join(lines)
+
+
+def _network_text(item: Any) -> str:
+    """One ``spec.networks`` entry: its name, with its aliases when it has some."""
+    name = nw.network_entry_name(item) or str(item)
+    aliases = nw.network_entry_aliases(item)
+    return f"{name} (aliases: {', '.join(aliases)})" if aliases else name

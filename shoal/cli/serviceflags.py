@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from shoal.cli import errors
+from shoal.crds import template as tpl
 from shoal.crds import units
 
 API_VERSION: Final = "shoal.io/v1"
@@ -116,6 +117,14 @@ def add_settable_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-grace-period", type=_duration("--stop-grace-period"),
                    metavar="DURATION", help="wait before killing a task (default 10s)")
     p.add_argument("--stop-signal", metavar="SIGNAL", help="signal that stops a task")
+    p.add_argument("--init", action=argparse.BooleanOptionalAction, default=None,
+                   help="run an init as the task's pid 1 (--no-init: docker's --init=false)")
+    p.add_argument("--cap-add", action="append", default=[], metavar="CAP",
+                   help="add a Linux capability, e.g. NET_ADMIN or ALL; RESET clears the "
+                        "added ones (repeatable)")
+    p.add_argument("--cap-drop", action="append", default=[], metavar="CAP",
+                   help="drop a Linux capability, e.g. NET_RAW or ALL; RESET clears the "
+                        "dropped ones (repeatable)")
     health = p.add_argument_group("health check")
     health.add_argument("--health-cmd", metavar="CMD", help="command run to check health "
                         "(a shell command, as docker's)")
@@ -160,13 +169,19 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
                    help="publish a port (or published=8080,target=80,protocol=udp,"
                         "mode=host); repeatable")
     p.add_argument("--network", action="append", default=[], metavar="NET",
-                   help="attach to a network (repeatable)")
+                   help="attach to a network, or name=NET,alias=A[,alias=B] to give the "
+                        "service more DNS names there (repeatable)")
     p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment variable (repeatable)")
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                    help="service label (repeatable)")
     p.add_argument("--container-label", action="append", default=[], metavar="KEY=VALUE",
                    help="container label (repeatable)")
+    p.add_argument("--sysctl", action="append", default=[], metavar="KEY=VALUE",
+                   help="namespaced kernel parameter, e.g. net.core.somaxconn=1024 "
+                        "(repeatable)")
+    p.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
+                   help="resource limit, e.g. nofile=1024:2048 (-1: unlimited; repeatable)")
     add_settable_flags(p)
     p.add_argument("image", metavar="IMAGE")
     # Everything after the image is the task's command, flags included (`httpd -f -p 80`).
@@ -182,11 +197,15 @@ def add_update_flags(p: argparse.ArgumentParser) -> None:
             ("constraint", "EXPR", "placement constraint"),
             ("placement-pref", "spread=node.labels.KEY", "spread preference"),
             ("publish", "PUBLISHED:TARGET[/PROTO]", "published port"),
-            ("network", "NET", "network"),
+            ("network", "NET|name=NET,alias=A", "network"),
             ("env", "KEY=VALUE", "environment variable"),
             ("label", "KEY=VALUE", "service label"),
-            ("container-label", "KEY=VALUE", "container label")):
-        rm_meta = "KEY" if "=" in meta else ("TARGET[/PROTO]" if flag == "publish" else meta)
+            ("container-label", "KEY=VALUE", "container label"),
+            ("sysctl", "KEY=VALUE", "kernel parameter"),
+            ("ulimit", "NAME=SOFT[:HARD]", "resource limit")):
+        rm_meta = ("KEY" if flag in ("env", "label", "container-label", "sysctl") else
+                   "TARGET[/PROTO]" if flag == "publish" else "NET" if flag == "network"
+                   else "NAME" if flag == "ulimit" else meta)
         p.add_argument(f"--{flag}-add", action="append", default=[], metavar=meta,
                        help=f"add a {what} (repeatable)")
         p.add_argument(f"--{flag}-rm", action="append", default=[], metavar=rm_meta,
@@ -236,6 +255,50 @@ def _port(value: str, text: str) -> int:
     return int(value)
 
 
+def parse_network(text: str, flag: str) -> str | dict[str, Any]:
+    """``NET``, or docker's long form ``name=NET,alias=A,alias=B`` -> one
+    ``spec.networks`` item: the bare name, or ``{name, aliases}``."""
+    if "=" not in text:
+        return text
+    name = ""
+    aliases: list[str] = []
+    for part in text.split(","):
+        key, sep, value = (s.strip() for s in part.partition("="))
+        if sep and key in ("name", "target") and value and not name:
+            name = value
+        elif sep and key == "alias" and value:
+            aliases.append(value)
+        else:
+            raise errors.CliError(
+                f'{flag} "{text}": "{part}" is not one of name=NET (once), alias=NAME '
+                "(driver options are not supported); e.g. name=backend,alias=db")
+    if not name:
+        raise errors.CliError(f'{flag} "{text}": name= is required (e.g. '
+                              "name=backend,alias=db)")
+    return {"name": name, "aliases": list(dict.fromkeys(aliases))} if aliases else name
+
+
+def _network_name(item: Any) -> Any:
+    return item.get("name") if isinstance(item, dict) else item
+
+
+def _add_networks(current: Sequence[Any], add: Sequence[str], flag: str) -> list[Any]:
+    """``current`` with the networks of ``add`` (``--network`` values) appended; one given
+    again the same way is a no-op, given again differently an error."""
+    out = list(current)
+    for text in add:
+        item = parse_network(text, flag)
+        have = next((i for i in out if _network_name(i) == _network_name(item)), None)
+        if have is None:
+            out.append(item)
+        elif have != item:
+            raise errors.CliError(
+                f'{flag} "{text}": the service already has network {_network_name(item)} '
+                f"(as {have!r}); give each network once, with all its aliases (to change "
+                "them: --network-rm NET --network-add name=NET,alias=...)")
+    return out
+
+
 def parse_pair(text: str, flag: str, environ: Mapping[str, str] | None = None
                ) -> tuple[str, str] | None:
     """``KEY=VALUE`` -> (key, value). For ``-e KEY`` alone docker takes the value from
@@ -259,6 +322,24 @@ def parse_pairs(items: Sequence[str], flag: str,
         if pair is not None:
             out[pair[0]] = pair[1]
     return out
+
+
+def parse_ulimit(text: str, flag: str) -> tuple[str, dict[str, int]]:
+    """``nofile=1024:2048`` or ``nproc=512`` (soft and hard alike), as docker's --ulimit."""
+    name, sep, limits = text.partition("=")
+    soft, _, hard = limits.partition(":")
+    try:
+        if not name.strip() or not sep:
+            raise ValueError
+        values = {"soft": int(soft), "hard": int(hard or soft)}
+    except ValueError:
+        raise errors.CliError(f'{flag} "{text}": expected NAME=SOFT[:HARD] with whole '
+                              "numbers (-1: unlimited), e.g. nofile=1024:2048") from None
+    return name.strip(), values
+
+
+def parse_ulimits(items: Sequence[str], flag: str) -> dict[str, dict[str, int]]:
+    return dict(parse_ulimit(item, flag) for item in items)
 
 
 def parse_spread(text: str, flag: str) -> dict[str, str]:
@@ -314,6 +395,9 @@ def apply_settable(spec: Spec, args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if value is not None:
             template[key] = value
+    if args.init is not None:
+        template["init"] = args.init
+    _set_capabilities(template, args)
     _set_health(template, args)
     for flag, key in (("restart_condition", "condition"), ("restart_delay", "delay"),
                       ("restart_max_attempts", "maxAttempts"), ("restart_window", "window")):
@@ -329,6 +413,30 @@ def apply_settable(spec: Spec, args: argparse.Namespace) -> None:
             _sub(template, "resources", section)[key] = value
     _set_config(spec, args, "update")
     _set_config(spec, args, "rollback")
+
+
+def _set_capabilities(template: dict[str, Any], args: argparse.Namespace) -> None:
+    """docker's --cap-add / --cap-drop: adding a capability takes it off the dropped ones
+    and dropping one takes it off the added ones; RESET empties that list first."""
+    if not args.cap_add and not args.cap_drop:
+        return
+    lists = {key: {tpl.normalize_capability(str(c)) for c in template.get(key) or []}
+             for key in ("capAdd", "capDrop")}
+    for flag, key, other in ((args.cap_add, "capAdd", "capDrop"),
+                             (args.cap_drop, "capDrop", "capAdd")):
+        names = [tpl.normalize_capability(c) for c in flag]
+        if "CAP_RESET" in names:
+            lists[key].clear()
+        for name in names:
+            if name != "CAP_RESET":
+                lists[key].add(name)
+                lists[other].discard(name)
+    caps = tpl.effective_capabilities(lists["capAdd"], lists["capDrop"])
+    for key, value in (("capAdd", caps.add), ("capDrop", caps.drop)):
+        if value:
+            template[key] = list(value)
+        else:
+            template.pop(key, None)
 
 
 def _set_health(template: dict[str, Any], args: argparse.Namespace) -> None:
@@ -378,6 +486,12 @@ def create_manifest(args: argparse.Namespace, name: str, namespace: str | None,
     container_labels = parse_pairs(args.container_label, "--container-label")
     if container_labels:
         template["labels"] = container_labels
+    sysctls = parse_pairs(args.sysctl, "--sysctl")
+    if sysctls:
+        template["sysctls"] = sysctls
+    ulimits = parse_ulimits(args.ulimit, "--ulimit")
+    if ulimits:
+        template["ulimits"] = ulimits
     spec: Spec = {"template": template}
     if args.mode is not None:
         spec["mode"] = args.mode
@@ -391,7 +505,7 @@ def create_manifest(args: argparse.Namespace, name: str, namespace: str | None,
     if args.publish:
         _sub(spec, "endpoint")["ports"] = [parse_publish(p) for p in args.publish]
     if args.network:
-        spec["networks"] = list(dict.fromkeys(args.network))
+        spec["networks"] = _add_networks([], args.network, "--network")
     apply_settable(spec, args)
     metadata: dict[str, Any] = {"name": name}
     if namespace:
@@ -409,6 +523,9 @@ def changes_given(args: argparse.Namespace) -> list[str]:
     typed: ``--rollback`` takes none, since the rollback decides the whole spec."""
     given = []
     for key, value in sorted(vars(args).items()):
+        if key == "init" and value is False:
+            given.append("--no-init")  # the one flag whose False is a change
+            continue
         if key in _NOT_CHANGES or value in (None, False, []):
             continue
         given.append("--" + key.replace("_", "-"))
@@ -467,8 +584,8 @@ def _edit_list(spec_list: list[Any], add: Sequence[Any], rm: Sequence[str],
     return out
 
 
-def _edit_map(mapping: dict[str, str], add: dict[str, str], rm: Sequence[str],
-              flag: str, what: str) -> dict[str, str]:
+def _edit_map(mapping: Mapping[str, Any], add: Mapping[str, Any], rm: Sequence[str],
+              flag: str, what: str) -> dict[str, Any]:
     out = dict(mapping)
     for key in rm:
         if key not in out:
@@ -513,8 +630,10 @@ def update_manifest(live: Mapping[str, Any], args: argparse.Namespace,
     endpoint["ports"] = _edit_list(
         endpoint.get("ports") or [], [parse_publish(p) for p in args.publish_add],
         args.publish_rm, _port_matches, "publish", "published port", _port_text)
-    spec["networks"] = _edit_list(spec.get("networks") or [], args.network_add,
-                                  args.network_rm, lambda n, t: n == t, "network", "network")
+    spec["networks"] = _add_networks(
+        _remove(list(spec.get("networks") or []), args.network_rm,
+                lambda n, t: _network_name(n) == t, "--network-rm", "network", _network_name),
+        args.network_add, "--network-add")
     env = _edit_map(template.get("env") or {}, parse_pairs(args.env_add, "--env-add", environ),
                     args.env_rm, "env", "environment variable")
     container_labels = _edit_map(template.get("labels") or {},
@@ -525,7 +644,14 @@ def update_manifest(live: Mapping[str, Any], args: argparse.Namespace,
     meta["labels"] = _edit_map(meta.get("labels") or {},
                                parse_pairs(args.label_add, "--label-add"), args.label_rm,
                                "label", "label")
+    sysctls = _edit_map(template.get("sysctls") or {},
+                        parse_pairs(args.sysctl_add, "--sysctl-add"), args.sysctl_rm,
+                        "sysctl", "kernel parameter")
+    ulimits = _edit_map(template.get("ulimits") or {},
+                        parse_ulimits(args.ulimit_add, "--ulimit-add"), args.ulimit_rm,
+                        "ulimit", "resource limit")
     for holder, key, value in ((template, "env", env), (template, "labels", container_labels),
+                               (template, "sysctls", sysctls), (template, "ulimits", ulimits),
                                (placement, "constraints", placement["constraints"]),
                                (placement, "preferences", placement["preferences"]),
                                (endpoint, "ports", endpoint["ports"]),

@@ -5,6 +5,14 @@ named ``<stack>_<key>`` unless the file sets ``name:`` or marks it ``external`` 
 name is used as is and no object is made for it), as ``docker stack deploy`` names them.
 Mapping follows Docker 20.10's convert rules field by field; anything Shoal's schema has no
 field for yet is left out here rather than invented (see ``UNMAPPED``).
+
+Names inside a stack: as Docker does, every service gets its compose key as an alias on
+each of its networks, after the file's own ``aliases`` (``spec.networks`` entries
+``{name, aliases}``), so ``db`` resolves from the stack's other services. Network driver
+options: Shoal's overlay honours none yet (``crds.networking.driver_option_refusal``);
+``encrypted`` is refused -- a network the file wants encrypted must not silently carry
+plain text -- unless the caller allows unencrypted networks, and the others are dropped
+with a warning.
 """
 
 import base64
@@ -15,15 +23,16 @@ from typing import Any
 
 from shoal.compose.errors import ComposeError
 from shoal.compose.loader import ComposeProject
+from shoal.crds import networking as nw
+from shoal.crds import template as tpl
 
 API = "shoal.io/v1"
 NS_LABEL = "com.docker.stack.namespace"
 IMAGE_LABEL = "com.docker.stack.image"
 # Compose keys Docker honours but Shoal's schema cannot carry yet: accepted, reported in
 # one warning (so a user knows), and dropped rather than invented into the schema.
-UNMAPPED_SERVICE = ("init", "cap_add", "cap_drop", "sysctls", "ulimits", "dns", "dns_search",
-                    "extra_hosts", "logging", "tty", "stdin_open", "read_only", "isolation",
-                    "credential_spec", "tmpfs")
+UNMAPPED_SERVICE = ("dns", "dns_search", "extra_hosts", "logging", "tty", "stdin_open",
+                    "read_only", "isolation", "credential_spec", "tmpfs")
 UNMAPPED_DEEP = (
     ("deploy.resources.limits.pids", ("deploy", "resources", "limits", "pids")),
     ("deploy.resources.reservations.generic_resources",
@@ -31,20 +40,24 @@ UNMAPPED_DEEP = (
 )
 
 
-def convert_stack(project: ComposeProject, stack: str) -> list[dict[str, Any]]:
+def convert_stack(project: ComposeProject, stack: str, *,
+                  allow_unencrypted: bool = False) -> list[dict[str, Any]]:
     """The manifests ``stack deploy`` would apply: networks, secrets, configs, services.
-    Raises ``ComposeError`` naming the file(s), the service and the key."""
+    Raises ``ComposeError`` naming the file(s), the service and the key. A network with
+    ``driver_opts: {encrypted: ...}`` is refused unless ``allow_unencrypted``; then it is
+    made unencrypted, with a warning saying so."""
     try:
-        return _convert(project, stack)
+        return _convert(project, stack, allow_unencrypted)
     except ComposeError as exc:
         if exc.file is not None:
             raise
         raise ComposeError(str(exc), ", ".join(project.files)) from exc
 
 
-def _convert(project: ComposeProject, stack: str) -> list[dict[str, Any]]:
+def _convert(project: ComposeProject, stack: str,
+             allow_unencrypted: bool) -> list[dict[str, Any]]:
     _warn_unmapped(project)
-    networks = _networks(project, stack)
+    networks = _networks(project, stack, allow_unencrypted)
     secrets = _files(project, stack, "secrets", "Secret")
     configs = _files(project, stack, "configs", "Config")
     services = [_guarded(project, stack, name, body)
@@ -66,15 +79,12 @@ def _warn_unmapped(project: ComposeProject) -> None:
                 found.add(name)
         nets = service.get("networks")
         for opts in nets.values() if isinstance(nets, dict) else ():
-            found |= {f"networks.{k}" for k in opts or {} if k in ("aliases", "ipv4_address",
+            found |= {f"networks.{k}" for k in opts or {} if k in ("ipv4_address",
                                                                     "ipv6_address")}
         for key in ("secrets", "configs"):
             for item in service.get(key) or []:
                 if isinstance(item, dict):
                     found |= {f"{key}.{k}" for k in ("uid", "gid", "mode") if k in item}
-    for body in project.networks.values():
-        if body and body.get("driver_opts"):
-            found.add("networks driver_opts")
     for body in project.volumes.values():
         if body and (body.get("driver") or body.get("driver_opts")):
             found.add("volumes driver/driver_opts")
@@ -118,7 +128,22 @@ def object_name(project: ComposeProject, section: str, key: str, stack: str) -> 
     return key if _external(body) else f"{stack}_{key}"
 
 
-def _networks(project: ComposeProject, stack: str) -> dict[str, dict[str, Any]]:
+def _driver_opts(key: str, body: dict[str, Any], allow_unencrypted: bool,
+                 warnings: list[str]) -> None:
+    """Refuse ``encrypted`` (unless allowed), warn about every other driver option: the
+    overlay honours none yet."""
+    opts = body.get("driver_opts") or {}
+    for opt in sorted(opts):
+        where = f"networks.{key}.driver_opts.{opt}"
+        why = nw.driver_option_refusal(str(opt))
+        if opt == nw.ENCRYPTED_OPTION and not allow_unencrypted:
+            raise ComposeError(f"{where}: {why}; remove the option to deploy the network "
+                               "unencrypted, or allow unencrypted networks explicitly")
+        warnings.append(f"Ignoring {where}: {why}")
+
+
+def _networks(project: ComposeProject, stack: str,
+              allow_unencrypted: bool) -> dict[str, dict[str, Any]]:
     used = {n for s in project.services.values() for n in (_service_networks(s) or ["default"])}
     out: dict[str, dict[str, Any]] = {}
     for key in sorted(used):
@@ -132,6 +157,7 @@ def _networks(project: ComposeProject, stack: str) -> dict[str, dict[str, Any]]:
         if driver != "overlay":
             raise ComposeError(f"networks.{key}.driver: {driver} networks cannot be used by "
                                "swarm services; use the overlay driver")
+        _driver_opts(key, body, allow_unencrypted, project.warnings)
         spec: dict[str, Any] = {"driver": "overlay"}
         if body.get("attachable"):
             spec["attachable"] = True
@@ -218,6 +244,21 @@ def _service_networks(service: dict[str, Any]) -> list[str]:
     return [str(n) for n in nets or []]
 
 
+def _attachments(project: ComposeProject, stack: str, name: str,
+                 body: dict[str, Any]) -> list[dict[str, Any]]:
+    """``spec.networks``: each network (sorted by name, as Docker attaches them) with the
+    file's aliases there and then the service's compose key, as Docker gives them."""
+    nets = body.get("networks")
+    out = []
+    for key in _service_networks(body) or ["default"]:
+        target = (object_name(project, "networks", key, stack)
+                  if key != "default" or "default" in project.networks else f"{stack}_default")
+        opts = nets.get(key) if isinstance(nets, dict) else None
+        aliases = [str(a) for a in (opts or {}).get("aliases") or []]
+        out.append({"name": target, "aliases": list(dict.fromkeys([*aliases, name]))})
+    return sorted(out, key=lambda n: n["name"])
+
+
 def _words(value: Any) -> list[str]:
     import shlex
     if isinstance(value, str):
@@ -259,6 +300,7 @@ def _service(project: ComposeProject, stack: str, name: str,
         template["resources"] = resources
     if body.get("stop_grace_period") is not None:
         template["stopGracePeriod"] = str(body["stop_grace_period"])
+    template.update(_process_settings(body, where))
     for section, default in (("secrets", "{}"), ("configs", "/{}")):
         refs = []
         for item in body.get(section) or []:
@@ -300,10 +342,7 @@ def _service(project: ComposeProject, stack: str, name: str,
     for key, field in (("update_config", "updateConfig"), ("rollback_config", "rollbackConfig")):
         if deploy.get(key):
             spec[field] = _update(deploy[key])
-    # Sorted by name, as Docker attaches them.
-    spec["networks"] = sorted(object_name(project, "networks", n, stack) if n != "default"
-                              or "default" in project.networks else f"{stack}_default"
-                              for n in (_service_networks(body) or ["default"]))
+    spec["networks"] = _attachments(project, stack, name, body)
     endpoint: dict[str, Any] = {}
     if deploy.get("endpoint_mode"):
         endpoint["mode"] = str(deploy["endpoint_mode"]).lower()
@@ -321,6 +360,44 @@ def _service(project: ComposeProject, stack: str, name: str,
     labels = {**_labels(deploy.get("labels")), IMAGE_LABEL: str(image)}
     return {"apiVersion": API, "kind": "Service",
             "metadata": _meta(f"{stack}_{name}", stack, labels, True), "spec": spec}
+
+
+def _process_settings(body: dict[str, Any], where: str) -> dict[str, Any]:
+    """``init``, ``cap_add``/``cap_drop``, ``sysctls`` and ``ulimits`` as Docker 20.10's
+    stack deploy converts them: capabilities normalised (``CAP_`` prefix, ``ALL``, an
+    added one not also dropped), sysctls from a list or a mapping, a bare ulimit number
+    as both soft and hard. Whether a node can run them is admission's to say."""
+    out: dict[str, Any] = {}
+    if body.get("init") is not None:
+        out["init"] = bool(body["init"])
+    caps: dict[str, set[str]] = {}
+    for key in ("cap_add", "cap_drop"):
+        items = body.get(key) or []
+        if not all(isinstance(c, str) for c in items):
+            raise ComposeError(f"{where}.{key} must be a list of strings such as NET_ADMIN")
+        caps[key] = {tpl.normalize_capability(c) for c in items}
+    effective = tpl.effective_capabilities(caps["cap_add"], caps["cap_drop"])
+    if effective.add:
+        out["capAdd"] = list(effective.add)
+    if effective.drop:
+        out["capDrop"] = list(effective.drop)
+    sysctls = body.get("sysctls")
+    if isinstance(sysctls, dict):
+        out["sysctls"] = {str(k): "" if v is None else _str(v) for k, v in sysctls.items()}
+    elif sysctls:
+        out["sysctls"] = {k: v for k, _, v in (str(item).partition("=") for item in sysctls)}
+    ulimits: dict[str, Any] = {}
+    for name, value in (body.get("ulimits") or {}).items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            ulimits[str(name)] = {"soft": value, "hard": value}
+        elif isinstance(value, dict) and set(value) == {"soft", "hard"}:
+            ulimits[str(name)] = {"soft": value["soft"], "hard": value["hard"]}
+        else:
+            raise ComposeError(f"{where}.ulimits.{name} must be an integer or a mapping with "
+                               "soft and hard, e.g. {soft: 1024, hard: 2048}")
+    if ulimits:
+        out["ulimits"] = ulimits
+    return out
 
 
 def _tagged(image: str) -> str:

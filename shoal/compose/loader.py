@@ -187,7 +187,9 @@ _SERVICE_SHAPES: tuple[tuple[tuple[str, ...], tuple[type, ...]], ...] = (
     (("user",), _STR), (("working_dir",), _STR), (("stop_signal",), _STR),
     (("deploy",), _DICT), (("healthcheck",), _DICT), (("healthcheck", "test"), _STR_OR_LIST),
     (("deploy", "labels"), _LIST_OR_DICT), (("deploy", "placement", "constraints"), _LIST),
-    (("deploy", "placement", "preferences"), _LIST),
+    (("deploy", "placement", "preferences"), _LIST), (("init",), (bool,)),
+    (("cap_add",), _LIST), (("cap_drop",), _LIST), (("sysctls",), _LIST_OR_DICT),
+    (("ulimits",), _DICT),
 )
 _TOP_SHAPES: tuple[tuple[tuple[str, ...], tuple[type, ...]], ...] = (
     (("name",), _STR), (("file",), _STR), (("driver",), _STR), (("driver_opts",), _DICT),

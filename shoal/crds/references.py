@@ -67,9 +67,11 @@ def references(service: Resource) -> list[Reference]:
     out: list[Reference] = []
     networks = service.spec.get("networks")
     if isinstance(networks, list):
-        for i, name in enumerate(networks):
-            if isinstance(name, str) and name:
-                out.append(Reference(NETWORK, name, None, f"spec.networks[{i}]"))
+        for i, item in enumerate(networks):
+            name = nw.network_entry_name(item)
+            if name is not None:
+                where = f"spec.networks[{i}]" + (".name" if isinstance(item, dict) else "")
+                out.append(Reference(NETWORK, name, None, where))
     namespace = service.metadata.namespace or DEFAULT_NAMESPACE
     template = service.spec.get("template")
     template = template if isinstance(template, dict) else {}

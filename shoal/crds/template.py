@@ -7,7 +7,9 @@ Here each field has one typed accessor, and every rule about a field lives in it
 
 * ``image``, ``command`` (entrypoint / command / args and how they combine with the
   image's), ``env``, ``labels``, ``workdir`` / ``user`` / ``hostname`` / ``stop_signal``,
-  ``mounts``, ``healthcheck``, ``resources``, ``stop_grace``, ``secrets``, ``configs``;
+  ``mounts``, ``healthcheck``, ``resources``, ``stop_grace``, ``secrets``, ``configs``,
+  and the process settings Docker runs with: ``init``, ``capabilities`` (capAdd /
+  capDrop), ``sysctls``, ``ulimits``;
 * ``problems`` runs every accessor and returns all their refusals, which is how admission
   checks a template: it accepts exactly what the accessors will later read.
 
@@ -21,11 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar
 
 from shoal.crds import units
-from shoal.crds.fielderrors import describe, quote
+from shoal.crds.fielderrors import child, describe, quote, suggest
 
 PATH: Final = "spec.template"
 #: Swarm's stop grace period, used when the template gives none.
@@ -514,11 +517,223 @@ def configs(template: Mapping[str, Any]) -> list[FileRef]:
     return _run(_configs, template)
 
 
+# --- init, capabilities, sysctls, ulimits ----------------------------------------------
+
+#: Linux's capabilities (capabilities(7)) by number, as ``CAP_`` names.
+CAPABILITIES: Final = tuple(f"CAP_{name}" for name in (
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID",
+    "SETUID", "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN",
+    "NET_RAW", "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE",
+    "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME",
+    "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP",
+    "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ",
+    "PERFMON", "BPF", "CHECKPOINT_RESTORE"))
+ALL_CAPABILITIES: Final = "ALL"
+#: The kernel parameters a task may set: those a container's own network and IPC
+#: namespaces scope (Docker's list); any other would change the whole node.
+SYSCTL_PREFIXES: Final = ("net.", "fs.mqueue.")
+SYSCTL_IPC: Final = ("kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem",
+                     "kernel.shmall", "kernel.shmmax", "kernel.shmmni",
+                     "kernel.shm_rmid_forced")
+#: The resource limits Docker sets (``as`` is left out by Docker too); -1 is unlimited.
+ULIMITS: Final = ("core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice",
+                  "nofile", "nproc", "rss", "rtprio", "rttime", "sigpending", "stack")
+UNLIMITED: Final = -1
+
+
+def normalize_capability(name: str) -> str:
+    """``net_admin``, ``NET_ADMIN`` -> ``CAP_NET_ADMIN``; ``all`` -> ``ALL`` (Docker's
+    spelling rule; whether the name exists is :func:`capabilities`' check)."""
+    name = name.strip().upper()
+    return name if name == ALL_CAPABILITIES or name.startswith("CAP_") else f"CAP_{name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """Capabilities to add to and drop from the runtime's default set, normalised and
+    sorted. ``ALL`` in either list stands for every capability; a capability both added
+    and dropped is added (Docker's rule: ``capAdd`` wins)."""
+
+    add: tuple[str, ...] = ()
+    drop: tuple[str, ...] = ()
+
+    @property
+    def drops_all(self) -> bool:
+        return ALL_CAPABILITIES in self.drop
+
+
+def _capability_list(template: Mapping[str, Any], name: str,
+                     problems: Problems) -> set[str]:
+    value = template.get(name)
+    if value is None:
+        return set()
+    if not isinstance(value, list):
+        problems.append(TemplateError(_field(name), f"must be a list of capability names, "
+                                                    f"got {describe(value)}"))
+        return set()
+    found: set[str] = set()
+    for index, raw in enumerate(value):
+        path = f"{_field(name)}[{index}]"
+        if not isinstance(raw, str) or not raw.strip():
+            problems.append(TemplateError(path, f"must be a capability name such as "
+                                                f"NET_ADMIN, got {describe(raw)}"))
+            continue
+        cap = normalize_capability(raw)
+        if cap != ALL_CAPABILITIES and cap not in CAPABILITIES:
+            # Matched without the common prefix, which makes every name look alike.
+            hint = suggest(cap.removeprefix("CAP_"), [c[4:] for c in CAPABILITIES])
+            problems.append(TemplateError(path, f"unknown capability {quote(raw)}"
+                                                + (f" (did you mean {hint}?)" if hint else "")
+                                                + "; write a name from capabilities(7) such"
+                                                  " as NET_ADMIN (the CAP_ prefix is "
+                                                  "optional), or ALL"))
+            continue
+        found.add(cap)
+    return found
+
+
+def effective_capabilities(add: set[str], drop: set[str]) -> Capabilities:
+    """Docker's reading of ``--cap-add``/``--cap-drop``: ``ALL`` swallows the other names
+    of its list, and a capability in both lists is only added."""
+    if ALL_CAPABILITIES in add:
+        add = {ALL_CAPABILITIES}
+    if ALL_CAPABILITIES in drop:
+        drop = {ALL_CAPABILITIES}
+    return Capabilities(tuple(sorted(add)), tuple(sorted(drop - add)))
+
+
+def _capabilities(template: Mapping[str, Any], problems: Problems) -> Capabilities:
+    return effective_capabilities(_capability_list(template, "capAdd", problems),
+                                  _capability_list(template, "capDrop", problems))
+
+
+def capabilities(template: Mapping[str, Any]) -> Capabilities:
+    """``capAdd`` and ``capDrop``, normalised (``CAP_`` prefix) and checked against
+    Linux's list."""
+    return _run(_capabilities, template)
+
+
+def _init(template: Mapping[str, Any], problems: Problems) -> bool | None:
+    value = template.get("init")
+    if value is None or isinstance(value, bool):
+        return value
+    problems.append(TemplateError(_field("init"), f"must be true or false, got "
+                                                  f"{describe(value)}"))
+    return None
+
+
+def init(template: Mapping[str, Any]) -> bool | None:
+    """Run an init process as the task's pid 1 (it reaps zombies and passes signals on);
+    None leaves it to the runtime's default (dockerd's ``--init``, off unless set)."""
+    return _run(_init, template)
+
+
+def sysctl_allowed(key: str) -> bool:
+    """Is ``key`` a kernel parameter scoped to the task's own namespaces?"""
+    return key.startswith(SYSCTL_PREFIXES) or key in SYSCTL_IPC
+
+
+_SYSCTL_KEY = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_-]+)+$")
+
+
+def _sysctls(template: Mapping[str, Any], problems: Problems) -> dict[str, str]:
+    value = template.get("sysctls")
+    path = _field("sysctls")
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        problems.append(TemplateError(path, f"must be a mapping of kernel parameters to "
+                                            f"values, got {describe(value)}"))
+        return {}
+    found: dict[str, str] = {}
+    for key, raw in value.items():
+        where = child(path, str(key))
+        if not isinstance(key, str) or not _SYSCTL_KEY.match(key):
+            problems.append(TemplateError(where, "must be a kernel parameter written with "
+                                                 "dots, such as net.core.somaxconn"))
+        elif not sysctl_allowed(key):
+            problems.append(TemplateError(where, f"{key} is not namespaced: setting it would "
+                                                 "change the whole node. A task may set net.*"
+                                                 ", fs.mqueue.* and the IPC parameters "
+                                                 + ", ".join(SYSCTL_IPC)))
+        elif isinstance(raw, bool) or not isinstance(raw, str | int | float):
+            problems.append(TemplateError(where, f"must be a string or a number, got "
+                                                 f"{describe(raw)}"))
+        else:
+            found[key] = str(raw)
+    return found
+
+
+def sysctls(template: Mapping[str, Any]) -> dict[str, str]:
+    """Kernel parameters to set in the task's namespaces, values as text; only the
+    namespaced ones (net.*, fs.mqueue.*, the IPC ones) are allowed."""
+    return _run(_sysctls, template)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ulimit:
+    """One resource limit; ``soft`` and ``hard`` are -1 (``UNLIMITED``) or >= 0."""
+
+    name: str
+    soft: int
+    hard: int
+
+
+def _limit(raw: Any, path: str, problems: Problems) -> int | None:
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < UNLIMITED:
+        problems.append(TemplateError(path, f"must be a whole number >= 0, or -1 for "
+                                            f"unlimited; got {describe(raw)}"))
+        return None
+    return raw
+
+
+def _ulimits(template: Mapping[str, Any], problems: Problems) -> list[Ulimit]:
+    value = template.get("ulimits")
+    path = _field("ulimits")
+    if value is None:
+        return []
+    if not isinstance(value, Mapping):
+        problems.append(TemplateError(path, f"must be a mapping of limit names to {{soft, "
+                                            f"hard}}, got {describe(value)}"))
+        return []
+    found: list[Ulimit] = []
+    for name, raw in sorted(value.items(), key=lambda item: str(item[0])):
+        where = child(path, str(name))
+        if name not in ULIMITS:
+            hint = suggest(str(name), ULIMITS)
+            problems.append(TemplateError(where, f"unknown limit {quote(str(name))}"
+                                                 + (f" (did you mean {hint}?)" if hint else "")
+                                                 + "; one of " + ", ".join(ULIMITS)))
+            continue
+        if not isinstance(raw, Mapping) or "soft" not in raw or "hard" not in raw:
+            problems.append(TemplateError(where, "must be {soft: N, hard: N} (-1 for "
+                                                 "unlimited)"))
+            continue
+        soft = _limit(raw["soft"], f"{where}.soft", problems)
+        hard = _limit(raw["hard"], f"{where}.hard", problems)
+        if soft is None or hard is None:
+            continue
+        if hard != UNLIMITED and (soft == UNLIMITED or soft > hard):
+            shown = "unlimited" if soft == UNLIMITED else str(soft)
+            problems.append(TemplateError(where, f"the soft limit ({shown}) is above the hard "
+                                                 f"limit ({hard}); the soft limit must be at "
+                                                 "most the hard one"))
+            continue
+        found.append(Ulimit(str(name), soft, hard))
+    return found
+
+
+def ulimits(template: Mapping[str, Any]) -> list[Ulimit]:
+    """Resource limits by name (``nofile``, ``nproc``...), sorted; soft <= hard."""
+    return _run(_ulimits, template)
+
+
 # --- everything at once ----------------------------------------------------------------
 
 _READERS: Final[tuple[Callable[[Mapping[str, Any], Problems], object], ...]] = (
     _image, _command, _env, _labels, _workdir, _user, _hostname, _stop_signal, _stop_grace,
-    _mounts, _healthcheck, _resources, _secrets, _configs,
+    _mounts, _healthcheck, _resources, _secrets, _configs, _init, _capabilities, _sysctls,
+    _ulimits,
 )
 
 

@@ -156,6 +156,37 @@ async def test_start_observe_logs_labels_and_config(driver: DockerExecutor, dock
     await driver.remove(task.uid)  # removing nothing is fine
 
 
+async def test_init_capabilities_sysctls_and_ulimits_reach_the_container(
+        driver: DockerExecutor, docker_client: Any) -> None:
+    # What the workload itself sees, printed to its log: its pid 1, its capability
+    # bounding set, a namespaced kernel parameter, its open-files limit.
+    task, observed = await run(driver, {
+        "command": ["sh", "-c", "cat /proc/1/comm; grep CapBnd /proc/self/status; "
+                                "cat /proc/sys/net/core/somaxconn; "
+                                "grep 'Max open files' /proc/self/limits; sleep 1000"],
+        "init": True, "capAdd": ["sys_time"], "capDrop": ["CAP_NET_RAW"],
+        "sysctls": {"net.core.somaxconn": 1234},
+        "ulimits": {"nofile": {"soft": 1000, "hard": 2000}},
+    })
+    assert observed.state == "running"
+
+    async def printed() -> list[str] | None:
+        lines = [line.line.decode() for line in await collect(driver, task.uid)]
+        return lines if len(lines) >= 4 else None
+    comm, capbnd, somaxconn, nofile = (await eventually(printed, timeout=10,
+                                                        what="the task's report"))[:4]
+    assert comm == "docker-init"
+    bounding = int(capbnd.split()[1], 16)
+    assert not bounding & (1 << 13)  # CAP_NET_RAW, in Docker's default set, dropped
+    assert bounding & (1 << 25)  # CAP_SYS_TIME, not in it, added
+    assert bounding & (1 << 0)  # CAP_CHOWN: the rest of the default set stays
+    assert somaxconn == "1234"
+    assert nofile.split()[3:5] == ["1000", "2000"]
+    host = docker_client.containers.get(observed.workload_id).attrs["HostConfig"]
+    assert host["Init"] is True
+    assert (host["CapAdd"], host["CapDrop"]) == (["CAP_SYS_TIME"], ["CAP_NET_RAW"])
+
+
 async def test_stop_honours_grace_then_kills(driver: DockerExecutor) -> None:
     stubborn, _ = await run(driver, {"command": ["sh", "-c", "trap '' TERM; sleep 1000"]})
     polite, _ = await run(driver, {"command": ["sh", "-c", "trap 'exit 7' USR2; "

@@ -210,6 +210,37 @@ async def test_bad_specs_are_rejected(driver: ProcessExecutor) -> None:
     with pytest.raises(TaskRejectedError, match="workdir"):
         await driver.prepare(make_task(driver.node, {"command": ["true"],
                                                      "workdir": "/nonexistent"}))
+    with pytest.raises(TaskRejectedError, match="cannot give capabilities to user 65534"):
+        await driver.prepare(make_task(driver.node, {"command": ["true"], "user": "nobody",
+                                                     "capAdd": ["NET_ADMIN"]}))
+
+
+def host_sysctls() -> tuple[str, str]:
+    return (Path("/proc/sys/net/core/somaxconn").read_text(),
+            Path("/proc/sys/kernel/msgmax").read_text())
+
+
+async def test_ulimits_sysctls_and_dropped_capabilities(driver: ProcessExecutor) -> None:
+    # What the process itself sees: its limits, its namespaces' parameters, its
+    # capability bounding set; the host's values stay as they were.
+    before = host_sysctls()
+    task, _ = await run(driver, {
+        "command": ["sh", "-c", "grep 'Max open files' /proc/self/limits; "
+                                "cat /proc/sys/net/core/somaxconn /proc/sys/kernel/msgmax; "
+                                "grep CapBnd /proc/self/status"],
+        "init": True, "capDrop": ["NET_RAW", "chown"],
+        "sysctls": {"net.core.somaxconn": "1234", "kernel.msgmax": "4321"},
+        "ulimits": {"nofile": {"soft": 100, "hard": 200}},
+    })
+    assert (await exited(driver, task.uid)).exit_code == 0
+    nofile, somaxconn, msgmax, capbnd = [line.line.decode()
+                                         for line in await collect(driver, task.uid)]
+    assert nofile.split()[3:5] == ["100", "200"]
+    assert (somaxconn, msgmax) == ("1234", "4321")
+    bounding = int(capbnd.split()[1], 16)
+    assert not bounding & (1 << 13) and not bounding & (1 << 0)  # NET_RAW, CHOWN
+    assert bounding & (1 << 21)  # SYS_ADMIN: the others stay
+    assert host_sysctls() == before
 
 
 CRASHING_AGENT = """

@@ -46,7 +46,7 @@ def task(name: str, service: str, node_name: str, networks: dict[str, str],
     return t
 
 
-def service(name: str, networks: list[str], endpoint: dict[str, Any] | None = None,
+def service(name: str, networks: list[Any], endpoint: dict[str, Any] | None = None,
             ports: list[dict[str, Any]] | None = None, mode: str = "vip") -> resource.Resource:
     s = resource.new("Service", name, "default",
                      {"networks": networks, "endpoint": {"mode": mode, "ports": ports or []}})
@@ -118,6 +118,15 @@ def test_balancer_and_dns_follow_running_tasks() -> None:
     assert plan.dns[0].tasks == {"appnet": ()}
     # ... while its veth stays until its workload is gone.
     assert plan.overlay.networks[0].attachments[0].key == "uid-web.1"
+
+
+def test_aliases_go_into_the_record_of_their_network_only() -> None:
+    svc = service("web", [{"name": "appnet", "aliases": ["www", "front"]},
+                          {"name": "ingress", "aliases": ["mesh"]}],
+                  endpoint=WEB.status["endpoint"])
+    (record,) = netplan.plan("n1", NETS, [svc], web_tasks(), NODES, {}).dns
+    assert record.aliases == {"appnet": ("www", "front")}
+    assert record.tasks == {"appnet": (A("10.0.1.10"), A("10.0.1.11"))}
 
 
 def test_host_mode_ports_only_where_a_task_runs() -> None:

@@ -44,6 +44,13 @@ def test_service_text_shows_rebalancing_when_enabled() -> None:
     assert "Rebalance" not in pretty.service_text(svc)
 
 
+def test_service_text_shows_each_network_with_its_aliases() -> None:
+    svc = resource.new("Service", "web", "default")
+    svc.spec = {"template": {"image": "busybox"},
+                "networks": ["front", {"name": "back", "aliases": ["db", "store"]}]}
+    assert "front back (aliases: db, store)" in pretty.service_text(svc)
+
+
 def test_service_text_shows_update_status_and_schema_defaults() -> None:
     svc = resource.new("Service", "web", "default",
                        {"replicas": 2, "template": {"image": "nginx:2"},

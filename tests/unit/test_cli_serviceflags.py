@@ -147,6 +147,53 @@ def test_update_replicas_of_a_global_service_is_refused() -> None:
         update(live, "--replicas 3 web")
 
 
+def test_init_capabilities_sysctls_and_ulimits_flags() -> None:
+    t = create("--init --cap-add net_admin --cap-add CAP_SYS_TIME --cap-drop ALL "
+               "--sysctl net.core.somaxconn=1024 --ulimit nofile=1024:2048 --ulimit nproc=64 "
+               "img")["spec"]["template"]
+    assert t["init"] is True
+    assert (t["capAdd"], t["capDrop"]) == (["CAP_NET_ADMIN", "CAP_SYS_TIME"], ["ALL"])
+    assert t["sysctls"] == {"net.core.somaxconn": "1024"}
+    assert t["ulimits"] == {"nofile": {"soft": 1024, "hard": 2048},
+                            "nproc": {"soft": 64, "hard": 64}}
+    live = {**LIVE, "spec": {**LIVE["spec"], "template": t}}
+    # As docker: a capability added comes off the dropped list and the other way round.
+    t2 = update(live, "--no-init --cap-drop sys_time --cap-add RESET --cap-add chown "
+                      "--sysctl-rm net.core.somaxconn --sysctl-add kernel.shmmax=4096 "
+                      "--ulimit-rm nproc --ulimit-add nofile=-1 web")["spec"]["template"]
+    assert t2["init"] is False
+    assert (t2["capAdd"], t2["capDrop"]) == (["CAP_CHOWN"], ["ALL"])
+    assert t2["sysctls"] == {"kernel.shmmax": "4096"}
+    assert t2["ulimits"] == {"nofile": {"soft": -1, "hard": -1}}
+    t3 = update(live, "--cap-drop RESET --sysctl-rm net.core.somaxconn web")["spec"]["template"]
+    assert "capDrop" not in t3 and "sysctls" not in t3
+    args = build_parser().parse_args(["service", "update", "--rollback", "--no-init", "web"])
+    with pytest.raises(errors.CliError, match="--rollback cannot be combined with --no-init"):
+        serviceflags.refuse_mixed_rollback(args)
+    with pytest.raises(errors.CliError, match='--ulimit "nofile=lots": expected NAME=SOFT'):
+        create("--ulimit nofile=lots img")
+    with pytest.raises(errors.CliError, match='--ulimit-rm "core": the service has no '
+                                              "resource limit core"):
+        update(live, "--ulimit-rm core web")
+
+
+def test_network_long_syntax_gives_aliases_and_edits_by_name() -> None:
+    doc = create("--network a --network name=b,alias=db,alias=store --network a x")
+    assert doc["spec"]["networks"] == ["a", {"name": "b", "aliases": ["db", "store"]}]
+    live = {**LIVE, "spec": {**LIVE["spec"], "networks": doc["spec"]["networks"]}}
+    spec = update(live, "--network-rm b --network-add name=b,alias=cache web")["spec"]
+    assert spec["networks"] == ["a", {"name": "b", "aliases": ["cache"]}]
+    for line, message in (
+            ("--network-add name=a,alias=x web", 'already has network a'),
+            ("--network-add name=c,driver-opt=x=1 web", '"driver-opt=x=1" is not one of'),
+            ("--network-add alias=x web", "name= is required"),
+            ("--network-rm z web", '--network-rm "z": the service has no such network '
+                                   "(it has: a, b)")):
+        with pytest.raises(errors.CliError) as caught:
+            update(live, line)
+        assert message in str(caught.value), line
+
+
 def test_default_name_says_what_runs() -> None:
     assert serviceflags.default_name("registry:5000/shoal/busybox:1.0@sha256:ab", "3fa9c") \
         == "busybox-3fa9c"

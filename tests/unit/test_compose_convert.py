@@ -28,7 +28,8 @@ def test_a_minimal_service_gets_the_stack_name_labels_and_default_network(tmp_pa
         "com.docker.stack.namespace": "web", "com.docker.stack.image": "nginx"}}
     assert svc["spec"]["template"]["image"] == "nginx:latest"
     assert svc["spec"]["template"]["labels"] == {"com.docker.stack.namespace": "web"}
-    assert svc["spec"]["networks"] == ["web_default"]
+    # Its compose key is its alias there, so the stack's other services find it by it.
+    assert svc["spec"]["networks"] == [{"name": "web_default", "aliases": ["app"]}]
     assert svc["spec"]["mode"] == "replicated" and svc["spec"]["replicas"] == 1
     net = objs["Network/web_default"]
     assert net["metadata"] == {"name": "web_default",
@@ -118,8 +119,10 @@ def test_networks_named_external_and_declared(tmp_path: Path) -> None:
         "networks": {"front": {"attachable": True, "ipam": {"config": [{"subnet":
                                                                        "10.9.0.0/24"}]}},
                      "proxy": {"external": True}, "back": {"name": "shared-back"}}}))
-    assert objs["Service/web_app"]["spec"]["networks"] == ["proxy", "shared-back",
-                                                          "web_front"]
+    # The file's aliases first, then the compose key, as Docker gives them.
+    assert objs["Service/web_app"]["spec"]["networks"] == [
+        {"name": "proxy", "aliases": ["app"]}, {"name": "shared-back", "aliases": ["app"]},
+        {"name": "web_front", "aliases": ["x", "app"]}]
     assert objs["Network/web_front"]["spec"] == {"driver": "overlay", "attachable": True,
                                                  "subnet": "10.9.0.0/24"}
     assert "Network/shared-back" in objs and "Network/proxy" not in objs
@@ -232,13 +235,73 @@ def test_a_bad_deploy_value_is_refused_not_crashed_on(tmp_path: Path,
 def test_what_shoal_cannot_carry_yet_is_reported_in_one_warning(tmp_path: Path) -> None:
     path = tmp_path / "stack.yml"
     path.write_text(yaml.safe_dump({"version": "3.8", "services": {"app": {
-        "image": "a", "init": True, "cap_add": ["NET_ADMIN"],
+        "image": "a", "tty": True, "dns": ["1.1.1.1"],
         "networks": {"n": {"aliases": ["x"]}}, "secrets": [{"source": "s", "mode": 0o400}]}},
         "networks": {"n": None}, "secrets": {"s": {"external": True}}}))
     project = load_project([path], {})
     convert_stack(project, "web")
-    assert project.warnings == ["Not carried to Shoal yet (accepted, no effect): cap_add, "
-                                "init, networks.aliases, secrets.mode"]
+    assert project.warnings == ["Not carried to Shoal yet (accepted, no effect): dns, "
+                                "secrets.mode, tty"]
+
+
+def test_init_capabilities_sysctls_and_ulimits_as_docker_converts_them(
+        tmp_path: Path) -> None:
+    path = tmp_path / "stack.yml"
+    path.write_text(yaml.safe_dump({"version": "3.9", "services": {
+        "app": {"image": "a", "init": True, "cap_add": ["net_admin", "SYS_TIME", "CHOWN"],
+                "cap_drop": ["ALL", "CAP_CHOWN"], "sysctls": ["net.core.somaxconn=1024"],
+                "ulimits": {"nproc": 65535, "nofile": {"soft": "${SOFT}", "hard": 40000}}},
+        "db": {"image": "b", "init": False, "sysctls": {"kernel.shmmax": 65536}}}}))
+    project = load_project([path], {"SOFT": "20000"})
+    objs = by_name(convert_stack(project, "web"))
+    app = objs["Service/web_app"]["spec"]["template"]
+    assert app["init"] is True
+    # Normalised and sorted; CHOWN both added and dropped is added (Docker's rule).
+    assert app["capAdd"] == ["CAP_CHOWN", "CAP_NET_ADMIN", "CAP_SYS_TIME"]
+    assert app["capDrop"] == ["ALL"]
+    assert app["sysctls"] == {"net.core.somaxconn": "1024"}
+    assert app["ulimits"] == {"nproc": {"soft": 65535, "hard": 65535},
+                              "nofile": {"soft": 20000, "hard": 40000}}
+    db = objs["Service/web_db"]["spec"]["template"]
+    assert db["init"] is False and db["sysctls"] == {"kernel.shmmax": "65536"}
+    assert "capAdd" not in db and "ulimits" not in db
+    assert project.warnings == []
+
+
+@pytest.mark.parametrize(("service", "message"), [
+    ({"init": "yes"}, "services.app.init must be a boolean"),
+    ({"cap_add": "NET_ADMIN"}, "services.app.cap_add must be a list"),
+    ({"cap_drop": [1]}, "services.app.cap_drop must be a list of strings"),
+    ({"ulimits": {"nofile": {"soft": 1}}}, "services.app.ulimits.nofile must be an integer "
+                                           "or a mapping with soft and hard"),
+    ({"ulimits": {"nofile": "lots"}}, "services.app.ulimits.nofile"),
+])
+def test_a_bad_process_setting_is_refused_naming_its_key(
+        tmp_path: Path, service: dict[str, Any], message: str) -> None:
+    with pytest.raises(ComposeError, match=message):
+        convert(tmp_path, {"services": {"app": {"image": "a", **service}}})
+
+
+
+
+def test_network_driver_opts_encrypted_is_refused_the_rest_warned_labels_kept(
+        tmp_path: Path) -> None:
+    path = tmp_path / "stack.yml"
+    path.write_text(yaml.safe_dump({"version": "3.8", "services": {"app": {
+        "image": "a", "networks": ["n"]}}, "networks": {"n": {
+            "labels": {"tier": "back"}, "driver_opts": {
+                "encrypted": "true", "com.docker.network.driver.mtu": "1400"}}}}))
+    with pytest.raises(ComposeError, match=r"stack.yml: networks.n.driver_opts.encrypted: "
+                       "Shoal does not encrypt overlay traffic yet .*remove the option"):
+        convert_stack(load_project([path], {}), "web")
+    project = load_project([path], {})
+    net = by_name(convert_stack(project, "web", allow_unencrypted=True))["Network/web_n"]
+    assert net["spec"] == {"driver": "overlay"}
+    assert net["metadata"]["labels"] == {"tier": "back", "com.docker.stack.namespace": "web"}
+    assert [w.split(":")[0] for w in project.warnings] == [
+        "Ignoring networks.n.driver_opts.com.docker.network.driver.mtu",
+        "Ignoring networks.n.driver_opts.encrypted"]
+    assert "VXLAN traffic is plain text" in project.warnings[1]
 
 
 def test_healthcheck_test_and_disable_together_are_refused(tmp_path: Path) -> None:

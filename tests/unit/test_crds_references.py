@@ -37,12 +37,12 @@ def messages(problems: list[references.Problem]) -> list[tuple[str, str, str]]:
 
 
 def test_references_in_field_order() -> None:
-    svc = service(networks=["front", "back"],
+    svc = service(networks=["front", {"name": "back", "aliases": ["db"]}],
                   template={"image": "x", "secrets": [{"source": "db"}],
                             "configs": [{"source": "site", "target": "/etc/site"}]})
     assert references.references(svc) == [
         references.Reference("network", "front", None, "spec.networks[0]"),
-        references.Reference("network", "back", None, "spec.networks[1]"),
+        references.Reference("network", "back", None, "spec.networks[1].name"),
         references.Reference("secret", "db", "default", "spec.template.secrets[0].source"),
         references.Reference("config", "site", "default", "spec.template.configs[0].source"),
     ]

@@ -96,6 +96,23 @@ def test_network_semantics(registry: kinds.Registry) -> None:
         "spec.gateway: 10.0.10.1 is not inside subnet 10.0.9.0/24"]
 
 
+def test_service_networks_are_names_or_name_and_aliases(registry: kinds.Registry) -> None:
+    doc = service(networks=["front", {"name": "back", "aliases": ["db", "store.v1"]}])
+    admission.admit(doc, registry)
+    bad = service(networks=["front", 5, {"aliases": ["x"]}, {"name": "front"},
+                            {"name": "back", "aliases": ["-db", "a..b", "ok"], "alias": []}])
+    assert errors_of(bad, registry) == [
+        "spec.networks[1]: must be a string or an object, got integer 5",
+        "spec.networks[2].name: required field missing",
+        'spec.networks[4].alias: unknown field "alias"; did you mean "aliases"?',
+        'spec.networks[3]: network "front" is already listed at spec.networks[0]; list each '
+        "network once, with all its aliases",
+        'spec.networks[4].aliases[0]: "-db" is not a valid alias: use letters, digits, '
+        "'_', '.' and '-', starting and ending with a letter or digit (e.g. db)",
+        'spec.networks[4].aliases[1]: "a..b" is not a valid alias: use letters, digits, '
+        "'_', '.' and '-', starting and ending with a letter or digit (e.g. db)"]
+
+
 def test_task_keeps_unknown_fields(registry: kinds.Registry) -> None:
     doc: dict[str, Any] = {
         "apiVersion": "shoal.io/v1", "kind": "Task", "metadata": {"name": "web.1.abc"},

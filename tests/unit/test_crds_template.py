@@ -151,3 +151,47 @@ def test_admission_uses_the_accessors_and_says_each_thing_once() -> None:
     doc = service()
     doc["spec"]["template"]["mounts"] = [{"type": "bind", "source": "/srv", "target": "/x"}]
     assert tpl.mounts(admission.admit(doc, registry).spec["template"])[0].source == "/srv"
+
+
+def test_process_settings_read_as_docker_runs_them() -> None:
+    t = {"image": "nginx", "init": True, "capAdd": ["net_admin", "CAP_SYS_TIME", "NET_ADMIN"],
+         "capDrop": ["NET_RAW", "sys_time"],
+         "sysctls": {"net.core.somaxconn": 1024, "kernel.shmmax": "65536"},
+         "ulimits": {"nproc": {"soft": 64, "hard": 128}, "memlock": {"soft": -1, "hard": -1}}}
+    assert tpl.init(t) is True and tpl.init({}) is None and tpl.init({"init": False}) is False
+    # Normalised, de-duplicated, sorted; added wins over dropped (Docker's rule).
+    assert tpl.capabilities(t) == tpl.Capabilities(("CAP_NET_ADMIN", "CAP_SYS_TIME"),
+                                                   ("CAP_NET_RAW",))
+    assert tpl.capabilities({"capDrop": ["all", "chown"], "capAdd": ["CHOWN"]}) == \
+        tpl.Capabilities(("CAP_CHOWN",), ("ALL",))
+    assert tpl.sysctls(t) == {"net.core.somaxconn": "1024", "kernel.shmmax": "65536"}
+    assert tpl.ulimits(t) == [tpl.Ulimit("memlock", -1, -1), tpl.Ulimit("nproc", 64, 128)]
+    assert tpl.problems(t) == []
+
+
+def test_process_settings_refused_with_what_to_write() -> None:
+    registry = kinds.Registry.builtin()
+    doc = service()
+    doc["spec"]["template"].update({
+        "init": "yes", "capAdd": ["NET_ADMN"], "capDrop": ["bogus"],
+        "sysctls": {"vm.max_map_count": "262144", "net..x": "1"},
+        "ulimits": {"nofiles": {"soft": 1, "hard": 2}, "nproc": {"soft": 10, "hard": 5},
+                    "core": {"soft": -1, "hard": 0}, "stack": {"soft": -2, "hard": 1}}})
+    messages = errors_of(doc, registry)
+    assert "spec.template.init: must be a boolean, got string \"yes\"" in messages[0]
+    text = "\n".join(messages)
+    assert ('spec.template.capAdd[0]: unknown capability "NET_ADMN" (did you mean '
+            "NET_ADMIN?)") in text
+    assert 'spec.template.capDrop[0]: unknown capability "bogus"; write a name' in text
+    assert ("spec.template.sysctls[\"vm.max_map_count\"]: vm.max_map_count is not "
+            "namespaced: setting it would change the whole node") in text
+    assert "spec.template.sysctls[\"net..x\"]: must be a kernel parameter" in text
+    assert 'spec.template.ulimits.nofiles: unknown limit "nofiles" (did you mean nofile?)' \
+        in text
+    assert ("spec.template.ulimits.nproc: the soft limit (10) is above the hard limit (5)"
+            in text)
+    assert "spec.template.ulimits.core: the soft limit (unlimited) is above" in text
+    assert "spec.template.ulimits.stack.soft: must be >= -1" in text
+    # The readers refuse the same things on their own (the agent's view of a bad object).
+    with pytest.raises(tpl.TemplateError, match=r"ulimits\.nproc: must be \{soft: N"):
+        tpl.ulimits({"ulimits": {"nproc": 5}})

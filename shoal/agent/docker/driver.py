@@ -282,6 +282,7 @@ class DockerExecutor:
         entrypoint, cmd = tpl.command(template).resolve(image_cmd)
         res = tpl.resources(template)
         mounts = [docker_mount(m) for m in tpl.mounts(template)]
+        caps = tpl.capabilities(template)
         host_config = self._api.create_host_config(
             network_mode="none",
             mounts=mounts or None,
@@ -289,6 +290,12 @@ class DockerExecutor:
             mem_limit=res.limit_memory,
             mem_reservation=res.reserve_memory,
             restart_policy={"Name": "no"},  # restarts are the orchestrator's decision
+            init=tpl.init(template),
+            cap_add=list(caps.add) or None,
+            cap_drop=list(caps.drop) or None,
+            sysctls=tpl.sysctls(template) or None,
+            ulimits=[docker.types.Ulimit(name=u.name, soft=u.soft, hard=u.hard)
+                     for u in tpl.ulimits(template)] or None,
         )
         kwargs: dict[str, Any] = {
             "image": tpl.image(template),

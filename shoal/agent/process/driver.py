@@ -65,6 +65,7 @@ from shoal.agent.exec.executor import (
 )
 from shoal.agent.process.health import HealthChecks
 from shoal.agent.process.logs import read_log
+from shoal.agent.process.privileges import agent_capabilities, last_capability, privileges
 from shoal.agent.process.shim import alive, read_json, resolve_user, write_json
 from shoal.crds import template as tpl
 
@@ -179,6 +180,8 @@ class ProcessExecutor:
         stop_signal = tpl.stop_signal(template) or "SIGTERM"
         workload.signal_number(stop_signal)
         workload.health_spec(template)  # reject a malformed check now, not later
+        granted = privileges(template, resolved[0] if resolved is not None else os.getuid(),
+                             agent_capabilities(), last_capability())
         paths = self._paths(task.uid)
         return {
             "uid": task.uid, "name": task.name, "namespace": task.namespace,
@@ -186,6 +189,7 @@ class ProcessExecutor:
             "labels": workload.task_labels(task), "image": template.get("image"),
             "argv": argv, "env": env, "cwd": cwd, "user": user, "hostname": hostname,
             "stop_signal": stop_signal, "healthcheck": template.get("healthcheck"),
+            "privileges": granted.as_spec(),
             "log": str(paths.log), "log_max_bytes": self._log_max_bytes,
             "events_socket": self._socket_name,
             "created_at": time.time(),

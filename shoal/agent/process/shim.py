@@ -10,8 +10,9 @@ the agent can die and restart without the workload noticing.
 2. The supervisor starts its own session, takes ``DIR/UID.lock`` (flock, held until it
    exits: "a supervisor for this task is alive", immune to pid reuse), starts the
    workload from ``DIR/UID.spec.json`` — in new network and UTS namespaces with
-   loopback up, in its own session (so ``killpg`` reaches all its processes), as the
-   task's user, with the task's environment and working directory — records
+   loopback up, in its own session (so ``killpg`` reaches all its processes), with the
+   sysctls, limits and capabilities ``privileges.py`` worked out, as the task's user,
+   with the task's environment and working directory — records
    ``DIR/UID.json`` (pid and ``/proc`` start time), and answers the launcher's caller
    with one JSON line on stdout, which it then closes.
 3. It copies the workload's stdout and stderr into ``DIR/UID.log`` in the CRI log format
@@ -33,6 +34,7 @@ import grp
 import json
 import os
 import pwd
+import resource
 import selectors
 import signal
 import socket
@@ -43,10 +45,15 @@ import time
 from typing import Any
 
 CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWNET = 0x40000000
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
+PR_CAPBSET_DROP = 24
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
 PARTIAL_LINE = 16 * 1024  # like Docker: longer lines are written in pieces marked P
 DRAIN_SECONDS = 2.0  # how long to keep copying output after the workload died
 
@@ -126,8 +133,46 @@ def resolve_user(user: str | None) -> tuple[int, int, list[int]] | None:
     return uid, gid, groups
 
 
-def _enter_namespaces(hostname: str, user: tuple[int, int, list[int]] | None) -> None:
-    """In the workload child, before exec: new netns + UTS ns, lo up, then drop to user.
+def _apply_privileges(libc: Any, granted: dict[str, Any]) -> None:
+    """The template's sysctls, ulimits and dropped capabilities (see privileges.py), in
+    the child, in that order: writing a sysctl or raising a limit may need a capability
+    that is about to be dropped. Capabilities leave the bounding set, so nothing the task
+    execs can regain them, and the inheritable and ambient sets."""
+    for path, value in (granted.get("sysctls") or {}).items():
+        try:
+            with open(path, "w") as f:
+                f.write(str(value))
+        except OSError as exc:
+            key = path.removeprefix("/proc/sys/").replace("/", ".")
+            raise OSError(exc.errno, f"sysctl {key}={value}: {exc.strerror}") from None
+    for number, soft, hard in granted.get("rlimits") or []:
+        try:
+            resource.setrlimit(number, (soft, hard))
+        except (OSError, ValueError) as exc:
+            raise OSError(f"ulimit {number} soft {soft} hard {hard}: {exc}") from None
+    drop = granted.get("drop_caps") or []
+    if not drop:
+        return
+    for number in drop:
+        if libc.prctl(PR_CAPBSET_DROP, number, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), f"dropping capability {number}")
+    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)  # EINVAL before 4.3: none
+    header = struct.pack("Ii", LINUX_CAPABILITY_VERSION_3, 0)
+    data = ctypes.create_string_buffer(24)  # two {effective, permitted, inheritable}
+    if libc.capget(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    sets = list(struct.unpack("6I", data.raw))
+    mask = sum(1 << n for n in drop)
+    sets[2] &= ~mask & 0xFFFFFFFF
+    sets[5] &= ~(mask >> 32) & 0xFFFFFFFF
+    if libc.capset(header, struct.pack("6I", *sets)) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
+def _enter_namespaces(spec: dict[str, Any], hostname: str,
+                      user: tuple[int, int, list[int]] | None) -> None:
+    """In the workload child, before exec: new netns + UTS ns (+ IPC ns for IPC
+    sysctls), lo up, the template's privileges, then drop to user.
 
     Runs after fork in a single-threaded process, so using ctypes and sockets is safe.
     Failures are written to the task's stderr (the log) and end the child with 126.
@@ -136,15 +181,18 @@ def _enter_namespaces(hostname: str, user: tuple[int, int, list[int]] | None) ->
         for sig in (signal.SIGHUP, signal.SIGINT):  # ignored by the supervisor only
             signal.signal(sig, signal.SIG_DFL)
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.unshare(CLONE_NEWNET | CLONE_NEWUTS) != 0:
+        granted: dict[str, Any] = spec.get("privileges") or {}
+        flags = CLONE_NEWNET | CLONE_NEWUTS | (CLONE_NEWIPC if granted.get("new_ipc") else 0)
+        if libc.unshare(flags) != 0:
             raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET|CLONE_NEWUTS)")
         name = hostname.encode()[:64]
         if libc.sethostname(name, len(name)) != 0:
             raise OSError(ctypes.get_errno(), "sethostname")
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             request = struct.pack("16sH14x", b"lo", 0)
-            flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
-            fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+            up = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+            fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", up | IFF_UP))
+        _apply_privileges(libc, granted)
         if user is not None:
             uid, gid, groups = user
             os.setgroups(groups)
@@ -240,7 +288,8 @@ def supervise(directory: str, uid: str) -> int:
             spec["argv"], env=spec["env"], cwd=spec.get("cwd") or "/",
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True, close_fds=True,
-            preexec_fn=lambda: _enter_namespaces(spec.get("hostname") or uid[:12], user))
+            preexec_fn=lambda: _enter_namespaces(spec, spec.get("hostname") or uid[:12],
+                                                 user))
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         code = 127 if isinstance(exc, FileNotFoundError) else 126
         argv0 = spec["argv"][0] if spec["argv"] else ""
