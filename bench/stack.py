@@ -178,7 +178,8 @@ class Shoal(ShoalUp):
         if self.mode == "stack":
             await asyncio.to_thread(self.swctl, "stack", "rm", stack)
         else:
-            await asyncio.to_thread(self.swctl, "delete", "-f", str(self.manifests(stack)))
+            await asyncio.to_thread(self.swctl, "delete", "--ignore-not-found", "-f",
+                                    str(self.manifests(stack)))
 
         async def clean() -> bool:
             left = await asyncio.to_thread(api.containers, all=True,
