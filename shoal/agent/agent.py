@@ -93,6 +93,9 @@ class AgentConfig:
     # Seconds a task that leaves the balancer keeps running before it is stopped, so
     # every node has dropped it and connections in flight end (dataplane.py).
     drain: float = 1.0
+    # The cluster's keyring (shoal.crds.sealed), which opens the secrets of this node's
+    # tasks; None: tasks that use a secret are rejected, saying so.
+    keyring: str | None = None
 
     def node_names(self) -> list[str]:
         if self.count <= 1:

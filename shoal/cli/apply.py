@@ -14,8 +14,12 @@ Three steps, each of which ``diff`` and ``--dry-run`` reuse:
    (the live object with the manifest's spec, labels and annotations; status, finalizers,
    owner references and uid are kept, because controllers own them). The update
    lifecycle's annotations (``updatemeta.MANAGED_ANNOTATIONS``: change cause, rollback
-   and resume requests) are written by other verbs and the updater, so a manifest that
-   does not name them keeps their live values. A Service whose spec changes gets the
+   and resume requests), the rotation controller's ``shoal.io/mounted-digests`` and
+   ``spec.forceUpdate`` are written by other verbs and controllers, so a manifest that
+   does not name them keeps their live values; a Secret or Config whose value changes
+   gets ``shoal.io/updated-at`` (``secret ls``'s UPDATED). A Secret is sealed at admission
+   (``secretdata``: etcd never holds ``spec.data``) and compared by digest, since two
+   sealings of one value differ. A Service whose spec changes gets the
    command line as its ``shoal.io/change-cause`` (``changecause``), unless the manifest
    sets one; an unchanged one keeps its old cause and stays ``unchanged``.
 3. **write** the changes in one etcd transaction when they fit (127 operations), in
@@ -36,8 +40,17 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from shoal.cli import changecause, common, console, converge, errors, manifests, references
-from shoal.crds import admission, kinds, networking, resource
+from shoal.cli import (
+    changecause,
+    common,
+    console,
+    converge,
+    errors,
+    keyring,
+    manifests,
+    references,
+)
+from shoal.crds import admission, kinds, mountdigests, networking, resource, secretdata
 from shoal.crds import updatemeta as um
 from shoal.store import client
 from shoal.store import errors as store_errors
@@ -111,7 +124,7 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     dry_run = args.dry_run != "none"
     async with common.open_store(opts) as store:
         registry = await common.registry_of(store)
-        admitted = admit_documents(registry, docs, args.namespace)
+        admitted = admit_documents(registry, docs, args.namespace, keyring.Source.of(opts))
         await references.check(store, registry, admitted)
         await check_published_ports(store, registry, admitted)
         with console.Spinner("reading live objects"):
@@ -139,11 +152,15 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
 # --- 1. admission ---
 
 def admit_documents(registry: kinds.Registry, docs: Sequence[manifests.Document],
-                    namespace: str | None = None) -> list[Admitted]:
+                    namespace: str | None = None, ring: keyring.Source | None = None,
+                    ) -> list[Admitted]:
     """Admit every document or raise one CliError listing every problem, in file order.
 
-    ``registry`` gains the kinds defined by CRDs among ``docs``.
+    ``registry`` gains the kinds defined by CRDs among ``docs``. Secrets come back
+    sealed with ``ring`` (default: ``$SHOAL_KEYRING`` or ``swctl up``'s), which is read
+    only when there is a Secret to seal.
     """
+    plaintexts: dict[int, bytes] = {}
     crd_names = set(registry.lookup(kinds.CRD_KIND).names)
     is_crd = [str(d.data.get("kind", "")).lower() in crd_names for d in docs]
     order = [i for i, c in enumerate(is_crd) if c] + [i for i, c in enumerate(is_crd) if not c]
@@ -164,6 +181,11 @@ def admit_documents(registry: kinds.Registry, docs: Sequence[manifests.Document]
             problems[i] = [f"{exc} ({doc.where})"]
         else:
             admitted[i] = Admitted(doc, info, _as_applied(info, obj))
+            if info.kind == "Secret":
+                try:
+                    plaintexts[i] = secretdata.manifest_bytes(obj.spec, doc.where)
+                except ValueError as exc:
+                    problems[i] = [str(exc)]
     seen: dict[tuple[str, str | None, str], Admitted] = {}
     for i in sorted(admitted):
         adm = admitted[i]
@@ -181,6 +203,13 @@ def admit_documents(registry: kinds.Registry, docs: Sequence[manifests.Document]
                      f"{'is' if invalid == 1 else 'are'} invalid; fix "
                      f"{'it' if invalid == 1 else 'them'} and apply again")
         raise errors.CliError(lines)
+    if plaintexts:
+        source = ring or keyring.Source(None)
+        for i, plaintext in plaintexts.items():
+            obj = admitted[i].obj
+            obj.spec = secretdata.sealed_spec(
+                source.get(), plaintext, obj.namespace or resource.DEFAULT_NAMESPACE,
+                obj.name)
     return [admitted[i] for i in sorted(admitted)]
 
 
@@ -249,21 +278,47 @@ def _annotations(adm: Admitted, live: resource.Resource | None,
     """The annotations to write: the manifest's, the live managed ones it does not
     name, and the change cause when a Service's spec changes."""
     out = dict(adm.obj.metadata.annotations)
+    if adm.info.kind in ("Secret", "Config") and live is not None:
+        if secretdata.digest(live) != secretdata.digest(adm.obj):
+            out[secretdata.UPDATED_AT] = resource.now_rfc3339()
+        elif secretdata.UPDATED_AT in live.metadata.annotations:
+            out.setdefault(secretdata.UPDATED_AT,
+                           live.metadata.annotations[secretdata.UPDATED_AT])
     if adm.info.kind != "Service":
         return out
-    for key in um.MANAGED_ANNOTATIONS:
+    for key in (*um.MANAGED_ANNOTATIONS, mountdigests.MOUNTED_DIGESTS):
         if live is not None and key not in out and key in live.metadata.annotations:
             out[key] = live.metadata.annotations[key]
-    spec_changes = live is None or live.spec != adm.obj.spec
+    spec_changes = live is None or live.spec != _with_live_fields(adm, live).spec
     if spec_changes and change_cause and um.CHANGE_CAUSE not in adm.obj.metadata.annotations:
         out[um.CHANGE_CAUSE] = change_cause
     return out
 
 
+def _with_live_fields(adm: Admitted, live: resource.Resource | None) -> resource.Resource:
+    """``adm.obj`` with what it leaves to the live object: a Secret's sealed value when
+    the digests say it is the same value (each sealing differs), and a Service's
+    ``spec.forceUpdate`` (bumped by ``--force`` and the rotation controller) when the
+    manifest does not set one."""
+    want = adm.obj
+    if live is None:
+        return want
+    if (adm.info.kind == "Secret" and secretdata.is_sealed(live.spec)
+            and secretdata.digest(live) == secretdata.digest(want)):
+        want = want.deepcopy()
+        want.spec = copy.deepcopy(live.spec)
+    elif adm.info.kind == "Service" and "forceUpdate" in live.spec:
+        raw = adm.doc.data.get("spec")
+        if not (isinstance(raw, dict) and "forceUpdate" in raw):
+            want = want.deepcopy()
+            want.spec["forceUpdate"] = live.spec["forceUpdate"]
+    return want
+
+
 def plan_one(adm: Admitted, live: resource.Resource | None,
              change_cause: str | None = None) -> Planned:
     """``change_cause``: the command line, recorded on a Service whose spec changes."""
-    want = adm.obj
+    want = _with_live_fields(adm, live)
     annotations = _annotations(adm, live, change_cause)
     if live is None:
         if annotations != want.metadata.annotations:

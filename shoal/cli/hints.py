@@ -17,7 +17,7 @@ import argparse
 from collections.abc import Sequence
 
 # Global flags that take a value, skipped when finding the verb (main._global_flags).
-_VALUE_FLAGS = ("--etcd", "--prefix", "--request-timeout")
+_VALUE_FLAGS = ("--etcd", "--prefix", "--request-timeout", "--keyring")
 
 def _arg(rest: list[str], placeholder: str) -> str:
     """The name the user gave: docker puts it last (``service update --image x web``),
@@ -32,7 +32,7 @@ def _arg(rest: list[str], placeholder: str) -> str:
 # may use {name}: the first name the user typed after the verb.
 _DOCKER_VERBS: dict[tuple[str, str], tuple[str, str]] = {
     # service create/update/inspect/rm/logs/ps/ls/scale/rollback are swctl verbs
-    # (serviceverbs.py).
+    # (serviceverbs.py), and so are secret and config create/ls/inspect/rm (secretverbs.py).
     ("stack", "deploy"): ("swctl apply -f FILE (a YAML stream of Services, Networks, ...; "
                           "compose files are not read yet)", "apply"),
     ("stack", "up"): ("swctl apply -f FILE", "apply"),
@@ -47,14 +47,6 @@ _DOCKER_VERBS: dict[tuple[str, str], tuple[str, str]] = {
                              "apply"),
     ("network", "disconnect"): ("swctl apply -f FILE with the service's networks list",
                                 "apply"),
-    ("secret", "create"): ("swctl apply -f FILE with a Secret manifest", "apply"),
-    ("secret", "rm"): ("swctl delete secret/{name}", "delete"),
-    ("secret", "ls"): ("swctl get secrets", "get"),
-    ("secret", "inspect"): ("swctl describe secret {name}", "describe"),
-    ("config", "create"): ("swctl apply -f FILE with a Config manifest", "apply"),
-    ("config", "rm"): ("swctl delete config/{name}", "delete"),
-    ("config", "ls"): ("swctl get configs", "get"),
-    ("config", "inspect"): ("swctl describe config {name}", "describe"),
 }
 # Docker's one-word verbs.
 _DOCKER_TOP: dict[str, tuple[str, str]] = {
@@ -68,8 +60,6 @@ _DOCKER_TOP: dict[str, tuple[str, str]] = {
     "update": ("swctl apply -f FILE (or swctl service update NAME)", "apply"),
     "stack": ("swctl apply -f FILE and swctl delete -f FILE", "apply"),
     "swarm": ("swctl up to start a local cluster, swctl agent to join a node", "up"),
-    "secret": ("swctl apply -f FILE with a Secret manifest, swctl get secrets", "apply"),
-    "config": ("swctl apply -f FILE with a Config manifest, swctl get configs", "apply"),
 }
 _SERVICE_ALIASES = {"svc": "service"}
 

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from shoal.crds import constraints, kinds, openapi, template
+from shoal.crds import constraints, kinds, openapi, secretdata, template
 from shoal.crds.fielderrors import FieldError, child, describe, quote
 from shoal.crds.names import is_dns_label, is_dns_subdomain, is_docker_name
 
@@ -119,8 +119,12 @@ MAX_SECRET_BYTES = 500 * 1024
 
 
 def _check_secret(doc: dict[str, Any]) -> list[FieldError]:
-    # Whether spec.data decodes at all is the schema's `format: base64`; this checks the
+    # Either a manifest's data or the whole sealed form etcd stores (secretdata); then,
+    # whether spec.data decodes at all is the schema's `format: base64`; this checks the
     # decoded size, which the schema cannot express.
+    form = secretdata.form_problems(section(doc, "spec"))
+    if form:
+        return form
     data = section(doc, "spec").get("data")
     if not isinstance(data, str):
         return []

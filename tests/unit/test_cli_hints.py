@@ -10,8 +10,8 @@ from shoal.cli.main import build_parser
 
 def test_docker_verbs_map_to_swctl_with_the_name_typed() -> None:
     parser = build_parser()
-    assert hints.unknown_command(parser, ["secret", "rm", "db"]) == (
-        'unknown command "secret rm": use swctl delete secret/db (see swctl delete --help)')
+    assert hints.unknown_command(parser, ["node", "ps", "n1"]) == (
+        'unknown command "node ps": use swctl node inspect --pretty n1 (see swctl node --help)')
     assert hints.unknown_command(parser, ["--etcd", "http://x:1", "stack", "rm", "app"]
                                  ) == ('unknown command "stack rm": use swctl delete -f FILE '
                                        "(see swctl delete --help)")
@@ -27,7 +27,8 @@ def test_known_verbs_are_left_to_argparse() -> None:
                  ["service", "update", "--rollback", "web"],
                  ["rollout", "undo", "service/web", "--to-revision", "2"],
                  ["rollout", "status", "svc/web"],
-                 ["node", "rm", "n1"], ["--prefix", "/x", "apply", "-f", "a.yaml"], []):
+                 ["node", "rm", "n1"], ["--prefix", "/x", "apply", "-f", "a.yaml"],
+                 ["secret", "rm", "db"], ["--keyring", "k.json", "config", "ls"], []):
         assert hints.unknown_command(parser, argv) is None, argv
 
 
