@@ -478,8 +478,9 @@ class Dataplane:
         if server is None:
             return spec  # no service DNS for it
         try:
-            if any(m.target == RESOLV_TARGET for m in tpl.mounts(spec.template)):
-                return spec  # the user brings their own
+            if any(m.target == RESOLV_TARGET for m in tpl.mounts(spec.template)) or any(
+                    f.target == RESOLV_TARGET for f in spec.files):
+                return spec  # the user brings their own (a mount, or a config)
         except tpl.TemplateError:
             return spec  # the driver rejects the task, naming the mount that is wrong
         path = self.state_dir / "resolv" / task.metadata.uid

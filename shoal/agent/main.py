@@ -125,7 +125,7 @@ def build_parser(prog: str = "swctl agent") -> argparse.ArgumentParser:
                    help="task networking: auto picks IPVS when the kernel has it, else "
                         "nftables; none runs tasks without networks (default: auto; "
                         "hollow nodes never have one)")
-    p.add_argument("--state-dir", default="/run/shoal", metavar="DIR",
+    p.add_argument("--state-dir", default=agent.DEFAULT_STATE_DIR, metavar="DIR",
                    help="where the agent keeps generated files such as the tasks' "
                         "resolv.conf (default: /run/shoal)")
     p.add_argument("--keyring", default=None, metavar="PATH",

@@ -269,6 +269,18 @@ def service_text(service: resource.Resource,
     health = template.get("healthcheck") or {}
     if health.get("test"):
         lines.append(_line("Healthcheck", " ".join(health["test"]), 1))
+    for key, title in (("configs", "Configs"), ("secrets", "Secrets")):
+        # As docker's --pretty: each file's target, then where it comes from; Shoal adds
+        # the owner and mode when they are not Swarm's root:root 0444.
+        refs = [r for r in template.get(key) or [] if isinstance(r, dict)]
+        if refs:
+            lines.append(f" {title}:")
+        for ref in refs:
+            lines += [_line("Target", ref.get("target") or ref.get("source"), 2),
+                      _line("Source", ref.get("source"), 3)]
+            owner = (str(ref.get("uid", "0")), str(ref.get("gid", "0")), ref.get("mode", 0o444))
+            if owner != ("0", "0", 0o444) and isinstance(owner[2], int):
+                lines.append(_line("Owner", f"{owner[0]}:{owner[1]} mode {owner[2]:04o}", 3))
     if template.get("stopGracePeriod") is not None:
         lines.append(_line("Stop Grace Period", template["stopGracePeriod"], 1))
     resources = template.get("resources") or {}

@@ -38,6 +38,8 @@ _NOT_CHANGES: Final = frozenset({
     "keeps_logging", "command_line"})
 
 Spec = dict[str, Any]
+FILE_KINDS: Final = ("secret", "config")
+FILE_REF_FORM: Final = "NAME, or source=NAME[,target=PATH,uid=N,gid=N,mode=0440]"
 
 
 # --- flag declarations ---
@@ -182,6 +184,10 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
                         "(repeatable)")
     p.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
                    help="resource limit, e.g. nofile=1024:2048 (-1: unlimited; repeatable)")
+    for kind in FILE_KINDS:
+        p.add_argument(f"--{kind}", action="append", default=[], metavar=kind.upper(),
+                       help=f"give the tasks a {kind} as a file: {FILE_REF_FORM} "
+                            "(repeatable)")
     add_settable_flags(p)
     p.add_argument("image", metavar="IMAGE")
     # Everything after the image is the task's command, flags included (`httpd -f -p 80`).
@@ -202,14 +208,16 @@ def add_update_flags(p: argparse.ArgumentParser) -> None:
             ("label", "KEY=VALUE", "service label"),
             ("container-label", "KEY=VALUE", "container label"),
             ("sysctl", "KEY=VALUE", "kernel parameter"),
-            ("ulimit", "NAME=SOFT[:HARD]", "resource limit")):
+            ("ulimit", "NAME=SOFT[:HARD]", "resource limit"),
+            ("secret", "SECRET", f"secret ({FILE_REF_FORM})"),
+            ("config", "CONFIG", f"config ({FILE_REF_FORM})")):
         rm_meta = ("KEY" if flag in ("env", "label", "container-label", "sysctl") else
                    "TARGET[/PROTO]" if flag == "publish" else "NET" if flag == "network"
-                   else "NAME" if flag == "ulimit" else meta)
+                   else "NAME" if flag in ("ulimit", *FILE_KINDS) else meta)
         p.add_argument(f"--{flag}-add", action="append", default=[], metavar=meta,
                        help=f"add a {what} (repeatable)")
         p.add_argument(f"--{flag}-rm", action="append", default=[], metavar=rm_meta,
-                       help=f"remove a {what} (repeatable)")
+                       help=f"remove a {what.split(' (')[0]} (repeatable)")
     add_settable_flags(p)
     p.add_argument("--force", action="store_true",
                    help="replace every task even if nothing changed (bumps forceUpdate)")
@@ -340,6 +348,33 @@ def parse_ulimit(text: str, flag: str) -> tuple[str, dict[str, int]]:
 
 def parse_ulimits(items: Sequence[str], flag: str) -> dict[str, dict[str, int]]:
     return dict(parse_ulimit(item, flag) for item in items)
+
+
+def parse_file_ref(text: str, flag: str) -> dict[str, Any]:
+    """``--secret db`` or ``--secret source=db,target=pw,uid=70,gid=70,mode=0400`` (as
+    docker's: ``src`` for source, a mode in octal when it starts with 0)."""
+    if "=" not in text:
+        if not text:
+            raise errors.CliError(f'{flag} "": expected a name or source=NAME[,...]')
+        return {"source": text}
+    ref: dict[str, Any] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        key = {"src": "source"}.get(key.strip().lower(), key.strip().lower())
+        if not sep or key not in ("source", "target", "uid", "gid", "mode") or not value:
+            raise errors.CliError(f'{flag} "{text}": expected source=NAME, optionally with '
+                                  "target=PATH, uid=N, gid=N, mode=0440 (comma-separated)")
+        if key == "mode":
+            try:
+                ref[key] = int(value, 8 if value.startswith("0") else 10)
+            except ValueError:
+                raise errors.CliError(f'{flag} "{text}": mode {value} is not a number; '
+                                      "write permission bits such as 0440") from None
+        else:
+            ref[key] = value
+    if "source" not in ref:
+        raise errors.CliError(f'{flag} "{text}": source=NAME is required')
+    return ref
 
 
 def parse_spread(text: str, flag: str) -> dict[str, str]:
@@ -492,6 +527,10 @@ def create_manifest(args: argparse.Namespace, name: str, namespace: str | None,
     ulimits = parse_ulimits(args.ulimit, "--ulimit")
     if ulimits:
         template["ulimits"] = ulimits
+    for kind in FILE_KINDS:
+        refs = [parse_file_ref(r, f"--{kind}") for r in getattr(args, kind)]
+        if refs:
+            template[f"{kind}s"] = refs
     spec: Spec = {"template": template}
     if args.mode is not None:
         spec["mode"] = args.mode
@@ -650,8 +689,17 @@ def update_manifest(live: Mapping[str, Any], args: argparse.Namespace,
     ulimits = _edit_map(template.get("ulimits") or {},
                         parse_ulimits(args.ulimit_add, "--ulimit-add"), args.ulimit_rm,
                         "ulimit", "resource limit")
+    files = {f"{kind}s": _edit_list(
+        template.get(f"{kind}s") or [],
+        [parse_file_ref(r, f"--{kind}-add") for r in getattr(args, f"{kind}_add")],
+        # By name, as docker: --secret-rm db drops every reference to db.
+        getattr(args, f"{kind}_rm"), lambda r, t: isinstance(r, dict) and r.get("source") == t,
+        kind, kind, lambda r: str(r.get("source") if isinstance(r, dict) else r))
+        for kind in FILE_KINDS}
     for holder, key, value in ((template, "env", env), (template, "labels", container_labels),
                                (template, "sysctls", sysctls), (template, "ulimits", ulimits),
+                               (template, "secrets", files["secrets"]),
+                               (template, "configs", files["configs"]),
                                (placement, "constraints", placement["constraints"]),
                                (placement, "preferences", placement["preferences"]),
                                (endpoint, "ports", endpoint["ports"]),

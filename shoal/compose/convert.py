@@ -81,10 +81,6 @@ def _warn_unmapped(project: ComposeProject) -> None:
         for opts in nets.values() if isinstance(nets, dict) else ():
             found |= {f"networks.{k}" for k in opts or {} if k in ("ipv4_address",
                                                                     "ipv6_address")}
-        for key in ("secrets", "configs"):
-            for item in service.get(key) or []:
-                if isinstance(item, dict):
-                    found |= {f"{key}.{k}" for k in ("uid", "gid", "mode") if k in item}
     for body in project.volumes.values():
         if body and (body.get("driver") or body.get("driver_opts")):
             found.add("volumes driver/driver_opts")
@@ -308,9 +304,17 @@ def _service(project: ComposeProject, stack: str, name: str,
             if src not in getattr(project, section):
                 raise ComposeError(f'{where}.{section}: undefined {section[:-1]} "{src}"; '
                                    f"declare it under the top-level {section}: key")
-            target = item.get("target") if isinstance(item, dict) else None
-            refs.append({"source": object_name(project, section, src, stack),
-                         "target": str(target or default.format(src))})
+            target = str((item.get("target") if isinstance(item, dict) else None)
+                         or default.format(src))
+            if section == "configs" and not target.startswith("/"):
+                target = f"/{target}"  # where Docker puts a relative one; Shoal says so
+            ref: dict[str, Any] = {"source": object_name(project, section, src, stack),
+                                   "target": target}
+            for key in ("uid", "gid", "mode") if isinstance(item, dict) else ():
+                if item.get(key) is not None:
+                    # Absent: Swarm's root:root 0444, which Shoal's schema fills in too.
+                    ref[key] = int(item[key]) if key == "mode" else str(item[key])
+            refs.append(ref)
         targets = [r["target"] for r in refs]
         if len(set(targets)) != len(targets):
             dup = next(t for t in targets if targets.count(t) > 1)

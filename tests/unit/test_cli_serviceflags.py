@@ -208,3 +208,21 @@ def test_rollback_takes_no_other_change() -> None:
         serviceflags.refuse_mixed_rollback(args)
     assert str(caught.value).startswith("--rollback cannot be combined with --env-add, "
                                         "--image: ")
+
+
+def test_secret_and_config_flags_as_docker_reads_them() -> None:
+    t = create("--secret db --secret src=tls,target=tls.key,uid=70,gid=70,mode=0400 "
+               "--config source=site,target=/etc/site.conf,mode=292 img")["spec"]["template"]
+    assert t["secrets"] == [{"source": "db"}, {"source": "tls", "target": "tls.key",
+                                               "uid": "70", "gid": "70", "mode": 0o400}]
+    assert t["configs"] == [{"source": "site", "target": "/etc/site.conf", "mode": 0o444}]
+    live = {**LIVE, "spec": {**LIVE["spec"], "template": t}}
+    t2 = update(live, "--secret-rm tls --secret-add pw --config-rm site web")["spec"]["template"]
+    assert t2["secrets"] == [{"source": "db"}, {"source": "pw"}] and "configs" not in t2
+    with pytest.raises(errors.CliError, match='--secret-rm "nope": the service has no such '
+                                              r"secret \(it has: db, tls\)"):
+        update(live, "--secret-rm nope web")
+    with pytest.raises(errors.CliError, match='--config "target=/x": source=NAME is required'):
+        create("--config target=/x img")
+    with pytest.raises(errors.CliError, match="mode 0999 is not a number"):
+        create("--secret source=db,mode=0999 img")

@@ -165,15 +165,19 @@ def test_secrets_and_configs_from_files_external_and_named(tmp_path: Path) -> No
     (tmp_path / "pw.txt").write_bytes(b"s3cret\n")
     (tmp_path / "app.conf").write_text("a = 1\n")
     objs = by_name(convert(tmp_path, {
-        "services": {"app": {"image": "a", "secrets": ["pw", {"source": "ext", "target": "k"}],
-                             "configs": ["conf", {"source": "named", "target": "/etc/n"}]}},
+        "services": {"app": {"image": "a", "secrets": [
+            "pw", {"source": "ext", "target": "k", "uid": "1000", "gid": "1000", "mode": 0o400}],
+                             "configs": ["conf", {"source": "named", "target": "etc/n",
+                                                  "mode": 0o555}]}},
         "secrets": {"pw": {"file": "./pw.txt"}, "ext": {"external": True}},
         "configs": {"conf": {"file": "app.conf"},
                     "named": {"name": "global-conf", "file": "app.conf"}}}))
     t = objs["Service/web_app"]["spec"]["template"]
-    assert t["secrets"] == [{"source": "ext", "target": "k"},
+    assert t["secrets"] == [{"source": "ext", "target": "k", "uid": "1000", "gid": "1000",
+                             "mode": 0o400},
                             {"source": "web_pw", "target": "pw"}]
-    assert t["configs"] == [{"source": "global-conf", "target": "/etc/n"},
+    # A relative config target is where Docker puts it: at the root.
+    assert t["configs"] == [{"source": "global-conf", "target": "/etc/n", "mode": 0o555},
                             {"source": "web_conf", "target": "/conf"}]
     secret = objs["Secret/web_pw"]
     assert base64.b64decode(secret["spec"]["data"]) == b"s3cret\n"
@@ -241,7 +245,7 @@ def test_what_shoal_cannot_carry_yet_is_reported_in_one_warning(tmp_path: Path) 
     project = load_project([path], {})
     convert_stack(project, "web")
     assert project.warnings == ["Not carried to Shoal yet (accepted, no effect): dns, "
-                                "secrets.mode, tty"]
+                                "tty"]
 
 
 def test_init_capabilities_sysctls_and_ulimits_as_docker_converts_them(
@@ -327,3 +331,14 @@ def test_dnsrr_with_an_ingress_published_port_is_refused(tmp_path: Path) -> None
     with pytest.raises(ComposeError, match=r"ingress mode can't be used with endpoint_mode"):
         convert(tmp_path, {"services": {"app": {"image": "a", "ports": ["80:80"],
                                                 "deploy": {"endpoint_mode": "dnsrr"}}}})
+
+
+@pytest.mark.parametrize(("ref", "message"), [
+    ({"source": "s", "uid": 1000}, r"services.app.secrets.0.uid must be a string"),
+    ({"source": "s", "mode": [4]}, r"services.app.secrets.0.mode must be a number"),
+])
+def test_secret_owner_and_mode_take_the_types_docker_s_schema_gives(
+        tmp_path: Path, ref: dict[str, Any], message: str) -> None:
+    with pytest.raises(ComposeError, match=message):
+        convert(tmp_path, {"services": {"app": {"image": "a", "secrets": [ref]}},
+                           "secrets": {"s": {"external": True}}})

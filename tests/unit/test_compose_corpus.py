@@ -39,6 +39,11 @@ def _rows() -> list[dict[str, str]]:
         return list(csv.DictReader(f, delimiter="\t"))
 
 
+def _owner(file: dict[str, Any]) -> tuple[str, str, int]:
+    """A file reference's owner and mode as Docker stored them (its defaults filled)."""
+    return (file.get("UID", "0"), file.get("GID", "0"), file.get("Mode", 0o444))
+
+
 def _ns(value: Any) -> int | None:
     return None if value is None else round(parse_duration(value) * SEC)
 
@@ -121,10 +126,11 @@ def _docker_view(svc: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
         "container labels": cs.get("Labels") or {},
         "mounts": sorted((m["Type"], m.get("Source"), m["Target"], bool(m.get("ReadOnly")))
                          for m in cs.get("Mounts") or []),
-        "secrets": sorted((s["SecretName"], s["File"]["Name"]) for s in cs.get("Secrets") or []),
+        "secrets": sorted((s["SecretName"], s["File"]["Name"], *_owner(s["File"]))
+                          for s in cs.get("Secrets") or []),
         # A relative file name lands at the container's root (the daemon's rule).
-        "configs": sorted((c["ConfigName"], "/" + c["File"]["Name"].lstrip("/"))
-                          for c in cs.get("Configs") or []),
+        "configs": sorted((c["ConfigName"], "/" + c["File"]["Name"].lstrip("/"),
+                           *_owner(c["File"])) for c in cs.get("Configs") or []),
         "stop grace period": cs.get("StopGracePeriod", 10 * SEC),
         "init": cs.get("Init"),
         "capabilities": (cs.get("CapabilityAdd") or [], cs.get("CapabilityDrop") or []),
@@ -192,9 +198,11 @@ def _shoal_view(obj: dict[str, Any], stack_dir: Path) -> dict[str, Any]:
         "container labels": t.get("labels") or {},
         "mounts": sorted((m["type"], src(m), m["target"], bool(m.get("readOnly")))
                          for m in t.get("mounts") or []),
-        "secrets": sorted((s["source"], s.get("target", s["source"]))
+        "secrets": sorted((s["source"], s.get("target", s["source"]),
+                           s.get("uid", "0"), s.get("gid", "0"), s.get("mode", 0o444))
                           for s in t.get("secrets") or []),
-        "configs": sorted((c["source"], c.get("target", "/" + c["source"]))
+        "configs": sorted((c["source"], c.get("target", "/" + c["source"]),
+                           c.get("uid", "0"), c.get("gid", "0"), c.get("mode", 0o444))
                           for c in t.get("configs") or []),
         "stop grace period": _ns(t.get("stopGracePeriod", "10s")),
         "init": t.get("init"),
