@@ -427,6 +427,7 @@ class Dataplane:
                 self.log.warning("cannot set route_localnet", bridge=bridge, error=str(exc))
 
     async def _apply_dns(self, plan: netplan.Plan) -> None:
+        self.dns.table.set_clients(plan.clients)
         self.dns.table.replace_all(plan.dns)
         for network in self.dns.networks:
             if network not in plan.listeners:

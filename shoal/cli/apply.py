@@ -37,7 +37,7 @@ import argparse
 import asyncio
 import copy
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from shoal.cli import (
@@ -124,11 +124,8 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     dry_run = args.dry_run != "none"
     async with common.open_store(opts) as store:
         registry = await common.registry_of(store)
-        admitted = admit_documents(registry, docs, args.namespace, keyring.Source.of(opts))
-        await references.check(store, registry, admitted)
-        await check_published_ports(store, registry, admitted)
-        with console.Spinner("reading live objects"):
-            planned = await plan(store, admitted, changecause.of(args))
+        planned = await admit_and_plan(store, registry, docs, args.namespace,
+                                       changecause.of(args), keyring.Source.of(opts))
         suffix = " (dry run)" if dry_run else ""
         changed_services: list[tuple[str, str]] = []
 
@@ -147,6 +144,23 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
             if wait is not None and changed_services:
                 await converge.wait_for_services(store, changed_services, wait)
     return 0
+
+
+async def admit_and_plan(store: client.Store, registry: kinds.Registry,
+                         docs: Sequence[manifests.Document], namespace: str | None,
+                         change_cause: str | None, ring: keyring.Source,
+                         leaving: Collection[tuple[str | None, str]] = ()) -> list[Planned]:
+    """Steps 1 and 2 for ``docs``: admit every one (and check what they refer to and the
+    ports they publish against the store), then decide per object; raises CliError with
+    every problem, having written nothing. ``apply`` and ``stack deploy`` share it, so a
+    stack is admitted exactly as the same manifests would be. ``ring`` seals Secrets;
+    ``leaving``: (namespace, name) of stored Services the caller removes before writing,
+    whose ports are free."""
+    admitted = admit_documents(registry, docs, namespace, ring)
+    await references.check(store, registry, admitted)
+    await check_published_ports(store, registry, admitted, leaving)
+    with console.Spinner("reading live objects"):
+        return await plan(store, admitted, change_cause)
 
 
 # --- 1. admission ---
@@ -214,13 +228,16 @@ def admit_documents(registry: kinds.Registry, docs: Sequence[manifests.Document]
 
 
 async def check_published_ports(store: client.Store, registry: kinds.Registry,
-                                admitted: Sequence[Admitted]) -> None:
+                                admitted: Sequence[Admitted],
+                                leaving: Collection[tuple[str | None, str]] = ()) -> None:
     """Refuse Services publishing a port another service holds, naming the holder
-    (the allocator would refuse it too, but only after the write, in a condition)."""
+    (the allocator would refuse it too, but only after the write, in a condition).
+    Services ``leaving`` ((namespace, name), removed before the write) hold nothing."""
     services = [a for a in admitted if a.info.kind == "Service"]
     if not any(networking.spec_ports(a.obj) for a in services):
         return
     live, _ = await store.list(registry.lookup("services"))
+    live = [s for s in live if (s.namespace, s.name) not in leaving]
     conflicts = networking.port_conflicts([a.obj for a in services], live)
     if not conflicts:
         return

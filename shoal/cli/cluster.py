@@ -525,7 +525,8 @@ def _hints(state: ClusterState) -> list[str]:
         lines.append(f"  export SHOAL_PREFIX={state.prefix}")
     if state.keyring != common.keyring_path(None):
         lines.append(f"  export {sealed.KEYRING_ENV}={state.keyring}")
-    return [*lines, "  swctl node ls", "  swctl apply -f deploy/examples/stack.yaml",
+    return [*lines, "  swctl node ls",
+            "  swctl stack deploy -c deploy/examples/docker-stack.yml demo",
             "  swctl get services -A"]
 
 

@@ -1,13 +1,13 @@
 """What to type instead: the swctl way for docker verbs swctl does not have, and the
 verb's own ``--help`` for unknown flags.
 
-People arrive from Swarm tutorials typing ``docker stack rm app`` with ``swctl`` in
-front. argparse would answer ``invalid choice: 'rm' (choose from ...)``, which says what
-is wrong but not what to do; here the command line is looked at *before* argparse runs,
+People arrive from Swarm tutorials typing ``docker node ps n1`` with ``swctl`` in front.
+argparse would answer ``invalid choice: 'ps' (choose from ...)``, which says what is
+wrong but not what to do; here the command line is looked at *before* argparse runs,
 against the parser's own table of verbs (so a verb added later is never shadowed by a
-hint: ``service create|update|rm|inspect|logs`` are verbs now), and an unknown verb
-becomes ``unknown command "stack rm": use swctl delete -f FILE (see swctl delete
---help)``. Kept apart from main.py so the table of docker verbs is one place to read
+hint: ``service create|update|rm|inspect|logs`` and ``stack`` are verbs now), and an
+unknown verb becomes ``unknown command "node ps": use swctl node inspect --pretty n1
+(see swctl node --help)``. Kept apart from main.py so the table of docker verbs is one place to read
 and unit-test.
 """
 
@@ -32,16 +32,8 @@ def _arg(rest: list[str], placeholder: str) -> str:
 # may use {name}: the first name the user typed after the verb.
 _DOCKER_VERBS: dict[tuple[str, str], tuple[str, str]] = {
     # service create/update/inspect/rm/logs/ps/ls/scale/rollback are swctl verbs
-    # (serviceverbs.py), and so are secret and config create/ls/inspect/rm (secretverbs.py).
-    ("stack", "deploy"): ("swctl apply -f FILE (a YAML stream of Services, Networks, ...; "
-                          "compose files are not read yet)", "apply"),
-    ("stack", "up"): ("swctl apply -f FILE", "apply"),
-    ("stack", "rm"): ("swctl delete -f FILE", "delete"),
-    ("stack", "remove"): ("swctl delete -f FILE", "delete"),
-    ("stack", "down"): ("swctl delete -f FILE", "delete"),
-    ("stack", "ls"): ("swctl get services -A (a namespace per stack)", "get"),
-    ("stack", "services"): ("swctl service ls -n NAMESPACE", "service"),
-    ("stack", "ps"): ("swctl get tasks -n NAMESPACE", "get"),
+    # (serviceverbs.py), and so are secret and config create/ls/inspect/rm (secretverbs.py)
+    # and the stack verbs (stack.py).
     ("node", "ps"): ("swctl node inspect --pretty {name}", "node"),
     ("network", "connect"): ("swctl apply -f FILE with the service's networks list",
                              "apply"),
@@ -58,7 +50,6 @@ _DOCKER_TOP: dict[str, tuple[str, str]] = {
     "ls": ("swctl get KIND (e.g. swctl get services)", "get"),
     "list": ("swctl get KIND (e.g. swctl get services)", "get"),
     "update": ("swctl apply -f FILE (or swctl service update NAME)", "apply"),
-    "stack": ("swctl apply -f FILE and swctl delete -f FILE", "apply"),
     "swarm": ("swctl up to start a local cluster, swctl agent to join a node", "up"),
 }
 _SERVICE_ALIASES = {"svc": "service"}
@@ -129,6 +120,9 @@ _DOCKER_FLAGS: dict[str, str] = {
     "--publish": "use swctl service update --publish-add P:T NAME, or spec.endpoint.ports",
     "-p": "use swctl service update --publish-add P:T NAME, or spec.endpoint.ports",
     "--replicas": "use swctl scale service/NAME --replicas N",
+    # stack deploy's: nodes pull nothing through the CLI here, so there is nothing to pass.
+    "--with-registry-auth": "Shoal's nodes use their own registry credentials; leave it out",
+    "--resolve-image": "Shoal never resolves image digests at deploy; leave it out",
 }
 
 

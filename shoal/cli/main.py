@@ -38,6 +38,7 @@ from shoal.cli import (
     scale,
     secretverbs,
     service,
+    stack,
 )
 
 
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `swctl VERB --help` for the flags of a verb.")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for module in (apply, get, describe, delete, diff, scale, rollout, service, logs, node,
-                   network, secretverbs, cluster, manager, agent):
+                   network, secretverbs, stack, cluster, manager, agent):
         module.add_parser(sub, [flags])
     return parser
 

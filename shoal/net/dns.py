@@ -18,7 +18,13 @@ keeps current from etcd:
   (their VIPs, or task addresses, together), as Docker's resolver does;
 * ``<service>.<namespace>`` qualifies by stack; a short name resolves in the client's own
   namespace (the namespace of the task that owns the source address), then in
-  ``default``; only services attached to the client's network are visible;
+  ``default``; only services attached to the client's networks are visible;
+* a task attached to several networks asks the listener of one of them (its resolver is
+  the node's address on its first network), yet sees every service of all of them, as
+  Docker's resolver does for a container: the name is looked up on the network the query
+  came in on first, then on the task's other networks in order (``set_clients``: the
+  agent says which networks each local task's addresses belong to), and the answer holds
+  the addresses on the network where it was found, which the task is attached to;
 * a service answers to its name as written, case-insensitively, dots included
   (``hyperf_v1.0``), and to its DNS-label form ``crds.names.dns_label``
   (``hyperf-v1-0-53ef21``) for clients that insist on hostname syntax; a namespace (a
@@ -96,6 +102,12 @@ class DnsTable:
         # alias (as written and as its label form, lower case) -> the keys of the records
         # that carry it on some network.
         self._aliases: dict[str, set[tuple[str, str]]] = {}
+        # (network, a local task's address on it) -> every network of that task, in order.
+        self._clients: dict[tuple[str, IPv4Address], tuple[str, ...]] = {}
+
+    def set_clients(self, clients: Mapping[tuple[str, IPv4Address], Sequence[str]]) -> None:
+        """The networks of each local task, by its address on each of them."""
+        self._clients = {k: tuple(v) for k, v in clients.items()}
 
     def set(self, record: ServiceRecord) -> None:
         self.remove(record.namespace, record.name)
@@ -158,7 +170,16 @@ class DnsTable:
         name = qname.lower().rstrip(".")
         is_tasks = name.startswith("tasks.") and len(name) > len("tasks.")
         ref = name[len("tasks."):] if is_tasks else name
-        records, ours = self._find(network, ref, client)
+        namespace = None if client is None else self._owner.get((network, client))
+        others = () if client is None else self._clients.get((network, client), ())
+        ours = False
+        records: list[ServiceRecord] = []
+        for net in (network, *(n for n in others if n != network)):
+            records, ours_here = self._find(net, ref, namespace)
+            ours = ours or ours_here
+            if records:
+                network = net  # answer with the addresses on the network it was found on
+                break
         if not records:
             return Answer("nxdomain") if ours or is_tasks else Answer("forward")
         found: list[IPv4Address] = []
@@ -190,9 +211,10 @@ class DnsTable:
                    if namespace is None or k[0] == namespace)
         return [r for r in records if alias in _alias_keys(r, network)]
 
-    def _find(self, network: str, ref: str, client: IPv4Address | None
+    def _find(self, network: str, ref: str, namespace: str | None
               ) -> tuple[list[ServiceRecord], bool]:
-        """The record ``ref`` names, and whether the name is the cluster's to answer.
+        """The record ``ref`` names on ``network``, and whether the name is the cluster's
+        to answer; ``namespace``: the client's.
 
         The whole name is a service name first (Docker's names may hold dots:
         ``hyperf_v1.0``), in the client's namespace then ``default``; only then is it read
@@ -201,9 +223,7 @@ class DnsTable:
         an existing namespace wins."""
         if not ref:
             return [], False
-        order = []
-        if client is not None and (network, client) in self._owner:
-            order.append(self._owner[(network, client)])
+        order = [] if namespace is None else [namespace]
         order.append("default")
         for ns in order:
             found = self._visible((ns, ref), network)

@@ -129,6 +129,18 @@ def test_aliases_go_into_the_record_of_their_network_only() -> None:
     assert record.tasks == {"appnet": (A("10.0.1.10"), A("10.0.1.11"))}
 
 
+def test_a_local_task_on_two_networks_is_a_dns_client_of_both() -> None:
+    nets = [*NETS, network("back", "10.0.2.0/24", 4098, {"n1": "10.0.2.2", "n2": "10.0.2.3"})]
+    tasks = [task("w.1", "w", "n1", {"back": "10.0.2.10/24", "appnet": "10.0.1.20/24",
+                                     "ingress": "10.255.0.20/16"}),
+             task("w.2", "w", "n2", {"back": "10.0.2.11/24", "appnet": "10.0.1.21/24"}),
+             *web_tasks()]
+    plan = netplan.plan("n1", nets, [WEB], tasks, NODES, {})
+    # Only local tasks on more than one network (ingress aside); remote ones ask elsewhere.
+    assert plan.clients == {("back", A("10.0.2.10")): ("back", "appnet"),
+                            ("appnet", A("10.0.1.20")): ("back", "appnet")}
+
+
 def test_host_mode_ports_only_where_a_task_runs() -> None:
     svc = service("h", ["appnet"], ports=[{"target": 80, "published": 9000, "mode": "host"}],
                   endpoint={"mode": "vip", "virtualIPs": [],

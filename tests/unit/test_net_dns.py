@@ -131,3 +131,24 @@ def test_an_alias_reaches_across_stacks_on_a_shared_network_after_the_own_stack(
     t.set(_aliased("proxy", "proxy_app", "10.254.0.3", {NET: ["app"]}))
     assert t.resolve(NET, "app", A("10.0.9.2")).addresses == (A("10.254.0.3"),)
     assert t.resolve(BACK, "app", A("10.0.9.2")).kind == "nxdomain"
+
+
+def test_a_task_on_two_networks_sees_the_services_of_both() -> None:
+    # worker is on back (where it asks) and front; redis is on front only, db on back.
+    t = DnsTable()
+    t.set(ServiceRecord("voting", "voting_db", "vip", {"back": A("10.254.0.1")},
+                        {"back": [A("10.0.0.5")]}, {"back": ["db"]}))
+    t.set(ServiceRecord("voting", "voting_redis", "vip", {"front": A("10.254.0.2")},
+                        {"front": [A("10.0.1.6")]}, {"front": ["redis"]}))
+    t.set(ServiceRecord("voting", "voting_worker", "vip", {}, {
+        "back": [A("10.0.0.3")], "front": [A("10.0.1.5")]}))
+    worker, lonely = A("10.0.0.3"), A("10.0.0.9")
+    t.set_clients({("back", worker): ("back", "front"), ("front", A("10.0.1.5")): (
+        "back", "front")})
+    # From its own network first, then from its other one, with that network's addresses.
+    assert t.resolve("back", "db", worker).addresses == (A("10.254.0.1"),)
+    assert t.resolve("back", "redis", worker).addresses == (A("10.254.0.2"),)
+    assert t.resolve("back", "voting_redis", worker).addresses == (A("10.254.0.2"),)
+    assert t.resolve("back", "tasks.redis", worker).addresses == (A("10.0.1.6"),)
+    # A client on back only sees back's services.
+    assert t.resolve("back", "redis", lonely).kind == "nxdomain"
