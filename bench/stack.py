@@ -1,19 +1,13 @@
 """Stack deploy benchmark: one compose file of 30 services deployed to convergence on
 Shoal and on Docker Swarm mode, in the same run (issue 14; target Shoal <= 0.5 x Swarm).
 
-    python bench/stack.py [--services 30] [--rounds 3] [--shoal-deploy auto|stack|apply]
-                          [--swarm-pull] [--no-swarm]
+    python bench/stack.py [--services 30] [--rounds 3] [--swarm-pull] [--no-swarm]
 
 Root. The file is ``bench.stackfile``'s (30 services of ``shoal/busybox``, 50 tasks, two
 overlay networks, an anchor with a merge key), written once and given unchanged to both:
 
 * **Shoal**: ``swctl stack deploy -c FILE -d NAME`` on the one-node cluster ``swctl up
-  --nodes 1 --runtime docker`` makes (``bench.shoalup``). ``--shoal-deploy apply`` (and
-  ``auto`` while this tree has no ``swctl stack``) runs the stand-in instead: the same
-  file converted beforehand by ``shoal.compose`` (what ``stack deploy`` converts with),
-  then ``swctl apply -d -f`` of those manifests, timed from the apply's start. That
-  leaves the compose parsing out of Shoal's time (a few ms of the command's ~1 s), which
-  the report says;
+  --nodes 1 --runtime docker`` makes (``bench.shoalup``);
 * **Swarm**: ``docker stack deploy -c FILE --resolve-image never NAME`` (detached, as the
   CLI is by default) against a private dockerd in a network namespace of its own in
   Swarm mode (``bench.swarmd``). Its tasks use the local image without asking the
@@ -32,10 +26,9 @@ and stop, measured the same way on both sides and polled every 50 ms:
   neither side is flattered by what its orchestrator calls running.
 
 Each round deploys a stack of a fresh name on each side (alternating which goes first),
-then removes it (``stack rm``, or ``swctl delete -f`` for the stand-in) and waits until
-its tasks, containers and networks are gone. The ratio is taken within each round and
-the median judged. The figures go in bench/RESULTS.md with the load average, printed at
-the start and the end.
+then removes it (``stack rm``) and waits until its tasks and containers (and, on Swarm,
+networks) are gone. The ratio is taken within each round and the median judged. The
+figures go in bench/RESULTS.md with the load average, printed at the start and the end.
 """
 
 from __future__ import annotations
@@ -44,7 +37,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import pathlib
@@ -68,8 +60,7 @@ from bench.swarmd import SwarmDaemon
 from shoal.agent.docker.dockerd import ensure_dockerd
 from shoal.agent.docker.driver import API_VERSION
 from shoal.agent.docker.image import ensure_test_image_at
-from shoal.compose.convert import NS_LABEL, convert_stack
-from shoal.compose.loader import load_project
+from shoal.compose.convert import NS_LABEL
 from shoal.crds import taskstates as ts
 
 TARGET = 0.5
@@ -139,30 +130,14 @@ def running_containers(api: Any, stack: str) -> int:
 
 
 class Shoal(ShoalUp):
-    """The one-node cluster and stack deploy (or its stand-in) on it."""
+    """The one-node cluster and ``swctl stack deploy`` on it."""
 
-    def __init__(self, tmp: pathlib.Path, tag: str, file: pathlib.Path, mode: str) -> None:
+    def __init__(self, tmp: pathlib.Path, tag: str, file: pathlib.Path) -> None:
         super().__init__(tmp, tag, "stack")
         self.file = file
-        self.mode = mode
-
-    def has_stack_verb(self) -> bool:
-        return subprocess.run(self.swctl_argv("stack", "deploy", "--help"),
-                              capture_output=True, env=self.env).returncode == 0
-
-    def manifests(self, stack: str) -> pathlib.Path:
-        """The stand-in's input: the file as ``shoal.compose`` converts it for ``stack``."""
-        path = self.tmp / f"{stack}.json"
-        if not path.exists():
-            docs = convert_stack(load_project([self.file], dict(os.environ)), stack)
-            path.write_text("\n---\n".join(json.dumps(d) for d in docs))
-        return path
 
     async def deploy(self, stack: str, api: Any, total: int, timeout: float) -> Run:
-        if self.mode == "stack":
-            argv = self.swctl_argv("stack", "deploy", "-c", str(self.file), "-d", stack)
-        else:
-            argv = self.swctl_argv("apply", "-d", "-f", str(self.manifests(stack)))
+        argv = self.swctl_argv("stack", "deploy", "-c", str(self.file), "-d", stack)
 
         async def tasks() -> bool:
             found = await self.tasks(stack)
@@ -175,11 +150,7 @@ class Shoal(ShoalUp):
         return await measure(argv, self.env, tasks, containers, timeout, "Shoal")
 
     async def remove(self, stack: str, api: Any, timeout: float = 300) -> None:
-        if self.mode == "stack":
-            await asyncio.to_thread(self.swctl, "stack", "rm", stack)
-        else:
-            await asyncio.to_thread(self.swctl, "delete", "--ignore-not-found", "-f",
-                                    str(self.manifests(stack)))
+        await asyncio.to_thread(self.swctl, "stack", "rm", stack)
 
         async def clean() -> bool:
             left = await asyncio.to_thread(api.containers, all=True,
@@ -254,7 +225,7 @@ async def run(args: argparse.Namespace) -> int:
     url = await asyncio.to_thread(ensure_dockerd)
     await asyncio.to_thread(ensure_test_image_at, url)
     api = docker.APIClient(base_url=url, version=API_VERSION, timeout=120)
-    shoal = Shoal(tmp, f"k{tag}", file, args.shoal_deploy)
+    shoal = Shoal(tmp, f"k{tag}", file)
     swarm = None if args.no_swarm else Swarm(tmp, tag, file, args.swarm_pull)
     say(f"shoal stack benchmark: {args.services} services, {total} tasks, {args.rounds} "
         f"round(s); {os.cpu_count()} CPUs, load average {load_average()}; file and logs "
@@ -262,10 +233,7 @@ async def run(args: argparse.Namespace) -> int:
     results: list[tuple[Run, Run | None]] = []
     try:
         await shoal.start()
-        if shoal.mode == "auto":
-            shoal.mode = "stack" if await asyncio.to_thread(shoal.has_stack_verb) else "apply"
-        say(f"shoal: 1 namespace node up; deploying with "
-            f"{'swctl stack deploy' if shoal.mode == 'stack' else 'the stand-in, swctl apply'}")
+        say("shoal: 1 namespace node up")
         if swarm is not None:
             await asyncio.to_thread(swarm.start)
             say(f"swarm: private dockerd in netns {swarm.daemon.netns}, local images "
@@ -299,7 +267,7 @@ async def run(args: argparse.Namespace) -> int:
                 line += (f"; Swarm command {w.command:.2f} s, tasks running {w.tasks:.2f} s, "
                          f"containers running {w.containers:.2f} s")
             say(line)
-        return report(args, total, shoal.mode, results)
+        return report(args, total, results)
     finally:
         await shoal.stop()
         if swarm is not None:
@@ -307,8 +275,8 @@ async def run(args: argparse.Namespace) -> int:
         api.close()
 
 
-def report(args: argparse.Namespace, total: int, mode: str,
-           results: list[tuple[Run, Run | None]]) -> int:
+def report(args: argparse.Namespace, total: int, results: list[tuple[Run, Run | None]]
+           ) -> int:
     def med(values: list[float]) -> float:
         return statistics.median(values) if values else float("nan")
 
@@ -316,8 +284,7 @@ def report(args: argparse.Namespace, total: int, mode: str,
     say("")
     say(f"== results: {args.services} services, {total} tasks, {len(results)} round(s); "
         "seconds from the deploy command's start, medians [per round] ==")
-    deploy = "swctl stack deploy -d" if mode == "stack" else "swctl apply -d (stand-in)"
-    say(f"Shoal: {deploy}; Swarm: docker stack deploy")
+    say("Shoal: swctl stack deploy -d; Swarm: docker stack deploy")
     for field, label in (("command", "command exited"), ("tasks", "all tasks running"),
                          ("containers", "all containers running")):
         shoal = [getattr(s, field) for s, _ in results]
@@ -351,9 +318,6 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--services", type=int, default=30)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--shoal-deploy", choices=["auto", "stack", "apply"], default="auto",
-                   help="swctl stack deploy, or the stand-in (swctl apply of the converted "
-                        "file); auto: stack deploy when this tree has it")
     p.add_argument("--swarm-pull", action="store_true",
                    help="let Swarm's tasks try the registry before using the local image")
     p.add_argument("--timeout", type=float, default=600.0,
