@@ -64,7 +64,6 @@ import os
 import pathlib
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -80,7 +79,9 @@ import docker.errors
 import docker.types
 import structlog
 
-from shoal.agent.docker.dockerd import DOCKERD_FLAGS, ensure_dockerd, ping
+from bench.common import load_average, say
+from bench.swarmd import SwarmDaemon
+from shoal.agent.docker.dockerd import ensure_dockerd
 from shoal.agent.docker.driver import API_VERSION
 from shoal.agent.docker.image import TEST_IMAGE, ensure_test_image_at
 from shoal.agent.exec.executor import LABEL_NODE
@@ -99,25 +100,8 @@ FAILOVER_TARGET = 3.0
 RAW_THREADS = 32  # the docker driver's pool size
 
 
-def say(text: str) -> None:
-    print(text, flush=True)
-
-
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
-
-
-def free_udp_port(first: int = 14789, last: int = 49151) -> int:
-    """A free UDP port below the ephemeral range (Swarm's VXLAN port must be < 49152);
-    not 4789, which Shoal's own overlay uses."""
-    for port in range(first, last):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            try:
-                sock.bind(("0.0.0.0", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free UDP port for Swarm's data path")
 
 
 # --- the raw docker SDK baseline ----------------------------------------------------------
@@ -161,177 +145,29 @@ def remove_labelled(api: Any, label: str) -> int:
     return len(found)
 
 
-# --- Docker Swarm mode on a private dockerd -----------------------------------------------
+# --- Docker Swarm mode on a private dockerd (bench/swarmd.py) ---------------------------
 
-class SwarmDaemon:
-    """A dockerd of our own for Swarm, and everything needed to get rid of it again.
-
-    ``name`` names its socket, data and exec roots, pid file and cgroup (so two benches
-    never share a daemon); with ``netns`` (a namespace made with ``ip netns add``, lo up)
-    the daemon runs inside it, and Swarm's bridges, VXLANs and VIPs stay there."""
-
-    def __init__(self, log: pathlib.Path, name: str = "shoal-bench-swarm",
-                 netns: str | None = None) -> None:
-        self.log = log
-        self.netns = netns
-        self.sock = f"/run/{name}.sock"
-        self.url = f"unix://{self.sock}"
-        self.data = pathlib.Path(f"/var/lib/{name}")
-        self.exec_root = pathlib.Path(f"/run/{name}")
-        self.pidfile = pathlib.Path(f"/run/{name}.pid")
-        self.cgroup = name
-        self.api: Any = None
-        self.pid: int | None = None
-        self.image_id = ""
-        # Swarm makes this bridge in the daemon's namespace; in the host's it is ours to
-        # delete unless it was there before (no other daemon here runs Swarm, but be sure).
-        self.gwbridge_ours = netns is None and not pathlib.Path(
-            "/sys/class/net/docker_gwbridge").exists()
-
-    def start(self) -> None:
-        if ping(self.url):
-            raise RuntimeError(f"a dockerd already answers on {self.sock}: another run of "
-                               "this benchmark? (stop it, or its daemon, first)")
-        self._wipe()  # leftovers of a run that was killed
-        dockerd = shutil.which("dockerd") or shutil.which("dockerd", path="/usr/sbin:/sbin")
-        if dockerd is None:
-            raise RuntimeError("dockerd is not installed")
-        argv = [dockerd, *DOCKERD_FLAGS, f"--host={self.url}", f"--data-root={self.data}",
-                f"--exec-root={self.exec_root}", f"--pidfile={self.pidfile}",
-                f"--cgroup-parent={self.cgroup}"]
-        if self.netns is not None:
-            # nsenter, not `ip netns exec`: that remounts /sys, hiding the cgroup mounts
-            # dockerd needs ("Devices cgroup isn't mounted").
-            argv = ["nsenter", f"--net=/var/run/netns/{self.netns}", *argv]
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("DOCKER_HOST", "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE")}
-        with open(self.log, "ab") as out:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        self.pid = proc.pid
-        deadline = time.monotonic() + 60
-        while not ping(self.url, timeout=1.0):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the private dockerd did not start; see {self.log}")
-            time.sleep(0.1)
-        self.api = docker.APIClient(base_url=self.url, version=API_VERSION, timeout=30)
-        ensure_test_image_at(self.url)
-        self.image_id = str(self.api.inspect_image(TEST_IMAGE)["Id"])
-        self.api.init_swarm(advertise_addr="127.0.0.1",
-                            listen_addr=f"127.0.0.1:{etcd_server.free_port()}",
-                            data_path_port=free_udp_port())
-
-    def converge(self, name: str, n: int, image: str,
-                 timeout: float = 300.0) -> tuple[float, list[float]]:
-        """Seconds from service create to n tasks running; and when each k-th one ran."""
-        spec = docker.types.ContainerSpec(image, command=COMMAND,
-                                          stop_grace_period=GRACE_S * 1_000_000_000)
-        template = docker.types.TaskTemplate(spec)
-        t0 = time.monotonic()
-        created = self.api.create_service(template, name=name,
-                                          mode=docker.types.ServiceMode("replicated", n))
-        sid = created["ID"]
-        seen: list[float] = []
-        while True:
-            tasks = self.api.tasks(filters={"service": sid, "desired-state": "running"})
-            running = sum(1 for t in tasks if t["Status"]["State"] == "running")
-            now = time.monotonic() - t0
-            seen += [now] * (running - len(seen))
-            if running >= n:
-                return now, seen
-            if now > timeout:
-                raise TimeoutError(f"Swarm: {running}/{n} running after {timeout:.0f} s")
-            time.sleep(0.05)
-
-    def remove(self, name: str, timeout: float = 120.0) -> None:
-        with contextlib.suppress(docker.errors.NotFound):
-            self.api.remove_service(name)
-        deadline = time.monotonic() + timeout
-        while self.api.containers(all=True):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"Swarm's containers still there {timeout:.0f} s after "
-                                   "the service was removed")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        """Leave the swarm, stop the daemon (SIGKILL if it hangs) and wipe its state."""
-        if self.api is not None:
-            with contextlib.suppress(Exception):
-                for svc in self.api.services():
-                    self.api.remove_service(svc["ID"])
-            with contextlib.suppress(Exception):
-                self.api.leave_swarm(force=True)
-            with contextlib.suppress(Exception):
-                self.api.close()
-        pid = self.pid
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(self.pidfile.read_text().strip())
-        if pid is not None:
-            _terminate(pid, 30.0)
-        self._wipe()
-        if self.gwbridge_ours:
-            subprocess.run(["ip", "link", "delete", "docker_gwbridge"], capture_output=True,
-                           check=False)
-
-    def _wipe(self) -> None:
-        """Kill whatever the private daemon left (containerd, shims, containers), unmount
-        and delete its directories."""
-        with contextlib.suppress(OSError, ValueError):
-            _terminate(int((self.exec_root / "containerd" / "containerd.pid").read_text()), 5.0)
-        for proc in pathlib.Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            with contextlib.suppress(OSError):
-                argv = (proc / "cmdline").read_bytes()
-                if str(self.exec_root).encode() in argv and b"containerd" in argv:
-                    os.kill(int(proc.name), signal.SIGKILL)
-        for controller in ("pids", "memory", "cpu", "freezer"):
-            parent = pathlib.Path("/sys/fs/cgroup") / controller / self.cgroup
-            for procs in parent.glob("*/cgroup.procs"):
-                with contextlib.suppress(OSError):
-                    for pid in procs.read_text().split():
-                        with contextlib.suppress(OSError):
-                            os.kill(int(pid), signal.SIGKILL)
-        mounts = []
-        with contextlib.suppress(OSError):
-            for line in pathlib.Path("/proc/self/mounts").read_text().splitlines():
-                point = line.split()[1]
-                if point.startswith((str(self.data), str(self.exec_root))):
-                    mounts.append(point)
-        for point in sorted(mounts, key=len, reverse=True):
-            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
-        for path in (self.data, self.exec_root):
-            shutil.rmtree(path, ignore_errors=True)
-        for path in (pathlib.Path(self.sock), self.pidfile):
-            path.unlink(missing_ok=True)
-        for controller in ("pids", "memory", "cpu", "cpuacct", "cpuset", "blkio", "devices",
-                           "freezer"):
-            parent = pathlib.Path("/sys/fs/cgroup") / controller / self.cgroup
-            for child in [*parent.glob("*/"), parent]:
-                with contextlib.suppress(OSError):
-                    child.rmdir()
-
-
-def _terminate(pid: int, grace: float) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not pathlib.Path(f"/proc/{pid}").exists() or _zombie(pid):
-            return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+def swarm_converge(swarm: SwarmDaemon, name: str, n: int, image: str,
+                   timeout: float = 300.0) -> tuple[float, list[float]]:
+    """Seconds from service create to n tasks running; and when each k-th one ran."""
+    spec = docker.types.ContainerSpec(image, command=COMMAND,
+                                      stop_grace_period=GRACE_S * 1_000_000_000)
+    template = docker.types.TaskTemplate(spec)
+    t0 = time.monotonic()
+    created = swarm.api.create_service(template, name=name,
+                                      mode=docker.types.ServiceMode("replicated", n))
+    sid = created["ID"]
+    seen: list[float] = []
+    while True:
+        tasks = swarm.api.tasks(filters={"service": sid, "desired-state": "running"})
+        running = sum(1 for t in tasks if t["Status"]["State"] == "running")
+        now = time.monotonic() - t0
+        seen += [now] * (running - len(seen))
+        if running >= n:
+            return now, seen
+        if now > timeout:
+            raise TimeoutError(f"Swarm: {running}/{n} running after {timeout:.0f} s")
+        time.sleep(0.05)
 
 
 # --- Shoal: etcd, the controller-manager and docker agents as processes --------------------
@@ -690,10 +526,6 @@ async def failover_round(cluster: Cluster, service: str,
     return len(victims), down_at - killed, moved_at - killed
 
 
-def load_average() -> str:
-    return " ".join(pathlib.Path("/proc/loadavg").read_text().split()[:3])
-
-
 async def measure_round(r: int, n: int, args: argparse.Namespace, api: Any,
                         cluster: Cluster, swarm: SwarmDaemon | None, raw_label: str,
                         fig: Figures) -> SwarmDaemon | None:
@@ -731,7 +563,7 @@ async def measure_round(r: int, n: int, args: argparse.Namespace, api: Any,
             for series, image, tag in ((fig.swarm, TEST_IMAGE, "tag"),
                                        (fig.swarm_by_id, swarm.image_id, "id")):
                 service = f"swarm{n}-{tag}-r{r}"
-                t, _ = await asyncio.to_thread(swarm.converge, service, n, image)
+                t, _ = await asyncio.to_thread(swarm_converge, swarm, service, n, image)
                 series.setdefault(n, []).append(t)
                 parts.append(f"Swarm by {tag} {t:.2f} s")
                 await asyncio.to_thread(swarm.remove, service)

@@ -28,7 +28,7 @@ config in one write, times, from just before the write, and removes the service:
 Shoal: ``swctl up -d --nodes 1 --runtime docker`` under the run's own names (one
 namespace node, its agent, etcd, the controller-manager); ``swctl down`` at the end.
 Swarm: a private dockerd in a network namespace of its own (own data root, exec root,
-socket, pid file, cgroup parent; ``bench.converge.SwarmDaemon``), ``docker swarm init``
+socket, pid file, cgroup parent; ``bench.swarmd.SwarmDaemon``), ``docker swarm init``
 there, the images given by id (``--no-resolve-image``: no registry lookup); the daemon,
 its state and the namespace are removed at the end, also on failure or Ctrl-C. Swarm and
 Shoal alternate which goes first at each setting, so a drifting machine load favours
@@ -58,16 +58,15 @@ import docker.errors
 import docker.types
 import structlog
 
-from bench.converge import SwarmDaemon, load_average
+from bench.common import load_average, say
+from bench.shoalup import ShoalUp
+from bench.swarmd import SwarmDaemon
 from shoal.agent.docker.dockerd import ensure_dockerd
 from shoal.agent.docker.driver import API_VERSION
 from shoal.agent.docker.image import ensure_variant_image
 from shoal.crds import kinds
 from shoal.crds import taskstates as ts
 from shoal.runtime import cas
-from shoal.store import client, etcd_server
-from tests.e2e.upcluster import free_underlay
-from tests.integration.cli_support import command
 
 REG = kinds.Registry.builtin()
 SERVICES, TASKS = REG.lookup("services"), REG.lookup("tasks")
@@ -84,10 +83,6 @@ DEFAULT_SETTINGS = ",".join(f"{p}/{o}" for o in ("stop-first", "start-first")
                             for p in (1, 5, 0))
 
 
-def say(text: str) -> None:
-    print(text, flush=True)
-
-
 @dataclasses.dataclass
 class Run:
     all_new: float
@@ -100,37 +95,12 @@ class Run:
 # --- Shoal --------------------------------------------------------------------------------
 
 
-class Shoal:
-    """A one-node cluster made by ``swctl up --nodes 1`` under the run's own names."""
+class Shoal(ShoalUp):
+    """The one-node cluster (``bench.shoalup``) and the update measured on it."""
 
     def __init__(self, tmp: pathlib.Path, tag: str, replicas: int) -> None:
-        self.tmp = tmp
-        self.tag = tag
+        super().__init__(tmp, tag, "update")
         self.replicas = replicas
-        self.state_dir = tmp / "shoal"
-        self.prefix = f"/bench-update-{tag}"
-        self.port = etcd_server.free_port()
-        self.env = dict(os.environ, SHOAL_PREFIX=self.prefix,
-                        SHOAL_ETCD=f"http://127.0.0.1:{self.port}")
-        self.store: client.Store | None = None
-        self.up = False
-
-    def swctl(self, *args: str, input: str | None = None, timeout: float = 300
-              ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(command(*args), input=input, capture_output=True, text=True,
-                              env=self.env, timeout=timeout)
-        if proc.returncode != 0:
-            raise RuntimeError(f"swctl {' '.join(args)} exited {proc.returncode}:\n"
-                               f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-        return proc
-
-    async def start(self) -> None:
-        self.up = True
-        await asyncio.to_thread(
-            self.swctl, "up", "-d", "--nodes", "1", "--runtime", "docker", "--node-prefix",
-            self.tag, "--bridge", f"sh{self.tag}", "--underlay", free_underlay(),
-            "--etcd-port", str(self.port), "--state-dir", str(self.state_dir))
-        self.store = await client.Store.connect(self.env["SHOAL_ETCD"], prefix=self.prefix)
 
     def base(self) -> str:
         """The network and the VIP client, deployed once."""
@@ -166,18 +136,15 @@ class Shoal:
         assert self.store is not None
         await self.store.delete(SERVICES, "web", "default")
         deadline = time.monotonic() + timeout
-        label = {"label": [f"{ts.SERVICE_LABEL}=web", f"shoal.io/node={self.tag}-1"]}
-        while await self.tasks("web") or await asyncio.to_thread(
+        label = {"label": [f"{ts.SERVICE_LABEL}=web", f"shoal.io/node={self.node}"]}
+        while await self.of("web") or await asyncio.to_thread(
                 api.containers, all=True, filters=label):
             if time.monotonic() > deadline:
                 raise TimeoutError("Shoal: web's tasks or containers still there")
             await asyncio.sleep(0.2)
 
-    async def tasks(self, service: str) -> list[Any]:
-        assert self.store is not None
-        found, _ = await self.store.list(TASKS, "default",
-                                         selector=f"{ts.SERVICE_LABEL}={service}")
-        return found
+    async def of(self, service: str) -> list[Any]:
+        return await self.tasks(selector=f"{ts.SERVICE_LABEL}={service}")
 
     async def vip(self) -> str:
         assert self.store is not None
@@ -186,7 +153,7 @@ class Shoal:
                         if v["network"] == NETWORK)).split("/")[0]
 
     async def client_pid(self, api: Any) -> int:
-        (task,) = [t for t in await self.tasks("client")
+        (task,) = [t for t in await self.of("client")
                    if ts.is_active_desired(t) and ts.is_running(t)]
         return int(api.inspect_container(task.status["containerId"])["State"]["Pid"])
 
@@ -210,7 +177,7 @@ class Shoal:
             if now > timeout:
                 raise TimeoutError(f"Shoal: update not done after {timeout:.0f} s")
             if all_new is None:
-                tasks = await self.tasks("web")
+                tasks = await self.of("web")
                 new = [t for t in tasks if t.spec["template"]["image"] == image
                        and ts.is_active_desired(t) and ts.is_running(t)]
                 old = [t for t in tasks if t.spec["template"]["image"] != image
@@ -227,17 +194,6 @@ class Shoal:
                     raise RuntimeError(f"Shoal: update paused: {update.get('message')}")
             await asyncio.sleep(0.05)
         return Run(all_new, completed)
-
-    async def stop(self) -> None:
-        if self.store is not None:
-            await self.store.close()
-        if self.up:
-            proc = await asyncio.to_thread(
-                subprocess.run, command("down", "--state-dir", str(self.state_dir),
-                                        "--timeout", "5"),
-                capture_output=True, text=True, env=self.env, timeout=300)
-            if proc.returncode != 0:
-                say(f"swctl down failed:\n{proc.stdout}\n{proc.stderr}")
 
 
 class Load:
@@ -278,13 +234,8 @@ class Swarm:
                                   netns=self.netns)
         self.replicas = replicas
         self.ids: dict[str, str] = {}
-        self.ns_made = False
 
     def start(self) -> None:
-        subprocess.run(["ip", "netns", "add", self.netns], check=True, capture_output=True)
-        self.ns_made = True
-        subprocess.run(["ip", "-n", self.netns, "link", "set", "lo", "up"], check=True,
-                       capture_output=True)
         self.daemon.start()
         api = self.daemon.api
         for variant, image in IMAGES.items():
@@ -360,9 +311,6 @@ class Swarm:
 
     def stop(self) -> None:
         self.daemon.stop()
-        if self.ns_made:
-            subprocess.run(["ip", "netns", "del", self.netns], capture_output=True,
-                           check=False)
 
 
 # --- the run --------------------------------------------------------------------------------

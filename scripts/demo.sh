@@ -7,9 +7,10 @@ bash scripts/install.sh
 export PATH="$PWD/.venv/bin:$PATH"
 
 swctl up -d
-swctl apply -f deploy/examples/stack.yaml
-swctl get services -A
-swctl get all -n demo 2>/dev/null || true
+# A compose file, exactly as `docker stack deploy -c ... demo` takes it: a web service
+# serving a config, an api holding a secret, their network; progress until converged.
+swctl stack deploy -c deploy/examples/docker-stack.yml demo
+swctl stack services demo
 echo
 # The stack publishes web's port 8080 through the routing mesh: ask it, as a browser would.
 python3 - <<'PY'
@@ -26,4 +27,4 @@ while True:
             sys.exit(f"http://localhost:8080 does not answer: {exc}")
         time.sleep(0.5)
 PY
-echo "Open http://localhost:8080 -- the cluster keeps running. Try: swctl get svc -n demo -w   |   swctl down"
+echo "Open http://localhost:8080 -- the cluster keeps running. Try: swctl stack ps demo   |   swctl get svc -n demo -w   |   swctl stack rm demo   |   swctl down"

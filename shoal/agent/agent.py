@@ -42,7 +42,7 @@ from shoal.runtime import gcpolicy
 from shoal.store import client, codec, errors, etcd, watch
 
 if TYPE_CHECKING:
-    from shoal.agent import dataplane
+    from shoal.agent import dataplane, taskfiles
     from shoal.net import lb
 
 log = structlog.get_logger("shoal.agent")
@@ -53,6 +53,7 @@ RUNTIMES = ("hollow", "docker", "process")
 _NODE_NAME_RE = re.compile(rb'"nodeName"\s*:\s*"([^"\\]*)"')
 _YIELD_EVERY = 512  # events handled between yields to the event loop
 LAG_WARNING = 1.0  # seconds of event-loop lag worth a warning
+DEFAULT_STATE_DIR = "/run/shoal"  # --state-dir
 
 
 @dataclasses.dataclass
@@ -89,10 +90,13 @@ class AgentConfig:
     # Task networking (dataplane.py): auto (IPVS if the kernel has it, else nftables),
     # nftables, ipvs, or none. Real runtimes only; never for hollow nodes.
     dataplane: str = "auto"
-    state_dir: str = "/run/shoal"  # generated files (task resolv.conf), per node
+    state_dir: str = DEFAULT_STATE_DIR  # generated files (resolv.conf, task files), per node
     # Seconds a task that leaves the balancer keeps running before it is stopped, so
     # every node has dropped it and connections in flight end (dataplane.py).
     drain: float = 1.0
+    # The cluster's keyring (shoal.crds.sealed), which opens the secrets of this node's
+    # tasks; None: tasks that use a secret are rejected, saying so.
+    keyring: str | None = None
 
     def node_names(self) -> list[str]:
         if self.count <= 1:
@@ -202,6 +206,7 @@ class Agent:
         self.journal: hollow.Journal | None = None
         self.logserver: logserver.LogServer | None = None
         self.dataplanes: dict[str, dataplane.Dataplane] = {}
+        self.files: dict[str, taskfiles.TaskFiles] = {}
         self.ready = asyncio.Event()  # set once every node serves its tasks
         self.started_at = time.monotonic()
         self.timings: dict[str, float] = {}
@@ -285,7 +290,7 @@ class Agent:
             network = await self._start_dataplane(c)
             self.managers[c.name] = taskmanager.TaskManager(
                 c.name, self.executors[c.name], self.writer, concurrency=cfg.concurrency,
-                resync=cfg.resync, network=network)
+                resync=cfg.resync, network=network, files=self._task_files(c))
             if network is not None:
                 network.touch = self.managers[c.name].touch
         self._names = {c.name.encode() for c in configs}
@@ -341,6 +346,25 @@ class Agent:
         self.dataplanes[c.name] = plane
         return plane
 
+    def _task_files(self, c: node.NodeConfig) -> taskfiles.TaskFiles | None:
+        """The node's secret and config files; hollow nodes run nothing to mount into."""
+        if self.cfg.runtime == "hollow":
+            return None
+        assert self.store is not None
+        # Imported here, like the drivers: hollow agents never mount files.
+        from shoal.agent import taskfiles
+        consumer = None
+        if self.cfg.runtime == "docker":
+            # dockerd makes the bind mounts, in its own mount namespace, which is not
+            # ours when this agent runs under `ip netns exec` (a netns node).
+            from shoal.agent.docker import dockerd
+            consumer = dockerd.daemon_pid
+        files = taskfiles.TaskFiles(
+            self.store, c.name, taskfiles.node_root(self.cfg.state_dir, c.name),
+            Path(self.cfg.keyring) if self.cfg.keyring else None, consumer)
+        self.files[c.name] = files
+        return files
+
     async def _stop(self) -> None:
         for task in self._background:
             task.cancel()
@@ -360,6 +384,8 @@ class Agent:
         for executor in self.executors.values():
             with contextlib.suppress(Exception):
                 await executor.close()
+        for files in self.files.values():
+            files.close()  # unmounts the tmpfs only if no task has files left
         if self.journal is not None:
             self.journal.close()
         if self.store is not None:

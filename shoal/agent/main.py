@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from shoal.agent import agent, logserver, node, runtimes
-from shoal.crds import selectors, units
+from shoal.crds import sealed, selectors, units
 from shoal.runtime import logging as rt_logging
 
 T = TypeVar("T")
@@ -125,9 +125,12 @@ def build_parser(prog: str = "swctl agent") -> argparse.ArgumentParser:
                    help="task networking: auto picks IPVS when the kernel has it, else "
                         "nftables; none runs tasks without networks (default: auto; "
                         "hollow nodes never have one)")
-    p.add_argument("--state-dir", default="/run/shoal", metavar="DIR",
+    p.add_argument("--state-dir", default=agent.DEFAULT_STATE_DIR, metavar="DIR",
                    help="where the agent keeps generated files such as the tasks' "
                         "resolv.conf (default: /run/shoal)")
+    p.add_argument("--keyring", default=None, metavar="PATH",
+                   help="the cluster's keyring, which opens the secrets of this node's "
+                        f"tasks (default: ${sealed.KEYRING_ENV}; swctl up passes its own)")
     p.add_argument("--drain", type=_seconds, default=1.0, metavar="SECONDS",
                    help="how long a task that leaves the load balancer (shut down, "
                         "replaced, unhealthy) keeps running before it is stopped, so "
@@ -165,7 +168,8 @@ def config_from_args(args: argparse.Namespace) -> agent.AgentConfig:
         shared_lease=args.shared_lease, concurrency=args.concurrency,
         log_level=args.log_level, log_format=args.log_format,
         stall_timeout=args.stall_timeout, logs_port=args.logs_port,
-        dataplane=args.dataplane, state_dir=args.state_dir, drain=args.drain)
+        dataplane=args.dataplane, state_dir=args.state_dir, drain=args.drain,
+        keyring=args.keyring or os.environ.get(sealed.KEYRING_ENV) or None)
 
 
 async def _serve(cfg: agent.AgentConfig) -> None:

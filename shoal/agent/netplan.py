@@ -21,6 +21,10 @@ The rules, and why:
 * A local task is plumbed once its workload runs (its pid gives ``/proc/PID/ns/net``).
   Interfaces are ``eth0``, ``eth1``... in ``spec.networks`` order; the default route goes
   through the first network that is not internal (the ingress network comes last).
+* A service's aliases on a network (``spec.networks[].aliases``) go into its DNS record
+  for that network only (never the ingress network, which carries no service DNS).
+* A local task on several networks is a DNS client of all of them (``Plan.clients``):
+  it asks the listener of one, and is answered from each of its networks in turn.
 * Balanced and resolved: tasks observed ``running`` and still desired running, minus the
   local tasks that are leaving (being stopped, or unhealthy) -- so a task leaves the
   balancer before it is killed. VIPs balance every port of both protocols (Swarm's VIPs
@@ -56,6 +60,10 @@ class Plan:
     dns: tuple[ServiceRecord, ...]
     listeners: Mapping[str, IPv4Address]  # network -> this node's address (DNS)
     problems: tuple[str, ...] = ()
+    #: (network, a local task's address on it) -> the task's networks, for DNS: a task
+    #: on several networks asks one listener and must see the services of all of them.
+    clients: Mapping[tuple[str, IPv4Address], tuple[str, ...]] = dataclasses.field(
+        default_factory=dict)
 
 
 def serving(task: Resource) -> bool:
@@ -219,12 +227,25 @@ def plan(node: str, networks: Iterable[Resource], services: Iterable[Resource],
                      if n != ingress}
         vips = {n: v for n, v in ep.vips.items() if n != ingress}
         if vips or dns_tasks or nw.service_networks(s):
+            aliases = {n: tuple(a) for n in nw.service_networks(s)
+                       if n != ingress and (a := nw.service_aliases(s, n))}
             records.append(ServiceRecord(namespace=key[0], name=key[1],
                                          mode=nw.endpoint_mode(s), vips=vips,
-                                         tasks=_tasks_on_networks(s, dns_tasks, ingress)))
+                                         tasks=_tasks_on_networks(s, dns_tasks, ingress),
+                                         aliases=aliases))
+    clients: dict[tuple[str, IPv4Address], tuple[str, ...]] = {}
+    for t, atts in attached:
+        if t.spec.get("nodeName") != node:
+            continue
+        own = tuple(a.network for a in atts if a.network != ingress)
+        if len(own) > 1:  # one network: the listener it asks is the only one that matters
+            for att in atts:
+                if att.network != ingress:
+                    clients[(att.network, att.address.ip)] = own
     return Plan(overlay=NetworkState(tuple(sorted(overlay_nets, key=lambda n: n.name))),
                 services=tuple(sorted(virtual.values(), key=_service_order)),
-                dns=tuple(records), listeners=listeners, problems=tuple(problems))
+                dns=tuple(records), listeners=listeners, problems=tuple(problems),
+                clients=clients)
 
 
 def _default_network(atts: list[nw.Attachment], infos: Mapping[str, nw.NetworkInfo]

@@ -129,21 +129,40 @@ class TaskNetworking(Protocol):
         """Take the task out of the load balancer (it is about to be stopped)."""
 
 
+class TaskFilesProvider(Protocol):
+    """The node's secret and config files as the task manager sees them
+    (``shoal.agent.taskfiles``)."""
+
+    async def prepare(self, task: resource.Resource, spec: TaskSpec) -> TaskSpec:
+        """``spec`` with the task's files written and listed; TaskRejectedError if one
+        cannot be delivered (missing, unsealed, not opening)."""
+
+    def remove(self, uid: str) -> None:
+        """Drop a task's files (its workload is removed)."""
+
+    def sweep(self, keep: Iterable[str]) -> None:
+        """Drop the files of every task uid not in ``keep``."""
+
+
 class TaskManager:
     """All tasks assigned to one node, driven through their states by one executor.
 
     With ``network`` (a real node's dataplane), a task starts only once its networks are
     allocated (it waits in ``preparing``), is reported running only once its networks
-    are plumbed, and leaves the load balancer before it is stopped.
+    are plumbed, and leaves the load balancer before it is stopped. With ``files``, a
+    task's secrets and configs are written for it just before its workload is created
+    (a task whose files cannot be delivered is rejected) and dropped once it is removed.
     """
 
     def __init__(self, node: str, executor: Executor, writer: StatusWriter,
                  concurrency: int = 32, resync: float = 60.0, max_step_failures: int = 5,
-                 max_backoff: float = 30.0, network: TaskNetworking | None = None) -> None:
+                 max_backoff: float = 30.0, network: TaskNetworking | None = None,
+                 files: TaskFilesProvider | None = None) -> None:
         self.node = node
         self.executor = executor
         self.writer = writer
         self.network = network
+        self.files = files
         self.log = log.bind(node=node)
         self.resync = resync
         self.max_step_failures = max_step_failures
@@ -254,6 +273,10 @@ class TaskManager:
                 self._queue.add(okey)
         if managed:
             self.log.info("adopted workloads", adopted=adopted, orphaned=orphans)
+        if self.files is not None:
+            # Files of tasks deleted while no agent looked; a workload still running
+            # keeps what it mounted, and orphans are removed below anyway.
+            self.files.sweep([*by_uid, *(wl.task_uid for wl in managed)])
         self._synced = True
         for key in list(self._tasks):
             self._queue.add(key)
@@ -342,6 +365,8 @@ class TaskManager:
             await self.executor.stop(rec.uid, grace, signal)
             await self.executor.remove(rec.uid)
             self.log.info("removed workload of deleted task", key=self.ref(key), uid=rec.uid)
+        if self.files is not None:
+            self.files.remove(rec.uid)
         self._uid_key.pop(rec.uid, None)
 
     async def reconcile(self, key: str) -> None:
@@ -428,6 +453,8 @@ class TaskManager:
                              err="the workload of a running task is gone")
                 return
             try:
+                if self.files is not None:
+                    spec = await self.files.prepare(task, spec)
                 if self.network is not None:
                     spec = self.network.workload_spec(task, spec)
                 obs = await self.executor.start(spec)

@@ -20,9 +20,10 @@ from typing import Any
 from shoal.cli import errors
 
 VERB = "agent"
-# swctl's global flags that take a value; the agent understands --etcd and --prefix.
-_GLOBAL_WITH_VALUE = ("--etcd", "--prefix", "--request-timeout")
-_PASSED_ON = ("--etcd", "--prefix")
+# swctl's global flags that take a value; the agent understands --etcd, --prefix and
+# --keyring.
+_GLOBAL_WITH_VALUE = ("--etcd", "--prefix", "--request-timeout", "--keyring")
+_PASSED_ON = ("--etcd", "--prefix", "--keyring")
 
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:

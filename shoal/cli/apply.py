@@ -14,8 +14,12 @@ Three steps, each of which ``diff`` and ``--dry-run`` reuse:
    (the live object with the manifest's spec, labels and annotations; status, finalizers,
    owner references and uid are kept, because controllers own them). The update
    lifecycle's annotations (``updatemeta.MANAGED_ANNOTATIONS``: change cause, rollback
-   and resume requests) are written by other verbs and the updater, so a manifest that
-   does not name them keeps their live values. A Service whose spec changes gets the
+   and resume requests), the rotation controller's ``shoal.io/mounted-digests`` and
+   ``spec.forceUpdate`` are written by other verbs and controllers, so a manifest that
+   does not name them keeps their live values; a Secret or Config whose value changes
+   gets ``shoal.io/updated-at`` (``secret ls``'s UPDATED). A Secret is sealed at admission
+   (``secretdata``: etcd never holds ``spec.data``) and compared by digest, since two
+   sealings of one value differ. A Service whose spec changes gets the
    command line as its ``shoal.io/change-cause`` (``changecause``), unless the manifest
    sets one; an unchanged one keeps its old cause and stays ``unchanged``.
 3. **write** the changes in one etcd transaction when they fit (127 operations), in
@@ -33,11 +37,20 @@ import argparse
 import asyncio
 import copy
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from shoal.cli import changecause, common, console, converge, errors, manifests, references
-from shoal.crds import admission, kinds, networking, resource
+from shoal.cli import (
+    changecause,
+    common,
+    console,
+    converge,
+    errors,
+    keyring,
+    manifests,
+    references,
+)
+from shoal.crds import admission, kinds, mountdigests, networking, resource, secretdata
 from shoal.crds import updatemeta as um
 from shoal.store import client
 from shoal.store import errors as store_errors
@@ -111,11 +124,8 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     dry_run = args.dry_run != "none"
     async with common.open_store(opts) as store:
         registry = await common.registry_of(store)
-        admitted = admit_documents(registry, docs, args.namespace)
-        await references.check(store, registry, admitted)
-        await check_published_ports(store, registry, admitted)
-        with console.Spinner("reading live objects"):
-            planned = await plan(store, admitted, changecause.of(args))
+        planned = await admit_and_plan(store, registry, docs, args.namespace,
+                                       changecause.of(args), keyring.Source.of(opts))
         suffix = " (dry run)" if dry_run else ""
         changed_services: list[tuple[str, str]] = []
 
@@ -136,14 +146,35 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     return 0
 
 
+async def admit_and_plan(store: client.Store, registry: kinds.Registry,
+                         docs: Sequence[manifests.Document], namespace: str | None,
+                         change_cause: str | None, ring: keyring.Source,
+                         leaving: Collection[tuple[str | None, str]] = ()) -> list[Planned]:
+    """Steps 1 and 2 for ``docs``: admit every one (and check what they refer to and the
+    ports they publish against the store), then decide per object; raises CliError with
+    every problem, having written nothing. ``apply`` and ``stack deploy`` share it, so a
+    stack is admitted exactly as the same manifests would be. ``ring`` seals Secrets;
+    ``leaving``: (namespace, name) of stored Services the caller removes before writing,
+    whose ports are free."""
+    admitted = admit_documents(registry, docs, namespace, ring)
+    await references.check(store, registry, admitted)
+    await check_published_ports(store, registry, admitted, leaving)
+    with console.Spinner("reading live objects"):
+        return await plan(store, admitted, change_cause)
+
+
 # --- 1. admission ---
 
 def admit_documents(registry: kinds.Registry, docs: Sequence[manifests.Document],
-                    namespace: str | None = None) -> list[Admitted]:
+                    namespace: str | None = None, ring: keyring.Source | None = None,
+                    ) -> list[Admitted]:
     """Admit every document or raise one CliError listing every problem, in file order.
 
-    ``registry`` gains the kinds defined by CRDs among ``docs``.
+    ``registry`` gains the kinds defined by CRDs among ``docs``. Secrets come back
+    sealed with ``ring`` (default: ``$SHOAL_KEYRING`` or ``swctl up``'s), which is read
+    only when there is a Secret to seal.
     """
+    plaintexts: dict[int, bytes] = {}
     crd_names = set(registry.lookup(kinds.CRD_KIND).names)
     is_crd = [str(d.data.get("kind", "")).lower() in crd_names for d in docs]
     order = [i for i, c in enumerate(is_crd) if c] + [i for i, c in enumerate(is_crd) if not c]
@@ -164,6 +195,11 @@ def admit_documents(registry: kinds.Registry, docs: Sequence[manifests.Document]
             problems[i] = [f"{exc} ({doc.where})"]
         else:
             admitted[i] = Admitted(doc, info, _as_applied(info, obj))
+            if info.kind == "Secret":
+                try:
+                    plaintexts[i] = secretdata.manifest_bytes(obj.spec, doc.where)
+                except ValueError as exc:
+                    problems[i] = [str(exc)]
     seen: dict[tuple[str, str | None, str], Admitted] = {}
     for i in sorted(admitted):
         adm = admitted[i]
@@ -181,17 +217,27 @@ def admit_documents(registry: kinds.Registry, docs: Sequence[manifests.Document]
                      f"{'is' if invalid == 1 else 'are'} invalid; fix "
                      f"{'it' if invalid == 1 else 'them'} and apply again")
         raise errors.CliError(lines)
+    if plaintexts:
+        source = ring or keyring.Source(None)
+        for i, plaintext in plaintexts.items():
+            obj = admitted[i].obj
+            obj.spec = secretdata.sealed_spec(
+                source.get(), plaintext, obj.namespace or resource.DEFAULT_NAMESPACE,
+                obj.name)
     return [admitted[i] for i in sorted(admitted)]
 
 
 async def check_published_ports(store: client.Store, registry: kinds.Registry,
-                                admitted: Sequence[Admitted]) -> None:
+                                admitted: Sequence[Admitted],
+                                leaving: Collection[tuple[str | None, str]] = ()) -> None:
     """Refuse Services publishing a port another service holds, naming the holder
-    (the allocator would refuse it too, but only after the write, in a condition)."""
+    (the allocator would refuse it too, but only after the write, in a condition).
+    Services ``leaving`` ((namespace, name), removed before the write) hold nothing."""
     services = [a for a in admitted if a.info.kind == "Service"]
     if not any(networking.spec_ports(a.obj) for a in services):
         return
     live, _ = await store.list(registry.lookup("services"))
+    live = [s for s in live if (s.namespace, s.name) not in leaving]
     conflicts = networking.port_conflicts([a.obj for a in services], live)
     if not conflicts:
         return
@@ -249,21 +295,47 @@ def _annotations(adm: Admitted, live: resource.Resource | None,
     """The annotations to write: the manifest's, the live managed ones it does not
     name, and the change cause when a Service's spec changes."""
     out = dict(adm.obj.metadata.annotations)
+    if adm.info.kind in ("Secret", "Config") and live is not None:
+        if secretdata.digest(live) != secretdata.digest(adm.obj):
+            out[secretdata.UPDATED_AT] = resource.now_rfc3339()
+        elif secretdata.UPDATED_AT in live.metadata.annotations:
+            out.setdefault(secretdata.UPDATED_AT,
+                           live.metadata.annotations[secretdata.UPDATED_AT])
     if adm.info.kind != "Service":
         return out
-    for key in um.MANAGED_ANNOTATIONS:
+    for key in (*um.MANAGED_ANNOTATIONS, mountdigests.MOUNTED_DIGESTS):
         if live is not None and key not in out and key in live.metadata.annotations:
             out[key] = live.metadata.annotations[key]
-    spec_changes = live is None or live.spec != adm.obj.spec
+    spec_changes = live is None or live.spec != _with_live_fields(adm, live).spec
     if spec_changes and change_cause and um.CHANGE_CAUSE not in adm.obj.metadata.annotations:
         out[um.CHANGE_CAUSE] = change_cause
     return out
 
 
+def _with_live_fields(adm: Admitted, live: resource.Resource | None) -> resource.Resource:
+    """``adm.obj`` with what it leaves to the live object: a Secret's sealed value when
+    the digests say it is the same value (each sealing differs), and a Service's
+    ``spec.forceUpdate`` (bumped by ``--force`` and the rotation controller) when the
+    manifest does not set one."""
+    want = adm.obj
+    if live is None:
+        return want
+    if (adm.info.kind == "Secret" and secretdata.is_sealed(live.spec)
+            and secretdata.digest(live) == secretdata.digest(want)):
+        want = want.deepcopy()
+        want.spec = copy.deepcopy(live.spec)
+    elif adm.info.kind == "Service" and "forceUpdate" in live.spec:
+        raw = adm.doc.data.get("spec")
+        if not (isinstance(raw, dict) and "forceUpdate" in raw):
+            want = want.deepcopy()
+            want.spec["forceUpdate"] = live.spec["forceUpdate"]
+    return want
+
+
 def plan_one(adm: Admitted, live: resource.Resource | None,
              change_cause: str | None = None) -> Planned:
     """``change_cause``: the command line, recorded on a Service whose spec changes."""
-    want = adm.obj
+    want = _with_live_fields(adm, live)
     annotations = _annotations(adm, live, change_cause)
     if live is None:
         if annotations != want.metadata.annotations:

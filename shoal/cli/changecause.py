@@ -3,8 +3,8 @@
 The updater records it in the revision a spec change creates, so ``swctl rollout
 history`` can say which command made each revision (kubectl's CHANGE-CAUSE). It is the
 line as typed, minus the global flags (``--etcd URL``, ``--prefix P``,
-``--request-timeout S``): where the cluster is says nothing about the change, and an
-etcd URL may carry credentials. ``main`` stores it on the parsed arguments
+``--request-timeout S``, ``--keyring F``): where the cluster is says nothing about the
+change, and an etcd URL may carry credentials. ``main`` stores it on the parsed arguments
 (``args.command_line``) so every verb that writes a Service can set it. Pure.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from shoal.crds import resource
 from shoal.crds import updatemeta as um
 
-_GLOBAL_VALUE_FLAGS = ("--etcd", "--prefix", "--request-timeout")
+_GLOBAL_VALUE_FLAGS = ("--etcd", "--prefix", "--request-timeout", "--keyring")
 
 
 def command_line(argv: Sequence[str]) -> str:

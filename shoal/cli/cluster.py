@@ -1,10 +1,12 @@
 """``swctl up`` and ``swctl down``: a local cluster of child processes under one state dir.
 
-``up`` starts an etcd (data in ``STATE/etcd``), the controller-manager and the node
-agents, each in its own session with its log in ``STATE/logs``, and records them in
-``STATE/cluster.json`` as a generic list of named processes (``down`` stops whatever the
-list holds, last started first). In the foreground ``up`` waits for Ctrl-C and then stops
-everything; with ``-d`` it returns and leaves them running.
+``up`` makes the cluster's keyring (``STATE/keyring.json``, mode 0600: secrets are
+sealed under it, and every agent gets ``--keyring`` to open them), starts an etcd (data
+in ``STATE/etcd``), the controller-manager and the node agents, each in its own session
+with its log in ``STATE/logs``, and records them in ``STATE/cluster.json`` as a generic
+list of named processes (``down`` stops whatever the list holds, last started first). In
+the foreground ``up`` waits for Ctrl-C and then stops everything; with ``-d`` it returns
+and leaves them running.
 
 Agents (``plan_agents``): by default one local node named after the host, running tasks
 with the ``docker`` driver when a dockerd answers (or can be started), otherwise with the
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.cli import common, console, errors, leftovers, netnodes
+from shoal.crds import sealed
 from shoal.store import client, etcd_server
 
 STATE_FILE = "cluster.json"
@@ -54,10 +57,6 @@ STOP_GRACE = 10.0
 NODES_READY_TIMEOUT = 20.0
 HOLLOW_AGENT_NAME = "hollow"
 
-
-def default_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "shoal"
 
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -222,6 +221,11 @@ class ClusterState:
     @property
     def path(self) -> Path:
         return self.state_dir / STATE_FILE
+
+    @property
+    def keyring(self) -> Path:
+        """The cluster's keyring (crds/sealed.py): beside its etcd data, never in it."""
+        return self.state_dir / sealed.KEYRING_FILE
 
     def save(self) -> None:
         data = {"etcd": self.etcd, "prefix": self.prefix, "detached": self.detached,
@@ -457,7 +461,7 @@ def _build_underlay(args: argparse.Namespace, state: ClusterState) -> netnodes.U
 def _start_agent(state: ClusterState, plan: AgentPlan) -> Child:
     log = state.state_dir / "logs" / f"{plan.name}.log"
     argv = [sys.executable, "-m", "shoal.cli", "--etcd", plan.etcd or state.etcd,
-            "--prefix", state.prefix, "agent", *plan.flags]
+            "--prefix", state.prefix, "agent", "--keyring", str(state.keyring), *plan.flags]
     if plan.wrap is not None:
         argv = plan.wrap(argv)
     if plan.workloads:
@@ -519,12 +523,15 @@ def _hints(state: ClusterState) -> list[str]:
         lines.append(f"  export SHOAL_ETCD={state.etcd}")
     if state.prefix != common.DEFAULT_PREFIX:
         lines.append(f"  export SHOAL_PREFIX={state.prefix}")
-    return [*lines, "  swctl node ls", "  swctl apply -f deploy/examples/stack.yaml",
+    if state.keyring != common.keyring_path(None):
+        lines.append(f"  export {sealed.KEYRING_ENV}={state.keyring}")
+    return [*lines, "  swctl node ls",
+            "  swctl stack deploy -c deploy/examples/docker-stack.yml demo",
             "  swctl get services -A"]
 
 
 def run_up(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
-    state_dir = (args.state_dir or default_state_dir()).absolute()
+    state_dir = (args.state_dir or common.default_state_dir()).absolute()
     existing = ClusterState.load(state_dir)
     if existing is not None:
         alive = existing.running()
@@ -542,6 +549,9 @@ def run_up(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     url = f"http://127.0.0.1:{args.etcd_port}"
     state = ClusterState(state_dir, url, opts.prefix, args.detach, os.getpid(), [])
+    # Secrets are sealed under this keyring; kept with the cluster's data, so a restarted
+    # cluster opens what it sealed before (docs/secrets.md).
+    sealed.ensure(state.keyring)
     try:
         extra_hosts: tuple[str, ...] = ()
         if args.nodes:
@@ -646,7 +656,7 @@ def _remove_leftovers(state: ClusterState, quiet: bool) -> None:
 # --- down ---
 
 def run_down(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
-    state_dir = (args.state_dir or default_state_dir()).absolute()
+    state_dir = (args.state_dir or common.default_state_dir()).absolute()
     state = ClusterState.load(state_dir)
     if state is None or not state.running():
         console.out(f"no cluster is running from {state_dir}")

@@ -11,31 +11,53 @@ import contextlib
 import dataclasses
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from shoal.cli import errors
-from shoal.crds import kinds, names, resource
+from shoal.crds import kinds, names, resource, sealed
 from shoal.store import client, kindsync
 
 DEFAULT_ETCD = "http://127.0.0.1:2379"
 DEFAULT_PREFIX = "/shoal"
 
 
+def default_state_dir() -> Path:
+    """Where ``swctl up`` keeps a cluster (and its keyring) unless told otherwise."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "shoal"
+
+
+def default_keyring() -> Path:
+    """The keyring when neither ``--keyring`` nor ``$SHOAL_KEYRING`` names one."""
+    return default_state_dir() / sealed.KEYRING_FILE
+
+
+def keyring_path(flag: str | None) -> Path:
+    """``--keyring``, else ``$SHOAL_KEYRING``, else :func:`default_keyring`."""
+    return Path(flag or os.environ.get(sealed.KEYRING_ENV) or default_keyring())
+
+
 @dataclasses.dataclass(frozen=True)
 class GlobalOptions:
-    """``--etcd``, ``--prefix`` and ``--request-timeout`` after flags and environment."""
+    """``--etcd``, ``--prefix``, ``--request-timeout`` and ``--keyring`` after flags and
+    environment."""
 
     etcd: str = DEFAULT_ETCD
     prefix: str = DEFAULT_PREFIX
     request_timeout: float = 5.0
+    #: The cluster's keyring file (read only when a Secret value is sealed or opened).
+    keyring: Path | None = None
 
     @classmethod
     def resolve(cls, etcd: str | None, prefix: str | None,
-                request_timeout: float | None) -> GlobalOptions:
+                request_timeout: float | None, keyring: str | None = None,
+                ) -> GlobalOptions:
         # Flag beats environment beats default, as with kubectl's KUBECONFIG.
         return cls(
             etcd=etcd or os.environ.get("SHOAL_ETCD") or DEFAULT_ETCD,
             prefix=prefix or os.environ.get("SHOAL_PREFIX") or DEFAULT_PREFIX,
             request_timeout=request_timeout if request_timeout is not None else 5.0,
+            keyring=keyring_path(keyring),
         )
 
 

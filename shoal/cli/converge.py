@@ -554,7 +554,7 @@ class _Feed:
                 await job
 
 
-async def _controllers_running(store: client.Store) -> bool:
+async def controllers_running(store: client.Store) -> bool:
     """Does any controller hold a leader lease in this cluster? (The runtime's leader
     keys live under ``<prefix>/leases/controllers/``.)"""
     held, _ = await store.raw_list(store.raw_key(*leader.LEASES) + b"/")
@@ -624,7 +624,7 @@ async def wait_for_services(store: client.Store, refs: Sequence[tuple[str, str]]
                 controllers_checked = True
                 idle = [w for w in watches
                         if not w.done and w.last and w.last.lines and not w.last.has_tasks]
-                if idle and not await _controllers_running(store):
+                if idle and not await controllers_running(store):
                     raise errors.CliError(_no_controller_lines(idle, store.prefix))
             problem = feed.failed()
             if problem is not None:

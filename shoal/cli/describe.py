@@ -15,7 +15,7 @@ import argparse
 import datetime
 from typing import Any
 
-from shoal.cli import common, console, errors, get, printers, redact, revisions
+from shoal.cli import common, console, errors, get, keyring, printers, redact, revisions
 from shoal.crds import kinds, resource
 from shoal.crds import updatemeta as um
 from shoal.store import client
@@ -52,7 +52,8 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
         except store_errors.NotFoundError:
             raise get.not_found(info, args.name, namespace) from None
         events = await recent_events(store, obj)
-    console.out(render(info, redact.for_output([obj], args.show_values)[0], events))
+    console.out(render(info, redact.for_output([obj], args.show_values,
+                                                keyring.Source.of(opts))[0], events))
     return 0
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.text import Text
 
-from shoal.cli import apply, common, console, manifests, printers, redact
+from shoal.cli import apply, common, console, keyring, manifests, printers, redact
 from shoal.crds import resource
 
 SERVER_FIELDS = ("uid", "resourceVersion", "generation", "creationTimestamp",
@@ -80,7 +80,8 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     docs = manifests.load(args.filename, args.recursive)
     async with common.open_store(opts) as store:
         registry = await common.registry_of(store)
-        admitted = apply.admit_documents(registry, docs, args.namespace)
+        admitted = apply.admit_documents(registry, docs, args.namespace,
+                                         keyring.Source.of(opts))
         planned = await apply.plan(store, admitted)
     changed = False
     for p in planned:

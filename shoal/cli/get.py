@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from shoal.cli import common, console, errors, printers, redact, taskview
+from shoal.cli import common, console, errors, keyring, printers, redact, taskview
 from shoal.crds import kinds, resource, selectors
 from shoal.store import client, watch
 
@@ -109,7 +109,7 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
         info = infos[0]
         namespace = None if args.all_namespaces else common.namespace_for(info, args.namespace)
         objs, revision = await store.list(info, namespace, selector)
-        objs = redact.for_output(objs, _show_values(args))
+        objs = redact.for_output(objs, _show_values(args), keyring.Source.from_args(args))
         if args.name:
             objs = [o for o in objs if o.name == args.name]
             if not objs:
@@ -237,7 +237,8 @@ async def _several(store: client.Store, infos: list[kinds.KindInfo],
     for info in infos:
         namespace = None if args.all_namespaces else common.namespace_for(info, args.namespace)
         objs, _ = await store.list(info, namespace, selector)
-        found.append((info, redact.for_output(objs, _show_values(args))))
+        found.append((info, redact.for_output(objs, _show_values(args),
+                                              keyring.Source.from_args(args))))
     if args.output in ("json", "yaml"):
         everything = [o for _, objs in found for o in objs]
         console.out(printers.format_objects(infos[0], everything, args.output, single=False))
@@ -273,9 +274,10 @@ async def _watch(store: client.Store, info: kinds.KindInfo, namespace: str | Non
     known: dict[tuple[str | None, str], resource.Resource] = {
         (o.namespace, o.name): o for o in objs}
     shown_cell: dict[tuple[str | None, str], str] = {}
+    ring = keyring.Source.from_args(args)
 
     def show(obj: resource.Resource) -> None:
-        obj = redact.for_output([obj], _show_values(args))[0]
+        obj = redact.for_output([obj], _show_values(args), ring)[0]
         if replicas is not None:
             shown_cell[(obj.namespace, obj.name)] = replicas.cell(obj)
         if args.output in ("json", "yaml"):

@@ -1,13 +1,13 @@
 """What to type instead: the swctl way for docker verbs swctl does not have, and the
 verb's own ``--help`` for unknown flags.
 
-People arrive from Swarm tutorials typing ``docker stack rm app`` with ``swctl`` in
-front. argparse would answer ``invalid choice: 'rm' (choose from ...)``, which says what
-is wrong but not what to do; here the command line is looked at *before* argparse runs,
+People arrive from Swarm tutorials typing ``docker node ps n1`` with ``swctl`` in front.
+argparse would answer ``invalid choice: 'ps' (choose from ...)``, which says what is
+wrong but not what to do; here the command line is looked at *before* argparse runs,
 against the parser's own table of verbs (so a verb added later is never shadowed by a
-hint: ``service create|update|rm|inspect|logs`` are verbs now), and an unknown verb
-becomes ``unknown command "stack rm": use swctl delete -f FILE (see swctl delete
---help)``. Kept apart from main.py so the table of docker verbs is one place to read
+hint: ``service create|update|rm|inspect|logs`` and ``stack`` are verbs now), and an
+unknown verb becomes ``unknown command "node ps": use swctl node inspect --pretty n1
+(see swctl node --help)``. Kept apart from main.py so the table of docker verbs is one place to read
 and unit-test.
 """
 
@@ -17,7 +17,7 @@ import argparse
 from collections.abc import Sequence
 
 # Global flags that take a value, skipped when finding the verb (main._global_flags).
-_VALUE_FLAGS = ("--etcd", "--prefix", "--request-timeout")
+_VALUE_FLAGS = ("--etcd", "--prefix", "--request-timeout", "--keyring")
 
 def _arg(rest: list[str], placeholder: str) -> str:
     """The name the user gave: docker puts it last (``service update --image x web``),
@@ -32,29 +32,13 @@ def _arg(rest: list[str], placeholder: str) -> str:
 # may use {name}: the first name the user typed after the verb.
 _DOCKER_VERBS: dict[tuple[str, str], tuple[str, str]] = {
     # service create/update/inspect/rm/logs/ps/ls/scale/rollback are swctl verbs
-    # (serviceverbs.py).
-    ("stack", "deploy"): ("swctl apply -f FILE (a YAML stream of Services, Networks, ...; "
-                          "compose files are not read yet)", "apply"),
-    ("stack", "up"): ("swctl apply -f FILE", "apply"),
-    ("stack", "rm"): ("swctl delete -f FILE", "delete"),
-    ("stack", "remove"): ("swctl delete -f FILE", "delete"),
-    ("stack", "down"): ("swctl delete -f FILE", "delete"),
-    ("stack", "ls"): ("swctl get services -A (a namespace per stack)", "get"),
-    ("stack", "services"): ("swctl service ls -n NAMESPACE", "service"),
-    ("stack", "ps"): ("swctl get tasks -n NAMESPACE", "get"),
+    # (serviceverbs.py), and so are secret and config create/ls/inspect/rm (secretverbs.py)
+    # and the stack verbs (stack.py).
     ("node", "ps"): ("swctl node inspect --pretty {name}", "node"),
     ("network", "connect"): ("swctl apply -f FILE with the service's networks list",
                              "apply"),
     ("network", "disconnect"): ("swctl apply -f FILE with the service's networks list",
                                 "apply"),
-    ("secret", "create"): ("swctl apply -f FILE with a Secret manifest", "apply"),
-    ("secret", "rm"): ("swctl delete secret/{name}", "delete"),
-    ("secret", "ls"): ("swctl get secrets", "get"),
-    ("secret", "inspect"): ("swctl describe secret {name}", "describe"),
-    ("config", "create"): ("swctl apply -f FILE with a Config manifest", "apply"),
-    ("config", "rm"): ("swctl delete config/{name}", "delete"),
-    ("config", "ls"): ("swctl get configs", "get"),
-    ("config", "inspect"): ("swctl describe config {name}", "describe"),
 }
 # Docker's one-word verbs.
 _DOCKER_TOP: dict[str, tuple[str, str]] = {
@@ -66,10 +50,7 @@ _DOCKER_TOP: dict[str, tuple[str, str]] = {
     "ls": ("swctl get KIND (e.g. swctl get services)", "get"),
     "list": ("swctl get KIND (e.g. swctl get services)", "get"),
     "update": ("swctl apply -f FILE (or swctl service update NAME)", "apply"),
-    "stack": ("swctl apply -f FILE and swctl delete -f FILE", "apply"),
     "swarm": ("swctl up to start a local cluster, swctl agent to join a node", "up"),
-    "secret": ("swctl apply -f FILE with a Secret manifest, swctl get secrets", "apply"),
-    "config": ("swctl apply -f FILE with a Config manifest, swctl get configs", "apply"),
 }
 _SERVICE_ALIASES = {"svc": "service"}
 
@@ -139,6 +120,9 @@ _DOCKER_FLAGS: dict[str, str] = {
     "--publish": "use swctl service update --publish-add P:T NAME, or spec.endpoint.ports",
     "-p": "use swctl service update --publish-add P:T NAME, or spec.endpoint.ports",
     "--replicas": "use swctl scale service/NAME --replicas N",
+    # stack deploy's: nodes pull nothing through the CLI here, so there is nothing to pass.
+    "--with-registry-auth": "Shoal's nodes use their own registry credentials; leave it out",
+    "--resolve-image": "Shoal never resolves image digests at deploy; leave it out",
 }
 
 

@@ -11,6 +11,7 @@ remove them explicitly:
   force-removed with their anonymous volumes; named volumes are user data and stay);
 * process: every task the process driver keeps for those nodes (workload, supervisor and
   files under ``/var/lib/shoal/process/<node>``), through the driver's own ``remove``;
+* the tmpfs holding the nodes' task secrets and configs (``shoal.agent.taskfiles``);
 * the underlay (``netnodes``): processes still inside the node namespaces, then the
   namespaces, veths and bridge;
 * for a local node (the agent ran in this namespace): exactly the host-firewall rules
@@ -123,6 +124,24 @@ def remove_host_dataplane() -> int:
     return asyncio.run(remove())
 
 
+def remove_task_files(nodes: Sequence[str]) -> int:
+    """Unmount the tmpfs holding each node's task secrets and configs (an agent unmounts
+    it itself only once no task has files left), in dockerd's mount namespace and ours;
+    the workloads that mounted them are gone by now. How many nodes had one."""
+    from shoal.agent import taskfiles, tmpfs
+    from shoal.agent.agent import DEFAULT_STATE_DIR  # swctl up leaves --state-dir alone
+    from shoal.agent.docker import dockerd
+    pids = {None, dockerd.daemon_pid()}
+    count = 0
+    for node in nodes:
+        try:
+            count += tmpfs.discard(taskfiles.node_root(DEFAULT_STATE_DIR, node), pids)
+        except OSError as exc:
+            log.warning("cannot unmount a node's task files", key=f"node/{node}",
+                        error=str(exc))
+    return count
+
+
 def remove_all(nodes: Sequence[str], underlay: dict[str, Any] | None,
                notice: Callable[[str], None]) -> list[str]:
     """Everything above, in an order that leaves nothing running: first whatever still
@@ -142,6 +161,10 @@ def remove_all(nodes: Sequence[str], underlay: dict[str, Any] | None,
     containers = remove_containers(nodes, notice)
     if containers:
         done.append(f"{containers} container{'s' if containers != 1 else ''} removed")
+    files = remove_task_files(nodes)
+    if files:
+        done.append(f"task secrets and configs of {files} node{'s' if files != 1 else ''} "
+                    "removed")
     if nodes and net is None:
         # The local node's agent ran in this namespace: its firewall rules (hostfw) go
         # too; namespace nodes take theirs with their namespaces.

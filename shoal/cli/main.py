@@ -1,9 +1,9 @@
 """``swctl`` entry point: argument parsing, global flags, dispatch to one module per verb.
 
-Global flags (``--etcd``, ``--prefix``, ``--request-timeout``) are accepted before or
-after the verb, as kubectl accepts them anywhere: they are declared on a parent parser
-shared by every subcommand with ``SUPPRESS`` defaults, so a value given in either place
-survives and the environment fills in the rest.
+Global flags (``--etcd``, ``--prefix``, ``--request-timeout``, ``--keyring``) are
+accepted before or after the verb, as kubectl accepts them anywhere: they are declared
+on a parent parser shared by every subcommand with ``SUPPRESS`` defaults, so a value
+given in either place survives and the environment fills in the rest.
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ from shoal.cli import (
     node,
     rollout,
     scale,
+    secretverbs,
     service,
+    stack,
 )
 
 
@@ -63,6 +65,10 @@ def _global_flags() -> argparse.ArgumentParser:
     group.add_argument("--request-timeout", metavar="SECONDS", type=float,
                        default=argparse.SUPPRESS,
                        help="how long to wait for etcd to answer before giving up (default 5)")
+    group.add_argument("--keyring", metavar="FILE", default=argparse.SUPPRESS,
+                       help="the cluster's keyring, to seal and open secret values (env "
+                            "SHOAL_KEYRING, default the one `swctl up` made in "
+                            "$XDG_STATE_HOME/shoal)")
     return flags
 
 
@@ -75,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `swctl VERB --help` for the flags of a verb.")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for module in (apply, get, describe, delete, diff, scale, rollout, service, logs, node,
-                   network, cluster, manager, agent):
+                   network, secretverbs, stack, cluster, manager, agent):
         module.add_parser(sub, [flags])
     return parser
 
@@ -118,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.command_line = changecause.command_line(raw)
     opts = common.GlobalOptions.resolve(getattr(args, "etcd", None),
                                         getattr(args, "prefix", None),
-                                        getattr(args, "request_timeout", None))
+                                        getattr(args, "request_timeout", None),
+                                        getattr(args, "keyring", None))
     if not getattr(args, "keeps_logging", False):
         _quiet_logging()
     try:

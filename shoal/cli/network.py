@@ -168,21 +168,14 @@ def refused_options(driver: str, opts: Sequence[str]) -> list[str]:
                    "overlay (drop -d, or pass -d overlay)")
     for item in opts:
         key, _, _ = item.partition("=")
-        if key == "encrypted":
+        if key == nw.ENCRYPTED_OPTION:
             why = ("this kernel has no IPsec ESP (esp4) either" if not kernel_has_esp()
                    else "the kernel's ESP support is not used by Shoal yet")
             out.append(f"--opt {item}: Shoal does not encrypt overlay traffic yet ({why}); "
                        "create the network without it, knowing its VXLAN traffic is "
                        "plain text")
-        elif key == "com.docker.network.driver.mtu":
-            out.append(f"--opt {item}: the overlay MTU is derived from the underlay (50 "
-                       "bytes of VXLAN header less) and cannot be set yet")
-        elif key == "com.docker.network.driver.overlay.vxlanid_list":
-            out.append(f"--opt {item}: the allocator picks the VNI and cannot be told one "
-                       "yet")
         else:
-            out.append(f'--opt {item}: unknown option "{key}" for the overlay driver (Shoal '
-                       "honours no driver options yet)")
+            out.append(f"--opt {item}: {nw.driver_option_refusal(key)}")
     return out
 
 

@@ -269,6 +269,18 @@ def service_text(service: resource.Resource,
     health = template.get("healthcheck") or {}
     if health.get("test"):
         lines.append(_line("Healthcheck", " ".join(health["test"]), 1))
+    for key, title in (("configs", "Configs"), ("secrets", "Secrets")):
+        # As docker's --pretty: each file's target, then where it comes from; Shoal adds
+        # the owner and mode when they are not Swarm's root:root 0444.
+        refs = [r for r in template.get(key) or [] if isinstance(r, dict)]
+        if refs:
+            lines.append(f" {title}:")
+        for ref in refs:
+            lines += [_line("Target", ref.get("target") or ref.get("source"), 2),
+                      _line("Source", ref.get("source"), 3)]
+            owner = (str(ref.get("uid", "0")), str(ref.get("gid", "0")), ref.get("mode", 0o444))
+            if owner != ("0", "0", 0o444) and isinstance(owner[2], int):
+                lines.append(_line("Owner", f"{owner[0]}:{owner[1]} mode {owner[2]:04o}", 3))
     if template.get("stopGracePeriod") is not None:
         lines.append(_line("Stop Grace Period", template["stopGracePeriod"], 1))
     resources = template.get("resources") or {}
@@ -283,7 +295,8 @@ def service_text(service: resource.Resource,
                 if values.get("memory") is not None:
                     lines.append(_line("Memory", _size(values["memory"]), 2))
     if spec.get("networks"):
-        lines.append(_line("Networks", " ".join(spec["networks"])))
+        lines.append(_line("Networks", " ".join(_network_text(n)
+                                                for n in spec["networks"])))
     endpoint = spec.get("endpoint") or {}
     lines.append(_line("Endpoint Mode", endpoint.get("mode", "vip")))
     allocated = {(p.protocol, p.target, p.mode): p.published
@@ -299,3 +312,10 @@ def service_text(service: resource.Resource,
                       f"  TargetPort = {port.target}",
                       f"  PublishMode = {port.mode}"]
     return "\n".join(lines)
+
+
+def _network_text(item: Any) -> str:
+    """One ``spec.networks`` entry: its name, with its aliases when it has some."""
+    name = nw.network_entry_name(item) or str(item)
+    aliases = nw.network_entry_aliases(item)
+    return f"{name} (aliases: {', '.join(aliases)})" if aliases else name

@@ -127,25 +127,32 @@ async def run_ps(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
             except store_errors.NotFoundError:
                 raise get.not_found(info, name, namespace) from None
         tasks, _ = await store.list(registry.lookup("tasks"), namespace)
+    print_ps(services, tasks, no_trunc=args.no_trunc, show_all=args.all, quiet=args.quiet,
+             what=", ".join(s.name for s in services))
+    return 0
+
+
+def print_ps(services: Sequence[resource.Resource], tasks: Sequence[resource.Resource], *,
+             no_trunc: bool, show_all: bool, quiet: bool, what: str) -> None:
+    """The ``service ps`` table of ``services`` (one namespace) from ``tasks``; ``what``
+    names them in the note printed when there is no task. ``stack ps`` shares it."""
     grouped = taskview.tasks_by_service(tasks)
     rows: list[tuple[resource.Resource, list[str]]] = []
     for service in services:
-        rows += ps_rows(service, grouped.get((namespace, service.name), []),
-                        no_trunc=args.no_trunc, show_all=args.all)
-    if args.quiet:
-        console.out("\n".join(short_id(task, args.no_trunc) for task, _ in rows))
-        return 0
+        key = (service.namespace or resource.DEFAULT_NAMESPACE, service.name)
+        rows += ps_rows(service, grouped.get(key, []), no_trunc=no_trunc, show_all=show_all)
+    if quiet:
+        console.out("\n".join(short_id(task, no_trunc) for task, _ in rows))
+        return
     if not rows:
-        names = ", ".join(s.name for s in services)
         wants = any(taskview.mode_of(s) == taskview.GLOBAL or taskview.replicas_of(s) > 0
                     for s in services)
         hint = " yet: is the controller-manager running? (swctl up)" if wants else ""
-        print(f"No tasks found for {names}{hint}", file=sys.stderr)
-        return 0
+        print(f"No tasks found for {what}{hint}", file=sys.stderr)
+        return
     table, _ = printers.render_table(PS_HEADERS, [row for _, row in rows],
                                      color=console.stdout_is_tty())
     console.out(table)
-    return 0
 
 
 def ports_cell(service: resource.Resource) -> str:

@@ -38,6 +38,8 @@ _NOT_CHANGES: Final = frozenset({
     "keeps_logging", "command_line"})
 
 Spec = dict[str, Any]
+FILE_KINDS: Final = ("secret", "config")
+FILE_REF_FORM: Final = "NAME, or source=NAME[,target=PATH,uid=N,gid=N,mode=0440]"
 
 
 # --- flag declarations ---
@@ -169,7 +171,8 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
                    help="publish a port (or published=8080,target=80,protocol=udp,"
                         "mode=host); repeatable")
     p.add_argument("--network", action="append", default=[], metavar="NET",
-                   help="attach to a network (repeatable)")
+                   help="attach to a network, or name=NET,alias=A[,alias=B] to give the "
+                        "service more DNS names there (repeatable)")
     p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment variable (repeatable)")
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
@@ -181,6 +184,10 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
                         "(repeatable)")
     p.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
                    help="resource limit, e.g. nofile=1024:2048 (-1: unlimited; repeatable)")
+    for kind in FILE_KINDS:
+        p.add_argument(f"--{kind}", action="append", default=[], metavar=kind.upper(),
+                       help=f"give the tasks a {kind} as a file: {FILE_REF_FORM} "
+                            "(repeatable)")
     add_settable_flags(p)
     p.add_argument("image", metavar="IMAGE")
     # Everything after the image is the task's command, flags included (`httpd -f -p 80`).
@@ -196,18 +203,21 @@ def add_update_flags(p: argparse.ArgumentParser) -> None:
             ("constraint", "EXPR", "placement constraint"),
             ("placement-pref", "spread=node.labels.KEY", "spread preference"),
             ("publish", "PUBLISHED:TARGET[/PROTO]", "published port"),
-            ("network", "NET", "network"),
+            ("network", "NET|name=NET,alias=A", "network"),
             ("env", "KEY=VALUE", "environment variable"),
             ("label", "KEY=VALUE", "service label"),
             ("container-label", "KEY=VALUE", "container label"),
             ("sysctl", "KEY=VALUE", "kernel parameter"),
-            ("ulimit", "NAME=SOFT[:HARD]", "resource limit")):
-        rm_meta = "KEY" if "=" in meta else ("TARGET[/PROTO]" if flag == "publish" else meta)
-        rm_meta = "NAME" if flag == "ulimit" else rm_meta
+            ("ulimit", "NAME=SOFT[:HARD]", "resource limit"),
+            ("secret", "SECRET", f"secret ({FILE_REF_FORM})"),
+            ("config", "CONFIG", f"config ({FILE_REF_FORM})")):
+        rm_meta = ("KEY" if flag in ("env", "label", "container-label", "sysctl") else
+                   "TARGET[/PROTO]" if flag == "publish" else "NET" if flag == "network"
+                   else "NAME" if flag in ("ulimit", *FILE_KINDS) else meta)
         p.add_argument(f"--{flag}-add", action="append", default=[], metavar=meta,
                        help=f"add a {what} (repeatable)")
         p.add_argument(f"--{flag}-rm", action="append", default=[], metavar=rm_meta,
-                       help=f"remove a {what} (repeatable)")
+                       help=f"remove a {what.split(' (')[0]} (repeatable)")
     add_settable_flags(p)
     p.add_argument("--force", action="store_true",
                    help="replace every task even if nothing changed (bumps forceUpdate)")
@@ -253,6 +263,50 @@ def _port(value: str, text: str) -> int:
     return int(value)
 
 
+def parse_network(text: str, flag: str) -> str | dict[str, Any]:
+    """``NET``, or docker's long form ``name=NET,alias=A,alias=B`` -> one
+    ``spec.networks`` item: the bare name, or ``{name, aliases}``."""
+    if "=" not in text:
+        return text
+    name = ""
+    aliases: list[str] = []
+    for part in text.split(","):
+        key, sep, value = (s.strip() for s in part.partition("="))
+        if sep and key in ("name", "target") and value and not name:
+            name = value
+        elif sep and key == "alias" and value:
+            aliases.append(value)
+        else:
+            raise errors.CliError(
+                f'{flag} "{text}": "{part}" is not one of name=NET (once), alias=NAME '
+                "(driver options are not supported); e.g. name=backend,alias=db")
+    if not name:
+        raise errors.CliError(f'{flag} "{text}": name= is required (e.g. '
+                              "name=backend,alias=db)")
+    return {"name": name, "aliases": list(dict.fromkeys(aliases))} if aliases else name
+
+
+def _network_name(item: Any) -> Any:
+    return item.get("name") if isinstance(item, dict) else item
+
+
+def _add_networks(current: Sequence[Any], add: Sequence[str], flag: str) -> list[Any]:
+    """``current`` with the networks of ``add`` (``--network`` values) appended; one given
+    again the same way is a no-op, given again differently an error."""
+    out = list(current)
+    for text in add:
+        item = parse_network(text, flag)
+        have = next((i for i in out if _network_name(i) == _network_name(item)), None)
+        if have is None:
+            out.append(item)
+        elif have != item:
+            raise errors.CliError(
+                f'{flag} "{text}": the service already has network {_network_name(item)} '
+                f"(as {have!r}); give each network once, with all its aliases (to change "
+                "them: --network-rm NET --network-add name=NET,alias=...)")
+    return out
+
+
 def parse_pair(text: str, flag: str, environ: Mapping[str, str] | None = None
                ) -> tuple[str, str] | None:
     """``KEY=VALUE`` -> (key, value). For ``-e KEY`` alone docker takes the value from
@@ -294,6 +348,33 @@ def parse_ulimit(text: str, flag: str) -> tuple[str, dict[str, int]]:
 
 def parse_ulimits(items: Sequence[str], flag: str) -> dict[str, dict[str, int]]:
     return dict(parse_ulimit(item, flag) for item in items)
+
+
+def parse_file_ref(text: str, flag: str) -> dict[str, Any]:
+    """``--secret db`` or ``--secret source=db,target=pw,uid=70,gid=70,mode=0400`` (as
+    docker's: ``src`` for source, a mode in octal when it starts with 0)."""
+    if "=" not in text:
+        if not text:
+            raise errors.CliError(f'{flag} "": expected a name or source=NAME[,...]')
+        return {"source": text}
+    ref: dict[str, Any] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        key = {"src": "source"}.get(key.strip().lower(), key.strip().lower())
+        if not sep or key not in ("source", "target", "uid", "gid", "mode") or not value:
+            raise errors.CliError(f'{flag} "{text}": expected source=NAME, optionally with '
+                                  "target=PATH, uid=N, gid=N, mode=0440 (comma-separated)")
+        if key == "mode":
+            try:
+                ref[key] = int(value, 8 if value.startswith("0") else 10)
+            except ValueError:
+                raise errors.CliError(f'{flag} "{text}": mode {value} is not a number; '
+                                      "write permission bits such as 0440") from None
+        else:
+            ref[key] = value
+    if "source" not in ref:
+        raise errors.CliError(f'{flag} "{text}": source=NAME is required')
+    return ref
 
 
 def parse_spread(text: str, flag: str) -> dict[str, str]:
@@ -446,6 +527,10 @@ def create_manifest(args: argparse.Namespace, name: str, namespace: str | None,
     ulimits = parse_ulimits(args.ulimit, "--ulimit")
     if ulimits:
         template["ulimits"] = ulimits
+    for kind in FILE_KINDS:
+        refs = [parse_file_ref(r, f"--{kind}") for r in getattr(args, kind)]
+        if refs:
+            template[f"{kind}s"] = refs
     spec: Spec = {"template": template}
     if args.mode is not None:
         spec["mode"] = args.mode
@@ -459,7 +544,7 @@ def create_manifest(args: argparse.Namespace, name: str, namespace: str | None,
     if args.publish:
         _sub(spec, "endpoint")["ports"] = [parse_publish(p) for p in args.publish]
     if args.network:
-        spec["networks"] = list(dict.fromkeys(args.network))
+        spec["networks"] = _add_networks([], args.network, "--network")
     apply_settable(spec, args)
     metadata: dict[str, Any] = {"name": name}
     if namespace:
@@ -584,8 +669,10 @@ def update_manifest(live: Mapping[str, Any], args: argparse.Namespace,
     endpoint["ports"] = _edit_list(
         endpoint.get("ports") or [], [parse_publish(p) for p in args.publish_add],
         args.publish_rm, _port_matches, "publish", "published port", _port_text)
-    spec["networks"] = _edit_list(spec.get("networks") or [], args.network_add,
-                                  args.network_rm, lambda n, t: n == t, "network", "network")
+    spec["networks"] = _add_networks(
+        _remove(list(spec.get("networks") or []), args.network_rm,
+                lambda n, t: _network_name(n) == t, "--network-rm", "network", _network_name),
+        args.network_add, "--network-add")
     env = _edit_map(template.get("env") or {}, parse_pairs(args.env_add, "--env-add", environ),
                     args.env_rm, "env", "environment variable")
     container_labels = _edit_map(template.get("labels") or {},
@@ -602,8 +689,17 @@ def update_manifest(live: Mapping[str, Any], args: argparse.Namespace,
     ulimits = _edit_map(template.get("ulimits") or {},
                         parse_ulimits(args.ulimit_add, "--ulimit-add"), args.ulimit_rm,
                         "ulimit", "resource limit")
+    files = {f"{kind}s": _edit_list(
+        template.get(f"{kind}s") or [],
+        [parse_file_ref(r, f"--{kind}-add") for r in getattr(args, f"{kind}_add")],
+        # By name, as docker: --secret-rm db drops every reference to db.
+        getattr(args, f"{kind}_rm"), lambda r, t: isinstance(r, dict) and r.get("source") == t,
+        kind, kind, lambda r: str(r.get("source") if isinstance(r, dict) else r))
+        for kind in FILE_KINDS}
     for holder, key, value in ((template, "env", env), (template, "labels", container_labels),
                                (template, "sysctls", sysctls), (template, "ulimits", ulimits),
+                               (template, "secrets", files["secrets"]),
+                               (template, "configs", files["configs"]),
                                (placement, "constraints", placement["constraints"]),
                                (placement, "preferences", placement["preferences"]),
                                (endpoint, "ports", endpoint["ports"]),

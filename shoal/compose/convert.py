@@ -5,6 +5,14 @@ named ``<stack>_<key>`` unless the file sets ``name:`` or marks it ``external`` 
 name is used as is and no object is made for it), as ``docker stack deploy`` names them.
 Mapping follows Docker 20.10's convert rules field by field; anything Shoal's schema has no
 field for yet is left out here rather than invented (see ``UNMAPPED``).
+
+Names inside a stack: as Docker does, every service gets its compose key as an alias on
+each of its networks, after the file's own ``aliases`` (``spec.networks`` entries
+``{name, aliases}``), so ``db`` resolves from the stack's other services. Network driver
+options: Shoal's overlay honours none yet (``crds.networking.driver_option_refusal``);
+``encrypted`` is refused -- a network the file wants encrypted must not silently carry
+plain text -- unless the caller allows unencrypted networks, and the others are dropped
+with a warning.
 """
 
 import base64
@@ -15,6 +23,8 @@ from typing import Any
 
 from shoal.compose.errors import ComposeError
 from shoal.compose.loader import ComposeProject
+from shoal.crds import constraints as cons
+from shoal.crds import networking as nw
 from shoal.crds import template as tpl
 
 API = "shoal.io/v1"
@@ -31,20 +41,24 @@ UNMAPPED_DEEP = (
 )
 
 
-def convert_stack(project: ComposeProject, stack: str) -> list[dict[str, Any]]:
+def convert_stack(project: ComposeProject, stack: str, *,
+                  allow_unencrypted: bool = False) -> list[dict[str, Any]]:
     """The manifests ``stack deploy`` would apply: networks, secrets, configs, services.
-    Raises ``ComposeError`` naming the file(s), the service and the key."""
+    Raises ``ComposeError`` naming the file(s), the service and the key. A network with
+    ``driver_opts: {encrypted: ...}`` is refused unless ``allow_unencrypted``; then it is
+    made unencrypted, with a warning saying so."""
     try:
-        return _convert(project, stack)
+        return _convert(project, stack, allow_unencrypted)
     except ComposeError as exc:
         if exc.file is not None:
             raise
         raise ComposeError(str(exc), ", ".join(project.files)) from exc
 
 
-def _convert(project: ComposeProject, stack: str) -> list[dict[str, Any]]:
+def _convert(project: ComposeProject, stack: str,
+             allow_unencrypted: bool) -> list[dict[str, Any]]:
     _warn_unmapped(project)
-    networks = _networks(project, stack)
+    networks = _networks(project, stack, allow_unencrypted)
     secrets = _files(project, stack, "secrets", "Secret")
     configs = _files(project, stack, "configs", "Config")
     services = [_guarded(project, stack, name, body)
@@ -66,15 +80,8 @@ def _warn_unmapped(project: ComposeProject) -> None:
                 found.add(name)
         nets = service.get("networks")
         for opts in nets.values() if isinstance(nets, dict) else ():
-            found |= {f"networks.{k}" for k in opts or {} if k in ("aliases", "ipv4_address",
+            found |= {f"networks.{k}" for k in opts or {} if k in ("ipv4_address",
                                                                     "ipv6_address")}
-        for key in ("secrets", "configs"):
-            for item in service.get(key) or []:
-                if isinstance(item, dict):
-                    found |= {f"{key}.{k}" for k in ("uid", "gid", "mode") if k in item}
-    for body in project.networks.values():
-        if body and body.get("driver_opts"):
-            found.add("networks driver_opts")
     for body in project.volumes.values():
         if body and (body.get("driver") or body.get("driver_opts")):
             found.add("volumes driver/driver_opts")
@@ -118,7 +125,22 @@ def object_name(project: ComposeProject, section: str, key: str, stack: str) -> 
     return key if _external(body) else f"{stack}_{key}"
 
 
-def _networks(project: ComposeProject, stack: str) -> dict[str, dict[str, Any]]:
+def _driver_opts(key: str, body: dict[str, Any], allow_unencrypted: bool,
+                 warnings: list[str]) -> None:
+    """Refuse ``encrypted`` (unless allowed), warn about every other driver option: the
+    overlay honours none yet."""
+    opts = body.get("driver_opts") or {}
+    for opt in sorted(opts):
+        where = f"networks.{key}.driver_opts.{opt}"
+        why = nw.driver_option_refusal(str(opt))
+        if opt == nw.ENCRYPTED_OPTION and not allow_unencrypted:
+            raise ComposeError(f"{where}: {why}; remove the option to deploy the network "
+                               "unencrypted, or allow unencrypted networks explicitly")
+        warnings.append(f"Ignoring {where}: {why}")
+
+
+def _networks(project: ComposeProject, stack: str,
+              allow_unencrypted: bool) -> dict[str, dict[str, Any]]:
     used = {n for s in project.services.values() for n in (_service_networks(s) or ["default"])}
     out: dict[str, dict[str, Any]] = {}
     for key in sorted(used):
@@ -132,6 +154,7 @@ def _networks(project: ComposeProject, stack: str) -> dict[str, dict[str, Any]]:
         if driver != "overlay":
             raise ComposeError(f"networks.{key}.driver: {driver} networks cannot be used by "
                                "swarm services; use the overlay driver")
+        _driver_opts(key, body, allow_unencrypted, project.warnings)
         spec: dict[str, Any] = {"driver": "overlay"}
         if body.get("attachable"):
             spec["attachable"] = True
@@ -218,6 +241,21 @@ def _service_networks(service: dict[str, Any]) -> list[str]:
     return [str(n) for n in nets or []]
 
 
+def _attachments(project: ComposeProject, stack: str, name: str,
+                 body: dict[str, Any]) -> list[dict[str, Any]]:
+    """``spec.networks``: each network (sorted by name, as Docker attaches them) with the
+    file's aliases there and then the service's compose key, as Docker gives them."""
+    nets = body.get("networks")
+    out = []
+    for key in _service_networks(body) or ["default"]:
+        target = (object_name(project, "networks", key, stack)
+                  if key != "default" or "default" in project.networks else f"{stack}_default")
+        opts = nets.get(key) if isinstance(nets, dict) else None
+        aliases = [str(a) for a in (opts or {}).get("aliases") or []]
+        out.append({"name": target, "aliases": list(dict.fromkeys([*aliases, name]))})
+    return sorted(out, key=lambda n: n["name"])
+
+
 def _words(value: Any) -> list[str]:
     import shlex
     if isinstance(value, str):
@@ -267,9 +305,17 @@ def _service(project: ComposeProject, stack: str, name: str,
             if src not in getattr(project, section):
                 raise ComposeError(f'{where}.{section}: undefined {section[:-1]} "{src}"; '
                                    f"declare it under the top-level {section}: key")
-            target = item.get("target") if isinstance(item, dict) else None
-            refs.append({"source": object_name(project, section, src, stack),
-                         "target": str(target or default.format(src))})
+            target = str((item.get("target") if isinstance(item, dict) else None)
+                         or default.format(src))
+            if section == "configs" and not target.startswith("/"):
+                target = f"/{target}"  # where Docker puts a relative one; Shoal says so
+            ref: dict[str, Any] = {"source": object_name(project, section, src, stack),
+                                   "target": target}
+            for key in ("uid", "gid", "mode") if isinstance(item, dict) else ():
+                if item.get(key) is not None:
+                    # Absent: Swarm's root:root 0444, which Shoal's schema fills in too.
+                    ref[key] = int(item[key]) if key == "mode" else str(item[key])
+            refs.append(ref)
         targets = [r["target"] for r in refs]
         if len(set(targets)) != len(targets):
             dup = next(t for t in targets if targets.count(t) > 1)
@@ -290,6 +336,12 @@ def _service(project: ComposeProject, stack: str, name: str,
     if mode == "replicated":
         spec["replicas"] = int(deploy["replicas"]) if deploy.get("replicas") is not None else 1
     placement = _placement(deploy)
+    for pref in placement.get("preferences", []):
+        if not cons.spread_is_effective(pref["spread"]):
+            project.warnings.append(
+                f"{where}.deploy.placement.preferences: spread {pref['spread']!r} spreads "
+                "nothing (as in Docker): only node.labels.<key>, engine.labels.<key> and "
+                "node attributes such as node.id group nodes")
     if placement:
         spec["placement"] = placement
     try:
@@ -301,10 +353,7 @@ def _service(project: ComposeProject, stack: str, name: str,
     for key, field in (("update_config", "updateConfig"), ("rollback_config", "rollbackConfig")):
         if deploy.get(key):
             spec[field] = _update(deploy[key])
-    # Sorted by name, as Docker attaches them.
-    spec["networks"] = sorted(object_name(project, "networks", n, stack) if n != "default"
-                              or "default" in project.networks else f"{stack}_default"
-                              for n in (_service_networks(body) or ["default"]))
+    spec["networks"] = _attachments(project, stack, name, body)
     endpoint: dict[str, Any] = {}
     if deploy.get("endpoint_mode"):
         endpoint["mode"] = str(deploy["endpoint_mode"]).lower()

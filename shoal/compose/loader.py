@@ -227,6 +227,14 @@ def _check_service(service: Any, where: str, minor: int) -> None:
         for i, item in enumerate(service.get(key) or []):
             if isinstance(item, dict):
                 _keys(item, "file_ref", f"{where}.{key}.{i}", minor)
+                # Docker's schema types: ids are strings (uid: "1000"), mode a number.
+                for field in ("uid", "gid"):
+                    if item.get(field) is not None and not isinstance(item[field], str):
+                        raise ComposeError(f"{where}.{key}.{i}.{field} must be a string")
+                mode = item.get("mode")
+                if mode is not None and (isinstance(mode, bool)
+                                         or not isinstance(mode, int | float)):
+                    raise ComposeError(f"{where}.{key}.{i}.mode must be a number")
             elif not isinstance(item, str):
                 raise ComposeError(f"{where}.{key}.{i} must be a string or a mapping")
     deploy = service.get("deploy") or {}

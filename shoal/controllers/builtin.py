@@ -12,7 +12,9 @@ several controller-managers can run; for each controller one of them leads.
 * ``scheduler`` — pending Tasks -> nodes, in batches: an elected runnable
   (``runnable.RunnableSpec``), as are
 * ``nodes`` — Node ``ready``/``down`` from heartbeat leases, and
-* ``allocator`` — subnets, VNIs, task/node addresses, VIPs, published ports.
+* ``allocator`` — subnets, VNIs, task/node addresses, VIPs, published ports;
+* ``rotation`` — a Secret or Config updated bumps ``forceUpdate`` of the services that
+  mount it, once (``shoal.io/mounted-digests``): per-object, like the orchestrator.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 from shoal.controllers.allocator import controller as allocator
 from shoal.controllers.nodes import controller as nodes
 from shoal.controllers.orchestrator import controller as orchestrator
+from shoal.controllers.rotation import controller as rotation
 from shoal.controllers.scheduler import controller as scheduler
 from shoal.controllers.updater import controller as updater
 from shoal.runtime.manager import Spec
@@ -29,4 +32,4 @@ def controller_specs() -> list[Spec]:
     """Every built-in controller, in start-up order."""
     return [nodes.controller_spec(), orchestrator.controller_spec(),
             updater.controller_spec(), scheduler.controller_spec(),
-            allocator.controller_spec()]
+            allocator.controller_spec(), rotation.controller_spec()]

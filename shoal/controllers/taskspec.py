@@ -45,7 +45,13 @@ UNRECORDED_PLACEMENT: Final = frozenset({"rebalance"})
 
 
 def _networks(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list) else []
+    """``spec.networks`` in the form that compares: ``{name: x}`` without aliases is
+    ``x``, so rewriting an entry in the long form restarts nothing; aliases do count
+    (as in Swarm, they are part of what a task is attached with)."""
+    if not isinstance(value, list):
+        return []
+    return [item["name"] if isinstance(item, dict) and not item.get("aliases")
+            and set(item) <= {"name", "aliases"} else item for item in value]
 
 
 def _endpoint(value: Any) -> tuple[str, list[Any]]:

@@ -158,7 +158,14 @@ def parse_constraints(items: Iterable[Any] | None) -> tuple[Constraint, ...]:
 
 def parse_spread(text: str) -> str:
     """Check a ``spread`` preference and return it canonical: ``Node.Labels.zone`` ->
-    ``node.labels.zone``. Only labels can be spread over, as in Swarm."""
+    ``node.labels.zone``, ``Node.ID`` -> ``node.id``.
+
+    Labels spread as in Swarm; the plain node attributes constraints read group by that
+    attribute (``spread: node.id`` is one group per node, the spread the scheduler does
+    anyway). Any other descriptor is taken as Swarm takes it, grouping every node
+    together, which spreads nothing: real stack files carry such typos (``spread:
+    type``, ``spread: node.role.manager``) and Docker deploys them, so refusing them would
+    refuse files Docker runs. ``spread_is_effective`` tells them apart for a warning."""
     lowered = text.lower()
     for prefix in LABEL_PREFIXES:
         if lowered.startswith(prefix):
@@ -166,5 +173,15 @@ def parse_spread(text: str) -> str:
             if problem is None:
                 return prefix + text[len(prefix):]
             raise ConstraintError(f"invalid spread preference {quote(text)}: {problem}")
-    raise ConstraintError(f"invalid spread preference {quote(text)}: write "
-                          "node.labels.<key> or engine.labels.<key>")
+    if lowered in PLAIN_KEYS:
+        return lowered
+    if not text.strip():
+        raise ConstraintError(f"invalid spread preference {quote(text)}: write "
+                              "node.labels.<key>, engine.labels.<key> or one of "
+                              f"{', '.join(PLAIN_KEYS)}")
+    return text
+
+
+def spread_is_effective(descriptor: str) -> bool:
+    """Whether a checked spread descriptor groups nodes at all (see ``parse_spread``)."""
+    return descriptor.lower().startswith(LABEL_PREFIXES) or descriptor.lower() in PLAIN_KEYS

@@ -13,6 +13,9 @@ the shapes are defined once, here, next to the kinds' schemas:
   of the task's service (and ``ingress`` when the service publishes ports), in the
   service's order, the ingress network last. It is in ``spec`` like ``nodeName``: an
   allocation decision made for the task, not something observed. Absent until allocated.
+* ``Service.spec.networks`` (the user's, read here for every layer): each entry a
+  network's name or ``{name, aliases}``; :func:`service_networks` gives the names,
+  :func:`service_aliases` a network's aliases.
 * ``Service.status.endpoint``: ``mode``, ``virtualIPs`` ``[{network, address}]`` (none for
   ``dnsrr``, none on ingress) and ``ports`` ``[{name?, protocol, target, published,
   mode}]`` with the published port chosen for ingress ports that asked for none.
@@ -186,6 +189,28 @@ def _subnet(raw: Any) -> IPv4Network | None:
         return None
 
 
+# --- Driver options -----------------------------------------------------------------------
+
+#: Docker's overlay option asking for IPsec between nodes.
+ENCRYPTED_OPTION: Final = "encrypted"
+
+
+def driver_option_refusal(key: str) -> str:
+    """Why Shoal's overlay cannot honour the driver option ``key`` (Docker's name). It
+    honours none yet; ``swctl network create`` refuses each with this reason and
+    ``stack deploy`` refuses ``encrypted`` and warns about the rest, so both say the
+    same."""
+    if key == ENCRYPTED_OPTION:
+        return ("Shoal does not encrypt overlay traffic yet (no IPsec in its overlay); "
+                "without the option the network's VXLAN traffic is plain text")
+    if key == "com.docker.network.driver.mtu":
+        return ("the overlay MTU is derived from the underlay (50 bytes of VXLAN header "
+                "less) and cannot be set yet")
+    if key == "com.docker.network.driver.overlay.vxlanid_list":
+        return "the allocator picks the VNI and cannot be told one yet"
+    return f'unknown option "{key}" for the overlay driver (Shoal honours no driver options yet)'
+
+
 # --- Tasks --------------------------------------------------------------------------------
 
 def task_attachments(task: Resource) -> list[Attachment] | None:
@@ -216,15 +241,41 @@ def attachments_field(attachments: Iterable[Attachment]) -> list[dict[str, Any]]
 
 # --- Services -----------------------------------------------------------------------------
 
+def network_entry_name(item: Any) -> str | None:
+    """The network an entry of ``spec.networks`` names: a bare name (``app``) or the
+    ``name`` of ``{name, aliases}``; None for an entry that names none."""
+    if isinstance(item, dict):
+        item = item.get("name")
+    return item if isinstance(item, str) and item else None
+
+
+def network_entry_aliases(item: Any) -> list[str]:
+    """The aliases an entry of ``spec.networks`` gives (none for a bare name)."""
+    raw = item.get("aliases") if isinstance(item, dict) else None
+    return [a for a in raw if isinstance(a, str) and a] if isinstance(raw, list) else []
+
+
 def service_networks(service: Resource) -> list[str]:
-    """Names in ``spec.networks``, first mention kept; entries that are not names are
+    """Names in ``spec.networks``, first mention kept; entries that name no network are
     skipped (admission rejects them; a stored object may still hold anything)."""
     raw = service.spec.get("networks")
     out: list[str] = []
     if isinstance(raw, list):
         for item in raw:
-            if isinstance(item, str) and item and item not in out:
-                out.append(item)
+            name = network_entry_name(item)
+            if name is not None and name not in out:
+                out.append(name)
+    return out
+
+
+def service_aliases(service: Resource, network: str) -> list[str]:
+    """The extra DNS names ``service`` answers to on ``network`` (its ``aliases`` there),
+    in the order given, each once; [] when it has none or is not on that network."""
+    raw = service.spec.get("networks")
+    out: list[str] = []
+    for item in raw if isinstance(raw, list) else ():
+        if network_entry_name(item) == network:
+            out.extend(a for a in network_entry_aliases(item) if a not in out)
     return out
 
 

@@ -3,11 +3,14 @@
 The validator implements ``type``, ``properties``, ``required``, ``items``, ``enum``,
 bounds, lengths, ``pattern``, item counts, ``additionalProperties``, ``default``,
 ``nullable``, ``format`` and the ``x-kubernetes-preserve-unknown-fields`` /
-``x-kubernetes-int-or-string`` extensions. Keywords it does not know (``anyOf``,
-``x-kubernetes-validations``, ...) are ignored rather than refused, so existing CRD files
-still apply. Unlike Kubernetes, which silently prunes undeclared fields, undeclared fields
-are errors with a "did you mean" hint: a typo such as ``replica: 3`` must not quietly leave
-the service at one replica.
+``x-kubernetes-int-or-string`` extensions, plus Shoal's own ``x-shoal-string-or-object``
+(a value written either as a bare name or as an object with that name and more, as
+Compose and Docker write a service's networks: ``app`` or ``{name: app, aliases: [db]}``;
+string keywords then check the string, ``properties`` the object). Keywords it does not
+know (``anyOf``, ``x-kubernetes-validations``, ...) are ignored rather than refused, so
+existing CRD files still apply. Unlike Kubernetes, which silently prunes undeclared
+fields, undeclared fields are errors with a "did you mean" hint: a typo such as
+``replica: 3`` must not quietly leave the service at one replica.
 
 Built-in kinds and user-defined kinds take the same path through this module; it knows
 nothing about any particular kind (that is ``semantics``) or about the envelope (that is
@@ -139,10 +142,20 @@ def _check(value: Any, schema: Any, path: str, errors: list[FieldError]) -> None
 
 
 def _declares_type(schema: Schema) -> bool:
-    return "type" in schema or bool(schema.get("x-kubernetes-int-or-string"))
+    return ("type" in schema or bool(schema.get("x-kubernetes-int-or-string"))
+            or bool(schema.get(STRING_OR_OBJECT)))
+
+
+#: Shoal's extension: the value is a string or an object (see the module docstring).
+STRING_OR_OBJECT = "x-shoal-string-or-object"
 
 
 def _check_type(value: Any, schema: Schema, path: str, errors: list[FieldError]) -> bool:
+    if schema.get(STRING_OR_OBJECT):
+        if isinstance(value, str | dict):
+            return True
+        errors.append(FieldError(path, f"must be a string or an object, got {describe(value)}"))
+        return False
     if schema.get("x-kubernetes-int-or-string"):
         if _is_type(value, "integer") or isinstance(value, str):
             return True

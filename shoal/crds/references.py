@@ -13,14 +13,12 @@ of the incoming objects:
   the Service's namespace). An object being deleted counts as missing;
 * a Network asking for a subnet (``spec.subnet``) that overlaps the subnet another
   network holds or asks for, stored or in the same apply, or the service VIP pool — the
-  rule is :func:`shoal.crds.networking.subnet_overlap`, the one the allocator obeys;
-* until tasks get their secrets and configs (issue 14), a reference to one that does
-  exist: a task started without the file it asked for would report running while it
-  cannot work. That refusal is :func:`_not_mounted_yet`, the one place to delete then.
+  rule is :func:`shoal.crds.networking.subnet_overlap`, the one the allocator obeys.
 
 What admission cannot know (the network deleted after the Service was stored, a
 concurrent apply) is the allocator's to report, in the task's and service's
-``Allocated`` condition. Pure functions of the objects handed in; no I/O.
+``Allocated`` condition; a secret or config deleted since is the agent's, which rejects
+the task that needs it. Pure functions of the objects handed in; no I/O.
 """
 
 from __future__ import annotations
@@ -67,9 +65,11 @@ def references(service: Resource) -> list[Reference]:
     out: list[Reference] = []
     networks = service.spec.get("networks")
     if isinstance(networks, list):
-        for i, name in enumerate(networks):
-            if isinstance(name, str) and name:
-                out.append(Reference(NETWORK, name, None, f"spec.networks[{i}]"))
+        for i, item in enumerate(networks):
+            name = nw.network_entry_name(item)
+            if name is not None:
+                where = f"spec.networks[{i}]" + (".name" if isinstance(item, dict) else "")
+                out.append(Reference(NETWORK, name, None, where))
     namespace = service.metadata.namespace or DEFAULT_NAMESPACE
     template = service.spec.get("template")
     template = template if isinstance(template, dict) else {}
@@ -149,10 +149,6 @@ def _service_problems(service: Resource, known: _Known) -> list[Problem]:
             continue  # the allocator creates "ingress" while no network is the mesh
         if found is None or known.is_deleting(ref):
             out.append(Problem(service, ref.field, _missing(ref, found), _create(ref)))
-            continue
-        problem = _not_mounted_yet(service, ref)
-        if problem is not None:
-            out.append(problem)
     return out
 
 
@@ -169,20 +165,6 @@ def _create(ref: Reference) -> str:
     kind = ref.kind.capitalize()
     return (f"apply a {kind} named {ref.name} in namespace {ref.namespace} first, or add "
             "it to the files you apply")
-
-
-# --- until issue 14 mounts secrets and configs into tasks; delete this section then ---
-
-def _not_mounted_yet(service: Resource, ref: Reference) -> Problem | None:
-    """A task would start without the file it asked for and report running: refused."""
-    if ref.kind == NETWORK:
-        return None
-    plural = f"{ref.kind}s"
-    return Problem(service, ref.field,
-                   f'{ref.kind} "{ref.name}" exists, but {plural} are not mounted yet: '
-                   "a task would start without it",
-                   f"remove {ref.field.rsplit('.', 1)[0]} from the service until Shoal "
-                   f"mounts {plural} into tasks")
 
 
 # --- subnets ---

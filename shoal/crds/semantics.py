@@ -12,9 +12,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from shoal.crds import constraints, kinds, openapi, template
+from shoal.crds import constraints, kinds, openapi, secretdata, template
 from shoal.crds.fielderrors import FieldError, child, describe, quote
-from shoal.crds.names import is_dns_label, is_dns_subdomain
+from shoal.crds.names import is_dns_label, is_dns_subdomain, is_docker_name
 
 
 def entries(container: Any, key: str) -> list[tuple[int, Any]]:
@@ -32,7 +32,31 @@ def section(container: Any, key: str) -> dict[str, Any]:
 def _check_service(doc: dict[str, Any]) -> list[FieldError]:
     spec = section(doc, "spec")
     return [*_service_placement(spec), *_service_ports(spec),
-            *_service_template(spec)]
+            *_service_template(spec), *_service_networks(spec)]
+
+
+def _service_networks(spec: dict[str, Any]) -> list[FieldError]:
+    # An alias is a DNS name the resolver answers as written (like a service name), so it
+    # takes Docker's name alphabet; a network listed twice would make its aliases depend
+    # on which entry a reader looked at.
+    errors: list[FieldError] = []
+    seen: dict[str, int] = {}
+    for index, item in entries(spec, "networks"):
+        name = item.get("name") if isinstance(item, dict) else item
+        if not isinstance(name, str) or not name:
+            continue
+        if name in seen:
+            errors.append(FieldError(f"spec.networks[{index}]", (
+                f"network {quote(name)} is already listed at spec.networks[{seen[name]}]; "
+                "list each network once, with all its aliases")))
+        seen.setdefault(name, index)
+        for at, alias in entries(item, "aliases") if isinstance(item, dict) else ():
+            if isinstance(alias, str) and alias and (
+                    not is_docker_name(alias, 253) or ".." in alias):
+                errors.append(FieldError(f"spec.networks[{index}].aliases[{at}]", (
+                    f"{quote(alias)} is not a valid alias: use letters, digits, '_', '.' "
+                    "and '-', starting and ending with a letter or digit (e.g. db)")))
+    return errors
 
 
 def _service_placement(spec: dict[str, Any]) -> list[FieldError]:
@@ -95,8 +119,12 @@ MAX_SECRET_BYTES = 500 * 1024
 
 
 def _check_secret(doc: dict[str, Any]) -> list[FieldError]:
-    # Whether spec.data decodes at all is the schema's `format: base64`; this checks the
+    # Either a manifest's data or the whole sealed form etcd stores (secretdata); then,
+    # whether spec.data decodes at all is the schema's `format: base64`; this checks the
     # decoded size, which the schema cannot express.
+    form = secretdata.form_problems(section(doc, "spec"))
+    if form:
+        return form
     data = section(doc, "spec").get("data")
     if not isinstance(data, str):
         return []

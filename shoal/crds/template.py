@@ -461,18 +461,58 @@ def resources(template: Mapping[str, Any]) -> Resources:
 
 # --- secrets and configs ---------------------------------------------------------------
 
+#: Swarm's file fields when a reference leaves them out: root-owned, read-only for all.
+DEFAULT_FILE_UID: Final = "0"
+DEFAULT_FILE_GID: Final = "0"
+DEFAULT_FILE_MODE: Final = 0o444
+MAX_FILE_MODE: Final = 0o777
+
 
 @dataclasses.dataclass(frozen=True)
 class FileRef:
     """A secret or config the task gets as a file: ``source`` names the object, ``target``
-    is where the file appears (a secret's under /run/secrets, as in Swarm)."""
+    is the full path where the file appears (a secret's under /run/secrets unless given
+    absolute, as in Swarm), owned by ``uid``:``gid`` (numeric, as Swarm's SecretReference
+    takes them) with permission bits ``mode``."""
 
     source: str
     target: str
+    uid: str = DEFAULT_FILE_UID
+    gid: str = DEFAULT_FILE_GID
+    mode: int = DEFAULT_FILE_MODE
+
+
+def _owner(raw: Mapping[str, Any], key: str, default: str, path: str,
+           problems: Problems) -> str:
+    value = raw.get(key)
+    if value is None:
+        return default
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)  # YAML reads uid: 1000 as a number; Swarm means the same
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return str(int(value))
+    problems.append(TemplateError(f"{path}.{key}", f"must be a numeric id such as \"1000\" "
+                                                   f"(names are not looked up), got "
+                                                   f"{describe(value)}"))
+    return default
+
+
+def _mode(raw: Mapping[str, Any], path: str, problems: Problems) -> int:
+    value = raw.get("mode")
+    if value is None:
+        return DEFAULT_FILE_MODE
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_FILE_MODE:
+        problems.append(TemplateError(f"{path}.mode", f"must be permission bits 0..0o777 "
+                                                      f"(0..511; 0o444 = 292 is the default), "
+                                                      f"got {describe(value)}"))
+        return DEFAULT_FILE_MODE
+    return value
 
 
 def _file_refs(template: Mapping[str, Any], name: str,
-               place: Callable[[str, str], str], problems: Problems) -> list[FileRef]:
+               place: Callable[[str, str, str, Problems], str | None], problems: Problems
+               ) -> list[FileRef]:
+    """``place(source, target, path, problems)``: the full target, or None (a problem)."""
     value = template.get(name)
     if value is None:
         return []
@@ -482,24 +522,52 @@ def _file_refs(template: Mapping[str, Any], name: str,
     refs = []
     for index, raw in enumerate(value):
         path = f"{_field(name)}[{index}]"
-        source = raw.get("source") if isinstance(raw, Mapping) else None
-        target = raw.get("target") if isinstance(raw, Mapping) else None
+        if not isinstance(raw, Mapping):
+            problems.append(TemplateError(path, f"must be a mapping, got {describe(raw)}"))
+            continue
+        source, target = raw.get("source"), raw.get("target")
         if not isinstance(source, str) or not source:
             problems.append(TemplateError(f"{path}.source", f"required: the name of the "
                                                             f"{name[:-1]} to use"))
-        elif target is not None and not isinstance(target, str):
+            continue
+        if target is not None and not isinstance(target, str):
             problems.append(TemplateError(f"{path}.target", f"must be a string, got "
                                                             f"{describe(target)}"))
-        else:
-            refs.append(FileRef(source, place(source, target or "")))
+            continue
+        before = len(problems)
+        uid = _owner(raw, "uid", DEFAULT_FILE_UID, path, problems)
+        gid = _owner(raw, "gid", DEFAULT_FILE_GID, path, problems)
+        mode = _mode(raw, path, problems)
+        full = place(source, target or "", f"{path}.target", problems)
+        if full is None or len(problems) > before:
+            continue
+        if ".." in full.split("/"):
+            problems.append(TemplateError(f"{path}.target", f"must not contain \"..\", got "
+                                                            f"{quote(target or source)}"))
+            continue
+        refs.append(FileRef(source, full, uid, gid, mode))
     return refs
 
 
+def _secret_target(source: str, target: str, path: str, problems: Problems) -> str | None:
+    # A relative target is a path under /run/secrets, as in Swarm; an absolute one is
+    # taken as is (Docker 20.10 mounts it there too).
+    return target if target.startswith("/") else f"{SECRETS_DIR}/{target or source}"
+
+
+def _config_target(source: str, target: str, path: str, problems: Problems) -> str | None:
+    if not target:
+        return f"/{source}"
+    if not target.startswith("/"):
+        problems.append(TemplateError(path, f"must be an absolute path, got {quote(target)}; "
+                                            f"write \"/{target}\" (where Docker puts a "
+                                            "relative one)"))
+        return None
+    return target
+
+
 def _secrets(template: Mapping[str, Any], problems: Problems) -> list[FileRef]:
-    # A relative target is a file name under /run/secrets, as in Swarm.
-    return _file_refs(template, "secrets",
-                      lambda source, target: target if target.startswith("/")
-                      else f"{SECRETS_DIR}/{target or source}", problems)
+    return _file_refs(template, "secrets", _secret_target, problems)
 
 
 def secrets(template: Mapping[str, Any]) -> list[FileRef]:
@@ -508,13 +576,41 @@ def secrets(template: Mapping[str, Any]) -> list[FileRef]:
 
 
 def _configs(template: Mapping[str, Any], problems: Problems) -> list[FileRef]:
-    return _file_refs(template, "configs", lambda source, target: target or f"/{source}",
-                      problems)
+    return _file_refs(template, "configs", _config_target, problems)
 
 
 def configs(template: Mapping[str, Any]) -> list[FileRef]:
-    """Configs to mount; ``target`` defaults to ``/<name>``, as in Swarm."""
+    """Configs to mount; ``target`` is absolute, ``/<name>`` by default, as in Swarm."""
     return _run(_configs, template)
+
+
+def _targets(template: Mapping[str, Any], problems: Problems) -> None:
+    """No two mounts, secrets or configs at the same path: Docker refuses the container
+    ("Duplicate mount point"), so admission refuses the service."""
+    seen: dict[str, str] = {}
+    found: list[tuple[str, str]] = []
+    quiet: Problems = []  # each reader reports its own problems; only clashes here
+    for i, m in enumerate(_mounts(template, quiet)):
+        found.append((f"{_field('mounts')}[{i}].target", m.target))
+    for name, reader in (("secrets", _secrets), ("configs", _configs)):
+        items = template.get(name)
+        for i, raw in enumerate(items if isinstance(items, list) else []):
+            # One item at a time, so a field path keeps the item's own index.
+            for ref in reader({name: [raw]}, quiet):
+                found.append((f"{_field(name)}[{i}].target", ref.target))
+    for path, target in found:
+        norm = target.rstrip("/") or "/"
+        if norm in seen:
+            problems.append(TemplateError(path, f"{quote(target)} is already the target of "
+                                                f"{seen[norm]}; give each a different "
+                                                "target"))
+        else:
+            seen[norm] = path.removesuffix(".target")
+
+
+def file_targets(template: Mapping[str, Any]) -> None:
+    """TemplateError if two mounts, secrets or configs share a target."""
+    _run(_targets, template)
 
 
 # --- init, capabilities, sysctls, ulimits ----------------------------------------------
@@ -732,8 +828,8 @@ def ulimits(template: Mapping[str, Any]) -> list[Ulimit]:
 
 _READERS: Final[tuple[Callable[[Mapping[str, Any], Problems], object], ...]] = (
     _image, _command, _env, _labels, _workdir, _user, _hostname, _stop_signal, _stop_grace,
-    _mounts, _healthcheck, _resources, _secrets, _configs, _init, _capabilities, _sysctls,
-    _ulimits,
+    _mounts, _healthcheck, _resources, _secrets, _configs, _targets, _init, _capabilities,
+    _sysctls, _ulimits,
 )
 
 

@@ -7,9 +7,24 @@ keeps current from etcd:
 
 * ``<service>`` -> the service's VIP on that network, or its task addresses for endpoint
   mode dnsrr; ``tasks.<service>`` -> the task addresses on that network, always;
+* an alias a service has on a network (``spec.networks[].aliases``; ``stack deploy``
+  gives every stack service its compose name) answers like the service's name --
+  ``<alias>``, ``tasks.<alias>``, ``<alias>.<namespace>`` -- but only to clients on that
+  network, as Docker scopes aliases to their network. Looked up like a name (client's
+  namespace, then ``default``), then -- since an alias belongs to its network, as in
+  Docker, which has no namespaces -- among every namespace's aliases on that network, so
+  a service of another stack on a shared network is found by its alias. A service's own
+  name wins over another's alias; services sharing an alias on a network all answer it
+  (their VIPs, or task addresses, together), as Docker's resolver does;
 * ``<service>.<namespace>`` qualifies by stack; a short name resolves in the client's own
   namespace (the namespace of the task that owns the source address), then in
-  ``default``; only services attached to the client's network are visible;
+  ``default``; only services attached to the client's networks are visible;
+* a task attached to several networks asks the listener of one of them (its resolver is
+  the node's address on its first network), yet sees every service of all of them, as
+  Docker's resolver does for a container: the name is looked up on the network the query
+  came in on first, then on the task's other networks in order (``set_clients``: the
+  agent says which networks each local task's addresses belong to), and the answer holds
+  the addresses on the network where it was found, which the task is attached to;
 * a service answers to its name as written, case-insensitively, dots included
   (``hyperf_v1.0``), and to its DNS-label form ``crds.names.dns_label``
   (``hyperf-v1-0-53ef21``) for clients that insist on hostname syntax; a namespace (a
@@ -64,6 +79,7 @@ class ServiceRecord:
     mode: Literal["vip", "dnsrr"] = "vip"
     vips: Mapping[str, IPv4Address] = field(default_factory=dict)  # network -> VIP
     tasks: Mapping[str, Sequence[IPv4Address]] = field(default_factory=dict)  # network -> IPs
+    aliases: Mapping[str, Sequence[str]] = field(default_factory=dict)  # network -> names
 
 
 @dataclass(frozen=True)
@@ -83,6 +99,15 @@ class DnsTable:
         self._namespaces: dict[str, int] = {}  # namespace -> its services in the table
         # DNS-label form of a namespace that is not a label -> (namespace, services using it)
         self._ns_labels: dict[str, tuple[str, int]] = {}
+        # alias (as written and as its label form, lower case) -> the keys of the records
+        # that carry it on some network.
+        self._aliases: dict[str, set[tuple[str, str]]] = {}
+        # (network, a local task's address on it) -> every network of that task, in order.
+        self._clients: dict[tuple[str, IPv4Address], tuple[str, ...]] = {}
+
+    def set_clients(self, clients: Mapping[tuple[str, IPv4Address], Sequence[str]]) -> None:
+        """The networks of each local task, by its address on each of them."""
+        self._clients = {k: tuple(v) for k, v in clients.items()}
 
     def set(self, record: ServiceRecord) -> None:
         self.remove(record.namespace, record.name)
@@ -99,6 +124,8 @@ class DnsTable:
         for network, ips in record.tasks.items():
             for ip in ips:
                 self._owner[(network, ip)] = key[0]
+        for alias in _alias_keys(record):
+            self._aliases.setdefault(alias, set()).add(key)
 
     def remove(self, namespace: str, name: str) -> None:
         key = (namespace.lower(), name.lower())
@@ -122,6 +149,12 @@ class DnsTable:
             for ip in ips:
                 if self._owner.get((network, ip)) == key[0]:
                     del self._owner[(network, ip)]
+        for alias in _alias_keys(old):
+            holders = self._aliases.get(alias)
+            if holders is not None:
+                holders.discard(key)
+                if not holders:
+                    del self._aliases[alias]
 
     def replace_all(self, records: Iterable[ServiceRecord]) -> None:
         self._records.clear()
@@ -129,6 +162,7 @@ class DnsTable:
         self._owner.clear()
         self._namespaces.clear()
         self._ns_labels.clear()
+        self._aliases.clear()
         for r in records:
             self.set(r)
 
@@ -136,30 +170,51 @@ class DnsTable:
         name = qname.lower().rstrip(".")
         is_tasks = name.startswith("tasks.") and len(name) > len("tasks.")
         ref = name[len("tasks."):] if is_tasks else name
-        record, ours = self._find(network, ref, client)
-        if record is None:
+        namespace = None if client is None else self._owner.get((network, client))
+        others = () if client is None else self._clients.get((network, client), ())
+        ours = False
+        records: list[ServiceRecord] = []
+        for net in (network, *(n for n in others if n != network)):
+            records, ours_here = self._find(net, ref, namespace)
+            ours = ours or ours_here
+            if records:
+                network = net  # answer with the addresses on the network it was found on
+                break
+        if not records:
             return Answer("nxdomain") if ours or is_tasks else Answer("forward")
-        tasks = tuple(record.tasks.get(network, ()))
-        if is_tasks or record.mode == "dnsrr":
-            shuffled = list(tasks)
-            random.shuffle(shuffled)  # spread clients, like Docker's dnsrr
-            return Answer("records", tuple(shuffled))
-        vip = record.vips.get(network)
-        return Answer("records", () if vip is None else (vip,))
+        found: list[IPv4Address] = []
+        for record in records:
+            if is_tasks or record.mode == "dnsrr":
+                found.extend(record.tasks.get(network, ()))
+            elif (vip := record.vips.get(network)) is not None:
+                found.append(vip)
+        addresses = list(dict.fromkeys(found))
+        if len(addresses) > 1:
+            random.shuffle(addresses)  # spread clients, like Docker's dnsrr
+        return Answer("records", tuple(addresses))
 
-    def _visible(self, key: tuple[str, str], network: str) -> ServiceRecord | None:
+    def _visible(self, key: tuple[str, str], network: str) -> list[ServiceRecord]:
+        """The service ``key`` names if it is on ``network``; else the services that have
+        that alias on ``network`` (by name, so the answer is a function of the table)."""
         record = self._records.get(key)
         if record is None and key in self._labels:
             record = self._records.get(self._labels[key])
-        if record is None:
-            return None
-        if network not in record.vips and network not in record.tasks:
-            return None  # not attached to the client's network
-        return record
+        if record is not None and (network in record.vips or network in record.tasks):
+            return [record]
+        return self._aliased(key[1], network, key[0])
 
-    def _find(self, network: str, ref: str, client: IPv4Address | None
-              ) -> tuple[ServiceRecord | None, bool]:
-        """The record ``ref`` names, and whether the name is the cluster's to answer.
+    def _aliased(self, alias: str, network: str, namespace: str | None) -> list[ServiceRecord]:
+        """The services (of ``namespace``, or of any) that have ``alias`` on ``network``,
+        by key, so the answer is a function of the table."""
+        holders = self._aliases.get(alias) or ()
+        records = (self._records[k] for k in sorted(holders)
+                   if namespace is None or k[0] == namespace)
+        return [r for r in records if alias in _alias_keys(r, network)]
+
+    def _find(self, network: str, ref: str, namespace: str | None
+              ) -> tuple[list[ServiceRecord], bool]:
+        """The record ``ref`` names on ``network``, and whether the name is the cluster's
+        to answer; ``namespace``: the client's.
 
         The whole name is a service name first (Docker's names may hold dots:
         ``hyperf_v1.0``), in the client's namespace then ``default``; only then is it read
@@ -167,17 +222,20 @@ class DnsTable:
         hold dots too: ``web.my_app.v1``); the first split that names a visible service in
         an existing namespace wins."""
         if not ref:
-            return None, False
-        order = []
-        if client is not None and (network, client) in self._owner:
-            order.append(self._owner[(network, client)])
+            return [], False
+        order = [] if namespace is None else [namespace]
         order.append("default")
         for ns in order:
             found = self._visible((ns, ref), network)
-            if found is not None:
+            if found:
                 return found, True
+        # An alias belongs to its network, whoever declared it (Docker has no namespaces):
+        # a service of another stack on a shared network is found by its alias there.
+        found = self._aliased(ref, network, None)
+        if found:
+            return found, True
         if "." not in ref:
-            return None, True  # a single label is always ours
+            return [], True  # a single label is always ours
         ours = False
         cut = len(ref)
         while (cut := ref.rfind(".", 0, cut)) > 0:
@@ -186,9 +244,9 @@ class DnsTable:
                 continue
             ours = True  # it ends in a known namespace: never sent upstream
             found = self._visible((namespace, ref[:cut]), network)
-            if found is not None:
+            if found:
                 return found, True
-        return None, ours
+        return [], ours
 
     def _namespace(self, text: str) -> str | None:
         """The namespace (table key) ``text`` names, as written or as its label form."""
@@ -196,6 +254,14 @@ class DnsTable:
             return text
         entry = self._ns_labels.get(text)
         return None if entry is None else entry[0]
+
+
+def _alias_keys(record: ServiceRecord, network: str | None = None) -> set[str]:
+    """The names (lower case, as written and as DNS labels) ``record``'s aliases answer
+    to, on ``network`` or on any."""
+    nets = record.aliases.values() if network is None else [record.aliases.get(network, ())]
+    return {form for names in nets for alias in names
+            for form in (alias.lower(), dns_label(alias))}
 
 
 def upstreams_from_resolv_conf(path: str = "/etc/resolv.conf") -> list[str]:

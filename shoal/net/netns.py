@@ -3,8 +3,8 @@
 A socket belongs to the namespace it was created in, and ``setns`` moves only the calling
 thread; so the dataplane never moves its event loop's thread: a worker thread enters the
 namespace (for good, or for one call) and creates or uses its sockets there. This is the
-one place that calls ``setns``; the IPVS netlink sockets, the libnftables worker and the
-UML test guest all go through it.
+one place that calls ``setns``; the IPVS netlink sockets, the overlay's rtnetlink sockets
+(``rtnl_socket``), the libnftables worker and the UML test guest all go through it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import os
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 CLONE_NEWNET = 0x40000000
+NETLINK_ROUTE = 0
+NETLINK_BUFFER = 1 << 20  # bytes each way, what pyroute2 gives the sockets it makes
 
 
 def path(netns: str) -> str:
@@ -61,6 +64,25 @@ def run_in(path: str | None, fn: Callable[[], T]) -> T:
         raise box["error"]
     value: T = box["value"]
     return value
+
+
+async def rtnl_socket(netns: str) -> socket.socket:
+    """An rtnetlink socket of the namespace ``netns`` (a name or path), for
+    ``AsyncIPRoute(use_socket=...)``; the caller closes it.
+
+    Why not ``AsyncIPRoute(netns=...)``: pyroute2 makes that socket in a forked child, and
+    synchronously, on the first request -- inside the agent's event loop. A fork of the
+    agent (a large heap, gRPC threads) took 20-35 ms on this 2-core host, with every other
+    coroutine stalled meanwhile, once per task namespace per dataplane pass: 16 % of the
+    agent's loop while a 30-service stack started (bench/stack.py). A thread entering
+    the namespace makes the same socket in 2-3 ms, off the loop."""
+    def make() -> socket.socket:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, NETLINK_BUFFER)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, NETLINK_BUFFER)
+        return sock
+
+    return await asyncio.to_thread(run_in, path(netns), make)
 
 
 async def run_command(netns: str | None, *argv: str, stdin: str | None = None) -> str:

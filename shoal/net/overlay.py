@@ -234,7 +234,7 @@ class OverlayNode:
             async with AsyncIPRoute() as ipr:
                 yield ipr
         else:
-            async with AsyncIPRoute(netns=netns_mod.path(self.netns), flags=0) as ipr:
+            async with rtnl_in(self.netns) as ipr:
                 yield ipr
 
     async def _detect_underlay_mtu(self, ipr: AsyncIPRoute) -> int:
@@ -463,7 +463,7 @@ class OverlayNode:
         path = netns_mod.path(att.netns)
         mac = naming.mac_for(att.address.ip)
         link = await self._link(ipr, host)
-        async with AsyncIPRoute(netns=path, flags=0) as task:
+        async with rtnl_in(path) as task:
             inner = await self._link(task, att.ifname)
             if link is not None and (inner is None or _kind(link) != "veth"
                                      or inner.get("link") is None):
@@ -522,6 +522,18 @@ class OverlayNode:
                 await task.route("replace", dst=dst, gateway=via, oif=index,
                                  proto=RTPROT_STATIC)
                 report.add(f"route {dst} via {via} in {where}")
+
+
+@contextlib.asynccontextmanager
+async def rtnl_in(netns: str) -> AsyncIterator[AsyncIPRoute]:
+    """``AsyncIPRoute`` in the namespace ``netns`` (a name or path) on a socket a thread
+    made there, not a forked child (``netns.rtnl_socket`` says why)."""
+    sock = await netns_mod.rtnl_socket(netns)
+    try:
+        async with AsyncIPRoute(use_socket=sock) as ipr:
+            yield ipr
+    finally:
+        sock.close()
 
 
 def peers_from(endpoints: Iterable[tuple[str, str]]) -> tuple[Peer, ...]:

@@ -6,7 +6,8 @@ One scenario, in order (each step builds on the previous one's state):
 1. every node reports its dataplane backend (``status.dataplane``);
 2. tasks on different nodes reach each other by address over VXLAN;
 3. containers get the node's DNS responder in /etc/resolv.conf; ``web`` resolves to the
-   VIP, ``tasks.web`` to every task;
+   VIP, ``tasks.web`` to every task; web's alias ``www`` likewise, and a client reaches
+   web by it;
 4. connections to the VIP are spread over the tasks of all three nodes;
 5. the published port answers on all three nodes' underlay addresses, from outside; a
    host-mode port only on the node running its task;
@@ -96,7 +97,8 @@ async def scenario(c: NsCluster, docker: Any) -> None:
     await apply(store, {"apiVersion": "shoal.io/v1", "kind": "Network",
                         "metadata": {"name": "appnet"}, "spec": {}})
     await apply(store, service("web", HTTPD, 3, placement={"maxReplicasPerNode": 1},
-                               endpoint={"ports": [{"target": 80, "published": 8080}]}))
+                               endpoint={"ports": [{"target": 80, "published": 8080}]},
+                               networks=[{"name": "appnet", "aliases": ["www"]}]))
     await apply(store, service("echo", ["nc", "-ll", "-p", "7000", "-e", "cat"],
                                endpoint={"ports": [{"target": 7000, "published": 7001,
                                                     "mode": "host"}]}, **pinned("n2")))
@@ -138,6 +140,13 @@ async def scenario(c: NsCluster, docker: Any) -> None:
     assert sorted(lookup(client_container, "tasks.web")) == sorted(
         c.address(t, "appnet") for t in web)
     assert lookup(client_container, "echo.default") == [vip["echo"]]
+    # web's alias on appnet answers like its name, and reaches it by that name.
+    assert lookup(client_container, "www") == [vip["web"]]
+    assert sorted(lookup(client_container, "tasks.www")) == sorted(
+        c.address(t, "appnet") for t in web)
+    reply = client_container.exec_run(
+        ["sh", "-c", r"printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 www 80"]).output.decode()
+    assert reply.split()[-1] in hostnames, reply
 
     # 4. The VIP spreads connections over the tasks of all three nodes.
     seen = collections.Counter(c.nettool(client_pid, "http", vip["web"], "80", "30"))

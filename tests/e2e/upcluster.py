@@ -87,7 +87,9 @@ class Cluster:
 
     @property
     def env(self) -> dict[str, str]:
-        return dict(os.environ, SHOAL_ETCD=self.etcd, SHOAL_PREFIX=self.prefix)
+        # The keyring `up` made, so swctl seals and opens secrets as the agents do.
+        return dict(os.environ, SHOAL_ETCD=self.etcd, SHOAL_PREFIX=self.prefix,
+                    SHOAL_KEYRING=str(self.state_dir / "keyring.json"))
 
     def swctl(self, *args: str, expect: int | None = 0, input: str | None = None,
               timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -1,7 +1,8 @@
 """Running the real ``swctl`` as a subprocess against the test etcd, for the CLI tests.
 
 Every call gets the test's private key prefix through SHOAL_PREFIX, so CLI tests share
-the session etcd without seeing each other's objects. Reading a long-running swctl
+the session etcd without seeing each other's objects, and a keyring of its own through
+SHOAL_KEYRING (made on first use), so any test may apply a Secret. Reading a long-running swctl
 (``get -w``) goes through a reader thread with deadlines, never a bare sleep.
 """
 
@@ -17,6 +18,8 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+
+from shoal.crds import sealed
 
 SWCTL = shutil.which("swctl")
 
@@ -34,10 +37,13 @@ class Swctl:
         self.etcd_url = etcd_url
         self.prefix = prefix
         self.cwd = cwd
+        self.keyring = cwd / ".keyring.json"
+        sealed.ensure(self.keyring)
 
     @property
     def env(self) -> dict[str, str]:
-        env = dict(os.environ, SHOAL_ETCD=self.etcd_url, SHOAL_PREFIX=self.prefix)
+        env = dict(os.environ, SHOAL_ETCD=self.etcd_url, SHOAL_PREFIX=self.prefix,
+                   SHOAL_KEYRING=str(self.keyring))
         env.pop("SHOAL_DEBUG", None)
         return env
 

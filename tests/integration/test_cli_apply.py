@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.crds import conditions, kinds
+from shoal.crds import conditions, kinds, mountdigests
 from shoal.store import client, etcd_server
 from tests.integration.cli_support import Swctl, service
 
@@ -30,11 +30,16 @@ async def test_created_configured_unchanged_keeps_status(swctl: Swctl,
     again = swctl("apply", "-d", "-f", str(path))
     assert again.stdout.splitlines() == ["service/web unchanged", "config/site unchanged"]
 
-    # A controller reports status; a later apply must change spec and keep status.
+    # A controller reports status, and the rotation controller rolled the service (a
+    # bump and its record): a later apply must change spec and keep all of that.
     info = kinds.Registry.builtin().lookup("services")
     live = await store.get(info, "web")
     conditions.set_condition(live, "Ready", True, "AllRunning")
+    live.spec["forceUpdate"] = 1
+    live.metadata.annotations[mountdigests.MOUNTED_DIGESTS] = '{"config/site":"d"}'
     await store.update(info, live)
+    assert swctl("apply", "-d", "-f", str(path)).stdout.splitlines() == [
+        "service/web unchanged", "config/site unchanged"]
 
     path.write_text(path.read_text().replace("replicas: 3", "replicas: 5"))
     changed = swctl("apply", "-d", "-f", str(path))
@@ -42,8 +47,10 @@ async def test_created_configured_unchanged_keeps_status(swctl: Swctl,
     stored = await store.get(info, "web")
     assert stored.spec["replicas"] == 5
     assert stored.spec["mode"] == "replicated"  # defaults filled in by admission
-    assert stored.metadata.generation == 2
+    assert stored.metadata.generation == 3
     assert conditions.is_true(stored, "Ready")
+    assert stored.spec["forceUpdate"] == 1
+    assert stored.metadata.annotations[mountdigests.MOUNTED_DIGESTS] == '{"config/site":"d"}'
 
 
 async def test_dry_run_writes_nothing(swctl: Swctl, store: client.Store) -> None:

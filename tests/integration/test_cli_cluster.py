@@ -38,6 +38,13 @@ def test_up_detached_then_down(tmp_path: Path) -> None:
         assert [c.name for c in children] == ["etcd", "controller-manager", "hollow"]
         assert swctl("node", "ls", "-q").stdout.split() == ["hollow-0", "hollow-1"]
         assert all(c.alive() for c in children)
+        # The keyring secrets are sealed under: made private, handed to the agents, and
+        # pointed at for the user (it is not where swctl looks by default).
+        ring = state / "keyring.json"
+        assert ring.stat().st_mode & 0o777 == 0o600
+        assert f"export SHOAL_KEYRING={ring}" in up
+        agent_argv = Path(f"/proc/{children[2].pid}/cmdline").read_bytes().split(b"\0")
+        assert agent_argv[agent_argv.index(b"--keyring") + 1] == str(ring).encode()
         with urllib.request.urlopen(url + "/health", timeout=5) as resp:
             assert resp.status == 200
         # The cluster is usable, and a second `up` does not start another one.

@@ -1,6 +1,6 @@
 """``swctl apply`` checks what a Service names, as Swarm does: a missing network, secret
 or config, or a network whose subnet overlaps another's, refuses the whole apply and
-writes nothing; until tasks get their secrets and configs, naming one is refused too."""
+writes nothing."""
 
 from __future__ import annotations
 
@@ -87,8 +87,7 @@ def test_overlapping_subnet_is_refused_naming_both(swctl: Swctl) -> None:
     assert swctl("apply", "-d", "-f", "b.yaml").stdout == "network/b created\n"
 
 
-def test_missing_secret_says_not_found_and_an_existing_one_is_not_mounted_yet(
-        swctl: Swctl) -> None:
+def test_a_missing_secret_or_config_says_not_found(swctl: Swctl) -> None:
     svc = WEB.replace("  networks: [nginx_network]\n", "").replace(
         'command: [httpd, -f, -p, "8080"]}',
         'command: [httpd, -f, -p, "8080"], secrets: [{source: db_pass}]}')
@@ -104,22 +103,16 @@ def test_missing_secret_says_not_found_and_an_existing_one_is_not_mounted_yet(
         metadata: {name: db_pass}
         spec: {data: aHVudGVyMg==}
         """)
-    swctl("apply", "-f", "secret.yaml")
-    # swctl apply -f web.yaml
-    refused = swctl("apply", "-f", "web.yaml", expect=1).stderr.splitlines()
-    assert refused[0] == (
-        'error: spec.template.secrets[0].source: secret "db_pass" exists, but secrets are '
-        "not mounted yet: a task would start without it (services/default/web, file "
-        f"{path.name}, document 1); remove spec.template.secrets[0] from the service until "
-        "Shoal mounts secrets into tasks")
-    # Configs likewise.
+    # swctl apply -d -f web.yaml -f secret.yaml: named in the same apply, it exists
+    assert swctl("apply", "-d", "-f", "web.yaml", "-f", "secret.yaml").stdout == (
+        "service/web created\nsecret/db_pass created\n")
+    # Configs likewise: missing, then given.
     path.write_text(svc.replace("secrets: [{source: db_pass}]", "configs: [{source: site}]"))
+    assert 'config "site" not found' in swctl("apply", "-f", "web.yaml", expect=1).stderr
     swctl.write("config.yaml", "apiVersion: shoal.io/v1\nkind: Config\n"
                                "metadata: {name: site}\nspec: {data: hello}\n")
-    assert "configs are not mounted yet" in swctl(
-        "apply", "-f", "web.yaml", "-f", "config.yaml", expect=1).stderr
-    assert swctl("get", "services", "-o", "name").stdout == ""
-    assert swctl("get", "configs", "-o", "name").stdout == ""
+    assert swctl("apply", "-d", "-f", "web.yaml", "-f", "config.yaml").stdout == (
+        "service/web configured\nconfig/site created\n")
 
 
 async def test_a_later_conflict_shows_in_the_error_columns(

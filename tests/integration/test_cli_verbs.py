@@ -237,11 +237,11 @@ async def test_service_ls_has_a_ports_column(swctl: Swctl, store: client.Store) 
 # --- docker's verbs ---
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["stack", "rm", "app"],
-     'unknown command "stack rm": use swctl delete -f FILE (see swctl delete --help)'),
-    (["stack", "deploy", "-c", "docker-compose.yml", "app"],
-     'unknown command "stack deploy": use swctl apply -f FILE (a YAML stream of Services, '
-     "Networks, ...; compose files are not read yet) (see swctl apply --help)"),
+    (["node", "ps", "n1"],
+     'unknown command "node ps": use swctl node inspect --pretty n1 (see swctl node --help)'),
+    (["stack", "frob", "app"],
+     'unknown command "stack frob": swctl stack has convert, deploy, down, list, ls, ps, '
+     "remove, rm, services, up (see swctl stack --help)"),
     (["node", "frob", "n1"],
      'unknown command "node frob": swctl node has activate, demote, drain, inspect, list, '
      "ls, pause, promote, remove, rm, update (see swctl node --help)"),

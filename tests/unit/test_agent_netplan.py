@@ -46,7 +46,7 @@ def task(name: str, service: str, node_name: str, networks: dict[str, str],
     return t
 
 
-def service(name: str, networks: list[str], endpoint: dict[str, Any] | None = None,
+def service(name: str, networks: list[Any], endpoint: dict[str, Any] | None = None,
             ports: list[dict[str, Any]] | None = None, mode: str = "vip") -> resource.Resource:
     s = resource.new("Service", name, "default",
                      {"networks": networks, "endpoint": {"mode": mode, "ports": ports or []}})
@@ -118,6 +118,27 @@ def test_balancer_and_dns_follow_running_tasks() -> None:
     assert plan.dns[0].tasks == {"appnet": ()}
     # ... while its veth stays until its workload is gone.
     assert plan.overlay.networks[0].attachments[0].key == "uid-web.1"
+
+
+def test_aliases_go_into_the_record_of_their_network_only() -> None:
+    svc = service("web", [{"name": "appnet", "aliases": ["www", "front"]},
+                          {"name": "ingress", "aliases": ["mesh"]}],
+                  endpoint=WEB.status["endpoint"])
+    (record,) = netplan.plan("n1", NETS, [svc], web_tasks(), NODES, {}).dns
+    assert record.aliases == {"appnet": ("www", "front")}
+    assert record.tasks == {"appnet": (A("10.0.1.10"), A("10.0.1.11"))}
+
+
+def test_a_local_task_on_two_networks_is_a_dns_client_of_both() -> None:
+    nets = [*NETS, network("back", "10.0.2.0/24", 4098, {"n1": "10.0.2.2", "n2": "10.0.2.3"})]
+    tasks = [task("w.1", "w", "n1", {"back": "10.0.2.10/24", "appnet": "10.0.1.20/24",
+                                     "ingress": "10.255.0.20/16"}),
+             task("w.2", "w", "n2", {"back": "10.0.2.11/24", "appnet": "10.0.1.21/24"}),
+             *web_tasks()]
+    plan = netplan.plan("n1", nets, [WEB], tasks, NODES, {})
+    # Only local tasks on more than one network (ingress aside); remote ones ask elsewhere.
+    assert plan.clients == {("back", A("10.0.2.10")): ("back", "appnet"),
+                            ("appnet", A("10.0.1.20")): ("back", "appnet")}
 
 
 def test_host_mode_ports_only_where_a_task_runs() -> None:

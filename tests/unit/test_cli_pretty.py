@@ -44,6 +44,13 @@ def test_service_text_shows_rebalancing_when_enabled() -> None:
     assert "Rebalance" not in pretty.service_text(svc)
 
 
+def test_service_text_shows_each_network_with_its_aliases() -> None:
+    svc = resource.new("Service", "web", "default")
+    svc.spec = {"template": {"image": "busybox"},
+                "networks": ["front", {"name": "back", "aliases": ["db", "store"]}]}
+    assert "front back (aliases: db, store)" in pretty.service_text(svc)
+
+
 def test_service_text_shows_update_status_and_schema_defaults() -> None:
     svc = resource.new("Service", "web", "default",
                        {"replicas": 2, "template": {"image": "nginx:2"},
@@ -63,3 +70,15 @@ def test_service_text_shows_update_status_and_schema_defaults() -> None:
     assert lines[update + 2].split() == ["On", "failure:", "pause"]
     assert "UpdateStatus:" not in pretty.service_text(resource.new(
         "Service", "api", "default", {"template": {"image": "x"}}))
+
+
+def test_service_text_lists_its_files_as_docker_does() -> None:
+    svc = resource.new("Service", "web", "default", {"template": {
+        "image": "nginx", "configs": [{"source": "site", "target": "/etc/site.conf"}],
+        "secrets": [{"source": "db", "target": "pw", "uid": "70", "gid": "70",
+                     "mode": 0o400}]}})
+    lines = pretty.service_text(svc).splitlines()
+    at = lines.index(" Configs:")
+    assert [line.split() for line in lines[at:at + 7]] == [
+        ["Configs:"], ["Target:", "/etc/site.conf"], ["Source:", "site"],
+        ["Secrets:"], ["Target:", "pw"], ["Source:", "db"], ["Owner:", "70:70", "mode", "0400"]]

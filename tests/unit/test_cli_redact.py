@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
-from shoal.cli import redact
-from shoal.crds import resource
+import pytest
+
+from shoal.cli import errors, keyring, redact
+from shoal.crds import resource, sealed, secretdata
 
 
 def test_secret_value_becomes_its_decoded_size_and_digest() -> None:
@@ -33,3 +36,17 @@ def test_show_values_keeps_them() -> None:
 def test_undecodable_secret_is_still_hidden() -> None:
     secret = resource.new("Secret", "s", "default", {"data": "not base64!"})
     assert redact.hidden(secret).spec["dataSize"] == len(b"not base64!")
+
+
+def test_a_sealed_secret_shows_its_stored_size_and_digest_and_opens_on_request(
+        tmp_path: Path) -> None:
+    ring = sealed.ensure(tmp_path / "keyring.json")
+    spec = secretdata.sealed_spec(ring, b"hunter2", "default", "s")
+    secret = resource.new("Secret", "s", "default", spec)
+    assert redact.hidden(secret).spec == {"dataSize": 7, "dataDigest": ring.digest(b"hunter2")}
+    opened = redact.for_output([secret], True, keyring.Source(tmp_path / "keyring.json"))
+    assert opened[0].spec == {"data": "aHVudGVyMg=="}
+    other = keyring.Source(tmp_path / "other.json")
+    sealed.ensure(other.path)
+    with pytest.raises(errors.CliError, match=r"does not hold.*keyring .*other\.json"):
+        redact.for_output([secret], True, other)

@@ -177,6 +177,23 @@ def test_init_capabilities_sysctls_and_ulimits_flags() -> None:
         update(live, "--ulimit-rm core web")
 
 
+def test_network_long_syntax_gives_aliases_and_edits_by_name() -> None:
+    doc = create("--network a --network name=b,alias=db,alias=store --network a x")
+    assert doc["spec"]["networks"] == ["a", {"name": "b", "aliases": ["db", "store"]}]
+    live = {**LIVE, "spec": {**LIVE["spec"], "networks": doc["spec"]["networks"]}}
+    spec = update(live, "--network-rm b --network-add name=b,alias=cache web")["spec"]
+    assert spec["networks"] == ["a", {"name": "b", "aliases": ["cache"]}]
+    for line, message in (
+            ("--network-add name=a,alias=x web", 'already has network a'),
+            ("--network-add name=c,driver-opt=x=1 web", '"driver-opt=x=1" is not one of'),
+            ("--network-add alias=x web", "name= is required"),
+            ("--network-rm z web", '--network-rm "z": the service has no such network '
+                                   "(it has: a, b)")):
+        with pytest.raises(errors.CliError) as caught:
+            update(live, line)
+        assert message in str(caught.value), line
+
+
 def test_default_name_says_what_runs() -> None:
     assert serviceflags.default_name("registry:5000/shoal/busybox:1.0@sha256:ab", "3fa9c") \
         == "busybox-3fa9c"
@@ -191,3 +208,21 @@ def test_rollback_takes_no_other_change() -> None:
         serviceflags.refuse_mixed_rollback(args)
     assert str(caught.value).startswith("--rollback cannot be combined with --env-add, "
                                         "--image: ")
+
+
+def test_secret_and_config_flags_as_docker_reads_them() -> None:
+    t = create("--secret db --secret src=tls,target=tls.key,uid=70,gid=70,mode=0400 "
+               "--config source=site,target=/etc/site.conf,mode=292 img")["spec"]["template"]
+    assert t["secrets"] == [{"source": "db"}, {"source": "tls", "target": "tls.key",
+                                               "uid": "70", "gid": "70", "mode": 0o400}]
+    assert t["configs"] == [{"source": "site", "target": "/etc/site.conf", "mode": 0o444}]
+    live = {**LIVE, "spec": {**LIVE["spec"], "template": t}}
+    t2 = update(live, "--secret-rm tls --secret-add pw --config-rm site web")["spec"]["template"]
+    assert t2["secrets"] == [{"source": "db"}, {"source": "pw"}] and "configs" not in t2
+    with pytest.raises(errors.CliError, match='--secret-rm "nope": the service has no such '
+                                              r"secret \(it has: db, tls\)"):
+        update(live, "--secret-rm nope web")
+    with pytest.raises(errors.CliError, match='--config "target=/x": source=NAME is required'):
+        create("--config target=/x img")
+    with pytest.raises(errors.CliError, match="mode 0999 is not a number"):
+        create("--secret source=db,mode=0999 img")

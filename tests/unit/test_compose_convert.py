@@ -28,7 +28,8 @@ def test_a_minimal_service_gets_the_stack_name_labels_and_default_network(tmp_pa
         "com.docker.stack.namespace": "web", "com.docker.stack.image": "nginx"}}
     assert svc["spec"]["template"]["image"] == "nginx:latest"
     assert svc["spec"]["template"]["labels"] == {"com.docker.stack.namespace": "web"}
-    assert svc["spec"]["networks"] == ["web_default"]
+    # Its compose key is its alias there, so the stack's other services find it by it.
+    assert svc["spec"]["networks"] == [{"name": "web_default", "aliases": ["app"]}]
     assert svc["spec"]["mode"] == "replicated" and svc["spec"]["replicas"] == 1
     net = objs["Network/web_default"]
     assert net["metadata"] == {"name": "web_default",
@@ -118,8 +119,10 @@ def test_networks_named_external_and_declared(tmp_path: Path) -> None:
         "networks": {"front": {"attachable": True, "ipam": {"config": [{"subnet":
                                                                        "10.9.0.0/24"}]}},
                      "proxy": {"external": True}, "back": {"name": "shared-back"}}}))
-    assert objs["Service/web_app"]["spec"]["networks"] == ["proxy", "shared-back",
-                                                          "web_front"]
+    # The file's aliases first, then the compose key, as Docker gives them.
+    assert objs["Service/web_app"]["spec"]["networks"] == [
+        {"name": "proxy", "aliases": ["app"]}, {"name": "shared-back", "aliases": ["app"]},
+        {"name": "web_front", "aliases": ["x", "app"]}]
     assert objs["Network/web_front"]["spec"] == {"driver": "overlay", "attachable": True,
                                                  "subnet": "10.9.0.0/24"}
     assert "Network/shared-back" in objs and "Network/proxy" not in objs
@@ -162,15 +165,19 @@ def test_secrets_and_configs_from_files_external_and_named(tmp_path: Path) -> No
     (tmp_path / "pw.txt").write_bytes(b"s3cret\n")
     (tmp_path / "app.conf").write_text("a = 1\n")
     objs = by_name(convert(tmp_path, {
-        "services": {"app": {"image": "a", "secrets": ["pw", {"source": "ext", "target": "k"}],
-                             "configs": ["conf", {"source": "named", "target": "/etc/n"}]}},
+        "services": {"app": {"image": "a", "secrets": [
+            "pw", {"source": "ext", "target": "k", "uid": "1000", "gid": "1000", "mode": 0o400}],
+                             "configs": ["conf", {"source": "named", "target": "etc/n",
+                                                  "mode": 0o555}]}},
         "secrets": {"pw": {"file": "./pw.txt"}, "ext": {"external": True}},
         "configs": {"conf": {"file": "app.conf"},
                     "named": {"name": "global-conf", "file": "app.conf"}}}))
     t = objs["Service/web_app"]["spec"]["template"]
-    assert t["secrets"] == [{"source": "ext", "target": "k"},
+    assert t["secrets"] == [{"source": "ext", "target": "k", "uid": "1000", "gid": "1000",
+                             "mode": 0o400},
                             {"source": "web_pw", "target": "pw"}]
-    assert t["configs"] == [{"source": "global-conf", "target": "/etc/n"},
+    # A relative config target is where Docker puts it: at the root.
+    assert t["configs"] == [{"source": "global-conf", "target": "/etc/n", "mode": 0o555},
                             {"source": "web_conf", "target": "/conf"}]
     secret = objs["Secret/web_pw"]
     assert base64.b64decode(secret["spec"]["data"]) == b"s3cret\n"
@@ -238,7 +245,7 @@ def test_what_shoal_cannot_carry_yet_is_reported_in_one_warning(tmp_path: Path) 
     project = load_project([path], {})
     convert_stack(project, "web")
     assert project.warnings == ["Not carried to Shoal yet (accepted, no effect): dns, "
-                                "networks.aliases, secrets.mode, tty"]
+                                "tty"]
 
 
 def test_init_capabilities_sysctls_and_ulimits_as_docker_converts_them(
@@ -279,6 +286,28 @@ def test_a_bad_process_setting_is_refused_naming_its_key(
         convert(tmp_path, {"services": {"app": {"image": "a", **service}}})
 
 
+
+
+def test_network_driver_opts_encrypted_is_refused_the_rest_warned_labels_kept(
+        tmp_path: Path) -> None:
+    path = tmp_path / "stack.yml"
+    path.write_text(yaml.safe_dump({"version": "3.8", "services": {"app": {
+        "image": "a", "networks": ["n"]}}, "networks": {"n": {
+            "labels": {"tier": "back"}, "driver_opts": {
+                "encrypted": "true", "com.docker.network.driver.mtu": "1400"}}}}))
+    with pytest.raises(ComposeError, match=r"stack.yml: networks.n.driver_opts.encrypted: "
+                       "Shoal does not encrypt overlay traffic yet .*remove the option"):
+        convert_stack(load_project([path], {}), "web")
+    project = load_project([path], {})
+    net = by_name(convert_stack(project, "web", allow_unencrypted=True))["Network/web_n"]
+    assert net["spec"] == {"driver": "overlay"}
+    assert net["metadata"]["labels"] == {"tier": "back", "com.docker.stack.namespace": "web"}
+    assert [w.split(":")[0] for w in project.warnings] == [
+        "Ignoring networks.n.driver_opts.com.docker.network.driver.mtu",
+        "Ignoring networks.n.driver_opts.encrypted"]
+    assert "VXLAN traffic is plain text" in project.warnings[1]
+
+
 def test_healthcheck_test_and_disable_together_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ComposeError, match=r"services.app.healthcheck: test and disable"):
         convert(tmp_path, {"services": {"app": {"image": "a", "healthcheck": {
@@ -302,3 +331,14 @@ def test_dnsrr_with_an_ingress_published_port_is_refused(tmp_path: Path) -> None
     with pytest.raises(ComposeError, match=r"ingress mode can't be used with endpoint_mode"):
         convert(tmp_path, {"services": {"app": {"image": "a", "ports": ["80:80"],
                                                 "deploy": {"endpoint_mode": "dnsrr"}}}})
+
+
+@pytest.mark.parametrize(("ref", "message"), [
+    ({"source": "s", "uid": 1000}, r"services.app.secrets.0.uid must be a string"),
+    ({"source": "s", "mode": [4]}, r"services.app.secrets.0.mode must be a number"),
+])
+def test_secret_owner_and_mode_take_the_types_docker_s_schema_gives(
+        tmp_path: Path, ref: dict[str, Any], message: str) -> None:
+    with pytest.raises(ComposeError, match=message):
+        convert(tmp_path, {"services": {"app": {"image": "a", "secrets": [ref]}},
+                           "secrets": {"s": {"external": True}}})

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from shoal.controllers import taskspec
+from shoal.crds.resource import Resource
 from tests.unit.orchestrator_support import service, task
 
 
@@ -24,6 +27,18 @@ def test_a_task_is_dirty_when_a_recorded_section_differs() -> None:
     plain.spec["endpoint"] = {"mode": "vip"}
     assert not taskspec.is_dirty(same, plain)  # absent and empty compare equal
     assert not taskspec.is_dirty(task(1, generation=2, template={"image": "y"}), svc)
+
+
+def test_aliases_count_but_the_long_form_of_a_bare_name_does_not() -> None:
+    def attached(networks: list[Any]) -> Resource:
+        svc = service(generation=2)
+        svc.spec["networks"] = networks
+        return svc
+
+    recorded = task(1)
+    recorded.spec.update(taskspec.task_copy(attached(["a"])))
+    assert not taskspec.is_dirty(recorded, attached([{"name": "a"}]))
+    assert taskspec.is_dirty(recorded, attached([{"name": "a", "aliases": ["db"]}]))
 
 
 def test_turning_rebalancing_on_restarts_nothing() -> None:

@@ -92,8 +92,10 @@ def test_parse_constraint_rejects(text: str, fragment: str) -> None:
 def test_parse_spread() -> None:
     assert cons.parse_spread("node.labels.zone") == "node.labels.zone"
     assert cons.parse_spread("Engine.Labels.rack") == "engine.labels.rack"
-    with pytest.raises(cons.ConstraintError, match=r"node\.labels\.<key> or engine\.labels"):
-        cons.parse_spread("zone")
+    assert cons.parse_spread("zone") == "zone"  # spreads nothing, as in Swarm
+    with pytest.raises(cons.ConstraintError,
+                       match=r"node\.labels\.<key>, engine\.labels\.<key> or one of node\.id"):
+        cons.parse_spread("")
     with pytest.raises(cons.ConstraintError, match="label name"):
         cons.parse_spread("node.labels.zo$ne")
 
@@ -119,14 +121,25 @@ def test_admission_and_scheduler_refuse_alike(text: str, fragment: str) -> None:
     assert scheduler_error([text]) == message.split(": ", 1)[1]
 
 
-@pytest.mark.parametrize("spread", ["node.hostname", ""])
-def test_spread_over_a_non_label_is_refused_by_both(spread: str) -> None:
-    # The scheduler used to group by node.hostname and to skip an empty spread; admission
-    # refused both. Found by the property test below.
+@pytest.mark.parametrize("spread", ["", " "])
+def test_an_empty_spread_is_refused_by_both(spread: str) -> None:
+    # The scheduler used to skip an empty spread that admission refused. Found by the
+    # property test below.
     [message] = admission_errors([], [spread])
     assert message.startswith(f'spec.placement.preferences[0].spread: invalid spread '
                               f'preference "{spread}"')
     assert scheduler_error([], [spread]) == message.split(": ", 1)[1]
+
+
+@pytest.mark.parametrize("spread", ["node.id", "Node.Hostname", "node.platform.arch",
+                                    "type", "node.role.manager"])
+def test_spread_over_anything_else_is_accepted_by_both_as_docker_does(spread: str) -> None:
+    # Docker takes `spread: node.id` (tiangolo's dockerswarm.rocks stacks use it), and
+    # descriptors it cannot group by, which then spread nothing (corpus 042, 045).
+    assert admission_errors([], [spread]) == []
+    assert scheduler_error([], [spread]) == ""
+    assert cons.spread_is_effective(cons.parse_spread(spread)) == ("." in spread
+                                                                    and "role." not in spread)
 
 
 # --- the property: admission and scheduler agree -------------------------------------------

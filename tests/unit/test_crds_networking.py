@@ -66,3 +66,16 @@ def test_held_subnet_is_the_requested_one_else_the_allocated_one() -> None:
     assert networking.held_subnet(given) == subnet("10.0.2.0/24")
     assert networking.requested_subnet(given) is None
     assert networking.held_subnet(pending) is None
+
+
+# --- a service's networks and aliases ---
+
+def test_service_networks_and_aliases_from_names_and_entries() -> None:
+    svc = resource.new("Service", "web", "shop", spec={"networks": [
+        "front", {"name": "back", "aliases": ["db", "store"]}, {"name": ""}, 7,
+        {"name": "back", "aliases": ["db", "cache"]}, {"name": "edge", "aliases": "x"}]})
+    assert networking.service_networks(svc) == ["front", "back", "edge"]
+    assert networking.service_aliases(svc, "back") == ["db", "store", "cache"]
+    assert networking.service_aliases(svc, "front") == []
+    assert networking.service_aliases(svc, "edge") == []
+    assert networking.service_aliases(svc, "elsewhere") == []

@@ -1,5 +1,5 @@
 """Apply-time reference checks: missing networks, secrets and configs, overlapping
-subnets, and (until they are mounted) secrets and configs refused."""
+subnets."""
 
 from __future__ import annotations
 
@@ -37,12 +37,12 @@ def messages(problems: list[references.Problem]) -> list[tuple[str, str, str]]:
 
 
 def test_references_in_field_order() -> None:
-    svc = service(networks=["front", "back"],
+    svc = service(networks=["front", {"name": "back", "aliases": ["db"]}],
                   template={"image": "x", "secrets": [{"source": "db"}],
                             "configs": [{"source": "site", "target": "/etc/site"}]})
     assert references.references(svc) == [
         references.Reference("network", "front", None, "spec.networks[0]"),
-        references.Reference("network", "back", None, "spec.networks[1]"),
+        references.Reference("network", "back", None, "spec.networks[1].name"),
         references.Reference("secret", "db", "default", "spec.template.secrets[0].source"),
         references.Reference("config", "site", "default", "spec.template.configs[0].source"),
     ]
@@ -93,21 +93,13 @@ def test_secrets_and_configs_are_looked_up_in_the_service_s_namespace() -> None:
     assert problems[0].fix.startswith("apply a Secret named db in namespace shop first")
 
 
-def test_existing_secret_or_config_is_refused_until_they_are_mounted() -> None:
+def test_existing_secrets_and_configs_pass_and_a_missing_one_says_not_found() -> None:
     svc = service(template={"image": "x", "secrets": [{"source": "db"}, {"source": "gone"}],
                             "configs": [{"source": "site"}]})
     problems = references.check([svc, config("site")], [secret("db")])
     assert messages(problems) == [
-        ("web", "spec.template.secrets[0].source",
-         'secret "db" exists, but secrets are not mounted yet: a task would start without it'),
-        # A missing one says not found, not "not mounted".
         ("web", "spec.template.secrets[1].source", 'secret "gone" not found in namespace '
-                                                   '"default"'),
-        ("web", "spec.template.configs[0].source",
-         'config "site" exists, but configs are not mounted yet: a task would start '
-         "without it")]
-    assert problems[0].fix == ("remove spec.template.secrets[0] from the service until "
-                               "Shoal mounts secrets into tasks")
+                                                   '"default"')]
 
 
 def test_overlapping_subnet_with_a_stored_network() -> None:

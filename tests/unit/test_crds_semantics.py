@@ -40,8 +40,6 @@ def test_service_semantics(registry: kinds.Registry) -> None:
         'spec.placement.constraints[2]: invalid constraint "bogus": write <key>==<value> or '
         "<key>!=<value>, where <key> is one of node.id, node.hostname, node.ip, node.role, "
         "node.platform.os, node.platform.arch, node.labels.<key>, engine.labels.<key>",
-        'spec.placement.preferences[0].spread: invalid spread preference "zone": write '
-        "node.labels.<key> or engine.labels.<key>",
         "spec.endpoint.ports[2].published: port 80/tcp is already published by ports[0]",
         'spec.template.mounts[0].target: must be an absolute path, got "data"',
         "spec.template.mounts[0].source: required for a bind mount: the host path to mount",
@@ -94,6 +92,23 @@ def test_network_semantics(registry: kinds.Registry) -> None:
     assert errors_of(doc, registry) == [
         "spec.attachable: an ingress network cannot be attachable",
         "spec.gateway: 10.0.10.1 is not inside subnet 10.0.9.0/24"]
+
+
+def test_service_networks_are_names_or_name_and_aliases(registry: kinds.Registry) -> None:
+    doc = service(networks=["front", {"name": "back", "aliases": ["db", "store.v1"]}])
+    admission.admit(doc, registry)
+    bad = service(networks=["front", 5, {"aliases": ["x"]}, {"name": "front"},
+                            {"name": "back", "aliases": ["-db", "a..b", "ok"], "alias": []}])
+    assert errors_of(bad, registry) == [
+        "spec.networks[1]: must be a string or an object, got integer 5",
+        "spec.networks[2].name: required field missing",
+        'spec.networks[4].alias: unknown field "alias"; did you mean "aliases"?',
+        'spec.networks[3]: network "front" is already listed at spec.networks[0]; list each '
+        "network once, with all its aliases",
+        'spec.networks[4].aliases[0]: "-db" is not a valid alias: use letters, digits, '
+        "'_', '.' and '-', starting and ending with a letter or digit (e.g. db)",
+        'spec.networks[4].aliases[1]: "a..b" is not a valid alias: use letters, digits, '
+        "'_', '.' and '-', starting and ending with a letter or digit (e.g. db)"]
 
 
 def test_task_keeps_unknown_fields(registry: kinds.Registry) -> None:

@@ -121,13 +121,38 @@ def test_resources() -> None:
 
 def test_secrets_and_configs_land_where_swarm_puts_them() -> None:
     t = {"secrets": [{"source": "key"}, {"source": "crt", "target": "tls.crt"},
-                     {"source": "abs", "target": "/etc/abs"}],
-         "configs": [{"source": "site"}, {"source": "nginx", "target": "/etc/nginx.conf"}]}
+                     {"source": "abs", "target": "/etc/abs", "uid": "1000", "gid": "50",
+                      "mode": 0o400}],
+         "configs": [{"source": "site"}, {"source": "nginx", "target": "/etc/nginx.conf",
+                                          "mode": 0o555}]}
     assert tpl.secrets(t) == [tpl.FileRef("key", "/run/secrets/key"),
                               tpl.FileRef("crt", "/run/secrets/tls.crt"),
-                              tpl.FileRef("abs", "/etc/abs")]
-    assert tpl.configs(t) == [tpl.FileRef("site", "/site"),
-                              tpl.FileRef("nginx", "/etc/nginx.conf")]
+                              tpl.FileRef("abs", "/etc/abs", "1000", "50", 0o400)]
+    assert tpl.configs(t) == [tpl.FileRef("site", "/site", "0", "0", 0o444),
+                              tpl.FileRef("nginx", "/etc/nginx.conf", mode=0o555)]
+
+
+def test_file_references_refused_as_docker_refuses_them() -> None:
+    t = {"image": "x",
+         "secrets": [{"source": "a", "uid": "root", "mode": 0o1000},
+                     {"source": "b", "target": "../../etc/shadow"},
+                     {"source": "c", "target": "c"}],
+         "configs": [{"source": "d", "target": "etc/d.conf"},
+                     {"source": "e", "target": "/run/secrets/c"}],
+         "mounts": [{"type": "tmpfs", "target": "/e/"}, {"type": "tmpfs", "target": "/e"}]}
+    assert [str(p) for p in tpl.problems(t)] == [
+        'spec.template.secrets[0].uid: must be a numeric id such as "1000" (names are not '
+        'looked up), got string "root"',
+        "spec.template.secrets[0].mode: must be permission bits 0..0o777 (0..511; 0o444 = "
+        "292 is the default), got integer 512",
+        'spec.template.secrets[1].target: must not contain "..", got "../../etc/shadow"',
+        'spec.template.configs[0].target: must be an absolute path, got "etc/d.conf"; '
+        'write "/etc/d.conf" (where Docker puts a relative one)',
+        'spec.template.mounts[1].target: "/e" is already the target of '
+        "spec.template.mounts[0]; give each a different target",
+        'spec.template.configs[1].target: "/run/secrets/c" is already the target of '
+        "spec.template.secrets[2]; give each a different target",
+    ]
 
 
 def test_of_and_garbage_fields_name_their_path() -> None:

@@ -74,3 +74,81 @@ def test_namespace_label_goes_with_its_last_service() -> None:
     assert _resolve(t, f"api.{label}") == ("forward", set())
     t.replace_all([_svc("my_app", "web", "10.254.0.5")])
     assert _resolve(t, f"web.{label}") == ("records", {"10.254.0.5"})
+
+
+# --- aliases ---
+
+BACK = "back_net"
+
+
+def _aliased(namespace: str, name: str, vip: str, aliases: dict[str, list[str]],
+             mode: str = "vip", tasks: tuple[str, ...] = ()) -> ServiceRecord:
+    nets = {NET, BACK}
+    return ServiceRecord(namespace, name, mode,  # type: ignore[arg-type]
+                         {n: A(vip) for n in nets} if mode == "vip" else {},
+                         {n: [A(t) for t in tasks] for n in nets}, aliases)
+
+
+def test_an_alias_answers_like_the_name_but_only_on_its_network() -> None:
+    t = DnsTable()
+    t.set(_aliased("shop", "shop_db", "10.254.0.7", {NET: ["db", "Store_1"]},
+                   tasks=("10.0.9.3", "10.0.9.4")))
+    assert _resolve(t, "db.shop") == ("records", {"10.254.0.7"})
+    assert _resolve(t, "tasks.db.shop") == ("records", {"10.0.9.3", "10.0.9.4"})
+    assert _resolve(t, "STORE_1.shop") == ("records", {"10.254.0.7"})
+    assert _resolve(t, f"{dns_label('Store_1')}.shop") == ("records", {"10.254.0.7"})
+    # A client of the stack (its task owns the source address) uses the short name.
+    assert t.resolve(NET, "db", A("10.0.9.3")).addresses == (A("10.254.0.7"),)
+    # The service is on BACK too, but the alias is not: there it is unknown.
+    assert t.resolve(BACK, "db.shop").kind == "nxdomain"
+    assert t.resolve(BACK, "shop_db.shop").addresses == (A("10.254.0.7"),)
+    t.set(_aliased("shop", "shop_web", "10.254.0.8", {}))
+    t.remove("shop", "shop_db")
+    assert _resolve(t, "db.shop") == ("nxdomain", set())
+
+
+def test_a_name_beats_an_alias_and_a_shared_alias_answers_with_all() -> None:
+    t = DnsTable()
+    t.set(_aliased("s", "web", "10.254.0.1", {}))
+    t.set(_aliased("s", "a", "10.254.0.2", {NET: ["web", "cache"]}))
+    t.set(_aliased("s", "b", "10.254.0.3", {NET: ["cache"]}, mode="dnsrr",
+                   tasks=("10.0.9.8",)))
+    assert _resolve(t, "web.s") == ("records", {"10.254.0.1"})
+    assert _resolve(t, "cache.s") == ("records", {"10.254.0.2", "10.0.9.8"})
+    t.set(_aliased("s", "a", "10.254.0.2", {}))  # its aliases dropped
+    assert _resolve(t, "cache.s") == ("records", {"10.0.9.8"})
+
+
+def test_an_alias_reaches_across_stacks_on_a_shared_network_after_the_own_stack() -> None:
+    t = DnsTable()
+    t.set(_aliased("shop", "shop_app", "10.254.0.1", {NET: ["app"]}, tasks=("10.0.9.1",)))
+    t.set(_aliased("proxy", "proxy_nginx", "10.254.0.2", {NET: ["nginx"]},
+                   tasks=("10.0.9.2",)))
+    # nginx (stack proxy) finds app (stack shop) by its alias on the shared network.
+    assert t.resolve(NET, "app", A("10.0.9.2")).addresses == (A("10.254.0.1"),)
+    assert t.resolve(NET, "tasks.app", A("10.0.9.2")).addresses == (A("10.0.9.1"),)
+    # A stack's own "app" comes first for its own tasks.
+    t.set(_aliased("proxy", "proxy_app", "10.254.0.3", {NET: ["app"]}))
+    assert t.resolve(NET, "app", A("10.0.9.2")).addresses == (A("10.254.0.3"),)
+    assert t.resolve(BACK, "app", A("10.0.9.2")).kind == "nxdomain"
+
+
+def test_a_task_on_two_networks_sees_the_services_of_both() -> None:
+    # worker is on back (where it asks) and front; redis is on front only, db on back.
+    t = DnsTable()
+    t.set(ServiceRecord("voting", "voting_db", "vip", {"back": A("10.254.0.1")},
+                        {"back": [A("10.0.0.5")]}, {"back": ["db"]}))
+    t.set(ServiceRecord("voting", "voting_redis", "vip", {"front": A("10.254.0.2")},
+                        {"front": [A("10.0.1.6")]}, {"front": ["redis"]}))
+    t.set(ServiceRecord("voting", "voting_worker", "vip", {}, {
+        "back": [A("10.0.0.3")], "front": [A("10.0.1.5")]}))
+    worker, lonely = A("10.0.0.3"), A("10.0.0.9")
+    t.set_clients({("back", worker): ("back", "front"), ("front", A("10.0.1.5")): (
+        "back", "front")})
+    # From its own network first, then from its other one, with that network's addresses.
+    assert t.resolve("back", "db", worker).addresses == (A("10.254.0.1"),)
+    assert t.resolve("back", "redis", worker).addresses == (A("10.254.0.2"),)
+    assert t.resolve("back", "voting_redis", worker).addresses == (A("10.254.0.2"),)
+    assert t.resolve("back", "tasks.redis", worker).addresses == (A("10.0.1.6"),)
+    # A client on back only sees back's services.
+    assert t.resolve("back", "redis", lonely).kind == "nxdomain"

@@ -37,6 +37,22 @@ DEFAULT_LOG = Path("/var/log/shoal-dockerd.log")
 _LOCK = Path("/run/shoal-dockerd.lock")
 
 
+DEFAULT_PIDFILE = Path("/var/run/docker.pid")
+
+
+def daemon_pid(pidfile: Path = DEFAULT_PIDFILE) -> int | None:
+    """The pid of the running dockerd (its default ``--pidfile``), None if unknown.
+
+    The agent mounts the tmpfs of its tasks' secrets in this process's mount namespace,
+    which is where dockerd resolves a bind mount's source (docs/agent.md).
+    """
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if Path(f"/proc/{pid}").exists() else None
+
+
 class DockerdError(Exception):
     """dockerd is not reachable and could not be started; the message says why."""
 

@@ -282,6 +282,9 @@ class DockerExecutor:
         entrypoint, cmd = tpl.command(template).resolve(image_cmd)
         res = tpl.resources(template)
         mounts = [docker_mount(m) for m in tpl.mounts(template)]
+        # Secrets and configs: files on the agent's tmpfs, never copied into the container.
+        mounts += [docker.types.Mount(target=f.target, source=f.source, type="bind",
+                                      read_only=True) for f in task.files]
         caps = tpl.capabilities(template)
         host_config = self._api.create_host_config(
             network_mode="none",

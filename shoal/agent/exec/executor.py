@@ -24,6 +24,16 @@ LABEL_NODE = "shoal.io/node"
 
 
 @dataclasses.dataclass(frozen=True)
+class TaskFile:
+    """A secret or config file the agent has written for a task (on its own tmpfs, with
+    the owner and mode asked for): the driver bind-mounts ``source`` read-only at
+    ``target`` inside the task, and never reads or copies it."""
+
+    source: str
+    target: str
+
+
+@dataclasses.dataclass(frozen=True)
 class TaskSpec:
     """What a driver needs to know about one task (copied out of the Task resource)."""
 
@@ -35,6 +45,8 @@ class TaskSpec:
     slot: int | None
     # The Task's spec.template, as written; read it through shoal.crds.template.
     template: Mapping[str, Any]
+    # Its secrets and configs, ready on the node (shoal.agent.taskfiles); hollow ignores.
+    files: tuple[TaskFile, ...] = ()
 
 
 class TaskRejectedError(Exception):

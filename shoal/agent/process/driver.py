@@ -189,6 +189,8 @@ class ProcessExecutor:
             "labels": workload.task_labels(task), "image": template.get("image"),
             "argv": argv, "env": env, "cwd": cwd, "user": user, "hostname": hostname,
             "stop_signal": stop_signal, "healthcheck": template.get("healthcheck"),
+            # Secrets and configs, bind-mounted read-only in the task's own mount namespace.
+            "files": [{"source": f.source, "target": f.target} for f in task.files],
             "privileges": granted.as_spec(),
             "log": str(paths.log), "log_max_bytes": self._log_max_bytes,
             "events_socket": self._socket_name,

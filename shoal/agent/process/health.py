@@ -141,6 +141,9 @@ class HealthChecks:
 async def probe(pid: int, check: workload.HealthSpec, spec: dict[str, Any]) -> tuple[int, str]:
     """Run the test in the task's netns (and as its user); (exit code, output)."""
     argv = ["nsenter", f"--net=/proc/{pid}/ns/net", f"--uts=/proc/{pid}/ns/uts"]
+    if spec.get("files"):
+        # The task's own mounts (its secrets and configs); entering them resets the cwd.
+        argv += [f"--mount=/proc/{pid}/ns/mnt", f"--wd={spec.get('cwd') or '/'}"]
     user = resolve_user(spec.get("user"))
     if user is not None:
         argv += [f"--setuid={user[0]}", f"--setgid={user[1]}"]

@@ -10,8 +10,9 @@ the agent can die and restart without the workload noticing.
 2. The supervisor starts its own session, takes ``DIR/UID.lock`` (flock, held until it
    exits: "a supervisor for this task is alive", immune to pid reuse), starts the
    workload from ``DIR/UID.spec.json`` — in new network and UTS namespaces with
-   loopback up, in its own session (so ``killpg`` reaches all its processes), with the
-   sysctls, limits and capabilities ``privileges.py`` worked out, as the task's user,
+   loopback up (and a mount namespace holding its secrets and configs, if any), in its
+   own session (so ``killpg`` reaches all its processes), with the sysctls, limits and
+   capabilities ``privileges.py`` worked out, as the task's user,
    with the task's environment and working directory — records
    ``DIR/UID.json`` (pid and ``/proc`` start time), and answers the launcher's caller
    with one JSON line on stdout, which it then closes.
@@ -44,9 +45,18 @@ import sys
 import time
 from typing import Any
 
+CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWNET = 0x40000000
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+SECRETS_DIR = "/run/secrets"
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
@@ -133,6 +143,37 @@ def resolve_user(user: str | None) -> tuple[int, int, list[int]] | None:
     return uid, gid, groups
 
 
+def _mount(libc: Any, source: str | None, target: str, fstype: str | None, flags: int,
+           data: str | None = None) -> None:
+    def enc(text: str | None) -> bytes | None:
+        return None if text is None else text.encode()
+    if libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"mount {source} on {target}: {os.strerror(errno)}")
+
+
+def _mount_files(libc: Any, files: list[dict[str, str]]) -> None:
+    """In the child's new mount namespace: each file bind-mounted read-only at its target.
+
+    The task runs on the host's filesystem, so a mount point must exist there: secrets
+    under /run/secrets get a tmpfs of their own there (only an empty /run/secrets is left
+    on the host); any other target that does not exist is created as an empty file, the
+    way dockerd creates a missing mount point in a container's root.
+    """
+    _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)  # nothing leaks back to the host
+    if any(f["target"].startswith(SECRETS_DIR + "/") for f in files):
+        os.makedirs(SECRETS_DIR, mode=0o755, exist_ok=True)
+        _mount(libc, "shoal-secrets", SECRETS_DIR, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+    for f in files:
+        target = f["target"]
+        if not os.path.lexists(target):
+            os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444))
+        _mount(libc, f["source"], target, None, MS_BIND)
+        _mount(libc, None, target, None,
+               MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
 def _apply_privileges(libc: Any, granted: dict[str, Any]) -> None:
     """The template's sysctls, ulimits and dropped capabilities (see privileges.py), in
     the child, in that order: writing a sysctl or raising a limit may need a capability
@@ -172,7 +213,8 @@ def _apply_privileges(libc: Any, granted: dict[str, Any]) -> None:
 def _enter_namespaces(spec: dict[str, Any], hostname: str,
                       user: tuple[int, int, list[int]] | None) -> None:
     """In the workload child, before exec: new netns + UTS ns (+ IPC ns for IPC
-    sysctls), lo up, the template's privileges, then drop to user.
+    sysctls, + mount ns for secrets and configs), the task's files mounted, lo up, the
+    template's privileges, then drop to user.
 
     Runs after fork in a single-threaded process, so using ctypes and sockets is safe.
     Failures are written to the task's stderr (the log) and end the child with 126.
@@ -182,9 +224,13 @@ def _enter_namespaces(spec: dict[str, Any], hostname: str,
             signal.signal(sig, signal.SIG_DFL)
         libc = ctypes.CDLL(None, use_errno=True)
         granted: dict[str, Any] = spec.get("privileges") or {}
-        flags = CLONE_NEWNET | CLONE_NEWUTS | (CLONE_NEWIPC if granted.get("new_ipc") else 0)
+        files: list[dict[str, str]] = spec.get("files") or []
+        flags = (CLONE_NEWNET | CLONE_NEWUTS | (CLONE_NEWIPC if granted.get("new_ipc") else 0)
+                 | (CLONE_NEWNS if files else 0))
         if libc.unshare(flags) != 0:
             raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET|CLONE_NEWUTS)")
+        if files:
+            _mount_files(libc, files)
         name = hostname.encode()[:64]
         if libc.sethostname(name, len(name)) != 0:
             raise OSError(ctypes.get_errno(), "sethostname")
