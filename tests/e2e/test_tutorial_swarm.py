@@ -322,7 +322,7 @@ async def test_constraints_with_node_labels(tutorial: Tutorial) -> None:
     # docker service create --constraint node.labels.zone==west --name west: no node
     # matches, so it is not reported converged; `service ps` says why.
     out = t.swctl("apply", "-f", t.write("west.yaml", service(
-        "west", SLEEP, constraints=["node.labels.zone==west"])), "--timeout", "8",
+        "west", SLEEP, constraints=["node.labels.zone==west"])), "--timeout", "5",
         expect=1)
     assert "service/west created" in out.stdout.splitlines(), out.stdout
     assert "Service converged" not in out.stdout, out.stdout
@@ -526,11 +526,11 @@ async def test_never_healthy_service_is_not_reported_converged(tutorial: Tutoria
     doc = service("never", SLEEP, restartPolicy={"condition": "any", "delay": "1s"})
     doc["spec"]["template"]["healthcheck"] = {
         "test": ["CMD-SHELL", "false"], "interval": "1s", "timeout": "1s", "retries": 2}
-    out = t.swctl("apply", "-f", t.write("never.yaml", doc), "--timeout", "10", expect=1)
+    out = t.swctl("apply", "-f", t.write("never.yaml", doc), "--timeout", "5", expect=1)
     assert "Service converged" not in out.stdout, out.stdout
     # Either the wait ran out with the task still starting (its check not passed yet) or
     # it saw the task fail: both say so and neither counts it as running.
-    assert "did not converge within 10s: 0 out of 1 tasks running" in out.stderr or (
+    assert "did not converge within 5s: 0 out of 1 tasks running" in out.stderr or (
         "container unhealthy" in out.stderr), out.stderr
     # docker service ps never: the failed task says why.
     await until(lambda: _ps_when(t, "never", lambda tasks: any(

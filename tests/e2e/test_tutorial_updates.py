@@ -41,7 +41,7 @@ OLD = "shoal/busybox:redis-306"  # the tutorial's redis:3.0.6 and 3.0.7: two tag
 NEW = "shoal/busybox:redis-307"  # the test image, as no registry is reachable here
 MISSING = "shoal/not-built-here:1"  # no such image and no registry: it cannot start
 SLEEP = ["sleep", "3600"]
-DELAY = 4  # the tutorial's --update-delay 1m05s, shortened
+DELAY = 3  # the tutorial's --update-delay 1m05s, shortened
 WAIT = ("--timeout", "120s", "--verify-window", "0.5")
 # Swarm's 5 s monitor period is waited out after each rollout's last batch; these steps
 # are not about it (the bad image is rejected at once, a failure whenever it comes), so a
@@ -97,9 +97,10 @@ def _stamp(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
-def batches(created: list[float], gap: float = 2.0) -> list[list[float]]:
+def batches(created: list[float], gap: float = 1.5) -> list[list[float]]:
     """Creation times grouped into batches: a new batch where the gap to the previous
-    task exceeds ``gap`` seconds (one batch is created in one pass, within a second)."""
+    task exceeds ``gap`` seconds (one batch is created in one pass, within a second,
+    and whole-second stamps of batches DELAY apart differ by at least DELAY - 1)."""
     out: list[list[float]] = []
     for t in sorted(created):
         if out and t - out[-1][-1] <= gap:
