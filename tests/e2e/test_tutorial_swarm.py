@@ -41,7 +41,9 @@ pytestmark = pytest.mark.timeout(240)
 WHOAMI = ["sh", "-c", "hostname > /www/index.html && exec httpd -f -p 80 -h /www"]
 # The tutorial's `alpine ping docker.com`: no registry or internet here, so a loop.
 HELLO = ["sh", "-c", "while true; do echo hello docker; sleep 1; done"]
-SLEEP = ["sleep", "3600"]
+# `sleep 3600` that ends when told to stop: as PID 1, sleep ignores SIGTERM, and every
+# stop (update batch, drain, move, rm) would wait out the grace period instead.
+SLEEP = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
 UPDATED_IMAGE = "shoal/busybox:tutorial-2"
 
 

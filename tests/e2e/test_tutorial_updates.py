@@ -40,7 +40,9 @@ pytestmark = pytest.mark.timeout(300)
 OLD = "shoal/busybox:redis-306"  # the tutorial's redis:3.0.6 and 3.0.7: two tags of
 NEW = "shoal/busybox:redis-307"  # the test image, as no registry is reachable here
 MISSING = "shoal/not-built-here:1"  # no such image and no registry: it cannot start
-SLEEP = ["sleep", "3600"]
+# `sleep 3600` that ends when told to stop: as PID 1, sleep ignores SIGTERM, and every
+# stop (update batch, drain, move, rm) would wait out the grace period instead.
+SLEEP = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
 DELAY = 3  # the tutorial's --update-delay 1m05s, shortened
 WAIT = ("--timeout", "120s", "--verify-window", "0.5")
 # Swarm's 5 s monitor period is waited out after each rollout's last batch; these steps
