@@ -8,6 +8,7 @@ SHOAL_KEYRING (made on first use), so any test may apply a Secret. Reading a lon
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import shutil
@@ -17,7 +18,9 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from shoal.crds import sealed
 
@@ -124,3 +127,43 @@ spec:
 
 def service(name: str, replicas: int = 1, tier: str = "front") -> str:
     return SERVICE.format(name=name, replicas=replicas, tier=tier)
+
+
+class Cluster:
+    """A test module's processes (controller-manager, agents): ``start`` one (again,
+    after a kill) under a name, its output in ``<name>.log`` beside the test's files."""
+
+    def __init__(self, swctl: Swctl) -> None:
+        self.swctl = swctl
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: list[IO[bytes]] = []
+
+    def start(self, name: str, *args: str) -> None:
+        log = open(self.swctl.cwd / f"{name}.log", "ab")  # closed by hollow_cluster
+        self.logs.append(log)
+        self.procs[name] = subprocess.Popen(command(*args), env=self.swctl.env,
+                                            cwd=self.swctl.cwd, stdout=log,
+                                            stderr=subprocess.STDOUT)
+
+
+@contextlib.contextmanager
+def hollow_cluster(swctl: Swctl, *agent_flags: str, nodes: int = 3) -> Iterator[Cluster]:
+    """A controller-manager and one agent serving ``nodes`` hollow nodes (n-0, n-1, ...),
+    ready when ``node ls`` says so; every process stopped on the way out."""
+    from tests.helpers import eventually_sync, stop_processes
+
+    c = Cluster(swctl)
+    try:
+        c.start("manager", "controller-manager")
+        c.start("agent", "agent", "--runtime", "hollow", "--count", str(nodes), "--name",
+                "n", *agent_flags)
+
+        def ready() -> bool:
+            rows = swctl("node", "ls").stdout.splitlines()[1:]
+            return sum("ready" in row.split() for row in rows) >= nodes
+        eventually_sync(ready, 20, f"{nodes} hollow nodes ready")
+        yield c
+    finally:
+        stop_processes(list(c.procs.values()), timeout=10)
+        for log in c.logs:
+            log.close()

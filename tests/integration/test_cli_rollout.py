@@ -31,8 +31,7 @@ import pytest
 from shoal.crds import kinds
 from shoal.store import client, etcd_server
 from tests.helpers import eventually_sync as eventually
-from tests.helpers import stop_processes
-from tests.integration.cli_support import Swctl, command
+from tests.integration.cli_support import Cluster, Swctl, hollow_cluster
 
 NODES = ["n-0", "n-1", "n-2"]
 VERIFY = ("--verify-window", "0.3")
@@ -67,44 +66,14 @@ def manifest(name: str, image: str = "shoal/busybox:1.0", replicas: int = 3, for
 
 
 
-class Cluster:
-    """The module's processes: ``start`` one (again, after a kill) under a name."""
-
-    def __init__(self, swctl: Swctl) -> None:
-        self.swctl = swctl
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.logs: list[Any] = []
-
-    def start(self, name: str, *args: str) -> None:
-        log = open(self.swctl.cwd / f"{name}.log", "ab")  # closed by the fixture
-        self.logs.append(log)
-        self.procs[name] = subprocess.Popen(command(*args), env=self.swctl.env,
-                                            cwd=self.swctl.cwd, stdout=log,
-                                            stderr=subprocess.STDOUT)
-
 
 @pytest.fixture(scope="module")
 def cluster(etcd: etcd_server.EtcdServer,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    prefix = f"/t-{uuid.uuid4().hex[:12]}"
-    cwd = tmp_path_factory.mktemp("rollout")
-    swctl = Swctl(etcd.url, prefix, cwd)
-    c = Cluster(swctl)
-    try:
-        c.start("manager", "controller-manager")
-        # Tasks take 0.3 s to start: long enough to catch a rollout half-way.
-        c.start("agent", "agent", "--runtime", "hollow", "--count", "3", "--name", "n",
-                "--hollow-start-delay", "0.3")
-
-        def ready() -> bool:
-            rows = swctl("node", "ls").stdout.splitlines()[1:]
-            return sum("ready" in row.split() for row in rows) >= 3
-        eventually(ready, 20, "3 hollow nodes ready")
+    swctl = Swctl(etcd.url, f"/t-{uuid.uuid4().hex[:12]}", tmp_path_factory.mktemp("rollout"))
+    # Tasks take 0.3 s to start: long enough to catch a rollout half-way.
+    with hollow_cluster(swctl, "--hollow-start-delay", "0.3") as c:
         yield c
-    finally:
-        stop_processes(list(c.procs.values()), timeout=10)
-        for log in c.logs:
-            log.close()
 
 
 def tasks(swctl: Swctl, service: str) -> list[dict[str, Any]]:

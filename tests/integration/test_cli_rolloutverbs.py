@@ -22,9 +22,8 @@ import pytest
 
 from shoal.store import etcd_server
 from tests.helpers import eventually_sync as eventually
-from tests.helpers import stop_processes
-from tests.integration.cli_support import Swctl
-from tests.integration.test_cli_rollout import Cluster, running, tasks, update_status
+from tests.integration.cli_support import Cluster, Swctl, hollow_cluster
+from tests.integration.test_cli_rollout import running, tasks, update_status
 
 VERIFY = ("--verify-window", "0.3")
 COMMAND = ("httpd", "-f", "-p", "8080")
@@ -49,21 +48,8 @@ def cluster(etcd: etcd_server.EtcdServer,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     swctl = Swctl(etcd.url, f"/t-{uuid.uuid4().hex[:12]}",
                   tmp_path_factory.mktemp("rolloutverbs"))
-    c = Cluster(swctl)
-    try:
-        c.start("manager", "controller-manager")
-        c.start("agent", "agent", "--runtime", "hollow", "--count", "3", "--name", "n",
-                "--hollow-start-delay", "0.3")
-
-        def ready() -> bool:
-            rows = swctl("node", "ls").stdout.splitlines()[1:]
-            return sum("ready" in row.split() for row in rows) >= 3
-        eventually(ready, 20, "3 hollow nodes ready")
+    with hollow_cluster(swctl, "--hollow-start-delay", "0.3") as c:
         yield c
-    finally:
-        stop_processes(list(c.procs.values()), timeout=10)
-        for log in c.logs:
-            log.close()
 
 
 def stored(swctl: Swctl, name: str) -> dict[str, Any]:

@@ -23,10 +23,7 @@ import pytest
 import yaml
 
 from shoal.store import etcd_server
-from tests.helpers import eventually_sync as eventually
-from tests.helpers import stop_processes
-from tests.integration.cli_support import Swctl
-from tests.integration.test_cli_rollout import Cluster
+from tests.integration.cli_support import Cluster, Swctl, hollow_cluster
 
 VERIFY = ("--verify-window", "0.3")
 CORPUS = Path("/work/shared/corpus/stacks")
@@ -81,21 +78,8 @@ def stack_file(web_image: str = "1.0", db: bool = True) -> str:
 def cluster(etcd: etcd_server.EtcdServer,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     swctl = Swctl(etcd.url, f"/t-{uuid.uuid4().hex[:12]}", tmp_path_factory.mktemp("stack"))
-    c = Cluster(swctl)
-    try:
-        c.start("manager", "controller-manager")
-        c.start("agent", "agent", "--runtime", "hollow", "--count", "3", "--name", "n",
-                "--role", "manager", "--hollow-start-delay", "0.1")
-
-        def ready() -> bool:
-            rows = swctl("node", "ls").stdout.splitlines()[1:]
-            return sum("ready" in row.split() for row in rows) >= 3
-        eventually(ready, 20, "3 hollow nodes ready")
+    with hollow_cluster(swctl, "--role", "manager", "--hollow-start-delay", "0.1") as c:
         yield c
-    finally:
-        stop_processes(list(c.procs.values()), timeout=10)
-        for log in c.logs:
-            log.close()
 
 
 def listing(swctl: Swctl, namespace: str) -> list[dict[str, Any]]:

@@ -22,9 +22,8 @@ from shoal.runtime import cas
 from shoal.store import client
 from tests.helpers import eventually_sync as eventually
 from tests.integration import test_cli_rollout as rollout
-from tests.integration.cli_support import Swctl
+from tests.integration.cli_support import Cluster, Swctl
 from tests.integration.test_cli_rollout import (
-    Cluster,
     apply,
     manifest,
     running,
