@@ -592,6 +592,10 @@ async def wait_for_services(store: client.Store, refs: Sequence[tuple[str, str]]
     watches = [ServiceWatch(s, title(s)) for s in services]
     for w in watches:
         w.asked_rollback = asked_rollback
+        if asked_rollback:
+            # Docker prints its first line at once; the updater's status says the same
+            # only once it takes the request up, which can be after the first progress.
+            w.header = updatestatus.MANUAL_ROLLBACK_HEADER
     needs_nodes = any(w.mode == taskview.GLOBAL for w in watches)
     feed = _Feed(store, registry.lookup("tasks"),
                  registry.lookup("nodes") if needs_nodes else None,

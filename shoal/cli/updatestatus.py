@@ -51,6 +51,10 @@ class Verdict:
     updater_reports: bool = False
 
 
+#: The first line of a rollback asked for by hand.
+MANUAL_ROLLBACK_HEADER: Final = f"rollback: {um.MANUAL_ROLLBACK}"
+
+
 def _rollback_header(service: resource.Resource, status: dict[str, object]) -> str | None:
     """Swarm's first line of a rollback: ``rollback: manually requested rollback``, or
     ``rollback: update rolled back due to failure of task ...`` — from the updater's
@@ -60,7 +64,7 @@ def _rollback_header(service: resource.Resource, status: dict[str, object]) -> s
     reason = service.metadata.annotations.get(um.ROLLBACK_REASON)
     if reason:
         return f"rollback: update rolled back due to failure of {reason}"
-    return f"rollback: {um.MANUAL_ROLLBACK}"
+    return MANUAL_ROLLBACK_HEADER
 
 
 def automatic_rollback(service: resource.Resource) -> bool:
