@@ -8,14 +8,20 @@ a leader-election key, so a controller that lost its lease cannot write at all.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import dataclasses
+import functools
 import os
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import structlog
+
 from shoal.crds import kinds, resource, selectors
-from shoal.store import codec, echo, errors, etcd, groupcommit
+from shoal.store import codec, echo, errors, etcd, groupcommit, retry
+
+log = structlog.get_logger("shoal.store.client")
 
 # etcd's default --max-txn-ops: a larger batch is split by callers (see ``commit``).
 MAX_TXN_OPS = 128
@@ -73,9 +79,11 @@ class Store:
     """Resources of every kind under one key prefix (``/shoal`` by default) of one etcd."""
 
     def __init__(self, client: etcd.EtcdClient, prefix: str = "/shoal",
-                 echoes: bool = False) -> None:
+                 echoes: bool = False, retry_policy: retry.Policy = retry.DEFAULT) -> None:
         self.etcd = client
         self.prefix = "/" + prefix.strip("/")
+        # Every call retries through a member's death (see ``shoal.store.retry``).
+        self.retry = retry_policy
         self._group = groupcommit.GroupCommitter(self._txn)
         # Objects written with ``commit(share=True)``, for this store's watches to take
         # instead of decoding their echo (``shoal.store.echo``).
@@ -117,7 +125,8 @@ class Store:
 
     async def get(self, info: kinds.KindInfo, name: str,
                   namespace: str | None = None) -> resource.Resource:
-        kvs, _, _ = await self.etcd.range(self.key(info, name, namespace))
+        key = self.key(info, name, namespace)
+        kvs, _, _ = await self._range(key)
         ref = _ref(info, name, self._ns(info, namespace))
         if not kvs:
             raise errors.NotFoundError(ref)
@@ -139,7 +148,9 @@ class Store:
         end = etcd.prefix_end(start)
         out: builtins.list[resource.Resource] = []
         while True:
-            kvs, rev, more = await self.etcd.range_raw(start, end, revision, page_size)
+            kvs, rev, more = await retry.call(
+                self.retry, "range", functools.partial(self.etcd.range_raw, start, end,
+                                                       revision, page_size), start.decode())
             revision = revision or rev
             for kv in kvs:
                 obj = codec.try_decode(kv.key, kv.value, kv.mod_revision)
@@ -298,9 +309,58 @@ class Store:
             raise errors.ConflictError(f"batch of {len(ops)} ({refs}{more})")
         return [self._stored(obj, rev) if obj is not None else None for obj in prepared]
 
+    async def _range(self, key: bytes, end: bytes | None = None,
+                     keys_only: bool = False) -> tuple[builtins.list[etcd.KV], int, bool]:
+        return await retry.call(self.retry, "range",
+                                functools.partial(self.etcd.range, key, end,
+                                                  keys_only=keys_only), key.decode())
+
     async def _txn(self, compares: Sequence[Any], ops: Sequence[Any]) -> tuple[bool, int]:
-        ok, rev, _ = await self.etcd.txn(compares, ops)
+        ok, rev, _ = await self.txn(compares, ops)
         return ok, rev
+
+    async def txn(self, compares: Sequence[Any], ops: Sequence[Any],
+                  ) -> tuple[bool, int, builtins.list[Any]]:
+        """One etcd transaction, retried through a member's death without applying twice.
+
+        An attempt that got no answer may have been applied. Its retry then fails its
+        compares (every write here is guarded), and the keys are read back: if they hold
+        exactly what this transaction wrote, it is reported as the success it was (with
+        no responses). See ``shoal.store.retry``.
+        """
+        keys = retry.touched_keys(ops)
+        what = keys[0].decode(errors="replace") if keys else ""
+        attempts = retry.Attempts(self.retry, "txn", what)
+        while True:
+            try:
+                async with asyncio.timeout(attempts.timeout()):
+                    ok, rev, responses = await self.etcd.txn(compares, ops)
+            except (errors.UnavailableError, TimeoutError) as exc:
+                await attempts.failed(exc)
+                continue
+            if ok or not attempts.failures or not keys:
+                return ok, rev, responses
+            current, landed_rev = await self._read_back(keys)
+            if retry.landed(ops, current):
+                log.info("an earlier attempt of this write was applied", key=what,
+                         revision=landed_rev or rev)
+                return True, landed_rev or rev, []
+            return ok, rev, responses
+
+    async def _read_back(self, keys: builtins.list[bytes],
+                         ) -> tuple[dict[bytes, tuple[bytes, int] | None], int]:
+        """Each key's (value, lease) or None, and the newest mod revision among them."""
+        async def read() -> tuple[bool, int, builtins.list[Any]]:
+            return await self.etcd.txn([], [etcd.op_get(k) for k in keys])
+        _, _, responses = await retry.call(self.retry, "read-back", read,
+                                           keys[0].decode(errors="replace"))
+        current: dict[bytes, tuple[bytes, int] | None] = dict.fromkeys(keys)
+        newest = 0
+        for resp in responses:
+            for kv in resp.response_range.kvs:
+                current[kv.key] = (kv.value, kv.lease)
+                newest = max(newest, kv.mod_revision)
+        return current, newest
 
     async def _write(self, compares: builtins.list[Any], ops: builtins.list[Any],
                      fence: Fence | None, key: bytes | None = None) -> tuple[bool, int]:
@@ -317,7 +377,7 @@ class Store:
         if ok or fence is None:
             return ok, rev
         # Tell a lost lease apart from an ordinary conflict.
-        held, _, _ = await self.etcd.txn([etcd.cmp_lease(fence.key, fence.lease)], [])
+        held, _, _ = await self.txn([etcd.cmp_lease(fence.key, fence.lease)], [])
         if not held:
             raise errors.FencedError("write", fence.key.decode())
         return False, rev
@@ -329,33 +389,42 @@ class Store:
 
     # --- raw keys, leases ---
 
+    # A lease granted by an attempt that got no answer is never used and expires after
+    # its TTL; keepalives and revokes are idempotent. So all three are simply retried.
+
     async def grant_lease(self, ttl: int) -> int:
-        return await self.etcd.lease_grant(ttl)
+        return await retry.call(self.retry, "lease-grant",
+                                functools.partial(self.etcd.lease_grant, ttl))
 
     async def keepalive(self, lease_id: int) -> int:
-        return await self.etcd.lease_keepalive(lease_id)
+        return await retry.call(self.retry, "lease-keepalive",
+                                functools.partial(self.etcd.lease_keepalive, lease_id))
 
     async def revoke_lease(self, lease_id: int) -> None:
-        await self.etcd.lease_revoke(lease_id)
+        await retry.call(self.retry, "lease-revoke",
+                         functools.partial(self.etcd.lease_revoke, lease_id))
 
     async def raw_get(self, key: bytes) -> etcd.KV | None:
-        kvs, _, _ = await self.etcd.range(key)
+        kvs, _, _ = await self._range(key)
         return kvs[0] if kvs else None
 
     async def raw_put(self, key: bytes, value: bytes, lease: int = 0) -> int:
-        return await self.etcd.put(key, value, lease)
+        # An unconditional put of the same bytes twice leaves the same state.
+        return await retry.call(self.retry, "put",
+                                functools.partial(self.etcd.put, key, value, lease),
+                                key.decode(errors="replace"))
 
     async def raw_create(self, key: bytes, value: bytes, lease: int = 0) -> bool:
         """Put ``key`` only if it does not exist (a lock acquire); True if this call made it."""
-        ok, _, _ = await self.etcd.txn([etcd.cmp_absent(key)], [etcd.op_put(key, value, lease)])
+        ok, _, _ = await self.txn([etcd.cmp_absent(key)], [etcd.op_put(key, value, lease)])
         return ok
 
     async def raw_delete_if_lease(self, key: bytes, lease: int) -> bool:
-        ok, _, _ = await self.etcd.txn([etcd.cmp_lease(key, lease)], [etcd.op_delete(key)])
+        ok, _, _ = await self.txn([etcd.cmp_lease(key, lease)], [etcd.op_delete(key)])
         return ok
 
     async def raw_list(self, prefix: bytes) -> tuple[builtins.list[etcd.KV], int]:
-        kvs, rev, _ = await self.etcd.range(prefix, etcd.prefix_end(prefix))
+        kvs, rev, _ = await self._range(prefix, etcd.prefix_end(prefix))
         return kvs, rev
 
     def raw_watch(self, prefix: bytes, start_revision: int,

@@ -303,3 +303,41 @@ async def test_embedded_etcd_compacts_its_history(
     finally:
         await store.close()
         server.kill()
+
+
+class _LostAnswers(etcd.EtcdClient):
+    """A real client whose next ``lose`` transactions are applied by etcd but answered
+    with the error a member dying mid-call gives: the ambiguous write of a failover."""
+
+    lose = 0
+
+    async def txn(self, compares, success, failure=()):  # type: ignore[no-untyped-def]
+        result = await super().txn(compares, success, failure)
+        if self.lose:
+            self.lose -= 1
+            raise errors.UnavailableError(self.url, "unavailable: member died")
+        return result
+
+
+async def test_ambiguous_write_is_retried_once_and_reported_as_what_happened(
+        etcd: etcd_server.EtcdServer, prefix: str) -> None:
+    lossy = _LostAnswers(etcd.url)
+    await lossy.connect()
+    s = client.Store(lossy, prefix)
+    try:
+        lossy.lose = 1
+        made = await s.create(WIDGET, widget("a", size=1))  # applied, answer lost: success
+        stored = await s.get(WIDGET, "a")
+        assert stored.metadata.uid == made.metadata.uid
+        assert made.metadata.resourceVersion == stored.metadata.resourceVersion
+        rival = stored.deepcopy()
+        rival.spec["size"] = 2
+        await s.update(WIDGET, rival)
+        mine = stored.deepcopy()
+        mine.spec["size"] = 3
+        lossy.lose = 1  # a stale update whose retry fails: someone else wrote, not us
+        with pytest.raises(errors.ConflictError):
+            await s.update(WIDGET, mine)
+        assert (await s.get(WIDGET, "a")).spec["size"] == 2
+    finally:
+        await s.close()

@@ -1,0 +1,32 @@
+"""``shoal.store.retry``: when an ambiguous write counts as landed, and the attempt clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from shoal.store import errors, etcd, retry
+
+
+def test_landed_needs_every_put_with_its_value_and_lease_and_every_delete_gone() -> None:
+    ops = [etcd.op_put(b"a", b"1"), etcd.op_put(b"b", b"2", lease=7), etcd.op_delete(b"c")]
+    assert retry.landed(ops, {b"a": (b"1", 0), b"b": (b"2", 7), b"c": None})
+    assert not retry.landed(ops, {b"a": (b"1", 0), b"b": (b"2", 8), b"c": None})  # lease
+    assert not retry.landed(ops, {b"a": (b"0", 0), b"b": (b"2", 7), b"c": None})  # value
+    assert not retry.landed(ops, {b"a": (b"1", 0), b"b": (b"2", 7), b"c": (b"x", 0)})
+    assert not retry.landed(ops, {b"b": (b"2", 7)})  # a put key that is not there
+
+
+def test_touched_keys_skip_reads() -> None:
+    ops = [etcd.op_get(b"r"), etcd.op_put(b"a", b"1"), etcd.op_delete(b"c")]
+    assert retry.touched_keys(ops) == [b"a", b"c"]
+
+
+async def test_attempts_double_then_give_up_with_the_store_error() -> None:
+    policy = retry.Policy(budget=0.3, first_attempt=0.1, max_attempt=0.4, backoff=0.01)
+    attempts = retry.Attempts(policy, "txn")
+    assert attempts.timeout() == 0.1
+    await attempts.failed(TimeoutError())
+    assert 0.2 <= attempts.timeout() <= 0.3  # doubled, capped by what is left
+    with pytest.raises(errors.UnavailableError, match=r"no answer to txn within 0\.3 s"):
+        for _ in range(100):
+            await attempts.failed(TimeoutError())
