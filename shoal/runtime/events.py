@@ -135,9 +135,9 @@ async def _bump(store: client.Store, info: kinds.KindInfo, event: resource.Resou
     event.spec["count"] = int(event.spec.get("count", 1)) + 1
     event.spec["lastTimestamp"] = resource.now_rfc3339()
     # Store.update would drop the key's lease (a put without one detaches it), so this
-    # is the one write done by hand: same CAS, plus the lease.
+    # is the one write done by hand: same CAS, plus the lease (retried as every write is).
     key = store.key(info, event.name, event.namespace)
-    ok, revision, _ = await store.etcd.txn(
+    ok, revision, _ = await store.txn(
         [etcd.cmp_mod(key, int(event.metadata.resourceVersion))],
         [etcd.op_put(key, codec.encode(event), lease)])
     if not ok:

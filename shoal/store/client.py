@@ -92,9 +92,22 @@ class Store:
     @classmethod
     async def connect(cls, url: str, prefix: str = "/shoal", timeout: float = 5.0,
                       echoes: bool = False) -> Store:
-        client = etcd.EtcdClient(url)
-        await client.connect(timeout=timeout)
-        return cls(client, prefix, echoes)
+        """Connect within ``timeout`` seconds, or UnavailableError.
+
+        The first read may meet a member mid-election ("leader changed") and fail at once,
+        long before ``timeout``: that is retried on a fresh channel until the time is up.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            client = etcd.EtcdClient(url)
+            try:
+                await client.connect(timeout=max(0.1, deadline - loop.time()))
+                return cls(client, prefix, echoes)
+            except errors.UnavailableError:
+                if loop.time() + 0.1 >= deadline:
+                    raise
+            await asyncio.sleep(0.1)
 
     @property
     def url(self) -> str:
@@ -398,7 +411,8 @@ class Store:
 
     async def keepalive(self, lease_id: int) -> int:
         return await retry.call(self.retry, "lease-keepalive",
-                                functools.partial(self.etcd.lease_keepalive, lease_id))
+                                functools.partial(self.etcd.lease_keepalive, lease_id),
+                                f"lease {lease_id:x}")
 
     async def revoke_lease(self, lease_id: int) -> None:
         await retry.call(self.retry, "lease-revoke",
