@@ -224,6 +224,12 @@ class KeepaliveStream:
         if len(frames) > 2 * len(leases) + 64:  # leases replaced over time
             self._frames = {lease: frames[lease] for lease in leases if lease in frames}
         results = self._results
+        if not results and self._stream is stream and len(self._endpoints) > 1:
+            # Not one answer in a whole round from a connected member: it is cut off from
+            # its cluster's leader, or wedged. The next round opens on another member.
+            log.warning("lease keepalive round unanswered; moving to another member",
+                        key=self.url)
+            await self.close()
         return {lease: results.get(lease) for lease in leases}
 
     async def _ready_stream(self) -> _Stream:

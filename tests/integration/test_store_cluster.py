@@ -91,13 +91,19 @@ async def test_leader_killed_under_writes_watch_and_keepalives(
         async def all_seen() -> bool:
             return len(seen) >= len(names)
         await eventually(all_seen, timeout=10, what="every created widget watched")
+
+        async def kept_alive() -> bool:  # the writes may be done before the next round
+            return any(ttl for at, ttl in ttls if at > killed_at)
+        await eventually(kept_alive, timeout=10, what="a keepalive answered after the kill")
     finally:
         watcher.cancel()
         keeper.cancel()
         await asyncio.gather(watcher, keeper, return_exceptions=True)
         await stream.close()
-    # No call hangs: each ends within the failover deadline (plus scheduling slack).
-    assert max(durations) < etcd.FAILOVER_CALL_TIMEOUT + 1.0, max(durations)
+    # No call hangs: each ends within two failover deadlines (plus scheduling slack): the
+    # store retries an attempt stuck on the dead leader itself (shoal.store.retry), and
+    # the retry may still meet the election.
+    assert max(durations) < 2 * etcd.FAILOVER_CALL_TIMEOUT + 1.0, max(durations)
     assert written_at - killed_at < 15
     # The watch resumed without losing or repeating an event, in write order.
     assert [(t, n) for t, n, _ in seen] == [("ADDED", n) for n in names]
