@@ -9,6 +9,14 @@ The work of a leader runs in its own task, cancelled the moment leadership is in
 keepalive answers 0, keepalives stop getting through for a whole TTL, or the key is
 deleted or rewritten. A clean shutdown revokes the lease so a follower takes over at
 once instead of after the TTL.
+
+Doubt is not loss. When keepalives merely went unanswered (etcd electing a new leader
+takes 1-2 s, more on a loaded machine, and a TTL is only 3 s), the lease is kept, not
+revoked: etcd expires leases only through its leader, and a new leader renews every
+lease for a whole TTL when it takes over. The next campaign first asks etcd about that
+lease; if it is alive and still holds the key, leadership resumes on it at once, with the
+same fence, instead of the key lingering until the lease expires and a standby taking over
+seconds later.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ DEFAULT_TTL = 3.0
 #: Leader keys live under ``<prefix>/leases/controllers/<controller name>``.
 LEASES = ("leases", "controllers")
 Work = Callable[[client.Fence], Coroutine[Any, Any, None]]
+# Why a leadership ended: the work crashed, the lease is known gone, or it may be.
+_CRASHED, _LOST, _DOUBT = "crashed", "lost", "doubt"
 
 
 class LeaderElector:
@@ -47,6 +57,9 @@ class LeaderElector:
         self.key = store.raw_key(*LEASES, name)
         self._recheck = recheck  # how often a quiet follower re-reads the key anyway
         self._fence: client.Fence | None = None
+        # The lease of a leadership given up in doubt (keepalives unanswered), which the
+        # next campaign may resume on; 0 when there is none.
+        self._kept_lease = 0
         self._gauge = metrics.LEADER.labels(name, identity)
         self._gauge.set(0)
 
@@ -66,6 +79,12 @@ class LeaderElector:
 
     async def run(self, work: Work) -> None:
         """Campaign forever; while leader, run ``work(fence)``. Cancel to stop (and resign)."""
+        try:
+            await self._campaign(work)
+        finally:
+            await self.resign()  # a lease kept through doubt, on the way out
+
+    async def _campaign(self, work: Work) -> None:
         delay = 0.1
         while True:
             try:
@@ -74,11 +93,13 @@ class LeaderElector:
                 log.warning("leader election: etcd unavailable", controller=self.name,
                             error=str(exc), retry_in=delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.ttl)
+                # A lease kept through doubt must hear from us at keepalive pace, or it
+                # would lapse between tries once etcd answers again.
+                delay = min(delay * 2, self.ttl / 3 if self._kept_lease else self.ttl)
                 continue
             delay = 0.1
-            crashed = await self._lead(fence, granted_at, revision, work)
-            if crashed:
+            outcome = await self._lead(fence, granted_at, revision, work)
+            if outcome == _CRASHED:
                 # The work itself failed; leadership was handed back. Pause so a
                 # deterministic crash does not spin, then campaign again.
                 await asyncio.sleep(self.ttl)
@@ -89,6 +110,10 @@ class LeaderElector:
         loop = asyncio.get_running_loop()
         while True:
             kv = await self.store.raw_get(self.key)
+            if self._kept_lease:
+                resumed = await self._resume(kv)
+                if resumed is not None:
+                    return resumed
             if kv is not None:
                 log.debug("following", controller=self.name, leader=kv.value.decode())
                 await self._wait_for_release(kv.mod_revision)
@@ -107,6 +132,24 @@ class LeaderElector:
                 return client.Fence(self.key, lease), granted_at, mine.mod_revision
             await self._revoke(lease)  # lost the race (or lost the key already)
 
+    async def _resume(self, kv: etcd.KV | None) -> tuple[client.Fence, float, int] | None:
+        """Lead again on the lease given up in doubt, if etcd says it still holds the key."""
+        lease, self._kept_lease = self._kept_lease, 0
+        if kv is None or kv.lease != lease or kv.value != self.identity.encode():
+            await self._revoke(lease)  # the key moved on: the old lease is of no use
+            return None
+        asked_at = asyncio.get_running_loop().time()
+        try:
+            ttl_left = await self.store.keepalive(lease)
+        except errors.UnavailableError:
+            self._kept_lease = lease  # still in doubt: ask again on the next round
+            raise
+        if ttl_left <= 0:
+            return None  # expired after all: the key goes with it, campaign as usual
+        log.info("leadership resumed on the lease kept through doubt", controller=self.name,
+                 identity=self.identity, lease=lease)
+        return client.Fence(self.key, lease), asked_at, kv.mod_revision
+
     async def _wait_for_release(self, revision: int) -> None:
         """Return once the key is deleted after ``revision`` (or on doubt: re-check)."""
         try:
@@ -124,8 +167,8 @@ class LeaderElector:
     # --- leading ---
 
     async def _lead(self, fence: client.Fence, granted_at: float, revision: int,
-                    work: Work) -> bool:
-        """Run ``work`` until leadership is lost; True if ``work`` itself crashed."""
+                    work: Work) -> str:
+        """Run ``work`` until leadership ends; returns why (_CRASHED, _LOST, _DOUBT)."""
         self._fence = fence
         self._gauge.set(1)
         log.info("became leader", controller=self.name, identity=self.identity,
@@ -135,19 +178,23 @@ class LeaderElector:
             asyncio.create_task(self._keepalive(fence.lease, granted_at)),
             asyncio.create_task(self._watch_own_key(fence, revision)),
         ]
-        crashed = False
+        outcome = _LOST
         try:
             done, _ = await asyncio.wait([work_task, *guards],
                                          return_when=asyncio.FIRST_COMPLETED)
             if work_task in done:
                 exc = work_task.exception()
-                crashed = exc is not None
                 if exc is not None:
+                    outcome = _CRASHED
                     log.error("controller crashed; resigning", controller=self.name,
                               exc_info=exc)
             else:
+                keepalive = guards[0]
+                if keepalive in done and keepalive.exception() is None \
+                        and keepalive.result() == _DOUBT:
+                    outcome = _DOUBT
                 log.warning("lost leadership; stopping workers", controller=self.name,
-                            identity=self.identity)
+                            identity=self.identity, in_doubt=outcome == _DOUBT)
         finally:
             # Order matters: the fence is dropped and the work cancelled before anything
             # else is awaited, so no new write starts once leadership is in doubt.
@@ -156,11 +203,14 @@ class LeaderElector:
             for task in (work_task, *guards):
                 task.cancel()
             await asyncio.gather(work_task, *guards, return_exceptions=True)
-            await self._revoke(fence.lease)
-        return crashed
+            if outcome == _DOUBT:
+                self._kept_lease = fence.lease  # see the module doc: doubt is not loss
+            else:
+                await self._revoke(fence.lease)
+        return outcome
 
-    async def _keepalive(self, lease: int, last_ok: float) -> None:
-        """Refresh the lease every ttl/3; return when it is (or may be) gone."""
+    async def _keepalive(self, lease: int, last_ok: float) -> str:
+        """Refresh the lease every ttl/3; return when it is gone (_LOST) or may be (_DOUBT)."""
         loop = asyncio.get_running_loop()
         interval = self.ttl / 3
         while True:
@@ -169,7 +219,7 @@ class LeaderElector:
             remaining = last_ok + self.ttl - sent
             if remaining <= 0:
                 log.warning("lease not refreshed within its TTL", controller=self.name)
-                return
+                return _DOUBT
             try:
                 ttl_left = await asyncio.wait_for(self.store.keepalive(lease), remaining)
             except (errors.UnavailableError, TimeoutError) as exc:
@@ -177,7 +227,7 @@ class LeaderElector:
                 continue
             if ttl_left <= 0:
                 log.warning("lease expired", controller=self.name, lease=lease)
-                return
+                return _LOST
             last_ok = sent
 
     async def _watch_own_key(self, fence: client.Fence, revision: int) -> None:
@@ -199,6 +249,12 @@ class LeaderElector:
                 if kv is None or kv.lease != fence.lease:
                     return
                 start = kv.mod_revision + 1
+
+    async def resign(self) -> None:
+        """Give up a lease kept through doubt (on shutdown; leading ends by cancelling)."""
+        lease, self._kept_lease = self._kept_lease, 0
+        if lease:
+            await self._revoke(lease)
 
     async def _revoke(self, lease: int) -> None:
         with contextlib.suppress(errors.StoreError, TimeoutError):

@@ -159,3 +159,58 @@ async def test_resigning_hands_over_at_once_and_a_lost_key_stops_the_work(
     finally:
         task_b.cancel()
         await asyncio.gather(task_b, return_exceptions=True)
+
+
+class _Unanswered(client.Store):
+    """A real store whose lease keepalives reach etcd (the lease is refreshed) while
+    ``mute`` is set, but whose answers are lost: an etcd leader election, as the leader
+    sees it."""
+
+    mute = False
+
+    async def keepalive(self, lease_id: int) -> int:
+        ttl = await super().keepalive(lease_id)
+        if self.mute:
+            raise errors.UnavailableError(self.url, "unavailable: no leader")
+        return ttl
+
+
+async def test_unanswered_keepalives_stop_the_work_but_leadership_resumes_on_its_lease(
+        etcd: etcd_server.EtcdServer, store: client.Store, prefix: str) -> None:
+    muted = await _Unanswered.connect(etcd.url, prefix=prefix)
+    starts: list[client.Fence] = []
+    stops = 0
+
+    async def work(fence: client.Fence) -> None:
+        nonlocal stops
+        starts.append(fence)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stops += 1
+
+    async def standby_work(fence: client.Fence) -> None:
+        raise AssertionError("the standby led while the leader's lease was alive")
+
+    a = leader.LeaderElector(muted, "doubt", "a", ttl=2)
+    b = leader.LeaderElector(store, "doubt", "b", ttl=2)
+    task_a = asyncio.create_task(a.run(work))
+    await eventually(lambda: _true(len(starts) == 1), timeout=5, what="a leading")
+    task_b = asyncio.create_task(b.run(standby_work))
+    try:
+        muted.mute = True  # for longer than the TTL: a must stop its work, in doubt
+        await eventually(lambda: _true(stops == 1), timeout=5, what="a's work stopped")
+        muted.mute = False
+        await eventually(lambda: _true(len(starts) == 2), timeout=5, what="a leading again")
+        # Same lease, same fence: the key never changed hands and b never led.
+        assert starts[1] == starts[0]
+        assert await a.leader_identity() == "a" and not b.is_leader
+        await store.create(CONFIG, resource.new("Config", "y", "default", {"data": "y"}),
+                           fence=starts[1])
+    finally:
+        for task in (task_a, task_b):
+            task.cancel()
+        await asyncio.gather(task_a, task_b, return_exceptions=True)
+        await muted.close()
+    # A clean stop still revokes the lease: the key is gone at once.
+    assert await store.raw_get(a.key) is None
