@@ -4,13 +4,15 @@ Each figure is printed beside its baseline measured in the same run against the 
 etcd: ingest against the 20,000 objects/s target, CAS updates against raw etcd puts at
 the same concurrency (target: at least 50 % of the raw rate).
 
-    python bench/store.py [--objects 20000] [--concurrency 32] [--updates 5000]
+    python bench/store.py [--objects 20000] [--concurrency 32] [--updates 5000] [--tls]
 
 Ingest: a writer process creates the objects in batched transactions (as ``swctl apply``
 does) while this process's informer catches them; the rate is objects divided by the
 time from the writer's first write to the informer holding the last object.
 
-Starts its own etcd in a temporary directory unless ``--etcd URL`` is given.
+Starts its own etcd in a temporary directory unless ``--etcd URL`` is given; with
+``--tls`` that etcd serves https with client-certificate auth (a CA made for the run, as
+``swctl init`` makes one), to measure what TLS costs the store.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import time
 import uuid
 
 from shoal.crds import kinds, resource
+from shoal.pki.bundle import Bundle
 from shoal.runtime import informer as informer_mod
 from shoal.store import client, etcd_server
 
@@ -42,9 +45,10 @@ def _item(i: int) -> resource.Resource:
                         labels={"app": f"a{i % 10}"})
 
 
-async def write_items(url: str, prefix: str, objects: int, writers: int) -> None:
+async def write_items(url: str, prefix: str, objects: int, writers: int,
+                      tls: Bundle | None = None) -> None:
     """The writer side of the ingest run (what ``swctl apply`` does): batched creates."""
-    store = await client.Store.connect(url, prefix=prefix)
+    store = await client.Store.connect(url, prefix=prefix, tls=tls)
     batches = [[client.Op("create", BENCH_KIND, _item(i))
                 for i in range(start, min(start + 127, objects))]
                for start in range(0, objects, 127)]
@@ -83,9 +87,12 @@ async def ingest(store: client.Store, objects: int, writers: int) -> float:
     inf.add_handlers(on_add=on_change)
     factory.start()
     await inf.wait_synced()
+    tls = store.etcd.tls
+    tls_args = ["--etcd-ca", str(tls.ca), "--etcd-cert", str(tls.cert),
+                "--etcd-key", str(tls.key)] if tls is not None else []
     proc = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--write-only", "--etcd", store.url, "--prefix", store.prefix,
-        "--objects", str(objects), "--writers", str(writers),
+        "--objects", str(objects), "--writers", str(writers), *tls_args,
         stdout=asyncio.subprocess.PIPE)
     assert proc.stdout is not None
     out = (await proc.stdout.readline()).decode().split()
@@ -148,22 +155,34 @@ async def main() -> None:
     parser.add_argument("--data-dir", default=None,
                         help="parent folder for the bench etcd's data (e.g. /dev/shm to keep "
                              "disk contention from other processes out of the figure)")
+    parser.add_argument("--tls", action="store_true",
+                        help="the bench etcd serves https with client-certificate auth")
+    parser.add_argument("--etcd-ca", help=argparse.SUPPRESS)
+    parser.add_argument("--etcd-cert", help=argparse.SUPPRESS)
+    parser.add_argument("--etcd-key", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
     parser.add_argument("--write-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    tls = Bundle.from_options(args.etcd_ca, args.etcd_cert, args.etcd_key)
     if args.write_only:
-        await write_items(args.etcd, args.prefix, args.objects, args.writers)
+        await write_items(args.etcd, args.prefix, args.objects, args.writers, tls)
         return
     server = None
     with contextlib.ExitStack() as stack:
         url = args.etcd
         if url is None:
             tmp = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.data_dir)))
-            server = etcd_server.EtcdServer(tmp / "data")
+            if args.tls:
+                tls_cluster = etcd_server.EtcdCluster(tmp, 1, tls=True)
+                server = tls_cluster.members[0]
+                tls = tls_cluster.client_bundle("root")
+            else:
+                server = etcd_server.EtcdServer(tmp / "data")
             server.start()
             stack.callback(server.stop)
             url = server.url
-        store = await client.Store.connect(url, prefix=f"/bench-{uuid.uuid4().hex[:8]}")
+        store = await client.Store.connect(url, prefix=f"/bench-{uuid.uuid4().hex[:8]}",
+                                           tls=tls)
         try:
             where = f"data in {args.data_dir or tempfile.gettempdir()}" if server else "external"
             print(f"etcd {url} ({where})")
