@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from shoal.crds import kinds, resource, selectors
+from shoal.pki.bundle import Bundle
 from shoal.store import codec, echo, errors, etcd, groupcommit, retry
 
 log = structlog.get_logger("shoal.store.client")
@@ -91,8 +92,10 @@ class Store:
 
     @classmethod
     async def connect(cls, url: str, prefix: str = "/shoal", timeout: float = 5.0,
-                      echoes: bool = False) -> Store:
-        """Connect within ``timeout`` seconds, or UnavailableError.
+                      echoes: bool = False, tls: Bundle | None = None) -> Store:
+        """A store on etcd at ``url`` (one endpoint or a comma-separated list; https ones
+        need ``tls``, the cluster CA and a client certificate), connected within
+        ``timeout`` seconds, or UnavailableError.
 
         The first read may meet a member mid-election ("leader changed") and fail at once,
         long before ``timeout``: that is retried on a fresh channel until the time is up.
@@ -100,10 +103,12 @@ class Store:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            client = etcd.EtcdClient(url)
+            client = etcd.EtcdClient(url, tls)
             try:
                 await client.connect(timeout=max(0.1, deadline - loop.time()))
                 return cls(client, prefix, echoes)
+            except errors.TLSRefusedError:
+                raise  # permanent: no retry makes etcd accept this certificate
             except errors.UnavailableError:
                 if loop.time() + 0.1 >= deadline:
                     raise

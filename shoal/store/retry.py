@@ -75,7 +75,12 @@ class Attempts:
         return max(0.2, min(self._attempt, left)) if self.failures else self._attempt
 
     async def failed(self, exc: BaseException) -> None:
-        """Record a failed attempt: sleep before the next, or raise if the budget is spent."""
+        """Record a failed attempt: sleep before the next, or raise if the budget is spent.
+
+        A refused TLS handshake is raised at once: no other member will accept it either.
+        """
+        if isinstance(exc, errors.TLSRefusedError):
+            raise exc
         self.failures += 1
         left = self._deadline - self._now()
         if left <= self._backoff:

@@ -30,3 +30,10 @@ async def test_attempts_double_then_give_up_with_the_store_error() -> None:
     with pytest.raises(errors.UnavailableError, match=r"no answer to txn within 0\.3 s"):
         for _ in range(100):
             await attempts.failed(TimeoutError())
+
+
+async def test_a_refused_certificate_is_not_retried() -> None:
+    attempts = retry.Attempts(retry.Policy(budget=5.0), "range")
+    with pytest.raises(errors.TLSRefusedError):
+        await attempts.failed(errors.TLSRefusedError("https://a:2379", "bad certificate"))
+    assert attempts.failures == 0
