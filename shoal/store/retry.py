@@ -46,7 +46,7 @@ class Policy:
     first_attempt: float = 1.5
     max_attempt: float = 8.0
     backoff: float = 0.05
-    max_backoff: float = 0.5
+    max_backoff: float = 0.25
 
 
 DEFAULT = Policy()
