@@ -1,10 +1,11 @@
 """Fail-over benchmark: how long a kill -9 interrupts writes and placement (issue 15).
 
-    python -m bench.ha [--rounds 3] [--lease-ttl 3]
+    python -m bench.ha [--rounds 3] [--no-tls] [--keep]
 
 Builds, in a temporary directory, what a 3-manager cluster runs: 3 etcd members on
-127.0.0.1-3 (``EtcdCluster``), 3 ``swctl controller-manager`` processes and a hollow
-agent with 3 nodes, every process given every etcd endpoint; one service of 3 replicas.
+127.0.0.1-3 (``EtcdCluster``, serving mutual TLS as ``swctl init`` clusters do unless
+``--no-tls``), 3 ``swctl controller-manager`` processes and a hollow agent with 3 nodes,
+every process given every etcd endpoint; one service of 3 replicas.
 Then, ``--rounds`` times each, it SIGKILLs
 
 * **the etcd leader** (then restarts it and waits until it serves again), and
@@ -45,6 +46,7 @@ from pathlib import Path
 from bench.common import load_average, say
 from shoal.crds import kinds
 from shoal.crds import taskstates as ts
+from shoal.pki.bundle import Bundle
 from shoal.runtime import leader
 from shoal.store import client, errors, etcd_server
 
@@ -75,10 +77,13 @@ class Kill:
 class Processes:
     """The controller-managers and the agent, as child processes logging to files."""
 
-    def __init__(self, workdir: Path, endpoints: str) -> None:
+    def __init__(self, workdir: Path, endpoints: str, tls: Bundle | None) -> None:
         self.workdir = workdir
         self.env = dict(os.environ, SHOAL_ETCD=endpoints, SHOAL_PREFIX=PREFIX,
                         SHOAL_KEYRING=str(workdir / "keyring.json"), PYTHONUNBUFFERED="1")
+        if tls is not None:
+            self.env.update(SHOAL_ETCD_CA=str(tls.ca), SHOAL_ETCD_CERT=str(tls.cert),
+                            SHOAL_ETCD_KEY=str(tls.key))
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str, *args: str) -> None:
@@ -226,10 +231,11 @@ async def measure(store: client.Store, probe: WriteProbe, what: str,
     return result
 
 
-async def bench(rounds: int, lease_ttl: float, workdir: Path) -> list[Kill]:
-    members = etcd_server.EtcdCluster(workdir / "etcd", 3)
+async def bench(rounds: int, lease_ttl: float, workdir: Path, tls: bool) -> list[Kill]:
+    members = etcd_server.EtcdCluster(workdir / "etcd", 3, tls=tls)
     members.start_all()
-    procs = Processes(workdir, members.urls)
+    bundle = members.client_bundle() if tls else None
+    procs = Processes(workdir, members.urls, bundle)
     results: list[Kill] = []
     store: client.Store | None = None
     try:
@@ -239,7 +245,7 @@ async def bench(rounds: int, lease_ttl: float, workdir: Path) -> list[Kill]:
             managers += 1
         procs.start("agent", "agent", "--runtime", "hollow", "--count", "3", "--name", "n",
                     "--hollow-start-delay", "0.05")
-        store = await client.Store.connect(members.urls, PREFIX)
+        store = await client.Store.connect(members.urls, PREFIX, tls=bundle)
         await wait_nodes(store, 3)
         (workdir / "ha.yaml").write_text(SERVICE)
         procs.swctl("apply", "-f", str(workdir / "ha.yaml"), "--verify-window", "0.3")
@@ -300,13 +306,16 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3,
                         help="kills of each kind (default 3)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    parser.add_argument("--no-tls", dest="tls", action="store_false",
+                        help="plain http etcd (as swctl up clusters) instead of mutual TLS")
     args = parser.parse_args()
     lease_ttl = leader.DEFAULT_TTL
-    say(f"bench/ha.py: 3 etcd members, 3 controller-managers (lease TTL {lease_ttl:g} s), "
-        f"1 hollow agent x 3 nodes; {args.rounds} rounds; load average {load_average()}")
+    say(f"bench/ha.py: 3 etcd members ({'mutual TLS' if args.tls else 'plain http'}), "
+        f"3 controller-managers (lease TTL {lease_ttl:g} s), 1 hollow agent x 3 nodes; "
+        f"{args.rounds} rounds; load average {load_average()}")
     workdir = Path(tempfile.mkdtemp(prefix="shoal-bench-ha-"))
     try:
-        results = asyncio.run(bench(args.rounds, lease_ttl, workdir))
+        results = asyncio.run(bench(args.rounds, lease_ttl, workdir, args.tls))
     finally:
         if not args.keep:
             subprocess.run(["rm", "-rf", str(workdir)], check=False)

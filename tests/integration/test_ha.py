@@ -1,8 +1,9 @@
 """High availability: a 3-member etcd and 3 controller-managers lose a member and carry on.
 
-One cluster serves the module: etcd members on 127.0.0.1-3 (``EtcdCluster``), three
-``swctl controller-manager`` processes (cm-0..2, each controller leader-elected among
-them) and a hollow agent with three nodes, every process given every etcd endpoint.
+One cluster serves the module: etcd members on 127.0.0.1-3 (``EtcdCluster``) serving
+mutual TLS as ``swctl init`` clusters do, three ``swctl controller-manager`` processes
+(cm-0..2, each controller leader-elected among them) and a hollow agent with three nodes,
+every process given every etcd endpoint and a client certificate.
 While a loop of ``swctl`` commands runs (reads and writes, each a fresh process, as a
 user's shell would run them), the etcd leader is SIGKILLed in the middle of a scale to
 200 tasks, then of a rolling update: every command must succeed, the service must
@@ -25,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from shoal.pki.bundle import Bundle
 from shoal.runtime import leader
 from shoal.store import client, etcd_server
 from tests.helpers import eventually, eventually_sync, stop_processes
@@ -47,19 +49,40 @@ spec:
 """
 
 
+class TLSSwctl(Swctl):
+    """``swctl`` (and the processes ``Cluster`` starts) presenting a client certificate."""
+
+    bundle: Bundle
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(super().env, SHOAL_ETCD_CA=str(self.bundle.ca),
+                    SHOAL_ETCD_CERT=str(self.bundle.cert), SHOAL_ETCD_KEY=str(self.bundle.key))
+
+
 class HA:
-    def __init__(self, etcd: etcd_server.EtcdCluster, swctl: Swctl, procs: Cluster) -> None:
+    def __init__(self, etcd: etcd_server.EtcdCluster, swctl: TLSSwctl, procs: Cluster) -> None:
         self.etcd = etcd
         self.swctl = swctl
         self.procs = procs
+        self.bundle = swctl.bundle
+
+    def swctl_on(self, url: str) -> TLSSwctl:
+        one = TLSSwctl(url, PREFIX, self.swctl.cwd)
+        one.bundle = self.bundle
+        return one
+
+    async def store(self) -> client.Store:
+        return await client.Store.connect(self.etcd.urls, PREFIX, tls=self.bundle)
 
 
 @pytest.fixture(scope="module")
 def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HA]:
     base = tmp_path_factory.mktemp("ha")
-    members = etcd_server.EtcdCluster(base / "etcd", 3)
+    members = etcd_server.EtcdCluster(base / "etcd", 3, tls=True)
     members.start_all()
-    swctl = Swctl(members.urls, PREFIX, base)
+    swctl = TLSSwctl(members.urls, PREFIX, base)
+    swctl.bundle = members.client_bundle()
     procs = Cluster(swctl)
     try:
         for name in MANAGERS:
@@ -145,7 +168,7 @@ def running_images(swctl: Swctl, service: str) -> collections.Counter[str]:
 def assert_rejoins(ha: HA, member: int, service: str, want: str) -> None:
     """Restart ``member``; it must serve, by itself, what was written while it was dead."""
     ha.etcd.start(member)
-    alone = Swctl(ha.etcd.members[member].url, PREFIX, ha.swctl.cwd)
+    alone = ha.swctl_on(ha.etcd.members[member].url)
 
     def caught_up() -> bool:
         obj = json.loads(alone("get", "service", service, "-o", "json").stdout)
@@ -162,7 +185,7 @@ async def leaders(store: client.Store) -> dict[str, str]:
 
 def controller_leaders(ha: HA) -> dict[str, str]:
     async def read() -> dict[str, str]:
-        store = await client.Store.connect(ha.etcd.urls, PREFIX)
+        store = await ha.store()
         try:
             return await leaders(store)
         finally:
@@ -207,7 +230,7 @@ def test_etcd_leader_killed_during_a_rolling_update(ha: HA) -> None:
 
 
 async def test_standby_manager_takes_each_controller_within_the_lease_ttl(ha: HA) -> None:
-    store = await client.Store.connect(ha.etcd.urls, PREFIX)
+    store = await ha.store()
     try:
         held = await leaders(store)
         victim, _ = collections.Counter(held.values()).most_common(1)[0]
