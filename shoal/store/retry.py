@@ -50,8 +50,6 @@ class Policy:
 
 
 DEFAULT = Policy()
-#: One attempt, as before this module existed (tests that want to see the raw failure).
-ONCE = Policy(budget=0.0, first_attempt=etcd.CALL_TIMEOUT, max_attempt=etcd.CALL_TIMEOUT)
 
 
 class Attempts:
