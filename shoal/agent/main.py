@@ -81,7 +81,8 @@ def build_parser(prog: str = "swctl agent") -> argparse.ArgumentParser:
         prog=prog, description="Run the Shoal node agent: register this node (or K hollow "
         "nodes), keep its heartbeat lease, and run the tasks assigned to it.")
     p.add_argument("--etcd", default=None,
-                   help=f"etcd URL (default: $SHOAL_ETCD or {DEFAULT_ETCD})")
+                   help="etcd endpoint URL, or several comma-separated (default: "
+                   f"$SHOAL_ETCD or {DEFAULT_ETCD})")
     p.add_argument("--prefix", default=None,
                    help=f"key prefix of the cluster (default: $SHOAL_PREFIX or {DEFAULT_PREFIX})")
     p.add_argument("--name", default=None, help="node name (default: the hostname)")

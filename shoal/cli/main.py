@@ -58,7 +58,8 @@ def _global_flags() -> argparse.ArgumentParser:
     flags = _Parser(add_help=False)
     group = flags.add_argument_group("global options")
     group.add_argument("--etcd", metavar="URL", default=argparse.SUPPRESS,
-                       help=f"etcd to talk to (env SHOAL_ETCD, default {common.DEFAULT_ETCD})")
+                       help="etcd to talk to: an endpoint URL, or several comma-separated "
+                       f"(env SHOAL_ETCD, default {common.DEFAULT_ETCD})")
     group.add_argument("--prefix", metavar="PREFIX", default=argparse.SUPPRESS,
                        help="key prefix of the cluster in etcd (env SHOAL_PREFIX, default "
                             f"{common.DEFAULT_PREFIX})")

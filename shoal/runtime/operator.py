@@ -46,7 +46,8 @@ def parse_args(argv: Sequence[str] | None, description: str = "Run a Shoal opera
                ) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--etcd", default=os.environ.get("SHOAL_ETCD", DEFAULT_ETCD),
-                        help="etcd URL (default: $SHOAL_ETCD or %(default)s)")
+                        help="etcd endpoint URL, or several comma-separated (default: "
+                        "$SHOAL_ETCD or %(default)s)")
     parser.add_argument("--prefix", default=os.environ.get("SHOAL_PREFIX", "/shoal"),
                         help="key prefix of the cluster in etcd (default: %(default)s)")
     parser.add_argument("--metrics-port", type=int, default=None,

@@ -1,20 +1,32 @@
-"""The project's own small etcd interface, implemented with aetcd's connection and stubs.
+"""The project's own small etcd interface, implemented with grpc and aetcd's stubs.
 
-Everything above uses these few calls (range, txn, watch stream, leases, compact), so the
-client library can be swapped by rewriting this one module. Raw protobuf messages are used
-instead of aetcd's per-key wrapper objects: listing or watching tens of thousands of keys
-is dominated by per-item Python overhead, and the raw messages avoid a copy per key.
+Everything above uses these few calls (range, txn, watch stream, leases, compact, and the
+member and status calls the cluster verbs need), so the client library can be swapped by
+rewriting this one module. Raw protobuf messages are used instead of aetcd's per-key
+wrapper objects: listing or watching tens of thousands of keys is dominated by per-item
+Python overhead, and the raw messages avoid a copy per key.
+
+Endpoints. An etcd address is a comma-separated list of endpoints
+(``http://10.0.0.1:2379,http://10.0.0.2:2379``). One gRPC channel spans them all with
+gRPC's ``round_robin`` balancer, as etcd's own Go client does: every endpoint keeps a
+connection, each call goes to a ready one, and a member that dies drops out of the
+rotation as soon as its connection breaks (a SIGKILLed process: at once). Calls in flight
+on it fail with UNAVAILABLE, which this module turns into the store's retryable
+``UnavailableError``; the caller's next call lands on a live member. Watches carry etcd's
+``hasleader`` metadata, so a member cut off from its cluster's leader ends them instead
+of leaving them silent, and ``shoal.store.watch`` resumes them on another member.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import socket
 import typing
 import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import aetcd
 import aetcd.rpc as rpc
 import grpc
 import structlog
@@ -26,6 +38,14 @@ log = structlog.get_logger("shoal.store.etcd")
 # Per-call deadline. Long enough for a 128-operation transaction under load, short
 # enough that a dead etcd turns into a clear error instead of a hang.
 CALL_TIMEOUT = 10.0
+
+# Per-call deadline when the client knows several members. A write (or linearizable
+# read) that a follower forwarded to a leader which then died is silently lost, and
+# etcd answers it only after its own request timeout (5 s + 2 election timeouts: 7 s
+# with the defaults). Measured here: the first write after SIGKILLing the leader of a
+# 3-member cluster waited 7.0 s. With this deadline the caller gets the retryable
+# UnavailableError instead, and its retry lands after the election (~1-2 s).
+FAILOVER_CALL_TIMEOUT = 2.0
 
 
 # KV and RawEvent are NamedTuples, not frozen dataclasses: a watcher builds one per
@@ -67,11 +87,87 @@ def prefix_end(prefix: bytes) -> bytes:
     return b"\0"
 
 
+class Endpoint(typing.NamedTuple):
+    """One etcd client URL, split: ``scheme`` is ``http`` or ``https``."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def parse_endpoint(url: str) -> Endpoint:
+    """One endpoint (``http://HOST:PORT``, ``https://...``, or bare ``HOST[:PORT]``)."""
+    text = url.strip()
+    parsed = urllib.parse.urlparse(text if "://" in text else "http://" + text)
+    try:
+        port = parsed.port or 2379
+    except ValueError:
+        port = 0
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or not port \
+            or parsed.path not in ("", "/"):
+        raise ValueError(f'invalid etcd endpoint "{text}": expected http://HOST:PORT or '
+                         "https://HOST:PORT")
+    return Endpoint(parsed.scheme, parsed.hostname, port)
+
+
+def parse_endpoints(urls: str | Sequence[str]) -> list[Endpoint]:
+    """Every endpoint of a comma-separated list (or a sequence of URLs), in order.
+
+    All must share one scheme: a cluster serves clients either over TLS or not.
+    """
+    items = urls.split(",") if isinstance(urls, str) else list(urls)
+    endpoints = [parse_endpoint(item) for item in items if item.strip()]
+    if not endpoints:
+        raise ValueError("no etcd endpoint given: expected http://HOST:PORT[,http://HOST:PORT...]")
+    schemes = {ep.scheme for ep in endpoints}
+    if len(schemes) > 1:
+        raise ValueError(f'etcd endpoints "{",".join(ep.url for ep in endpoints)}" mix http and '
+                         "https: list the cluster's endpoints with one scheme")
+    return endpoints
+
+
 def parse_url(url: str) -> tuple[str, int]:
-    parsed = urllib.parse.urlparse(url if "://" in url else "http://" + url)
-    if parsed.scheme not in ("http", "") or not parsed.hostname:
-        raise ValueError(f'invalid etcd URL "{url}": expected http://HOST:PORT')
-    return parsed.hostname, parsed.port or 2379
+    """The host and port of the first endpoint of ``url`` (a list is accepted)."""
+    first = parse_endpoints(url)[0]
+    return first.host, first.port
+
+
+def _resolve(ep: Endpoint) -> tuple[int, str]:
+    """(address family, address) of an endpoint's host, for a multi-address target."""
+    try:
+        ipaddress.ip_address(ep.host)
+        return (socket.AF_INET6 if ":" in ep.host else socket.AF_INET), ep.host
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(ep.host, ep.port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ValueError(f'etcd endpoint "{ep.url}": cannot resolve {ep.host} ({exc})') from None
+    family, _, _, _, sockaddr = infos[0]
+    return family, str(sockaddr[0])
+
+
+def grpc_target(endpoints: Sequence[Endpoint]) -> str:
+    """The gRPC target naming every endpoint.
+
+    One endpoint keeps its host name (gRPC resolves it, as before); several become one
+    ``ipv4:``/``ipv6:`` address list, which gRPC's own resolvers accept only as addresses.
+    """
+    if len(endpoints) == 1:
+        ep = endpoints[0]
+        return f"[{ep.host}]:{ep.port}" if ":" in ep.host else f"{ep.host}:{ep.port}"
+    resolved = [(_resolve(ep), ep) for ep in endpoints]
+    families = {family for (family, _), _ in resolved}
+    if families == {socket.AF_INET}:
+        return "ipv4:" + ",".join(f"{addr}:{ep.port}" for (_, addr), ep in resolved)
+    if families == {socket.AF_INET6}:
+        return "ipv6:" + ",".join(f"[{addr}]:{ep.port}" for (_, addr), ep in resolved)
+    raise ValueError("etcd endpoints mix IPv4 and IPv6 addresses: list them in one family")
 
 
 # --- operation and comparison builders (used in transactions) ---
@@ -171,30 +267,78 @@ def _kv(raw: Any) -> KV:
     return KV(raw.key, raw.value, raw.mod_revision, raw.create_revision, raw.lease)
 
 
-class EtcdClient:
-    """One connection (a gRPC channel) to one etcd endpoint."""
+class Member(typing.NamedTuple):
+    """One etcd cluster member as ``member_list`` reports it (``id`` is etcd's uint64)."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        host, port = parse_url(url)
-        # No cap on received messages: a watch catching up sends up to 1000 revisions of
-        # events in one response (7.7 MB for 20,000 small objects written in batches), and
-        # gRPC's default 4 MiB limit turns that into an endless resume-and-fail loop.
-        self._client = aetcd.Client(host=host, port=port, timeout=None,
-                                    options={"grpc.max_receive_message_length": -1})
+    id: int
+    name: str
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...]
+    is_learner: bool
+
+
+class MemberStatus(typing.NamedTuple):
+    """What one member says of itself: its id, the leader it follows, its raft index."""
+
+    member_id: int
+    leader_id: int
+    raft_index: int
+
+
+# gRPC channel options shared by every channel to etcd.
+_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    # No cap on received messages: a watch catching up sends up to 1000 revisions of
+    # events in one response (7.7 MB for 20,000 small objects written in batches), and
+    # gRPC's default 4 MiB limit turns that into an endless resume-and-fail loop.
+    ("grpc.max_receive_message_length", -1),
+    # A member that comes back (restarted, rejoined) is back in the rotation within a
+    # second; gRPC's default backoff grows to two minutes.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    # A member whose host vanished (no RST, as after a power cut) is found out by pings
+    # on busy connections (watches) within 15 s. etcd refuses pings closer than 5 s.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+)
+
+# etcd ends a watch whose member has lost its leader only when asked to: without this a
+# member cut off from the majority leaves its watchers silent instead of sending them on.
+_WATCH_METADATA = (("hasleader", "true"),)
+
+
+class EtcdClient:
+    """One gRPC channel spanning every endpoint of one etcd cluster (see the module doc)."""
+
+    def __init__(self, url: str | Sequence[str]) -> None:
+        self.endpoints = parse_endpoints(url)
+        if self.endpoints[0].scheme == "https":
+            raise ValueError(f'etcd endpoint "{self.endpoints[0].url}" is https: TLS needs a '
+                             "CA, certificate and key (--etcd-ca, --etcd-cert, --etcd-key)")
+        self.url = ",".join(ep.url for ep in self.endpoints)
+        self._target = grpc_target(self.endpoints)
+        self.call_timeout = CALL_TIMEOUT if len(self.endpoints) == 1 else FAILOVER_CALL_TIMEOUT
+        self._channel: Any = None
         self._kv: Any = None
         self._lease: Any = None
         self._watch: Any = None
         self._maint: Any = None
+        self._cluster: Any = None
+
+    def _new_channel(self, target: str, balanced: bool) -> Any:
+        options = list(_CHANNEL_OPTIONS)
+        if balanced:
+            options.append(("grpc.lb_policy_name", "round_robin"))
+        return grpc.aio.insecure_channel(target, options=options)
 
     async def connect(self, timeout: float = 5.0) -> None:
         """Open the channel and prove etcd answers; UnavailableError otherwise."""
-        await self._client.connect()
-        channel = self._client.channel
+        channel = self._channel = self._new_channel(self._target, len(self.endpoints) > 1)
         self._kv = rpc.KVStub(channel)
         self._lease = rpc.LeaseStub(channel)
         self._watch = rpc.WatchStub(channel)
         self._maint = rpc.MaintenanceStub(channel)
+        self._cluster = rpc.ClusterStub(channel)
         try:
             await self._kv.Range(rpc.RangeRequest(key=b"\0", limit=1), timeout=timeout,
                                  wait_for_ready=True)
@@ -203,11 +347,13 @@ class EtcdClient:
             raise errors.UnavailableError(self.url, _describe(exc)) from None
 
     async def close(self) -> None:
-        await self._client.close()
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            await channel.close()
 
-    async def _call(self, method: Any, request: Any, timeout: float = CALL_TIMEOUT) -> Any:
+    async def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         try:
-            return await method(request, timeout=timeout)
+            return await method(request, timeout=timeout or self.call_timeout)
         except grpc.aio.AioRpcError as exc:
             raise errors.UnavailableError(self.url, _describe(exc)) from None
 
@@ -265,7 +411,7 @@ class EtcdClient:
             yield rpc.LeaseKeepAliveRequest(ID=lease_id)
 
         try:
-            call = self._lease.LeaseKeepAlive(requests(), timeout=CALL_TIMEOUT)
+            call = self._lease.LeaseKeepAlive(requests(), timeout=self.call_timeout)
             async for resp in call:
                 ttl: int = resp.TTL
                 return ttl
@@ -276,11 +422,49 @@ class EtcdClient:
     async def lease_revoke(self, lease_id: int) -> None:
         try:
             await self._lease.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease_id),
-                                          timeout=CALL_TIMEOUT)
+                                          timeout=self.call_timeout)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return  # already expired: revoking is idempotent for our purposes
             raise errors.UnavailableError(self.url, _describe(exc)) from None
+
+    # --- members (etcd's Cluster and Maintenance services) ---
+
+    async def member_list(self) -> list[Member]:
+        resp = await self._call(self._cluster.MemberList, rpc.MemberListRequest())
+        return [_member(m) for m in resp.members]
+
+    async def member_add(self, peer_urls: Sequence[str]) -> tuple[int, list[Member]]:
+        """Announce a new member (started afterwards with initial-cluster-state existing).
+
+        Returns its id and the member list including it (names of unstarted members are
+        empty, as etcd reports them).
+        """
+        resp = await self._call(self._cluster.MemberAdd,
+                                rpc.MemberAddRequest(peerURLs=list(peer_urls)))
+        return int(resp.member.ID), [_member(m) for m in resp.members]
+
+    async def member_remove(self, member_id: int) -> list[Member]:
+        resp = await self._call(self._cluster.MemberRemove,
+                                rpc.MemberRemoveRequest(ID=member_id))
+        return [_member(m) for m in resp.members]
+
+    async def status(self, endpoint: str, timeout: float = 2.0) -> MemberStatus:
+        """Ask the member at ``endpoint`` itself (not any member) for its status.
+
+        MANAGER STATUS and leader detection need one member's own answer, so this opens
+        a short-lived channel to that endpoint alone.
+        """
+        ep = parse_endpoint(endpoint)
+        channel = self._new_channel(grpc_target([ep]), balanced=False)
+        try:
+            resp = await rpc.MaintenanceStub(channel).Status(rpc.StatusRequest(),
+                                                              timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise errors.UnavailableError(ep.url, _describe(exc)) from None
+        finally:
+            await channel.close()
+        return MemberStatus(int(resp.header.member_id), int(resp.leader), int(resp.raftIndex))
 
     # --- watch ---
 
@@ -306,7 +490,7 @@ class EtcdClient:
                     return
                 yield item
 
-        call = self._watch.Watch(requests())
+        call = self._watch.Watch(requests(), metadata=_WATCH_METADATA)
         try:
             async for resp in call:
                 if resp.compact_revision:
@@ -329,6 +513,11 @@ class EtcdClient:
             await queue.put(None)
             call.cancel()
         raise errors.UnavailableError(self.url, "watch stream ended")
+
+
+def _member(raw: Any) -> Member:
+    return Member(int(raw.ID), raw.name, tuple(raw.peerURLs), tuple(raw.clientURLs),
+                  bool(raw.isLearner))
 
 
 def _describe(exc: grpc.aio.AioRpcError) -> str:

@@ -1,11 +1,16 @@
-"""Start and stop a local etcd process: the embedded default of ``swctl up`` and the tests.
+"""Start and stop local etcd processes: the embedded default of ``swctl up``, the members
+``swctl init``/``join`` run, and the tests' clusters.
 
 A plain subprocess of Debian's ``etcd`` binary rather than anything clever: it is the
 same server a production cluster runs, and killing it is a faithful failure to test.
+``EtcdServer`` is one member (alone, or one of a cluster named by ``initial_cluster``);
+``EtcdCluster`` starts N members on loopback addresses 127.0.0.1..N for tests and can
+SIGKILL and restart any of them.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -31,29 +36,50 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class EtcdServer:
-    """One single-member etcd cluster with its data in ``data_dir``.
+    """One etcd member with its data in ``data_dir``; alone unless ``initial_cluster`` says.
 
     ``stop``/``kill`` keep the data dir, so ``start`` again brings the same keys and
-    revision back: that is how tests restart etcd under a running watch.
+    revision back: that is how tests restart etcd under a running watch, and how a killed
+    member rejoins its cluster (with a data dir, etcd ignores the initial-cluster flags).
+
+    A member of a cluster gets its ``name``, the whole ``initial_cluster``
+    (``"n1=http://a:2380,n2=http://b:2380"``, itself included) and
+    ``initial_cluster_state``: ``new`` when the members start together, ``existing``
+    when it joins a running cluster after ``member_add``. ``peer_host`` is the address
+    its peers reach it on (``host`` by default).
     """
 
     def __init__(self, data_dir: Path | str, host: str = "127.0.0.1",
                  client_port: int | None = None, peer_port: int | None = None,
                  log_path: Path | str | None = None, extra_hosts: Sequence[str] = (),
-                 compaction_retention: str = "5m") -> None:
+                 compaction_retention: str = "5m", name: str = "shoal",
+                 initial_cluster: str | None = None,
+                 initial_cluster_state: str | None = None,
+                 peer_host: str | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
         # More addresses to serve clients on, same port (e.g. a namespace nodes' bridge).
         self.extra_hosts = tuple(extra_hosts)
+        self.peer_host = peer_host or host
         self.client_port = client_port or free_port(host)
-        self.peer_port = peer_port or free_port(host)
+        self.peer_port = peer_port or free_port(self.peer_host)
         self.log_path = Path(log_path) if log_path else self.data_dir.parent / "etcd.log"
         self.compaction_retention = compaction_retention
+        self.name = name
+        self.initial_cluster = initial_cluster
+        if initial_cluster_state not in (None, "new", "existing"):
+            raise ValueError(f'initial_cluster_state "{initial_cluster_state}": expected '
+                             '"new" or "existing"')
+        self.initial_cluster_state = initial_cluster_state
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.peer_host}:{self.peer_port}"
 
     def command(self) -> list[str]:
         binary = shutil.which("etcd") or (
@@ -62,16 +88,17 @@ class EtcdServer:
             raise EtcdNotInstalledError(
                 "the etcd binary is not on PATH: install it with `apt-get install etcd-server` "
                 "or point swctl at a running etcd with --etcd URL")
-        peer = f"http://{self.host}:{self.peer_port}"
+        peer = self.peer_url
+        state = self.initial_cluster_state or (
+            "existing" if (self.data_dir / "member").exists() else "new")
         clients = ",".join([self.url, *(f"http://{h}:{self.client_port}"
                                          for h in self.extra_hosts)])
         return [
-            binary, "--name", "shoal", "--data-dir", str(self.data_dir),
+            binary, "--name", self.name, "--data-dir", str(self.data_dir),
             "--listen-client-urls", clients, "--advertise-client-urls", clients,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"shoal={peer}",
-            "--initial-cluster-state", "existing" if (self.data_dir / "member").exists()
-            else "new",
+            "--initial-cluster", self.initial_cluster or f"{self.name}={peer}",
+            "--initial-cluster-state", state,
             # Big batched transactions (128 ops) of small JSON objects: raise the
             # request size cap a little above the default 1.5 MiB for headroom.
             "--max-request-bytes", str(8 * 1024 * 1024),
@@ -85,14 +112,18 @@ class EtcdServer:
             "--log-level", "warn", "--logger", "zap",
         ]
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float = 20.0, wait: bool = True) -> None:
+        """Run etcd; with ``wait``, until it is healthy (for a cluster member: until the
+        cluster has a leader, so members starting together are started with ``wait=False``
+        and waited for afterwards)."""
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         env = dict(os.environ, ETCD_UNSUPPORTED_ARCH=os.environ.get("ETCD_UNSUPPORTED_ARCH", ""))
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=log, env=env,
                                      start_new_session=True)
         log.close()
-        self.wait_ready(timeout)
+        if wait:
+            self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         """Block until ``/health`` answers; the etcd log tail is in the error otherwise."""
@@ -137,3 +168,84 @@ class EtcdServer:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+class EtcdCluster:
+    """``size`` etcd members on 127.0.0.1..size, data under ``base_dir/m<i>``: for tests.
+
+    Every member has its own loopback address, so killing one takes exactly its
+    addresses away, as losing a machine would.
+    """
+
+    def __init__(self, base_dir: Path | str, size: int = 3,
+                 compaction_retention: str = "5m") -> None:
+        if size < 1:
+            raise ValueError(f"an etcd cluster needs at least one member, got {size}")
+        base = Path(base_dir)
+        hosts = [f"127.0.0.{i + 1}" for i in range(size)]
+        peer_ports = [free_port(h) for h in hosts]
+        initial = ",".join(f"m{i}=http://{h}:{p}"
+                           for i, (h, p) in enumerate(zip(hosts, peer_ports, strict=True)))
+        self.members = [
+            EtcdServer(base / f"m{i}" / "data", host=h, peer_port=p, name=f"m{i}",
+                       initial_cluster=initial, log_path=base / f"m{i}" / "etcd.log",
+                       compaction_retention=compaction_retention)
+            for i, (h, p) in enumerate(zip(hosts, peer_ports, strict=True))]
+
+    @property
+    def urls(self) -> str:
+        """Every member's client URL, comma-separated: what ``--etcd`` takes."""
+        return ",".join(m.url for m in self.members)
+
+    def start_all(self, timeout: float = 30.0) -> None:
+        for member in self.members:
+            member.start(wait=False)
+        for member in self.members:
+            member.wait_ready(timeout)
+
+    def stop_all(self) -> None:
+        for member in self.members:
+            member.stop()
+
+    def kill(self, i: int) -> None:
+        """SIGKILL member ``i`` (its data dir stays, for ``start``)."""
+        self.members[i].kill()
+
+    def start(self, i: int, timeout: float = 30.0) -> None:
+        """Restart member ``i`` from its data dir: it rejoins the running cluster."""
+        self.members[i].start(timeout=timeout)
+
+    def leader(self, timeout: float = 10.0) -> int:
+        """The index of the current leader, once the running members agree on one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ids: dict[int, int] = {}
+            leaders: set[int] = set()
+            for i, member in enumerate(self.members):
+                if not member.running:
+                    continue
+                status = _status(member.url)
+                if status is not None:
+                    ids[status[0]] = i
+                    leaders.add(status[1])
+            if len(leaders) == 1:
+                (leader_id,) = leaders
+                if leader_id in ids:
+                    return ids[leader_id]
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"etcd members {self.urls} agree on no leader "
+                                   f"(they name {sorted(leaders)}; ids {ids})")
+            time.sleep(0.05)
+
+
+def _status(url: str) -> tuple[int, int] | None:
+    """(member id, leader id) from one member's JSON gateway, or None if it won't say."""
+    req = urllib.request.Request(url + "/v3/maintenance/status", data=b"{}", method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=1) as resp:
+            body = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    leader = int(body.get("leader") or 0)
+    member = int(body.get("header", {}).get("member_id") or 0)
+    return (member, leader) if leader else None
