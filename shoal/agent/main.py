@@ -18,7 +18,9 @@ from typing import TypeVar
 
 from shoal.agent import agent, logserver, node, runtimes
 from shoal.crds import sealed, selectors, units
+from shoal.pki.bundle import Bundle
 from shoal.runtime import logging as rt_logging
+from shoal.runtime import operator
 
 T = TypeVar("T")
 
@@ -83,6 +85,7 @@ def build_parser(prog: str = "swctl agent") -> argparse.ArgumentParser:
     p.add_argument("--etcd", default=None,
                    help="etcd endpoint URL, or several comma-separated (default: "
                    f"$SHOAL_ETCD or {DEFAULT_ETCD})")
+    operator.add_tls_arguments(p)
     p.add_argument("--prefix", default=None,
                    help=f"key prefix of the cluster (default: $SHOAL_PREFIX or {DEFAULT_PREFIX})")
     p.add_argument("--name", default=None, help="node name (default: the hostname)")
@@ -170,7 +173,8 @@ def config_from_args(args: argparse.Namespace) -> agent.AgentConfig:
         log_level=args.log_level, log_format=args.log_format,
         stall_timeout=args.stall_timeout, logs_port=args.logs_port,
         dataplane=args.dataplane, state_dir=args.state_dir, drain=args.drain,
-        keyring=args.keyring or os.environ.get(sealed.KEYRING_ENV) or None)
+        keyring=args.keyring or os.environ.get(sealed.KEYRING_ENV) or None,
+        etcd_tls=Bundle.resolve(args.etcd_ca, args.etcd_cert, args.etcd_key))
 
 
 async def _serve(cfg: agent.AgentConfig) -> None:
@@ -222,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = config_from_args(args)
         if cfg.runtime != "hollow":
             agent.driver_class(cfg.runtime)
-    except (agent.UnknownRuntimeError, runtimes.RuntimeUnavailable) as exc:
+    except (agent.UnknownRuntimeError, runtimes.RuntimeUnavailable, ValueError) as exc:
         print(f"swctl agent: {exc}", file=sys.stderr)
         return 2
     asyncio.run(_serve(cfg))

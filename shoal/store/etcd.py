@@ -28,9 +28,14 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import aetcd.rpc as rpc
+import aetcd.rpc.auth_pb2 as auth_pb2
 import grpc
 import structlog
 
+from shoal.pki import ca as pki_ca
+from shoal.pki import certs
+from shoal.pki.bundle import Bundle
+from shoal.pki.certs import ETCD_SERVER_NAME
 from shoal.store import errors
 
 log = structlog.get_logger("shoal.store.etcd")
@@ -73,6 +78,10 @@ class CompactedError(errors.StoreError):
         self.compact_revision = compact_revision
         super().__init__(f"revision compacted up to {compact_revision}")
 
+
+_READ = auth_pb2.Permission.Type.READ
+_WRITE = auth_pb2.Permission.Type.WRITE
+_READWRITE = auth_pb2.Permission.Type.READWRITE
 
 _DELETE = rpc.Event.EventType.DELETE  # the enum wrapper's lookup is slow per event
 
@@ -310,12 +319,28 @@ _WATCH_METADATA = (("hasleader", "true"),)
 class EtcdClient:
     """One gRPC channel spanning every endpoint of one etcd cluster (see the module doc)."""
 
-    def __init__(self, url: str | Sequence[str]) -> None:
+    def __init__(self, url: str | Sequence[str], tls: Bundle | None = None) -> None:
         self.endpoints = parse_endpoints(url)
-        if self.endpoints[0].scheme == "https":
-            raise ValueError(f'etcd endpoint "{self.endpoints[0].url}" is https: TLS needs a '
-                             "CA, certificate and key (--etcd-ca, --etcd-cert, --etcd-key)")
         self.url = ",".join(ep.url for ep in self.endpoints)
+        self.tls = tls
+        self.user: str | None = None  # the etcd user our certificate acts as (its CN)
+        self._credentials: Any = None
+        if self.endpoints[0].scheme == "https":
+            if tls is None:
+                raise ValueError(
+                    f'etcd endpoint "{self.endpoints[0].url}" is https: TLS needs the cluster '
+                    "CA, a client certificate and its key (--etcd-ca, --etcd-cert, --etcd-key "
+                    "or $SHOAL_ETCD_CA, $SHOAL_ETCD_CERT, $SHOAL_ETCD_KEY)")
+            try:
+                ca, cert, key = tls.read()
+            except OSError as exc:
+                raise ValueError(f"cannot read the etcd TLS files: {exc}") from None
+            self._credentials = grpc.ssl_channel_credentials(
+                root_certificates=ca, private_key=key, certificate_chain=cert)
+            self.user = certs.common_name(pki_ca.load_cert_pem(cert, str(tls.cert)))
+        elif tls is not None:
+            raise ValueError(f'a TLS certificate was given but etcd endpoint "{self.url}" is '
+                             "http: name the endpoints https://HOST:PORT")
         self._target = grpc_target(self.endpoints)
         self.call_timeout = CALL_TIMEOUT if len(self.endpoints) == 1 else FAILOVER_CALL_TIMEOUT
         self._channel: Any = None
@@ -324,27 +349,47 @@ class EtcdClient:
         self._watch: Any = None
         self._maint: Any = None
         self._cluster: Any = None
+        self._auth: Any = None
 
     def _new_channel(self, target: str, balanced: bool) -> Any:
         options = list(_CHANNEL_OPTIONS)
         if balanced:
             options.append(("grpc.lb_policy_name", "round_robin"))
-        return grpc.aio.insecure_channel(target, options=options)
+        if self._credentials is None:
+            return grpc.aio.insecure_channel(target, options=options)
+        # Every member's certificate names etcd.shoal: checking that one name lets a
+        # single channel span members whatever addresses they are reached on.
+        options.append(("grpc.ssl_target_name_override", ETCD_SERVER_NAME))
+        return grpc.aio.secure_channel(target, self._credentials, options=options)
 
     async def connect(self, timeout: float = 5.0) -> None:
-        """Open the channel and prove etcd answers; UnavailableError otherwise."""
+        """Open the channel and prove etcd answers; UnavailableError otherwise.
+
+        The proof is a member status, which etcd serves to any client it lets connect,
+        whatever its user's roles. Until ``timeout`` a member that is not up yet is
+        waited for; a TLS handshake refused is reported at once, saying why.
+        """
         channel = self._channel = self._new_channel(self._target, len(self.endpoints) > 1)
         self._kv = rpc.KVStub(channel)
         self._lease = rpc.LeaseStub(channel)
         self._watch = rpc.WatchStub(channel)
         self._maint = rpc.MaintenanceStub(channel)
         self._cluster = rpc.ClusterStub(channel)
-        try:
-            await self._kv.Range(rpc.RangeRequest(key=b"\0", limit=1), timeout=timeout,
-                                 wait_for_ready=True)
-        except grpc.aio.AioRpcError as exc:
-            await self.close()
-            raise errors.UnavailableError(self.url, _describe(exc)) from None
+        self._auth = rpc.AuthStub(channel)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            remaining = deadline - loop.time()
+            try:
+                await self._maint.Status(rpc.StatusRequest(), timeout=max(remaining, 0.05))
+                return
+            except grpc.aio.AioRpcError as exc:
+                error = await self._fail(exc)
+                retry = type(error) is errors.UnavailableError and remaining > 0.1
+                if not retry:
+                    await self.close()
+                    raise error from None
+            await asyncio.sleep(0.1)
 
     async def close(self) -> None:
         channel, self._channel = self._channel, None
@@ -355,7 +400,42 @@ class EtcdClient:
         try:
             return await method(request, timeout=timeout or self.call_timeout)
         except grpc.aio.AioRpcError as exc:
-            raise errors.UnavailableError(self.url, _describe(exc)) from None
+            raise await self._fail(exc, method) from None
+
+    async def _fail(self, exc: grpc.aio.AioRpcError, method: Any = None,
+                    url: str | None = None) -> errors.StoreError:
+        """The store error for a failed call, diagnosed as far as the client can."""
+        url = url or self.url
+        code = exc.code()
+        details = exc.details() or ""
+        if code == grpc.StatusCode.PERMISSION_DENIED or "permission denied" in details:
+            return await self._denied(method)
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN):
+            refused = _tls_refusal(details, self.tls is not None)
+            if refused:
+                return errors.TLSRefusedError(url, refused)
+        detail = _describe(exc)
+        if self.tls is None and "Socket closed" in details:
+            detail += ("; if the cluster serves TLS, name its endpoints https:// and give "
+                       "--etcd-ca, --etcd-cert and --etcd-key")
+        return errors.UnavailableError(url, detail)
+
+    async def _denied(self, method: Any) -> errors.StoreError:
+        """Permission denied: tell a certificate without an etcd user (a removed node)
+        from a user whose roles do not allow the request."""
+        what = _method_name(method)
+        if self.user is None:
+            return errors.PermissionDeniedError("(no client certificate)", what)
+        cert = str(self.tls.cert) if self.tls is not None else ""
+        try:
+            # etcd lets a user read itself, and says "user name not found" to a CN
+            # that is no user.
+            await self._auth.UserGet(rpc.AuthUserGetRequest(name=self.user),
+                                     timeout=self.call_timeout)
+        except grpc.aio.AioRpcError as exc:
+            if "user name not found" in (exc.details() or ""):
+                return errors.UnknownUserError(self.user, cert)
+        return errors.PermissionDeniedError(self.user, what, cert)
 
     async def range(self, key: bytes, end: bytes | None = None, revision: int = 0,
                     limit: int = 0, keys_only: bool = False) -> tuple[list[KV], int, bool]:
@@ -416,7 +496,7 @@ class EtcdClient:
                 ttl: int = resp.TTL
                 return ttl
         except grpc.aio.AioRpcError as exc:
-            raise errors.UnavailableError(self.url, _describe(exc)) from None
+            raise await self._fail(exc) from None
         return 0
 
     async def lease_revoke(self, lease_id: int) -> None:
@@ -426,7 +506,7 @@ class EtcdClient:
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return  # already expired: revoking is idempotent for our purposes
-            raise errors.UnavailableError(self.url, _describe(exc)) from None
+            raise await self._fail(exc) from None
 
     # --- members (etcd's Cluster and Maintenance services) ---
 
@@ -461,10 +541,94 @@ class EtcdClient:
             resp = await rpc.MaintenanceStub(channel).Status(rpc.StatusRequest(),
                                                               timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            raise errors.UnavailableError(ep.url, _describe(exc)) from None
+            raise await self._fail(exc, url=ep.url) from None
         finally:
             await channel.close()
         return MemberStatus(int(resp.header.member_id), int(resp.leader), int(resp.raftIndex))
+
+    # --- auth (etcd's Auth service; users authenticate by their certificate's CN) ---
+
+    async def user_add(self, name: str) -> None:
+        """An etcd user without a password: only a certificate with CN ``name`` is it."""
+        await self._call(self._auth.UserAdd, rpc.AuthUserAddRequest(
+            name=name, options=rpc.UserAddOptions(no_password=True)))
+
+    async def user_delete(self, name: str) -> None:
+        await self._call(self._auth.UserDelete, rpc.AuthUserDeleteRequest(name=name))
+
+    async def user_list(self) -> list[str]:
+        resp = await self._call(self._auth.UserList, rpc.AuthUserListRequest())
+        return list(resp.users)
+
+    async def user_grant_role(self, user: str, role: str) -> None:
+        await self._call(self._auth.UserGrantRole,
+                         rpc.AuthUserGrantRoleRequest(user=user, role=role))
+
+    async def user_revoke_role(self, user: str, role: str) -> None:
+        await self._call(self._auth.UserRevokeRole,
+                         rpc.AuthUserRevokeRoleRequest(name=user, role=role))
+
+    async def role_add(self, name: str) -> None:
+        await self._call(self._auth.RoleAdd, rpc.AuthRoleAddRequest(name=name))
+
+    async def role_delete(self, name: str) -> None:
+        await self._call(self._auth.RoleDelete, rpc.AuthRoleDeleteRequest(role=name))
+
+    async def role_list(self) -> list[str]:
+        resp = await self._call(self._auth.RoleList, rpc.AuthRoleListRequest())
+        return list(resp.roles)
+
+    async def role_grant(self, role: str, key: bytes, range_end: bytes = b"",
+                         read: bool = True, write: bool = False) -> None:
+        """Let ``role`` read and/or write ``[key, range_end)`` (just ``key`` without an end)."""
+        if not (read or write):
+            raise ValueError("a permission grants read, write or both")
+        kind = _READWRITE if read and write else (_READ if read else _WRITE)
+        perm = auth_pb2.Permission(permType=kind, key=key, range_end=range_end)
+        await self._call(self._auth.RoleGrantPermission,
+                         rpc.AuthRoleGrantPermissionRequest(name=role, perm=perm))
+
+    async def role_revoke(self, role: str, key: bytes, range_end: bytes = b"") -> None:
+        await self._call(self._auth.RoleRevokePermission,
+                         rpc.AuthRoleRevokePermissionRequest(role=role, key=key,
+                                                             range_end=range_end))
+
+    async def role_get(self, role: str) -> list[tuple[bytes, bytes, bool, bool]]:
+        """The permissions of ``role``: (key, range_end, read, write) each."""
+        resp = await self._call(self._auth.RoleGet, rpc.AuthRoleGetRequest(role=role))
+        return [(p.key, p.range_end, p.permType in (_READ, _READWRITE),
+                 p.permType in (_WRITE, _READWRITE)) for p in resp.perm]
+
+    async def auth_enable(self) -> None:
+        """Turn auth on. etcd insists that user ``root`` exists and has role ``root``."""
+        await self._call(self._auth.AuthEnable, rpc.AuthEnableRequest())
+
+    async def auth_disable(self) -> None:
+        await self._call(self._auth.AuthDisable, rpc.AuthDisableRequest())
+
+    async def auth_status(self) -> bool:
+        """Whether auth is on. etcd 3.4 has no AuthStatus call (UNIMPLEMENTED); there a
+        password login tells instead: refused as "authentication is not enabled" when
+        off, as a failed login when on (no Shoal user has a password)."""
+        try:
+            resp = await self._auth.AuthStatus(rpc.AuthStatusRequest(),
+                                               timeout=self.call_timeout)
+            return bool(resp.enabled)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise await self._fail(exc) from None
+        try:
+            await self._auth.Authenticate(
+                rpc.AuthenticateRequest(name="shoal:auth-probe", password="-"),
+                timeout=self.call_timeout)
+        except grpc.aio.AioRpcError as exc:
+            if "not enabled" in (exc.details() or ""):
+                return False
+            if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT,
+                              grpc.StatusCode.FAILED_PRECONDITION):
+                return True
+            raise await self._fail(exc) from None
+        return True
 
     # --- watch ---
 
@@ -495,12 +659,15 @@ class EtcdClient:
             async for resp in call:
                 if resp.compact_revision:
                     raise CompactedError(resp.compact_revision)
+                if resp.canceled:
+                    # A refused creation comes as created *and* canceled: check this first.
+                    if "permission denied" in resp.cancel_reason:
+                        raise await self._denied(self._watch.Watch)
+                    raise errors.UnavailableError(self.url, f"watch canceled: {resp.cancel_reason}")
                 if resp.created and not resp.events:
                     # The creation ack's header revision says nothing about how far a
                     # catching-up watcher has got, so it must not move a resume point.
                     continue
-                if resp.canceled:
-                    raise errors.UnavailableError(self.url, f"watch canceled: {resp.cancel_reason}")
                 events = []
                 for ev in resp.events:
                     kv = ev.kv  # each access builds a wrapper object: once per event
@@ -508,7 +675,7 @@ class EtcdClient:
                                            kv.create_revision, ev.type == _DELETE))
                 yield resp.header.revision, events
         except grpc.aio.AioRpcError as exc:
-            raise errors.UnavailableError(self.url, _describe(exc)) from None
+            raise await self._fail(exc) from None
         finally:
             await queue.put(None)
             call.cancel()
@@ -525,3 +692,25 @@ def _describe(exc: grpc.aio.AioRpcError) -> str:
     name = code.name if code is not None else "UNKNOWN"
     details = (exc.details() or "").splitlines()[0] if exc.details() else ""
     return f"{name.lower()}: {details}" if details else name.lower()
+
+
+def _method_name(method: Any) -> str:
+    """``Range``, ``Txn``... from a stub's callable, for error messages."""
+    raw = getattr(method, "_method", b"") or b""
+    name = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return f"the {name.rsplit('/', 1)[-1]} request" if name else "the request"
+
+
+def _tls_refusal(details: str, with_tls: bool) -> str:
+    """Why a TLS handshake failed, in words a user can act on ('' if it was not TLS)."""
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return ("its server certificate is not signed by the CA given with --etcd-ca, or "
+                "does not name etcd.shoal: is this the right cluster and the right CA file?")
+    if "TSI_DATA_CORRUPTED" in details or "BAD_CERTIFICATE" in details or \
+            "CERTIFICATE_REQUIRED" in details:
+        return ("etcd rejected the client certificate: it must be issued by the cluster's CA "
+                "(check --etcd-cert/--etcd-key belong to this cluster)")
+    if with_tls and ("WRONG_VERSION_NUMBER" in details or "handshake" in details.lower()):
+        return ("the endpoint does not speak TLS: name it http:// and drop --etcd-ca, "
+                "--etcd-cert and --etcd-key, or point at the cluster's https endpoints")
+    return ""

@@ -6,21 +6,32 @@ same server a production cluster runs, and killing it is a faithful failure to t
 ``EtcdServer`` is one member (alone, or one of a cluster named by ``initial_cluster``);
 ``EtcdCluster`` starts N members on loopback addresses 127.0.0.1..N for tests and can
 SIGKILL and restart any of them.
+
+With ``tls`` (a ``ServerTLS``) a member serves clients and peers over https only and
+demands a certificate from the cluster CA on both (``--client-cert-auth``,
+``--peer-client-cert-auth``): etcd's client-certificate auth then takes the certificate's
+CN as the user once auth is enabled.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+
+from shoal.pki import ca as pki_ca
+from shoal.pki import certs
+from shoal.pki.bundle import Bundle, ServerTLS
+
+__all__ = ["EtcdCluster", "EtcdNotInstalledError", "EtcdServer", "ServerTLS", "free_port"]
 
 
 class EtcdNotInstalledError(RuntimeError):
@@ -55,8 +66,10 @@ class EtcdServer:
                  compaction_retention: str = "5m", name: str = "shoal",
                  initial_cluster: str | None = None,
                  initial_cluster_state: str | None = None,
-                 peer_host: str | None = None) -> None:
+                 peer_host: str | None = None, tls: ServerTLS | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self.tls = tls
+        self.scheme = "https" if tls is not None else "http"
         self.host = host
         # More addresses to serve clients on, same port (e.g. a namespace nodes' bridge).
         self.extra_hosts = tuple(extra_hosts)
@@ -75,11 +88,11 @@ class EtcdServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        return f"{self.scheme}://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://{self.peer_host}:{self.peer_port}"
+        return f"{self.scheme}://{self.peer_host}:{self.peer_port}"
 
     def command(self) -> list[str]:
         binary = shutil.which("etcd") or (
@@ -91,8 +104,15 @@ class EtcdServer:
         peer = self.peer_url
         state = self.initial_cluster_state or (
             "existing" if (self.data_dir / "member").exists() else "new")
-        clients = ",".join([self.url, *(f"http://{h}:{self.client_port}"
+        clients = ",".join([self.url, *(f"{self.scheme}://{h}:{self.client_port}"
                                          for h in self.extra_hosts)])
+        tls: list[str] = []
+        if self.tls is not None:
+            t = self.tls
+            tls = ["--cert-file", str(t.cert), "--key-file", str(t.key),
+                   "--client-cert-auth", "--trusted-ca-file", str(t.ca),
+                   "--peer-cert-file", str(t.peer_cert), "--peer-key-file", str(t.peer_key),
+                   "--peer-client-cert-auth", "--peer-trusted-ca-file", str(t.ca)]
         return [
             binary, "--name", self.name, "--data-dir", str(self.data_dir),
             "--listen-client-urls", clients, "--advertise-client-urls", clients,
@@ -110,6 +130,7 @@ class EtcdServer:
             "--auto-compaction-mode", "periodic",
             "--auto-compaction-retention", self.compaction_retention,
             "--log-level", "warn", "--logger", "zap",
+            *tls,
         ]
 
     def start(self, timeout: float = 20.0, wait: bool = True) -> None:
@@ -133,7 +154,8 @@ class EtcdServer:
             if self.proc is not None and self.proc.poll() is not None:
                 break
             try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1) as resp:
+                with urllib.request.urlopen(self.url + "/health", timeout=1,
+                                            context=self.probe_context()) as resp:
                     if resp.status == 200:
                         return
             except (urllib.error.URLError, OSError) as exc:
@@ -146,6 +168,16 @@ class EtcdServer:
             pass
         raise RuntimeError(f"etcd at {self.url} did not become healthy ({last_error}); "
                            f"log {self.log_path}:\n{tail}")
+
+    def probe_context(self) -> ssl.SSLContext | None:
+        """The TLS context of this module's own HTTP probes (/health, status): the
+        member's peer certificate as the client's, the CA checked, the host name not
+        (a probe asks whether the member is up, not who it is)."""
+        if self.tls is None:
+            return None
+        ctx = self.tls.client_bundle().client_context()
+        ctx.check_hostname = False
+        return ctx
 
     def stop(self) -> None:
         self._signal(signal.SIGTERM)
@@ -174,23 +206,62 @@ class EtcdCluster:
     """``size`` etcd members on 127.0.0.1..size, data under ``base_dir/m<i>``: for tests.
 
     Every member has its own loopback address, so killing one takes exactly its
-    addresses away, as losing a machine would.
+    addresses away, as losing a machine would. With ``tls`` a CA is made under
+    ``base_dir/pki`` and every member serves https with certificates from it;
+    ``client_bundle(user)`` issues client certificates for any etcd user.
     """
 
     def __init__(self, base_dir: Path | str, size: int = 3,
-                 compaction_retention: str = "5m") -> None:
+                 compaction_retention: str = "5m", tls: bool = False) -> None:
         if size < 1:
             raise ValueError(f"an etcd cluster needs at least one member, got {size}")
         base = Path(base_dir)
+        self.pki_dir = base / "pki"
+        self.ca: pki_ca.CA | None = None
         hosts = [f"127.0.0.{i + 1}" for i in range(size)]
         peer_ports = [free_port(h) for h in hosts]
-        initial = ",".join(f"m{i}=http://{h}:{p}"
+        scheme = "http"
+        server_tls: list[ServerTLS | None] = [None] * size
+        if tls:
+            scheme = "https"
+            self.ca = pki_ca.make_ca()
+            self.ca.save(self.pki_dir / "ca.crt", self.pki_dir / "ca.key")
+            for i, host in enumerate(hosts):
+                server_tls[i] = self._member_tls(i, [host, "127.0.0.1"])
+        initial = ",".join(f"m{i}={scheme}://{h}:{p}"
                            for i, (h, p) in enumerate(zip(hosts, peer_ports, strict=True)))
         self.members = [
             EtcdServer(base / f"m{i}" / "data", host=h, peer_port=p, name=f"m{i}",
                        initial_cluster=initial, log_path=base / f"m{i}" / "etcd.log",
-                       compaction_retention=compaction_retention)
+                       compaction_retention=compaction_retention, tls=server_tls[i])
             for i, (h, p) in enumerate(zip(hosts, peer_ports, strict=True))]
+
+    def _member_tls(self, i: int, hosts: list[str]) -> ServerTLS:
+        """Certificates for member ``i``. Its peer certificate also names 127.0.0.1:
+        etcd checks a peer client's certificate against the connection's source
+        address, and on loopback every member's connections come from 127.0.0.1."""
+        assert self.ca is not None
+        d = self.pki_dir
+        cert, key = certs.issue_server(self.ca, hosts)
+        peer, peer_key = certs.issue_peer(self.ca, hosts)
+        pki_ca.write_file(d / f"m{i}-server.crt", pki_ca.cert_pem(cert), 0o644)
+        pki_ca.write_file(d / f"m{i}-server.key", pki_ca.key_pem(key), 0o600)
+        pki_ca.write_file(d / f"m{i}-peer.crt", pki_ca.cert_pem(peer), 0o644)
+        pki_ca.write_file(d / f"m{i}-peer.key", pki_ca.key_pem(peer_key), 0o600)
+        return ServerTLS(d / "ca.crt", d / f"m{i}-server.crt", d / f"m{i}-server.key",
+                         d / f"m{i}-peer.crt", d / f"m{i}-peer.key")
+
+    def client_bundle(self, user: str = certs.ROOT_USER) -> Bundle:
+        """A client certificate for etcd user ``user`` from the cluster's CA (made once)."""
+        if self.ca is None:
+            raise ValueError("this test cluster runs without TLS: start it with tls=True")
+        name = user.replace(":", "_")
+        cert_path, key_path = self.pki_dir / f"{name}.crt", self.pki_dir / f"{name}.key"
+        if not cert_path.exists():
+            cert, key = certs.issue_client(self.ca, user)
+            pki_ca.write_file(key_path, pki_ca.key_pem(key), 0o600)
+            pki_ca.write_file(cert_path, pki_ca.cert_pem(cert), 0o644)
+        return Bundle(self.pki_dir / "ca.crt", cert_path, key_path)
 
     @property
     def urls(self) -> str:
@@ -216,36 +287,25 @@ class EtcdCluster:
         self.members[i].start(timeout=timeout)
 
     def leader(self, timeout: float = 10.0) -> int:
-        """The index of the current leader, once the running members agree on one."""
+        """The index of the current leader, once exactly one running member says it is."""
         deadline = time.monotonic() + timeout
         while True:
-            ids: dict[int, int] = {}
-            leaders: set[int] = set()
-            for i, member in enumerate(self.members):
-                if not member.running:
-                    continue
-                status = _status(member.url)
-                if status is not None:
-                    ids[status[0]] = i
-                    leaders.add(status[1])
+            leaders = [i for i, m in enumerate(self.members)
+                       if m.running and _is_leader(m.url, m.probe_context())]
             if len(leaders) == 1:
-                (leader_id,) = leaders
-                if leader_id in ids:
-                    return ids[leader_id]
+                return leaders[0]
             if time.monotonic() > deadline:
                 raise RuntimeError(f"etcd members {self.urls} agree on no leader "
-                                   f"(they name {sorted(leaders)}; ids {ids})")
+                                   f"(members saying they lead: {leaders})")
             time.sleep(0.05)
 
 
-def _status(url: str) -> tuple[int, int] | None:
-    """(member id, leader id) from one member's JSON gateway, or None if it won't say."""
-    req = urllib.request.Request(url + "/v3/maintenance/status", data=b"{}", method="POST")
+def _is_leader(url: str, context: ssl.SSLContext | None) -> bool:
+    """Whether the member at ``url`` leads, from its /metrics (served whatever the auth
+    settings, unlike the JSON gateway, which acts as a user once auth is on)."""
     try:
-        with urllib.request.urlopen(req, timeout=1) as resp:
-            body = json.loads(resp.read())
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
-    leader = int(body.get("leader") or 0)
-    member = int(body.get("header", {}).get("member_id") or 0)
-    return (member, leader) if leader else None
+        with urllib.request.urlopen(url + "/metrics", timeout=1, context=context) as resp:
+            text = resp.read().decode()
+    except (urllib.error.URLError, OSError):
+        return False
+    return any(line.strip() == "etcd_server_is_leader 1" for line in text.splitlines())

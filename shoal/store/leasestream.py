@@ -21,14 +21,16 @@ With several endpoints (``http://a:2379,http://b:2379``) the stream lives on one
 at a time: opening tries them in turn from the one after the member last used, so when a
 member dies the next round's stream opens on a live one.
 
-Only plain-text etcd endpoints are spoken to (all Shoal uses; the gRPC client is built
-the same way in ``shoal.store.etcd``).
+With a TLS bundle the connection is TLS with ALPN ``h2``, presenting the bundle's
+certificate and checking the server's against the cluster CA under the name
+``etcd.shoal``, exactly as the gRPC client in ``shoal.store.etcd`` does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import struct
 
 import aetcd.rpc as rpc
@@ -38,6 +40,8 @@ import h2.events
 import h2.exceptions
 import structlog
 
+from shoal.pki.bundle import Bundle
+from shoal.pki.certs import ETCD_SERVER_NAME
 from shoal.store import etcd
 
 log = structlog.get_logger("shoal.store.leasestream")
@@ -91,8 +95,11 @@ class _Stream:
 class KeepaliveStream:
     """Refreshes leases in rounds: ``keepalive(leases)`` -> the TTL etcd granted each."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, tls: Bundle | None = None) -> None:
         self.url = url
+        self._ssl: ssl.SSLContext | None = None
+        if tls is not None:
+            self._ssl = tls.client_context(alpn=["h2"])
         self._endpoints = etcd.parse_endpoints(url)
         self._next = 0  # the endpoint the next stream tries first
         self._stream: _Stream | None = None
@@ -109,9 +116,13 @@ class KeepaliveStream:
         for step in range(count):
             ep = self._endpoints[(self._next + step) % count]
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(ep.host, ep.port), CONNECT_TIMEOUT)
-            except (OSError, TimeoutError) as exc:
+                if self._ssl is None:
+                    opening = asyncio.open_connection(ep.host, ep.port)
+                else:
+                    opening = asyncio.open_connection(ep.host, ep.port, ssl=self._ssl,
+                                                      server_hostname=ETCD_SERVER_NAME)
+                reader, writer = await asyncio.wait_for(opening, CONNECT_TIMEOUT)
+            except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
                 last = exc
                 continue
             # The following stream starts on the next member: one that broke is
@@ -128,7 +139,8 @@ class KeepaliveStream:
         conn.initiate_connection()
         stream_id = conn.get_next_available_stream_id()
         conn.send_headers(stream_id, [
-            (b":method", b"POST"), (b":scheme", b"http"), (b":path", METHOD),
+            (b":method", b"POST"), (b":path", METHOD),
+            (b":scheme", b"http" if self._ssl is None else b"https"),
             (b":authority", authority.encode()),
             (b"content-type", b"application/grpc"), (b"te", b"trailers"),
         ])

@@ -28,7 +28,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[etcd_server.Et
     c = etcd_server.EtcdCluster(tmp_path_factory.mktemp("etcd-cluster"), 3)
     c.start_all()
     yield c
-    c.stop_all()
+    for i in range(len(c.members)):
+        c.kill(i)  # a graceful stop waits for leader hand-overs: seconds, for nothing
 
 
 @pytest.fixture
@@ -52,6 +53,49 @@ async def _create_retrying(store: client.Store, name: str, durations: list[float
             await asyncio.sleep(0.05)
         finally:
             durations.append(time.monotonic() - started)
+
+
+async def test_members_listed_added_and_removed(cluster: etcd_server.EtcdCluster,
+                                                cstore: client.Store,
+                                                tmp_path: Path) -> None:
+    members = await cstore.etcd.member_list()
+    assert sorted(m.name for m in members) == ["m0", "m1", "m2"]
+    assert {u for m in members for u in m.client_urls} == set(cluster.urls.split(","))
+    statuses = [await cstore.etcd.status(m.url) for m in cluster.members]
+    assert {s.member_id for s in statuses} == {m.id for m in members}
+    assert len({s.leader_id for s in statuses}) == 1
+
+    host = "127.0.0.4"
+    peer_port = etcd_server.free_port(host)
+
+    async def add() -> tuple[int, list[etcd.Member]] | None:
+        try:
+            return await cstore.etcd.member_add([f"http://{host}:{peer_port}"])
+        except errors.UnavailableError as exc:
+            # etcd refuses to reconfigure until every member has been connected for 5 s
+            # (the cluster has just started): "unhealthy cluster", retryable.
+            assert "unhealthy cluster" in str(exc)
+            return None
+    added = await eventually(add, timeout=15, interval=0.5, what="member add accepted")
+    new_id, after_add = added
+    assert new_id in {m.id for m in after_add} and len(after_add) == 4
+    initial = ",".join([*(f"{m.name}={m.peer_urls[0]}" for m in members),
+                        f"m3=http://{host}:{peer_port}"])
+    joiner = etcd_server.EtcdServer(tmp_path / "m3" / "data", host=host, peer_port=peer_port,
+                                    name="m3", initial_cluster=initial,
+                                    initial_cluster_state="existing")
+    joiner.start()
+    try:
+        status = await cstore.etcd.status(joiner.url)
+        assert status.member_id == new_id and status.leader_id == statuses[0].leader_id
+        listed = {m.id: m for m in await cstore.etcd.member_list()}
+        assert listed[new_id].name == "m3"
+        remaining = await cstore.etcd.member_remove(new_id)
+        assert new_id not in {m.id for m in remaining} and len(remaining) == 3
+    finally:
+        joiner.kill()
+    with pytest.raises(errors.UnavailableError, match=r"127\.0\.0\.4"):
+        await cstore.etcd.status(joiner.url, timeout=0.5)
 
 
 async def test_leader_killed_under_writes_watch_and_keepalives(
@@ -116,46 +160,3 @@ async def test_leader_killed_under_writes_watch_and_keepalives(
         return len({s.leader_id for s in states}) == 1 and \
             states[leader].raft_index >= min(s.raft_index for s in states) - 5
     await eventually(caught_up, timeout=15, what="the restarted member following the leader")
-
-
-async def test_members_listed_added_and_removed(cluster: etcd_server.EtcdCluster,
-                                                cstore: client.Store,
-                                                tmp_path: Path) -> None:
-    members = await cstore.etcd.member_list()
-    assert sorted(m.name for m in members) == ["m0", "m1", "m2"]
-    assert {u for m in members for u in m.client_urls} == set(cluster.urls.split(","))
-    statuses = [await cstore.etcd.status(m.url) for m in cluster.members]
-    assert {s.member_id for s in statuses} == {m.id for m in members}
-    assert len({s.leader_id for s in statuses}) == 1
-
-    host = "127.0.0.4"
-    peer_port = etcd_server.free_port(host)
-
-    async def add() -> tuple[int, list[etcd.Member]] | None:
-        try:
-            return await cstore.etcd.member_add([f"http://{host}:{peer_port}"])
-        except errors.UnavailableError as exc:
-            # etcd refuses to reconfigure until every member has been connected for 5 s
-            # (the previous test restarted one): "unhealthy cluster", retryable.
-            assert "unhealthy cluster" in str(exc)
-            return None
-    added = await eventually(add, timeout=15, interval=0.5, what="member add accepted")
-    new_id, after_add = added
-    assert new_id in {m.id for m in after_add} and len(after_add) == 4
-    initial = ",".join([*(f"{m.name}={m.peer_urls[0]}" for m in members),
-                        f"m3=http://{host}:{peer_port}"])
-    joiner = etcd_server.EtcdServer(tmp_path / "m3" / "data", host=host, peer_port=peer_port,
-                                    name="m3", initial_cluster=initial,
-                                    initial_cluster_state="existing")
-    joiner.start()
-    try:
-        status = await cstore.etcd.status(joiner.url)
-        assert status.member_id == new_id and status.leader_id == statuses[0].leader_id
-        listed = {m.id: m for m in await cstore.etcd.member_list()}
-        assert listed[new_id].name == "m3"
-        remaining = await cstore.etcd.member_remove(new_id)
-        assert new_id not in {m.id for m in remaining} and len(remaining) == 3
-    finally:
-        joiner.kill()
-    with pytest.raises(errors.UnavailableError, match=r"127\.0\.0\.4"):
-        await cstore.etcd.status(joiner.url, timeout=0.5)

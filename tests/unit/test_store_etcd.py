@@ -64,5 +64,5 @@ def test_a_client_of_several_members_fails_over_faster_than_etcd_times_out() -> 
     assert etcd.EtcdClient("http://127.0.0.1:2379").call_timeout == etcd.CALL_TIMEOUT
     several = etcd.EtcdClient("http://127.0.0.1:2379,http://127.0.0.2:2379")
     assert several.call_timeout == etcd.FAILOVER_CALL_TIMEOUT < etcd.CALL_TIMEOUT
-    with pytest.raises(ValueError, match="TLS needs a CA"):
+    with pytest.raises(ValueError, match="is https: TLS needs the cluster CA"):
         etcd.EtcdClient("https://127.0.0.1:2379")
