@@ -14,21 +14,22 @@ agent's renewal runs it in a thread.
 
 from __future__ import annotations
 
+import hmac
 import json
 import socket
 import ssl
 from typing import Any, Final
 
-from shoal.join import crypto
 from shoal.join.protocol import (
     SERVER_NAME,
     JoinRequest,
     JoinResponse,
     Refusal,
-    decode,
     encode,
     join_addr,
 )
+from shoal.pki import ca as pki_ca
+from shoal.pki import tokens as pki_tokens
 
 TIMEOUT: Final = 30.0  # a manager join waits for the etcd member to be added
 
@@ -48,29 +49,16 @@ def _request(host: str, port: int, ctx: ssl.SSLContext, method: str, path: str,
                         "is the address right, and is the manager up? (`swctl init` and "
                         "`swctl join-token` print it)") from None
     try:
-        try:
-            conn = ctx.wrap_socket(raw, server_hostname=server_name)
-        except ssl.SSLCertVerificationError as exc:
-            raise JoinError(f"the join endpoint at {where} showed a certificate the "
-                            f"cluster's CA did not sign ({exc.verify_message}): refusing to "
-                            "send the token") from None
-        except (ssl.SSLError, OSError) as exc:
-            raise JoinError(f"{where} did not answer TLS ({exc}): is it a Shoal join "
-                            "endpoint (port 4243 by default)?") from None
+        conn = _handshake(raw, ctx, server_name, where)
         with conn:
             head = (f"{method} {path} HTTP/1.1\r\nHost: {where}\r\nContent-Type: "
                     f"application/json\r\nContent-Length: {len(body)}\r\nConnection: "
                     "close\r\n\r\n").encode()
             conn.sendall(head + body)
             chunks = []
-            while True:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
+            while chunk := conn.recv(65536):
                 chunks.append(chunk)
-    except (TimeoutError, OSError) as exc:
-        if isinstance(exc, JoinError):
-            raise
+    except OSError as exc:  # timeouts and resets after the handshake
         raise JoinError(f"the join endpoint at {where} stopped answering ({exc})") from None
     finally:
         raw.close()
@@ -83,6 +71,19 @@ def _request(host: str, port: int, ctx: ssl.SSLContext, method: str, path: str,
     return int(status_line[1]), response[head_end + 4:]
 
 
+def _handshake(raw: socket.socket, ctx: ssl.SSLContext, server_name: str | None,
+               where: str) -> ssl.SSLSocket:
+    try:
+        return ctx.wrap_socket(raw, server_hostname=server_name)
+    except ssl.SSLCertVerificationError as exc:
+        raise JoinError(f"the join endpoint at {where} showed a certificate the cluster's CA "
+                        f"did not sign ({exc.verify_message}): refusing to send the token") \
+            from None
+    except OSError as exc:  # ssl.SSLError too
+        raise JoinError(f"{where} did not answer TLS ({exc}): is it a Shoal join endpoint "
+                        "(port 4243 by default)?") from None
+
+
 def fetch_ca(host: str, port: int, digest: str) -> bytes:
     """The CA at ``host:port``, if its digest is ``digest`` (the token's)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -93,11 +94,11 @@ def fetch_ca(host: str, port: int, digest: str) -> bytes:
         raise JoinError(f"{join_addr(host, port)} answered GET /ca with {status}: is it a "
                         "Shoal join endpoint?")
     try:
-        actual = crypto.ca_digest(body)
+        actual = pki_tokens.ca_digest(pki_ca.CA(pki_ca.load_cert_pem(body)).der)
     except ValueError:
         raise JoinError(f"{join_addr(host, port)} sent a CA that is not a certificate") \
             from None
-    if not crypto.same(actual, digest):
+    if not hmac.compare_digest(actual, digest):
         raise JoinError(f"the cluster at {join_addr(host, port)} has another CA than the "
                         "token was made for (its digest does not match): the token is from "
                         "another cluster, or something is intercepting the connection; "
@@ -132,9 +133,9 @@ def join(host: str, port: int, token: str, csr: bytes, name: str,
          advertise_addr: str) -> JoinResponse:
     """Join through ``host:port`` with ``token``; the manager's answer."""
     try:
-        digest, _ = crypto.parse_token(token)
-    except crypto.TokenError as exc:
-        raise JoinError(f"invalid join token: {exc}") from None
+        digest = pki_tokens.parse_token(token).digest
+    except pki_tokens.TokenError as exc:
+        raise JoinError(str(exc)) from None
     ca_pem = fetch_ca(host, port, digest)
     request = JoinRequest(token=token, csr=csr.decode(), name=name,
                           advertise_addr=advertise_addr)
@@ -142,7 +143,19 @@ def join(host: str, port: int, token: str, csr: bytes, name: str,
                             encode(request.to_json()))
     data = _answer(status, body, "the join")
     try:
-        return JoinResponse.from_json(decode(json.dumps(data).encode(), "answer"))
+        return JoinResponse.from_json(data)
+    except Refusal as exc:
+        raise JoinError(exc.message) from None
+
+
+def promote(host: str, port: int, ca_pem: bytes, cert: str, key: str,
+            advertise_addr: str) -> JoinResponse:
+    """What this (promoted) node needs to become a manager, asked with its certificate."""
+    status, body = _request(host, port, pinned_context(ca_pem, cert, key), "POST",
+                            "/promote", encode({"advertise_addr": advertise_addr}))
+    data = _answer(status, body, "the promotion")
+    try:
+        return JoinResponse.from_json(data)
     except Refusal as exc:
         raise JoinError(exc.message) from None
 

@@ -17,6 +17,8 @@ Protocol (HTTPS only, port 4243 by default; docs/cluster.md)::
                     a name in use
     POST /renew  {csr} with the node's current certificate as TLS client certificate
                  -> 200 {cert}: the same subject, a fresh validity
+    POST /promote {advertise_addr} with the node's certificate, once ``swctl node
+                 promote`` has set its Node's role -> 200 the manager's part of /join
 
 Why the manager's answer carries the CA key and root credentials: a manager runs an etcd
 member and signs joiners' certificates itself, as every Swarm manager holds the root CA
@@ -143,7 +145,10 @@ class JoinResponse:
                 peer_url=_field(data, "peer_url", where))
         elif role != "worker":
             raise Refusal(502, f'{where}: "role" is {role!r}, not manager or worker')
-        return cls(role=role, cert=_field(data, "cert", where), ca=_field(data, "ca", where),
+        cert = data.get("cert", "")  # "" in a promotion's answer: the node keeps its own
+        if not isinstance(cert, str):
+            raise Refusal(502, f'{where}: "cert" is not a string')
+        return cls(role=role, cert=cert, ca=_field(data, "ca", where),
                    endpoints=tuple(endpoints), prefix=_field(data, "prefix", where),
                    join_addrs=tuple(join_addrs), manager=manager)
 

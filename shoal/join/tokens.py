@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hmac
 import json
 from typing import Any, Final
 
 from shoal.crds import sealed
-from shoal.join import crypto
 from shoal.join.protocol import Refusal
+from shoal.pki import ca as pki_ca
+from shoal.pki import tokens as pki_tokens
 from shoal.store import etcd
 
 ROLES: Final = ("worker", "manager")
@@ -78,9 +80,9 @@ class Tokens:
 
 def _new_role_token(ring: sealed.Keyring, role: str, previous: tuple[str, ...] = (),
                     ) -> tuple[RoleToken, str]:
-    secret = crypto.new_secret()
+    secret = pki_tokens.new_secret()
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    return RoleToken(crypto.secret_hash(secret),
+    return RoleToken(pki_tokens.secret_hash(secret),
                      ring.seal(secret.encode(), _SEAL_NS, f"join-token-{role}"),
                      previous[-KEEP_PREVIOUS:], now), secret
 
@@ -100,30 +102,33 @@ def rotated(tokens: Tokens, ring: sealed.Keyring, role: str) -> Tokens:
 def token_text(tokens: Tokens, ring: sealed.Keyring, ca_pem: bytes, role: str) -> str:
     """The full ``SWMTKN-1-...`` token of ``role``, opened with the keyring."""
     secret = ring.open(tokens.of(role).sealed, _SEAL_NS, f"join-token-{role}").decode()
-    return crypto.make_token(ca_pem, secret)
+    return pki_tokens.make_token(_der(ca_pem), secret)
+
+
+def _der(ca_pem: bytes) -> bytes:
+    return pki_ca.CA(pki_ca.load_cert_pem(ca_pem, "the cluster CA")).der
 
 
 def check(tokens: Tokens, token: str, ca_pem: bytes) -> str:
     """The role ``token`` admits; :class:`Refusal` (403) saying why it admits none."""
     try:
-        digest, secret = crypto.parse_token(token)
-    except crypto.TokenError as exc:
-        raise Refusal(400, f"invalid join token: {exc}") from None
-    if not crypto.same(digest, crypto.ca_digest(ca_pem)):
+        parsed = pki_tokens.parse_token(token)
+    except pki_tokens.TokenError as exc:
+        raise Refusal(400, str(exc)) from None
+    if not hmac.compare_digest(parsed.digest, pki_tokens.ca_digest(_der(ca_pem))):
         raise Refusal(403, "invalid join token: it was made for another cluster (its CA "
                            "digest does not match this cluster's CA); get a token from "
                            "this cluster with `swctl join-token worker` on one of its "
                            "managers")
-    presented = crypto.secret_hash(secret)
     role = None
     for candidate in ROLES:
         # Both compared, in constant time, whatever the first gave.
-        if crypto.same(presented, tokens.of(candidate).hash):
+        if pki_tokens.matches_hash(parsed, tokens.of(candidate).hash):
             role = candidate
     if role is not None:
         return role
     for candidate in ROLES:
-        if any(crypto.same(presented, h) for h in tokens.of(candidate).previous):
+        if any(pki_tokens.matches_hash(parsed, h) for h in tokens.of(candidate).previous):
             raise Refusal(403, f"invalid join token: this {candidate} token was rotated "
                                f"(the current one dates from "
                                f"{tokens.of(candidate).rotated_at}); get the current one "

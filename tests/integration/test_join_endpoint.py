@@ -11,22 +11,31 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
-from shoal.join import client, crypto, server
+from shoal.join import client, server
+from shoal.pki import ca as pki_ca
+from shoal.pki import certs, tokens
 
 pytestmark = pytest.mark.asyncio
 
 
 def _pki(tmp: Path, name: str) -> tuple[bytes, Path, Path, Path]:
-    ca, ca_key = crypto.make_ca()
-    key = crypto.new_key()
-    cert = crypto.issue(ca, ca_key, key.public_key(), "etcd.shoal",
-                        server_hosts=["127.0.0.1"])
+    ca = pki_ca.make_ca()
+    cert, key = certs.issue_server(ca, ["127.0.0.1"])
     paths = (tmp / f"{name}-ca.crt", tmp / f"{name}.crt", tmp / f"{name}.key")
-    paths[0].write_bytes(crypto.cert_pem(ca))
-    paths[1].write_bytes(crypto.cert_pem(cert))
-    paths[2].write_bytes(crypto.key_pem(key))
-    return crypto.cert_pem(ca), *paths
+    paths[0].write_bytes(ca.cert_pem)
+    paths[1].write_bytes(pki_ca.cert_pem(cert))
+    paths[2].write_bytes(pki_ca.key_pem(key))
+    return ca.cert_pem, *paths
+
+
+def _token(ca_pem: bytes) -> str:
+    return tokens.make_token(pki_ca.CA(pki_ca.load_cert_pem(ca_pem)).der, tokens.new_secret())
+
+
+def _csr() -> bytes:
+    return certs.make_csr(pki_ca.new_key(), "x").public_bytes(serialization.Encoding.PEM)
 
 
 @pytest.fixture
@@ -51,13 +60,13 @@ async def endpoint(tmp_path: Path) -> AsyncIterator[tuple[server.JoinServer, byt
 async def test_the_token_pins_the_ca_and_refusals_reach_the_joiner(
         endpoint: tuple[server.JoinServer, bytes, list[str]]) -> None:
     srv, ca_pem, seen = endpoint
-    token = crypto.make_token(ca_pem, crypto.new_secret())
-    csr = crypto.make_csr(crypto.new_key(), "x")
+    token = _token(ca_pem)
+    csr = _csr()
     with pytest.raises(client.JoinError, match="invalid join token: no"):
         await asyncio.to_thread(client.join, "127.0.0.1", srv.port, token, csr, "w1", "1.2.3.4")
     assert len(seen) == 1 and token in seen[0]
 
-    other = crypto.make_token(crypto.cert_pem(crypto.make_ca()[0]), crypto.new_secret())
+    other = _token(pki_ca.make_ca().cert_pem)
     with pytest.raises(client.JoinError, match="another CA than the token was made for"):
         await asyncio.to_thread(client.join, "127.0.0.1", srv.port, other, csr, "w1", "1.2.3.4")
     assert len(seen) == 1  # nothing was sent
@@ -69,10 +78,10 @@ async def test_a_server_certificate_from_another_ca_is_refused(
     # A middle man serving the real CA at /ca but its own certificate.
     _, _, cert, key = _pki(tmp_path, "mitm")
     srv.tls = server.server_context(str(tmp_path / "real-ca.crt"), str(cert), str(key))
-    token = crypto.make_token(ca_pem, crypto.new_secret())
+    token = _token(ca_pem)
     with pytest.raises(client.JoinError, match="certificate the cluster's CA did not sign"):
         await asyncio.to_thread(client.join, "127.0.0.1", srv.port, token,
-                                crypto.make_csr(crypto.new_key(), "x"), "w1", "1.2.3.4")
+                                _csr(), "w1", "1.2.3.4")
     assert seen == []
 
 

@@ -19,7 +19,7 @@ def test_node_json_round_trip_and_clear_errors(tmp_path: Path) -> None:
     datadir.save_node(layout, cfg)
     assert datadir.load_node(layout) == cfg
     layout.node_file.write_text('{"name": "m1", "role": "boss"}')
-    with pytest.raises(datadir.DataDirError, 
+    with pytest.raises(datadir.DataDirError,
                        match=r'"role" is .boss.; expected manager or worker'):
         datadir.load_node(layout)
     layout.node_file.write_text("{")

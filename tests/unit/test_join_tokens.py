@@ -1,16 +1,17 @@
-"""shoal/join/tokens.py (and the token format of crypto.py): which token admits what."""
+"""shoal/join/tokens.py: which token admits what, and why the others are refused."""
 
 from __future__ import annotations
 
 import pytest
 
 from shoal.crds import sealed
-from shoal.join import crypto, tokens
+from shoal.join import tokens
 from shoal.join.protocol import Refusal
+from shoal.pki import ca as pki_ca
 
 RING = sealed.Keyring.generate()
-CA = crypto.cert_pem(crypto.make_ca()[0])
-OTHER_CA = crypto.cert_pem(crypto.make_ca()[0])
+CA = pki_ca.make_ca().cert_pem
+OTHER_CA = pki_ca.make_ca().cert_pem
 
 
 def test_tokens_admit_their_role_and_refuse_the_rest_saying_why() -> None:
@@ -29,9 +30,7 @@ def test_tokens_admit_their_role_and_refuse_the_rest_saying_why() -> None:
     wrong = worker[:-25] + "0" * 25
     with pytest.raises(Refusal, match="matches neither"):
         tokens.check(fresh, wrong, CA)
-    with pytest.raises(Refusal, match="not a join token"):
+    with pytest.raises(Refusal, match='invalid join token "hello"'):
         tokens.check(fresh, "hello", CA)
-    with pytest.raises(Refusal, match="damaged"):
-        tokens.check(fresh, worker[:-1], CA)
     again = tokens.Tokens.from_json(fresh.to_json(), 7)
     assert tokens.check(again, tokens.token_text(again, RING, CA, "worker"), CA) == "worker"
