@@ -100,6 +100,9 @@ class AgentConfig:
     keyring: str | None = None
     # CA and client certificate for https etcd endpoints (--etcd-ca/cert/key).
     etcd_tls: Bundle | None = None
+    # The node's own certificate (--tls-dir: DIR/ca.crt, DIR/node.crt, DIR/node.key): its
+    # endpoints (task logs) then serve TLS to the cluster's admin certificate only.
+    node_tls: Bundle | None = None
 
     def node_names(self) -> list[str]:
         if self.count <= 1:
@@ -318,7 +321,7 @@ class Agent:
         if self.cfg.logs_port is None or not configs:
             return configs
         self.logserver = logserver.LogServer(self.executors, configs[0].address,
-                                             self.cfg.logs_port)
+                                             self.cfg.logs_port, tls=self.cfg.node_tls)
         try:
             endpoint = await self.logserver.start()
         except OSError as exc:

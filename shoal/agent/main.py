@@ -86,6 +86,10 @@ def build_parser(prog: str = "swctl agent") -> argparse.ArgumentParser:
                    help="etcd endpoint URL, or several comma-separated (default: "
                    f"$SHOAL_ETCD or {DEFAULT_ETCD})")
     operator.add_tls_arguments(p)
+    p.add_argument("--tls-dir", metavar="DIR", default=None,
+                   help="the node's certificate: DIR/ca.crt, DIR/node.crt, DIR/node.key. Its "
+                   "endpoints (task logs) then serve TLS to the cluster's admin certificate "
+                   "only; it is also the etcd client certificate when --etcd-cert is not given")
     p.add_argument("--prefix", default=None,
                    help=f"key prefix of the cluster (default: $SHOAL_PREFIX or {DEFAULT_PREFIX})")
     p.add_argument("--name", default=None, help="node name (default: the hostname)")
@@ -161,8 +165,15 @@ def configure_logging(level: str, fmt: str) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> agent.AgentConfig:
+    node_tls = Bundle.from_dir(args.tls_dir, "node") if args.tls_dir else None
+    # One certificate per node: with --tls-dir and no --etcd-* (or $SHOAL_ETCD_*), the
+    # node's certificate is also what it presents to etcd.
+    etcd_url = args.etcd or os.environ.get("SHOAL_ETCD") or DEFAULT_ETCD
+    etcd_tls = Bundle.resolve(args.etcd_ca, args.etcd_cert, args.etcd_key)
+    if etcd_tls is None and etcd_url.startswith("https://"):
+        etcd_tls = node_tls
     return agent.AgentConfig(
-        etcd_url=args.etcd or os.environ.get("SHOAL_ETCD") or DEFAULT_ETCD,
+        etcd_url=etcd_url,
         prefix=args.prefix or os.environ.get("SHOAL_PREFIX") or DEFAULT_PREFIX,
         node_name=args.name or socket.gethostname(),
         runtime=args.runtime, count=args.count, labels=dict(args.label), role=args.role,
@@ -174,7 +185,7 @@ def config_from_args(args: argparse.Namespace) -> agent.AgentConfig:
         stall_timeout=args.stall_timeout, logs_port=args.logs_port,
         dataplane=args.dataplane, state_dir=args.state_dir, drain=args.drain,
         keyring=args.keyring or os.environ.get(sealed.KEYRING_ENV) or None,
-        etcd_tls=Bundle.resolve(args.etcd_ca, args.etcd_cert, args.etcd_key))
+        etcd_tls=etcd_tls, node_tls=node_tls)
 
 
 async def _serve(cfg: agent.AgentConfig) -> None:

@@ -68,10 +68,13 @@ class Bundle:
         """(CA PEM, certificate PEM, key PEM)."""
         return self.ca.read_bytes(), self.cert.read_bytes(), self.key.read_bytes()
 
-    def client_context(self, alpn: list[str] | None = None) -> ssl.SSLContext:
-        """Trust only the cluster CA; present this bundle's certificate."""
+    def client_context(self, alpn: list[str] | None = None,
+                       check_hostname: bool = True) -> ssl.SSLContext:
+        """Trust only the cluster CA; present this bundle's certificate. Without
+        ``check_hostname`` the caller identifies the server by its CN (``peer_cn``)."""
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca))
         ctx.load_cert_chain(str(self.cert), str(self.key))
+        ctx.check_hostname = check_hostname
         if alpn:
             ctx.set_alpn_protocols(alpn)
         return ctx
@@ -82,6 +85,18 @@ class Bundle:
         ctx.load_cert_chain(str(self.cert), str(self.key))
         ctx.verify_mode = ssl.CERT_REQUIRED
         return ctx
+
+
+def peer_cn(peercert: object) -> str:
+    """The CN of a verified peer certificate as ``SSLSocket.getpeercert()`` gives it
+    ('' when there is none)."""
+    if not isinstance(peercert, dict):
+        return ""
+    for rdn in peercert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,8 @@ Three shapes, one per job:
   since each member is both ends of a peer connection.
 * **client** (agents, controller-managers, swctl): CN = the etcd user the holder acts as
   (``root``, ``shoal:node:<name>``); etcd's client-certificate auth takes the CN as the
-  user name. clientAuth only.
+  user name. clientAuth and serverAuth: a node's one certificate also serves its own
+  endpoints (task logs) over TLS, where clients identify the node by the CN.
 
 A CSR is signed into a client certificate with the CN the *signer* chooses, never the
 one the CSR asks for: a joining node proves it holds the token, not that it may pick
@@ -92,7 +93,7 @@ def _build(ca: CA, public_key: ec.EllipticCurvePublicKey, cn: str,
 
 
 _SERVER = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-_CLIENT = [ExtendedKeyUsageOID.CLIENT_AUTH]
+_CLIENT = [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
 
 
 def issue_server(ca: CA, hosts: Iterable[str], cn: str = ETCD_SERVER_NAME,

@@ -7,7 +7,7 @@ CA, and plain http, each with an error saying what is wrong; once auth is on, a
 certificate whose CN is no etcd user is refused naming the user and how to fix it, a
 node user may do only what its role grants, and deleting the user stops its certificate.
 The agent, the controller-manager and swctl run against it with --etcd-ca/cert/key (or
-$SHOAL_ETCD_CA/CERT/KEY).
+$SHOAL_ETCD_CA/CERT/KEY), and the agent serves its log endpoint over TLS (--tls-dir).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from unittest import mock
 
 import pytest
 
+from shoal.cli import logs
+from shoal.crds import kinds
 from shoal.pki import ca as pki_ca
 from shoal.pki import certs
 from shoal.pki.bundle import ENV_CA, ENV_CERT, ENV_KEY, Bundle
@@ -174,8 +176,15 @@ async def test_agent_controller_manager_and_swctl_take_the_tls_options(
     flags = ["--etcd-ca", str(bundle.ca), "--etcd-cert", str(bundle.cert),
              "--etcd-key", str(bundle.key)]
     env = {ENV_CA: str(bundle.ca), ENV_CERT: str(bundle.cert), ENV_KEY: str(bundle.key)}
+    node_dir = tmp_path / "node-pki"  # the node's own certificate, for its log endpoint
+    assert cluster.ca is not None
+    cluster.ca.save(node_dir / "ca.crt")
+    cert, key = certs.issue_client(cluster.ca, certs.node_user("tls-n1"))
+    pki_ca.write_file(node_dir / "node.crt", pki_ca.cert_pem(cert), 0o644)
+    pki_ca.write_file(node_dir / "node.key", pki_ca.key_pem(key), 0o600)
     agent = LoggedProcess("agent", [
         sys.executable, "-m", "shoal.agent.main", "--etcd", cluster.urls, *flags,
+        "--tls-dir", str(node_dir), "--logs-port", "0",
         "--prefix", prefix, "--name", "tls-n1", "--runtime", "hollow", "--heartbeat-ttl", "2",
         "--log-format", "console"], tmp_path / "agent.log")
     with mock.patch.dict(os.environ, env):  # the controller-manager reads the environment
@@ -195,6 +204,17 @@ async def test_agent_controller_manager_and_swctl_take_the_tls_options(
             kvs, _, _ = await root.range(leases, etcd.prefix_end(leases))
             return bool(kvs)
         await eventually(leading, timeout=20, what="the controller-manager leading over TLS")
+        # The agent serves its log endpoint over TLS, to the admin certificate.
+        store = await client.Store.connect(cluster.urls, prefix=prefix, tls=bundle)
+        try:
+            node = await store.get(kinds.Registry.builtin().lookup("nodes"), "tls-n1")
+        finally:
+            await store.close()
+        endpoint = str(node.status["logsEndpoint"])
+        assert endpoint.startswith("https://")
+        with pytest.raises(logs.NoWorkloadError, match="no workload for task nope"):
+            async for _ in logs.fetch(endpoint, "tls-n1", "nope", tls=bundle):
+                pass
         # swctl without a certificate, against https endpoints: refused before any call.
         bare = await asyncio.to_thread(
             subprocess.run, [*swctl, "node", "ls"], capture_output=True, text=True,

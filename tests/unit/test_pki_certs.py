@@ -40,7 +40,8 @@ def test_server_certs_name_etcd_shoal_and_their_addresses(cluster_ca: ca.CA) -> 
 def test_client_certs_carry_the_etcd_user_as_cn(cluster_ca: ca.CA) -> None:
     cert, _ = certs.issue_client(cluster_ca, certs.node_user("web-1"))
     assert certs.common_name(cert) == "shoal:node:web-1"
-    assert _usages(cert) == {ExtendedKeyUsageOID.CLIENT_AUTH}
+    # serverAuth too: a node's certificate also serves its log endpoint.
+    assert _usages(cert) == {ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH}
     life = cert.not_valid_after_utc - cert.not_valid_before_utc
     assert abs(life - certs.NODE_CERT_LIFETIME) < datetime.timedelta(seconds=5)
 
