@@ -49,8 +49,10 @@ def manager_argv(layout: datadir.Layout, cfg: datadir.NodeConfig, join_port: int
 
 def agent_argv(layout: datadir.Layout, cfg: datadir.NodeConfig, runtime: str,
                extra: list[str]) -> list[str]:
+    # --tls-dir: the node certificate is its etcd identity and serves its task logs over
+    # TLS to the admin (root) certificate only.
     argv = swctl_argv("agent", "--etcd", ",".join(cfg.endpoints), "--prefix", cfg.prefix,
-                      *tls_flags(layout, "node"), "--name", cfg.name, "--role", cfg.role,
+                      "--tls-dir", str(layout.pki), "--name", cfg.name, "--role", cfg.role,
                       "--address", cfg.advertise_addr, "--runtime", runtime, *extra)
     if layout.keyring.exists():
         argv += ["--keyring", str(layout.keyring)]
