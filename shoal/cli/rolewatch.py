@@ -6,7 +6,8 @@ takes work on the machine itself -- an etcd member to start or stop, a controlle
 credentials to fetch or drop -- so every ``init``/``join`` node runs this small watcher
 beside its agent (Swarm's daemon does the same on a role change).
 
-Every couple of seconds it compares its Node's ``spec.role`` with ``node.json``:
+Every couple of seconds it brings ``node.json``'s etcd endpoints up to date with the
+member list, and compares its Node's ``spec.role`` with ``node.json``:
 
 * promoted: asks a manager's join endpoint (``POST /promote``, with its node certificate)
   for the manager material -- the endpoint adds the etcd member -- writes it, issues its
@@ -105,6 +106,17 @@ def demote_here(layout: datadir.Layout, cfg: datadir.NodeConfig) -> None:
     log.info("demoted: controller-manager and etcd member stopped", node=cfg.name)
 
 
+async def _refresh_endpoints(layout: datadir.Layout, cfg: datadir.NodeConfig,
+                             store: store_client.Store) -> None:
+    """Keep ``node.json``'s endpoints the members' client URLs: managers join and leave
+    after this node did (the first manager knew only its own), and swctl and processes
+    started later must find every member. Running processes keep the list they got."""
+    urls = tuple(sorted({u for m in await store.etcd.member_list() for u in m.client_urls}))
+    if urls and urls != tuple(sorted(cfg.endpoints)):
+        datadir.save_node(layout, dataclasses.replace(cfg, endpoints=urls))
+        log.info("etcd endpoints updated", node=cfg.name, endpoints=list(urls))
+
+
 async def _renew(layout: datadir.Layout) -> float:
     """Renew what is due; seconds until the next look."""
     try:
@@ -141,6 +153,7 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
                     store = await store_client.Store.connect(
                         ",".join(cfg.endpoints), cfg.prefix, tls=node_tls)
                 node = await store.get(info, cfg.name)
+                await _refresh_endpoints(layout, cfg, store)
                 want = str(node.spec.get("role") or "worker")
                 if want == "manager" and cfg.role == "worker":
                     await asyncio.to_thread(promote_here, layout, cfg, args.listen_join)
