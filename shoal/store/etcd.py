@@ -119,7 +119,7 @@ def parse_endpoint(url: str) -> Endpoint:
         port = 0
     if parsed.scheme not in ("http", "https") or not parsed.hostname or not port \
             or parsed.path not in ("", "/"):
-        raise ValueError(f'invalid etcd endpoint "{text}": expected http://HOST:PORT or '
+        raise ValueError(f'invalid etcd URL "{text}": expected http://HOST:PORT or '
                          "https://HOST:PORT")
     return Endpoint(parsed.scheme, parsed.hostname, port)
 

@@ -43,7 +43,7 @@ def test_endpoints_are_a_comma_separated_list_of_one_scheme() -> None:
     assert etcd.parse_url("http://10.0.0.1:2379,http://10.0.0.2:2379") == ("10.0.0.1", 2379)
     with pytest.raises(ValueError, match="mix http and https"):
         etcd.parse_endpoints("http://a:1,https://b:2")
-    with pytest.raises(ValueError, match='invalid etcd endpoint "ftp://a:1"'):
+    with pytest.raises(ValueError, match='invalid etcd URL "ftp://a:1"'):
         etcd.parse_endpoints("ftp://a:1")
     with pytest.raises(ValueError, match="no etcd endpoint given"):
         etcd.parse_endpoints(" , ")
