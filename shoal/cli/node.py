@@ -322,12 +322,13 @@ async def run_rm(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
         if refusals:
             raise errors.CliError([*refusals, "nothing was removed"])
         for node in nodes:
+            # Its etcd user first (init/join clusters): the node's certificate stops
+            # working now, and a swctl not allowed to do that fails before anything goes.
+            await access.revoke_node(store.etcd, node.name)
             try:
                 await store.delete(info, node.name)
             except store_errors.NotFoundError:
                 pass  # removed meanwhile: what was asked for
-            # Its etcd user (init/join clusters): the node's certificate stops working now.
-            await access.revoke_node(store.etcd, node.name)
             console.out(f"node/{node.name} removed")
     return 0
 
