@@ -164,6 +164,12 @@ def test_three_managers_and_two_workers_join_and_node_ls_shows_manager_status(
     assert all(out.strip().endswith("This node joined a swarm as a worker.") for out in outs)
     cfg = datadir.load_node(datadir.Layout(machines["w1"].dir))
     assert cfg.role == "worker" and len(cfg.endpoints) == 3
+    # Another machine cannot take a ready node's name.
+    other = Machine(machines["w1"].dir.parent, "other", 6)
+    err = other.swctl("join", "--token", worker_token, where, "--advertise-addr",
+                      other.address, "--name", "w1", "--runtime", "hollow", expect=1).stderr
+    assert "a node named w1 is already in the cluster and ready (at " in err
+    assert not datadir.Layout(other.dir).exists()
 
     def settled() -> dict[str, dict[str, str]] | None:
         rows = node_table(machines["m2"])
