@@ -1,9 +1,11 @@
 """``swctl init``: make this machine the first manager of a new cluster, as ``docker
 swarm init`` does.
 
-What it owns: the bootstrap, in an order that a re-run after a crash at any point
-finishes rather than repeats (every artifact is made only if it is not there yet, and
-``node.json`` is written last, so "initialized" means exactly "node.json exists"):
+What it owns: the bootstrap, in an order that a re-run after a crash finishes rather
+than repeats (every artifact is made only if it is not there yet; the etcd member
+restarts from its data; users, tokens and auth are checked before they are made).
+``node.json`` is written just before the processes that read it start, and a data dir
+that has one is refused (``leave --force`` clears a half-made node):
 
 1. the cluster CA, the etcd root user's certificate (``root``: this manager's
    controller-manager and ``swctl``), this node's certificate (``shoal:node:<name>``:
@@ -13,9 +15,9 @@ finishes rather than repeats (every artifact is made only if it is not there yet
 3. etcd's users and auth: ``root`` with etcd's root role, this node's user and role
    (``access``), the join tokens (``tokens``), then auth enabled -- from now on etcd
    takes the user from the certificate's CN and refuses clients without one;
-4. the controller-manager (which serves the join endpoint, ``--listen-join``) and the
-   agent, detached (``nodeprocs``);
-5. ``node.json``, and Docker's message with the worker join command.
+4. ``node.json``; the controller-manager (which serves the join endpoint,
+   ``--listen-join``), the agent and the role watcher, detached (``nodeprocs``);
+5. Docker's message with the worker join command, once the node is ready.
 """
 
 from __future__ import annotations
