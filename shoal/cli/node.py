@@ -422,8 +422,10 @@ async def run_update(args: argparse.Namespace, opts: common.GlobalOptions) -> in
     changes = update_changes(args)
     async with common.open_store(opts) as store:
         info = _node_info(await common.registry_of(store))
-        changed = await update_node(store, info, await get_node(store, info, args.name),
-                                    changes)
+        node = await get_node(store, info, args.name)
+        if args.role == "worker":
+            await leave_etcd(store, node.name)  # as `node demote` does
+        changed = await update_node(store, info, node, changes)
     console.out(f"node/{args.name} {'updated' if changed else 'unchanged'}")
     return 0
 
