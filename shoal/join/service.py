@@ -1,7 +1,7 @@
 """What a manager answers on its join endpoint: who may join, as what, with what.
 
-What it owns: the steps of ``POST /join`` and ``POST /renew`` on a manager, in an order
-that makes a crash or a retry at any point harmless:
+What it owns: the steps of ``POST /join``, ``/promote`` and ``/renew`` on a manager, in
+an order that makes a crash or a retry at any point harmless:
 
 1. the token is checked against the record in etcd (``tokens.check``): a wrong, rotated
    or foreign token is refused before anything is written;
@@ -16,9 +16,10 @@ that makes a crash or a retry at any point harmless:
 A joiner that dies after step 5 and never starts its member leaves an unstarted member
 behind; ``swctl join`` run again reuses it, and ``swctl node rm``/``demote`` removes it.
 
-``/renew`` signs a fresh certificate for exactly the name the client's current
-certificate carries, while that node's etcd user still exists: a removed node cannot
-renew its way back in.
+``/promote`` is step 5 for a node already joined, asked with its own certificate
+once its Node's role is manager (``swctl role-watch`` asks). ``/renew`` signs a fresh
+certificate for exactly the name the client's current certificate carries, while that
+Node exists: a removed node cannot renew its way back in.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ async def publish_join_addr(etcd_client: etcd.EtcdClient, prefix: str, node: str
 
 
 async def forget_join_addr(etcd_client: etcd.EtcdClient, prefix: str, node: str) -> None:
-    await etcd_client.delete_prefix(join_addrs_prefix(prefix) + node.encode())
+    # One key, not a prefix: forgetting node-1 must not forget node-10.
+    await etcd_client.txn([], [etcd.op_delete(join_addrs_prefix(prefix) + node.encode())])
 
 
 def url(scheme: str, host: str, port: int) -> str:
