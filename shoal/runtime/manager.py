@@ -66,7 +66,8 @@ async def run_manager(etcd_url: str, prefix: str,
     ``tls`` is the client certificate for an https etcd."""
     specs: list[Spec] = [*controllers,
                          *(registry.controller_specs() if registry is not None else [])]
-    server = metrics.start_metrics_server(metrics_port) if metrics_port is not None else None
+    server = (metrics.start_metrics_server(metrics_port, tls=tls)
+              if metrics_port is not None else None)
     if server is not None:
         log.info("serving metrics", port=server.port)
     store = await connect(etcd_url, prefix, tls=tls)
