@@ -20,9 +20,10 @@ from typing import Any
 from shoal.cli import common, errors
 
 VERB = "agent"
-# The agent understands all of swctl's global flags but --request-timeout.
+# The agent understands all of swctl's global flags but --request-timeout and --data-dir.
 _GLOBAL_WITH_VALUE = common.GLOBAL_VALUE_FLAGS
-_PASSED_ON = tuple(f for f in _GLOBAL_WITH_VALUE if f != "--request-timeout")
+_PASSED_ON = tuple(f for f in _GLOBAL_WITH_VALUE if f not in ("--request-timeout",
+                                                              "--data-dir"))
 
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:

@@ -82,6 +82,10 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     nodes.add_argument("--no-agent", action="store_true",
                        help="start no node agent (nodes join with `swctl agent`)")
     netnodes.add_flags(up)
+    up.add_argument("--managers", type=_positive, default=None, metavar="M",
+                    help="with --nodes: build the cluster as machines do, `swctl init` in "
+                         "the first node and `swctl join` in the others, M of them managers "
+                         "(etcd members with TLS; docs/cluster.md)")
     up.set_defaults(func=run_up, error_code=1)
     down = sub.add_parser(
         "down", parents=parents, help="stop the local cluster started by `swctl up`",
@@ -554,12 +558,28 @@ def run_up(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     sealed.ensure(state.keyring)
     try:
         extra_hosts: tuple[str, ...] = ()
+        underlay: netnodes.Underlay | None = None
+        if args.managers and not args.nodes:
+            raise errors.CliError("--managers needs --nodes N: each manager is a "
+                                  "network-namespace node")
         if args.nodes:
             with console.Spinner(f"building {args.nodes} network-namespace nodes"):
                 underlay = _build_underlay(args, state)
             console.out(f"{console.OK} {len(underlay.nodes)} nodes on bridge "
                         f"{underlay.bridge} ({underlay.subnet}; host {underlay.host_address})")
             extra_hosts = (underlay.host_address,)  # so agents in the namespaces reach etcd
+        if args.managers:
+            first_dir = _up_through_join(args, state, underlay)
+            if args.detach:
+                console.out("\n".join([
+                    f"Cluster running in the background (state and logs in {state_dir}). "
+                    "Try:", f"  export SHOAL_DATA_DIR={first_dir}", *_hints(state)[-3:],
+                    f"Stop it with `swctl down --state-dir {state_dir}`."]))
+                return 0
+            console.out("\n".join(["Cluster running. In another terminal:",
+                                   f"  export SHOAL_DATA_DIR={first_dir}",
+                                   *_hints(state)[-3:], "Press Ctrl-C to stop."]))
+            return _wait_foreground(state)
         with console.Spinner(f"starting etcd on port {args.etcd_port}"):
             _start_etcd(state, args.etcd_port, extra_hosts)
         where = " and ".join([url, *(f"http://{h}:{args.etcd_port}" for h in extra_hosts)])
@@ -592,6 +612,17 @@ def run_up(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     except BaseException:
         _stop_all(state, STOP_GRACE, quiet=True)  # never leave a foreground cluster behind
         raise
+
+
+def _up_through_join(args: argparse.Namespace, state: ClusterState,
+                     underlay: netnodes.Underlay | None) -> Path:
+    """``--managers M``: init and join in the nodes (``upjoin``) instead of one etcd."""
+    from shoal.cli import upjoin
+
+    if underlay is None or args.managers > len(underlay.nodes):
+        raise errors.CliError(f"--managers {args.managers} needs --nodes N with N >= "
+                              f"{args.managers}: each manager is a node")
+    return upjoin.build(args, state, underlay, _local_runtime(args.runtime))
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from shoal.cli import errors
 from shoal.crds import kinds, names, resource, sealed
+from shoal.join import datadir
 from shoal.pki.bundle import Bundle
 from shoal.store import client, kindsync
 
@@ -41,7 +42,7 @@ def keyring_path(flag: str | None) -> Path:
 # swctl's global flags that take a value (main._global_flags): skipped when finding the
 # verb, left out of a recorded command line, passed on to `swctl agent`.
 GLOBAL_VALUE_FLAGS = ("--etcd", "--prefix", "--request-timeout", "--keyring", "--etcd-ca",
-                      "--etcd-cert", "--etcd-key")
+                      "--etcd-cert", "--etcd-key", "--data-dir")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,24 +57,51 @@ class GlobalOptions:
     keyring: Path | None = None
     #: CA and client certificate for https etcd endpoints (--etcd-ca/cert/key).
     tls: Bundle | None = None
+    #: This machine's node data dir (``init``/``join``; docs/cluster.md).
+    data_dir: Path = datadir.DEFAULT
 
     @classmethod
     def resolve(cls, etcd: str | None, prefix: str | None,
                 request_timeout: float | None, keyring: str | None = None,
                 etcd_ca: str | None = None, etcd_cert: str | None = None,
-                etcd_key: str | None = None) -> GlobalOptions:
+                etcd_key: str | None = None, data_dir: str | None = None) -> GlobalOptions:
         # Flag beats environment beats default, as with kubectl's KUBECONFIG.
         try:
             tls = Bundle.resolve(etcd_ca, etcd_cert, etcd_key)
         except ValueError as exc:
             raise errors.CliError(str(exc)) from None
-        return cls(
+        opts = cls(
             tls=tls,
             etcd=etcd or os.environ.get("SHOAL_ETCD") or DEFAULT_ETCD,
             prefix=prefix or os.environ.get("SHOAL_PREFIX") or DEFAULT_PREFIX,
             request_timeout=request_timeout if request_timeout is not None else 5.0,
             keyring=keyring_path(keyring),
+            data_dir=datadir.resolve(data_dir),
         )
+        if etcd or os.environ.get("SHOAL_ETCD"):
+            return opts
+        return from_data_dir(opts, keyring is None and not os.environ.get(sealed.KEYRING_ENV),
+                             prefix is None and not os.environ.get("SHOAL_PREFIX"))
+
+
+def from_data_dir(opts: GlobalOptions, keyring: bool, prefix: bool) -> GlobalOptions:
+    """``opts`` pointed at the cluster of this machine's data dir, when it has one: its
+    etcd endpoints, its certificate (a manager's root one, else the node's) unless
+    one was given, and where ``keyring``/``prefix`` say they were not given, its keyring
+    and key prefix. Unchanged without a data dir: ``swctl up`` clusters work as before."""
+    layout = datadir.Layout(opts.data_dir)
+    if not layout.exists():
+        return opts
+    try:
+        cfg = datadir.load_node(layout)
+    except datadir.DataDirError as exc:
+        raise errors.CliError(str(exc)) from None
+    name = "root" if layout.cert("root").exists() else "node"
+    tls = opts.tls or Bundle(layout.ca_cert, layout.cert(name), layout.key(name))
+    return dataclasses.replace(
+        opts, etcd=",".join(cfg.endpoints), tls=tls,
+        prefix=cfg.prefix if prefix else opts.prefix,
+        keyring=layout.keyring if keyring and layout.keyring.exists() else opts.keyring)
 
 
 @contextlib.asynccontextmanager

@@ -30,10 +30,13 @@ from shoal.cli import (
     errors,
     get,
     hints,
+    init,
+    join,
     logs,
     manager,
     network,
     node,
+    rolewatch,
     rollout,
     scale,
     secretverbs,
@@ -74,6 +77,10 @@ def _global_flags() -> argparse.ArgumentParser:
     group.add_argument("--request-timeout", metavar="SECONDS", type=float,
                        default=argparse.SUPPRESS,
                        help="how long to wait for etcd to answer before giving up (default 5)")
+    group.add_argument("--data-dir", metavar="DIR", default=argparse.SUPPRESS,
+                       help="this machine's node data dir, made by `swctl init`/`join` (env "
+                            "SHOAL_DATA_DIR, default /var/lib/shoal); without --etcd, swctl "
+                            "finds the cluster there")
     group.add_argument("--keyring", metavar="FILE", default=argparse.SUPPRESS,
                        help="the cluster's keyring, to seal and open secret values (env "
                             "SHOAL_KEYRING, default the one `swctl up` made in "
@@ -90,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `swctl VERB --help` for the flags of a verb.")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for module in (apply, get, describe, delete, diff, scale, rollout, service, logs, node,
-                   network, secretverbs, stack, cluster, manager, agent):
+                   network, secretverbs, stack, init, join, rolewatch, cluster, manager,
+                   agent):
         module.add_parser(sub, [flags])
     return parser
 
@@ -140,7 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             getattr(args, "keyring", None),
                                             getattr(args, "etcd_ca", None),
                                             getattr(args, "etcd_cert", None),
-                                            getattr(args, "etcd_key", None))
+                                            getattr(args, "etcd_key", None),
+                                            getattr(args, "data_dir", None))
         result = args.func(args, opts)
         if inspect.iscoroutine(result):
             result = asyncio.run(result)

@@ -30,6 +30,9 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--metrics-port", type=int, metavar="N",
                    help="serve Prometheus metrics on this port")
     p.add_argument("--identity", help="leader-election identity (default: HOST-PID-RANDOM)")
+    p.add_argument("--listen-join", metavar="ADDR:PORT",
+                   help="also serve the join endpoint here, signing with the CA of the "
+                        "manager's --data-dir (what `swctl init`/`join` start)")
     p.set_defaults(func=run, error_code=1, keeps_logging=True)
 
 
@@ -58,9 +61,13 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
 
     runtime_logging.configure()
     controllers = select(builtin_controllers(), args.controllers)
-    task = asyncio.ensure_future(run_manager(opts.etcd, opts.prefix, controllers,
-                                             args.identity, metrics_port=args.metrics_port,
-                                             tls=opts.tls))
+    work = [run_manager(opts.etcd, opts.prefix, controllers, args.identity,
+                        metrics_port=args.metrics_port, tls=opts.tls)]
+    if args.listen_join:
+        from shoal.cli import joinendpoint
+
+        work.append(joinendpoint.serve(opts, args.listen_join))
+    task = asyncio.ensure_future(asyncio.gather(*work))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)

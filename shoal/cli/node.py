@@ -28,6 +28,7 @@ from typing import Any
 
 from shoal.cli import common, console, errors, pretty, printers, taskview
 from shoal.crds import kinds, resource
+from shoal.join import access, managers, membership, service
 from shoal.runtime import cas
 from shoal.store import client
 from shoal.store import errors as store_errors
@@ -207,13 +208,18 @@ def filter_matches(node: resource.Resource, key: str, value: str) -> bool:
 
 def ls_rows(nodes: Sequence[resource.Resource], per_node: dict[str, int], *,
             local: Callable[[resource.Resource], bool] = lambda _: False,
-            wide: bool = False) -> list[list[str]]:
+            wide: bool = False, manager_status: dict[str, str] | None = None,
+            ) -> list[list[str]]:
+    """``manager_status`` (node name -> Leader/Reachable/Unreachable) adds docker's
+    MANAGER STATUS column, blank for workers."""
     rows = []
     for node in sorted(nodes, key=lambda n: n.name):
         ident = short_id(node) + (f" {LOCAL_MARK}" if local(node) else "")
         row = [ident, node.name, str(node.status.get("state") or "unknown"),
-               str(node.spec.get("availability") or "active"),
-               str(node.spec.get("role") or "worker"),
+               str(node.spec.get("availability") or "active")]
+        if manager_status is not None:
+            row.append(manager_status.get(node.name, ""))
+        row += [str(node.spec.get("role") or "worker"),
                str(node.status.get("address") or printers.NONE),
                str(per_node.get(node.name, 0))]
         if wide:
@@ -225,6 +231,24 @@ def ls_rows(nodes: Sequence[resource.Resource], per_node: dict[str, int], *,
 
 LS_HEADERS = ["ID", "NAME", "STATUS", "AVAILABILITY", "ROLE", "ADDRESS", "TASKS", "AGE"]
 WIDE_HEADERS = [*LS_HEADERS[:-1], "RUNTIME", "LABELS", "AGE"]
+MANAGER_STATUS = "MANAGER STATUS"
+
+
+def with_manager_status(headers: list[str]) -> list[str]:
+    return [*headers[:4], MANAGER_STATUS, *headers[4:]]
+
+
+async def manager_statuses(store: client.Store,
+                           nodes: Sequence[resource.Resource]) -> dict[str, str] | None:
+    """MANAGER STATUS by node name when this cluster's managers are etcd members named
+    after their nodes (``swctl init``/``join``); None otherwise (``swctl up``'s one etcd,
+    an external etcd, or a certificate not allowed to list members), and no column."""
+    try:
+        statuses = await membership.manager_status(store.etcd)
+    except store_errors.StoreError:
+        return None
+    names = {n.name for n in nodes}
+    return statuses if any(name in names for name in statuses) else None
 
 
 async def run_ls(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
@@ -241,6 +265,7 @@ async def run_ls(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
             return 0
         # One listing of every task (all namespaces), counted per node.
         tasks, _ = await store.list(registry.lookup("tasks"))
+        statuses = await manager_statuses(store, nodes) if nodes else None
     if not nodes:
         # As `get`: nothing on stdout, a note for people on stderr.
         print("No nodes found (start an agent with `swctl agent`, or `swctl up`)."
@@ -248,9 +273,10 @@ async def run_ls(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
         return 0
     hostname, addresses = local_facts()
     wide = args.output == "wide"
+    headers = WIDE_HEADERS if wide else LS_HEADERS
     table, _ = printers.render_table(
-        WIDE_HEADERS if wide else LS_HEADERS,
-        ls_rows(nodes, taskview.tasks_per_node(tasks), wide=wide,
+        headers if statuses is None else with_manager_status(headers),
+        ls_rows(nodes, taskview.tasks_per_node(tasks), wide=wide, manager_status=statuses,
                 local=lambda n: is_local(n, hostname, addresses)),
         color=console.stdout_is_tty())
     console.out(table)
@@ -287,15 +313,34 @@ async def run_rm(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
                                 "removed: stop its agent first (the node is down one "
                                 "heartbeat TTL later), drain it to move its tasks, or "
                                 f"remove it anyway with `swctl node rm --force {node.name}`")
+        members = await _member_names(store)
+        for node in nodes:
+            if node.name in members:
+                refusals.append(f"node {node.name} is a manager (an etcd member) and cannot "
+                                "be removed: demote it first with `swctl node demote "
+                                f"{node.name}`")
         if refusals:
             raise errors.CliError([*refusals, "nothing was removed"])
         for node in nodes:
+            # Its etcd user first (init/join clusters): the node's certificate stops
+            # working now, and a swctl not allowed to do that fails before anything goes.
+            await access.revoke_node(store.etcd, node.name)
             try:
                 await store.delete(info, node.name)
             except store_errors.NotFoundError:
                 pass  # removed meanwhile: what was asked for
             console.out(f"node/{node.name} removed")
     return 0
+
+
+async def _member_names(store: client.Store) -> set[str]:
+    """Names of the etcd members: a manager of an ``init``/``join`` cluster is the member
+    named after its node (``swctl up``'s one etcd is named after no node)."""
+    try:
+        members = await store.etcd.member_list()
+    except store_errors.StoreError:
+        return set()
+    return {m.name for m in members if m.name}
 
 
 # --- update ---
@@ -377,10 +422,24 @@ async def run_update(args: argparse.Namespace, opts: common.GlobalOptions) -> in
     changes = update_changes(args)
     async with common.open_store(opts) as store:
         info = _node_info(await common.registry_of(store))
-        changed = await update_node(store, info, await get_node(store, info, args.name),
-                                    changes)
+        node = await get_node(store, info, args.name)
+        if args.role == "worker":
+            await leave_etcd(store, node.name)  # as `node demote` does
+        changed = await update_node(store, info, node, changes)
     console.out(f"node/{args.name} {'updated' if changed else 'unchanged'}")
     return 0
+
+
+async def leave_etcd(store: client.Store, name: str, verb: str = "demoting") -> bool:
+    """Remove ``name``'s etcd member (its manager seat) if it has one and quorum allows,
+    and its join endpoint from the list ``join-token`` prints; False if it had none."""
+    try:
+        removed = await membership.remove_manager(store.etcd, name, verb)
+    except managers.QuorumError as exc:
+        raise errors.CliError(f"{exc}; nothing was changed") from None
+    if removed:
+        await service.forget_join_addr(store.etcd, store.prefix, name)
+    return removed
 
 
 async def run_shortcut(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
@@ -394,6 +453,8 @@ async def run_shortcut(args: argparse.Namespace, opts: common.GlobalOptions) -> 
         # Resolve every name first, so a typo in the list changes nothing.
         nodes = [await get_node(store, info, name) for name in args.names]
         for node in nodes:
+            if args.shortcut == "demote":
+                await leave_etcd(store, node.name)
             changed = await update_node(store, info, node, [change])
             console.out(f"node/{node.name} {done}" if changed
                         else f"node/{node.name} already {done}")

@@ -1,0 +1,60 @@
+"""Manager membership against etcd: who the members are, who answers, removing one.
+
+What it owns: the calls behind MANAGER STATUS, ``node demote`` and ``leave`` -- the
+member list, each member's own status (asked of that member alone, concurrently, with a
+short deadline so one dead machine costs a second, not a hang) and ``member_remove`` --
+with the decisions themselves in ``managers`` (pure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final
+
+import structlog
+
+from shoal.join import managers
+from shoal.store import errors, etcd
+
+log = structlog.get_logger("shoal.join.membership")
+
+STATUS_TIMEOUT: Final = 1.5
+
+
+async def _status(client: etcd.EtcdClient, member: etcd.Member,
+                  ) -> managers.MemberHealth | None:
+    for url in member.client_urls:
+        try:
+            st = await client.status(url, timeout=STATUS_TIMEOUT)
+        except errors.UnavailableError:
+            continue
+        return managers.MemberHealth(st.member_id, st.leader_id)
+    return None
+
+
+async def health(client: etcd.EtcdClient,
+                 ) -> tuple[list[managers.Member], dict[int, managers.MemberHealth | None]]:
+    """Every member and what it says of itself (None: it did not answer)."""
+    raw = await client.member_list()
+    answers = await asyncio.gather(*(_status(client, m) for m in raw))
+    members = [managers.Member(m.id, m.name, m.peer_urls, m.client_urls) for m in raw]
+    return members, {m.id: a for m, a in zip(members, answers, strict=True)}
+
+
+async def manager_status(client: etcd.EtcdClient) -> dict[str, str]:
+    """MANAGER STATUS by node name (members are named after their nodes)."""
+    members, answers = await health(client)
+    return managers.manager_status(members, answers)
+
+
+async def remove_manager(client: etcd.EtcdClient, name: str,
+                         verb: str = "demoting") -> bool:
+    """Remove node ``name``'s etcd member if quorum allows (QuorumError otherwise);
+    False when ``name`` is no member (nothing to do)."""
+    members, answers = await health(client)
+    target = managers.check_removal(members, answers, name, verb)
+    if target is None:
+        return False
+    await client.member_remove(target.id)
+    log.info("etcd member removed", node=name, member=f"{target.id:x}")
+    return True
