@@ -72,6 +72,59 @@ def node_task_key(prefix: str, node: str, namespace: str, name: str) -> bytes:
     return node_tasks_prefix(prefix, node) + f"{namespace}/{name}".encode()
 
 
+def node_reports_prefix(prefix: str, node: str) -> bytes:
+    return node_prefix(prefix, node) + b"reports/"
+
+
+def report_key(prefix: str, node: str, namespace: str, name: str) -> bytes:
+    """Where ``node``'s agent reports the status of one of its tasks (the fold controller
+    copies it into the Task)."""
+    return node_reports_prefix(prefix, node) + f"{namespace}/{name}".encode()
+
+
+def nodes_prefix(prefix: str) -> bytes:
+    """Every node's keys: what a fold controller, or an agent serving many hollow nodes,
+    watches."""
+    return f"{prefix.rstrip('/')}/{NODES_DIR}/".encode()
+
+
+class NodeKey(typing.NamedTuple):
+    """A key under ``nodes/`` taken apart: ``<node>/<section>/<namespace>/<name>``."""
+
+    node: str
+    section: str  # "tasks", "reports", "secrets", "configs"
+    namespace: str
+    name: str
+
+
+def parse_node_key(nodes: bytes, key: bytes) -> NodeKey | None:
+    """``key`` (under the ``nodes`` prefix) as a NodeKey, None for any other shape
+    (``<node>/status``, a hand-written key)."""
+    parts = key[len(nodes):].decode(errors="replace").split("/")
+    if len(parts) != 4 or not all(parts):
+        return None
+    return NodeKey(*parts)
+
+
+def encode_report(uid: str, status: dict[str, Any]) -> bytes:
+    """A task report: the uid it is about (a namesake's report is not its) and its status."""
+    return orjson.dumps({"uid": uid, "status": status}, option=_ENCODE)
+
+
+def decode_report(value: bytes) -> tuple[str, dict[str, Any]] | None:
+    """(uid, status) of a report, or None if it is not one (logged by the caller)."""
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    uid, status = data.get("uid"), data.get("status")
+    if not isinstance(uid, str) or not isinstance(status, dict):
+        return None
+    return uid, status
+
+
 def dataplane_prefix(prefix: str) -> bytes:
     return f"{prefix.rstrip('/')}/{DATAPLANE_DIR}/".encode()
 

@@ -3,8 +3,10 @@
 Each agent is ``python -m shoal.agent.main`` (exactly what ``swctl agent`` runs) against
 the session etcd under the test's private prefix, with its log in the test's temporary
 directory; the log tail is printed when a test fails. Tasks are written straight into
-etcd, already assigned, the way the scheduler commits them. Every wait polls with a
-deadline (``tests.helpers.eventually``).
+etcd, already assigned, the way the scheduler commits them. Agents report task status
+under their node's keys; a controller-manager running only the fold controller copies
+it into the Tasks, as in a cluster. Every wait polls with a deadline
+(``tests.helpers.eventually``).
 """
 
 from __future__ import annotations
@@ -48,15 +50,18 @@ class AgentCluster:
                    workdir: Path) -> AsyncIterator[AgentCluster]:
         store = await client.Store.connect(etcd_url, prefix=prefix)
         cluster = cls(etcd_url, prefix, store, workdir)
+        fold = AgentProc("fold", [sys.executable, "-m", "shoal.cli", "controller-manager",
+                                  "--etcd", etcd_url, "--prefix", prefix,
+                                  "--controllers", "fold"], workdir / "fold.log")
         try:
             yield cluster
         except BaseException:
-            for agent in cluster.agents:
+            for agent in [*cluster.agents, fold]:
                 tail = agent.text().splitlines()[-40:]
-                print(f"--- agent {agent.pid} ({agent.log}) ---", *tail, sep="\n")
+                print(f"--- {agent.name} {agent.pid} ({agent.log}) ---", *tail, sep="\n")
             raise
         finally:
-            await asyncio.gather(*(a.stop() for a in cluster.agents))
+            await asyncio.gather(*(a.stop() for a in [*cluster.agents, fold]))
             await store.close()
 
     def start_agent(self, name: str, *args: str, ttl: int = TTL) -> AgentProc:

@@ -120,3 +120,19 @@ def test_decoding_remembers_the_memo_and_with_status_keeps_it() -> None:
     assert codec.stored_memo(stored) == memo(obj)
     running = codec.with_status(stored, {"state": "running"})
     assert codec.stored_memo(running) == memo(obj)  # what is stored, not what is written
+
+
+def test_node_keys_are_taken_apart_and_other_shapes_refused() -> None:
+    nodes = projections.nodes_prefix(P)
+    key = projections.report_key(P, "n1", "prod", "web.1")
+    assert key == b"/shoal/nodes/n1/reports/prod/web.1"
+    assert projections.parse_node_key(nodes, key) == ("n1", "reports", "prod", "web.1")
+    assert projections.parse_node_key(nodes, b"/shoal/nodes/n1/status") is None
+    assert projections.parse_node_key(nodes, b"/shoal/nodes/n1/tasks//x") is None
+
+
+def test_reports_round_trip_and_garbage_is_none() -> None:
+    value = projections.encode_report("u1", {"state": "running"})
+    assert projections.decode_report(value) == ("u1", {"state": "running"})
+    for bad in (b"{nope", b"[]", b'{"uid": 1, "status": {}}', b'{"uid": "u", "status": 3}'):
+        assert projections.decode_report(bad) is None
