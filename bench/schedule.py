@@ -216,10 +216,12 @@ async def run(args: argparse.Namespace) -> int:
         print(f"nodes: {len(names):,} ready {ready:.1f} s after the agents started")
 
         later = args.scheduler_later
+        # fold: the agents report task status under their nodes' keys, and the fold
+        # controller copies it into the Tasks ("running" below is read from the Tasks).
         if args.one_manager and not later:
-            managers = {"manager": "nodes,orchestrator,scheduler"}
+            managers = {"manager": "nodes,fold,orchestrator,scheduler"}
         else:
-            managers = {"manager": "nodes,orchestrator", "scheduler": "scheduler"}
+            managers = {"manager": "nodes,fold,orchestrator", "scheduler": "scheduler"}
 
         def start_manager(name: str) -> None:
             procs[name] = _spawn([sys.executable, "-c", MANAGER, url, prefix,

@@ -2,7 +2,10 @@
 
 One :class:`Dataplane` per (real) node agent. It follows Networks, Services, Tasks and
 Nodes of the whole cluster through the runtime's informers (remote tasks are the
-overlay's remote endpoints and the balancer's backends), asks ``netplan.plan`` what the
+overlay's remote endpoints and the balancer's backends) -- Services and Tasks as their
+dataplane projections (``<p>/dataplane/``, ``shoal.store.projections``): only the fields
+a plan reads, with no template, environment or secret reference of another node's task,
+which a worker's etcd user may not read (docs/security.md). It asks ``netplan.plan`` what the
 node should hold, and applies it with the ``shoal.net`` building blocks: ``OverlayNode``
 (bridges, VXLANs, FDB/neighbours, veths into the tasks' namespaces), the load balancer
 the kernel supports (IPVS, else nftables; reported as ``Node.status.dataplane``) and the
@@ -65,7 +68,7 @@ from shoal.net.hostfw import HostFirewall
 from shoal.net.overlay import OverlayNode
 from shoal.runtime import cas
 from shoal.runtime import informer as informer_mod
-from shoal.store import client, codec, errors
+from shoal.store import client, codec, errors, projections
 
 log = structlog.get_logger("shoal.agent.dataplane")
 
@@ -107,9 +110,11 @@ class Dataplane:
         registry = kinds.Registry.builtin()
         self._nodes_info = registry.lookup("nodes")
         self.factory = informer_mod.SharedInformerFactory(store)
+        self.projected = informer_mod.SharedInformerFactory(
+            store.view(projections.DATAPLANE_DIR))
         self.networks = self.factory.informer(registry.lookup("networks"))
-        self.services = self.factory.informer(registry.lookup("services"))
-        self.tasks = self.factory.informer(registry.lookup("tasks"))
+        self.services = self.projected.informer(registry.lookup("services"))
+        self.tasks = self.projected.informer(registry.lookup("tasks"))
         self.nodes = self.factory.informer(self._nodes_info)
         self.overlay = OverlayNode(underlay, netns=netns)
         self.firewall = HostFirewall(netns, underlay)
@@ -154,6 +159,7 @@ class Dataplane:
         """Caches synced, balancer chosen and reported, local workloads found, the
         first pass applied; then follow changes."""
         self.factory.start()
+        self.projected.start()
         for inf in (self.networks, self.services, self.tasks, self.nodes):
             await inf.wait_synced()
         chosen = self._backend_choice or await asyncio.to_thread(
@@ -196,6 +202,7 @@ class Dataplane:
         if self.lb is not None:
             await self.lb.close()
         await self.factory.stop()
+        await self.projected.stop()
 
     async def _report_backend(self) -> None:
         """``status.dataplane`` on our Node, for ``swctl get nodes -o wide``."""

@@ -13,7 +13,9 @@ several controller-managers can run; for each controller one of them leads.
   (``runnable.RunnableSpec``), as are
 * ``nodes`` — Node ``ready``/``down`` from heartbeat leases,
 * ``fold`` — the status nodes report for their tasks (``<p>/nodes/<node>/reports/``)
-  copied into Task.status (agents cannot write Tasks), and
+  copied into Task.status (agents cannot write Tasks),
+* ``distributor`` — each node's copies of the Secrets and Configs its tasks mount
+  (``<p>/nodes/<node>/secrets|configs/``: a node reads no Secret or Config object), and
 * ``allocator`` — subnets, VNIs, task/node addresses, VIPs, published ports;
 * ``rotation`` — a Secret or Config updated bumps ``forceUpdate`` of the services that
   mount it, once (``shoal.io/mounted-digests``): per-object, like the orchestrator.
@@ -22,6 +24,7 @@ several controller-managers can run; for each controller one of them leads.
 from __future__ import annotations
 
 from shoal.controllers.allocator import controller as allocator
+from shoal.controllers.distributor import controller as distributor
 from shoal.controllers.fold import controller as fold
 from shoal.controllers.nodes import controller as nodes
 from shoal.controllers.orchestrator import controller as orchestrator
@@ -35,4 +38,5 @@ def controller_specs() -> list[Spec]:
     """Every built-in controller, in start-up order."""
     return [nodes.controller_spec(), fold.controller_spec(), orchestrator.controller_spec(),
             updater.controller_spec(), scheduler.controller_spec(),
-            allocator.controller_spec(), rotation.controller_spec()]
+            allocator.controller_spec(), rotation.controller_spec(),
+            distributor.controller_spec()]

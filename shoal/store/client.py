@@ -76,9 +76,10 @@ class Store:
     """Resources of every kind under one key prefix (``/shoal`` by default) of one etcd."""
 
     def __init__(self, client: etcd.EtcdClient, prefix: str = "/shoal",
-                 echoes: bool = False) -> None:
+                 echoes: bool = False, section: str = "registry") -> None:
         self.etcd = client
         self.prefix = "/" + prefix.strip("/")
+        self.section = section
         self._group = groupcommit.GroupCommitter(self._txn)
         # Objects written with ``commit(share=True)``, for this store's watches to take
         # instead of decoding their echo (``shoal.store.echo``).
@@ -91,6 +92,13 @@ class Store:
         await client.connect(timeout=timeout)
         return cls(client, prefix, echoes)
 
+    def view(self, section: str) -> Store:
+        """A store reading the projections of ``section`` (``dataplane``) as if they were
+        the registry: same kinds, same list and watch, over this store's connection.
+        Read-only by contract: only the store writes projections, with their sources.
+        Closing it closes nothing (the connection is this store's)."""
+        return _View(self.etcd, self.prefix, section=section)
+
     @property
     def url(self) -> str:
         return self.etcd.url
@@ -101,10 +109,11 @@ class Store:
     # --- keys ---
 
     def key(self, info: kinds.KindInfo, name: str, namespace: str | None = None) -> bytes:
-        return codec.object_key(self.prefix, info, name, self._ns(info, namespace))
+        return codec.object_key(self.prefix, info, name, self._ns(info, namespace),
+                                self.section)
 
     def kind_prefix(self, info: kinds.KindInfo, namespace: str | None = None) -> bytes:
-        return codec.kind_prefix(self.prefix, info, namespace)
+        return codec.kind_prefix(self.prefix, info, namespace, self.section)
 
     def raw_key(self, *parts: str) -> bytes:
         """A key outside the registry (leader locks, heartbeats): ``<prefix>/<parts...>``."""
@@ -423,3 +432,11 @@ class Store:
     def raw_watch(self, prefix: bytes, start_revision: int,
                   ) -> AsyncIterator[tuple[int, builtins.list[etcd.RawEvent]]]:
         return self.etcd.watch_stream(prefix, start_revision)
+
+
+class _View(Store):
+    """``Store.view``: a section of projections, sharing its parent's connection."""
+
+    async def close(self) -> None:
+        pass
+

@@ -27,22 +27,27 @@ _OPTIONS = orjson.OPT_NON_STR_KEYS
 _SPEC_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SORT_KEYS
 
 
-def registry_prefix(prefix: str) -> str:
-    return f"{prefix.rstrip('/')}/registry/"
+def registry_prefix(prefix: str, section: str = "registry") -> str:
+    """Where objects live: ``<prefix>/registry/``; a projection section (``dataplane``,
+    ``shoal.store.projections``) lays out its copies the same way under its own name."""
+    return f"{prefix.rstrip('/')}/{section}/"
 
 
-def kind_prefix(prefix: str, info: kinds.KindInfo, namespace: str | None = None) -> bytes:
+def kind_prefix(prefix: str, info: kinds.KindInfo, namespace: str | None = None,
+                section: str = "registry") -> bytes:
     """Keys of every object of a kind, or of one namespace of it."""
-    base = f"{registry_prefix(prefix)}{info.plural}/"
+    base = f"{registry_prefix(prefix, section)}{info.plural}/"
     if info.namespaced and namespace:
         base += f"{namespace}/"
     return base.encode()
 
 
-def object_key(prefix: str, info: kinds.KindInfo, name: str, namespace: str | None) -> bytes:
+def object_key(prefix: str, info: kinds.KindInfo, name: str, namespace: str | None,
+               section: str = "registry") -> bytes:
     if info.namespaced:
-        return f"{registry_prefix(prefix)}{info.plural}/{namespace or 'default'}/{name}".encode()
-    return f"{registry_prefix(prefix)}{info.plural}/{name}".encode()
+        return (f"{registry_prefix(prefix, section)}{info.plural}/{namespace or 'default'}/"
+                f"{name}").encode()
+    return f"{registry_prefix(prefix, section)}{info.plural}/{name}".encode()
 
 
 def spec_digest(spec: dict[str, Any]) -> int:

@@ -4,8 +4,9 @@ Each agent is ``python -m shoal.agent.main`` (exactly what ``swctl agent`` runs)
 the session etcd under the test's private prefix, with its log in the test's temporary
 directory; the log tail is printed when a test fails. Tasks are written straight into
 etcd, already assigned, the way the scheduler commits them. Agents report task status
-under their node's keys; a controller-manager running only the fold controller copies
-it into the Tasks, as in a cluster. Every wait polls with a deadline
+under their node's keys and read secrets and configs from their node's copies; a
+controller-manager running only the fold and distributor controllers does the rest, as
+in a cluster. Every wait polls with a deadline
 (``tests.helpers.eventually``).
 """
 
@@ -52,7 +53,8 @@ class AgentCluster:
         cluster = cls(etcd_url, prefix, store, workdir)
         fold = AgentProc("fold", [sys.executable, "-m", "shoal.cli", "controller-manager",
                                   "--etcd", etcd_url, "--prefix", prefix,
-                                  "--controllers", "fold"], workdir / "fold.log")
+                                  "--controllers", "fold,distributor"],
+                       workdir / "fold.log")
         try:
             yield cluster
         except BaseException:
