@@ -5,7 +5,7 @@ Measures, against a fresh etcd, with the agent as its own OS process (as in prod
 * register: agent process start -> all K Nodes ready (K heartbeat keys present);
 * run: N Tasks written already assigned (round-robin over the nodes, desired running,
   in 127-object transactions, 16 in flight, as a scheduler commits them) -> all N
-  report running (the agent's own reports, ``<p>/nodes/<node>/reports/``: the agent
+  report running (the agent's own reports, ``<p>/reports/<node>/``: the agent
   alone, without the fold controller that copies them into the Tasks);
 * steady state: CPU of the agent and of its heartbeat process while idle with K leases;
 * restart (``--restart``): the agent SIGKILLed and started again on its
@@ -139,7 +139,7 @@ async def run(args: argparse.Namespace) -> None:
               f"process start; {len(beats)} heartbeat keys")
 
         rev = await store.etcd.current_revision()
-        reports = projections.nodes_prefix(prefix)
+        reports = projections.reports_prefix(prefix)
         counter = asyncio.create_task(_count(store, reports, rev + 1,
                                              args.tasks, b'"state":"running"', 900))
         t1 = time.monotonic()

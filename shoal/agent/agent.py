@@ -8,16 +8,16 @@ every heartbeat lease alive. Per node there is only what must be per node: an ex
 a task manager with its work queue, a lease.
 
 What it reads: its nodes' task projections, ``<p>/nodes/<node>/tasks/`` (the Task's
-metadata and spec, written by the store with the Task; ``shoal.store.projections``) and
-its own reports beside them, ``<p>/nodes/<node>/reports/`` (the status it reported, so
-a restarted agent knows where each task got to). Never the registry's Tasks: a worker's
+metadata and spec, written by the store with the Task; ``shoal.store.projections``),
+and at start-up its own reports, ``<p>/reports/<node>/`` (the status it reported, so a
+restarted agent knows where each task got to). Never the registry's Tasks: a worker's
 etcd user cannot read them (docs/security.md). One node watches its own prefix; an
 agent serving many hollow nodes watches ``<p>/nodes/`` and skips the others' keys.
+Reports live in a tree of their own, so the watch carries no echo of its own writes.
 
 The watch is built on the raw etcd watch rather than ``shoal.store.watch`` for
 robustness: one undecodable value must not stop every agent in the cluster, so each
-value is decoded on its own and a bad one is logged and skipped. The echoes of its own
-reports are recognised by their key before anything is decoded.
+value is decoded on its own and a bad one is logged and skipped.
 
 Start-up order matters for failure detection: heartbeat key first, then the Node object
 (ready), then the tasks. A Node that says ready always has a live heartbeat key, so the
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("shoal.agent")
 
 RUNTIMES = ("hollow", "docker", "process")
-_TASKS, _REPORTS = "tasks", "reports"  # the sections of a node's keys the agent reads
+_TASKS = "tasks"  # the section of a node's keys that holds its task projections
 _YIELD_EVERY = 512  # events handled between yields to the event loop
 LAG_WARNING = 1.0  # seconds of event-loop lag worth a warning
 DEFAULT_STATE_DIR = "/run/shoal"  # --state-dir
@@ -381,48 +381,67 @@ class Agent:
         assert self.store is not None
         return projections.nodes_prefix(self.store.prefix)
 
-    def _scope(self) -> bytes:
-        """The keys this agent reads: its node's, or every node's for many hollow ones."""
+    def _scope(self) -> tuple[bytes, bytes]:
+        """The keys this agent reads (its node's, or every node's for many hollow ones):
+        (tasks and copies, reports)."""
         assert self.store is not None
+        p = self.store.prefix
         if len(self.managers) == 1:
-            return projections.node_prefix(self.store.prefix, next(iter(self.managers)))
-        return self._nodes_prefix()
+            node_name = next(iter(self.managers))
+            return (projections.node_prefix(p, node_name),
+                    projections.node_reports_prefix(p, node_name))
+        return self._nodes_prefix(), projections.reports_prefix(p)
+
+    async def _range(self, start: bytes, revision: int,
+                     found: Any) -> int:
+        """Every key under ``start`` at ``revision`` (0: now) through ``found(kv)``."""
+        assert self.store is not None
+        end = etcd.prefix_end(start)
+        seen = 0
+        while True:
+            kvs, rev, more = await self.store.etcd.range_raw(start, end, revision, 2000)
+            revision = revision or rev
+            for kv in kvs:
+                found(kv)
+                seen += 1
+                if seen % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+            if not more or not kvs:
+                return revision
+            start = kvs[-1].key + b"\0"
 
     async def _relist(self) -> int:
         """Read our nodes' tasks and reports at one revision and hand each node its tasks,
         with the status it reported (start, RESET); reports of tasks gone meanwhile are
         deleted."""
         assert self.store is not None and self.writer is not None
-        nodes, start = self._nodes_prefix(), self._scope()
-        end = etcd.prefix_end(start)
+        nodes, reports_at = self._nodes_prefix(), projections.reports_prefix(self.store.prefix)
+        scope, report_scope = self._scope()
+        tasks: dict[tuple[str, str], resource.Resource] = {}
+        reports: dict[tuple[str, str], tuple[str, dict[str, Any], int]] = {}
+
+        def task_found(kv: Any) -> None:
+            where = projections.parse_node_key(nodes, kv.key)
+            if where is not None and where.section == _TASKS and where.node in self.managers:
+                obj = self._decode_task(where, kv.value, kv.mod_revision)
+                if obj is not None:
+                    tasks[(where.node, f"{where.namespace}/{where.name}")] = obj
+
+        def report_found(kv: Any) -> None:
+            where = projections.parse_report_key(reports_at, kv.key)
+            if where is not None and where.node in self.managers:
+                found = projections.decode_report(kv.value)
+                if found is not None:
+                    reports[(where.node, f"{where.namespace}/{where.name}")] = (
+                        *found, kv.mod_revision)
+
         backoff = 0.1
         while True:
             try:
-                tasks: dict[tuple[str, str], resource.Resource] = {}
-                reports: dict[tuple[str, str], tuple[str, dict[str, Any], int]] = {}
-                revision, at, seen = 0, start, 0
-                while True:
-                    kvs, rev, more = await self.store.etcd.range_raw(at, end, revision, 2000)
-                    revision = revision or rev
-                    for kv in kvs:
-                        where = projections.parse_node_key(nodes, kv.key)
-                        if where is None or where.node not in self.managers:
-                            continue
-                        ref = (where.node, f"{where.namespace}/{where.name}")
-                        if where.section == _TASKS:
-                            obj = self._decode_task(where, kv.value, kv.mod_revision)
-                            if obj is not None:
-                                tasks[ref] = obj
-                        elif where.section == _REPORTS:
-                            found = projections.decode_report(kv.value)
-                            if found is not None:
-                                reports[ref] = (*found, kv.mod_revision)
-                        seen += 1
-                        if seen % _YIELD_EVERY == 0:
-                            await asyncio.sleep(0)
-                    if not more or not kvs:
-                        break
-                    at = kvs[-1].key + b"\0"
+                tasks.clear()
+                reports.clear()
+                revision = await self._range(scope, 0, task_found)
+                await self._range(report_scope, revision, report_found)
                 break
             except errors.UnavailableError as exc:
                 log.warning("task list failed, retrying", node=self.cfg.node_name,
@@ -443,8 +462,8 @@ class Agent:
         for (node_name, key), (uid, _, rev) in reports.items():
             manager = self.managers[node_name]
             self.writer.adopt(self.writer.report_key(manager, key), uid, rev)
-            obj = tasks.get((node_name, key))
-            if obj is None or obj.metadata.uid != uid:
+            held = tasks.get((node_name, key))
+            if held is None or held.metadata.uid != uid:
                 self.writer.forget(manager, key, uid)  # its task is gone
         return revision
 
@@ -465,7 +484,7 @@ class Agent:
 
     async def _watch_tasks(self, revision: int) -> None:
         assert self.store is not None
-        scope = self._scope()
+        scope, _ = self._scope()
         backoff = 0.05
         while True:
             try:
@@ -491,7 +510,7 @@ class Agent:
     def _on_event(self, ev: etcd.RawEvent) -> None:
         where = projections.parse_node_key(self._nodes_prefix(), ev.key)
         if where is None or where.section != _TASKS or where.node not in self.managers:
-            return  # our own reports' echoes, another node's keys, secrets...
+            return  # another node's keys, secret and config copies
         key = f"{where.namespace}/{where.name}"
         manager = self.managers[where.node]
         known = self._route.get(key)

@@ -1,7 +1,7 @@
 """Writing the status of every task an agent process serves, as the nodes' reports.
 
 What it owns: turning "task X reached state S" (reported by a node's task manager) into
-writes of the node's report key ``<p>/nodes/<node>/reports/<ns>/<name>`` ({uid,
+writes of the node's report key ``<p>/reports/<node>/<ns>/<name>`` ({uid,
 status}), without ever moving a state backwards and without blocking the state machine
 that reported it. The fold controller copies reports into ``Task.status``
 (``shoal.controllers.fold``); a worker's etcd user may write its reports and nothing of

@@ -12,7 +12,7 @@ several controller-managers can run; for each controller one of them leads.
 * ``scheduler`` — pending Tasks -> nodes, in batches: an elected runnable
   (``runnable.RunnableSpec``), as are
 * ``nodes`` — Node ``ready``/``down`` from heartbeat leases,
-* ``fold`` — the status nodes report for their tasks (``<p>/nodes/<node>/reports/``)
+* ``fold`` — the status nodes report for their tasks (``<p>/reports/<node>/``)
   copied into Task.status (agents cannot write Tasks),
 * ``distributor`` — each node's copies of the Secrets and Configs its tasks mount
   (``<p>/nodes/<node>/secrets|configs/``: a node reads no Secret or Config object), and

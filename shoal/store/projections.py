@@ -41,6 +41,7 @@ from shoal.crds import resource
 from shoal.crds import taskstates as ts
 
 NODES_DIR = "nodes"
+REPORTS_DIR = "reports"
 DATAPLANE_DIR = "dataplane"
 TASK_KIND = "Task"
 SERVICE_KIND = "Service"
@@ -60,7 +61,7 @@ class Memo(typing.NamedTuple):
 
 
 def node_prefix(prefix: str, node: str) -> bytes:
-    """Every key of one node: its task projections, reports, status, secrets and configs."""
+    """Every key of one node: its task projections, status, secrets and configs."""
     return f"{prefix.rstrip('/')}/{NODES_DIR}/{node}/".encode()
 
 
@@ -72,14 +73,35 @@ def node_task_key(prefix: str, node: str, namespace: str, name: str) -> bytes:
     return node_tasks_prefix(prefix, node) + f"{namespace}/{name}".encode()
 
 
+def reports_prefix(prefix: str) -> bytes:
+    """Every node's task reports: what the fold controller watches. A tree of its own,
+    not under ``nodes/``, so that the fold reads no task copies and the agents, watching
+    ``nodes/``, get no echo of their own report writes."""
+    return f"{prefix.rstrip('/')}/{REPORTS_DIR}/".encode()
+
+
 def node_reports_prefix(prefix: str, node: str) -> bytes:
-    return node_prefix(prefix, node) + b"reports/"
+    return reports_prefix(prefix) + f"{node}/".encode()
 
 
 def report_key(prefix: str, node: str, namespace: str, name: str) -> bytes:
     """Where ``node``'s agent reports the status of one of its tasks (the fold controller
     copies it into the Task)."""
     return node_reports_prefix(prefix, node) + f"{namespace}/{name}".encode()
+
+
+class ReportKey(typing.NamedTuple):
+    node: str
+    namespace: str
+    name: str
+
+
+def parse_report_key(reports: bytes, key: bytes) -> ReportKey | None:
+    """A key under ``reports/`` taken apart, None for any other shape."""
+    parts = key[len(reports):].decode(errors="replace").split("/")
+    if len(parts) != 3 or not all(parts):
+        return None
+    return ReportKey(*parts)
 
 
 def nodes_prefix(prefix: str) -> bytes:
@@ -92,7 +114,7 @@ class NodeKey(typing.NamedTuple):
     """A key under ``nodes/`` taken apart: ``<node>/<section>/<namespace>/<name>``."""
 
     node: str
-    section: str  # "tasks", "reports", "secrets", "configs"
+    section: str  # "tasks", "secrets", "configs"
     namespace: str
     name: str
 

@@ -125,8 +125,12 @@ def test_decoding_remembers_the_memo_and_with_status_keeps_it() -> None:
 def test_node_keys_are_taken_apart_and_other_shapes_refused() -> None:
     nodes = projections.nodes_prefix(P)
     key = projections.report_key(P, "n1", "prod", "web.1")
-    assert key == b"/shoal/nodes/n1/reports/prod/web.1"
-    assert projections.parse_node_key(nodes, key) == ("n1", "reports", "prod", "web.1")
+    assert key == b"/shoal/reports/n1/prod/web.1"
+    reports = projections.reports_prefix(P)
+    assert projections.parse_report_key(reports, key) == ("n1", "prod", "web.1")
+    assert projections.parse_report_key(reports, key + b"/x") is None
+    task_key = projections.node_task_key(P, "n1", "prod", "web.1")
+    assert projections.parse_node_key(nodes, task_key) == ("n1", "tasks", "prod", "web.1")
     assert projections.parse_node_key(nodes, b"/shoal/nodes/n1/status") is None
     assert projections.parse_node_key(nodes, b"/shoal/nodes/n1/tasks//x") is None
 

@@ -1,13 +1,13 @@
 """The fold controller: the status each node reports for its tasks, copied into the Tasks.
 
 What it owns: writing ``Task.status`` from the nodes' reports,
-``<p>/nodes/<node>/reports/<ns>/<name>`` ({uid, status}, written by the agent's
+``<p>/reports/<node>/<ns>/<name>`` ({uid, status}, written by the agent's
 ``statuswriter``). Agents do not write Tasks: a worker's etcd user may write only its
 own reports, its Node status report and its heartbeat (docs/security.md), so this
 controller is the hop between what a node says and what everyone reads.
 
 How: an elected runnable (``shoal.runtime.runnable``) that lists and watches
-``<p>/nodes/`` for reports, keeps the newest report per (node, task) as pending, and
+``<p>/reports/``, keeps the newest report per (node, task) as pending, and
 folds pending reports into the tasks of the shared task informer in fenced batches of
 up to 127 compare-and-swap writes, several in flight. The rule is ``decide.fold``: the
 right task (uid), assigned to the reporting node, state only forward. A batch that
@@ -35,7 +35,6 @@ from shoal.store import client, codec, errors, etcd, projections
 log = rt_logging.get_logger("shoal.controllers.fold")
 
 NAME: Final = "fold"
-REPORTS: Final = "reports"
 #: Batches of folds in flight at once.
 PARALLEL: Final = 8
 #: Seconds before a batch that could not be written (etcd away) is tried again.
@@ -59,7 +58,7 @@ class _Reports:
 
     def __init__(self, store: client.Store, changed: Any) -> None:
         self.store = store
-        self.prefix = projections.nodes_prefix(store.prefix)
+        self.prefix = projections.reports_prefix(store.prefix)
         self.pending: dict[Ref, _Report] = {}
         self.by_task: dict[tuple[str, str], set[str]] = {}  # (ns, name) -> reporting nodes
         self.synced = asyncio.Event()
@@ -89,10 +88,8 @@ class _Reports:
             self._drop(ref)
 
     def _ref(self, key: bytes) -> Ref | None:
-        where = projections.parse_node_key(self.prefix, key)
-        if where is None or where.section != REPORTS:
-            return None
-        return where.node, where.namespace, where.name
+        where = projections.parse_report_key(self.prefix, key)
+        return None if where is None else (where.node, where.namespace, where.name)
 
     async def _relist(self) -> int:
         start, end = self.prefix, etcd.prefix_end(self.prefix)
@@ -128,7 +125,7 @@ class _Reports:
                         revision = ev.mod_revision
                         ref = self._ref(ev.key)
                         if ref is None:
-                            continue  # task projections, secrets, node status
+                            continue  # a key of another shape (hand-written)
                         if ev.deleted:
                             self._drop(ref)
                         else:
