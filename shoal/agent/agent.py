@@ -19,9 +19,11 @@ The watch is built on the raw etcd watch rather than ``shoal.store.watch`` for
 robustness: one undecodable value must not stop every agent in the cluster, so each
 value is decoded on its own and a bad one is logged and skipped.
 
-Start-up order matters for failure detection: heartbeat key first, then the Node object
-(ready), then the tasks. A Node that says ready always has a live heartbeat key, so the
-nodes controller never sees a ready node without one.
+Start-up order matters for failure detection: heartbeat key first, then the node report
+(``nodereport``: the fold controller creates or updates the Node from it; the nodes
+controller says ready or down from the heartbeat), then the tasks. A Node that says
+ready always has a live heartbeat key, so the nodes controller never sees a ready node
+without one.
 """
 
 from __future__ import annotations
@@ -31,18 +33,17 @@ import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from shoal.agent import heartbeat, logserver, node, statuswriter, taskmanager
+from shoal.agent import heartbeat, logserver, node, nodereport, statuswriter, taskmanager
 from shoal.agent.exec import hollow
 from shoal.agent.exec.executor import Executor
 from shoal.crds import kinds, resource
 from shoal.runtime import gcpolicy
-from shoal.store import client, codec, errors, etcd, projections, watch
+from shoal.store import client, codec, errors, etcd, projections
 
 if TYPE_CHECKING:
     from shoal.agent import dataplane, taskfiles
@@ -198,7 +199,7 @@ class Agent:
         self.max_loop_lag = 0.0
         self.undecodable = 0
         self._route: dict[str, str] = {}  # task key "ns/name" -> node it is routed to
-        self._asserting: dict[str, float] = {}
+        self.reports: nodereport.NodeReports | None = None
         self._background: list[asyncio.Task[Any]] = []
 
     # --- start-up ---
@@ -263,7 +264,11 @@ class Agent:
             log_level=cfg.log_level, log_format=cfg.log_format)
         await self.heartbeats.start()
         self.timings["heartbeats"] = time.monotonic() - t0
-        await _bounded((node.register(store, self.nodes_info, c) for c in configs), 512)
+        self.reports = nodereport.NodeReports(store)
+        for c in configs:
+            self.reports.publish(c.name, c.role, c.labels, c.status())
+        await self.reports.flush()
+        self._background.append(asyncio.create_task(self.reports.run()))
         self.timings["registered"] = time.monotonic() - t0
         log.info("nodes registered", nodes=len(configs), node=configs[0].name,
                  seconds=round(self.timings["registered"], 3))
@@ -285,7 +290,6 @@ class Agent:
                 await asyncio.sleep(0)  # 1,000 nodes adopting at once would stall the loop
         self.timings["serving"] = time.monotonic() - t0
         self._background.append(asyncio.create_task(self._watch_tasks(revision)))
-        self._background.append(asyncio.create_task(self._watch_nodes()))
         self.ready.set()
         log.info("agent ready", nodes=len(configs), node=configs[0].name, runtime=cfg.runtime,
                  tasks=len(self._route), seconds=round(self.timings["serving"], 3))
@@ -324,7 +328,8 @@ class Agent:
                              "nftables, ipvs or none")
         plane = dataplane.Dataplane(
             self.store, c.name, c.address, observe=self.executors[c.name].observe,
-            backend=backends[cfg.dataplane], state_dir=cfg.state_dir, drain=cfg.drain)
+            backend=backends[cfg.dataplane], state_dir=cfg.state_dir, drain=cfg.drain,
+            reports=self.reports)
         await plane.start()
         self.dataplanes[c.name] = plane
         return plane
@@ -530,58 +535,6 @@ class Agent:
         self._route[key] = where.node
         manager.upsert(obj)
 
-    # --- keeping the nodes ready ---
-
-    async def _assert_ready(self, name: str) -> None:
-        assert self.store is not None
-        now = time.monotonic()
-        # At most one assertion per node per TTL: never a write fight with a controller.
-        if now - self._asserting.get(name, -1e9) < self.cfg.heartbeat_ttl:
-            return
-        self._asserting[name] = now
-        try:
-            if not await node.assert_ready(self.store, self.nodes_info, self.node_configs[name]):
-                log.warning("node object was deleted; not re-creating it until the agent "
-                            "restarts", node=name)
-        except errors.StoreError as exc:
-            log.warning("asserting node ready failed", node=name, error=str(exc))
-
-    async def _alive(self, name: str) -> bool:
-        """Whether the node's heartbeat key exists on the lease this process holds."""
-        assert self.store is not None and self.heartbeats is not None
-        lease = self.heartbeats.lease_of(name)
-        kv = await self.store.raw_get(node.heartbeat_key(self.store, name))
-        return bool(lease) and kv is not None and kv.lease == lease
-
-    async def _watch_nodes(self) -> None:
-        """Re-assert ``ready`` when our Node says otherwise while our heartbeat is live.
-
-        The nodes controller marks a node down when its heartbeat key expires; after the
-        agent has renewed the key it says ready again. Watching (rather than only
-        asserting once on renewal) makes that level-triggered: a ``down`` written late by
-        the controller, after the renewal, is corrected too.
-        """
-        assert self.store is not None and self.heartbeats is not None
-        while True:
-            try:
-                async for event in watch.watch_kind(self.store, self.nodes_info):
-                    objs = event.objects if event.type == watch.RESET else (
-                        [event.obj] if event.obj is not None else [])
-                    for obj in objs:
-                        if obj.name not in self.node_configs:
-                            continue
-                        if event.type == watch.DELETED:
-                            log.warning("node object deleted", node=obj.name)
-                        elif obj.status.get("state") != "ready" and \
-                                await self._alive(obj.name):
-                            await self._assert_ready(obj.name)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # e.g. an undecodable Node: keep the agent up
-                log.error("node watch failed, restarting it", node=self.cfg.node_name,
-                          error=str(exc), error_type=type(exc).__name__)
-                await asyncio.sleep(1.0)
-
     # --- health of the process itself ---
 
     async def _watch_lag(self) -> None:
@@ -610,16 +563,6 @@ class Agent:
                 "max_loop_lag_s": round(self.max_loop_lag, 3),
                 "gc": gcpolicy.pauses(),
                 "undecodable": self.undecodable, "timings": dict(self.timings)}
-
-
-async def _bounded(coros: Iterable[Any], limit: int) -> list[Any]:
-    sem = asyncio.Semaphore(limit)
-
-    async def one(coro: Any) -> Any:
-        async with sem:
-            return await coro
-
-    return await asyncio.gather(*(one(c) for c in coros))
 
 
 async def run_agent(etcd_url: str, prefix: str, node_name: str, runtime: str = "hollow",

@@ -90,6 +90,40 @@ def report_key(prefix: str, node: str, namespace: str, name: str) -> bytes:
     return node_reports_prefix(prefix, node) + f"{namespace}/{name}".encode()
 
 
+NODE_REPORT = "status"
+
+
+def node_report_key(prefix: str, node: str) -> bytes:
+    """Where ``node``'s agent reports its Node's status (the fold controller copies it
+    into the Node): ``<p>/reports/<node>/status``, two segments where a task's report has
+    three, so the two never collide."""
+    return node_reports_prefix(prefix, node) + NODE_REPORT.encode()
+
+
+def parse_node_report_key(reports: bytes, key: bytes) -> str | None:
+    """The node of a node report key, None for any other shape."""
+    parts = key[len(reports):].decode(errors="replace").split("/")
+    if len(parts) != 2 or not parts[0] or parts[1] != NODE_REPORT:
+        return None
+    return parts[0]
+
+
+def encode_node_report(report: dict[str, Any]) -> bytes:
+    """A node report: {role, labels, status} as its agent sees them."""
+    return orjson.dumps(report, option=_ENCODE)
+
+
+def decode_node_report(value: bytes) -> dict[str, Any] | None:
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("status"), dict) or \
+            not isinstance(data.get("labels", {}), dict):
+        return None
+    return data
+
+
 class ReportKey(typing.NamedTuple):
     node: str
     namespace: str

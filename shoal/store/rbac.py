@@ -3,14 +3,14 @@
 A worker node's etcd user (``shoal:node:<node>``, the CN of its client certificate) gets
 one role of the same name, granting exactly what its agent needs (docs/security.md):
 
-* read ``<p>/nodes/<node>/``: its tasks (projections), secrets, configs and status;
+* read ``<p>/nodes/<node>/``: its tasks (projections), secrets and configs;
 * read ``<p>/dataplane/``: the reduced Services and Tasks its dataplane programs
   (no templates, environments or secret references);
 * read ``<p>/registry/networks/`` and ``<p>/registry/nodes/``: overlay allocation and
   the nodes' underlay addresses;
-* read and write ``<p>/reports/<node>/`` (its tasks' status),
-  ``<p>/nodes/<node>/status`` (its Node's status) and ``<p>/heartbeats/<node>`` (its
-  liveness key, on its own lease).
+* read and write ``<p>/reports/<node>/`` (its tasks' status, and its Node's status at
+  ``<p>/reports/<node>/status``) and ``<p>/heartbeats/<node>`` (its liveness key, on
+  its own lease).
 
 Nothing else: no spec of any kind, no other node's keys, no Secret or Config objects,
 no join tokens, no leader locks. Managers, the controller-manager and ``swctl`` use
@@ -104,7 +104,6 @@ def roles_for_node(prefix: str, node: str) -> Role:
     grants = [
         Grant(*_prefix(mine), read=True, write=False),
         Grant(*_prefix(projections.node_reports_prefix(p, node)), read=True, write=True),
-        Grant(mine + b"status", b"", read=True, write=True),
         Grant(f"{p}/heartbeats/{node}".encode(), b"", read=True, write=True),
         Grant(*_prefix(projections.dataplane_prefix(p)), read=True, write=False),
         Grant(*_prefix(f"{p}/registry/networks/".encode()), read=True, write=False),

@@ -5,9 +5,9 @@ the session etcd under the test's private prefix, with its log in the test's tem
 directory; the log tail is printed when a test fails. Tasks are written straight into
 etcd, already assigned, the way the scheduler commits them. Agents report task status
 under their node's keys and read secrets and configs from their node's copies; a
-controller-manager running only the fold and distributor controllers does the rest, as
-in a cluster. Every wait polls with a deadline
-(``tests.helpers.eventually``).
+controller-manager running only the nodes, fold and distributor controllers does the
+rest, as in a cluster (the fold creates the Node from its agent's report). Every wait
+polls with a deadline (``tests.helpers.eventually``).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class AgentCluster:
         cluster = cls(etcd_url, prefix, store, workdir)
         fold = AgentProc("fold", [sys.executable, "-m", "shoal.cli", "controller-manager",
                                   "--etcd", etcd_url, "--prefix", prefix,
-                                  "--controllers", "fold,distributor"],
+                                  "--controllers", "nodes,fold,distributor"],
                        workdir / "fold.log")
         try:
             yield cluster

@@ -34,3 +34,36 @@ def test_a_report_for_a_task_the_cache_does_not_show_as_its_own_waits() -> None:
     assert decide.fold(task(uid="u0"), "n1", "u1", running) == ("wait", None)  # namesake
     # Another node cannot speak for this task.
     assert decide.fold(task(), "n2", "u1", running) == ("wait", None)
+
+
+REPORT = {"role": "manager", "labels": {"zone": "a"},
+          "status": {"state": "ready", "message": "", "address": "10.0.0.2",
+                     "logsEndpoint": "http://10.0.0.2:4790",
+                     "conditions": [{"type": "Firewall", "status": "True"}]}}
+
+
+def test_the_first_node_report_creates_the_node_with_its_role() -> None:
+    verdict, made = decide.fold_node(None, "n1", REPORT)
+    assert verdict == "create" and made is not None
+    assert made.spec == {"role": "manager", "availability": "active"}
+    assert made.metadata.labels == {"zone": "a"} and made.status["state"] == "ready"
+
+
+def test_a_report_updates_labels_and_agent_fields_and_leaves_the_rest() -> None:
+    node = resource.new("Node", "n1", spec={"role": "worker", "availability": "drain"},
+                        labels={"zone": "b", "team": "x"})
+    node.status = {"state": "down", "message": "heartbeat lease expired", "address": "old",
+                   "dataplane": "ipvs",
+                   "conditions": [{"type": "Ready", "status": "False"},
+                                  {"type": "Firewall", "status": "True",
+                                   "lastTransitionTime": "t0"}]}
+    verdict, out = decide.fold_node(node, "n1", REPORT)
+    assert verdict == "update" and out is not None
+    assert out.spec == node.spec  # spec is users' and controllers' once the Node exists
+    assert out.metadata.labels == {"zone": "a", "team": "x"}
+    assert (out.status["state"], out.status["address"]) == ("down", "10.0.0.2")
+    assert "dataplane" not in out.status  # a feature of the last run, not reported now
+    assert out.status["conditions"] == [
+        {"type": "Ready", "status": "False"},
+        {"type": "Firewall", "status": "True", "lastTransitionTime": "t0"}]
+    assert decide.fold_node(out, "n1", REPORT) == ("done", None)

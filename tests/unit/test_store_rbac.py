@@ -30,7 +30,7 @@ def test_a_worker_cannot_read_other_nodes_or_the_registry_s_specs(key: str) -> N
 
 
 @pytest.mark.parametrize("key", [
-    "/shoal/reports/n1/default/web.1", "/shoal/nodes/n1/status", "/shoal/heartbeats/n1"])
+    "/shoal/reports/n1/default/web.1", "/shoal/reports/n1/status", "/shoal/heartbeats/n1"])
 def test_a_worker_writes_its_reports_status_and_heartbeat(key: str) -> None:
     assert ROLE.may_write(key.encode())
 
@@ -38,7 +38,7 @@ def test_a_worker_writes_its_reports_status_and_heartbeat(key: str) -> None:
 @pytest.mark.parametrize("key", [
     "/shoal/registry/services/default/web", "/shoal/registry/tasks/default/web.1",
     "/shoal/registry/nodes/n1", "/shoal/nodes/n2/status", "/shoal/reports/n2/d/t",
-    "/shoal/reports/n10/d/t",
+    "/shoal/reports/n2/status", "/shoal/reports/n10/d/t",
     "/shoal/nodes/n1/tasks/default/web.1", "/shoal/nodes/n1/secrets/default/db",
     "/shoal/nodes/n1/statusx", "/shoal/heartbeats/n2", "/shoal/leases/controllers/x"])
 def test_a_worker_writes_no_spec_and_nothing_of_another_node(key: str) -> None:
