@@ -2,7 +2,8 @@
 
 Measures, against a fresh etcd, with the agent as its own OS process (as in production):
 
-* register: agent process start -> all K Nodes ready (K heartbeat keys present);
+* register: agent process start -> all K node reports written (K heartbeat keys
+  present; the Nodes are made from the reports by the fold controller, not run here);
 * run: N Tasks written already assigned (round-robin over the nodes, desired running,
   in 127-object transactions, 16 in flight, as a scheduler commits them) -> all N
   report running (the agent's own reports, ``<p>/reports/<node>/``: the agent
@@ -132,7 +133,8 @@ async def run(args: argparse.Namespace) -> None:
         rev = await store.etcd.current_revision()
         t0 = time.monotonic()
         agent.start()
-        await _count(store, store.kind_prefix(NODES), rev + 1, args.nodes,
+        # The node reports (the agent writes no Node; the fold controller would).
+        await _count(store, projections.reports_prefix(prefix), rev + 1, args.nodes,
                      b'"state":"ready"', 300)
         beats, _ = await store.raw_list(store.raw_key("heartbeats") + b"/")
         print(f"register: {args.nodes} nodes ready {time.monotonic() - t0:.2f} s after "
