@@ -211,8 +211,13 @@ def status_memo(kind: Any, status: Any) -> Hashable:
 
 
 def memo_of(obj: resource.Resource, spec_digest: int) -> Memo:
-    return Memo(spec_digest, usable_node(obj.spec.get("nodeName")),
-                status_memo(obj.kind, obj.status))
+    """The memo of ``obj`` as stored. A Task's status counts only when it has a dataplane
+    copy (assigned, on networks): the copy for its node holds no status, so the status
+    writes of every other task -- all of them, at scale -- rewrite nothing."""
+    node = usable_node(obj.spec.get("nodeName"))
+    if obj.kind == TASK_KIND and (node is None or not obj.spec.get("networks")):
+        return Memo(spec_digest, node, None)
+    return Memo(spec_digest, node, status_memo(obj.kind, obj.status))
 
 
 def _namespace(obj: resource.Resource) -> str:
@@ -298,6 +303,10 @@ def changes(prefix: str, old: Memo | None, new: resource.Resource,
     puts = projected(prefix, new)
     if old is None:
         return puts, []
+    if old.spec_digest == new_memo.spec_digest and old.node == new_memo.node:
+        # Only the projected status moved: only the dataplane copy holds it.
+        dp = dataplane_prefix(prefix)
+        return {k: v for k, v in puts.items() if k.startswith(dp)}, []
     stale = [k for k in possible_keys(prefix, new.kind, _namespace(new), new.name, old.node)
              if k not in puts]
     return puts, stale

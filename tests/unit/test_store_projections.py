@@ -140,3 +140,14 @@ def test_reports_round_trip_and_garbage_is_none() -> None:
     assert projections.decode_report(value) == ("u1", {"state": "running"})
     for bad in (b"{nope", b"[]", b'{"uid": 1, "status": {}}', b'{"uid": "u", "status": 3}'):
         assert projections.decode_report(bad) is None
+
+
+def test_status_writes_of_a_task_without_networks_rewrite_nothing() -> None:
+    old, new = task(networks=False, state="starting"), task(networks=False, state="running")
+    assert projections.changes(P, memo(old), new, memo(new)) == ({}, [])
+
+
+def test_a_status_change_rewrites_only_the_dataplane_copy() -> None:
+    old, new = task(state="running"), task(state="failed")
+    puts, stale = projections.changes(P, memo(old), new, memo(new))
+    assert list(puts) == [b"/shoal/dataplane/tasks/prod/web.1"] and stale == []
