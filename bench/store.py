@@ -4,13 +4,21 @@ Each figure is printed beside its baseline measured in the same run against the 
 etcd: ingest against the 20,000 objects/s target, CAS updates against raw etcd puts at
 the same concurrency (target: at least 50 % of the raw rate).
 
-    python bench/store.py [--objects 20000] [--concurrency 32] [--updates 5000]
+    python bench/store.py [--objects 20000] [--concurrency 32] [--updates 5000] [--tls]
+    python bench/store.py --tls-cost [--updates 5000] [--concurrency 32]
 
 Ingest: a writer process creates the objects in batched transactions (as ``swctl apply``
 does) while this process's informer catches them; the rate is objects divided by the
 time from the writer's first write to the informer holding the last object.
 
-Starts its own etcd in a temporary directory unless ``--etcd URL`` is given.
+Starts its own etcd in a temporary directory unless ``--etcd URL`` is given; with
+``--tls`` that etcd serves https with client-certificate auth (a CA made for the run, as
+``swctl init`` makes one), to measure what TLS costs the store.
+
+``--tls-cost`` starts one plain and one TLS etcd side by side and alternates rounds of
+CAS updates against each, reporting throughput and the CPU seconds per 1,000 updates
+spent in this process and in etcd: on a shared machine the CPU cost is the steadier
+figure, since throughput follows whatever else runs.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import pathlib
 import secrets
 import statistics
@@ -27,6 +36,7 @@ import time
 import uuid
 
 from shoal.crds import kinds, resource
+from shoal.pki.bundle import Bundle
 from shoal.runtime import informer as informer_mod
 from shoal.store import client, etcd_server
 
@@ -42,9 +52,10 @@ def _item(i: int) -> resource.Resource:
                         labels={"app": f"a{i % 10}"})
 
 
-async def write_items(url: str, prefix: str, objects: int, writers: int) -> None:
+async def write_items(url: str, prefix: str, objects: int, writers: int,
+                      tls: Bundle | None = None) -> None:
     """The writer side of the ingest run (what ``swctl apply`` does): batched creates."""
-    store = await client.Store.connect(url, prefix=prefix)
+    store = await client.Store.connect(url, prefix=prefix, tls=tls)
     batches = [[client.Op("create", BENCH_KIND, _item(i))
                 for i in range(start, min(start + 127, objects))]
                for start in range(0, objects, 127)]
@@ -83,9 +94,12 @@ async def ingest(store: client.Store, objects: int, writers: int) -> float:
     inf.add_handlers(on_add=on_change)
     factory.start()
     await inf.wait_synced()
+    tls = store.etcd.tls
+    tls_args = ["--etcd-ca", str(tls.ca), "--etcd-cert", str(tls.cert),
+                "--etcd-key", str(tls.key)] if tls is not None else []
     proc = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--write-only", "--etcd", store.url, "--prefix", store.prefix,
-        "--objects", str(objects), "--writers", str(writers),
+        "--objects", str(objects), "--writers", str(writers), *tls_args,
         stdout=asyncio.subprocess.PIPE)
     assert proc.stdout is not None
     out = (await proc.stdout.readline()).decode().split()
@@ -138,6 +152,57 @@ async def cas_vs_raw(store: client.Store, updates: int, concurrency: int) -> tup
     return statistics.median(raws), statistics.median(cases)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def tls_cost(updates: int, concurrency: int, data_dir: str | None, rounds: int = 5) -> None:
+    """CAS update throughput and CPU per 1,000 updates, plain vs TLS, interleaved rounds."""
+    with contextlib.ExitStack() as stack:
+        tmp = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(dir=data_dir)))
+        plain = etcd_server.EtcdServer(tmp / "plain" / "data")
+        tls_cluster = etcd_server.EtcdCluster(tmp / "tls", 1, tls=True)
+        secure = tls_cluster.members[0]
+        for server in (plain, secure):
+            server.start()
+            stack.callback(server.stop)
+        stores = {
+            "plain": (await client.Store.connect(plain.url, prefix="/bench-tls"), plain),
+            "tls": (await client.Store.connect(secure.url, prefix="/bench-tls",
+                                               tls=tls_cluster.client_bundle()), secure)}
+        objs: dict[str, dict[int, resource.Resource]] = {}
+        for name, (store, _) in stores.items():
+            objs[name] = {i: await store.create(BENCH_KIND, _item(i)) for i in range(256)}
+        results: dict[str, list[tuple[float, float, float]]] = {"plain": [], "tls": []}
+        for _ in range(rounds):
+            for name, (store, server) in stores.items():
+                latest = objs[name]
+
+                async def update(i: int, store: client.Store = store,
+                                 latest: dict[int, resource.Resource] = latest) -> None:
+                    obj = latest[i % 256]
+                    obj.status["count"] = i
+                    latest[i % 256] = await store.update(BENCH_KIND, obj)
+
+                assert server.proc is not None
+                mine, theirs = time.process_time(), _cpu_seconds(server.proc.pid)
+                rate = await _run_concurrent(updates, concurrency, update)
+                per_k = 1000 / updates
+                results[name].append((rate, (time.process_time() - mine) * per_k,
+                                      (_cpu_seconds(server.proc.pid) - theirs) * per_k))
+        for store, _ in stores.values():
+            await store.close()
+    for name, rows in results.items():
+        rate = statistics.median(r[0] for r in rows)
+        client_cpu = statistics.median(r[1] for r in rows)
+        etcd_cpu = statistics.median(r[2] for r in rows)
+        print(f"{name:5}: CAS {rate:,.0f} updates/s at concurrency {concurrency}; CPU per "
+              f"1,000 updates: client {client_cpu * 1000:.0f} ms, etcd {etcd_cpu * 1000:.0f} ms "
+              f"(medians of {rounds} rounds of {updates})")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--etcd")
@@ -148,22 +213,39 @@ async def main() -> None:
     parser.add_argument("--data-dir", default=None,
                         help="parent folder for the bench etcd's data (e.g. /dev/shm to keep "
                              "disk contention from other processes out of the figure)")
+    parser.add_argument("--tls-cost", action="store_true",
+                        help="compare CAS throughput and CPU cost, plain vs TLS etcd")
+    parser.add_argument("--tls", action="store_true",
+                        help="the bench etcd serves https with client-certificate auth")
+    parser.add_argument("--etcd-ca", help=argparse.SUPPRESS)
+    parser.add_argument("--etcd-cert", help=argparse.SUPPRESS)
+    parser.add_argument("--etcd-key", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
     parser.add_argument("--write-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.tls_cost:
+        await tls_cost(args.updates, args.concurrency, args.data_dir)
+        return
+    tls = Bundle.from_options(args.etcd_ca, args.etcd_cert, args.etcd_key)
     if args.write_only:
-        await write_items(args.etcd, args.prefix, args.objects, args.writers)
+        await write_items(args.etcd, args.prefix, args.objects, args.writers, tls)
         return
     server = None
     with contextlib.ExitStack() as stack:
         url = args.etcd
         if url is None:
             tmp = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.data_dir)))
-            server = etcd_server.EtcdServer(tmp / "data")
+            if args.tls:
+                tls_cluster = etcd_server.EtcdCluster(tmp, 1, tls=True)
+                server = tls_cluster.members[0]
+                tls = tls_cluster.client_bundle("root")
+            else:
+                server = etcd_server.EtcdServer(tmp / "data")
             server.start()
             stack.callback(server.stop)
             url = server.url
-        store = await client.Store.connect(url, prefix=f"/bench-{uuid.uuid4().hex[:8]}")
+        store = await client.Store.connect(url, prefix=f"/bench-{uuid.uuid4().hex[:8]}",
+                                           tls=tls)
         try:
             where = f"data in {args.data_dir or tempfile.gettempdir()}" if server else "external"
             print(f"etcd {url} ({where})")

@@ -42,6 +42,7 @@ from shoal.agent import heartbeat, logserver, node, nodereport, statuswriter, ta
 from shoal.agent.exec import hollow
 from shoal.agent.exec.executor import Executor
 from shoal.crds import kinds, resource
+from shoal.pki.bundle import Bundle
 from shoal.runtime import gcpolicy
 from shoal.store import client, codec, errors, etcd, projections
 
@@ -99,6 +100,11 @@ class AgentConfig:
     # The cluster's keyring (shoal.crds.sealed), which opens the secrets of this node's
     # tasks; None: tasks that use a secret are rejected, saying so.
     keyring: str | None = None
+    # CA and client certificate for https etcd endpoints (--etcd-ca/cert/key).
+    etcd_tls: Bundle | None = None
+    # The node's own certificate (--tls-dir: DIR/ca.crt, DIR/node.crt, DIR/node.key): its
+    # endpoints (task logs) then serve TLS to the cluster's admin certificate only.
+    node_tls: Bundle | None = None
 
     def node_names(self) -> list[str]:
         if self.count <= 1:
@@ -208,7 +214,8 @@ class Agent:
         backoff = 0.1
         while True:
             try:
-                return await client.Store.connect(self.cfg.etcd_url, self.cfg.prefix)
+                return await client.Store.connect(self.cfg.etcd_url, self.cfg.prefix,
+                                                  tls=self.cfg.etcd_tls)
             except errors.UnavailableError as exc:
                 log.warning("etcd unreachable, retrying", error=str(exc), retry_in=backoff)
                 await asyncio.sleep(backoff)
@@ -261,7 +268,7 @@ class Agent:
         self.heartbeats = heartbeat.HeartbeatProcess(
             cfg.etcd_url, cfg.prefix, node.lease_ttl(cfg.heartbeat_ttl), configs,
             shared_lease=cfg.shared_lease, stall_after=cfg.stall_timeout,
-            log_level=cfg.log_level, log_format=cfg.log_format)
+            log_level=cfg.log_level, log_format=cfg.log_format, tls=cfg.etcd_tls)
         await self.heartbeats.start()
         self.timings["heartbeats"] = time.monotonic() - t0
         self.reports = nodereport.NodeReports(store)
@@ -301,7 +308,7 @@ class Agent:
         if self.cfg.logs_port is None or not configs:
             return configs
         self.logserver = logserver.LogServer(self.executors, configs[0].address,
-                                             self.cfg.logs_port)
+                                             self.cfg.logs_port, tls=self.cfg.node_tls)
         try:
             endpoint = await self.logserver.start()
         except OSError as exc:

@@ -33,11 +33,13 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from shoal.agent import node
+from shoal.pki.bundle import Bundle
 from shoal.runtime import logging as rt_logging
 from shoal.store import client, errors
 
@@ -53,9 +55,11 @@ class HeartbeatProcess:
 
     def __init__(self, etcd_url: str, prefix: str, ttl: int, nodes: list[node.NodeConfig],
                  shared_lease: bool = False, stall_after: float | None = None,
-                 log_level: str = "info", log_format: str = "auto") -> None:
+                 log_level: str = "info", log_format: str = "auto",
+                 tls: Bundle | None = None) -> None:
         self.config: dict[str, Any] = {
             "etcd": etcd_url, "prefix": prefix, "ttl": node.lease_ttl(ttl),
+            "tls": [str(tls.ca), str(tls.cert), str(tls.key)] if tls is not None else None,
             "shared_lease": shared_lease,
             "stall_after": stall_after if stall_after is not None else max(10.0, 3.0 * ttl),
             "log_level": log_level, "log_format": log_format,
@@ -160,7 +164,8 @@ async def _child() -> int:
     backoff = 0.1
     while store is None:
         try:
-            store = await client.Store.connect(config["etcd"], config["prefix"])
+            tls = Bundle(*(Path(p) for p in config["tls"])) if config.get("tls") else None
+            store = await client.Store.connect(config["etcd"], config["prefix"], tls=tls)
         except errors.UnavailableError as exc:
             log.warning("heartbeat: etcd unreachable, retrying", node=first, error=str(exc))
             await asyncio.sleep(backoff)

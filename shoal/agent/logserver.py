@@ -31,6 +31,14 @@ client. Each connection serves one request (``Connection: close``).
 
 If the port is taken (two agents in one network namespace, e.g. tests), the server takes
 any free port and advertises that one: the endpoint in the Node is the truth.
+
+TLS. An agent given the node's certificate (``--tls-dir``) serves ``https://`` only: the
+client must present a certificate from the cluster CA whose CN is an admin's (``root``,
+what ``swctl logs`` presents), else the handshake fails (no certificate, another CA) or
+the request gets 403 naming the CN it came with. Task output often holds secrets, so a
+worker's certificate is not enough to read another node's logs. The server presents the
+node's certificate; clients identify the node by its CN (``shoal:node:<name>``), not by
+the address. Plain HTTP stays only for clusters without TLS (``swctl up`` dev clusters).
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from typing import Final
 import structlog
 
 from shoal.agent.exec.executor import MISSING, Executor, LogLine
+from shoal.pki.bundle import Bundle, peer_cn
 
 log = structlog.get_logger("shoal.agent.logserver")
 
@@ -61,9 +70,14 @@ _STREAM_CODES: Final = {"stdout": b"o", "stderr": b"e"}
 _CODE_STREAMS: Final = {b"o": "stdout", b"e": "stderr"}
 
 
-def endpoint_url(host: str, port: int) -> str:
-    """``http://HOST:PORT``; IPv6 literals bracketed."""
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+#: Who may read task logs over TLS: the CN of the admin certificate (docs/pki.md).
+ADMIN_USERS: Final = frozenset({"root"})
+
+
+def endpoint_url(host: str, port: int, tls: bool = False) -> str:
+    """``http://HOST:PORT`` (``https`` with TLS); IPv6 literals bracketed."""
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def encode_line(line: LogLine) -> bytes:
@@ -116,10 +130,14 @@ class LogServer:
     """Serves the logs of the workloads of ``executors`` (node name -> driver)."""
 
     def __init__(self, executors: Mapping[str, Executor], host: str,
-                 port: int = DEFAULT_PORT) -> None:
+                 port: int = DEFAULT_PORT, tls: Bundle | None = None,
+                 readers: frozenset[str] = ADMIN_USERS) -> None:
         self.executors = executors
         self.host = host
         self.port = port
+        self.tls = tls
+        self.readers = readers  # CNs allowed to read logs over TLS
+        self._ssl = tls.server_context() if tls is not None else None
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self.endpoint: str | None = None
@@ -129,15 +147,16 @@ class LogServer:
         one when it is taken; any other bind error (the address is not this host's)
         propagates."""
         try:
-            self._server = await asyncio.start_server(self._accept, self.host, self.port)
+            self._server = await asyncio.start_server(self._accept, self.host, self.port,
+                                                      ssl=self._ssl)
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE or self.port == 0:
                 raise
             log.warning("log port taken, using any free port", address=self.host,
                         port=self.port)
-            self._server = await asyncio.start_server(self._accept, self.host, 0)
+            self._server = await asyncio.start_server(self._accept, self.host, 0, ssl=self._ssl)
         port = self._server.sockets[0].getsockname()[1]
-        self.endpoint = endpoint_url(self.host, port)
+        self.endpoint = endpoint_url(self.host, port, tls=self._ssl is not None)
         log.info("serving task logs", endpoint=self.endpoint, nodes=len(self.executors))
         return self.endpoint
 
@@ -195,6 +214,16 @@ class LogServer:
         if url.path == "/healthz":
             await _respond(writer, 200, "OK", "ok")
             return
+        if self._ssl is not None:
+            # The handshake proved the certificate is the cluster's; whose it is decides.
+            cn = peer_cn(writer.get_extra_info("peercert"))
+            if cn not in self.readers:
+                log.warning("log request refused", key=cn, path=url.path)
+                await _respond(writer, 403, "Forbidden", (
+                    f'task logs are served to the cluster\'s admin certificate only (CN '
+                    f'{", ".join(sorted(self.readers))}); this client presented CN "{cn}". '
+                    "Run swctl logs with the admin certificate (--etcd-cert root.crt)"))
+                return
         if not url.path.startswith(LOGS_PATH):
             await _respond(writer, 404, "Not Found", f"no such path {url.path}; logs are at "
                            f"{LOGS_PATH}<node>/<task-uid>")

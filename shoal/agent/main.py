@@ -18,7 +18,9 @@ from typing import TypeVar
 
 from shoal.agent import agent, logserver, node, runtimes
 from shoal.crds import sealed, selectors, units
+from shoal.pki.bundle import Bundle
 from shoal.runtime import logging as rt_logging
+from shoal.runtime import operator
 
 T = TypeVar("T")
 
@@ -81,7 +83,13 @@ def build_parser(prog: str = "swctl agent") -> argparse.ArgumentParser:
         prog=prog, description="Run the Shoal node agent: register this node (or K hollow "
         "nodes), keep its heartbeat lease, and run the tasks assigned to it.")
     p.add_argument("--etcd", default=None,
-                   help=f"etcd URL (default: $SHOAL_ETCD or {DEFAULT_ETCD})")
+                   help="etcd endpoint URL, or several comma-separated (default: "
+                   f"$SHOAL_ETCD or {DEFAULT_ETCD})")
+    operator.add_tls_arguments(p)
+    p.add_argument("--tls-dir", metavar="DIR", default=None,
+                   help="the node's certificate: DIR/ca.crt, DIR/node.crt, DIR/node.key. Its "
+                   "endpoints (task logs) then serve TLS to the cluster's admin certificate "
+                   "only; it is also the etcd client certificate when --etcd-cert is not given")
     p.add_argument("--prefix", default=None,
                    help=f"key prefix of the cluster (default: $SHOAL_PREFIX or {DEFAULT_PREFIX})")
     p.add_argument("--name", default=None, help="node name (default: the hostname)")
@@ -157,8 +165,15 @@ def configure_logging(level: str, fmt: str) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> agent.AgentConfig:
+    node_tls = Bundle.from_dir(args.tls_dir, "node") if args.tls_dir else None
+    # One certificate per node: with --tls-dir and no --etcd-* (or $SHOAL_ETCD_*), the
+    # node's certificate is also what it presents to etcd.
+    etcd_url = args.etcd or os.environ.get("SHOAL_ETCD") or DEFAULT_ETCD
+    etcd_tls = Bundle.resolve(args.etcd_ca, args.etcd_cert, args.etcd_key)
+    if etcd_tls is None and etcd_url.startswith("https://"):
+        etcd_tls = node_tls
     return agent.AgentConfig(
-        etcd_url=args.etcd or os.environ.get("SHOAL_ETCD") or DEFAULT_ETCD,
+        etcd_url=etcd_url,
         prefix=args.prefix or os.environ.get("SHOAL_PREFIX") or DEFAULT_PREFIX,
         node_name=args.name or socket.gethostname(),
         runtime=args.runtime, count=args.count, labels=dict(args.label), role=args.role,
@@ -169,7 +184,8 @@ def config_from_args(args: argparse.Namespace) -> agent.AgentConfig:
         log_level=args.log_level, log_format=args.log_format,
         stall_timeout=args.stall_timeout, logs_port=args.logs_port,
         dataplane=args.dataplane, state_dir=args.state_dir, drain=args.drain,
-        keyring=args.keyring or os.environ.get(sealed.KEYRING_ENV) or None)
+        keyring=args.keyring or os.environ.get(sealed.KEYRING_ENV) or None,
+        etcd_tls=etcd_tls, node_tls=node_tls)
 
 
 async def _serve(cfg: agent.AgentConfig) -> None:
@@ -221,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = config_from_args(args)
         if cfg.runtime != "hollow":
             agent.driver_class(cfg.runtime)
-    except (agent.UnknownRuntimeError, runtimes.RuntimeUnavailable) as exc:
+    except (agent.UnknownRuntimeError, runtimes.RuntimeUnavailable, ValueError) as exc:
         print(f"swctl agent: {exc}", file=sys.stderr)
         return 2
     asyncio.run(_serve(cfg))

@@ -207,7 +207,7 @@ class Heartbeats:
         self.keepalive_rounds = 0
         self.last_round_seconds = 0.0
         self._unavailable = False
-        self._stream = leasestream.KeepaliveStream(store.etcd.url)
+        self._stream = leasestream.KeepaliveStream(store.etcd.url, store.etcd.tls)
 
     def lease_of(self, node: str) -> int:
         return self._beats[node].lease

@@ -17,13 +17,12 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from shoal.cli import errors
+from shoal.cli import common, errors
 
 VERB = "agent"
-# swctl's global flags that take a value; the agent understands --etcd, --prefix and
-# --keyring.
-_GLOBAL_WITH_VALUE = ("--etcd", "--prefix", "--request-timeout", "--keyring")
-_PASSED_ON = ("--etcd", "--prefix", "--keyring")
+# The agent understands all of swctl's global flags but --request-timeout.
+_GLOBAL_WITH_VALUE = common.GLOBAL_VALUE_FLAGS
+_PASSED_ON = tuple(f for f in _GLOBAL_WITH_VALUE if f != "--request-timeout")
 
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:

@@ -14,10 +14,11 @@ import argparse
 import shlex
 from collections.abc import Sequence
 
+from shoal.cli import common
 from shoal.crds import resource
 from shoal.crds import updatemeta as um
 
-_GLOBAL_VALUE_FLAGS = ("--etcd", "--prefix", "--request-timeout", "--keyring")
+_GLOBAL_VALUE_FLAGS = common.GLOBAL_VALUE_FLAGS
 
 
 def command_line(argv: Sequence[str]) -> str:

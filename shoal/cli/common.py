@@ -15,6 +15,7 @@ from pathlib import Path
 
 from shoal.cli import errors
 from shoal.crds import kinds, names, resource, sealed
+from shoal.pki.bundle import Bundle
 from shoal.store import client, kindsync
 
 DEFAULT_ETCD = "http://127.0.0.1:2379"
@@ -37,6 +38,12 @@ def keyring_path(flag: str | None) -> Path:
     return Path(flag or os.environ.get(sealed.KEYRING_ENV) or default_keyring())
 
 
+# swctl's global flags that take a value (main._global_flags): skipped when finding the
+# verb, left out of a recorded command line, passed on to `swctl agent`.
+GLOBAL_VALUE_FLAGS = ("--etcd", "--prefix", "--request-timeout", "--keyring", "--etcd-ca",
+                      "--etcd-cert", "--etcd-key")
+
+
 @dataclasses.dataclass(frozen=True)
 class GlobalOptions:
     """``--etcd``, ``--prefix``, ``--request-timeout`` and ``--keyring`` after flags and
@@ -47,13 +54,21 @@ class GlobalOptions:
     request_timeout: float = 5.0
     #: The cluster's keyring file (read only when a Secret value is sealed or opened).
     keyring: Path | None = None
+    #: CA and client certificate for https etcd endpoints (--etcd-ca/cert/key).
+    tls: Bundle | None = None
 
     @classmethod
     def resolve(cls, etcd: str | None, prefix: str | None,
                 request_timeout: float | None, keyring: str | None = None,
-                ) -> GlobalOptions:
+                etcd_ca: str | None = None, etcd_cert: str | None = None,
+                etcd_key: str | None = None) -> GlobalOptions:
         # Flag beats environment beats default, as with kubectl's KUBECONFIG.
+        try:
+            tls = Bundle.resolve(etcd_ca, etcd_cert, etcd_key)
+        except ValueError as exc:
+            raise errors.CliError(str(exc)) from None
         return cls(
+            tls=tls,
             etcd=etcd or os.environ.get("SHOAL_ETCD") or DEFAULT_ETCD,
             prefix=prefix or os.environ.get("SHOAL_PREFIX") or DEFAULT_PREFIX,
             request_timeout=request_timeout if request_timeout is not None else 5.0,
@@ -70,8 +85,8 @@ async def open_store(opts: GlobalOptions) -> AsyncIterator[client.Store]:
     """
     try:
         store = await client.Store.connect(opts.etcd, prefix=opts.prefix,
-                                           timeout=opts.request_timeout)
-    except ValueError as exc:  # a malformed URL
+                                           timeout=opts.request_timeout, tls=opts.tls)
+    except ValueError as exc:  # a malformed URL, or https without a certificate
         raise errors.CliError(f"{exc} (from --etcd or SHOAL_ETCD)") from None
     try:
         yield store

@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-# Global flags that take a value, skipped when finding the verb (main._global_flags).
-_VALUE_FLAGS = ("--etcd", "--prefix", "--request-timeout", "--keyring")
+from shoal.cli import common
+
+_VALUE_FLAGS = common.GLOBAL_VALUE_FLAGS
 
 def _arg(rest: list[str], placeholder: str) -> str:
     """The name the user gave: docker puts it last (``service update --image x web``),

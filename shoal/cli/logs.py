@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import datetime
 import signal
+import ssl
 import sys
 import time
 import urllib.parse
@@ -40,6 +41,8 @@ from shoal.agent.exec.executor import LogLine
 from shoal.cli import common, errors, service, taskview
 from shoal.crds import kinds, resource
 from shoal.crds import taskstates as ts
+from shoal.pki.bundle import Bundle, peer_cn
+from shoal.pki.certs import node_user
 from shoal.store import client
 from shoal.store import errors as store_errors
 
@@ -194,28 +197,56 @@ async def resolve(store: client.Store, registry: kinds.Registry, target: str,
 
 # --- one stream ---
 
-def _split_endpoint(endpoint: str) -> tuple[str, int]:
+def _split_endpoint(endpoint: str) -> tuple[str, str, int]:
     url = urllib.parse.urlsplit(endpoint)
-    if url.scheme != "http" or not url.hostname or not url.port:
+    if url.scheme not in ("http", "https") or not url.hostname or not url.port:
         raise LogsError(f'unusable log endpoint "{endpoint}"')
-    return url.hostname, url.port
+    return url.scheme, url.hostname, url.port
+
+
+async def _connect(endpoint: str, node: str, tls: Bundle | None,
+                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to ``node``'s endpoint; over TLS, one to that node and no other."""
+    scheme, host, port = _split_endpoint(endpoint)
+    context: ssl.SSLContext | None = None
+    if scheme == "https":
+        if tls is None:
+            raise LogsError(f"node {node} serves its logs over TLS ({endpoint}): give swctl "
+                            "the cluster's admin certificate (--etcd-ca, --etcd-cert, "
+                            "--etcd-key or $SHOAL_ETCD_CA/CERT/KEY)")
+        # The node is identified by its certificate's CN, whatever address it serves on.
+        context = tls.client_context(check_hostname=False)
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=context), CONNECT_TIMEOUT)
+    except ssl.SSLError as exc:
+        raise LogsError(f"node {node} at {endpoint} refused the TLS connection "
+                        f"({exc.reason or exc}): is --etcd-cert the cluster's admin "
+                        "certificate and --etcd-ca the cluster's CA?") from None
+    except (OSError, TimeoutError) as exc:
+        raise LogsError(f"cannot reach node {node} at {endpoint}: "
+                        f"{exc or type(exc).__name__}") from None
+    if context is not None:
+        cn = peer_cn(writer.get_extra_info("peercert"))
+        if cn != node_user(node):
+            writer.close()
+            raise LogsError(f"the log endpoint {endpoint} of node {node} presented a "
+                            f'certificate for "{cn}", not "{node_user(node)}": not reading '
+                            "from it")
+    return reader, writer
 
 
 async def fetch(endpoint: str, node: str, task_uid: str, *, follow: bool = False,
-                tail: int | None = None, timestamps: bool = True
+                tail: int | None = None, timestamps: bool = True, tls: Bundle | None = None,
                 ) -> AsyncGenerator[LogLine, None]:
-    """The lines of one task's workload from its node's agent (HTTP/1.1, chunked)."""
-    host, port = _split_endpoint(endpoint)
+    """The lines of one task's workload from its node's agent (HTTP/1.1, chunked; over
+    TLS when the endpoint is https, presenting ``tls``)."""
+    _, host, port = _split_endpoint(endpoint)
     query = urllib.parse.urlencode({"follow": int(follow), "timestamps": int(timestamps),
                                     "tail": "all" if tail is None else tail})
     path = (f"{logserver.LOGS_PATH}{urllib.parse.quote(node, safe='')}/"
             f"{urllib.parse.quote(task_uid, safe='')}?{query}")
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port),
-                                                CONNECT_TIMEOUT)
-    except (OSError, TimeoutError) as exc:
-        raise LogsError(f"cannot reach node {node} at {endpoint}: "
-                        f"{exc or type(exc).__name__}") from None
+    reader, writer = await _connect(endpoint, node, tls)
     timeout = None if follow else READ_TIMEOUT
     try:
         writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
@@ -304,8 +335,10 @@ def warn(text: str) -> None:
 class Session:
     """The streams of one ``swctl logs``: one per task, all feeding one queue."""
 
-    def __init__(self, args: argparse.Namespace, endpoints: dict[str, str | None]) -> None:
+    def __init__(self, args: argparse.Namespace, endpoints: dict[str, str | None],
+                 tls: Bundle | None = None) -> None:
         self.args = args
+        self.tls = tls  # presented to nodes that serve logs over TLS
         self.endpoints = endpoints  # node name -> logsEndpoint (None: not served)
         self.queue: asyncio.Queue[Record | None] = asyncio.Queue()
         self.streams: dict[str, asyncio.Task[None]] = {}  # task uid -> its reader
@@ -348,7 +381,8 @@ class Session:
                 raise LogsError(f"node {node} does not say where it serves logs (no "
                                 "status.logsEndpoint: gone, or an agent started with "
                                 "--logs-port off)")
-            async for line in fetch(endpoint, node, uid, follow=self.args.follow, tail=tail):
+            async for line in fetch(endpoint, node, uid, follow=self.args.follow, tail=tail,
+                                    tls=self.tls):
                 stamp = line.timestamp or 0.0
                 if since is not None and stamp <= since:
                     continue
@@ -447,7 +481,7 @@ async def _run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
         namespace = args.namespace or resource.DEFAULT_NAMESPACE
         target, tasks = await resolve(store, registry, args.target, namespace)
         selected = target.select(tasks)
-        session = Session(args, await _endpoints(store, registry))
+        session = Session(args, await _endpoints(store, registry), opts.tls)
         session.attach(selected)
         try:
             if args.follow:

@@ -58,7 +58,16 @@ def _global_flags() -> argparse.ArgumentParser:
     flags = _Parser(add_help=False)
     group = flags.add_argument_group("global options")
     group.add_argument("--etcd", metavar="URL", default=argparse.SUPPRESS,
-                       help=f"etcd to talk to (env SHOAL_ETCD, default {common.DEFAULT_ETCD})")
+                       help="etcd to talk to: an endpoint URL, or several comma-separated "
+                       f"(env SHOAL_ETCD, default {common.DEFAULT_ETCD})")
+    group.add_argument("--etcd-ca", metavar="FILE", default=argparse.SUPPRESS,
+                       help="the cluster CA certificate, for https etcd endpoints "
+                       "(env SHOAL_ETCD_CA)")
+    group.add_argument("--etcd-cert", metavar="FILE", default=argparse.SUPPRESS,
+                       help="client certificate for etcd; its CN is the etcd user (env "
+                       "SHOAL_ETCD_CERT)")
+    group.add_argument("--etcd-key", metavar="FILE", default=argparse.SUPPRESS,
+                       help="the client certificate's key (env SHOAL_ETCD_KEY)")
     group.add_argument("--prefix", metavar="PREFIX", default=argparse.SUPPRESS,
                        help="key prefix of the cluster in etcd (env SHOAL_PREFIX, default "
                             f"{common.DEFAULT_PREFIX})")
@@ -122,13 +131,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     # What a Service write records as its change cause (``swctl rollout history``).
     args.command_line = changecause.command_line(raw)
-    opts = common.GlobalOptions.resolve(getattr(args, "etcd", None),
-                                        getattr(args, "prefix", None),
-                                        getattr(args, "request_timeout", None),
-                                        getattr(args, "keyring", None))
     if not getattr(args, "keeps_logging", False):
         _quiet_logging()
     try:
+        opts = common.GlobalOptions.resolve(getattr(args, "etcd", None),
+                                            getattr(args, "prefix", None),
+                                            getattr(args, "request_timeout", None),
+                                            getattr(args, "keyring", None),
+                                            getattr(args, "etcd_ca", None),
+                                            getattr(args, "etcd_cert", None),
+                                            getattr(args, "etcd_key", None))
         result = args.func(args, opts)
         if inspect.iscoroutine(result):
             result = asyncio.run(result)

@@ -59,7 +59,8 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     runtime_logging.configure()
     controllers = select(builtin_controllers(), args.controllers)
     task = asyncio.ensure_future(run_manager(opts.etcd, opts.prefix, controllers,
-                                             args.identity, metrics_port=args.metrics_port))
+                                             args.identity, metrics_port=args.metrics_port,
+                                             tls=opts.tls))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)

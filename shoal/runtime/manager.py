@@ -16,6 +16,7 @@ import socket
 import uuid
 from collections.abc import Sequence
 
+from shoal.pki.bundle import Bundle
 from shoal.runtime import (
     decorators,
     informer,
@@ -40,14 +41,15 @@ def default_identity() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-async def connect(etcd_url: str, prefix: str, max_delay: float = 5.0) -> client.Store:
+async def connect(etcd_url: str, prefix: str, max_delay: float = 5.0,
+                  tls: Bundle | None = None) -> client.Store:
     """Connect to etcd, retrying until it answers (an operator may start before etcd)."""
     delay = 0.2
     while True:
         try:
             # A controller-manager watches what its controllers write: their bulk writes
             # (commit with share=True) reach its informers without being decoded again.
-            return await client.Store.connect(etcd_url, prefix=prefix, echoes=True)
+            return await client.Store.connect(etcd_url, prefix=prefix, echoes=True, tls=tls)
         except errors.UnavailableError as exc:
             log.warning("etcd not reachable yet; retrying", error=str(exc), retry_in=delay)
             await asyncio.sleep(delay)
@@ -58,14 +60,17 @@ async def run_manager(etcd_url: str, prefix: str,
                       controllers: Sequence[Spec],
                       identity: str | None = None, metrics_port: int | None = None, *,
                       registry: decorators.OperatorRegistry | None = None,
-                      lease_ttl: float = leader.DEFAULT_TTL) -> None:
-    """Run ``controllers`` (plus ``registry``'s decorated handlers) until cancelled."""
+                      lease_ttl: float = leader.DEFAULT_TTL,
+                      tls: Bundle | None = None) -> None:
+    """Run ``controllers`` (plus ``registry``'s decorated handlers) until cancelled;
+    ``tls`` is the client certificate for an https etcd."""
     specs: list[Spec] = [*controllers,
                          *(registry.controller_specs() if registry is not None else [])]
-    server = metrics.start_metrics_server(metrics_port) if metrics_port is not None else None
+    server = (metrics.start_metrics_server(metrics_port, tls=tls)
+              if metrics_port is not None else None)
     if server is not None:
         log.info("serving metrics", port=server.port)
-    store = await connect(etcd_url, prefix)
+    store = await connect(etcd_url, prefix, tls=tls)
     try:
         await run_controllers(store, specs, identity or default_identity(), lease_ttl)
     finally:

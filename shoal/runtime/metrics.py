@@ -14,6 +14,8 @@ from typing import Any
 
 import prometheus_client
 
+from shoal.pki.bundle import Bundle
+
 RECONCILE_TOTAL = prometheus_client.Counter(
     "shoal_reconcile_total", "Reconcile calls by outcome (success, requeue, error, conflict, "
     "fenced).", ["controller", "result"])
@@ -50,11 +52,20 @@ class MetricsServer:
         self._server.server_close()
 
 
-def start_metrics_server(port: int, addr: str = "0.0.0.0") -> MetricsServer:
+def start_metrics_server(port: int, addr: str = "0.0.0.0",
+                         tls: Bundle | None = None) -> MetricsServer:
     """Serve the process's metrics over HTTP on ``addr:port`` from a daemon thread.
 
     A thread rather than an asyncio server: prometheus_client's exporter is synchronous
     and scrapes must keep answering even while the event loop is busy ingesting.
+    With ``tls`` (a process of a TLS cluster) it serves https only, presenting the
+    bundle's certificate and demanding a client certificate from the cluster CA, as every
+    endpoint of such a cluster does.
     """
-    server, thread = prometheus_client.start_http_server(port, addr=addr)
+    if tls is None:
+        server, thread = prometheus_client.start_http_server(port, addr=addr)
+    else:
+        server, thread = prometheus_client.start_http_server(
+            port, addr=addr, certfile=str(tls.cert), keyfile=str(tls.key),
+            client_cafile=str(tls.ca), client_auth_required=True)
     return MetricsServer(int(server.server_port), server, thread)

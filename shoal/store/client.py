@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from shoal.crds import kinds, resource, selectors
+from shoal.pki.bundle import Bundle
 from shoal.store import codec, echo, errors, etcd, groupcommit, projections
 
 # etcd's default --max-txn-ops: a larger batch is split by callers (see ``commit``). It
@@ -87,8 +88,10 @@ class Store:
 
     @classmethod
     async def connect(cls, url: str, prefix: str = "/shoal", timeout: float = 5.0,
-                      echoes: bool = False) -> Store:
-        client = etcd.EtcdClient(url)
+                      echoes: bool = False, tls: Bundle | None = None) -> Store:
+        """A store on etcd at ``url`` (one endpoint or a comma-separated list; https ones
+        need ``tls``, the cluster CA and a client certificate)."""
+        client = etcd.EtcdClient(url, tls)
         await client.connect(timeout=timeout)
         return cls(client, prefix, echoes)
 

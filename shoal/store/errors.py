@@ -52,3 +52,40 @@ class FencedError(ConflictError):
 
     def __init__(self, ref: str, fence_key: str) -> None:
         super().__init__(ref, f"leadership lease on {fence_key} is no longer held")
+
+
+class TLSRefusedError(UnavailableError):
+    """The TLS handshake with etcd failed: a certificate problem, not a network one."""
+
+    def __init__(self, url: str, detail: str) -> None:
+        StoreError.__init__(self, f"etcd at {url} refused the TLS connection: {detail}")
+        self.url = url
+
+
+class PermissionDeniedError(StoreError):
+    """etcd's RBAC refused the request to the certificate's user; retrying cannot help."""
+
+    def __init__(self, user: str, what: str, cert: str = "") -> None:
+        self.user = user
+        source = f" (the CN of {cert})" if cert else ""
+        super().__init__(
+            f'etcd denied {what} to user "{user}"{source}: its roles do not allow it. '
+            "A node's certificate may read and write only what that node needs "
+            "(docs/security.md); run the command with an admin certificate "
+            "(--etcd-cert root.crt) if it is an operator's")
+
+
+class UnknownUserError(PermissionDeniedError):
+    """With auth on, etcd refuses every request of a certificate whose CN is no user."""
+
+    def __init__(self, user: str, cert: str = "") -> None:
+        self.user = user
+        source = f"the CN of the client certificate {cert}" if cert else \
+            "the CN of the client certificate"
+        StoreError.__init__(
+            self,
+            f'etcd has no user "{user}" ({source}), so it refuses every request made with '
+            "that certificate. If this node was removed (`swctl node rm`), join it again "
+            "with `swctl join`; otherwise create the user on a manager (etcdctl user add "
+            f'"{user}" --no-password, then grant it a role) or use a certificate issued for '
+            "an existing user")

@@ -1,24 +1,41 @@
-"""The project's own small etcd interface, implemented with aetcd's connection and stubs.
+"""The project's own small etcd interface, implemented with grpc and aetcd's stubs.
 
-Everything above uses these few calls (range, txn, watch stream, leases, compact), so the
-client library can be swapped by rewriting this one module. Raw protobuf messages are used
-instead of aetcd's per-key wrapper objects: listing or watching tens of thousands of keys
-is dominated by per-item Python overhead, and the raw messages avoid a copy per key.
+Everything above uses these few calls (range, txn, watch stream, leases, compact, and the
+member and status calls the cluster verbs need), so the client library can be swapped by
+rewriting this one module. Raw protobuf messages are used instead of aetcd's per-key
+wrapper objects: listing or watching tens of thousands of keys is dominated by per-item
+Python overhead, and the raw messages avoid a copy per key.
+
+Endpoints. An etcd address is a comma-separated list of endpoints
+(``http://10.0.0.1:2379,http://10.0.0.2:2379``). One gRPC channel spans them all with
+gRPC's ``round_robin`` balancer, as etcd's own Go client does: every endpoint keeps a
+connection, each call goes to a ready one, and a member that dies drops out of the
+rotation as soon as its connection breaks (a SIGKILLed process: at once). Calls in flight
+on it fail with UNAVAILABLE, which this module turns into the store's retryable
+``UnavailableError``; the caller's next call lands on a live member. Watches carry etcd's
+``hasleader`` metadata, so a member cut off from its cluster's leader ends them instead
+of leaving them silent, and ``shoal.store.watch`` resumes them on another member.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import socket
 import typing
 import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import aetcd
 import aetcd.rpc as rpc
+import aetcd.rpc.auth_pb2 as auth_pb2
 import grpc
 import structlog
 
+from shoal.pki import ca as pki_ca
+from shoal.pki import certs
+from shoal.pki.bundle import Bundle
+from shoal.pki.certs import ETCD_SERVER_NAME
 from shoal.store import errors
 
 log = structlog.get_logger("shoal.store.etcd")
@@ -26,6 +43,14 @@ log = structlog.get_logger("shoal.store.etcd")
 # Per-call deadline. Long enough for a 128-operation transaction under load, short
 # enough that a dead etcd turns into a clear error instead of a hang.
 CALL_TIMEOUT = 10.0
+
+# Per-call deadline when the client knows several members. A write (or linearizable
+# read) that a follower forwarded to a leader which then died is silently lost, and
+# etcd answers it only after its own request timeout (5 s + 2 election timeouts: 7 s
+# with the defaults). Measured here: the first write after SIGKILLing the leader of a
+# 3-member cluster waited 7.0 s. With this deadline the caller gets the retryable
+# UnavailableError instead, and its retry lands after the election (~1-2 s).
+FAILOVER_CALL_TIMEOUT = 2.0
 
 
 # KV and RawEvent are NamedTuples, not frozen dataclasses: a watcher builds one per
@@ -54,6 +79,10 @@ class CompactedError(errors.StoreError):
         super().__init__(f"revision compacted up to {compact_revision}")
 
 
+_READ = auth_pb2.Permission.Type.READ
+_WRITE = auth_pb2.Permission.Type.WRITE
+_READWRITE = auth_pb2.Permission.Type.READWRITE
+
 _DELETE = rpc.Event.EventType.DELETE  # the enum wrapper's lookup is slow per event
 
 
@@ -67,11 +96,87 @@ def prefix_end(prefix: bytes) -> bytes:
     return b"\0"
 
 
+class Endpoint(typing.NamedTuple):
+    """One etcd client URL, split: ``scheme`` is ``http`` or ``https``."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def parse_endpoint(url: str) -> Endpoint:
+    """One endpoint (``http://HOST:PORT``, ``https://...``, or bare ``HOST[:PORT]``)."""
+    text = url.strip()
+    parsed = urllib.parse.urlparse(text if "://" in text else "http://" + text)
+    try:
+        port = parsed.port or 2379
+    except ValueError:
+        port = 0
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or not port \
+            or parsed.path not in ("", "/"):
+        raise ValueError(f'invalid etcd URL "{text}": expected http://HOST:PORT or '
+                         "https://HOST:PORT")
+    return Endpoint(parsed.scheme, parsed.hostname, port)
+
+
+def parse_endpoints(urls: str | Sequence[str]) -> list[Endpoint]:
+    """Every endpoint of a comma-separated list (or a sequence of URLs), in order.
+
+    All must share one scheme: a cluster serves clients either over TLS or not.
+    """
+    items = urls.split(",") if isinstance(urls, str) else list(urls)
+    endpoints = [parse_endpoint(item) for item in items if item.strip()]
+    if not endpoints:
+        raise ValueError("no etcd endpoint given: expected http://HOST:PORT[,http://HOST:PORT...]")
+    schemes = {ep.scheme for ep in endpoints}
+    if len(schemes) > 1:
+        raise ValueError(f'etcd endpoints "{",".join(ep.url for ep in endpoints)}" mix http and '
+                         "https: list the cluster's endpoints with one scheme")
+    return endpoints
+
+
 def parse_url(url: str) -> tuple[str, int]:
-    parsed = urllib.parse.urlparse(url if "://" in url else "http://" + url)
-    if parsed.scheme not in ("http", "") or not parsed.hostname:
-        raise ValueError(f'invalid etcd URL "{url}": expected http://HOST:PORT')
-    return parsed.hostname, parsed.port or 2379
+    """The host and port of the first endpoint of ``url`` (a list is accepted)."""
+    first = parse_endpoints(url)[0]
+    return first.host, first.port
+
+
+def _resolve(ep: Endpoint) -> tuple[int, str]:
+    """(address family, address) of an endpoint's host, for a multi-address target."""
+    try:
+        ipaddress.ip_address(ep.host)
+        return (socket.AF_INET6 if ":" in ep.host else socket.AF_INET), ep.host
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(ep.host, ep.port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ValueError(f'etcd endpoint "{ep.url}": cannot resolve {ep.host} ({exc})') from None
+    family, _, _, _, sockaddr = infos[0]
+    return family, str(sockaddr[0])
+
+
+def grpc_target(endpoints: Sequence[Endpoint]) -> str:
+    """The gRPC target naming every endpoint.
+
+    One endpoint keeps its host name (gRPC resolves it, as before); several become one
+    ``ipv4:``/``ipv6:`` address list, which gRPC's own resolvers accept only as addresses.
+    """
+    if len(endpoints) == 1:
+        ep = endpoints[0]
+        return f"[{ep.host}]:{ep.port}" if ":" in ep.host else f"{ep.host}:{ep.port}"
+    resolved = [(_resolve(ep), ep) for ep in endpoints]
+    families = {family for (family, _), _ in resolved}
+    if families == {socket.AF_INET}:
+        return "ipv4:" + ",".join(f"{addr}:{ep.port}" for (_, addr), ep in resolved)
+    if families == {socket.AF_INET6}:
+        return "ipv6:" + ",".join(f"[{addr}]:{ep.port}" for (_, addr), ep in resolved)
+    raise ValueError("etcd endpoints mix IPv4 and IPv6 addresses: list them in one family")
 
 
 # --- operation and comparison builders (used in transactions) ---
@@ -171,45 +276,166 @@ def _kv(raw: Any) -> KV:
     return KV(raw.key, raw.value, raw.mod_revision, raw.create_revision, raw.lease)
 
 
-class EtcdClient:
-    """One connection (a gRPC channel) to one etcd endpoint."""
+class Member(typing.NamedTuple):
+    """One etcd cluster member as ``member_list`` reports it (``id`` is etcd's uint64)."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        host, port = parse_url(url)
-        # No cap on received messages: a watch catching up sends up to 1000 revisions of
-        # events in one response (7.7 MB for 20,000 small objects written in batches), and
-        # gRPC's default 4 MiB limit turns that into an endless resume-and-fail loop.
-        self._client = aetcd.Client(host=host, port=port, timeout=None,
-                                    options={"grpc.max_receive_message_length": -1})
+    id: int
+    name: str
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...]
+    is_learner: bool
+
+
+class MemberStatus(typing.NamedTuple):
+    """What one member says of itself: its id, the leader it follows, its raft index."""
+
+    member_id: int
+    leader_id: int
+    raft_index: int
+
+
+# gRPC channel options shared by every channel to etcd.
+_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    # No cap on received messages: a watch catching up sends up to 1000 revisions of
+    # events in one response (7.7 MB for 20,000 small objects written in batches), and
+    # gRPC's default 4 MiB limit turns that into an endless resume-and-fail loop.
+    ("grpc.max_receive_message_length", -1),
+    # A member that comes back (restarted, rejoined) is back in the rotation within a
+    # second; gRPC's default backoff grows to two minutes.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    # A member whose host vanished (no RST, as after a power cut) is found out by pings
+    # on busy connections (watches) within 15 s. etcd refuses pings closer than 5 s.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+)
+
+# etcd ends a watch whose member has lost its leader only when asked to: without this a
+# member cut off from the majority leaves its watchers silent instead of sending them on.
+_WATCH_METADATA = (("hasleader", "true"),)
+
+
+class EtcdClient:
+    """One gRPC channel spanning every endpoint of one etcd cluster (see the module doc)."""
+
+    def __init__(self, url: str | Sequence[str], tls: Bundle | None = None) -> None:
+        self.endpoints = parse_endpoints(url)
+        self.url = ",".join(ep.url for ep in self.endpoints)
+        self.tls = tls
+        self.user: str | None = None  # the etcd user our certificate acts as (its CN)
+        self._credentials: Any = None
+        if self.endpoints[0].scheme == "https":
+            if tls is None:
+                raise ValueError(
+                    f'etcd endpoint "{self.endpoints[0].url}" is https: TLS needs the cluster '
+                    "CA, a client certificate and its key (--etcd-ca, --etcd-cert, --etcd-key "
+                    "or $SHOAL_ETCD_CA, $SHOAL_ETCD_CERT, $SHOAL_ETCD_KEY)")
+            try:
+                ca, cert, key = tls.read()
+            except OSError as exc:
+                raise ValueError(f"cannot read the etcd TLS files: {exc}") from None
+            self._credentials = grpc.ssl_channel_credentials(
+                root_certificates=ca, private_key=key, certificate_chain=cert)
+            self.user = certs.common_name(pki_ca.load_cert_pem(cert, str(tls.cert)))
+        elif tls is not None:
+            raise ValueError(f'a TLS certificate was given but etcd endpoint "{self.url}" is '
+                             "http: name the endpoints https://HOST:PORT")
+        self._target = grpc_target(self.endpoints)
+        self.call_timeout = CALL_TIMEOUT if len(self.endpoints) == 1 else FAILOVER_CALL_TIMEOUT
+        self._channel: Any = None
         self._kv: Any = None
         self._lease: Any = None
         self._watch: Any = None
         self._maint: Any = None
+        self._cluster: Any = None
+        self._auth: Any = None
+
+    def _new_channel(self, target: str, balanced: bool) -> Any:
+        options = list(_CHANNEL_OPTIONS)
+        if balanced:
+            options.append(("grpc.lb_policy_name", "round_robin"))
+        if self._credentials is None:
+            return grpc.aio.insecure_channel(target, options=options)
+        # Every member's certificate names etcd.shoal: checking that one name lets a
+        # single channel span members whatever addresses they are reached on.
+        options.append(("grpc.ssl_target_name_override", ETCD_SERVER_NAME))
+        return grpc.aio.secure_channel(target, self._credentials, options=options)
 
     async def connect(self, timeout: float = 5.0) -> None:
-        """Open the channel and prove etcd answers; UnavailableError otherwise."""
-        await self._client.connect()
-        channel = self._client.channel
+        """Open the channel and prove etcd answers; UnavailableError otherwise.
+
+        The proof is a member status, which etcd serves to any client it lets connect,
+        whatever its user's roles. Until ``timeout`` a member that is not up yet is
+        waited for; a TLS handshake refused is reported at once, saying why.
+        """
+        channel = self._channel = self._new_channel(self._target, len(self.endpoints) > 1)
         self._kv = rpc.KVStub(channel)
         self._lease = rpc.LeaseStub(channel)
         self._watch = rpc.WatchStub(channel)
         self._maint = rpc.MaintenanceStub(channel)
-        try:
-            await self._kv.Range(rpc.RangeRequest(key=b"\0", limit=1), timeout=timeout,
-                                 wait_for_ready=True)
-        except grpc.aio.AioRpcError as exc:
-            await self.close()
-            raise errors.UnavailableError(self.url, _describe(exc)) from None
+        self._cluster = rpc.ClusterStub(channel)
+        self._auth = rpc.AuthStub(channel)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            remaining = deadline - loop.time()
+            try:
+                await self._maint.Status(rpc.StatusRequest(), timeout=max(remaining, 0.05))
+                return
+            except grpc.aio.AioRpcError as exc:
+                error = await self._fail(exc)
+                retry = type(error) is errors.UnavailableError and remaining > 0.1
+                if not retry:
+                    await self.close()
+                    raise error from None
+            await asyncio.sleep(0.1)
 
     async def close(self) -> None:
-        await self._client.close()
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            await channel.close()
 
-    async def _call(self, method: Any, request: Any, timeout: float = CALL_TIMEOUT) -> Any:
+    async def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         try:
-            return await method(request, timeout=timeout)
+            return await method(request, timeout=timeout or self.call_timeout)
         except grpc.aio.AioRpcError as exc:
-            raise errors.UnavailableError(self.url, _describe(exc)) from None
+            raise await self._fail(exc, method) from None
+
+    async def _fail(self, exc: grpc.aio.AioRpcError, method: Any = None,
+                    url: str | None = None) -> errors.StoreError:
+        """The store error for a failed call, diagnosed as far as the client can."""
+        url = url or self.url
+        code = exc.code()
+        details = exc.details() or ""
+        if code == grpc.StatusCode.PERMISSION_DENIED or "permission denied" in details:
+            return await self._denied(method)
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN):
+            refused = _tls_refusal(details, self.tls is not None)
+            if refused:
+                return errors.TLSRefusedError(url, refused)
+        detail = _describe(exc)
+        if self.tls is None and "Socket closed" in details:
+            detail += ("; if the cluster serves TLS, name its endpoints https:// and give "
+                       "--etcd-ca, --etcd-cert and --etcd-key")
+        return errors.UnavailableError(url, detail)
+
+    async def _denied(self, method: Any) -> errors.StoreError:
+        """Permission denied: tell a certificate without an etcd user (a removed node)
+        from a user whose roles do not allow the request."""
+        what = _method_name(method)
+        if self.user is None:
+            return errors.PermissionDeniedError("(no client certificate)", what)
+        cert = str(self.tls.cert) if self.tls is not None else ""
+        try:
+            # etcd lets a user read itself, and says "user name not found" to a CN
+            # that is no user.
+            await self._auth.UserGet(rpc.AuthUserGetRequest(name=self.user),
+                                     timeout=self.call_timeout)
+        except grpc.aio.AioRpcError as exc:
+            if "user name not found" in (exc.details() or ""):
+                return errors.UnknownUserError(self.user, cert)
+        return errors.PermissionDeniedError(self.user, what, cert)
 
     async def range(self, key: bytes, end: bytes | None = None, revision: int = 0,
                     limit: int = 0, keys_only: bool = False) -> tuple[list[KV], int, bool]:
@@ -265,22 +491,144 @@ class EtcdClient:
             yield rpc.LeaseKeepAliveRequest(ID=lease_id)
 
         try:
-            call = self._lease.LeaseKeepAlive(requests(), timeout=CALL_TIMEOUT)
+            call = self._lease.LeaseKeepAlive(requests(), timeout=self.call_timeout)
             async for resp in call:
                 ttl: int = resp.TTL
                 return ttl
         except grpc.aio.AioRpcError as exc:
-            raise errors.UnavailableError(self.url, _describe(exc)) from None
+            raise await self._fail(exc) from None
         return 0
 
     async def lease_revoke(self, lease_id: int) -> None:
         try:
             await self._lease.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease_id),
-                                          timeout=CALL_TIMEOUT)
+                                          timeout=self.call_timeout)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return  # already expired: revoking is idempotent for our purposes
-            raise errors.UnavailableError(self.url, _describe(exc)) from None
+            raise await self._fail(exc) from None
+
+    # --- members (etcd's Cluster and Maintenance services) ---
+
+    async def member_list(self) -> list[Member]:
+        resp = await self._call(self._cluster.MemberList, rpc.MemberListRequest())
+        return [_member(m) for m in resp.members]
+
+    async def member_add(self, peer_urls: Sequence[str]) -> tuple[int, list[Member]]:
+        """Announce a new member (started afterwards with initial-cluster-state existing).
+
+        Returns its id and the member list including it (names of unstarted members are
+        empty, as etcd reports them).
+        """
+        resp = await self._call(self._cluster.MemberAdd,
+                                rpc.MemberAddRequest(peerURLs=list(peer_urls)))
+        return int(resp.member.ID), [_member(m) for m in resp.members]
+
+    async def member_remove(self, member_id: int) -> list[Member]:
+        resp = await self._call(self._cluster.MemberRemove,
+                                rpc.MemberRemoveRequest(ID=member_id))
+        return [_member(m) for m in resp.members]
+
+    async def status(self, endpoint: str, timeout: float = 2.0) -> MemberStatus:
+        """Ask the member at ``endpoint`` itself (not any member) for its status.
+
+        MANAGER STATUS and leader detection need one member's own answer, so this opens
+        a short-lived channel to that endpoint alone.
+        """
+        ep = parse_endpoint(endpoint)
+        channel = self._new_channel(grpc_target([ep]), balanced=False)
+        try:
+            resp = await rpc.MaintenanceStub(channel).Status(rpc.StatusRequest(),
+                                                              timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise await self._fail(exc, url=ep.url) from None
+        finally:
+            await channel.close()
+        return MemberStatus(int(resp.header.member_id), int(resp.leader), int(resp.raftIndex))
+
+    # --- auth (etcd's Auth service; users authenticate by their certificate's CN) ---
+
+    async def user_add(self, name: str) -> None:
+        """An etcd user without a password: only a certificate with CN ``name`` is it."""
+        await self._call(self._auth.UserAdd, rpc.AuthUserAddRequest(
+            name=name, options=rpc.UserAddOptions(no_password=True)))
+
+    async def user_delete(self, name: str) -> None:
+        await self._call(self._auth.UserDelete, rpc.AuthUserDeleteRequest(name=name))
+
+    async def user_list(self) -> list[str]:
+        resp = await self._call(self._auth.UserList, rpc.AuthUserListRequest())
+        return list(resp.users)
+
+    async def user_grant_role(self, user: str, role: str) -> None:
+        await self._call(self._auth.UserGrantRole,
+                         rpc.AuthUserGrantRoleRequest(user=user, role=role))
+
+    async def user_revoke_role(self, user: str, role: str) -> None:
+        await self._call(self._auth.UserRevokeRole,
+                         rpc.AuthUserRevokeRoleRequest(name=user, role=role))
+
+    async def role_add(self, name: str) -> None:
+        await self._call(self._auth.RoleAdd, rpc.AuthRoleAddRequest(name=name))
+
+    async def role_delete(self, name: str) -> None:
+        await self._call(self._auth.RoleDelete, rpc.AuthRoleDeleteRequest(role=name))
+
+    async def role_list(self) -> list[str]:
+        resp = await self._call(self._auth.RoleList, rpc.AuthRoleListRequest())
+        return list(resp.roles)
+
+    async def role_grant(self, role: str, key: bytes, range_end: bytes = b"",
+                         read: bool = True, write: bool = False) -> None:
+        """Let ``role`` read and/or write ``[key, range_end)`` (just ``key`` without an end)."""
+        if not (read or write):
+            raise ValueError("a permission grants read, write or both")
+        kind = _READWRITE if read and write else (_READ if read else _WRITE)
+        perm = auth_pb2.Permission(permType=kind, key=key, range_end=range_end)
+        await self._call(self._auth.RoleGrantPermission,
+                         rpc.AuthRoleGrantPermissionRequest(name=role, perm=perm))
+
+    async def role_revoke(self, role: str, key: bytes, range_end: bytes = b"") -> None:
+        await self._call(self._auth.RoleRevokePermission,
+                         rpc.AuthRoleRevokePermissionRequest(role=role, key=key,
+                                                             range_end=range_end))
+
+    async def role_get(self, role: str) -> list[tuple[bytes, bytes, bool, bool]]:
+        """The permissions of ``role``: (key, range_end, read, write) each."""
+        resp = await self._call(self._auth.RoleGet, rpc.AuthRoleGetRequest(role=role))
+        return [(p.key, p.range_end, p.permType in (_READ, _READWRITE),
+                 p.permType in (_WRITE, _READWRITE)) for p in resp.perm]
+
+    async def auth_enable(self) -> None:
+        """Turn auth on. etcd insists that user ``root`` exists and has role ``root``."""
+        await self._call(self._auth.AuthEnable, rpc.AuthEnableRequest())
+
+    async def auth_disable(self) -> None:
+        await self._call(self._auth.AuthDisable, rpc.AuthDisableRequest())
+
+    async def auth_status(self) -> bool:
+        """Whether auth is on. etcd 3.4 has no AuthStatus call (UNIMPLEMENTED); there a
+        password login tells instead: refused as "authentication is not enabled" when
+        off, as a failed login when on (no Shoal user has a password)."""
+        try:
+            resp = await self._auth.AuthStatus(rpc.AuthStatusRequest(),
+                                               timeout=self.call_timeout)
+            return bool(resp.enabled)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise await self._fail(exc) from None
+        try:
+            await self._auth.Authenticate(
+                rpc.AuthenticateRequest(name="shoal:auth-probe", password="-"),
+                timeout=self.call_timeout)
+        except grpc.aio.AioRpcError as exc:
+            if "not enabled" in (exc.details() or ""):
+                return False
+            if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT,
+                              grpc.StatusCode.FAILED_PRECONDITION):
+                return True
+            raise await self._fail(exc) from None
+        return True
 
     # --- watch ---
 
@@ -306,17 +654,20 @@ class EtcdClient:
                     return
                 yield item
 
-        call = self._watch.Watch(requests())
+        call = self._watch.Watch(requests(), metadata=_WATCH_METADATA)
         try:
             async for resp in call:
                 if resp.compact_revision:
                     raise CompactedError(resp.compact_revision)
+                if resp.canceled:
+                    # A refused creation comes as created *and* canceled: check this first.
+                    if "permission denied" in resp.cancel_reason:
+                        raise await self._denied(self._watch.Watch)
+                    raise errors.UnavailableError(self.url, f"watch canceled: {resp.cancel_reason}")
                 if resp.created and not resp.events:
                     # The creation ack's header revision says nothing about how far a
                     # catching-up watcher has got, so it must not move a resume point.
                     continue
-                if resp.canceled:
-                    raise errors.UnavailableError(self.url, f"watch canceled: {resp.cancel_reason}")
                 events = []
                 for ev in resp.events:
                     kv = ev.kv  # each access builds a wrapper object: once per event
@@ -324,11 +675,16 @@ class EtcdClient:
                                            kv.create_revision, ev.type == _DELETE))
                 yield resp.header.revision, events
         except grpc.aio.AioRpcError as exc:
-            raise errors.UnavailableError(self.url, _describe(exc)) from None
+            raise await self._fail(exc) from None
         finally:
             await queue.put(None)
             call.cancel()
         raise errors.UnavailableError(self.url, "watch stream ended")
+
+
+def _member(raw: Any) -> Member:
+    return Member(int(raw.ID), raw.name, tuple(raw.peerURLs), tuple(raw.clientURLs),
+                  bool(raw.isLearner))
 
 
 def _describe(exc: grpc.aio.AioRpcError) -> str:
@@ -336,3 +692,25 @@ def _describe(exc: grpc.aio.AioRpcError) -> str:
     name = code.name if code is not None else "UNKNOWN"
     details = (exc.details() or "").splitlines()[0] if exc.details() else ""
     return f"{name.lower()}: {details}" if details else name.lower()
+
+
+def _method_name(method: Any) -> str:
+    """``Range``, ``Txn``... from a stub's callable, for error messages."""
+    raw = getattr(method, "_method", b"") or b""
+    name = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return f"the {name.rsplit('/', 1)[-1]} request" if name else "the request"
+
+
+def _tls_refusal(details: str, with_tls: bool) -> str:
+    """Why a TLS handshake failed, in words a user can act on ('' if it was not TLS)."""
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return ("its server certificate is not signed by the CA given with --etcd-ca, or "
+                "does not name etcd.shoal: is this the right cluster and the right CA file?")
+    if "TSI_DATA_CORRUPTED" in details or "BAD_CERTIFICATE" in details or \
+            "CERTIFICATE_REQUIRED" in details:
+        return ("etcd rejected the client certificate: it must be issued by the cluster's CA "
+                "(check --etcd-cert/--etcd-key belong to this cluster)")
+    if with_tls and ("WRONG_VERSION_NUMBER" in details or "handshake" in details.lower()):
+        return ("the endpoint does not speak TLS: name it http:// and drop --etcd-ca, "
+                "--etcd-cert and --etcd-key, or point at the cluster's https endpoints")
+    return ""

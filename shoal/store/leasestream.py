@@ -17,14 +17,20 @@ connection or the stream ends for any reason it is reopened on the next round, a
 round's unanswered leases come back as ``None`` — the caller simply asks again, exactly
 as with a lost gRPC stream. Messages are the etcd protobufs aetcd ships.
 
-Only plain-text etcd endpoints are spoken to (all Shoal uses; the gRPC client is built
-the same way in ``shoal.store.etcd``).
+With several endpoints (``http://a:2379,http://b:2379``) the stream lives on one member
+at a time: opening tries them in turn from the one after the member last used, so when a
+member dies the next round's stream opens on a live one.
+
+With a TLS bundle the connection is TLS with ALPN ``h2``, presenting the bundle's
+certificate and checking the server's against the cluster CA under the name
+``etcd.shoal``, exactly as the gRPC client in ``shoal.store.etcd`` does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import struct
 
 import aetcd.rpc as rpc
@@ -34,6 +40,8 @@ import h2.events
 import h2.exceptions
 import structlog
 
+from shoal.pki.bundle import Bundle
+from shoal.pki.certs import ETCD_SERVER_NAME
 from shoal.store import etcd
 
 log = structlog.get_logger("shoal.store.leasestream")
@@ -87,9 +95,13 @@ class _Stream:
 class KeepaliveStream:
     """Refreshes leases in rounds: ``keepalive(leases)`` -> the TTL etcd granted each."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, tls: Bundle | None = None) -> None:
         self.url = url
-        self._host, self._port = etcd.parse_url(url)
+        self._ssl: ssl.SSLContext | None = None
+        if tls is not None:
+            self._ssl = tls.client_context(alpn=["h2"])
+        self._endpoints = etcd.parse_endpoints(url)
+        self._next = 0  # the endpoint the next stream tries first
         self._stream: _Stream | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._frames: dict[int, bytes] = {}
@@ -97,16 +109,39 @@ class KeepaliveStream:
         self._waiting: set[int] = set()
         self._answered = asyncio.Event()
 
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+        """A connection to the first endpoint that takes one, from ``_next`` on."""
+        count = len(self._endpoints)
+        last: BaseException | None = None
+        for step in range(count):
+            ep = self._endpoints[(self._next + step) % count]
+            try:
+                if self._ssl is None:
+                    opening = asyncio.open_connection(ep.host, ep.port)
+                else:
+                    opening = asyncio.open_connection(ep.host, ep.port, ssl=self._ssl,
+                                                      server_hostname=ETCD_SERVER_NAME)
+                reader, writer = await asyncio.wait_for(opening, CONNECT_TIMEOUT)
+            except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+                last = exc
+                continue
+            # The following stream starts on the next member: one that broke is
+            # likely dead, and a live one takes the connection again when its turn comes.
+            self._next = (self._next + step + 1) % count
+            return reader, writer, f"{ep.host}:{ep.port}"
+        assert last is not None
+        raise last
+
     async def _open(self) -> _Stream:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(self._host, self._port), CONNECT_TIMEOUT)
+        reader, writer, authority = await self._connect()
         conn = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=True, header_encoding=None))
         conn.initiate_connection()
         stream_id = conn.get_next_available_stream_id()
         conn.send_headers(stream_id, [
-            (b":method", b"POST"), (b":scheme", b"http"), (b":path", METHOD),
-            (b":authority", f"{self._host}:{self._port}".encode()),
+            (b":method", b"POST"), (b":path", METHOD),
+            (b":scheme", b"http" if self._ssl is None else b"https"),
+            (b":authority", authority.encode()),
             (b"content-type", b"application/grpc"), (b"te", b"trailers"),
         ])
         stream = _Stream(reader, writer, conn, stream_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,9 @@ from shoal.agent import logserver
 from shoal.agent.exec.executor import MISSING, LogLine, Observed
 from shoal.cli import errors, logs, netnodes
 from shoal.crds import resource
+from shoal.pki import ca as pki_ca
+from shoal.pki import certs
+from shoal.pki.bundle import Bundle
 
 
 class FakeDriver:
@@ -114,7 +118,7 @@ async def test_bad_requests_get_reasons(
         served: tuple[FakeDriver, logserver.LogServer]) -> None:
     _, server = served
     assert server.endpoint is not None
-    host, port = logs._split_endpoint(server.endpoint)
+    _, host, port = logs._split_endpoint(server.endpoint)
     for request, status in ((b"POST /v1/logs/n1/uid-1 HTTP/1.1\r\n\r\n", b"405"),
                             (b"GET /v1/logs/n1/uid-1?tail=-3 HTTP/1.1\r\n\r\n", b"400"),
                             (b"GET /healthz HTTP/1.1\r\n\r\n", b"200")):
@@ -201,3 +205,55 @@ async def test_session_merges_by_time_and_skips_removed_history(
     assert [line for line in err.splitlines() if line.startswith("web.")] == [
         f"{prefix}    | two \ufffd"]
     assert session.failed == 0
+
+
+def _write_pair(d: Path, name: str, issued: tuple[Any, Any]) -> None:
+    pki_ca.write_file(d / f"{name}.crt", pki_ca.cert_pem(issued[0]), 0o644)
+    pki_ca.write_file(d / f"{name}.key", pki_ca.key_pem(issued[1]), 0o600)
+
+
+@pytest.fixture(scope="module")
+def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cluster CA with node n1's, node n2's and the admin's certificates, and an admin
+    certificate from another CA."""
+    d = tmp_path_factory.mktemp("pki")
+    cluster = pki_ca.make_ca()
+    cluster.save(d / "ca.crt")
+    _write_pair(d, "node", certs.issue_client(cluster, certs.node_user("n1")))
+    _write_pair(d, "n2", certs.issue_client(cluster, certs.node_user("n2")))
+    _write_pair(d, "root", certs.issue_client(cluster, "root"))
+    _write_pair(d, "stranger", certs.issue_client(pki_ca.make_ca(), "root"))
+    return d
+
+
+async def test_over_tls_only_the_admin_reads_and_only_from_the_right_node(
+        pki_dir: Path) -> None:
+    driver = FakeDriver()
+    server = logserver.LogServer({"n1": driver}, "127.0.0.1", 0,  # type: ignore[dict-item]
+                                 tls=Bundle.from_dir(pki_dir, "node"))
+    endpoint = await server.start()
+    try:
+        assert endpoint.startswith("https://127.0.0.1:")
+        admin = Bundle.from_dir(pki_dir, "root")
+        lines = [line async for line in logs.fetch(endpoint, "n1", "uid-1", tls=admin)]
+        assert [line.line for line in lines] == [b"one", b"two \xff", b"three"]
+        with pytest.raises(logs.LogsError, match=r'admin certificate only \(CN root\); this '
+                           r'client presented CN "shoal:node:n2"'):
+            await _drain(logs.fetch(endpoint, "n1", "uid-1", tls=Bundle.from_dir(pki_dir, "n2")))
+        with pytest.raises(logs.LogsError, match="serves its logs over TLS"):
+            await _drain(logs.fetch(endpoint, "n1", "uid-1"))
+        with pytest.raises(logs.LogsError, match='certificate for "shoal:node:n1", not '
+                           '"shoal:node:n9"'):
+            await _drain(logs.fetch(endpoint, "n9", "uid-1", tls=admin))
+        with pytest.raises(logs.LogsError, match=r"refused the TLS connection|broke"):
+            await _drain(logs.fetch(endpoint, "n1", "uid-1",
+                                    tls=Bundle.from_dir(pki_dir, "stranger")))
+        with pytest.raises(logs.LogsError):  # plain HTTP gets no log line
+            await _drain(logs.fetch(endpoint.replace("https", "http"), "n1", "uid-1"))
+    finally:
+        await server.close()
+
+
+async def _drain(lines: AsyncIterator[LogLine]) -> None:
+    async for _ in lines:
+        pass

@@ -4,6 +4,7 @@ protobuf messages would have made, field by field."""
 from __future__ import annotations
 
 import aetcd.rpc as rpc
+import pytest
 
 from shoal.store import etcd
 
@@ -33,3 +34,35 @@ def test_txn_request_matches_the_protobuf_built_one() -> None:
 
 def test_an_empty_transaction_is_an_empty_request() -> None:
     assert etcd.txn_request([], []).SerializeToString() == b""
+
+
+def test_endpoints_are_a_comma_separated_list_of_one_scheme() -> None:
+    eps = etcd.parse_endpoints("http://10.0.0.1:2379, http://10.0.0.2:2380,10.0.0.3")
+    assert [ep.url for ep in eps] == ["http://10.0.0.1:2379", "http://10.0.0.2:2380",
+                                      "http://10.0.0.3:2379"]
+    assert etcd.parse_url("http://10.0.0.1:2379,http://10.0.0.2:2379") == ("10.0.0.1", 2379)
+    with pytest.raises(ValueError, match="mix http and https"):
+        etcd.parse_endpoints("http://a:1,https://b:2")
+    with pytest.raises(ValueError, match='invalid etcd URL "ftp://a:1"'):
+        etcd.parse_endpoints("ftp://a:1")
+    with pytest.raises(ValueError, match="no etcd endpoint given"):
+        etcd.parse_endpoints(" , ")
+
+
+def test_one_channel_target_spans_every_endpoint() -> None:
+    one = etcd.parse_endpoints("http://localhost:2379")
+    assert etcd.grpc_target(one) == "localhost:2379"  # one endpoint: resolved by gRPC
+    three = etcd.parse_endpoints("http://127.0.0.1:1,http://127.0.0.2:2,http://127.0.0.3:3")
+    assert etcd.grpc_target(three) == "ipv4:127.0.0.1:1,127.0.0.2:2,127.0.0.3:3"
+    v6 = etcd.parse_endpoints("http://[::1]:1,http://[fe80::1]:2")
+    assert etcd.grpc_target(v6) == "ipv6:[::1]:1,[fe80::1]:2"
+    with pytest.raises(ValueError, match="mix IPv4 and IPv6"):
+        etcd.grpc_target(etcd.parse_endpoints("http://[::1]:1,http://127.0.0.1:2"))
+
+
+def test_a_client_of_several_members_fails_over_faster_than_etcd_times_out() -> None:
+    assert etcd.EtcdClient("http://127.0.0.1:2379").call_timeout == etcd.CALL_TIMEOUT
+    several = etcd.EtcdClient("http://127.0.0.1:2379,http://127.0.0.2:2379")
+    assert several.call_timeout == etcd.FAILOVER_CALL_TIMEOUT < etcd.CALL_TIMEOUT
+    with pytest.raises(ValueError, match="is https: TLS needs the cluster CA"):
+        etcd.EtcdClient("https://127.0.0.1:2379")
