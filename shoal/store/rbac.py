@@ -17,10 +17,11 @@ no join tokens, no leader locks. Managers, the controller-manager and ``swctl`` 
 etcd's ``root`` (etcd requires it for the member and auth APIs); hollow agents serving
 many nodes run with full rights too.
 
-The role is data (:func:`roles_for_node`, pure, unit-tested); :func:`apply_role` and
-:func:`remove_node` put it into etcd through the auth calls of ``EtcdClient``, described
-here as :class:`AuthAPI` so this module needs nothing but those calls. Both are
-idempotent: init, join and a re-join may run them again.
+The role is data (:func:`roles_for_node`, pure, unit-tested); :func:`apply_role` (and
+:func:`apply_roles` for several nodes) and :func:`remove_node` put it into etcd
+through the auth calls of ``EtcdClient``, described here as :class:`AuthAPI` so this
+module needs nothing but those calls. All are idempotent: init, join and a re-join may
+run them again.
 """
 
 from __future__ import annotations
@@ -127,6 +128,13 @@ async def apply_role(auth: AuthAPI, role: Role) -> None:
     for g in role.grants:
         await auth.role_grant(role.name, g.key, g.range_end, g.read, g.write)
     await auth.user_grant_role(role.user, role.name)
+
+
+async def apply_roles(auth: AuthAPI, prefix: str, nodes: list[str]) -> None:
+    """``apply_role`` for each of ``nodes`` (what init and join call for the nodes they
+    admit; managers' agents are nodes too)."""
+    for node in nodes:
+        await apply_role(auth, roles_for_node(prefix, node))
 
 
 async def remove_node(auth: AuthAPI, node: str) -> None:

@@ -88,7 +88,7 @@ def test_applying_twice_and_removing_twice_is_safe() -> None:
 
     async def run() -> None:
         await rbac.apply_role(auth, ROLE)
-        await rbac.apply_role(auth, ROLE)
+        await rbac.apply_roles(auth, "/shoal", ["n1"])
         assert auth.users == {"shoal:node:n1": {"shoal:node:n1"}}
         assert len(auth.roles["shoal:node:n1"]) == len(ROLE.grants)
         await rbac.remove_node(auth, "n1")
