@@ -2,10 +2,12 @@
 
 Measures, against a fresh etcd, with the agent as its own OS process (as in production):
 
-* register: agent process start -> all K Nodes ready (K heartbeat keys present);
+* register: agent process start -> all K node reports written (K heartbeat keys
+  present; the Nodes are made from the reports by the fold controller, not run here);
 * run: N Tasks written already assigned (round-robin over the nodes, desired running,
   in 127-object transactions, 16 in flight, as a scheduler commits them) -> all N
-  report running;
+  report running (the agent's own reports, ``<p>/reports/<node>/``: the agent
+  alone, without the fold controller that copies them into the Tasks);
 * steady state: CPU of the agent and of its heartbeat process while idle with K leases;
 * restart (``--restart``): the agent SIGKILLed and started again on its
   ``--hollow-state`` -> ready again, with every workload adopted (no task rewritten).
@@ -31,7 +33,7 @@ import tempfile
 import time
 
 from shoal.crds import kinds, resource
-from shoal.store import client, etcd_server
+from shoal.store import client, etcd_server, projections
 
 REG = kinds.Registry.builtin()
 TASKS, NODES = REG.lookup("tasks"), REG.lookup("nodes")
@@ -131,14 +133,16 @@ async def run(args: argparse.Namespace) -> None:
         rev = await store.etcd.current_revision()
         t0 = time.monotonic()
         agent.start()
-        await _count(store, store.kind_prefix(NODES), rev + 1, args.nodes,
+        # The node reports (the agent writes no Node; the fold controller would).
+        await _count(store, projections.reports_prefix(prefix), rev + 1, args.nodes,
                      b'"state":"ready"', 300)
         beats, _ = await store.raw_list(store.raw_key("heartbeats") + b"/")
         print(f"register: {args.nodes} nodes ready {time.monotonic() - t0:.2f} s after "
               f"process start; {len(beats)} heartbeat keys")
 
         rev = await store.etcd.current_revision()
-        counter = asyncio.create_task(_count(store, store.kind_prefix(TASKS), rev + 1,
+        reports = projections.reports_prefix(prefix)
+        counter = asyncio.create_task(_count(store, reports, rev + 1,
                                              args.tasks, b'"state":"running"', 900))
         t1 = time.monotonic()
         batches = [[client.Op("create", TASKS, _task(i, args.nodes))
@@ -175,10 +179,10 @@ async def run(args: argparse.Namespace) -> None:
             agent.start()
             ready = await agent.wait_log(r"agent ready", size, 300)
             await asyncio.sleep(2.0)
-            changed, _ = await store.raw_list(store.kind_prefix(TASKS))
+            changed, _ = await store.raw_list(reports)
             rewritten = sum(1 for kv in changed if kv.mod_revision > rev)
             print(f"restart: ready {ready:.2f} s after process start (relist {args.tasks} "
-                  f"tasks + adopt); {rewritten} tasks rewritten afterwards "
+                  f"tasks + adopt); {rewritten} reports rewritten afterwards "
                   f"(0 = every workload adopted)")
     finally:
         agent.stop()

@@ -212,14 +212,15 @@ async def run(args: argparse.Namespace) -> int:
         procs["agent"] = _spawn([*agent, "--name", "hollow", "--count", str(args.nodes),
                                  "--heartbeat-ttl", str(args.fleet_ttl)], tmp / "agent.log")
         names = {f"hollow-{i}" for i in range(args.nodes)}
-        ready = await _nodes_ready(store, names, 600)
-        print(f"nodes: {len(names):,} ready {ready:.1f} s after the agents started")
 
         later = args.scheduler_later
+        # fold: the agents report their nodes and their tasks' status under their own
+        # keys, and the fold controller creates the Nodes and copies the status into the
+        # Tasks ("running" below is read from the Tasks), so it runs from the start.
         if args.one_manager and not later:
-            managers = {"manager": "nodes,orchestrator,scheduler"}
+            managers = {"manager": "nodes,fold,orchestrator,scheduler"}
         else:
-            managers = {"manager": "nodes,orchestrator", "scheduler": "scheduler"}
+            managers = {"manager": "nodes,fold,orchestrator", "scheduler": "scheduler"}
 
         def start_manager(name: str) -> None:
             procs[name] = _spawn([sys.executable, "-c", MANAGER, url, prefix,
@@ -227,6 +228,8 @@ async def run(args: argparse.Namespace) -> int:
         for name in managers:
             if not (later and name == "scheduler"):
                 start_manager(name)
+        ready = await _nodes_ready(store, names, 600)
+        print(f"nodes: {len(names):,} ready {ready:.1f} s after the agents started")
         await asyncio.sleep(args.warmup)  # leaders elected, informers synced
 
         progress = Progress()

@@ -1,22 +1,29 @@
 """The agent process: one or many nodes, one task watch, one status writer, one heartbeat loop.
 
 An agent serves ``count`` nodes (1 for a real node; K hollow nodes named ``<name>-0..K-1``
-for scale work). Everything that would multiply by K is shared instead: a single watch on
-all Tasks routes each one by ``spec.nodeName`` to its node's :class:`TaskManager`, a
-single :class:`StatusWriter` writes every status (so concurrent writes group-commit), and
-a single loop keeps every heartbeat lease alive. Per node there is only what must be per
-node: an executor, a task manager with its work queue, a lease.
+for scale work). Everything that would multiply by K is shared instead: a single watch
+routes each task to its node's :class:`TaskManager`, a single :class:`StatusWriter`
+writes every report (so concurrent writes share transactions), and a single loop keeps
+every heartbeat lease alive. Per node there is only what must be per node: an executor,
+a task manager with its work queue, a lease.
 
-The task watch is built on the raw etcd watch rather than ``shoal.store.watch`` for two
-reasons. Robustness: one undecodable Task value must not stop every agent in the cluster,
-so each value is decoded on its own and a bad one is logged and skipped. Cost: an agent
-sees an echo of each of its own status writes, and those are recognised by revision
-before they are decoded; an agent with few nodes also skips, before decoding, the tasks
-of other nodes (a substring test on ``"nodeName":"<node>"``).
+What it reads: its nodes' task projections, ``<p>/nodes/<node>/tasks/`` (the Task's
+metadata and spec, written by the store with the Task; ``shoal.store.projections``),
+and at start-up its own reports, ``<p>/reports/<node>/`` (the status it reported, so a
+restarted agent knows where each task got to). Never the registry's Tasks: a worker's
+etcd user cannot read them (docs/security.md). One node watches its own prefix; an
+agent serving many hollow nodes watches ``<p>/nodes/`` and skips the others' keys.
+Reports live in a tree of their own, so the watch carries no echo of its own writes.
 
-Start-up order matters for failure detection: heartbeat key first, then the Node object
-(ready), then the tasks. A Node that says ready always has a live heartbeat key, so the
-nodes controller never sees a ready node without one.
+The watch is built on the raw etcd watch rather than ``shoal.store.watch`` for
+robustness: one undecodable value must not stop every agent in the cluster, so each
+value is decoded on its own and a bad one is logged and skipped.
+
+Start-up order matters for failure detection: heartbeat key first, then the node report
+(``nodereport``: the fold controller creates or updates the Node from it; the nodes
+controller says ready or down from the heartbeat), then the tasks. A Node that says
+ready always has a live heartbeat key, so the nodes controller never sees a ready node
+without one.
 """
 
 from __future__ import annotations
@@ -25,22 +32,19 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import re
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from shoal.agent import heartbeat, logserver, node, statuswriter, taskmanager
+from shoal.agent import heartbeat, logserver, node, nodereport, statuswriter, taskmanager
 from shoal.agent.exec import hollow
 from shoal.agent.exec.executor import Executor
 from shoal.crds import kinds, resource
-from shoal.crds import taskstates as ts
 from shoal.pki.bundle import Bundle
 from shoal.runtime import gcpolicy
-from shoal.store import client, codec, errors, etcd, watch
+from shoal.store import client, codec, errors, etcd, projections
 
 if TYPE_CHECKING:
     from shoal.agent import dataplane, taskfiles
@@ -49,9 +53,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("shoal.agent")
 
 RUNTIMES = ("hollow", "docker", "process")
-# Every ``"nodeName": "<plain name>"`` pair in a raw task value. Tasks of other nodes are
-# skipped on these, without decoding: an agent sees every task event of the cluster.
-_NODE_NAME_RE = re.compile(rb'"nodeName"\s*:\s*"([^"\\]*)"')
+_TASKS = "tasks"  # the section of a node's keys that holds its task projections
 _YIELD_EVERY = 512  # events handled between yields to the event loop
 LAG_WARNING = 1.0  # seconds of event-loop lag worth a warning
 DEFAULT_STATE_DIR = "/run/shoal"  # --state-dir
@@ -176,22 +178,6 @@ def decode_task(value: bytes, revision: int) -> resource.Resource | None:
     return obj
 
 
-def may_be_ours(value: bytes, names: set[bytes]) -> bool:
-    """Whether a raw Task value may be assigned to one of ``names`` (UTF-8 node names).
-
-    False only when the value shows it is not: no ``nodeName`` at all (pending), or every
-    ``nodeName`` in it is a plain string naming another node. Anything unusual answers
-    True, so the decoder decides: a unicode escape anywhere (it could spell the key, or a
-    name), or a ``nodeName`` the pattern cannot read."""
-    if b"\\u" in value:
-        return True
-    occurrences = value.count(b'"nodeName"')
-    if not occurrences:
-        return False
-    found = _NODE_NAME_RE.findall(value)
-    return len(found) != occurrences or any(name in names for name in found)
-
-
 class Agent:
     """Serves the nodes of one process until cancelled."""
 
@@ -219,8 +205,7 @@ class Agent:
         self.max_loop_lag = 0.0
         self.undecodable = 0
         self._route: dict[str, str] = {}  # task key "ns/name" -> node it is routed to
-        self._names: set[bytes] = set()  # node names served, UTF-8, for the prefilter
-        self._asserting: dict[str, float] = {}
+        self.reports: nodereport.NodeReports | None = None
         self._background: list[asyncio.Task[Any]] = []
 
     # --- start-up ---
@@ -286,12 +271,16 @@ class Agent:
             log_level=cfg.log_level, log_format=cfg.log_format, tls=cfg.etcd_tls)
         await self.heartbeats.start()
         self.timings["heartbeats"] = time.monotonic() - t0
-        await _bounded((node.register(store, self.nodes_info, c) for c in configs), 512)
+        self.reports = nodereport.NodeReports(store)
+        for c in configs:
+            self.reports.publish(c.name, c.role, c.labels, c.status())
+        await self.reports.flush()
+        self._background.append(asyncio.create_task(self.reports.run()))
         self.timings["registered"] = time.monotonic() - t0
         log.info("nodes registered", nodes=len(configs), node=configs[0].name,
                  seconds=round(self.timings["registered"], 3))
 
-        self.writer = statuswriter.StatusWriter(store, self.tasks_info, linger=cfg.status_linger)
+        self.writer = statuswriter.StatusWriter(store, linger=cfg.status_linger)
         self._background.append(asyncio.create_task(self.writer.run()))
         for c in configs:
             network = await self._start_dataplane(c)
@@ -300,7 +289,6 @@ class Agent:
                 resync=cfg.resync, network=network, files=self._task_files(c))
             if network is not None:
                 network.touch = self.managers[c.name].touch
-        self._names = {c.name.encode() for c in configs}
         revision = await self._relist()
         self.timings["listed"] = time.monotonic() - t0
         for i, manager in enumerate(self.managers.values()):
@@ -309,7 +297,6 @@ class Agent:
                 await asyncio.sleep(0)  # 1,000 nodes adopting at once would stall the loop
         self.timings["serving"] = time.monotonic() - t0
         self._background.append(asyncio.create_task(self._watch_tasks(revision)))
-        self._background.append(asyncio.create_task(self._watch_nodes()))
         self.ready.set()
         log.info("agent ready", nodes=len(configs), node=configs[0].name, runtime=cfg.runtime,
                  tasks=len(self._route), seconds=round(self.timings["serving"], 3))
@@ -348,7 +335,8 @@ class Agent:
                              "nftables, ipvs or none")
         plane = dataplane.Dataplane(
             self.store, c.name, c.address, observe=self.executors[c.name].observe,
-            backend=backends[cfg.dataplane], state_dir=cfg.state_dir, drain=cfg.drain)
+            backend=backends[cfg.dataplane], state_dir=cfg.state_dir, drain=cfg.drain,
+            reports=self.reports)
         await plane.start()
         self.dataplanes[c.name] = plane
         return plane
@@ -401,78 +389,121 @@ class Agent:
 
     # --- the task watch ---
 
-    def _task_prefix(self) -> bytes:
+    def _nodes_prefix(self) -> bytes:
         assert self.store is not None
-        return self.store.kind_prefix(self.tasks_info)
+        return projections.nodes_prefix(self.store.prefix)
+
+    def _scope(self) -> tuple[bytes, bytes]:
+        """The keys this agent reads (its node's, or every node's for many hollow ones):
+        (tasks and copies, reports)."""
+        assert self.store is not None
+        p = self.store.prefix
+        if len(self.managers) == 1:
+            node_name = next(iter(self.managers))
+            return (projections.node_prefix(p, node_name),
+                    projections.node_reports_prefix(p, node_name))
+        return self._nodes_prefix(), projections.reports_prefix(p)
+
+    async def _range(self, start: bytes, revision: int,
+                     found: Any) -> int:
+        """Every key under ``start`` at ``revision`` (0: now) through ``found(kv)``."""
+        assert self.store is not None
+        end = etcd.prefix_end(start)
+        seen = 0
+        while True:
+            kvs, rev, more = await self.store.etcd.range_raw(start, end, revision, 2000)
+            revision = revision or rev
+            for kv in kvs:
+                found(kv)
+                seen += 1
+                if seen % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+            if not more or not kvs:
+                return revision
+            start = kvs[-1].key + b"\0"
 
     async def _relist(self) -> int:
-        """Read every Task at one revision and hand each node its tasks (start, RESET)."""
-        assert self.store is not None
-        prefix = self._task_prefix()
-        end = etcd.prefix_end(prefix)
+        """Read our nodes' tasks and reports at one revision and hand each node its tasks,
+        with the status it reported (start, RESET); reports of tasks gone meanwhile are
+        deleted."""
+        assert self.store is not None and self.writer is not None
+        nodes, reports_at = self._nodes_prefix(), projections.reports_prefix(self.store.prefix)
+        scope, report_scope = self._scope()
+        tasks: dict[tuple[str, str], resource.Resource] = {}
+        reports: dict[tuple[str, str], tuple[str, dict[str, Any], int]] = {}
+
+        def task_found(kv: Any) -> None:
+            where = projections.parse_node_key(nodes, kv.key)
+            if where is not None and where.section == _TASKS and where.node in self.managers:
+                obj = self._decode_task(where, kv.value, kv.mod_revision)
+                if obj is not None:
+                    tasks[(where.node, f"{where.namespace}/{where.name}")] = obj
+
+        def report_found(kv: Any) -> None:
+            where = projections.parse_report_key(reports_at, kv.key)
+            if where is not None and where.node in self.managers:
+                found = projections.decode_report(kv.value)
+                if found is not None:
+                    reports[(where.node, f"{where.namespace}/{where.name}")] = (
+                        *found, kv.mod_revision)
+
         backoff = 0.1
         while True:
             try:
-                per_node: dict[str, list[resource.Resource]] = {n: [] for n in self.managers}
-                route: dict[str, str] = {}
-                revision, start, seen = 0, prefix, 0
-                while True:
-                    kvs, rev, more = await self.store.etcd.range_raw(start, end, revision, 2000)
-                    revision = revision or rev
-                    for kv in kvs:
-                        obj = self._decode_if_ours(kv.key, kv.value, kv.mod_revision, None)
-                        if obj is not None:
-                            owner = obj.spec.get("nodeName")
-                            assert isinstance(owner, str)
-                            per_node[owner].append(obj)
-                            route[ts.task_key(obj)] = owner
-                        seen += 1
-                        if seen % _YIELD_EVERY == 0:
-                            await asyncio.sleep(0)
-                    if not more or not kvs:
-                        break
-                    start = kvs[-1].key + b"\0"
+                tasks.clear()
+                reports.clear()
+                revision = await self._range(scope, 0, task_found)
+                await self._range(report_scope, revision, report_found)
                 break
             except errors.UnavailableError as exc:
                 log.warning("task list failed, retrying", node=self.cfg.node_name,
                             error=str(exc), retry_in=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+        per_node: dict[str, list[resource.Resource]] = {n: [] for n in self.managers}
+        route: dict[str, str] = {}
+        for (node_name, key), obj in tasks.items():
+            mine = reports.get((node_name, key))
+            if mine is not None and mine[0] == obj.metadata.uid:
+                obj.status = mine[1]
+            per_node[node_name].append(obj)
+            route[key] = node_name
         self._route = route
         for name, objs in per_node.items():
             self.managers[name].replace(objs)
+        for (node_name, key), (uid, _, rev) in reports.items():
+            manager = self.managers[node_name]
+            self.writer.adopt(self.writer.report_key(manager, key), uid, rev)
+            held = tasks.get((node_name, key))
+            if held is None or held.metadata.uid != uid:
+                self.writer.forget(manager, key, uid)  # its task is gone
         return revision
 
-    def _decode_if_ours(self, key: bytes, value: bytes, revision: int,
-                        known: str | None) -> resource.Resource | None:
-        """The Task at ``key`` if it is assigned to one of this process's nodes."""
-        if known is None and not may_be_ours(value, self._names):
-            return None
+    def _decode_task(self, where: projections.NodeKey, value: bytes,
+                     revision: int) -> resource.Resource | None:
+        """A task projection of one of our nodes, or None (logged) if it cannot be read."""
         obj = decode_task(value, revision)
-        rest = key[len(self._task_prefix()):].decode(errors="replace")
         if obj is None:
             self.undecodable += 1
-            log.error("skipping a Task whose value cannot be read", key=f"task/{rest}",
-                      node=self.cfg.node_name)
+            log.error("skipping a Task whose value cannot be read",
+                      key=f"task/{where.namespace}/{where.name}", node=where.node)
             return None
-        namespace, _, name = rest.partition("/")
-        # The key is the truth about which object this is.
-        obj.metadata.namespace, obj.metadata.name = namespace, name
-        owner = obj.spec.get("nodeName")
-        if isinstance(owner, str) and owner in self.managers:
-            return obj
-        return None
+        # The key is the truth about which object this is and whose it is.
+        obj.metadata.namespace, obj.metadata.name = where.namespace, where.name
+        if obj.spec.get("nodeName") != where.node:
+            obj.spec = {**obj.spec, "nodeName": where.node}
+        return obj
 
     async def _watch_tasks(self, revision: int) -> None:
         assert self.store is not None
-        prefix = self._task_prefix()
+        scope, _ = self._scope()
         backoff = 0.05
         while True:
             try:
-                async for header_rev, events in self.store.raw_watch(prefix, revision + 1):
+                async for header_rev, events in self.store.raw_watch(scope, revision + 1):
                     backoff = 0.05
                     for i, ev in enumerate(events):
-                        self._on_event(prefix, ev)
+                        self._on_event(ev)
                         revision = ev.mod_revision
                         if i % _YIELD_EVERY == _YIELD_EVERY - 1:
                             await asyncio.sleep(0)
@@ -488,77 +519,28 @@ class Agent:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
-    def _on_event(self, prefix: bytes, ev: etcd.RawEvent) -> None:
-        key = ev.key[len(prefix):].decode(errors="replace")
+    def _on_event(self, ev: etcd.RawEvent) -> None:
+        where = projections.parse_node_key(self._nodes_prefix(), ev.key)
+        if where is None or where.section != _TASKS or where.node not in self.managers:
+            return  # another node's keys, secret and config copies
+        key = f"{where.namespace}/{where.name}"
+        manager = self.managers[where.node]
         known = self._route.get(key)
         if ev.deleted:
-            if known is not None:
+            if known == where.node:
                 del self._route[key]
-                self.managers[known].delete(key)
+                manager.delete(key)
             return
-        if known is not None and self.managers[known].is_echo(key, ev.mod_revision):
-            return  # the echo of our own status write
-        obj = self._decode_if_ours(ev.key, ev.value, ev.mod_revision, known)
-        owner = obj.spec.get("nodeName") if obj is not None else None
-        if known is not None and known != owner:
-            # Moved away (or became unreadable): for the old node the task is gone.
-            del self._route[key]
+        if known == where.node and manager.is_echo(key, ev.mod_revision):
+            return  # already seen (a resumed watch)
+        obj = self._decode_task(where, ev.value, ev.mod_revision)
+        if obj is None:
+            return
+        if known is not None and known != where.node:
+            # Assigned elsewhere now (the store deleted the old node's copy too).
             self.managers[known].delete(key)
-        if obj is not None and isinstance(owner, str):
-            self._route[key] = owner
-            self.managers[owner].upsert(obj)
-
-    # --- keeping the nodes ready ---
-
-    async def _assert_ready(self, name: str) -> None:
-        assert self.store is not None
-        now = time.monotonic()
-        # At most one assertion per node per TTL: never a write fight with a controller.
-        if now - self._asserting.get(name, -1e9) < self.cfg.heartbeat_ttl:
-            return
-        self._asserting[name] = now
-        try:
-            if not await node.assert_ready(self.store, self.nodes_info, self.node_configs[name]):
-                log.warning("node object was deleted; not re-creating it until the agent "
-                            "restarts", node=name)
-        except errors.StoreError as exc:
-            log.warning("asserting node ready failed", node=name, error=str(exc))
-
-    async def _alive(self, name: str) -> bool:
-        """Whether the node's heartbeat key exists on the lease this process holds."""
-        assert self.store is not None and self.heartbeats is not None
-        lease = self.heartbeats.lease_of(name)
-        kv = await self.store.raw_get(node.heartbeat_key(self.store, name))
-        return bool(lease) and kv is not None and kv.lease == lease
-
-    async def _watch_nodes(self) -> None:
-        """Re-assert ``ready`` when our Node says otherwise while our heartbeat is live.
-
-        The nodes controller marks a node down when its heartbeat key expires; after the
-        agent has renewed the key it says ready again. Watching (rather than only
-        asserting once on renewal) makes that level-triggered: a ``down`` written late by
-        the controller, after the renewal, is corrected too.
-        """
-        assert self.store is not None and self.heartbeats is not None
-        while True:
-            try:
-                async for event in watch.watch_kind(self.store, self.nodes_info):
-                    objs = event.objects if event.type == watch.RESET else (
-                        [event.obj] if event.obj is not None else [])
-                    for obj in objs:
-                        if obj.name not in self.node_configs:
-                            continue
-                        if event.type == watch.DELETED:
-                            log.warning("node object deleted", node=obj.name)
-                        elif obj.status.get("state") != "ready" and \
-                                await self._alive(obj.name):
-                            await self._assert_ready(obj.name)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # e.g. an undecodable Node: keep the agent up
-                log.error("node watch failed, restarting it", node=self.cfg.node_name,
-                          error=str(exc), error_type=type(exc).__name__)
-                await asyncio.sleep(1.0)
+        self._route[key] = where.node
+        manager.upsert(obj)
 
     # --- health of the process itself ---
 
@@ -588,16 +570,6 @@ class Agent:
                 "max_loop_lag_s": round(self.max_loop_lag, 3),
                 "gc": gcpolicy.pauses(),
                 "undecodable": self.undecodable, "timings": dict(self.timings)}
-
-
-async def _bounded(coros: Iterable[Any], limit: int) -> list[Any]:
-    sem = asyncio.Semaphore(limit)
-
-    async def one(coro: Any) -> Any:
-        async with sem:
-            return await coro
-
-    return await asyncio.gather(*(one(c) for c in coros))
 
 
 async def run_agent(etcd_url: str, prefix: str, node_name: str, runtime: str = "hollow",

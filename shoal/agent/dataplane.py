@@ -2,7 +2,10 @@
 
 One :class:`Dataplane` per (real) node agent. It follows Networks, Services, Tasks and
 Nodes of the whole cluster through the runtime's informers (remote tasks are the
-overlay's remote endpoints and the balancer's backends), asks ``netplan.plan`` what the
+overlay's remote endpoints and the balancer's backends) -- Services and Tasks as their
+dataplane projections (``<p>/dataplane/``, ``shoal.store.projections``): only the fields
+a plan reads, with no template, environment or secret reference of another node's task,
+which a worker's etcd user may not read (docs/security.md). It asks ``netplan.plan`` what the
 node should hold, and applies it with the ``shoal.net`` building blocks: ``OverlayNode``
 (bridges, VXLANs, FDB/neighbours, veths into the tasks' namespaces), the load balancer
 the kernel supports (IPVS, else nftables; reported as ``Node.status.dataplane``) and the
@@ -51,9 +54,9 @@ from pathlib import Path
 
 import structlog
 
-from shoal.agent import netplan
+from shoal.agent import netplan, nodereport
 from shoal.agent.exec.executor import Observed, TaskSpec
-from shoal.crds import conditions, kinds, resource
+from shoal.crds import kinds, resource
 from shoal.crds import networking as nw
 from shoal.crds import taskstates as ts
 from shoal.crds import template as tpl
@@ -63,9 +66,8 @@ from shoal.net import netns as netns_mod
 from shoal.net.dns import DnsServer, DnsTable
 from shoal.net.hostfw import HostFirewall
 from shoal.net.overlay import OverlayNode
-from shoal.runtime import cas
 from shoal.runtime import informer as informer_mod
-from shoal.store import client, codec, errors
+from shoal.store import client, codec, projections
 
 log = structlog.get_logger("shoal.agent.dataplane")
 
@@ -94,8 +96,10 @@ class Dataplane:
     def __init__(self, store: client.Store, node: str, underlay: str, *,
                  observe: Observe, backend: lb_mod.BackendName | None = None,
                  netns: str | None = None, state_dir: Path | str = "/run/shoal",
-                 dns_port: int = DNS_PORT, drain: float = DRAIN) -> None:
+                 dns_port: int = DNS_PORT, drain: float = DRAIN,
+                 reports: nodereport.NodeReports | None = None) -> None:
         self.store = store
+        self.reports = reports  # where the backend and Firewall condition are reported
         self.node = node
         self.underlay = underlay
         self.netns = netns
@@ -107,9 +111,11 @@ class Dataplane:
         registry = kinds.Registry.builtin()
         self._nodes_info = registry.lookup("nodes")
         self.factory = informer_mod.SharedInformerFactory(store)
+        self.projected = informer_mod.SharedInformerFactory(
+            store.view(projections.DATAPLANE_DIR))
         self.networks = self.factory.informer(registry.lookup("networks"))
-        self.services = self.factory.informer(registry.lookup("services"))
-        self.tasks = self.factory.informer(registry.lookup("tasks"))
+        self.services = self.projected.informer(registry.lookup("services"))
+        self.tasks = self.projected.informer(registry.lookup("tasks"))
         self.nodes = self.factory.informer(self._nodes_info)
         self.overlay = OverlayNode(underlay, netns=netns)
         self.firewall = HostFirewall(netns, underlay)
@@ -154,6 +160,7 @@ class Dataplane:
         """Caches synced, balancer chosen and reported, local workloads found, the
         first pass applied; then follow changes."""
         self.factory.start()
+        self.projected.start()
         for inf in (self.networks, self.services, self.tasks, self.nodes):
             await inf.wait_synced()
         chosen = self._backend_choice or await asyncio.to_thread(
@@ -196,16 +203,13 @@ class Dataplane:
         if self.lb is not None:
             await self.lb.close()
         await self.factory.stop()
+        await self.projected.stop()
 
     async def _report_backend(self) -> None:
-        """``status.dataplane`` on our Node, for ``swctl get nodes -o wide``."""
-        backend = self.backend_name
-        try:
-            node = await self.store.get(self._nodes_info, self.node)
-            await cas.mutate(self.store, self._nodes_info, node,
-                             lambda n: n.status.__setitem__("dataplane", backend))
-        except errors.StoreError as exc:
-            self.log.warning("could not report the dataplane backend", error=str(exc))
+        """``status.dataplane`` on our Node (through the node report, folded into the
+        Node), for ``swctl get nodes -o wide``."""
+        if self.reports is not None:
+            self.reports.set_fields(self.node, dataplane=self.backend_name)
 
     async def _discover_workloads(self) -> None:
         """Pids of local tasks that already run (a restarted agent): without them the
@@ -396,16 +400,10 @@ class Dataplane:
         agent could not do, so a timing-out overlay is explained where users look."""
         problems = self.firewall_problems
         ok = not problems
-        try:
-            node = await self.store.get(self._nodes_info, self.node)
-
-            def mark(n: resource.Resource) -> None:
-                conditions.set_condition(n, FIREWALL_CONDITION, ok,
-                                         "Admitted" if ok else "Blocked", "; ".join(problems))
-            await cas.mutate(self.store, self._nodes_info, node, mark)
-            self._firewall_reported = problems
-        except errors.StoreError as exc:
-            self.log.warning("could not report the firewall condition", error=str(exc))
+        if self.reports is not None:
+            self.reports.set_condition(self.node, FIREWALL_CONDITION, ok,
+                                       "Admitted" if ok else "Blocked", "; ".join(problems))
+        self._firewall_reported = problems
 
     async def _apply_localnet(self, plan: netplan.Plan) -> None:
         """``route_localnet`` on the ingress bridge, so a connection to 127.0.0.1:<published

@@ -39,7 +39,6 @@ from typing import Any
 import structlog
 
 from shoal.agent import node
-from shoal.crds import kinds
 from shoal.pki.bundle import Bundle
 from shoal.runtime import logging as rt_logging
 from shoal.store import client, errors
@@ -161,7 +160,6 @@ async def _child() -> int:
     rt_logging.configure(config["log_level"], json=None if fmt == "auto" else fmt == "json")
     nodes = {d["name"]: node.NodeConfig(**d) for d in config["nodes"]}
     first = next(iter(nodes), "")
-    nodes_info = kinds.Registry.builtin().lookup("nodes")
     store: client.Store | None = None
     backoff = 0.1
     while store is None:
@@ -174,8 +172,8 @@ async def _child() -> int:
             backoff = min(backoff * 2, 5.0)
 
     async def renewed(name: str) -> None:
+        # The nodes controller marks the node ready again once it sees the key back.
         _emit({"leases": {name: hb.lease_of(name)}})
-        await node.assert_ready(store, nodes_info, nodes[name])
 
     hb = node.Heartbeats(store, config["ttl"], on_renewed=renewed,
                          shared_lease=config["shared_lease"])

@@ -1,10 +1,10 @@
-"""Node registration and the lease-bound heartbeat: how a node joins and stays alive.
+"""What a node is, and the lease-bound heartbeat: how a node joins and stays alive.
 
-Registration is create-or-update of the cluster-scoped Node named after the node. The
-agent owns ``status`` (what the node *is*: address, platform, resources) and sets
-``spec.role`` only when it creates the object; afterwards ``spec`` belongs to users and
-controllers (``swctl node drain`` writes ``spec.availability``), so a restarting agent
-must never overwrite it. Every write is a compare-and-swap that re-reads on conflict.
+:class:`NodeConfig` is what the agent knows of a node before it talks to etcd; its
+``status()`` is what the agent reports (``nodereport``: the fold controller creates the
+Node from it, with ``spec.role`` written once, and afterwards copies the agent-owned
+status and labels; ``spec`` belongs to users and controllers). The agent writes no Node
+itself: a worker's etcd user may not (docs/security.md).
 
 Liveness is an etcd lease, not a timestamp the agent keeps rewriting: the key
 ``<prefix>/heartbeats/<node>`` is attached to a lease with TTL ``--heartbeat-ttl`` and the
@@ -39,7 +39,7 @@ from typing import Any
 
 import structlog
 
-from shoal.crds import kinds, resource
+from shoal.crds import resource
 from shoal.store import client, errors, etcd, leasestream
 
 log = structlog.get_logger("shoal.agent.node")
@@ -55,12 +55,6 @@ def agent_version() -> str:
         return metadata.version("shoal")
     except metadata.PackageNotFoundError:
         return "0.0.0"
-
-
-#: Status fields a run of the agent writes only when a feature is on (the log server,
-#: a dataplane). Registration drops them, so an agent restarted with the feature off
-#: does not leave the last run's (now dead) log endpoint or backend on its Node.
-PER_RUN_STATUS: tuple[str, ...] = ("logsEndpoint", "dataplane")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,75 +174,6 @@ async def _retrying(what: str, node: str, call: Callable[[], Awaitable[Any]]) ->
             log.warning(f"{what} failed, retrying", node=node, error=str(exc), retry_in=backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
-
-
-async def register(store: client.Store, info: kinds.KindInfo, cfg: NodeConfig) -> resource.Resource:
-    """Create the Node, or bring an existing one's labels and status up to date.
-
-    Labels given to the agent win for their keys; labels added by users with
-    ``swctl node update --label-add`` are kept. ``spec`` is only written on create.
-    """
-    async def attempt() -> resource.Resource:
-        while True:
-            try:
-                current = await store.get(info, cfg.name)
-            except errors.NotFoundError:
-                obj = kinds.new_object_for(info, cfg.name)
-                obj.metadata.labels = dict(cfg.labels)
-                obj.spec = {"role": cfg.role, "availability": "active"}
-                obj.status = cfg.status()
-                try:
-                    made = await store.create(info, obj)
-                    log.info("node registered", node=cfg.name, role=cfg.role,
-                             address=cfg.address, labels=cfg.labels)
-                    return made
-                except errors.AlreadyExistsError:
-                    continue  # another agent of the same name raced us: update instead
-            labels = {**current.metadata.labels, **cfg.labels}
-            status = {k: v for k, v in current.status.items() if k not in PER_RUN_STATUS}
-            status.update(cfg.status())
-            if labels == current.metadata.labels and status == current.status:
-                return current
-            updated = current.deepcopy()
-            updated.metadata.labels = labels
-            updated.status = status
-            try:
-                stored = await store.update(info, updated)
-            except errors.ConflictError:
-                continue
-            log.info("node re-registered", node=cfg.name, address=cfg.address,
-                     labels=labels)
-            return stored
-
-    result: resource.Resource = await _retrying("node registration", cfg.name, attempt)
-    return result
-
-
-async def assert_ready(store: client.Store, info: kinds.KindInfo, cfg: NodeConfig) -> bool:
-    """Write ``status.state: ready`` (and the agent's status) if it is not so already.
-
-    Returns False when the Node no longer exists: a deleted node stays deleted (Swarm's
-    ``node rm``) until the agent restarts and registers it again.
-    """
-    while True:
-        try:
-            current = await store.get(info, cfg.name)
-        except errors.NotFoundError:
-            return False
-        status = {**current.status, **cfg.status()}
-        if status == current.status:
-            return True
-        updated = current.deepcopy()
-        updated.status = status
-        try:
-            await store.update(info, updated)
-            log.info("node status asserted ready", node=cfg.name,
-                     was=current.status.get("state"))
-            return True
-        except errors.ConflictError:
-            continue
-        except errors.NotFoundError:
-            return False
 
 
 # --- heartbeats ---

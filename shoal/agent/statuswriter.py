@@ -1,16 +1,21 @@
-"""Writing task status to etcd for every node an agent process serves.
+"""Writing the status of every task an agent process serves, as the nodes' reports.
 
 What it owns: turning "task X reached state S" (reported by a node's task manager) into
-compare-and-swap writes of ``status``, without ever moving a state backwards and without
-blocking the state machine that reported it.
+writes of the node's report key ``<p>/reports/<node>/<ns>/<name>`` ({uid,
+status}), without ever moving a state backwards and without blocking the state machine
+that reported it. The fold controller copies reports into ``Task.status``
+(``shoal.controllers.fold``); a worker's etcd user may write its reports and nothing of
+any Task (docs/security.md).
 
 Why it is built so: one writer per process (not per node) lets writes of many nodes
-share transactions, up to 127 tasks each and several in flight. Intermediate states
+share transactions, up to 127 reports each and several in flight. Intermediate states
 (accepted, preparing, starting) wait a moment before they are written and are
 superseded if the task moves on meanwhile, as Swarm's dispatcher batches agent status
 updates: a slow image pull shows ``preparing``, a task that starts at once costs one
-write (``running``) instead of four. Measured with 100,000 hollow tasks this took the
-writes from 2.3 to 1.0 per task.
+write (``running``) instead of four. A report key belongs to its agent alone, so the
+writes are plain puts that cannot conflict; the report of a deleted task is deleted
+only if it is still the one this writer last wrote (a compare on its revision), so a
+namesake's newer report is never lost.
 
 The writer reads and refreshes the reporting task manager's cache through the small
 :class:`StatusSource` protocol, so it does not depend on the task manager module.
@@ -24,9 +29,9 @@ import dataclasses
 import random
 from typing import Any, Protocol
 
-from shoal.crds import kinds, resource
+from shoal.crds import resource
 from shoal.crds import taskstates as ts
-from shoal.store import client, codec, errors
+from shoal.store import client, errors, etcd, projections
 
 RANK = ts.RANK
 R_RUNNING = RANK[ts.RUNNING]
@@ -36,15 +41,13 @@ class StatusSource(Protocol):
     """What the writer needs of the task manager whose tasks it writes."""
 
     log: Any
+    node: str
 
     def cached(self, key: str) -> resource.Resource | None:
         """The newest version of the task this manager holds."""
 
-    def remember(self, obj: resource.Resource) -> None:
-        """The task as our own write stored it."""
-
-    def refresh(self, obj: resource.Resource) -> None:
-        """The task as re-read after a conflict: someone else changed it."""
+    def remember_status(self, key: str, uid: str, status: dict[str, Any]) -> None:
+        """The status as our own report stored it."""
 
     def ref(self, key: str) -> str:
         """The task's key as logs show it."""
@@ -59,24 +62,7 @@ class _Report:
     due: float = 0.0
 
 
-def merge_status(status: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any] | None:
-    """``status`` with ``fields`` applied, or None when there is nothing (allowed) to write.
-
-    Never moves the state backwards or out of an end state; the same state with new
-    details (an exit code seen later) is written, keeping its original timestamp.
-    """
-    old, new = status.get("state"), fields["state"]
-    old_rank = RANK.get(old, 0) if isinstance(old, str) else 0
-    new_rank = RANK[new]
-    if new_rank < old_rank or (old_rank > R_RUNNING and new != old):
-        return None
-    if new == old:
-        if all(status.get(k) == v for k, v in fields.items() if k != "timestamp"):
-            return None
-        fields = {k: v for k, v in fields.items() if k != "timestamp"}
-    out = dict(status)
-    out.update(fields)
-    return out
+merge_status = ts.merge_status  # the rule lives with the task states
 
 
 class StatusWriter:
@@ -86,24 +72,30 @@ class StatusWriter:
     at once; the intermediate states (accepted, preparing, starting) linger for
     ``linger`` seconds first and are dropped if the task has moved on by then — a user
     sees ``preparing`` during a slow pull, while a task that starts at once costs one
-    write instead of four. Writes go out as transactions of up to 127 tasks (one
-    compare per task: all-or-nothing), several in flight at once; a transaction that
-    loses a compare is retried task by task, re-reading each conflicting task.
+    write instead of four. Writes go out as transactions of up to 127 reports, several
+    in flight at once; a failed transaction (etcd unreachable) is retried later with
+    whatever was reported since.
     """
 
-    def __init__(self, store: client.Store, info: kinds.KindInfo, linger: float = 0.2,
-                 batch: int = 127, parallel: int = 8) -> None:
+    def __init__(self, store: client.Store, linger: float = 0.2, batch: int = 127,
+                 parallel: int = 8) -> None:
         self.store = store
-        self.info = info
         self.linger = linger
         self.batch = min(batch, client.MAX_TXN_OPS - 1)
         self.parallel = parallel
         self._urgent: dict[str, _Report] = {}
         self._lingering: dict[str, _Report] = {}  # insertion order is due order
+        # report key -> (uid, revision) of the report this writer last wrote there
+        self._written: dict[bytes, tuple[str, int]] = {}
+        self._forget: dict[bytes, str] = {}  # report keys to delete -> uid they are of
         self._wake = asyncio.Event()
         self.writes = 0
         self.transactions = 0
-        self.conflicts = 0
+        self.conflicts = 0  # kept for stats(); reports cannot conflict
+
+    def report_key(self, manager: StatusSource, key: str) -> bytes:
+        namespace, _, name = key.partition("/")
+        return projections.report_key(self.store.prefix, manager.node, namespace, name)
 
     def submit(self, manager: StatusSource, key: str, uid: str, fields: dict[str, Any],
                urgent: bool = True) -> None:
@@ -129,8 +121,22 @@ class StatusWriter:
             if was_empty:
                 self._wake.set()  # the writer sleeps until the first due time
 
+    def forget(self, manager: StatusSource, key: str, uid: str) -> None:
+        """The task is gone from the node: drop its queued reports and delete its report
+        key, if that still holds this uid's report."""
+        for table in (self._urgent, self._lingering):
+            queued = table.get(key)
+            if queued is not None and queued.uid == uid:
+                del table[key]
+        self._forget[self.report_key(manager, key)] = uid
+        self._wake.set()
+
+    def adopt(self, report_key: bytes, uid: str, revision: int) -> None:
+        """A report found in etcd at start-up: this writer wrote it (a previous run)."""
+        self._written[report_key] = (uid, revision)
+
     def idle(self) -> bool:
-        return not self._urgent and not self._lingering
+        return not self._urgent and not self._lingering and not self._forget
 
     def _promote_due(self) -> float | None:
         """Move lingering reports that are due to the urgent table; next due time."""
@@ -146,6 +152,8 @@ class StatusWriter:
     async def run(self) -> None:
         while True:
             wait = self._promote_due()
+            if self._forget:
+                await self._delete_forgotten()
             if not self._urgent:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -159,8 +167,8 @@ class StatusWriter:
             await asyncio.gather(*(self._commit(b) for b in batches))
 
     async def _commit(self, reports: list[_Report]) -> None:
-        ops: list[client.Op] = []
-        sent: list[_Report] = []
+        ops: list[etcd.Op] = []
+        sent: list[tuple[_Report, bytes, dict[str, Any]]] = []
         for report in reports:
             obj = report.manager.cached(report.key)
             if obj is None or obj.metadata.uid != report.uid:
@@ -168,61 +176,57 @@ class StatusWriter:
             status = merge_status(obj.status, report.fields)
             if status is None:
                 continue
-            ops.append(client.Op("update", self.info, codec.with_status(obj, status)))
-            sent.append(report)
+            key = self.report_key(report.manager, report.key)
+            ops.append(etcd.op_put(key, projections.encode_report(report.uid, status)))
+            sent.append((report, key, status))
         if not ops:
             return
         try:
-            stored = await self.store.commit(ops)
-        except errors.ConflictError:
-            self.conflicts += 1
-            await asyncio.gather(*(self._write_one(r) for r in sent))
-            return
+            _, revision, _ = await self.store.etcd.txn([], ops)
         except errors.UnavailableError as exc:
-            sent[0].manager.log.warning("status writes failed, retrying", tasks=len(sent),
-                                        key=sent[0].manager.ref(sent[0].key), error=str(exc))
-            asyncio.get_running_loop().call_later(0.5 + random.random(), self._retry, sent)
+            first = sent[0][0]
+            first.manager.log.warning("status reports failed, retrying", tasks=len(sent),
+                                      key=first.manager.ref(first.key), error=str(exc))
+            asyncio.get_running_loop().call_later(0.5 + random.random(), self._retry,
+                                                  [r for r, _, _ in sent])
             return
         self.transactions += 1
-        self.writes += len(stored)
-        for report, obj in zip(sent, stored, strict=True):
-            if obj is not None:
-                report.manager.remember(obj)
+        self.writes += len(sent)
+        for report, key, status in sent:
+            self._written[key] = (report.uid, revision)
+            current = report.manager.cached(report.key)
+            if current is None or current.metadata.uid != report.uid:
+                # Deleted while the write was in flight: delete what was just written.
+                self._forget[key] = report.uid
+                self._wake.set()
+                continue
+            report.manager.remember_status(report.key, report.uid, status)
 
-    async def _write_one(self, report: _Report) -> None:
-        mgr = report.manager
-        obj = mgr.cached(report.key)
-        for _ in range(20):
-            if obj is None or obj.metadata.uid != report.uid:
-                return
-            status = merge_status(obj.status, report.fields)
-            if status is None:
-                return
+    async def _delete_forgotten(self) -> None:
+        """Delete the reports of gone tasks, each only if it is still the one written."""
+        forget, self._forget = self._forget, {}
+        items = []
+        for key, uid in forget.items():
+            written = self._written.get(key)
+            if written is not None and written[0] == uid:
+                items.append((key, written[1]))
+        for i in range(0, len(items), self.batch):
+            chunk = items[i:i + self.batch]
             try:
-                stored = await self.store.update(self.info, codec.with_status(obj, status))
-                self.writes += 1
-                mgr.remember(stored)
-                return
-            except errors.ConflictError:
-                pass
-            except errors.NotFoundError:
-                return
-            except errors.UnavailableError as exc:
-                mgr.log.warning("status write failed, retrying", key=mgr.ref(report.key),
-                                error=str(exc))
-                asyncio.get_running_loop().call_later(0.5 + random.random(), self._retry,
-                                                      [report])
-                return
-            try:
-                obj = await self.store.get(self.info, obj.metadata.name, obj.metadata.namespace)
-            except errors.NotFoundError:
-                return
+                ok, _, _ = await self.store.etcd.txn(
+                    [etcd.cmp_mod(k, rev) for k, rev in chunk],
+                    [etcd.op_delete(k) for k, _ in chunk])
+                if not ok:  # some key was rewritten meanwhile: one by one
+                    for k, rev in chunk:
+                        await self.store.etcd.txn([etcd.cmp_mod(k, rev)], [etcd.op_delete(k)])
             except errors.UnavailableError:
-                asyncio.get_running_loop().call_later(1.0, self._retry, [report])
+                for k, _ in chunk:
+                    self._forget.setdefault(k, forget[k])  # next pass, as soon as etcd is back
+                await asyncio.sleep(0.5)
                 return
-            mgr.refresh(obj)  # someone else changed the task: its manager looks again
-        mgr.log.error("status write kept conflicting; will retry", key=mgr.ref(report.key))
-        asyncio.get_running_loop().call_later(1.0, self._retry, [report])
+            for k, rev in chunk:
+                if self._written.get(k, ("", -1))[1] == rev:
+                    del self._written[k]
 
     def _retry(self, reports: list[_Report]) -> None:
         for report in reports:

@@ -2,7 +2,9 @@
 
 Before a task's workload is started, :meth:`TaskFiles.prepare` reads the Secrets and
 Configs its template names (``template.secrets[]`` / ``template.configs[]``) with point
-gets -- never a watch or a list, so a node only ever reads what its own tasks use --
+gets of the node's own copies, ``<p>/nodes/<node>/secrets|configs/<ns>/<name>``, which
+the distributor controller writes for what the node's tasks use (a worker's etcd user
+may read no Secret or Config object; docs/security.md) -- never a watch or a list --
 opens each sealed Secret with the cluster's keyring (:mod:`shoal.crds.sealed`), and
 writes every file under ``<root>/<task uid>/`` with the uid, gid and mode the reference
 asks for. The driver then bind-mounts each file read-only at its target
@@ -29,8 +31,11 @@ tmpfs is mounted in the *consumer's* mount namespace (``nsenter --mount`` when t
 not ours) and the agent reaches it through ``/proc/<consumer pid>/root``.
 
 A problem the task can do nothing about by retrying -- a Secret or Config that does not
-exist, a Secret stored unsealed or that does not open with this agent's keyring, an agent
-started without a keyring -- is a :class:`TaskRejectedError` saying what and how to fix.
+exist (the distributor leaves a tombstone copy saying so), a Secret stored unsealed or
+that does not open with this agent's keyring, an agent started without a keyring -- is a
+:class:`TaskRejectedError` saying what and how to fix. A copy that has not arrived yet
+(the distributor runs a moment after the assignment) is an ordinary error: the task
+manager retries it with backoff.
 """
 
 from __future__ import annotations
@@ -49,9 +54,18 @@ from shoal.agent import tmpfs
 from shoal.agent.exec.executor import TaskFile, TaskRejectedError, TaskSpec
 from shoal.crds import kinds, resource, sealed
 from shoal.crds import template as tpl
-from shoal.store import client, errors
+from shoal.store import client, errors, projections
 
 log = structlog.get_logger("shoal.agent.taskfiles")
+
+
+#: The distributor's tombstone: the object a task names does not exist
+#: (``shoal.controllers.distributor.copies``; the agent cannot import controllers).
+MISSING_ANNOTATION = "shoal.io/missing"
+
+
+class CopyNotHereError(Exception):
+    """The node's copy of a Secret or Config is not written yet: retried, not rejected."""
 
 
 def node_root(state_dir: Path | str, node: str) -> Path:
@@ -82,7 +96,8 @@ class TaskFiles:
     def __init__(self, store: client.Store, node: str, root: Path,
                  keyring: Path | None,
                  consumer: Callable[[], int | None] | None = None) -> None:
-        self.store = store
+        # The node's copies, read as if they were the registry (``Store.view``).
+        self.store = store.view(f"{projections.NODES_DIR}/{node}")
         self.node = node
         self.root = root
         self.keyring_path = keyring
@@ -160,14 +175,18 @@ class TaskFiles:
         where = f'{f.kind} "{name}" in namespace "{namespace}"'
         try:
             obj = await self.store.get(info, name, namespace)
+        except errors.CorruptObjectError as exc:
+            raise TaskRejectedError(f"{where} cannot be read: {exc}") from None
         except errors.NotFoundError:
+            raise CopyNotHereError(
+                f"{where} has not been copied to node {self.node} yet (the distributor "
+                "controller copies what a node's tasks mount); retrying") from None
+        if obj.metadata.annotations.get(MISSING_ANNOTATION) == "true":
             self.log.info("task file missing", key=key, object=f"{f.kind}/{namespace}/{name}")
             raise TaskRejectedError(
                 f"{where} not found: the task needs it at {f.ref.target}; create it "
                 f"(swctl {f.kind} create {name} FILE) and the service's next task gets "
-                "it") from None
-        except errors.CorruptObjectError as exc:
-            raise TaskRejectedError(f"{where} cannot be read: {exc}") from None
+                "it")
         if f.kind == "config":
             data = obj.spec.get("data")
             if not isinstance(data, str):

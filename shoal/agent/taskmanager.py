@@ -3,8 +3,9 @@
 Level-triggered, like every loop in Shoal. ``reconcile(key)`` looks at the task as etcd
 last showed it, at what this agent has already reported, and at what the executor
 observes, and takes the next step (accept, prepare, start, report running, stop...). It
-is run from a per-node work queue of task keys, fed by the agent's single task watch,
-by the executor's ``changes()`` and by a slow periodic resync; keys are de-duplicated,
+is run from a per-node work queue of task keys, fed by the agent's single watch of its
+nodes' task projections, by the executor's ``changes()`` and by a slow periodic resync;
+keys are de-duplicated,
 failures retried with per-key exponential backoff. Nothing polls a task.
 
 Why it survives being killed at any moment: every executor call is idempotent and keyed
@@ -184,43 +185,49 @@ class TaskManager:
         return self._tasks.keys()
 
     def is_echo(self, key: str, revision: int) -> bool:
-        """A watch event at a revision this manager already holds: its own status write."""
+        """A watch event at a revision this manager already holds (a resumed watch)."""
         obj = self._tasks.get(key)
         return obj is not None and int(obj.metadata.resourceVersion or 0) >= revision
 
-    def remember(self, obj: resource.Resource) -> None:
-        """Keep the newest version of a task from the result of our own status write.
+    def remember_status(self, key: str, uid: str, status: dict[str, Any]) -> None:
+        """The status our own report stored for a task.
 
-        Only ever refreshes a task still cached under the same uid: the write's reply can
+        Only ever applies to a task still cached under the same uid: the write's reply can
         arrive after the watch has already reported the task deleted (the orchestrator
         deletes a task within milliseconds of reading our ``shutdown``), and putting it
         back would resurrect it here for good — its workload then never removed.
         """
-        key = ts.task_key(obj)
-        old = self._tasks.get(key)
-        if old is None or old.metadata.uid != obj.metadata.uid or (
-                int(old.metadata.resourceVersion or 0) >= int(obj.metadata.resourceVersion or 0)):
+        obj = self._tasks.get(key)
+        if obj is None or obj.metadata.uid != uid:
             return
-        self._tasks[key] = obj
-
-    def refresh(self, obj: resource.Resource) -> None:
-        """A re-read after a write conflict: someone else changed the task, so look again."""
-        self.upsert(obj)
+        self._tasks[key] = resource.Resource(obj.kind, obj.metadata, obj.spec, status,
+                                             obj.apiVersion)
 
     def upsert(self, obj: resource.Resource) -> None:
-        """A task assigned to this node was added or changed by someone else."""
+        """A task assigned to this node was added or changed by someone else.
+
+        The projection the agent reads carries no status: the status this node has
+        reported for the same task is kept."""
         key = ts.task_key(obj)
         old = self._tasks.get(key)
-        if old is not None and old.metadata.uid == obj.metadata.uid and (
-                int(old.metadata.resourceVersion or 0) >= int(obj.metadata.resourceVersion or 0)):
-            return
+        if old is not None and old.metadata.uid == obj.metadata.uid:
+            if int(old.metadata.resourceVersion or 0) >= int(obj.metadata.resourceVersion or 0):
+                return
+            if not obj.status:
+                obj = resource.Resource(obj.kind, obj.metadata, obj.spec, old.status,
+                                        obj.apiVersion)
+        elif old is not None:
+            self.writer.forget(self, key, old.metadata.uid)  # replaced by a namesake
         self._tasks[key] = obj
         if self._synced:
             self._queue.add(key)
 
     def delete(self, key: str) -> None:
-        if self._tasks.pop(key, None) is not None and self._synced:
-            self._queue.add(key)
+        old = self._tasks.pop(key, None)
+        if old is not None:
+            self.writer.forget(self, key, old.metadata.uid)
+            if self._synced:
+                self._queue.add(key)
 
     def touch(self, key: str) -> None:
         """Look at a task again (something it waits for, not the task, changed)."""
@@ -231,6 +238,9 @@ class TaskManager:
         """A full listing (start-up, or after the watch's revision was compacted)."""
         fresh = {ts.task_key(o): o for o in objs}
         gone = [k for k in self._tasks if k not in fresh]
+        for key, old in self._tasks.items():
+            if key in gone or fresh[key].metadata.uid != old.metadata.uid:
+                self.writer.forget(self, key, old.metadata.uid)
         self._tasks = fresh
         if self._synced:
             for key in gone:

@@ -11,7 +11,11 @@ several controller-managers can run; for each controller one of them leads.
   revisions (``status.update``): a per-object controller too;
 * ``scheduler`` — pending Tasks -> nodes, in batches: an elected runnable
   (``runnable.RunnableSpec``), as are
-* ``nodes`` — Node ``ready``/``down`` from heartbeat leases, and
+* ``nodes`` — Node ``ready``/``down`` from heartbeat leases,
+* ``fold`` — the status nodes report for their tasks (``<p>/reports/<node>/``)
+  copied into Task.status (agents cannot write Tasks),
+* ``distributor`` — each node's copies of the Secrets and Configs its tasks mount
+  (``<p>/nodes/<node>/secrets|configs/``: a node reads no Secret or Config object), and
 * ``allocator`` — subnets, VNIs, task/node addresses, VIPs, published ports;
 * ``rotation`` — a Secret or Config updated bumps ``forceUpdate`` of the services that
   mount it, once (``shoal.io/mounted-digests``): per-object, like the orchestrator.
@@ -20,6 +24,8 @@ several controller-managers can run; for each controller one of them leads.
 from __future__ import annotations
 
 from shoal.controllers.allocator import controller as allocator
+from shoal.controllers.distributor import controller as distributor
+from shoal.controllers.fold import controller as fold
 from shoal.controllers.nodes import controller as nodes
 from shoal.controllers.orchestrator import controller as orchestrator
 from shoal.controllers.rotation import controller as rotation
@@ -30,6 +36,7 @@ from shoal.runtime.manager import Spec
 
 def controller_specs() -> list[Spec]:
     """Every built-in controller, in start-up order."""
-    return [nodes.controller_spec(), orchestrator.controller_spec(),
+    return [nodes.controller_spec(), fold.controller_spec(), orchestrator.controller_spec(),
             updater.controller_spec(), scheduler.controller_spec(),
-            allocator.controller_spec(), rotation.controller_spec()]
+            allocator.controller_spec(), rotation.controller_spec(),
+            distributor.controller_spec()]

@@ -200,3 +200,28 @@ def facts_of(task: Resource) -> TaskFacts:
     return TaskFacts(slot_of(task), None if node is None else sys.intern(node),
                      is_active_desired(task), has_ended(task), owner, task,
                      generation_of(task))
+
+
+def merge_status(status: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any] | None:
+    """``status`` with a node's report ``fields`` applied, or None when there is nothing
+    (allowed) to write: the one rule for the agent writing its reports and the fold
+    controller copying them into Task.status.
+
+    Never moves the state backwards or out of an end state; the same state with new
+    details (an exit code seen later) is written, keeping its original timestamp.
+    """
+    old, new = status.get("state"), fields.get("state")
+    if not isinstance(new, str) or new not in RANK:
+        return None
+    old_rank = RANK.get(old, 0) if isinstance(old, str) else 0
+    new_rank = RANK[new]
+    if new_rank < old_rank or (old_rank > RUNNING_RANK and new != old):
+        return None
+    if new == old:
+        if all(status.get(k) == v for k, v in fields.items() if k != "timestamp"):
+            return None
+        fields = {k: v for k, v in fields.items() if k != "timestamp"}
+    out = dict(status)
+    out.update(fields)
+    return out
+

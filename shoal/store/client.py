@@ -20,11 +20,14 @@ import structlog
 
 from shoal.crds import kinds, resource, selectors
 from shoal.pki.bundle import Bundle
-from shoal.store import codec, echo, errors, etcd, groupcommit, retry
+from shoal.store import codec, echo, errors, etcd, groupcommit, projections, retry
 
 log = structlog.get_logger("shoal.store.client")
 
-# etcd's default --max-txn-ops: a larger batch is split by callers (see ``commit``).
+# etcd's default --max-txn-ops: a larger batch is split by callers (see ``commit``). It
+# counts the objects written; their projections (``shoal.store.projections``) ride along
+# in the same transaction, up to 4 more operations each, which is why the
+# etcd Shoal starts runs with ``--max-txn-ops 1024`` (``etcd_server``).
 MAX_TXN_OPS = 128
 
 
@@ -80,9 +83,11 @@ class Store:
     """Resources of every kind under one key prefix (``/shoal`` by default) of one etcd."""
 
     def __init__(self, client: etcd.EtcdClient, prefix: str = "/shoal",
-                 echoes: bool = False, retry_policy: retry.Policy = retry.DEFAULT) -> None:
+                 echoes: bool = False, retry_policy: retry.Policy = retry.DEFAULT,
+                 section: str = "registry") -> None:
         self.etcd = client
         self.prefix = "/" + prefix.strip("/")
+        self.section = section
         # Every call retries through a member's death (see ``shoal.store.retry``).
         self.retry = retry_policy
         self._group = groupcommit.GroupCommitter(self._txn)
@@ -114,6 +119,13 @@ class Store:
                     raise
             await asyncio.sleep(0.1)
 
+    def view(self, section: str) -> Store:
+        """A store reading the projections of ``section`` (``dataplane``) as if they were
+        the registry: same kinds, same list and watch, over this store's connection.
+        Read-only by contract: only the store writes projections, with their sources.
+        Closing it closes nothing (the connection is this store's)."""
+        return _View(self.etcd, self.prefix, section=section)
+
     @property
     def url(self) -> str:
         return self.etcd.url
@@ -124,10 +136,11 @@ class Store:
     # --- keys ---
 
     def key(self, info: kinds.KindInfo, name: str, namespace: str | None = None) -> bytes:
-        return codec.object_key(self.prefix, info, name, self._ns(info, namespace))
+        return codec.object_key(self.prefix, info, name, self._ns(info, namespace),
+                                self.section)
 
     def kind_prefix(self, info: kinds.KindInfo, namespace: str | None = None) -> bytes:
-        return codec.kind_prefix(self.prefix, info, namespace)
+        return codec.kind_prefix(self.prefix, info, namespace, self.section)
 
     def raw_key(self, *parts: str) -> bytes:
         """A key outside the registry (leader locks, heartbeats): ``<prefix>/<parts...>``."""
@@ -178,6 +191,44 @@ class Store:
                 return out, revision
             start = kvs[-1].key + b"\0"
 
+    # --- projections (shoal.store.projections) ---
+
+    def _projection_ops(self, old: projections.Memo | None, new: resource.Resource,
+                        ) -> builtins.list[etcd.Op]:
+        """The puts and deletes that keep ``new``'s projections equal to it."""
+        memo = codec.stored_memo(new)
+        if memo is None:
+            return []
+        puts, stale = projections.changes(self.prefix, old, new, memo)
+        return [*(etcd.op_put(k, v) for k, v in puts.items()),
+                *(etcd.op_delete(k) for k in stale)]
+
+    def _unprojection_ops(self, obj: resource.Resource, memo: projections.Memo | None,
+                          ) -> builtins.list[etcd.Op]:
+        """Deletes of every projection of ``obj`` (stored as ``memo`` says), deleted with it."""
+        return [etcd.op_delete(k) for k in projections.deleted(self.prefix, obj, memo)]
+
+    def _remember_projected(self, obj: resource.Resource) -> None:
+        if projections.projects(obj.kind):
+            digest = codec.stored_spec_digest(obj)
+            assert digest is not None  # set by _prepare_create / _prepare_update
+            codec.remember_memo(obj, projections.memo_of(obj, digest))
+
+    async def _orphaned_projections(self, info: kinds.KindInfo, name: str,
+                                    namespace: str | None) -> builtins.list[etcd.Op]:
+        """Deletes of the projections of an object whose value cannot be read, so its
+        node is unknown: every node's task projection of that name is looked for (rare)."""
+        if not projections.projects(info.kind):
+            return []
+        ns = self._ns(info, namespace) or resource.DEFAULT_NAMESPACE
+        keys = projections.possible_keys(self.prefix, info.kind, ns, name, None)
+        nodes = f"{self.prefix}/{projections.NODES_DIR}/".encode()
+        suffix = f"/tasks/{ns}/{name}".encode()
+        kvs, _, _ = await self.etcd.range(nodes, etcd.prefix_end(nodes), keys_only=True)
+        keys += [kv.key for kv in kvs if kv.key.endswith(suffix)
+                 and kv.key.count(b"/") == nodes.count(b"/") + 3]
+        return [etcd.op_delete(k) for k in keys]
+
     # --- writes ---
 
     @staticmethod
@@ -197,6 +248,7 @@ class Store:
         new.metadata.creationTimestamp = resource.now_rfc3339()
         new.metadata.deletionTimestamp = None
         codec.remember_spec(new)  # the spec it is stored with, as ``_prepare_update`` does
+        self._remember_projected(new)
         return new
 
     def _prepare_update(self, obj: resource.Resource) -> resource.Resource:
@@ -208,6 +260,7 @@ class Store:
             # costs a re-reconcile, a missed one would hide a spec change.
             new.metadata.generation = max(new.metadata.generation, 0) + 1
         codec.remember_spec(new, digest)
+        self._remember_projected(new)
         return new
 
     async def create(self, info: kinds.KindInfo, obj: resource.Resource,
@@ -216,7 +269,8 @@ class Store:
         new = self._prepare_create(info, obj)
         key = self.key(info, new.name, new.namespace)
         ok, rev = await self._write([etcd.cmp_absent(key)],
-                                    [etcd.op_put(key, codec.encode(new), lease)], fence, key)
+                                    [etcd.op_put(key, codec.encode(new), lease),
+                                     *self._projection_ops(None, new)], fence, key)
         if not ok:
             raise errors.AlreadyExistsError(_ref(info, new.name, new.namespace))
         return self._stored(new, rev)
@@ -230,13 +284,16 @@ class Store:
         """
         if not obj.metadata.resourceVersion:
             raise ValueError(f"update of {obj.ref} needs metadata.resourceVersion (read it first)")
+        old = codec.stored_memo(obj)
         new = self._prepare_update(obj)
         key = self.key(info, new.name, new.namespace)
         compare = [etcd.cmp_mod(key, int(new.metadata.resourceVersion))]
         if new.metadata.deletionTimestamp and not new.metadata.finalizers:
-            ok, rev = await self._write(compare, [etcd.op_delete(key)], fence, key)
+            ok, rev = await self._write(compare, [etcd.op_delete(key),
+                                                  *self._unprojection_ops(new, old)], fence, key)
         else:
-            ok, rev = await self._write(compare, [etcd.op_put(key, codec.encode(new))], fence,
+            ok, rev = await self._write(compare, [etcd.op_put(key, codec.encode(new)),
+                                                  *self._projection_ops(old, new)], fence,
                                         key)
         if not ok:
             raise errors.ConflictError(_ref(info, new.name, new.namespace),
@@ -256,7 +313,9 @@ class Store:
                 obj = await self.get(info, name, namespace)
             except errors.CorruptObjectError:
                 # Nothing can honour finalizers on a value nobody can read: just remove it.
-                await self._write([], [etcd.op_delete(self.key(info, name, namespace))], fence)
+                await self._write([], [etcd.op_delete(self.key(info, name, namespace)),
+                                       *await self._orphaned_projections(info, name, namespace)],
+                                  fence)
                 return None
             key = self.key(info, obj.name, obj.namespace)
             compare = [etcd.cmp_mod(key, int(obj.metadata.resourceVersion))]
@@ -269,7 +328,10 @@ class Store:
                 if ok:
                     return self._stored(obj, rev)
             else:
-                ok, _ = await self._write(compare, [etcd.op_delete(key)], fence, key)
+                ok, _ = await self._write(compare, [etcd.op_delete(key),
+                                                    *self._unprojection_ops(
+                                                        obj, codec.stored_memo(obj))],
+                                          fence, key)
                 if ok:
                     return None
             # Lost a race with another writer: re-read and decide again.
@@ -299,14 +361,17 @@ class Store:
                 value = codec.encode(new)
                 compares.append(etcd.cmp_absent(key))
                 puts.append(etcd.op_put(key, value))
+                puts.extend(self._projection_ops(None, new))
                 prepared.append(new)
                 written.append((key, value, new))
             elif op.action == "update":
+                old = codec.stored_memo(op.obj)
                 new = self._prepare_update(op.obj)
                 key = self.key(op.info, new.name, new.namespace)
                 value = codec.encode(new)
                 compares.append(etcd.cmp_mod(key, int(new.metadata.resourceVersion)))
                 puts.append(etcd.op_put(key, value))
+                puts.extend(self._projection_ops(old, new))
                 prepared.append(new)
                 written.append((key, value, new))
             elif op.action == "delete":
@@ -314,6 +379,13 @@ class Store:
                 if op.obj.metadata.resourceVersion:
                     compares.append(etcd.cmp_mod(key, int(op.obj.metadata.resourceVersion)))
                 puts.append(etcd.op_delete(key))
+                if projections.projects(op.info.kind):
+                    # The object as the caller holds it names its node; a bare name
+                    # (no spec) does not, so its projections are looked for.
+                    puts.extend(self._unprojection_ops(op.obj, codec.stored_memo(op.obj))
+                                if op.obj.spec
+                                else await self._orphaned_projections(
+                                    op.info, op.obj.name, op.obj.namespace))
                 prepared.append(None)
             else:
                 raise ValueError(f"unknown op {op.action!r}")
@@ -449,3 +521,11 @@ class Store:
     def raw_watch(self, prefix: bytes, start_revision: int,
                   ) -> AsyncIterator[tuple[int, builtins.list[etcd.RawEvent]]]:
         return self.etcd.watch_stream(prefix, start_revision)
+
+
+class _View(Store):
+    """``Store.view``: a section of projections, sharing its parent's connection."""
+
+    async def close(self) -> None:
+        pass
+

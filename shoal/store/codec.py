@@ -17,6 +17,7 @@ import orjson
 import structlog
 
 from shoal.crds import kinds, resource
+from shoal.store import projections
 
 log = structlog.get_logger("shoal.store.codec")
 
@@ -26,22 +27,27 @@ _OPTIONS = orjson.OPT_NON_STR_KEYS
 _SPEC_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SORT_KEYS
 
 
-def registry_prefix(prefix: str) -> str:
-    return f"{prefix.rstrip('/')}/registry/"
+def registry_prefix(prefix: str, section: str = "registry") -> str:
+    """Where objects live: ``<prefix>/registry/``; a projection section (``dataplane``,
+    ``shoal.store.projections``) lays out its copies the same way under its own name."""
+    return f"{prefix.rstrip('/')}/{section}/"
 
 
-def kind_prefix(prefix: str, info: kinds.KindInfo, namespace: str | None = None) -> bytes:
+def kind_prefix(prefix: str, info: kinds.KindInfo, namespace: str | None = None,
+                section: str = "registry") -> bytes:
     """Keys of every object of a kind, or of one namespace of it."""
-    base = f"{registry_prefix(prefix)}{info.plural}/"
+    base = f"{registry_prefix(prefix, section)}{info.plural}/"
     if info.namespaced and namespace:
         base += f"{namespace}/"
     return base.encode()
 
 
-def object_key(prefix: str, info: kinds.KindInfo, name: str, namespace: str | None) -> bytes:
+def object_key(prefix: str, info: kinds.KindInfo, name: str, namespace: str | None,
+               section: str = "registry") -> bytes:
     if info.namespaced:
-        return f"{registry_prefix(prefix)}{info.plural}/{namespace or 'default'}/{name}".encode()
-    return f"{registry_prefix(prefix)}{info.plural}/{name}".encode()
+        return (f"{registry_prefix(prefix, section)}{info.plural}/{namespace or 'default'}/"
+                f"{name}").encode()
+    return f"{registry_prefix(prefix, section)}{info.plural}/{name}".encode()
 
 
 def spec_digest(spec: dict[str, Any]) -> int:
@@ -118,6 +124,8 @@ def decode(value: bytes, mod_revision: int) -> resource.Resource:
         raise UndecodableError(str(exc)) from None
     obj.metadata.resourceVersion = str(mod_revision)
     remember_spec(obj, digest)
+    if projections.projects(obj.kind):
+        remember_memo(obj, projections.memo_of(obj, digest))
     return obj
 
 
@@ -141,6 +149,17 @@ def remember_spec(obj: resource.Resource, digest: int | None = None) -> None:
             spec_digest(obj.spec) if digest is None else digest)
 
 
+def remember_memo(obj: resource.Resource, memo: projections.Memo) -> None:
+    """Record what the object's projections held as stored (``shoal.store.projections``),
+    so the next write rewrites them only if that changed. Set like the spec digest."""
+    setattr(obj, "_stored_memo", memo)  # noqa: B010 (mypy: not a declared attribute)
+
+
+def stored_memo(obj: resource.Resource) -> projections.Memo | None:
+    value = getattr(obj, "_stored_memo", None)
+    return value if isinstance(value, projections.Memo) else None
+
+
 def with_status(obj: resource.Resource, status: dict[str, Any]) -> resource.Resource:
     """``obj`` with another ``status``, sharing its envelope and spec (the store copies the
     envelope before it writes), and still knowing the spec it was stored with — so a
@@ -150,6 +169,9 @@ def with_status(obj: resource.Resource, status: dict[str, Any]) -> resource.Reso
     digest = stored_spec_digest(obj)
     if digest is not None:
         remember_spec(out, digest)
+    memo = stored_memo(obj)
+    if memo is not None:
+        remember_memo(out, memo)
     return out
 
 

@@ -122,6 +122,9 @@ class EtcdServer:
             # Big batched transactions (128 ops) of small JSON objects: raise the
             # request size cap a little above the default 1.5 MiB for headroom.
             "--max-request-bytes", str(8 * 1024 * 1024),
+            # A batch of 128 objects carries their projections (shoal.store.projections)
+            # in the same transaction: more operations than etcd's default 128.
+            "--max-txn-ops", "1024",
             "--quota-backend-bytes", str(4 * 1024 * 1024 * 1024),
             # etcd keeps every revision until it is compacted: without this, each task
             # status write would stay in the database for good and a busy cluster would

@@ -3,8 +3,11 @@
 Each agent is ``python -m shoal.agent.main`` (exactly what ``swctl agent`` runs) against
 the session etcd under the test's private prefix, with its log in the test's temporary
 directory; the log tail is printed when a test fails. Tasks are written straight into
-etcd, already assigned, the way the scheduler commits them. Every wait polls with a
-deadline (``tests.helpers.eventually``).
+etcd, already assigned, the way the scheduler commits them. Agents report task status
+under their node's keys and read secrets and configs from their node's copies; a
+controller-manager running only the nodes, fold and distributor controllers does the
+rest, as in a cluster (the fold creates the Node from its agent's report). Every wait
+polls with a deadline (``tests.helpers.eventually``).
 """
 
 from __future__ import annotations
@@ -48,15 +51,19 @@ class AgentCluster:
                    workdir: Path) -> AsyncIterator[AgentCluster]:
         store = await client.Store.connect(etcd_url, prefix=prefix)
         cluster = cls(etcd_url, prefix, store, workdir)
+        fold = AgentProc("fold", [sys.executable, "-m", "shoal.cli", "controller-manager",
+                                  "--etcd", etcd_url, "--prefix", prefix,
+                                  "--controllers", "nodes,fold,distributor"],
+                       workdir / "fold.log")
         try:
             yield cluster
         except BaseException:
-            for agent in cluster.agents:
+            for agent in [*cluster.agents, fold]:
                 tail = agent.text().splitlines()[-40:]
-                print(f"--- agent {agent.pid} ({agent.log}) ---", *tail, sep="\n")
+                print(f"--- {agent.name} {agent.pid} ({agent.log}) ---", *tail, sep="\n")
             raise
         finally:
-            await asyncio.gather(*(a.stop() for a in cluster.agents))
+            await asyncio.gather(*(a.stop() for a in [*cluster.agents, fold]))
             await store.close()
 
     def start_agent(self, name: str, *args: str, ttl: int = TTL) -> AgentProc:

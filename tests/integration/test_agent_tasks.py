@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 
 from shoal.crds import resource
-from shoal.store import client, etcd_server
+from shoal.store import client, etcd_server, projections
 from tests.helpers import eventually
 from tests.integration.agent_support import (
     TASKS,
@@ -117,10 +117,11 @@ async def test_garbage_tasks_are_rejected_and_the_agent_keeps_serving(
         await c.create_task("noimage.1", "n1", {"command": ["x"]})
         await c.create_task("cmd.1", "n1", {"image": "busybox", "command": "sh -c x"})
         await c.create_task("grace.1", "n1", {"image": "busybox", "stopGracePeriod": "soon"})
-        # Values no decoder could turn into a Task, written behind the store's back.
-        base = c.store.kind_prefix(TASKS) + b"default/"
+        # Values no decoder could turn into a Task, written behind the store's back where
+        # the agent reads its tasks (the store writes these projections with each Task).
+        base = projections.node_tasks_prefix(c.prefix, "n1") + b"default/"
         await c.store.raw_put(base + b"junk.1", b"{not json")
-        # Names this node, but its spec is not a mapping: nobody can tell what to run.
+        # Its spec is not a mapping: nobody can tell what to run.
         await c.store.raw_put(base + b"spec.1", json.dumps(
             {"kind": "Task", "metadata": {"name": "spec.1"},
              "spec": [{"nodeName": "n1"}]}).encode())
@@ -142,8 +143,14 @@ async def test_garbage_tasks_are_rejected_and_the_agent_keeps_serving(
         grace = await c.wait_state("grace.1", "rejected")
         assert grace.status["message"].startswith(
             "invalid task: spec.template.stopGracePeriod: invalid duration")
-        # A task whose status was garbage still runs; its status is repaired.
-        await c.wait_state("status.1", "running")
+        # A task whose status was garbage still runs (the agent reads no status there).
+        report_key = projections.report_key(c.prefix, "n1", "default", "status.1")
+
+        async def reported_running() -> bool:
+            kv = await c.store.raw_get(report_key)
+            found = projections.decode_report(kv.value) if kv is not None else None
+            return found is not None and found[1].get("state") == "running"
+        await eventually(reported_running, what="status.1 reported running")
 
         await c.create_task("good.1", "n1", IMAGE)
         await c.wait_state("good.1", "running")

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from shoal.agent.dataplane import Dataplane
+from shoal.store import client
 
 PASS = 0.05  # seconds a stand-in pass takes
 
@@ -41,7 +42,9 @@ class Recorder:
 
 
 def dataplane() -> tuple[Dataplane, Recorder]:
-    dp = Dataplane(None, "n1", "10.0.0.1", observe=None)  # type: ignore[arg-type]
+    # A store that is never connected: the hooks under test never read etcd.
+    store = client.Store(None, "/t")  # type: ignore[arg-type]
+    dp = Dataplane(store, "n1", "10.0.0.1", observe=None)  # type: ignore[arg-type]
     rec = Recorder(dp)
     dp._pass = rec  # type: ignore[method-assign]
     return dp, rec

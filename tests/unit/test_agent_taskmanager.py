@@ -1,7 +1,7 @@
 """shoal.agent.taskmanager without etcd or an executor: the task cache against its own
-status-write replies, and the executor's view of a Task (task_spec, stop_options).
+status reports, and the executor's view of a Task (task_spec, stop_options).
 
-A write's reply can be handled after the watch already reported the task deleted — the
+A report's reply can be handled after the watch already reported the task deleted — the
 orchestrator deletes a task within milliseconds of reading ``shutdown``. Seen in
 bench/converge.py: the reply put the deleted task back into the cache, and its stopped
 container was never removed.
@@ -9,7 +9,6 @@ container was never removed.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ from shoal.agent import taskmanager
 from shoal.crds import resource
 
 KEY = "bench/web.1.1"
+SHUTDOWN = {"state": "shutdown"}
 
 
 def _task(uid: str, revision: int) -> resource.Resource:
@@ -27,48 +27,50 @@ def _task(uid: str, revision: int) -> resource.Resource:
     return obj
 
 
-def _written(obj: resource.Resource, revision: int) -> resource.Resource:
-    meta = obj.metadata.copy()
-    meta.resourceVersion = str(revision)
-    return dataclasses.replace(obj, metadata=meta, status={"state": "shutdown"})
+class _Writer:
+    """Records which reports the manager asks to delete."""
+
+    def __init__(self) -> None:
+        self.forgotten: list[tuple[str, str]] = []
+
+    def forget(self, manager: Any, key: str, uid: str) -> None:
+        self.forgotten.append((key, uid))
 
 
-def _manager() -> taskmanager.TaskManager:
-    fake: Any = None  # neither executor nor writer is touched by the cache methods
-    return taskmanager.TaskManager("n1", fake, fake)
+def _manager() -> tuple[taskmanager.TaskManager, _Writer]:
+    writer = _Writer()
+    executor: Any = None  # not touched by the cache methods
+    fake_writer: Any = writer
+    return taskmanager.TaskManager("n1", executor, fake_writer), writer
 
 
-def test_a_write_reply_after_the_delete_does_not_resurrect_the_task() -> None:
-    mgr = _manager()
-    task = _task("u1", 5)
-    mgr.upsert(task)
+def test_a_report_reply_after_the_delete_does_not_resurrect_the_task() -> None:
+    mgr, writer = _manager()
+    mgr.upsert(_task("u1", 5))
     mgr.delete(KEY)
-    mgr.remember(_written(task, 6))
+    mgr.remember_status(KEY, "u1", SHUTDOWN)
     assert mgr.cached(KEY) is None
+    assert writer.forgotten == [(KEY, "u1")]  # its report is deleted with it
 
 
-def test_a_write_reply_does_not_replace_a_namesake() -> None:
-    mgr = _manager()
-    old = _task("u1", 5)
-    mgr.upsert(old)
-    mgr.delete(KEY)
-    mgr.upsert(_task("u2", 7))
-    mgr.remember(_written(old, 6))
+def test_a_report_reply_does_not_touch_a_namesake() -> None:
+    mgr, writer = _manager()
+    mgr.upsert(_task("u1", 5))
+    mgr.upsert(_task("u2", 7))  # deleted and re-created between two events
+    mgr.remember_status(KEY, "u1", SHUTDOWN)
     cached = mgr.cached(KEY)
-    assert cached is not None and cached.metadata.uid == "u2"
+    assert cached is not None and cached.metadata.uid == "u2" and cached.status == {}
+    assert writer.forgotten == [(KEY, "u1")]
 
 
-def test_a_write_reply_refreshes_the_cached_task() -> None:
-    mgr = _manager()
-    task = _task("u1", 5)
-    mgr.upsert(task)
-    mgr.remember(_written(task, 6))
+def test_the_reported_status_survives_a_new_version_of_the_projection() -> None:
+    mgr, _ = _manager()
+    mgr.upsert(_task("u1", 5))
+    mgr.remember_status(KEY, "u1", {"state": "running"})
+    mgr.upsert(_task("u1", 9))  # desired state changed: the projection has no status
     cached = mgr.cached(KEY)
-    assert cached is not None and cached.metadata.resourceVersion == "6"
-    assert mgr.is_echo(KEY, 6)
-    mgr.remember(_written(task, 4))  # an older reply never wins
-    cached = mgr.cached(KEY)
-    assert cached is not None and cached.metadata.resourceVersion == "6"
+    assert cached is not None and cached.status == {"state": "running"}
+    assert mgr.is_echo(KEY, 9) and not mgr.is_echo(KEY, 10)
 
 
 def _with_template(template: Any) -> resource.Resource:

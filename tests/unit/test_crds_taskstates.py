@@ -36,3 +36,19 @@ def test_task_readers() -> None:
     assert ts.parse_timestamp("2023-11-14T22:13:20.5+00:00") == NOW + 0.5
     assert ts.parse_timestamp(str(NOW)) == NOW
     assert ts.parse_timestamp("yesterday") is None and ts.parse_timestamp(None) is None
+
+
+def test_merge_status_moves_forward_only() -> None:
+    status = {"state": "preparing", "timestamp": "t1"}
+    assert ts.merge_status(status, {"state": "running", "timestamp": "t2"}) == {
+        "state": "running", "timestamp": "t2"}
+    assert ts.merge_status({"state": "running"}, {"state": "preparing", "timestamp": "t"}) is None
+    assert ts.merge_status(status, {"state": "bogus"}) is None  # a report naming no state
+
+
+def test_merge_status_keeps_an_end_state_but_takes_its_details() -> None:
+    ended = {"state": "failed", "timestamp": "t1"}
+    assert ts.merge_status(ended, {"state": "complete", "timestamp": "t2"}) is None
+    assert ts.merge_status(ended, {"state": "failed", "exitCode": 3, "timestamp": "t2"}) == {
+        "state": "failed", "timestamp": "t1", "exitCode": 3}
+    assert ts.merge_status(ended, {"state": "failed", "timestamp": "t3"}) is None

@@ -1,0 +1,1 @@
+"""The distributor: each node's copies of the Secrets and Configs its tasks use."""
