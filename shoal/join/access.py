@@ -6,42 +6,28 @@ when a node joins, and deleting both when it is removed -- which is what makes a
 node's certificate stop working at once, long before it expires: etcd refuses a
 certificate whose CN names no user.
 
-The role's key ranges are the least-privilege layout's business (``shoal.store.rbac``,
-the layout branch); until it lands a node's role may read and write the cluster's
-prefix, which is what every agent could do before TLS.
+The role's key ranges are the least-privilege layout's (``shoal.store.rbac``,
+docs/security.md): a node reads its own task copies, the dataplane's projections, the
+networks and nodes, and writes only its own reports and heartbeat.
 """
 
 from __future__ import annotations
 
 import structlog
 
-from shoal.pki.certs import node_user
-from shoal.store import etcd
+from shoal.store import etcd, rbac
 
 log = structlog.get_logger("shoal.join.access")
 
 
 async def grant_node(client: etcd.EtcdClient, prefix: str, name: str) -> None:
-    """The user and role of node ``name``; idempotent (a retried join, a re-join).
-    Existence is looked up, not inferred from an error: etcd answers "already exists"
-    with a status that means other things too."""
-    user = node_user(name)
-    start = f"/{prefix.strip('/')}/".encode()
-    if user not in await client.role_list():
-        await client.role_add(user)
-    await client.role_grant(user, start, etcd.prefix_end(start), read=True, write=True)
-    if user not in await client.user_list():
-        await client.user_add(user)
-    await client.user_grant_role(user, user)
-    log.info("node user granted", node=name, user=user)
+    """The user and role of node ``name``; idempotent (a retried join, a re-join)."""
+    await rbac.apply_role(client, rbac.roles_for_node(prefix, name))
+    log.info("node user granted", node=name, user=rbac.user_name(name))
 
 
 async def revoke_node(client: etcd.EtcdClient, name: str) -> None:
     """Delete the user and role of ``name``: its certificate is refused from now on.
     Nothing to do where there are none (``swctl up`` clusters have no node users)."""
-    user = node_user(name)
-    if user in await client.user_list():
-        await client.user_delete(user)
-    if user in await client.role_list():
-        await client.role_delete(user)
-    log.info("node user deleted", node=name, user=user)
+    await rbac.remove_node(client, name)
+    log.info("node user deleted", node=name, user=rbac.user_name(name))

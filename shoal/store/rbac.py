@@ -29,9 +29,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Protocol
 
+from shoal.pki import certs
 from shoal.store import etcd, projections
 
-USER_PREFIX = "shoal:node:"
+USER_PREFIX = certs.NODE_USER_PREFIX  # one spelling: the CN the CA issues
 ROOT = "root"
 
 
