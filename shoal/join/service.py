@@ -34,7 +34,7 @@ from typing import Final, TypeVar
 import structlog
 from cryptography import x509
 
-from shoal.crds import kinds, sealed
+from shoal.crds import kinds, resource, sealed
 from shoal.join import access, datadir, managers, server, tokens
 from shoal.join.protocol import (
     JoinRequest,
@@ -162,6 +162,7 @@ class JoinService:
         members = await self._unavailable_as_503(self.etcd.member_list())
         await self._check_name_free(req, members, role)
         await self._unavailable_as_503(access.grant_node(self.etcd, self.prefix, req.name))
+        await self._unavailable_as_503(self._register_node(req.name, role))
         cert = certs.sign_csr(self._ca, csr, certs.node_user(req.name))
         # Read before a member is added: from then on the quorum waits for the new one.
         join_addrs = await self._unavailable_as_503(list_join_addrs(self.etcd, self.prefix))
@@ -248,6 +249,19 @@ class JoinService:
             raise Refusal(400, f"POST /renew: {exc}") from None
         log.info("node certificate renewed", node=name)
         return pki_ca.cert_pem(certs.sign_csr(self._ca, request, peer))
+
+    async def _register_node(self, name: str, role: str) -> None:
+        """The Node, made here with the role of the token it joined with: the fold
+        writes ``spec`` only for a Node it creates, from the agent's own report, and a
+        worker's report must not be what makes it a manager (docs/security.md). A Node
+        that exists (a re-join) keeps its role: promote and demote decide it then."""
+        node = resource.Resource("Node", resource.ObjectMeta(name=name),
+                                 {"role": role, "availability": "active"}, {})
+        try:
+            await self.store.create(self._nodes, node)
+            log.info("node registered", key=f"node/{name}", role=role)
+        except store_errors.AlreadyExistsError:
+            pass
 
     async def _check_name_free(self, req: JoinRequest, members: list[etcd.Member],
                                role: str) -> None:

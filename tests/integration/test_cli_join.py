@@ -21,15 +21,19 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from shoal.cli import nodeprocs
+from shoal.join import client as join_client
 from shoal.join import datadir, renewal
 from shoal.pki import bundle as pki_bundle
 from shoal.pki import ca as pki_ca
+from shoal.pki import certs
 from shoal.pki import tokens as pki_tokens
-from shoal.store import client, etcd
+from shoal.store import client, etcd, projections
 from tests.helpers import eventually_sync
 
 PREFIX = "/joined"
@@ -237,6 +241,43 @@ def nodes_read_with_node_cert(layout: datadir.Layout) -> list[str]:
         finally:
             await store.close()
     return asyncio.run(read())
+
+
+def test_a_worker_cannot_make_itself_a_manager(machines: dict[str, Machine],
+                                               tmp_path: Path) -> None:
+    """A worker token makes a worker whatever the joined machine reports first: the
+    join endpoint creates the Node with the token's role, and a report claiming
+    ``manager`` (written with the node's own certificate, as a tampered agent would)
+    is folded -- its label lands -- without touching the role."""
+    m1 = machines["m1"]
+    token = m1.swctl("join-token", "-q", "worker").stdout.strip()
+    key = pki_ca.new_key()
+    csr = certs.make_csr(key, certs.node_user("w9"))
+    answer = join_client.join(m1.address, 4243, token,
+                              csr.public_bytes(serialization.Encoding.PEM), "w9", "127.0.0.9")
+    (tmp_path / "ca.crt").write_text(answer.ca)
+    (tmp_path / "node.crt").write_text(answer.cert)
+    (tmp_path / "node.key").write_bytes(pki_ca.key_pem(key))
+
+    async def claim_manager() -> None:
+        store = await client.Store.connect(",".join(answer.endpoints), answer.prefix,
+                                           tls=pki_bundle.Bundle.from_dir(tmp_path))
+        try:
+            await store.etcd.put(projections.node_report_key(store.prefix, "w9"),
+                                 projections.encode_node_report({
+                                     "role": "manager", "labels": {"claimed": "manager"},
+                                     "status": {}}))
+        finally:
+            await store.close()
+    asyncio.run(claim_manager())
+
+    def node() -> dict[str, Any]:
+        got: dict[str, Any] = json.loads(m1.swctl("get", "node", "w9", "-o", "json").stdout)
+        return got
+    eventually_sync(lambda: node()["metadata"].get("labels", {}).get("claimed") == "manager",
+                    30, "the report folded")
+    assert node()["spec"]["role"] == "worker"
+    m1.swctl("node", "rm", "--force", "w9")
 
 
 def test_a_removed_nodes_certificate_is_refused_by_etcd(machines: dict[str, Machine]) -> None:
