@@ -11,7 +11,7 @@ import signal
 import time
 from pathlib import Path
 
-from shoal.store import etcd_server
+from shoal.store import errors, etcd_server
 from tests.helpers import eventually
 from tests.integration.agent_support import NODES, TTL, AgentCluster
 
@@ -115,9 +115,19 @@ async def test_lost_lease_is_replaced_and_node_reasserted_ready(
         # A partition longer than the TTL, as etcd sees it: the lease is gone, and the
         # nodes controller has marked the node down.
         await c.store.revoke_lease(lease)
-        node = await c.store.get(NODES, "n1")
-        node.status["state"] = "down"
-        await c.store.update(NODES, node)
+
+        async def mark_down() -> bool:
+            # The controllers write this Node too (the fold, the nodes controller seeing
+            # the key go): a lost compare-and-swap reads again.
+            node = await c.store.get(NODES, "n1")
+            node.status["state"] = "down"
+            try:
+                await c.store.update(NODES, node)
+            except errors.ConflictError:
+                return False
+            return True
+
+        await eventually(mark_down, 5, what="node marked down")
 
         async def renewed() -> bool:
             beats = await c.heartbeats()
