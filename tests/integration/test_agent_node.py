@@ -9,11 +9,31 @@ import asyncio
 import platform
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from shoal.crds import resource
 from shoal.store import errors, etcd_server
 from tests.helpers import eventually
 from tests.integration.agent_support import NODES, TTL, AgentCluster
+
+
+async def _update_node(c: AgentCluster, name: str,
+                       edit: Callable[[resource.Resource], object]) -> None:
+    """One read-modify-write of a Node, read again on conflict: the controllers write
+    Nodes too (the fold from the agent's reports, the nodes controller when the
+    heartbeat key goes), so a single compare-and-swap races them."""
+
+    async def edited() -> bool:
+        node = await c.store.get(NODES, name)
+        edit(node)
+        try:
+            await c.store.update(NODES, node)
+        except errors.ConflictError:
+            return False
+        return True
+
+    await eventually(edited, 5, what=f"node {name} edited")
 
 
 async def test_registers_node_with_labels_role_status_and_heartbeat(
@@ -48,15 +68,16 @@ async def test_restart_keeps_spec_written_by_users_and_drops_stale_features(
         first = c.start_agent("n1", "--label", "zone=a", "--role", "manager")
         await c.wait_ready(["n1"])
         await first.stop()
-        # What `swctl node drain` and `swctl node update --label-add` write meanwhile.
-        node = await c.store.get(NODES, "n1")
-        node.spec["availability"] = "drain"
-        node.metadata.labels["rack"] = "r7"
-        node.status["state"] = "down"
-        # What the first run advertised for features the second run has off.
-        node.status["logsEndpoint"] = "127.0.0.1:1"
-        node.status["dataplane"] = "nftables"
-        await c.store.update(NODES, node)
+        def offline_edits(node: resource.Resource) -> None:
+            # What `swctl node drain` and `swctl node update --label-add` write meanwhile.
+            node.spec["availability"] = "drain"
+            node.metadata.labels["rack"] = "r7"
+            node.status["state"] = "down"
+            # What the first run advertised for features the second run has off.
+            node.status["logsEndpoint"] = "127.0.0.1:1"
+            node.status["dataplane"] = "nftables"
+
+        await _update_node(c, "n1", offline_edits)
 
         c.start_agent("n1", "--label", "zone=b", "--role", "worker", "--logs-port", "off")
 
@@ -115,19 +136,7 @@ async def test_lost_lease_is_replaced_and_node_reasserted_ready(
         # A partition longer than the TTL, as etcd sees it: the lease is gone, and the
         # nodes controller has marked the node down.
         await c.store.revoke_lease(lease)
-
-        async def mark_down() -> bool:
-            # The controllers write this Node too (the fold, the nodes controller seeing
-            # the key go): a lost compare-and-swap reads again.
-            node = await c.store.get(NODES, "n1")
-            node.status["state"] = "down"
-            try:
-                await c.store.update(NODES, node)
-            except errors.ConflictError:
-                return False
-            return True
-
-        await eventually(mark_down, 5, what="node marked down")
+        await _update_node(c, "n1", lambda node: node.status.update(state="down"))
 
         async def renewed() -> bool:
             beats = await c.heartbeats()
