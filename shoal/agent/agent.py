@@ -44,7 +44,7 @@ from shoal.agent.exec.executor import Executor
 from shoal.crds import kinds, resource
 from shoal.pki.bundle import Bundle
 from shoal.runtime import gcpolicy
-from shoal.store import client, codec, errors, etcd, projections
+from shoal.store import client, codec, errors, etcd, projections, watch
 
 if TYPE_CHECKING:
     from shoal.agent import dataplane, taskfiles
@@ -495,29 +495,17 @@ class Agent:
         return obj
 
     async def _watch_tasks(self, revision: int) -> None:
+        """Follow our nodes' task copies from ``revision`` (the start-up list's);
+        ``shoal.store.watch`` resumes after disconnects and relists after compaction."""
         assert self.store is not None
         scope, _ = self._scope()
-        backoff = 0.05
-        while True:
-            try:
-                async for header_rev, events in self.store.raw_watch(scope, revision + 1):
-                    backoff = 0.05
-                    for i, ev in enumerate(events):
-                        self._on_event(ev)
-                        revision = ev.mod_revision
-                        if i % _YIELD_EVERY == _YIELD_EVERY - 1:
-                            await asyncio.sleep(0)
-                    if not events:
-                        revision = max(revision, header_rev)
-            except etcd.CompactedError:
-                log.info("task watch revision compacted, re-listing", node=self.cfg.node_name,
-                         revision=revision)
-                revision = await self._relist()
-            except errors.UnavailableError as exc:
-                log.warning("task watch interrupted, resuming", node=self.cfg.node_name,
-                            revision=revision, error=str(exc), retry_in=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+        async for events in watch.follow_prefix(self.store, scope, self._relist,
+                                                revision=revision, what="task watch",
+                                                node=self.cfg.node_name):
+            for i, ev in enumerate(events):
+                self._on_event(ev)
+                if i % _YIELD_EVERY == _YIELD_EVERY - 1:
+                    await asyncio.sleep(0)
 
     def _on_event(self, ev: etcd.RawEvent) -> None:
         where = projections.parse_node_key(self._nodes_prefix(), ev.key)

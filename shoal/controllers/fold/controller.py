@@ -33,7 +33,7 @@ from shoal.crds.resource import Resource
 from shoal.runtime import gcpolicy, runnable
 from shoal.runtime import informer as informer_mod
 from shoal.runtime import logging as rt_logging
-from shoal.store import client, codec, errors, etcd, projections
+from shoal.store import client, codec, errors, etcd, projections, watch
 
 log = rt_logging.get_logger("shoal.controllers.fold")
 
@@ -145,37 +145,21 @@ class _Reports:
         return revision
 
     async def run(self) -> None:
-        backoff = 0.05
-        revision = 0
-        while True:
-            try:
-                if revision == 0:
-                    revision = await self._relist()
-                async for header, events in self.store.raw_watch(self.prefix, revision + 1):
-                    backoff = 0.05
-                    for i, ev in enumerate(events):
-                        if i % 512 == 511:
-                            await asyncio.sleep(0)  # a catching-up response: 1000s of events
-                        revision = ev.mod_revision
-                        if self._node_report(ev.key, None if ev.deleted else ev.value):
-                            continue
-                        ref = self._ref(ev.key)
-                        if ref is None:
-                            continue  # a key of another shape (hand-written)
-                        if ev.deleted:
-                            self._drop(ref)
-                        else:
-                            self._put(ref, ev.value, ev.key)
-                    if not events:
-                        revision = max(revision, header)
-            except etcd.CompactedError:
-                log.info("report watch compacted; relisting", key=self.prefix.decode())
-                revision = 0
-            except errors.UnavailableError as exc:
-                log.warning("report watch interrupted; resuming", key=self.prefix.decode(),
-                            error=str(exc), retry_in=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+        """List, then follow every node's report keys (``shoal.store.watch`` resumes)."""
+        async for events in watch.follow_prefix(self.store, self.prefix, self._relist,
+                                                what="report watch"):
+            for i, ev in enumerate(events):
+                if i % 512 == 511:
+                    await asyncio.sleep(0)  # a catching-up response: 1000s of events
+                if self._node_report(ev.key, None if ev.deleted else ev.value):
+                    continue
+                ref = self._ref(ev.key)
+                if ref is None:
+                    continue  # a key of another shape (hand-written)
+                if ev.deleted:
+                    self._drop(ref)
+                else:
+                    self._put(ref, ev.value, ev.key)
 
 
 class FoldController:

@@ -34,7 +34,7 @@ from shoal.crds.resource import Resource
 from shoal.runtime import cas, gcpolicy, runnable
 from shoal.runtime import informer as informer_mod
 from shoal.runtime import logging as rt_logging
-from shoal.store import client, errors, etcd
+from shoal.store import client, errors, watch
 
 log = rt_logging.get_logger("shoal.controllers.nodes")
 
@@ -78,33 +78,16 @@ class _Liveness:
         return revision
 
     async def run(self) -> None:
-        """List, then follow the prefix; resume after disconnects, relist after compaction."""
-        backoff = 0.05
-        revision = 0
-        while True:
-            try:
-                if revision == 0:
-                    revision = await self._relist()
-                async for header, events in self.store.raw_watch(self.prefix, revision + 1):
-                    backoff = 0.05
-                    for ev in events:
-                        name = self._name(ev.key)
-                        if ev.deleted:
-                            self.alive.discard(name)
-                        else:
-                            self.alive.add(name)
-                        revision = ev.mod_revision
-                        self._changed(name)
-                    if not events:
-                        revision = max(revision, header)
-            except etcd.CompactedError:
-                log.info("heartbeat watch compacted; relisting", key=self.prefix.decode())
-                revision = 0
-            except errors.UnavailableError as exc:
-                log.warning("heartbeat watch interrupted; resuming", key=self.prefix.decode(),
-                            error=str(exc), retry_in=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+        """List, then follow the prefix (``shoal.store.watch`` resumes and relists)."""
+        async for events in watch.follow_prefix(self.store, self.prefix, self._relist,
+                                                what="heartbeat watch"):
+            for ev in events:
+                name = self._name(ev.key)
+                if ev.deleted:
+                    self.alive.discard(name)
+                else:
+                    self.alive.add(name)
+                self._changed(name)
 
 
 def desired(node: Resource, alive: bool) -> tuple[str, bool] | None:
