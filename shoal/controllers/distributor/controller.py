@@ -180,7 +180,7 @@ class DistributorController:
             compares = ([etcd.cmp_lease(ctx.fence.key, ctx.fence.lease)]
                         if ctx.fence is not None else [])
             try:
-                ok, _, _ = await ctx.store.etcd.txn(compares, [op for _, op, _ in chunk])
+                ok, _, _ = await ctx.store.txn(compares, [op for _, op, _ in chunk])
             except errors.UnavailableError as exc:
                 log.warning("distributing copies failed; retrying", copies=len(chunk),
                             key=f"node/{chunk[0][0].node}", error=str(exc))
