@@ -62,6 +62,15 @@ class TLSRefusedError(UnavailableError):
         self.url = url
 
 
+class LimitError(StoreError):
+    """etcd refused a request over one of its configured limits; retrying cannot help,
+    the message names the etcd flag to raise."""
+
+    def __init__(self, url: str, detail: str) -> None:
+        self.url = url
+        super().__init__(f"etcd at {url} refused the request: {detail}")
+
+
 class PermissionDeniedError(StoreError):
     """etcd's RBAC refused the request to the certificate's user; retrying cannot help."""
 

@@ -410,6 +410,9 @@ class EtcdClient:
         details = exc.details() or ""
         if code == grpc.StatusCode.PERMISSION_DENIED or "permission denied" in details:
             return await self._denied(method)
+        limit = _limit_refusal(details)
+        if limit:
+            return errors.LimitError(url, limit)
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN):
             refused = _tls_refusal(details, self.tls is not None)
             if refused:
@@ -680,6 +683,26 @@ class EtcdClient:
             await queue.put(None)
             call.cancel()
         raise errors.UnavailableError(self.url, "watch stream ended")
+
+
+# etcd's refusals of a request over its own limits, and the flag that raises each. Shoal
+# batches up to 128 objects per transaction, each with its projections, so an etcd it
+# did not start itself needs these (``etcd_server`` passes them to the etcd it runs).
+_LIMITS = (
+    ("too many operations in txn request",
+     "a transaction has more operations than its --max-txn-ops allows; Shoal needs "
+     "--max-txn-ops 1024 (docs/store.md)"),
+    ("request is too large",
+     "a request is bigger than its --max-request-bytes; Shoal needs "
+     "--max-request-bytes 8388608 (docs/store.md)"),
+)
+
+
+def _limit_refusal(details: str) -> str | None:
+    for marker, explanation in _LIMITS:
+        if marker in details:
+            return f"{explanation} (etcd said: {details})"
+    return None
 
 
 def _member(raw: Any) -> Member:

@@ -66,8 +66,10 @@ class EtcdServer:
                  compaction_retention: str = "5m", name: str = "shoal",
                  initial_cluster: str | None = None,
                  initial_cluster_state: str | None = None,
-                 peer_host: str | None = None, tls: ServerTLS | None = None) -> None:
+                 peer_host: str | None = None, tls: ServerTLS | None = None,
+                 max_txn_ops: int = 1024) -> None:
         self.data_dir = Path(data_dir)
+        self.max_txn_ops = max_txn_ops
         self.tls = tls
         self.scheme = "https" if tls is not None else "http"
         self.host = host
@@ -124,7 +126,7 @@ class EtcdServer:
             "--max-request-bytes", str(8 * 1024 * 1024),
             # A batch of 128 objects carries their projections (shoal.store.projections)
             # in the same transaction: more operations than etcd's default 128.
-            "--max-txn-ops", "1024",
+            "--max-txn-ops", str(self.max_txn_ops),
             "--quota-backend-bytes", str(4 * 1024 * 1024 * 1024),
             # etcd keeps every revision until it is compacted: without this, each task
             # status write would stay in the database for good and a busy cluster would

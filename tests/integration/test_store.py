@@ -341,3 +341,25 @@ async def test_ambiguous_write_is_retried_once_and_reported_as_what_happened(
         assert (await s.get(WIDGET, "a")).spec["size"] == 2
     finally:
         await s.close()
+
+
+async def test_external_etcd_with_default_limits_gets_the_flag_named(
+        tmp_path: pathlib.Path) -> None:
+    # An etcd Shoal did not start keeps etcd's default --max-txn-ops (128); a batch with
+    # its projections goes past it. The refusal must name the flag, and come at once:
+    # it is no outage to retry through.
+    server = etcd_server.EtcdServer(tmp_path / "data", max_txn_ops=128)
+    server.start()
+    try:
+        store = await client.Store.connect(server.url, prefix="/limits")
+        try:
+            ops = [etcd.op_put(f"/limits/k{i}".encode(), b"v") for i in range(200)]
+            with pytest.raises(errors.LimitError, match=r"--max-txn-ops 1024") as info:
+                await store.txn([], ops)
+            assert "too many operations in txn request" in str(info.value)
+            kvs, _ = await store.raw_list(b"/limits/")
+            assert kvs == []
+        finally:
+            await store.close()
+    finally:
+        server.stop()
