@@ -141,11 +141,14 @@ ERROR_CELLS: dict[str, Callable[[resource.Resource], str]] = {
 
 def cell_overrides(info: kinds.KindInfo, replicas: ReplicaCounts | None,
                    ) -> dict[str, printers.CellOverride]:
-    """Cells computed by swctl for ``info``: REPLICAS from the tasks, ERROR."""
+    """Cells computed by swctl for ``info``: REPLICAS from the tasks, ERROR, and a
+    task's STATE (``unknown`` while its node is down)."""
     out = replicas.overrides() if replicas is not None else {}
     error = ERROR_CELLS.get(info.kind)
     if error is not None:
         out["ERROR"] = lambda obj: error(obj) or printers.NONE
+    if info.kind == "Task":
+        out["STATE"] = taskview.state_cell
     return out
 
 

@@ -112,7 +112,7 @@ def node_text(node: resource.Resource, tasks: Sequence[resource.Resource], *,
     lines.append(f"Tasks: {len(live)}" if live else _line("Tasks", "none"))
     if live:
         rows = [[ts.task_key(t), ts.service_name(t) or printers.NONE,
-                 ts.observed_state(t), ",".join(f"{n}={a}" for n, a in
+                 ts.shown_state(t), ",".join(f"{n}={a}" for n, a in
                                                 sorted(task_addresses(t).items())) or "-"]
                 for t in live]
         table, _ = printers.render_table(["TASK", "SERVICE", "STATE", "ADDRESSES"], rows,
@@ -165,7 +165,7 @@ def network_text(network: resource.Resource, services: Sequence[resource.Resourc
                       key=lambda pair: ts.task_key(pair[0]))
     if attached:
         lines.append(f"Tasks: {len(attached)}")
-        rows = [[ts.task_key(t), ts.node_name_of(t) or "unassigned", ts.observed_state(t),
+        rows = [[ts.task_key(t), ts.node_name_of(t) or "unassigned", ts.shown_state(t),
                  address] for t, address in attached]
         lines.append(printers.render_table(["TASK", "NODE", "STATE", "ADDRESS"], rows,
                                            indent=1)[0])

@@ -183,13 +183,29 @@ def human_since(seconds: float) -> str:
 
 
 def current_state_cell(task: Resource, now: float | None = None) -> str:
-    """``Running 5 seconds ago``: the observed state and how long it has held."""
-    state = ts.observed_state(task).capitalize()
-    when = ts.status_time(task) or ts.creation_time(task)
+    """``Running 5 seconds ago``: the observed state and how long it has held;
+    ``Unknown 8 seconds ago`` while the task's node is down (since it went down)."""
+    state = ts.shown_state(task)
+    when = (_unreachable_since(task) if state == ts.UNKNOWN else None) or \
+        ts.status_time(task) or ts.creation_time(task)
+    state = state.capitalize()
     if not when:
         return state
     now = time.time() if now is None else now
     return f"{state} {human_since(max(0.0, now - when))} ago"
+
+
+def _unreachable_since(task: Resource) -> float | None:
+    for cond in task.status.get("conditions") or ():
+        if isinstance(cond, dict) and cond.get("type") == ts.NODE_REACHABLE:
+            return ts.parse_timestamp(cond.get("lastTransitionTime"))
+    return None
+
+
+def state_cell(task: Resource) -> str:
+    """The STATE cell of ``get tasks``: the observed state, ``unknown`` while the task's
+    node is down."""
+    return ts.shown_state(task)
 
 
 def failed_conditions(obj: Resource) -> str:

@@ -71,6 +71,28 @@ def observed_state(task: Resource) -> str:
     return state if state in RANK else NEW
 
 
+#: What swctl shows, instead of the last reported state, for a task whose node is down:
+#: its agent cannot say, so "running" would be a guess. Never stored as ``status.state``
+#: (states only move forward); it is read from the ``NodeReachable`` condition.
+UNKNOWN: Final = "unknown"
+#: The Task condition the nodes controller sets False while the task's node is down.
+NODE_REACHABLE: Final = "NodeReachable"
+
+
+def node_unreachable(task: Resource) -> bool:
+    """The task's node is down, so its last reported (live) state may no longer hold."""
+    for cond in task.status.get("conditions") or ():
+        if isinstance(cond, dict) and cond.get("type") == NODE_REACHABLE:
+            return cond.get("status") == "False" and is_live(task)
+    return False
+
+
+def shown_state(task: Resource) -> str:
+    """The state to show a user: ``unknown`` while the task's node is down and the task
+    had not ended, else the observed state."""
+    return UNKNOWN if node_unreachable(task) else observed_state(task)
+
+
 def desired_state(task: Resource) -> str:
     """``spec.desiredState``; the schema default is ``running``."""
     state = task.spec.get("desiredState") or RUNNING

@@ -27,8 +27,9 @@ import math
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from shoal.crds import resource
+from shoal.runtime import events, metrics
 from shoal.runtime import logging as rt_logging
-from shoal.runtime import metrics
 from shoal.store import client, errors, etcd
 
 log = rt_logging.get_logger("shoal.runtime.leader")
@@ -39,6 +40,10 @@ LEASES = ("leases", "controllers")
 Work = Callable[[client.Fence], Coroutine[Any, Any, None]]
 # Why a leadership ended: the work crashed, the lease is known gone, or it may be.
 _CRASHED, _LOST, _DOUBT = "crashed", "lost", "doubt"
+
+
+#: Leadership Events being written (held so the loop does not drop them half-way).
+_announcing: set[asyncio.Task[None]] = set()
 
 
 class LeaderElector:
@@ -166,6 +171,23 @@ class LeaderElector:
 
     # --- leading ---
 
+    def _announce(self) -> None:
+        """A ``LeaderElection`` Event on the controller's Lease (as Kubernetes records
+        one), so ``get events -w`` shows each hand-over; best effort, beside the work."""
+        lease = resource.new("Lease", self.name)
+
+        async def record() -> None:
+            try:
+                await events.record_event(self.store, lease, events.NORMAL, "LeaderElection",
+                                          f"{self.identity} became leader",
+                                          source=self.identity)
+            except errors.StoreError as exc:
+                log.info("could not record event", controller=self.name, error=str(exc))
+
+        task = asyncio.create_task(record(), name=f"leader-event:{self.name}")
+        _announcing.add(task)
+        task.add_done_callback(_announcing.discard)
+
     async def _lead(self, fence: client.Fence, granted_at: float, revision: int,
                     work: Work) -> str:
         """Run ``work`` until leadership ends; returns why (_CRASHED, _LOST, _DOUBT)."""
@@ -173,6 +195,7 @@ class LeaderElector:
         self._gauge.set(1)
         log.info("became leader", controller=self.name, identity=self.identity,
                  lease=fence.lease)
+        self._announce()
         work_task = asyncio.create_task(work(fence), name=f"leader-work:{self.name}")
         guards = [
             asyncio.create_task(self._keepalive(fence.lease, granted_at)),

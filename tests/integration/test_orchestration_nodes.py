@@ -4,6 +4,8 @@ replicas running elsewhere within TTL + 1 s) and coming back (its stale tasks st
 
 from __future__ import annotations
 
+import asyncio
+import os
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -14,6 +16,7 @@ import pytest
 from shoal.crds import taskstates as ts
 from shoal.store import etcd_server
 from tests.helpers import eventually
+from tests.integration.cli_support import Swctl
 from tests.integration.orchestration_support import NODES, TTL, Cluster, describe
 
 
@@ -120,3 +123,54 @@ async def test_agent_killed_replicas_move_within_ttl_and_return_stops_stale_task
     assert sum((await cluster.running_per_node("web")).values()) == 6
     assert not any(ts.is_active_desired(t) for t in await cluster.tasks("web")
                    if ts.node_name_of(t) == "k1"), describe(await cluster.tasks("web"))
+
+
+async def test_partitioned_node_shows_unknown_then_stops_its_replaced_tasks_on_return(
+        cluster: Cluster) -> None:
+    # A partition as the node sees it: the agent and its heartbeat child frozen
+    # (SIGSTOP to the session), its tasks still there when it comes back.
+    for name in ("p1", "p2"):
+        cluster.start_agent(name)
+    cluster.start_manager()
+    await cluster.wait_ready(["p1", "p2"])
+    await cluster.apply("web", {"replicas": 4, "template": {"image": "busybox"}})
+    assert await cluster.wait_running("web", 4) == {"p1": 2, "p2": 2}
+    cut_off = {t.name for t in await cluster.current("web") if ts.node_name_of(t) == "p1"}
+    swctl = Swctl(cluster.etcd_url, cluster.prefix, cluster.workdir)
+
+    os.killpg(cluster.agents["p1"].pid, signal.SIGSTOP)
+    try:
+        async def unknown() -> bool:
+            tasks = {t.name: t for t in await cluster.tasks("web")}
+            return all(ts.shown_state(tasks[n]) == ts.UNKNOWN for n in cut_off)
+        await eventually(unknown, TTL + 5.0, what="p1's tasks shown unknown")
+        await cluster.wait_running("web", 4, timeout=TTL + 5.0, avoid=["p1"])
+        # What the user sees: `service ps` says Unknown (not Running) for p1's tasks,
+        # `get tasks` says unknown with the reason, the node's going down is an Event.
+        ps = (await asyncio.to_thread(swctl, "service", "ps", "web")).stdout
+        rows = [line for line in ps.splitlines() if " p1 " in f" {line} "]
+        assert len(rows) == 2 and all("Unknown" in r and "Running" not in r
+                                      for r in rows), ps
+        wide = (await asyncio.to_thread(swctl, "get", "tasks", "-o", "wide")).stdout
+        for name in cut_off:
+            row = next(line for line in wide.splitlines() if line.startswith(name))
+            assert " unknown " in row and "node p1 is down" in row, row
+        events = (await asyncio.to_thread(swctl, "get", "events")).stdout
+        assert "NodeDown" in events and "p1" in events, events
+    finally:
+        os.killpg(cluster.agents["p1"].pid, signal.SIGCONT)
+
+    # The node comes back: ready, then within 5 s its replaced tasks are stopped and
+    # nothing is shown unknown any more.
+    await cluster.wait_ready(["p1"], timeout=TTL + 10.0)
+    back = time.monotonic()
+
+    async def stopped() -> bool:
+        tasks = {t.name: t for t in await cluster.tasks("web")}
+        return all(ts.observed_state(tasks[n]) == ts.SHUTDOWN
+                   and not ts.node_unreachable(tasks[n]) for n in cut_off if n in tasks)
+    await eventually(stopped, 5.0, what="p1's replaced tasks stopped within 5 s of its return")
+    print(f"replaced tasks stopped {time.monotonic() - back:.2f}s after p1 was ready again")
+    assert sum((await cluster.running_per_node("web")).values()) == 4
+    events = (await asyncio.to_thread(swctl, "get", "events")).stdout
+    assert "NodeReady" in events, events

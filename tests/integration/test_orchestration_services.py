@@ -14,7 +14,9 @@ from shoal.controllers.orchestrator import restart
 from shoal.crds import taskstates as ts
 from shoal.store import errors, etcd_server
 from tests.helpers import eventually
-from tests.integration.orchestration_support import SERVICES, Cluster, describe
+from tests.integration.orchestration_support import REG, SERVICES, Cluster, describe
+
+EVENTS = REG.lookup("events")
 
 
 @pytest.fixture
@@ -75,6 +77,16 @@ async def test_restart_policy_max_attempts_and_history(cluster: Cluster) -> None
         assert last.metadata.annotations[restart.RESTART_COUNT] == "2"
         assert "restart limit reached: 2 of 2" in last.metadata.annotations[
             restart.NO_RESTART]
+    # Every failure is an Event on its task (what `get events -w` shows as it happens).
+    failed = {t.name for t in tasks}
+
+    async def failures_recorded() -> bool:
+        found, _ = await cluster.store.list(EVENTS)
+        named = {e.spec["involvedObject"]["name"] for e in found
+                 if e.spec.get("reason") == "TaskFailed"
+                 and "failed on node r-" in str(e.spec.get("message"))}
+        return failed <= named
+    await eventually(failures_recorded, 10, what="a TaskFailed event per failed task")
 
     # A new spec version gets a fresh start; history beyond the limit is deleted.
     await cluster.apply("crash", {"replicas": 1, "template": {"image": "busybox",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from shoal.crds import kinds, resource
-from shoal.runtime import leader
+from shoal.runtime import leader, status
 from shoal.store import client, errors, etcd_server
 from tests.helpers import eventually
 
@@ -106,6 +106,15 @@ async def test_follower_process_takes_over_when_the_leader_is_killed(
         await store.update(CONFIG, stale, fence=client.Fence(lock, first_lease))
     new_lease = (await holder())[1]  # type: ignore[index]
     await store.update(CONFIG, stale, fence=client.Fence(lock, new_lease))
+
+    # Each hand-over is an Event on the controller's Lease (what `get events -w` shows).
+    async def announced() -> set[str]:
+        found = await status.list_events(store, resource.new("Lease", "stamper"))
+        got = {str(e.spec.get("message")) for e in found
+               if e.spec.get("reason") == "LeaderElection"}
+        return got if f"{other} became leader" in got else set()
+    assert f"{first} became leader" in await eventually(announced, timeout=10,
+                                                       what="hand-over events")
 
 
 async def _true(value: bool) -> bool:

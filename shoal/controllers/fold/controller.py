@@ -29,8 +29,9 @@ from typing import Any, Final
 
 from shoal.controllers import common
 from shoal.controllers.fold import decide
+from shoal.crds import taskstates as ts
 from shoal.crds.resource import Resource
-from shoal.runtime import gcpolicy, runnable
+from shoal.runtime import events, gcpolicy, runnable
 from shoal.runtime import informer as informer_mod
 from shoal.runtime import logging as rt_logging
 from shoal.store import client, codec, errors, etcd, projections, watch
@@ -146,9 +147,9 @@ class _Reports:
 
     async def run(self) -> None:
         """List, then follow every node's report keys (``shoal.store.watch`` resumes)."""
-        async for events in watch.follow_prefix(self.store, self.prefix, self._relist,
-                                                what="report watch"):
-            for i, ev in enumerate(events):
+        async for batch in watch.follow_prefix(self.store, self.prefix, self._relist,
+                                               what="report watch"):
+            for i, ev in enumerate(batch):
                 if i % 512 == 511:
                     await asyncio.sleep(0)  # a catching-up response: 1000s of events
                 if self._node_report(ev.key, None if ev.deleted else ev.value):
@@ -162,12 +163,34 @@ class _Reports:
                     self._put(ref, ev.value, ev.key)
 
 
+#: Task states whose arrival is worth an Event (``get events -w``, ``describe task``).
+FAILURES: Final = frozenset({ts.FAILED, ts.REJECTED})
+
+
+async def _record_failures(store: client.Store, tasks: list[Resource]) -> None:
+    """A Warning Event per failed task, one at a time (a mass failure must not flood
+    etcd); a repeat of the same failure bumps its count."""
+    for task in tasks:
+        status = task.status
+        why = status.get("err") or status.get("message") or (
+            f"exit code {status['exitCode']}" if status.get("exitCode") is not None else "")
+        message = f"{status.get('state')} on node {task.spec.get('nodeName')}" + (
+            f": {why}" if why else "")
+        try:
+            await events.record_event(store, task, events.WARNING, "TaskFailed", message,
+                                      source=NAME)
+        except errors.StoreError as exc:
+            log.info("could not record event", key=f"task/{task.metadata.namespace}/"
+                     f"{task.name}", error=str(exc))
+
+
 class FoldController:
     """One per controller-manager: ``spec`` is the RunnableSpec to run."""
 
     def __init__(self) -> None:
         self.spec = runnable.RunnableSpec(name=NAME, run=self._run)
         self.folds = 0  # Task status writes made, for tests and benchmarks
+        self._noting: set[asyncio.Task[None]] = set()
 
     async def _run(self, ctx: runnable.RunContext) -> None:
         tasks = ctx.informers.informer(common.TASKS)
@@ -276,6 +299,15 @@ class FoldController:
         self.folds += len(chunk)
         for ref, report, _ in chunk:
             reports.settle(ref, report)
+        failed = [obj for _, _, obj in chunk if obj.status.get("state") in FAILURES]
+        if failed:
+            self._note(_record_failures(ctx.store, failed))
+
+    def _note(self, coro: Any) -> None:
+        """Run ``coro`` (events: best effort) beside the fold, never in its way."""
+        task = asyncio.create_task(coro)
+        self._noting.add(task)
+        task.add_done_callback(self._noting.discard)
 
     async def _fold_node(self, ctx: runnable.RunContext, nodes: informer_mod.Informer,
                          reports: _Reports, name: str, touch_node: Any) -> None:

@@ -2,10 +2,12 @@
 
 What it owns: ``status.state`` of Node objects moving between ``ready`` and ``down``, the
 ``Ready`` condition (reason, message, ``lastTransitionTime``) and ``status.message``
-that explain it. Nothing else: availability (active, pause, drain) is written by users,
-and what happens to the tasks of a down or drained node is the orchestrator's business
-(replacements) and the scheduler's (no new placements) — each loop keeps to its own
-concern, as in swarmkit.
+that explain it, the NodeDown/NodeReady Events, and the ``NodeReachable`` condition of
+the node's tasks (``reachability``: a down node's live tasks show ``unknown``, since
+its agent cannot vouch for them). Nothing else: availability (active, pause, drain) is
+written by users, and what happens to the tasks of a down or drained node is the
+orchestrator's business (replacements) and the scheduler's (no new placements) — each
+loop keeps to its own concern, as in swarmkit.
 
 Why heartbeat *keys*: every agent keeps ``<prefix>/heartbeats/<node>`` attached to an
 etcd lease whose TTL is the heartbeat TTL and refreshes the lease every TTL/3. When an
@@ -29,15 +31,17 @@ from collections.abc import Callable
 from typing import Final
 
 from shoal.controllers import common
+from shoal.controllers.nodes import reachability
 from shoal.crds import conditions, resource
 from shoal.crds.resource import Resource
-from shoal.runtime import cas, gcpolicy, runnable
+from shoal.runtime import cas, events, gcpolicy, runnable
 from shoal.runtime import informer as informer_mod
 from shoal.runtime import logging as rt_logging
 from shoal.store import client, errors, watch
 
 log = rt_logging.get_logger("shoal.controllers.nodes")
 
+NAME: Final = "nodes"
 HEARTBEAT_DIR: Final = "heartbeats"
 READY: Final = "ready"
 DOWN: Final = "down"
@@ -79,15 +83,62 @@ class _Liveness:
 
     async def run(self) -> None:
         """List, then follow the prefix (``shoal.store.watch`` resumes and relists)."""
-        async for events in watch.follow_prefix(self.store, self.prefix, self._relist,
-                                                what="heartbeat watch"):
-            for ev in events:
+        async for batch in watch.follow_prefix(self.store, self.prefix, self._relist,
+                                               what="heartbeat watch"):
+            for ev in batch:
                 name = self._name(ev.key)
                 if ev.deleted:
                     self.alive.discard(name)
                 else:
                     self.alive.add(name)
                 self._changed(name)
+
+
+async def _event(store: client.Store, node: Resource, type_: str, reason: str,
+                 message: str) -> None:
+    """What ``get events -w`` and ``describe node`` show; best effort (a lost event must
+    not hold the node's state back)."""
+    try:
+        await events.record_event(store, node, type_, reason, message, source=NAME)
+    except errors.StoreError as exc:
+        log.info("could not record event", key=f"node/{node.name}", reason=reason,
+                 error=str(exc))
+
+
+class _TasksByNode:
+    """Which tasks each node holds, kept from the task informer's handlers, so a node
+    going down or coming back looks only at its own tasks; a task that arrives out of
+    line with its node's state (assigned before the node went down, a relist) asks for
+    its node to be swept."""
+
+    def __init__(self, nodes: informer_mod.Informer, sweep: Callable[[str], None]) -> None:
+        self._nodes = nodes
+        self._sweep = sweep
+        self._by_node: dict[str, set[tuple[str | None, str]]] = {}
+
+    def on(self, node: str) -> set[tuple[str | None, str]]:
+        return self._by_node.get(node, set())
+
+    def add(self, task: Resource) -> None:
+        node = task.spec.get("nodeName")
+        if not isinstance(node, str) or not node:
+            return
+        self._by_node.setdefault(node, set()).add((task.metadata.namespace, task.name))
+        if reachability.change(task, self._nodes.get(node)) is not None:
+            self._sweep(node)
+
+    def update(self, old: Resource, task: Resource) -> None:
+        if old.spec.get("nodeName") != task.spec.get("nodeName"):
+            self.delete(old)
+        self.add(task)
+
+    def delete(self, task: Resource) -> None:
+        node = task.spec.get("nodeName")
+        held = self._by_node.get(node) if isinstance(node, str) else None
+        if held is not None:
+            held.discard((task.metadata.namespace, task.name))
+            if not held:
+                del self._by_node[str(node)]
 
 
 def desired(node: Resource, alive: bool) -> tuple[str, bool] | None:
@@ -106,25 +157,35 @@ class NodesController:
     """One per controller-manager: ``spec`` is the RunnableSpec to run."""
 
     def __init__(self) -> None:
-        self.spec = runnable.RunnableSpec(name="nodes", run=self._run)
+        self.spec = runnable.RunnableSpec(name=NAME, run=self._run)
 
     async def _run(self, ctx: runnable.RunContext) -> None:
         nodes = ctx.informers.informer(common.NODES)
+        tasks = ctx.informers.informer(common.TASKS)
         await nodes.wait_synced()
+        await tasks.wait_synced()
         gcpolicy.install()
         todo: set[str] = set()
+        sweeps: set[str] = set()  # nodes whose tasks' NodeReachable marks need a look
         wake = asyncio.Event()
 
         def touch(name: str) -> None:
             todo.add(name)
+            sweeps.add(name)
             wake.set()
 
         def retry(name: str) -> None:
             asyncio.get_running_loop().call_later(RETRY_AFTER, touch, name)
 
+        def sweep(name: str) -> None:
+            sweeps.add(name)
+            wake.set()
+
+        placed = _TasksByNode(nodes, sweep)
         liveness = _Liveness(ctx.store, touch)
         remove = nodes.add_handlers(lambda n: touch(n.metadata.name),
                                     lambda _o, n: touch(n.metadata.name), None)
+        remove_tasks = tasks.add_handlers(placed.add, placed.update, placed.delete)
         watcher = asyncio.create_task(liveness.run(), name="nodes:heartbeats")
         sem = asyncio.Semaphore(PARALLEL_WRITES)
         try:
@@ -145,11 +206,47 @@ class NodesController:
                 for result in results:
                     if isinstance(result, errors.FencedError):
                         raise result
+                swept, sweeps = list(sweeps), set()
+                results = await asyncio.gather(
+                    *(self._mark_tasks(ctx.store, nodes, tasks, placed, name, sem, sweep)
+                      for name in swept),
+                    return_exceptions=True)
+                for result in results:
+                    if isinstance(result, errors.FencedError):
+                        raise result
         finally:
             remove()
+            remove_tasks()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await watcher
+
+    async def _mark_tasks(self, store: client.Store, nodes: informer_mod.Informer,
+                          tasks: informer_mod.Informer, placed: _TasksByNode, name: str,
+                          sem: asyncio.Semaphore, sweep: Callable[[str], None]) -> None:
+        """Mark the live tasks of a down node ``NodeReachable=False``; unmark them once
+        it is ready (``reachability``). Decided per task at write time."""
+        for namespace, task_name in list(placed.on(name)):
+            task = tasks.get(task_name, namespace)
+            if task is None or reachability.change(task, nodes.get(name)) is None:
+                continue
+
+            def mark(t: Resource) -> None:
+                reachability.apply(t, nodes.get(name))
+
+            async with sem:
+                try:
+                    await cas.mutate(store, common.TASKS, task, mark)
+                except errors.FencedError:
+                    raise
+                except errors.StoreError as exc:
+                    log.warning("task reachability write failed; retrying",
+                                key=f"task/{namespace}/{task_name}", node=name, error=str(exc))
+                    asyncio.get_running_loop().call_later(RETRY_AFTER, sweep, name)
+                    return
+                except Exception:
+                    log.exception("cannot mark task reachability",
+                                  key=f"task/{namespace}/{task_name}", node=name)
 
     async def _check(self, store: client.Store, nodes: informer_mod.Informer,
                      liveness: _Liveness, name: str, sem: asyncio.Semaphore,
@@ -194,9 +291,14 @@ class NodesController:
                 log.exception("cannot update node status", key=f"node/{name}")
                 return
         if stored is not None and stored is not node:
-            log.info("node state changed", key=f"node/{name}",
-                     state=stored.status.get("state"),
-                     message=stored.status.get("message") or "")
+            state = stored.status.get("state")
+            message = str(stored.status.get("message") or "")
+            log.info("node state changed", key=f"node/{name}", state=state, message=message)
+            if state == DOWN:
+                await _event(store, stored, events.WARNING, "NodeDown", message)
+            elif node.status.get("state") == DOWN:
+                await _event(store, stored, events.NORMAL, "NodeReady",
+                             "heartbeat lease is live again")
 
 
 def controller_spec() -> runnable.RunnableSpec:
