@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Final
 
 from shoal.controllers import common
@@ -92,6 +92,14 @@ class _Liveness:
                 else:
                     self.alive.add(name)
                 self._changed(name)
+
+
+async def _each(calls: Iterable[Awaitable[None]]) -> None:
+    """Run per-node calls together; each handles its own store errors, but a lost
+    leadership (FencedError) ends the run."""
+    for result in await asyncio.gather(*calls, return_exceptions=True):
+        if isinstance(result, errors.FencedError):
+            raise result
 
 
 async def _event(store: client.Store, node: Resource, type_: str, reason: str,
@@ -199,21 +207,11 @@ class NodesController:
                 if watcher.done():
                     watcher.result()  # surface a crash of the watch (it retries otherwise)
                 batch, todo = list(todo), set()
-                results = await asyncio.gather(
-                    *(self._check(ctx.store, nodes, liveness, name, sem, retry)
-                      for name in batch),
-                    return_exceptions=True)
-                for result in results:
-                    if isinstance(result, errors.FencedError):
-                        raise result
+                await _each(self._check(ctx.store, nodes, liveness, name, sem, retry)
+                            for name in batch)
                 swept, sweeps = list(sweeps), set()
-                results = await asyncio.gather(
-                    *(self._mark_tasks(ctx.store, nodes, tasks, placed, name, sem, sweep)
-                      for name in swept),
-                    return_exceptions=True)
-                for result in results:
-                    if isinstance(result, errors.FencedError):
-                        raise result
+                await _each(self._mark_tasks(ctx.store, nodes, tasks, placed, name, sem, sweep)
+                            for name in swept)
         finally:
             remove()
             remove_tasks()
