@@ -43,6 +43,7 @@ from shoal.cli import (
     service,
     stack,
 )
+from shoal.cli.dashboard import command as dashboard
 
 
 class _Parser(argparse.ArgumentParser):
@@ -97,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `swctl VERB --help` for the flags of a verb.")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for module in (apply, get, describe, delete, diff, scale, rollout, service, logs, node,
-                   network, secretverbs, stack, init, join, rolewatch, cluster, manager,
-                   agent):
+                   network, secretverbs, stack, dashboard, init, join, rolewatch, cluster,
+                   manager, agent):
         module.add_parser(sub, [flags])
     return parser
 
