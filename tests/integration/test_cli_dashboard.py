@@ -1,0 +1,249 @@
+"""``swctl dashboard`` in a real browser (Debian's chromium, headless, through Selenium and
+chromium-driver) against a 3-node hollow cluster: what the page shows, that it follows
+swctl's writes live, and that its buttons act as swctl does — errors word for word.
+
+Screenshots go to the test's tmp dir; with ``SHOAL_DASHBOARD_SCREENSHOT=1`` the first one
+is also copied to docs/images/dashboard.png, the README's picture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service as ChromeService
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from shoal.store import etcd_server
+from tests.helpers import eventually_sync as eventually
+from tests.integration.cli_support import Cluster, Streaming, Swctl, hollow_cluster
+
+NODES = ["n-0", "n-1", "n-2"]
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+README_IMAGE = Path(__file__).resolve().parents[2] / "docs" / "images" / "dashboard.png"
+
+WEB = """\
+apiVersion: shoal.io/v1
+kind: Service
+metadata: {{name: web, labels: {{app: web}}}}
+spec:
+  replicas: {replicas}
+  template: {{image: shoal/busybox, command: [httpd, -f, -p, "8080"]}}
+  endpoint: {{ports: [{{published: 8080, target: 8080}}]}}
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(etcd: etcd_server.EtcdServer,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    swctl = Swctl(etcd.url, f"/t-{uuid.uuid4().hex[:12]}", tmp_path_factory.mktemp("dash"))
+    with hollow_cluster(swctl) as c:
+        swctl.write("web.yaml", WEB.format(replicas=3))
+        swctl("apply", "-f", "web.yaml", "--verify-window", "0.3", timeout=60)
+        yield c
+
+
+def start_dashboard(swctl: Swctl, *flags: str) -> tuple[Streaming, str]:
+    proc = swctl.start("dashboard", "--port", "0", *flags)
+    line = proc.read_line(timeout=30)
+    assert line.startswith("Dashboard: http://"), line
+    return proc, line.split(" ", 1)[1]
+
+
+@pytest.fixture(scope="module")
+def dashboard(cluster: Cluster) -> Iterator[str]:
+    proc, url = start_dashboard(cluster.swctl)
+    try:
+        yield url
+    finally:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+    assert os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER), (
+        "the browser tests need Debian's chromium and chromium-driver: run "
+        "scripts/install.sh")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    # Headless as root, and no calls home: this network refuses them, which would stall.
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=1400,1000",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=ChromeService(CHROMEDRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def page(browser: WebDriver, dashboard: str) -> WebDriver:
+    browser.get(dashboard)
+    eventually(lambda: browser.find_element(By.ID, "conn").text == "live", 20,
+               "the page's event stream live")
+    return browser
+
+
+def screenshot(browser: WebDriver, tmp_path: Path, name: str, readme: bool = False) -> None:
+    path = tmp_path / f"{name}.png"
+    assert browser.save_screenshot(str(path)), "screenshot failed"
+    if readme and os.environ.get("SHOAL_DASHBOARD_SCREENSHOT"):
+        README_IMAGE.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, README_IMAGE)
+
+
+def tasks(swctl: Swctl) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = json.loads(swctl("get", "tasks", "-o", "json").stdout)[
+        "items"]
+    return items
+
+
+def placed_in_page(browser: WebDriver) -> dict[str, str]:
+    """Task name -> the node column its box sits in, as the page shows them."""
+    found: dict[str, str] = browser.execute_script("""
+        const out = {};
+        for (const box of document.querySelectorAll('.node .task[data-task]')) {
+          out[box.dataset.task.split('/').pop()] = box.closest('.node').dataset.node;
+        }
+        return out;""")
+    return found
+
+
+def placed_in_cluster(swctl: Swctl, service: str) -> dict[str, str]:
+    """Task name -> node of the tasks wanted running and not ended (the node columns)."""
+    return {t["metadata"]["name"]: t["spec"]["nodeName"] for t in tasks(swctl)
+            if t["spec"].get("serviceName") == service and t["spec"].get("nodeName")
+            and t["spec"].get("desiredState", "running") == "running"
+            and t.get("status", {}).get("state") not in ("complete", "failed", "shutdown",
+                                                         "rejected", "orphaned")}
+
+
+def replicas_cell(browser: WebDriver, service: str = "default/web") -> str:
+    text: str = browser.execute_script(
+        "const c = document.querySelector(`#services tr[data-service='${arguments[0]}'] "
+        "td.replicas`); return c ? c.textContent : '';", service)
+    return text
+
+
+def test_the_page_shows_the_nodes_and_where_each_task_runs(page: WebDriver, cluster: Cluster,
+                                                           tmp_path: Path) -> None:
+    names = [col.get_attribute("data-node")
+             for col in page.find_elements(By.CSS_SELECTOR, "#nodes .node")]
+    assert names == NODES
+    heads = {n: page.find_element(By.CSS_SELECTOR, f".node[data-node='{n}'] .node-head").text
+             for n in NODES}
+    assert all("ready" in h and "active" in h for h in heads.values()), heads
+    want = placed_in_cluster(cluster.swctl, "web")
+    assert len(want) == 3
+    eventually(lambda: placed_in_page(page) == want, 5, "the page's columns = the tasks' nodes")
+    eventually(lambda: replicas_cell(page) == "3/3", 5, "REPLICAS 3/3 in the services table")
+    row = page.find_element(By.CSS_SELECTOR, "#services tr[data-service='default/web']").text
+    assert "*:8080->8080/tcp" in row and "replicated" in row and "shoal/busybox" in row
+    screenshot(page, tmp_path, "three-nodes", readme=True)
+
+
+def test_swctl_scale_changes_the_page_within_a_second_without_reload(
+        page: WebDriver, cluster: Cluster, tmp_path: Path) -> None:
+    page_id = page.execute_script("return window.__shoalPageId")
+    try:
+        cluster.swctl("scale", "web=5", "--detach")
+        written = time.monotonic()
+        eventually(lambda: replicas_cell(page).endswith("/5"), 1.0,
+                   "the page showing 5 desired replicas within 1 s of the write")
+        shown_after = time.monotonic() - written
+        eventually(lambda: replicas_cell(page) == "5/5", 10, "5/5 running in the page")
+        eventually(lambda: placed_in_page(page) == placed_in_cluster(cluster.swctl, "web")
+                   and len(placed_in_page(page)) == 5, 10, "5 task boxes in their columns")
+        assert page.execute_script("return window.__shoalPageId") == page_id, "page reloaded"
+        assert shown_after < 1.0
+        screenshot(page, tmp_path, "scaled-to-5")
+    finally:
+        cluster.swctl("scale", "web=3", "--verify-window", "0.3", timeout=60)
+
+
+def click(page: WebDriver, selector: str) -> None:
+    page.find_element(By.CSS_SELECTOR, selector).click()
+
+
+def result_box(page: WebDriver) -> tuple[str, str]:
+    box = page.find_element(By.ID, "action-result")
+    return str(box.get_attribute("data-ok")), box.text
+
+
+def test_draining_a_node_in_the_page_moves_its_tasks(page: WebDriver, cluster: Cluster,
+                                                     tmp_path: Path) -> None:
+    swctl = cluster.swctl
+    victim = "n-0"
+    if victim not in placed_in_cluster(swctl, "web").values():
+        pytest.fail(f"no web task on {victim} to move: {placed_in_cluster(swctl, 'web')}")
+    try:
+        click(page, f".node[data-node='{victim}'] button[data-action='drain']")
+        eventually(lambda: result_box(page)[0] == "true", 10, "the drain action's result")
+        assert result_box(page)[1].splitlines() == [f"$ swctl node drain {victim}",
+                                                    f"node/{victim} drained"]
+
+        def moved() -> bool:
+            where = placed_in_cluster(swctl, "web")
+            return len(where) == 3 and victim not in where.values()
+        eventually(moved, 20, f"web's tasks off {victim}")
+        eventually(lambda: placed_in_page(page) == placed_in_cluster(swctl, "web"), 5,
+                   "the page's columns following the move")
+        column = page.find_element(By.CSS_SELECTOR, f".node[data-node='{victim}']")
+        assert column.find_elements(By.CSS_SELECTOR, ".task") == []
+        assert column.get_attribute("data-availability") == "drain"
+        node = json.loads(swctl("get", "nodes", victim, "-o", "json").stdout)
+        assert node["spec"]["availability"] == "drain"
+        screenshot(page, tmp_path, "drained")
+    finally:
+        swctl("node", "activate", victim)
+
+
+def test_a_bad_scale_in_the_page_shows_swctls_error_and_changes_nothing(
+        page: WebDriver, cluster: Cluster, tmp_path: Path) -> None:
+    swctl = cluster.swctl
+    before = json.loads(swctl("get", "svc", "web", "-o", "json").stdout)
+    field = page.find_element(By.CSS_SELECTOR, "#services tr[data-service='default/web'] "
+                                               "input.scale")
+    field.clear()
+    field.send_keys("-1")
+    click(page, "#services tr[data-service='default/web'] button[data-action='scale']")
+    eventually(lambda: result_box(page)[0] == "false", 10, "the failed action's result")
+    cli = swctl("scale", "web=-1", "-n", "default", "--detach", expect=1)
+    shown = result_box(page)[1].splitlines()
+    assert shown == ["$ swctl scale web=-1 -n default --detach", *cli.stderr.splitlines()]
+    assert 'invalid replica count "-1"' in shown[1]
+    after = json.loads(swctl("get", "svc", "web", "-o", "json").stdout)
+    assert after["spec"] == before["spec"]
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    screenshot(page, tmp_path, "bad-scale")
+
+
+def test_another_address_needs_the_printed_token(cluster: Cluster) -> None:
+    proc, url = start_dashboard(cluster.swctl, "--address", "0.0.0.0")
+    try:
+        assert "?token=" in url
+        bare = url.split("?", 1)[0]
+        for path in ("", "events", "static/app.js"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(bare + path, timeout=5)
+            assert refused.value.code == 401
+            assert "token" in refused.value.read().decode()
+        with urllib.request.urlopen(url, timeout=5) as ok:
+            assert ok.status == 200 and b"Shoal" in ok.read()
+    finally:
+        proc.kill()
