@@ -154,6 +154,14 @@ def test_the_page_shows_the_nodes_and_where_each_task_runs(page: WebDriver, clus
     eventually(lambda: replicas_cell(page) == "3/3", 5, "REPLICAS 3/3 in the services table")
     row = page.find_element(By.CSS_SELECTOR, "#services tr[data-service='default/web']").text
     assert "*:8080->8080/tcp" in row and "replicated" in row and "shoal/busybox" in row
+    # The service's tasks, as `service ps` lists them: one row per slot, on its node.
+    click(page, "#services tr[data-service='default/web'] td.name")
+    rows = eventually(lambda: [r.text for r in page.find_elements(
+        By.CSS_SELECTOR, "#detail tbody tr.current")], 5, "the service's task rows")
+    by_label = {t["metadata"]["name"].rsplit(".", 1)[0]: t["spec"]["nodeName"]
+                for t in tasks(cluster.swctl) if t["metadata"]["name"] in want}
+    assert [r.split()[:2] for r in rows] == [[label, node] for label, node
+                                            in sorted(by_label.items())]
     screenshot(page, tmp_path, "three-nodes", readme=True)
 
 
