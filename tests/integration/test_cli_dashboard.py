@@ -255,3 +255,71 @@ def test_another_address_needs_the_printed_token(cluster: Cluster) -> None:
             assert ok.status == 200 and b"Shoal" in ok.read()
     finally:
         proc.kill()
+
+
+def detail_rows(page: WebDriver) -> dict[str, str]:
+    """Task uid -> slot label of the current rows of the service's task list (read in one
+    script: the list is redrawn as tasks change, so held elements go stale)."""
+    rows: dict[str, str] = page.execute_script("""
+        const out = {};
+        for (const r of document.querySelectorAll('#detail tbody tr.current')) {
+          out[r.dataset.uid] = r.cells[0].textContent;
+        }
+        return out;""")
+    return rows
+
+
+def open_service(page: WebDriver) -> None:
+    click(page, "#services tr[data-service='default/web'] td.name")
+    eventually(lambda: len(page.find_elements(By.CSS_SELECTOR, "#detail tbody tr.current"))
+               == 3, 5, "web's three slots listed")
+
+
+def test_a_tasks_logs_stream_from_its_node(page: WebDriver, cluster: Cluster) -> None:
+    open_service(page)
+    row = page.find_element(By.CSS_SELECTOR, "#detail tbody tr.current")
+    name = str(row.get_attribute("data-task")).split("/")[-1]
+    node = row.text.split()[1]
+    row.find_element(By.CSS_SELECTOR, "button[data-action='logs']").click()
+    text = eventually(lambda: page.find_element(By.ID, "logs").text, 10, "log lines")
+    # What the hollow driver writes for a task, as `swctl logs` shows it.
+    assert f"hollow task {name} on node {node}" in text
+    cli = cluster.swctl("logs", f"task/{name}")
+    assert f"hollow task {name} on node {node}" in cli.stdout
+
+
+def test_deleting_a_task_in_the_page_replaces_it(page: WebDriver, cluster: Cluster) -> None:
+    open_service(page)
+    row = page.find_element(By.CSS_SELECTOR, "#detail tbody tr.current")
+    key = str(row.get_attribute("data-task"))
+    uid = str(row.get_attribute("data-uid"))
+    label = row.text.split()[0]
+    row.find_element(By.CSS_SELECTOR, "button[data-action='delete-task']").click()
+    eventually(lambda: result_box(page)[0] == "true", 10, "the delete's result")
+    assert result_box(page)[1].splitlines()[1] == f"task/{key.split('/')[-1]} deleted"
+
+    def replaced() -> bool:
+        current = detail_rows(page)
+        # The replacement may take the same name: it is a new task by its uid.
+        return uid not in current and label in current.values() and len(current) == 3
+    eventually(replaced, 15, f"a new task in slot {label}")
+    eventually(lambda: replicas_cell(page) == "3/3", 15, "3/3 again")
+    assert set(placed_in_page(page)) == set(placed_in_cluster(cluster.swctl, "web"))
+
+
+def test_pausing_and_resuming_a_rollout_in_the_page(page: WebDriver, cluster: Cluster) -> None:
+    row = "#services tr[data-service='default/web']"
+    try:
+        click(page, f"{row} button[data-action='pause']")
+        eventually(lambda: result_box(page)[1].endswith("service/web paused"), 10, "paused")
+        eventually(lambda: page.find_element(By.CSS_SELECTOR, f"{row} td.rollout").text
+                   .startswith("paused"), 5, "the row saying paused")
+        svc = json.loads(cluster.swctl("get", "svc", "web", "-o", "json").stdout)
+        assert svc["spec"]["paused"] is True
+        click(page, f"{row} button[data-action='resume']")
+        eventually(lambda: result_box(page)[1].endswith("service/web resumed"), 10,
+                   "resumed")
+        eventually(lambda: not page.find_element(By.CSS_SELECTOR, f"{row} td.rollout").text
+                   .startswith("paused"), 5, "the row no longer paused")
+    finally:
+        cluster.swctl("rollout", "resume", "service/web")

@@ -346,7 +346,7 @@ function drawDetail() {
       const del = i === 0 ? h("button", { "data-action": "delete-task", title: "delete: it is replaced",
         onclick: () => act({ action: "delete-task", namespace: t.ns, name: t.name }) }, "Delete") : null;
       const logsBtn = h("button", { "data-action": "logs", onclick: () => openLogs(t) }, "Logs");
-      rows.push(h("tr", { class: i ? "history" : "current", "data-task": t.k },
+      rows.push(h("tr", { class: i ? "history" : "current", "data-task": t.k, "data-uid": t.uid },
         h("td", {}, i ? `\\_ ${t.label}` : t.label),
         h("td", {}, t.node || "—"),
         h("td", {}, t.desired),
