@@ -12,14 +12,21 @@ const KINDS = ["nodes", "services", "tasks", "networks", "events"];
 const STATES = ["new", "pending", "assigned", "accepted", "preparing", "starting",
                 "running", "complete", "failed", "shutdown", "rejected", "orphaned"];
 const EVENTS_SHOWN = 50;
+// Boxes drawn per node column; the rest are counted ("+ 58 more"). With columns drawn
+// only while in view, the page holds a few thousand boxes whatever the cluster's size.
+const BOXES_SHOWN = 40;
 
 const model = Object.fromEntries(KINDS.map((k) => [k, new Map()]));
 // Per service (ns/name): [tasks wanted running, of those running] — swctl's REPLICAS.
 const counts = new Map();
 // Per node name ("" = unassigned): keys of the tasks it holds (wanted running, not ended).
 const placed = new Map();
+// Per service (ns/name): keys of its tasks, for its task list.
+const byService = new Map();
+// Node columns in (or near) the viewport: only these hold boxes.
+const visible = new Set();
 
-const dirty = { tasks: new Set(), nodes: new Set(), services: new Set(),
+const dirty = { cols: new Set(), nodes: new Set(), services: new Set(),
                 nodeList: false, serviceList: false, networks: false, events: false,
                 detail: false };
 let frameAsked = false;
@@ -62,17 +69,23 @@ function place(t, sign) {
   let set = placed.get(node);
   if (!set) { set = new Set(); placed.set(node, set); }
   if (sign > 0) set.add(t.k); else set.delete(t.k);
-  if (node === "" || !model.nodes.has(node)) dirty.nodeList = true;
-  dirty.nodes.add(node);
+  if (node === "") dirty.nodeList = true;
+  dirty.cols.add(node);
+}
+
+function index(t, sign) {
+  const key = serviceKey(t);
+  let set = byService.get(key);
+  if (!set) { set = new Set(); byService.set(key, set); }
+  if (sign > 0) set.add(t.k); else set.delete(t.k);
+  if (key === selectedService) dirty.detail = true;
 }
 
 function upsert(kind, rec) {
   const old = model[kind].get(rec.k);
   if (kind === "tasks") {
-    if (old) { addShare(old, -1); place(old, -1); }
-    addShare(rec, 1); place(rec, 1);
-    dirty.tasks.add(rec.k);
-    if (selectedService && (serviceKey(rec) === selectedService)) dirty.detail = true;
+    if (old) { addShare(old, -1); place(old, -1); index(old, -1); }
+    addShare(rec, 1); place(rec, 1); index(rec, 1);
   }
   model[kind].set(rec.k, rec);
   mark(kind, rec.k, !old);
@@ -83,9 +96,7 @@ function remove(kind, key) {
   if (!old) return;
   model[kind].delete(key);
   if (kind === "tasks") {
-    addShare(old, -1); place(old, -1);
-    dirty.tasks.add(key);
-    if (selectedService && serviceKey(old) === selectedService) dirty.detail = true;
+    addShare(old, -1); place(old, -1); index(old, -1);
   }
   mark(kind, key, true);
 }
@@ -103,9 +114,9 @@ function mark(kind, key, membership) {
 
 function loadSnapshot(snap) {
   for (const kind of KINDS) model[kind].clear();
-  counts.clear(); placed.clear();
-  taskEls.clear();
+  counts.clear(); placed.clear(); byService.clear(); visible.clear();
   document.getElementById("nodes").replaceChildren();
+  for (const col of nodeEls.values()) columnObserver.unobserve(col);
   nodeEls.clear(); serviceRows.clear();
   document.querySelector("#services tbody").replaceChildren();
   for (const kind of KINDS) for (const rec of snap[kind] || []) upsert(kind, rec);
@@ -130,20 +141,29 @@ function askFrame() {
 // --- drawing ---
 
 const nodeEls = new Map();   // node name -> column element
-const taskEls = new Map();   // task key -> box element
 const serviceRows = new Map();
+
+// Columns entering the viewport (or 400 px from it) get their boxes; leaving, lose them.
+const columnObserver = new IntersectionObserver((entries) => {
+  for (const e of entries) {
+    const name = e.target.dataset.node;
+    if (e.isIntersecting) visible.add(name); else visible.delete(name);
+    dirty.cols.add(name);
+  }
+  askFrame();
+}, { root: null, rootMargin: "400px" });
 
 function draw() {
   frameAsked = false;
   if (dirty.nodeList) drawNodeList();
   for (const name of dirty.nodes) drawNodeHead(name);
-  for (const key of dirty.tasks) drawTask(key);
+  for (const name of dirty.cols) drawColumn(name);
   if (dirty.serviceList) drawServiceList();
   for (const key of dirty.services) drawServiceRow(key);
   if (dirty.detail) drawDetail();
   if (dirty.networks) drawNetworks();
   if (dirty.events) drawEvents();
-  dirty.tasks.clear(); dirty.nodes.clear(); dirty.services.clear();
+  dirty.cols.clear(); dirty.nodes.clear(); dirty.services.clear();
   dirty.nodeList = dirty.serviceList = dirty.networks = dirty.events = dirty.detail = false;
   drawSummary();
 }
@@ -152,9 +172,12 @@ function nodeColumn(name) {
   let col = nodeEls.get(name);
   if (!col) {
     col = h("div", { class: "node", "data-node": name },
-            h("div", { class: "node-head" }), h("div", { class: "tasks" }));
+            h("div", { class: "node-head" }), h("div", { class: "tasks" }),
+            h("div", { class: "more" }));
+    col._boxes = new Map();  // task key -> box
     nodeEls.set(name, col);
     drawNodeHead(name, col);
+    columnObserver.observe(col);
   }
   return col;
 }
@@ -170,8 +193,7 @@ function drawNodeList() {
   names.forEach((name, i) => {
     const col = nodeColumn(name);
     if (container.children[i] !== col) container.insertBefore(col, container.children[i] || null);
-    // Boxes of tasks placed on a node the page did not know yet land now.
-    for (const key of placed.get(name) || []) dirty.tasks.add(key);
+    dirty.cols.add(name);  // tasks placed on a node the page did not know yet land now
   });
 }
 
@@ -208,28 +230,45 @@ function drawNodeHead(name, col = nodeEls.get(name)) {
   ].filter(Boolean));
 }
 
-function drawTask(key) {
-  const t = model.tasks.get(key);
-  const node = t ? placement(t) : null;
-  let box = taskEls.get(key);
-  if (node === null || (node !== "" && !model.nodes.has(node))) {
-    // A task on a node the page does not know yet gets its box when the node arrives.
-    if (box) { box.remove(); taskEls.delete(key); }
-    return;
-  }
-  if (!box) {
-    box = h("div", { class: "task", "data-task": key,
-                     onclick: () => selectService(serviceKey(model.tasks.get(key)), key) });
-    taskEls.set(key, box);
-  }
-  box.dataset.state = t.state;
-  box.dataset.service = t.service;
-  box.dataset.node = t.node;
-  box.title = `${t.name}\n${t.image}\n${t.state}${t.error ? "\n" + t.error : ""}`;
-  box.classList.toggle("selected", key === selectedTask);
-  box.replaceChildren(h("span", { class: "state" }, t.state), t.label);
-  const list = nodeColumn(node).querySelector(".tasks");
-  if (box.parentNode !== list) list.append(box);
+function byLabel(a, b) {
+  const x = model.tasks.get(a), y = model.tasks.get(b);
+  return (x.service === y.service ? 0 : (x.service < y.service ? -1 : 1))
+    || ((typeof x.slot === "number" && typeof y.slot === "number") ? x.slot - y.slot : 0)
+    || (a < b ? -1 : a > b ? 1 : 0);
+}
+
+function drawColumn(name) {
+  const col = nodeEls.get(name);
+  if (!col) return;
+  const list = col.querySelector(".tasks");
+  const boxes = col._boxes;
+  const keys = visible.has(name) ? [...(placed.get(name) || [])] : [];
+  const shown = keys.length > BOXES_SHOWN ? keys.sort(byLabel).slice(0, BOXES_SHOWN)
+                                          : keys.sort(byLabel);
+  const wanted = new Set(shown);
+  for (const [key, box] of boxes) if (!wanted.has(key)) { box.remove(); boxes.delete(key); }
+  shown.forEach((key, i) => {
+    const t = model.tasks.get(key);
+    let box = boxes.get(key);
+    if (!box) {
+      box = h("div", { class: "task", "data-task": key,
+                       onclick: () => selectService(serviceKey(model.tasks.get(key)), key) });
+      boxes.set(key, box);
+    }
+    if (box._rec !== t) {
+      box._rec = t;
+      box.dataset.state = t.state;
+      box.dataset.service = t.service;
+      box.title = `${t.name}\n${t.state}${t.error ? "\n" + t.error : ""}`;
+      box.replaceChildren(h("span", { class: "state" }, t.state), t.label);
+    }
+    box.classList.toggle("selected", key === selectedTask);
+    if (list.children[i] !== box) list.insertBefore(box, list.children[i] || null);
+  });
+  const total = (placed.get(name) || new Set()).size;
+  col.querySelector(".more").textContent =
+    total > shown.length && visible.has(name) ? `+ ${total - shown.length} more` : "";
+  col.dataset.tasks = String(total);
 }
 
 function replicasText(s) {
@@ -304,7 +343,10 @@ function selectService(key, taskKey = null) {
   selectedService = key;
   const oldTask = selectedTask;
   selectedTask = taskKey;
-  for (const k of [oldTask, taskKey]) if (k) dirty.tasks.add(k);
+  for (const k of [oldTask, taskKey]) {
+    const t = k && model.tasks.get(k);
+    if (t) dirty.cols.add(t.node);
+  }
   if (before) dirty.services.add(before);
   dirty.services.add(key);
   dirty.detail = true;
@@ -329,8 +371,8 @@ function drawDetail() {
     `Tasks of ${s.name} (${s.ns}) — ${replicasText(s)} running`;
   // Slots with their history, newest first: the rows of `swctl service ps`.
   const slots = new Map();
-  for (const t of model.tasks.values()) {
-    if (serviceKey(t) !== selectedService) continue;
+  for (const k of byService.get(selectedService) || []) {
+    const t = model.tasks.get(k);
     const list = slots.get(t.slot) || [];
     list.push(t);
     slots.set(t.slot, list);
