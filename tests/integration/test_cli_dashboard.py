@@ -323,3 +323,42 @@ def test_pausing_and_resuming_a_rollout_in_the_page(page: WebDriver, cluster: Cl
                    .startswith("paused"), 5, "the row no longer paused")
     finally:
         cluster.swctl("rollout", "resume", "service/web")
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
+
+
+def test_custom_kinds_appear_with_their_printer_columns(page: WebDriver,
+                                                       cluster: Cluster) -> None:
+    swctl = cluster.swctl
+    # Applied while the page is open: the kind, then its objects, arrive live.
+    swctl("apply", "-f", str(EXAMPLES / "greeting-crd.yaml"))
+    swctl("apply", "-f", str(EXAMPLES / "greeting.yaml"))
+    table = "#custom .custom-kind[data-kind='greetings']"
+
+    def headers() -> list[str]:
+        return [str(th.text) for th in page.find_elements(By.CSS_SELECTOR, f"{table} th")]
+    eventually(lambda: headers() == ["NAMESPACE", "NAME", "GREETS", "MESSAGE", "AGE"], 10,
+               "the Greeting table with the CRD's printer columns")
+
+    def rows() -> list[list[str]]:
+        found: list[list[str]] = page.execute_script(
+            "return [...document.querySelectorAll(arguments[0] + ' tbody tr')]"
+            ".map(r => [...r.cells].map(c => c.textContent))", table)
+        return found
+    eventually(lambda: [r[:3] for r in rows()] == [["default", "world", "World"]], 10,
+               "the greeting in the page")
+    swctl.write("moon.yaml", """
+        apiVersion: example.com/v1
+        kind: Greeting
+        metadata: {name: moon}
+        spec: {name: Moon}
+        """)
+    swctl("apply", "-f", "moon.yaml")
+    eventually(lambda: [r[:3] for r in rows()] == [["default", "moon", "Moon"],
+                                                   ["default", "world", "World"]], 5,
+               "a new greeting shown without a reload")
+    # The same cells `swctl get greetings -A` prints.
+    cli = swctl("get", "greetings", "-A").stdout.splitlines()
+    assert cli[0].split() == ["NAMESPACE", "NAME", "GREETS", "MESSAGE", "AGE"]
+    assert [line.split()[:3] for line in cli[1:]] == [r[:3] for r in rows()]

@@ -138,6 +138,25 @@ def test_a_subscriber_too_far_behind_is_dropped_not_buffered() -> None:
         assert queued[-1] is None  # the stream ends; the browser reconnects for a snapshot
 
 
+def test_a_kind_added_later_streams_its_changes_and_is_removed_cleanly() -> None:
+    the_hub = hub.Hub({})
+    greetings = FakeInformer([obj("Greeting", "world", spec={"name": "World"})])
+    with the_hub.subscribe() as sub:
+        the_hub.custom["x:greetings"] = {"kind": "Greeting", "headers": ["NAME"]}
+        the_hub.add_kind("x:greetings", greetings,  # type: ignore[arg-type]
+                         lambda o: {"k": views.key_of(o), "cells": [o.name]})
+        the_hub.publish_custom()
+        greetings.put(obj("Greeting", "moon", spec={"name": "Moon"}))
+        batch = the_hub.take_batch()
+        assert batch is not None
+        assert sorted(r["cells"][0] for r in batch["x:greetings"]["set"]) == ["moon"]
+        decode(sub.queue.get_nowait())  # the snapshot
+        kind, meta = decode(sub.queue.get_nowait())
+        assert kind == "custom" and meta["x:greetings"]["kind"] == "Greeting"
+        the_hub.remove_kind("x:greetings")
+        assert greetings.handlers == [] and "x:greetings" not in the_hub.snapshot()
+
+
 # --- access ---
 
 def test_loopback_needs_no_token_but_a_loopback_host_header() -> None:

@@ -7,7 +7,8 @@ validated, conflict-handled and reported exactly as the same command typed in a 
 
 Modules, one job each: ``command`` (the verb's flags, imported by ``swctl`` at start-up,
 so it stays light), ``views`` (objects to the compact JSON the page draws), ``hub``
-(informer changes coalesced into batches for every connected browser), ``actions`` (page
+(informer changes coalesced into batches for every connected browser), ``customkinds``
+(the CRDs followed, one table per custom kind), ``actions`` (page
 requests to swctl argv, run in-process), ``access`` (localhost or a token), ``server``
 (the aiohttp application: page, event stream, actions, logs). ``static/`` holds the page
 itself: one HTML, one JS, one CSS file, no framework and no build step.

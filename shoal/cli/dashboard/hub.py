@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import orjson
@@ -68,14 +68,39 @@ class Hub:
     def __init__(self, informers: dict[str, rt_informer.Informer],
                  interval: float = DEFAULT_INTERVAL,
                  max_backlog: int = DEFAULT_BACKLOG) -> None:
-        self.informers = informers
+        self.informers: dict[str, rt_informer.Informer] = {}
         self.interval = interval
         self.max_backlog = max_backlog
-        self._dirty: dict[str, set[str]] = {kind: set() for kind in informers}
+        self._dirty: dict[str, set[str]] = {}
+        self._views: dict[str, Callable[[resource.Resource], views.View]] = {}
+        self._removers: dict[str, Callable[[], None]] = {}
+        #: Custom kinds shown, by page kind: their names and table headers (customkinds).
+        self.custom: dict[str, dict[str, Any]] = {}
         self._wake = asyncio.Event()
         self._subscribers: set[Subscriber] = set()
-        self._removers = [self._watch(kind, inf) for kind, inf in informers.items()]
         self.batches_sent = 0
+        for kind, inf in informers.items():
+            self.add_kind(kind, inf, views.VIEWS[kind])
+
+    def add_kind(self, kind: str, informer: rt_informer.Informer,
+                 view: Callable[[resource.Resource], views.View]) -> None:
+        """Follow ``informer`` as page kind ``kind`` (again, if it was: every record is
+        then sent anew, e.g. with a CRD's new printer columns)."""
+        self.remove_kind(kind)
+        self.informers[kind] = informer
+        self._views[kind] = view
+        self._dirty[kind] = set()
+        # A synced informer replays its cache as adds: every record is marked to send.
+        self._removers[kind] = self._watch(kind, informer)
+        self._wake.set()
+
+    def remove_kind(self, kind: str) -> None:
+        remover = self._removers.pop(kind, None)
+        if remover is not None:
+            remover()
+        self.informers.pop(kind, None)
+        self._views.pop(kind, None)
+        self._dirty.pop(kind, None)
 
     def _watch(self, kind: str, informer: rt_informer.Informer) -> Any:
         dirty = self._dirty[kind]
@@ -91,8 +116,8 @@ class Hub:
         return informer.add_handlers(on_add=mark, on_update=mark_update, on_delete=mark)
 
     def close(self) -> None:
-        for remove in self._removers:
-            remove()
+        for kind in list(self._removers):
+            self.remove_kind(kind)
         for sub in list(self._subscribers):
             sub.queue.put_nowait(None)
         self._subscribers.clear()
@@ -103,9 +128,19 @@ class Hub:
         ns, _, name = key.rpartition("/")
         return self.informers[kind].get(name, ns or None)
 
-    def snapshot(self) -> dict[str, list[views.View]]:
-        return {kind: [views.view_of(kind, obj) for obj in inf.list()]
-                for kind, inf in self.informers.items()}
+    def _record(self, kind: str, obj: resource.Resource) -> views.View:
+        return views.safely(self._views[kind], obj)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every record by page kind, and under ``custom`` the custom kinds' tables."""
+        out: dict[str, Any] = {kind: [self._record(kind, obj) for obj in inf.list()]
+                               for kind, inf in self.informers.items()}
+        out["custom"] = self.custom
+        return out
+
+    def publish_custom(self) -> None:
+        """Tell every browser which custom kinds there are now (``custom`` event)."""
+        self._fan_out(encode("custom", self.custom))
 
     def take_batch(self) -> dict[str, Any] | None:
         """The records of every dirty key as ``{kind: {"set": [...], "del": [...]}}``;
@@ -122,7 +157,7 @@ class Hub:
                 if obj is None:
                     deletes.append(key)
                 else:
-                    upserts.append(views.view_of(kind, obj))
+                    upserts.append(self._record(kind, obj))
             batch[kind] = {"set": upserts, "del": deletes}
         return batch or None
 
@@ -145,12 +180,14 @@ class Hub:
         return len(self._subscribers)
 
     def publish(self, batch: dict[str, Any]) -> None:
-        message = encode("delta", batch)
+        self._fan_out(encode("delta", batch))
+        self.batches_sent += 1
+
+    def _fan_out(self, message: bytes) -> None:
         for sub in list(self._subscribers):
             if not sub.push(message):
                 self._subscribers.discard(sub)
                 log.info("dashboard client too far behind; it will reload its snapshot")
-        self.batches_sent += 1
 
     async def run(self) -> None:
         """Flush dirty keys to the subscribers until cancelled."""

@@ -30,7 +30,7 @@ import orjson
 from aiohttp import web
 
 from shoal.cli import common, console, errors, logs
-from shoal.cli.dashboard import access, actions, hub, views
+from shoal.cli.dashboard import access, actions, customkinds, hub, views
 from shoal.crds import kinds
 from shoal.runtime import informer as rt_informer
 from shoal.runtime import logging as rt_logging
@@ -164,10 +164,10 @@ class Dashboard:
         return response
 
 
-async def _informers(store: Any, etcd: str) -> dict[str, rt_informer.Informer]:
-    registry: kinds.Registry = await common.registry_of(store)
-    factory = rt_informer.SharedInformerFactory(store)
+async def _informers(store: Any, etcd: str, factory: rt_informer.SharedInformerFactory,
+                     registry: kinds.Registry) -> dict[str, rt_informer.Informer]:
     found = {kind: factory.informer(registry.lookup(kind)) for kind in views.KINDS}
+    factory.informer(registry.lookup(kinds.CRD_KIND))
     factory.start()
     try:
         await factory.wait_for_sync(SYNC_TIMEOUT)
@@ -190,8 +190,11 @@ async def serve(opts: common.GlobalOptions, address: str, port: int, open_page: 
     """Serve until cancelled (Ctrl-C)."""
     rule = access.Access(None if access.is_loopback(address) else access.new_token())
     async with common.open_store(opts) as store:
-        informers = await _informers(store, opts.etcd)
+        registry: kinds.Registry = await common.registry_of(store)
+        factory = rt_informer.SharedInformerFactory(store)
+        informers = await _informers(store, opts.etcd, factory, registry)
         the_hub = hub.Hub(informers)
+        custom = customkinds.CustomKinds(factory, the_hub, registry)
         flusher = asyncio.create_task(the_hub.run(), name="dashboard-hub")
         runner = web.AppRunner(Dashboard(the_hub, opts, rule).app(), access_log=None,
                                handle_signals=False)
@@ -216,11 +219,11 @@ async def serve(opts: common.GlobalOptions, address: str, port: int, open_page: 
                 webbrowser.open(url)
             await asyncio.Event().wait()  # until cancelled
         finally:
+            custom.close()
             the_hub.close()
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
             await runner.cleanup()
-            for inf in informers.values():
-                await inf.stop()
+            await factory.stop()
     return 0

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
+from shoal.cli import printers, taskview
 from shoal.cli import service as service_verbs
-from shoal.cli import taskview
 from shoal.crds import resource
 from shoal.crds import taskstates as ts
 from shoal.crds import updatemeta as um
@@ -143,9 +143,22 @@ VIEWS: Final[dict[str, Callable[[resource.Resource], View]]] = {
 
 
 def view_of(kind: str, obj: resource.Resource) -> View:
-    """The record of ``obj``; a record with ``bad`` set when the object cannot be read."""
+    """The record of ``obj`` of a built-in page kind (see :func:`safely`)."""
+    return safely(VIEWS[kind], obj)
+
+
+def safely(view: Callable[[resource.Resource], View], obj: resource.Resource) -> View:
+    """``view(obj)``; a record with ``bad`` set when the object cannot be read."""
     try:
-        return VIEWS[kind](obj)
+        return view(obj)
     except Exception as exc:
         return {"k": key_of(obj), "name": obj.metadata.name, "bad": f"{type(exc).__name__}: "
                 f"{exc}"}
+
+
+def custom_view(printer: printers.TablePrinter) -> Callable[[resource.Resource], View]:
+    """Records of a custom kind: the cells ``swctl get KIND -A`` prints for each object
+    (the CRD's printer columns), in the order of ``printer.headers``."""
+    def view(obj: resource.Resource) -> View:
+        return {"k": key_of(obj), "cells": printer.row(obj)}
+    return view

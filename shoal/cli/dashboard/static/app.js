@@ -15,6 +15,7 @@ const EVENTS_SHOWN = 50;
 // Boxes drawn per node column; the rest are counted ("+ 58 more"). With columns drawn
 // only while in view, the page holds a few thousand boxes whatever the cluster's size.
 const BOXES_SHOWN = 40;
+const CUSTOM_ROWS_SHOWN = 500;
 
 const model = Object.fromEntries(KINDS.map((k) => [k, new Map()]));
 // Per service (ns/name): [tasks wanted running, of those running] — swctl's REPLICAS.
@@ -25,10 +26,12 @@ const placed = new Map();
 const byService = new Map();
 // Node columns in (or near) the viewport: only these hold boxes.
 const visible = new Set();
+// Kinds from CRDs ("x:<plural>"): their headers (meta) and records, as `swctl get -A`.
+const custom = { meta: {}, records: new Map() };
 
 const dirty = { cols: new Set(), nodes: new Set(), services: new Set(),
                 nodeList: false, serviceList: false, networks: false, events: false,
-                detail: false };
+                detail: false, custom: false };
 let frameAsked = false;
 let selectedService = null;  // ns/name
 let selectedTask = null;
@@ -120,7 +123,21 @@ function loadSnapshot(snap) {
   nodeEls.clear(); serviceRows.clear();
   document.querySelector("#services tbody").replaceChildren();
   for (const kind of KINDS) for (const rec of snap[kind] || []) upsert(kind, rec);
+  custom.meta = snap.custom || {};
+  custom.records = new Map();
+  for (const kind of Object.keys(custom.meta)) {
+    custom.records.set(kind, new Map((snap[kind] || []).map((r) => [r.k, r])));
+  }
   dirty.nodeList = dirty.serviceList = dirty.networks = dirty.events = dirty.detail = true;
+  dirty.custom = true;
+  askFrame();
+}
+
+function setCustomKinds(meta) {
+  custom.meta = meta;
+  for (const kind of [...custom.records.keys()]) if (!(kind in meta)) custom.records.delete(kind);
+  for (const kind of Object.keys(meta)) if (!custom.records.has(kind)) custom.records.set(kind, new Map());
+  dirty.custom = true;
   askFrame();
 }
 
@@ -130,6 +147,13 @@ function applyDelta(batch) {
     if (!part) continue;
     for (const key of part.del) remove(kind, key);
     for (const rec of part.set) upsert(kind, rec);
+  }
+  for (const [kind, part] of Object.entries(batch)) {
+    const records = custom.records.get(kind);
+    if (!kind.startsWith("x:") || !records) continue;
+    for (const key of part.del) records.delete(key);
+    for (const rec of part.set) records.set(rec.k, rec);
+    dirty.custom = true;
   }
   askFrame();
 }
@@ -163,8 +187,10 @@ function draw() {
   if (dirty.detail) drawDetail();
   if (dirty.networks) drawNetworks();
   if (dirty.events) drawEvents();
+  if (dirty.custom) drawCustom();
   dirty.cols.clear(); dirty.nodes.clear(); dirty.services.clear();
   dirty.nodeList = dirty.serviceList = dirty.networks = dirty.events = dirty.detail = false;
+  dirty.custom = false;
   drawSummary();
 }
 
@@ -417,6 +443,25 @@ function drawEvents() {
   document.querySelector("#events tbody").replaceChildren(...rows);
 }
 
+function drawCustom() {
+  const kinds = Object.keys(custom.meta).sort();
+  document.getElementById("custom-section").hidden = kinds.length === 0;
+  const tables = kinds.map((kind) => {
+    const meta = custom.meta[kind];
+    const records = [...(custom.records.get(kind) || new Map()).values()]
+      .sort((a, b) => a.k.localeCompare(b.k));
+    const rows = records.slice(0, CUSTOM_ROWS_SHOWN).map((r) =>
+      h("tr", { "data-key": r.k }, ...(r.cells || [r.bad || ""]).map((c) => h("td", {}, c))));
+    const more = records.length > CUSTOM_ROWS_SHOWN
+      ? h("div", { class: "more" }, `+ ${records.length - CUSTOM_ROWS_SHOWN} more`) : null;
+    return h("div", { class: "custom-kind", "data-kind": meta.plural },
+      h("h3", {}, `${meta.kind} (${meta.plural}.${meta.group}) — ${records.length}`),
+      h("table", {}, h("thead", {}, h("tr", {}, ...meta.headers.map((x) => h("th", {}, x)))),
+        h("tbody", {}, ...rows)), more);
+  });
+  document.getElementById("custom").replaceChildren(...tables);
+}
+
 function drawSummary() {
   let running = 0;
   for (const [, c] of counts) running += c[1];
@@ -486,6 +531,7 @@ function connect() {
     conn.dataset.state = "live"; conn.textContent = "live";
   });
   source.addEventListener("delta", (e) => applyDelta(JSON.parse(e.data)));
+  source.addEventListener("custom", (e) => setCustomKinds(JSON.parse(e.data)));
   source.onerror = () => { conn.dataset.state = "reconnecting"; conn.textContent = "reconnecting…"; };
 }
 
