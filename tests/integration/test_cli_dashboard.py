@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -55,8 +56,8 @@ def cluster(etcd: etcd_server.EtcdServer,
         yield c
 
 
-def start_dashboard(swctl: Swctl, *flags: str) -> tuple[Streaming, str]:
-    proc = swctl.start("dashboard", "--port", "0", *flags)
+def start_dashboard(swctl: Swctl, *flags: str, port: int = 0) -> tuple[Streaming, str]:
+    proc = swctl.start("dashboard", "--port", str(port), *flags)
     line = proc.read_line(timeout=30)
     assert line.startswith("Dashboard: http://"), line
     return proc, line.split(" ", 1)[1]
@@ -362,3 +363,34 @@ def test_custom_kinds_appear_with_their_printer_columns(page: WebDriver,
     cli = swctl("get", "greetings", "-A").stdout.splitlines()
     assert cli[0].split() == ["NAMESPACE", "NAME", "GREETS", "MESSAGE", "AGE"]
     assert [line.split()[:3] for line in cli[1:]] == [r[:3] for r in rows()]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_the_page_survives_a_dashboard_restart(browser: WebDriver, cluster: Cluster) -> None:
+    port = free_port()
+    proc, url = start_dashboard(cluster.swctl, port=port)
+    again: Streaming | None = None
+    try:
+        browser.get(url)
+        eventually(lambda: browser.find_element(By.ID, "conn").text == "live", 20, "live")
+        page_id = browser.execute_script("return window.__shoalPageId")
+        proc.kill()  # SIGKILL: nothing is saved, nothing needs to be
+        eventually(lambda: browser.find_element(By.ID, "conn").get_attribute("data-state")
+                   == "reconnecting", 10, "the page noticing the server gone")
+        cluster.swctl("scale", "web=4", "--detach")  # a change while nobody watches
+        again, _ = start_dashboard(cluster.swctl, port=port)
+        eventually(lambda: replicas_cell(browser).endswith("/4"), 15,
+                   "the page back live, with the change made meanwhile")
+        assert browser.find_element(By.ID, "conn").text == "live"
+        assert browser.execute_script("return window.__shoalPageId") == page_id
+    finally:
+        proc.kill()
+        if again is not None:
+            again.kill()
+        cluster.swctl("scale", "web=3", "--verify-window", "0.3", timeout=60)

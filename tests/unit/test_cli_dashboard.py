@@ -47,9 +47,12 @@ def test_a_service_record_has_swctls_ports_and_mode() -> None:
     svc = obj("Service", "web", spec={
         "replicas": 4, "template": {"image": "nginx"}, "networks": ["front", {"name": "back"}],
         "endpoint": {"ports": [{"published": 8080, "target": 80, "protocol": "tcp"}]}},
-        status={"revision": 2, "update": {"state": "updating", "message": "1/4"}})
+        status={"revision": 2, "update": {"state": "updating", "message": "1/4"},
+                "endpoint": {"mode": "vip", "virtualIPs": [
+                    {"network": "front", "address": "10.0.1.2"}]}})
     rec = views.service_view(svc)
     assert rec["ports"] == "*:8080->80/tcp" and rec["networks"] == ["front", "back"]
+    assert rec["vips"] == {"front": "10.0.1.2"}
     assert (rec["mode"], rec["replicas"], rec["revision"], rec["rollout"]) == (
         "replicated", 4, 2, "updating")
 

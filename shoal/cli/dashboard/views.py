@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from shoal.cli import printers, taskview
 from shoal.cli import service as service_verbs
+from shoal.crds import networking as nw
 from shoal.crds import resource
 from shoal.crds import taskstates as ts
 from shoal.crds import updatemeta as um
@@ -78,12 +79,14 @@ def service_view(service: resource.Resource) -> View:
     update = um.update_status(service)
     try:
         ports = service_verbs.ports_cell(service)
+        vips = {name: str(addr) for name, addr in nw.endpoint(service).vips.items()}
     except Exception:  # a malformed endpoint: show the service without its ports
-        ports = ""
+        ports, vips = "", {}
     return {
         "k": key_of(service), "ns": ts.namespace_of(service), "name": service.metadata.name,
         "mode": taskview.mode_of(service), "replicas": taskview.replicas_of(service),
         "image": _str(template.get("image")), "ports": ports, "networks": _networks(service),
+        "vips": vips,  # network -> the service's virtual IP on it
         "revision": um.current_revision(service),
         "paused": service.spec.get("paused") is True,
         "rollout": _str(update.get("state")), "rolloutMessage": _str(update.get("message")),

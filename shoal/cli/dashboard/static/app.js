@@ -352,10 +352,14 @@ function drawServiceRow(key) {
   cell("replicas").dataset.converged = String(running === desired);
   cell("image").textContent = s.image;
   cell("ports").textContent = s.ports;
-  cell("networks").textContent = s.networks.join(", ");
+  // Each network with the service's VIP on it (the ingress network's too, if it has one).
+  const nets = [...new Set([...s.networks, ...Object.keys(s.vips || {})])];
+  cell("networks").textContent =
+    nets.map((n) => (s.vips && s.vips[n] ? `${n} (${s.vips[n]})` : n)).join(", ");
   const rev = s.revision ? `rev ${s.revision}` : "";
   const state = s.paused ? "paused" : s.rollout;
-  cell("rollout").textContent = [state, rev].filter(Boolean).join(" · ") || "—";
+  const progress = s.rollout && s.rollout !== "completed" ? s.rolloutMessage : "";
+  cell("rollout").textContent = [state, rev, progress].filter(Boolean).join(" · ") || "—";
   cell("rollout").title = s.rolloutMessage || s.problem || "";
   if (document.activeElement !== row._input && row._input.dataset.replicas !== String(s.replicas)) {
     row._input.value = s.replicas;
