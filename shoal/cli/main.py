@@ -158,8 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as exc:  # the one place errors become exit codes
         if isinstance(exc, SystemExit):
             raise
-        if isinstance(exc, KeyboardInterrupt) and getattr(args, "watch", False):
-            return 0  # Ctrl-C is how `get -w` ends, even before the watch has started
+        if isinstance(exc, KeyboardInterrupt) and (getattr(args, "watch", False)
+                                                   or getattr(args, "serves", False)):
+            # Ctrl-C is how `get -w` ends, even before the watch has started, and how a
+            # server (`dashboard`) is stopped: the normal end, not a failure.
+            return 0
         return errors.report(exc, args.error_code)
 
 

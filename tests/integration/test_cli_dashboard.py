@@ -8,6 +8,7 @@ is also copied to docs/images/dashboard.png, the README's picture.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -26,7 +27,8 @@ from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from shoal.store import etcd_server
+from shoal.crds import kinds
+from shoal.store import client, etcd_server
 from tests.helpers import eventually_sync as eventually
 from tests.integration.cli_support import Cluster, Streaming, Swctl, hollow_cluster
 
@@ -394,3 +396,48 @@ def test_the_page_survives_a_dashboard_restart(browser: WebDriver, cluster: Clus
         if again is not None:
             again.kill()
         cluster.swctl("scale", "web=3", "--verify-window", "0.3", timeout=60)
+
+
+def test_malformed_objects_in_etcd_are_shown_and_break_nothing(page: WebDriver,
+                                                              cluster: Cluster) -> None:
+    swctl = cluster.swctl
+    registry = kinds.Registry.builtin()
+    services, nodes = registry.lookup("services"), registry.lookup("nodes")
+
+    async def write() -> None:
+        store = await client.Store.connect(swctl.etcd_url, prefix=swctl.prefix)
+        try:
+            # Written past admission, as a buggy writer or an old version might.
+            await store.raw_put(store.key(services, "junk", "default"), json.dumps({
+                "apiVersion": "shoal.io/v1", "kind": "Service",
+                "metadata": {"name": "junk", "namespace": "default", "uid": "u-junk"},
+                "spec": {"replicas": "lots", "template": 5, "networks": "front",
+                         "endpoint": "nowhere"},
+                "status": {"update": "x", "revision": "two", "conditions": "bad",
+                           "endpoint": {"virtualIPs": "none"}}}).encode())
+            await store.raw_put(store.key(nodes, "weird"), json.dumps({
+                "apiVersion": "shoal.io/v1", "kind": "Node",
+                "metadata": {"name": "weird", "uid": "u-weird", "labels": {"a": 1}},
+                "spec": {"availability": 7}, "status": {"state": 5, "address": ["x"]}
+            }).encode())
+            # Not even an object: the store skips it (logged), the page never sees it.
+            await store.raw_put(store.key(services, "noise", "default"), b"\x00not json")
+        finally:
+            await store.close()
+
+    asyncio.run(write())
+    try:
+        eventually(lambda: page.find_elements(
+            By.CSS_SELECTOR, "#services tr[data-service='default/junk']"), 10, "junk listed")
+        eventually(lambda: page.find_elements(By.CSS_SELECTOR, ".node[data-node='weird']"),
+                   10, "the weird node's column")
+        # The page goes on following the cluster.
+        swctl("scale", "web=2", "--detach")
+        eventually(lambda: replicas_cell(page).endswith("/2"), 10, "web scaled in the page")
+        assert page.find_element(By.ID, "conn").text == "live"
+    finally:
+        swctl("delete", "service", "junk", "noise")
+        swctl("delete", "node", "weird")
+        swctl("scale", "web=3", "--verify-window", "0.3", timeout=60)
+    eventually(lambda: not page.find_elements(
+        By.CSS_SELECTOR, "#services tr[data-service='default/junk']"), 10, "junk gone")

@@ -40,7 +40,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--port", type=_port, default=DEFAULT_PORT, metavar="PORT",
                    help=f"port to listen on (default {DEFAULT_PORT}; 0 picks a free one)")
     p.add_argument("--open", action="store_true", help="open the page in a browser")
-    p.set_defaults(func=run, error_code=1)
+    p.set_defaults(func=run, error_code=1, serves=True)  # Ctrl-C ends it: exit 0
 
 
 async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:

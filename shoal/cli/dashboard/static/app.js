@@ -18,6 +18,18 @@ const BOXES_SHOWN = 40;
 const CUSTOM_ROWS_SHOWN = 500;
 
 const model = Object.fromEntries(KINDS.map((k) => [k, new Map()]));
+// A record the server could not build (a malformed object in etcd) comes as {k, name,
+// bad}: it is drawn from these blanks, with the reason shown, instead of breaking a frame.
+const BLANK = {
+  nodes: { role: "", availability: "", state: "unknown", address: "", dataplane: "",
+           labels: {}, message: "" },
+  services: { mode: "", replicas: 0, image: "", ports: "", networks: [], vips: {},
+              rollout: "", rolloutMessage: "", paused: false, problem: "" },
+  tasks: { service: "", slot: 0, label: "", node: "", state: "unknown", desired: "",
+           active: false, running: false, ended: true, error: "", since: 0, uid: "" },
+  networks: { driver: "", subnet: "", vni: "", problem: "" },
+  events: { type: "", reason: "", message: "", object: "", count: 1, last: "" },
+};
 // Per service (ns/name): [tasks wanted running, of those running] — swctl's REPLICAS.
 const counts = new Map();
 // Per node name ("" = unassigned): keys of the tasks it holds (wanted running, not ended).
@@ -85,6 +97,10 @@ function index(t, sign) {
 }
 
 function upsert(kind, rec) {
+  if (rec.bad) {
+    const slash = rec.k.lastIndexOf("/");
+    rec = { ...BLANK[kind], ns: slash < 0 ? "" : rec.k.slice(0, slash), ...rec };
+  }
   const old = model[kind].get(rec.k);
   if (kind === "tasks") {
     if (old) { addShare(old, -1); place(old, -1); index(old, -1); }
@@ -248,7 +264,7 @@ function drawNodeHead(name, col = nodeEls.get(name)) {
       h("span", { class: `badge ${n.role}` }, n.role),
       h("span", { class: `badge ${n.availability}`, "data-field": "availability" },
         n.availability)),
-    h("div", { class: "node-facts" },
+    h("div", { class: "node-facts" }, n.bad ? `unreadable: ${n.bad}` :
       [n.address, n.dataplane].filter(Boolean).join(" · ") || "no address reported"),
     labels.length ? h("div", { class: "labels" }, ...labels) : null,
     h("div", { class: "node-actions" },
@@ -350,7 +366,9 @@ function drawServiceRow(key) {
   cell("replicas").textContent = replicas;
   const [running, desired] = replicas.split("/");
   cell("replicas").dataset.converged = String(running === desired);
-  cell("image").textContent = s.image;
+  cell("image").textContent = s.bad ? `unreadable: ${s.bad}` : s.image;
+  cell("image").classList.toggle("error", Boolean(s.bad || s.problem));
+  if (s.problem) cell("image").title = s.problem;
   cell("ports").textContent = s.ports;
   // Each network with the service's VIP on it (the ingress network's too, if it has one).
   const nets = [...new Set([...s.networks, ...Object.keys(s.vips || {})])];
