@@ -23,6 +23,10 @@ command -v modprobe >/dev/null 2>&1 || [ -x /sbin/modprobe ] || need_apt+=(kmod)
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
 command -v iptables-legacy-restore >/dev/null 2>&1 || [ -x /usr/sbin/iptables-legacy-restore ] \
   || need_apt+=(iptables)
+# The dashboard's tests drive a real browser: Debian's chromium through chromium-driver
+# (Selenium), headless.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+[ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv python3-pip)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 if [ ${#need_apt[@]} -gt 0 ]; then

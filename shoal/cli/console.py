@@ -13,6 +13,7 @@ stdout — redrawn in place on a terminal, one line per change otherwise.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import sys
 from collections.abc import Iterator
 from types import TracebackType
@@ -34,8 +35,30 @@ def interactive() -> bool:
     return sys.stdout.isatty() and sys.stderr.isatty()
 
 
+# Where out() writes inside captured(): the dashboard runs swctl's verbs in its own
+# process, one asyncio task per action, and shows each action's result lines in the page.
+# A context variable (not a swapped sys.stdout) keeps concurrent actions apart.
+_CAPTURE: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "swctl_capture", default=None)
+
+
+@contextlib.contextmanager
+def captured() -> Iterator[list[str]]:
+    """Collect the result lines :func:`out` writes in this context instead of printing."""
+    lines: list[str] = []
+    token = _CAPTURE.set(lines)
+    try:
+        yield lines
+    finally:
+        _CAPTURE.reset(token)
+
+
 def out(text: str) -> None:
     """Write result lines to stdout and flush (a reader may be waiting for them)."""
+    sink = _CAPTURE.get()
+    if sink is not None:
+        sink.extend(text.rstrip("\n").splitlines() if text else [])
+        return
     if text:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     sys.stdout.flush()

@@ -68,21 +68,25 @@ def report(exc: BaseException, error_code: int = 1) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-    lines = messages_for(exc)
     code = error_code
     if isinstance(exc, CliError) and exc.code is not None:
         code = exc.code
+    for line in error_lines(exc):
+        sys.stderr.write(line)
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+    return code
+
+
+def error_lines(exc: BaseException) -> list[str]:
+    """The lines swctl prints on stderr for ``exc`` (``error: ...``), as :func:`report`
+    prints them; the dashboard shows the very same lines for a failed action."""
+    lines = messages_for(exc)
     if lines is None:
         if os.environ.get("SHOAL_DEBUG"):
             traceback.print_exception(exc)
         lines = [f"internal error: {type(exc).__name__}: {exc} "
                  "(set SHOAL_DEBUG=1 for a traceback, and please report it)"]
-    for line in lines:
-        # Indented lines continue the previous message (a quoted source line, a hint).
-        if line.startswith(("error: ", " ")):
-            sys.stderr.write(line)
-        else:
-            sys.stderr.write(f"error: {line}")
-        sys.stderr.write("\n")
-    sys.stderr.flush()
-    return code
+    # Indented lines continue the previous message (a quoted source line, a hint).
+    return [line if line.startswith(("error: ", " ")) else f"error: {line}"
+            for line in lines]

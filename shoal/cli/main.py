@@ -43,6 +43,7 @@ from shoal.cli import (
     service,
     stack,
 )
+from shoal.cli.dashboard import command as dashboard
 
 
 class _Parser(argparse.ArgumentParser):
@@ -97,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `swctl VERB --help` for the flags of a verb.")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for module in (apply, get, describe, delete, diff, scale, rollout, service, logs, node,
-                   network, secretverbs, stack, init, join, rolewatch, cluster, manager,
-                   agent):
+                   network, secretverbs, stack, dashboard, init, join, rolewatch, cluster,
+                   manager, agent):
         module.add_parser(sub, [flags])
     return parser
 
@@ -157,8 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as exc:  # the one place errors become exit codes
         if isinstance(exc, SystemExit):
             raise
-        if isinstance(exc, KeyboardInterrupt) and getattr(args, "watch", False):
-            return 0  # Ctrl-C is how `get -w` ends, even before the watch has started
+        if isinstance(exc, KeyboardInterrupt) and (getattr(args, "watch", False)
+                                                   or getattr(args, "serves", False)):
+            # Ctrl-C is how `get -w` ends, even before the watch has started, and how a
+            # server (`dashboard`) is stopped: the normal end, not a failure.
+            return 0
         return errors.report(exc, args.error_code)
 
 
