@@ -103,7 +103,7 @@ def task_view(task: resource.Resource) -> View:
         "service": _str(service), "slot": slot,
         "label": taskview.slot_label(service or task.metadata.name, slot),
         "node": _str(ts.node_name_of(task)),
-        "state": ts.observed_state(task), "desired": ts.desired_state(task),
+        "state": ts.shown_state(task), "desired": ts.desired_state(task),
         # What REPLICAS and the node columns count (taskview.replica_share, tasks_per_node).
         "active": ts.is_active_desired(task), "running": ts.is_running(task),
         "ended": ts.has_ended(task),

@@ -10,7 +10,7 @@
 
 const KINDS = ["nodes", "services", "tasks", "networks", "events"];
 const STATES = ["new", "pending", "assigned", "accepted", "preparing", "starting",
-                "running", "complete", "failed", "shutdown", "rejected", "orphaned"];
+                "running", "complete", "failed", "shutdown", "rejected", "orphaned", "unknown"];
 const EVENTS_SHOWN = 50;
 // Boxes drawn per node column; the rest are counted ("+ 58 more"). With columns drawn
 // only while in view, the page holds a few thousand boxes whatever the cluster's size.
