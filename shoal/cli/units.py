@@ -87,6 +87,11 @@ def quote(arg: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _specifiers(text: str) -> str:
+    """``%`` doubled: systemd expands specifiers (``%n``) in most settings."""
+    return text.replace("%", "%%")
+
+
 def exec_line(argv: Sequence[str]) -> str:
     if not argv or not argv[0].startswith("/"):
         raise ValueError(f"ExecStart needs an absolute program path, got {list(argv)[:1]}")
@@ -110,12 +115,12 @@ def render(layout: datadir.Layout, process: str, argv: Sequence[str], *,
         wants.append(unit_name(root, ETCD))
     if process == AGENT:
         after.append("docker.service")  # ordering only: used when Docker runs as a service
-    log = layout.logs / f"{process}.log"
+    log = _specifiers(str(layout.logs / f"{process}.log"))
     lines = [
         f"{MARKER} {root}; `swctl leave` removes it.",
         "# Do not edit: `swctl init`/`join` and the role watcher write it again.",
         "[Unit]",
-        f"Description=Shoal {_WHAT[process]} ({root})",
+        f"Description=Shoal {_WHAT[process]} ({_specifiers(str(root))})",
         f"After={' '.join(after)}",
         f"Wants={' '.join(wants)}",
         "StartLimitIntervalSec=0",
