@@ -63,10 +63,11 @@ class Namespace:
                                          check=False).stdout.strip() in ("running",
                                                                          "degraded"),
                         20, "the systemd user manager up")
-        # The machine's installed shoal is this checkout (the units do not see the
-        # test's environment, as a service does not see a login shell's).
+        # The machine's installed shoal is this checkout, and the role watcher, a unit,
+        # finds the same systemctl (services get the manager's environment, not ours).
         pythonpath = os.environ.get("PYTHONPATH", "")
-        self.run("systemctl", "set-environment", f"PYTHONPATH={pythonpath}")
+        self.run("systemctl", "set-environment", f"PYTHONPATH={pythonpath}",
+                 f"PATH={self.env['PATH']}")
 
     def _child(self) -> int | None:
         try:
@@ -188,6 +189,41 @@ def test_systemd_restarts_a_killed_agent_and_the_cluster_keeps_working(
     m1.swctl("service", "scale", "web=4", "-d")
     eventually_sync(lambda: (lambda on: len(on) == 4 and "w1" in on)(running_on(m1)), 60,
                     "four tasks running, on the restarted agent's node too")
+
+
+def manager_status(m1: Machine, name: str) -> str:
+    lines = m1.swctl("node", "ls").stdout.splitlines()
+    header = lines[0]
+    start = header.index("MANAGER STATUS")
+    for line in lines[1:]:
+        if [c for c in line.split() if c != "*"][1] == name:
+            return line[start:start + len("MANAGER STATUS")].strip()
+    return ""
+
+
+def test_promote_and_demote_add_and_remove_the_manager_units(
+        ns: Namespace, machines: dict[str, Machine]) -> None:
+    m1, w1 = machines["m1"], machines["w1"]
+    etcd_unit, cm_unit = w1.unit(units.ETCD), w1.unit(units.MANAGER)
+    assert m1.swctl("node", "promote", "w1").stdout == "node/w1 promoted\n"
+    eventually_sync(lambda: manager_status(m1, "w1") == "Reachable", 60,
+                    "w1 an etcd member, started by its role watcher as a unit")
+    eventually_sync(lambda: ns.show(cm_unit, "ActiveState") == "active", 30,
+                    "w1's controller-manager unit active")
+    assert ns.show(etcd_unit, "UnitFileState") == "enabled"
+    # The agent's unit follows node.json (role, endpoints) for its next start.
+    agent = units.exec_start((ns.unit_dir / w1.unit(units.AGENT)).read_text())
+    assert agent[agent.index("--role") + 1] == "manager"
+    assert len(agent[agent.index("--etcd") + 1].split(",")) == 2
+
+    assert m1.swctl("node", "demote", "w1").stdout == "node/w1 demoted\n"
+    eventually_sync(lambda: not (ns.unit_dir / etcd_unit).exists()
+                    and not (ns.unit_dir / cm_unit).exists(), 30,
+                    "w1's etcd and controller-manager units removed")
+    assert ns.show(etcd_unit, "ActiveState") == "inactive"
+    assert ns.show(w1.unit(units.AGENT), "ActiveState") == "active"
+    eventually_sync(lambda: datadir.load_node(datadir.Layout(w1.dir)).role == "worker", 15,
+                    "w1 a worker on its machine")
 
 
 def test_leave_disables_and_removes_the_units(ns: Namespace,
