@@ -23,6 +23,10 @@ command -v modprobe >/dev/null 2>&1 || [ -x /sbin/modprobe ] || need_apt+=(kmod)
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
 command -v iptables-legacy-restore >/dev/null 2>&1 || [ -x /usr/sbin/iptables-legacy-restore ] \
   || need_apt+=(iptables)
+# systemd: systemd-analyze verifies the rendered units; the e2e units test runs a systemd
+# user manager in a namespace (unshare/nsenter are util-linux's).
+command -v systemd-analyze >/dev/null 2>&1 && [ -x /lib/systemd/systemd ] || need_apt+=(systemd)
+command -v nsenter >/dev/null 2>&1 || need_apt+=(util-linux)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv python3-pip)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -123,7 +123,8 @@ def prepare_start(layout: datadir.Layout, args: argparse.Namespace) -> None:
     nodeprocs.stop_all(layout, remove=True)
     nodeprocs.save_start(layout, nodeprocs.StartRecord(
         systemd=use_systemd, runtime=args.runtime, agent_args=tuple(args.agent_arg),
-        listen_join=args.listen_join))
+        listen_join=args.listen_join,
+        unit_dir=str(systemctl.unit_dir()) if use_systemd else ""))
 
 
 def etcd_member(layout: datadir.Layout, cfg: datadir.NodeConfig, initial_cluster: str,

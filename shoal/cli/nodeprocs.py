@@ -57,18 +57,22 @@ class StartRecord:
     runtime: str = "auto"
     agent_args: tuple[str, ...] = ()
     listen_join: int = 4243
+    #: Where the units were written (systemd): leave and the role watcher use this one,
+    #: whatever their environment says.
+    unit_dir: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"supervisor": "systemd" if self.systemd else "detached",
                 "runtime": self.runtime, "agent_args": list(self.agent_args),
-                "listen_join": self.listen_join}
+                "listen_join": self.listen_join, "unit_dir": self.unit_dir}
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> StartRecord:
         ok = isinstance(data, dict) and data.get("supervisor") in ("systemd", "detached") \
             and isinstance(data.get("runtime", ""), str) \
             and isinstance(data.get("listen_join", 0), int) \
-            and isinstance(data.get("agent_args", []), list)
+            and isinstance(data.get("agent_args", []), list) \
+            and isinstance(data.get("unit_dir", ""), str)
         if not ok:
             raise errors.CliError(f"{where} is damaged (expected supervisor systemd|detached, "
                                   "runtime, agent_args, listen_join): `swctl leave --force` "
@@ -76,7 +80,8 @@ class StartRecord:
         return cls(systemd=data["supervisor"] == "systemd",
                    runtime=str(data.get("runtime") or "auto"),
                    agent_args=tuple(str(a) for a in data.get("agent_args") or []),
-                   listen_join=int(data.get("listen_join") or 4243))
+                   listen_join=int(data.get("listen_join") or 4243),
+                   unit_dir=str(data.get("unit_dir") or ""))
 
 
 def save_start(layout: datadir.Layout, rec: StartRecord) -> None:
@@ -217,7 +222,9 @@ def start_detached(layout: datadir.Layout, name: str, argv: list[str]) -> cluste
 # --- systemd ---
 
 def unit_path(layout: datadir.Layout, name: str) -> Path:
-    return systemctl.unit_dir() / units.unit_name(layout.root, name)
+    rec = load_start(layout)
+    where = Path(rec.unit_dir) if rec is not None and rec.unit_dir else systemctl.unit_dir()
+    return where / units.unit_name(layout.root, name)
 
 
 def _installed(layout: datadir.Layout, name: str) -> bool:

@@ -13,8 +13,9 @@ What it owns: the layout of ``DIR`` (``--data-dir``, ``$SHOAL_DATA_DIR``, defaul
     DIR/keyring.json       the secrets keyring (managers)
     DIR/logs/              the detached processes' logs
     DIR/processes.json     what init/join started detached (cluster.ChildRecord list)
-    DIR/start.json         how init/join started the processes (systemd units or
-                           detached) and the agent's options, for leave and role-watch
+    DIR/start.json         how init/join started the processes (systemd units, and
+                           where, or detached) and the agent's options, for leave and
+                           role-watch
 
 Why one small JSON file and fixed names: every program on the node (the agent, the
 controller-manager, swctl run by an operator) finds the cluster from the dir alone, and a

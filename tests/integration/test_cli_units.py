@@ -155,6 +155,7 @@ def test_init_installs_enables_and_starts_the_managers_units(
     cfg = datadir.load_node(m1.layout)
     rec = nodeprocs.load_start(m1.layout)
     assert rec is not None and rec.systemd and rec.runtime == "hollow"
+    assert rec.unit_dir == str(systemd.unit_dir)  # leave and role-watch use this one
     for process, unit in zip((units.ETCD, units.MANAGER, units.AGENT, units.ROLE_WATCH),
                              names, strict=True):
         text = (systemd.unit_dir / unit).read_text()
