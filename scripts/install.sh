@@ -27,6 +27,10 @@ command -v iptables-legacy-restore >/dev/null 2>&1 || [ -x /usr/sbin/iptables-le
 # (Selenium), headless.
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 [ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
+# systemd: systemd-analyze verifies the rendered units; the e2e units test runs a systemd
+# user manager in a namespace (unshare/nsenter are util-linux's).
+command -v systemd-analyze >/dev/null 2>&1 && [ -x /lib/systemd/systemd ] || need_apt+=(systemd)
+command -v nsenter >/dev/null 2>&1 || need_apt+=(util-linux)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv python3-pip)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 if [ ${#need_apt[@]} -gt 0 ]; then

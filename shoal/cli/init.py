@@ -16,8 +16,13 @@ that has one is refused (``leave --force`` clears a half-made node):
    (``access``), the join tokens (``tokens``), then auth enabled -- from now on etcd
    takes the user from the certificate's CN and refuses clients without one;
 4. ``node.json``; the controller-manager (which serves the join endpoint,
-   ``--listen-join``), the agent and the role watcher, detached (``nodeprocs``);
+   ``--listen-join``), the agent and the role watcher;
 5. Docker's message with the worker join command, once the node is ready.
+
+Every process runs as a systemd unit where systemd is PID 1, else detached
+(``nodeprocs``; ``--no-systemd``, ``$SHOAL_SYSTEMD``): the choice is the first thing
+written (``DIR/start.json``), before any process starts, so ``leave`` after a kill at
+any later point finds what to stop.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import socket
 import time
 from typing import Any
 
-from shoal.cli import common, console, errors, nodeprocs
+from shoal.cli import common, console, errors, nodeprocs, systemctl
 from shoal.crds import names, sealed
 from shoal.join import access, datadir, protocol, service, tokens
 from shoal.pki import ca as pki_ca
@@ -56,6 +61,10 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     # More flags for the agent, as is (tests: --dataplane none).
     p.add_argument("--agent-arg", action="append", default=[], metavar="ARG",
                    help=argparse.SUPPRESS)
+    p.add_argument("--no-systemd", action="store_true",
+                   help="run the node's processes detached even where systemd runs "
+                        "(default: systemd units in /etc/systemd/system when systemd is "
+                        "PID 1; also $SHOAL_SYSTEMD=no)")
 
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -107,6 +116,17 @@ def refuse_if_member(layout: datadir.Layout) -> None:
                               "or use another --data-dir")
 
 
+def prepare_start(layout: datadir.Layout, args: argparse.Namespace) -> None:
+    """Stop what an interrupted init/join started (its units too), then record how this
+    run starts the processes -- before any of them starts."""
+    use_systemd = systemctl.wanted(args.no_systemd)
+    nodeprocs.stop_all(layout, remove=True)
+    nodeprocs.save_start(layout, nodeprocs.StartRecord(
+        systemd=use_systemd, runtime=args.runtime, agent_args=tuple(args.agent_arg),
+        listen_join=args.listen_join,
+        unit_dir=str(systemctl.unit_dir()) if use_systemd else ""))
+
+
 def etcd_member(layout: datadir.Layout, cfg: datadir.NodeConfig, initial_cluster: str,
                 state: str) -> etcd_server.EtcdServer:
     tls = ServerTLS(layout.ca_cert, layout.cert("etcd-server"), layout.key("etcd-server"),
@@ -140,20 +160,17 @@ def start_etcd(layout: datadir.Layout, server: etcd_server.EtcdServer) -> None:
                                f"  log: {server.log_path}"]) from None
 
 
-def start_node_processes(layout: datadir.Layout, cfg: datadir.NodeConfig,
-                         args: argparse.Namespace) -> None:
-    """The controller-manager (managers) and the agent, checked to survive their start."""
-    started = []
-    if cfg.role == "manager":
-        started.append((nodeprocs.MANAGER, nodeprocs.start(
-            layout, nodeprocs.MANAGER, nodeprocs.manager_argv(layout, cfg, args.listen_join))))
-    started.append((nodeprocs.AGENT, nodeprocs.start(
-        layout, nodeprocs.AGENT, nodeprocs.agent_argv(layout, cfg, args.runtime,
-                                                      args.agent_arg))))
-    from shoal.cli import rolewatch  # imports init: not at the top
-
-    started.append((nodeprocs.ROLE_WATCH, nodeprocs.start(
-        layout, nodeprocs.ROLE_WATCH, rolewatch.argv(layout, args.listen_join))))
+def start_node_processes(layout: datadir.Layout, cfg: datadir.NodeConfig) -> None:
+    """The controller-manager (managers), the agent and the role watcher, with the
+    options ``start.json`` recorded, checked to survive their start."""
+    rec = nodeprocs.load_start(layout)
+    if rec is None:
+        raise errors.CliError(f"{layout.start_file} is missing: run `swctl leave --force`, "
+                              "then init/join again")
+    names = [nodeprocs.MANAGER] if cfg.role == "manager" else []
+    names += [nodeprocs.AGENT, nodeprocs.ROLE_WATCH]
+    started = [(name, nodeprocs.start(layout, name, nodeprocs.argv_for(layout, name, cfg, rec)))
+               for name in names]
     for what, child in started:
         nodeprocs.survives(child, what)
 
@@ -229,6 +246,7 @@ def make_pki(layout: datadir.Layout, name: str, addr: str) -> pki_ca.CA:
 def run_init(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     layout = datadir.Layout(opts.data_dir)
     refuse_if_member(layout)
+    systemctl.wanted(args.no_systemd)  # a bad $SHOAL_SYSTEMD fails before anything is made
     name = node_name(args.name)
     addr = advertise_addr(args.advertise_addr)
     join_at = protocol.join_addr(addr, args.listen_join)
@@ -238,7 +256,7 @@ def run_init(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     with console.Spinner("making the cluster CA and certificates"):
         make_pki(layout, name, addr)
         ring = sealed.ensure(layout.keyring)
-    nodeprocs.stop_all(layout)  # an interrupted init's processes, if any
+    prepare_start(layout, args)
     peer_url = service.url("https", addr, service.ETCD_PEER_PORT)
     server = etcd_member(layout, cfg, f"{name}={peer_url}", "new")
     with console.Spinner(f"starting the etcd member at {server.url}"):
@@ -247,7 +265,7 @@ def run_init(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     # Written before the processes start: they read the dir (and `leave` needs it).
     datadir.save_node(layout, cfg)
     with console.Spinner("starting the controller-manager and the agent"):
-        start_node_processes(layout, cfg, args)
+        start_node_processes(layout, cfg)
         node_id = asyncio.run(wait_node(layout, cfg, root_bundle(layout)))
     if not node_id:
         console.out(f"! node {name} did not report ready within {NODE_READY_TIMEOUT:g}s; see "

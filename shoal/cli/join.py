@@ -11,7 +11,8 @@ it), then its controller-manager (serving the join endpoint too) and its agent.
 
 ``join-token worker|manager [--rotate] [-q]`` reads the tokens from etcd and opens their
 secrets with the keyring (so only a manager's data dir can print them);
-``leave [--force]`` stops this node's processes and removes its data dir, and a manager
+``leave [--force]`` stops this node's processes (and disables and removes their systemd
+units) and removes its data dir, and a manager
 first gives up its etcd member -- only with ``--force``, as Docker asks, and never
 silently past the quorum edge.
 """
@@ -23,7 +24,7 @@ import asyncio
 import shutil
 from typing import Any
 
-from shoal.cli import common, console, errors, init, nodeprocs
+from shoal.cli import common, console, errors, init, nodeprocs, systemctl
 from shoal.crds import sealed
 from shoal.join import client, datadir, managers, membership, protocol, service, tokens
 from shoal.pki import ca as pki_ca
@@ -91,6 +92,7 @@ def _write_credentials(layout: datadir.Layout, resp: protocol.JoinResponse,
 def run_join(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     layout = layout_of(opts)
     init.refuse_if_member(layout)
+    systemctl.wanted(args.no_systemd)  # a bad $SHOAL_SYSTEMD fails before anything is asked
     try:
         host, port = protocol.split_addr(args.address)
     except ValueError as exc:
@@ -107,6 +109,7 @@ def run_join(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
             resp = client.join(host, port, args.token, csr_pem, name, addr)
         except client.JoinError as exc:
             raise errors.CliError(str(exc)) from None
+    init.prepare_start(layout, args)
     _write_credentials(layout, resp, key)
     own_join = protocol.join_addr(addr, args.listen_join)
     cfg = datadir.NodeConfig(
@@ -122,7 +125,7 @@ def run_join(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
             init.start_etcd(layout, server)
     datadir.save_node(layout, cfg)
     with console.Spinner("starting the node's processes"):
-        init.start_node_processes(layout, cfg, args)
+        init.start_node_processes(layout, cfg)
         bundle = init.root_bundle(layout) if cfg.role == "manager" else \
             Bundle(layout.ca_cert, layout.cert("node"), layout.key("node"))
         node_id = asyncio.run(init.wait_node(layout, cfg, bundle))
@@ -216,7 +219,8 @@ def remove_state(layout: datadir.Layout) -> None:
     """What init/join wrote, and only that: the dir may hold the user's own files."""
     for path in (layout.pki, layout.etcd_data, layout.logs):
         shutil.rmtree(path, ignore_errors=True)
-    for path in (layout.node_file, layout.keyring, layout.processes):
+    # start.json last: until it is gone a re-run of `leave` knows the units to remove.
+    for path in (layout.node_file, layout.keyring, layout.processes, layout.start_file):
         path.unlink(missing_ok=True)
 
 
@@ -225,7 +229,7 @@ def run_leave(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     try:
         cfg: datadir.NodeConfig | None = datadir.load_node(layout)
     except datadir.DataDirError as exc:
-        if not layout.processes.exists():
+        if not layout.processes.exists() and not layout.start_file.exists():
             raise errors.CliError(str(exc)) from None
         cfg = None  # an interrupted init/join: stop what it started
     if cfg is not None and cfg.role == "manager" and layout.cert("root").exists():
@@ -236,7 +240,7 @@ def run_leave(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
                 raise errors.CliError(f"{exc}; use --force to leave without removing this "
                                       "node's etcd member") from None
     with console.Spinner("stopping this node's processes"):
-        nodeprocs.stop_all(layout)
+        nodeprocs.stop_all(layout, remove=True)  # and disable and remove its units
     remove_state(layout)
     console.out("Node left the swarm.")
     return 0

@@ -9,6 +9,11 @@ beside its agent (Swarm's daemon does the same on a role change).
 Every couple of seconds it brings ``node.json``'s etcd endpoints up to date with the
 member list, and compares its Node's ``spec.role`` with ``node.json``:
 
+Under systemd (``start.json``, written by init/join) the processes it starts and stops
+are units (``nodeprocs``): installed and enabled on promotion, disabled and removed on
+demotion, and the remaining units rewritten whenever ``node.json`` changes, so that a
+reboot starts what the data dir says.
+
 * promoted: asks a manager's join endpoint (``POST /promote``, with its node certificate)
   for the manager material -- the endpoint adds the etcd member -- writes it, issues its
   etcd certificates, starts its member (``initial-cluster-state existing``), records the
@@ -55,11 +60,6 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run, error_code=1, keeps_logging=True)
 
 
-def argv(layout: datadir.Layout, join_port: int) -> list[str]:
-    return nodeprocs.swctl_argv("--data-dir", str(layout.root), VERB,
-                                "--listen-join", str(join_port))
-
-
 def promote_here(layout: datadir.Layout, cfg: datadir.NodeConfig, join_port: int) -> None:
     ca_pem = layout.ca_cert.read_bytes()
     resp = None
@@ -87,11 +87,14 @@ def promote_here(layout: datadir.Layout, cfg: datadir.NodeConfig, join_port: int
     if not nodeprocs.running(layout, nodeprocs.MANAGER):
         nodeprocs.start(layout, nodeprocs.MANAGER,
                         nodeprocs.manager_argv(layout, manager_cfg, join_port))
+    nodeprocs.refresh_units(layout)  # the agent's unit: its role and endpoints
     log.info("promoted: etcd member and controller-manager started", node=cfg.name)
 
 
 def demote_here(layout: datadir.Layout, cfg: datadir.NodeConfig) -> None:
-    nodeprocs.stop_all(layout, only=(nodeprocs.MANAGER, nodeprocs.ETCD))
+    # Under systemd their units are disabled and removed too: a reboot must not bring a
+    # demoted node's member back.
+    nodeprocs.stop_all(layout, only=(nodeprocs.MANAGER, nodeprocs.ETCD), remove=True)
     for name in ("root", "etcd-server", "etcd-peer"):
         layout.cert(name).unlink(missing_ok=True)
         layout.key(name).unlink(missing_ok=True)
@@ -103,6 +106,7 @@ def demote_here(layout: datadir.Layout, cfg: datadir.NodeConfig) -> None:
     datadir.save_node(layout, dataclasses.replace(
         cfg, role="worker", endpoints=tuple(e for e in cfg.endpoints if own not in e),
         join_addrs=tuple(a for a in cfg.join_addrs if a not in own_join)))
+    nodeprocs.refresh_units(layout)
     log.info("demoted: controller-manager and etcd member stopped", node=cfg.name)
 
 
@@ -114,7 +118,10 @@ async def _refresh_endpoints(layout: datadir.Layout, cfg: datadir.NodeConfig,
     urls = tuple(sorted({u for m in await store.etcd.member_list() for u in m.client_urls}))
     if urls and urls != tuple(sorted(cfg.endpoints)):
         datadir.save_node(layout, dataclasses.replace(cfg, endpoints=urls))
-        log.info("etcd endpoints updated", node=cfg.name, endpoints=list(urls))
+        # The units' command lines carry the endpoints: the next start uses the new ones.
+        rewritten = await asyncio.to_thread(nodeprocs.refresh_units, layout)
+        log.info("etcd endpoints updated", node=cfg.name, endpoints=list(urls),
+                 units=rewritten)
 
 
 async def _renew(layout: datadir.Layout) -> float:

@@ -63,7 +63,9 @@ def build(args: argparse.Namespace, state: cluster.ClusterState,
           underlay: netnodes.Underlay, runtime: str) -> Path:
     """Init the first node, join the others; the first node's data dir."""
     first, rest = underlay.nodes[0], underlay.nodes[1:]
-    flags = ["--runtime", runtime]
+    # Detached even on a systemd machine: the nodes' processes live in their network
+    # namespaces and go with `swctl down`, not as units of the host.
+    flags = ["--runtime", runtime, "--no-systemd"]
     state.nodes += [n.name for n in underlay.nodes if n.name not in state.nodes]
     with console.Spinner(f"swctl init in {first.name}"):
         _run(netnodes.agent_argv(first, _swctl(

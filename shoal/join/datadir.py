@@ -12,7 +12,10 @@ What it owns: the layout of ``DIR`` (``--data-dir``, ``$SHOAL_DATA_DIR``, defaul
     DIR/etcd/              the etcd member's data (managers)
     DIR/keyring.json       the secrets keyring (managers)
     DIR/logs/              the detached processes' logs
-    DIR/processes.json     what init/join started (cluster.ChildRecord list), for leave
+    DIR/processes.json     what init/join started detached (cluster.ChildRecord list)
+    DIR/start.json         how init/join started the processes (systemd units, and
+                           where, or detached) and the agent's options, for leave and
+                           role-watch
 
 Why one small JSON file and fixed names: every program on the node (the agent, the
 controller-manager, swctl run by an operator) finds the cluster from the dir alone, and a
@@ -74,6 +77,10 @@ class Layout:
     @property
     def processes(self) -> Path:
         return self.root / "processes.json"
+
+    @property
+    def start_file(self) -> Path:
+        return self.root / "start.json"
 
     def cert(self, name: str) -> Path:
         """``pki/<name>.crt``: ca, root, node, etcd-server, etcd-peer."""

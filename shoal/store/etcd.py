@@ -733,6 +733,10 @@ def _tls_refusal(details: str, with_tls: bool) -> str:
             "CERTIFICATE_REQUIRED" in details:
         return ("etcd rejected the client certificate: it must be issued by the cluster's CA "
                 "(check --etcd-cert/--etcd-key belong to this cluster)")
+    if "Endpoint closing" in details:
+        # The member closed the connection mid-handshake (seen while it starts up under
+        # systemd): a member not ready yet, to be waited for, not a refusal.
+        return ""
     if with_tls and ("WRONG_VERSION_NUMBER" in details or "handshake" in details.lower()):
         return ("the endpoint does not speak TLS: name it http:// and drop --etcd-ca, "
                 "--etcd-cert and --etcd-key, or point at the cluster's https endpoints")

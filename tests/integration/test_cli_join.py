@@ -54,7 +54,8 @@ class Machine:
 
     def start(self, *args: str) -> subprocess.Popen[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
-        env.update(SHOAL_DATA_DIR=str(self.dir), SHOAL_PREFIX=PREFIX)
+        # Detached processes even on a systemd host (test_cli_units.py tests the units).
+        env.update(SHOAL_DATA_DIR=str(self.dir), SHOAL_PREFIX=PREFIX, SHOAL_SYSTEMD="no")
         return subprocess.Popen([sys.executable, "-m", "shoal.cli", *args], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

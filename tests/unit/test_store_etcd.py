@@ -66,3 +66,12 @@ def test_a_client_of_several_members_fails_over_faster_than_etcd_times_out() -> 
     assert several.call_timeout == etcd.FAILOVER_CALL_TIMEOUT < etcd.CALL_TIMEOUT
     with pytest.raises(ValueError, match="is https: TLS needs the cluster CA"):
         etcd.EtcdClient("https://127.0.0.1:2379")
+
+
+def test_a_member_closing_mid_handshake_is_waited_for_and_a_plain_one_is_named() -> None:
+    # gRPC's words: a plain-HTTP member closes the socket on a TLS hello; a member still
+    # starting closes the endpoint, which connect() waits out instead of refusing.
+    prefix = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:1.2.3.4:2379: "
+    assert "does not speak TLS" in etcd._tls_refusal(
+        prefix + "Handshake read failed (Socket closed)", True)
+    assert etcd._tls_refusal(prefix + "Handshake read failed (Endpoint closing)", True) == ""
