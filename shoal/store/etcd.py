@@ -62,9 +62,12 @@ CALL_TIMEOUT = 10.0
 # Per-call deadline when the client knows several members. A write (or linearizable
 # read) that a follower forwarded to a leader which then died is silently lost, and
 # etcd answers it only after its own request timeout (5 s + 2 election timeouts: 7 s
-# with the defaults). Measured here: the first write after SIGKILLing the leader of a
-# 3-member cluster waited 7.0 s. With this deadline the caller gets the retryable
-# UnavailableError instead, and its retry lands after the election (~1-2 s).
+# with etcd's defaults, 6 s with Shoal's). Measured here: the first write after
+# SIGKILLing the leader of a 3-member cluster waited 7.0 s. With this deadline the
+# caller gets the retryable UnavailableError instead, and its retry lands after the
+# election (0.5-1 s with Shoal's timings). The store's retries give their first attempt
+# less (shoal.store.retry, 1 s); this caps the later ones, whose job is to let a slow
+# but live etcd answer, and the calls made without retries (docs/ha.md has the numbers).
 FAILOVER_CALL_TIMEOUT = 2.0
 
 # How often a connected client re-reads the member list (see the module doc). A member
