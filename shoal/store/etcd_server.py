@@ -65,7 +65,7 @@ ETCD_DEFAULT_TIMINGS = RaftTimings(100, 1000, pre_vote=False)
 # 1-2 s, which is what the 2 s write target after a leader kill needs; pre-vote keeps a
 # member that was starved of CPU for a moment from deposing a healthy leader when it
 # comes back with a higher term.
-CLUSTER_TIMINGS = RaftTimings(100, 500, pre_vote=True)
+CLUSTER_TIMINGS = RaftTimings(50, 500, pre_vote=True)
 
 
 class EtcdNotInstalledError(RuntimeError):

@@ -45,8 +45,8 @@ class Policy:
 
     budget: float = 10.0
     # Past an election (0.5-1 s with the members' timings, etcd_server.CLUSTER_TIMINGS)
-    # and well past a healthy call on a loaded machine (single writes' slowest: 0.3-0.4 s
-    # at load 7-16); docs/ha.md has the measurements.
+    # and well past a healthy call on a loaded machine (single writes' slowest: 0.26-0.40 s
+    # at load 7-25); docs/ha.md has the measurements.
     first_attempt: float = 1.0
     max_attempt: float = 8.0
     backoff: float = 0.05
