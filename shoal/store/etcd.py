@@ -479,7 +479,7 @@ class EtcdClient:
             self._sync_wanted.clear()
             try:
                 await self.sync_members()
-            except errors.StoreError as exc:
+            except (errors.StoreError, ValueError) as exc:
                 log.debug("member list unavailable; keeping the endpoints", key=self.url,
                           error=str(exc))
             await asyncio.sleep(SYNC_MIN_GAP)
