@@ -364,6 +364,13 @@ _CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.keepalive_timeout_ms", 5_000),
 )
 
+# etcd refuses a request authorised against its auth store as it was before a change
+# (a user or role added, auth enabled) that was applied before the request was: nothing
+# is wrong with the request: etcd's Go client refreshes its token and sends it again. A
+# certificate user has no token to refresh, so this one just sends it again.
+_AUTH_OLD = "revision of auth store is old"
+_AUTH_OLD_RETRIES = 3
+
 # etcd ends a watch whose member has lost its leader only when asked to: without this a
 # member cut off from the majority leaves its watchers silent instead of sending them on.
 _WATCH_METADATA = (("hasleader", "true"),)
@@ -543,12 +550,16 @@ class EtcdClient:
 
     async def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         channel = self._channel  # the one ``method``'s stub belongs to
-        try:
-            return await method(request, timeout=timeout or self.call_timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise await self._fail(exc, method) from None
-        except asyncio.CancelledError:
-            raise self._retired(channel, "call") from None
+        for attempt in range(_AUTH_OLD_RETRIES + 1):
+            try:
+                return await method(request, timeout=timeout or self.call_timeout)
+            except grpc.aio.AioRpcError as exc:
+                if attempt < _AUTH_OLD_RETRIES and _AUTH_OLD in (exc.details() or ""):
+                    continue
+                raise await self._fail(exc, method) from None
+            except asyncio.CancelledError:
+                raise self._retired(channel, "call") from None
+        raise AssertionError("unreachable")  # the last attempt returns or raises
 
     def _retired(self, channel: Any, what: str) -> BaseException:
         """What a call whose await was cancelled raises: grpc.aio cancels the calls of a
