@@ -79,7 +79,9 @@ async def test_a_client_given_one_member_moves_to_members_added_later(
 
         async def watching() -> None:
             async for ev in watch.watch_kind(worker, NODES):
-                if ev.type == watch.ADDED and ev.obj is not None:
+                if ev.type == watch.RESET:  # the first list: "before" may already be in it
+                    seen.extend(o.name for o in ev.objects or ())
+                elif ev.type == watch.ADDED and ev.obj is not None:
                     seen.append(ev.obj.name)
 
         async def saw(*names: str) -> bool:
