@@ -1,11 +1,13 @@
 """Fail-over benchmark: how long a kill -9 interrupts writes and placement (issue 15).
 
-    python -m bench.ha [--rounds 3] [--no-tls] [--keep]
+    python -m bench.ha [--rounds 3] [--no-tls] [--etcd-defaults] [--keep]
 
 Builds, in a temporary directory, what a 3-manager cluster runs: 3 etcd members on
 127.0.0.1-3 (``EtcdCluster``, serving mutual TLS as ``swctl init`` clusters do unless
 ``--no-tls``), 3 ``swctl controller-manager`` processes and a hollow agent with 3 nodes,
-every process given every etcd endpoint; one service of 3 replicas.
+every process given every etcd endpoint; one service of 3 replicas. The members run the
+raft timings Shoal gives its clusters (``etcd_server.CLUSTER_TIMINGS``), or etcd's own
+defaults with ``--etcd-defaults`` (the baseline the timings were chosen against).
 Then, ``--rounds`` times each, it SIGKILLs
 
 * **the etcd leader** (then restarts it and waits until it serves again), and
@@ -233,8 +235,9 @@ async def measure(store: client.Store, probe: WriteProbe, what: str,
     return result
 
 
-async def bench(rounds: int, lease_ttl: float, workdir: Path, tls: bool) -> list[Kill]:
-    members = etcd_server.EtcdCluster(workdir / "etcd", 3, tls=tls)
+async def bench(rounds: int, lease_ttl: float, workdir: Path, tls: bool,
+                timings: etcd_server.RaftTimings) -> list[Kill]:
+    members = etcd_server.EtcdCluster(workdir / "etcd", 3, tls=tls, timings=timings)
     members.start_all()
     bundle = members.client_bundle() if tls else None
     procs = Processes(workdir, members.urls, bundle)
@@ -332,14 +335,20 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     parser.add_argument("--no-tls", dest="tls", action="store_false",
                         help="plain http etcd (as swctl up clusters) instead of mutual TLS")
+    parser.add_argument("--etcd-defaults", action="store_true",
+                        help="etcd's default raft timings instead of Shoal's cluster timings")
     args = parser.parse_args()
     lease_ttl = leader.DEFAULT_TTL
-    say(f"bench/ha.py: 3 etcd members ({'mutual TLS' if args.tls else 'plain http'}), "
+    timings = (etcd_server.ETCD_DEFAULT_TIMINGS if args.etcd_defaults
+               else etcd_server.CLUSTER_TIMINGS)
+    say(f"bench/ha.py: 3 etcd members ({'mutual TLS' if args.tls else 'plain http'}; "
+        f"heartbeat {timings.heartbeat_ms} ms, election timeout {timings.election_ms} ms, "
+        f"pre-vote {'on' if timings.pre_vote else 'off'}), "
         f"3 controller-managers (lease TTL {lease_ttl:g} s), 1 hollow agent x 3 nodes; "
         f"{args.rounds} rounds; load average {load_average()}")
     workdir = Path(tempfile.mkdtemp(prefix="shoal-bench-ha-"))
     try:
-        results = asyncio.run(bench(args.rounds, lease_ttl, workdir, args.tls))
+        results = asyncio.run(bench(args.rounds, lease_ttl, workdir, args.tls, timings))
     finally:
         if not args.keep:
             subprocess.run(["rm", "-rf", str(workdir)], check=False)

@@ -266,7 +266,7 @@ class Agent:
             gcpolicy.install(watchdog=False)  # _watch_lag already watches the loop
 
         self.heartbeats = heartbeat.HeartbeatProcess(
-            cfg.etcd_url, cfg.prefix, node.lease_ttl(cfg.heartbeat_ttl), configs,
+            lambda: store.url, cfg.prefix, node.lease_ttl(cfg.heartbeat_ttl), configs,
             shared_lease=cfg.shared_lease, stall_after=cfg.stall_timeout,
             log_level=cfg.log_level, log_format=cfg.log_format, tls=cfg.etcd_tls)
         await self.heartbeats.start()

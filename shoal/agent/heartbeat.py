@@ -33,6 +33,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +54,16 @@ LINE_LIMIT = 64 * 1024 * 1024
 class HeartbeatProcess:
     """The agent's handle on its heartbeat child process."""
 
-    def __init__(self, etcd_url: str, prefix: str, ttl: int, nodes: list[node.NodeConfig],
-                 shared_lease: bool = False, stall_after: float | None = None,
-                 log_level: str = "info", log_format: str = "auto",
-                 tls: Bundle | None = None) -> None:
+    def __init__(self, etcd_url: str | Callable[[], str], prefix: str, ttl: int,
+                 nodes: list[node.NodeConfig], shared_lease: bool = False,
+                 stall_after: float | None = None, log_level: str = "info",
+                 log_format: str = "auto", tls: Bundle | None = None) -> None:
+        # A callable gives the endpoints at each (re)start: the agent's store follows the
+        # cluster's members, so a child restarted after the member it was first given
+        # died starts on live ones.
+        self._etcd_url = etcd_url if callable(etcd_url) else (lambda: etcd_url)
         self.config: dict[str, Any] = {
-            "etcd": etcd_url, "prefix": prefix, "ttl": node.lease_ttl(ttl),
+            "etcd": self._etcd_url(), "prefix": prefix, "ttl": node.lease_ttl(ttl),
             "tls": [str(tls.ca), str(tls.cert), str(tls.key)] if tls is not None else None,
             "shared_lease": shared_lease,
             "stall_after": stall_after if stall_after is not None else max(10.0, 3.0 * ttl),
@@ -81,6 +86,7 @@ class HeartbeatProcess:
         await ready
 
     async def _spawn(self, ready: asyncio.Future[None] | None) -> None:
+        self.config["etcd"] = self._etcd_url()
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "shoal.agent.heartbeat",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=LINE_LIMIT)

@@ -207,7 +207,8 @@ class Heartbeats:
         self.keepalive_rounds = 0
         self.last_round_seconds = 0.0
         self._unavailable = False
-        self._stream = leasestream.KeepaliveStream(store.etcd.url, store.etcd.tls)
+        self._stream = leasestream.KeepaliveStream(store.etcd.url, store.etcd.tls,
+                                                   members=lambda: store.etcd.endpoints)
 
     def lease_of(self, node: str) -> int:
         return self._beats[node].lease

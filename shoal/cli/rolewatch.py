@@ -45,6 +45,7 @@ from shoal.join import client, datadir, protocol, renewal
 from shoal.pki import ca as pki_ca
 from shoal.store import client as store_client
 from shoal.store import errors as store_errors
+from shoal.store import etcd
 
 log = structlog.get_logger("shoal.cli.rolewatch")
 
@@ -114,8 +115,12 @@ async def _refresh_endpoints(layout: datadir.Layout, cfg: datadir.NodeConfig,
                              store: store_client.Store) -> None:
     """Keep ``node.json``'s endpoints the members' client URLs: managers join and leave
     after this node did (the first manager knew only its own), and swctl and processes
-    started later must find every member. Running processes keep the list they got."""
-    urls = tuple(sorted({u for m in await store.etcd.member_list() for u in m.client_urls}))
+    started later must find every member (running processes follow the members
+    themselves: ``shoal.store.etcd``). Learners and members not yet started are left out,
+    as the running clients leave them out."""
+    scheme = etcd.parse_endpoints(cfg.endpoints)[0].scheme
+    members = await store.etcd.member_list()
+    urls = tuple(sorted({ep.url for ep in etcd.member_endpoints(members, scheme)}))
     if urls and urls != tuple(sorted(cfg.endpoints)):
         datadir.save_node(layout, dataclasses.replace(cfg, endpoints=urls))
         # The units' command lines carry the endpoints: the next start uses the new ones.

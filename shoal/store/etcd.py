@@ -15,16 +15,31 @@ on it fail with UNAVAILABLE, which this module turns into the store's retryable
 ``UnavailableError``; the caller's next call lands on a live member. Watches carry etcd's
 ``hasleader`` metadata, so a member cut off from its cluster's leader ends them instead
 of leaving them silent, and ``shoal.store.watch`` resumes them on another member.
+
+Members. The endpoints a process was given are only where it starts: a cluster grows
+after the first manager's processes started (they knew one member) and shrinks on a
+demotion. As etcd's Go client does with its AutoSyncInterval, a connected client asks
+``member_list()`` for the members' client URLs at once, every ``SYNC_INTERVAL`` and
+soon after a call fails for want of a member, and when the set changed it moves to it:
+a new channel is built and proved to answer, the stubs are swapped (calls started from
+then on use it), and the old channel is closed after ``RETIRE_GRACE``, so calls in
+flight on it finish; a watch still open on it is then cut and resumed on the new one by
+``shoal.store.watch``, from the revision it had reached. Learners and members not yet
+started (no client URLs) are skipped, and an empty or failed answer keeps the current
+set. Every member's server certificate names ``etcd.shoal``, so a member learned this
+way is trusted like the ones given. etcd answers MemberList to any authenticated user,
+so a worker's least-privilege certificate learns the members too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
 import typing
 import urllib.parse
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import aetcd.rpc as rpc
@@ -47,10 +62,23 @@ CALL_TIMEOUT = 10.0
 # Per-call deadline when the client knows several members. A write (or linearizable
 # read) that a follower forwarded to a leader which then died is silently lost, and
 # etcd answers it only after its own request timeout (5 s + 2 election timeouts: 7 s
-# with the defaults). Measured here: the first write after SIGKILLing the leader of a
-# 3-member cluster waited 7.0 s. With this deadline the caller gets the retryable
-# UnavailableError instead, and its retry lands after the election (~1-2 s).
+# with etcd's defaults, 6 s with Shoal's). Measured here: the first write after
+# SIGKILLing the leader of a 3-member cluster waited 7.0 s. With this deadline the
+# caller gets the retryable UnavailableError instead, and its retry lands after the
+# election (0.5-1 s with Shoal's timings). The store's retries give their first attempt
+# less (shoal.store.retry, 1 s); this caps the later ones, whose job is to let a slow
+# but live etcd answer, and the calls made without retries (docs/ha.md has the numbers).
 FAILOVER_CALL_TIMEOUT = 2.0
+
+# How often a connected client re-reads the member list (see the module doc). A member
+# added is used within this; one call is cheap (etcd answers it from its own copy of the
+# membership, no raft round), and a thousand agents asking every 10 s is 100 calls/s.
+SYNC_INTERVAL = 10.0
+# The shortest gap between two member-list reads: a burst of failed calls asks once.
+SYNC_MIN_GAP = 1.0
+# How long a replaced channel stays open for the calls still running on it: the longest
+# deadline a call gets, plus a margin.
+RETIRE_GRACE = CALL_TIMEOUT + 1.0
 
 
 # KV and RawEvent are NamedTuples, not frozen dataclasses: a watcher builds one per
@@ -286,6 +314,31 @@ class Member(typing.NamedTuple):
     is_learner: bool
 
 
+def member_endpoints(members: Sequence[Member], scheme: str,
+                     known: Sequence[Endpoint] = ()) -> list[Endpoint]:
+    """The client endpoints of the voting, started members that speak ``scheme``.
+
+    A member serving clients on several addresses (a loopback and a bridge, say) is
+    reached on the ones in ``known`` if any: those are the addresses this process was
+    given, so the ones it can reach; otherwise on all of them.
+    """
+    chosen: list[Endpoint] = []
+    for member in members:
+        if member.is_learner:
+            continue
+        urls = []
+        for url in member.client_urls:
+            try:
+                ep = parse_endpoint(url)
+            except ValueError:
+                continue  # not ours to judge: a member etcd accepted, a URL we cannot use
+            if ep.scheme == scheme:
+                urls.append(ep)
+        reachable = [ep for ep in urls if ep in known]
+        chosen.extend(ep for ep in (reachable or urls) if ep not in chosen)
+    return chosen
+
+
 class MemberStatus(typing.NamedTuple):
     """What one member says of itself: its id, the leader it follows, its raft index."""
 
@@ -311,6 +364,13 @@ _CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.keepalive_timeout_ms", 5_000),
 )
 
+# etcd refuses a request authorised against its auth store as it was before a change
+# (a user or role added, auth enabled) that was applied before the request was: nothing
+# is wrong with the request: etcd's Go client refreshes its token and sends it again. A
+# certificate user has no token to refresh, so this one just sends it again.
+_AUTH_OLD = "revision of auth store is old"
+_AUTH_OLD_RETRIES = 3
+
 # etcd ends a watch whose member has lost its leader only when asked to: without this a
 # member cut off from the majority leaves its watchers silent instead of sending them on.
 _WATCH_METADATA = (("hasleader", "true"),)
@@ -319,7 +379,8 @@ _WATCH_METADATA = (("hasleader", "true"),)
 class EtcdClient:
     """One gRPC channel spanning every endpoint of one etcd cluster (see the module doc)."""
 
-    def __init__(self, url: str | Sequence[str], tls: Bundle | None = None) -> None:
+    def __init__(self, url: str | Sequence[str], tls: Bundle | None = None,
+                 auto_sync: bool = True) -> None:
         self.endpoints = parse_endpoints(url)
         self.url = ",".join(ep.url for ep in self.endpoints)
         self.tls = tls
@@ -343,6 +404,12 @@ class EtcdClient:
                              "http: name the endpoints https://HOST:PORT")
         self._target = grpc_target(self.endpoints)
         self.call_timeout = CALL_TIMEOUT if len(self.endpoints) == 1 else FAILOVER_CALL_TIMEOUT
+        self.auto_sync = auto_sync
+        # Called with the new endpoints whenever the client moves to another member set.
+        self.on_endpoints: Callable[[list[Endpoint]], None] | None = None
+        self._sync_task: asyncio.Task[None] | None = None
+        self._sync_wanted = asyncio.Event()
+        self._retiring: set[asyncio.Task[None]] = set()
         self._channel: Any = None
         self._kv: Any = None
         self._lease: Any = None
@@ -369,20 +436,14 @@ class EtcdClient:
         whatever its user's roles. Until ``timeout`` a member that is not up yet is
         waited for; a TLS handshake refused is reported at once, saying why.
         """
-        channel = self._channel = self._new_channel(self._target, len(self.endpoints) > 1)
-        self._kv = rpc.KVStub(channel)
-        self._lease = rpc.LeaseStub(channel)
-        self._watch = rpc.WatchStub(channel)
-        self._maint = rpc.MaintenanceStub(channel)
-        self._cluster = rpc.ClusterStub(channel)
-        self._auth = rpc.AuthStub(channel)
+        self._use(self._new_channel(self._target, len(self.endpoints) > 1))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             remaining = deadline - loop.time()
             try:
                 await self._maint.Status(rpc.StatusRequest(), timeout=max(remaining, 0.05))
-                return
+                break
             except grpc.aio.AioRpcError as exc:
                 error = await self._fail(exc)
                 retry = type(error) is errors.UnavailableError and remaining > 0.1
@@ -390,17 +451,127 @@ class EtcdClient:
                     await self.close()
                     raise error from None
             await asyncio.sleep(0.1)
+        if self.auto_sync:
+            self._sync_wanted.set()  # learn the members at once, not in SYNC_INTERVAL
+            self._sync_task = loop.create_task(self._sync_loop())
+
+    def _use(self, channel: Any) -> None:
+        """Send calls from now on over ``channel`` (calls already started keep theirs)."""
+        self._channel = channel
+        self._kv = rpc.KVStub(channel)
+        self._lease = rpc.LeaseStub(channel)
+        self._watch = rpc.WatchStub(channel)
+        self._maint = rpc.MaintenanceStub(channel)
+        self._cluster = rpc.ClusterStub(channel)
+        self._auth = rpc.AuthStub(channel)
 
     async def close(self) -> None:
+        task, self._sync_task = self._sync_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        for retiring in list(self._retiring):
+            retiring.cancel()  # each closes its channel on the way out
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         channel, self._channel = self._channel, None
         if channel is not None:
             await channel.close()
 
-    async def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+    # --- following the cluster's membership (see the module doc) ---
+
+    async def _sync_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sync_wanted.wait(), SYNC_INTERVAL)
+            self._sync_wanted.clear()
+            try:
+                await self.sync_members()
+            except (errors.StoreError, ValueError) as exc:
+                log.debug("member list unavailable; keeping the endpoints", key=self.url,
+                          error=str(exc))
+            await asyncio.sleep(SYNC_MIN_GAP)
+
+    async def sync_members(self) -> bool:
+        """Move to the members' client URLs if they changed; whether the client moved.
+
+        A single-member answer changes nothing: a lone etcd may serve clients on several
+        addresses of which this process can reach only the one it was given.
+        """
+        members = await self.member_list()
+        voting = [m for m in members if not m.is_learner and m.client_urls]
+        if len(voting) < 2 and len(self.endpoints) < 2:
+            return False
+        endpoints = member_endpoints(voting, self.endpoints[0].scheme, self.endpoints)
+        if not endpoints or set(endpoints) == set(self.endpoints):
+            return False
         try:
-            return await method(request, timeout=timeout or self.call_timeout)
+            target = await asyncio.to_thread(grpc_target, endpoints)
+        except ValueError as exc:
+            log.warning("etcd members' client URLs unusable; keeping the endpoints",
+                        key=self.url, members=[ep.url for ep in endpoints], error=str(exc))
+            return False
+        channel = self._new_channel(target, len(endpoints) > 1)
+        try:
+            # Prove the new set answers before trusting it: advertised addresses this
+            # process cannot reach must not strand a client whose old set still works.
+            await rpc.MaintenanceStub(channel).Status(rpc.StatusRequest(),
+                                                      timeout=FAILOVER_CALL_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
-            raise await self._fail(exc, method) from None
+            await channel.close()
+            log.warning("etcd members' client URLs do not answer; keeping the endpoints",
+                        key=self.url, members=[ep.url for ep in endpoints],
+                        error=_describe(exc))
+            return False
+        old, before = self._channel, self.url
+        if old is None:  # closed meanwhile
+            await channel.close()
+            return False
+        self.endpoints = endpoints
+        self.url = ",".join(ep.url for ep in endpoints)
+        self._target = target
+        self.call_timeout = CALL_TIMEOUT if len(endpoints) == 1 else FAILOVER_CALL_TIMEOUT
+        self._use(channel)
+        retiring = asyncio.get_running_loop().create_task(self._retire(old))
+        self._retiring.add(retiring)
+        retiring.add_done_callback(self._retiring.discard)
+        log.info("etcd endpoints follow the cluster's members", key=before,
+                 endpoints=[ep.url for ep in endpoints])
+        if self.on_endpoints is not None:
+            self.on_endpoints(list(endpoints))
+        return True
+
+    @staticmethod
+    async def _retire(channel: Any) -> None:
+        """Close a replaced channel once the calls still running on it had their time."""
+        try:
+            await asyncio.sleep(RETIRE_GRACE)
+        finally:
+            await channel.close()
+
+    async def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        channel = self._channel  # the one ``method``'s stub belongs to
+        for attempt in range(_AUTH_OLD_RETRIES + 1):
+            try:
+                return await method(request, timeout=timeout or self.call_timeout)
+            except grpc.aio.AioRpcError as exc:
+                if attempt < _AUTH_OLD_RETRIES and _AUTH_OLD in (exc.details() or ""):
+                    continue
+                raise await self._fail(exc, method) from None
+            except asyncio.CancelledError:
+                raise self._retired(channel, "call") from None
+        raise AssertionError("unreachable")  # the last attempt returns or raises
+
+    def _retired(self, channel: Any, what: str) -> BaseException:
+        """What a call whose await was cancelled raises: grpc.aio cancels the calls of a
+        channel being closed, and when that channel is one this client replaced (the
+        client itself still open, the caller's task not being cancelled), the caller
+        must see a retryable error, not a cancellation that would silently end it."""
+        task = asyncio.current_task()
+        if task is not None and task.cancelling() == 0 and self._channel is not None \
+                and channel is not self._channel:
+            return errors.UnavailableError(self.url, f"{what} ended: its channel was "
+                                           "replaced by one to the cluster's current members")
+        return asyncio.CancelledError()
 
     async def _fail(self, exc: grpc.aio.AioRpcError, method: Any = None,
                     url: str | None = None) -> errors.StoreError:
@@ -417,6 +588,8 @@ class EtcdClient:
             refused = _tls_refusal(details, self.tls is not None)
             if refused:
                 return errors.TLSRefusedError(url, refused)
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            self._sync_wanted.set()  # a member may have gone, or come: look again soon
         detail = _describe(exc)
         if self.tls is None and "Socket closed" in details:
             detail += ("; if the cluster serves TLS, name its endpoints https:// and give "
@@ -493,6 +666,7 @@ class EtcdClient:
         async def requests() -> AsyncIterator[Any]:
             yield rpc.LeaseKeepAliveRequest(ID=lease_id)
 
+        channel = self._channel
         try:
             call = self._lease.LeaseKeepAlive(requests(), timeout=self.call_timeout)
             async for resp in call:
@@ -500,6 +674,8 @@ class EtcdClient:
                 return ttl
         except grpc.aio.AioRpcError as exc:
             raise await self._fail(exc) from None
+        except asyncio.CancelledError:
+            raise self._retired(channel, "lease keepalive") from None
         return 0
 
     async def lease_revoke(self, lease_id: int) -> None:
@@ -657,6 +833,7 @@ class EtcdClient:
                     return
                 yield item
 
+        channel = self._channel
         call = self._watch.Watch(requests(), metadata=_WATCH_METADATA)
         try:
             async for resp in call:
@@ -679,6 +856,9 @@ class EtcdClient:
                 yield resp.header.revision, events
         except grpc.aio.AioRpcError as exc:
             raise await self._fail(exc) from None
+        except asyncio.CancelledError:
+            # A watch outlives RETIRE_GRACE: this is how it moves to the new members.
+            raise self._retired(channel, "watch") from None
         finally:
             await queue.put(None)
             call.cancel()

@@ -15,6 +15,7 @@ CN as the user once auth is enabled.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -31,7 +32,40 @@ from shoal.pki import ca as pki_ca
 from shoal.pki import certs
 from shoal.pki.bundle import Bundle, ServerTLS
 
-__all__ = ["EtcdCluster", "EtcdNotInstalledError", "EtcdServer", "ServerTLS", "free_port"]
+__all__ = ["CLUSTER_TIMINGS", "ETCD_DEFAULT_TIMINGS", "EtcdCluster", "EtcdNotInstalledError",
+           "EtcdServer", "RaftTimings", "ServerTLS", "free_port"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RaftTimings:
+    """A member's raft timings: ``--heartbeat-interval``, ``--election-timeout`` (ms) and
+    ``--pre-vote``. Every member of one cluster must run the same ones."""
+
+    heartbeat_ms: int
+    election_ms: int
+    pre_vote: bool = True
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_ms <= 0 or self.election_ms < 5 * self.heartbeat_ms:
+            raise ValueError(f"raft timings heartbeat {self.heartbeat_ms} ms, election "
+                             f"{self.election_ms} ms: the election timeout must be at least "
+                             "5 heartbeats (etcd's tuning guide)")
+
+    def flags(self) -> list[str]:
+        return ["--heartbeat-interval", str(self.heartbeat_ms),
+                "--election-timeout", str(self.election_ms),
+                *(["--pre-vote"] if self.pre_vote else [])]
+
+
+# etcd's own (3.4): what a member runs without flags.
+ETCD_DEFAULT_TIMINGS = RaftTimings(100, 1000, pre_vote=False)
+
+# What the members of a Shoal cluster run (docs/ha.md, "etcd's timings", has the
+# measurements): a leader's death is noticed after 1-2 election timeouts instead of etcd's
+# 1-2 s, which is what the 2 s write target after a leader kill needs; pre-vote keeps a
+# member that was starved of CPU for a moment from deposing a healthy leader when it
+# comes back with a higher term.
+CLUSTER_TIMINGS = RaftTimings(50, 500, pre_vote=True)
 
 
 class EtcdNotInstalledError(RuntimeError):
@@ -67,9 +101,14 @@ class EtcdServer:
                  initial_cluster: str | None = None,
                  initial_cluster_state: str | None = None,
                  peer_host: str | None = None, tls: ServerTLS | None = None,
+                 timings: RaftTimings | None = None,
                  max_txn_ops: int = 1024) -> None:
         self.data_dir = Path(data_dir)
         self.max_txn_ops = max_txn_ops
+        # A lone etcd has no elections to tune: etcd's defaults. A cluster member (even
+        # the first one `swctl init` starts, alone at first) gets the cluster's timings,
+        # since members added later must agree with it.
+        self.timings = timings or (CLUSTER_TIMINGS if initial_cluster else None)
         self.tls = tls
         self.scheme = "https" if tls is not None else "http"
         self.host = host
@@ -135,6 +174,7 @@ class EtcdServer:
             "--auto-compaction-mode", "periodic",
             "--auto-compaction-retention", self.compaction_retention,
             "--log-level", "warn", "--logger", "zap",
+            *(self.timings.flags() if self.timings is not None else []),
             *tls,
         ]
 
@@ -217,10 +257,14 @@ class EtcdCluster:
     """
 
     def __init__(self, base_dir: Path | str, size: int = 3,
-                 compaction_retention: str = "5m", tls: bool = False) -> None:
+                 compaction_retention: str = "5m", tls: bool = False,
+                 timings: RaftTimings | None = None) -> None:
         if size < 1:
             raise ValueError(f"an etcd cluster needs at least one member, got {size}")
         base = Path(base_dir)
+        self.base = base
+        self.timings = timings
+        self.compaction_retention = compaction_retention
         self.pki_dir = base / "pki"
         self.ca: pki_ca.CA | None = None
         hosts = [f"127.0.0.{i + 1}" for i in range(size)]
@@ -238,7 +282,8 @@ class EtcdCluster:
         self.members = [
             EtcdServer(base / f"m{i}" / "data", host=h, peer_port=p, name=f"m{i}",
                        initial_cluster=initial, log_path=base / f"m{i}" / "etcd.log",
-                       compaction_retention=compaction_retention, tls=server_tls[i])
+                       compaction_retention=compaction_retention, tls=server_tls[i],
+                       timings=timings)
             for i, (h, p) in enumerate(zip(hosts, peer_ports, strict=True))]
 
     def _member_tls(self, i: int, hosts: list[str]) -> ServerTLS:
@@ -255,6 +300,26 @@ class EtcdCluster:
         pki_ca.write_file(d / f"m{i}-peer.key", pki_ca.key_pem(peer_key), 0o600)
         return ServerTLS(d / "ca.crt", d / f"m{i}-server.crt", d / f"m{i}-server.key",
                          d / f"m{i}-peer.crt", d / f"m{i}-peer.key")
+
+    def prepare_member(self) -> EtcdServer:
+        """The next member (``m<n>`` on 127.0.0.<n+1>), to be announced with
+        ``member_add([server.peer_url])`` and then started: it joins with
+        initial-cluster-state existing, as a manager joining a running cluster does."""
+        i = len(self.members)
+        host = f"127.0.0.{i + 1}"
+        peer_port = free_port(host)
+        tls = self._member_tls(i, [host, "127.0.0.1"]) if self.ca is not None else None
+        scheme = "https" if tls is not None else "http"
+        initial = ",".join([*(f"{m.name}={m.peer_url}" for m in self.members),
+                            f"m{i}={scheme}://{host}:{peer_port}"])
+        server = EtcdServer(self.base / f"m{i}" / "data", host=host, peer_port=peer_port,
+                            name=f"m{i}", initial_cluster=initial,
+                            initial_cluster_state="existing",
+                            log_path=self.base / f"m{i}" / "etcd.log",
+                            compaction_retention=self.compaction_retention, tls=tls,
+                            timings=self.timings)
+        self.members.append(server)
+        return server
 
     def client_bundle(self, user: str = certs.ROOT_USER) -> Bundle:
         """A client certificate for etcd user ``user`` from the cluster's CA (made once)."""

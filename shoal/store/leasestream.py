@@ -19,7 +19,9 @@ as with a lost gRPC stream. Messages are the etcd protobufs aetcd ships.
 
 With several endpoints (``http://a:2379,http://b:2379``) the stream lives on one member
 at a time: opening tries them in turn from the one after the member last used, so when a
-member dies the next round's stream opens on a live one.
+member dies the next round's stream opens on a live one. Given ``members`` (a store's
+``EtcdClient.endpoints``, which follows the cluster's membership), each opening takes the
+current list from it, so members added after the start are used too.
 
 With a TLS bundle the connection is TLS with ALPN ``h2``, presenting the bundle's
 certificate and checking the server's against the cluster CA under the name
@@ -32,6 +34,7 @@ import asyncio
 import contextlib
 import ssl
 import struct
+from collections.abc import Callable, Sequence
 
 import aetcd.rpc as rpc
 import h2.config
@@ -95,8 +98,10 @@ class _Stream:
 class KeepaliveStream:
     """Refreshes leases in rounds: ``keepalive(leases)`` -> the TTL etcd granted each."""
 
-    def __init__(self, url: str, tls: Bundle | None = None) -> None:
+    def __init__(self, url: str, tls: Bundle | None = None,
+                 members: Callable[[], Sequence[etcd.Endpoint]] | None = None) -> None:
         self.url = url
+        self._members = members
         self._ssl: ssl.SSLContext | None = None
         if tls is not None:
             self._ssl = tls.client_context(alpn=["h2"])
@@ -111,10 +116,11 @@ class KeepaliveStream:
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
         """A connection to the first endpoint that takes one, from ``_next`` on."""
-        count = len(self._endpoints)
+        endpoints = self._current()
+        count = len(endpoints)
         last: BaseException | None = None
         for step in range(count):
-            ep = self._endpoints[(self._next + step) % count]
+            ep = endpoints[(self._next + step) % count]
             try:
                 if self._ssl is None:
                     opening = asyncio.open_connection(ep.host, ep.port)
@@ -131,6 +137,13 @@ class KeepaliveStream:
             return reader, writer, f"{ep.host}:{ep.port}"
         assert last is not None
         raise last
+
+    def _current(self) -> Sequence[etcd.Endpoint]:
+        if self._members is not None:
+            current = self._members()
+            if current:
+                self._endpoints = list(current)
+        return self._endpoints
 
     async def _open(self) -> _Stream:
         reader, writer, authority = await self._connect()
@@ -236,7 +249,7 @@ class KeepaliveStream:
         if len(frames) > 2 * len(leases) + 64:  # leases replaced over time
             self._frames = {lease: frames[lease] for lease in leases if lease in frames}
         results = self._results
-        if not results and self._stream is stream and len(self._endpoints) > 1:
+        if not results and self._stream is stream and len(self._current()) > 1:
             # Not one answer in a whole round from a connected member: it is cut off from
             # its cluster's leader, or wedged. The next round opens on another member.
             log.warning("lease keepalive round unanswered; moving to another member",

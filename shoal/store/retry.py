@@ -17,8 +17,9 @@ and every deleted key is gone. A different writer producing the very same bytes 
 the store in the state this write asked for, so counting it as success is right too.
 
 Each attempt has its own deadline, short at first (a healthy etcd answers in
-milliseconds; the first retry is what gets past a dead leader) and doubling after that,
-so a loaded machine is not hammered with retries of a slow but live call. The whole call
+milliseconds; the first retry is what gets past a dead leader) and doubling after each
+attempt that ran out of it, so a loaded machine is not hammered with retries of a slow
+but live call; an attempt that failed at once leaves the deadline as it was. The whole call
 gives up after ``budget`` seconds with the store's usual :class:`UnavailableError`.
 """
 
@@ -43,7 +44,10 @@ class Policy:
     """How long one call may try, in total and per attempt (seconds)."""
 
     budget: float = 10.0
-    first_attempt: float = 1.5
+    # Past an election (0.5-1 s with the members' timings, etcd_server.CLUSTER_TIMINGS)
+    # and well past a healthy call on a loaded machine (single writes' slowest: 0.26-0.40 s
+    # at load 7-25); docs/ha.md has the measurements.
+    first_attempt: float = 1.0
     max_attempt: float = 8.0
     backoff: float = 0.05
     max_backoff: float = 0.25
@@ -90,7 +94,17 @@ class Attempts:
                  attempt=self.failures, error=str(exc) or type(exc).__name__)
         await asyncio.sleep(self._backoff)
         self._backoff = min(self._backoff * 2, self.policy.max_backoff)
-        self._attempt = min(self._attempt * 2, self.policy.max_attempt)
+        if _ran_out(exc):
+            # Only an attempt that used its whole deadline says etcd may be slow. One that
+            # failed at once (the member's connection broke, "leader changed") says
+            # nothing of the kind, and doubling after it made the next attempt -- the one
+            # a follower forwards to the leader that just died -- wait 2 s instead of 1.
+            self._attempt = min(self._attempt * 2, self.policy.max_attempt)
+
+
+def _ran_out(exc: BaseException) -> bool:
+    """Whether an attempt failed by running out of time (ours or gRPC's deadline)."""
+    return isinstance(exc, TimeoutError) or "deadline_exceeded" in str(exc)
 
 
 async def call(policy: Policy, what: str, fn: Callable[[], Awaitable[T]], key: str = "") -> T:

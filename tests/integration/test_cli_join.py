@@ -26,9 +26,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from shoal.cli import nodeprocs
+from shoal.cli import init, nodeprocs
 from shoal.join import client as join_client
-from shoal.join import datadir, renewal
+from shoal.join import datadir, renewal, service
 from shoal.pki import bundle as pki_bundle
 from shoal.pki import ca as pki_ca
 from shoal.pki import certs
@@ -199,6 +199,39 @@ def test_three_managers_and_two_workers_join_and_node_ls_shows_manager_status(
 def _etcd_pid(m: Machine) -> int:
     procs = json.loads(datadir.Layout(m.dir).processes.read_text())["processes"]
     return int(next(p["pid"] for p in procs if p["name"] == nodeprocs.ETCD))
+
+
+def test_the_first_managers_agent_outlives_its_etcd_member(
+        machines: dict[str, Machine]) -> None:
+    """m1's agent was started when m1's etcd was the only member; it must have learned
+    the members that joined since, and go on reporting through them when m1's member
+    dies: m1 stays ready."""
+    m1, m2, m3 = machines["m1"], machines["m2"], machines["m3"]
+    layout = datadir.Layout(m1.dir)
+    agent_log = layout.logs / f"{nodeprocs.AGENT}.log"
+    m3_url = f"https://{m3.address}:{service.ETCD_CLIENT_PORT}"
+
+    def learned() -> bool:
+        # Two clients in the agent's processes: its store, and its heartbeat child's.
+        lines = [line for line in agent_log.read_text(errors="replace").splitlines()
+                 if "etcd endpoints follow the cluster's members" in line and m3_url in line]
+        return len(lines) >= 2
+    eventually_sync(learned, timeout=30, what="m1's agent using the members that joined")
+    os.kill(_etcd_pid(m1), signal.SIGKILL)
+    try:
+        # Ready throughout several heartbeat TTLs (3 s): each look is a whole swctl run.
+        for _ in range(8):
+            rows = node_table(m2)
+            assert rows["m1"]["STATUS"] == "ready", rows["m1"]
+            assert rows["m1"]["MANAGER_STATUS"] == "Unreachable", rows["m1"]
+    finally:
+        cfg = datadir.load_node(layout)
+        peer = service.url("https", cfg.advertise_addr, service.ETCD_PEER_PORT)
+        nodeprocs.stop_all(layout, only=(nodeprocs.ETCD,))  # forget the dead record
+        init.start_etcd(layout, init.etcd_member(layout, cfg, f"{cfg.name}={peer}",
+                                                 "existing"))
+    eventually_sync(lambda: node_table(m1)["m1"]["MANAGER_STATUS"] in ("Leader", "Reachable"),
+                    timeout=30, what="m1's etcd member back")
 
 
 def test_demote_refused_at_the_quorum_edge(machines: dict[str, Machine]) -> None:

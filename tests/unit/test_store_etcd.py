@@ -75,3 +75,24 @@ def test_a_member_closing_mid_handshake_is_waited_for_and_a_plain_one_is_named()
     assert "does not speak TLS" in etcd._tls_refusal(
         prefix + "Handshake read failed (Socket closed)", True)
     assert etcd._tls_refusal(prefix + "Handshake read failed (Endpoint closing)", True) == ""
+
+
+def _member(i: int, urls: tuple[str, ...], learner: bool = False) -> etcd.Member:
+    return etcd.Member(i, f"m{i}", (f"https://10.0.0.{i}:2380",), urls, learner)
+
+
+def test_a_client_follows_the_voting_started_members_of_its_scheme() -> None:
+    members = [
+        _member(1, ("https://10.0.0.1:2379",)),
+        _member(2, ("https://10.0.0.2:2379", "http://10.0.0.2:2381")),  # another scheme too
+        _member(3, ()),  # added, not started yet: no client URL
+        _member(4, ("https://10.0.0.4:2379",), learner=True),  # a learner serves no writes
+        _member(5, ("https://10.0.0.5:2379", "https://[fd00::5]:2379")),
+    ]
+    got = etcd.member_endpoints(members, "https")
+    assert [ep.url for ep in got] == ["https://10.0.0.1:2379", "https://10.0.0.2:2379",
+                                      "https://10.0.0.5:2379", "https://[fd00::5]:2379"]
+    # A member serving on several addresses is reached on the one this client was given.
+    known = etcd.parse_endpoints("https://[fd00::5]:2379")
+    got = etcd.member_endpoints(members, "https", known)
+    assert [ep.url for ep in got][-1] == "https://[fd00::5]:2379" and len(got) == 3

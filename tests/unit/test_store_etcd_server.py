@@ -45,3 +45,22 @@ def test_a_member_joining_with_tls(tmp_path: Path) -> None:
     assert flags["--peer-cert-file"] == str(tmp_path / "p.crt")
     with pytest.raises(ValueError, match='initial_cluster_state "old"'):
         etcd_server.EtcdServer(tmp_path / "d", initial_cluster_state="old")
+
+
+def test_cluster_members_run_shoals_raft_timings_and_a_lone_etcd_etcds_own(
+        tmp_path: Path) -> None:
+    lone = _flags(etcd_server.EtcdServer(tmp_path / "a").command())
+    assert "--heartbeat-interval" not in lone and "--pre-vote" not in lone
+    # The first member `swctl init` starts is alone at first, but others join it later:
+    # it runs the cluster's timings from the start, as every joining member does.
+    first = _flags(etcd_server.EtcdServer(tmp_path / "b", name="m1",
+                                          initial_cluster="m1=http://127.0.0.1:2380").command())
+    timings = etcd_server.CLUSTER_TIMINGS
+    assert first["--heartbeat-interval"] == str(timings.heartbeat_ms)
+    assert first["--election-timeout"] == str(timings.election_ms)
+    assert "--pre-vote" in first
+    chosen = _flags(etcd_server.EtcdServer(
+        tmp_path / "c", timings=etcd_server.ETCD_DEFAULT_TIMINGS).command())
+    assert chosen["--election-timeout"] == "1000" and "--pre-vote" not in chosen
+    with pytest.raises(ValueError, match="at least 5 heartbeats"):
+        etcd_server.RaftTimings(100, 300)

@@ -37,3 +37,16 @@ async def test_a_refused_certificate_is_not_retried() -> None:
     with pytest.raises(errors.TLSRefusedError):
         await attempts.failed(errors.TLSRefusedError("https://a:2379", "bad certificate"))
     assert attempts.failures == 0
+
+
+async def test_only_an_attempt_that_ran_out_of_time_doubles_the_next_deadline() -> None:
+    policy = retry.Policy(budget=5.0, first_attempt=1.0, max_attempt=8.0, backoff=0.001)
+    attempts = retry.Attempts(policy, "txn")
+    # The member's connection broke at once: the next attempt (likely forwarded to a
+    # leader that just died) must not wait twice as long for it.
+    await attempts.failed(errors.UnavailableError("https://a:2379", "unavailable: Socket closed"))
+    assert attempts.timeout() == 1.0
+    await attempts.failed(errors.UnavailableError("https://a:2379", "deadline_exceeded"))
+    assert attempts.timeout() == 2.0
+    await attempts.failed(TimeoutError())
+    assert attempts.timeout() == 4.0
