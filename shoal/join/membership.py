@@ -9,7 +9,9 @@ with the decisions themselves in ``managers`` (pure).
 from __future__ import annotations
 
 import asyncio
-from typing import Final
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final, TypeVar
 
 import structlog
 
@@ -19,6 +21,28 @@ from shoal.store import errors, etcd
 log = structlog.get_logger("shoal.join.membership")
 
 STATUS_TIMEOUT: Final = 1.5
+#: Seconds to wait out etcd's strict reconfiguration check: it admits or removes a member
+#: only once every member has been connected for 5 s ("unhealthy cluster" before that),
+#: so a promote or join right before goes through once the newcomer has settled.
+RECONFIG_PATIENCE: Final = 20.0
+
+T = TypeVar("T")
+
+
+async def through_reconfig_check(call: Callable[[], Awaitable[T]],
+                                 patience: float = RECONFIG_PATIENCE) -> T:
+    """``call()`` (a member add or remove), again every 0.5 s while etcd refuses it as
+    "unhealthy cluster", for up to ``patience`` seconds; other errors at once."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return await call()
+        except errors.UnavailableError as exc:
+            if "unhealthy cluster" not in str(exc) or time.monotonic() > deadline:
+                raise
+            log.info("etcd refuses a membership change until its members settle; waiting",
+                     error=str(exc))
+            await asyncio.sleep(0.5)
 
 
 async def _status(client: etcd.EtcdClient, member: etcd.Member,
@@ -55,6 +79,6 @@ async def remove_manager(client: etcd.EtcdClient, name: str,
     target = managers.check_removal(members, answers, name, verb)
     if target is None:
         return False
-    await client.member_remove(target.id)
+    await through_reconfig_check(lambda: client.member_remove(target.id))
     log.info("etcd member removed", node=name, member=f"{target.id:x}")
     return True

@@ -24,10 +24,8 @@ Node exists: a removed node cannot renew its way back in.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
-import time
 from collections.abc import Awaitable
 from typing import Final, TypeVar
 
@@ -35,7 +33,7 @@ import structlog
 from cryptography import x509
 
 from shoal.crds import kinds, resource, sealed
-from shoal.join import access, datadir, managers, server, tokens
+from shoal.join import access, datadir, managers, membership, server, tokens
 from shoal.join.protocol import (
     JoinRequest,
     JoinResponse,
@@ -54,8 +52,6 @@ T = TypeVar("T")
 
 ETCD_CLIENT_PORT: Final = 2379
 ETCD_PEER_PORT: Final = 2380
-# How long a manager join waits for etcd to accept another member (see _member_add).
-MEMBER_ADD_PATIENCE: Final = 20.0
 
 
 def join_addrs_prefix(prefix: str) -> bytes:
@@ -206,19 +202,16 @@ class JoinService:
             initial_cluster=managers.initial_cluster(plain, name, peer_url), peer_url=peer_url)
 
     async def _member_add(self, peer_url: str) -> list[etcd.Member]:
-        """``member_add``, waiting while etcd says the cluster is not ready for one: it
-        admits a member only once every member has been connected for 5 s (its
-        strict reconfiguration check), so a manager joining right after another waits."""
-        deadline = time.monotonic() + MEMBER_ADD_PATIENCE
-        while True:
-            try:
-                _, members = await self.etcd.member_add([peer_url])
-                return members
-            except store_errors.UnavailableError as exc:
-                if "unhealthy cluster" not in str(exc) or time.monotonic() > deadline:
-                    raise Refusal(503, f"etcd does not admit a new member now ({exc}); "
-                                       "bring every manager up and try again") from None
-                await asyncio.sleep(0.5)
+        """``member_add``, waiting while etcd says the cluster is not ready for one
+        (``membership.through_reconfig_check``): a manager joining right after another
+        waits until the first has settled."""
+        try:
+            _, members = await membership.through_reconfig_check(
+                lambda: self.etcd.member_add([peer_url]))
+        except store_errors.UnavailableError as exc:
+            raise Refusal(503, f"etcd does not admit a new member now ({exc}); "
+                               "bring every manager up and try again") from None
+        return members
 
     def _answer(self, role: str, cert: x509.Certificate | None, members: list[etcd.Member],
                 material: ManagerMaterial | None, advertise_addr: str,
