@@ -94,6 +94,15 @@ async def test_controllers_and_agents_carry_on_beside_garbage(
         "apiVersion": "shoal.io/v1", "kind": "Service",
         "metadata": {"name": "nonsense", "namespace": "default"},
         "spec": {"replicas": "lots", "template": {"image": "busybox"}}}).encode())
+    # Readable, but nothing admission would take; one with conditions that are not a list.
+    bad_specs = {"networks": {"subnet": "not-a-cidr", "driver": 7},
+                 "secrets": {"data": ["x"]}, "configs": {"data": {"a": 1}, "extra": True}}
+    for plural, spec in bad_specs.items():
+        info = BUILTIN.lookup(plural)
+        meta = {"name": "bad", **({"namespace": "default"} if info.namespaced else {})}
+        await store.raw_put(_key(info, prefix, "bad"), json.dumps({
+            "apiVersion": "shoal.io/v1", "kind": info.kind, "metadata": meta,
+            "spec": spec, "status": {"conditions": "garbage"}}).encode())
     # Watches see deletes too, of well-formed keys and odd ones.
     for info, name, _ in random.Random(7).sample(garbage, 12):
         await store.etcd.txn([], [etcd_api.op_delete(_key(info, prefix, name))])
@@ -123,6 +132,16 @@ async def test_controllers_and_agents_carry_on_beside_garbage(
     assert "services/default/impostor is stored in a form Shoal cannot read" in refused, refused
     assert "names itself 'good'" in refused, refused
     assert "Traceback" not in refused
+    for plural in bad_specs:
+        info = BUILTIN.lookup(plural)
+
+        async def marked(info: kinds.KindInfo = info) -> bool:
+            obj = await store.get(info, "bad", "default" if info.namespaced else None)
+            cond = conditions.get_condition(obj, "Valid")
+            return bool(cond and cond["status"] == "False")
+        await eventually(marked, 10, what=f"{plural}/bad marked invalid")
+        shown = swctl("describe", plural, "bad").stdout
+        assert "InvalidSpec" in shown and "spec." in shown, shown
     for info, name, value in garbage:
         if info.kind == "Service" and not _decodes(value, info, prefix, name):
             broken = swctl("describe", "service", name, expect=1).stderr
