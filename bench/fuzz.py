@@ -26,6 +26,8 @@ import argparse
 import asyncio
 import collections
 import os
+import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -44,6 +46,7 @@ from tests.fuzz import strategies, surfaces
 SURFACES = ("manifests", "manifests-swctl", "compose", "cli", "cli-swctl", "etcd",
             "etcd-live")
 SUBPROCESS_SURFACES = ("manifests-swctl", "cli-swctl")
+PROGRESS_EVERY = 50
 
 
 class Tally:
@@ -57,6 +60,9 @@ class Tally:
 
     def add(self, verdict: surfaces.Verdict) -> None:
         self.counts[verdict.outcome] += 1
+        done = sum(self.counts.values())
+        if done % PROGRESS_EVERY == 0:
+            say(f"  {self.name}: {done} cases ({time.monotonic() - self.started:.0f} s)")
         if verdict.bad and len(self.bad) < 5:
             self.bad.append(f"[{verdict.outcome}] {verdict.detail}")
 
@@ -97,6 +103,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="shoal-fuzz-"))
     say(f"bench/fuzz: seed {args.seed}, {args.cases} cases per surface "
         f"({args.process_cases} for real swctl processes); load {load_average()}")
+    # SIGTERM ends the run through the finally below, so its etcd is not left running.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     server = etcd_server.EtcdServer(work / "etcd")
     server.start()
     tallies: list[Tally] = []
