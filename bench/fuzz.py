@@ -56,6 +56,7 @@ class Tally:
         self.name = name
         self.counts: collections.Counter[str] = collections.Counter()
         self.bad: list[str] = []
+        self.kinds: collections.Counter[str] = collections.Counter()
         self.started = time.monotonic()
 
     def add(self, verdict: surfaces.Verdict) -> None:
@@ -63,8 +64,12 @@ class Tally:
         done = sum(self.counts.values())
         if done % PROGRESS_EVERY == 0:
             say(f"  {self.name}: {done} cases ({time.monotonic() - self.started:.0f} s)")
-        if verdict.bad and len(self.bad) < 5:
-            self.bad.append(f"[{verdict.outcome}] {verdict.detail}")
+        if verdict.bad:
+            # One example of each distinct failure (by its last line), up to ten.
+            last = (verdict.detail.strip().splitlines() or [""])[-1]
+            self.kinds[last] += 1
+            if self.kinds[last] == 1 and len(self.bad) < 10:
+                self.bad.append(f"[{verdict.outcome}] {verdict.detail}")
 
     def report(self) -> None:
         cases = sum(self.counts.values())
@@ -72,6 +77,8 @@ class Tally:
             f"refused {self.counts[surfaces.ERROR]:6}  crashes {self.counts[surfaces.CRASH]}"
             f"  partial writes {self.counts[surfaces.PARTIAL]}  hangs "
             f"{self.counts[surfaces.HANG]}  ({time.monotonic() - self.started:.0f} s)")
+        for last, count in self.kinds.most_common():
+            say(f"    {count} x {last[:200]}")
         for line in self.bad:
             say("    " + line.replace("\n", "\n    ")[:3000])
 
