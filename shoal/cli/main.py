@@ -24,6 +24,7 @@ from shoal.cli import (
     changecause,
     cluster,
     common,
+    converge,
     delete,
     describe,
     diff,
@@ -74,7 +75,8 @@ def _global_flags() -> argparse.ArgumentParser:
     group.add_argument("--prefix", metavar="PREFIX", default=argparse.SUPPRESS,
                        help="key prefix of the cluster in etcd (env SHOAL_PREFIX, default "
                             f"{common.DEFAULT_PREFIX})")
-    group.add_argument("--request-timeout", metavar="SECONDS", type=float,
+    group.add_argument("--request-timeout", metavar="SECONDS",
+                       type=converge.positive_seconds_arg,
                        default=argparse.SUPPRESS,
                        help="how long to wait for etcd to answer before giving up (default 5)")
     group.add_argument("--data-dir", metavar="DIR", default=argparse.SUPPRESS,
