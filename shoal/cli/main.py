@@ -116,6 +116,12 @@ def _quiet_logging() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
+    nul = next((arg for arg in raw if "\x00" in arg), None)
+    if nul is not None:
+        # No shell passes one, but a program calling swctl can; every path and name
+        # built from it would fail deep inside with "embedded null byte".
+        sys.stderr.write(f"error: argument {nul!r} contains a NUL byte; remove it\n")
+        return 1
     agent_argv = agent.split_agent_argv(raw)
     if agent_argv is not None:
         # The agent parses its own flags; argparse here would reject them.
