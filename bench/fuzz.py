@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import collections
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -124,6 +125,7 @@ def main() -> None:
             tally.report()
     finally:
         server.stop()
+        shutil.rmtree(work, ignore_errors=True)
     say(f"total: {sum(sum(t.counts.values()) for t in tallies)} cases, "
         f"{sum(t.counts[surfaces.CRASH] for t in tallies)} crashes, "
         f"{sum(t.counts[surfaces.PARTIAL] for t in tallies)} partial writes, "
