@@ -43,7 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from shoal.cli import common, console, errors, leftovers, netnodes
+from shoal.cli import common, console, converge, errors, leftovers, netnodes
 from shoal.crds import sealed
 from shoal.store import client, etcd_server
 
@@ -94,7 +94,8 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     _state_dir_flag(down)
     down.add_argument("--purge", action="store_true",
                       help="also delete the state dir with the etcd data and logs")
-    down.add_argument("--timeout", type=float, default=STOP_GRACE, metavar="SECONDS",
+    down.add_argument("--timeout", type=converge.seconds_arg, default=STOP_GRACE,
+                      metavar="SECONDS",
                       help=f"grace period before SIGKILL (default {STOP_GRACE:g})")
     down.set_defaults(func=run_down, error_code=1)
 

@@ -44,6 +44,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -97,16 +98,33 @@ def add_wait_flags(p: argparse.ArgumentParser) -> None:
                    f"converged (default {DEFAULT_VERIFY_WINDOW:g})")
 
 
-def seconds_arg(text: str) -> float:
-    """An argparse type: seconds, as 30, 1.5 or 30s (>= 0)."""
+MAX_SECONDS = 7 * 86_400.0
+"""The longest wait a flag takes (a week): past it a number is a typo, and far past it
+(1e20) grpc's deadlines overflow and a request waits for ever instead of timing out."""
+
+
+def seconds_arg(text: str, minimum_exclusive: bool = False) -> float:
+    """An argparse type: seconds, as 30, 1.5 or 30s (>= 0, at most a week)."""
     try:
         value = float(text.removesuffix("s"))
     except ValueError:
         raise argparse.ArgumentTypeError(f'invalid duration "{text}": expected seconds, '
                                          "e.g. 30 or 1.5") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'invalid duration "{text}": must be >= 0')
+    if not math.isfinite(value):  # nan passes every comparison below
+        raise argparse.ArgumentTypeError(f'invalid duration "{text}": expected a number of '
+                                         "seconds, e.g. 30 or 1.5")
+    if value < 0 or (minimum_exclusive and value == 0):
+        bound = "> 0" if minimum_exclusive else ">= 0"
+        raise argparse.ArgumentTypeError(f'invalid duration "{text}": must be {bound}')
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f'invalid duration "{text}": at most '
+                                         f"{MAX_SECONDS:.0f} (a week)")
     return value
+
+
+def positive_seconds_arg(text: str) -> float:
+    """An argparse type: seconds > 0 (a request timeout of 0 could never succeed)."""
+    return seconds_arg(text, minimum_exclusive=True)
 
 
 def options_from(args: argparse.Namespace) -> WaitOptions | None:

@@ -107,7 +107,8 @@ def render(info: kinds.KindInfo, obj: resource.Resource, events: list[dict[str, 
                                                  f"finalizers: {', '.join(meta.finalizers)})"))
     if meta.ownerReferences:
         owners = ", ".join(f"{o.get('kind', '?')}/{o.get('name', '?')}"
-                           for o in meta.ownerReferences)
+                           if isinstance(o, dict) else str(o)
+                           for o in _entries(meta.ownerReferences))
         lines.append(_line("Owned By", owners))
     lines += _block("Spec", obj.spec)
     shown_apart = ("conditions", "update", "revisions") if obj.kind == "Service" \
@@ -116,7 +117,7 @@ def render(info: kinds.KindInfo, obj: resource.Resource, events: list[dict[str, 
     lines += _block("Status", status)
     if obj.kind == "Service":
         lines += _update(obj, now)
-    lines += _conditions(obj.status.get("conditions") or [], now)
+    lines += _conditions(_entries(obj.status.get("conditions")), now)
     lines += _events(events, now)
     return "\n".join(lines)
 
@@ -146,13 +147,21 @@ def _update(service: resource.Resource, now: datetime.datetime) -> list[str]:
     return [*lines, f"Revisions:{more}", table]
 
 
-def _conditions(conditions: list[dict[str, Any]], now: datetime.datetime) -> list[str]:
+def _entries(value: Any) -> list[Any]:
+    """A list field as stored; describe shows a hand-written object too, whatever it
+    holds there (its Valid condition says what is wrong with it)."""
+    return value if isinstance(value, list) else []
+
+
+def _conditions(conditions: list[Any], now: datetime.datetime) -> list[str]:
     if not conditions:
         return [_line("Conditions", printers.NONE)]
     rows = [[str(c.get("type", "")), str(c.get("status", "")),
              str(c.get("reason") or printers.NONE),
              printers.age(c.get("lastTransitionTime"), now),
-             str(c.get("message") or "")] for c in conditions]
+             str(c.get("message") or "")] if isinstance(c, dict)
+            else ["?", "?", printers.NONE, "", f"not a condition: {c!r}"[:200]]
+            for c in conditions]
     table, _ = printers.render_table(["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"], rows,
                                      indent=2)
     return ["Conditions:", table]

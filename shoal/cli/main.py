@@ -24,6 +24,7 @@ from shoal.cli import (
     changecause,
     cluster,
     common,
+    converge,
     delete,
     describe,
     diff,
@@ -75,7 +76,8 @@ def _global_flags() -> argparse.ArgumentParser:
     group.add_argument("--prefix", metavar="PREFIX", default=argparse.SUPPRESS,
                        help="key prefix of the cluster in etcd (env SHOAL_PREFIX, default "
                             f"{common.DEFAULT_PREFIX})")
-    group.add_argument("--request-timeout", metavar="SECONDS", type=float,
+    group.add_argument("--request-timeout", metavar="SECONDS",
+                       type=converge.positive_seconds_arg,
                        default=argparse.SUPPRESS,
                        help="how long to wait for etcd to answer before giving up (default 5)")
     group.add_argument("--data-dir", metavar="DIR", default=argparse.SUPPRESS,
@@ -115,6 +117,12 @@ def _quiet_logging() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
+    nul = next((arg for arg in raw if "\x00" in arg), None)
+    if nul is not None:
+        # No shell passes one, but a program calling swctl can; every path and name
+        # built from it would fail deep inside with "embedded null byte".
+        sys.stderr.write(f"error: argument {nul!r} contains a NUL byte; remove it\n")
+        return 1
     agent_argv = agent.split_agent_argv(raw)
     if agent_argv is not None:
         # The agent parses its own flags; argparse here would reject them.

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 import yaml
 
 from shoal.cli.errors import ManifestError
+from shoal.crds import nesting
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 STDIN = "-"
@@ -104,7 +105,14 @@ def parse(text: str, source: str) -> list[Document]:
             index += 1
             if data is None:
                 continue  # an empty section (a stray ---) is not an error
+            trouble = nesting.problem(data)
+            if trouble:
+                raise ManifestError(f"{Document(source, index, {}).where}: {trouble}")
             docs.extend(_documents(data, source, index))
+    except RecursionError:
+        # PyYAML's composer recurses per level: it gives up before our own check can run.
+        where = Document(source, index + 1, {}).where
+        raise ManifestError(f"{where}: {nesting.TOO_DEEP}") from None
     except yaml.MarkedYAMLError as exc:
         raise ManifestError(_syntax_error(exc, text, source)) from None
     except yaml.YAMLError as exc:  # unmarked errors are rare (e.g. reader errors)

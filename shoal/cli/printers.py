@@ -127,8 +127,10 @@ def jsonpath(data: Any, path: str) -> Any:
 
 # --- cell formatting ---
 
-def parse_time(stamp: str | None) -> datetime.datetime | None:
-    if not stamp:
+def parse_time(stamp: object) -> datetime.datetime | None:
+    """The time in an RFC 3339 stamp; None for anything else (a hand-written object in
+    etcd may hold any JSON where a stamp belongs, and a listing must still print)."""
+    if not stamp or not isinstance(stamp, str):
         return None
     try:
         return datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(
@@ -166,7 +168,7 @@ def human_duration(seconds: float) -> str:
     return f"{years}y"
 
 
-def age(stamp: str | None, now: datetime.datetime | None = None) -> str:
+def age(stamp: object, now: datetime.datetime | None = None) -> str:
     when = parse_time(stamp)
     if when is None:
         return NONE

@@ -19,6 +19,7 @@ from shoal.compose import schema
 from shoal.compose.casting import cast_values
 from shoal.compose.errors import ComposeError
 from shoal.compose.interpolate import interpolate
+from shoal.crds import nesting
 
 _SECTIONS = ("services", "networks", "volumes", "secrets", "configs")
 # A later -c file merges onto an earlier one as Docker merges them (mergo with appended
@@ -98,6 +99,11 @@ def _load_one(path: Path, env: Mapping[str, str], warnings: list[str]) -> dict[s
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ComposeError(f"not valid YAML: {exc}", str(path)) from exc
+    except RecursionError:  # PyYAML's composer recurses per level of nesting
+        raise ComposeError(nesting.TOO_DEEP, str(path)) from None
+    trouble = nesting.problem(data)
+    if trouble:
+        raise ComposeError(trouble, str(path))
     if not isinstance(data, dict):
         raise ComposeError("top-level object must be a mapping", str(path))
     # Docker's order: forbidden keys, then interpolation, then the version and the schema.

@@ -18,11 +18,15 @@ several controller-managers can run; for each controller one of them leads.
   (``<p>/nodes/<node>/secrets|configs/``: a node reads no Secret or Config object), and
 * ``allocator`` — subnets, VNIs, task/node addresses, VIPs, published ports;
 * ``rotation`` — a Secret or Config updated bumps ``forceUpdate`` of the services that
-  mount it, once (``shoal.io/mounted-digests``): per-object, like the orchestrator.
+  mount it, once (``shoal.io/mounted-digests``): per-object, like the orchestrator;
+* ``validity-networks|secrets|configs`` — ``Valid=False`` with admission's messages on
+  an object of those kinds stored in a form admission refuses (written straight into
+  etcd), ``Valid=True`` once fixed: per-object.
 """
 
 from __future__ import annotations
 
+from shoal.controllers import validity
 from shoal.controllers.allocator import controller as allocator
 from shoal.controllers.distributor import controller as distributor
 from shoal.controllers.fold import controller as fold
@@ -39,4 +43,4 @@ def controller_specs() -> list[Spec]:
     return [nodes.controller_spec(), fold.controller_spec(), orchestrator.controller_spec(),
             updater.controller_spec(), scheduler.controller_spec(),
             allocator.controller_spec(), rotation.controller_spec(),
-            distributor.controller_spec()]
+            distributor.controller_spec(), *validity.controller_specs()]

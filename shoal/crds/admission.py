@@ -119,7 +119,10 @@ def _copy_json(value: Any) -> Any:
 
 def _ref(obj: dict[str, Any], info: kinds.KindInfo | None) -> str:
     """``services/web``: how the object is named in messages (``kubectl``'s notation)."""
-    kind = info.plural if info is not None else str(obj.get("kind") or "").lower()
+    given = obj.get("kind")
+    # A kind that is not a string is reported on its own line; repeating its value (a
+    # list of a thousand items, say) in every message's ref would only bury the messages.
+    kind = info.plural if info is not None else given.lower() if isinstance(given, str) else ""
     meta = semantics.section(obj, "metadata")
     name = meta.get("name") if isinstance(meta.get("name"), str) else ""
     ref = "/".join(part for part in (kind, name) if part)

@@ -19,7 +19,13 @@ def set_condition(obj: resource.Resource, type_: str, status: bool | str, reason
     that is already in the reported state writes nothing.
     """
     status_str = status if isinstance(status, str) else ("True" if status else "False")
-    conditions: list[dict[str, Any]] = obj.status.setdefault("conditions", [])
+    conditions = obj.status.get("conditions")
+    if not isinstance(conditions, list) or not all(isinstance(c, dict) for c in conditions):
+        # Written by hand into etcd: keep the conditions that are conditions, so the one
+        # being set (often Valid=False, saying what is wrong) can be.
+        kept = [c for c in conditions if isinstance(c, dict)] \
+            if isinstance(conditions, list) else []
+        conditions = obj.status["conditions"] = kept
     for cond in conditions:
         if cond.get("type") == type_:
             changed = False
@@ -38,8 +44,9 @@ def set_condition(obj: resource.Resource, type_: str, status: bool | str, reason
 
 
 def get_condition(obj: resource.Resource, type_: str) -> dict[str, Any] | None:
-    for cond in obj.status.get("conditions", []):
-        if cond.get("type") == type_:
+    conditions = obj.status.get("conditions")
+    for cond in conditions if isinstance(conditions, list) else ():
+        if isinstance(cond, dict) and cond.get("type") == type_:
             return dict(cond)
     return None
 

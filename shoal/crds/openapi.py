@@ -246,6 +246,8 @@ def _check_object(value: dict[Any, Any], schema: Schema, path: str,
     props = props if isinstance(props, dict) else {}
     required = schema.get("required")
     for name in required if isinstance(required, list) else ():
+        if not isinstance(name, str):
+            continue  # a user CRD's schema may list anything here; only names can match
         sub = props.get(name)
         nullable = isinstance(sub, dict) and sub.get("nullable")
         if name not in value or (value[name] is None and not nullable):

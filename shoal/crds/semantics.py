@@ -86,6 +86,10 @@ def _service_placement(spec: dict[str, Any]) -> list[FieldError]:
     return errors
 
 
+def _hashable(value: Any) -> bool:
+    return not isinstance(value, dict | list)
+
+
 def _service_ports(spec: dict[str, Any]) -> list[FieldError]:
     errors: list[FieldError] = []
     endpoint = section(spec, "endpoint")
@@ -95,7 +99,8 @@ def _service_ports(spec: dict[str, Any]) -> list[FieldError]:
             continue
         path = f"spec.endpoint.ports[{index}]"
         published, protocol = port.get("published"), port.get("protocol", "tcp")
-        if published is not None:
+        # A list or map here is the schema's to report; only scalars can be compared.
+        if published is not None and _hashable(published) and _hashable(protocol):
             first = seen.setdefault((published, protocol), index)
             if first != index:
                 errors.append(FieldError(f"{path}.published", f"port {published}/{protocol} is "

@@ -151,7 +151,9 @@ async def list_events(store: client.Store, obj: resource.Resource) -> list[resou
     events, _ = await store.list(event_kind(), namespace=_namespace(obj))
     out = []
     for event in events:
-        involved = event.spec.get("involvedObject") or {}
+        involved = event.spec.get("involvedObject")
+        if not isinstance(involved, dict):  # not an event about anything (hand-written)
+            continue
         if involved.get("kind") != obj.kind or involved.get("name") != obj.name:
             continue
         if obj.metadata.uid and involved.get("uid") not in (None, obj.metadata.uid):

@@ -162,9 +162,13 @@ class Store:
         if not kvs:
             raise errors.NotFoundError(ref)
         try:
-            return codec.decode(kvs[0].value, kvs[0].mod_revision)
+            obj = codec.decode(kvs[0].value, kvs[0].mod_revision)
         except codec.UndecodableError as exc:
             raise errors.CorruptObjectError(ref, str(exc)) from None
+        problem = codec.identity_error(info, self.kind_prefix(info), key, obj)
+        if problem is not None:
+            raise errors.CorruptObjectError(ref, problem)
+        return obj
 
     async def list(self, info: kinds.KindInfo, namespace: str | None = None,
                    selector: selectors.Selector | str | None = None, revision: int = 0,
@@ -176,6 +180,7 @@ class Store:
         """
         sel = selectors.parse(selector) if isinstance(selector, str) else selector
         start = self.kind_prefix(info, namespace)
+        base = self.kind_prefix(info)
         end = etcd.prefix_end(start)
         out: builtins.list[resource.Resource] = []
         while True:
@@ -184,7 +189,7 @@ class Store:
                                                        revision, page_size), start.decode())
             revision = revision or rev
             for kv in kvs:
-                obj = codec.try_decode(kv.key, kv.value, kv.mod_revision)
+                obj = codec.decode_at(info, base, kv.key, kv.value, kv.mod_revision)
                 if obj is not None and (sel is None or sel.matches(obj.metadata.labels)):
                     out.append(obj)
             if not more or not kvs:

@@ -139,6 +139,44 @@ def try_decode(key: bytes, value: bytes, mod_revision: int) -> resource.Resource
         return None
 
 
+def identity_error(info: kinds.KindInfo, kind_prefix: bytes, key: bytes,
+                   obj: resource.Resource) -> str | None:
+    """Why ``obj`` cannot be the object at ``key`` (``kind_prefix``: the prefix of every
+    object of ``info``, without a namespace), or None when it is.
+
+    Every cache is keyed by what an object says it is, every delete by its key: a value
+    naming another kind, name or namespace than its key (hand-written, or copied from
+    another key) would sit in a cache under a name nobody can delete, or be reconciled as
+    an object it is not. Such a value is treated like any other undecodable one."""
+    rest = key[len(kind_prefix):].decode(errors="replace")
+    namespace, _, name = rest.rpartition("/") if info.namespaced else ("", "", rest)
+    meta = obj.metadata
+    if obj.kind != info.kind:
+        return f"the value is a {obj.kind!r}, stored under {info.plural}"
+    if meta.name != name:
+        return f"the value names itself {meta.name!r}, stored under the name {name!r}"
+    stored_ns = meta.namespace if info.namespaced else meta.namespace or None
+    if stored_ns != (namespace if info.namespaced else None):
+        return (f"the value is in namespace {stored_ns!r}, stored under "
+                f"{namespace or 'no namespace'!r}")
+    return None
+
+
+def decode_at(info: kinds.KindInfo, kind_prefix: bytes, key: bytes, value: bytes,
+              mod_revision: int) -> resource.Resource | None:
+    """``try_decode``, also skipping (with a warning) a value that is not the object its
+    key names (``identity_error``): what lists and watches of one kind read through."""
+    obj = try_decode(key, value, mod_revision)
+    if obj is None:
+        return None
+    problem = identity_error(info, kind_prefix, key, obj)
+    if problem is not None:
+        log.warning("skipping object stored under another identity",
+                    key=key.decode(errors="replace"), revision=mod_revision, error=problem)
+        return None
+    return obj
+
+
 def remember_spec(obj: resource.Resource, digest: int | None = None) -> None:
     """Record the spec as stored, so the next update knows whether it changed.
 

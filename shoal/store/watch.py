@@ -41,7 +41,9 @@ class WatchEvent:
 def stub_from_key(info: kinds.KindInfo, key: bytes, kind_prefix: bytes,
                   revision: int) -> resource.Resource:
     """The identity of a deleted object, rebuilt from its key."""
-    rest = key[len(kind_prefix):].decode().split("/")
+    # errors="replace": a key that is not UTF-8 (written by hand) must not stop the watch;
+    # its value was never decoded into a cache either, so the delete removes nothing.
+    rest = key[len(kind_prefix):].decode(errors="replace").split("/")
     name = rest[-1]
     namespace = rest[-2] if info.namespaced and len(rest) >= 2 else None
     obj = kinds.new_object_for(info, name, namespace)
@@ -144,7 +146,8 @@ async def watch_kind(store: client.Store, info: kinds.KindInfo, namespace: str |
             obj = (echoes.take(ev.key, ev.value, ev.mod_revision)
                    if echoes is not None else None)
             if obj is None:
-                obj = codec.try_decode(ev.key, ev.value, ev.mod_revision)
+                obj = codec.decode_at(info, base_prefix, ev.key, ev.value,
+                                     ev.mod_revision)
             if obj is not None:
                 kind = ADDED if ev.create_revision == ev.mod_revision else MODIFIED
                 yield WatchEvent(kind, ev.mod_revision, obj)

@@ -67,3 +67,19 @@ async def test_describe_and_events_in_a_stack_named_the_docker_way(
     assert "FailedScheduling" not in swctl("get", "events").stdout
     err = swctl("describe", "service/web", expect=1).stderr
     assert err.startswith('error: services "web" not found')
+
+
+async def test_describe_ignores_an_event_about_nothing(swctl: Swctl,
+                                                       store: client.Store) -> None:
+    """Fuzzing found it: an Event written straight into etcd whose involvedObject is not a
+    map made every describe in its namespace fail with an internal error."""
+    import json
+
+    swctl("apply", "-f", "-", "--detach", input=service("web"))
+    junk = {"apiVersion": "shoal.io/v1", "kind": "Event",
+            "metadata": {"name": "junk", "namespace": "default"},
+            "spec": {"involvedObject": ["Service", "web"], "reason": "Odd"}}
+    info = kinds.Registry.builtin().lookup("events")
+    await store.raw_put(store.key(info, "junk", "default"), json.dumps(junk).encode())
+    shown = swctl("describe", "service", "web").stdout
+    assert "Name:" in shown and "web" in shown and "Odd" not in shown, shown

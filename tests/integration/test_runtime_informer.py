@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from shoal.crds import kinds, resource
 from shoal.runtime import informer
-from shoal.store import client, etcd_server
+from shoal.store import client, etcd, etcd_server
 from tests.helpers import eventually
 
 CONFIG = kinds.Registry.builtin().by_kind("Config")
@@ -159,3 +159,47 @@ async def test_ingest_of_many_objects_is_fast(store: client.Store) -> None:
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_informer_keeps_watching_after_a_key_that_is_not_utf8_is_deleted(
+        store: client.Store) -> None:
+    """Fuzzing found it: the delete's stub was named by decoding the key strictly, which
+    raised in the watch; the informer resumed from the same revision and failed again,
+    for ever, and never saw another change of the kind."""
+    factory = informer.SharedInformerFactory(store)
+    inf = factory.informer(CONFIG)
+    factory.start()
+    await inf.wait_synced(5)
+    odd = store.kind_prefix(CONFIG, "default") + b"\xff\xfe"
+    await store.raw_put(odd, b"not json")
+    await store.etcd.txn([], [etcd.op_delete(odd)])
+    await store.create(CONFIG, config("after"))
+
+    async def seen() -> bool:
+        return inf.get("after", "default") is not None
+    await eventually(seen, 5, what="a config created after the odd key's delete")
+    await factory.stop()
+
+
+async def test_value_naming_another_object_than_its_key_is_not_cached(
+        store: client.Store) -> None:
+    """Fuzzing found it: a copy of config ``a``'s value under key ``b`` was cached as
+    ``a`` (a second, different ``a``), and deleting key ``b`` left it there for ever."""
+    await store.create(CONFIG, config("a", data="real"))
+    kv = await store.raw_get(store.key(CONFIG, "a", "default"))
+    assert kv is not None
+    factory = informer.SharedInformerFactory(store)
+    inf = factory.informer(CONFIG)
+    factory.start()
+    await inf.wait_synced(5)
+    await store.raw_put(store.key(CONFIG, "b", "default"), kv.value.replace(b"real", b"fake"))
+    await store.create(CONFIG, config("c"))
+
+    async def c_seen() -> bool:
+        return inf.get("c", "default") is not None
+    await eventually(c_seen, 5, what="config c")
+    assert inf.get("a", "default").spec["data"] == "real"  # type: ignore[union-attr]
+    assert inf.get("b", "default") is None
+    listed, _ = await store.list(CONFIG, "default")
+    assert sorted(o.name for o in listed) == ["a", "c"]
+    await factory.stop()

@@ -36,3 +36,29 @@ def test_a_service_without_updates_says_none() -> None:
     lines = describe.render(info, service(), [], NOW).splitlines()
     assert "Update:             <none>" in lines
     assert "Revisions:          <none>" in lines
+
+
+def test_object_with_garbage_where_lists_belong_is_still_described() -> None:
+    """Fuzzing found it: describe (and get's AGE column) of an object written straight
+    into etcd with non-list conditions, non-map owner references or a stamp that is not
+    a string raised, so the one command that should say what is wrong with it failed."""
+    import json
+
+    from shoal.cli import printers
+    from shoal.store import codec
+
+    info = kinds.Registry.builtin().lookup("services")
+    svc = codec.decode(json.dumps({
+        "kind": "Service", "apiVersion": "shoal.io/v1",
+        "metadata": {"name": "junk", "namespace": "default", "ownerReferences": [5],
+                     "creationTimestamp": ["2024"]},
+        "spec": {}, "status": {"conditions": [1, {"type": "Valid", "status": "False",
+                                                  "message": "spec.replicas: bad"}]}}
+                                 ).encode(), 5)
+    text = describe.render(info, svc, [], NOW)
+    assert "not a condition: 1" in text and "spec.replicas: bad" in text, text
+    assert "Owned By:" in text
+    assert printers.age(["2024"], NOW) == printers.NONE
+    assert "junk" in printers.format_objects(info, [svc], "table", single=False)
+    svc.status["conditions"] = "broken"
+    assert "Conditions:" in describe.render(info, svc, [], NOW)

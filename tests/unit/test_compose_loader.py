@@ -184,3 +184,19 @@ def test_scalars_of_the_wrong_type_are_refused_as_docker_refuses_them(
 def test_go_durations_are_accepted(tmp_path: Path, duration: str) -> None:
     load(tmp_path, {"version": "3.8", "services": {"w": {"image": "a",
                                                           "stop_grace_period": duration}}})
+
+
+def test_runaway_nesting_and_alias_loops_are_refused_naming_the_file(tmp_path: Path) -> None:
+    """Fuzzing found it: a compose file nested a few thousand levels deep ended in a
+    RecursionError (an internal error), and one whose alias contains itself recursed."""
+    deep = tmp_path / "deep.yml"
+    deep.write_text("version: '3.8'\nservices:\n  web:\n    image: busybox\n"
+                    "    environment: " + "[" * 3000 + "]" * 3000 + "\n")
+    with pytest.raises(ComposeError, match="nested more than 64 levels") as err:
+        load_project([deep], {})
+    assert str(err.value).startswith(f"{deep}: ")
+    loop = tmp_path / "loop.yml"
+    loop.write_text("version: '3.8'\nservices:\n  web: &w\n    image: busybox\n"
+                    "    labels: *w\n")
+    with pytest.raises(ComposeError, match="contains itself"):
+        load_project([loop], {})

@@ -304,3 +304,16 @@ def test_crd_cannot_take_builtin_names(registry: kinds.Registry) -> None:
     [message] = errors_of(doc, registry)
     assert message.startswith('spec.names: name "svc" of kind Website is already used by kind '
                               "Service")
+
+
+def test_kind_that_is_not_a_string_is_not_repeated_in_every_message(
+        registry: kinds.Registry) -> None:
+    """Fuzzing found it: the object's ref in every message was ``str(kind).lower()``, so
+    a kind holding a big nested value was printed, whole, after every problem."""
+    doc = {"apiVersion": "shoal.io/v1", "kind": [{"x": [{"x": 1}]}] * 50,
+           "metadata": {"name": "web"}, "spec": {}}
+    with pytest.raises(admission.ValidationError) as err:
+        admission.admit(doc, registry, "file a.yaml, document 1")
+    text = str(err.value)
+    assert text.startswith("kind: must be a string, got an array"), text
+    assert "(web, file a.yaml, document 1)" in text and "'x'" not in text, text

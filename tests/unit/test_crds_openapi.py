@@ -107,3 +107,13 @@ def test_validate_keywords() -> None:
 
 def test_decode_base64_ignores_line_breaks() -> None:
     assert openapi.decode_base64("aGVs\nbG8=\n") == b"hello"
+
+
+def test_a_schema_whose_required_lists_a_map_validates_without_crashing() -> None:
+    """Fuzzing found it: a user CRD whose schema's ``required`` held a map (admission
+    took it: a CRD's schema is the user's) made every object of that kind raise
+    TypeError (unhashable) in validation, an internal error in apply."""
+    schema = {"type": "object", "required": [{"name": "x"}, "domain"],
+              "properties": {"domain": {"type": "string"}}}
+    errors = openapi.validate({}, schema, "spec")
+    assert [str(e) for e in errors] == ["spec.domain: required field missing"]

@@ -192,3 +192,14 @@ def test_rebalance_refused_for_a_global_service(registry: kinds.Registry) -> Non
         "spec.placement.rebalance.enabled: a global service runs one task on every eligible "
         "node, so there is nothing to rebalance; remove spec.placement.rebalance or use "
         "mode: replicated"]
+
+
+def test_published_port_given_as_a_list_is_reported_not_a_crash(
+        registry: kinds.Registry) -> None:
+    """Fuzzing found it: the duplicate-port check hashed ``published`` and raised
+    TypeError on a list, so apply printed an internal error instead of the field's."""
+    doc = service(endpoint={"ports": [{"target": 80, "published": [8080]},
+                                      {"target": 81, "published": {"a": 1}}]})
+    found = errors_of(doc, registry)
+    assert any(e.startswith("spec.endpoint.ports[0].published: must be") for e in found), found
+    assert any(e.startswith("spec.endpoint.ports[1].published: must be") for e in found), found

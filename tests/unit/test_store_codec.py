@@ -40,3 +40,21 @@ def test_a_different_template_is_never_shared() -> None:
     assert other_ns.metadata.ownerReferences[0]["uid"] == "uid-prod"
     assert codec.stored_spec_digest(other_ns) == codec.stored_spec_digest(
         codec.decode(task("web.1.1", 8, "busybox", namespace="prod"), 13))
+
+
+def test_value_stored_under_another_identity_is_skipped() -> None:
+    """Fuzzing found it: lists and watches cached a value by the name it gave itself, so
+    a value copied to another key (or naming another kind or namespace) became a second
+    object of that name that deleting its key never removed."""
+    from shoal.crds import kinds
+
+    tasks = kinds.Registry.builtin().lookup("tasks")
+    base = codec.kind_prefix("/p", tasks)
+    value = task("web.1.1", 1, "busybox")
+    assert codec.decode_at(tasks, base, base + b"default/web.1.1", value, 3) is not None
+    for key in (b"default/web.2.1", b"other/web.1.1", b"web.1.1"):
+        assert codec.decode_at(tasks, base, base + key, value, 3) is None, key
+    services = kinds.Registry.builtin().lookup("services")
+    assert codec.decode_at(services, codec.kind_prefix("/p", services),
+                           codec.kind_prefix("/p", services) + b"default/web.1.1",
+                           value, 3) is None
