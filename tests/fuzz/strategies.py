@@ -316,9 +316,9 @@ NOT_SAMPLED = frozenset({"-h", "--help", "--etcd", "--etcd-ca", "--etcd-cert", "
                          "--follow"})
 
 # Verbs that start processes, change etcd membership or this machine's files, or stream
-# forever: not fuzzed against a shared test etcd.
+# forever (`dashboard` serves until Ctrl-C): not fuzzed against a shared test etcd.
 UNSAFE_VERBS = frozenset({"init", "join", "leave", "up", "down", "controller-manager",
-                          "agent", "role-watch", "logs", "promote", "demote"})
+                          "agent", "role-watch", "logs", "promote", "demote", "dashboard"})
 
 
 def safe_verb(path: tuple[str, ...]) -> bool:
