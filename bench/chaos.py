@@ -44,6 +44,9 @@ def main() -> int:
     parser.add_argument("--fault-gap", type=float, nargs=2, default=(1.0, 6.0),
                         metavar=("MIN", "MAX"),
                         help="seconds between two faults, drawn uniformly (default 1 6)")
+    parser.add_argument("--hold", type=float, nargs=2, default=(0.5, 5.0),
+                        metavar=("MIN", "MAX"),
+                        help="seconds a fault is held before it is put back (default 0.5 5)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     args = parser.parse_args()
     kinds = tuple(k for k in args.kinds.split(",") if k)
@@ -60,7 +63,7 @@ def main() -> int:
         result = asyncio.run(run(workdir, seed, args.duration, args.nodes,
                                  max_faults=args.max_faults, settle=args.settle,
                                  stack=args.stack, fault_gap=tuple(args.fault_gap),
-                                 kinds=kinds))
+                                 kinds=kinds, hold=tuple(args.hold)))
     finally:
         if args.keep:
             say(f"logs in {workdir}")

@@ -80,7 +80,7 @@ class Checker:
         self.disturbers: set[str] = set()
         #: service keys the workload created and has not asked to delete
         self.owned: set[str] = set()
-        self.converged_at: dict[str, int] = {}
+        self.convergences = 0
 
     # --- the workload's and the fault injector's notes ---
 
@@ -235,6 +235,7 @@ class Checker:
         if converged and not view.converged:
             view.converged_since = revision
             view.converged_time = time.monotonic()
+            self.convergences += 1
         view.converged = converged
         if self.disturbed or self._crashed(svc):
             view.established = 0

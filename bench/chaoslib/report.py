@@ -23,6 +23,7 @@ class Result:
     gaps: list[tuple[int, int]]
     ops: dict[str, int]
     failed_commands: dict[str, int]
+    convergences: int  # times a service came (back) to its spec during the run
     objects_lost: int
 
     @property
@@ -44,12 +45,14 @@ class Result:
                + ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items()))]
         out.append("workload: " + ", ".join(f"{k} {v}" for k, v in sorted(self.ops.items()))
                    + f"; swctl commands retried: {sum(self.failed_commands.values())}")
+        out.append(f"services came back to their spec {self.convergences} times")
         out.append(f"watched {self.revisions} revisions (watch reopened "
                    f"{self.watch_reopened} times, {len(self.gaps)} compacted gaps)")
         if self.convergence:
             out.append(f"convergence after the last fault over {len(self.convergence)} "
                        f"services: p50 {self.percentile(50):.2f} s, p99 "
-                       f"{self.percentile(99):.2f} s, max {max(self.convergence.values()):.2f} s")
+                       f"{self.percentile(99):.2f} s, max {max(self.convergence.values()):.2f} s"
+                       " (0: already converged when the last fault was put back)")
         if self.unconverged:
             out.append(f"NOT CONVERGED: {', '.join(self.unconverged)}")
         out.append(f"violations: {len(self.violations)} (objects lost: {self.objects_lost})")

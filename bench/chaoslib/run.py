@@ -42,7 +42,8 @@ async def wait_nodes(cluster: Cluster, checker: Checker, timeout: float = 60.0) 
 async def run(workdir: Path, seed: int, duration: float, nodes: int,
               max_faults: int | None = None, settle: float = 120.0, stack: bool = True,
               fault_gap: tuple[float, float] = (1.0, 6.0),
-              kinds: tuple[str, ...] = KINDS) -> Result:
+              kinds: tuple[str, ...] = KINDS,
+              hold: tuple[float, float] = (0.5, 5.0)) -> Result:
     cluster = Cluster(workdir, nodes)
     cluster.start_etcd()
     assert cluster.bundle is not None
@@ -53,7 +54,7 @@ async def run(workdir: Path, seed: int, duration: float, nodes: int,
     follower = Follower(cluster.endpoints, PREFIX, cluster.bundle, checker)
     await follower.start()
     following = asyncio.create_task(follower.run())
-    injector = Injector(cluster, checker, seed, gap=fault_gap, kinds=kinds)
+    injector = Injector(cluster, checker, seed, hold=hold, gap=fault_gap, kinds=kinds)
     workload = Workload(cluster, checker, seed)
     convergence: dict[str, float] = {}
     unconverged: list[str] = []
@@ -105,4 +106,5 @@ async def run(workdir: Path, seed: int, duration: float, nodes: int,
         violations=violations, convergence=convergence, unconverged=unconverged,
         revisions=checker.revisions_seen, watch_reopened=follower.reopened,
         gaps=follower.gaps, ops=dict(workload.ops), failed_commands=dict(workload.failed),
+        convergences=checker.convergences,
         objects_lost=sum(1 for v in violations if v.kind == "lost"))
