@@ -76,3 +76,50 @@ def mismatches(checker: Checker, journals: dict[str, Path]) -> list[Violation]:
                                      f"{wl.get('name')} (uid {uid}): {shown}",
                                      (found[0],) if found else ()))
     return out
+
+
+class RunningWatch:
+    """The "shown running, not running" check *during* a run, every ``every`` seconds.
+
+    etcd (through the watch) and a node's journal are read at slightly different
+    moments, so one look can catch a task between its workload stopping and its status
+    saying so. A task is reported only when two looks ``every`` seconds apart both find
+    it shown running and desired running, on a node ready both times, with the very
+    same object (no write in between), and its workload not running on that node.
+    """
+
+    def __init__(self, checker: Checker, journals: dict[str, Path]) -> None:
+        self.checker = checker
+        self.journals = journals
+        self.suspects: dict[str, object] = {}  # task key -> the object as last seen
+        self.violations: list[Violation] = []
+        self.reported: set[str] = set()
+
+    def look(self) -> None:
+        c = self.checker
+        registry = c.registry
+        ready = {key[len(registry) + len("nodes/"):] for key, obj in c.objects.items()
+                 if key.startswith(f"{registry}nodes/")
+                 and (obj.get("status") or {}).get("state") == "ready"}
+        held: dict[str, set[str]] = {}
+        suspects: dict[str, object] = {}
+        for key, task in c.objects.items():
+            if not key.startswith(f"{registry}tasks/"):
+                continue
+            spec, status = task.get("spec") or {}, task.get("status") or {}
+            node = spec.get("nodeName")
+            if status.get("state") != ts.RUNNING or node not in ready or ts.RANK.get(
+                    str(spec.get("desiredState") or "running"), 0) > ts.RUNNING_RANK:
+                continue
+            if node not in held:
+                path = self.journals.get(str(node))
+                held[node] = set(running_workloads(path)) if path is not None else set()
+            if str(task["metadata"].get("uid")) in held[node]:
+                continue
+            suspects[key] = task
+            if self.suspects.get(key) is task and key not in self.reported:
+                self.reported.add(key)
+                self.violations.append(Violation(
+                    "host", c.revision, f"task shown running and desired running on ready "
+                    f"node {node} for two looks, which does not run it", (key,)))
+        self.suspects = suspects

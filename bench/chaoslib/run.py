@@ -39,6 +39,12 @@ async def wait_nodes(cluster: Cluster, checker: Checker, timeout: float = 60.0) 
     raise TimeoutError(f"{len(cluster.node_names)} nodes not ready within {timeout} s")
 
 
+async def look_at_hosts(watch: hosts.RunningWatch, every: float = 5.0) -> None:
+    while True:
+        await asyncio.sleep(every)
+        watch.look()
+
+
 async def run(workdir: Path, seed: int, duration: float, nodes: int,
               max_faults: int | None = None, settle: float = 120.0, stack: bool = True,
               fault_gap: tuple[float, float] = (1.0, 6.0),
@@ -56,6 +62,7 @@ async def run(workdir: Path, seed: int, duration: float, nodes: int,
     following = asyncio.create_task(follower.run())
     injector = Injector(cluster, checker, seed, hold=hold, gap=fault_gap, kinds=kinds)
     workload = Workload(cluster, checker, seed)
+    running = hosts.RunningWatch(checker, {n: cluster.journal(n) for n in cluster.node_names})
     convergence: dict[str, float] = {}
     unconverged: list[str] = []
     extra: list[Violation] = []
@@ -66,7 +73,12 @@ async def run(workdir: Path, seed: int, duration: float, nodes: int,
         await workload.setup(stack=stack)
         start = time.monotonic()
         until = start + duration
-        await asyncio.gather(injector.run(until, max_faults), workload.run(until, stack=stack))
+        looking = asyncio.create_task(look_at_hosts(running))
+        try:
+            await asyncio.gather(injector.run(until, max_faults),
+                                 workload.run(until, stack=stack))
+        finally:
+            looking.cancel()
         await workload.finish()
         quiet_from = max(injector.last_restored(), workload.last_op)
         log.info("chaos over; settling", faults=len(injector.faults))
@@ -99,7 +111,7 @@ async def run(workdir: Path, seed: int, duration: float, nodes: int,
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await following
         cluster.stop()
-    violations = checker.violations + extra
+    violations = checker.violations + running.violations + extra
     return Result(
         seed=seed, nodes=nodes, duration=duration, faults=injector.counts(),
         fault_errors=[f"{f.kind} {f.victim}: {f.error}" for f in injector.faults if f.error],

@@ -126,3 +126,31 @@ def test_node_journal_reader_counts_only_workloads_still_running(tmp_path: Any) 
         '"exit_at":1.0}}\n'
         '{"op":"sta')  # a torn last line
     assert sorted(running_workloads(journal)) == ["a"]
+
+
+def test_running_task_missing_from_its_node_is_reported_after_two_looks(tmp_path: Any) -> None:
+    from bench.chaoslib.hosts import RunningWatch
+
+    c = converged_checker(replicas=2)
+    node = {"metadata": {"name": "n0", "uid": "n0"}, "status": {"state": "ready"}}
+    key1, t1 = task(1)
+    key2, t2 = task(2)
+    t1["spec"]["nodeName"] = t2["spec"]["nodeName"] = "n0"
+    c.apply(12, [(f"{REG}nodes/n0", node), (key1, t1), (key2, t2)])
+    journal = tmp_path / "n0.journal"
+    journal.write_text('{"op":"start","w":{"uid":"web.1.1","name":"web.1.1",'
+                       '"state":"running"}}\n')
+    watch = RunningWatch(c, {"n0": journal})
+    watch.look()
+    assert watch.violations == []  # one look may fall between a stop and its report
+    watch.look()
+    [v] = watch.violations
+    assert v.kind == "host" and v.keys == (key2,)
+    # A write in between (the agent reporting) clears the suspicion.
+    c2 = converged_checker(replicas=2)
+    c2.apply(12, [(f"{REG}nodes/n0", node), (key1, t1), (key2, t2)])
+    watch2 = RunningWatch(c2, {"n0": journal})
+    watch2.look()
+    c2.apply(13, [(key2, {**t2, "status": {"state": "shutdown"}})])
+    watch2.look()
+    assert watch2.violations == []
