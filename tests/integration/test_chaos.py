@@ -13,11 +13,19 @@ a service that does not come back to its spec once the faults stop.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import uuid
 from pathlib import Path
 
 import pytest
 
+from bench.chaoslib.invariants import Checker
 from bench.chaoslib.run import run
+from bench.chaoslib.watcher import Follower
+from shoal.store import client, etcd_server
+from tests.helpers import eventually
 
 SEED = 16
 #: Generous for CI's 2 loaded cores; the bench records the real figures.
@@ -36,3 +44,40 @@ async def test_chaos_short_run_keeps_every_invariant(tmp_path: Path) -> None:
     assert result.unconverged == [], report
     assert max(result.convergence.values()) <= CONVERGE_BOUND, report
     assert result.gaps == [], report
+
+
+async def test_the_watch_reports_a_slot_run_twice_at_the_revision_that_did_it(
+        etcd: etcd_server.EtcdServer) -> None:
+    # The checker is only worth its zero if it sees what it looks for: two tasks written
+    # into one slot of a real etcd are reported with both keys and the write's revision.
+    prefix = f"/chaos-{uuid.uuid4().hex[:8]}"
+    store = await client.Store.connect(etcd.url, prefix)
+    checker = Checker(store.raw_key("registry").decode() + "/")
+    follower = Follower([etcd.url], prefix, None, checker)
+    await follower.start()
+    following = asyncio.create_task(follower.run())
+    try:
+        def put(path: str, obj: dict[str, object]) -> asyncio.Future[int]:
+            return asyncio.ensure_future(store.raw_put(store.raw_key("registry", *path.split(
+                "/")), json.dumps(obj).encode()))
+
+        template = {"image": "busybox"}
+        await put("services/default/web", {"metadata": {"name": "web", "uid": "s"},
+                                           "spec": {"replicas": 1, "template": template}})
+        for name in ("web.1.1", "web.1.2"):
+            rev = await put(f"tasks/default/{name}", {
+                "metadata": {"name": name, "uid": name},
+                "spec": {"serviceName": "web", "slot": 1, "template": template},
+                "status": {"state": "running"}})
+
+        async def reported() -> bool:
+            return any(v.kind == "slot" for v in checker.violations)
+        await eventually(reported, what="the slot violation")
+        [v] = checker.violations
+        assert v.revision == rev
+        assert [k.rsplit("/", 1)[1] for k in v.keys] == ["web.1.1", "web.1.2"]
+    finally:
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
+        await store.close()
