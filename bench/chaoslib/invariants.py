@@ -11,7 +11,8 @@ What is checked (each violation names the keys and revisions that show it):
   an end state: a task that has ended holds nothing, whatever its desired state says.
 * **floor**: never fewer running than the update rules allow: once a service has
   converged, ``min(replicas, running when it converged) - allowance`` tasks run, where
-  the allowance is ``parallelism`` (stop-first) while a rollout is under way, else 0.
+  the allowance is ``parallelism`` (stop-first) while a rollout is under way (its
+  template differs from the one it last converged with), else 0.
   Losing a node (agent faults, drains) legitimately drops tasks, so the harness marks
   those windows ``disturbed``, as is a service with a task that ended while desired
   running (a crash: the restart policy's business); the floor counts again only after
@@ -55,6 +56,7 @@ class ServiceView:
     converged: bool = False
     converged_since: int = 0  # revision it last became converged at
     converged_time: float = 0.0  # time.monotonic() when it last became converged
+    template: Any = None  # the template it last converged with
 
 
 def _uid(obj: dict[str, Any]) -> str:
@@ -242,8 +244,11 @@ class Checker:
             return
         if converged:
             view.established = running
+            view.template = spec.get("template")
             return
-        floor = min(replicas, view.established) - self._allowance(spec, active, replicas)
+        rollout = spec.get("template") != view.template
+        floor = min(replicas, view.established) - (
+            self._allowance(spec, replicas) if rollout else 0)
         if view.established and running < floor:
             self.violations.append(Violation(
                 "floor", revision, f"service {svc}: {running} running, the update rules "
@@ -262,13 +267,31 @@ class Checker:
         return False
 
     @staticmethod
-    def _allowance(spec: dict[str, Any], active: list[tuple[str, dict[str, Any]]],
-                   replicas: int) -> int:
-        template = spec.get("template")
-        if all((t.get("spec") or {}).get("template") == template for _, t in active):
-            return 0  # nothing to replace: no rollout under way
+    def _allowance(spec: dict[str, Any], replicas: int) -> int:
+        """How many fewer may run while a rollout is under way (from the template change
+        until the service converges again): stop-first takes ``parallelism`` slots down
+        at a time (0: all of them), start-first none."""
         update = spec.get("updateConfig") or {}
         if str(update.get("order") or "stop-first") == "start-first":
             return 0
         parallelism = int(update.get("parallelism", 1) or 0)
         return replicas if parallelism == 0 else parallelism
+
+    def describe(self, svc: str) -> str:
+        """A service's state in one line, for a report of what did not converge."""
+        spec = self.service_spec(svc) or {}
+        ns, _, name = svc.partition("/")
+        obj = self.objects.get(self.service_key(name, ns)) or {}
+        update = (obj.get("status") or {}).get("update") or {}
+        tasks = []
+        for key in sorted(self.tasks_by_service.get(svc, ())):
+            t = self.objects[key]
+            tspec, tstatus = t.get("spec") or {}, t.get("status") or {}
+            if _rank(tspec.get("desiredState") or "running") > ts.RUNNING_RANK:
+                continue
+            same = "current" if tspec.get("template") == spec.get("template") else "old"
+            tasks.append(f"{key.rsplit('/', 1)[1]}@{tspec.get('nodeName')}:"
+                         f"{tstatus.get('state')}({same})")
+        return (f"{svc}: replicas {spec.get('replicas')}, update "
+                f"{update.get('state')} {update.get('message', '')!r}; desired running: "
+                + (", ".join(tasks) or "none"))

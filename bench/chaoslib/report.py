@@ -54,7 +54,8 @@ class Result:
                        f"{self.percentile(99):.2f} s, max {max(self.convergence.values()):.2f} s"
                        " (0: already converged when the last fault was put back)")
         if self.unconverged:
-            out.append(f"NOT CONVERGED: {', '.join(self.unconverged)}")
+            out.append("NOT CONVERGED:")
+            out.extend(f"  {line}" for line in self.unconverged)
         out.append(f"violations: {len(self.violations)} (objects lost: {self.objects_lost})")
         out.extend(f"  {v}" for v in self.violations[:50])
         out.extend(f"  fault error: {e}" for e in self.fault_errors)

@@ -90,7 +90,7 @@ async def run(workdir: Path, seed: int, duration: float, nodes: int,
             if not checker.unconverged():
                 break
             await asyncio.sleep(0.2)
-        unconverged = checker.unconverged()
+        unconverged = [checker.describe(svc) for svc in checker.unconverged()]
         for svc, view in checker.services.items():
             if view.converged:
                 convergence[svc] = max(0.0, view.converged_time - quiet_from)

@@ -154,3 +154,18 @@ def test_running_task_missing_from_its_node_is_reported_after_two_looks(tmp_path
     c2.apply(13, [(key2, {**t2, "status": {"state": "shutdown"}})])
     watch2.look()
     assert watch2.violations == []
+
+
+def test_replacements_still_starting_are_within_the_rollout_allowance() -> None:
+    # Parallelism 0 (all at once): every old task is stopped, the new ones (of the new
+    # template) are not running yet; still the rollout, not a drop below the floor.
+    c = converged_checker(parallelism=0)
+    c.apply(12, [(c.service_key("web"), service(template=T2, parallelism=0))])
+    c.apply(13, [task(s, desired="shutdown") for s in (1, 2, 3)]
+            + [task(s, n=2, state="starting", template=T2) for s in (1, 2, 3)])
+    assert c.violations == []
+    c.apply(14, [task(s, n=2, template=T2) for s in (1, 2, 3)])
+    assert c.unconverged() == []
+    # Converged on the new template: a drop now is below the floor.
+    c.apply(15, [task(1, n=2, state="starting", template=T2)])
+    assert [v.kind for v in c.violations] == ["monotonic", "floor"]
