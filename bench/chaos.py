@@ -1,0 +1,79 @@
+"""Chaos benchmark (issue 16): a busy 3-manager cluster under random faults, checked.
+
+    python -m bench.chaos --seed S --duration 600 --nodes 5 [--max-faults N] [--keep]
+
+Builds 3 etcd members (mutual TLS), 3 controller-managers and ``--nodes`` hollow agents
+(bench/chaoslib/cluster.py); runs a workload of applies, scales, rolling updates, drains
+and stack deploys (workload.py) while a seeded injector SIGKILLs and SIGSTOPs
+controller-managers, agents, heartbeat children and etcd members (faults.py); one watch
+checks every revision against the invariants (invariants.py), the nodes' journals are
+checked at the end (hosts.py). Prints faults by kind, violations with their keys and
+revisions, convergence after the last fault (p50/p99/max) and the seed to replay.
+Exit status 1 when any invariant was violated or a service did not converge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.chaoslib.faults import KINDS
+from bench.chaoslib.run import run
+from bench.common import load_average, say
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: new)")
+    parser.add_argument("--duration", type=float, default=600.0,
+                        help="seconds of faults and workload (default 600)")
+    parser.add_argument("--nodes", type=int, default=5, help="hollow nodes (default 5)")
+    parser.add_argument("--max-faults", type=int, default=None,
+                        help="stop injecting after this many faults")
+    parser.add_argument("--settle", type=float, default=120.0,
+                        help="seconds allowed to converge after the last fault")
+    parser.add_argument("--no-stack", dest="stack", action="store_false",
+                        help="leave stack deploys out of the workload")
+    parser.add_argument("--kinds", default=",".join(KINDS),
+                        help=f"comma-separated fault kinds (default: all of {','.join(KINDS)})")
+    parser.add_argument("--fault-gap", type=float, nargs=2, default=(1.0, 6.0),
+                        metavar=("MIN", "MAX"),
+                        help="seconds between two faults, drawn uniformly (default 1 6)")
+    parser.add_argument("--hold", type=float, nargs=2, default=(0.5, 5.0),
+                        metavar=("MIN", "MAX"),
+                        help="seconds a fault is held before it is put back (default 0.5 5)")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    args = parser.parse_args()
+    kinds = tuple(k for k in args.kinds.split(",") if k)
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        parser.error(f"--kinds: unknown fault kind {', '.join(unknown)}; the kinds are "
+                     f"{', '.join(KINDS)}")
+    seed = args.seed if args.seed is not None else random.randrange(1 << 31)
+    say(f"bench/chaos.py: seed {seed}, {args.nodes} hollow nodes, 3 etcd members "
+        f"(mutual TLS), 3 controller-managers, {args.duration:g} s; load average "
+        f"{load_average()}")
+    workdir = Path(tempfile.mkdtemp(prefix="shoal-chaos-"))
+    try:
+        result = asyncio.run(run(workdir, seed, args.duration, args.nodes,
+                                 max_faults=args.max_faults, settle=args.settle,
+                                 stack=args.stack, fault_gap=tuple(args.fault_gap),
+                                 kinds=kinds, hold=tuple(args.hold)))
+    finally:
+        if args.keep:
+            say(f"logs in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    for line in result.lines():
+        say(line)
+    say(f"load average after: {load_average()}")
+    return 1 if result.violations or result.unconverged else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

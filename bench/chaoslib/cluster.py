@@ -1,0 +1,150 @@
+"""The cluster under test: 3 etcd members, 3 controller-managers and hollow agents.
+
+What a 3-manager cluster runs, on one machine: etcd members on 127.0.0.1-3 serving
+mutual TLS as ``swctl init`` makes them (``EtcdCluster``), ``swctl controller-manager``
+cm-0..2 and one ``swctl agent --runtime hollow`` per node (n0..), each with a
+``--hollow-state`` journal so its workloads outlive a SIGKILL of the agent as containers
+would; every process is given every etcd endpoint. Each process is its own session and
+is started again under the same name (and identity) after a kill, as a supervisor would.
+Nodes are not in network namespaces here, so link faults are not injected (docs/chaos.md).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+from shoal.pki.bundle import Bundle
+from shoal.store import etcd_server
+
+PREFIX = "/chaos"
+
+
+class Cluster:
+    def __init__(self, workdir: Path, nodes: int, start_delay: float = 0.2) -> None:
+        self.workdir = workdir
+        self.node_names = [f"n{i}" for i in range(nodes)]
+        self.managers = [f"cm-{i}" for i in range(3)]
+        self.start_delay = start_delay
+        self.etcd = etcd_server.EtcdCluster(workdir / "etcd", 3, tls=True)
+        self.bundle: Bundle | None = None
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list[IO[bytes]] = []
+        self.stopped: set[str] = set()  # processes (or etcd members) under SIGSTOP
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.url for m in self.etcd.members]
+
+    @property
+    def env(self) -> dict[str, str]:
+        assert self.bundle is not None
+        env = dict(os.environ, SHOAL_ETCD=self.etcd.urls, SHOAL_PREFIX=PREFIX,
+                   SHOAL_KEYRING=str(self.workdir / "keyring.json"), PYTHONUNBUFFERED="1",
+                   SHOAL_ETCD_CA=str(self.bundle.ca), SHOAL_ETCD_CERT=str(self.bundle.cert),
+                   SHOAL_ETCD_KEY=str(self.bundle.key))
+        env.pop("SHOAL_DEBUG", None)
+        return env
+
+    def argv(self, name: str) -> list[str]:
+        if name in self.managers:
+            return ["controller-manager", "--identity", name]
+        return ["agent", "--runtime", "hollow", "--name", name,
+                "--hollow-start-delay", str(self.start_delay),
+                "--hollow-state", str(self.journal(name))]
+
+    def swctl_argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "shoal.cli", *args]
+
+    def journal(self, node: str) -> Path:
+        return self.workdir / "hollow" / f"{node}.journal"
+
+    def start_etcd(self) -> None:
+        self.etcd.start_all()
+        self.bundle = self.etcd.client_bundle()
+
+    def start(self, name: str) -> None:
+        log = open(self.workdir / f"{name}.log", "ab")
+        self._logs.append(log)
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "shoal.cli", *self.argv(name)], env=self.env,
+            cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start_all(self) -> None:
+        self.start_etcd()
+        for name in [*self.managers, *self.node_names]:
+            self.start(name)
+
+    def alive(self, name: str) -> bool:
+        proc = self.procs.get(name)
+        return proc is not None and proc.poll() is None
+
+    def pid(self, name: str) -> int | None:
+        proc = self.procs.get(name)
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def children(self, name: str) -> list[int]:
+        """The process's children (an agent's heartbeat process), from /proc."""
+        pid = self.pid(name)
+        if pid is None:
+            return []
+        out: list[int] = []
+        try:
+            for thread in os.listdir(f"/proc/{pid}/task"):
+                text = Path(f"/proc/{pid}/task/{thread}/children").read_text()
+                out.extend(int(p) for p in text.split())
+        except OSError:
+            return []
+        return out
+
+    def kill(self, name: str) -> None:
+        proc = self.procs[name]
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        self.stopped.discard(name)
+
+    def signal_pid(self, pid: int, sig: signal.Signals) -> bool:
+        try:
+            os.kill(pid, sig)
+            return True
+        except ProcessLookupError:
+            return False
+
+    def etcd_pid(self, i: int) -> int | None:
+        proc = self.etcd.members[i].proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def stop(self) -> None:
+        """Everything down (SIGCONT first: a stopped process cannot act on SIGTERM)."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                with_session(proc.pid, signal.SIGCONT)
+                with_session(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with_session(proc.pid, signal.SIGKILL)
+                proc.wait()
+        for i, member in enumerate(self.etcd.members):
+            pid = self.etcd_pid(i)
+            if pid is not None:
+                os.kill(pid, signal.SIGCONT)
+            member.kill()
+        for log in self._logs:
+            log.close()
+
+
+def with_session(pid: int, sig: signal.Signals) -> None:
+    """Signal the process's whole session (it was started as its own): its helpers too."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass

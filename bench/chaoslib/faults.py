@@ -1,0 +1,167 @@
+"""The seeded fault injector: what to break, for how long, and putting it back.
+
+Every choice (the kind, the victim, the hold, the pause before the next fault) comes from
+one ``random.Random(seed)``, so a seed names a run's schedule. Timing still varies with
+the machine's load, so a replay repeats the faults, not every interleaving.
+
+Kinds: SIGKILL and SIGSTOP/SIGCONT of a controller-manager, an agent, an agent's
+heartbeat child and an etcd member. Constraints that keep the cluster able to recover:
+at most one etcd member down or stopped at a time (quorum holds), at least one
+controller-manager untouched, one fault per victim at a time. A killed process is started
+again (an agent restarts its own heartbeat child) after the hold; a stopped one continued.
+Agent and heartbeat faults can take a node down, so they mark the checker ``disturbed``
+from the fault until ``DISTURB_GRACE`` after the last such fault is put back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import random
+import signal
+import time
+
+import structlog
+
+from bench.chaoslib.cluster import Cluster
+from bench.chaoslib.invariants import Checker
+
+log = structlog.get_logger("bench.chaos.faults")
+
+KINDS = ("cm-kill", "cm-stop", "agent-kill", "agent-stop", "heartbeat-kill",
+         "heartbeat-stop", "etcd-kill", "etcd-stop")
+#: After a node fault is put back: the node's heartbeat (TTL 3 s) and the replacement of
+#: tasks lost meanwhile settle before the floor counts again (it also waits for the
+#: service to converge).
+DISTURB_GRACE = 10.0
+
+
+@dataclasses.dataclass
+class Fault:
+    kind: str
+    victim: str
+    at: float
+    hold: float
+    restored: float | None = None
+    error: str | None = None
+    pids: list[int] = dataclasses.field(default_factory=list)  # for the stop faults
+
+
+class Injector:
+    def __init__(self, cluster: Cluster, checker: Checker, seed: int,
+                 hold: tuple[float, float] = (0.5, 5.0),
+                 gap: tuple[float, float] = (1.0, 6.0),
+                 kinds: tuple[str, ...] = KINDS) -> None:
+        self.kinds = kinds
+        self.cluster = cluster
+        self.checker = checker
+        self.rng = random.Random(seed)
+        self.hold = hold
+        self.gap = gap
+        self.faults: list[Fault] = []
+        self.busy: set[str] = set()
+        self._node_faults = 0
+        self._grace_until = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def counts(self) -> dict[str, int]:
+        return dict(collections.Counter(f.kind for f in self.faults))
+
+    def last_restored(self) -> float:
+        return max((f.restored or f.at for f in self.faults), default=0.0)
+
+    def _candidates(self, kind: str) -> list[str]:
+        c = self.cluster
+        if kind.startswith("cm-"):
+            free = [m for m in c.managers if m not in self.busy]
+            return free if len(free) > 1 else []  # one controller-manager always untouched
+        if kind.startswith("etcd-"):
+            if any(b.startswith("m") for b in self.busy):
+                return []
+            return [f"m{i}" for i in range(len(c.etcd.members))]
+        # agents and their heartbeat children share the node's busy mark
+        return [n for n in c.node_names if n not in self.busy]
+
+    async def run(self, until: float, max_faults: int | None = None) -> None:
+        """Inject faults until the monotonic time ``until`` (or ``max_faults``), then
+        wait for every one to be put back."""
+        try:
+            while time.monotonic() < until and (max_faults is None
+                                                or len(self.faults) < max_faults):
+                kind = self.rng.choice(self.kinds)
+                victims = self._candidates(kind)
+                hold = self.rng.uniform(*self.hold)
+                gap = self.rng.uniform(*self.gap)
+                if victims:
+                    victim = self.rng.choice(victims)
+                    fault = Fault(kind, victim, time.monotonic(), hold)
+                    self.faults.append(fault)
+                    self.busy.add(victim)
+                    task = asyncio.create_task(self._one(fault))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                await asyncio.sleep(gap)
+        finally:
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _one(self, fault: Fault) -> None:
+        node_fault = fault.kind.startswith(("agent-", "heartbeat-"))
+        if node_fault:
+            self._node_faults += 1
+            self.checker.disturb(True, "node faults")
+        try:
+            await self._inject(fault)
+            await asyncio.sleep(fault.hold)
+            await self._restore(fault)
+        except Exception as exc:  # a fault that could not be done or undone is reported
+            fault.error = repr(exc)
+            log.error("fault failed", kind=fault.kind, victim=fault.victim, error=repr(exc))
+        finally:
+            fault.restored = time.monotonic()
+            self.busy.discard(fault.victim)
+            log.info("fault restored", kind=fault.kind, victim=fault.victim,
+                     hold=round(fault.hold, 2))
+            if node_fault:
+                self._node_faults -= 1
+                self._grace_until = time.monotonic() + DISTURB_GRACE
+                asyncio.get_running_loop().call_later(DISTURB_GRACE + 0.1, self._undisturb)
+
+    def _undisturb(self) -> None:
+        if self._node_faults == 0 and time.monotonic() >= self._grace_until:
+            self.checker.disturb(False, "node faults")
+
+    def _pids(self, fault: Fault) -> list[int]:
+        c = self.cluster
+        if fault.kind.startswith("etcd-"):
+            pid = c.etcd_pid(int(fault.victim[1:]))
+            return [] if pid is None else [pid]
+        if fault.kind.startswith("heartbeat-"):
+            return c.children(fault.victim)
+        pid = c.pid(fault.victim)
+        return [] if pid is None else [pid]
+
+    async def _inject(self, fault: Fault) -> None:
+        log.info("fault", kind=fault.kind, victim=fault.victim, hold=round(fault.hold, 2))
+        c = self.cluster
+        if fault.kind == "etcd-kill":
+            c.etcd.kill(int(fault.victim[1:]))
+        elif fault.kind in ("cm-kill", "agent-kill"):
+            c.kill(fault.victim)
+        else:
+            sig = signal.SIGKILL if fault.kind.endswith("-kill") else signal.SIGSTOP
+            fault.pids = self._pids(fault)
+            for pid in fault.pids:
+                c.signal_pid(pid, sig)
+
+    async def _restore(self, fault: Fault) -> None:
+        c = self.cluster
+        if fault.kind == "etcd-kill":
+            await asyncio.to_thread(c.etcd.start, int(fault.victim[1:]), 60.0)
+        elif fault.kind in ("cm-kill", "agent-kill"):
+            c.start(fault.victim)
+        elif fault.kind.endswith("-stop"):
+            for pid in fault.pids:
+                c.signal_pid(pid, signal.SIGCONT)
+        # heartbeat-kill: the agent starts a new heartbeat child by itself
