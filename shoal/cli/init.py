@@ -40,7 +40,7 @@ from shoal.pki import ca as pki_ca
 from shoal.pki import certs
 from shoal.pki.bundle import Bundle, ServerTLS
 from shoal.store import errors as store_errors
-from shoal.store import etcd, etcd_server
+from shoal.store import etcd, etcd_server, rbac
 
 NODE_READY_TIMEOUT = 30.0
 RUNTIMES = ("auto", "docker", "process", "hollow")
@@ -215,14 +215,9 @@ async def _bootstrap_etcd(layout: datadir.Layout, cfg: datadir.NodeConfig,
     c = etcd.EtcdClient(",".join(cfg.endpoints), tls=root_bundle(layout))
     await c.connect(timeout=10.0)
     try:
-        if not await c.auth_status():
-            if certs.ROOT_USER not in await c.user_list():
-                await c.user_add(certs.ROOT_USER)
-            await c.user_grant_role(certs.ROOT_USER, "root")
         await access.grant_node(c, cfg.prefix, cfg.name)
         found = await tokens.ensure(c, cfg.prefix, ring)
-        if not await c.auth_status():
-            await c.auth_enable()
+        await rbac.enable_auth(c)
         return tokens.token_text(found, ring, layout.ca_cert.read_bytes(), "worker")
     finally:
         await c.close()

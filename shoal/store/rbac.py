@@ -82,6 +82,24 @@ class AuthAPI(Protocol):
 
     async def user_grant_role(self, user: str, role: str) -> None: ...
 
+    async def user_list(self) -> list[str]: ...
+
+    async def auth_status(self) -> bool: ...
+
+    async def auth_enable(self) -> None: ...
+
+
+async def enable_auth(auth: AuthAPI) -> None:
+    """Turn etcd's auth on, with the ``root`` user (the admin certificate's CN) holding
+    etcd's built-in root role, which etcd requires first. Idempotent: a re-run after a
+    kill, or on a cluster already enabled, changes nothing."""
+    if await auth.auth_status():
+        return
+    if certs.ROOT_USER not in await auth.user_list():
+        await auth.user_add(certs.ROOT_USER)
+    await auth.user_grant_role(certs.ROOT_USER, "root")
+    await auth.auth_enable()
+
 
 def user_name(node: str) -> str:
     """The etcd user (and client certificate CN) of a worker node."""

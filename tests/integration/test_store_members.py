@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from shoal.crds import kinds, resource
-from shoal.pki import certs
 from shoal.store import client, errors, etcd, etcd_server, leasestream, projections, rbac, watch
 from tests.helpers import eventually
 
@@ -37,10 +36,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[etcd_server.Et
 @pytest.fixture
 async def root(cluster: etcd_server.EtcdCluster) -> AsyncIterator[client.Store]:
     store = await client.Store.connect(cluster.urls, PREFIX, tls=cluster.client_bundle())
-    await store.etcd.user_add(certs.ROOT_USER)
-    await store.etcd.role_add(certs.ROOT_USER)
-    await store.etcd.user_grant_role(certs.ROOT_USER, certs.ROOT_USER)
-    await store.etcd.auth_enable()
+    await rbac.enable_auth(store.etcd)
     await rbac.apply_role(store.etcd, rbac.roles_for_node(PREFIX, "n1"))
     yield store
     await store.close()

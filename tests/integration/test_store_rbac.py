@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from shoal.crds import kinds, resource
-from shoal.pki import certs
 from shoal.store import client, errors, etcd_server, projections, rbac
 from tests.helpers import LoggedProcess, eventually
 
@@ -36,10 +35,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[etcd_server.Et
 async def root(cluster: etcd_server.EtcdCluster) -> AsyncIterator[client.Store]:
     """The cluster's root, auth on, and the roles of workers n1 and n2 applied."""
     store = await client.Store.connect(cluster.urls, PREFIX, tls=cluster.client_bundle())
-    await store.etcd.user_add(certs.ROOT_USER)
-    await store.etcd.role_add(certs.ROOT_USER)
-    await store.etcd.user_grant_role(certs.ROOT_USER, certs.ROOT_USER)
-    await store.etcd.auth_enable()
+    await rbac.enable_auth(store.etcd)
     for node in ("n1", "n2"):
         await rbac.apply_role(store.etcd, rbac.roles_for_node(PREFIX, node))
     await rbac.apply_role(store.etcd, rbac.roles_for_node(PREFIX, "n1"))  # again: harmless
