@@ -254,11 +254,14 @@ class EtcdCluster:
     addresses away, as losing a machine would. With ``tls`` a CA is made under
     ``base_dir/pki`` and every member serves https with certificates from it;
     ``client_bundle(user)`` issues client certificates for any etcd user.
+    ``extra_hosts``: addresses every member also serves clients on (same port), e.g. a
+    bridge that network-namespace nodes reach the members through.
     """
 
     def __init__(self, base_dir: Path | str, size: int = 3,
                  compaction_retention: str = "5m", tls: bool = False,
-                 timings: RaftTimings | None = None) -> None:
+                 timings: RaftTimings | None = None,
+                 extra_hosts: Sequence[str] = ()) -> None:
         if size < 1:
             raise ValueError(f"an etcd cluster needs at least one member, got {size}")
         base = Path(base_dir)
@@ -276,14 +279,14 @@ class EtcdCluster:
             self.ca = pki_ca.make_ca()
             self.ca.save(self.pki_dir / "ca.crt", self.pki_dir / "ca.key")
             for i, host in enumerate(hosts):
-                server_tls[i] = self._member_tls(i, [host, "127.0.0.1"])
+                server_tls[i] = self._member_tls(i, [host, "127.0.0.1", *extra_hosts])
         initial = ",".join(f"m{i}={scheme}://{h}:{p}"
                            for i, (h, p) in enumerate(zip(hosts, peer_ports, strict=True)))
         self.members = [
             EtcdServer(base / f"m{i}" / "data", host=h, peer_port=p, name=f"m{i}",
                        initial_cluster=initial, log_path=base / f"m{i}" / "etcd.log",
                        compaction_retention=compaction_retention, tls=server_tls[i],
-                       timings=timings)
+                       timings=timings, extra_hosts=extra_hosts)
             for i, (h, p) in enumerate(zip(hosts, peer_ports, strict=True))]
 
     def _member_tls(self, i: int, hosts: list[str]) -> ServerTLS:
