@@ -6,7 +6,9 @@ cm-0..2 and one ``swctl agent --runtime hollow`` per node (n0..), each with a
 ``--hollow-state`` journal so its workloads outlive a SIGKILL of the agent as containers
 would; every process is given every etcd endpoint. Each process is its own session and
 is started again under the same name (and identity) after a kill, as a supervisor would.
-Nodes are not in network namespaces here, so link faults are not injected (docs/chaos.md).
+With ``netns`` each agent runs in its own network namespace on a bridge
+(``underlay.py``) and reaches the members only through it, at the bridge's address, which
+makes partitions and lossy links injectable; otherwise nodes are plain host processes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 from pathlib import Path
 from typing import IO
 
+from bench.chaoslib.underlay import Underlay
 from shoal.pki.bundle import Bundle
 from shoal.store import etcd_server
 
@@ -26,12 +29,15 @@ PREFIX = "/chaos"
 
 
 class Cluster:
-    def __init__(self, workdir: Path, nodes: int, start_delay: float = 0.2) -> None:
+    def __init__(self, workdir: Path, nodes: int, start_delay: float = 0.2,
+                 netns: bool = False) -> None:
         self.workdir = workdir
         self.node_names = [f"n{i}" for i in range(nodes)]
         self.managers = [f"cm-{i}" for i in range(3)]
         self.start_delay = start_delay
-        self.etcd = etcd_server.EtcdCluster(workdir / "etcd", 3, tls=True)
+        self.underlay = Underlay(self.node_names) if netns else None
+        extra = [self.underlay.host_address] if self.underlay is not None else []
+        self.etcd = etcd_server.EtcdCluster(workdir / "etcd", 3, tls=True, extra_hosts=extra)
         self.bundle: Bundle | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[IO[bytes]] = []
@@ -51,12 +57,23 @@ class Cluster:
         env.pop("SHOAL_DEBUG", None)
         return env
 
+    def node_env(self, name: str) -> dict[str, str]:
+        """A process's environment: a namespaced node reaches etcd at the bridge."""
+        env = self.env
+        if self.underlay is not None and name in self.node_names:
+            env["SHOAL_ETCD"] = ",".join(f"https://{self.underlay.host_address}:"
+                                         f"{m.client_port}" for m in self.etcd.members)
+        return env
+
     def argv(self, name: str) -> list[str]:
         if name in self.managers:
             return ["controller-manager", "--identity", name]
-        return ["agent", "--runtime", "hollow", "--name", name,
+        argv = ["agent", "--runtime", "hollow", "--name", name,
                 "--hollow-start-delay", str(self.start_delay),
                 "--hollow-state", str(self.journal(name))]
+        if self.underlay is not None:
+            argv += ["--address", self.underlay.links[name].address]
+        return argv
 
     def swctl_argv(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "shoal.cli", *args]
@@ -65,14 +82,20 @@ class Cluster:
         return self.workdir / "hollow" / f"{node}.journal"
 
     def start_etcd(self) -> None:
+        if self.underlay is not None:
+            self.underlay.up()  # the bridge address must exist before etcd binds it
         self.etcd.start_all()
         self.bundle = self.etcd.client_bundle()
 
     def start(self, name: str) -> None:
         log = open(self.workdir / f"{name}.log", "ab")
         self._logs.append(log)
+        # `ip netns exec` execs the agent, so the recorded pid is still the agent's own.
+        wrap = (self.underlay.exec_argv(name)
+                if self.underlay is not None and name in self.node_names else [])
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "shoal.cli", *self.argv(name)], env=self.env,
+            [*wrap, sys.executable, "-m", "shoal.cli", *self.argv(name)],
+            env=self.node_env(name),
             cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def start_all(self) -> None:
@@ -140,6 +163,8 @@ class Cluster:
             member.kill()
         for log in self._logs:
             log.close()
+        if self.underlay is not None:
+            self.underlay.down()
 
 
 def with_session(pid: int, sig: signal.Signals) -> None:
