@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.chaoslib.faults import KINDS
+from bench.chaoslib.faults import KINDS, NET_KINDS
 from bench.chaoslib.run import run
 from bench.common import load_average, say
 
@@ -39,23 +39,32 @@ def main() -> int:
                         help="seconds allowed to converge after the last fault")
     parser.add_argument("--no-stack", dest="stack", action="store_false",
                         help="leave stack deploys out of the workload")
-    parser.add_argument("--kinds", default=",".join(KINDS),
-                        help=f"comma-separated fault kinds (default: all of {','.join(KINDS)})")
+    parser.add_argument("--kinds", default=None,
+                        help=f"comma-separated fault kinds (default: all of {','.join(KINDS)}, "
+                             f"and with --netns {','.join(NET_KINDS)})")
     parser.add_argument("--fault-gap", type=float, nargs=2, default=(1.0, 6.0),
                         metavar=("MIN", "MAX"),
                         help="seconds between two faults, drawn uniformly (default 1 6)")
     parser.add_argument("--hold", type=float, nargs=2, default=(0.5, 5.0),
                         metavar=("MIN", "MAX"),
                         help="seconds a fault is held before it is put back (default 0.5 5)")
+    parser.add_argument("--netns", action="store_true",
+                        help="each node in its own network namespace on a bridge (root); "
+                             f"adds the link fault kinds {','.join(NET_KINDS)}")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     args = parser.parse_args()
-    kinds = tuple(k for k in args.kinds.split(",") if k)
-    unknown = sorted(set(kinds) - set(KINDS))
+    known = (*KINDS, *NET_KINDS) if args.netns else KINDS
+    kinds = known if args.kinds is None else tuple(k for k in args.kinds.split(",") if k)
+    unknown = sorted(set(kinds) - set(known))
     if unknown:
-        parser.error(f"--kinds: unknown fault kind {', '.join(unknown)}; the kinds are "
-                     f"{', '.join(KINDS)}")
+        needs = [k for k in unknown if k in NET_KINDS]
+        parser.error(f"--kinds: {', '.join(needs)} need --netns (a node link to act on)"
+                     if needs and len(needs) == len(unknown) else
+                     f"--kinds: unknown fault kind {', '.join(unknown)}; the kinds are "
+                     f"{', '.join(known)}")
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
-    say(f"bench/chaos.py: seed {seed}, {args.nodes} hollow nodes, 3 etcd members "
+    where = " in network namespaces" if args.netns else ""
+    say(f"bench/chaos.py: seed {seed}, {args.nodes} hollow nodes{where}, 3 etcd members "
         f"(mutual TLS), 3 controller-managers, {args.duration:g} s; load average "
         f"{load_average()}")
     workdir = Path(tempfile.mkdtemp(prefix="shoal-chaos-"))
@@ -63,7 +72,7 @@ def main() -> int:
         result = asyncio.run(run(workdir, seed, args.duration, args.nodes,
                                  max_faults=args.max_faults, settle=args.settle,
                                  stack=args.stack, fault_gap=tuple(args.fault_gap),
-                                 kinds=kinds, hold=tuple(args.hold)))
+                                 kinds=kinds, hold=tuple(args.hold), netns=args.netns))
     finally:
         if args.keep:
             say(f"logs in {workdir}")

@@ -5,12 +5,17 @@ one ``random.Random(seed)``, so a seed names a run's schedule. Timing still vari
 the machine's load, so a replay repeats the faults, not every interleaving.
 
 Kinds: SIGKILL and SIGSTOP/SIGCONT of a controller-manager, an agent, an agent's
-heartbeat child and an etcd member. Constraints that keep the cluster able to recover:
+heartbeat child and an etcd member; with the ``--netns`` underlay also ``partition`` (the
+node's link down) and ``netem`` (30 % loss and 100 ms delay both ways on it).
+Constraints that keep the cluster able to recover:
 at most one etcd member down or stopped at a time (quorum holds), at least one
 controller-manager untouched, one fault per victim at a time. A killed process is started
 again (an agent restarts its own heartbeat child) after the hold; a stopped one continued.
-Agent and heartbeat faults can take a node down, so they mark the checker ``disturbed``
-from the fault until ``DISTURB_GRACE`` after the last such fault is put back.
+Agent, heartbeat and link faults can take a node down, so they mark the checker
+``disturbed`` from the fault until ``DISTURB_GRACE`` after the last such fault is put back.
+
+Each fault's recovery is the time from it being put back to the first moment every
+service is at its spec again (``Checker.unconverged`` empty), watched for ``RECOVERY_LIMIT``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,11 @@ log = structlog.get_logger("bench.chaos.faults")
 
 KINDS = ("cm-kill", "cm-stop", "agent-kill", "agent-stop", "heartbeat-kill",
          "heartbeat-stop", "etcd-kill", "etcd-stop")
+#: Faults on a node's underlay link: only with the --netns underlay.
+NET_KINDS = ("partition", "netem")
+NODE_KINDS = ("agent-", "heartbeat-", *NET_KINDS)
+#: How long after a fault is put back its recovery is watched for.
+RECOVERY_LIMIT = 300.0
 #: After a node fault is put back: the node's heartbeat (TTL 3 s) and the replacement of
 #: tasks lost meanwhile settle before the floor counts again (it also waits for the
 #: service to converge).
@@ -46,6 +56,10 @@ class Fault:
     restored: float | None = None
     error: str | None = None
     pids: list[int] = dataclasses.field(default_factory=list)  # for the stop faults
+    recovery: float | None = None  # seconds from restored to every service at its spec
+    #: link faults: seconds from restored until no task on the node that was replaced
+    #: meanwhile (desired past running) is still live there (None: none or not seen)
+    stale_stopped: float | None = None
 
 
 class Injector:
@@ -64,9 +78,28 @@ class Injector:
         self._node_faults = 0
         self._grace_until = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._recoveries: set[asyncio.Task[None]] = set()
 
     def counts(self) -> dict[str, int]:
         return dict(collections.Counter(f.kind for f in self.faults))
+
+    def stop_watching(self) -> None:
+        """Stop watching recoveries (the run is over); unrecovered faults keep None."""
+        for task in self._recoveries:
+            task.cancel()
+
+    async def _watch_recovery(self, fault: Fault) -> None:
+        assert fault.restored is not None
+        deadline = fault.restored + RECOVERY_LIMIT
+        watch_stale = fault.kind in NET_KINDS and bool(self.checker.stale_tasks(fault.victim))
+        while time.monotonic() < deadline and (fault.recovery is None or watch_stale):
+            now = time.monotonic()
+            if fault.recovery is None and not self.checker.unconverged():
+                fault.recovery = max(0.0, now - fault.restored)
+            if watch_stale and not self.checker.stale_tasks(fault.victim):
+                fault.stale_stopped = max(0.0, now - fault.restored)
+                watch_stale = False
+            await asyncio.sleep(0.1)
 
     def last_restored(self) -> float:
         return max((f.restored or f.at for f in self.faults), default=0.0)
@@ -76,6 +109,8 @@ class Injector:
         if kind.startswith("cm-"):
             free = [m for m in c.managers if m not in self.busy]
             return free if len(free) > 1 else []  # one controller-manager always untouched
+        if kind in NET_KINDS and c.underlay is None:
+            return []
         if kind.startswith("etcd-"):
             if any(b.startswith("m") for b in self.busy):
                 return []
@@ -107,7 +142,7 @@ class Injector:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _one(self, fault: Fault) -> None:
-        node_fault = fault.kind.startswith(("agent-", "heartbeat-"))
+        node_fault = fault.kind.startswith(NODE_KINDS)
         if node_fault:
             self._node_faults += 1
             self.checker.disturb(True, "node faults")
@@ -123,6 +158,10 @@ class Injector:
             self.busy.discard(fault.victim)
             log.info("fault restored", kind=fault.kind, victim=fault.victim,
                      hold=round(fault.hold, 2))
+            if fault.error is None:
+                watching = asyncio.create_task(self._watch_recovery(fault))
+                self._recoveries.add(watching)
+                watching.add_done_callback(self._recoveries.discard)
             if node_fault:
                 self._node_faults -= 1
                 self._grace_until = time.monotonic() + DISTURB_GRACE
@@ -145,7 +184,11 @@ class Injector:
     async def _inject(self, fault: Fault) -> None:
         log.info("fault", kind=fault.kind, victim=fault.victim, hold=round(fault.hold, 2))
         c = self.cluster
-        if fault.kind == "etcd-kill":
+        if fault.kind in NET_KINDS:
+            assert c.underlay is not None
+            cut = c.underlay.cut if fault.kind == "partition" else c.underlay.degrade
+            await asyncio.to_thread(cut, fault.victim)
+        elif fault.kind == "etcd-kill":
             c.etcd.kill(int(fault.victim[1:]))
         elif fault.kind in ("cm-kill", "agent-kill"):
             c.kill(fault.victim)
@@ -157,7 +200,11 @@ class Injector:
 
     async def _restore(self, fault: Fault) -> None:
         c = self.cluster
-        if fault.kind == "etcd-kill":
+        if fault.kind in NET_KINDS:
+            assert c.underlay is not None
+            heal = c.underlay.heal if fault.kind == "partition" else c.underlay.restore
+            await asyncio.to_thread(heal, fault.victim)
+        elif fault.kind == "etcd-kill":
             await asyncio.to_thread(c.etcd.start, int(fault.victim[1:]), 60.0)
         elif fault.kind in ("cm-kill", "agent-kill"):
             c.start(fault.victim)

@@ -150,6 +150,19 @@ class Checker:
         for svc in touched:
             self._check_service(svc, revision)
 
+    def stale_tasks(self, node: str) -> list[str]:
+        """Tasks on ``node`` the controllers no longer want (desired past running) that
+        it has not yet reported ended: what a node cut off and back must stop."""
+        prefix = f"{self.registry}tasks/"
+        out = []
+        for key, obj in self.objects.items():
+            spec, status = obj.get("spec") or {}, obj.get("status") or {}
+            if (key.startswith(prefix) and spec.get("nodeName") == node
+                    and _rank(spec.get("desiredState") or "running") > ts.RUNNING_RANK
+                    and _rank(status.get("state")) <= ts.RUNNING_RANK):
+                out.append(key)
+        return out
+
     def unconverged(self) -> list[str]:
         return sorted(svc for svc, view in self.services.items() if not view.converged)
 

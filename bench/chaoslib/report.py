@@ -25,13 +25,22 @@ class Result:
     failed_commands: dict[str, int]
     convergences: int  # times a service came (back) to its spec during the run
     objects_lost: int
+    #: per fault put back: seconds until every service was at its spec again (None: not
+    #: within the watch, or the run ended first)
+    recoveries: dict[str, float | None] = dataclasses.field(default_factory=dict)
+    #: link faults: seconds from the link's return to its replaced tasks stopped
+    stale_stopped: dict[str, float] = dataclasses.field(default_factory=dict)
+    netns: bool = False
+    netem_delay: bool | None = None  # False: the kernel has no netem, loss only
+    kinds: tuple[str, ...] = ()
+    hold: tuple[float, float] = (0.5, 5.0)
 
     @property
     def total_faults(self) -> int:
         return sum(self.faults.values())
 
-    def percentile(self, q: float) -> float:
-        values = sorted(self.convergence.values())
+    def percentile(self, q: float, values: list[float] | None = None) -> float:
+        values = sorted(self.convergence.values() if values is None else values)
         if not values:
             return 0.0
         if len(values) == 1:
@@ -53,12 +62,42 @@ class Result:
                        f"services: p50 {self.percentile(50):.2f} s, p99 "
                        f"{self.percentile(99):.2f} s, max {max(self.convergence.values()):.2f} s"
                        " (0: already converged when the last fault was put back)")
+        recovered = [v for v in self.recoveries.values() if v is not None]
+        if self.recoveries:
+            kinds = sorted({k.split()[0] for k in self.recoveries})
+            for kind in ["all", *kinds] if len(kinds) > 1 else kinds:
+                vals = [v for k, v in self.recoveries.items() if v is not None
+                        and (kind == "all" or k.split()[0] == kind)]
+                total = sum(1 for k in self.recoveries if kind == "all"
+                            or k.split()[0] == kind)
+                if vals:
+                    out.append(f"recovery per fault ({kind}, {len(vals)}/{total} recovered): "
+                               f"p50 {self.percentile(50, vals):.2f} s, p99 "
+                               f"{self.percentile(99, vals):.2f} s, max {max(vals):.2f} s "
+                               "(fault put back to every service at its spec)")
+            if self.stale_stopped:
+                vals = list(self.stale_stopped.values())
+                out.append(f"replaced tasks stopped after the link came back "
+                           f"({len(vals)} faults): p50 {self.percentile(50, vals):.2f} s, "
+                           f"p99 {self.percentile(99, vals):.2f} s, max {max(vals):.2f} s")
+            if self.netem_delay is False:
+                out.append("netem: this kernel has no sch_netem; 30 % loss only "
+                           "(nftables), no delay")
+            missing = [k for k, v in self.recoveries.items() if v is None]
+            if missing and len(recovered) < len(self.recoveries):
+                out.append(f"faults with no recovery seen: {', '.join(missing[:10])}")
         if self.unconverged:
             out.append("NOT CONVERGED:")
             out.extend(f"  {line}" for line in self.unconverged)
         out.append(f"violations: {len(self.violations)} (objects lost: {self.objects_lost})")
         out.extend(f"  {v}" for v in self.violations[:50])
         out.extend(f"  fault error: {e}" for e in self.fault_errors)
-        out.append(f"replay: python -m bench.chaos --seed {self.seed} --duration "
-                   f"{self.duration:.0f} --nodes {self.nodes}")
+        replay = (f"replay: python -m bench.chaos --seed {self.seed} --duration "
+                  f"{self.duration:.0f} --nodes {self.nodes}")
+        if self.netns:
+            replay += " --netns"
+        if self.kinds:
+            replay += f" --kinds {','.join(self.kinds)}"
+        replay += f" --hold {self.hold[0]:g} {self.hold[1]:g}"
+        out.append(replay)
         return out

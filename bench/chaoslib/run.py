@@ -49,9 +49,13 @@ async def run(workdir: Path, seed: int, duration: float, nodes: int,
               max_faults: int | None = None, settle: float = 120.0, stack: bool = True,
               fault_gap: tuple[float, float] = (1.0, 6.0),
               kinds: tuple[str, ...] = KINDS,
-              hold: tuple[float, float] = (0.5, 5.0)) -> Result:
-    cluster = Cluster(workdir, nodes)
-    cluster.start_etcd()
+              hold: tuple[float, float] = (0.5, 5.0), netns: bool = False) -> Result:
+    cluster = Cluster(workdir, nodes, netns=netns)
+    try:
+        cluster.start_etcd()
+    except BaseException:
+        cluster.stop()  # the underlay too
+        raise
     assert cluster.bundle is not None
     store = await client.Store.connect(cluster.etcd.urls, PREFIX, tls=cluster.bundle)
     registry = store.raw_key("registry").decode() + "/"
@@ -107,6 +111,7 @@ async def run(workdir: Path, seed: int, duration: float, nodes: int,
         extra += [Violation("lost", checker.revision, "a service the workload created is "
                             "missing at the end", (k,)) for k in sorted(lost)]
     finally:
+        injector.stop_watching()
         following.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await following
@@ -119,4 +124,11 @@ async def run(workdir: Path, seed: int, duration: float, nodes: int,
         revisions=checker.revisions_seen, watch_reopened=follower.reopened,
         gaps=follower.gaps, ops=dict(workload.ops), failed_commands=dict(workload.failed),
         convergences=checker.convergences,
-        objects_lost=sum(1 for v in violations if v.kind == "lost"))
+        objects_lost=sum(1 for v in violations if v.kind == "lost"),
+        recoveries={f"{f.kind} {f.victim} @{f.at - injector.faults[0].at:.0f}s": f.recovery
+                    for f in injector.faults if f.error is None},
+        stale_stopped={f"{f.kind} {f.victim} @{f.at - injector.faults[0].at:.0f}s":
+                       f.stale_stopped for f in injector.faults
+                       if f.stale_stopped is not None},
+        netns=netns, kinds=kinds, hold=hold,
+        netem_delay=cluster.underlay.delay_applied if cluster.underlay is not None else None)
