@@ -60,6 +60,9 @@ class Fault:
     #: link faults: seconds from restored until no task on the node that was replaced
     #: meanwhile (desired past running) is still live there (None: none or not seen)
     stale_stopped: float | None = None
+    #: partitions: what the node's unended tasks were shown as just before the link
+    #: came back (task key -> taskstates.shown_state)
+    shown_before_heal: dict[str, str] | None = None
 
 
 class Injector:
@@ -149,6 +152,8 @@ class Injector:
         try:
             await self._inject(fault)
             await asyncio.sleep(fault.hold)
+            if fault.kind == "partition":
+                fault.shown_before_heal = self.checker.shown_states(fault.victim)
             await self._restore(fault)
         except Exception as exc:  # a fault that could not be done or undone is reported
             fault.error = repr(exc)

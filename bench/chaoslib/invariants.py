@@ -35,6 +35,7 @@ from typing import Any
 
 from shoal.controllers.taskspec import REPLACED_BY
 from shoal.crds import taskstates as ts
+from shoal.crds.resource import Resource
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +162,18 @@ class Checker:
                     and _rank(spec.get("desiredState") or "running") > ts.RUNNING_RANK
                     and _rank(status.get("state")) <= ts.RUNNING_RANK):
                 out.append(key)
+        return out
+
+    def shown_states(self, node: str) -> dict[str, str]:
+        """What a user is shown (``taskstates.shown_state``) for the tasks on ``node`` that
+        have not ended: ``unknown`` for each while the node is cut off and marked down."""
+        prefix = f"{self.registry}tasks/"
+        out = {}
+        for key, obj in self.objects.items():
+            status = obj.get("status") or {}
+            if (key.startswith(prefix) and (obj.get("spec") or {}).get("nodeName") == node
+                    and _rank(status.get("state")) <= ts.RUNNING_RANK):
+                out[key] = ts.shown_state(Resource.from_dict(obj))
         return out
 
     def unconverged(self) -> list[str]:

@@ -30,6 +30,8 @@ class Result:
     recoveries: dict[str, float | None] = dataclasses.field(default_factory=dict)
     #: link faults: seconds from the link's return to its replaced tasks stopped
     stale_stopped: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: partitions: the node's unended tasks as shown just before the link came back
+    shown_before_heal: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     netns: bool = False
     netem_delay: bool | None = None  # False: the kernel has no netem, loss only
     kinds: tuple[str, ...] = ()
@@ -80,6 +82,11 @@ class Result:
                 out.append(f"replaced tasks stopped after the link came back "
                            f"({len(vals)} faults): p50 {self.percentile(50, vals):.2f} s, "
                            f"p99 {self.percentile(99, vals):.2f} s, max {max(vals):.2f} s")
+            if self.shown_before_heal:
+                shown = [s for states in self.shown_before_heal.values()
+                         for s in states.values()]
+                out.append(f"tasks on a partitioned node just before it came back: "
+                           f"{shown.count('unknown')} of {len(shown)} shown unknown")
             if self.netem_delay is False:
                 out.append("netem: this kernel has no sch_netem; 30 % loss only "
                            "(nftables), no delay")

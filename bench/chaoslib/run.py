@@ -130,5 +130,8 @@ async def run(workdir: Path, seed: int, duration: float, nodes: int,
         stale_stopped={f"{f.kind} {f.victim} @{f.at - injector.faults[0].at:.0f}s":
                        f.stale_stopped for f in injector.faults
                        if f.stale_stopped is not None},
+        shown_before_heal={f"{f.kind} {f.victim} @{f.at - injector.faults[0].at:.0f}s":
+                           f.shown_before_heal for f in injector.faults
+                           if f.shown_before_heal is not None},
         netns=netns, kinds=kinds, hold=hold,
         netem_delay=cluster.underlay.delay_applied if cluster.underlay is not None else None)

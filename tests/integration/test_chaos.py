@@ -8,7 +8,10 @@ controller-managers, agents, heartbeat children and etcd members are SIGKILLed a
 SIGSTOPped at random (seed 16). One watch checks every etcd revision. What a user would
 notice: a slot running twice, fewer tasks than the update rules allow, a task state going
 backwards, a service lost or resurrected, a node running what etcd says it does not, or
-a service that does not come back to its spec once the faults stop.
+a service that does not come back to its spec once the faults stop. The partition case
+runs each agent in its own network namespace (``--netns``) and cuts one node's link for
+longer than the heartbeat TTL: its tasks must show ``unknown`` meanwhile, and the tasks
+replaced while it was away must be stopped within 5 s of its return.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -25,6 +29,7 @@ from bench.chaoslib.invariants import Checker
 from bench.chaoslib.run import run
 from bench.chaoslib.watcher import Follower
 from shoal.store import client, etcd_server
+from tests.e2e.netlab import have_netns_privileges
 from tests.helpers import eventually
 
 SEED = 16
@@ -44,6 +49,29 @@ async def test_chaos_short_run_keeps_every_invariant(tmp_path: Path) -> None:
     assert result.unconverged == [], report
     assert max(result.convergence.values()) <= CONVERGE_BOUND, report
     assert result.gaps == [], report
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not have_netns_privileges(), reason="needs root for network namespaces")
+async def test_a_partitioned_node_shows_unknown_and_stops_its_replaced_tasks_on_return(
+        tmp_path: Path) -> None:
+    # One partition of 9 s (TTL 3 s) while the workload runs: the node is marked down, its
+    # tasks are replaced elsewhere, and on return it must stop the ones replaced.
+    result = await run(tmp_path, SEED, duration=15, nodes=3, settle=CONVERGE_BOUND,
+                       stack=False, kinds=("partition",), max_faults=1, hold=(9.0, 9.0),
+                       netns=True)
+    report = "\n".join(result.lines())
+    print(report)
+    assert result.faults == {"partition": 1}, report
+    assert not result.fault_errors, report
+    assert result.violations == [], report
+    assert result.unconverged == [], report
+    [shown] = result.shown_before_heal.values()
+    assert shown and set(shown.values()) == {"unknown"}, shown
+    [stopped] = result.stale_stopped.values()
+    assert stopped <= 5.0, report
+    assert not [ns for ns in os.listdir("/var/run/netns")
+                if ns.startswith(f"shc{os.getpid():x}-")], "the run left its namespaces behind"
 
 
 async def test_the_watch_reports_a_slot_run_twice_at_the_revision_that_did_it(
