@@ -57,6 +57,7 @@ class Fault:
     error: str | None = None
     pids: list[int] = dataclasses.field(default_factory=list)  # for the stop faults
     recovery: float | None = None  # seconds from restored to every service at its spec
+    waited_on: list[str] = dataclasses.field(default_factory=list)  # last not at spec
     #: link faults: seconds from restored until no task on the node that was replaced
     #: meanwhile (desired past running) is still live there (None: none or not seen)
     stale_stopped: float | None = None
@@ -97,8 +98,12 @@ class Injector:
         watch_stale = fault.kind in NET_KINDS and bool(self.checker.stale_tasks(fault.victim))
         while time.monotonic() < deadline and (fault.recovery is None or watch_stale):
             now = time.monotonic()
-            if fault.recovery is None and not self.checker.unconverged():
-                fault.recovery = max(0.0, now - fault.restored)
+            if fault.recovery is None:
+                waiting = self.checker.unconverged()
+                if not waiting:
+                    fault.recovery = max(0.0, now - fault.restored)
+                else:
+                    fault.waited_on = waiting
             if watch_stale and not self.checker.stale_tasks(fault.victim):
                 fault.stale_stopped = max(0.0, now - fault.restored)
                 watch_stale = False

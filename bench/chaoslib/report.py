@@ -32,6 +32,7 @@ class Result:
     stale_stopped: dict[str, float] = dataclasses.field(default_factory=dict)
     #: partitions: the node's unended tasks as shown just before the link came back
     shown_before_heal: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    slow_recoveries: list[str] = dataclasses.field(default_factory=list)  # over 10 s
     netns: bool = False
     netem_delay: bool | None = None  # False: the kernel has no netem, loss only
     kinds: tuple[str, ...] = ()
@@ -77,6 +78,7 @@ class Result:
                                f"p50 {self.percentile(50, vals):.2f} s, p99 "
                                f"{self.percentile(99, vals):.2f} s, max {max(vals):.2f} s "
                                "(fault put back to every service at its spec)")
+            out.extend(f"  slow recovery: {line}" for line in self.slow_recoveries)
             if self.stale_stopped:
                 vals = list(self.stale_stopped.values())
                 out.append(f"replaced tasks stopped after the link came back "

@@ -133,5 +133,9 @@ async def run(workdir: Path, seed: int, duration: float, nodes: int,
         shown_before_heal={f"{f.kind} {f.victim} @{f.at - injector.faults[0].at:.0f}s":
                            f.shown_before_heal for f in injector.faults
                            if f.shown_before_heal is not None},
+        slow_recoveries=[f"{f.kind} {f.victim} @{f.at - injector.faults[0].at:.0f}s: "
+                         f"{f.recovery if f.recovery is None else round(f.recovery, 1)} s, "
+                         f"last waiting on {', '.join(f.waited_on)}"
+                         for f in injector.faults if f.recovery is None or f.recovery > 10],
         netns=netns, kinds=kinds, hold=hold,
         netem_delay=cluster.underlay.delay_applied if cluster.underlay is not None else None)
