@@ -169,3 +169,25 @@ def test_replacements_still_starting_are_within_the_rollout_allowance() -> None:
     # Converged on the new template: a drop now is below the floor.
     c.apply(15, [task(1, n=2, state="starting", template=T2)])
     assert [v.kind for v in c.violations] == ["monotonic", "floor"]
+
+
+def on_node(item: tuple[str, dict[str, Any]], node: str,
+            reachable: bool = True) -> tuple[str, dict[str, Any]]:
+    key, obj = item
+    obj["spec"]["nodeName"] = node
+    if not reachable:
+        obj["status"]["conditions"] = [{"type": "NodeReachable", "status": "False"}]
+    return key, obj
+
+
+def test_a_cut_off_nodes_tasks_are_shown_unknown_and_its_replaced_ones_are_stale() -> None:
+    # What the partition figures read: a down node's unended tasks show `unknown`; a task
+    # the controllers shut down while its node was away stays stale until it has ended.
+    c = converged_checker(2)
+    c.apply(12, [on_node(task(1), "n0", reachable=False), on_node(task(2), "n1")])
+    assert set(c.shown_states("n0").values()) == {"unknown"}
+    assert c.shown_states("n1") == {f"{REG}tasks/default/web.2.1": "running"}
+    c.apply(13, [on_node(task(1, desired="shutdown"), "n0", reachable=False)])
+    assert c.stale_tasks("n0") == [f"{REG}tasks/default/web.1.1"]
+    c.apply(14, [on_node(task(1, state="shutdown", desired="shutdown"), "n0")])
+    assert c.stale_tasks("n0") == [] and c.shown_states("n0") == {}
