@@ -268,7 +268,11 @@ class Agent:
         self.heartbeats = heartbeat.HeartbeatProcess(
             lambda: store.url, cfg.prefix, node.lease_ttl(cfg.heartbeat_ttl), configs,
             shared_lease=cfg.shared_lease, stall_after=cfg.stall_timeout,
-            log_level=cfg.log_level, log_format=cfg.log_format, tls=cfg.etcd_tls)
+            log_level=cfg.log_level, log_format=cfg.log_format, tls=cfg.etcd_tls,
+            # A lease that lapsed means this node was cut off: its task watch may sit on
+            # a connection still in TCP's retransmission backoff after the network is
+            # back, and the tasks replaced meanwhile would keep running for seconds more.
+            on_lapsed=lambda: store.etcd.reconnect("a heartbeat lease lapsed"))
         await self.heartbeats.start()
         self.timings["heartbeats"] = time.monotonic() - t0
         self.reports = nodereport.NodeReports(store)

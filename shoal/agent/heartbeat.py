@@ -57,7 +57,8 @@ class HeartbeatProcess:
     def __init__(self, etcd_url: str | Callable[[], str], prefix: str, ttl: int,
                  nodes: list[node.NodeConfig], shared_lease: bool = False,
                  stall_after: float | None = None, log_level: str = "info",
-                 log_format: str = "auto", tls: Bundle | None = None) -> None:
+                 log_format: str = "auto", tls: Bundle | None = None,
+                 on_lapsed: Callable[[], None] | None = None) -> None:
         # A callable gives the endpoints at each (re)start: the agent's store follows the
         # cluster's members, so a child restarted after the member it was first given
         # died starts on live ones.
@@ -71,6 +72,9 @@ class HeartbeatProcess:
             "nodes": [dataclasses.asdict(cfg) for cfg in nodes]}
         self.leases: dict[str, int] = {}
         self.restarts = 0
+        # Called when the child had to replace a lapsed lease: the node was cut off from
+        # etcd for longer than the TTL, so the agent's own connections may be stale too.
+        self._on_lapsed = on_lapsed
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._stopping = False
@@ -105,6 +109,8 @@ class HeartbeatProcess:
             self.leases.update(message.get("leases") or {})
             if message.get("ready") and ready is not None and not ready.done():
                 ready.set_result(None)
+            elif message.get("leases") and self._on_lapsed is not None:
+                self._on_lapsed()
         code = await proc.wait()
         if self._stopping:
             return

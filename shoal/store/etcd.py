@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
+import time
 import typing
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -79,6 +80,9 @@ SYNC_MIN_GAP = 1.0
 # How long a replaced channel stays open for the calls still running on it: the longest
 # deadline a call gets, plus a margin.
 RETIRE_GRACE = CALL_TIMEOUT + 1.0
+#: Seconds between two renewals asked for by ``reconnect`` (an agent serving many nodes
+#: hears of each lapsed lease separately).
+RECONNECT_MIN_GAP = 2.0
 
 
 # KV and RawEvent are NamedTuples, not frozen dataclasses: a watcher builds one per
@@ -417,6 +421,7 @@ class EtcdClient:
         self._maint: Any = None
         self._cluster: Any = None
         self._auth: Any = None
+        self._reconnected_at = -RECONNECT_MIN_GAP
 
     def _new_channel(self, target: str, balanced: bool) -> Any:
         options = list(_CHANNEL_OPTIONS)
@@ -540,11 +545,31 @@ class EtcdClient:
             self.on_endpoints(list(endpoints))
         return True
 
+    def reconnect(self, why: str) -> None:
+        """Move new calls to fresh connections now and end those on the old ones.
+
+        For a process that knows it was cut off (its heartbeat lease lapsed behind a
+        partition): its connections may still sit in TCP's retransmission backoff for
+        seconds after the network is back, and a watch on them hears nothing until then
+        (up to gRPC's keepalive timeout). The calls ended here get the store's retryable
+        UnavailableError, so watches resume from their revision on the new channel.
+        """
+        old = self._channel
+        now = time.monotonic()
+        if old is None or now - self._reconnected_at < RECONNECT_MIN_GAP:
+            return  # one renewal serves every node of a process that lapsed together
+        self._reconnected_at = now
+        self._use(self._new_channel(self._target, len(self.endpoints) > 1))
+        retiring = asyncio.get_running_loop().create_task(self._retire(old, grace=0.0))
+        self._retiring.add(retiring)
+        retiring.add_done_callback(self._retiring.discard)
+        log.info("etcd connections renewed", key=self.url, why=why)
+
     @staticmethod
-    async def _retire(channel: Any) -> None:
+    async def _retire(channel: Any, grace: float = RETIRE_GRACE) -> None:
         """Close a replaced channel once the calls still running on it had their time."""
         try:
-            await asyncio.sleep(RETIRE_GRACE)
+            await asyncio.sleep(grace)
         finally:
             await channel.close()
 
