@@ -79,6 +79,25 @@ async def remove_manager(client: etcd.EtcdClient, name: str,
     target = managers.check_removal(members, answers, name, verb)
     if target is None:
         return False
-    await through_reconfig_check(lambda: client.member_remove(target.id))
+    try:
+        await through_reconfig_check(lambda: client.member_remove(target.id))
+    except errors.UnavailableError:
+        # Ambiguous: the member being removed may have served the request itself and
+        # stopped before it answered ("raft: stopped"). Whether it is gone is the truth.
+        if not await _removed(client, target.id):
+            raise
     log.info("etcd member removed", node=name, member=f"{target.id:x}")
     return True
+
+
+async def _removed(client: etcd.EtcdClient, member_id: int, patience: float = 5.0) -> bool:
+    """Whether ``member_id`` is no longer in the member list, asking the remaining
+    members (the removed one answers nothing) until ``patience`` runs out."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return member_id not in {m.id for m in await client.member_list()}
+        except errors.UnavailableError:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.2)

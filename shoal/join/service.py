@@ -44,7 +44,7 @@ from shoal.join.protocol import (
 )
 from shoal.pki import ca as pki_ca
 from shoal.pki import certs
-from shoal.store import client, etcd
+from shoal.store import client, etcd, retry
 from shoal.store import errors as store_errors
 
 log = structlog.get_logger("shoal.join.service")
@@ -71,8 +71,12 @@ async def publish_join_addr(etcd_client: etcd.EtcdClient, prefix: str, node: str
 
 
 async def forget_join_addr(etcd_client: etcd.EtcdClient, prefix: str, node: str) -> None:
-    # One key, not a prefix: forgetting node-1 must not forget node-10.
-    await etcd_client.txn([], [etcd.op_delete(join_addrs_prefix(prefix) + node.encode())])
+    # One key, not a prefix: forgetting node-1 must not forget node-10. Retried (a
+    # delete is idempotent): right after a demote the call may land on the member just
+    # removed, which answers "raft: stopped".
+    key = join_addrs_prefix(prefix) + node.encode()
+    await retry.call(retry.DEFAULT, "txn", lambda: etcd_client.txn([], [etcd.op_delete(key)]),
+                     key.decode())
 
 
 def url(scheme: str, host: str, port: int) -> str:
