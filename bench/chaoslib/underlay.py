@@ -25,6 +25,8 @@ import subprocess
 
 import structlog
 
+from shoal.cli import cluster
+
 log = structlog.get_logger("bench.chaos.underlay")
 
 FAMILY = "shc"
@@ -42,16 +44,6 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep() -> list[str]:
     """Delete namespaces and links a killed chaos run left (its pid is gone)."""
     removed: list[str] = []
@@ -60,12 +52,12 @@ def sweep() -> list[str]:
     links = [str(link["ifname"]) for link in json.loads(sh("ip", "-j", "link").stdout or "[]")]
     for name in names:
         m = _OWNED.match(name)
-        if m and not _pid_alive(int(m.group(1), 16)):
+        if m and not cluster.pid_alive(int(m.group(1), 16)):
             sh("ip", "netns", "del", name, check=False)
             removed.append(name)
     for link in links:
         m = _OWNED.match(link)
-        if m and not _pid_alive(int(m.group(1), 16)):
+        if m and not cluster.pid_alive(int(m.group(1), 16)):
             sh("ip", "link", "del", link, check=False)
             removed.append(link)
     if removed:
