@@ -21,12 +21,14 @@ several controller-managers can run; for each controller one of them leads.
   mount it, once (``shoal.io/mounted-digests``): per-object, like the orchestrator;
 * ``validity-networks|secrets|configs`` — ``Valid=False`` with admission's messages on
   an object of those kinds stored in a form admission refuses (written straight into
-  etcd), ``Valid=True`` once fixed: per-object.
+  etcd), ``Valid=True`` once fixed: per-object;
+* ``unreadable`` — a Warning ``Unreadable`` Event for each value in etcd that no list or
+  watch can read (not an object, or not the object its key names): an elected runnable.
 """
 
 from __future__ import annotations
 
-from shoal.controllers import validity
+from shoal.controllers import unreadable, validity
 from shoal.controllers.allocator import controller as allocator
 from shoal.controllers.distributor import controller as distributor
 from shoal.controllers.fold import controller as fold
@@ -43,4 +45,5 @@ def controller_specs() -> list[Spec]:
     return [nodes.controller_spec(), fold.controller_spec(), orchestrator.controller_spec(),
             updater.controller_spec(), scheduler.controller_spec(),
             allocator.controller_spec(), rotation.controller_spec(),
-            distributor.controller_spec(), *validity.controller_specs()]
+            distributor.controller_spec(), *validity.controller_specs(),
+            unreadable.controller_spec()]

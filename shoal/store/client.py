@@ -408,7 +408,8 @@ class Store:
                      keys_only: bool = False) -> tuple[builtins.list[etcd.KV], int, bool]:
         return await retry.call(self.retry, "range",
                                 functools.partial(self.etcd.range, key, end,
-                                                  keys_only=keys_only), key.decode())
+                                                  keys_only=keys_only),
+                                key.decode(errors="replace"))
 
     async def _txn(self, compares: Sequence[Any], ops: Sequence[Any]) -> tuple[bool, int]:
         ok, rev, _ = await self.txn(compares, ops)

@@ -11,6 +11,7 @@ reading the object again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -129,6 +130,31 @@ def decode(value: bytes, mod_revision: int) -> resource.Resource:
     return obj
 
 
+#: Told (key, revision, why) of every value a list or watch in this process skipped.
+UnreadableListener = Callable[[bytes, int, str], None]
+_unreadable_listeners: list[UnreadableListener] = []
+
+
+def add_unreadable_listener(listener: UnreadableListener) -> Callable[[], None]:
+    """Have ``listener`` told of each value skipped as unreadable (the controller-manager
+    turns them into Events, ``shoal.controllers.unreadable``); returns its remover. Called
+    on the reading coroutine: a listener must only note the report, never block."""
+    _unreadable_listeners.append(listener)
+
+    def remove() -> None:
+        if listener in _unreadable_listeners:
+            _unreadable_listeners.remove(listener)
+    return remove
+
+
+def _skipped(key: bytes, mod_revision: int, why: str) -> None:
+    for listener in list(_unreadable_listeners):
+        try:
+            listener(key, mod_revision, why)
+        except Exception as exc:  # a report must never break the read that skipped
+            log.warning("unreadable listener failed", error=str(exc))
+
+
 def try_decode(key: bytes, value: bytes, mod_revision: int) -> resource.Resource | None:
     """Decode, or log and return None: one bad value must not stop a list or a watch."""
     try:
@@ -136,6 +162,7 @@ def try_decode(key: bytes, value: bytes, mod_revision: int) -> resource.Resource
     except UndecodableError as exc:
         log.warning("skipping undecodable object", key=key.decode(errors="replace"),
                     revision=mod_revision, error=str(exc))
+        _skipped(key, mod_revision, str(exc))
         return None
 
 
@@ -173,6 +200,7 @@ def decode_at(info: kinds.KindInfo, kind_prefix: bytes, key: bytes, value: bytes
     if problem is not None:
         log.warning("skipping object stored under another identity",
                     key=key.decode(errors="replace"), revision=mod_revision, error=problem)
+        _skipped(key, mod_revision, problem)
         return None
     return obj
 

@@ -2,7 +2,8 @@
 JSON of the wrong shape, objects naming another kind or name than their key, mutated valid
 objects. Reading them (every list and watch) skips or decodes them and never raises; a
 real controller-manager and agent beside them keep reconciling a good service; ``swctl
-describe`` says what is wrong with a garbage object it can name."""
+describe`` says what is wrong with a garbage object it can name, and ``swctl get events``
+names the ones nobody can read."""
 
 from __future__ import annotations
 
@@ -132,6 +133,14 @@ async def test_controllers_and_agents_carry_on_beside_garbage(
     assert "services/default/impostor is stored in a form Shoal cannot read" in refused, refused
     assert "names itself 'good'" in refused, refused
     assert "Traceback" not in refused
+    # ...and `get events` shows it where users watch for trouble, with how to fix it.
+
+    async def reported() -> str:
+        shown = swctl("get", "events", "-o", "yaml").stdout
+        return shown if "services/default/impostor is stored in a form" in shown else ""
+    shown = await eventually(reported, 10, what="Unreadable event for the impostor")
+    assert "reason: Unreadable" in shown and "swctl delete services impostor -n default" \
+        in shown, shown
     for plural in bad_specs:
         info = BUILTIN.lookup(plural)
 
