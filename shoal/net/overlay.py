@@ -14,6 +14,11 @@ Why it looks like this:
   never asked for.
 * MACs are derived from addresses (naming.mac_for), so a node programs remote endpoints from
   the addresses alone.
+* Offloads: the bridge, the VXLAN device and the host ends of the veths are given back
+  the segmentation/checksum offloads a stream's throughput rests on when something
+  turned them off (offloads.py, one ioctl thread per network and pass). MTUs avoid
+  fragmentation: the VXLAN device, the bridge and both veth ends carry the underlay MTU
+  minus the 50 bytes of encapsulation.
 * ``sync`` is level-triggered: it reads what the kernel has, changes only what differs and
   removes Shoal-named links that are no longer wanted. A restarted agent that calls it with
   the same state changes nothing; the returned report lists every change made.
@@ -41,7 +46,7 @@ from typing import Any
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from shoal.net import naming
+from shoal.net import naming, offloads
 from shoal.net import netns as netns_mod
 
 VXLAN_PORT = 4789
@@ -103,6 +108,9 @@ class SyncReport:
     changes: list[str] = field(default_factory=list)
     #: Networks not built, by name, and why (a subnet the host itself uses).
     refused: dict[str, str] = field(default_factory=dict)
+    #: What could not be made as wanted but does not stop traffic (an offload feature a
+    #: device refused); not a change, so it does not make the report true.
+    warnings: list[str] = field(default_factory=list)
 
     def add(self, what: str) -> None:
         self.changes.append(what)
@@ -288,12 +296,20 @@ class OverlayNode:
         await self._sync_fdb(ipr, net, vx, report)
         await self._sync_neigh(ipr, net, vx, report)
         await self._sync_node_routes(ipr, net, br, report)
+        # Offloads of the links this pass looked at (offloads.py says why): the bridge,
+        # the VXLAN device and the host ends of the veths it did not trust unseen.
+        offload_links: list[tuple[str, str | None]] = [
+            (naming.bridge_name(net.vni), "bridge"), (naming.vxlan_name(net.vni), "vxlan")]
         for att in net.attachments:
             if self._still_verified(net, att, br, mtu, links):
                 continue
             self._verified.pop((net.name, att.key), None)
             await self._sync_attachment(ipr, net, att, br, mtu, report)
             self._verified[(net.name, att.key)] = (att, mtu)
+            offload_links.append((naming.veth_name(att.key, net.name), "veth"))
+        done = await offloads.ensure(self.netns, offload_links)
+        report.changes += done.changes
+        report.warnings += done.problems
 
     def _still_verified(self, net: OverlayNetwork, att: Attachment, br: int, mtu: int,
                         links: dict[str, Msg]) -> bool:
