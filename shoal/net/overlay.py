@@ -16,7 +16,8 @@ Why it looks like this:
   the addresses alone.
 * Offloads: the bridge, the VXLAN device and the host ends of the veths are given back
   the segmentation/checksum offloads a stream's throughput rests on when something
-  turned them off (offloads.py, one ioctl thread per network and pass). MTUs avoid
+  turned them off (offloads.py: one ioctl thread per network, on thorough passes and
+  for links a pass created or looked at again, trusted in between like task ends). MTUs avoid
   fragmentation: the VXLAN device, the bridge and both veth ends carry the underlay MTU
   minus the 50 bytes of encapsulation.
 * ``sync`` is level-triggered: it reads what the kernel has, changes only what differs and
@@ -193,6 +194,10 @@ class OverlayNode:
         self._forwarding_checked = False
         # (network, attachment key) -> (attachment, mtu) whose task end a pass verified.
         self._verified: dict[tuple[str, str], tuple[Attachment, int]] = {}
+        # (link name, ifindex) of bridges and VXLAN devices whose offloads a pass checked;
+        # trusted like verified task ends until the next thorough pass (a replaced device
+        # has a new index and is checked at once).
+        self._offloads_checked: set[tuple[str, int]] = set()
 
     # ---- entry points --------------------------------------------------------------------
 
@@ -202,6 +207,7 @@ class OverlayNode:
         report = SyncReport()
         if thorough:
             self._verified.clear()
+            self._offloads_checked.clear()
         if desired.networks:
             # Only a node that hosts a network forwards for it; an agent with nothing to
             # host leaves the namespace's sysctls alone.
@@ -296,10 +302,15 @@ class OverlayNode:
         await self._sync_fdb(ipr, net, vx, report)
         await self._sync_neigh(ipr, net, vx, report)
         await self._sync_node_routes(ipr, net, br, report)
-        # Offloads of the links this pass looked at (offloads.py says why): the bridge,
-        # the VXLAN device and the host ends of the veths it did not trust unseen.
-        offload_links: list[tuple[str, str | None]] = [
-            (naming.bridge_name(net.vni), "bridge"), (naming.vxlan_name(net.vni), "vxlan")]
+        # Offloads (offloads.py says why) of the bridge and VXLAN device unless checked
+        # since the last thorough pass, and of the host ends of the veths this pass did
+        # not trust unseen: a quick pass on a settled node enters no namespace for them.
+        offload_links: list[tuple[str, str | None]] = []
+        for name, kind, index in ((naming.bridge_name(net.vni), "bridge", br),
+                                  (naming.vxlan_name(net.vni), "vxlan", vx)):
+            if (name, index) not in self._offloads_checked:
+                offload_links.append((name, kind))
+                self._offloads_checked.add((name, index))
         for att in net.attachments:
             if self._still_verified(net, att, br, mtu, links):
                 continue
