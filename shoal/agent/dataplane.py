@@ -328,9 +328,11 @@ class Dataplane:
                 for name, why in report.refused.items():
                     self.log.error("overlay network refused", network=name, reason=why)
                 self.refused_networks = dict(report.refused)
-            if report.warnings != self.overlay_warnings:
-                # Logged when they change, not every pass: a device that refuses an
-                # offload refuses it on every pass.
+            # Logged when they change, not every pass: a device that refuses an offload
+            # refuses it on every pass. A quick pass looks at few links, so only a
+            # thorough one can say the problems are gone.
+            if report.warnings != self.overlay_warnings and (
+                    report.warnings or reason in ("start", "periodic")):
                 if report.warnings:
                     self.log.warning("overlay devices not as wanted",
                                      problems=report.warnings)

@@ -16,10 +16,10 @@ Why it looks like this:
   the addresses alone.
 * Offloads: the bridge, the VXLAN device and the host ends of the veths are given back
   the segmentation/checksum offloads a stream's throughput rests on when something
-  turned them off (offloads.py: one ioctl thread per network, on thorough passes and
-  for links a pass created or looked at again, trusted in between like task ends). MTUs avoid
-  fragmentation: the VXLAN device, the bridge and both veth ends carry the underlay MTU
-  minus the 50 bytes of encapsulation.
+  turned them off (offloads.py: one ioctl thread per network, on thorough passes and for
+  links a pass created or looked at again, trusted in between like task ends). MTUs
+  avoid fragmentation: the VXLAN device, the bridge and both veth ends carry the
+  underlay MTU minus the 50 bytes of encapsulation.
 * ``sync`` is level-triggered: it reads what the kernel has, changes only what differs and
   removes Shoal-named links that are no longer wanted. A restarted agent that calls it with
   the same state changes nothing; the returned report lists every change made.
