@@ -123,6 +123,7 @@ class Dataplane:
         # Overlay networks this node refuses to build (their subnet is the host's own),
         # by name: their tasks are never reported running.
         self.refused_networks: dict[str, str] = {}
+        self.overlay_warnings: list[str] = []
         self._localnet: set[str] = set()  # bridges with route_localnet set
         self._firewall_checked = 0.0
         self._firewall_recheck: asyncio.TimerHandle | None = None
@@ -327,6 +328,15 @@ class Dataplane:
                 for name, why in report.refused.items():
                     self.log.error("overlay network refused", network=name, reason=why)
                 self.refused_networks = dict(report.refused)
+            # Logged when they change, not every pass: a device that refuses an offload
+            # refuses it on every pass. A quick pass looks at few links, so only a
+            # thorough one can say the problems are gone.
+            if report.warnings != self.overlay_warnings and (
+                    report.warnings or reason in ("start", "periodic")):
+                if report.warnings:
+                    self.log.warning("overlay devices not as wanted",
+                                     problems=report.warnings)
+                self.overlay_warnings = list(report.warnings)
             if report:
                 self.changes += len(report.changes)
                 self.log.info("overlay changed", reason=reason,

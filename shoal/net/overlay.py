@@ -14,6 +14,12 @@ Why it looks like this:
   never asked for.
 * MACs are derived from addresses (naming.mac_for), so a node programs remote endpoints from
   the addresses alone.
+* Offloads: the bridge, the VXLAN device and the host ends of the veths are given back
+  the segmentation/checksum offloads a stream's throughput rests on when something
+  turned them off (offloads.py: one ioctl thread per network, on thorough passes and for
+  links a pass created or looked at again, trusted in between like task ends). MTUs
+  avoid fragmentation: the VXLAN device, the bridge and both veth ends carry the
+  underlay MTU minus the 50 bytes of encapsulation.
 * ``sync`` is level-triggered: it reads what the kernel has, changes only what differs and
   removes Shoal-named links that are no longer wanted. A restarted agent that calls it with
   the same state changes nothing; the returned report lists every change made.
@@ -41,7 +47,7 @@ from typing import Any
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from shoal.net import naming
+from shoal.net import naming, offloads
 from shoal.net import netns as netns_mod
 
 VXLAN_PORT = 4789
@@ -103,6 +109,9 @@ class SyncReport:
     changes: list[str] = field(default_factory=list)
     #: Networks not built, by name, and why (a subnet the host itself uses).
     refused: dict[str, str] = field(default_factory=dict)
+    #: What could not be made as wanted but does not stop traffic (an offload feature a
+    #: device refused); not a change, so it does not make the report true.
+    warnings: list[str] = field(default_factory=list)
 
     def add(self, what: str) -> None:
         self.changes.append(what)
@@ -185,6 +194,10 @@ class OverlayNode:
         self._forwarding_checked = False
         # (network, attachment key) -> (attachment, mtu) whose task end a pass verified.
         self._verified: dict[tuple[str, str], tuple[Attachment, int]] = {}
+        # (link name, ifindex) of bridges and VXLAN devices whose offloads a pass checked;
+        # trusted like verified task ends until the next thorough pass (a replaced device
+        # has a new index and is checked at once).
+        self._offloads_checked: set[tuple[str, int]] = set()
 
     # ---- entry points --------------------------------------------------------------------
 
@@ -194,6 +207,7 @@ class OverlayNode:
         report = SyncReport()
         if thorough:
             self._verified.clear()
+            self._offloads_checked.clear()
         if desired.networks:
             # Only a node that hosts a network forwards for it; an agent with nothing to
             # host leaves the namespace's sysctls alone.
@@ -288,12 +302,25 @@ class OverlayNode:
         await self._sync_fdb(ipr, net, vx, report)
         await self._sync_neigh(ipr, net, vx, report)
         await self._sync_node_routes(ipr, net, br, report)
+        # Offloads (offloads.py says why) of the bridge and VXLAN device unless checked
+        # since the last thorough pass, and of the host ends of the veths this pass did
+        # not trust unseen: a quick pass on a settled node enters no namespace for them.
+        offload_links: list[tuple[str, str | None]] = []
+        for name, kind, index in ((naming.bridge_name(net.vni), "bridge", br),
+                                  (naming.vxlan_name(net.vni), "vxlan", vx)):
+            if (name, index) not in self._offloads_checked:
+                offload_links.append((name, kind))
+                self._offloads_checked.add((name, index))
         for att in net.attachments:
             if self._still_verified(net, att, br, mtu, links):
                 continue
             self._verified.pop((net.name, att.key), None)
             await self._sync_attachment(ipr, net, att, br, mtu, report)
             self._verified[(net.name, att.key)] = (att, mtu)
+            offload_links.append((naming.veth_name(att.key, net.name), "veth"))
+        done = await offloads.ensure(self.netns, offload_links)
+        report.changes += done.changes
+        report.warnings += done.problems
 
     def _still_verified(self, net: OverlayNetwork, att: Attachment, br: int, mtu: int,
                         links: dict[str, Msg]) -> bool:

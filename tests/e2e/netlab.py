@@ -74,6 +74,7 @@ class Lab:
             self.fabric = self.ns("fab")
             sh("ip", "-n", self.fabric, "link", "add", "ul", "type", "bridge")
             sh("ip", "-n", self.fabric, "link", "set", "ul", "mtu", str(mtu), "up")
+            self._switch_not_firewall(self.fabric)
         self._nodes += 1
         i = self._nodes
         ns = self.ns(f"n{i}")
@@ -85,6 +86,17 @@ class Lab:
         sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
         sh("ip", "-n", ns, "link", "set", "eth0", "up")
         return Node(ns, addr)
+
+    def _switch_not_firewall(self, ns: str) -> None:
+        """The fabric stands for the network between machines, which runs no host's
+        firewall. A new namespace inherits br_netfilter's ``bridge-nf-call-*=1`` when the
+        host has the module loaded (Docker loads it), which would run every underlay frame
+        through the iptables hooks a third time on the cross-node path -- a cost of the
+        lab, not of the overlay. The node namespaces keep it: a real Docker host has it."""
+        sysctls = [f"net.bridge.bridge-nf-call-{t}=0" for t in ("iptables", "ip6tables",
+                                                                 "arptables")]
+        if os.path.exists("/proc/sys/net/bridge"):
+            self.exec(ns, "sysctl", "-qw", *sysctls)
 
     def close(self) -> None:
         for proc in self.procs:
