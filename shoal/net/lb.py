@@ -105,6 +105,15 @@ class LoadBalancer(abc.ABC):
         kube-proxy's periodic full sync)."""
         await self.sync(list(self.services.values()))
 
+    async def repair(self) -> list[str]:
+        """Make the kernel hold exactly the model again, changing only what drifted
+        (someone deleted a rule or an element by hand), and say what was repaired, one
+        human-readable line each (empty: nothing had drifted). The agent calls it from
+        its periodic pass and logs the lines. This default rewrites everything and
+        cannot tell what drifted; the backends override it."""
+        await self.resync()
+        return []
+
     @property
     @abc.abstractmethod
     def services(self) -> dict[ServiceKey, VirtualService]:
