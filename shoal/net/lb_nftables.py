@@ -191,8 +191,10 @@ def render_prepare(chains: Iterable[str]) -> str:
     lines = [f"add table {T}"]
     lines += [f"add {kind} {T} {name} {{ {decl} }}" for kind, name, decl in SETS]
     every = [*SKELETON_CHAINS, *((c, None, [render_chain(c)]) for c in sorted(chains))]
-    for name, base, rules in every:
-        lines.append(f"add chain {T} {name}" + (f" {{ {base} }}" if base else ""))
+    # Every chain exists before any rule jumps to it.
+    lines += [f"add chain {T} {name}" + (f" {{ {base} }}" if base else "")
+              for name, base, _ in every]
+    for name, _, rules in every:
         lines.append(f"flush chain {T} {name}")
         lines += [f"add rule {T} {name} {rule}" for rule in rules]
     return "\n".join(lines) + "\n"
@@ -290,6 +292,9 @@ class NftablesLoadBalancer(LoadBalancer):
         self._chains: set[str] = set()
         self._vip_refs: dict[ipaddress.IPv4Address, int] = {}
         self._rules: dict[str, list[bytes]] | None = None  # rules as written, for repair
+        # How the last full sync wrote the table ("netlink", "text", or "text (why)" when
+        # the netlink path fell back): for logs, tests and the bench.
+        self.last_full_sync: str | None = None
         self._synced = False
 
     @property
@@ -396,6 +401,7 @@ class NftablesLoadBalancer(LoadBalancer):
         services = list(services)
         if self.full_sync_kind == "text":
             await self.runner.run(render_full(services))
+            self.last_full_sync = "text"
         else:
             await self._full_netlink(services)
         self._set_model(services)
@@ -411,14 +417,16 @@ class NftablesLoadBalancer(LoadBalancer):
         chains = {lb_chain(s) for s in services if s.backends}
         try:
             await self.runner.run(render_prepare(chains))
-        except NftError:
+        except NftError as exc:
             await self.runner.run(render_full(services))
+            self.last_full_sync = f"text (the skeleton could not be prepared: {exc})"
             return
         nl = await self._netlink()
         elements = await asyncio.to_thread(nft_elements.encode, services)
         ops = [nftnl.SetOp("flush", name) for name in SET_NAMES]
         ops += [nftnl.SetOp("add", name, items) for name, items in elements.sets.items()]
         await asyncio.to_thread(nl.commit, ops)
+        self.last_full_sync = "netlink"
         stale = await asyncio.to_thread(nl.chains) - CHAIN_NAMES - chains
         if stale:
             await self.runner.run("".join(f"delete chain {T} {c}\n" for c in sorted(stale)))

@@ -68,11 +68,13 @@ async def test_netlink_sync_writes_the_text_paths_table(lab: Lab) -> None:
     try:
         await text.sync(services)
         await netlink.sync(services)
+        assert netlink.last_full_sync == "netlink"
         want = table_json(text_ns)
         assert sum(len(e.get("map", e.get("set", {})).get("elem", [])) for e in want) > 300
         assert table_json(nl_ns) == want
         # A re-sync over the identical table leaves it identical.
         await netlink.resync()
+        assert netlink.last_full_sync == "netlink"
         assert table_json(nl_ns) == want
     finally:
         await text.close()
@@ -87,6 +89,7 @@ async def test_netlink_sync_writes_the_text_paths_table(lab: Lab) -> None:
     try:
         await text.sync(fewer)
         await netlink.sync(fewer)
+        assert netlink.last_full_sync == "netlink"
         assert table_json(nl_ns) == table_json(text_ns)
     finally:
         await text.close()
@@ -101,6 +104,29 @@ def hold(ns: str, host: str, port: int) -> subprocess.Popen[str]:
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "connected"
     return proc
+
+
+async def test_a_table_of_another_layout_is_replaced_whole(lab: Lab) -> None:
+    """An older Shoal's table whose map has another type cannot be prepared in place:
+    the sync falls back to one text transaction replacing the table (atomic as well)."""
+    text_ns, nl_ns = lab.ns("text"), lab.ns("nl")
+    sh("ip", "netns", "exec", nl_ns, "nft", "add table ip shoal; "
+       "add map ip shoal be_tcp { type ipv4_addr : ipv4_addr; }")
+    services = every_kind(30)
+    text = NftablesLoadBalancer(netns=text_ns, full_sync="text")
+    netlink = NftablesLoadBalancer(netns=nl_ns)
+    try:
+        await text.sync(services)
+        await netlink.sync(services)
+        assert (netlink.last_full_sync or "").startswith("text (the skeleton could not"), \
+            netlink.last_full_sync
+        assert table_json(nl_ns) == table_json(text_ns)
+        await netlink.resync()  # from now on the netlink path
+        assert netlink.last_full_sync == "netlink"
+        assert table_json(nl_ns) == table_json(text_ns)
+    finally:
+        await text.close()
+        await netlink.close()
 
 
 async def test_resync_keeps_an_established_connection(lab: Lab) -> None:
@@ -139,6 +165,7 @@ async def test_resync_keeps_an_established_connection(lab: Lab) -> None:
         assert first in ("b1 one", "b2 one")
         backend = first.split()[0]
         await lb.resync()  # the whole table rewritten, as after an agent restart
+        assert lb.last_full_sync == "netlink"
         assert exchange("two") == f"{backend} two"
         # A new balancer's first sync (a restarted agent) over the existing table.
         restarted = NftablesLoadBalancer(netns=nodes[0].ns)
@@ -244,6 +271,7 @@ async def test_repair_puts_back_exactly_what_drifted(lab: Lab) -> None:
         nft("delete", "table", "ip", "shoal")
         assert await lb.repair() == ["table ip shoal was missing: rebuilt"]
         assert table_json(ns) == want
+        assert lb.last_full_sync == "netlink"
         # And after all that, quiet again.
         report, writes = await monitor.writes_during(lb.repair())
         assert (report, writes) == ([], [])
@@ -275,6 +303,7 @@ async def test_kernel_refusal_names_the_element_and_changes_nothing(lab: Lab) ->
     first = NftablesLoadBalancer(netns=ns)
     try:
         await first.sync(before)
+        assert first.last_full_sync == "netlink"
     finally:
         await first.close()
     table = table_json(ns)
@@ -314,6 +343,7 @@ async def test_ten_thousand_services_sync_and_repair(lab: Lab) -> None:
         t0 = time.monotonic()
         await lb.sync(services)
         assert time.monotonic() - t0 < 30  # a hang guard, not a benchmark
+        assert lb.last_full_sync == "netlink"
         got = sh("ip", "netns", "exec", ns, "nft", "get", "element", "ip", "shoal", "be_tcp",
                  "{ 10.254.0.34 . 80 . 7, 10.254.39.250 . 80 . 9 }").stdout
         assert "10.1.33.8 . 8080" in got and "10.40.249.10 . 8080" in got
