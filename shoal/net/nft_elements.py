@@ -59,23 +59,39 @@ def dispatch_element(svc: VirtualService) -> tuple[str, bytes, bytes]:
     return "svc", key, nftnl.element(_SVC, key, data)
 
 
+def _index_mids(layout: nftnl.Layout) -> list[bytes]:
+    """Slot index + data headers, for the first 256 slots: the part of a backend
+    element between the service's head and the backend's address."""
+    return [nftnl.index_bytes(i) + layout.mid for i in range(256)]
+
+
+_MIDS = {"np": _index_mids(_NPB), "va": _index_mids(_VA), "be": _index_mids(_BE)}
+
+
 def backend_elements(svc: VirtualService) -> tuple[str, list[bytes]]:
-    """(map, elements) of ``svc``'s backend slots, numbered from 0 in backend order."""
-    index = nftnl.index_bytes
+    """(map, elements) of ``svc``'s backend slots, numbered from 0 in backend order.
+    Each element is the service's head + the slot's precomputed index and data headers
+    + the backend's precomputed address and port: two concatenations."""
+    backends = svc.backends
     if svc.vip is None:
-        head = _NPB.head + nftnl.port_bytes(svc.port)
-        mid = _NPB.mid
-        return f"np_{svc.protocol}", [head + index(i) + mid + b.wire
-                                      for i, b in enumerate(svc.backends)]
-    if svc.port == 0:  # the address only: the destination port is kept
+        kind, head = "np", _NPB.head + nftnl.port_bytes(svc.port)
+    elif svc.port == 0:  # the address only: the destination port is kept
         head = _VA.head + svc.vip.packed
-        mid = _VA.mid
-        return f"va_{svc.protocol}", [head + index(i) + mid + b.wire[:4]
-                                      for i, b in enumerate(svc.backends)]
-    head = _BE.head + svc.vip.packed + nftnl.port_bytes(svc.port)
-    mid = _BE.mid
-    return f"be_{svc.protocol}", [head + index(i) + mid + b.wire
-                                  for i, b in enumerate(svc.backends)]
+        if len(backends) > 256:
+            mid = _VA.mid
+            return f"va_{svc.protocol}", [head + nftnl.index_bytes(i) + mid + b.wire[:4]
+                                          for i, b in enumerate(backends)]
+        mids = _MIDS["va"]
+        return f"va_{svc.protocol}", [head + mids[i] + b.wire[:4]
+                                      for i, b in enumerate(backends)]
+    else:
+        kind, head = "be", _BE.head + svc.vip.packed + nftnl.port_bytes(svc.port)
+    if len(backends) > 256:
+        mid = _NPB.mid if kind == "np" else _BE.mid
+        return f"{kind}_{svc.protocol}", [head + nftnl.index_bytes(i) + mid + b.wire
+                                          for i, b in enumerate(backends)]
+    mids = _MIDS[kind]
+    return f"{kind}_{svc.protocol}", [head + mids[i] + b.wire for i, b in enumerate(backends)]
 
 
 def backend_keys(svc: VirtualService) -> list[bytes]:

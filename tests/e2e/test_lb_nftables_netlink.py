@@ -76,6 +76,21 @@ async def test_netlink_sync_writes_the_text_paths_table(lab: Lab) -> None:
         await netlink.resync()
         assert netlink.last_full_sync == "netlink"
         assert table_json(nl_ns) == want
+        # Incremental changes (netlink batches here, nft text there) agree too: fewer
+        # backends, a new chain count, a removal (the last service of its VIP), a whole
+        # VIP and a published port changed.
+        seven = VirtualService.make("10.254.99.1", 80, "tcp",
+                                    [f"10.9.9.{j + 1}:80" for j in range(7)])
+        shrunk = VirtualService(services[2].vip, services[2].port, services[2].protocol,
+                                services[2].backends[:1])
+        whole = VirtualService.make(str(services[4].vip), 0, services[4].protocol,
+                                    ["10.9.8.1:0", "10.9.8.2:0"])
+        mesh = VirtualService.make(None, services[5].port, services[5].protocol, [])
+        for lb in (text, netlink):
+            for svc in (seven, shrunk, whole, mesh):
+                await lb.update_service(svc)
+            await lb.remove_service(services[3].key)
+        assert table_json(nl_ns) == table_json(text_ns)
     finally:
         await text.close()
         await netlink.close()
