@@ -33,8 +33,23 @@ cleared first so it cannot follow the packet into the VXLAN encapsulation). Traf
 known VIP that no rule translated -- a service with no backends, or a port the VIP does not
 serve -- is rejected at once in the filter hooks instead of leaking to a default route.
 
-Rendering is pure (``render_*``), so the generated rulesets are unit-tested without a
-kernel; :class:`NftablesLoadBalancer` applies them through :class:`shoal.net.nft.NftRunner`.
+Writing: the rules as nft text (:class:`shoal.net.nft.NftRunner`), the elements as raw
+nf_tables netlink (:mod:`shoal.net.nftnl`, encoded by :mod:`shoal.net.nft_elements`) --
+nft's text parse of ~110,000 elements was most of a 10,000-service full sync. A full sync
+is two transactions, each atomic for traffic: :func:`render_prepare` declares the sets and
+chains and flushes and refills every chain's rules without touching an element (identical
+rules over an identical table), then ONE netlink batch flushes every set and adds every
+element; chains nothing refers to any more go last. So a re-sync, or a restarted agent's
+first sync, never shows traffic an empty table. Where the skeleton cannot be prepared in
+place (an older Shoal's set of another type) the whole table is replaced by the text
+script of :func:`render_full` in one transaction, as before. Incremental changes are
+netlink batches too (a chain for a new backend count is added by text first: unreferenced
+until the batch's dispatch element). :meth:`NftablesLoadBalancer.repair` diffs the
+kernel's rules and elements (netlink dumps, compared as bytes) with the model and writes
+only the difference.
+
+Rendering and encoding are pure (``render_*``, ``netlink_change``, nft_elements), so they
+are unit-tested without a kernel.
 """
 
 from __future__ import annotations
