@@ -240,6 +240,37 @@ def split_element(raw: bytes) -> tuple[bytes, bytes | None]:
     return key, data
 
 
+def _read_elements(buf: bytes, out: list[tuple[bytes, bytes | None]]) -> None:
+    """:func:`split_element` of every NFTA_LIST_ELEM in ``buf``, inline: an idle repair
+    of 10,000 services reads 110,000 of them, and the generic attribute walk (a slice
+    and a dict per level) was most of its CPU."""
+    unpack = _NLA.unpack_from
+    pos, end = 0, len(buf)
+    while pos + 4 <= end:
+        size, kind = unpack(buf, pos)
+        if size < 4:
+            return
+        if kind & 0x3FFF == NFTA_LIST_ELEM:
+            p, stop = pos + 4, pos + size
+            key = b""
+            data: bytes | None = None
+            while p + 4 <= stop:
+                asize, akind = unpack(buf, p)
+                if asize < 8:
+                    break
+                inner_size, inner_kind = unpack(buf, p + 4)
+                value = buf[p + 8:p + 4 + inner_size]
+                if akind & 0x3FFF == NFTA_SET_ELEM_KEY:
+                    key = value
+                elif akind & 0x3FFF == NFTA_SET_ELEM_DATA:
+                    # A verdict comes back without NLA_F_NESTED: re-nested, as encoded.
+                    data = value if inner_kind & 0x3FFF == NFTA_DATA_VALUE else nest(
+                        NFTA_SET_ELEM_DATA, nest(NFTA_DATA_VERDICT, value))
+                p += (asize + 3) & ~3
+            out.append((key, data))
+        pos += (size + 3) & ~3
+
+
 def _attrs(data: bytes) -> Iterator[tuple[int, bytes]]:
     """(type without flags, payload) of each attribute in ``data``."""
     pos, end = 0, len(data)
@@ -417,11 +448,8 @@ class NftNetlink:
         out: list[tuple[bytes, bytes | None]] = []
         for payload in self._dump((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM, body):
             for kind, value in _attrs(payload[4:]):
-                if kind != NFTA_SET_ELEM_LIST_ELEMENTS:
-                    continue
-                for item_kind, item in _attrs(value):
-                    if item_kind == NFTA_LIST_ELEM:
-                        out.append(split_element(item))
+                if kind == NFTA_SET_ELEM_LIST_ELEMENTS:
+                    _read_elements(value, out)
         return out
 
     def chains(self) -> set[str]:

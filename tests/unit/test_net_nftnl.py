@@ -44,3 +44,15 @@ def test_error_ack_points_at_the_refused_element() -> None:
     ack = struct.pack("=IHHII", 16 + len(body), nftnl.NLMSG_ERROR,
                       nftnl.NLM_F_ACK_TLVS | 0x100, 7, 0) + body
     assert nftnl._error_of(ack, 0, len(ack)) == (2, 96)
+
+
+def test_the_inline_dump_reader_agrees_with_split_element() -> None:
+    key = ip("10.254.0.5") + nftnl.PROTO_BYTES["tcp"] + nftnl.port_bytes(80)
+    items = [nftnl.element(nftnl.LAYOUTS["svc"], key, nftnl.verdict_data("lb_tcp_2")),
+             nftnl.element(nftnl.LAYOUTS["be"], ip("10.254.0.5") + nftnl.port_bytes(80)
+                           + nftnl.index_bytes(3), ip("10.1.0.2") + nftnl.port_bytes(8080)),
+             nftnl.element(nftnl.LAYOUTS["vips"], ip("10.254.0.9"))]
+    out: list[tuple[bytes, bytes | None]] = []
+    nftnl._read_elements(b"".join(items), out)
+    assert out == [nftnl.split_element(item[4:]) for item in items]
+    assert out[2] == (ip("10.254.0.9"), None)
