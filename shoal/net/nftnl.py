@@ -3,11 +3,12 @@
 Why not nft text: a full sync of 10,000 services x 10 endpoints is ~110,000 set elements,
 and nft spends ~0.5 s of CPU parsing their text before the kernel sees a byte. Why not
 pyroute2's nftables layer: its generic attribute encoder builds a Python object tree per
-element -- measured 44 us of CPU each (~4.8 s for 110,000), against ~0.4 us here. The elements of Shoal's maps have a handful of fixed
-layouts, so each one is a few ``bytes`` concatenations of precomputed headers
-(:data:`LAYOUTS`), and every message of a sync goes into one nfnetlink batch
-(``NFNL_MSG_BATCH_BEGIN`` .. ``END``): the kernel applies the whole batch as ONE
-transaction or none of it, which is what keeps a re-sync atomic for traffic.
+element -- measured 44 us of CPU each (~4.8 s for 110,000), against ~0.4 us here. The
+elements of Shoal's maps have a handful of fixed layouts, so each one is a few ``bytes``
+concatenations of precomputed headers (:data:`LAYOUTS`), and every message of a sync
+goes into one nfnetlink batch (``NFNL_MSG_BATCH_BEGIN`` .. ``END``): the kernel applies
+the whole batch as ONE transaction or none of it, which keeps a re-sync atomic for
+traffic.
 
 Wire format, as ``nft --debug=netlink,mnl`` sends it (uapi ``linux/netfilter/nf_tables.h``):
 a concatenated key is each field padded to 4 bytes; addresses and ports in network order,
@@ -358,7 +359,15 @@ class NftNetlink:
             parts.append(_HDR.pack(20, NFNL_MSG_BATCH_END, NLM_F_REQUEST,
                                    self._next_seq(), 0)
                          + _nfgen(socket.AF_UNSPEC, NFNL_SUBSYS_NFTABLES))
-            self.sock.sendall(b"".join(parts))
+            batch = b"".join(parts)
+            try:
+                self.sock.sendall(batch)
+            except OSError as exc:
+                raise NftError(
+                    f"sending a {len(batch)}-byte nf_tables batch failed ({exc}); nothing "
+                    f"was changed. The send buffer is set with SO_SNDBUFFORCE, which needs "
+                    f"CAP_NET_ADMIN; without it net.core.wmem_max must exceed the batch"
+                ) from exc
             self.messages_sent += len(pending)
             failures = self._collect(begin, pending)
         if failures:
