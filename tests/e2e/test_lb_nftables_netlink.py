@@ -357,12 +357,14 @@ async def test_ten_thousand_services_sync_and_repair(lab: Lab) -> None:
     try:
         t0 = time.monotonic()
         await lb.sync(services)
-        assert time.monotonic() - t0 < 30  # a hang guard, not a benchmark
+        assert time.monotonic() - t0 < 120  # a hang guard, not a benchmark
         assert lb.last_full_sync == "netlink"
+        # (nft reads all 110,000 elements for any query: minutes allowed on a busy host.)
         got = sh("ip", "netns", "exec", ns, "nft", "get", "element", "ip", "shoal", "be_tcp",
-                 "{ 10.254.0.34 . 80 . 7, 10.254.39.250 . 80 . 9 }").stdout
+                 "{ 10.254.0.34 . 80 . 7, 10.254.39.250 . 80 . 9 }", timeout=180).stdout
         assert "10.1.33.8 . 8080" in got and "10.40.249.10 . 8080" in got
-        sh("ip", "netns", "exec", ns, "nft", "flush", "map", "ip", "shoal", "be_tcp")
+        sh("ip", "netns", "exec", ns, "nft", "flush", "map", "ip", "shoal", "be_tcp",
+           timeout=180)
         report = await lb.repair()
         assert report == ["restored 100000 backends element(s) of 10000 services in set "
                           "be_tcp (10.254.0.100:80/tcp, 10.254.0.101:80/tcp, "
