@@ -444,7 +444,9 @@ class NftablesLoadBalancer(LoadBalancer):
                 have_sets[name] = {}
         if rewrite:
             await self.runner.run(render_prepare(self._chains))
-        ops, lines = _element_repairs(self._model.values(), have_sets)
+        # ~0.2 s of CPU at 10,000 x 10: off the event loop.
+        ops, lines = await asyncio.to_thread(_element_repairs, list(self._model.values()),
+                                             have_sets)
         if ops:
             await asyncio.to_thread(nl.commit, ops)
         report += lines
