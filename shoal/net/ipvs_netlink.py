@@ -23,14 +23,13 @@ both thresholds, or the kernel answers EINVAL.
 from __future__ import annotations
 
 import errno
-import functools
 import ipaddress
 import os
 import socket
 import struct
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
@@ -74,6 +73,19 @@ def _nla(kind: int, payload: bytes) -> bytes:
     return struct.pack("=HH", size, kind) + payload + b"\0" * (-size % 4)
 
 
+# Templates: one ``struct`` call per attribute group, not one per attribute -- a full sync
+# of 10,000 services x 10 real servers builds 110,000 commands, and per-attribute packing
+# (plus ipaddress's own ``packed``) cost ~1.7 s of host CPU there. Addresses are packed as
+# ``htonl(int(addr))`` in host order, which puts them in network order on the wire; ports
+# the same with ``htons``.
+_SVC_ADDR_KEY = struct.Struct("=HHH2x HHH2x HHI HHH2x")  # af, protocol, addr, port
+_SVC_MARK_KEY = struct.Struct("=HHH2x HHI")  # af, fwmark
+_SVC_REST = struct.Struct("=HHII HHI HHI")  # flags (flags, mask), timeout, netmask
+_DEST_KEY = struct.Struct("=HHI HHH2x HHH2x")  # address, port, address family
+_DEST_REST = struct.Struct("=HHI HHI HHI HHI")
+_NLA_HDR = struct.Struct("=HH")
+
+
 @dataclass(frozen=True)
 class ServiceId:
     """An IPv4 IPVS service: by address, protocol number and port, or by fwmark."""
@@ -82,51 +94,54 @@ class ServiceId:
     protocol: int
     port: int
     fwmark: int = 0
+    # The nested service attribute identifying it, packed once per service.
+    service_nla: bytes = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        key = self.key_attrs()
+        object.__setattr__(self, "service_nla", _NLA_HDR.pack(4 + len(key), ATTR_SERVICE)
+                           + key)
 
     def __str__(self) -> str:
         if self.fwmark:
             return f"fwmark {self.fwmark:#x}"
         return f"{self.addr}:{self.port}/{self.protocol}"
 
-    @functools.cached_property
-    def service_nla(self) -> bytes:
-        """The nested service attribute identifying it (computed once per service)."""
-        return _nla(ATTR_SERVICE, self.key_attrs())
-
     def key_attrs(self) -> bytes:
         if self.fwmark:
-            return (_nla(SVC_AF, struct.pack("=H", socket.AF_INET))
-                    + _nla(SVC_FWMARK, struct.pack("=I", self.fwmark)))
+            return _SVC_MARK_KEY.pack(6, SVC_AF, socket.AF_INET, 8, SVC_FWMARK, self.fwmark)
         assert self.addr is not None
-        return (_nla(SVC_AF, struct.pack("=H", socket.AF_INET))
-                + _nla(SVC_PROTOCOL, struct.pack("=H", self.protocol))
-                + _nla(SVC_ADDR, self.addr.packed)
-                + _nla(SVC_PORT, struct.pack("!H", self.port)))
+        return _SVC_ADDR_KEY.pack(6, SVC_AF, socket.AF_INET, 6, SVC_PROTOCOL, self.protocol,
+                                  8, SVC_ADDR, socket.htonl(int(self.addr)),
+                                  6, SVC_PORT, socket.htons(self.port))
 
     def full_attrs(self, scheduler: str) -> bytes:
         return (self.key_attrs()
                 + _nla(SVC_SCHED_NAME, scheduler.encode() + b"\0")
-                + _nla(SVC_FLAGS, struct.pack("=II", 0, 0xFFFFFFFF))
-                + _nla(SVC_TIMEOUT, struct.pack("=I", 0))
-                + _nla(SVC_NETMASK, b"\xff\xff\xff\xff"))
+                + _SVC_REST.pack(12, SVC_FLAGS, 0, 0xFFFFFFFF, 8, SVC_TIMEOUT, 0,
+                                 8, SVC_NETMASK, 0xFFFFFFFF))
 
 
-# A full real-server entry, packed in one call: this runs 100,000 times in a full sync.
-# Ports are big-endian on the wire (packed here as htons of the port).
-_DEST_FULL = struct.Struct("=HH4s HHH2x HHH2x HHI HHI HHI HHI")
-_DEST_KEY = struct.Struct("=HH4s HHH2x HHH2x")
+_DEST_TAILS: dict[tuple[int, int], bytes] = {}
+
+
+def _dest_tail(fwd_method: int, weight: int) -> bytes:
+    """Forwarding method, weight and both thresholds: the same for every real server of
+    a sync, so packed once."""
+    found = _DEST_TAILS.get((fwd_method, weight))
+    if found is None:
+        found = _DEST_TAILS[(fwd_method, weight)] = _DEST_REST.pack(
+            8, DEST_FWD_METHOD, fwd_method, 8, DEST_WEIGHT, weight,
+            8, DEST_U_THRESH, 0, 8, DEST_L_THRESH, 0)
+    return found
 
 
 def dest_attrs(addr: ipaddress.IPv4Address, port: int, *, fwd_method: int | None = None,
                weight: int = 1) -> bytes:
     """A real server; with ``fwd_method`` the full entry that add/set need."""
-    if fwd_method is None:
-        return _DEST_KEY.pack(8, DEST_ADDR, addr.packed, 6, DEST_PORT, socket.htons(port),
-                              6, DEST_ADDR_FAMILY, socket.AF_INET)
-    return _DEST_FULL.pack(8, DEST_ADDR, addr.packed, 6, DEST_PORT, socket.htons(port),
-                           6, DEST_ADDR_FAMILY, socket.AF_INET, 8, DEST_FWD_METHOD,
-                           fwd_method, 8, DEST_WEIGHT, weight, 8, DEST_U_THRESH, 0,
-                           8, DEST_L_THRESH, 0)
+    key = _DEST_KEY.pack(8, DEST_ADDR, socket.htonl(int(addr)), 6, DEST_PORT,
+                         socket.htons(port), 6, DEST_ADDR_FAMILY, socket.AF_INET)
+    return key if fwd_method is None else key + _dest_tail(fwd_method, weight)
 
 
 class Command:
@@ -180,9 +195,13 @@ def del_service(svc: ServiceId) -> Command:
     return Command(CMD_DEL_SERVICE, svc.service_nla, _GONE_SERVICE, ("delete service", svc))
 
 
+_DEST_FULL_HDR = _NLA_HDR.pack(4 + _DEST_KEY.size + _DEST_REST.size, ATTR_DEST)
+_DEST_KEY_HDR = _NLA_HDR.pack(4 + _DEST_KEY.size, ATTR_DEST)
+
+
 def _dest_nla(addr: ipaddress.IPv4Address, port: int, fwd_method: int | None) -> bytes:
-    body = dest_attrs(addr, port, fwd_method=fwd_method)
-    return struct.pack("=HH", 4 + len(body), ATTR_DEST) + body
+    head = _DEST_KEY_HDR if fwd_method is None else _DEST_FULL_HDR
+    return head + dest_attrs(addr, port, fwd_method=fwd_method)
 
 
 def add_dest(svc: ServiceId, addr: ipaddress.IPv4Address, port: int, fwd_method: int

@@ -17,11 +17,13 @@ from __future__ import annotations
 import abc
 import ipaddress
 import socket
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 Protocol = Literal["tcp", "udp"]
+_PORT_FIELD = struct.Struct("!H2x")
 BackendName = Literal["nftables", "ipvs"]
 
 
@@ -33,10 +35,14 @@ class Backend:
     # would otherwise spend most of its rendering time in ipaddress.__str__.
     text: str = field(init=False, compare=False, repr=False)
     ip_text: str = field(init=False, compare=False, repr=False)
+    # Address and port as nftables concatenation fields (4 + 2 bytes, padded to 8): the
+    # netlink full sync (nft_elements) writes these 100,000 times.
+    wire: bytes = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ip_text", str(self.ip))
         object.__setattr__(self, "text", f"{self.ip_text}:{self.port}")
+        object.__setattr__(self, "wire", self.ip.packed + _PORT_FIELD.pack(self.port))
 
     @classmethod
     def parse(cls, text: str) -> Backend:
@@ -98,6 +104,15 @@ class LoadBalancer(abc.ABC):
         incremental change would not notice (the agent calls it now and then, like
         kube-proxy's periodic full sync)."""
         await self.sync(list(self.services.values()))
+
+    async def repair(self) -> list[str]:
+        """Make the kernel hold exactly the model again, changing only what drifted
+        (someone deleted a rule or an element by hand), and say what was repaired, one
+        human-readable line each (empty: nothing had drifted). The agent calls it from
+        its periodic pass and logs the lines. This default rewrites everything and
+        cannot tell what drifted; the backends override it."""
+        await self.resync()
+        return []
 
     @property
     @abc.abstractmethod

@@ -274,6 +274,19 @@ class IpvsLoadBalancer(LoadBalancer):
     # ---- LoadBalancer --------------------------------------------------------------------
 
     async def sync(self, services: Sequence[VirtualService]) -> None:
+        await self._sync(services)
+
+    async def repair(self) -> list[str]:
+        """The full sync over the model, reporting what it changed: VIP addresses, and
+        IPVS services and real servers (read from /proc/net/ip_vs and diffed). The
+        netfilter companion is rewritten whole every time (small: a rule and a set
+        element per VIP), so its drift is repaired but not reported."""
+        if not self._synced:
+            await self.resync()
+            return []
+        return await self._sync(list(self._model.values()))
+
+    async def _sync(self, services: Sequence[VirtualService]) -> list[str]:
         check_supported(services)
         await self._prepare()
         assert self._companion is not None
@@ -283,7 +296,9 @@ class IpvsLoadBalancer(LoadBalancer):
         vips = {k[0] for k in want if k[0] is not None}
         # Addresses first (a new VIP's service is recognised as ours by its address),
         # stale addresses last: a stale service is still ours while its address is there.
-        stale_vips = await self._sync_vips(vips, remove=False)
+        report: list[str] = []
+        added_vips: set[ipaddress.IPv4Address] = set()
+        stale_vips = await self._sync_vips(vips, remove=False, added=added_vips)
         await self._companion.full(list(want.values()))
         have = await self._read_kernel()
         commands = [ipvs_netlink.del_service(service_id(k)) for k in have.keys() - want.keys()]
@@ -292,8 +307,16 @@ class IpvsLoadBalancer(LoadBalancer):
         await self._run(commands)
         if stale_vips:
             await self._sync_vips(vips, remove=True)
+        if added_vips:
+            report.append(f"restored {len(added_vips)} VIP address(es) on {DUMMY}: "
+                          f"{_some(sorted(added_vips))}")
+        if stale_vips:
+            report.append(f"removed {len(stale_vips)} stray VIP address(es) from {DUMMY}: "
+                          f"{_some(sorted(stale_vips))}")
+        report += describe_commands(commands)
         self._set_model(want)
         self._synced = True
+        return report
 
     async def update_service(self, service: VirtualService) -> None:
         self._check_joins(service)
@@ -460,13 +483,17 @@ class IpvsLoadBalancer(LoadBalancer):
         await ipr.link("set", index=index, state="up")
         return index
 
-    async def _sync_vips(self, vips: set[ipaddress.IPv4Address], *, remove: bool
+    async def _sync_vips(self, vips: set[ipaddress.IPv4Address], *, remove: bool,
+                         added: set[ipaddress.IPv4Address] | None = None
                          ) -> set[ipaddress.IPv4Address]:
-        """Add the missing VIP addresses; with ``remove``, also drop the others.
-        Returns the addresses present but not wanted (before any removal)."""
+        """Add the missing VIP addresses (collected in ``added``); with ``remove``, also
+        drop the others. Returns the addresses present but not wanted (before any
+        removal)."""
         async with self._iproute() as ipr:
             index = await self._dummy(ipr)
         have = await self._addresses(index)
+        if added is not None:
+            added |= vips - have
         # Batched: one pyroute2 request per address costs seconds at 10,000 VIPs.
         commands = [ipvs_netlink.add_address(index, vip) for vip in sorted(vips - have)]
         if remove:
@@ -537,6 +564,33 @@ def service_commands(svc: VirtualService, have: Have | None) -> list[ipvs_netlin
     commands += [ipvs_netlink.add_dest(sid, b.ip, b.port, FWD_MASQ)
                  for k, b in want.items() if k not in have]
     return commands
+
+
+def _some(items: Sequence[object], shown: int = 3) -> str:
+    more = f" (+{len(items) - shown} more)" if len(items) > shown else ""
+    return ", ".join(map(str, items[:shown])) + more
+
+
+def describe_commands(commands: Sequence[ipvs_netlink.Command]) -> list[str]:
+    """What a batch of commands repairs, one line per service (a summary past 20)."""
+    per: dict[str, dict[str, int]] = {}
+    for command in commands:
+        verb, svc = str(command.desc[0]), str(command.desc[-1])
+        counts = per.setdefault(svc, {})
+        counts[verb] = counts.get(verb, 0) + 1
+    if len(per) > 20:
+        return [f"repaired {len(per)} IPVS services ({len(commands)} commands): "
+                f"{_some(sorted(per))}"]
+    words = {"add service": "service was missing: added",
+             "delete service": "service is not in the model: deleted",
+             "add": "real server(s) restored", "delete": "stray real server(s) removed",
+             "set": "real server(s) switched to masquerading"}
+    lines = []
+    for svc, counts in sorted(per.items()):
+        parts = [f"{n} {words.get(v, v)}" if v in ("add", "delete", "set")
+                 else words.get(v, v) for v, n in counts.items()]
+        lines.append(f"IPVS {svc}: {'; '.join(parts)}")
+    return lines
 
 
 def owned_services(listed: Iterable[ipvs_netlink.ListedService],

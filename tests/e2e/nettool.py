@@ -8,6 +8,8 @@ udp HOST PORT SIZE   one datagram of SIZE bytes with DF set; prints the reply or
 http HOST PORT N [S] N HTTP/1.0 GETs of /, one line each: the body's first line (or ERR),
                      retried like tcp for up to S seconds (default 20).
 say HOST PORT TEXT   one TCP connection: send TEXT, print the reply (or ERR <reason>).
+echo NAME PORT       TCP on PORT: each line a client sends is answered "NAME <line>", on
+                     the same connection, for as long as the client keeps it open.
 hold HOST PORT       one TCP connection held open: every line read from stdin is sent
                      and the reply printed ("ERR <reason>" once the connection is gone).
 load HOST PORT PATH  HTTP/1.0 GETs of PATH one after another, a new connection each,
@@ -49,6 +51,22 @@ def serve(name: str, port: int) -> None:
         conn, _ = tcp.accept()
         with conn:
             conn.sendall(name.encode())
+
+
+def echo(name: str, port: int) -> None:
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tcp.bind(("0.0.0.0", port))
+    tcp.listen(16)
+
+    def answer(conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as lines:
+            for line in lines:
+                conn.sendall(f"{name} {line.decode().strip()}\n".encode())
+
+    while True:
+        conn, _ = tcp.accept()
+        threading.Thread(target=answer, args=(conn,), daemon=True).start()
 
 
 def _probe(once: Callable[[], str], count: int, retry: float) -> None:
@@ -185,6 +203,8 @@ def main(argv: list[str]) -> None:
         http(rest[0], int(rest[1]), int(rest[2]), float(rest[3]) if len(rest) > 3 else 20)
     elif cmd == "say":
         say(rest[0], int(rest[1]), rest[2])
+    elif cmd == "echo":
+        echo(rest[0], int(rest[1]))
     elif cmd == "hold":
         hold(rest[0], int(rest[1]))
     elif cmd == "load":

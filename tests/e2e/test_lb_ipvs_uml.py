@@ -127,7 +127,11 @@ def test_fresh_balancer_adopts_and_prunes(guest: dict[str, Any]) -> None:
 
 def test_resync_repairs_drift(guest: dict[str, Any]) -> None:
     assert view(guest["drifted"]) == {WEB: ALL[1:]}
+    # repair() puts back exactly the deleted real server and says so; then nothing.
+    assert guest["repair_report"] == [f"IPVS {VIP}:{PORT}/6: 1 real server(s) restored"]
     assert view(guest["repaired"]) == {WEB: ALL}
+    assert guest["repair_again"] == []
+    assert view(guest["resynced_after_repair"]) == {WEB: ALL}
 
 
 def test_whole_vip_marks_are_what_the_kernel_lists() -> None:

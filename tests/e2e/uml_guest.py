@@ -242,8 +242,11 @@ async def scenario_ipvs(result: dict[str, Any]) -> None:
             await raw.dest("del", service=IPVSService(**service_fields(web)),
                            dest=IPVSDest(addr=BACKENDS["b1"][1], port=BACKEND_PORT))
         steps["drifted"] = snapshot(lb)
-        await lb.resync()
+        steps["repair_report"] = await lb.repair()
         steps["repaired"] = snapshot(lb)
+        steps["repair_again"] = await lb.repair()  # nothing drifted: nothing reported
+        await lb.resync()
+        steps["resynced_after_repair"] = snapshot(lb)
 
         await whole_vip_steps(lb, steps, snapshot, connect)
 

@@ -128,6 +128,27 @@ def test_service_commands_are_the_difference() -> None:
                                           "add 10.0.9.11:80 to 10.254.0.5:80/6"]
 
 
+def test_repair_report_says_what_each_service_got() -> None:
+    svc = VirtualService.make("10.254.0.5", 80, "tcp", ["10.0.9.10:80", "10.0.9.11:80"])
+    drifted = {(int(ipaddress.IPv4Address("10.0.9.10")), 80): 3,
+               (int(ipaddress.IPv4Address("10.0.9.12")), 80): 0}
+    gone = lb_ipvs.service_id((ipaddress.IPv4Address("10.254.0.9"), 81, "tcp"))
+    commands = [ipvs_netlink.del_service(gone), *lb_ipvs.service_commands(svc, drifted),
+                *lb_ipvs.service_commands(VirtualService.make(None, 30080, "tcp",
+                                                              ["10.0.9.10:80"]), None)]
+    assert lb_ipvs.describe_commands(commands) == [
+        "IPVS 10.254.0.5:80/6: 1 real server(s) switched to masquerading; "
+        "1 stray real server(s) removed; 1 real server(s) restored",
+        "IPVS 10.254.0.9:81/6: service is not in the model: deleted",
+        f"IPVS fwmark {ipvs_netfilter.fwmark_for('tcp', 30080):#x}: service was missing: "
+        "added; 1 real server(s) restored"]
+    many = [c for i in range(30) for c in lb_ipvs.service_commands(VirtualService.make(
+        f"10.254.1.{i + 1}", 80, "tcp", ["10.0.9.10:80"]), None)]
+    assert lb_ipvs.describe_commands(many) == [
+        "repaired 30 IPVS services (60 commands): 10.254.1.10:80/6, 10.254.1.11:80/6, "
+        "10.254.1.12:80/6 (+27 more)"]
+
+
 def test_acks_are_matched_by_sequence() -> None:
     def ack(seq: int, error: int) -> bytes:
         return struct.pack("=IHHIIi", 36, ipvs_netlink.NLMSG_ERROR, 0, seq, 0, error) + \

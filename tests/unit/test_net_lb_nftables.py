@@ -131,3 +131,16 @@ def test_whole_vip_services_keep_the_port() -> None:
         "delete element ip shoal va_tcp { 10.254.0.5 . 1 }",
         "add element ip shoal svca { 10.254.0.5 . tcp : goto va_tcp_1 }",
     ]
+
+
+def test_prepare_declares_every_chain_before_any_rule_and_keeps_elements() -> None:
+    from shoal.net.lb_nftables import render_prepare
+    lines = render_prepare({"lb_tcp_2", "va_udp_1"}).splitlines()
+    assert lines[0] == "add table ip shoal"
+    first_rule = min(i for i, ln in enumerate(lines) if ln.startswith("add rule"))
+    chains = [ln.split()[4] for ln in lines[:first_rule] if ln.startswith("add chain")]
+    assert {"services", "reject_vip", "lb_tcp_2", "va_udp_1"} <= set(chains)
+    # Chains are flushed and refilled; sets only declared: their elements stay.
+    assert "flush chain ip shoal services" in lines
+    assert not any(ln.startswith(("flush map", "flush set", "delete")) for ln in lines)
+    assert "add rule ip shoal lb_tcp_2 " + render_chain("lb_tcp_2") in lines
