@@ -21,7 +21,10 @@ several controller-managers can run; for each controller one of them leads.
   mount it, once (``shoal.io/mounted-digests``): per-object, like the orchestrator;
 * ``validity-networks|secrets|configs`` — ``Valid=False`` with admission's messages on
   an object of those kinds stored in a form admission refuses (written straight into
-  etcd), ``Valid=True`` once fixed: per-object.
+  etcd), ``Valid=True`` once fixed: per-object;
+* ``etcd-maintenance`` — etcd out of space (its NOSPACE alarm): compact, defragment,
+  disarm, and the Events saying so; unelected, in every manager (etcd cannot elect
+  anyone while it refuses writes).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from shoal.controllers import validity
 from shoal.controllers.allocator import controller as allocator
 from shoal.controllers.distributor import controller as distributor
 from shoal.controllers.fold import controller as fold
+from shoal.controllers.maintenance import controller as maintenance
 from shoal.controllers.nodes import controller as nodes
 from shoal.controllers.orchestrator import controller as orchestrator
 from shoal.controllers.rotation import controller as rotation
@@ -43,4 +47,5 @@ def controller_specs() -> list[Spec]:
     return [nodes.controller_spec(), fold.controller_spec(), orchestrator.controller_spec(),
             updater.controller_spec(), scheduler.controller_spec(),
             allocator.controller_spec(), rotation.controller_spec(),
-            distributor.controller_spec(), *validity.controller_specs()]
+            distributor.controller_spec(), *validity.controller_specs(),
+            maintenance.controller_spec()]
