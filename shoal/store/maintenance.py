@@ -119,6 +119,31 @@ async def spaces(client: etcd.EtcdClient) -> list[etcd.MemberSpace]:
     return out
 
 
+async def alarm_report(client: etcd.EtcdClient, quota: int | None = None) -> str:
+    """One line naming the members out of space and their sizes, '' without an alarm.
+
+    ``quota`` None: the quota is not known here (swctl), so the line says where it is set.
+    """
+    alarmed = await no_space_alarms(client)
+    if not alarmed:
+        return ""
+    members = await client.member_list()
+    names = {m.id: m.name or f"{m.id:x}" for m in members}
+    urls = member_endpoints(members, client.endpoints[0].scheme, client.endpoints)
+    parts = []
+    for member in alarmed:
+        where = f"{names.get(member, f'{member:x}')} ({urls.get(member, 'no client URL')})"
+        try:
+            space = await client.space(urls[member]) if member in urls else None
+        except errors.UnavailableError:
+            space = None
+        size = f"db {mib(space.db_size)}" if space is not None else "db size unknown"
+        parts.append(f"{where}: {size}")
+    limit = (f"quota {mib(quota)}" if quota else
+             "the limit is the members' --quota-backend-bytes, 4 GiB in the etcd Shoal starts")
+    return f"NOSPACE alarm on {', '.join(parts)}; {limit}"
+
+
 async def no_space_alarms(client: etcd.EtcdClient) -> list[int]:
     """The members whose NOSPACE alarm is raised."""
     return [member for member, alarm in await client.alarms() if alarm == "NOSPACE"]
