@@ -71,6 +71,12 @@ class LimitError(StoreError):
         super().__init__(f"etcd at {url} refused the request: {detail}")
 
 
+#: Words every NoSpaceError's message holds, and the event the store logs when etcd
+#: accepts writes again: how ``shoal.runtime.logging`` keeps one line per outage.
+NO_SPACE_MARK = "is out of space and refuses writes"
+SPACE_BACK_EVENT = "etcd accepts writes again"
+
+
 class NoSpaceError(UnavailableError):
     """etcd is out of space (its NOSPACE alarm is raised): it refuses every write that
     would add data -- puts, transactions with a put, lease grants -- until its history is
@@ -82,7 +88,7 @@ class NoSpaceError(UnavailableError):
     def __init__(self, url: str, detail: str) -> None:
         StoreError.__init__(
             self,
-            f"etcd at {url} is out of space and refuses writes ({detail}). Shoal's "
+            f"etcd at {url} {NO_SPACE_MARK} ({detail}). Shoal's "
             "controller-manager compacts and defragments etcd and disarms the alarm by "
             "itself within a minute; if the alarm stays, run `swctl etcd recover-space`, "
             "or by hand: `etcdctl compact <revision>`, `etcdctl defrag --cluster`, "

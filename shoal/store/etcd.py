@@ -603,7 +603,7 @@ class EtcdClient:
         raise AssertionError("unreachable")  # the last attempt returns or raises
 
     def _space_back(self) -> None:
-        log.warning("etcd accepts writes again", key=self.url,
+        log.warning(errors.SPACE_BACK_EVENT, key=self.url,
                     refused_for=round(time.monotonic() - self.no_space_since, 1))
         self.no_space_since = 0.0
 

@@ -21,6 +21,7 @@ starts. The decisions and messages are pure functions, tested without etcd.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Sequence
 from typing import Final
@@ -32,6 +33,8 @@ from shoal.store import errors, etcd
 DISARM_BELOW: Final = 0.95
 #: Above this share after recovery, the Event warns that compaction is not enough.
 TIGHT_ABOVE: Final = 0.8
+#: etcd's backend commits every 100 ms; the sizes it reports lag until then.
+COMMIT_LAG: Final = 0.2
 #: A member is worth defragmenting when at least this share of its file is free...
 DEFRAG_FREE_SHARE: Final = 0.1
 #: ...or at least this many bytes are.
@@ -59,6 +62,14 @@ def needs_defrag(space: etcd.MemberSpace) -> bool:
     """Whether defragmenting the member would give back enough to be worth a pause."""
     free = space.db_size - space.db_in_use
     return free > 0 and (free >= DEFRAG_FREE_BYTES or free >= space.db_size * DEFRAG_FREE_SHARE)
+
+
+def to_defragment(space: etcd.MemberSpace, quota: int, first: bool) -> bool:
+    """Whether :func:`recover_space` defragments a member: one over the limit on the first
+    try of an outage (the sizes in use lag a compaction by a backend commit, so they do
+    not say yet what it freed), and later any with enough to give back; a member someone
+    defragmented a moment ago is neither."""
+    return (first and space.db_size > quota * DISARM_BELOW) or needs_defrag(space)
 
 
 def should_disarm(after: Sequence[etcd.MemberSpace], quota: int) -> bool:
@@ -149,10 +160,12 @@ async def no_space_alarms(client: etcd.EtcdClient) -> list[int]:
     return [member for member, alarm in await client.alarms() if alarm == "NOSPACE"]
 
 
-async def recover_space(client: etcd.EtcdClient, quota: int,
-                        force: bool = False) -> Recovery | None:
+async def recover_space(client: etcd.EtcdClient, quota: int, force: bool = False,
+                        first: bool = True) -> Recovery | None:
     """Compact, defragment and (if it freed enough) disarm; None if no alarm was raised
-    (unless ``force``: then compact and defragment anyway)."""
+    (unless ``force``: then compact and defragment anyway). ``first``: the first try of
+    this outage (see :func:`to_defragment`); a retry after a try that freed too little
+    defragments only members with space to give back, not every member every time."""
     alarmed = await no_space_alarms(client)
     if not alarmed and not force:
         return None
@@ -163,10 +176,11 @@ async def recover_space(client: etcd.EtcdClient, quota: int,
         if "compacted" not in str(exc):
             raise
         revision = 0  # another caller compacted to this revision already
+    await asyncio.sleep(COMMIT_LAG)
     before = await spaces(client)
     defragmented = []
     for space in before:
-        if needs_defrag(space):
+        if to_defragment(space, quota, first or force):
             await client.defragment(space.endpoint)
             defragmented.append(space.endpoint)
     after = await spaces(client)

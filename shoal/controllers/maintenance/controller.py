@@ -44,7 +44,7 @@ POLL: Final = 2.0
 #: Upper bound of the random wait after first seeing an alarm, before acting on it.
 JITTER: Final = 1.5
 #: Seconds before another recovery when the last one could not free enough.
-RETRY_STUCK: Final = 30.0
+RETRY_STUCK: Final = 10.0
 STUCK_LOG_EVERY: Final = 60.0
 QUOTA_ENV: Final = "SHOAL_ETCD_QUOTA_BYTES"
 
@@ -93,6 +93,7 @@ class MaintenanceLoop:
         last_try = 0.0
         stuck = False
         last_stuck_log = 0.0
+        stuck_at = 0              # the revision the last try that freed too little saw
         while True:
             now = time.monotonic()
             try:
@@ -120,7 +121,11 @@ class MaintenanceLoop:
                 continue
             last_try = now
             try:
-                rec = await maintenance.recover_space(client, quota)
+                # A retry defragments every member over the limit again only if something
+                # was deleted since (the revision moved): otherwise it has nothing to free.
+                revision = await client.current_revision()
+                rec = await maintenance.recover_space(
+                    client, quota, first=not stuck or revision != stuck_at)
             except errors.UnavailableError as exc:
                 log.warning("etcd space recovery interrupted; trying again", key=NAME,
                             error=str(exc))
@@ -131,7 +136,7 @@ class MaintenanceLoop:
                 continue
             message = maintenance.outcome_message(rec)
             if not rec.disarmed:
-                stuck = True
+                stuck, stuck_at = True, revision
                 if now - last_stuck_log >= STUCK_LOG_EVERY:
                     last_stuck_log = now
                     log.error(message, key=NAME)
