@@ -49,8 +49,9 @@ async def run(workdir: Path, seed: int, duration: float, nodes: int,
               max_faults: int | None = None, settle: float = 120.0, stack: bool = True,
               fault_gap: tuple[float, float] = (1.0, 6.0),
               kinds: tuple[str, ...] = KINDS,
-              hold: tuple[float, float] = (0.5, 5.0), netns: bool = False) -> Result:
-    cluster = Cluster(workdir, nodes, netns=netns)
+              hold: tuple[float, float] = (0.5, 5.0), netns: bool = False,
+              etcd_quota: int | None = None) -> Result:
+    cluster = Cluster(workdir, nodes, netns=netns, etcd_quota=etcd_quota)
     try:
         cluster.start_etcd()
     except BaseException:
