@@ -129,7 +129,7 @@ async def _no_space_lines(store: client.Store, exc: store_errors.NoSpaceError) -
     """A write refused for want of space: which members, how big, what to do. Every
     swctl write is one transaction (a batch), so nothing of the refused one was written."""
     try:
-        where = await maintenance.alarm_report(store.etcd)
+        where = await maintenance.alarm_report(store.etcd, maintenance.quota_if_known())
     except store_errors.StoreError:
         where = ""
     return [f"etcd is out of space and refused the write, which changed nothing "

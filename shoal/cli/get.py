@@ -96,7 +96,7 @@ ALARM_KINDS = ("Event", "Node")
 async def warn_alarm(store: client.Store) -> None:
     """``warning: etcd is out of space ...`` on stderr while etcd's NOSPACE alarm is up."""
     try:
-        report = await maintenance.alarm_report(store.etcd)
+        report = await maintenance.alarm_report(store.etcd, maintenance.quota_if_known())
     except store_errors.StoreError:
         return  # a certificate that may not ask (a node's): the listing still helps
     if report:

@@ -23,11 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 from collections.abc import Sequence
 from typing import Final
 
-from shoal.store import errors, etcd
+from shoal.store import errors, etcd, etcd_server
 
+#: The environment variable naming the members' --quota-backend-bytes (etcd does not
+#: report it) for the controller-managers and swctl.
+QUOTA_ENV: Final = "SHOAL_ETCD_QUOTA_BYTES"
 #: Disarm only when every member's file is at most this share of the quota: a file
 #: just under it would raise the alarm again with the next few writes.
 DISARM_BELOW: Final = 0.95
@@ -52,6 +56,30 @@ class Recovery:
     defragmented: tuple[str, ...]       # endpoints defragmented by this call
     quota: int
     disarmed: bool
+
+
+def quota_from_env(environ: dict[str, str] | None = None) -> int:
+    """The members' ``--quota-backend-bytes``: ``$SHOAL_ETCD_QUOTA_BYTES`` or Shoal's own."""
+    raw = (environ if environ is not None else dict(os.environ)).get(QUOTA_ENV, "").strip()
+    if not raw:
+        return etcd_server.QUOTA_BYTES
+    try:
+        quota = int(raw)
+    except ValueError:
+        quota = 0
+    if quota <= 0:
+        raise ValueError(f'{QUOTA_ENV}="{raw}": expected the etcd members\' '
+                         "--quota-backend-bytes, a positive number of bytes")
+    return quota
+
+
+def quota_if_known() -> int | None:
+    """The quota ``$SHOAL_ETCD_QUOTA_BYTES`` names, None if unset or unreadable (swctl:
+    a message then says where the quota is set instead of guessing it)."""
+    try:
+        return quota_from_env() if os.environ.get(QUOTA_ENV) else None
+    except ValueError:
+        return None
 
 
 def mib(size: int) -> str:
@@ -161,15 +189,19 @@ async def no_space_alarms(client: etcd.EtcdClient) -> list[int]:
 
 
 async def recover_space(client: etcd.EtcdClient, quota: int, force: bool = False,
-                        first: bool = True) -> Recovery | None:
+                        first: bool = True, revision: int = 0) -> Recovery | None:
     """Compact, defragment and (if it freed enough) disarm; None if no alarm was raised
     (unless ``force``: then compact and defragment anyway). ``first``: the first try of
     this outage (see :func:`to_defragment`); a retry after a try that freed too little
-    defragments only members with space to give back, not every member every time."""
+    defragments only members with space to give back, not every member every time.
+    ``revision``: compact to it (0: the current one). Compacting cuts the history every
+    watcher resumes from: one a little behind must then re-list, so a caller that can
+    (the maintenance loop) passes a revision a couple of seconds old -- the junk that
+    filled etcd was written before the alarm, so that frees it just the same."""
     alarmed = await no_space_alarms(client)
     if not alarmed and not force:
         return None
-    revision = await client.current_revision()
+    revision = revision or await client.current_revision()
     try:
         await client.compact(revision)
     except errors.UnavailableError as exc:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
 from shoal.controllers.maintenance import controller as m
-from shoal.store import etcd_server
 
 
 def test_acts_after_its_jitter_and_retries_a_stuck_alarm_only_after_a_pause() -> None:
@@ -15,8 +12,10 @@ def test_acts_after_its_jitter_and_retries_a_stuck_alarm_only_after_a_pause() ->
     assert m.due(100.0, 1.0, last_try=105.0, stuck=True, now=105.0 + m.RETRY_STUCK)
 
 
-def test_quota_is_the_environments_or_shoals_own() -> None:
-    assert m.quota_from_env({}) == etcd_server.QUOTA_BYTES
-    assert m.quota_from_env({m.QUOTA_ENV: "67108864"}) == 64 * 1024 * 1024
-    with pytest.raises(ValueError, match="SHOAL_ETCD_QUOTA_BYTES=\"64M\": expected"):
-        m.quota_from_env({m.QUOTA_ENV: "64M"})
+
+
+def test_compacts_to_a_revision_a_couple_of_seconds_old_when_it_has_one() -> None:
+    seen = [(10.0, 100), (12.0, 105), (13.5, 107)]
+    assert m.compact_to(seen, now=14.0) == 105   # the newest seen >= 2 s ago
+    assert m.compact_to(seen[2:], now=14.0) == 107  # none that old: the oldest seen
+    assert m.compact_to([], now=14.0) == 0          # nothing seen: the current one

@@ -9,7 +9,7 @@ import pytest
 import structlog
 
 from shoal.runtime import logging as rt_logging
-from shoal.store import errors, etcd, maintenance
+from shoal.store import errors, etcd, etcd_server, maintenance
 
 MiB = 1024 * 1024
 QUOTA = 64 * MiB
@@ -89,3 +89,10 @@ def test_refusals_are_logged_once_per_call_site_until_etcd_accepts_writes() -> N
     assert rt_logging.once_per_outage(None, "warning", line("write failed", error="conflict"))
     rt_logging.once_per_outage(None, "warning", line(errors.SPACE_BACK_EVENT))
     assert rt_logging.once_per_outage(None, "warning", line("write failed", error=refused))
+
+
+def test_quota_is_the_environments_or_shoals_own() -> None:
+    assert maintenance.quota_from_env({}) == etcd_server.QUOTA_BYTES
+    assert maintenance.quota_from_env({maintenance.QUOTA_ENV: "67108864"}) == QUOTA
+    with pytest.raises(ValueError, match="SHOAL_ETCD_QUOTA_BYTES=\"64M\": expected"):
+        maintenance.quota_from_env({maintenance.QUOTA_ENV: "64M"})

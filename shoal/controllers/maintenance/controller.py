@@ -25,16 +25,17 @@ starts etcd with (``etcd_server.QUOTA_BYTES``).
 from __future__ import annotations
 
 import asyncio
-import os
+import collections
 import random
 import time
+from collections.abc import Sequence
 from typing import Final
 
 from shoal.crds import resource
 from shoal.runtime import events
 from shoal.runtime import logging as rt_logging
 from shoal.runtime.runnable import RunContext, RunnableSpec
-from shoal.store import errors, etcd_server, maintenance
+from shoal.store import errors, maintenance
 
 log = rt_logging.get_logger("shoal.controllers.maintenance")
 
@@ -46,22 +47,8 @@ JITTER: Final = 1.5
 #: Seconds before another recovery when the last one could not free enough.
 RETRY_STUCK: Final = 10.0
 STUCK_LOG_EVERY: Final = 60.0
-QUOTA_ENV: Final = "SHOAL_ETCD_QUOTA_BYTES"
-
-
-def quota_from_env(environ: dict[str, str] | None = None) -> int:
-    """The members' ``--quota-backend-bytes``: ``$SHOAL_ETCD_QUOTA_BYTES`` or Shoal's own."""
-    raw = (environ if environ is not None else dict(os.environ)).get(QUOTA_ENV, "").strip()
-    if not raw:
-        return etcd_server.QUOTA_BYTES
-    try:
-        quota = int(raw)
-    except ValueError:
-        quota = 0
-    if quota <= 0:
-        raise ValueError(f'{QUOTA_ENV}="{raw}": expected the etcd members\' '
-                         "--quota-backend-bytes, a positive number of bytes")
-    return quota
+#: How old the revision compacted to is, at least when the loop has seen one that old.
+COMPACT_LAG: Final = 2.0
 
 
 def due(first_seen: float, delay: float, last_try: float, stuck: bool, now: float) -> bool:
@@ -71,6 +58,16 @@ def due(first_seen: float, delay: float, last_try: float, stuck: bool, now: floa
     if now - first_seen < delay:
         return False
     return not stuck or now - last_try >= RETRY_STUCK
+
+
+def compact_to(seen: Sequence[tuple[float, int]], now: float) -> int:
+    """The revision to compact to: the newest one seen at least ``COMPACT_LAG`` seconds
+    ago (else the oldest seen; 0, the current one, if none). A watcher a moment behind
+    keeps its place instead of having to re-list everything."""
+    old = [rev for at, rev in seen if now - at >= COMPACT_LAG]
+    if old:
+        return old[-1]
+    return seen[0][1] if seen else 0
 
 
 def _involved() -> resource.Resource:
@@ -84,7 +81,7 @@ class MaintenanceLoop:
         self.spec = RunnableSpec(NAME, self.run, leader_election=False)
 
     async def run(self, ctx: RunContext) -> None:
-        quota = self.quota or quota_from_env()
+        quota = self.quota or maintenance.quota_from_env()
         client = ctx.store.etcd
         first_seen = 0.0
         started_at = ""           # wall-clock time the alarm was first seen, for the Event
@@ -93,7 +90,9 @@ class MaintenanceLoop:
         last_try = 0.0
         stuck = False
         last_stuck_log = 0.0
-        stuck_at = 0              # the revision the last try that freed too little saw
+        stuck_at = 0              # the revision the last try that freed too little compacted to
+        # (when, revision) at each look while the alarm stands: what to compact to.
+        seen_revisions: collections.deque[tuple[float, int]] = collections.deque(maxlen=64)
         while True:
             now = time.monotonic()
             try:
@@ -104,8 +103,13 @@ class MaintenanceLoop:
                 continue
             if not alarmed:
                 first_seen, stuck = 0.0, False
+                seen_revisions.clear()
                 await asyncio.sleep(POLL)
                 continue
+            try:
+                seen_revisions.append((now, await client.current_revision()))
+            except errors.UnavailableError:
+                pass
             if not first_seen:
                 first_seen, started_at = now, resource.now_rfc3339()
                 delay = random.uniform(0, JITTER)
@@ -123,9 +127,11 @@ class MaintenanceLoop:
             try:
                 # A retry defragments every member over the limit again only if something
                 # was deleted since (the revision moved): otherwise it has nothing to free.
-                revision = await client.current_revision()
+                revision = compact_to(seen_revisions, now) or \
+                    await client.current_revision()
                 rec = await maintenance.recover_space(
-                    client, quota, first=not stuck or revision != stuck_at)
+                    client, quota, first=not stuck or revision != stuck_at,
+                    revision=revision)
             except errors.UnavailableError as exc:
                 log.warning("etcd space recovery interrupted; trying again", key=NAME,
                             error=str(exc))
