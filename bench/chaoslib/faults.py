@@ -31,7 +31,7 @@ import structlog
 
 from bench.chaoslib.cluster import Cluster
 from bench.chaoslib.invariants import Checker
-from bench.chaoslib.space import Filler
+from bench.chaoslib.space import Filler, writable_after
 
 log = structlog.get_logger("bench.chaos.faults")
 
@@ -67,6 +67,9 @@ class Fault:
     #: partitions: what the node's unended tasks were shown as just before the link
     #: came back (task key -> taskstates.shown_state)
     shown_before_heal: dict[str, str] | None = None
+    #: etcd-full: seconds from the junk's deletion until etcd had no NOSPACE alarm left
+    #: (Shoal's maintenance loop recovered it; None: not within RECOVERY_LIMIT)
+    writable_after: float | None = None
 
 
 class Injector:
@@ -197,8 +200,18 @@ class Injector:
     async def _empty(self, fault: Fault) -> None:
         """etcd-full put back: the junk deleted; Shoal's maintenance loop recovers."""
         filler = self._fillers.pop(id(fault), None)
-        if filler is not None:
-            await filler.stop()
+        if filler is None:
+            return
+        await filler.stop()
+        since = time.monotonic()
+
+        async def watch() -> None:
+            fault.writable_after = await writable_after(
+                filler.urls, filler.bundle, since, RECOVERY_LIMIT)
+
+        watching = asyncio.create_task(watch())
+        self._recoveries.add(watching)
+        watching.add_done_callback(self._recoveries.discard)
 
     def _pids(self, fault: Fault) -> list[int]:
         c = self.cluster

@@ -138,5 +138,7 @@ async def run(workdir: Path, seed: int, duration: float, nodes: int,
                          f"{f.recovery if f.recovery is None else round(f.recovery, 1)} s, "
                          f"last waiting on {', '.join(f.waited_on)}"
                          for f in injector.faults if f.recovery is None or f.recovery > 10],
-        netns=netns, kinds=kinds, hold=hold,
+        netns=netns, kinds=kinds, hold=hold, etcd_quota=etcd_quota,
+        writable_after={f"{f.kind} {f.victim} @{f.at - injector.faults[0].at:.0f}s":
+                        f.writable_after for f in injector.faults if f.kind == "etcd-full"},
         netem_delay=cluster.underlay.delay_applied if cluster.underlay is not None else None)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 
 import structlog
 
@@ -28,6 +29,22 @@ log = structlog.get_logger("bench.chaos.space")
 
 JUNK = b"/junk/chaos-full/"
 VALUE = 1024 * 1024
+
+
+async def writable_after(urls: str, bundle: Bundle, since: float, limit: float) -> float | None:
+    """Seconds from ``since`` (monotonic) until etcd has no NOSPACE alarm left, polled
+    every 0.1 s; None if it still had one after ``limit`` seconds."""
+    client = etcd.EtcdClient(urls, bundle)
+    try:
+        await client.connect(timeout=10.0)
+        while time.monotonic() - since < limit:
+            with contextlib.suppress(errors.UnavailableError):
+                if not await maintenance.no_space_alarms(client):
+                    return time.monotonic() - since
+            await asyncio.sleep(0.1)
+        return None
+    finally:
+        await client.close()
 
 
 class Filler:
