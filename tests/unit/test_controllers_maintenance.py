@@ -10,6 +10,8 @@ def test_acts_after_its_jitter_and_retries_a_stuck_alarm_only_after_a_pause() ->
     assert m.due(first_seen=100.0, delay=1.0, last_try=0.0, stuck=False, now=101.0)
     assert not m.due(100.0, 1.0, last_try=105.0, stuck=True, now=105.0 + m.RETRY_STUCK - 1)
     assert m.due(100.0, 1.0, last_try=105.0, stuck=True, now=105.0 + m.RETRY_STUCK)
+    # Something deleted since the last try (the revision moved): at once.
+    assert m.due(100.0, 1.0, last_try=105.0, stuck=True, now=106.0, moved=True)
 
 
 

@@ -51,13 +51,16 @@ STUCK_LOG_EVERY: Final = 60.0
 COMPACT_LAG: Final = 2.0
 
 
-def due(first_seen: float, delay: float, last_try: float, stuck: bool, now: float) -> bool:
+def due(first_seen: float, delay: float, last_try: float, stuck: bool, now: float,
+        moved: bool = False) -> bool:
     """Whether to run a recovery now: the alarm has stood ``delay`` seconds since this
-    manager first saw it, and, if the last recovery left it (``stuck``), ``RETRY_STUCK``
-    has passed since."""
+    manager first saw it, and, if the last recovery left it (``stuck``), either something
+    was written or deleted since (``moved``: the revision to compact to is past the last
+    try's -- someone deleted data, so there may be space to free) or ``RETRY_STUCK`` has
+    passed."""
     if now - first_seen < delay:
         return False
-    return not stuck or now - last_try >= RETRY_STUCK
+    return not stuck or moved or now - last_try >= RETRY_STUCK
 
 
 def compact_to(seen: Sequence[tuple[float, int]], now: float) -> int:
@@ -119,7 +122,8 @@ class MaintenanceLoop:
                     spaces = []
                 seen_spaces = [maintenance.out_of_space_message(spaces, quota)]
                 log.warning(seen_spaces[0], key=NAME, members=alarmed)
-            if not due(first_seen, delay, last_try, stuck, now):
+            moved = stuck and compact_to(seen_revisions, now) > stuck_at
+            if not due(first_seen, delay, last_try, stuck, now, moved):
                 wait = POLL if stuck else first_seen + delay - now
                 await asyncio.sleep(max(0.05, min(POLL, wait)))
                 continue
