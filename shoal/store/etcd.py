@@ -1,7 +1,8 @@
 """The project's own small etcd interface, implemented with grpc and aetcd's stubs.
 
-Everything above uses these few calls (range, txn, watch stream, leases, compact, and the
-member and status calls the cluster verbs need), so the client library can be swapped by
+Everything above uses these few calls (range, txn, watch stream, leases, compact, the
+member and status calls the cluster verbs need, and the alarm, size and defragment calls
+of ``shoal.store.maintenance``), so the client library can be swapped by
 rewriting this one module. Raw protobuf messages are used instead of aetcd's per-key
 wrapper objects: listing or watching tens of thousands of keys is dominated by per-item
 Python overhead, and the raw messages avoid a copy per key.
