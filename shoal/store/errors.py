@@ -90,7 +90,7 @@ class NoSpaceError(UnavailableError):
             self,
             f"etcd at {url} {NO_SPACE_MARK} ({detail}). Shoal's "
             "controller-manager compacts and defragments etcd and disarms the alarm by "
-            "itself within a minute; if the alarm stays, run `swctl etcd recover-space`, "
+            "itself within seconds; if the alarm stays, run `swctl etcd recover-space`, "
             "or by hand: `etcdctl compact <revision>`, `etcdctl defrag --cluster`, "
             "`etcdctl alarm disarm`, and raise every member's --quota-backend-bytes if the "
             "data itself outgrew it")
