@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.chaoslib.faults import KINDS, NET_KINDS
+from bench.chaoslib.faults import KINDS, NET_KINDS, SPACE_KINDS
 from bench.chaoslib.run import run
 from bench.common import load_average, say
 
@@ -51,12 +51,23 @@ def main() -> int:
     parser.add_argument("--netns", action="store_true",
                         help="each node in its own network namespace on a bridge (root); "
                              f"adds the link fault kinds {','.join(NET_KINDS)}")
+    parser.add_argument("--etcd-quota", type=int, default=None, metavar="MIB",
+                        help="run the etcd members with this --quota-backend-bytes (MiB, "
+                             f"e.g. 64); adds the fault kind {','.join(SPACE_KINDS)}")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     args = parser.parse_args()
     known = (*KINDS, *NET_KINDS) if args.netns else KINDS
+    if args.etcd_quota is not None:
+        if args.etcd_quota < 16:
+            parser.error(f"--etcd-quota {args.etcd_quota}: give at least 16 (MiB): the "
+                         "cluster's own data must fit beside the junk")
+        known = (*known, *SPACE_KINDS)
     kinds = known if args.kinds is None else tuple(k for k in args.kinds.split(",") if k)
     unknown = sorted(set(kinds) - set(known))
     if unknown:
+        if set(unknown) & set(SPACE_KINDS):
+            parser.error(f"--kinds: {','.join(SPACE_KINDS)} needs --etcd-quota MIB (a small "
+                         "quota to fill)")
         needs = [k for k in unknown if k in NET_KINDS]
         parser.error(f"--kinds: {', '.join(needs)} need --netns (a node link to act on)"
                      if needs and len(needs) == len(unknown) else
@@ -72,7 +83,9 @@ def main() -> int:
         result = asyncio.run(run(workdir, seed, args.duration, args.nodes,
                                  max_faults=args.max_faults, settle=args.settle,
                                  stack=args.stack, fault_gap=tuple(args.fault_gap),
-                                 kinds=kinds, hold=tuple(args.hold), netns=args.netns))
+                                 kinds=kinds, hold=tuple(args.hold), netns=args.netns,
+                                 etcd_quota=(args.etcd_quota * 1024 * 1024
+                                             if args.etcd_quota else None)))
     finally:
         if args.keep:
             say(f"logs in {workdir}")

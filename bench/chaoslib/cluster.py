@@ -30,14 +30,19 @@ PREFIX = "/chaos"
 
 class Cluster:
     def __init__(self, workdir: Path, nodes: int, start_delay: float = 0.2,
-                 netns: bool = False) -> None:
+                 netns: bool = False, etcd_quota: int | None = None) -> None:
         self.workdir = workdir
+        #: The members' --quota-backend-bytes when the run injects etcd-full (else etcd's
+        #: usual one); the controller-managers are told it (shoal.controllers.maintenance).
+        self.etcd_quota = etcd_quota
         self.node_names = [f"n{i}" for i in range(nodes)]
         self.managers = [f"cm-{i}" for i in range(3)]
         self.start_delay = start_delay
         self.underlay = Underlay(self.node_names) if netns else None
         extra = [self.underlay.host_address] if self.underlay is not None else []
-        self.etcd = etcd_server.EtcdCluster(workdir / "etcd", 3, tls=True, extra_hosts=extra)
+        self.etcd = etcd_server.EtcdCluster(
+            workdir / "etcd", 3, tls=True, extra_hosts=extra,
+            quota_bytes=etcd_quota or etcd_server.QUOTA_BYTES)
         self.bundle: Bundle | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[IO[bytes]] = []
@@ -55,6 +60,8 @@ class Cluster:
                    SHOAL_ETCD_CA=str(self.bundle.ca), SHOAL_ETCD_CERT=str(self.bundle.cert),
                    SHOAL_ETCD_KEY=str(self.bundle.key))
         env.pop("SHOAL_DEBUG", None)
+        if self.etcd_quota:
+            env["SHOAL_ETCD_QUOTA_BYTES"] = str(self.etcd_quota)
         return env
 
     def node_env(self, name: str) -> dict[str, str]:

@@ -31,6 +31,7 @@ import structlog
 
 from bench.chaoslib.cluster import Cluster
 from bench.chaoslib.invariants import Checker
+from bench.chaoslib.space import Filler, writable_after
 
 log = structlog.get_logger("bench.chaos.faults")
 
@@ -39,6 +40,8 @@ KINDS = ("cm-kill", "cm-stop", "agent-kill", "agent-stop", "heartbeat-kill",
 #: Faults on a node's underlay link: only with the --netns underlay.
 NET_KINDS = ("partition", "netem")
 NODE_KINDS = ("agent-", "heartbeat-", *NET_KINDS)
+#: etcd out of space: only when the members run with a small quota (--etcd-quota).
+SPACE_KINDS = ("etcd-full",)
 #: How long after a fault is put back its recovery is watched for.
 RECOVERY_LIMIT = 300.0
 #: After a node fault is put back: the node's heartbeat (TTL 3 s) and the replacement of
@@ -64,6 +67,9 @@ class Fault:
     #: partitions: what the node's unended tasks were shown as just before the link
     #: came back (task key -> taskstates.shown_state)
     shown_before_heal: dict[str, str] | None = None
+    #: etcd-full: seconds from the junk's deletion until etcd had no NOSPACE alarm left
+    #: (Shoal's maintenance loop recovered it; None: not within RECOVERY_LIMIT)
+    writable_after: float | None = None
 
 
 class Injector:
@@ -83,6 +89,7 @@ class Injector:
         self._grace_until = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._recoveries: set[asyncio.Task[None]] = set()
+        self._fillers: dict[int, Filler] = {}  # id(fault) -> its filler (etcd-full)
 
     def counts(self) -> dict[str, int]:
         return dict(collections.Counter(f.kind for f in self.faults))
@@ -119,6 +126,8 @@ class Injector:
             return free if len(free) > 1 else []  # one controller-manager always untouched
         if kind in NET_KINDS and c.underlay is None:
             return []
+        if kind in SPACE_KINDS:
+            return ["etcd"] if c.etcd_quota and "etcd" not in self.busy else []
         if kind.startswith("etcd-"):
             if any(b.startswith("m") for b in self.busy):
                 return []
@@ -181,6 +190,29 @@ class Injector:
         if self._node_faults == 0 and time.monotonic() >= self._grace_until:
             self.checker.disturb(False, "node faults")
 
+    async def _fill(self, fault: Fault) -> None:
+        """etcd-full: fill etcd to its NOSPACE alarm and keep it there (``space``)."""
+        assert self.cluster.bundle is not None
+        filler = Filler(self.cluster.etcd.urls, self.cluster.bundle)
+        self._fillers[id(fault)] = filler
+        await filler.start()
+
+    async def _empty(self, fault: Fault) -> None:
+        """etcd-full put back: the junk deleted; Shoal's maintenance loop recovers."""
+        filler = self._fillers.pop(id(fault), None)
+        if filler is None:
+            return
+        await filler.stop()
+        since = time.monotonic()
+
+        async def watch() -> None:
+            fault.writable_after = await writable_after(
+                filler.urls, filler.bundle, since, RECOVERY_LIMIT)
+
+        watching = asyncio.create_task(watch())
+        self._recoveries.add(watching)
+        watching.add_done_callback(self._recoveries.discard)
+
     def _pids(self, fault: Fault) -> list[int]:
         c = self.cluster
         if fault.kind.startswith("etcd-"):
@@ -194,7 +226,9 @@ class Injector:
     async def _inject(self, fault: Fault) -> None:
         log.info("fault", kind=fault.kind, victim=fault.victim, hold=round(fault.hold, 2))
         c = self.cluster
-        if fault.kind in NET_KINDS:
+        if fault.kind in SPACE_KINDS:
+            await self._fill(fault)
+        elif fault.kind in NET_KINDS:
             assert c.underlay is not None
             cut = c.underlay.cut if fault.kind == "partition" else c.underlay.degrade
             await asyncio.to_thread(cut, fault.victim)
@@ -210,7 +244,9 @@ class Injector:
 
     async def _restore(self, fault: Fault) -> None:
         c = self.cluster
-        if fault.kind in NET_KINDS:
+        if fault.kind in SPACE_KINDS:
+            await self._empty(fault)
+        elif fault.kind in NET_KINDS:
             assert c.underlay is not None
             heal = c.underlay.heal if fault.kind == "partition" else c.underlay.restore
             await asyncio.to_thread(heal, fault.victim)

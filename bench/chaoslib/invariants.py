@@ -226,8 +226,11 @@ class Checker:
             return True
         replicas = int(spec.get("replicas", 1))
         active = self._active(svc)
-        slots = sorted(int((t.get("spec") or {}).get("slot") or 0) for _, t in active)
-        if slots != list(range(1, replicas + 1)):
+        # One task per slot and ``replicas`` slots, whatever their numbers: a scale-down
+        # removes slots from the nodes running the most replicas first, as Swarm does,
+        # so 3 -> 2 may leave slots 1 and 3.
+        slots = [int((t.get("spec") or {}).get("slot") or 0) for _, t in active]
+        if len(slots) != replicas or len(set(slots)) != replicas or min(slots, default=1) < 1:
             return False
         template = spec.get("template")
         return all((t.get("status") or {}).get("state") == ts.RUNNING

@@ -37,6 +37,10 @@ class Result:
     netem_delay: bool | None = None  # False: the kernel has no netem, loss only
     kinds: tuple[str, ...] = ()
     hold: tuple[float, float] = (0.5, 5.0)
+    #: --etcd-quota (bytes) and, per etcd-full fault, seconds from the junk's deletion
+    #: until etcd accepted writes again (None: not seen)
+    etcd_quota: int | None = None
+    writable_after: dict[str, float | None] = dataclasses.field(default_factory=dict)
 
     @property
     def total_faults(self) -> int:
@@ -89,6 +93,7 @@ class Result:
                          for s in states.values()]
                 out.append(f"tasks on a partitioned node just before it came back: "
                            f"{shown.count('unknown')} of {len(shown)} shown unknown")
+            out.extend(self._space_lines())
             if self.netem_delay is False:
                 out.append("netem: this kernel has no sch_netem; 30 % loss only "
                            "(nftables), no delay")
@@ -108,5 +113,19 @@ class Result:
         if self.kinds:
             replay += f" --kinds {','.join(self.kinds)}"
         replay += f" --hold {self.hold[0]:g} {self.hold[1]:g}"
+        if self.etcd_quota:
+            replay += f" --etcd-quota {self.etcd_quota // (1024 * 1024)}"
         out.append(replay)
         return out
+
+    def _space_lines(self) -> list[str]:
+        """etcd-full: how long after the junk was deleted etcd took writes again."""
+        if not self.writable_after:
+            return []
+        vals = [v for v in self.writable_after.values() if v is not None]
+        line = (f"etcd writable again after the junk was deleted ({len(vals)}/"
+                f"{len(self.writable_after)} etcd-full faults)")
+        if vals:
+            line += (f": p50 {self.percentile(50, vals):.2f} s, p99 "
+                     f"{self.percentile(99, vals):.2f} s, max {max(vals):.2f} s")
+        return [line]

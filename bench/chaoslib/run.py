@@ -49,8 +49,9 @@ async def run(workdir: Path, seed: int, duration: float, nodes: int,
               max_faults: int | None = None, settle: float = 120.0, stack: bool = True,
               fault_gap: tuple[float, float] = (1.0, 6.0),
               kinds: tuple[str, ...] = KINDS,
-              hold: tuple[float, float] = (0.5, 5.0), netns: bool = False) -> Result:
-    cluster = Cluster(workdir, nodes, netns=netns)
+              hold: tuple[float, float] = (0.5, 5.0), netns: bool = False,
+              etcd_quota: int | None = None) -> Result:
+    cluster = Cluster(workdir, nodes, netns=netns, etcd_quota=etcd_quota)
     try:
         cluster.start_etcd()
     except BaseException:
@@ -137,5 +138,7 @@ async def run(workdir: Path, seed: int, duration: float, nodes: int,
                          f"{f.recovery if f.recovery is None else round(f.recovery, 1)} s, "
                          f"last waiting on {', '.join(f.waited_on)}"
                          for f in injector.faults if f.recovery is None or f.recovery > 10],
-        netns=netns, kinds=kinds, hold=hold,
+        netns=netns, kinds=kinds, hold=hold, etcd_quota=etcd_quota,
+        writable_after={f"{f.kind} {f.victim} @{f.at - injector.faults[0].at:.0f}s":
+                        f.writable_after for f in injector.faults if f.kind == "etcd-full"},
         netem_delay=cluster.underlay.delay_applied if cluster.underlay is not None else None)

@@ -17,7 +17,8 @@ from shoal.cli import errors
 from shoal.crds import kinds, names, resource, sealed
 from shoal.join import datadir
 from shoal.pki.bundle import Bundle
-from shoal.store import client, kindsync
+from shoal.store import client, kindsync, maintenance
+from shoal.store import errors as store_errors
 
 DEFAULT_ETCD = "http://127.0.0.1:2379"
 DEFAULT_PREFIX = "/shoal"
@@ -118,8 +119,26 @@ async def open_store(opts: GlobalOptions) -> AsyncIterator[client.Store]:
         raise errors.CliError(f"{exc} (from --etcd or SHOAL_ETCD)") from None
     try:
         yield store
+    except store_errors.NoSpaceError as exc:
+        raise errors.CliError(await _no_space_lines(store, exc)) from None
     finally:
         await store.close()
+
+
+async def _no_space_lines(store: client.Store, exc: store_errors.NoSpaceError) -> list[str]:
+    """A write refused for want of space: which members, how big, what to do. Every
+    swctl write is one transaction (a batch), so nothing of the refused one was written."""
+    try:
+        where = await maintenance.alarm_report(store.etcd, maintenance.quota_if_known())
+    except store_errors.StoreError:
+        where = ""
+    return [f"etcd is out of space and refused the write, which changed nothing "
+            f"({where or exc.detail})",
+            "  Shoal's controller-manager compacts and defragments etcd and disarms the "
+            "alarm by itself within seconds. If it stays (`swctl etcd status`), run "
+            "`swctl etcd recover-space`, or by hand: etcdctl compact REVISION, etcdctl "
+            "defrag --cluster, etcdctl alarm disarm; if the data itself outgrew the quota, "
+            "delete objects or raise --quota-backend-bytes on every member"]
 
 
 async def registry_of(store: client.Store) -> kinds.Registry:

@@ -25,7 +25,8 @@ from typing import Any
 
 from shoal.cli import common, console, errors, keyring, printers, redact, taskview
 from shoal.crds import kinds, resource, selectors
-from shoal.store import client, watch
+from shoal.store import client, maintenance, watch
+from shoal.store import errors as store_errors
 
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -87,6 +88,23 @@ def resolve_kinds(registry: kinds.Registry, text: str) -> list[kinds.KindInfo]:
     return out
 
 
+#: The kinds whose listing starts with a warning when etcd is out of space: where a user
+#: looks when the cluster stopped changing (etcd cannot record an Event while full).
+ALARM_KINDS = ("Event", "Node")
+
+
+async def warn_alarm(store: client.Store) -> None:
+    """``warning: etcd is out of space ...`` on stderr while etcd's NOSPACE alarm is up."""
+    try:
+        report = await maintenance.alarm_report(store.etcd, maintenance.quota_if_known())
+    except store_errors.StoreError:
+        return  # a certificate that may not ask (a node's): the listing still helps
+    if report:
+        sys.stderr.write(f"warning: etcd is out of space and refuses writes ({report}); "
+                         "the controller-managers recover it by themselves, see `swctl "
+                         "etcd status` and `swctl etcd recover-space`\n")
+
+
 async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
     args.kind, given = common.split_refs(args.kind, [args.name] if args.name else [])
     if len(given) > 1:
@@ -107,6 +125,8 @@ async def run(args: argparse.Namespace, opts: common.GlobalOptions) -> int:
             await _several(store, infos, selector, args)
             return 0
         info = infos[0]
+        if info.kind in ALARM_KINDS:
+            await warn_alarm(store)
         namespace = None if args.all_namespaces else common.namespace_for(info, args.namespace)
         objs, revision = await store.list(info, namespace, selector)
         objs = redact.for_output(objs, _show_values(args), keyring.Source.from_args(args))

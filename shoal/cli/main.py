@@ -29,6 +29,7 @@ from shoal.cli import (
     describe,
     diff,
     errors,
+    etcdspace,
     get,
     hints,
     init,
@@ -101,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for module in (apply, get, describe, delete, diff, scale, rollout, service, logs, node,
                    network, secretverbs, stack, dashboard, init, join, rolewatch, cluster,
-                   manager, agent):
+                   manager, agent, etcdspace):
         module.add_parser(sub, [flags])
     return parser
 

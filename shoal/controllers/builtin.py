@@ -23,7 +23,10 @@ several controller-managers can run; for each controller one of them leads.
   an object of those kinds stored in a form admission refuses (written straight into
   etcd), ``Valid=True`` once fixed: per-object;
 * ``unreadable`` — a Warning ``Unreadable`` Event for each value in etcd that no list or
-  watch can read (not an object, or not the object its key names): an elected runnable.
+  watch can read (not an object, or not the object its key names): an elected runnable;
+* ``etcd-maintenance`` — etcd out of space (its NOSPACE alarm): compact, defragment,
+  disarm, and the Events saying so; unelected, in every manager (etcd cannot elect
+  anyone while it refuses writes).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from shoal.controllers import unreadable, validity
 from shoal.controllers.allocator import controller as allocator
 from shoal.controllers.distributor import controller as distributor
 from shoal.controllers.fold import controller as fold
+from shoal.controllers.maintenance import controller as maintenance
 from shoal.controllers.nodes import controller as nodes
 from shoal.controllers.orchestrator import controller as orchestrator
 from shoal.controllers.rotation import controller as rotation
@@ -46,4 +50,4 @@ def controller_specs() -> list[Spec]:
             updater.controller_spec(), scheduler.controller_spec(),
             allocator.controller_spec(), rotation.controller_spec(),
             distributor.controller_spec(), *validity.controller_specs(),
-            unreadable.controller_spec()]
+            unreadable.controller_spec(), maintenance.controller_spec()]

@@ -18,6 +18,34 @@ from typing import Any, TextIO
 
 import structlog
 
+from shoal.store import errors as store_errors
+
+# (component, event) of the lines that told of a write refused for want of space since
+# etcd last accepted writes.
+_refusals_told: set[tuple[Any, Any]] = set()
+
+
+def once_per_outage(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Keep the first line per call site that says a write was refused for want of space,
+    drop the repeats until etcd accepts writes again (the store logs that).
+
+    While etcd is out of space every controller and agent loop retries its writes with
+    its own backoff, each logging its failure: a line per attempt and per object, for as
+    long as the outage lasts. The store warns once when it starts and once when it ends
+    (``shoal.store.etcd``); this keeps one line from each site in between, so a reader
+    still sees which writes waited.
+    """
+    error = event_dict.get("error")
+    if isinstance(error, str) and store_errors.NO_SPACE_MARK in error:
+        site = (event_dict.get("component"), event_dict.get("event"))
+        if site in _refusals_told:
+            raise structlog.DropEvent
+        _refusals_told.add(site)
+        event_dict["repeats"] = "not logged until etcd accepts writes again"
+    elif event_dict.get("event") == store_errors.SPACE_BACK_EVENT:
+        _refusals_told.clear()
+    return event_dict
+
 
 def configure(level: str | None = None, json: bool | None = None,
               stream: TextIO | None = None) -> None:
@@ -32,6 +60,7 @@ def configure(level: str | None = None, json: bool | None = None,
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
+        once_per_outage,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
     ]

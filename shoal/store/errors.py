@@ -71,6 +71,33 @@ class LimitError(StoreError):
         super().__init__(f"etcd at {url} refused the request: {detail}")
 
 
+#: Words every NoSpaceError's message holds, and the event the store logs when etcd
+#: accepts writes again: how ``shoal.runtime.logging`` keeps one line per outage.
+NO_SPACE_MARK = "is out of space and refuses writes"
+SPACE_BACK_EVENT = "etcd accepts writes again"
+
+
+class NoSpaceError(UnavailableError):
+    """etcd is out of space (its NOSPACE alarm is raised): it refuses every write that
+    would add data -- puts, transactions with a put, lease grants -- until its history is
+    compacted, its members defragmented and the alarm disarmed. Reads and deletes still
+    work. An :class:`UnavailableError` for callers that retry writes later (the state
+    passes), but never retried by the store itself: no member accepts the write either.
+    """
+
+    def __init__(self, url: str, detail: str) -> None:
+        StoreError.__init__(
+            self,
+            f"etcd at {url} {NO_SPACE_MARK} ({detail}). Shoal's "
+            "controller-manager compacts and defragments etcd and disarms the alarm by "
+            "itself within seconds; if the alarm stays, run `swctl etcd recover-space`, "
+            "or by hand: `etcdctl compact <revision>`, `etcdctl defrag --cluster`, "
+            "`etcdctl alarm disarm`, and raise every member's --quota-backend-bytes if the "
+            "data itself outgrew it")
+        self.url = url
+        self.detail = detail
+
+
 class PermissionDeniedError(StoreError):
     """etcd's RBAC refused the request to the certificate's user; retrying cannot help."""
 

@@ -1,7 +1,8 @@
 """The project's own small etcd interface, implemented with grpc and aetcd's stubs.
 
-Everything above uses these few calls (range, txn, watch stream, leases, compact, and the
-member and status calls the cluster verbs need), so the client library can be swapped by
+Everything above uses these few calls (range, txn, watch stream, leases, compact, the
+member and status calls the cluster verbs need, and the alarm, size and defragment calls
+of ``shoal.store.maintenance``), so the client library can be swapped by
 rewriting this one module. Raw protobuf messages are used instead of aetcd's per-key
 wrapper objects: listing or watching tens of thousands of keys is dominated by per-item
 Python overhead, and the raw messages avoid a copy per key.
@@ -351,6 +352,16 @@ class MemberStatus(typing.NamedTuple):
     raft_index: int
 
 
+class MemberSpace(typing.NamedTuple):
+    """One member's backend: its file's size and the part of it holding live data
+    (bytes); the difference is what defragmenting it gives back."""
+
+    member_id: int
+    endpoint: str
+    db_size: int
+    db_in_use: int
+
+
 # gRPC channel options shared by every channel to etcd.
 _CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     # No cap on received messages: a watch catching up sends up to 1000 revisions of
@@ -422,6 +433,9 @@ class EtcdClient:
         self._cluster: Any = None
         self._auth: Any = None
         self._reconnected_at = -RECONNECT_MIN_GAP
+        # When etcd last started refusing writes for want of space (monotonic seconds),
+        # 0 while it accepts them: one warning per outage, however many writes retry.
+        self.no_space_since = 0.0
 
     def _new_channel(self, target: str, balanced: bool) -> Any:
         options = list(_CHANNEL_OPTIONS)
@@ -577,7 +591,10 @@ class EtcdClient:
         channel = self._channel  # the one ``method``'s stub belongs to
         for attempt in range(_AUTH_OLD_RETRIES + 1):
             try:
-                return await method(request, timeout=timeout or self.call_timeout)
+                resp = await method(request, timeout=timeout or self.call_timeout)
+                if self.no_space_since and _adds_data(request):
+                    self._space_back()
+                return resp
             except grpc.aio.AioRpcError as exc:
                 if attempt < _AUTH_OLD_RETRIES and _AUTH_OLD in (exc.details() or ""):
                     continue
@@ -585,6 +602,11 @@ class EtcdClient:
             except asyncio.CancelledError:
                 raise self._retired(channel, "call") from None
         raise AssertionError("unreachable")  # the last attempt returns or raises
+
+    def _space_back(self) -> None:
+        log.warning(errors.SPACE_BACK_EVENT, key=self.url,
+                    refused_for=round(time.monotonic() - self.no_space_since, 1))
+        self.no_space_since = 0.0
 
     def _retired(self, channel: Any, what: str) -> BaseException:
         """What a call whose await was cancelled raises: grpc.aio cancels the calls of a
@@ -609,6 +631,13 @@ class EtcdClient:
         limit = _limit_refusal(details)
         if limit:
             return errors.LimitError(url, limit)
+        if _NO_SPACE in details:
+            if not self.no_space_since:
+                self.no_space_since = time.monotonic()
+                log.warning("etcd is out of space: writes are refused until it is compacted "
+                            "and defragmented; retrying them quietly", key=url,
+                            call=_method_name(method))
+            return errors.NoSpaceError(url, f"etcd said: {details}")
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN):
             refused = _tls_refusal(details, self.tls is not None)
             if refused:
@@ -749,6 +778,46 @@ class EtcdClient:
         finally:
             await channel.close()
         return MemberStatus(int(resp.header.member_id), int(resp.leader), int(resp.raftIndex))
+
+    # --- space (etcd's Maintenance service: alarms, sizes, defragmentation) ---
+
+    async def alarms(self) -> list[tuple[int, str]]:
+        """The alarms raised in the cluster: (member id, ``NOSPACE`` or ``CORRUPT``) each."""
+        resp = await self._call(self._maint.Alarm, rpc.AlarmRequest(
+            action=rpc.AlarmRequest.AlarmAction.GET, memberID=0,
+            alarm=rpc.AlarmType.NONE))
+        return [(int(a.memberID), rpc.AlarmType.Name(a.alarm)) for a in resp.alarms]
+
+    async def alarm_disarm(self, member_id: int, alarm: str = "NOSPACE") -> None:
+        """Clear ``alarm`` of one member (etcd accepts writes once no NOSPACE is left)."""
+        await self._call(self._maint.Alarm, rpc.AlarmRequest(
+            action=rpc.AlarmRequest.AlarmAction.DEACTIVATE, memberID=member_id,
+            alarm=rpc.AlarmType.Value(alarm)))
+
+    async def space(self, endpoint: str, timeout: float = 5.0) -> MemberSpace:
+        """The backend size of the member at ``endpoint`` (on disk and in use)."""
+        resp = await self._on_member(endpoint, "Status", rpc.StatusRequest(), timeout)
+        return MemberSpace(int(resp.header.member_id), endpoint, int(resp.dbSize),
+                           int(resp.dbSizeInUse))
+
+    async def defragment(self, endpoint: str, timeout: float = 120.0) -> None:
+        """Defragment the member at ``endpoint``: its file shrinks to the data in use.
+        The member serves nothing meanwhile (a small database takes well under a second,
+        etcd's documentation gives ~10 s per GiB), so callers do one member at a time."""
+        await self._on_member(endpoint, "Defragment", rpc.DefragmentRequest(), timeout)
+
+    async def _on_member(self, endpoint: str, method: str, request: Any,
+                         timeout: float) -> Any:
+        """One Maintenance call answered by the member at ``endpoint`` itself."""
+        ep = parse_endpoint(endpoint)
+        channel = self._new_channel(grpc_target([ep]), balanced=False)
+        try:
+            return await getattr(rpc.MaintenanceStub(channel), method)(request,
+                                                                       timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise await self._fail(exc, url=ep.url) from None
+        finally:
+            await channel.close()
 
     # --- auth (etcd's Auth service; users authenticate by their certificate's CN) ---
 
@@ -901,6 +970,22 @@ _LIMITS = (
      "a request is bigger than its --max-request-bytes; Shoal needs "
      "--max-request-bytes 8388608 (docs/store.md)"),
 )
+
+
+# etcd's refusal of a write while its NOSPACE alarm is raised (gRPC RESOURCE_EXHAUSTED;
+# matched on the text, which is etcd's API, since gRPC's own oversized-message refusal
+# has the same code).
+_NO_SPACE = "database space exceeded"
+
+
+def _adds_data(request: Any) -> bool:
+    """Whether etcd refuses ``request`` while out of space: a put, a lease grant, or a
+    transaction with a put (reads and deletes it still serves)."""
+    if isinstance(request, (rpc.PutRequest, rpc.LeaseGrantRequest)):
+        return True
+    if isinstance(request, rpc.TxnRequest):
+        return any(op.HasField("request_put") for op in (*request.success, *request.failure))
+    return False
 
 
 def _limit_refusal(details: str) -> str | None:

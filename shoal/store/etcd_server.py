@@ -32,8 +32,13 @@ from shoal.pki import ca as pki_ca
 from shoal.pki import certs
 from shoal.pki.bundle import Bundle, ServerTLS
 
-__all__ = ["CLUSTER_TIMINGS", "ETCD_DEFAULT_TIMINGS", "EtcdCluster", "EtcdNotInstalledError",
-           "EtcdServer", "RaftTimings", "ServerTLS", "free_port"]
+__all__ = ["CLUSTER_TIMINGS", "ETCD_DEFAULT_TIMINGS", "QUOTA_BYTES", "EtcdCluster",
+           "EtcdNotInstalledError", "EtcdServer", "RaftTimings", "ServerTLS", "free_port"]
+
+#: The ``--quota-backend-bytes`` of the etcd Shoal starts (etcd's recommended maximum is
+#: 8 GiB); past it etcd raises its NOSPACE alarm and refuses writes until
+#: ``shoal.store.maintenance`` (or an operator) compacts, defragments and disarms.
+QUOTA_BYTES = 4 * 1024 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,8 +107,9 @@ class EtcdServer:
                  initial_cluster_state: str | None = None,
                  peer_host: str | None = None, tls: ServerTLS | None = None,
                  timings: RaftTimings | None = None,
-                 max_txn_ops: int = 1024) -> None:
+                 max_txn_ops: int = 1024, quota_bytes: int = QUOTA_BYTES) -> None:
         self.data_dir = Path(data_dir)
+        self.quota_bytes = quota_bytes
         self.max_txn_ops = max_txn_ops
         # A lone etcd has no elections to tune: etcd's defaults. A cluster member (even
         # the first one `swctl init` starts, alone at first) gets the cluster's timings,
@@ -166,7 +172,7 @@ class EtcdServer:
             # A batch of 128 objects carries their projections (shoal.store.projections)
             # in the same transaction: more operations than etcd's default 128.
             "--max-txn-ops", str(self.max_txn_ops),
-            "--quota-backend-bytes", str(4 * 1024 * 1024 * 1024),
+            "--quota-backend-bytes", str(self.quota_bytes),
             # etcd keeps every revision until it is compacted: without this, each task
             # status write would stay in the database for good and a busy cluster would
             # hit the quota (etcd then refuses all writes). Kubernetes' apiserver
@@ -261,13 +267,14 @@ class EtcdCluster:
     def __init__(self, base_dir: Path | str, size: int = 3,
                  compaction_retention: str = "5m", tls: bool = False,
                  timings: RaftTimings | None = None,
-                 extra_hosts: Sequence[str] = ()) -> None:
+                 extra_hosts: Sequence[str] = (), quota_bytes: int = QUOTA_BYTES) -> None:
         if size < 1:
             raise ValueError(f"an etcd cluster needs at least one member, got {size}")
         base = Path(base_dir)
         self.base = base
         self.timings = timings
         self.compaction_retention = compaction_retention
+        self.quota_bytes = quota_bytes
         self.pki_dir = base / "pki"
         self.ca: pki_ca.CA | None = None
         hosts = [f"127.0.0.{i + 1}" for i in range(size)]
@@ -286,7 +293,7 @@ class EtcdCluster:
             EtcdServer(base / f"m{i}" / "data", host=h, peer_port=p, name=f"m{i}",
                        initial_cluster=initial, log_path=base / f"m{i}" / "etcd.log",
                        compaction_retention=compaction_retention, tls=server_tls[i],
-                       timings=timings, extra_hosts=extra_hosts)
+                       timings=timings, extra_hosts=extra_hosts, quota_bytes=quota_bytes)
             for i, (h, p) in enumerate(zip(hosts, peer_ports, strict=True))]
 
     def _member_tls(self, i: int, hosts: list[str]) -> ServerTLS:
@@ -320,7 +327,7 @@ class EtcdCluster:
                             initial_cluster_state="existing",
                             log_path=self.base / f"m{i}" / "etcd.log",
                             compaction_retention=self.compaction_retention, tls=tls,
-                            timings=self.timings)
+                            timings=self.timings, quota_bytes=self.quota_bytes)
         self.members.append(server)
         return server
 

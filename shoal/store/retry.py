@@ -79,9 +79,11 @@ class Attempts:
     async def failed(self, exc: BaseException) -> None:
         """Record a failed attempt: sleep before the next, or raise if the budget is spent.
 
-        A refused TLS handshake is raised at once: no other member will accept it either.
+        A refused TLS handshake is raised at once: no other member will accept it either;
+        so is etcd's refusal of a write for want of space (every member shares the alarm,
+        and it lasts until someone compacts and defragments, not for a retry's seconds).
         """
-        if isinstance(exc, errors.TLSRefusedError):
+        if isinstance(exc, (errors.TLSRefusedError, errors.NoSpaceError)):
             raise exc
         self.failures += 1
         left = self._deadline - self._now()

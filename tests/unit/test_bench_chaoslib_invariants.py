@@ -55,6 +55,19 @@ def test_start_first_overlap_and_ended_tasks_do_not_count() -> None:
     assert c.violations == []
 
 
+def test_a_scale_down_that_kept_slots_1_and_3_has_converged() -> None:
+    # Found by the etcd-full chaos run (seed 16): Swarm's scale-down removes slots from
+    # the nodes running the most replicas first, not the highest slot; the service was
+    # at its spec but was reported unconverged for the whole settle.
+    c = converged_checker()
+    c.apply(12, [(f"{REG}services/default/web", service(2))])
+    c.apply(13, [task(2, desired="shutdown")])
+    c.apply(14, [task(2, state="complete", desired="shutdown")])
+    assert c.is_converged("default/web")
+    c.apply(15, [task(3, n=2, state="starting")])  # a second live task in slot 3: not
+    assert not c.is_converged("default/web")
+
+
 def test_a_task_state_moving_backwards_is_reported() -> None:
     c = converged_checker()
     c.apply(12, [task(1, state="starting")])

@@ -50,3 +50,13 @@ async def test_only_an_attempt_that_ran_out_of_time_doubles_the_next_deadline() 
     assert attempts.timeout() == 2.0
     await attempts.failed(TimeoutError())
     assert attempts.timeout() == 4.0
+
+
+async def test_a_write_refused_for_want_of_space_is_not_retried() -> None:
+    attempts = retry.Attempts(retry.Policy(budget=5.0), "txn")
+    refusal = errors.NoSpaceError("http://a:2379", "etcd said: database space exceeded")
+    with pytest.raises(errors.NoSpaceError):
+        await attempts.failed(refusal)
+    assert attempts.failures == 0
+    # Callers that retry writes later when etcd is unavailable treat it the same way.
+    assert isinstance(refusal, errors.UnavailableError)
