@@ -22,7 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.chaoslib.faults import KINDS, NET_KINDS
+from bench.chaoslib import clocks
+from bench.chaoslib.faults import CLOCK_KINDS, KINDS, NET_KINDS
 from bench.chaoslib.run import run
 from bench.common import load_average, say
 
@@ -51,20 +52,31 @@ def main() -> int:
     parser.add_argument("--netns", action="store_true",
                         help="each node in its own network namespace on a bridge (root); "
                              f"adds the link fault kinds {','.join(NET_KINDS)}")
+    parser.add_argument("--process-nodes", type=int, default=0, metavar="K",
+                        help="the first K nodes run real processes (--runtime process) "
+                             "instead of hollow workloads (default 0)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     args = parser.parse_args()
-    known = (*KINDS, *NET_KINDS) if args.netns else KINDS
+    no_clocks = clocks.unavailable()
+    known = (*KINDS, *(CLOCK_KINDS if no_clocks is None else ()),
+             *(NET_KINDS if args.netns else ()))
     kinds = known if args.kinds is None else tuple(k for k in args.kinds.split(",") if k)
     unknown = sorted(set(kinds) - set(known))
     if unknown:
         needs = [k for k in unknown if k in NET_KINDS]
+        if unknown == list(CLOCK_KINDS):
+            parser.error(f"--kinds: clock-jump cannot be injected: {no_clocks}")
         parser.error(f"--kinds: {', '.join(needs)} need --netns (a node link to act on)"
                      if needs and len(needs) == len(unknown) else
                      f"--kinds: unknown fault kind {', '.join(unknown)}; the kinds are "
                      f"{', '.join(known)}")
+    if not 0 <= args.process_nodes <= args.nodes:
+        parser.error(f"--process-nodes: {args.process_nodes} is not between 0 and --nodes "
+                     f"({args.nodes})")
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     where = " in network namespaces" if args.netns else ""
-    say(f"bench/chaos.py: seed {seed}, {args.nodes} hollow nodes{where}, 3 etcd members "
+    say(f"bench/chaos.py: seed {seed}, {args.nodes} nodes ({args.process_nodes} "
+        f"process-runtime, the rest hollow){where}, 3 etcd members "
         f"(mutual TLS), 3 controller-managers, {args.duration:g} s; load average "
         f"{load_average()}")
     workdir = Path(tempfile.mkdtemp(prefix="shoal-chaos-"))
@@ -72,7 +84,9 @@ def main() -> int:
         result = asyncio.run(run(workdir, seed, args.duration, args.nodes,
                                  max_faults=args.max_faults, settle=args.settle,
                                  stack=args.stack, fault_gap=tuple(args.fault_gap),
-                                 kinds=kinds, hold=tuple(args.hold), netns=args.netns))
+                                 kinds=kinds, hold=tuple(args.hold), netns=args.netns,
+                                 process_nodes=args.process_nodes,
+                                 clocks=any(k in CLOCK_KINDS for k in kinds)))
     finally:
         if args.keep:
             say(f"logs in {workdir}")
