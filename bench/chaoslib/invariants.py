@@ -24,7 +24,8 @@ What is checked (each violation names the keys and revisions that show it):
   in Shoal's task-state order (shoal/crds/taskstates.py).
 
 Convergence (``converged``) is a service with exactly ``replicas`` live tasks desired
-running, one per slot 1..replicas, all running the service's current template.
+running, each in its own slot (any numbers: a scale-down keeps whichever slots Swarm's
+rule leaves, not 1..replicas), all running the service's current template.
 """
 
 from __future__ import annotations
@@ -226,8 +227,10 @@ class Checker:
             return True
         replicas = int(spec.get("replicas", 1))
         active = self._active(svc)
-        slots = sorted(int((t.get("spec") or {}).get("slot") or 0) for _, t in active)
-        if slots != list(range(1, replicas + 1)):
+        # Any slot numbers: scale-down removes slots from the most loaded nodes (Swarm's
+        # rule), so 3 replicas may well be slots 1, 2 and 4.
+        slots = {int((t.get("spec") or {}).get("slot") or 0) for _, t in active}
+        if len(active) != replicas or len(slots) != replicas or 0 in slots:
             return False
         template = spec.get("template")
         return all((t.get("status") or {}).get("state") == ts.RUNNING

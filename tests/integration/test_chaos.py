@@ -1,17 +1,19 @@
 """The short chaos run (issue 16): a busy 3-manager cluster under a fixed seed's faults
 keeps every invariant and converges.
 
-Real parts throughout (bench/chaoslib): 3 etcd members serving mutual TLS, 3
-``swctl controller-manager`` processes and 3 hollow agents with state journals; a
-workload of ``swctl`` applies, scales, rolling updates, drains and a stack deploy while
-controller-managers, agents, heartbeat children and etcd members are SIGKILLed and
-SIGSTOPped at random (seed 16). One watch checks every etcd revision. What a user would
-notice: a slot running twice, fewer tasks than the update rules allow, a task state going
-backwards, a service lost or resurrected, a node running what etcd says it does not, or
-a service that does not come back to its spec once the faults stop. The partition case
-runs each agent in its own network namespace (``--netns``) and cuts one node's link for
-longer than the heartbeat TTL: its tasks must show ``unknown`` meanwhile, and the tasks
-replaced while it was away must be stopped within 5 s of its return.
+Real parts throughout (bench/chaoslib): 3 etcd members serving mutual TLS, 3 ``swctl
+controller-manager`` processes, one process-runtime agent running its tasks as real
+processes and 2 hollow agents with state journals; a workload of ``swctl`` applies,
+scales, rolling updates, drains and a stack deploy while controller-managers, agents,
+heartbeat children and etcd members are SIGKILLed and SIGSTOPped, and agents' and
+controller-managers' wall clocks stepped (libfaketime), at random (seed 16). One watch
+checks every etcd revision. What a user would notice: a slot running twice, fewer tasks
+than the update rules allow, a task state going backwards, a service lost or
+resurrected, a node running what etcd says it does not, or a service that does not come
+back to its spec once the faults stop. The partition case runs each agent in its own
+network namespace (``--netns``) and cuts one node's link for longer than the heartbeat
+TTL: its tasks must show ``unknown`` meanwhile, and the tasks replaced while it was away
+must be stopped within 5 s of its return.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.chaoslib.faults import CLOCK_KINDS, KINDS
 from bench.chaoslib.invariants import Checker
 from bench.chaoslib.run import run
 from bench.chaoslib.watcher import Follower
@@ -39,9 +42,14 @@ CONVERGE_BOUND = 60.0
 
 @pytest.mark.timeout(600)
 async def test_chaos_short_run_keeps_every_invariant(tmp_path: Path) -> None:
-    result = await run(tmp_path, SEED, duration=100, nodes=3, settle=CONVERGE_BOUND)
+    # One of the 3 nodes runs real processes (`--runtime process`), whose pids the host
+    # check reads from /proc; agents and controller-managers run under libfaketime, and
+    # clock-jump faults step one's wall clock by 5 min to 2 h either way.
+    result = await run(tmp_path, SEED, duration=100, nodes=3, settle=CONVERGE_BOUND,
+                       kinds=(*KINDS, *CLOCK_KINDS), process_nodes=1, clocks=True)
     report = "\n".join(result.lines())
     print(report)
+    assert result.process_nodes == 1 and result.clock_jumps, report
     assert result.total_faults >= 15, report
     assert len(result.faults) >= 5, report  # mixed kinds, not one kind over and over
     assert not result.fault_errors, report
