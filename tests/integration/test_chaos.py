@@ -22,18 +22,21 @@ import asyncio
 import contextlib
 import json
 import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
+from bench.chaoslib import hosts
 from bench.chaoslib.faults import CLOCK_KINDS, KINDS
 from bench.chaoslib.invariants import Checker
 from bench.chaoslib.run import run
 from bench.chaoslib.watcher import Follower
 from shoal.store import client, etcd_server
 from tests.e2e.netlab import have_netns_privileges
-from tests.helpers import eventually
+from tests.helpers import eventually, eventually_sync
 
 SEED = 16
 #: Generous for CI's 2 loaded cores; the bench records the real figures.
@@ -117,3 +120,37 @@ async def test_the_watch_reports_a_slot_run_twice_at_the_revision_that_did_it(
         with contextlib.suppress(asyncio.CancelledError):
             await following
         await store.close()
+
+
+def test_a_process_nodes_host_view_follows_its_real_processes(tmp_path: Path) -> None:
+    # What the settled host check sees of a process-runtime node: a task whose recorded
+    # pid runs, until it is killed; and a supervisor shim still running after its task's
+    # files were removed (a leak the files alone would hide), found by its command line.
+    node_dir = tmp_path / "process" / "cp0-1"
+    node_dir.mkdir(parents=True)
+    task_proc = subprocess.Popen(["sleep", "60"])
+    shim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                             "/x/shoal/agent/process/shim.py", str(node_dir), "uid-b"])
+    try:
+        stat = Path(f"/proc/{task_proc.pid}/stat").read_text()
+        start = int(stat[stat.rindex(")") + 2:].split()[19])
+        (node_dir / "uid-a.json").write_text(json.dumps({"pid": task_proc.pid,
+                                                         "starttime": start}))
+        (node_dir / "uid-a.spec.json").write_text("{}")
+        host = hosts.ProcessHost(node_dir)
+
+        def seen() -> list[str]:
+            return sorted(host.running())
+        eventually_sync(lambda: seen() == ["uid-a", "uid-b"], what="the task and the orphan shim")
+        assert "files removed" in host.running()["uid-b"]["name"]
+        task_proc.kill()
+        task_proc.wait()
+        assert seen() == ["uid-b"]  # its pid is gone (or reused: the start time differs)
+        host.kill_all()
+        shim.wait(10)
+        assert seen() == []
+    finally:
+        for proc in (task_proc, shim):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
