@@ -93,7 +93,9 @@ class Result:
                    f"{self.watch_reopened} times, {len(self.gaps)} compacted gaps)")
         if self.convergence:
             out.append(f"cluster converged {max(self.convergence.values()):.2f} s after the "
-                       "last fault (every service at its spec)")
+                       "last fault (every service at its spec)" if not self.unconverged else
+                       f"cluster NOT converged: {len(self.unconverged)} services not at "
+                       "their spec at the end (below)")
             out.append(f"convergence after the last fault per service, over "
                        f"{len(self.convergence)} services: p50 {self.percentile(50):.2f} s, "
                        f"p99 {self.percentile(99):.2f} s, max "

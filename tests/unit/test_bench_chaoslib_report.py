@@ -28,6 +28,13 @@ def test_convergence_after_the_last_fault_is_shown_cluster_wide_and_per_service(
                    "default/web 0.00 s")
 
 
+def test_a_service_left_unconverged_is_not_hidden_by_the_cluster_line() -> None:
+    lines = result(convergence={f"{REG}default/web": 0.0},
+                   unconverged=["default/api: replicas 3, ..."]).lines()
+    assert "cluster NOT converged: 1 services not at their spec at the end (below)" in lines
+    assert not [line for line in lines if line.startswith("cluster converged")]
+
+
 def test_recovery_per_service_counts_each_service_a_fault_left_off_its_spec() -> None:
     lines = result(
         recoveries={"cm-kill cm-0 @0s": 9.0, "cm-kill cm-1 @5s": 2.0},
