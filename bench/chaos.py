@@ -2,13 +2,15 @@
 
     python -m bench.chaos --seed S --duration 600 --nodes 5 [--max-faults N] [--keep]
 
-Builds 3 etcd members (mutual TLS), 3 controller-managers and ``--nodes`` hollow agents
+Builds 3 etcd members (mutual TLS), 3 controller-managers and ``--nodes`` agents
 (bench/chaoslib/cluster.py); runs a workload of applies, scales, rolling updates, drains
-and stack deploys (workload.py) while a seeded injector SIGKILLs and SIGSTOPs
-controller-managers, agents, heartbeat children and etcd members (faults.py); one watch
-checks every revision against the invariants (invariants.py), the nodes' journals are
-checked at the end (hosts.py). Prints faults by kind, violations with their keys and
-revisions, convergence after the last fault (p50/p99/max) and the seed to replay.
+and stack deploys (workload.py) while a seeded injector SIGKILLs and SIGSTOPs controller-
+managers, agents, heartbeat children and etcd members and steps agents' and controller-
+managers' wall clocks (faults.py, clocks.py); ``--process-nodes K``: K nodes run real
+processes. One watch checks every revision against the invariants (invariants.py); what
+the nodes run is checked against etcd (hosts.py). Prints faults by kind, violations with
+their keys and revisions, convergence after the last fault (cluster-wide and per service,
+p50/p99/max), recovery per fault and per service, and the seed to replay.
 Exit status 1 when any invariant was violated or a service did not converge.
 """
 
