@@ -24,12 +24,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from bench.chaoslib import hosts
+from bench.chaoslib.clocks import Clocks
 from bench.chaoslib.faults import CLOCK_KINDS, KINDS
 from bench.chaoslib.invariants import Checker
 from bench.chaoslib.run import run
@@ -154,3 +156,41 @@ def test_a_process_nodes_host_view_follows_its_real_processes(tmp_path: Path) ->
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_a_clock_jump_steps_one_processs_wall_clock_and_leaves_its_sleeps_working(
+        tmp_path: Path) -> None:
+    # What the clock-jump fault relies on: a Python process under the harness's
+    # libfaketime setup sees its wall clock stepped (and back) while it runs, its
+    # monotonic clock does not move, and time.sleep — which libfaketime 0.9.10 breaks
+    # when monotonic clocks are left alone — still works (the preloaded shim).
+    clocks = Clocks(tmp_path)
+    probe = ("import sys, time\n"
+             "for line in sys.stdin:\n"
+             "    time.sleep(0.01)\n"
+             "    print(round(time.time() - float(line)), time.monotonic(), flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", probe], env={**os.environ,
+                            **clocks.env("cm-0")}, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        def offset() -> tuple[int, float]:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(f"{time.time()}\n")
+            proc.stdin.flush()
+            seen, mono = proc.stdout.readline().split()
+            return int(seen), float(mono)
+
+        first, mono0 = offset()
+        assert first == 0
+        clocks.set("cm-0", -3600)
+        stepped = eventually_sync(lambda: offset()[0] == -3600 or None, timeout=5,
+                                  what="the wall clock stepped back an hour")
+        assert stepped
+        _, mono1 = offset()
+        assert 0 <= mono1 - mono0 < 10  # monotonic: untouched
+        clocks.set("cm-0", 0)
+        eventually_sync(lambda: offset()[0] == 0 or None, timeout=5, what="put back")
+    finally:
+        proc.kill()
+        proc.wait()
