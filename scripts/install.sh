@@ -31,6 +31,10 @@ command -v iptables-legacy-restore >/dev/null 2>&1 || [ -x /usr/sbin/iptables-le
 # user manager in a namespace (unshare/nsenter are util-linux's).
 command -v systemd-analyze >/dev/null 2>&1 && [ -x /lib/systemd/systemd ] || need_apt+=(systemd)
 command -v nsenter >/dev/null 2>&1 || need_apt+=(util-linux)
+# The chaos harness steps processes' wall clocks with libfaketime (bench/chaoslib/clocks.py),
+# preloaded with a small shim it compiles with the C compiler above.
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || [ -e /usr/lib/faketime/libfaketime.so.1 ] \
+  || need_apt+=(libfaketime)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv python3-pip)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 if [ ${#need_apt[@]} -gt 0 ]; then

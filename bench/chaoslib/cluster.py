@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import IO
 
+from bench.chaoslib import hosts
+from bench.chaoslib.clocks import Clocks
 from bench.chaoslib.underlay import Underlay
 from shoal.pki.bundle import Bundle
 from shoal.store import etcd_server
@@ -30,12 +32,24 @@ PREFIX = "/chaos"
 
 class Cluster:
     def __init__(self, workdir: Path, nodes: int, start_delay: float = 0.2,
-                 netns: bool = False, etcd_quota: int | None = None) -> None:
+                 netns: bool = False, etcd_quota: int | None = None,
+                 process_nodes: int = 0, clocks: bool = False) -> None:
         self.workdir = workdir
         #: The members' --quota-backend-bytes when the run injects etcd-full (else etcd's
         #: usual one); the controller-managers are told it (shoal.controllers.maintenance).
         self.etcd_quota = etcd_quota
-        self.node_names = [f"n{i}" for i in range(nodes)]
+        if not 0 <= process_nodes <= nodes:
+            raise ValueError(f"process_nodes: {process_nodes} of {nodes} nodes")
+        # The process runtime keeps its tasks in /var/lib/shoal/process/<node>, shared by
+        # every run on the machine: its nodes' names carry the run's pid so two runs never
+        # share (or sweep) a directory, and a killed run's is recognised (hosts.sweep).
+        #: the nodes whose agents run real processes (--runtime process): the first K
+        self.process_nodes = [f"{hosts.PROCESS_NODE}{i}-{os.getpid():x}"
+                              for i in range(process_nodes)]
+        self.node_names = [*self.process_nodes,
+                           *(f"n{i}" for i in range(process_nodes, nodes))]
+        #: with clock jumps, the agents and controller-managers run under libfaketime
+        self.clocks = Clocks(workdir) if clocks else None
         self.managers = [f"cm-{i}" for i in range(3)]
         self.start_delay = start_delay
         self.underlay = Underlay(self.node_names) if netns else None
@@ -75,9 +89,12 @@ class Cluster:
     def argv(self, name: str) -> list[str]:
         if name in self.managers:
             return ["controller-manager", "--identity", name]
-        argv = ["agent", "--runtime", "hollow", "--name", name,
-                "--hollow-start-delay", str(self.start_delay),
-                "--hollow-state", str(self.journal(name))]
+        if name in self.process_nodes:
+            argv = self.process_argv(name)
+        else:
+            argv = ["agent", "--runtime", "hollow", "--name", name,
+                    "--hollow-start-delay", str(self.start_delay),
+                    "--hollow-state", str(self.journal(name))]
         if self.underlay is not None:
             argv += ["--address", self.underlay.links[name].address]
         return argv
@@ -88,7 +105,33 @@ class Cluster:
     def journal(self, node: str) -> Path:
         return self.workdir / "hollow" / f"{node}.journal"
 
+    def process_argv(self, name: str) -> list[str]:
+        """A process-runtime agent: its own state dir for generated files, any free log
+        port, no task networking on the host (each task still gets its own network
+        namespace)."""
+        return ["agent", "--runtime", "process", "--name", name,
+                "--state-dir", str(self.workdir / "state" / name), "--logs-port", "0",
+                "--dataplane", "none"]
+
+    def host(self, node: str) -> hosts.Host:
+        """What node ``node`` runs, read from outside its agent."""
+        if node in self.process_nodes:
+            return hosts.ProcessHost(hosts.PROCESS_STATE / node)
+        return hosts.JournalHost(self.journal(node))
+
+    def host_views(self) -> dict[str, hosts.Host]:
+        return {n: self.host(n) for n in self.node_names}
+
+    def process_env(self, name: str) -> dict[str, str]:
+        """``node_env`` plus, with clock jumps, the process's own faked wall clock."""
+        env = self.node_env(name)
+        if self.clocks is not None:
+            env.update(self.clocks.env(name))
+        return env
+
     def start_etcd(self) -> None:
+        if self.process_nodes:
+            hosts.sweep()
         if self.underlay is not None:
             self.underlay.up()  # the bridge address must exist before etcd binds it
         self.etcd.start_all()
@@ -102,7 +145,7 @@ class Cluster:
                 if self.underlay is not None and name in self.node_names else [])
         self.procs[name] = subprocess.Popen(
             [*wrap, sys.executable, "-m", "shoal.cli", *self.argv(name)],
-            env=self.node_env(name),
+            env=self.process_env(name),
             cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def start_all(self) -> None:
@@ -170,6 +213,8 @@ class Cluster:
             member.kill()
         for log in self._logs:
             log.close()
+        for node in self.process_nodes:  # task processes outlive their agent, by design
+            hosts.ProcessHost(hosts.PROCESS_STATE / node).remove()
         if self.underlay is not None:
             self.underlay.down()
 

@@ -6,7 +6,8 @@ the machine's load, so a replay repeats the faults, not every interleaving.
 
 Kinds: SIGKILL and SIGSTOP/SIGCONT of a controller-manager, an agent, an agent's
 heartbeat child and an etcd member; with the ``--netns`` underlay also ``partition`` (the
-node's link down) and ``netem`` (30 % loss and 100 ms delay both ways on it).
+node's link down) and ``netem`` (30 % loss and 100 ms delay both ways on it); with
+libfaketime (clocks.py) ``clock-jump``: one process's wall clock stepped ±5 min to ±2 h.
 Constraints that keep the cluster able to recover:
 at most one etcd member down or stopped at a time (quorum holds), at least one
 controller-manager untouched, one fault per victim at a time. A killed process is started
@@ -29,6 +30,7 @@ import time
 
 import structlog
 
+from bench.chaoslib import clocks
 from bench.chaoslib.cluster import Cluster
 from bench.chaoslib.invariants import Checker
 from bench.chaoslib.space import Filler, writable_after
@@ -39,6 +41,9 @@ KINDS = ("cm-kill", "cm-stop", "agent-kill", "agent-stop", "heartbeat-kill",
          "heartbeat-stop", "etcd-kill", "etcd-stop")
 #: Faults on a node's underlay link: only with the --netns underlay.
 NET_KINDS = ("partition", "netem")
+#: A wall-clock step of one agent (with its children) or controller-manager: only when
+#: the cluster runs them under libfaketime (clocks.py).
+CLOCK_KINDS = ("clock-jump",)
 NODE_KINDS = ("agent-", "heartbeat-", *NET_KINDS)
 #: etcd out of space: only when the members run with a small quota (--etcd-quota).
 SPACE_KINDS = ("etcd-full",)
@@ -70,6 +75,11 @@ class Fault:
     #: etcd-full: seconds from the junk's deletion until etcd had no NOSPACE alarm left
     #: (Shoal's maintenance loop recovered it; None: not within RECOVERY_LIMIT)
     writable_after: float | None = None
+    #: per service not at its spec when the fault was put back: seconds until it first
+    #: was again (None: not within the watch)
+    service_recovery: dict[str, float | None] = dataclasses.field(default_factory=dict)
+    #: clock jumps: the seconds the victim's wall clock was stepped by
+    offset: float | None = None
 
 
 class Injector:
@@ -103,8 +113,12 @@ class Injector:
         assert fault.restored is not None
         deadline = fault.restored + RECOVERY_LIMIT
         watch_stale = fault.kind in NET_KINDS and bool(self.checker.stale_tasks(fault.victim))
-        while time.monotonic() < deadline and (fault.recovery is None or watch_stale):
+        pending = set(self.checker.unconverged())
+        fault.service_recovery = {svc: None for svc in pending}
+        while time.monotonic() < deadline and (fault.recovery is None or watch_stale
+                                               or pending):
             now = time.monotonic()
+            pending -= self._services_back(fault, pending, now)
             if fault.recovery is None:
                 waiting = self.checker.unconverged()
                 if not waiting:
@@ -115,6 +129,17 @@ class Injector:
                 fault.stale_stopped = max(0.0, now - fault.restored)
                 watch_stale = False
             await asyncio.sleep(0.1)
+
+    def _services_back(self, fault: Fault, pending: set[str], now: float) -> set[str]:
+        """Of the services not at their spec when the fault was put back, those at it
+        now, each given its first such moment: unlike ``recovery`` (every service at
+        once), a service the workload keeps changing elsewhere does not hold up the
+        figure of the ones the fault touched."""
+        assert fault.restored is not None
+        back = pending - set(self.checker.unconverged())
+        for svc in back:
+            fault.service_recovery[svc] = max(0.0, now - fault.restored)
+        return back
 
     def last_restored(self) -> float:
         return max((f.restored or f.at for f in self.faults), default=0.0)
@@ -128,6 +153,8 @@ class Injector:
             return []
         if kind in SPACE_KINDS:
             return ["etcd"] if c.etcd_quota and "etcd" not in self.busy else []
+        if kind in CLOCK_KINDS:
+            return self._clock_candidates()
         if kind.startswith("etcd-"):
             if any(b.startswith("m") for b in self.busy):
                 return []
@@ -223,11 +250,30 @@ class Injector:
         pid = c.pid(fault.victim)
         return [] if pid is None else [pid]
 
+    def _clock_candidates(self) -> list[str]:
+        c = self.cluster
+        if c.clocks is None:
+            return []
+        return [p for p in [*c.managers, *c.node_names] if p not in self.busy]
+
+    def _jump_clock(self, fault: Fault) -> None:
+        """Step the victim's wall clock by ±5 min to ±2 h (drawn now, from the seed)."""
+        assert self.cluster.clocks is not None
+        size = self.rng.uniform(*clocks.JUMP)
+        fault.offset = size if self.rng.random() < 0.5 else -size
+        self.cluster.clocks.set(fault.victim, fault.offset)
+
+    def _restore_clock(self, fault: Fault) -> None:
+        assert self.cluster.clocks is not None
+        self.cluster.clocks.set(fault.victim, 0.0)
+
     async def _inject(self, fault: Fault) -> None:
         log.info("fault", kind=fault.kind, victim=fault.victim, hold=round(fault.hold, 2))
         c = self.cluster
         if fault.kind in SPACE_KINDS:
             await self._fill(fault)
+        elif fault.kind in CLOCK_KINDS:
+            self._jump_clock(fault)
         elif fault.kind in NET_KINDS:
             assert c.underlay is not None
             cut = c.underlay.cut if fault.kind == "partition" else c.underlay.degrade
@@ -246,6 +292,8 @@ class Injector:
         c = self.cluster
         if fault.kind in SPACE_KINDS:
             await self._empty(fault)
+        elif fault.kind in CLOCK_KINDS:
+            self._restore_clock(fault)
         elif fault.kind in NET_KINDS:
             assert c.underlay is not None
             heal = c.underlay.heal if fault.kind == "partition" else c.underlay.restore

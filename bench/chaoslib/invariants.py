@@ -24,7 +24,8 @@ What is checked (each violation names the keys and revisions that show it):
   in Shoal's task-state order (shoal/crds/taskstates.py).
 
 Convergence (``converged``) is a service with exactly ``replicas`` live tasks desired
-running, one per slot 1..replicas, all running the service's current template.
+running, each in its own slot (any numbers: a scale-down keeps whichever slots Swarm's
+rule leaves, not 1..replicas), all running the service's current template.
 """
 
 from __future__ import annotations

@@ -32,6 +32,10 @@ class Result:
     stale_stopped: dict[str, float] = dataclasses.field(default_factory=dict)
     #: partitions: the node's unended tasks as shown just before the link came back
     shown_before_heal: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    #: (fault, service) -> seconds from the fault put back until that service, not at its
+    #: spec then, first was again (None: not seen)
+    service_recoveries: dict[tuple[str, str], float | None] = dataclasses.field(
+        default_factory=dict)
     slow_recoveries: list[str] = dataclasses.field(default_factory=list)  # over 10 s
     netns: bool = False
     netem_delay: bool | None = None  # False: the kernel has no netem, loss only
@@ -41,6 +45,8 @@ class Result:
     #: until etcd accepted writes again (None: not seen)
     etcd_quota: int | None = None
     writable_after: dict[str, float | None] = dataclasses.field(default_factory=dict)
+    process_nodes: int = 0
+    clock_jumps: list[str] = dataclasses.field(default_factory=list)  # "victim +N s"
 
     @property
     def total_faults(self) -> int:
@@ -55,8 +61,33 @@ class Result:
         return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] \
             if q < 100 else values[-1]
 
+    def service_recovery_lines(self) -> list[str]:
+        """Per service a fault left away from its spec: how long until it was back."""
+        if not self.service_recoveries:
+            return ["recovery per service: no fault left a service away from its spec"]
+        vals = [v for v in self.service_recoveries.values() if v is not None]
+        out = [f"recovery per service ({len(vals)}/{len(self.service_recoveries)} "
+               f"(fault, service) pairs back): p50 {self.percentile(50, vals):.2f} s, p99 "
+               f"{self.percentile(99, vals):.2f} s, max {max(vals, default=0.0):.2f} s "
+               "(fault put back to that service first at its spec)"]
+        by_service: dict[str, list[float]] = {}
+        for (_, svc), v in self.service_recoveries.items():
+            if v is not None:
+                by_service.setdefault(svc, []).append(v)
+        out.extend(f"  {self.short(svc)}: {len(v)} faults, p50 {self.percentile(50, v):.2f} "
+                   f"s, max {max(v):.2f} s" for svc, v in sorted(by_service.items()))
+        out.extend(f"  not back: {self.short(svc)} after {fault}"
+                   for (fault, svc), v in self.service_recoveries.items() if v is None)
+        return out
+
+    @staticmethod
+    def short(key: str) -> str:
+        """``<registry>/services/NS/NAME`` as ``NS/NAME``."""
+        return "/".join(key.rstrip("/").split("/")[-2:])
+
     def lines(self) -> list[str]:
-        out = [f"seed {self.seed}: {self.nodes} nodes, {self.duration:.0f} s of faults, "
+        out = [f"seed {self.seed}: {self.nodes} nodes ({self.process_nodes} process-runtime), "
+               f"{self.duration:.0f} s of faults, "
                f"{self.total_faults} faults: "
                + ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items()))]
         out.append("workload: " + ", ".join(f"{k} {v}" for k, v in sorted(self.ops.items()))
@@ -65,10 +96,18 @@ class Result:
         out.append(f"watched {self.revisions} revisions (watch reopened "
                    f"{self.watch_reopened} times, {len(self.gaps)} compacted gaps)")
         if self.convergence:
-            out.append(f"convergence after the last fault over {len(self.convergence)} "
-                       f"services: p50 {self.percentile(50):.2f} s, p99 "
-                       f"{self.percentile(99):.2f} s, max {max(self.convergence.values()):.2f} s"
-                       " (0: already converged when the last fault was put back)")
+            out.append(f"cluster converged {max(self.convergence.values()):.2f} s after the "
+                       "last fault (every service at its spec)" if not self.unconverged else
+                       f"cluster NOT converged: {len(self.unconverged)} services not at "
+                       "their spec at the end (below)")
+            out.append(f"convergence after the last fault per service, over "
+                       f"{len(self.convergence)} services: p50 {self.percentile(50):.2f} s, "
+                       f"p99 {self.percentile(99):.2f} s, max "
+                       f"{max(self.convergence.values()):.2f} s (0: already converged when "
+                       "the last fault was put back)")
+            out.append("  per service: " + ", ".join(
+                f"{self.short(svc)} {t:.2f} s" for svc, t in sorted(
+                    self.convergence.items(), key=lambda item: (-item[1], item[0]))))
         recovered = [v for v in self.recoveries.values() if v is not None]
         if self.recoveries:
             kinds = sorted({k.split()[0] for k in self.recoveries})
@@ -83,6 +122,7 @@ class Result:
                                f"{self.percentile(99, vals):.2f} s, max {max(vals):.2f} s "
                                "(fault put back to every service at its spec)")
             out.extend(f"  slow recovery: {line}" for line in self.slow_recoveries)
+            out.extend(self.service_recovery_lines())
             if self.stale_stopped:
                 vals = list(self.stale_stopped.values())
                 out.append(f"replaced tasks stopped after the link came back "
@@ -100,6 +140,8 @@ class Result:
             missing = [k for k, v in self.recoveries.items() if v is None]
             if missing and len(recovered) < len(self.recoveries):
                 out.append(f"faults with no recovery seen: {', '.join(missing[:10])}")
+        if self.clock_jumps:
+            out.append(f"clock jumps: {', '.join(self.clock_jumps)}")
         if self.unconverged:
             out.append("NOT CONVERGED:")
             out.extend(f"  {line}" for line in self.unconverged)
@@ -110,6 +152,8 @@ class Result:
                   f"{self.duration:.0f} --nodes {self.nodes}")
         if self.netns:
             replay += " --netns"
+        if self.process_nodes:
+            replay += f" --process-nodes {self.process_nodes}"
         if self.kinds:
             replay += f" --kinds {','.join(self.kinds)}"
         replay += f" --hold {self.hold[0]:g} {self.hold[1]:g}"

@@ -50,8 +50,10 @@ async def run(workdir: Path, seed: int, duration: float, nodes: int,
               fault_gap: tuple[float, float] = (1.0, 6.0),
               kinds: tuple[str, ...] = KINDS,
               hold: tuple[float, float] = (0.5, 5.0), netns: bool = False,
-              etcd_quota: int | None = None) -> Result:
-    cluster = Cluster(workdir, nodes, netns=netns, etcd_quota=etcd_quota)
+              etcd_quota: int | None = None, process_nodes: int = 0,
+              clocks: bool = False) -> Result:
+    cluster = Cluster(workdir, nodes, netns=netns, etcd_quota=etcd_quota,
+                      process_nodes=process_nodes, clocks=clocks)
     try:
         cluster.start_etcd()
     except BaseException:
@@ -67,7 +69,7 @@ async def run(workdir: Path, seed: int, duration: float, nodes: int,
     following = asyncio.create_task(follower.run())
     injector = Injector(cluster, checker, seed, hold=hold, gap=fault_gap, kinds=kinds)
     workload = Workload(cluster, checker, seed)
-    running = hosts.RunningWatch(checker, {n: cluster.journal(n) for n in cluster.node_names})
+    running = hosts.RunningWatch(checker, cluster.host_views())
     convergence: dict[str, float] = {}
     unconverged: list[str] = []
     extra: list[Violation] = []
@@ -103,8 +105,7 @@ async def run(workdir: Path, seed: int, duration: float, nodes: int,
             # The nodes catch up with the tasks a little after etcd does: poll briefly.
             host_deadline = time.monotonic() + 30
             while True:
-                extra = hosts.mismatches(checker, {n: cluster.journal(n)
-                                                   for n in cluster.node_names})
+                extra = hosts.mismatches(checker, cluster.host_views())
                 if not extra or time.monotonic() > host_deadline:
                     break
                 await asyncio.sleep(0.5)
@@ -128,6 +129,9 @@ async def run(workdir: Path, seed: int, duration: float, nodes: int,
         objects_lost=sum(1 for v in violations if v.kind == "lost"),
         recoveries={f"{f.kind} {f.victim} @{f.at - injector.faults[0].at:.0f}s": f.recovery
                     for f in injector.faults if f.error is None},
+        service_recoveries={(f"{f.kind} {f.victim} @{f.at - injector.faults[0].at:.0f}s",
+                             svc): t for f in injector.faults if f.error is None
+                            for svc, t in f.service_recovery.items()},
         stale_stopped={f"{f.kind} {f.victim} @{f.at - injector.faults[0].at:.0f}s":
                        f.stale_stopped for f in injector.faults
                        if f.stale_stopped is not None},
@@ -141,4 +145,7 @@ async def run(workdir: Path, seed: int, duration: float, nodes: int,
         netns=netns, kinds=kinds, hold=hold, etcd_quota=etcd_quota,
         writable_after={f"{f.kind} {f.victim} @{f.at - injector.faults[0].at:.0f}s":
                         f.writable_after for f in injector.faults if f.kind == "etcd-full"},
+        process_nodes=process_nodes,
+        clock_jumps=[f"{f.victim} {f.offset:+.0f} s" for f in injector.faults
+                     if f.offset is not None],
         netem_delay=cluster.underlay.delay_applied if cluster.underlay is not None else None)

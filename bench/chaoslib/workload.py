@@ -29,7 +29,7 @@ kind: Service
 metadata: {{name: {name}}}
 spec:
   replicas: {replicas}
-  template: {{image: "shoal/busybox:1", command: [httpd, -f, -p, "8080"]}}
+  template: {{image: "shoal/busybox:1", command: [busybox, httpd, -f, -p, "8080"]}}
   updateConfig: {{parallelism: {parallelism}, order: {order}, monitor: 0.5s}}
 """
 #: name -> (replicas, parallelism, order)
@@ -40,7 +40,7 @@ version: "3.8"
 services:
   front:
     image: shoal/busybox:{tag}
-    command: [httpd, -f, -p, "8080"]
+    command: [busybox, httpd, -f, -p, "8080"]
     deploy: {{replicas: 2, update_config: {{parallelism: 1, order: start-first}}}}
 """
 OPS = ("scale", "scale", "image", "image", "env", "drain", "ephemeral", "stack")

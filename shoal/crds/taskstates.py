@@ -189,6 +189,24 @@ def status_time(task: Resource) -> float | None:
     return parse_timestamp(task.status.get("timestamp"))
 
 
+#: How far ahead of the reader's clock a task's stamp may be and still be believed:
+#: stamps are whole seconds, truncated, so a sane one is never ahead; this is room for
+#: the small skew between hosts that NTP leaves.
+CLOCK_SLACK = 2.0
+
+
+def status_time_until(task: Resource, now: float) -> float | None:
+    """``status_time``, or None when it is more than ``CLOCK_SLACK`` after ``now``.
+
+    Such a stamp was written by a clock ahead of the reader's (an agent's stepped
+    forward, or the reader's stepped back), and keeps that lead in etcd after the clocks
+    agree again. A wait computed from it (a restart delay, an update's monitor window)
+    would last as long as the clocks disagreed by — hours after an NTP step — so it tells
+    nothing about when, and callers treat it as they treat a missing stamp."""
+    stamp = status_time(task)
+    return None if stamp is None or stamp > now + CLOCK_SLACK else stamp
+
+
 def creation_time(task: Resource) -> float:
     return parse_timestamp(task.metadata.creationTimestamp) or 0.0
 

@@ -147,7 +147,8 @@ async def _bump(store: client.Store, info: kinds.KindInfo, event: resource.Resou
 
 
 async def list_events(store: client.Store, obj: resource.Resource) -> list[resource.Resource]:
-    """Events about ``obj`` (this incarnation of it, when it has a uid), oldest first."""
+    """Events about ``obj`` (this incarnation of it, when it has a uid), oldest first
+    (by their last occurrence)."""
     events, _ = await store.list(event_kind(), namespace=_namespace(obj))
     out = []
     for event in events:
@@ -159,5 +160,15 @@ async def list_events(store: client.Store, obj: resource.Resource) -> list[resou
         if obj.metadata.uid and involved.get("uid") not in (None, obj.metadata.uid):
             continue
         out.append(event)
-    out.sort(key=lambda e: (str(e.spec.get("lastTimestamp", "")), e.name))
+    # In etcd's order of their last occurrence (the revision that wrote it), not by
+    # ``lastTimestamp``: that is the writer's wall clock, and a writer whose clock was
+    # stepped would list its events hours out of place.
+    out.sort(key=lambda e: (_revision(e), e.name))
     return out
+
+
+def _revision(event: resource.Resource) -> int:
+    try:
+        return int(event.metadata.resourceVersion or 0)
+    except ValueError:
+        return 0

@@ -79,3 +79,15 @@ def test_replacement_annotations() -> None:
     # A new generation starts over.
     assert rs.replacement_annotations(failed, policy, NOW, generation=2) == {
         rs.RESTART_COUNT: "1", rs.RESTART_TIMES: f"{NOW:.0f}"}
+
+
+def test_a_failure_stamped_by_a_clock_hours_ahead_is_restarted_not_waited_on() -> None:
+    # Found while adding the chaos harness's clock-jump fault: an agent whose wall clock an NTP step
+    # had put 2 h ahead stamps a failure 2 h in the future; the delay must not become 2 h
+    # (the stamp stays in etcd after the clocks agree again).
+    policy = rs.RestartPolicy(delay=5.0)
+    ahead = task(1, state="failed", ended=NOW + 7200)
+    assert rs.decide(ahead, policy, NOW).action is rs.Action.NOW
+    # A stamp within the hosts' usual skew is still waited on, as before.
+    slightly = rs.decide(task(1, state="failed", ended=NOW + 1), policy, NOW)
+    assert slightly.action is rs.Action.LATER and slightly.delay == pytest.approx(6.0)

@@ -197,6 +197,18 @@ def test_recently_failing_nodes_go_last() -> None:
     assert result.assignments == {"default/web.1.9": "a"}
 
 
+def test_failures_stamped_by_a_clock_hours_ahead_do_not_keep_a_node_last() -> None:
+    # Found while adding the chaos harness's clock-jump fault: failures an agent stamped
+    # with its wall clock 2 h ahead would count as "recent" for 2 h plus the window,
+    # long after the clocks agree again; a stamp from the future tells nothing of when.
+    nodes = [node("a"), node("b")]
+    svc = service("web", 1)
+    ahead = [task(svc, 1, node_name="a", state="failed", seq=i, timestamp=NOW + 7200)
+             for i in range(1, 6)]
+    result = schedule([task(svc, 1, seq=9)], nodes, ahead, [svc], now=NOW)
+    assert result.assignments == {"default/web.1.9": "a"}
+
+
 def test_reservations_subtract_live_tasks_on_the_node() -> None:
     nodes = [node("a", cpus=1, memory="1Gi"), node("b", cpus=1, memory="1Gi")]
     svc = service("web", 4, cpus=0.5, memory="256Mi")

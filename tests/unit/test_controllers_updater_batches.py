@@ -109,6 +109,29 @@ def test_completion_waits_out_the_monitor_after_the_last_batch() -> None:
     assert paused is not None and paused.state == bt.PAUSED, paused
 
 
+def test_a_running_report_stamped_hours_ahead_does_not_hold_the_update_for_hours() -> None:
+    # Found while adding the chaos harness's clock-jump fault: the last task's agent had its wall
+    # clock stepped 2 h ahead when it reported running. Monitoring "until 2 h + 5 s from
+    # now" would keep the update `updating` for 2 h after the clocks agree again.
+    svc = changed()
+    svc.status["update"] = {"state": "updating"}
+    tasks = [task(i, 2, node_name="a", generation=2, template=NEW) for i in (1, 2, 3)]
+    for t in tasks[:2]:
+        t.status["timestamp"] = NOW - 60.0
+    tasks[2].status["timestamp"] = NOW + 7200.0
+    config = cfg.for_service(svc)  # monitor 5s
+    d = bt.decide(bt.views(tasks, taskspec.Wanted(svc), False), [], NOW, config,
+                  svc.status["update"], generation=2)
+    assert d is not None and d.state == bt.COMPLETED, d
+    # ...and an update's delay between batches is not held by such a stamp either.
+    svc = changed(updateConfig={"delay": "10s"})
+    tasks = [task(1, 2, node_name="a", generation=2, template=NEW), task(2), task(3)]
+    tasks[0].status["timestamp"] = NOW + 7200.0
+    d = bt.decide(bt.views(tasks, taskspec.Wanted(svc), False), [], NOW,
+                  cfg.for_service(svc), {"state": "updating"}, generation=2)
+    assert d is not None and keys(d) == [2], d
+
+
 def test_a_rejected_replacement_pauses_the_rollout_with_the_reason() -> None:
     svc = changed()
     bad = task(1, 2, node_name="a", state="rejected", generation=2, template=NEW,

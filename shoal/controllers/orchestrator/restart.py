@@ -131,8 +131,9 @@ def decide(task: Resource, policy: RestartPolicy, now: float) -> Decision:
     NOT_NEEDED while it has not ended. NEVER when the condition rules a restart out
     (``none``; ``on-failure`` and it completed) or ``maxAttempts`` restarts already
     happened (within ``window`` when one is set). Otherwise LATER until ``delay`` has
-    passed since it ended, then NOW. A task with no end timestamp is restarted now rather
-    than waited on forever.
+    passed since it ended, then NOW. A task with no end timestamp, or one ahead of ``now``
+    (a stepped clock, see ``taskstates.status_time_until``), is restarted now rather
+    than waited on for as long as the clocks disagree.
     """
     state = ts.observed_state(task)
     if not ts.is_terminal(state):
@@ -149,7 +150,7 @@ def decide(task: Resource, policy: RestartPolicy, now: float) -> Decision:
             return Decision(Action.NEVER, reason=(
                 f"restart limit reached: {attempts} of {policy.max_attempts} "
                 f"restarts{within}"))
-    ended_at = ts.status_time(task)
+    ended_at = ts.status_time_until(task, now)  # a stamp from the future: as if absent
     if ended_at is not None:
         remaining = policy.delay - (now - ended_at)
         if remaining > 0:

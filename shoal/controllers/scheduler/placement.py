@@ -153,12 +153,15 @@ class ClusterState:
     def failure_of(self, task: Resource, window_start: float,
                    ) -> tuple[flt.ServiceKey, int, int, float] | None:
         """(service, generation, node index, when) of a task that failed or was rejected
-        on a node this state knows at or after ``window_start``; None for any other."""
+        on a node this state knows at or after ``window_start``; None for any other, and
+        for one stamped ahead of now (``window_start + FAILURE_WINDOW``): a stamp from a
+        clock ahead (``taskstates.status_time_until``) would keep the node "recently
+        failing" for as long as the clocks disagreed by."""
         if task.status.get("state") not in _FAILURE_STATES:
             return None
         info = self.by_name.get(ts.node_name_of(task) or "")
         name = ts.service_name(task)
-        stamp = ts.status_time(task)
+        stamp = ts.status_time_until(task, window_start + FAILURE_WINDOW)
         if info is None or name is None or stamp is None or stamp < window_start:
             return None
         return (ts.namespace_of(task), name), ts.generation_of(task), info.idx, stamp

@@ -253,8 +253,9 @@ def decide(slots: Sequence[SlotView], failed: Sequence[Resource], now: float,
         # Agents stamp whole seconds, truncated: the report came up to a second after
         # its stamp, so the stamp's next second is when the delay surely began — a batch
         # may wait up to a second longer than asked, never less.
+        # A stamp ahead of this clock (ts.status_time_until) is not waited on.
         since = max((t + STAMP_RESOLUTION
-                     for t in (ts.status_time(s.current) for s in fresh
+                     for t in (ts.status_time_until(s.current, now) for s in fresh
                                if ts.is_running(s.current))
                      if t is not None), default=None)
         if since is not None and now - since < config.delay:
@@ -272,10 +273,12 @@ def _monitor_left(fresh: Sequence[SlotView], generation: int | None, monitor: fl
                   now: float) -> float:
     """Seconds until the newest running task of ``generation`` has run ``monitor``
     (from its running report, the stamp's next second as for ``delay``); 0 when none
-    is that new, or without a generation."""
+    is that new, or without a generation. A running report stamped ahead of ``now``
+    (an agent's clock stepped forward) is not monitored: waiting for it would hold the
+    update for as long as the clocks disagreed by."""
     if generation is None or monitor <= 0:
         return 0.0
-    started = [t for t in (ts.status_time(s.current) for s in fresh
+    started = [t for t in (ts.status_time_until(s.current, now) for s in fresh
                            if ts.generation_of(s.current) == generation
                            and ts.is_running(s.current)) if t is not None]
     if not started:
