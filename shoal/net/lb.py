@@ -99,6 +99,13 @@ class LoadBalancer(abc.ABC):
         kube-proxy's periodic full sync)."""
         await self.sync(list(self.services.values()))
 
+    async def repair(self) -> list[str]:
+        """Make the kernel hold the balancer's model again, returning what was fixed, one
+        human-readable line per repair (the agent's periodic pass logs them). This
+        default rewrites everything and cannot tell what differed: it returns []."""
+        await self.resync()
+        return []
+
     @property
     @abc.abstractmethod
     def services(self) -> dict[ServiceKey, VirtualService]:
