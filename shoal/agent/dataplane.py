@@ -86,6 +86,9 @@ from shoal.store import client, codec, projections
 log = structlog.get_logger("shoal.agent.dataplane")
 
 DEBOUNCE = 0.05  # seconds: a burst of watch events is applied as one pass
+# An incremental pass costs what its changes touch, so a burst split over a few passes
+# costs little more than one; the wait is mostly latency.
+INCREMENTAL_DEBOUNCE = 0.005
 RESYNC_EVERY = 30.0  # seconds between passes nobody asked for (drift repair)
 ATTACH_WAIT = 5.0  # seconds an attach waits for this agent's caches to see the task
 DNS_PORT = 53
@@ -311,7 +314,7 @@ class Dataplane:
             wait = max(0.0, last_periodic + self.resync_every - time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), timeout=wait)
-            await asyncio.sleep(DEBOUNCE)
+            await asyncio.sleep(INCREMENTAL_DEBOUNCE if self.incremental else DEBOUNCE)
             self._dirty.clear()
             resync = time.monotonic() - last_periodic >= self.resync_every
             try:
@@ -627,7 +630,12 @@ class Dataplane:
     def _prune(self) -> None:
         """Forget local tasks that ended or are gone, and pids whose process died (its
         namespace went with it; plumbing into it would fail the whole pass)."""
-        alive = {t.metadata.uid for t in self._local_tasks() if not ts.has_ended(t)}
+        if self.incremental:
+            # The index knows this node's attached, not ended tasks: no walk over every
+            # cached task (pids and resolv files exist only for attached ones).
+            alive = set(self.index.local_uid)
+        else:
+            alive = {t.metadata.uid for t in self._local_tasks() if not ts.has_ended(t)}
         for uid in list(self.pids):
             if uid not in alive or not os.path.exists(f"/proc/{self.pids[uid]}/ns/net"):
                 del self.pids[uid]

@@ -183,6 +183,7 @@ class PlanIndex:
         self.clients: dict[tuple[str, IPv4Address], tuple[str, ...]] = {}
         self.claims: dict[ServiceKey, dict[SvcKey, VirtualService]] = {}
         self.svc_claims: dict[SvcKey, dict[ServiceKey, VirtualService]] = {}
+        self.contested: set[ServiceKey] = set()  # claimed by more than one service
         self.svc_problems: dict[SvcKey, list[str]] = {}
         self.applied_services: dict[ServiceKey, VirtualService] = {}
         self.records: dict[SvcKey, ServiceRecord] = {}
@@ -339,6 +340,7 @@ class PlanIndex:
         self.listeners = {}
         self.clients = {}
         self.claims.clear()
+        self.contested.clear()
         self.svc_claims.clear()
         self.svc_problems.clear()
         self.applied_services.clear()
@@ -435,10 +437,8 @@ class PlanIndex:
             return None
         info = self.infos[name]
         local: list[Attachment] = []
-        for key in self.by_network.get(name, ()):
+        for key in self.local:  # not by_network: a big network's tasks are mostly remote
             e = self.tasks[key]
-            if e.node != self.node:
-                continue
             pid = self._pids.get(e.uid)
             if pid is None:
                 continue
@@ -528,6 +528,10 @@ class PlanIndex:
                     holders[skey] = virtual[vkey]
                 else:
                     holders.pop(skey, None)
+                if len(holders) > 1:
+                    self.contested.add(vkey)
+                else:
+                    self.contested.discard(vkey)
                 if not holders:
                     del self.claims[vkey]
             if virtual:
@@ -573,7 +577,7 @@ class PlanIndex:
 
     def problems(self) -> tuple[str, ...]:
         out = list(self.host_problems.values())
-        for vkey in sorted(self.claims, key=_vkey_order):
+        for vkey in sorted(self.contested, key=_vkey_order):
             holders = self.claims[vkey]
             out.extend(f"{v.describe()} is claimed twice; the first service keeps it"
                        for k, v in sorted(holders.items())[1:])
