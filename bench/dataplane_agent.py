@@ -1,7 +1,9 @@
 """The agent's dataplane at cluster scale: one task change, from etcd to the kernel and DNS.
 
-    python -m bench.dataplane --agent-only [--agent-services 10000] [--agent-endpoints 10]
+    python -m bench.dataplane --agent-only [--services 10000] [--endpoints 10]
         [--agent-changes 40] [--agent-baseline-changes 5]
+    python -m bench.dataplane_agent [--services 10000] [--endpoints 10] [--changes 40]
+        [--baseline-changes 5]
 
 A real etcd holds S services x E tasks on one overlay network ``appnet`` spread over 50
 nodes, plus S/10 services x E tasks on a network ``backnet`` this node does not host,

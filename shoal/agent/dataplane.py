@@ -159,7 +159,10 @@ class Dataplane:
         self.log = log.bind(node=node)
         self.pids: dict[str, int] = {}  # task uid -> workload pid (local tasks)
         self.leaving: set[str] = set()  # local task uids taken out of the balancer
-        self.plan: netplan.Plan | None = None  # the last full plan applied
+        # The last full plan applied; kept only on the full-plan path (incremental=False),
+        # which reads it between passes: at 100,000 tasks it holds as many peers.
+        self.plan: netplan.Plan | None = None
+        self._ready = False  # a first pass has been applied
         self.passes = 0
         self.changes = 0  # kernel changes the overlay made, in all passes
         self.touch: Callable[[str], None] | None = None  # the task manager's requeue
@@ -214,8 +217,9 @@ class Dataplane:
             lambda _o: self._poke_waiting(), lambda _o, _n: self._poke_waiting(), None))
         self._loop_task = asyncio.create_task(self._run(), name=f"dataplane:{self.node}")
         self.log.info("dataplane ready", backend=self.backend_name,
-                      networks=[n.name for n in (self.plan.overlay.networks
-                                                 if self.plan else ())])
+                      networks=sorted(self.index.applied_networks) if self.incremental
+                      else [n.name for n in (self.plan.overlay.networks
+                                             if self.plan else ())])
 
     def _feed(self, inf: informer_mod.Informer,
               put: Callable[[informer_mod.CacheKey, resource.Resource | None], object]
@@ -383,7 +387,7 @@ class Dataplane:
                             frozenset(self.leaving))
         if self.incremental:
             self.index.step(self.pids, self.leaving)  # catch up; the full plan is applied
-            if reason == "periodic" or self.plan is None:
+            if reason == "periodic" or not self._ready:
                 differ = planindex.differences(self.index.snapshot(), plan)
                 if differ:
                     self.log.error("incremental dataplane plan differed from the full "
@@ -417,7 +421,8 @@ class Dataplane:
         self.dns.table.replace_all(plan.dns)
         await self._apply_listeners(plan.listeners)
         self._note_problems(plan.problems)
-        self.plan = plan
+        self.plan = None if self.incremental else plan
+        self._ready = True
 
     async def _apply_delta(self, delta: planindex.Delta, reason: str) -> None:
         """Apply what the index says changed, and nothing else."""
@@ -527,7 +532,7 @@ class Dataplane:
                          repaired=repaired[:20], keys=sorted(keys))
 
     def _covered(self, ticket: int) -> bool:
-        return self.plan is not None and self._applied >= ticket
+        return self._ready and self._applied >= ticket
 
     def _ask(self) -> int:
         """A ticket for a change a hook just made to ``pids`` or ``leaving``."""

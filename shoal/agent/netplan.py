@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Iterable, Mapping
-from typing import Literal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal, Protocol
 
 from shoal.crds import networking as nw
 from shoal.crds import taskstates as ts
@@ -260,7 +260,12 @@ def service_record(service: Resource, ep: nw.Endpoint,
                          aliases=aliases)
 
 
-def default_network(atts: list[nw.Attachment], infos: Mapping[str, nw.NetworkInfo]
+class _OnNetwork(Protocol):
+    @property
+    def network(self) -> str: ...
+
+
+def default_network(atts: Sequence[_OnNetwork], infos: Mapping[str, nw.NetworkInfo]
                     ) -> str | None:
     """The network a task's default route goes through: its first not internal one."""
     for att in atts:

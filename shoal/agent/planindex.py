@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import sys
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from shoal.agent import netplan
 from shoal.crds import networking as nw
@@ -49,6 +50,23 @@ ObjKey = tuple[str | None, str]  # an informer's cache key: (namespace, name)
 _K = TypeVar("_K", bound=Hashable)
 
 
+class Att(NamedTuple):
+    """A task's address on one network, compact: an ``ipaddress.IPv4Interface`` costs
+    about 400 bytes, and the index holds one per task of the cluster."""
+
+    network: str
+    packed: int  # the address as an integer
+    prefixlen: int
+
+    @property
+    def ip(self) -> IPv4Address:
+        return IPv4Address(self.packed)
+
+    @property
+    def address(self) -> ipaddress.IPv4Interface:
+        return ipaddress.IPv4Interface((self.packed, self.prefixlen))
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class TaskEntry:
     """What the plan reads of an attached, placed, not-ended task."""
@@ -56,7 +74,7 @@ class TaskEntry:
     uid: str
     service: SvcKey
     node: str
-    attachments: tuple[nw.Attachment, ...]
+    attachments: tuple[Att, ...]
     serving: bool
 
 
@@ -69,7 +87,9 @@ def task_entry(task: Resource) -> TaskEntry | None:
         return None
     return TaskEntry(uid=task.metadata.uid, service=(ts.namespace_of(task),
                                                      ts.service_name(task) or ""),
-                     node=str(node), attachments=tuple(atts),
+                     node=str(node),
+                     attachments=tuple(Att(sys.intern(a.network), int(a.address.ip),
+                                           a.address.network.prefixlen) for a in atts),
                      serving=netplan.serving(task))
 
 
@@ -117,7 +137,7 @@ def service_pieces(svc: Resource, members: Iterable[TaskEntry], node: str,
     by_net: dict[str, list[IPv4Address]] = {}
     for m in members:
         for att in m.attachments:
-            by_net.setdefault(att.network, []).append(att.address.ip)
+            by_net.setdefault(att.network, []).append(att.ip)
     for network, vip in ep.vips.items():
         if network not in hosted_ok:
             continue
@@ -132,10 +152,10 @@ def service_pieces(svc: Resource, members: Iterable[TaskEntry], node: str,
         if port.mode == "ingress":
             if ingress is None or ingress not in hosted_ok:
                 continue
-            backends = [Backend(a.address.ip, port.target)
+            backends = [Backend(a.ip, port.target)
                         for m in members for a in m.attachments if a.network == ingress]
         else:
-            backends = [Backend(a.address.ip, port.target)
+            backends = [Backend(a.ip, port.target)
                         for m in members if m.node == node
                         for a in m.attachments if a.network == ingress]
             if not backends:
@@ -218,7 +238,7 @@ class PlanIndex:
             self.by_network.setdefault(att.network, set()).add(key)
             self.dirty_networks.add(att.network)
             if not local and under is not None:
-                peer = Peer(att.address.ip, under)
+                peer = Peer(att.ip, under)
                 self.peer_counts.setdefault(att.network, Counter())[peer] += 1
                 self.touched_peers.setdefault(att.network, set()).add(peer)
 
@@ -237,7 +257,7 @@ class PlanIndex:
             _discard(self.by_network, att.network, key)
             self.dirty_networks.add(att.network)
             if not local and under is not None:
-                peer = Peer(att.address.ip, under)
+                peer = Peer(att.ip, under)
                 counts = self.peer_counts[att.network]
                 counts[peer] -= 1
                 if counts[peer] <= 0:
@@ -322,7 +342,7 @@ class PlanIndex:
                 continue
             for att in e.attachments:
                 self.peer_counts.setdefault(att.network, Counter())[
-                    Peer(att.address.ip, under)] += 1
+                    Peer(att.ip, under)] += 1
         for network in set(old) | set(self.peer_counts):
             before, after = old.get(network, Counter()), self.peer_counts.get(network,
                                                                                 Counter())
@@ -425,7 +445,7 @@ class PlanIndex:
             if len(own) > 1:
                 for att in atts:
                     if att.network != self.ingress:
-                        clients[(att.network, att.address.ip)] = own
+                        clients[(att.network, att.ip)] = own
         if clients != self.clients:
             self.clients = clients
             delta.clients = dict(clients)
