@@ -33,12 +33,17 @@ Why it looks like this:
   task starting elsewhere in a 100,000-task cluster costs an FDB and a neighbour entry.
   Both trust what earlier passes made; ``sync`` (the agent's start-up and periodic pass)
   compares the whole node with the kernel and removes what nobody wants.
+* A hosted network's FDB and neighbour tables hold an entry per remote task. A full sync
+  reads them with ``bridge -j fdb``/``ip -j neigh`` (pyroute2 took 18 s to decode the
+  20,000 entries of 10,000 remote tasks) and adds what is missing with one
+  ``bridge -batch``/``ip -batch`` when it is more than a few.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import socket
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +66,9 @@ RTPROT_STATIC = 4
 RT_SCOPE_LINK = 253
 RT_TABLE_MAIN = 254
 AF_BRIDGE = 7
+# Beyond this many FDB or neighbour entries to add, one ``bridge -batch``/``ip -batch``
+# process is cheaper than a netlink request each through pyroute2.
+BATCH = 64
 
 Msg = Any  # a pyroute2 netlink message (untyped)
 
@@ -495,42 +503,65 @@ class OverlayNode:
 
     async def _sync_fdb(self, ipr: AsyncIPRoute, net: OverlayNetwork, vx: int,
                         report: SyncReport) -> None:
+        dev = naming.vxlan_name(net.vni)
         want = {naming.mac_for(p.address): str(p.underlay) for p in net.peers}
         have: dict[str, set[str]] = {}
-        async for entry in await ipr.fdb("dump", ifindex=vx):
-            dst = entry.get("NDA_DST")
-            if entry["ifindex"] != vx or dst is None:
+        for entry in await self._tool_json("bridge", "-j", "fdb", "show", "dev", dev):
+            dst, mac = entry.get("dst"), entry.get("mac")
+            if dst is None or mac is None or entry.get("master"):
                 continue  # bridge (master) entries and the all-zero default are not ours
-            have.setdefault(entry.get("NDA_LLADDR"), set()).add(dst)
+            have.setdefault(mac, set()).add(dst)
         for mac, dsts in have.items():
             for dst in dsts:
                 if want.get(mac) != dst:
                     await ipr.fdb("del", ifindex=vx, lladdr=mac, dst=dst)
                     report.add(f"fdb del {mac} dst {dst} on vni {net.vni}")
-        for mac, dst in want.items():
-            if dst not in have.get(mac, set()):
-                # append: a VXLAN FDB entry keyed by MAC + dst; the stale one went above.
+        missing = [(mac, dst) for mac, dst in want.items() if dst not in have.get(mac, set())]
+        if len(missing) > BATCH:
+            # append: a VXLAN FDB entry keyed by MAC + dst; the stale one went above.
+            await netns_mod.run_command(self.netns, "bridge", "-batch", "-", stdin="".join(
+                f"fdb append {mac} dev {dev} dst {dst} self permanent\n"
+                for mac, dst in missing))
+        else:
+            for mac, dst in missing:
                 await ipr.fdb("append", ifindex=vx, lladdr=mac, dst=dst,
                               state=NUD_PERMANENT)
-                report.add(f"fdb add {mac} dst {dst} on vni {net.vni}")
+        for mac, dst in missing:
+            report.add(f"fdb add {mac} dst {dst} on vni {net.vni}")
 
     async def _sync_neigh(self, ipr: AsyncIPRoute, net: OverlayNetwork, vx: int,
                           report: SyncReport) -> None:
+        dev = naming.vxlan_name(net.vni)
         want = {str(p.address): naming.mac_for(p.address) for p in net.peers}
-        have: dict[str, tuple[str | None, int]] = {}
-        async for entry in await ipr.neigh("dump", family=socket.AF_INET, ifindex=vx):
-            if entry["ifindex"] == vx:
-                have[entry.get("NDA_DST")] = (entry.get("NDA_LLADDR"), entry["state"])
+        have: dict[str, tuple[str | None, bool]] = {}
+        for entry in await self._tool_json("ip", "-4", "-j", "neigh", "show", "dev", dev):
+            if "dst" in entry:
+                have[entry["dst"]] = (entry.get("lladdr"),
+                                      entry.get("state") == ["PERMANENT"])
         for ip, (mac, _state) in have.items():
             if ip not in want:
                 with contextlib.suppress(NetlinkError):
                     await ipr.neigh("del", ifindex=vx, dst=ip, lladdr=mac)
                 report.add(f"neigh del {ip} on vni {net.vni}")
-        for ip, mac in want.items():
-            if have.get(ip) != (mac, NUD_PERMANENT):
+        missing = [(ip, mac) for ip, mac in want.items() if have.get(ip) != (mac, True)]
+        if len(missing) > BATCH:
+            await netns_mod.run_command(self.netns, "ip", "-batch", "-", stdin="".join(
+                f"neigh replace {ip} lladdr {mac} dev {dev} nud permanent\n"
+                for ip, mac in missing))
+        else:
+            for ip, mac in missing:
                 await ipr.neigh("replace", ifindex=vx, dst=ip, lladdr=mac,
                                 state=NUD_PERMANENT)
-                report.add(f"neigh set {ip} {mac} on vni {net.vni}")
+        for ip, mac in missing:
+            report.add(f"neigh set {ip} {mac} on vni {net.vni}")
+
+    async def _tool_json(self, *argv: str) -> list[dict[str, Any]]:
+        """An iproute2 listing as JSON. The FDB and neighbour tables of a network hold an
+        entry per remote task (100,000 in a big cluster): pyroute2 decodes ~1,000 netlink
+        messages a second here, ``bridge -j``/``ip -j`` and a JSON parse 100 times that."""
+        out = await netns_mod.run_command(self.netns, *argv)
+        parsed = json.loads(out) if out.strip() else []
+        return parsed if isinstance(parsed, list) else []
 
     async def _sync_node_routes(self, ipr: AsyncIPRoute, net: OverlayNetwork, br: int,
                                 report: SyncReport) -> None:

@@ -135,23 +135,33 @@ class Monitor:
     makes a harmless change of the watched kind and waits for its line."""
 
     def __init__(self, lab: Lab, ns: str, *argv: str) -> None:
-        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, "stdbuf", "-oL", *argv],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True)
-        lab.procs.append(self.proc)  # type: ignore[arg-type]
+        self.lab, self.argv = lab, ["ip", "netns", "exec", ns, "stdbuf", "-oL", *argv]
         self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self._start()
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
+    def _start(self) -> None:
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
+        self.lab.procs.append(self.proc)  # type: ignore[arg-type]
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
             self.lines.append(line.strip())
 
     async def ready(self, probe: list[str], undo: list[str], marker: str) -> None:
         def seen() -> bool:
+            if self.proc.poll() is not None:
+                # A child forked from this process (gRPC's threads) may die before its
+                # exec, seen under load: start it again.
+                self._start()
             sh(*probe, check=False)
             return any(marker in line for line in self.lines)
-        await until(seen)
+        with contextlib.suppress(AssertionError):
+            await until(seen, timeout=20)
+        assert any(marker in line for line in self.lines), (
+            self.argv, self.proc.poll(), self.lines[-5:])
         count = sum(marker in line for line in self.lines)
         sh(*undo)
         await until(lambda: sum(marker in line for line in self.lines) > count)
