@@ -236,7 +236,7 @@ async def informers_only(url: str, prefix: str) -> None:
     projected.start()
     for inf in infs:
         await inf.wait_synced()
-    print(rss_mb(os.getpid()), flush=True)
+    print(f"\n{rss_mb(os.getpid())}", flush=True)
     await full.stop()
     await projected.stop()
     await store.close()
@@ -471,7 +471,8 @@ async def run(services: int, endpoints: int, changes: int, baseline_changes: int
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "bench.dataplane_agent", "--informers", server.url,
                 "/bench", stdout=asyncio.subprocess.PIPE)
-            caches_mb = float((await proc.communicate())[0].decode().strip())
+            # The last line: the runtime may log (a long GC pause) before it.
+            caches_mb = float((await proc.communicate())[0].decode().split()[-1])
             print(f"  the dataplane's informers alone, synced: {caches_mb:.0f} MB resident",
                   flush=True)
             results = {}

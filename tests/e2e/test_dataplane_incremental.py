@@ -28,7 +28,7 @@ from shoal.agent.exec.executor import Observed
 from shoal.crds import kinds, resource
 from shoal.net import naming
 from shoal.store import client, etcd_server
-from tests.e2e.netlab import Lab, have_netns_privileges, sh
+from tests.e2e.netlab import Lab, Node, have_netns_privileges, sh
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.skipif(not have_netns_privileges(), reason="needs root and nft")
@@ -172,9 +172,9 @@ class Monitor:
 
 @contextlib.asynccontextmanager
 async def running_dataplane(etcd: etcd_server.EtcdServer, prefix: str, lab: Lab,
-                            tmp_path: Path, **kw: Any) -> AsyncIterator[tuple[
-                                client.Store, Dataplane, str]]:
-    n1 = lab.node()
+                            tmp_path: Path, n1: Node | None = None, **kw: Any
+                            ) -> AsyncIterator[tuple[client.Store, Dataplane, str]]:
+    n1 = n1 or lab.node()
     store = await client.Store.connect(etcd.url, prefix=prefix)
     await populate(store)
     dp = Dataplane(store, "n1", str(n1.underlay), observe=never_running, backend="nftables",
@@ -197,13 +197,16 @@ def fdb(ns: str) -> str:
 
 async def test_a_task_change_touches_only_its_own_rules(
         etcd: etcd_server.EtcdServer, prefix: str, lab: Lab, tmp_path: Path) -> None:
-    async with running_dataplane(etcd, prefix, lab, tmp_path,
+    # The monitors are started before this process talks to etcd: a child forked once
+    # gRPC's threads run was seen to hang before its exec.
+    n1 = lab.node()
+    nft = Monitor(lab, n1.ns, "nft", "monitor")
+    bridge = Monitor(lab, n1.ns, "bridge", "monitor", "fdb")
+    neigh = Monitor(lab, n1.ns, "ip", "monitor", "neigh")
+    async with running_dataplane(etcd, prefix, lab, tmp_path, n1,
                                  resync_every=3600) as (store, dp, ns):
         await until(lambda: all(vip(s) in nft_elements(lab, ns)
                                      for s in range(SERVICES)), timeout=20)
-        nft = Monitor(lab, ns, "nft", "monitor")
-        bridge = Monitor(lab, ns, "bridge", "monitor", "fdb")
-        neigh = Monitor(lab, ns, "ip", "monitor", "neigh")
         await nft.ready(["ip", "netns", "exec", ns, "nft", "add", "table", "ip", "probe"],
                         ["ip", "netns", "exec", ns, "nft", "delete", "table", "ip", "probe"],
                         "probe")
