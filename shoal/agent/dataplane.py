@@ -61,6 +61,7 @@ import contextlib
 import dataclasses
 import ipaddress
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -101,6 +102,7 @@ FIREWALL_EVERY = 2.0  # seconds: the host firewall is re-checked at most this of
 FIREWALL_CONDITION = "Firewall"  # on the Node: can Shoal's traffic pass the host firewall
 
 Observe = Callable[[str], Awaitable[Observed]]
+_ADDRESS = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b")
 
 
 class NotPlumbedError(RuntimeError):
@@ -523,11 +525,17 @@ class Dataplane:
                    networks: tuple[overlay_mod.OverlayNetwork, ...]) -> None:
         """What a periodic pass found changed in the kernel behind Shoal's back."""
         keys: set[str] = set()
+        # A balancer line names a VIP: its service, from the index (rare, so a walk).
+        by_vip = {str(vkey[0]): skey for skey, claimed in self.index.svc_claims.items()
+                  for vkey in claimed if vkey[0] is not None} if part == "balancer" else {}
         for line in repaired:
             for net in networks:
                 if (f"vni {net.vni}" in line or naming.bridge_name(net.vni) in line
                         or naming.vxlan_name(net.vni) in line):
                     keys.add(f"network/{net.name}")
+            for address in _ADDRESS.findall(line):
+                if address in by_vip:
+                    keys.add("service/{}/{}".format(*by_vip[address]))
         self.log.warning("dataplane drift repaired", part=part, count=len(repaired),
                          repaired=repaired[:20], keys=sorted(keys))
 
