@@ -305,20 +305,43 @@ class Observer:
     more CPU than the agent), and asks the node's DNS responder."""
 
     def __init__(self, ns: str) -> None:
-        self.monitor = subprocess.Popen(
-            ["ip", "netns", "exec", ns, "stdbuf", "-oL", "nft", "monitor"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.ns = ns
         self.lines: list[tuple[float, str]] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.monitor = self._spawn()
         self.nft = NftRunner(ns, "lib")
         self.sock = create_socket(f"/var/run/netns/{ns}", socket.AF_INET, socket.SOCK_DGRAM,
                                   flags=0)
         self.sock.settimeout(0.2)
 
-    def _read(self) -> None:
-        assert self.monitor.stdout is not None
-        for line in self.monitor.stdout:
+    def _spawn(self) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, "stdbuf", "-oL", "nft", "monitor"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+        return proc
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
             self.lines.append((time.monotonic(), line))
+
+    async def ready(self) -> None:
+        """Wait until the monitor reports a probe table; start it again if it does not
+        (a child forked from a process running gRPC's threads was seen to hang before
+        its exec)."""
+        for _ in range(5):
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                # A creation and a removal each time: a monitor that missed the first
+                # sees the next (adding an existing table notifies nothing).
+                self.nft.run_sync("add table ip benchprobe\ndelete table ip benchprobe\n")
+                if any("benchprobe" in line for _, line in self.lines):
+                    return
+                await asyncio.sleep(0.1)
+            self.monitor.kill()
+            self.monitor.wait()
+            self.monitor = self._spawn()
+        raise RuntimeError("nft monitor shows nothing in the namespace")
 
     def balanced(self, s: int, since: int) -> float | None:
         """When the kernel reported both of ``vip(s)``'s VirtualServices (tcp, udp)
@@ -413,6 +436,7 @@ async def measure(url: str, prefix: str, lab_ns: str, underlay: str, store: clie
     agent, start = await Agent.start(url, prefix, lab_ns, underlay, incremental)
     obs = Observer(lab_ns)
     try:
+        await obs.ready()
         rss_ready = agent.rss_mb()
         # Let the start-up settle (informer bursts) before timing changes.
         await asyncio.sleep(2)
