@@ -326,22 +326,18 @@ class Observer:
             self.lines.append((time.monotonic(), line))
 
     async def ready(self) -> None:
-        """Wait until the monitor reports a probe table; start it again if it does not
-        (a child forked from a process running gRPC's threads was seen to hang before
-        its exec)."""
-        for _ in range(5):
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                # A creation and a removal each time: a monitor that missed the first
-                # sees the next (adding an existing table notifies nothing).
-                self.nft.run_sync("add table ip benchprobe\ndelete table ip benchprobe\n")
-                if any("benchprobe" in line for _, line in self.lines):
-                    return
-                await asyncio.sleep(0.1)
-            self.monitor.kill()
-            self.monitor.wait()
-            self.monitor = self._spawn()
-        raise RuntimeError("nft monitor shows nothing in the namespace")
+        """Wait (at most 30 s) for the monitor to report a probe table, created and
+        removed each try; say so and go on if it does not: at 10,000 services no probe
+        was reported in three tries of 45 s, while the changes themselves were (run 1 in
+        bench/RESULTS.md), which is not understood yet."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            self.nft.run_sync("add table ip benchprobe\ndelete table ip benchprobe\n")
+            if any("benchprobe" in line for _, line in self.lines):
+                return
+            await asyncio.sleep(0.2)
+        print("  (nft monitor reported no probe table within 30 s; timing anyway)",
+              flush=True)
 
     def balanced(self, s: int, since: int) -> float | None:
         """When the kernel reported both of ``vip(s)``'s VirtualServices (tcp, udp)
