@@ -3,6 +3,8 @@
     python -m bench.dataplane [--services 10000] [--endpoints 10] [--changes 20]
                               [--iperf-seconds 5] [--iperf-runs 1] [--skip-iperf]
                               [--ipvs-uml | --no-ipvs-uml] [--skip-nftables]
+                              [--agent | --no-agent] [--agent-only]
+                              [--agent-changes 40] [--agent-baseline-changes 5]
 
 * For each load-balancer backend this kernel can run (nftables here; IPVS when
   /proc/net/ip_vs exists): a full sync of N services x E endpoints into an empty
@@ -23,6 +25,11 @@
   interleaved so a load change on the machine hits both legs alike, and prints every run
   with the load average beside it, then the min and median ratio.
 
+* The agent (``bench/dataplane_agent.py``, its own module): with the services and
+  endpoints above in etcd, one task change's time from the etcd write to a real
+  Dataplane's balancer and DNS reflecting it (p50/p99), its CPU per change and memory,
+  beside the same changes through the full-plan path.
+
 Everything runs in namespaces this benchmark creates and removes; traffic never leaves
 them. Needs root, nftables and iperf3.
 """
@@ -39,6 +46,7 @@ import subprocess
 import time
 from typing import Any
 
+from bench import dataplane_agent
 from shoal.net import ipvs_netlink
 from shoal.net.lb import VirtualService
 from shoal.net.lb_ipvs import IpvsLoadBalancer, kernel_view, service_commands
@@ -255,7 +263,19 @@ async def main() -> None:
                     default=UML_PRESENT and not IPVS_PRESENT,
                     help="measure IPVS inside user-mode-linux (default: when linux.uml "
                          "exists and this kernel has no IPVS)")
+    # The agent's per-change figures live in bench/dataplane_agent.py.
+    ap.add_argument("--agent", action=argparse.BooleanOptionalAction, default=True,
+                    help="one task change through a real agent Dataplane at this scale "
+                         "(bench/dataplane_agent.py)")
+    ap.add_argument("--agent-only", action="store_true",
+                    help="only the agent section")
+    ap.add_argument("--agent-changes", type=int, default=40)
+    ap.add_argument("--agent-baseline-changes", type=int, default=5)
     args = ap.parse_args()
+    if args.agent_only:
+        await dataplane_agent.run(args.services, args.endpoints, args.agent_changes,
+                                  args.agent_baseline_changes)
+        return
     n, e = args.services, args.endpoints
     print(f"load balancer: {n} services x {e} endpoints "
           f"(targets: full sync <= 0.5 s, one change <= 50 ms); load average "
@@ -306,6 +326,10 @@ async def main() -> None:
         ratios = [float(r2["ratio"]) for r2 in runs]
         print(f"  ratio over {len(ratios)} run(s): min {min(ratios):.2f}, "
               f"median {statistics.median(ratios):.2f} (target >= 0.9)")
+    if args.agent:
+        await dataplane_agent.run(args.services, args.endpoints, args.agent_changes,
+                                  args.agent_baseline_changes)
+
 
 if __name__ == "__main__":
     asyncio.run(main())

@@ -11,12 +11,25 @@ node should hold, and applies it with the ``shoal.net`` building blocks: ``Overl
 the kernel supports (IPVS, else nftables; reported as ``Node.status.dataplane``) and the
 ``DnsServer`` listening on the node's address on each network.
 
-Level-triggered like everything else: any change marks the plan stale and one loop
-re-plans and re-applies (debounced); each building block changes only what differs from
-the kernel's (or its own model's) state, so an agent restart with unchanged objects
-changes nothing -- except the nftables table, which a restarted agent writes once
-atomically with the same content (its conntrack entries, hence established connections,
-are untouched). A periodic pass repairs drift nobody announced.
+Work follows the change, not the cluster. The informers feed a ``planindex.PlanIndex``
+(tasks by service and by network, peers per network, dirty marks); a change marks what
+it touches and one loop (debounced) asks the index for the difference -- one service's
+VirtualServices and DNS record, one network's peers and attachments -- and applies only
+that: ``lb.update_service``/``remove_service``, ``DnsTable.set``/``remove``,
+``OverlayNode.update_network`` (a few FDB/neighbour requests) or ``sync_networks`` for the
+networks whose hosting changed. ``netplan.plan`` stays the reference: the start-up pass
+and the periodic one (every ``resync_every`` s) compute the full plan, compare it with
+the index's state (a difference is a bug: logged as an error with what differed, then
+the full plan is applied), and repair kernel drift nobody announced (someone deleting a
+route or an element by hand): the overlay's thorough sync and the balancer's ``repair``
+report what they fixed, logged as "dataplane drift repaired". A pass that fails leaves
+the next one to apply the full plan. ``incremental=False`` forces the full plan on every
+change (the old behaviour; the bench's baseline and the tests' reference).
+
+Each building block changes only what differs from the kernel's (or its own model's)
+state, so an agent restart with unchanged objects changes nothing -- except the nftables
+table, which a restarted agent writes once atomically with the same content (its
+conntrack entries, hence established connections, are untouched).
 
 The task manager calls four hooks (``taskmanager.TaskNetworking``):
 
@@ -48,13 +61,14 @@ import contextlib
 import dataclasses
 import ipaddress
 import os
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import structlog
 
-from shoal.agent import netplan, nodereport
+from shoal.agent import netplan, nodereport, planindex
 from shoal.agent.exec.executor import Observed, TaskSpec
 from shoal.crds import kinds, resource
 from shoal.crds import networking as nw
@@ -63,6 +77,7 @@ from shoal.crds import template as tpl
 from shoal.net import lb as lb_mod
 from shoal.net import lb_factory, naming
 from shoal.net import netns as netns_mod
+from shoal.net import overlay as overlay_mod
 from shoal.net.dns import DnsServer, DnsTable
 from shoal.net.hostfw import HostFirewall
 from shoal.net.overlay import OverlayNode
@@ -72,16 +87,22 @@ from shoal.store import client, codec, projections
 log = structlog.get_logger("shoal.agent.dataplane")
 
 DEBOUNCE = 0.05  # seconds: a burst of watch events is applied as one pass
+# An incremental pass costs what its changes touch, so a burst split over a few passes
+# costs little more than one; the wait is mostly latency.
+INCREMENTAL_DEBOUNCE = 0.005
 RESYNC_EVERY = 30.0  # seconds between passes nobody asked for (drift repair)
-LB_RESYNC_EVERY = 10  # every N-th periodic pass rewrites the balancer from its model
 ATTACH_WAIT = 5.0  # seconds an attach waits for this agent's caches to see the task
 DNS_PORT = 53
+# Beyond this many VirtualServices changed at once, one balancer sync (a single
+# transaction diffed against its model) is cheaper than one transaction each.
+LB_BATCH = 64
 DRAIN = 1.0  # seconds a backend keeps running after leaving the balancer (see above)
 RESOLV_TARGET = "/etc/resolv.conf"
 FIREWALL_EVERY = 2.0  # seconds: the host firewall is re-checked at most this often
 FIREWALL_CONDITION = "Firewall"  # on the Node: can Shoal's traffic pass the host firewall
 
 Observe = Callable[[str], Awaitable[Observed]]
+_ADDRESS = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b")
 
 
 class NotPlumbedError(RuntimeError):
@@ -97,7 +118,8 @@ class Dataplane:
                  observe: Observe, backend: lb_mod.BackendName | None = None,
                  netns: str | None = None, state_dir: Path | str = "/run/shoal",
                  dns_port: int = DNS_PORT, drain: float = DRAIN,
-                 reports: nodereport.NodeReports | None = None) -> None:
+                 reports: nodereport.NodeReports | None = None,
+                 resync_every: float = RESYNC_EVERY, incremental: bool = True) -> None:
         self.store = store
         self.reports = reports  # where the backend and Firewall condition are reported
         self.node = node
@@ -107,6 +129,13 @@ class Dataplane:
         self.state_dir = Path(state_dir) / node
         self.dns_port = dns_port
         self.drain = drain
+        self.resync_every = resync_every
+        # False: every change re-plans the whole cluster (netplan.plan), as before the
+        # index existed. Only the bench (its baseline) and tests set it.
+        self.incremental = incremental
+        self.index = planindex.PlanIndex(node)
+        self._need_full = True  # the next pass applies the full plan
+        self._problems: tuple[str, ...] = ()
         self._backend_choice = backend
         registry = kinds.Registry.builtin()
         self._nodes_info = registry.lookup("nodes")
@@ -133,7 +162,10 @@ class Dataplane:
         self.log = log.bind(node=node)
         self.pids: dict[str, int] = {}  # task uid -> workload pid (local tasks)
         self.leaving: set[str] = set()  # local task uids taken out of the balancer
+        # The last full plan applied; kept only on the full-plan path (incremental=False),
+        # which reads it between passes: at 100,000 tasks it holds as many peers.
         self.plan: netplan.Plan | None = None
+        self._ready = False  # a first pass has been applied
         self.passes = 0
         self.changes = 0  # kernel changes the overlay made, in all passes
         self.touch: Callable[[str], None] | None = None  # the task manager's requeue
@@ -169,20 +201,47 @@ class Dataplane:
         self.lb = lb_factory.make_load_balancer(chosen, netns=self.netns)
         await self._report_backend()
         await self._discover_workloads()
+        if self.incremental:
+            # Added after the caches synced: each is first called with every cached object.
+            self._feed(self.networks, self.index.put_network)
+            self._feed(self.services, self.index.put_service)
+            self._feed(self.nodes, self.index.put_node)
+            self._feed(self.tasks, self.index.put_task)
         await self._first_pass()
-        for inf in (self.networks, self.services, self.nodes):
-            self._detach_handlers.append(inf.add_handlers(
-                lambda _o: self._changed(), lambda _o, _n: self._changed(),
-                lambda _o: self._changed()))
-        self._detach_handlers.append(self.tasks.add_handlers(
-            lambda _o: self._changed(), self._task_changed, lambda _o: self._changed()))
+        if not self.incremental:
+            for inf in (self.networks, self.services, self.nodes):
+                self._detach_handlers.append(inf.add_handlers(
+                    lambda _o: self._changed(), lambda _o, _n: self._changed(),
+                    lambda _o: self._changed()))
+            self._detach_handlers.append(self.tasks.add_handlers(
+                lambda _o: self._changed(), self._task_changed, lambda _o: self._changed()))
         # A task told to wait for its networks is looked at again when they change.
         self._detach_handlers.append(self.networks.add_handlers(
             lambda _o: self._poke_waiting(), lambda _o, _n: self._poke_waiting(), None))
         self._loop_task = asyncio.create_task(self._run(), name=f"dataplane:{self.node}")
         self.log.info("dataplane ready", backend=self.backend_name,
-                      networks=[n.name for n in (self.plan.overlay.networks
-                                                 if self.plan else ())])
+                      networks=sorted(self.index.applied_networks) if self.incremental
+                      else [n.name for n in (self.plan.overlay.networks
+                                             if self.plan else ())])
+
+    def _feed(self, inf: informer_mod.Informer,
+              put: Callable[[informer_mod.CacheKey, resource.Resource | None], object]
+              ) -> None:
+        """Informer events into the index; a change the index cares about wakes the loop
+        (``put_task`` says whether it did: most task updates are state reports that
+        change nothing a plan reads)."""
+        def key(obj: resource.Resource) -> informer_mod.CacheKey:
+            return (obj.metadata.namespace, obj.metadata.name)
+
+        def upsert(obj: resource.Resource) -> None:
+            if put(key(obj), obj) is not False:
+                self._changed()
+
+        def delete(obj: resource.Resource) -> None:
+            put(key(obj), None)
+            self._changed()
+        self._detach_handlers.append(inf.add_handlers(
+            upsert, lambda _old, new: upsert(new), delete))
 
     def _task_changed(self, old: resource.Resource, new: resource.Resource) -> None:
         # Most task updates are state reports (assigned, preparing, starting...) that
@@ -255,22 +314,20 @@ class Dataplane:
 
     async def _run(self) -> None:
         backoff = 0.2
-        last_pass = time.monotonic()
-        periodic = 0
+        # Since the last periodic pass, not the last pass: a steady stream of changes
+        # must not put the safety net off for ever.
+        last_periodic = time.monotonic()
         while True:
+            wait = max(0.0, last_periodic + self.resync_every - time.monotonic())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), timeout=RESYNC_EVERY)
-            await asyncio.sleep(DEBOUNCE)
+                await asyncio.wait_for(self._dirty.wait(), timeout=wait)
+            await asyncio.sleep(INCREMENTAL_DEBOUNCE if self.incremental else DEBOUNCE)
             self._dirty.clear()
-            resync = time.monotonic() - last_pass >= RESYNC_EVERY
+            resync = time.monotonic() - last_periodic >= self.resync_every
             try:
                 await self.sync("periodic" if resync else "change")
                 if resync:
-                    periodic += 1
-                    if periodic % LB_RESYNC_EVERY == 0 and self.lb is not None \
-                            and self._lb_active:
-                        await self.lb.resync()
-                last_pass = time.monotonic()
+                    last_periodic = time.monotonic()
                 backoff = 0.2
             except asyncio.CancelledError:
                 raise
@@ -282,8 +339,7 @@ class Dataplane:
                 backoff = min(backoff * 2, 5.0)
                 self._dirty.set()
 
-    async def sync(self, reason: str = "change", covering: int | None = None
-                   ) -> netplan.Plan:
+    async def sync(self, reason: str = "change", covering: int | None = None) -> None:
         """Plan from the caches and apply; serialised (hooks and the loop share it).
 
         ``covering`` is a hook's ticket (``_ask``): a pass that began planning after the
@@ -297,37 +353,58 @@ class Dataplane:
             while self._lock.locked() and not self._covered(covering):
                 await self._passed.wait()
             if self._covered(covering):
-                assert self.plan is not None
-                return self.plan
+                return
         async with self._lock:
             try:
-                return await self._pass(reason, covering)
+                await self._pass(reason, covering)
             finally:
                 # Waiting hooks look again, also after a pass that failed.
                 self._passed.set()
                 self._passed = asyncio.Event()
 
-    async def _pass(self, reason: str, covering: int | None) -> netplan.Plan:
-        """One pass (``sync`` holds the lock)."""
+    async def _pass(self, reason: str, covering: int | None) -> None:
+        """One pass (``sync`` holds the lock): the index's difference, or the full plan
+        (start-up, periodic, after a failed pass, or always when not incremental)."""
         if covering is not None and self._covered(covering):
-            assert self.plan is not None
-            return self.plan
+            return
         asked = self._asked
         self._prune()
+        self.passes += 1
+        full = (reason in ("start", "periodic") or not self.incremental
+                or self._need_full)
+        try:
+            if self.incremental and (reason == "periodic" or not full):
+                await self._apply_delta(self.index.step(self.pids, self.leaving), reason)
+            if full:
+                await self._full_pass(reason)
+        except BaseException:
+            self._need_full = self.incremental
+            raise
+        self._need_full = False
+        self._applied = max(self._applied, asked)
+
+    async def _full_pass(self, reason: str) -> None:
+        """Plan from every cached object and apply it whole; compare with the index."""
         plan = netplan.plan(self.node, self.networks.list(), self.services.list(),
                             self.tasks.list(), self.nodes.list(), self.pids,
                             frozenset(self.leaving))
-        self.passes += 1
+        if self.incremental:
+            self.index.step(self.pids, self.leaving)  # catch up; the full plan is applied
+            if reason == "periodic" or not self._ready:
+                differ = planindex.differences(self.index.snapshot(), plan)
+                if differ:
+                    self.log.error("incremental dataplane plan differed from the full "
+                                   "plan; applying the full plan", reason=reason,
+                                   differences=differ)
+                    self.index.rebuild()
+                    self.index.step(self.pids, self.leaving)
+        thorough = reason in ("start", "periodic")
         if plan.overlay.networks or self._overlay_active:
             # Only start-up and periodic passes look into every task's namespace
             # again (overlay.py says why); attach and detach passes are frequent.
-            report = await self.overlay.sync(
-                plan.overlay, thorough=reason in ("start", "periodic"))
+            report = await self.overlay.sync(plan.overlay, thorough=thorough)
             self._overlay_active = bool(plan.overlay.networks)
-            if report.refused != self.refused_networks:
-                for name, why in report.refused.items():
-                    self.log.error("overlay network refused", network=name, reason=why)
-                self.refused_networks = dict(report.refused)
+            self._note_refused(report.refused, replace=True)
             # Logged when they change, not every pass: a device that refuses an offload
             # refuses it on every pass. A quick pass looks at few links, so only a
             # thorough one can say the problems are gone.
@@ -339,20 +416,141 @@ class Dataplane:
                 self.overlay_warnings = list(report.warnings)
             if report:
                 self.changes += len(report.changes)
-                self.log.info("overlay changed", reason=reason,
-                              changes=len(report.changes), first=report.changes[:5])
+                if reason == "periodic" and self.incremental:
+                    self._log_drift("overlay", report.changes, plan.overlay.networks)
+                else:
+                    self.log.info("overlay changed", reason=reason,
+                                  changes=len(report.changes), first=report.changes[:5])
         await self._apply_lb(plan)
-        await self._apply_firewall(plan, force=reason in ("start", "periodic"))
-        await self._apply_localnet(plan)
-        await self._apply_dns(plan)
-        if plan.problems and (self.plan is None or plan.problems != self.plan.problems):
-            self.log.warning("dataplane incomplete", problems=list(plan.problems))
-        self.plan = plan
-        self._applied = max(self._applied, asked)
-        return plan
+        if reason == "periodic" and self.lb is not None and self._lb_active:
+            repaired = await self.lb.repair()
+            if repaired:
+                self._log_drift("balancer", repaired, plan.overlay.networks)
+        await self._apply_firewall(bool(plan.overlay.networks or plan.services),
+                                   force=thorough)
+        await self._apply_localnet([n.name for n in plan.overlay.networks])
+        self.dns.table.set_clients(plan.clients)
+        self.dns.table.replace_all(plan.dns)
+        await self._apply_listeners(plan.listeners)
+        self._note_problems(plan.problems)
+        self.plan = None if self.incremental else plan
+        self._ready = True
+
+    async def _apply_delta(self, delta: planindex.Delta, reason: str) -> None:
+        """Apply what the index says changed, and nothing else."""
+        if not delta:
+            return
+        changes: list[str] = []
+        for change in delta.networks:
+            changes += await self._apply_network(change)
+        if changes:
+            self.changes += len(changes)
+            self.log.info("overlay changed", reason=reason, changes=len(changes),
+                          first=changes[:5])
+        self._overlay_active = self._overlay_active or bool(self.index.applied_networks)
+        await self._apply_lb_delta(delta)
+        if delta.records or delta.removed_records:
+            for namespace, name in delta.removed_records:
+                self.dns.table.remove(namespace, name)
+            for record in delta.records:
+                self.dns.table.set(record)
+        if delta.clients is not None:
+            self.dns.table.set_clients(delta.clients)
+        hosting = bool(self.index.applied_networks or self.index.applied_services)
+        await self._apply_firewall(hosting, force=False)
+        await self._apply_localnet(list(self.index.applied_networks))
+        if delta.listeners is not None:
+            await self._apply_listeners(delta.listeners)
+        self._note_problems(self.index.problems())
+        if delta.touched:
+            self.log.debug("dataplane changed", reason=reason,
+                           keys=[f"service/{ns}/{n}" for ns, n in sorted(delta.touched)[:20]])
+
+    async def _apply_network(self, change: planindex.NetworkChange) -> list[str]:
+        old, new = change.old, change.new
+        if new is None:
+            assert old is not None
+            self.refused_networks.pop(old.name, None)
+            return (await self.overlay.remove_network(old)).changes
+        out: list[str] = []
+        if new.name in self.refused_networks and not change.full:
+            # Never built: try it whole again (it is refused again while the clash lasts).
+            change = planindex.NetworkChange(old, dataclasses.replace(
+                new, peers=tuple(self.index.peers(new.name))), full=True)
+            new = change.new
+            assert new is not None
+        if change.full:
+            gone: list[tuple[str, str]] = []
+            if old is not None:
+                if old.vni != new.vni:
+                    out += (await self.overlay.remove_network(old)).changes
+                else:
+                    keys = {a.key for a in new.attachments}
+                    gone = [(old.name, a.key) for a in old.attachments if a.key not in keys]
+            report = await self.overlay.sync_networks([new], gone=gone)
+            self._note_refused(report.refused, networks=[new.name])
+            return out + report.changes
+        assert old is not None
+        return (await self.overlay.update_network(old, new, added=change.added,
+                                                  removed=change.removed)).changes
+
+    async def _apply_lb_delta(self, delta: planindex.Delta) -> None:
+        assert self.lb is not None
+        wanted = self.index.applied_services
+        if not wanted:
+            if self._lb_active:
+                await self.lb.teardown()
+                self._lb_active = False
+            return
+        if not (delta.services or delta.removed_services) and self._lb_active:
+            return
+        if not self._lb_active or len(delta.services) + len(delta.removed_services) > LB_BATCH:
+            await self.lb.sync(list(wanted.values()))
+        else:
+            for key in delta.removed_services:
+                await self.lb.remove_service(key)
+            for svc in delta.services:
+                await self.lb.update_service(svc)
+        self._lb_active = True
+
+    def _note_refused(self, refused: dict[str, str], *, replace: bool = False,
+                      networks: list[str] | None = None) -> None:
+        now = dict(refused) if replace else dict(self.refused_networks)
+        if not replace:
+            for name in networks or ():
+                now.pop(name, None)
+            now.update(refused)
+        if now != self.refused_networks:
+            for name, why in now.items():
+                if self.refused_networks.get(name) != why:
+                    self.log.error("overlay network refused", network=name, reason=why)
+            self.refused_networks = now
+
+    def _note_problems(self, problems: tuple[str, ...]) -> None:
+        if problems and sorted(problems) != sorted(self._problems):
+            self.log.warning("dataplane incomplete", problems=list(problems))
+        self._problems = problems
+
+    def _log_drift(self, part: str, repaired: list[str],
+                   networks: tuple[overlay_mod.OverlayNetwork, ...]) -> None:
+        """What a periodic pass found changed in the kernel behind Shoal's back."""
+        keys: set[str] = set()
+        # A balancer line names a VIP: its service, from the index (rare, so a walk).
+        by_vip = {str(vkey[0]): skey for skey, claimed in self.index.svc_claims.items()
+                  for vkey in claimed if vkey[0] is not None} if part == "balancer" else {}
+        for line in repaired:
+            for net in networks:
+                if (f"vni {net.vni}" in line or naming.bridge_name(net.vni) in line
+                        or naming.vxlan_name(net.vni) in line):
+                    keys.add(f"network/{net.name}")
+            for address in _ADDRESS.findall(line):
+                if address in by_vip:
+                    keys.add("service/{}/{}".format(*by_vip[address]))
+        self.log.warning("dataplane drift repaired", part=part, count=len(repaired),
+                         repaired=repaired[:20], keys=sorted(keys))
 
     def _covered(self, ticket: int) -> bool:
-        return self.plan is not None and self._applied >= ticket
+        return self._ready and self._applied >= ticket
 
     def _ask(self) -> int:
         """A ticket for a change a hook just made to ``pids`` or ``leaving``."""
@@ -370,11 +568,10 @@ class Dataplane:
         await self.lb.sync(list(plan.services))
         self._lb_active = True
 
-    async def _apply_firewall(self, plan: netplan.Plan, *, force: bool) -> None:
+    async def _apply_firewall(self, hosting: bool, *, force: bool) -> None:
         """Our ACCEPT rules in a host firewall we do not own (``net/hostfw.py``) while
         the node hosts anything; exactly ours removed when it hosts nothing. Re-checked
         on every pass (at most every FIREWALL_EVERY s): Docker re-creates its chains."""
-        hosting = bool(plan.overlay.networks or plan.services)
         if not hosting and not self._firewall_active:
             return
         now = time.monotonic()
@@ -415,7 +612,7 @@ class Dataplane:
                                        "Admitted" if ok else "Blocked", "; ".join(problems))
         self._firewall_reported = problems
 
-    async def _apply_localnet(self, plan: netplan.Plan) -> None:
+    async def _apply_localnet(self, hosted: list[str]) -> None:
         """``route_localnet`` on the ingress bridge, so a connection to 127.0.0.1:<published
         port> made on this node, translated to a task's address, may leave through it
         (and be masqueraded); martian 127/8 arriving elsewhere is dropped by the
@@ -423,8 +620,9 @@ class Dataplane:
         if self.backend_name != "nftables":
             return  # IPVS: loopback-sourced connections are not balanced (docs/networking.md)
         ingress = nw.ingress_name(self.networks.list())
-        bridges = {naming.bridge_name(n.vni) for n in plan.overlay.networks
-                   if n.name == ingress}
+        info = (nw.network_info(net) if ingress in hosted
+                and (net := self.networks.get(ingress or "")) is not None else None)
+        bridges = {naming.bridge_name(info.vni)} if info is not None else set()
         self._localnet &= bridges  # a bridge made again starts with the default
         for bridge in bridges - self._localnet:
             try:
@@ -434,13 +632,12 @@ class Dataplane:
             except (OSError, RuntimeError) as exc:
                 self.log.warning("cannot set route_localnet", bridge=bridge, error=str(exc))
 
-    async def _apply_dns(self, plan: netplan.Plan) -> None:
-        self.dns.table.set_clients(plan.clients)
-        self.dns.table.replace_all(plan.dns)
+    async def _apply_listeners(self, listeners: Mapping[str, ipaddress.IPv4Address]
+                               ) -> None:
         for network in self.dns.networks:
-            if network not in plan.listeners:
+            if network not in listeners:
                 await self.dns.unlisten(network)
-        for network, address in plan.listeners.items():
+        for network, address in listeners.items():
             if self._listening.get(network) == address and network in self.dns.networks:
                 continue
             try:
@@ -456,7 +653,12 @@ class Dataplane:
     def _prune(self) -> None:
         """Forget local tasks that ended or are gone, and pids whose process died (its
         namespace went with it; plumbing into it would fail the whole pass)."""
-        alive = {t.metadata.uid for t in self._local_tasks() if not ts.has_ended(t)}
+        if self.incremental:
+            # The index knows this node's attached, not ended tasks: no walk over every
+            # cached task (pids and resolv files exist only for attached ones).
+            alive = set(self.index.local_uid)
+        else:
+            alive = {t.metadata.uid for t in self._local_tasks() if not ts.has_ended(t)}
         for uid in list(self.pids):
             if uid not in alive or not os.path.exists(f"/proc/{self.pids[uid]}/ns/net"):
                 del self.pids[uid]
@@ -526,7 +728,7 @@ class Dataplane:
                 self.log.info("task attached", key=_ref(task), pid=observed.pid)
                 return
             if time.monotonic() > deadline:
-                problems = "; ".join(self.plan.problems) if self.plan else ""
+                problems = "; ".join(self._problems)
                 raise NotPlumbedError(f"the networks of {_ref(task)} are not plumbed yet"
                                       + (f" ({problems})" if problems else ""))
             await asyncio.sleep(0.1)  # our caches have not seen the allocation yet
@@ -539,6 +741,8 @@ class Dataplane:
             raise NotPlumbedError("; ".join(refused))
 
     def _plumbed(self, uid: str) -> bool:
+        if self.incremental:
+            return self.index.plumbed(uid)
         return self.plan is not None and any(
             a.key == uid for n in self.plan.overlay.networks for a in n.attachments)
 

@@ -36,14 +36,14 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Iterable, Mapping
-from typing import Literal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal, Protocol
 
 from shoal.crds import networking as nw
 from shoal.crds import taskstates as ts
 from shoal.crds.resource import Resource
 from shoal.net.dns import ServiceRecord
-from shoal.net.lb import Backend, VirtualService
+from shoal.net.lb import Backend, ServiceKey, VirtualService
 from shoal.net.overlay import Attachment, NetworkState, OverlayNetwork, Peer
 
 IPv4Address = ipaddress.IPv4Address
@@ -170,7 +170,7 @@ def plan(node: str, networks: Iterable[Resource], services: Iterable[Resource],
                 local.append(Attachment(
                     key=t.metadata.uid, netns=f"/proc/{pid}/ns/net", ifname=f"eth{index}",
                     address=att.address,
-                    default_route=_default_network(atts, infos) == att.network))
+                    default_route=default_network(atts, infos) == att.network))
         for other, address in info.node_addresses.items():
             if other != node and other in underlay:
                 peers.add(Peer(address, underlay[other]))
@@ -190,9 +190,11 @@ def plan(node: str, networks: Iterable[Resource], services: Iterable[Resource],
             key = (ts.namespace_of(t), ts.service_name(t) or "")
             serving_by_service.setdefault(key, []).append((t, atts))
 
-    virtual: dict[tuple[IPv4Address | None, int, str], VirtualService] = {}
+    virtual: dict[ServiceKey, VirtualService] = {}
     records: list[ServiceRecord] = []
-    for s in svcs:
+    # By (namespace, name): which of two services claiming one port keeps it must not
+    # depend on the order a cache lists them in (planindex decides the same way).
+    for s in sorted(svcs, key=lambda s: (ts.namespace_of(s), s.name)):
         key = (ts.namespace_of(s), s.name)
         members = serving_by_service.get(key, [])
         ep = nw.endpoint(s)
@@ -204,7 +206,7 @@ def plan(node: str, networks: Iterable[Resource], services: Iterable[Resource],
             if network not in hosted_ok:
                 continue  # nobody here can reach it: no client on that network
             for proto in PROTOCOLS:
-                _add(virtual, VirtualService.make(
+                add_service(virtual, VirtualService.make(
                     str(vip), ALL_PORTS, proto,
                     [Backend(ip, ALL_PORTS) for ip in by_net.get(network, ())]), problems)
         for port in ep.ports:
@@ -221,18 +223,11 @@ def plan(node: str, networks: Iterable[Resource], services: Iterable[Resource],
                             for a in atts if a.network == ingress]
                 if not backends:
                     continue  # host mode: published only where a task runs
-            _add(virtual, VirtualService.make(None, port.published, port.protocol, backends),
-                 problems)
-        dns_tasks = {n: tuple(sorted(ips)) for n, ips in by_net.items()
-                     if n != ingress}
-        vips = {n: v for n, v in ep.vips.items() if n != ingress}
-        if vips or dns_tasks or nw.service_networks(s):
-            aliases = {n: tuple(a) for n in nw.service_networks(s)
-                       if n != ingress and (a := nw.service_aliases(s, n))}
-            records.append(ServiceRecord(namespace=key[0], name=key[1],
-                                         mode=nw.endpoint_mode(s), vips=vips,
-                                         tasks=_tasks_on_networks(s, dns_tasks, ingress),
-                                         aliases=aliases))
+            add_service(virtual, VirtualService.make(None, port.published, port.protocol,
+                                                     backends), problems)
+        record = service_record(s, ep, by_net, ingress)
+        if record is not None:
+            records.append(record)
     clients: dict[tuple[str, IPv4Address], tuple[str, ...]] = {}
     for t, atts in attached:
         if t.spec.get("nodeName") != node:
@@ -243,13 +238,36 @@ def plan(node: str, networks: Iterable[Resource], services: Iterable[Resource],
                 if att.network != ingress:
                     clients[(att.network, att.address.ip)] = own
     return Plan(overlay=NetworkState(tuple(sorted(overlay_nets, key=lambda n: n.name))),
-                services=tuple(sorted(virtual.values(), key=_service_order)),
+                services=tuple(sorted(virtual.values(), key=service_order)),
                 dns=tuple(records), listeners=listeners, problems=tuple(problems),
                 clients=clients)
 
 
-def _default_network(atts: list[nw.Attachment], infos: Mapping[str, nw.NetworkInfo]
-                     ) -> str | None:
+def service_record(service: Resource, ep: nw.Endpoint,
+                   by_net: Mapping[str, list[IPv4Address]], ingress: str | None
+                   ) -> ServiceRecord | None:
+    """A service's DNS record, from its serving tasks' addresses by network; None for a
+    service with no VIP, task or network to answer for."""
+    dns_tasks = {n: tuple(sorted(ips)) for n, ips in by_net.items() if n != ingress}
+    vips = {n: v for n, v in ep.vips.items() if n != ingress}
+    if not (vips or dns_tasks or nw.service_networks(service)):
+        return None
+    aliases = {n: tuple(a) for n in nw.service_networks(service)
+               if n != ingress and (a := nw.service_aliases(service, n))}
+    return ServiceRecord(namespace=ts.namespace_of(service), name=service.name,
+                         mode=nw.endpoint_mode(service), vips=vips,
+                         tasks=_tasks_on_networks(service, dns_tasks, ingress),
+                         aliases=aliases)
+
+
+class _OnNetwork(Protocol):
+    @property
+    def network(self) -> str: ...
+
+
+def default_network(atts: Sequence[_OnNetwork], infos: Mapping[str, nw.NetworkInfo]
+                    ) -> str | None:
+    """The network a task's default route goes through: its first not internal one."""
     for att in atts:
         info = infos.get(att.network)
         if info is not None and not info.internal:
@@ -268,15 +286,15 @@ def _tasks_on_networks(service: Resource, found: Mapping[str, tuple[IPv4Address,
     return out
 
 
-def _add(virtual: dict[tuple[IPv4Address | None, int, str], VirtualService],
-         svc: VirtualService, problems: list[str]) -> None:
+def add_service(virtual: dict[ServiceKey, VirtualService],
+                svc: VirtualService, problems: list[str]) -> None:
     if svc.key in virtual:
         # Two services claiming one published port (admission and the allocator prevent
-        # it; a hand-written object may not): the first keeps it.
+        # it; a hand-written object may not): the first by namespace/name keeps it.
         problems.append(f"{svc.describe()} is claimed twice; the first service keeps it")
         return
     virtual[svc.key] = svc
 
 
-def _service_order(svc: VirtualService) -> tuple[int, int, str]:
+def service_order(svc: VirtualService) -> tuple[int, int, str]:
     return (int(svc.vip) if svc.vip is not None else -1, svc.port, svc.protocol)

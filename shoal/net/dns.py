@@ -298,8 +298,8 @@ class DnsServer:
         if network in self._listeners:
             await self.unlisten(network)
         loop = asyncio.get_running_loop()
-        udp_sock = _socket(socket.SOCK_DGRAM, netns)
-        tcp_sock = _socket(socket.SOCK_STREAM, netns)
+        udp_sock = await _socket(socket.SOCK_DGRAM, netns)
+        tcp_sock = await _socket(socket.SOCK_STREAM, netns)
         try:
             udp_sock.bind((host, port))
             bound = udp_sock.getsockname()
@@ -437,13 +437,17 @@ def _udp_limit(query: dns.message.Message) -> int:
     return max(512, query.payload) if query.edns >= 0 else 512
 
 
-def _socket(kind: socket.SocketKind, netns: str | None) -> socket.socket:
+async def _socket(kind: socket.SocketKind, netns: str | None) -> socket.socket:
     if netns is None:
         sock = socket.socket(socket.AF_INET, kind)
     else:
-        from pyroute2.netns import create_socket
-
-        sock = create_socket(netns_mod.path(netns), socket.AF_INET, kind, flags=0)
+        # Made on a thread that entered the namespace (netns.run_in), not in a child
+        # forked by pyroute2's create_socket: a fork of the agent (gRPC's threads, a
+        # gigabyte of heap at 100,000 tasks) was seen to die with SIGSEGV before its
+        # socket came back, failing the whole dataplane pass.
+        def make() -> socket.socket:
+            return socket.socket(socket.AF_INET, kind)
+        sock = await asyncio.to_thread(netns_mod.run_in, netns_mod.path(netns), make)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
     sock.setblocking(False)

@@ -1,4 +1,4 @@
-"""Dataplane.sync's sharing of passes between hooks: who waits for what.
+"""Dataplane.sync's sharing of passes between hooks: who waits for what; drift logs.
 
 The passes themselves (overlay, balancer, DNS) are replaced by a timed stand-in that
 records them; what is tested is the scheduling in ``sync``, which is pure logic.
@@ -7,11 +7,15 @@ records them; what is tested is the scheduling in ``sync``, which is pure logic.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from typing import Any
 
 import pytest
+import structlog
 
 from shoal.agent.dataplane import Dataplane
+from shoal.net.lb import VirtualService
+from shoal.net.overlay import OverlayNetwork
 from shoal.store import client
 
 PASS = 0.05  # seconds a stand-in pass takes
@@ -29,16 +33,16 @@ class Recorder:
     async def __call__(self, reason: str, covering: int | None) -> Any:
         dp = self.dp
         if covering is not None and dp._covered(covering):
-            return dp.plan
+            return None
         asked = dp._asked
         self.passes.append(reason)
         await asyncio.sleep(PASS)
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("netlink busy")
-        dp.plan = object()  # type: ignore[assignment]
+        dp._ready = True
         dp._applied = max(dp._applied, asked)
-        return dp.plan
+        return None
 
 
 def dataplane() -> tuple[Dataplane, Recorder]:
@@ -96,3 +100,20 @@ async def test_a_failed_pass_leaves_no_hook_waiting() -> None:
     with pytest.raises(RuntimeError, match="netlink busy"):
         await failing
     assert rec.passes == ["attach", "attach"]
+
+
+def test_drift_is_logged_with_the_keys_of_what_was_repaired() -> None:
+    with structlog.testing.capture_logs() as logs:
+        dp, _ = dataplane()
+        svc = VirtualService.make("10.254.0.14", 0, "tcp", ["10.0.1.32:0"])
+        dp.index.svc_claims[("default", "web")] = {svc.key: svc}
+        net = OverlayNetwork("appnet", 4097, ipaddress.IPv4Network("10.0.1.0/24"),
+                             ipaddress.IPv4Address("10.0.1.2"))
+        dp._log_drift("balancer", ["re-added backend 10.0.1.32 of 10.254.0.14:0/tcp"],
+                      (net,))
+        dp._log_drift("overlay", ["fdb add 02:5c:0a:00:01:20 dst 198.18.0.2 on vni 4097"],
+                      (net,))
+    drift = [e for e in logs if e["event"] == "dataplane drift repaired"]
+    assert [(e["part"], e["keys"]) for e in drift] == [
+        ("balancer", ["service/default/web"]), ("overlay", ["network/appnet"])]
+    assert drift[0]["repaired"] == ["re-added backend 10.0.1.32 of 10.254.0.14:0/tcp"]
