@@ -518,10 +518,18 @@ class NftablesLoadBalancer(LoadBalancer):
         """One transaction for all the changes; on any failure (or before the first full
         sync, when the kernel's table is unknown) rebuild the whole table instead."""
         changed, gone = list(changed), list(gone)
-        want = {k: s for k, s in self._model.items() if k not in gone}
-        want.update((s.key, s) for s in changed)
+
+        def wanted() -> dict[ServiceKey, VirtualService]:
+            # A copy (no re-hashing of the keys) changed in place: a comprehension over
+            # the model would hash every (IPv4Address, port, protocol) key again, which
+            # made one service's change cost time in proportion to all services.
+            want = dict(self._model)
+            for k in gone:
+                want.pop(k, None)
+            want.update((s.key, s) for s in changed)
+            return want
         if not self._synced:
-            await self._full(want.values())
+            await self._full(wanted().values())
             return
         chains = set(self._chains)
         refs = dict(self._vip_refs)
@@ -544,10 +552,12 @@ class NftablesLoadBalancer(LoadBalancer):
             if ops:
                 await asyncio.to_thread((await self._netlink()).commit, ops)
         except NftError:
-            await self._full(want.values())
+            await self._full(wanted().values())
             return
         new_chains = chains - self._chains
-        self._model = want
+        for k in gone:  # the model changed in place, as the kernel was
+            self._model.pop(k, None)
+        self._model.update((s.key, s) for s in changed)
         self._chains = chains
         self._vip_refs = refs
         if new_chains and self._rules is not None:
