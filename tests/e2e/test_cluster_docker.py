@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -246,14 +246,19 @@ async def test_logs_from_tasks_on_two_nodes(services: Cluster) -> None:
     single = c.swctl("logs", f"task/{one.metadata.name}", "--timestamps", "--tail", "1")
     assert single.stdout.count("\n") <= 1 and "Z " in (single.stdout + single.stderr)
     # -f streams until interrupted, and picks up the tasks' lines.
+    # Interrupted once both tasks' lines are out, not after a fixed sleep: a loaded
+    # machine can take longer than that to start swctl itself.
     follow = _spawn(command("logs", "-f", "chatty"), c.env)
     try:
-        await asyncio.sleep(2.0)
+        assert follow.stdout is not None
+        read = await asyncio.wait_for(asyncio.to_thread(_read_until, follow.stdout,
+                                                        "hello from x", 2), 30)
         follow.send_signal(signal.SIGINT)
-        text, _ = follow.communicate(timeout=10)
+        rest, _ = follow.communicate(timeout=10)
     finally:
         if follow.poll() is None:
             follow.kill()
+    text = read + rest
     assert follow.returncode == 0 and text.count("hello from x") == 2, text
 
 
@@ -451,6 +456,17 @@ def _processes_mentioning(text: str) -> list[str]:
 
 def _stopped_containers(c: Cluster, uid: str) -> Callable[[], list[Any]]:
     return lambda: [x for x in c.containers_of_task(uid) if x.status != "running"]
+
+
+def _read_until(stream: IO[str], needle: str, count: int) -> str:
+    """Lines from ``stream`` up to the one that brings ``needle``'s count to ``count``."""
+    text = ""
+    while text.count(needle) < count:
+        line = stream.readline()
+        if not line:
+            break
+        text += line
+    return text
 
 
 def _spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen[str]:

@@ -36,7 +36,11 @@ from tests.e2e.nscluster import NsCluster, remove_containers
 from tests.e2e.test_networking_cluster import HTTPD, apply, lookup, pinned, service
 from tests.helpers import eventually
 
-pytestmark = pytest.mark.skipif(not have_netns_privileges(), reason="needs root and iproute2")
+# alone: the first test compares the machine's own iptables and bridge-nf-call-iptables
+# before and after; dockerd changes the host's rules for other tests' containers, so
+# nothing may run beside it.
+pytestmark = [pytest.mark.skipif(not have_netns_privileges(), reason="needs root and iproute2"),
+              pytest.mark.alone]
 
 REG = kinds.Registry.builtin()
 BR_NF = "/proc/sys/net/bridge/bridge-nf-call-iptables"

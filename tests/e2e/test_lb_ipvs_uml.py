@@ -36,6 +36,11 @@ from tests.e2e.uml_guest import (
     WHOLE_VIP,
 )
 
+# alone: the module boots a user-mode-linux guest that must be up within 50 s; beside the
+# parallel pass's workers (load average 15) it was not, so it runs with nothing beside it
+# rather than with a longer deadline.
+pytestmark = pytest.mark.alone
+
 WEB = f"TCP {VIP}:{PORT} rr"
 MESH = f"FWM {0x10000000 | PUBLISHED:#x} rr"
 ALL = [(f"{task}:{BACKEND_PORT}", "Masq", 1) for _, task in BACKENDS.values()]

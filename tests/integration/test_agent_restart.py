@@ -13,6 +13,8 @@ import asyncio
 import signal
 from pathlib import Path
 
+import pytest
+
 from shoal.store import etcd_server
 from tests.helpers import eventually
 from tests.integration.agent_support import (
@@ -26,6 +28,10 @@ from tests.integration.agent_support import (
 IMAGE = {"image": "shoal/busybox"}
 
 
+# alone: under the parallel pass's load (3 workers, load average 15) the restarted agent
+# was once seen writing `running` again for tasks it adopted; the assertion stays as it
+# is and the test runs with nothing beside it until that is understood.
+@pytest.mark.alone
 async def test_restarted_agent_adopts_and_cleans_up(
         etcd: etcd_server.EtcdServer, prefix: str, tmp_path: Path) -> None:
     state_file = tmp_path / "hollow.state"

@@ -226,6 +226,12 @@ async def test_finalizer_keeps_a_deleted_object_until_the_handler_cleans_up(
             return fin in obj.metadata.finalizers and conditions.is_true(obj, "Ready")
         await eventually(ready, timeout=5, what="finalizer and condition set")
         obj = await store.get(CONFIG, "f")
+
+        # The handler records the event after the status write that made it ready, so
+        # it may land a moment later.
+        async def recorded() -> bool:
+            return bool(await events.list_events(store, obj))
+        await eventually(recorded, timeout=5, what="the Prepared event")
         evs = await events.list_events(store, obj)
         assert [e.spec["reason"] for e in evs] == ["Prepared"]
         assert evs[0].spec["source"] == "test-configs"
