@@ -55,6 +55,7 @@ are unit-tested without a kernel.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import Literal
@@ -335,6 +336,25 @@ def netlink_change(old: VirtualService | None, new: VirtualService | None, *,
     return lines, ops
 
 
+@dataclasses.dataclass(frozen=True)
+class _Model:
+    """What a balancer believes the table holds: its services by key, the lb chains they
+    use, and how many services each VIP carries (the ``vips`` set's reference counts)."""
+
+    services: dict[ServiceKey, VirtualService]
+    chains: set[str]
+    vip_refs: dict[ipaddress.IPv4Address, int]
+
+    @classmethod
+    def of(cls, services: list[VirtualService]) -> _Model:
+        refs: dict[ipaddress.IPv4Address, int] = {}
+        for s in services:
+            if s.vip is not None:
+                refs[s.vip] = refs.get(s.vip, 0) + 1
+        return cls({s.key: s for s in services},
+                   {lb_chain(s) for s in services if s.backends}, refs)
+
+
 class NftablesLoadBalancer(LoadBalancer):
     """Keeps a model of what it programmed so each change is rendered as a small diff;
     when the kernel disagrees with the model (someone flushed the table) the incremental
@@ -468,12 +488,15 @@ class NftablesLoadBalancer(LoadBalancer):
         if self.full_sync_kind == "text":
             await self.runner.run(render_full(services))
             self.last_full_sync = "text"
+            model = _Model.of(services)
         else:
-            await self._full_netlink(services)
-        self._set_model(services)
+            model = await self._full_netlink(services)
+        self._model, self._chains, self._vip_refs = model.services, model.chains, \
+            model.vip_refs
+        self._synced = True
         await self._snapshot_rules()
 
-    async def _full_netlink(self, services: list[VirtualService]) -> None:
+    async def _full_netlink(self, services: list[VirtualService]) -> _Model:
         """Two transactions, each atomic for traffic: (1) the skeleton and the lb chains
         the services need, rules flushed and rewritten, elements kept -- identical rules
         for an identical table; (2) one netlink batch that flushes every set and adds
@@ -486,26 +509,26 @@ class NftablesLoadBalancer(LoadBalancer):
         except NftError as exc:
             await self.runner.run(render_full(services))
             self.last_full_sync = f"text (the skeleton could not be prepared: {exc})"
-            return
+            return _Model.of(services)
         nl = await self._netlink()
         elements = await asyncio.to_thread(nft_elements.encode, services)
         ops = [nftnl.SetOp("flush", name) for name in SET_NAMES]
         ops += [nftnl.SetOp("add", name, items) for name, items in elements.sets.items()]
-        await asyncio.to_thread(nl.commit, ops)
+        # Submitted now (run_in_executor starts the thread at once; a to_thread task would
+        # not start before this coroutine yields)...
+        commit = asyncio.get_running_loop().run_in_executor(None, nl.commit, ops)
+        try:
+            # ...so the model is built while the kernel takes the batch (the thread is in
+            # sendmsg and recv without the GIL): at 10,000 services the model is ~0.1 s
+            # of Python that would otherwise follow the kernel's ~0.2 s.
+            model = _Model.of(services)
+        finally:
+            await commit
         self.last_full_sync = "netlink"
         stale = await asyncio.to_thread(nl.chains) - CHAIN_NAMES - chains
         if stale:
             await self.runner.run("".join(f"delete chain {T} {c}\n" for c in sorted(stale)))
-
-    def _set_model(self, services: Iterable[VirtualService]) -> None:
-        services = list(services)
-        self._model = {s.key: s for s in services}
-        self._chains = {lb_chain(s) for s in services if s.backends}
-        self._vip_refs = {}
-        for s in services:
-            if s.vip is not None:
-                self._vip_refs[s.vip] = self._vip_refs.get(s.vip, 0) + 1
-        self._synced = True
+        return model
 
     async def _snapshot_rules(self) -> None:
         """Remember the rules just written, as the kernel holds them, so repair() can
