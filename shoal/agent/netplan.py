@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from typing import Literal, Protocol
 
 from shoal.crds import networking as nw
@@ -198,33 +198,10 @@ def plan(node: str, networks: Iterable[Resource], services: Iterable[Resource],
         key = (ts.namespace_of(s), s.name)
         members = serving_by_service.get(key, [])
         ep = nw.endpoint(s)
-        by_net: dict[str, list[IPv4Address]] = {}
-        for _t, atts in members:
-            for att in atts:
-                by_net.setdefault(att.network, []).append(att.address.ip)
-        for network, vip in ep.vips.items():
-            if network not in hosted_ok:
-                continue  # nobody here can reach it: no client on that network
-            for proto in PROTOCOLS:
-                add_service(virtual, VirtualService.make(
-                    str(vip), ALL_PORTS, proto,
-                    [Backend(ip, ALL_PORTS) for ip in by_net.get(network, ())]), problems)
-        for port in ep.ports:
-            if port.published is None:
-                continue
-            if port.mode == "ingress":
-                if ingress is None or ingress not in hosted_ok:
-                    continue
-                backends = [Backend(a.address.ip, port.target)
-                            for _t, atts in members for a in atts if a.network == ingress]
-            else:
-                backends = [Backend(a.address.ip, port.target)
-                            for t, atts in members if t.spec.get("nodeName") == node
-                            for a in atts if a.network == ingress]
-                if not backends:
-                    continue  # host mode: published only where a task runs
-            add_service(virtual, VirtualService.make(None, port.published, port.protocol,
-                                                     backends), problems)
+        by_net = add_service_virtuals(
+            virtual, problems, ep,
+            [(str(t.spec.get("nodeName")), [(a.network, a.address.ip) for a in atts])
+             for t, atts in members], node, hosted_ok, ingress)
         record = service_record(s, ep, by_net, ingress)
         if record is not None:
             records.append(record)
@@ -284,6 +261,50 @@ def _tasks_on_networks(service: Resource, found: Mapping[str, tuple[IPv4Address,
         if name != ingress:
             out.setdefault(name, ())
     return out
+
+
+#: A serving task as a service's balancing reads it: its node, and its address on each
+#: of its networks.
+Member = tuple[str, Sequence[tuple[str, IPv4Address]]]
+
+
+def add_service_virtuals(virtual: dict[ServiceKey, VirtualService], problems: list[str],
+                         ep: nw.Endpoint, members: Sequence[Member], node: str,
+                         hosted_ok: Container[str], ingress: str | None
+                         ) -> dict[str, list[IPv4Address]]:
+    """Add one service's VirtualServices to ``virtual`` (a port claimed twice goes to
+    ``problems``) and return its serving addresses by network, for its DNS record. One
+    function for the full plan and the incremental index (``planindex``), so the two
+    cannot decide differently. ``hosted_ok``: the networks this node hosts."""
+    by_net: dict[str, list[IPv4Address]] = {}
+    for _node, addresses in members:
+        for network, ip in addresses:
+            by_net.setdefault(network, []).append(ip)
+    for network, vip in ep.vips.items():
+        if network not in hosted_ok:
+            continue  # nobody here can reach it: no client on that network
+        for proto in PROTOCOLS:
+            add_service(virtual, VirtualService.make(
+                str(vip), ALL_PORTS, proto,
+                [Backend(ip, ALL_PORTS) for ip in by_net.get(network, ())]), problems)
+    for port in ep.ports:
+        if port.published is None:
+            continue
+        if port.mode == "ingress":
+            if ingress is None or ingress not in hosted_ok:
+                continue
+            backends = [Backend(ip, port.target)
+                        for _node, addresses in members for network, ip in addresses
+                        if network == ingress]
+        else:
+            backends = [Backend(ip, port.target)
+                        for where, addresses in members if where == node
+                        for network, ip in addresses if network == ingress]
+            if not backends:
+                continue  # host mode: published only where a task runs
+        add_service(virtual, VirtualService.make(None, port.published, port.protocol,
+                                                 backends), problems)
+    return by_net
 
 
 def add_service(virtual: dict[ServiceKey, VirtualService],

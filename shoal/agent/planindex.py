@@ -41,7 +41,7 @@ from shoal.crds import networking as nw
 from shoal.crds import taskstates as ts
 from shoal.crds.resource import Resource
 from shoal.net.dns import ServiceRecord
-from shoal.net.lb import Backend, ServiceKey, VirtualService
+from shoal.net.lb import ServiceKey, VirtualService
 from shoal.net.overlay import Attachment, NetworkState, OverlayNetwork, Peer
 
 IPv4Address = ipaddress.IPv4Address
@@ -134,34 +134,9 @@ def service_pieces(svc: Resource, members: Iterable[TaskEntry], node: str,
     virtual: dict[ServiceKey, VirtualService] = {}
     problems: list[str] = []
     ep = nw.endpoint(svc)
-    by_net: dict[str, list[IPv4Address]] = {}
-    for m in members:
-        for att in m.attachments:
-            by_net.setdefault(att.network, []).append(att.ip)
-    for network, vip in ep.vips.items():
-        if network not in hosted_ok:
-            continue
-        for proto in netplan.PROTOCOLS:
-            netplan.add_service(virtual, VirtualService.make(
-                str(vip), netplan.ALL_PORTS, proto,
-                [Backend(ip, netplan.ALL_PORTS) for ip in by_net.get(network, ())]),
-                problems)
-    for port in ep.ports:
-        if port.published is None:
-            continue
-        if port.mode == "ingress":
-            if ingress is None or ingress not in hosted_ok:
-                continue
-            backends = [Backend(a.ip, port.target)
-                        for m in members for a in m.attachments if a.network == ingress]
-        else:
-            backends = [Backend(a.ip, port.target)
-                        for m in members if m.node == node
-                        for a in m.attachments if a.network == ingress]
-            if not backends:
-                continue
-        netplan.add_service(virtual, VirtualService.make(None, port.published,
-                                                         port.protocol, backends), problems)
+    by_net = netplan.add_service_virtuals(
+        virtual, problems, ep, [(m.node, [(a.network, a.ip) for a in m.attachments])
+                                for m in members], node, hosted_ok, ingress)
     record = netplan.service_record(svc, ep, by_net, ingress)
     return virtual, record, problems
 
