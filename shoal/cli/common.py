@@ -133,12 +133,7 @@ async def _no_space_lines(store: client.Store, exc: store_errors.NoSpaceError) -
     except store_errors.StoreError:
         where = ""
     return [f"etcd is out of space and refused the write, which changed nothing "
-            f"({where or exc.detail})",
-            "  Shoal's controller-manager compacts and defragments etcd and disarms the "
-            "alarm by itself within seconds. If it stays (`swctl etcd status`), run "
-            "`swctl etcd recover-space`, or by hand: etcdctl compact REVISION, etcdctl "
-            "defrag --cluster, etcdctl alarm disarm; if the data itself outgrew the quota, "
-            "delete objects or raise --quota-backend-bytes on every member"]
+            f"({where or exc.detail})", f"  {store_errors.NO_SPACE_REMEDY}"]
 
 
 async def registry_of(store: client.Store) -> kinds.Registry:

@@ -75,6 +75,13 @@ class LimitError(StoreError):
 #: accepts writes again: how ``shoal.runtime.logging`` keeps one line per outage.
 NO_SPACE_MARK = "is out of space and refuses writes"
 SPACE_BACK_EVENT = "etcd accepts writes again"
+#: What to do about it: one wording for the error and for swctl's message.
+NO_SPACE_REMEDY = (
+    "Shoal's controller-manager compacts and defragments etcd and disarms the alarm by "
+    "itself within seconds. If it stays (`swctl etcd status`), run `swctl etcd "
+    "recover-space`, or by hand: etcdctl compact REVISION, etcdctl defrag --cluster, "
+    "etcdctl alarm disarm; if the data itself outgrew the quota, delete objects or raise "
+    "--quota-backend-bytes on every member")
 
 
 class NoSpaceError(UnavailableError):
@@ -88,12 +95,7 @@ class NoSpaceError(UnavailableError):
     def __init__(self, url: str, detail: str) -> None:
         StoreError.__init__(
             self,
-            f"etcd at {url} {NO_SPACE_MARK} ({detail}). Shoal's "
-            "controller-manager compacts and defragments etcd and disarms the alarm by "
-            "itself within seconds; if the alarm stays, run `swctl etcd recover-space`, "
-            "or by hand: `etcdctl compact <revision>`, `etcdctl defrag --cluster`, "
-            "`etcdctl alarm disarm`, and raise every member's --quota-backend-bytes if the "
-            "data itself outgrew it")
+            f"etcd at {url} {NO_SPACE_MARK} ({detail}). {NO_SPACE_REMEDY}")
         self.url = url
         self.detail = detail
 
