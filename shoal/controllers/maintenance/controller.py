@@ -88,7 +88,7 @@ class MaintenanceLoop:
         client = ctx.store.etcd
         first_seen = 0.0
         started_at = ""           # wall-clock time the alarm was first seen, for the Event
-        seen_spaces: list[str] = []
+        out_of_space = ""         # what the alarm's first look found, for the Event
         delay = random.uniform(0, JITTER)
         last_try = 0.0
         stuck = False
@@ -120,8 +120,8 @@ class MaintenanceLoop:
                     spaces = await maintenance.spaces(client)
                 except errors.UnavailableError:
                     spaces = []
-                seen_spaces = [maintenance.out_of_space_message(spaces, quota)]
-                log.warning(seen_spaces[0], key=NAME, members=alarmed)
+                out_of_space = maintenance.out_of_space_message(spaces, quota)
+                log.warning(out_of_space, key=NAME, members=alarmed)
             moved = stuck and compact_to(seen_revisions, now) > stuck_at
             if not due(first_seen, delay, last_try, stuck, now, moved):
                 wait = POLL if stuck else first_seen + delay - now
@@ -155,7 +155,7 @@ class MaintenanceLoop:
             log.info(message, key=NAME, revision=rec.compacted_to,
                      defragmented=list(rec.defragmented),
                      refused_for=round(time.monotonic() - first_seen, 1))
-            await self._record(ctx, f"since {started_at}: {seen_spaces[0]}", message)
+            await self._record(ctx, f"since {started_at}: {out_of_space}", message)
             first_seen, stuck = 0.0, False
 
     @staticmethod
