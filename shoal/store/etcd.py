@@ -768,15 +768,7 @@ class EtcdClient:
         MANAGER STATUS and leader detection need one member's own answer, so this opens
         a short-lived channel to that endpoint alone.
         """
-        ep = parse_endpoint(endpoint)
-        channel = self._new_channel(grpc_target([ep]), balanced=False)
-        try:
-            resp = await rpc.MaintenanceStub(channel).Status(rpc.StatusRequest(),
-                                                              timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise await self._fail(exc, url=ep.url) from None
-        finally:
-            await channel.close()
+        resp = await self._on_member(endpoint, "Status", rpc.StatusRequest(), timeout)
         return MemberStatus(int(resp.header.member_id), int(resp.leader), int(resp.raftIndex))
 
     # --- space (etcd's Maintenance service: alarms, sizes, defragmentation) ---
