@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 
+from bench import common
 from shoal.crds import kinds, resource
 from shoal.store import client, etcd_server, projections
 
@@ -145,16 +146,8 @@ async def run(args: argparse.Namespace) -> None:
         counter = asyncio.create_task(_count(store, reports, rev + 1,
                                              args.tasks, b'"state":"running"', 900))
         t1 = time.monotonic()
-        batches = [[client.Op("create", TASKS, _task(i, args.nodes))
-                    for i in range(s, min(s + 127, args.tasks))]
-                   for s in range(0, args.tasks, 127)]
-        sem = asyncio.Semaphore(16)
-
-        async def commit(batch: list[client.Op]) -> None:
-            async with sem:
-                await store.commit(batch)
-
-        await asyncio.gather(*(commit(b) for b in batches))
+        await common.commit_all(store, [client.Op("create", TASKS, _task(i, args.nodes))
+                                        for i in range(args.tasks)])
         written = time.monotonic() - t1
         await counter
         running = time.monotonic() - t1

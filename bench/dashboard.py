@@ -38,6 +38,7 @@ from typing import Any
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service as ChromeService
 
+from bench import common
 from bench.common import load_average, say
 from shoal.crds import kinds, resource
 from shoal.store import client, etcd_server
@@ -97,14 +98,7 @@ async def populate(store: client.Store, nodes: int, tasks: int) -> None:
         *((SERVICES, _service(s, min(PER_SERVICE, tasks - s * PER_SERVICE)))
           for s in range(services)),
         *((TASKS, _task(i, nodes)) for i in range(tasks))]
-    batches = [[client.Op("create", info, obj) for info, obj in objs[s:s + 127]]
-               for s in range(0, len(objs), 127)]
-    sem = asyncio.Semaphore(16)
-
-    async def commit(batch: list[client.Op]) -> None:
-        async with sem:
-            await store.commit(batch)
-    await asyncio.gather(*(commit(b) for b in batches))
+    await common.commit_all(store, [client.Op("create", info, obj) for info, obj in objs])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -262,15 +256,9 @@ async def run(args: argparse.Namespace) -> None:
             objs.append(await store.get(TASKS, name, ns))
         for obj in objs:
             obj.status = {**obj.status, "state": "preparing"}
-        ops = [[client.Op("update", TASKS, o) for o in objs[i:i + 127]]
-               for i in range(0, len(objs), 127)]
-        sem = asyncio.Semaphore(16)
-
-        async def commit(batch: list[client.Op]) -> None:
-            async with sem:
-                await store.commit(batch)
+        ops = [client.Op("update", TASKS, o) for o in objs]
         started = time.time()
-        await asyncio.gather(*(commit(b) for b in ops))
+        await common.commit_all(store, ops)
         committed = time.time() - started
         watched = set(burst) & set(on_screen)
         await asyncio.sleep(3.0)

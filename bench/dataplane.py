@@ -50,6 +50,7 @@ import time
 from typing import Any
 
 from bench import dataplane_agent
+from bench.common import load_average
 from shoal.net import ipvs_netlink
 from shoal.net.lb import VirtualService
 from shoal.net.lb_ipvs import IpvsLoadBalancer, kernel_view, service_commands
@@ -222,11 +223,6 @@ def iperf(lab: Lab, client_ns: str, server_ns: str, server_ip: str, seconds: int
 
 
 _servers: set[str] = set()  # namespaces (lab-unique names) with an iperf3 server running
-
-
-def load_average() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
 
 
 def spread_receive(lab: Lab, ns: str) -> None:

@@ -54,6 +54,7 @@ import dns.message
 import dns.rdatatype
 from pyroute2.netns import create_socket
 
+from bench import common
 from bench.common import load_average
 from shoal.crds import kinds, resource
 from shoal.net import naming
@@ -158,14 +159,7 @@ class Cluster:
 
 async def populate(store: client.Store, objs: list[tuple[kinds.KindInfo, resource.Resource]]
                    ) -> None:
-    batches = [[client.Op("create", info, obj) for info, obj in objs[i:i + 127]]
-               for i in range(0, len(objs), 127)]
-    sem = asyncio.Semaphore(16)
-
-    async def commit(batch: list[client.Op]) -> None:
-        async with sem:
-            await store.commit(batch)
-    await asyncio.gather(*(commit(b) for b in batches))
+    await common.commit_all(store, [client.Op("create", info, obj) for info, obj in objs])
 
 
 # --- the agent process ---------------------------------------------------------------------
