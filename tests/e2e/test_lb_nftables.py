@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from bench import dataplane as dataplane_bench
 from shoal.net.lb import VirtualService
 from shoal.net.lb_factory import detect_backend
 from shoal.net.lb_nftables import NftablesLoadBalancer
@@ -90,10 +91,7 @@ async def test_vip_balances_and_follows_endpoints(lab: Lab) -> None:
 
 async def test_ten_thousand_services(lab: Lab) -> None:
     ns = lab.ns("big")
-    services = [VirtualService.make(f"10.254.{i // 250}.{i % 250 + 1}", 80, "tcp",
-                                    [f"10.{1 + i // 250}.{i % 250}.{j + 1}:8080"
-                                     for j in range(10)])
-                for i in range(10_000)]
+    services = dataplane_bench.services(10_000, 10)  # what bench/dataplane.py times
     lb = NftablesLoadBalancer(netns=ns)
     try:
         await lb.sync(services)

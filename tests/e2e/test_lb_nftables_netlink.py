@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from bench import dataplane as dataplane_bench
 from shoal.net.lb import VirtualService
 from shoal.net.lb_nftables import NftablesLoadBalancer
 from shoal.net.nft import NftError, NftRunner
@@ -349,10 +350,7 @@ async def test_kernel_refusal_names_the_element_and_changes_nothing(lab: Lab) ->
 async def test_ten_thousand_services_sync_and_repair(lab: Lab) -> None:
     """Correctness at bench size (bench/dataplane.py times it)."""
     ns = lab.ns("big")
-    services = [VirtualService.make(f"10.254.{i // 250}.{i % 250 + 1}", 80, "tcp",
-                                    [f"10.{1 + i // 250}.{i % 250}.{j + 1}:8080"
-                                     for j in range(10)])
-                for i in range(10_000)]
+    services = dataplane_bench.services(10_000, 10)  # what bench/dataplane.py times
     lb = NftablesLoadBalancer(netns=ns)
     try:
         t0 = time.monotonic()
