@@ -18,7 +18,8 @@ VirtualServices and DNS record, one network's peers and attachments -- and appli
 that: ``lb.update_service``/``remove_service``, ``DnsTable.set``/``remove``,
 ``OverlayNode.update_network`` (a few FDB/neighbour requests) or ``sync_networks`` for the
 networks whose hosting changed. ``netplan.plan`` stays the reference: the start-up pass
-and the periodic one (every ``resync_every`` s) compute the full plan, compare it with
+and the periodic one (every ``resync_every`` s, or less often when a full pass costs more
+than ``resync_budget`` of a CPU: ``resyncpace``) compute the full plan, compare it with
 the index's state (a difference is a bug: logged as an error with what differed, then
 the full plan is applied), and repair kernel drift nobody announced (someone deleting a
 route or an element by hand): the overlay's thorough sync and the balancer's ``repair``
@@ -68,7 +69,7 @@ from pathlib import Path
 
 import structlog
 
-from shoal.agent import netplan, nodereport, planindex
+from shoal.agent import netplan, nodereport, planindex, resyncpace
 from shoal.agent.exec.executor import Observed, TaskSpec
 from shoal.crds import kinds, resource
 from shoal.crds import networking as nw
@@ -90,7 +91,7 @@ DEBOUNCE = 0.05  # seconds: a burst of watch events is applied as one pass
 # An incremental pass costs what its changes touch, so a burst split over a few passes
 # costs little more than one; the wait is mostly latency.
 INCREMENTAL_DEBOUNCE = 0.005
-RESYNC_EVERY = 30.0  # seconds between passes nobody asked for (drift repair)
+RESYNC_EVERY = 30.0  # seconds: the least time between passes nobody asked for (drift repair)
 ATTACH_WAIT = 5.0  # seconds an attach waits for this agent's caches to see the task
 DNS_PORT = 53
 # Beyond this many VirtualServices changed at once, one balancer sync (a single
@@ -119,7 +120,8 @@ class Dataplane:
                  netns: str | None = None, state_dir: Path | str = "/run/shoal",
                  dns_port: int = DNS_PORT, drain: float = DRAIN,
                  reports: nodereport.NodeReports | None = None,
-                 resync_every: float = RESYNC_EVERY, incremental: bool = True) -> None:
+                 resync_every: float = RESYNC_EVERY,
+                 resync_budget: float = resyncpace.BUDGET, incremental: bool = True) -> None:
         self.store = store
         self.reports = reports  # where the backend and Firewall condition are reported
         self.node = node
@@ -130,6 +132,11 @@ class Dataplane:
         self.dns_port = dns_port
         self.drain = drain
         self.resync_every = resync_every
+        # When the next periodic pass is due: no sooner than resync_every, and later when
+        # a full pass costs more than resync_budget of a CPU (resyncpace.py says why).
+        self.pacer = resyncpace.ResyncPacer(resync_every, time.monotonic(),
+                                            budget=resync_budget)
+        self._logged_interval: resyncpace.Interval | None = None
         # False: every change re-plans the whole cluster (netplan.plan), as before the
         # index existed. Only the bench (its baseline) and tests set it.
         self.incremental = incremental
@@ -314,25 +321,24 @@ class Dataplane:
 
     async def _run(self) -> None:
         backoff = 0.2
-        # Since the last periodic pass, not the last pass: a steady stream of changes
-        # must not put the safety net off for ever.
-        last_periodic = time.monotonic()
         while True:
-            wait = max(0.0, last_periodic + self.resync_every - time.monotonic())
+            # Due from the last periodic pass, not the last pass: a steady stream of
+            # changes must not put the safety net off for ever.
+            wait = self.pacer.wait(time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), timeout=wait)
             await asyncio.sleep(INCREMENTAL_DEBOUNCE if self.incremental else DEBOUNCE)
             self._dirty.clear()
-            resync = time.monotonic() - last_periodic >= self.resync_every
+            resync = self.pacer.is_due(time.monotonic())
             try:
                 await self.sync("periodic" if resync else "change")
-                if resync:
-                    last_periodic = time.monotonic()
                 backoff = 0.2
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                # A task namespace that vanished mid-pass, netlink busy...: look again.
+                # A task namespace that vanished mid-pass, netlink busy...: look again,
+                # and let the periodic pass look at everything soon.
+                self.pacer.failed(time.monotonic())
                 self.log.warning("dataplane pass failed; retrying", error=str(exc),
                                  error_type=type(exc).__name__, retry_in=backoff)
                 await asyncio.sleep(backoff)
@@ -372,19 +378,41 @@ class Dataplane:
         self.passes += 1
         full = (reason in ("start", "periodic") or not self.incremental
                 or self._need_full)
+        wall, cpu = time.monotonic(), time.process_time()
+        drift = False
         try:
             if self.incremental and (reason == "periodic" or not full):
                 await self._apply_delta(self.index.step(self.pids, self.leaving), reason)
             if full:
-                await self._full_pass(reason)
+                drift = await self._full_pass(reason)
         except BaseException:
             self._need_full = self.incremental
             raise
         self._need_full = False
         self._applied = max(self._applied, asked)
+        if reason in ("start", "periodic"):
+            now = time.monotonic()
+            self._paced(reason, resyncpace.Cost(wall=now - wall,
+                                                cpu=time.process_time() - cpu),
+                        drift=drift, now=now)
 
-    async def _full_pass(self, reason: str) -> None:
-        """Plan from every cached object and apply it whole; compare with the index."""
+    def _paced(self, reason: str, cost: resyncpace.Cost, *, drift: bool, now: float
+               ) -> None:
+        """The next periodic pass set from this full pass's cost; logged when the
+        interval or its reason changes (by a fifth or more), not every pass."""
+        interval = self.pacer.passed(now, cost, drift=drift)
+        last = self._logged_interval
+        if (last is None or last.why != interval.why
+                or abs(interval.seconds - last.seconds) >= 0.2 * last.seconds):
+            self.log.info("next periodic dataplane pass", after=round(interval.seconds, 1),
+                          why=interval.why, reason=reason, pass_wall=round(cost.wall, 3),
+                          pass_cpu=round(cost.cpu, 3), budget=self.pacer.budget)
+            self._logged_interval = interval
+
+    async def _full_pass(self, reason: str) -> bool:
+        """Plan from every cached object and apply it whole; compare with the index.
+        Whether a periodic pass found drift (the index wrong, or the kernel changed)."""
+        drift = False
         plan = netplan.plan(self.node, self.networks.list(), self.services.list(),
                             self.tasks.list(), self.nodes.list(), self.pids,
                             frozenset(self.leaving))
@@ -398,6 +426,7 @@ class Dataplane:
                                    differences=differ)
                     self.index.rebuild()
                     self.index.step(self.pids, self.leaving)
+                    drift = True
         thorough = reason in ("start", "periodic")
         if plan.overlay.networks or self._overlay_active:
             # Only start-up and periodic passes look into every task's namespace
@@ -418,6 +447,7 @@ class Dataplane:
                 self.changes += len(report.changes)
                 if reason == "periodic" and self.incremental:
                     self._log_drift("overlay", report.changes, plan.overlay.networks)
+                    drift = True
                 else:
                     self.log.info("overlay changed", reason=reason,
                                   changes=len(report.changes), first=report.changes[:5])
@@ -426,6 +456,7 @@ class Dataplane:
             repaired = await self.lb.repair()
             if repaired:
                 self._log_drift("balancer", repaired, plan.overlay.networks)
+                drift = True
         await self._apply_firewall(bool(plan.overlay.networks or plan.services),
                                    force=thorough)
         await self._apply_localnet([n.name for n in plan.overlay.networks])
@@ -435,6 +466,7 @@ class Dataplane:
         self._note_problems(plan.problems)
         self.plan = None if self.incremental else plan
         self._ready = True
+        return drift and reason == "periodic"
 
     async def _apply_delta(self, delta: planindex.Delta, reason: str) -> None:
         """Apply what the index says changed, and nothing else."""
