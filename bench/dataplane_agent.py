@@ -218,21 +218,26 @@ async def serve(url: str, prefix: str, ns: str, underlay: str, incremental: bool
 async def informers_only(url: str, prefix: str) -> None:
     """The dataplane's four informers synced and nothing else: its memory is the part
     of the agent's that is the caches."""
+    from shoal.agent import netplan
     from shoal.runtime import informer
     from shoal.store import projections
 
     store = await client.Store.connect(url, prefix=prefix)
     full = informer.SharedInformerFactory(store)
     projected = informer.SharedInformerFactory(store.view(projections.DATAPLANE_DIR))
+    # As the Dataplane keeps them: tasks as their plan entries, not as objects.
+    tasks = informer.KeptInformer(projected.store, TASKS, netplan.task_entry)
     infs = [full.informer(NETWORKS), full.informer(NODES), projected.informer(SERVICES),
-            projected.informer(TASKS)]
+            tasks]
     full.start()
     projected.start()
+    tasks.start()
     for inf in infs:
         await inf.wait_synced()
     print(f"\n{rss_mb(os.getpid())}", flush=True)
     await full.stop()
     await projected.stop()
+    await tasks.stop()
     await store.close()
 
 
