@@ -270,6 +270,9 @@ class Informer(_Follower[resource.Resource]):
                     handlers.remove(handler)  # type: ignore[arg-type]
         return remove
 
+    def _kept(self, obj: resource.Resource) -> resource.Resource:
+        return obj  # the object itself, on the hot path: no projection that could fail
+
     def _keep(self, obj: resource.Resource) -> resource.Resource:
         return obj
 
