@@ -5,11 +5,13 @@ Nodes of the whole cluster through the runtime's informers (remote tasks are the
 overlay's remote endpoints and the balancer's backends) -- Services and Tasks as their
 dataplane projections (``<p>/dataplane/``, ``shoal.store.projections``): only the fields
 a plan reads, with no template, environment or secret reference of another node's task,
-which a worker's etcd user may not read (docs/security.md). It asks ``netplan.plan`` what the
-node should hold, and applies it with the ``shoal.net`` building blocks: ``OverlayNode``
-(bridges, VXLANs, FDB/neighbours, veths into the tasks' namespaces), the load balancer
-the kernel supports (IPVS, else nftables; reported as ``Node.status.dataplane``) and the
-``DnsServer`` listening on the node's address on each network.
+which a worker's etcd user may not read (docs/security.md). Of each task it keeps only its
+``netplan.TaskEntry`` (an ``informer.KeptInformer``), not the object. It asks ``netplan``
+what the node should hold, and applies it with the ``shoal.net`` building blocks:
+``OverlayNode`` (bridges, VXLANs, FDB/neighbours, veths into the tasks' namespaces), the
+load balancer the kernel supports (IPVS, else nftables; reported as
+``Node.status.dataplane``) and the ``DnsServer`` listening on the node's address on each
+network.
 
 Work follows the change, not the cluster. The informers feed a ``planindex.PlanIndex``
 (tasks by service and by network, peers per network, dirty marks); a change marks what
@@ -18,7 +20,8 @@ VirtualServices and DNS record, one network's peers and attachments -- and appli
 that: ``lb.update_service``/``remove_service``, ``DnsTable.set``/``remove``,
 ``OverlayNode.update_network`` (a few FDB/neighbour requests) or ``sync_networks`` for the
 networks whose hosting changed. ``netplan.plan`` stays the reference: the start-up pass
-and the periodic one (every ``resync_every`` s) compute the full plan, compare it with
+and the periodic one (every ``resync_every`` s, or less often when a full pass costs more
+than ``resync_budget`` of a CPU: ``resyncpace``) compute the full plan, compare it with
 the index's state (a difference is a bug: logged as an error with what differed, then
 the full plan is applied), and repair kernel drift nobody announced (someone deleting a
 route or an element by hand): the overlay's thorough sync and the balancer's ``repair``
@@ -68,7 +71,7 @@ from pathlib import Path
 
 import structlog
 
-from shoal.agent import netplan, nodereport, planindex
+from shoal.agent import netplan, nodereport, planindex, resyncpace
 from shoal.agent.exec.executor import Observed, TaskSpec
 from shoal.crds import kinds, resource
 from shoal.crds import networking as nw
@@ -82,7 +85,7 @@ from shoal.net.dns import DnsServer, DnsTable
 from shoal.net.hostfw import HostFirewall
 from shoal.net.overlay import OverlayNode
 from shoal.runtime import informer as informer_mod
-from shoal.store import client, codec, projections
+from shoal.store import client, projections
 
 log = structlog.get_logger("shoal.agent.dataplane")
 
@@ -90,7 +93,7 @@ DEBOUNCE = 0.05  # seconds: a burst of watch events is applied as one pass
 # An incremental pass costs what its changes touch, so a burst split over a few passes
 # costs little more than one; the wait is mostly latency.
 INCREMENTAL_DEBOUNCE = 0.005
-RESYNC_EVERY = 30.0  # seconds between passes nobody asked for (drift repair)
+RESYNC_EVERY = 30.0  # seconds: the least time between passes nobody asked for (drift repair)
 ATTACH_WAIT = 5.0  # seconds an attach waits for this agent's caches to see the task
 DNS_PORT = 53
 # Beyond this many VirtualServices changed at once, one balancer sync (a single
@@ -119,7 +122,8 @@ class Dataplane:
                  netns: str | None = None, state_dir: Path | str = "/run/shoal",
                  dns_port: int = DNS_PORT, drain: float = DRAIN,
                  reports: nodereport.NodeReports | None = None,
-                 resync_every: float = RESYNC_EVERY, incremental: bool = True) -> None:
+                 resync_every: float = RESYNC_EVERY,
+                 resync_budget: float = resyncpace.BUDGET, incremental: bool = True) -> None:
         self.store = store
         self.reports = reports  # where the backend and Firewall condition are reported
         self.node = node
@@ -130,6 +134,11 @@ class Dataplane:
         self.dns_port = dns_port
         self.drain = drain
         self.resync_every = resync_every
+        # When the next periodic pass is due: no sooner than resync_every, and later when
+        # a full pass costs more than resync_budget of a CPU (resyncpace.py says why).
+        self.pacer = resyncpace.ResyncPacer(resync_every, time.monotonic(),
+                                            budget=resync_budget)
+        self._logged_interval: resyncpace.Interval | None = None
         # False: every change re-plans the whole cluster (netplan.plan), as before the
         # index existed. Only the bench (its baseline) and tests set it.
         self.incremental = incremental
@@ -144,7 +153,13 @@ class Dataplane:
             store.view(projections.DATAPLANE_DIR))
         self.networks = self.factory.informer(registry.lookup("networks"))
         self.services = self.projected.informer(registry.lookup("services"))
-        self.tasks = self.projected.informer(registry.lookup("tasks"))
+        # Every task of the cluster, as what a plan reads of it (netplan.TaskEntry), not
+        # as a Resource: at 100,000 tasks the objects were half the agent's memory. The
+        # index is fed the same entries (one per task in memory, shared) and the full
+        # plan reads this cache, not the index: the reference stays a separate copy.
+        self.tasks: informer_mod.KeptInformer[netplan.TaskEntry] = \
+            informer_mod.KeptInformer(self.projected.store, registry.lookup("tasks"),
+                                      netplan.task_entry)
         self.nodes = self.factory.informer(self._nodes_info)
         self.overlay = OverlayNode(underlay, netns=netns)
         self.firewall = HostFirewall(netns, underlay)
@@ -194,6 +209,7 @@ class Dataplane:
         first pass applied; then follow changes."""
         self.factory.start()
         self.projected.start()
+        self.tasks.start()
         for inf in (self.networks, self.services, self.tasks, self.nodes):
             await inf.wait_synced()
         chosen = self._backend_choice or await asyncio.to_thread(
@@ -206,15 +222,17 @@ class Dataplane:
             self._feed(self.networks, self.index.put_network)
             self._feed(self.services, self.index.put_service)
             self._feed(self.nodes, self.index.put_node)
-            self._feed(self.tasks, self.index.put_task)
+            self._detach_handlers.append(self.tasks.add_handler(self._task_entry))
         await self._first_pass()
         if not self.incremental:
             for inf in (self.networks, self.services, self.nodes):
                 self._detach_handlers.append(inf.add_handlers(
                     lambda _o: self._changed(), lambda _o, _n: self._changed(),
                     lambda _o: self._changed()))
-            self._detach_handlers.append(self.tasks.add_handlers(
-                lambda _o: self._changed(), self._task_changed, lambda _o: self._changed()))
+            # Called only when what a plan reads of a task changed: most task updates
+            # are state reports (assigned, preparing, starting...) that change none of it.
+            self._detach_handlers.append(self.tasks.add_handler(
+                lambda _key, _old, _new: self._changed()))
         # A task told to wait for its networks is looked at again when they change.
         self._detach_handlers.append(self.networks.add_handlers(
             lambda _o: self._poke_waiting(), lambda _o, _n: self._poke_waiting(), None))
@@ -227,15 +245,13 @@ class Dataplane:
     def _feed(self, inf: informer_mod.Informer,
               put: Callable[[informer_mod.CacheKey, resource.Resource | None], object]
               ) -> None:
-        """Informer events into the index; a change the index cares about wakes the loop
-        (``put_task`` says whether it did: most task updates are state reports that
-        change nothing a plan reads)."""
+        """Informer events into the index; each wakes the loop."""
         def key(obj: resource.Resource) -> informer_mod.CacheKey:
             return (obj.metadata.namespace, obj.metadata.name)
 
         def upsert(obj: resource.Resource) -> None:
-            if put(key(obj), obj) is not False:
-                self._changed()
+            put(key(obj), obj)
+            self._changed()
 
         def delete(obj: resource.Resource) -> None:
             put(key(obj), None)
@@ -243,10 +259,11 @@ class Dataplane:
         self._detach_handlers.append(inf.add_handlers(
             upsert, lambda _old, new: upsert(new), delete))
 
-    def _task_changed(self, old: resource.Resource, new: resource.Resource) -> None:
-        # Most task updates are state reports (assigned, preparing, starting...) that
-        # change nothing the plan reads of a task; a pass walks every task, so skip them.
-        if not same_plan_inputs(old, new):
+    def _task_entry(self, key: informer_mod.CacheKey, _old: netplan.TaskEntry | None,
+                    new: netplan.TaskEntry | None) -> None:
+        """A task's entry changed (the cache calls only then): into the index, and the
+        loop woken if the index says a plan reads the change."""
+        if self.index.put_task(key, new):
             self._changed()
 
     async def close(self) -> None:
@@ -264,6 +281,7 @@ class Dataplane:
             await self.lb.close()
         await self.factory.stop()
         await self.projected.stop()
+        await self.tasks.stop()
 
     async def _report_backend(self) -> None:
         """``status.dataplane`` on our Node (through the node report, folded into the
@@ -274,16 +292,15 @@ class Dataplane:
     async def _discover_workloads(self) -> None:
         """Pids of local tasks that already run (a restarted agent): without them the
         first pass would take their veths away."""
-        for task in self._local_tasks():
-            if ts.has_ended(task) or not nw.task_attachments(task):
-                continue
+        for (namespace, name), entry in self._local_tasks():
             try:
-                observed = await self.observe(task.metadata.uid)
+                observed = await self.observe(entry.uid)
             except Exception as exc:  # the driver's daemon may be slow to answer
-                self.log.warning("cannot observe a workload", key=_ref(task), error=str(exc))
+                self.log.warning("cannot observe a workload", key=f"task/{namespace}/{name}",
+                                 error=str(exc))
                 continue
             if observed.state == "running" and observed.pid:
-                self.pids[task.metadata.uid] = observed.pid
+                self.pids[entry.uid] = observed.pid
 
     # --- the loop ---
 
@@ -314,25 +331,24 @@ class Dataplane:
 
     async def _run(self) -> None:
         backoff = 0.2
-        # Since the last periodic pass, not the last pass: a steady stream of changes
-        # must not put the safety net off for ever.
-        last_periodic = time.monotonic()
         while True:
-            wait = max(0.0, last_periodic + self.resync_every - time.monotonic())
+            # Due from the last periodic pass, not the last pass: a steady stream of
+            # changes must not put the safety net off for ever.
+            wait = self.pacer.wait(time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), timeout=wait)
             await asyncio.sleep(INCREMENTAL_DEBOUNCE if self.incremental else DEBOUNCE)
             self._dirty.clear()
-            resync = time.monotonic() - last_periodic >= self.resync_every
+            resync = self.pacer.is_due(time.monotonic())
             try:
                 await self.sync("periodic" if resync else "change")
-                if resync:
-                    last_periodic = time.monotonic()
                 backoff = 0.2
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                # A task namespace that vanished mid-pass, netlink busy...: look again.
+                # A task namespace that vanished mid-pass, netlink busy...: look again,
+                # and let the periodic pass look at everything soon.
+                self.pacer.failed(time.monotonic())
                 self.log.warning("dataplane pass failed; retrying", error=str(exc),
                                  error_type=type(exc).__name__, retry_in=backoff)
                 await asyncio.sleep(backoff)
@@ -372,22 +388,44 @@ class Dataplane:
         self.passes += 1
         full = (reason in ("start", "periodic") or not self.incremental
                 or self._need_full)
+        wall, cpu = time.monotonic(), time.process_time()
+        drift = False
         try:
             if self.incremental and (reason == "periodic" or not full):
                 await self._apply_delta(self.index.step(self.pids, self.leaving), reason)
             if full:
-                await self._full_pass(reason)
+                drift = await self._full_pass(reason)
         except BaseException:
             self._need_full = self.incremental
             raise
         self._need_full = False
         self._applied = max(self._applied, asked)
+        if reason in ("start", "periodic"):
+            now = time.monotonic()
+            self._paced(reason, resyncpace.Cost(wall=now - wall,
+                                                cpu=time.process_time() - cpu),
+                        drift=drift, now=now)
 
-    async def _full_pass(self, reason: str) -> None:
-        """Plan from every cached object and apply it whole; compare with the index."""
-        plan = netplan.plan(self.node, self.networks.list(), self.services.list(),
-                            self.tasks.list(), self.nodes.list(), self.pids,
-                            frozenset(self.leaving))
+    def _paced(self, reason: str, cost: resyncpace.Cost, *, drift: bool, now: float
+               ) -> None:
+        """The next periodic pass set from this full pass's cost; logged when the
+        interval or its reason changes (by a fifth or more), not every pass."""
+        interval = self.pacer.passed(now, cost, drift=drift)
+        last = self._logged_interval
+        if (last is None or last.why != interval.why
+                or abs(interval.seconds - last.seconds) >= 0.2 * last.seconds):
+            self.log.info("next periodic dataplane pass", after=round(interval.seconds, 1),
+                          why=interval.why, reason=reason, pass_wall=round(cost.wall, 3),
+                          pass_cpu=round(cost.cpu, 3), budget=self.pacer.budget)
+            self._logged_interval = interval
+
+    async def _full_pass(self, reason: str) -> bool:
+        """Plan from every cached object and apply it whole; compare with the index.
+        Whether a periodic pass found drift (the index wrong, or the kernel changed)."""
+        drift = False
+        plan = netplan.plan_entries(self.node, self.networks.list(), self.services.list(),
+                                    self.tasks.values(), self.nodes.list(), self.pids,
+                                    frozenset(self.leaving))
         if self.incremental:
             self.index.step(self.pids, self.leaving)  # catch up; the full plan is applied
             if reason == "periodic" or not self._ready:
@@ -398,6 +436,7 @@ class Dataplane:
                                    differences=differ)
                     self.index.rebuild()
                     self.index.step(self.pids, self.leaving)
+                    drift = True
         thorough = reason in ("start", "periodic")
         if plan.overlay.networks or self._overlay_active:
             # Only start-up and periodic passes look into every task's namespace
@@ -418,6 +457,7 @@ class Dataplane:
                 self.changes += len(report.changes)
                 if reason == "periodic" and self.incremental:
                     self._log_drift("overlay", report.changes, plan.overlay.networks)
+                    drift = True
                 else:
                     self.log.info("overlay changed", reason=reason,
                                   changes=len(report.changes), first=report.changes[:5])
@@ -426,6 +466,7 @@ class Dataplane:
             repaired = await self.lb.repair()
             if repaired:
                 self._log_drift("balancer", repaired, plan.overlay.networks)
+                drift = True
         await self._apply_firewall(bool(plan.overlay.networks or plan.services),
                                    force=thorough)
         await self._apply_localnet([n.name for n in plan.overlay.networks])
@@ -435,6 +476,7 @@ class Dataplane:
         self._note_problems(plan.problems)
         self.plan = None if self.incremental else plan
         self._ready = True
+        return drift and reason == "periodic"
 
     async def _apply_delta(self, delta: planindex.Delta, reason: str) -> None:
         """Apply what the index says changed, and nothing else."""
@@ -647,8 +689,9 @@ class Dataplane:
                 self.log.warning("DNS listener failed", network=network,
                                  address=str(address), error=str(exc))
 
-    def _local_tasks(self) -> list[resource.Resource]:
-        return [t for t in self.tasks.list() if t.spec.get("nodeName") == self.node]
+    def _local_tasks(self) -> list[tuple[informer_mod.CacheKey, netplan.TaskEntry]]:
+        """This node's attached tasks that have not ended (the only ones with entries)."""
+        return [(k, e) for k, e in self.tasks.items() if e.node == self.node]
 
     def _prune(self) -> None:
         """Forget local tasks that ended or are gone, and pids whose process died (its
@@ -658,7 +701,7 @@ class Dataplane:
             # cached task (pids and resolv files exist only for attached ones).
             alive = set(self.index.local_uid)
         else:
-            alive = {t.metadata.uid for t in self._local_tasks() if not ts.has_ended(t)}
+            alive = {e.uid for _, e in self._local_tasks()}
         for uid in list(self.pids):
             if uid not in alive or not os.path.exists(f"/proc/{self.pids[uid]}/ns/net"):
                 del self.pids[uid]
@@ -763,18 +806,6 @@ class Dataplane:
                       drain=self.drain if was_backend else 0)
         if was_backend and self.drain > 0:
             await asyncio.sleep(self.drain)
-
-
-def same_plan_inputs(old: resource.Resource, new: resource.Resource) -> bool:
-    """Whether ``netplan.plan`` reads the same of ``new`` as of ``old``: the same spec
-    (node, networks, desired state, service; by the digests the codec recorded), uid and
-    labels, and the same answers to "ended?" and "serving?"."""
-    digest = codec.stored_spec_digest(new)
-    return (digest is not None and digest == codec.stored_spec_digest(old)
-            and new.metadata.uid == old.metadata.uid
-            and new.metadata.labels == old.metadata.labels
-            and ts.has_ended(new) == ts.has_ended(old)
-            and netplan.serving(new) == netplan.serving(old))
 
 
 def _ref(task: resource.Resource) -> str:

@@ -5,7 +5,10 @@ allocator wrote, ``shoal.crds.networking``), the pids of the local tasks' worklo
 the local tasks that are leaving, :func:`plan` returns everything the dataplane
 programs: the overlay (``NetworkState``: bridges, VXLANs, remote endpoints, task veths),
 the load balancer's ``VirtualService``s, the DNS records and where the DNS responder
-listens. ``shoal.agent.dataplane`` applies it. Keeping the decision pure keeps it
+listens. Tasks are read through :func:`task_entry` (a :class:`TaskEntry`: the five
+fields a plan reads), which is also what the agent keeps of each task of the cluster:
+:func:`plan_entries` plans from entries, :func:`plan` from task objects.
+``shoal.agent.dataplane`` applies it. Keeping the decision pure keeps it
 unit-testable without a kernel, and makes "an agent restart changes nothing" a
 property of the inputs: the same objects give the same plan.
 
@@ -36,8 +39,9 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import sys
 from collections.abc import Container, Iterable, Mapping, Sequence
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from shoal.crds import networking as nw
 from shoal.crds import taskstates as ts
@@ -69,6 +73,53 @@ class Plan:
 def serving(task: Resource) -> bool:
     """Observed running and still wanted: a balancer backend and a DNS answer."""
     return ts.is_running(task) and ts.is_active_desired(task)
+
+
+class Att(NamedTuple):
+    """A task's address on one network, compact: an ``ipaddress.IPv4Interface`` costs
+    about 400 bytes, and a node keeps one per task of the cluster."""
+
+    network: str
+    packed: int  # the address as an integer
+    prefixlen: int
+
+    @property
+    def ip(self) -> IPv4Address:
+        return IPv4Address(self.packed)
+
+    @property
+    def address(self) -> ipaddress.IPv4Interface:
+        return ipaddress.IPv4Interface((self.packed, self.prefixlen))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskEntry:
+    """What a plan reads of a task that is attached, placed and not ended: the agent
+    keeps this of every task of the cluster, not the task (its informer and the index
+    share one entry per task)."""
+
+    uid: str
+    service: tuple[str, str]  # (namespace, service name)
+    node: str
+    attachments: tuple[Att, ...]
+    serving: bool
+
+
+def task_entry(task: Resource) -> TaskEntry | None:
+    """The task as a plan sees it; None for a task no plan counts: without allocated
+    attachments, ended, or not placed."""
+    atts = nw.task_attachments(task)
+    node = task.spec.get("nodeName")
+    if not atts or ts.has_ended(task) or not node:
+        return None
+    # Interned: 100,000 tasks name a few thousand services on a few hundred nodes.
+    return TaskEntry(uid=task.metadata.uid,
+                     service=(sys.intern(ts.namespace_of(task)),
+                              sys.intern(ts.service_name(task) or "")),
+                     node=sys.intern(str(node)),
+                     attachments=tuple(Att(sys.intern(a.network), int(a.address.ip),
+                                           a.address.network.prefixlen) for a in atts),
+                     serving=serving(task))
 
 
 def mesh_in_use(services: Iterable[Resource]) -> bool:
@@ -115,6 +166,17 @@ def plan(node: str, networks: Iterable[Resource], services: Iterable[Resource],
          tasks: Iterable[Resource], nodes: Iterable[Resource], pids: Mapping[str, int],
          leaving: frozenset[str] | set[str] = frozenset()) -> Plan:
     """The whole desired dataplane of ``node`` (see the module docstring)."""
+    return plan_entries(node, networks, services,
+                        [e for t in tasks if (e := task_entry(t)) is not None], nodes,
+                        pids, leaving)
+
+
+def plan_entries(node: str, networks: Iterable[Resource], services: Iterable[Resource],
+                 tasks: Iterable[TaskEntry], nodes: Iterable[Resource],
+                 pids: Mapping[str, int],
+                 leaving: frozenset[str] | set[str] = frozenset()) -> Plan:
+    """:func:`plan` from the tasks' entries (what the agent keeps of each task), walking
+    the whole cluster: the reference the incremental index is compared with."""
     problems: list[str] = []
     nets = {n.name: n for n in networks}
     infos = {name: info for name, n in nets.items()
@@ -128,17 +190,13 @@ def plan(node: str, networks: Iterable[Resource], services: Iterable[Resource],
             continue
     ingress = nw.ingress_name(nets.values())
 
-    # Who is attached where (tasks that have not ended).
-    attached: list[tuple[Resource, list[nw.Attachment]]] = []
-    for t in tasks:
-        atts = nw.task_attachments(t)
-        if atts and not ts.has_ended(t) and t.spec.get("nodeName"):
-            attached.append((t, atts))
+    # Who is attached where (tasks that have not ended: the only ones with an entry).
+    attached = list(tasks)
     hosted: list[str] = []
-    for t, atts in attached:
+    for t in attached:
         # Also while a task is being stopped: its veth goes when its workload does.
-        if t.spec.get("nodeName") == node:
-            hosted.extend(a.network for a in atts if a.network not in hosted)
+        if t.node == node:
+            hosted.extend(a.network for a in t.attachments if a.network not in hosted)
     if ingress is not None and ingress not in hosted and mesh_in_use(svcs):
         hosted.append(ingress)
 
@@ -155,22 +213,22 @@ def plan(node: str, networks: Iterable[Resource], services: Iterable[Resource],
             continue
         peers: set[Peer] = set()
         local: list[Attachment] = []
-        for t, atts in attached:
-            where = str(t.spec.get("nodeName"))
-            for index, att in enumerate(atts):
+        for t in attached:
+            where = t.node
+            for index, att in enumerate(t.attachments):
                 if att.network != name:
                     continue
                 if where != node:
                     if where in underlay:
-                        peers.add(Peer(att.address.ip, underlay[where]))
+                        peers.add(Peer(att.ip, underlay[where]))
                     continue
-                pid = pids.get(t.metadata.uid)
+                pid = pids.get(t.uid)
                 if pid is None:
                     continue  # not started yet: plumbed once its workload runs
                 local.append(Attachment(
-                    key=t.metadata.uid, netns=f"/proc/{pid}/ns/net", ifname=f"eth{index}",
+                    key=t.uid, netns=f"/proc/{pid}/ns/net", ifname=f"eth{index}",
                     address=att.address,
-                    default_route=default_network(atts, infos) == att.network))
+                    default_route=default_network(t.attachments, infos) == att.network))
         for other, address in info.node_addresses.items():
             if other != node and other in underlay:
                 peers.add(Peer(address, underlay[other]))
@@ -184,11 +242,10 @@ def plan(node: str, networks: Iterable[Resource], services: Iterable[Resource],
     hosted_ok = {n.name for n in overlay_nets}
 
     # Who serves: running tasks, by service, with their addresses per network.
-    serving_by_service: dict[tuple[str, str], list[tuple[Resource, list[nw.Attachment]]]] = {}
-    for t, atts in attached:
-        if serving(t) and not (t.spec.get("nodeName") == node and t.metadata.uid in leaving):
-            key = (ts.namespace_of(t), ts.service_name(t) or "")
-            serving_by_service.setdefault(key, []).append((t, atts))
+    serving_by_service: dict[tuple[str, str], list[TaskEntry]] = {}
+    for t in attached:
+        if t.serving and not (t.node == node and t.uid in leaving):
+            serving_by_service.setdefault(t.service, []).append(t)
 
     virtual: dict[ServiceKey, VirtualService] = {}
     records: list[ServiceRecord] = []
@@ -200,20 +257,20 @@ def plan(node: str, networks: Iterable[Resource], services: Iterable[Resource],
         ep = nw.endpoint(s)
         by_net = add_service_virtuals(
             virtual, problems, ep,
-            [(str(t.spec.get("nodeName")), [(a.network, a.address.ip) for a in atts])
-             for t, atts in members], node, hosted_ok, ingress)
+            [(t.node, [(a.network, a.ip) for a in t.attachments]) for t in members],
+            node, hosted_ok, ingress)
         record = service_record(s, ep, by_net, ingress)
         if record is not None:
             records.append(record)
     clients: dict[tuple[str, IPv4Address], tuple[str, ...]] = {}
-    for t, atts in attached:
-        if t.spec.get("nodeName") != node:
+    for t in attached:
+        if t.node != node:
             continue
-        own = tuple(a.network for a in atts if a.network != ingress)
+        own = tuple(a.network for a in t.attachments if a.network != ingress)
         if len(own) > 1:  # one network: the listener it asks is the only one that matters
-            for att in atts:
+            for att in t.attachments:
                 if att.network != ingress:
-                    clients[(att.network, att.address.ip)] = own
+                    clients[(att.network, att.ip)] = own
     return Plan(overlay=NetworkState(tuple(sorted(overlay_nets, key=lambda n: n.name))),
                 services=tuple(sorted(virtual.values(), key=service_order)),
                 dns=tuple(records), listeners=listeners, problems=tuple(problems),

@@ -24,19 +24,20 @@ Per-piece rules are ``netplan``'s (its module docstring), applied to one key:
   at most its own peers (``Delta`` carries them; a full network sync is only needed when a
   network's parameters or this node's hosting change).
 
-What it holds per task is a small :class:`TaskEntry`, not the task object.
+What it holds per task is a small ``netplan.TaskEntry``, not the task object: the
+same entry the agent's task cache keeps (``dataplane``), so a task costs one entry.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import sys
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping
-from typing import NamedTuple, TypeVar
+from typing import TypeVar
 
 from shoal.agent import netplan
+from shoal.agent.netplan import TaskEntry
 from shoal.crds import networking as nw
 from shoal.crds import taskstates as ts
 from shoal.crds.resource import Resource
@@ -48,49 +49,6 @@ IPv4Address = ipaddress.IPv4Address
 SvcKey = tuple[str, str]  # (namespace, service name)
 ObjKey = tuple[str | None, str]  # an informer's cache key: (namespace, name)
 _K = TypeVar("_K", bound=Hashable)
-
-
-class Att(NamedTuple):
-    """A task's address on one network, compact: an ``ipaddress.IPv4Interface`` costs
-    about 400 bytes, and the index holds one per task of the cluster."""
-
-    network: str
-    packed: int  # the address as an integer
-    prefixlen: int
-
-    @property
-    def ip(self) -> IPv4Address:
-        return IPv4Address(self.packed)
-
-    @property
-    def address(self) -> ipaddress.IPv4Interface:
-        return ipaddress.IPv4Interface((self.packed, self.prefixlen))
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TaskEntry:
-    """What the plan reads of an attached, placed, not-ended task."""
-
-    uid: str
-    service: SvcKey
-    node: str
-    attachments: tuple[Att, ...]
-    serving: bool
-
-
-def task_entry(task: Resource) -> TaskEntry | None:
-    """The task as the plan sees it; None for a task the plan ignores (no attachments,
-    ended, or not placed) -- exactly ``netplan.plan``'s ``attached`` filter."""
-    atts = nw.task_attachments(task)
-    node = task.spec.get("nodeName")
-    if not atts or ts.has_ended(task) or not node:
-        return None
-    return TaskEntry(uid=task.metadata.uid, service=(ts.namespace_of(task),
-                                                     ts.service_name(task) or ""),
-                     node=str(node),
-                     attachments=tuple(Att(sys.intern(a.network), int(a.address.ip),
-                                           a.address.network.prefixlen) for a in atts),
-                     serving=netplan.serving(task))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,10 +145,10 @@ class PlanIndex:
 
     # --- events ---
 
-    def put_task(self, key: ObjKey, task: Resource | None) -> bool:
-        """A task added, updated (``task``) or deleted (None); whether the plan cares."""
+    def put_task(self, key: ObjKey, new: TaskEntry | None) -> bool:
+        """A task added or updated (its ``netplan.task_entry``), or deleted or no longer
+        counted (None); whether the plan cares."""
         old = self.tasks.get(key)
-        new = task_entry(task) if task is not None else None
         if old == new:
             return False
         if old is not None:

@@ -179,21 +179,32 @@ class Store:
         result is one consistent snapshot. Returns (objects, revision).
         """
         sel = selectors.parse(selector) if isinstance(selector, str) else selector
+        out: builtins.list[resource.Resource] = []
+        at = revision
+        async for page, page_revision in self.pages(info, namespace, revision, page_size):
+            out.extend(o for o in page if sel is None or sel.matches(o.metadata.labels))
+            at = page_revision
+        return out, at
+
+    async def pages(self, info: kinds.KindInfo, namespace: str | None = None,
+                    revision: int = 0, page_size: int = 5000,
+                    ) -> AsyncIterator[tuple[builtins.list[resource.Resource], int]]:
+        """:meth:`list`'s pages as they are read: (objects, the snapshot's revision), one
+        consistent snapshot, at least one (possibly empty) page. A consumer that keeps a
+        little of each object need never hold the whole kind decoded at once."""
         start = self.kind_prefix(info, namespace)
         base = self.kind_prefix(info)
         end = etcd.prefix_end(start)
-        out: builtins.list[resource.Resource] = []
         while True:
             kvs, rev, more = await retry.call(
                 self.retry, "range", functools.partial(self.etcd.range_raw, start, end,
                                                        revision, page_size), start.decode())
             revision = revision or rev
-            for kv in kvs:
-                obj = codec.decode_at(info, base, kv.key, kv.value, kv.mod_revision)
-                if obj is not None and (sel is None or sel.matches(obj.metadata.labels)):
-                    out.append(obj)
+            page = [obj for kv in kvs if (obj := codec.decode_at(
+                info, base, kv.key, kv.value, kv.mod_revision)) is not None]
+            yield page, revision
             if not more or not kvs:
-                return out, revision
+                return
             start = kvs[-1].key + b"\0"
 
     # --- projections (shoal.store.projections) ---

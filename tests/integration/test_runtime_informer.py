@@ -203,3 +203,61 @@ async def test_value_naming_another_object_than_its_key_is_not_cached(
     listed, _ = await store.list(CONFIG, "default")
     assert sorted(o.name for o in listed) == ["a", "c"]
     await factory.stop()
+
+
+def _data(obj: resource.Resource) -> str | None:
+    """A KeptInformer's ``keep``: a config's data, nothing for "skip", and a failure for
+    "broken" (a value the projection cannot read)."""
+    data = obj.spec.get("data")
+    if data == "broken":
+        raise ValueError("unreadable")
+    return None if data == "skip" else str(data)
+
+
+async def test_a_kept_informer_keeps_and_tells_only_what_its_projection_reads(
+        etcd_factory: Callable[[], etcd_server.EtcdServer]) -> None:
+    server = etcd_factory()  # private: the test compacts
+    store = await client.Store.connect(server.url, prefix="/kept")
+    try:
+        await store.create(CONFIG, config("a", data="x"))
+        await store.create(CONFIG, config("b", data="skip"))
+        inf = informer.KeptInformer(store, CONFIG, _data)
+        calls: list[tuple[str, str | None, str | None]] = []
+        inf.add_handler(lambda key, old, new: calls.append((key[1], old, new)))
+        inf.start()
+        await inf.wait_synced(timeout=5)
+        assert inf.items() == [(("default", "a"), "x")] and inf.get("b") is None
+        assert calls == [("a", None, "x")]
+
+        async def write(name: str, data: str, labels: dict[str, str] | None = None
+                        ) -> None:
+            obj = await store.get(CONFIG, name)
+            obj.spec["data"] = data
+            obj.metadata.labels = labels or {}
+            await store.update(CONFIG, obj)
+
+        await write("a", "x", {"other": "field"})  # what is kept is unchanged: no call
+        await write("a", "y")
+        await write("b", "z")  # kept from now on: an addition to readers
+        await write("a", "broken")  # unreadable: absent, and the watch goes on
+        await store.delete(CONFIG, "b")
+        await store.create(CONFIG, config("c", data="w"))
+        await eventually(lambda: _async(inf.get("c") == "w"), timeout=5, what="c kept")
+        assert calls[1:] == [("a", "x", "y"), ("b", None, "z"), ("a", "y", None),
+                             ("b", "z", None), ("c", None, "w")]
+        assert sorted(inf.values()) == ["w"] and len(inf) == 1
+
+        # A re-list after compaction tells exactly the differences of the kept values.
+        await inf.stop()
+        await write("a", "v")
+        await write("c", "w", {"relabelled": "yes"})  # changed, but not what is kept
+        await store.create(CONFIG, config("d", data="skip"))
+        await store.etcd.compact(await store.etcd.current_revision())
+        calls.clear()
+        inf.start()
+        await eventually(lambda: _async(inf.get("a") == "v"), timeout=10, what="reset")
+        assert calls == [("a", None, "v")]
+        assert sorted(inf.items()) == [(("default", "a"), "v"), (("default", "c"), "w")]
+        await inf.stop()
+    finally:
+        await store.close()

@@ -85,8 +85,18 @@ async def test_list_by_namespace_selector_and_revision(store: client.Store) -> N
 async def test_list_pages_through_large_ranges(store: client.Store) -> None:
     ops = [client.Op("create", WIDGET, widget(f"w{i:04d}")) for i in range(120)]
     await store.commit(ops)
-    objs, _ = await store.list(WIDGET, page_size=50)
+    objs, revision = await store.list(WIDGET, page_size=50)
     assert len(objs) == 120 and len({o.name for o in objs}) == 120
+    # The same snapshot page by page, for a consumer that keeps little of each object;
+    # a write meanwhile is not in it.
+    pages = []
+    async for page, at in store.pages(WIDGET, page_size=50):
+        pages.append(([o.name for o in page], at))
+        if len(pages) == 1:
+            await store.create(WIDGET, widget("w9999"))
+    assert [len(names) for names, _ in pages] == [50, 50, 20]
+    assert {at for _, at in pages} == {revision}
+    assert sorted(n for names, _ in pages for n in names) == sorted(o.name for o in objs)
 
 
 async def test_finalizers_delay_deletion(store: client.Store) -> None:

@@ -7,11 +7,9 @@ import ipaddress
 from typing import Any
 
 from shoal.agent import netplan
-from shoal.agent.dataplane import same_plan_inputs
 from shoal.crds import networking as nw
 from shoal.crds import resource
 from shoal.net.lb import Backend
-from shoal.store import codec
 
 A = ipaddress.IPv4Address
 
@@ -238,27 +236,29 @@ def test_port_conflicts() -> None:
         "port 9000/tcp is already published by service default/h"]
 
 
-def _stored(t: resource.Resource) -> resource.Resource:
-    """The task as an informer holds it: decoded, with its spec digest recorded."""
-    return codec.decode(codec.encode(t), 1)
-
-
-def test_state_reports_that_change_nothing_planned_skip_the_pass() -> None:
+def test_state_reports_that_change_nothing_planned_leave_the_entry_equal() -> None:
+    # The agent's task cache keeps task_entry(task) and tells its readers (the index,
+    # hence a pass) only when the entry changes.
     nets = {"appnet": "10.0.1.10/24"}
-    starting = _stored(task("t1", "web", "n1", nets, state="starting"))
-    assert same_plan_inputs(_stored(task("t1", "web", "n1", nets, state="assigned")),
-                            starting)
-    # Each of these changes what the plan reads, so each triggers a pass.
-    assert not same_plan_inputs(starting, _stored(task("t1", "web", "n1", nets)))  # serving
-    assert not same_plan_inputs(starting, _stored(task("t1", "web", "n1", nets,
-                                                       state="failed")))  # ended
-    assert not same_plan_inputs(starting, _stored(task("t1", "web", "n2", nets,
-                                                       state="starting")))  # node
-    assert not same_plan_inputs(starting, _stored(task("t1", "web", "n1",
-                                                       {"appnet": "10.0.1.11/24"},
-                                                       state="starting")))  # address
-    assert not same_plan_inputs(starting, _stored(task("t1", "web", "n1", nets,
-                                                       state="starting",
-                                                       desired="shutdown")))
-    # An object whose spec digest is unknown always counts as changed.
-    assert not same_plan_inputs(starting, task("t1", "web", "n1", nets, state="starting"))
+    starting = netplan.task_entry(task("t1", "web", "n1", nets, state="starting"))
+    assert starting is not None
+    assert netplan.task_entry(task("t1", "web", "n1", nets, state="assigned")) == starting
+    # Each of these changes what the plan reads, so each changes the entry.
+    for changed in (task("t1", "web", "n1", nets),  # serving
+                    task("t1", "web", "n2", nets, state="starting"),  # node
+                    task("t1", "web", "n1", {"appnet": "10.0.1.11/24"},
+                         state="starting"),  # address
+                    task("t1", "api", "n1", nets, state="starting")):  # service
+        assert netplan.task_entry(changed) != starting
+    # Desired shut down: no longer serving once it runs; before, nothing planned changes.
+    running = netplan.task_entry(task("t1", "web", "n1", nets))
+    assert netplan.task_entry(task("t1", "web", "n1", nets, desired="shutdown")) != running
+    assert netplan.task_entry(task("t1", "web", "n1", nets, state="starting",
+                                   desired="shutdown")) == starting
+    # A task no plan counts has no entry: ended, not placed, not attached.
+    assert netplan.task_entry(task("t1", "web", "n1", nets, state="failed")) is None
+    assert netplan.task_entry(task("t1", "web", "", nets)) is None
+    assert netplan.task_entry(task("t1", "web", "n1", {})) is None
+    unallocated = task("t1", "web", "n1", nets)
+    unallocated.spec["networks"] = [{"name": "appnet"}]
+    assert netplan.task_entry(unallocated) is None

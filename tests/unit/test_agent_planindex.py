@@ -12,7 +12,7 @@ import dataclasses
 import ipaddress
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from shoal.agent import netplan
@@ -84,6 +84,10 @@ def task_obj(name: str, service: str, node: str, networks: list[str], state: str
     t.metadata.uid = f"uid-{name}"
     t.status = {"state": state}
     return t
+
+
+def put_task(index: PlanIndex, task: resource.Resource) -> None:
+    index.put_task(("default", task.name), netplan.task_entry(task))
 
 
 net_names = st.sampled_from(sorted(NETS))
@@ -166,6 +170,11 @@ class Applied:
 @settings(max_examples=300, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(events, max_size=60))
+# Pinned: a task gone and back under another service once the index has settled. The
+# derandomized search depends on this function's source, and one version of it missed
+# a planted "new task does not dirty its service" bug in 1,000 examples.
+@example([("step", None, None), ("task", "t1", None), ("step", None, None),
+          ("task", "t1", ("web", "n2", ["appnet"], "running", "running"))])
 def test_incremental_state_equals_the_full_plan(evs: list[tuple[str, Any, Any]]) -> None:
     # A populated cluster to start from, so most events change something planned.
     evs = [*(("network", n, (list(NODES), False, True)) for n in NETS),
@@ -212,8 +221,11 @@ def test_incremental_state_equals_the_full_plan(evs: list[tuple[str, Any, Any]])
         else:
             objects[kind][name] = obj
         key = (None, name) if kind in ("network", "node") else ("default", name)
+        if kind == "task":
+            index.put_task(key, netplan.task_entry(obj) if obj is not None else None)
+            continue
         put = {"network": index.put_network, "node": index.put_node,
-               "service": index.put_service, "task": index.put_task}[kind]
+               "service": index.put_service}[kind]
         put(key, obj)
     applied.apply(index.step(pids, leaving))
     full = netplan.plan("n1", objects["network"].values(), objects["service"].values(),
@@ -234,23 +246,19 @@ def test_one_task_change_touches_only_its_service_and_its_peers() -> None:
     for s in SERVICES:
         index.put_service(("default", s), service_obj(s, ["appnet"], ["appnet"], [], False,
                                                       False))
-    index.put_task(("default", "t0"), task_obj("t0", "web", "n1", ["appnet"], "running",
-                                               "running"))
+    put_task(index, task_obj("t0", "web", "n1", ["appnet"], "running", "running"))
     for i, s in enumerate(SERVICES, 1):
-        index.put_task(("default", f"t{i}"), task_obj(f"t{i}", s, "n2", ["appnet"],
-                                                      "running", "running"))
+        put_task(index, task_obj(f"t{i}", s, "n2", ["appnet"], "running", "running"))
     index.step({"uid-t0": 100}, ())
     # t2 (db, on n2) stops serving: db's VIP loses it, nothing else changes.
-    index.put_task(("default", "t2"), task_obj("t2", "db", "n2", ["appnet"], "running",
-                                               "shutdown"))
+    put_task(index, task_obj("t2", "db", "n2", ["appnet"], "running", "shutdown"))
     delta = index.step({"uid-t0": 100}, ())
     assert delta.touched == {("default", "db")}
     assert {str(s.vip) for s in delta.services} == {"10.254.0.11"}
     assert [(r.name, r.tasks) for r in delta.records] == [("db", {"appnet": ()})]
     # Its address stays a peer (the task still runs there) until it has ended.
     assert [c.added + c.removed for c in delta.networks] in ([], [()])
-    index.put_task(("default", "t2"), task_obj("t2", "db", "n2", ["appnet"], "shutdown",
-                                               "shutdown"))
+    put_task(index, task_obj("t2", "db", "n2", ["appnet"], "shutdown", "shutdown"))
     delta = index.step({"uid-t0": 100}, ())
     (change,) = delta.networks
     assert not change.full and change.added == () and [
