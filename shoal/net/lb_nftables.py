@@ -216,6 +216,43 @@ def render_prepare(chains: Iterable[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_repair(*, missing: Iterable[str] = (), recreate: Iterable[str] = (),
+                  refill: Iterable[str] = (), sets: Iterable[str] = ()) -> str:
+    """One transaction putting back what drifted in the table's structure: ``sets``
+    declared, ``refill`` chains flushed and refilled, ``recreate`` chains (another hook,
+    priority or policy, or base where they should not be) deleted and declared again,
+    ``missing`` chains declared; then the rules of all of those. Flushes come first, so
+    a stray rule referring to a chain being recreated is gone before the delete; chains
+    it does not name keep their rules untouched."""
+    missing, recreate, refill = list(missing), list(recreate), list(refill)
+    every = {name: (base, rules) for name, base, rules in SKELETON_CHAINS}
+    decl = {set_name: (kind, d) for kind, set_name, d in SETS}
+
+    def chain(name: str) -> tuple[str | None, list[str]]:
+        return every.get(name) or (None, [render_chain(name)])
+    lines = [f"add table {T}"]
+    lines += [f"add {decl[name][0]} {T} {name} {{ {decl[name][1]} }}" for name in sets]
+    lines += [f"flush chain {T} {name}" for name in [*refill, *recreate]]
+    lines += [f"delete chain {T} {name}" for name in recreate]
+    for name in [*missing, *recreate]:
+        base, _ = chain(name)
+        lines.append(f"add chain {T} {name}" + (f" {{ {base} }}" if base else ""))
+    for name in [*missing, *recreate, *refill]:
+        lines += [f"add rule {T} {name} {rule}" for rule in chain(name)[1]]
+    return "\n".join(lines) + "\n"
+
+
+def render_removal(chains: Iterable[str], sets: Iterable[str]) -> str:
+    """One transaction deleting chains and sets that are not Shoal's: their rules first
+    (a stray rule may refer to a stray set), then the sets (a stray verdict map may
+    refer to a stray chain), then the chains."""
+    chains = list(chains)
+    lines = [f"flush chain {T} {c}" for c in chains]
+    lines += [f"delete set {T} {s}" for s in sets]
+    lines += [f"delete chain {T} {c}" for c in chains]
+    return "\n".join(lines) + "\n"
+
+
 def render_full(services: Sequence[VirtualService]) -> str:
     """A script that replaces the whole table atomically with exactly ``services``.
     Chains and rules come before elements: binding a rule to a map that already holds
@@ -375,7 +412,9 @@ class NftablesLoadBalancer(LoadBalancer):
         self._model: dict[ServiceKey, VirtualService] = {}
         self._chains: set[str] = set()
         self._vip_refs: dict[ipaddress.IPv4Address, int] = {}
-        self._rules: dict[str, list[bytes]] | None = None  # rules as written, for repair
+        # The table as last written (chains, rules, set declarations), as the kernel
+        # holds it: what repair() compares with.
+        self._reference: nftnl.TableState | None = None
         # How the last full sync wrote the table ("netlink", "text", or "text (why)" when
         # the netlink path fell back): for logs, tests and the bench.
         self.last_full_sync: str | None = None
@@ -420,7 +459,7 @@ class NftablesLoadBalancer(LoadBalancer):
         self._model.clear()
         self._chains.clear()
         self._vip_refs.clear()
-        self._rules = None
+        self._reference = None
         self._synced = False
 
     async def close(self) -> None:
@@ -431,51 +470,91 @@ class NftablesLoadBalancer(LoadBalancer):
 
     async def repair(self) -> list[str]:
         """Compare the kernel's table with the model and fix only what differs: chains
-        and rules (against the rules as last written), then each set's elements (a
-        netlink dump compared as bytes with the model's encoding; one batch deletes the
-        strays and adds what is missing). Reads only when nothing drifted. Returns what
-        was repaired, one line each."""
+        (their hook, priority and policy, then their rules) and sets (declared, then
+        each one's elements, a netlink dump compared as bytes with the model's encoding);
+        a chain or set the model does not have is removed. Reads only when nothing
+        drifted. Returns what was repaired, one line each."""
         if not self._synced:
             await self.resync()
             return []
+        return await self._reconcile(list(self._model.values()))
+
+    async def _reconcile(self, services: list[VirtualService]) -> list[str]:
+        """Make the table hold exactly ``services``, writing only what differs from
+        what the kernel holds, and say what that was. Three steps, each one transaction:
+        (1) structure -- missing sets, chains that are missing, declared otherwise
+        (recreated: the kernel cannot change a base chain's hook or priority in place)
+        or hold other rules (flushed and refilled); (2) one element batch; (3) chains
+        and sets that are not Shoal's, after (2) removed what referred to them. A set of
+        another type (an older layout) cannot be redeclared under its rules: the table is
+        replaced whole, as a full sync does."""
         nl = await self._netlink()
-        have_rules = await asyncio.to_thread(nl.rules)
-        if not have_rules:
-            await self._full(self._model.values())
+        have = await asyncio.to_thread(nl.table_state)
+        if have is None:
+            await self._full(services)
             return [f"table {T} was missing: rebuilt"]
+        model = _Model.of(services)
+        reference = self._reference
+        odd_sets = sorted(name for name in SET_NAMES if name in have.sets
+                          and reference is not None and name in reference.sets
+                          and have.sets[name] != reference.sets[name])
+        if odd_sets:
+            await self._full(services)
+            return [f"set {name} of table {T} was declared otherwise: table replaced"
+                    for name in odd_sets]
         report: list[str] = []
-        wanted = CHAIN_NAMES | self._chains
-        reference = self._rules or {}
-        rewrite = False
+        wanted = CHAIN_NAMES | model.chains
+        missing: list[str] = []
+        recreate: list[str] = []
+        refill: list[str] = []
         for name in sorted(wanted):
-            if name not in have_rules:
+            if name not in have.chains:
                 report.append(f"chain {name} of table {T} was missing: restored")
-                rewrite = True
-            elif name in reference and have_rules[name] != reference[name]:
+                missing.append(name)
+            elif (reference is not None and name in reference.chains
+                  and have.chains[name] != reference.chains[name]):
+                report.append(f"chain {name} of table {T} differed "
+                              f"({have.chains[name].describe()}; Shoal's: "
+                              f"{reference.chains[name].describe()}): recreated")
+                recreate.append(name)
+            elif (reference is not None and name in reference.rules
+                  and have.rules.get(name, []) != reference.rules[name]):
                 report.append(f"rules of chain {name} of table {T} differed: rewritten")
-                rewrite = True
+                refill.append(name)
+        missing_sets = [name for name in SET_NAMES if name not in have.sets]
+        report += [f"set {name} of table {T} was missing: restored" for name in missing_sets]
+        if missing or recreate or refill or missing_sets:
+            try:
+                await self.runner.run(render_repair(missing=missing, recreate=recreate,
+                                                    refill=refill, sets=missing_sets))
+            except NftError as exc:
+                # Something not Shoal's still refers to a chain being recreated: the
+                # table is replaced whole instead (one transaction too).
+                await self._full(services)
+                return [*report, f"table {T} could not be repaired in place ({exc}): "
+                                 f"rewritten"]
         have_sets: dict[str, dict[bytes, bytes | None]] = {}
         for name in SET_NAMES:
             try:
                 have_sets[name] = dict(await asyncio.to_thread(nl.set_elements, name))
             except nftnl.MissingError:
-                report.append(f"set {name} of table {T} was missing: restored")
-                rewrite = True
                 have_sets[name] = {}
-        if rewrite:
-            await self.runner.run(render_prepare(self._chains))
         # ~0.2 s of CPU at 10,000 x 10: off the event loop.
-        ops, lines = await asyncio.to_thread(_element_repairs, list(self._model.values()),
-                                             have_sets)
+        ops, lines = await asyncio.to_thread(_element_repairs, services, have_sets)
         if ops:
             await asyncio.to_thread(nl.commit, ops)
         report += lines
-        stale = set(have_rules) - wanted
-        if stale:
-            await self.runner.run("".join(f"delete chain {T} {c}\n" for c in sorted(stale)))
-            report += [f"chain {c} is not Shoal's: removed from table {T}" for c in sorted(stale)]
-        if rewrite or stale:
-            await self._snapshot_rules()
+        stray_chains = sorted(set(have.chains) - wanted)
+        stray_sets = sorted(set(have.sets) - set(SET_NAMES))
+        if stray_chains or stray_sets:
+            await self.runner.run(render_removal(stray_chains, stray_sets))
+            report += [f"chain {c} is not Shoal's: removed from table {T}"
+                       for c in stray_chains]
+            report += [f"set {s} is not Shoal's: removed from table {T}" for s in stray_sets]
+        self._model, self._chains, self._vip_refs = model.services, model.chains, \
+            model.vip_refs
+        if missing or recreate or refill or missing_sets or stray_chains or stray_sets:
+            await self._snapshot()
         return report
 
     async def _netlink(self) -> nftnl.NftNetlink:
@@ -494,7 +573,7 @@ class NftablesLoadBalancer(LoadBalancer):
         self._model, self._chains, self._vip_refs = model.services, model.chains, \
             model.vip_refs
         self._synced = True
-        await self._snapshot_rules()
+        await self._snapshot()
 
     async def _full_netlink(self, services: list[VirtualService]) -> _Model:
         """Two transactions, each atomic for traffic: (1) the skeleton and the lb chains
@@ -530,11 +609,12 @@ class NftablesLoadBalancer(LoadBalancer):
             await self.runner.run("".join(f"delete chain {T} {c}\n" for c in sorted(stale)))
         return model
 
-    async def _snapshot_rules(self) -> None:
-        """Remember the rules just written, as the kernel holds them, so repair() can
-        tell a hand-edited rule from ours without parsing nft's text."""
+    async def _snapshot(self) -> None:
+        """Remember the table just written (chains, rules, set declarations) as the
+        kernel holds it, so repair() can tell a hand-edited chain or rule from ours
+        without parsing nft's text."""
         nl = await self._netlink()
-        self._rules = await asyncio.to_thread(nl.rules)
+        self._reference = await asyncio.to_thread(nl.table_state)
 
     async def _apply(self, changed: Iterable[VirtualService], gone: Iterable[ServiceKey]
                      ) -> None:
@@ -583,8 +663,8 @@ class NftablesLoadBalancer(LoadBalancer):
         self._model.update((s.key, s) for s in changed)
         self._chains = chains
         self._vip_refs = refs
-        if new_chains and self._rules is not None:
-            await self._snapshot_rules()
+        if new_chains and self._reference is not None:
+            await self._snapshot()
 
 
 def _element_repairs(services: Iterable[VirtualService],

@@ -296,6 +296,66 @@ async def test_repair_puts_back_exactly_what_drifted(lab: Lab) -> None:
         await lb.close()
 
 
+async def test_repair_restores_base_chains_and_removes_what_is_not_shoals(lab: Lab) -> None:
+    """A base chain's priority or policy changed by hand, a base chain made a regular
+    one, and sets, maps and chains added to the table (referring to each other): repair()
+    recreates exactly those chains, removes the strangers, says so, and then is quiet."""
+    ns = lab.ns("lb")
+    lb = NftablesLoadBalancer(netns=ns)
+
+    def nft(script: str) -> None:
+        sh("ip", "netns", "exec", ns, "nft", "-f", "-", input=script)
+
+    monitor = Monitor(ns)
+    try:
+        await lb.sync(every_kind(30))
+        want = table_json(ns)
+        # The kernel cannot change a priority in place: a hand edit recreates the chain.
+        nft("delete chain ip shoal martians\n"
+            "add chain ip shoal martians { type filter hook prerouting priority -200; "
+            "policy accept; }\n"
+            'add rule ip shoal martians iifname != "lo" ip daddr 127.0.0.0/8 drop\n')
+        nft("add chain ip shoal forward { type filter hook forward priority 0; "
+            "policy drop; }\n")
+        nft("delete chain ip shoal filter_output\n"
+            "add chain ip shoal filter_output\n"
+            "add rule ip shoal filter_output ip daddr @vips jump reject_vip\n")
+        nft("add set ip shoal stray { type ipv4_addr; }\n"
+            "add element ip shoal stray { 192.0.2.1, 192.0.2.2 }\n"
+            "add chain ip shoal mine\n"
+            "add rule ip shoal mine ip saddr @stray drop\n"
+            "add map ip shoal strayvmap { type ipv4_addr : verdict; }\n"
+            "add element ip shoal strayvmap { 192.0.2.3 : jump mine }\n"
+            "add rule ip shoal services jump mine\n")
+        report, writes = await monitor.writes_during(lb.repair())
+        shoals = "type filter hook {} priority {} policy accept"
+        assert report == [
+            f"chain filter_output of table ip shoal differed (a regular chain; Shoal's: "
+            f"{shoals.format('output', 0)}): recreated",
+            f"chain forward of table ip shoal differed (type filter hook forward priority 0 "
+            f"policy drop; Shoal's: {shoals.format('forward', 0)}): recreated",
+            f"chain martians of table ip shoal differed ({shoals.format('prerouting', -200)}; "
+            f"Shoal's: {shoals.format('prerouting', -300)}): recreated",
+            "rules of chain services of table ip shoal differed: rewritten",
+            "chain mine is not Shoal's: removed from table ip shoal",
+            "set stray is not Shoal's: removed from table ip shoal",
+            "set strayvmap is not Shoal's: removed from table ip shoal"], report
+        assert table_json(ns) == want
+        # Only those chains and sets were written: no element, no other chain.
+        touched = {"filter_output", "forward", "martians", "services", "mine", "stray",
+                   "strayvmap"}
+        changes = [w for w in writes if not w.startswith("#")]
+        # ("delete rule ip shoal services handle 39", "add chain ip shoal forward { ... }")
+        assert changes and all(w.split()[1] in ("rule", "chain", "set")
+                               and w.split()[4] in touched for w in changes), writes
+        # And with nothing drifted, nothing is written.
+        report, writes = await monitor.writes_during(lb.repair())
+        assert (report, writes) == ([], [])
+    finally:
+        monitor.close()
+        await lb.close()
+
+
 class ConcurrentAdmin(NftRunner):
     """A real runner; after the balancer's skeleton transaction it deletes one chain, as
     an administrator acting between the two transactions of a full sync would."""
