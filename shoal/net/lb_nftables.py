@@ -57,11 +57,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
 from shoal.net import netns as netns_mod
-from shoal.net import nft_elements, nftnl
+from shoal.net import nft_elements, nft_scratch, nftnl
 from shoal.net.lb import BackendName, LoadBalancer, ServiceKey, VirtualService
 from shoal.net.nft import NftError, NftRunner, RunnerKind
 
@@ -83,6 +84,9 @@ def _kind(svc: VirtualService) -> str:
     if svc.vip is None:
         return "np"
     return "va" if svc.port == 0 else "lb"
+
+
+LB_CHAIN = re.compile(r"(lb|va|np)_(tcp|udp)_[1-9][0-9]*")  # the names lb_chain() makes
 
 
 def lb_chain(svc: VirtualService) -> str:
@@ -413,11 +417,13 @@ class NftablesLoadBalancer(LoadBalancer):
         self._chains: set[str] = set()
         self._vip_refs: dict[ipaddress.IPv4Address, int] = {}
         # The table as last written (chains, rules, set declarations), as the kernel
-        # holds it: what repair() compares with.
-        self._reference: nftnl.TableState | None = None
+        # holds it: what repair() compares with where nft_scratch cannot make a reference.
+        self._written: nftnl.TableState | None = None
         # How the last full sync wrote the table ("netlink", "text", or "text (why)" when
-        # the netlink path fell back): for logs, tests and the bench.
+        # the netlink path fell back, "adopted" when the first sync found the table an
+        # earlier agent left and wrote only the difference): for logs, tests and the bench.
         self.last_full_sync: str | None = None
+        self._adoption: list[str] = []
         self._synced = False
 
     @property
@@ -440,7 +446,9 @@ class NftablesLoadBalancer(LoadBalancer):
             if len(changed) + len(gone) <= FULL_SYNC_THRESHOLD:
                 await self._apply(changed, gone)
                 return
-        await self._full(want.values())
+            await self._full(want.values())
+            return
+        await self._first_sync(list(want.values()))
 
     async def resync(self) -> None:
         await self._full(self._model.values())
@@ -459,7 +467,7 @@ class NftablesLoadBalancer(LoadBalancer):
         self._model.clear()
         self._chains.clear()
         self._vip_refs.clear()
-        self._reference = None
+        self._written = None
         self._synced = False
 
     async def close(self) -> None:
@@ -479,7 +487,25 @@ class NftablesLoadBalancer(LoadBalancer):
             return []
         return await self._reconcile(list(self._model.values()))
 
-    async def _reconcile(self, services: list[VirtualService]) -> list[str]:
+    def adoption_report(self) -> list[str]:
+        lines, self._adoption = self._adoption, []
+        return lines
+
+    async def _first_sync(self, services: list[VirtualService]) -> None:
+        """A fresh balancer (a restarted agent) adopts the table an earlier one left: the
+        difference between it and ``services`` is written, nothing else -- with nothing
+        changed, nothing at all. Without a table, or with the text full sync (the
+        bench's baseline), the table is written whole."""
+        if self.full_sync_kind == "text":
+            await self._full(services)
+            return
+        self.last_full_sync = None  # set by _full when the table is written after all
+        self._adoption = await self._reconcile(services, adopting=True)
+        if self.last_full_sync is None:
+            self.last_full_sync = "adopted"
+
+    async def _reconcile(self, services: list[VirtualService], *, adopting: bool = False
+                         ) -> list[str]:
         """Make the table hold exactly ``services``, writing only what differs from
         what the kernel holds, and say what that was. Three steps, each one transaction:
         (1) structure -- missing sets, chains that are missing, declared otherwise
@@ -492,9 +518,17 @@ class NftablesLoadBalancer(LoadBalancer):
         have = await asyncio.to_thread(nl.table_state)
         if have is None:
             await self._full(services)
-            return [f"table {T} was missing: rebuilt"]
+            return [] if adopting else [f"table {T} was missing: rebuilt"]
         model = _Model.of(services)
-        reference = self._reference
+        # What the table's structure should be, as this kernel holds it; else (no
+        # throw-away namespace here) the table as last written -- which a fresh balancer
+        # has not: it writes the structure instead of judging it.
+        reference = await nft_scratch.reference(FAMILY, TABLE, render_prepare(model.chains))
+        if reference is None:
+            if adopting:
+                await self._full(services)
+                return []
+            reference = self._written
         odd_sets = sorted(name for name in SET_NAMES if name in have.sets
                           and reference is not None and name in reference.sets
                           and have.sets[name] != reference.sets[name])
@@ -548,12 +582,17 @@ class NftablesLoadBalancer(LoadBalancer):
         stray_sets = sorted(set(have.sets) - set(SET_NAMES))
         if stray_chains or stray_sets:
             await self.runner.run(render_removal(stray_chains, stray_sets))
+            # An lb chain no service uses any more is Shoal's own leftover (incremental
+            # changes keep a chain they no longer need; it is cheap, and may be needed
+            # again): removed without calling it drift.
             report += [f"chain {c} is not Shoal's: removed from table {T}"
-                       for c in stray_chains]
+                       for c in stray_chains if not LB_CHAIN.fullmatch(c)]
             report += [f"set {s} is not Shoal's: removed from table {T}" for s in stray_sets]
         self._model, self._chains, self._vip_refs = model.services, model.chains, \
             model.vip_refs
-        if missing or recreate or refill or missing_sets or stray_chains or stray_sets:
+        self._synced = True
+        if (adopting or missing or recreate or refill or missing_sets or stray_chains
+                or stray_sets):
             await self._snapshot()
         return report
 
@@ -614,7 +653,7 @@ class NftablesLoadBalancer(LoadBalancer):
         kernel holds it, so repair() can tell a hand-edited chain or rule from ours
         without parsing nft's text."""
         nl = await self._netlink()
-        self._reference = await asyncio.to_thread(nl.table_state)
+        self._written = await asyncio.to_thread(nl.table_state)
 
     async def _apply(self, changed: Iterable[VirtualService], gone: Iterable[ServiceKey]
                      ) -> None:
@@ -632,7 +671,7 @@ class NftablesLoadBalancer(LoadBalancer):
             want.update((s.key, s) for s in changed)
             return want
         if not self._synced:
-            await self._full(wanted().values())
+            await self._first_sync(list(wanted().values()))
             return
         chains = set(self._chains)
         refs = dict(self._vip_refs)
@@ -663,7 +702,7 @@ class NftablesLoadBalancer(LoadBalancer):
         self._model.update((s.key, s) for s in changed)
         self._chains = chains
         self._vip_refs = refs
-        if new_chains and self._reference is not None:
+        if new_chains and self._written is not None:
             await self._snapshot()
 
 

@@ -96,8 +96,9 @@ async def test_netlink_sync_writes_the_text_paths_table(lab: Lab) -> None:
         await text.close()
         await netlink.close()
 
-    # A restarted agent (a new balancer) syncing other services over that table: the
-    # result is what the text path writes for them -- stale chains and elements gone.
+    # A restarted agent (a new balancer) syncing other services over that table: it
+    # adopts the table, and the result is what the text path writes for them -- stale
+    # chains and elements gone.
     fewer = [VirtualService(s.vip, s.port, s.protocol, s.backends[:1])
              for s in services[::2]]
     text = NftablesLoadBalancer(netns=text_ns, full_sync="text")
@@ -105,7 +106,7 @@ async def test_netlink_sync_writes_the_text_paths_table(lab: Lab) -> None:
     try:
         await text.sync(fewer)
         await netlink.sync(fewer)
-        assert netlink.last_full_sync == "netlink"
+        assert netlink.last_full_sync == "adopted"
         assert table_json(nl_ns) == table_json(text_ns)
     finally:
         await text.close()
@@ -353,6 +354,104 @@ async def test_repair_restores_base_chains_and_removes_what_is_not_shoals(lab: L
         assert (report, writes) == ([], [])
     finally:
         monitor.close()
+        await lb.close()
+
+
+async def test_a_restarted_balancer_adopts_the_table_and_writes_only_the_drift(
+        lab: Lab) -> None:
+    """A new balancer's first sync (a restarted agent) over the table an earlier one
+    wrote: nothing written when nothing changed; only the drift when something did; and
+    a table of an older layout (a chain missing, one extra) ends up exactly right."""
+    ns, text_ns = lab.ns("lb"), lab.ns("text")
+    web = VirtualService.make("10.254.9.1", 80, "tcp",
+                              [f"10.9.0.{j + 1}:8080" for j in range(10)])
+    services = [web, *every_kind(60)]
+
+    def nft(script: str) -> None:
+        sh("ip", "netns", "exec", ns, "nft", "-f", "-", input=script)
+
+    monitor = Monitor(ns)  # started first: it needs a moment to subscribe
+    first = NftablesLoadBalancer(netns=ns)
+    try:
+        await first.sync(services)
+    finally:
+        await first.close()
+    want = table_json(ns)
+    try:
+        # Nothing changed while no agent ran: not one add or delete.
+        lb = NftablesLoadBalancer(netns=ns)
+        try:
+            _, writes = await monitor.writes_during(lb.sync(services))
+            assert writes == []
+            assert lb.last_full_sync == "adopted"
+            assert lb.adoption_report() == []
+            assert lb.services == {s.key: s for s in services}
+            assert table_json(ns) == want
+            # The adopted model is the balancer's own: repair() agrees, and a change
+            # writes just that service's elements.
+            assert await lb.repair() == []
+            shrunk = VirtualService(web.vip, web.port, web.protocol, web.backends[:9])
+            _, writes = await monitor.writes_during(lb.update_service(shrunk))
+            changes = [w for w in writes if not w.startswith("#")]
+            assert changes and all("lb_tcp_9" in w or "10.254.9.1 . " in w
+                                   for w in changes), writes
+            await lb.update_service(web)
+            # lb_tcp_9 is left unused by that change: repair() removes it, and being
+            # Shoal's own leftover it is not reported as drift.
+            assert await lb.repair() == []
+        finally:
+            await lb.close()
+        assert table_json(ns) == want
+
+        # Drift while no agent ran: a backend element deleted, a policy changed. The
+        # restarted balancer writes those two things and says so.
+        nft("delete element ip shoal be_tcp { 10.254.9.1 . 80 . 3 }\n"
+            "add chain ip shoal forward { type filter hook forward priority 0; "
+            "policy drop; }\n")
+        lb = NftablesLoadBalancer(netns=ns)
+        try:
+            _, writes = await monitor.writes_during(lb.sync(services))
+            assert lb.adoption_report() == [
+                "chain forward of table ip shoal differed (type filter hook forward "
+                "priority 0 policy drop; Shoal's: type filter hook forward priority 0 "
+                "policy accept): recreated",
+                "restored 1 backends of 10.254.9.1:80/tcp in set be_tcp"]
+            changes = [w for w in writes if not w.startswith("#")]
+            assert changes and all(
+                " ip shoal forward" in w or w == "add element ip shoal be_tcp "
+                "{ 10.254.9.1 . 80 . 3 : 10.9.0.4 . 8080 }" for w in changes), writes
+        finally:
+            await lb.close()
+        assert table_json(ns) == want
+    finally:
+        monitor.close()
+
+    # An older layout: no martians chain, an extra chain, stray elements and sets; and
+    # the restarted agent is told of fewer services. The result is exactly the table
+    # the text path writes for them.
+    nft("delete chain ip shoal martians\n"
+        "add chain ip shoal legacy\n"
+        "add rule ip shoal legacy counter\n"
+        "add rule ip shoal prerouting jump legacy\n"
+        "add set ip shoal oldvips { type ipv4_addr; }\n")
+    fewer = [VirtualService(s.vip, s.port, s.protocol, s.backends[:2])
+             for s in services[::3]]
+    text = NftablesLoadBalancer(netns=text_ns, full_sync="text")
+    lb = NftablesLoadBalancer(netns=ns)
+    try:
+        await text.sync(fewer)
+        await lb.sync(fewer)
+        assert lb.last_full_sync == "adopted"
+        report = lb.adoption_report()
+        for line in ["chain martians of table ip shoal was missing: restored",
+                     "rules of chain prerouting of table ip shoal differed: rewritten",
+                     "chain legacy is not Shoal's: removed from table ip shoal",
+                     "set oldvips is not Shoal's: removed from table ip shoal"]:
+            assert line in report, report
+        assert table_json(ns) == table_json(text_ns)
+        assert await lb.repair() == []
+    finally:
+        await text.close()
         await lb.close()
 
 
