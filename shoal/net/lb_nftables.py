@@ -62,7 +62,7 @@ from collections.abc import Iterable, Sequence
 from typing import Literal
 
 from shoal.net import netns as netns_mod
-from shoal.net import nft_elements, nft_scratch, nftnl
+from shoal.net import nft_drift, nft_elements, nft_scratch, nftnl
 from shoal.net.lb import BackendName, LoadBalancer, ServiceKey, VirtualService
 from shoal.net.nft import NftError, NftRunner, RunnerKind
 
@@ -529,38 +529,17 @@ class NftablesLoadBalancer(LoadBalancer):
                 await self._full(services)
                 return []
             reference = self._written
-        odd_sets = sorted(name for name in SET_NAMES if name in have.sets
-                          and reference is not None and name in reference.sets
-                          and have.sets[name] != reference.sets[name])
-        if odd_sets:
+        drift = nft_drift.compare(have, reference, table=T, chains=CHAIN_NAMES | model.chains,
+                                  sets=SET_NAMES)
+        if drift.other_type_sets:
             await self._full(services)
-            return [f"set {name} of table {T} was declared otherwise: table replaced"
-                    for name in odd_sets]
-        report: list[str] = []
-        wanted = CHAIN_NAMES | model.chains
-        missing: list[str] = []
-        recreate: list[str] = []
-        refill: list[str] = []
-        for name in sorted(wanted):
-            if name not in have.chains:
-                report.append(f"chain {name} of table {T} was missing: restored")
-                missing.append(name)
-            elif (reference is not None and name in reference.chains
-                  and have.chains[name] != reference.chains[name]):
-                report.append(f"chain {name} of table {T} differed "
-                              f"({have.chains[name].describe()}; Shoal's: "
-                              f"{reference.chains[name].describe()}): recreated")
-                recreate.append(name)
-            elif (reference is not None and name in reference.rules
-                  and have.rules.get(name, []) != reference.rules[name]):
-                report.append(f"rules of chain {name} of table {T} differed: rewritten")
-                refill.append(name)
-        missing_sets = [name for name in SET_NAMES if name not in have.sets]
-        report += [f"set {name} of table {T} was missing: restored" for name in missing_sets]
-        if missing or recreate or refill or missing_sets:
+            return drift.other_type_lines()
+        report = list(drift.lines)
+        if drift.structure:
             try:
-                await self.runner.run(render_repair(missing=missing, recreate=recreate,
-                                                    refill=refill, sets=missing_sets))
+                await self.runner.run(render_repair(
+                    missing=drift.missing_chains, recreate=drift.recreate,
+                    refill=drift.refill, sets=drift.missing_sets))
             except NftError as exc:
                 # Something not Shoal's still refers to a chain being recreated: the
                 # table is replaced whole instead (one transaction too).
@@ -578,21 +557,16 @@ class NftablesLoadBalancer(LoadBalancer):
         if ops:
             await asyncio.to_thread(nl.commit, ops)
         report += lines
-        stray_chains = sorted(set(have.chains) - wanted)
-        stray_sets = sorted(set(have.sets) - set(SET_NAMES))
-        if stray_chains or stray_sets:
-            await self.runner.run(render_removal(stray_chains, stray_sets))
+        if drift.stray_chains or drift.stray_sets:
+            await self.runner.run(render_removal(drift.stray_chains, drift.stray_sets))
             # An lb chain no service uses any more is Shoal's own leftover (incremental
             # changes keep a chain they no longer need; it is cheap, and may be needed
             # again): removed without calling it drift.
-            report += [f"chain {c} is not Shoal's: removed from table {T}"
-                       for c in stray_chains if not LB_CHAIN.fullmatch(c)]
-            report += [f"set {s} is not Shoal's: removed from table {T}" for s in stray_sets]
+            report += drift.stray_lines(quiet=lambda c: LB_CHAIN.fullmatch(c) is not None)
         self._model, self._chains, self._vip_refs = model.services, model.chains, \
             model.vip_refs
         self._synced = True
-        if (adopting or missing or recreate or refill or missing_sets or stray_chains
-                or stray_sets):
+        if adopting or drift.structure or drift.stray_chains or drift.stray_sets:
             await self._snapshot()
         return report
 
