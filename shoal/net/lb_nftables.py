@@ -380,20 +380,25 @@ def netlink_change(old: VirtualService | None, new: VirtualService | None, *,
 @dataclasses.dataclass(frozen=True)
 class _Model:
     """What a balancer believes the table holds: its services by key, the lb chains they
-    use, and how many services each VIP carries (the ``vips`` set's reference counts)."""
+    use and how many services use each (a chain goes when its last user does), and how
+    many services each VIP carries (the ``vips`` set's reference counts)."""
 
     services: dict[ServiceKey, VirtualService]
     chains: set[str]
     vip_refs: dict[ipaddress.IPv4Address, int]
+    chain_refs: dict[str, int]
 
     @classmethod
     def of(cls, services: list[VirtualService]) -> _Model:
         refs: dict[ipaddress.IPv4Address, int] = {}
+        chain_refs: dict[str, int] = {}
         for s in services:
             if s.vip is not None:
                 refs[s.vip] = refs.get(s.vip, 0) + 1
-        return cls({s.key: s for s in services},
-                   {lb_chain(s) for s in services if s.backends}, refs)
+            if s.backends:
+                chain = lb_chain(s)
+                chain_refs[chain] = chain_refs.get(chain, 0) + 1
+        return cls({s.key: s for s in services}, set(chain_refs), refs, chain_refs)
 
 
 class NftablesLoadBalancer(LoadBalancer):
@@ -416,6 +421,7 @@ class NftablesLoadBalancer(LoadBalancer):
         self._model: dict[ServiceKey, VirtualService] = {}
         self._chains: set[str] = set()
         self._vip_refs: dict[ipaddress.IPv4Address, int] = {}
+        self._chain_refs: dict[str, int] = {}
         # The table as last written (chains, rules, set declarations), as the kernel
         # holds it: what repair() compares with where nft_scratch cannot make a reference.
         self._written: nftnl.TableState | None = None
@@ -467,6 +473,7 @@ class NftablesLoadBalancer(LoadBalancer):
         self._model.clear()
         self._chains.clear()
         self._vip_refs.clear()
+        self._chain_refs.clear()
         self._written = None
         self._synced = False
 
@@ -565,6 +572,7 @@ class NftablesLoadBalancer(LoadBalancer):
             report += drift.stray_lines(quiet=lambda c: LB_CHAIN.fullmatch(c) is not None)
         self._model, self._chains, self._vip_refs = model.services, model.chains, \
             model.vip_refs
+        self._chain_refs = model.chain_refs
         self._synced = True
         if adopting or drift.structure or drift.stray_chains or drift.stray_sets:
             await self._snapshot()
@@ -585,6 +593,7 @@ class NftablesLoadBalancer(LoadBalancer):
             model = await self._full_netlink(services)
         self._model, self._chains, self._vip_refs = model.services, model.chains, \
             model.vip_refs
+        self._chain_refs = model.chain_refs
         self._synced = True
         await self._snapshot()
 
@@ -653,6 +662,7 @@ class NftablesLoadBalancer(LoadBalancer):
         ops: list[nftnl.SetOp] = []
         pairs = [*((self._model[k], None) for k in gone),
                  *((self._model.get(s.key), s) for s in changed)]
+        chain_refs = dict(self._chain_refs)
         for old, new in pairs:
             if self.full_sync_kind == "text":
                 lines += render_change(old, new, chains=chains, vip_refs=refs)
@@ -660,6 +670,20 @@ class NftablesLoadBalancer(LoadBalancer):
                 new_chain_lines, more = netlink_change(old, new, chains=chains, vip_refs=refs)
                 lines += new_chain_lines
                 ops += more
+            for svc, step in ((old, -1), (new, 1)):
+                if svc is not None and svc.backends:
+                    chain = lb_chain(svc)
+                    chain_refs[chain] = chain_refs.get(chain, 0) + step
+        # A chain whose last service left goes in the same transaction, after the
+        # elements that referred to it: no leftover for a restarted agent to remove.
+        unused = sorted(c for c, n in chain_refs.items() if n <= 0)
+        for chain in unused:
+            del chain_refs[chain]
+            chains.discard(chain)
+        if self.full_sync_kind == "text":
+            lines += [f"delete chain {T} {c}" for c in unused]
+        else:
+            ops += [nftnl.SetOp.delete_chain(c) for c in unused]
         try:
             # New chains first (nothing refers to them until the elements do), then the
             # elements: one transaction either way.
@@ -670,12 +694,13 @@ class NftablesLoadBalancer(LoadBalancer):
         except NftError:
             await self._full(wanted().values())
             return
-        new_chains = chains - self._chains
+        new_chains = chains ^ self._chains
         for k in gone:  # the model changed in place, as the kernel was
             self._model.pop(k, None)
         self._model.update((s.key, s) for s in changed)
         self._chains = chains
         self._vip_refs = refs
+        self._chain_refs = chain_refs
         if new_chains and self._written is not None:
             await self._snapshot()
 

@@ -56,7 +56,7 @@ NLMSGERR_ATTR_MSG, NLMSGERR_ATTR_OFFS = 1, 2
 NLA_F_NESTED = 0x8000
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 16, 17
-NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETSET = 4, 7, 10
+NFT_MSG_GETCHAIN, NFT_MSG_DELCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETSET = 4, 5, 7, 10
 NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS = 2, 4
 NFTA_CHAIN_HOOK, NFTA_CHAIN_POLICY, NFTA_CHAIN_TYPE, NFTA_CHAIN_FLAGS = 4, 5, 7, 10
 NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY = 1, 2
@@ -300,11 +300,17 @@ def _attrs(data: bytes) -> Iterator[tuple[int, bytes]]:
 @dataclass
 class SetOp:
     """Add (``"add"``), delete (``"delete"``) these elements of one set, or flush it
-    (``"flush"``, no elements)."""
+    (``"flush"``, no elements). One more verb rides along because it belongs in the same
+    transaction: ``"delete-chain"`` deletes the chain ``set_name`` with its rules, once
+    the batch's earlier deletions left nothing referring to it (:meth:`delete_chain`)."""
 
     verb: str
     set_name: str
     elements: Sequence[bytes] = ()
+
+    @classmethod
+    def delete_chain(cls, chain: str) -> SetOp:
+        return cls("delete-chain", chain)
 
 
 def _nfgen(family: int, res_id: int = 0) -> bytes:
@@ -445,6 +451,15 @@ class NftNetlink:
                            f"nothing was changed: {'; '.join(failures[:3])}")
 
     def _encode(self, op: SetOp, parts: list[bytes], pending: dict[int, _Sent]) -> None:
+        if op.verb == "delete-chain":
+            body = (_nfgen(self.family) + nla(1, self.table.encode() + b"\0")
+                    + nla(NFTA_CHAIN_NAME, op.set_name.encode() + b"\0"))
+            seq = self._next_seq()
+            pending[seq] = _Sent(op, 0, [])
+            parts.append(_HDR.pack(16 + len(body), (NFNL_SUBSYS_NFTABLES << 8)
+                                   | NFT_MSG_DELCHAIN, NLM_F_REQUEST | NLM_F_ACK, seq, 0)
+                         + body)
+            return
         kind = {"add": NFT_MSG_NEWSETELEM, "delete": NFT_MSG_DELSETELEM,
                 "flush": NFT_MSG_DELSETELEM}[op.verb]
         msg_type = (NFNL_SUBSYS_NFTABLES << 8) | kind
@@ -505,7 +520,8 @@ class NftNetlink:
         op = sent.op
         where = {"add": f"adding to set {op.set_name}",
                  "delete": f"deleting from set {op.set_name}",
-                 "flush": f"flushing set {op.set_name}"}[op.verb]
+                 "flush": f"flushing set {op.set_name}",
+                 "delete-chain": f"deleting chain {op.set_name}"}[op.verb]
         if bad is not None and bad in sent.offsets:
             index = sent.first + sent.offsets.index(bad)
             try:
