@@ -554,3 +554,12 @@ async def test_ten_thousand_services_sync_and_repair(lab: Lab) -> None:
         assert await lb.repair() == []
     finally:
         await lb.close()
+    # A restarted agent's balancer adopts the 10,000 services as they are.
+    restarted = NftablesLoadBalancer(netns=ns)
+    try:
+        await restarted.sync(services)
+        assert restarted.last_full_sync == "adopted"
+        assert restarted.adoption_report() == []
+        assert await restarted.repair() == []
+    finally:
+        await restarted.close()
