@@ -44,9 +44,13 @@ first sync, never shows traffic an empty table. Where the skeleton cannot be pre
 place (an older Shoal's set of another type) the whole table is replaced by the text
 script of :func:`render_full` in one transaction, as before. Incremental changes are
 netlink batches too (a chain for a new backend count is added by text first: unreferenced
-until the batch's dispatch element). :meth:`NftablesLoadBalancer.repair` diffs the
-kernel's rules and elements (netlink dumps, compared as bytes) with the model and writes
-only the difference.
+until the batch's dispatch element; a chain whose last service left is deleted at the
+batch's end). :meth:`NftablesLoadBalancer.repair` diffs the kernel's chains (hook,
+priority, policy), rules, set declarations and elements (netlink dumps, compared as bytes
+with a reference written in a throw-away namespace, :mod:`shoal.net.nft_scratch`, and
+with the model's encoding) and writes only the difference; a fresh balancer's first sync
+over an existing table is that same repair (adoption), so a restarted agent writes
+nothing when nothing changed.
 
 Rendering and encoding are pure (``render_*``, ``netlink_change``, nft_elements), so they
 are unit-tested without a kernel.
