@@ -548,6 +548,7 @@ class Dataplane:
             return
         if not self._lb_active or len(delta.services) + len(delta.removed_services) > LB_BATCH:
             await self.lb.sync(list(wanted.values()))
+            self._log_adoption()
         else:
             for key in delta.removed_services:
                 await self.lb.remove_service(key)
@@ -608,7 +609,16 @@ class Dataplane:
                 self._lb_active = False
             return
         await self.lb.sync(list(plan.services))
+        self._log_adoption()
         self._lb_active = True
+
+    def _log_adoption(self) -> None:
+        """A first sync that adopted the kernel state an earlier agent left and found it
+        drifted (changed while no agent ran, or by an older Shoal): logged as drift."""
+        assert self.lb is not None
+        adopted = self.lb.adoption_report()
+        if adopted:
+            self._log_drift("balancer", adopted, ())
 
     async def _apply_firewall(self, hosting: bool, *, force: bool) -> None:
         """Our ACCEPT rules in a host firewall we do not own (``net/hostfw.py``) while

@@ -24,13 +24,16 @@ sync and drives it with :class:`NetfilterChange` deltas.
 from __future__ import annotations
 
 import abc
+import asyncio
 import dataclasses
 import ipaddress
 import shutil
+import struct
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
 from shoal.net import netns as netns_mod
+from shoal.net import nft_drift, nft_scratch, nftnl
 from shoal.net.lb import Protocol, VirtualService
 from shoal.net.nft import NftError, NftRunner
 
@@ -47,6 +50,8 @@ FWMARK_VIP_UDP = 0x08000000
 FWMARK_VIP_ADDR = 0x07FFFFFF
 FWMARK_KIND = 0xF0000000
 NFT_TABLE = "ip shoal_ipvs"
+NFT_FAMILY, NFT_NAME = NFT_TABLE.split()
+NFT_SETS = ("vips", "fwmarks", "vipmarks")
 IPT_MARK_CHAIN = "SHOAL-IPVS-MARK"  # mangle: published-port marks
 IPT_MASQ_CHAIN = "SHOAL-IPVS-MASQ"  # nat: masquerade IPVS-forwarded traffic
 
@@ -109,6 +114,55 @@ def _nft_vip_mark_element(vip: ipaddress.IPv4Address, protocol: Protocol) -> str
 
 
 VipMark = tuple[ipaddress.IPv4Address, Protocol]  # a whole VIP's marking: (VIP, protocol)
+
+
+def nft_elements(services: Iterable[VirtualService]
+                 ) -> dict[str, dict[bytes, bytes | None]]:
+    """The companion's set elements as the kernel dumps them (key -> data; see
+    :func:`shoal.net.nftnl.split_element`): what :func:`render_nft` adds, for comparing
+    with the kernel as bytes. A mark is the host-order u32 nft stores it as."""
+    services = list(services)
+    out: dict[str, dict[bytes, bytes | None]] = {name: {} for name in NFT_SETS}
+    for s in services:
+        if s.vip is not None:
+            out["vips"][s.vip.packed] = None
+            if s.port == 0:
+                key = s.vip.packed + nftnl.PROTO_BYTES[s.protocol]
+                out["vipmarks"][key] = struct.pack("=I", fwmark_for_vip(s.vip, s.protocol))
+        else:
+            key = nftnl.PROTO_BYTES[s.protocol] + nftnl.port_bytes(s.port)
+            out["fwmarks"][key] = struct.pack("=I", fwmark_for(s.protocol, s.port))
+    return out
+
+
+# How the sets' keys read, for reports.
+_NFT_KEYS = {"vips": nftnl.Layout(("addr",), None),
+             "fwmarks": nftnl.Layout(("proto", "port"), None),
+             "vipmarks": nftnl.Layout(("addr", "proto"), None)}
+
+
+def nft_element_drift(want: dict[str, dict[bytes, bytes | None]],
+                      have: dict[str, dict[bytes, bytes | None]]) -> list[str]:
+    """One line per set whose elements differ: what is missing or wrong, what is stray."""
+    lines = []
+    for name in NFT_SETS:
+        expected, found = want.get(name, {}), have.get(name, {})
+        if expected == found:
+            continue
+        restored = [k for k, d in expected.items() if k not in found or found[k] != d]
+        stray = [k for k in found if k not in expected]
+        layout = _NFT_KEYS[name]
+        if restored:
+            shown = ", ".join(layout.describe(k) for k in restored[:3])
+            more = f" (+{len(restored) - 3} more)" if len(restored) > 3 else ""
+            lines.append(f"restored {len(restored)} element(s) of set {name} of table "
+                         f"{NFT_TABLE}: {shown}{more}")
+        if stray:
+            shown = ", ".join(layout.describe(k) for k in stray[:3])
+            more = f" (+{len(stray) - 3} more)" if len(stray) > 3 else ""
+            lines.append(f"removed {len(stray)} stray element(s) from set {name} of table "
+                         f"{NFT_TABLE}: {shown}{more}")
+    return lines
 
 
 def render_nft_change(*, vips_added: Iterable[ipaddress.IPv4Address] = (),
@@ -229,6 +283,13 @@ class Companion(abc.ABC):
                      ) -> None:
         """Apply one change; ``services`` is the whole model after it (for a rebuild)."""
 
+    async def repair(self, services: Sequence[VirtualService]) -> list[str]:
+        """Make the companion hold exactly ``services``, writing nothing when it already
+        does, and say what had drifted. This default cannot tell: it rewrites the
+        companion and reports nothing."""
+        await self.full(services)
+        return []
+
     @abc.abstractmethod
     async def teardown(self) -> None: ...
 
@@ -243,6 +304,7 @@ class NftCompanion(Companion):
 
     def __init__(self, runner: NftRunner) -> None:
         self.runner = runner
+        self._nl: nftnl.NftNetlink | None = None
 
     async def probe(self) -> None:
         """Raise NftError when this kernel cannot hold an ``ip`` family table."""
@@ -265,10 +327,52 @@ class NftCompanion(Companion):
             # The table drifted (deleted, or elements changed by hand): rebuild it.
             await self.full(services)
 
+    async def repair(self, services: Sequence[VirtualService]) -> list[str]:
+        """Compare the table with what :func:`render_nft` makes -- chains, rules and set
+        declarations against a reference written in a throw-away namespace
+        (:mod:`shoal.net.nft_scratch`), elements as bytes against :func:`nft_elements` --
+        and only when something differs rewrite it (whole: one transaction, and the table
+        is a rule and an element or two per VIP). Three small dumps and the elements'
+        dump when nothing drifted; where no reference can be made, the old way: rewritten
+        every time, unreported."""
+        reference = await nft_scratch.reference(NFT_FAMILY, NFT_NAME, render_nft(()))
+        if reference is None:
+            await self.full(services)
+            return []
+        nl = await self._netlink()
+        have = await asyncio.to_thread(nl.table_state)
+        if have is None:
+            await self.full(services)
+            return [f"table {NFT_TABLE} was missing: rebuilt"]
+        drift = nft_drift.compare(have, reference, table=NFT_TABLE,
+                                  chains=reference.chains.keys(), sets=NFT_SETS)
+        lines = [*drift.other_type_lines(), *drift.lines]
+        found: dict[str, dict[bytes, bytes | None]] = {}
+        for name in NFT_SETS:
+            if name in have.sets and name not in drift.other_type_sets:
+                found[name] = dict(await asyncio.to_thread(nl.set_elements, name))
+        want = nft_elements(services)
+        if drift.other_type_sets:  # its elements cannot be compared: rewritten anyway
+            want = {k: v for k, v in want.items() if k not in drift.other_type_sets}
+        lines += nft_element_drift(want, found)
+        lines += drift.stray_lines()
+        if lines:
+            await self.full(services)
+        return lines
+
+    async def _netlink(self) -> nftnl.NftNetlink:
+        if self._nl is None:
+            path = None if self.runner.netns is None else netns_mod.path(self.runner.netns)
+            self._nl = await asyncio.to_thread(nftnl.NftNetlink, path, NFT_NAME)
+        return self._nl
+
     async def teardown(self) -> None:
         await self.runner.run(f"table {NFT_TABLE} {{}}\ndelete table {NFT_TABLE}\n")
 
     def close(self) -> None:
+        if self._nl is not None:
+            self._nl.close()
+            self._nl = None
         self.runner.close()
 
 

@@ -114,6 +114,12 @@ class LoadBalancer(abc.ABC):
         await self.resync()
         return []
 
+    def adoption_report(self) -> list[str]:
+        """What the first sync found different in the kernel state an earlier agent
+        left, and changed, one line each as ``repair()`` says it (empty: nothing, or the
+        balancer wrote its state whole). Handed out once: the caller logs it."""
+        return []
+
     @property
     @abc.abstractmethod
     def services(self) -> dict[ServiceKey, VirtualService]:

@@ -277,10 +277,11 @@ class IpvsLoadBalancer(LoadBalancer):
         await self._sync(services)
 
     async def repair(self) -> list[str]:
-        """The full sync over the model, reporting what it changed: VIP addresses, and
-        IPVS services and real servers (read from /proc/net/ip_vs and diffed). The
-        netfilter companion is rewritten whole every time (small: a rule and a set
-        element per VIP), so its drift is repaired but not reported."""
+        """The full sync over the model, reporting what it changed: VIP addresses, IPVS
+        services and real servers (read from /proc/net/ip_vs and diffed), and the
+        nftables companion's drift (compared with what it should hold; rewritten only
+        when it differs). The iptables companion is rewritten whole every time, so its
+        drift is repaired but not reported."""
         if not self._synced:
             await self.resync()
             return []
@@ -299,7 +300,9 @@ class IpvsLoadBalancer(LoadBalancer):
         report: list[str] = []
         added_vips: set[ipaddress.IPv4Address] = set()
         stale_vips = await self._sync_vips(vips, remove=False, added=added_vips)
-        await self._companion.full(list(want.values()))
+        # Rewritten only when it drifted (the nftables companion compares; the
+        # iptables one cannot cheaply and is rewritten every time, unreported).
+        companion = await self._companion.repair(list(want.values()))
         have = await self._read_kernel()
         commands = [ipvs_netlink.del_service(service_id(k)) for k in have.keys() - want.keys()]
         for key, svc in want.items():
@@ -314,6 +317,7 @@ class IpvsLoadBalancer(LoadBalancer):
             report.append(f"removed {len(stale_vips)} stray VIP address(es) from {DUMMY}: "
                           f"{_some(sorted(stale_vips))}")
         report += describe_commands(commands)
+        report += companion
         self._set_model(want)
         self._synced = True
         return report

@@ -44,9 +44,13 @@ first sync, never shows traffic an empty table. Where the skeleton cannot be pre
 place (an older Shoal's set of another type) the whole table is replaced by the text
 script of :func:`render_full` in one transaction, as before. Incremental changes are
 netlink batches too (a chain for a new backend count is added by text first: unreferenced
-until the batch's dispatch element). :meth:`NftablesLoadBalancer.repair` diffs the
-kernel's rules and elements (netlink dumps, compared as bytes) with the model and writes
-only the difference.
+until the batch's dispatch element; a chain whose last service left is deleted at the
+batch's end). :meth:`NftablesLoadBalancer.repair` diffs the kernel's chains (hook,
+priority, policy), rules, set declarations and elements (netlink dumps, compared as bytes
+with a reference written in a throw-away namespace, :mod:`shoal.net.nft_scratch`, and
+with the model's encoding) and writes only the difference; a fresh balancer's first sync
+over an existing table is that same repair (adoption), so a restarted agent writes
+nothing when nothing changed.
 
 Rendering and encoding are pure (``render_*``, ``netlink_change``, nft_elements), so they
 are unit-tested without a kernel.
@@ -57,11 +61,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
 from shoal.net import netns as netns_mod
-from shoal.net import nft_elements, nftnl
+from shoal.net import nft_drift, nft_elements, nft_scratch, nftnl
 from shoal.net.lb import BackendName, LoadBalancer, ServiceKey, VirtualService
 from shoal.net.nft import NftError, NftRunner, RunnerKind
 
@@ -83,6 +88,9 @@ def _kind(svc: VirtualService) -> str:
     if svc.vip is None:
         return "np"
     return "va" if svc.port == 0 else "lb"
+
+
+LB_CHAIN = re.compile(r"(lb|va|np)_(tcp|udp)_[1-9][0-9]*")  # the names lb_chain() makes
 
 
 def lb_chain(svc: VirtualService) -> str:
@@ -216,6 +224,43 @@ def render_prepare(chains: Iterable[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_repair(*, missing: Iterable[str] = (), recreate: Iterable[str] = (),
+                  refill: Iterable[str] = (), sets: Iterable[str] = ()) -> str:
+    """One transaction putting back what drifted in the table's structure: ``sets``
+    declared, ``refill`` chains flushed and refilled, ``recreate`` chains (another hook,
+    priority or policy, or base where they should not be) deleted and declared again,
+    ``missing`` chains declared; then the rules of all of those. Flushes come first, so
+    a stray rule referring to a chain being recreated is gone before the delete; chains
+    it does not name keep their rules untouched."""
+    missing, recreate, refill = list(missing), list(recreate), list(refill)
+    every = {name: (base, rules) for name, base, rules in SKELETON_CHAINS}
+    decl = {set_name: (kind, d) for kind, set_name, d in SETS}
+
+    def chain(name: str) -> tuple[str | None, list[str]]:
+        return every.get(name) or (None, [render_chain(name)])
+    lines = [f"add table {T}"]
+    lines += [f"add {decl[name][0]} {T} {name} {{ {decl[name][1]} }}" for name in sets]
+    lines += [f"flush chain {T} {name}" for name in [*refill, *recreate]]
+    lines += [f"delete chain {T} {name}" for name in recreate]
+    for name in [*missing, *recreate]:
+        base, _ = chain(name)
+        lines.append(f"add chain {T} {name}" + (f" {{ {base} }}" if base else ""))
+    for name in [*missing, *recreate, *refill]:
+        lines += [f"add rule {T} {name} {rule}" for rule in chain(name)[1]]
+    return "\n".join(lines) + "\n"
+
+
+def render_removal(chains: Iterable[str], sets: Iterable[str]) -> str:
+    """One transaction deleting chains and sets that are not Shoal's: their rules first
+    (a stray rule may refer to a stray set), then the sets (a stray verdict map may
+    refer to a stray chain), then the chains."""
+    chains = list(chains)
+    lines = [f"flush chain {T} {c}" for c in chains]
+    lines += [f"delete set {T} {s}" for s in sets]
+    lines += [f"delete chain {T} {c}" for c in chains]
+    return "\n".join(lines) + "\n"
+
+
 def render_full(services: Sequence[VirtualService]) -> str:
     """A script that replaces the whole table atomically with exactly ``services``.
     Chains and rules come before elements: binding a rule to a map that already holds
@@ -339,20 +384,25 @@ def netlink_change(old: VirtualService | None, new: VirtualService | None, *,
 @dataclasses.dataclass(frozen=True)
 class _Model:
     """What a balancer believes the table holds: its services by key, the lb chains they
-    use, and how many services each VIP carries (the ``vips`` set's reference counts)."""
+    use and how many services use each (a chain goes when its last user does), and how
+    many services each VIP carries (the ``vips`` set's reference counts)."""
 
     services: dict[ServiceKey, VirtualService]
     chains: set[str]
     vip_refs: dict[ipaddress.IPv4Address, int]
+    chain_refs: dict[str, int]
 
     @classmethod
     def of(cls, services: list[VirtualService]) -> _Model:
         refs: dict[ipaddress.IPv4Address, int] = {}
+        chain_refs: dict[str, int] = {}
         for s in services:
             if s.vip is not None:
                 refs[s.vip] = refs.get(s.vip, 0) + 1
-        return cls({s.key: s for s in services},
-                   {lb_chain(s) for s in services if s.backends}, refs)
+            if s.backends:
+                chain = lb_chain(s)
+                chain_refs[chain] = chain_refs.get(chain, 0) + 1
+        return cls({s.key: s for s in services}, set(chain_refs), refs, chain_refs)
 
 
 class NftablesLoadBalancer(LoadBalancer):
@@ -375,10 +425,15 @@ class NftablesLoadBalancer(LoadBalancer):
         self._model: dict[ServiceKey, VirtualService] = {}
         self._chains: set[str] = set()
         self._vip_refs: dict[ipaddress.IPv4Address, int] = {}
-        self._rules: dict[str, list[bytes]] | None = None  # rules as written, for repair
+        self._chain_refs: dict[str, int] = {}
+        # The table as last written (chains, rules, set declarations), as the kernel
+        # holds it: what repair() compares with where nft_scratch cannot make a reference.
+        self._written: nftnl.TableState | None = None
         # How the last full sync wrote the table ("netlink", "text", or "text (why)" when
-        # the netlink path fell back): for logs, tests and the bench.
+        # the netlink path fell back, "adopted" when the first sync found the table an
+        # earlier agent left and wrote only the difference): for logs, tests and the bench.
         self.last_full_sync: str | None = None
+        self._adoption: list[str] = []
         self._synced = False
 
     @property
@@ -401,7 +456,9 @@ class NftablesLoadBalancer(LoadBalancer):
             if len(changed) + len(gone) <= FULL_SYNC_THRESHOLD:
                 await self._apply(changed, gone)
                 return
-        await self._full(want.values())
+            await self._full(want.values())
+            return
+        await self._first_sync(list(want.values()))
 
     async def resync(self) -> None:
         await self._full(self._model.values())
@@ -420,7 +477,8 @@ class NftablesLoadBalancer(LoadBalancer):
         self._model.clear()
         self._chains.clear()
         self._vip_refs.clear()
-        self._rules = None
+        self._chain_refs.clear()
+        self._written = None
         self._synced = False
 
     async def close(self) -> None:
@@ -431,51 +489,97 @@ class NftablesLoadBalancer(LoadBalancer):
 
     async def repair(self) -> list[str]:
         """Compare the kernel's table with the model and fix only what differs: chains
-        and rules (against the rules as last written), then each set's elements (a
-        netlink dump compared as bytes with the model's encoding; one batch deletes the
-        strays and adds what is missing). Reads only when nothing drifted. Returns what
-        was repaired, one line each."""
+        (their hook, priority and policy, then their rules) and sets (declared, then
+        each one's elements, a netlink dump compared as bytes with the model's encoding);
+        a chain or set the model does not have is removed. Reads only when nothing
+        drifted. Returns what was repaired, one line each."""
         if not self._synced:
             await self.resync()
             return []
+        return await self._reconcile(list(self._model.values()))
+
+    def adoption_report(self) -> list[str]:
+        lines, self._adoption = self._adoption, []
+        return lines
+
+    async def _first_sync(self, services: list[VirtualService]) -> None:
+        """A fresh balancer (a restarted agent) adopts the table an earlier one left: the
+        difference between it and ``services`` is written, nothing else -- with nothing
+        changed, nothing at all. Without a table, or with the text full sync (the
+        bench's baseline), the table is written whole."""
+        if self.full_sync_kind == "text":
+            await self._full(services)
+            return
+        self.last_full_sync = None  # set by _full when the table is written after all
+        self._adoption = await self._reconcile(services, adopting=True)
+        if self.last_full_sync is None:
+            self.last_full_sync = "adopted"
+
+    async def _reconcile(self, services: list[VirtualService], *, adopting: bool = False
+                         ) -> list[str]:
+        """Make the table hold exactly ``services``, writing only what differs from
+        what the kernel holds, and say what that was. Three steps, each one transaction:
+        (1) structure -- missing sets, chains that are missing, declared otherwise
+        (recreated: the kernel cannot change a base chain's hook or priority in place)
+        or hold other rules (flushed and refilled); (2) one element batch; (3) chains
+        and sets that are not Shoal's, after (2) removed what referred to them. A set of
+        another type (an older layout) cannot be redeclared under its rules: the table is
+        replaced whole, as a full sync does."""
         nl = await self._netlink()
-        have_rules = await asyncio.to_thread(nl.rules)
-        if not have_rules:
-            await self._full(self._model.values())
-            return [f"table {T} was missing: rebuilt"]
-        report: list[str] = []
-        wanted = CHAIN_NAMES | self._chains
-        reference = self._rules or {}
-        rewrite = False
-        for name in sorted(wanted):
-            if name not in have_rules:
-                report.append(f"chain {name} of table {T} was missing: restored")
-                rewrite = True
-            elif name in reference and have_rules[name] != reference[name]:
-                report.append(f"rules of chain {name} of table {T} differed: rewritten")
-                rewrite = True
+        have = await asyncio.to_thread(nl.table_state)
+        if have is None:
+            await self._full(services)
+            return [] if adopting else [f"table {T} was missing: rebuilt"]
+        model = _Model.of(services)
+        # What the table's structure should be, as this kernel holds it; else (no
+        # throw-away namespace here) the table as last written -- which a fresh balancer
+        # has not: it writes the structure instead of judging it.
+        reference = await nft_scratch.reference(FAMILY, TABLE, render_prepare(model.chains))
+        if reference is None:
+            if adopting:
+                await self._full(services)
+                return []
+            reference = self._written
+        drift = nft_drift.compare(have, reference, table=T, chains=CHAIN_NAMES | model.chains,
+                                  sets=SET_NAMES)
+        if drift.other_type_sets:
+            await self._full(services)
+            return drift.other_type_lines()
+        report = list(drift.lines)
+        if drift.structure:
+            try:
+                await self.runner.run(render_repair(
+                    missing=drift.missing_chains, recreate=drift.recreate,
+                    refill=drift.refill, sets=drift.missing_sets))
+            except NftError as exc:
+                # Something not Shoal's still refers to a chain being recreated: the
+                # table is replaced whole instead (one transaction too).
+                await self._full(services)
+                return [*report, f"table {T} could not be repaired in place ({exc}): "
+                                 f"rewritten"]
         have_sets: dict[str, dict[bytes, bytes | None]] = {}
         for name in SET_NAMES:
             try:
                 have_sets[name] = dict(await asyncio.to_thread(nl.set_elements, name))
             except nftnl.MissingError:
-                report.append(f"set {name} of table {T} was missing: restored")
-                rewrite = True
                 have_sets[name] = {}
-        if rewrite:
-            await self.runner.run(render_prepare(self._chains))
         # ~0.2 s of CPU at 10,000 x 10: off the event loop.
-        ops, lines = await asyncio.to_thread(_element_repairs, list(self._model.values()),
-                                             have_sets)
+        ops, lines = await asyncio.to_thread(_element_repairs, services, have_sets)
         if ops:
             await asyncio.to_thread(nl.commit, ops)
         report += lines
-        stale = set(have_rules) - wanted
-        if stale:
-            await self.runner.run("".join(f"delete chain {T} {c}\n" for c in sorted(stale)))
-            report += [f"chain {c} is not Shoal's: removed from table {T}" for c in sorted(stale)]
-        if rewrite or stale:
-            await self._snapshot_rules()
+        if drift.stray_chains or drift.stray_sets:
+            await self.runner.run(render_removal(drift.stray_chains, drift.stray_sets))
+            # An lb chain no service uses any more is Shoal's own leftover (incremental
+            # changes keep a chain they no longer need; it is cheap, and may be needed
+            # again): removed without calling it drift.
+            report += drift.stray_lines(quiet=lambda c: LB_CHAIN.fullmatch(c) is not None)
+        self._model, self._chains, self._vip_refs = model.services, model.chains, \
+            model.vip_refs
+        self._chain_refs = model.chain_refs
+        self._synced = True
+        if adopting or drift.structure or drift.stray_chains or drift.stray_sets:
+            await self._snapshot()
         return report
 
     async def _netlink(self) -> nftnl.NftNetlink:
@@ -493,8 +597,9 @@ class NftablesLoadBalancer(LoadBalancer):
             model = await self._full_netlink(services)
         self._model, self._chains, self._vip_refs = model.services, model.chains, \
             model.vip_refs
+        self._chain_refs = model.chain_refs
         self._synced = True
-        await self._snapshot_rules()
+        await self._snapshot()
 
     async def _full_netlink(self, services: list[VirtualService]) -> _Model:
         """Two transactions, each atomic for traffic: (1) the skeleton and the lb chains
@@ -530,11 +635,12 @@ class NftablesLoadBalancer(LoadBalancer):
             await self.runner.run("".join(f"delete chain {T} {c}\n" for c in sorted(stale)))
         return model
 
-    async def _snapshot_rules(self) -> None:
-        """Remember the rules just written, as the kernel holds them, so repair() can
-        tell a hand-edited rule from ours without parsing nft's text."""
+    async def _snapshot(self) -> None:
+        """Remember the table just written (chains, rules, set declarations) as the
+        kernel holds it, so repair() can tell a hand-edited chain or rule from ours
+        without parsing nft's text."""
         nl = await self._netlink()
-        self._rules = await asyncio.to_thread(nl.rules)
+        self._written = await asyncio.to_thread(nl.table_state)
 
     async def _apply(self, changed: Iterable[VirtualService], gone: Iterable[ServiceKey]
                      ) -> None:
@@ -552,7 +658,7 @@ class NftablesLoadBalancer(LoadBalancer):
             want.update((s.key, s) for s in changed)
             return want
         if not self._synced:
-            await self._full(wanted().values())
+            await self._first_sync(list(wanted().values()))
             return
         chains = set(self._chains)
         refs = dict(self._vip_refs)
@@ -560,6 +666,7 @@ class NftablesLoadBalancer(LoadBalancer):
         ops: list[nftnl.SetOp] = []
         pairs = [*((self._model[k], None) for k in gone),
                  *((self._model.get(s.key), s) for s in changed)]
+        chain_refs = dict(self._chain_refs)
         for old, new in pairs:
             if self.full_sync_kind == "text":
                 lines += render_change(old, new, chains=chains, vip_refs=refs)
@@ -567,6 +674,20 @@ class NftablesLoadBalancer(LoadBalancer):
                 new_chain_lines, more = netlink_change(old, new, chains=chains, vip_refs=refs)
                 lines += new_chain_lines
                 ops += more
+            for svc, step in ((old, -1), (new, 1)):
+                if svc is not None and svc.backends:
+                    chain = lb_chain(svc)
+                    chain_refs[chain] = chain_refs.get(chain, 0) + step
+        # A chain whose last service left goes in the same transaction, after the
+        # elements that referred to it: no leftover for a restarted agent to remove.
+        unused = sorted(c for c, n in chain_refs.items() if n <= 0)
+        for chain in unused:
+            del chain_refs[chain]
+            chains.discard(chain)
+        if self.full_sync_kind == "text":
+            lines += [f"delete chain {T} {c}" for c in unused]
+        else:
+            ops += [nftnl.SetOp.delete_chain(c) for c in unused]
         try:
             # New chains first (nothing refers to them until the elements do), then the
             # elements: one transaction either way.
@@ -577,14 +698,15 @@ class NftablesLoadBalancer(LoadBalancer):
         except NftError:
             await self._full(wanted().values())
             return
-        new_chains = chains - self._chains
+        new_chains = chains ^ self._chains
         for k in gone:  # the model changed in place, as the kernel was
             self._model.pop(k, None)
         self._model.update((s.key, s) for s in changed)
         self._chains = chains
         self._vip_refs = refs
-        if new_chains and self._rules is not None:
-            await self._snapshot_rules()
+        self._chain_refs = chain_refs
+        if new_chains and self._written is not None:
+            await self._snapshot()
 
 
 def _element_repairs(services: Iterable[VirtualService],

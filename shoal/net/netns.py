@@ -3,8 +3,9 @@
 A socket belongs to the namespace it was created in, and ``setns`` moves only the calling
 thread; so the dataplane never moves its event loop's thread: a worker thread enters the
 namespace (for good, or for one call) and creates or uses its sockets there. This is the
-one place that calls ``setns``; the IPVS netlink sockets, the overlay's rtnetlink sockets
-(``rtnl_socket``), the libnftables worker and the UML test guest all go through it.
+one place that calls ``setns`` (and ``unshare``, for nft_scratch's throw-away namespace);
+the IPVS netlink sockets, the overlay's rtnetlink sockets (``rtnl_socket``), the
+libnftables worker and the UML test guest all go through it.
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ def enter(path: str) -> None:
             raise OSError(err, f"setns into {path}: {os.strerror(err)}")
     finally:
         os.close(fd)
+
+
+def unshare() -> None:
+    """Move the calling thread (only) into a new, empty network namespace of its own; it
+    goes away with the last thread or socket in it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare of the network namespace: {os.strerror(err)}")
 
 
 def run_in(path: str | None, fn: Callable[[], T]) -> T:

@@ -31,7 +31,8 @@ class NftError(RuntimeError):
 
 
 
-def _load_libnftables() -> ctypes.CDLL | None:
+def load_libnftables() -> ctypes.CDLL | None:
+    """libnftables through ctypes, with the prototypes Shoal uses; None when absent."""
     for name in ("libnftables.so.1", ctypes.util.find_library("nftables")):
         if not name:
             continue
@@ -59,7 +60,7 @@ class NftRunner:
 
     def __init__(self, netns: str | None = None, kind: RunnerKind | None = None) -> None:
         self.netns = netns
-        self._lib = _load_libnftables() if kind in (None, "lib") else None
+        self._lib = load_libnftables() if kind in (None, "lib") else None
         if kind == "lib" and self._lib is None:
             raise NftError("libnftables.so.1 cannot be loaded")
         if self._lib is None and shutil.which("nft") is None:

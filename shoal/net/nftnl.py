@@ -22,7 +22,9 @@ Acks: every message asks for one (NLM_F_ACK) and they are matched by sequence nu
 makes the kernel point at the element it refused, which :class:`NftError` names.
 
 Reading back (drift repair) is a netlink dump of a set's elements, compared as bytes with
-what the model encodes: no text on either side.
+what the model encodes: no text on either side; and :meth:`NftNetlink.table_state`, the
+table's chains (with their hook, priority and policy), rules and set declarations as the
+kernel dumps them, for comparing with a reference table the same way.
 """
 
 from __future__ import annotations
@@ -54,8 +56,18 @@ NLMSGERR_ATTR_MSG, NLMSGERR_ATTR_OFFS = 1, 2
 NLA_F_NESTED = 0x8000
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 16, 17
-NFT_MSG_GETCHAIN, NFT_MSG_GETRULE = 4, 7
+NFT_MSG_GETCHAIN, NFT_MSG_DELCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETSET = 4, 5, 7, 10
 NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS = 2, 4
+NFTA_CHAIN_HOOK, NFTA_CHAIN_POLICY, NFTA_CHAIN_TYPE, NFTA_CHAIN_FLAGS = 4, 5, 7, 10
+NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY = 1, 2
+NFTA_SET_NAME, NFTA_SET_FLAGS = 2, 3
+# What a set was declared with (flags, key and data types and lengths, timeout, typeof
+# user data, object type, expressions): compared. Not its identity (table, name, handle,
+# id), nor what the kernel derives (the backend it picked, and on 6.x the element count).
+SET_DECLARATION = frozenset({3, 4, 5, 6, 7, 11, 13, 15, 17, 18})
+NFT_SET_ANONYMOUS = 0x1
+HOOK_NAMES = {0: "prerouting", 1: "input", 2: "forward", 3: "output", 4: "postrouting"}
+POLICY_NAMES = {0: "drop", 1: "accept"}
 NFT_MSG_NEWSETELEM, NFT_MSG_GETSETELEM, NFT_MSG_DELSETELEM = 12, 13, 14
 NFTA_CHAIN_NAME = 3
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
@@ -288,11 +300,17 @@ def _attrs(data: bytes) -> Iterator[tuple[int, bytes]]:
 @dataclass
 class SetOp:
     """Add (``"add"``), delete (``"delete"``) these elements of one set, or flush it
-    (``"flush"``, no elements)."""
+    (``"flush"``, no elements). One more verb rides along because it belongs in the same
+    transaction: ``"delete-chain"`` deletes the chain ``set_name`` with its rules, once
+    the batch's earlier deletions left nothing referring to it (:meth:`delete_chain`)."""
 
     verb: str
     set_name: str
     elements: Sequence[bytes] = ()
+
+    @classmethod
+    def delete_chain(cls, chain: str) -> SetOp:
+        return cls("delete-chain", chain)
 
 
 def _nfgen(family: int, res_id: int = 0) -> bytes:
@@ -304,6 +322,64 @@ class _Sent:
     op: SetOp
     first: int  # index in op.elements of this message's first element
     offsets: list[int]  # byte offset of each element from the message's start
+
+
+@dataclass(frozen=True)
+class ChainDecl:
+    """What makes a chain a base chain, as the kernel dumps it: None fields for a regular
+    chain. Compared whole; :meth:`describe` is nft's syntax, for repair reports."""
+
+    type: str | None = None
+    hook: int | None = None
+    priority: int | None = None
+    policy: int | None = None
+
+    def describe(self) -> str:
+        if self.hook is None:
+            return "a regular chain"
+        hook = HOOK_NAMES.get(self.hook, str(self.hook))
+        policy = POLICY_NAMES.get(self.policy or 0, str(self.policy))
+        return f"type {self.type} hook {hook} priority {self.priority} policy {policy}"
+
+
+@dataclass(frozen=True)
+class TableState:
+    """One table as the kernel holds it, elements left out: each chain's declaration and
+    rules (expressions only: handles and positions change on every rewrite) and each
+    named set's declaration (the attributes in :data:`SET_DECLARATION`, as bytes)."""
+
+    chains: dict[str, ChainDecl]
+    rules: dict[str, list[bytes]]
+    sets: dict[str, bytes]
+
+
+def _chain_decl(attrs: dict[int, bytes]) -> ChainDecl:
+    if NFTA_CHAIN_HOOK not in attrs:
+        return ChainDecl()
+    hook = dict(_attrs(attrs[NFTA_CHAIN_HOOK]))
+    policy = attrs.get(NFTA_CHAIN_POLICY)
+    return ChainDecl(
+        type=attrs.get(NFTA_CHAIN_TYPE, b"").rstrip(b"\0").decode() or None,
+        hook=struct.unpack("!I", hook[NFTA_HOOK_HOOKNUM])[0]
+        if NFTA_HOOK_HOOKNUM in hook else None,
+        priority=struct.unpack("!i", hook[NFTA_HOOK_PRIORITY])[0]
+        if NFTA_HOOK_PRIORITY in hook else None,
+        policy=struct.unpack("!I", policy)[0] if policy is not None else None)
+
+
+def _set_decl(payload: bytes) -> tuple[str, bytes] | None:
+    """(name, declaration bytes) of a dumped set; None for an anonymous one (it belongs
+    to the rule that uses it and goes with that rule)."""
+    name = ""
+    decl: list[bytes] = []
+    for kind, value in _attrs(payload):
+        if kind == NFTA_SET_NAME:
+            name = value.rstrip(b"\0").decode()
+        elif kind == NFTA_SET_FLAGS and struct.unpack("!I", value[:4])[0] & NFT_SET_ANONYMOUS:
+            return None
+        if kind in SET_DECLARATION:
+            decl.append(nla(kind, value))
+    return name, b"".join(decl)
 
 
 class NftNetlink:
@@ -375,6 +451,15 @@ class NftNetlink:
                            f"nothing was changed: {'; '.join(failures[:3])}")
 
     def _encode(self, op: SetOp, parts: list[bytes], pending: dict[int, _Sent]) -> None:
+        if op.verb == "delete-chain":
+            body = (_nfgen(self.family) + nla(1, self.table.encode() + b"\0")
+                    + nla(NFTA_CHAIN_NAME, op.set_name.encode() + b"\0"))
+            seq = self._next_seq()
+            pending[seq] = _Sent(op, 0, [])
+            parts.append(_HDR.pack(16 + len(body), (NFNL_SUBSYS_NFTABLES << 8)
+                                   | NFT_MSG_DELCHAIN, NLM_F_REQUEST | NLM_F_ACK, seq, 0)
+                         + body)
+            return
         kind = {"add": NFT_MSG_NEWSETELEM, "delete": NFT_MSG_DELSETELEM,
                 "flush": NFT_MSG_DELSETELEM}[op.verb]
         msg_type = (NFNL_SUBSYS_NFTABLES << 8) | kind
@@ -435,7 +520,8 @@ class NftNetlink:
         op = sent.op
         where = {"add": f"adding to set {op.set_name}",
                  "delete": f"deleting from set {op.set_name}",
-                 "flush": f"flushing set {op.set_name}"}[op.verb]
+                 "flush": f"flushing set {op.set_name}",
+                 "delete-chain": f"deleting chain {op.set_name}"}[op.verb]
         if bad is not None and bad in sent.offsets:
             index = sent.first + sent.offsets.index(bad)
             try:
@@ -489,6 +575,33 @@ class NftNetlink:
         except MissingError:
             return {}
         return found
+
+    def table_state(self) -> TableState | None:
+        """The table's chains, rules and set declarations (see :class:`TableState`);
+        None when the table does not exist. Three small dumps: no set elements."""
+        body = _nfgen(self.family) + nla(1, self.table.encode() + b"\0")
+        chains: dict[str, ChainDecl] = {}
+        rules: dict[str, list[bytes]] = {}
+        sets: dict[str, bytes] = {}
+        try:
+            for payload in self._dump((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETCHAIN, body):
+                attrs = dict(_attrs(payload[4:]))
+                if attrs.get(1, b"").rstrip(b"\0").decode() != self.table:
+                    continue
+                name = attrs.get(NFTA_CHAIN_NAME, b"").rstrip(b"\0").decode()
+                chains[name] = _chain_decl(attrs)
+                rules[name] = []
+            for payload in self._dump((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE, body):
+                attrs = dict(_attrs(payload[4:]))
+                chain = attrs.get(NFTA_RULE_CHAIN, b"").rstrip(b"\0").decode()
+                rules.setdefault(chain, []).append(attrs.get(NFTA_RULE_EXPRESSIONS, b""))
+            for payload in self._dump((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSET, body):
+                found = _set_decl(payload[4:])
+                if found is not None:
+                    sets[found[0]] = found[1]
+        except MissingError:
+            return None
+        return TableState(chains, rules, sets)
 
     def _dump(self, msg_type: int, body: bytes) -> Iterator[bytes]:
         with self.lock:

@@ -6,8 +6,10 @@ a kernel refusal names the element and changes neither the table nor the model."
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -96,8 +98,9 @@ async def test_netlink_sync_writes_the_text_paths_table(lab: Lab) -> None:
         await text.close()
         await netlink.close()
 
-    # A restarted agent (a new balancer) syncing other services over that table: the
-    # result is what the text path writes for them -- stale chains and elements gone.
+    # A restarted agent (a new balancer) syncing other services over that table: it
+    # adopts the table, and the result is what the text path writes for them -- stale
+    # chains and elements gone.
     fewer = [VirtualService(s.vip, s.port, s.protocol, s.backends[:1])
              for s in services[::2]]
     text = NftablesLoadBalancer(netns=text_ns, full_sync="text")
@@ -105,7 +108,7 @@ async def test_netlink_sync_writes_the_text_paths_table(lab: Lab) -> None:
     try:
         await text.sync(fewer)
         await netlink.sync(fewer)
-        assert netlink.last_full_sync == "netlink"
+        assert netlink.last_full_sync == "adopted"
         assert table_json(nl_ns) == table_json(text_ns)
     finally:
         await text.close()
@@ -200,7 +203,9 @@ async def test_resync_keeps_an_established_connection(lab: Lab) -> None:
 
 
 class Monitor:
-    """``nft monitor`` in a namespace: every change to its ruleset, as text."""
+    """``nft monitor`` in a namespace: every change to its ruleset, as text. Ready once
+    constructed: nft subscribes a moment after it starts, and a change made before that
+    would be missed, so markers are added until one is seen."""
 
     def __init__(self, ns: str) -> None:
         self.ns = ns
@@ -209,6 +214,19 @@ class Monitor:
                                      text=True)
         self.lines: list[str] = []
         self._mark = 0
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.monotonic() + 30
+        while self._marker(wait=0.5) is None:
+            if time.monotonic() > deadline:
+                self.close()
+                raise AssertionError("nft monitor did not report a change within 30 s")
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.strip())
+        self._queue.put(None)
 
     async def writes_during(self, action: Awaitable[T]) -> tuple[T, list[str]]:
         """Run ``action``; return its result and every ruleset change made meanwhile by
@@ -216,20 +234,26 @@ class Monitor:
         start = self._marker()
         result = await action
         end = self._marker()
+        assert start is not None and end is not None
         return result, [line for line in self.lines[start:end - 1]
-                         if "mark" not in line and not line.endswith("(nft)")]
+                        if "mark" not in line and not line.endswith("(nft)")]
 
-    def _marker(self) -> int:
+    def _marker(self, wait: float = 60) -> int | None:
+        """Add a marker table; the number of lines up to its event (None: not seen
+        within ``wait`` seconds)."""
         self._mark += 1
         name = f"mark{self._mark}"
         sh("ip", "netns", "exec", self.ns, "nft", "add", "table", "ip", name)
-        assert self.proc.stdout is not None
+        deadline = time.monotonic() + wait
         while True:
-            line = self.proc.stdout.readline()
-            if not line:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return None
+            if line is None:
                 raise AssertionError(f"nft monitor ended; saw {self.lines}")
-            self.lines.append(line.strip())
-            if line.strip().startswith(f"add table ip {name}"):
+            self.lines.append(line)
+            if line.startswith(f"add table ip {name}"):
                 return len(self.lines)
 
     def close(self) -> None:
@@ -293,6 +317,166 @@ async def test_repair_puts_back_exactly_what_drifted(lab: Lab) -> None:
         assert (report, writes) == ([], [])
     finally:
         monitor.close()
+        await lb.close()
+
+
+async def test_repair_restores_base_chains_and_removes_what_is_not_shoals(lab: Lab) -> None:
+    """A base chain's priority or policy changed by hand, a base chain made a regular
+    one, and sets, maps and chains added to the table (referring to each other): repair()
+    recreates exactly those chains, removes the strangers, says so, and then is quiet."""
+    ns = lab.ns("lb")
+    lb = NftablesLoadBalancer(netns=ns)
+
+    def nft(script: str) -> None:
+        sh("ip", "netns", "exec", ns, "nft", "-f", "-", input=script)
+
+    monitor = Monitor(ns)
+    try:
+        await lb.sync(every_kind(30))
+        want = table_json(ns)
+        # The kernel cannot change a priority in place: a hand edit recreates the chain.
+        nft("delete chain ip shoal martians\n"
+            "add chain ip shoal martians { type filter hook prerouting priority -200; "
+            "policy accept; }\n"
+            'add rule ip shoal martians iifname != "lo" ip daddr 127.0.0.0/8 drop\n')
+        nft("add chain ip shoal forward { type filter hook forward priority 0; "
+            "policy drop; }\n")
+        nft("delete chain ip shoal filter_output\n"
+            "add chain ip shoal filter_output\n"
+            "add rule ip shoal filter_output ip daddr @vips jump reject_vip\n")
+        nft("add set ip shoal stray { type ipv4_addr; }\n"
+            "add element ip shoal stray { 192.0.2.1, 192.0.2.2 }\n"
+            "add chain ip shoal mine\n"
+            "add rule ip shoal mine ip saddr @stray drop\n"
+            "add map ip shoal strayvmap { type ipv4_addr : verdict; }\n"
+            "add element ip shoal strayvmap { 192.0.2.3 : jump mine }\n"
+            "add rule ip shoal services jump mine\n")
+        report, writes = await monitor.writes_during(lb.repair())
+        shoals = "type filter hook {} priority {} policy accept"
+        assert report == [
+            f"chain filter_output of table ip shoal differed (a regular chain; Shoal's: "
+            f"{shoals.format('output', 0)}): recreated",
+            f"chain forward of table ip shoal differed (type filter hook forward priority 0 "
+            f"policy drop; Shoal's: {shoals.format('forward', 0)}): recreated",
+            f"chain martians of table ip shoal differed ({shoals.format('prerouting', -200)}; "
+            f"Shoal's: {shoals.format('prerouting', -300)}): recreated",
+            "rules of chain services of table ip shoal differed: rewritten",
+            "chain mine is not Shoal's: removed from table ip shoal",
+            "set stray is not Shoal's: removed from table ip shoal",
+            "set strayvmap is not Shoal's: removed from table ip shoal"], report
+        assert table_json(ns) == want
+        # Only those chains and sets were written: no element, no other chain.
+        touched = {"filter_output", "forward", "martians", "services", "mine", "stray",
+                   "strayvmap"}
+        changes = [w for w in writes if not w.startswith("#")]
+        # ("delete rule ip shoal services handle 39", "add chain ip shoal forward { ... }")
+        assert changes and all(w.split()[1] in ("rule", "chain", "set")
+                               and w.split()[4] in touched for w in changes), writes
+        # And with nothing drifted, nothing is written.
+        report, writes = await monitor.writes_during(lb.repair())
+        assert (report, writes) == ([], [])
+    finally:
+        monitor.close()
+        await lb.close()
+
+
+async def test_a_restarted_balancer_adopts_the_table_and_writes_only_the_drift(
+        lab: Lab) -> None:
+    """A new balancer's first sync (a restarted agent) over the table an earlier one
+    wrote: nothing written when nothing changed; only the drift when something did; and
+    a table of an older layout (a chain missing, one extra) ends up exactly right."""
+    ns, text_ns = lab.ns("lb"), lab.ns("text")
+    web = VirtualService.make("10.254.9.1", 80, "tcp",
+                              [f"10.9.0.{j + 1}:8080" for j in range(10)])
+    services = [web, *every_kind(60)]
+
+    def nft(script: str) -> None:
+        sh("ip", "netns", "exec", ns, "nft", "-f", "-", input=script)
+
+    monitor = Monitor(ns)
+    first = NftablesLoadBalancer(netns=ns)
+    try:
+        await first.sync(services)
+    finally:
+        await first.close()
+    want = table_json(ns)
+    try:
+        # Nothing changed while no agent ran: not one add or delete.
+        lb = NftablesLoadBalancer(netns=ns)
+        try:
+            _, writes = await monitor.writes_during(lb.sync(services))
+            assert writes == []
+            assert lb.last_full_sync == "adopted"
+            assert lb.adoption_report() == []
+            assert lb.services == {s.key: s for s in services}
+            assert table_json(ns) == want
+            # The adopted model is the balancer's own: repair() agrees, and a change
+            # writes just that service's elements.
+            assert await lb.repair() == []
+            shrunk = VirtualService(web.vip, web.port, web.protocol, web.backends[:9])
+            _, writes = await monitor.writes_during(lb.update_service(shrunk))
+            changes = [w for w in writes if not w.startswith("#")]
+            assert changes and all("lb_tcp_9" in w or "lb_tcp_10" in w or "10.254.9.1 . " in w
+                                   for w in changes), writes
+            # web was lb_tcp_10's only user: that chain went in the same batch.
+            assert "delete chain ip shoal lb_tcp_10" in changes, changes
+            # Back to ten: lb_tcp_9's last user left, so the same batch deleted it.
+            _, writes = await monitor.writes_during(lb.update_service(web))
+            assert "delete chain ip shoal lb_tcp_9" in writes, writes
+            assert await lb.repair() == []
+        finally:
+            await lb.close()
+        assert table_json(ns) == want
+
+        # Drift while no agent ran: a backend element deleted, a policy changed. The
+        # restarted balancer writes those two things and says so.
+        nft("delete element ip shoal be_tcp { 10.254.9.1 . 80 . 3 }\n"
+            "add chain ip shoal forward { type filter hook forward priority 0; "
+            "policy drop; }\n")
+        lb = NftablesLoadBalancer(netns=ns)
+        try:
+            _, writes = await monitor.writes_during(lb.sync(services))
+            assert lb.adoption_report() == [
+                "chain forward of table ip shoal differed (type filter hook forward "
+                "priority 0 policy drop; Shoal's: type filter hook forward priority 0 "
+                "policy accept): recreated",
+                "restored 1 backends of 10.254.9.1:80/tcp in set be_tcp"]
+            changes = [w for w in writes if not w.startswith("#")]
+            assert changes and all(
+                " ip shoal forward" in w or w == "add element ip shoal be_tcp "
+                "{ 10.254.9.1 . 80 . 3 : 10.9.0.4 . 8080 }" for w in changes), writes
+        finally:
+            await lb.close()
+        assert table_json(ns) == want
+    finally:
+        monitor.close()
+
+    # An older layout: no martians chain, an extra chain, stray elements and sets; and
+    # the restarted agent is told of fewer services. The result is exactly the table
+    # the text path writes for them.
+    nft("delete chain ip shoal martians\n"
+        "add chain ip shoal legacy\n"
+        "add rule ip shoal legacy counter\n"
+        "add rule ip shoal prerouting jump legacy\n"
+        "add set ip shoal oldvips { type ipv4_addr; }\n")
+    fewer = [VirtualService(s.vip, s.port, s.protocol, s.backends[:2])
+             for s in services[::3]]
+    text = NftablesLoadBalancer(netns=text_ns, full_sync="text")
+    lb = NftablesLoadBalancer(netns=ns)
+    try:
+        await text.sync(fewer)
+        await lb.sync(fewer)
+        assert lb.last_full_sync == "adopted"
+        report = lb.adoption_report()
+        for line in ["chain martians of table ip shoal was missing: restored",
+                     "rules of chain prerouting of table ip shoal differed: rewritten",
+                     "chain legacy is not Shoal's: removed from table ip shoal",
+                     "set oldvips is not Shoal's: removed from table ip shoal"]:
+            assert line in report, report
+        assert table_json(ns) == table_json(text_ns)
+        assert await lb.repair() == []
+    finally:
+        await text.close()
         await lb.close()
 
 
@@ -370,3 +554,12 @@ async def test_ten_thousand_services_sync_and_repair(lab: Lab) -> None:
         assert await lb.repair() == []
     finally:
         await lb.close()
+    # A restarted agent's balancer adopts the 10,000 services as they are.
+    restarted = NftablesLoadBalancer(netns=ns)
+    try:
+        await restarted.sync(services)
+        assert restarted.last_full_sync == "adopted"
+        assert restarted.adoption_report() == []
+        assert await restarted.repair() == []
+    finally:
+        await restarted.close()

@@ -12,7 +12,8 @@ One scenario, in order (each step builds on the previous one's state):
 5. the published port answers on all three nodes' underlay addresses, from outside; a
    host-mode port only on the node running its task;
 6. a long-lived connection through a VIP survives SIGKILL and restart of its node's
-   agent, and the restarted agent changes nothing in the overlay;
+   agent, and the restarted agent changes nothing in the overlay and writes nothing to
+   its balancer's nftables table (it adopts it);
 7. scaling down removes the endpoint from VIP, DNS and the mesh;
 8. removing the services leaves no Shoal link and no nftables table on any node; the
    lab's namespaces go with it (checked by the fixture).
@@ -34,6 +35,7 @@ from shoal.store import client, errors, etcd_server
 from tests.e2e.netcluster import NETTOOL, dump
 from tests.e2e.netlab import Lab, have_netns_privileges
 from tests.e2e.nscluster import NsCluster, remove_containers
+from tests.e2e.test_lb_nftables_netlink import Monitor
 from tests.helpers import eventually
 from tests.integration.cli_support import Swctl
 
@@ -176,9 +178,18 @@ async def scenario(c: NsCluster, docker: Any) -> None:
         c.agents[c.names[0]].signal(signal.SIGKILL)
         await c.agents[c.names[0]].wait(10)
         assert c.exchange(held, "two") == "two"  # no agent at all: the kernel carries it
-        c.start_node_agent(0)
-        await eventually(lambda: _logged(c, 0, "dataplane ready", 2), timeout=30,
-                         interval=0.2, what="restarted agent's dataplane ready")
+
+        async def restart() -> None:
+            c.start_node_agent(0)
+            await eventually(lambda: _logged(c, 0, "dataplane ready", 2), timeout=30,
+                             interval=0.2, what="restarted agent's dataplane ready")
+        monitor = Monitor(c.nodes[0].ns)
+        try:
+            _, writes = await monitor.writes_during(restart())
+        finally:
+            monitor.close()
+        # The restarted agent adopted the balancer's table as it was: not one write.
+        assert [w for w in writes if " ip shoal " in w] == [], writes
         assert c.exchange(held, "three") == "three"
         assert dump(c.lab, c.nodes[0].ns) == before
         assert len(c.log_lines(0, "overlay changed")) == changes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import struct
 
 from shoal.net import ipvs_netfilter
 from shoal.net.lb import VirtualService
@@ -83,3 +84,22 @@ def test_companions_mark_whole_vips() -> None:
     assert change.splitlines() == [
         "delete element ip shoal_ipvs vipmarks { 10.254.0.10 . udp }",
         "add element ip shoal_ipvs vipmarks { 10.254.0.10 . tcp : 0x32fe000a }"]
+
+
+def test_nftables_companion_elements_and_their_drift() -> None:
+    web = VirtualService.make("10.254.0.5", 80, "tcp", ["10.0.9.10:8080"])
+    whole = VirtualService.make("10.254.0.7", 0, "udp", ["10.0.9.11:0"])
+    mesh = VirtualService.make(None, 30080, "tcp", ["10.255.0.5:80"])
+    want = ipvs_netfilter.nft_elements([web, whole, mesh])
+    assert set(want["vips"]) == {bytes([10, 254, 0, 5]), bytes([10, 254, 0, 7])}
+    # proto . port, each padded to 4 bytes; the mark a host-order u32.
+    assert want["fwmarks"] == {bytes([6, 0, 0, 0, 0x75, 0x80, 0, 0]): struct.pack(
+        "=I", ipvs_netfilter.fwmark_for("tcp", 30080))}
+    assert ipvs_netfilter.nft_element_drift(want, want) == []
+    have = {name: dict(items) for name, items in want.items()}
+    del have["vips"][bytes([10, 254, 0, 5])]
+    have["vipmarks"][bytes([192, 0, 2, 9, 6, 0, 0, 0])] = struct.pack("=I", 5)
+    assert ipvs_netfilter.nft_element_drift(want, have) == [
+        "restored 1 element(s) of set vips of table ip shoal_ipvs: 10.254.0.5",
+        "removed 1 stray element(s) from set vipmarks of table ip shoal_ipvs: "
+        "192.0.2.9 . tcp"]

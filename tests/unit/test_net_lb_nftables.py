@@ -9,6 +9,8 @@ from shoal.net.lb_nftables import (
     render_chain,
     render_change,
     render_full,
+    render_removal,
+    render_repair,
 )
 
 
@@ -144,3 +146,26 @@ def test_prepare_declares_every_chain_before_any_rule_and_keeps_elements() -> No
     assert "flush chain ip shoal services" in lines
     assert not any(ln.startswith(("flush map", "flush set", "delete")) for ln in lines)
     assert "add rule ip shoal lb_tcp_2 " + render_chain("lb_tcp_2") in lines
+
+
+def test_repair_script_touches_only_the_named_chains_in_a_safe_order() -> None:
+    script = render_repair(missing=["lb_tcp_3"], recreate=["martians"], refill=["services"],
+                           sets=["vips"])
+    lines = script.splitlines()
+    assert lines[:2] == ["add table ip shoal", "add set ip shoal vips { type ipv4_addr; }"]
+    # Flushed before the delete (a stray rule may refer to the recreated chain), declared
+    # again with its hook, then every named chain refilled; nothing else is named.
+    assert lines[2:6] == [
+        "flush chain ip shoal services", "flush chain ip shoal martians",
+        "delete chain ip shoal martians", "add chain ip shoal lb_tcp_3"]
+    assert lines[6] == ("add chain ip shoal martians { type filter hook prerouting "
+                        "priority -300; policy accept; }")
+    assert lines[7] == "add rule ip shoal lb_tcp_3 " + render_chain("lb_tcp_3")
+    assert {line.split()[4] for line in lines[2:]} == {"services", "martians", "lb_tcp_3"}
+    assert "prerouting" not in {line.split()[4] for line in lines[2:]}
+
+
+def test_removal_drops_rules_then_sets_then_chains() -> None:
+    assert render_removal(["mine"], ["stray"]).splitlines() == [
+        "flush chain ip shoal mine", "delete set ip shoal stray",
+        "delete chain ip shoal mine"]

@@ -56,3 +56,11 @@ def test_the_inline_dump_reader_agrees_with_split_element() -> None:
     nftnl._read_elements(b"".join(items), out)
     assert out == [nftnl.split_element(item[4:]) for item in items]
     assert out[2] == (ip("10.254.0.9"), None)
+
+
+def test_a_chain_declaration_reads_as_nft_writes_it() -> None:
+    assert nftnl.ChainDecl().describe() == "a regular chain"
+    assert nftnl.ChainDecl("filter", 0, -300, 1).describe() == (
+        "type filter hook prerouting priority -300 policy accept")
+    assert nftnl.ChainDecl("nat", 4, 100, 0).describe() == (
+        "type nat hook postrouting priority 100 policy drop")
