@@ -11,7 +11,8 @@
   namespace, a full re-sync over the existing table, and the median/max time of one
   endpoint change at that size -- printed beside the targets (full sync <= 0.5 s, one
   change <= 50 ms). nftables: the netlink full sync (shoal.net.nftnl) and its drift
-  repair (idle, and one service's backends deleted by hand), beside the baseline of the
+  repair (idle, and one service's backends deleted by hand) and a restarted agent's
+  adoption of the table (a fresh balancer's first sync over it), beside the baseline of the
   whole table as nft text, with libnftables and with the nft binary.
 * IPVS command building: host CPU to build and encode the 110,000 commands of a full
   sync (no kernel needed).
@@ -81,6 +82,7 @@ async def bench_nftables(n: int, e: int, changes: int, runner: str,
             r = await measure(lb, n, e, changes)
             if full_sync == "netlink":
                 r.update(await measure_repair(lab, ns, lb))
+                r.update(await measure_adoption(ns, lb))
             return r
         finally:
             await lb.close()
@@ -103,6 +105,23 @@ async def measure_repair(lab: Lab, ns: str, lb: NftablesLoadBalancer) -> dict[st
     drift = time.perf_counter() - t0
     assert len(fixed) == 1, fixed
     return {"repair_idle": idle, "repair_one": drift}
+
+
+async def measure_adoption(ns: str, lb: NftablesLoadBalancer
+                           ) -> dict[str, float]:
+    """A restarted agent: a fresh balancer's first sync over the table the first one left
+    (the services as they now are), which adopts it -- reads it back and writes only the
+    difference, here nothing."""
+    fresh = NftablesLoadBalancer(netns=ns)
+    try:
+        t0, c0 = time.perf_counter(), cpu()
+        await fresh.sync(list(lb.services.values()))
+        wall, used = time.perf_counter() - t0, cpu() - c0
+        assert fresh.last_full_sync == "adopted", fresh.last_full_sync
+        assert fresh.adoption_report() == []
+        return {"adopt": wall, "adopt_cpu": used}
+    finally:
+        await fresh.close()
 
 
 def bench_ipvs_build(n: int, e: int, rounds: int = 3) -> dict[str, float]:
@@ -309,7 +328,8 @@ async def main() -> None:
         # same process and minute: the baseline.
         r = await bench_nftables(n, e, args.changes, "lib")
         print(line("nftables/netlink", r) + f"   repair: idle {r['repair_idle']:.3f} s,"
-              f" one service {r['repair_one']:.3f} s")
+              f" one service {r['repair_one']:.3f} s   restarted agent adopts the table: "
+              f"{r['adopt']:.3f} s (cpu {r['adopt_cpu']:.3f} s), nothing written")
         print(line("baseline/text", await bench_nftables(n, e, args.changes, "lib",
                                                         "text")))
         print(line("nft binary/text", await bench_nftables(n, e, args.changes, "exec",
