@@ -2,6 +2,7 @@
 
     python -m bench.dataplane [--services 10000] [--endpoints 10] [--changes 20]
                               [--iperf-seconds 5] [--iperf-runs 1] [--skip-iperf]
+                              [--overlay-labs steered,plain]
                               [--ipvs-uml | --no-ipvs-uml] [--skip-nftables]
                               [--agent | --no-agent] [--agent-only]
                               [--agent-changes 40] [--agent-baseline-changes 5]
@@ -25,9 +26,10 @@
   ``--iperf-runs N`` repeats the pair N times on one lab, cross-node and same-node
   interleaved so a load change on the machine hits both legs alike, and prints every run
   with the load average beside it, then the min and median ratio. Measured on a lab
-  whose nodes spread what their underlay receives over the CPUs (RPS: the receiving
-  node's work on its own CPU, as on a second machine), then, as the baseline, on the lab
-  without it (both nodes' kernel work on the sending CPU).
+  whose nodes hand what their underlay receives to one CPU (RPS to a fixed CPU, as a
+  NIC's interrupt affinity: the receive work off the CPU the tasks run on, as on a second
+  machine; ``steer_receive``), then, as the baseline, on the lab without it (both nodes'
+  kernel work on the sending CPU).
 
 * The agent (``bench/dataplane_agent.py``, its own module): with the services and
   endpoints above in etcd, one task change's time from the etcd write to a real
@@ -244,29 +246,46 @@ def iperf(lab: Lab, client_ns: str, server_ns: str, server_ip: str, seconds: int
 _servers: set[str] = set()  # namespaces (lab-unique names) with an iperf3 server running
 
 
-def spread_receive(lab: Lab, ns: str) -> None:
-    """RPS over every CPU on a lab node's underlay end. A veth delivers what it receives
-    on the sending CPU, so without it the lab runs the receiving node's work (VXLAN
-    decapsulation, its bridge, the task's veth) serially after the sender's on one CPU;
-    between two machines the receiver's NIC and CPUs do that work. The same-node leg has
-    no underlay, so this changes only what the lab charges the cross-node leg for a
-    second machine."""
-    mask = f"{(1 << (os.cpu_count() or 1)) - 1:x}"
+def steer_receive(lab: Lab, ns: str, cpu: int) -> None:
+    """RPS on a lab node's underlay end, every packet to CPU ``cpu``: what a NIC whose
+    interrupt is pinned to one core does. A veth delivers what it receives on the sending
+    CPU, so without it the lab runs the receiving node's work (VXLAN decapsulation, its
+    bridge, the task's veth) serially after the sender's, on the sender's CPU; between
+    two machines the receiver's NIC and CPUs do that work. The same-node leg has no
+    underlay, so this changes only where the lab runs the cross-node leg's receive work.
+
+    Both nodes steer to the same CPU: on two cores that is the only split that keeps
+    receive work off the CPU the tasks run on (node 0's ACKs and node 1's data both
+    arrive there, which two machines would spread further). Steering each node to a CPU
+    of its own puts receive work beside one of the two iperf3 processes and measures
+    0.70-0.85 (bench/RESULTS.md); RPS by the flow's hash (mask of every CPU) picks one
+    of those layouts per run, which made the earlier lab's figure a coin toss."""
     lab.exec(ns, "sh", "-c", "for q in /sys/class/net/eth0/queues/rx-*/rps_cpus; do "
-             f"echo {mask} > $q; done")
+             f"echo {1 << cpu:x} > $q; done")
 
 
-async def bench_overlay(seconds: int, runs: int = 1, *, rps: bool = True
+OVERLAY_LABS = {
+    "steered": "underlay receive steered to one CPU (RPS, as a NIC's interrupt affinity)",
+    "split": "each node's underlay receive steered to a CPU of its own (node i to CPU i)",
+    "plain": "baseline: the lab without steering (both nodes' work on the sending CPU)",
+}
+
+
+async def bench_overlay(seconds: int, runs: int = 1, *, kind: str = "steered"
                         ) -> list[dict[str, float | str]]:
-    """``runs`` cross-node/same-node pairs on one lab, each with the 1/5/15-minute load
-    average read right after it; ``rps``: the lab's nodes spread what their underlay
-    receives over the CPUs (``spread_receive``), as a second machine would."""
+    """``runs`` cross-node/same-node pairs on one lab of ``kind`` (``OVERLAY_LABS``),
+    each with the 1/5/15-minute load average read right after it. "steered": the lab's
+    nodes hand what their underlay receives to the machine's last CPU
+    (``steer_receive``), as a NIC's interrupt would; "split": node i's to CPU i."""
     lab = Lab()
     try:
         nodes = [lab.node() for _ in range(2)]
-        if rps:
-            for n in nodes:
-                spread_receive(lab, n.ns)
+        cpus = os.cpu_count() or 1
+        for i, n in enumerate(nodes):
+            if kind == "steered":
+                steer_receive(lab, n.ns, cpus - 1)
+            elif kind == "split":
+                steer_receive(lab, n.ns, i % cpus)
         cluster = Cluster(lab, nodes)
         a = cluster.add_task("a", 0)
         remote = cluster.add_task("remote", 1)
@@ -293,6 +312,9 @@ async def main() -> None:
     ap.add_argument("--iperf-runs", type=int, default=1,
                     help="cross-node/same-node pairs to run (interleaved, one lab)")
     ap.add_argument("--skip-iperf", action="store_true")
+    ap.add_argument("--overlay-labs", default="steered,plain",
+                    help="comma-separated overlay labs to measure, in order: "
+                         + ", ".join(OVERLAY_LABS))
     ap.add_argument("--skip-nftables", action="store_true")
     ap.add_argument("--ipvs-uml", action=argparse.BooleanOptionalAction,
                     default=UML_PRESENT and not IPVS_PRESENT,
@@ -307,6 +329,10 @@ async def main() -> None:
     ap.add_argument("--agent-changes", type=int, default=40)
     ap.add_argument("--agent-baseline-changes", type=int, default=5)
     args = ap.parse_args()
+    unknown = set(args.overlay_labs.split(",")) - set(OVERLAY_LABS)
+    if unknown:
+        ap.error(f"--overlay-labs: no lab {', '.join(sorted(unknown))}; "
+                 f"choose from {', '.join(OVERLAY_LABS)}")
     if args.agent_only:
         await dataplane_agent.run(args.services, args.endpoints, args.agent_changes,
                                   args.agent_baseline_changes)
@@ -353,15 +379,12 @@ async def main() -> None:
         print("  (UML: one CPU, every guest system call trapped through ptrace -- an upper "
               "bound for a native kernel)")
     if not args.skip_iperf:
-        # Receive spread (closer to two machines), then the baseline: the same lab with
-        # every node's work on the sending CPU.
-        # RPS picks the CPU by the flow's hash: with 2 CPUs it is the sender's own in
-        # about half the runs, which then look like the baseline.
-        for rps, title in ((True, "RPS on the lab's underlay (the receiving node's work "
-                                  "on another CPU when the flow hash picks one)"),
-                           (False, "baseline: the lab without RPS (both nodes' work on the "
-                                   "sending CPU)")):
-            runs = await bench_overlay(args.iperf_seconds, args.iperf_runs, rps=rps)
+        # The lab with its underlay's receive work on a CPU of its own (closer to two
+        # machines), then the baseline: the same lab with every node's work on the
+        # sending CPU.
+        for kind in args.overlay_labs.split(","):
+            title = OVERLAY_LABS[kind]
+            runs = await bench_overlay(args.iperf_seconds, args.iperf_runs, kind=kind)
             print(f"overlay throughput (iperf3 TCP, {args.iperf_seconds} s), {title}")
             for k, r2 in enumerate(runs, 1):
                 print(f"  run {k}: cross-node {float(r2['cross_node_bps']) / 1e9:.2f} "
