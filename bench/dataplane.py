@@ -224,15 +224,20 @@ def bench_ipvs_uml(n: int, e: int, changes: int) -> dict[str, Any]:
     return r
 
 
-def iperf(lab: Lab, client_ns: str, server_ns: str, server_ip: str, seconds: int) -> float:
+def iperf(lab: Lab, client_ns: str, server_ns: str, server_ip: str, seconds: int,
+          cpus: tuple[int, int] | None = None) -> float:
+    """Bits per second received; ``cpus``: the (client, server) CPUs to pin them to."""
+    client_pin, server_pin = (["taskset", "-c", str(cpus[0])], ["taskset", "-c", str(cpus[1])]
+                              ) if cpus else ([], [])
     if server_ns not in _servers:
         # Not one-off (-1): a probe that races the server's start-up would consume it.
-        lab.spawn(server_ns, "iperf3", "-s", "-B", server_ip)
+        lab.spawn(server_ns, *server_pin, "iperf3", "-s", "-B", server_ip)
         _servers.add(server_ns)
     deadline = time.monotonic() + 10
     while True:
-        out = subprocess.run(["ip", "netns", "exec", client_ns, "iperf3", "-c", server_ip,
-                              "-t", str(seconds), "-J"], capture_output=True, text=True)
+        out = subprocess.run(["ip", "netns", "exec", client_ns, *client_pin, "iperf3", "-c",
+                              server_ip, "-t", str(seconds), "-J"],
+                             capture_output=True, text=True)
         data = json.loads(out.stdout)
         # iperf3 -J may exit 0 on "connection refused": look at the JSON, not the code.
         if "error" not in data:
@@ -268,6 +273,8 @@ def steer_receive(lab: Lab, ns: str, cpu: int) -> None:
 OVERLAY_LABS = {
     "steered": "underlay receive steered to one CPU (RPS, as a NIC's interrupt affinity)",
     "split": "each node's underlay receive steered to a CPU of its own (node i to CPU i)",
+    "pinned": "one CPU per node: node i's underlay receive and its iperf3 on CPU i (the "
+              "same-node leg unpinned)",
     "plain": "baseline: the lab without steering (both nodes' work on the sending CPU)",
 }
 
@@ -277,7 +284,8 @@ async def bench_overlay(seconds: int, runs: int = 1, *, kind: str = "steered"
     """``runs`` cross-node/same-node pairs on one lab of ``kind`` (``OVERLAY_LABS``),
     each with the 1/5/15-minute load average read right after it. "steered": the lab's
     nodes hand what their underlay receives to the machine's last CPU
-    (``steer_receive``), as a NIC's interrupt would; "split": node i's to CPU i."""
+    (``steer_receive``), as a NIC's interrupt would; "split": node i's to CPU i;
+    "pinned": as split, and the cross-node leg's client and server on their node's CPU."""
     lab = Lab()
     try:
         nodes = [lab.node() for _ in range(2)]
@@ -285,7 +293,7 @@ async def bench_overlay(seconds: int, runs: int = 1, *, kind: str = "steered"
         for i, n in enumerate(nodes):
             if kind == "steered":
                 steer_receive(lab, n.ns, cpus - 1)
-            elif kind == "split":
+            elif kind in ("split", "pinned"):
                 steer_receive(lab, n.ns, i % cpus)
         cluster = Cluster(lab, nodes)
         a = cluster.add_task("a", 0)
@@ -304,7 +312,8 @@ async def bench_overlay(seconds: int, runs: int = 1, *, kind: str = "steered"
             balancers.append(lb)
         results: list[dict[str, float | str]] = []
         for _ in range(runs):
-            cross = iperf(lab, a, remote, cluster.ip("remote"), seconds)
+            cross = iperf(lab, a, remote, cluster.ip("remote"), seconds,
+                          (0, 1 % cpus) if kind == "pinned" else None)
             same = iperf(lab, a, local, cluster.ip("local"), seconds)
             results.append({"cross_node_bps": cross, "same_node_bps": same,
                             "ratio": cross / same, "load": load_average()})
