@@ -260,12 +260,13 @@ def steer_receive(lab: Lab, ns: str, cpu: int) -> None:
     two machines the receiver's NIC and CPUs do that work. The same-node leg has no
     underlay, so this changes only where the lab runs the cross-node leg's receive work.
 
-    Both nodes steer to the same CPU: on two cores that is the only split that keeps
-    receive work off the CPU the tasks run on (node 0's ACKs and node 1's data both
-    arrive there, which two machines would spread further). Steering each node to a CPU
-    of its own puts receive work beside one of the two iperf3 processes and measures
-    0.70-0.85 (bench/RESULTS.md); RPS by the flow's hash (mask of every CPU) picks one
-    of those layouts per run, which made the earlier lab's figure a coin toss."""
+    The labs built on it (``OVERLAY_LABS``) differ in where that work goes, and the
+    ratio follows the choice (bench/RESULTS.md, "Issue 18, third pass"): every node's
+    receive on one CPU ("steered", a NIC's interrupt on a core of its own) 0.83-1.03;
+    node i's on CPU i ("split") or, in addition, each node's iperf3 on its node's CPU
+    ("pinned", one CPU per machine) 0.69-0.76, like the plain lab. RPS by the flow's
+    hash over every CPU (an earlier lab) landed on one of these per run.
+    """
     lab.exec(ns, "sh", "-c", "for q in /sys/class/net/eth0/queues/rx-*/rps_cpus; do "
              f"echo {1 << cpu:x} > $q; done")
 
