@@ -388,9 +388,12 @@ class _Model:
     many services each VIP carries (the ``vips`` set's reference counts)."""
 
     services: dict[ServiceKey, VirtualService]
-    chains: set[str]
     vip_refs: dict[ipaddress.IPv4Address, int]
     chain_refs: dict[str, int]
+
+    @property
+    def chains(self) -> set[str]:
+        return set(self.chain_refs)
 
     @classmethod
     def of(cls, services: list[VirtualService]) -> _Model:
@@ -402,7 +405,7 @@ class _Model:
             if s.backends:
                 chain = lb_chain(s)
                 chain_refs[chain] = chain_refs.get(chain, 0) + 1
-        return cls({s.key: s for s in services}, set(chain_refs), refs, chain_refs)
+        return cls({s.key: s for s in services}, refs, chain_refs)
 
 
 class NftablesLoadBalancer(LoadBalancer):
@@ -423,7 +426,6 @@ class NftablesLoadBalancer(LoadBalancer):
             self.runner.netns)
         self._nl: nftnl.NftNetlink | None = None
         self._model: dict[ServiceKey, VirtualService] = {}
-        self._chains: set[str] = set()
         self._vip_refs: dict[ipaddress.IPv4Address, int] = {}
         self._chain_refs: dict[str, int] = {}
         # The table as last written (chains, rules, set declarations), as the kernel
@@ -475,7 +477,6 @@ class NftablesLoadBalancer(LoadBalancer):
     async def teardown(self) -> None:
         await self.runner.run(f"table {T} {{}}\ndelete table {T}\n")
         self._model.clear()
-        self._chains.clear()
         self._vip_refs.clear()
         self._chain_refs.clear()
         self._written = None
@@ -574,10 +575,7 @@ class NftablesLoadBalancer(LoadBalancer):
             # changes keep a chain they no longer need; it is cheap, and may be needed
             # again): removed without calling it drift.
             report += drift.stray_lines(quiet=lambda c: LB_CHAIN.fullmatch(c) is not None)
-        self._model, self._chains, self._vip_refs = model.services, model.chains, \
-            model.vip_refs
-        self._chain_refs = model.chain_refs
-        self._synced = True
+        self._take(model)
         if adopting or drift.structure or drift.stray_chains or drift.stray_sets:
             await self._snapshot()
         return report
@@ -595,10 +593,7 @@ class NftablesLoadBalancer(LoadBalancer):
             model = _Model.of(services)
         else:
             model = await self._full_netlink(services)
-        self._model, self._chains, self._vip_refs = model.services, model.chains, \
-            model.vip_refs
-        self._chain_refs = model.chain_refs
-        self._synced = True
+        self._take(model)
         await self._snapshot()
 
     async def _full_netlink(self, services: list[VirtualService]) -> _Model:
@@ -634,6 +629,17 @@ class NftablesLoadBalancer(LoadBalancer):
         if stale:
             await self.runner.run("".join(f"delete chain {T} {c}\n" for c in sorted(stale)))
         return model
+
+    @property
+    def _chains(self) -> set[str]:
+        """The lb chains the table holds: those some service uses."""
+        return set(self._chain_refs)
+
+    def _take(self, model: _Model) -> None:
+        """``model`` is now what the table holds."""
+        self._model, self._vip_refs, self._chain_refs = model.services, model.vip_refs, \
+            model.chain_refs
+        self._synced = True
 
     async def _snapshot(self) -> None:
         """Remember the table just written (chains, rules, set declarations) as the
@@ -702,7 +708,6 @@ class NftablesLoadBalancer(LoadBalancer):
         for k in gone:  # the model changed in place, as the kernel was
             self._model.pop(k, None)
         self._model.update((s.key, s) for s in changed)
-        self._chains = chains
         self._vip_refs = refs
         self._chain_refs = chain_refs
         if new_chains and self._written is not None:
