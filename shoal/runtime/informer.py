@@ -273,9 +273,6 @@ class Informer(_Follower[resource.Resource]):
     def _kept(self, obj: resource.Resource) -> resource.Resource:
         return obj  # the object itself, on the hot path: no projection that could fail
 
-    def _keep(self, obj: resource.Resource) -> resource.Resource:
-        return obj
-
     def _same(self, old: resource.Resource, new: resource.Resource) -> bool:
         return old.metadata.resourceVersion == new.metadata.resourceVersion
 
