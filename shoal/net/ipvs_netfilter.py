@@ -32,6 +32,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
+from shoal.net import lb as lb_mod
 from shoal.net import netns as netns_mod
 from shoal.net import nft_drift, nft_scratch, nftnl
 from shoal.net.lb import Protocol, VirtualService
@@ -153,15 +154,11 @@ def nft_element_drift(want: dict[str, dict[bytes, bytes | None]],
         stray = [k for k in found if k not in expected]
         layout = _NFT_KEYS[name]
         if restored:
-            shown = ", ".join(layout.describe(k) for k in restored[:3])
-            more = f" (+{len(restored) - 3} more)" if len(restored) > 3 else ""
             lines.append(f"restored {len(restored)} element(s) of set {name} of table "
-                         f"{NFT_TABLE}: {shown}{more}")
+                         f"{NFT_TABLE}: {lb_mod.some(restored, describe=layout.describe)}")
         if stray:
-            shown = ", ".join(layout.describe(k) for k in stray[:3])
-            more = f" (+{len(stray) - 3} more)" if len(stray) > 3 else ""
             lines.append(f"removed {len(stray)} stray element(s) from set {name} of table "
-                         f"{NFT_TABLE}: {shown}{more}")
+                         f"{NFT_TABLE}: {lb_mod.some(stray, describe=layout.describe)}")
     return lines
 
 

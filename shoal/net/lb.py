@@ -18,9 +18,9 @@ import abc
 import ipaddress
 import socket
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 Protocol = Literal["tcp", "udp"]
 _PORT_FIELD = struct.Struct("!H2x")
@@ -131,6 +131,16 @@ class LoadBalancer(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (sockets, threads); the kernel state stays."""
+
+
+_T = TypeVar("_T")
+
+
+def some(items: Sequence[_T], shown: int = 3, describe: Callable[[_T], str] = str) -> str:
+    """The first ``shown`` items for a repair report, "(+N more)" after them; only those
+    are described (a mass drift has thousands)."""
+    more = f" (+{len(items) - shown} more)" if len(items) > shown else ""
+    return ", ".join(describe(i) for i in items[:shown]) + more
 
 
 def protocol_number(protocol: Protocol) -> int:

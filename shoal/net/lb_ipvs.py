@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.net import ipvs_netlink
+from shoal.net import lb as lb_mod
 from shoal.net import netns as netns_mod
 from shoal.net.ipvs_netfilter import (
     FWMARK_BASE,
@@ -312,10 +313,10 @@ class IpvsLoadBalancer(LoadBalancer):
             await self._sync_vips(vips, remove=True)
         if added_vips:
             report.append(f"restored {len(added_vips)} VIP address(es) on {DUMMY}: "
-                          f"{_some(sorted(added_vips))}")
+                          f"{lb_mod.some(sorted(added_vips))}")
         if stale_vips:
             report.append(f"removed {len(stale_vips)} stray VIP address(es) from {DUMMY}: "
-                          f"{_some(sorted(stale_vips))}")
+                          f"{lb_mod.some(sorted(stale_vips))}")
         report += describe_commands(commands)
         report += companion
         self._set_model(want)
@@ -570,11 +571,6 @@ def service_commands(svc: VirtualService, have: Have | None) -> list[ipvs_netlin
     return commands
 
 
-def _some(items: Sequence[object], shown: int = 3) -> str:
-    more = f" (+{len(items) - shown} more)" if len(items) > shown else ""
-    return ", ".join(map(str, items[:shown])) + more
-
-
 def describe_commands(commands: Sequence[ipvs_netlink.Command]) -> list[str]:
     """What a batch of commands repairs, one line per service (a summary past 20)."""
     per: dict[str, dict[str, int]] = {}
@@ -584,7 +580,7 @@ def describe_commands(commands: Sequence[ipvs_netlink.Command]) -> list[str]:
         counts[verb] = counts.get(verb, 0) + 1
     if len(per) > 20:
         return [f"repaired {len(per)} IPVS services ({len(commands)} commands): "
-                f"{_some(sorted(per))}"]
+                f"{lb_mod.some(sorted(per))}"]
     words = {"add service": "service was missing: added",
              "delete service": "service is not in the model: deleted",
              "add": "real server(s) restored", "delete": "stray real server(s) removed",

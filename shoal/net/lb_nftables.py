@@ -65,6 +65,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
+from shoal.net import lb as lb_mod
 from shoal.net import netns as netns_mod
 from shoal.net import nft_drift, nft_elements, nft_scratch, nftnl
 from shoal.net.lb import BackendName, LoadBalancer, ServiceKey, VirtualService
@@ -760,9 +761,11 @@ def _element_repairs(services: Iterable[VirtualService],
                          if noun == "backends" else f"restored the {noun} of {label} "
                          f"in set {name}")
         if stray:
-            layout = nftnl.layout_of(name)
-            shown = ", ".join(layout.describe(k, found[k]) for k in stray[:3])
-            more = f" (+{len(stray) - 3} more)" if len(stray) > 3 else ""
-            lines.append(f"removed {len(stray)} stray element(s) from set {name}: "
-                         f"{shown}{more}")
+            lines.append(_stray_line(name, stray, found))
     return ops, lines
+
+
+def _stray_line(name: str, stray: list[bytes], found: dict[bytes, bytes | None]) -> str:
+    layout = nftnl.layout_of(name)
+    shown = lb_mod.some(stray, describe=lambda k: layout.describe(k, found[k]))
+    return f"removed {len(stray)} stray element(s) from set {name}: {shown}"
