@@ -558,24 +558,6 @@ class NftNetlink:
                 names.add(attrs[NFTA_CHAIN_NAME].rstrip(b"\0").decode())
         return names
 
-    def rules(self) -> dict[str, list[bytes]]:
-        """Every chain of the table with its rules' expressions as the kernel dumps them
-        (handles and positions left out: they change on every rewrite). Empty when the
-        table does not exist."""
-        try:
-            found: dict[str, list[bytes]] = {name: [] for name in self.chains()}
-        except MissingError:
-            return {}
-        body = _nfgen(self.family) + nla(1, self.table.encode() + b"\0")
-        try:
-            for payload in self._dump((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE, body):
-                attrs = dict(_attrs(payload[4:]))
-                chain = attrs.get(NFTA_RULE_CHAIN, b"").rstrip(b"\0").decode()
-                found.setdefault(chain, []).append(attrs.get(NFTA_RULE_EXPRESSIONS, b""))
-        except MissingError:
-            return {}
-        return found
-
     def table_state(self) -> TableState | None:
         """The table's chains, rules and set declarations (see :class:`TableState`);
         None when the table does not exist. Three small dumps: no set elements."""
