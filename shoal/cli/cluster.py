@@ -456,6 +456,8 @@ def _build_underlay(args: argparse.Namespace, state: ClusterState) -> netnodes.U
         state.underlay = underlay.record()
         state.save()
         netnodes.build_bridge(underlay)
+        for problem in netnodes.open_firewall(underlay):
+            _notice(f"host firewall: {problem}; traffic between the nodes may be dropped")
         for node in underlay.nodes:
             netnodes.build_node(underlay, node)
     except netnodes.NetNodesError as exc:

@@ -42,6 +42,7 @@ named after the node (what ``status.hostname`` reports).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import dataclasses
 import hashlib
@@ -255,6 +256,31 @@ def build_bridge(underlay: Underlay) -> None:
     _ip("link", "set", underlay.bridge, "up")
 
 
+def open_firewall(underlay: Underlay) -> list[str]:
+    """Let the frames bridged between the nodes through the host's firewall; what could
+    not be done. The bridge is in the host namespace, so with br_netfilter loaded (Docker
+    loads it) every frame between two nodes -- the overlay's VXLAN, their etcd and log
+    traffic -- runs through the host's iptables FORWARD chain, whose policy Docker sets
+    to DROP: without this, cross-node overlay and routing-mesh traffic times out. One
+    ACCEPT rule for exactly this bridge (``hostfw.bridge_rules``), removed by
+    :func:`teardown`."""
+    from shoal.net import hostfw
+
+    report = asyncio.run(hostfw.HostFirewall(bridge=underlay.bridge).ensure())
+    return report.problems
+
+
+def close_firewall(underlay: Underlay) -> int:
+    """Remove :func:`open_firewall`'s rules (comment ``shoal``: only Shoal's; in the host
+    namespace of a ``--nodes`` cluster no agent adds others); how many went."""
+    from shoal.net import hostfw
+
+    report = asyncio.run(hostfw.HostFirewall(bridge=underlay.bridge).remove())
+    for problem in report.problems:
+        log.warning("firewall rules left", problem=problem)
+    return len(report.changes)
+
+
 def build_node(underlay: Underlay, node: NetNode) -> None:
     """One node: its namespace (lo up) and a veth whose far end is its ``eth0``."""
     _ip("netns", "add", node.netns)
@@ -322,6 +348,8 @@ def teardown(underlay: Underlay) -> list[str]:
     if link_exists(underlay.bridge):
         _ip("link", "del", underlay.bridge, check=False)
         removed.append(f"bridge {underlay.bridge}")
+    if close_firewall(underlay):
+        removed.append(f"firewall rule for bridge {underlay.bridge}")
     return removed
 
 

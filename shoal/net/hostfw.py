@@ -81,6 +81,20 @@ def nft_rules(hook: str, underlay: str | None) -> list[str]:
             f"meta mark & {MARK:#x} == {MARK:#x} accept {c}"]
 
 
+def bridge_rules(bridge: str) -> Rules:
+    """Frames bridged between two ports of ``bridge`` (``swctl up --nodes``' underlay
+    bridge in the host namespace: VXLAN between its node namespaces), nothing else."""
+    return Rules(forward=(f"-i {bridge} -o {bridge} -m comment --comment {COMMENT} "
+                          "-j ACCEPT",), input=())
+
+
+def nft_bridge_rules(hook: str, bridge: str) -> list[str]:
+    """:func:`bridge_rules` for a native nftables chain of ``hook``."""
+    if hook != "forward":
+        return []
+    return [f'iifname "{bridge}" oifname "{bridge}" accept comment "{COMMENT}"']
+
+
 # ---- iptables-save parsing and the changes it implies (pure) ----------------------------
 
 @dataclasses.dataclass
@@ -170,12 +184,21 @@ class Report:
 
 
 class HostFirewall:
-    """Our rules in the firewall of one namespace (None: the agent's own)."""
+    """Our rules in the firewall of one namespace (None: the agent's own): a node's
+    (its tasks' bridges, DNS, VXLAN, marked packets), or with ``bridge`` only the frames
+    bridged across that one bridge (:func:`bridge_rules`)."""
 
-    def __init__(self, netns: str | None = None, underlay: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, underlay: str | None = None, *,
+                 bridge: str | None = None) -> None:
         self.netns = netns
-        self.want = rules(underlay)
+        self.want = rules(underlay) if bridge is None else bridge_rules(bridge)
         self.underlay = underlay
+        self.bridge = bridge
+
+    def _nft_want(self, hook: str) -> list[str]:
+        if self.bridge is not None:
+            return nft_bridge_rules(hook, self.bridge)
+        return nft_rules(hook, self.underlay)
 
     async def ensure(self) -> Report:
         return await self._pass(remove=False)
@@ -251,7 +274,7 @@ class HostFirewall:
                                                 *where.split()))
             ours = [item["rule"] for item in listed.get("nftables", [])
                     if "rule" in item and item["rule"].get("comment") == COMMENT]
-            want = [] if remove else nft_rules(chain["hook"], self.underlay)
+            want = [] if remove else self._nft_want(chain["hook"])
             if len(ours) == len(want):
                 return  # ours are there (rules are fixed per node; count is enough)
             script = [f"delete rule {where} handle {r['handle']}" for r in ours]
